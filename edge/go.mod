@@ -1,0 +1,3 @@
+module guestlist.dev/edge
+
+go 1.26.8

@@ -1,0 +1,3 @@
+module guestlist.dev/guestlist
+
+go 1.26.8

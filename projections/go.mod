@@ -1,0 +1,3 @@
+module guestlist.dev/projections
+
+go 1.26.8

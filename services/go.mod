@@ -1,0 +1,3 @@
+module guestlist.dev/services
+
+go 1.26.8
