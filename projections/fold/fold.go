@@ -13,8 +13,8 @@ import (
 	"fmt"
 	"time"
 
-	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
 	"google.golang.org/protobuf/proto"
+	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
 )
 
 // Event is an event of a tenant's stream as the fold needs it.
