@@ -1,0 +1,164 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"guestlist.dev/proto/gen/openapi"
+)
+
+// builtinPaths are the patterns the HTTP listener serves itself.
+var builtinPaths = map[string]bool{"/": true, "/openapi.json": true, "/healthz": true, "/readyz": true}
+
+// jsonMarshaler is the REST encoding: protojson with lowerCamelCase names, unpopulated fields
+// omitted, enum names, and unknown fields in requests rejected (400).
+func jsonMarshaler() runtime.Marshaler {
+	return &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: false},
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}}
+}
+
+// httpHandler builds the HTTP listener's handler: the REST gateway under "/", the built-in
+// endpoints and cfg.ExtraHTTP, all behind the body size limit.
+func (s *Server) httpHandler(cfg Config) (http.Handler, error) {
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler()),
+		// The default header matcher forwards "Authorization" as the "authorization" metadata
+		// that the auth interceptor reads, and no Grpc-Metadata-* header.
+		runtime.WithIncomingHeaderMatcher(runtime.DefaultHeaderMatcher),
+		runtime.WithErrorHandler(errorHandler),
+		runtime.WithRoutingErrorHandler(routingErrorHandler),
+	)
+	for _, svc := range cfg.Services {
+		if svc.RegisterGateway == nil {
+			continue
+		}
+		if err := svc.RegisterGateway(context.Background(), gw, s.conn); err != nil {
+			return nil, fmt.Errorf("server: register the REST gateway of %s: %w", svc.Name, err)
+		}
+	}
+	var otelOpts []otelhttp.Option
+	if cfg.TracerProvider != nil {
+		otelOpts = append(otelOpts, otelhttp.WithTracerProvider(cfg.TracerProvider))
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/", otelhttp.NewHandler(gw, "rest", otelOpts...))
+	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	mux.HandleFunc("GET /healthz", serveHealthz)
+	mux.HandleFunc("GET /readyz", s.serveReadyz)
+	for pattern, h := range cfg.ExtraHTTP {
+		if builtinPaths[pattern] {
+			return nil, fmt.Errorf("server: ExtraHTTP pattern %q collides with a built-in path", pattern)
+		}
+		if err := handle(mux, pattern, h); err != nil {
+			return nil, err
+		}
+	}
+	return limitBody(mux), nil
+}
+
+// handle registers h at pattern, turning http.ServeMux's panic on a bad or conflicting pattern
+// into an error.
+func handle(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
+	if h == nil {
+		return fmt.Errorf("server: ExtraHTTP pattern %q has a nil handler", pattern)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("server: ExtraHTTP pattern %q: %v", pattern, r)
+		}
+	}()
+	mux.Handle(pattern, h)
+	return nil
+}
+
+// errorHandler is grpc-gateway's default error handler (google.rpc.Status JSON with details, the
+// usual code to HTTP status mapping) with a proper WWW-Authenticate challenge on 401.
+func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, challengeWriter{w}, r, err)
+}
+
+// routingErrorHandler answers requests that match no REST binding with the HTTP status the router
+// chose (404, 405, 400) and a google.rpc.Status body.
+func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	code := codes.Internal
+	switch httpStatus {
+	case http.StatusBadRequest:
+		code = codes.InvalidArgument
+	case http.StatusNotFound:
+		code = codes.NotFound
+	case http.StatusMethodNotAllowed:
+		code = codes.Unimplemented
+	}
+	err := &runtime.HTTPStatusError{HTTPStatus: httpStatus, Err: status.Error(code, http.StatusText(httpStatus))}
+	errorHandler(ctx, mux, m, w, r, err)
+}
+
+// limitBody refuses a request whose declared length exceeds MaxHTTPBodySize with 413 and caps
+// the body of every other request at that size.
+func limitBody(next http.Handler) http.Handler {
+	limited := http.MaxBytesHandler(next, MaxHTTPBodySize)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > MaxHTTPBodySize {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			_, _ = fmt.Fprintf(w, `{"code":%d,"message":"request body larger than %d bytes"}`, codes.InvalidArgument, MaxHTTPBodySize)
+			return
+		}
+		limited.ServeHTTP(w, r)
+	})
+}
+
+// challengeWriter sets "WWW-Authenticate: Bearer" on a 401 response (the default handler puts the
+// status message there).
+type challengeWriter struct{ http.ResponseWriter }
+
+func (w challengeWriter) WriteHeader(code int) {
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="guestlist"`)
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openapi.JSON)
+}
+
+func serveHealthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+// serveReadyz answers 200 while the server serves and Config.Ready reports ready, 503 with the
+// reason otherwise.
+func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if !s.serving.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "not ready: shutting down\n")
+		return
+	}
+	if s.ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		defer cancel()
+		if err := s.ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
+			return
+		}
+	}
+	_, _ = io.WriteString(w, "ok\n")
+}
