@@ -1,0 +1,110 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// adminTokenFile is the name of the admin token's file in the data directory.
+const adminTokenFile = "admin.token"
+
+// tokenSource says where the admin token came from.
+type tokenSource int
+
+const (
+	// tokenFromFlag: --admin-token (or GUESTLIST_ADMIN_TOKEN); the file is neither read nor written.
+	tokenFromFlag tokenSource = iota
+	// tokenFromFile: reused from <data-dir>/admin.token.
+	tokenFromFile
+	// tokenGenerated: generated now and written to <data-dir>/admin.token.
+	tokenGenerated
+)
+
+// newAdminToken returns "gla_" and 64 hex digits (256 bits) from crypto/rand.
+func newAdminToken() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generate admin token: %w", err)
+	}
+	return "gla_" + hex.EncodeToString(b[:]), nil
+}
+
+// adminToken returns the admin bearer token: flagValue when it is set; otherwise the token in
+// <dataDir>/admin.token; otherwise a newly generated one, written there with mode 0600. dataDir
+// must exist. The file is created atomically and exclusively, so that two processes starting on
+// the same data directory agree on one token, and a crash never leaves half a token behind.
+func adminToken(dataDir, flagValue string) (string, tokenSource, error) {
+	if flagValue != "" {
+		if err := checkToken(flagValue); err != nil {
+			return "", 0, fmt.Errorf("--admin-token: %w", err)
+		}
+		return flagValue, tokenFromFlag, nil
+	}
+	path := filepath.Join(dataDir, adminTokenFile)
+	tok, err := readAdminToken(path)
+	if err == nil {
+		return tok, tokenFromFile, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", 0, err
+	}
+
+	tok, err = newAdminToken()
+	if err != nil {
+		return "", 0, err
+	}
+	tmp, err := os.CreateTemp(dataDir, ".admin.token-*") // mode 0600
+	if err != nil {
+		return "", 0, fmt.Errorf("write admin token: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(tok + "\n")
+	if werr == nil {
+		werr = tmp.Chmod(0o600)
+	}
+	if werr == nil {
+		werr = tmp.Sync()
+	}
+	if cerr := tmp.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return "", 0, fmt.Errorf("write admin token to %s: %w", tmp.Name(), werr)
+	}
+	// Link fails if the file appeared meanwhile: then the other process's token wins.
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			tok, err := readAdminToken(path)
+			return tok, tokenFromFile, err
+		}
+		return "", 0, fmt.Errorf("write admin token to %s: %w", path, err)
+	}
+	return tok, tokenGenerated, nil
+}
+
+// readAdminToken reads the token file at path, refusing one that others may read or that holds no
+// usable token.
+func readAdminToken(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("read admin token: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("admin token file %s is accessible to others (mode %#o); run chmod 600 on it", path, perm)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read admin token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if err := checkToken(tok); err != nil {
+		return "", fmt.Errorf("admin token file %s: %w; delete it to generate a new token", path, err)
+	}
+	return tok, nil
+}

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"guestlist.dev/services/api/server"
+	"guestlist.dev/services/auth"
+	"guestlist.dev/services/telemetry"
+)
+
+// devConfig is the resolved configuration of "guestlist dev".
+type devConfig struct {
+	// DataDir holds the event store, read models, keys, the admin token and the decision log. It
+	// exists (mode 0700) by the time runControlPlane is called.
+	DataDir string
+	// Listen addresses; ":0" picks a free port.
+	GRPCAddr, HTTPAddr, EdgeAddr, OriginAddr string
+	// AdminToken is the platform operator's bearer token, and TokenSource where it came from.
+	AdminToken  string
+	TokenSource tokenSource
+	// DecisionLog is the path of the edge's decision log, or "-" for standard output.
+	DecisionLog string
+	// Version is the binary's version.
+	Version string
+	// Logger and TracerProvider are set up from --log-level, --log-format and the OTEL_* variables.
+	Logger         *slog.Logger
+	TracerProvider trace.TracerProvider
+	// Stdout receives the startup banner.
+	Stdout io.Writer
+}
+
+// runControlPlane runs everything "guestlist dev" serves until ctx is done. It is a variable so that
+// tests can stand in for it.
+var runControlPlane = serveControlPlane
+
+// controlPlane is what the API server needs from the control plane.
+type controlPlane struct {
+	// Authenticator checks the API's bearer tokens (the admin token among them).
+	Authenticator auth.Authenticator
+	// Services are the gRPC services and REST bindings of guestlist.v1.
+	Services []server.Service
+	// Ready reports whether the control plane can serve (nil = always ready).
+	Ready func(context.Context) error
+	// Close releases the control plane and its event store (nil = nothing to release).
+	Close func() error
+}
+
+// errControlPlaneNotWired is returned until openControlPlane is filled in.
+var errControlPlaneNotWired = errors.New("the control plane is not wired into guestlist dev yet (cmd/guestlist/dev.go: openControlPlane)")
+
+// openControlPlane opens the embedded event store in cfg.DataDir and the control plane on it.
+//
+// WIRING POINT: this is the single place where "guestlist dev" opens its event store and its
+// control plane; fill it in with the boltstore backend and guestlist.dev/services/controlplane,
+// roughly:
+//
+//	store, err := boltstore.Open(filepath.Join(cfg.DataDir, "events.db"), ...)
+//	cp, err := controlplane.New(controlplane.Config{Store: store, AdminToken: cfg.AdminToken, Logger: cfg.Logger})
+//	return &controlPlane{Authenticator: cp.Authenticator(), Services: cp.Services(), Ready: cp.Ready, Close: store.Close}, nil
+func openControlPlane(ctx context.Context, cfg devConfig) (*controlPlane, error) {
+	_, _ = ctx, cfg
+	return nil, errControlPlaneNotWired
+}
+
+// serveControlPlane opens the control plane and serves its API until ctx is done.
+func serveControlPlane(ctx context.Context, cfg devConfig) error {
+	cp, err := openControlPlane(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("open the control plane: %w", err)
+	}
+	if cp.Close != nil {
+		defer func() {
+			if err := cp.Close(); err != nil {
+				cfg.Logger.Error("close the control plane", "error", err)
+			}
+		}()
+	}
+	return serveAPI(ctx, cfg, cp)
+}
+
+// serveAPI serves cp's API on cfg's gRPC and HTTP addresses until ctx is done, printing the
+// startup banner once both listen.
+func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
+	srv, err := server.New(server.Config{
+		GRPCAddr:       cfg.GRPCAddr,
+		HTTPAddr:       cfg.HTTPAddr,
+		Authenticator:  cp.Authenticator,
+		Services:       cp.Services,
+		Ready:          cp.Ready,
+		Logger:         cfg.Logger,
+		TracerProvider: cfg.TracerProvider,
+	})
+	if err != nil {
+		return fmt.Errorf("start the API: %w", err)
+	}
+	printBanner(cfg.Stdout, cfg, srv.GRPCAddr(), srv.HTTPAddr())
+	if err := srv.Serve(ctx); err != nil {
+		return fmt.Errorf("serve the API: %w", err)
+	}
+	return nil
+}
+
+// printBanner writes the short startup block: where everything listens and the admin token.
+func printBanner(w io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr) {
+	api := "http://" + httpAddr.String()
+	tokenFile := filepath.Join(cfg.DataDir, adminTokenFile)
+	fmt.Fprintf(w, "\nguestlist dev %s is running\n", cfg.Version)
+	fmt.Fprintf(w, "  gRPC API     %s  (server reflection, grpc.health.v1)\n", grpcAddr)
+	fmt.Fprintf(w, "  REST API     %s  (%s/openapi.json, /healthz, /readyz)\n", api, api)
+	fmt.Fprintf(w, "  data dir     %s\n", cfg.DataDir)
+	switch cfg.TokenSource {
+	case tokenGenerated:
+		fmt.Fprintf(w, "  admin token  %s\n", cfg.AdminToken)
+		fmt.Fprintf(w, "               (new: saved to %s; it is shown only this once)\n", tokenFile)
+	case tokenFromFile:
+		fmt.Fprintf(w, "  admin token  in %s\n", tokenFile)
+	case tokenFromFlag:
+		fmt.Fprintf(w, "  admin token  from --admin-token\n")
+	}
+	if cfg.TokenSource == tokenFromFlag {
+		fmt.Fprintf(w, "\nTry:  curl -H \"Authorization: Bearer $GUESTLIST_ADMIN_TOKEN\" %s/v1/tenants\n", api)
+	} else {
+		fmt.Fprintf(w, "\nTry:  curl -H \"Authorization: Bearer $(cat %s)\" %s/v1/tenants\n", tokenFile, api)
+	}
+	fmt.Fprintf(w, "Stop: Ctrl-C\n\n")
+}
+
+const devSynopsis = `Runs everything in one process on the embedded event store: the API (gRPC and REST), the
+projector, one edge node and a demo echo origin. Data lives in --data-dir; starting again with the
+same directory keeps everything. Ctrl-C (SIGINT or SIGTERM) shuts down gracefully.`
+
+// runDev is "guestlist dev".
+func runDev(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("dev", devSynopsis, stderr)
+	dataDir := fs.String("data-dir", "./.guestlist", "data directory: event store, read models, keys, admin token, decision log")
+	grpcAddr := &addrFlag{"127.0.0.1:50051"}
+	fs.Var(grpcAddr, "grpc-addr", "gRPC API address (with server reflection and grpc.health.v1); :0 picks a free port")
+	httpAddr := &addrFlag{"127.0.0.1:8080"}
+	fs.Var(httpAddr, "http-addr", "REST gateway, /openapi.json, /healthz, /readyz and /metrics address")
+	edgeAddr := &addrFlag{"127.0.0.1:8443"}
+	fs.Var(edgeAddr, "edge-addr", "edge HTTPS address")
+	originAddr := &addrFlag{"127.0.0.1:8081"}
+	fs.Var(originAddr, "origin-addr", "demo echo origin address")
+	token := &tokenFlag{}
+	fs.Var(token, "admin-token", "admin bearer token (default: generated on first start and kept in <data-dir>/admin.token)")
+	level := &levelFlag{slog.LevelInfo}
+	fs.Var(level, "log-level", "log level: debug, info, warn or error")
+	format := &choiceFlag{value: "text", choices: []string{"text", "json"}}
+	fs.Var(format, "log-format", "log format: text or json")
+	decisionLog := fs.String("decision-log", "", "decision log: a file path, or - for standard output (default <data-dir>/decisions.jsonl)")
+	if err := parseFlags(fs, args, env); err != nil {
+		return flagError(fs, err, stderr)
+	}
+	if *dataDir == "" {
+		return flagError(fs, errors.New("--data-dir must not be empty"), stderr)
+	}
+
+	logger := telemetry.NewLogger(stderr, level.level, format.value == "json")
+	prev := slog.Default()
+	slog.SetDefault(logger)
+	defer slog.SetDefault(prev)
+
+	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+		logger.Error("create the data directory", "dir", *dataDir, "error", err)
+		return exitError
+	}
+	tok, src, err := adminToken(*dataDir, token.token)
+	if err != nil {
+		logger.Error("admin token", "error", err)
+		return exitError
+	}
+	if src == tokenFromFlag && len(tok) < 16 {
+		logger.Warn("the admin token is short; anyone who can reach the API could guess it", "length", len(tok))
+	}
+
+	ver := currentVersion()
+	tp, shutdownTracing, err := telemetry.Setup(ctx, "guestlist", ver)
+	if err != nil {
+		logger.Error("set up tracing", "error", err)
+		return exitError
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := shutdownTracing(sctx); err != nil {
+			logger.Warn("shut down tracing", "error", err)
+		}
+	}()
+
+	cfg := devConfig{
+		DataDir:        *dataDir,
+		GRPCAddr:       grpcAddr.addr,
+		HTTPAddr:       httpAddr.addr,
+		EdgeAddr:       edgeAddr.addr,
+		OriginAddr:     originAddr.addr,
+		AdminToken:     tok,
+		TokenSource:    src,
+		DecisionLog:    *decisionLog,
+		Version:        ver,
+		Logger:         logger,
+		TracerProvider: tp,
+		Stdout:         stdout,
+	}
+	if cfg.DecisionLog == "" {
+		cfg.DecisionLog = filepath.Join(cfg.DataDir, "decisions.jsonl")
+	}
+
+	if err := runControlPlane(ctx, cfg); err != nil {
+		logger.Error("guestlist dev stopped", "error", err)
+		return exitError
+	}
+	logger.Info("guestlist dev stopped")
+	return exitOK
+}

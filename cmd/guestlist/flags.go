@@ -1,0 +1,162 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// envPrefix starts the environment variable of every flag.
+const envPrefix = "GUESTLIST_"
+
+// envName is the environment variable that sets flag name: GUESTLIST_ and the name in upper case
+// with '-' as '_'.
+func envName(name string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// errHelp is returned by parseFlags when -h or --help was asked for (the usage is already printed).
+var errHelp = flag.ErrHelp
+
+// newFlagSet returns an empty flag set for "guestlist NAME" whose usage text lists the flags with
+// their environment variables.
+func newFlagSet(name, synopsis string, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("guestlist "+name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: guestlist %s [flags]\n\n%s\n\nFlags (each also read from GUESTLIST_<FLAG>; the command line wins):\n", name, synopsis)
+		fs.VisitAll(func(f *flag.Flag) {
+			def := ""
+			if f.DefValue != "" {
+				def = fmt.Sprintf(" (default %q)", f.DefValue)
+			}
+			fmt.Fprintf(out, "  --%s\n        %s%s [$%s]\n", f.Name, f.Usage, def, envName(f.Name))
+		})
+	}
+	return fs
+}
+
+// parseFlags parses args into fs, then sets every flag that args left unset from its GUESTLIST_*
+// variable in env (an empty value counts as unset). A bad value, from either place, is an error
+// naming the flag or the variable; positional arguments are refused.
+//
+// Only -h / --help prints the usage (and gives errHelp); other errors are returned unprinted.
+func parseFlags(fs *flag.FlagSet, args []string, env func(string) string) error {
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(out)
+	if errors.Is(err, flag.ErrHelp) {
+		usage()
+		return errHelp
+	}
+	if err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		v := env(envName(f.Name))
+		if v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("invalid value %q for %s (--%s): %w", v, envName(f.Name), f.Name, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// levelFlag is a log level flag: debug, info, warn, error (or slog's forms such as "info+2").
+type levelFlag struct{ level slog.Level }
+
+func (l *levelFlag) String() string { return strings.ToLower(l.level.String()) }
+
+func (l *levelFlag) Set(s string) error {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(s)); err != nil {
+		return fmt.Errorf("want debug, info, warn or error")
+	}
+	l.level = lv
+	return nil
+}
+
+// choiceFlag is a string flag limited to a few values.
+type choiceFlag struct {
+	value   string
+	choices []string
+}
+
+func (c *choiceFlag) String() string { return c.value }
+
+func (c *choiceFlag) Set(s string) error {
+	for _, ch := range c.choices {
+		if strings.EqualFold(s, ch) {
+			c.value = ch
+			return nil
+		}
+	}
+	return fmt.Errorf("want one of %s", strings.Join(c.choices, ", "))
+}
+
+// addrFlag is a TCP listen address, host:port; port 0 picks a free port.
+type addrFlag struct{ addr string }
+
+func (a *addrFlag) String() string { return a.addr }
+
+func (a *addrFlag) Set(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want host:port (e.g. 127.0.0.1:8080, or :0 for any free port)")
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	a.addr = s
+	return nil
+}
+
+// tokenFlag is a bearer token: printable ASCII without spaces, so that it fits an HTTP header.
+type tokenFlag struct{ token string }
+
+func (t *tokenFlag) String() string {
+	if t.token == "" {
+		return ""
+	}
+	return "<set>"
+}
+
+func (t *tokenFlag) Set(s string) error {
+	if err := checkToken(s); err != nil {
+		return err
+	}
+	t.token = s
+	return nil
+}
+
+// checkToken accepts a non-empty string of printable ASCII characters without spaces.
+func checkToken(s string) error {
+	if s == "" {
+		return errors.New("empty token")
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return errors.New("a token is printable ASCII without spaces")
+		}
+	}
+	return nil
+}
