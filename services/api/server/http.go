@@ -46,7 +46,9 @@ func (s *Server) httpHandler(cfg Config) (http.Handler, error) {
 			return nil, fmt.Errorf("server: register the REST gateway of %s: %w", svc.Name, err)
 		}
 	}
-	var otelOpts []otelhttp.Option
+	otelOpts := []otelhttp.Option{otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+		return "HTTP " + r.Method
+	})}
 	if cfg.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelhttp.WithTracerProvider(cfg.TracerProvider))
 	}

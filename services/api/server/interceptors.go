@@ -22,7 +22,8 @@ import (
 	"guestlist.dev/services/auth"
 )
 
-// The interceptor chain, outermost first: recovery, logging, authentication, validation.
+// The interceptor chain, outermost first: recovery, logging, authentication, validation (and, for
+// streams, drain: the stream's context ends when the server shuts down).
 
 // infraPrefixes are the method prefixes of the infrastructure services that need no bearer token
 // and whose calls are logged at debug level only.
@@ -279,4 +280,16 @@ func (s *Server) validateStream(srv any, ss grpc.ServerStream, info *grpc.Stream
 	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx, check: func(m any) error {
 		return s.validate(ctx, info.FullMethod, m)
 	}})
+}
+
+// --- drain ---
+
+// drainStream cancels a streaming call's context when the server begins to shut down, so that
+// long-lived streams end and the graceful stop need not wait for its timeout.
+func (s *Server) drainStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.drainCtx, cancel)
+	defer stop()
+	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
 }

@@ -104,6 +104,9 @@ type Server struct {
 	conn             *grpc.ClientConn
 	http             *http.Server
 
+	// drainCtx is done once shutdown begins (drain cancels it): streaming calls end.
+	drainCtx  context.Context
+	drain     context.CancelFunc
 	serving   atomic.Bool // true while Serve is running and not shutting down
 	started   atomic.Bool
 	closeOnce sync.Once
@@ -149,6 +152,7 @@ func New(cfg Config) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.drainCtx, s.drain = context.WithCancel(context.Background())
 	if s.shutdownT <= 0 {
 		s.shutdownT = DefaultShutdownTimeout
 	}
@@ -161,7 +165,7 @@ func New(cfg Config) (*Server, error) {
 	s.grpc = grpc.NewServer(
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
 		grpc.ChainUnaryInterceptor(s.recoverUnary, s.logUnary, s.authUnary, s.validateUnary),
-		grpc.ChainStreamInterceptor(s.recoverStream, s.logStream, s.authStream, s.validateStream),
+		grpc.ChainStreamInterceptor(s.recoverStream, s.logStream, s.authStream, s.validateStream, s.drainStream),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             10 * time.Second,
@@ -251,8 +255,9 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
 
 // Serve serves gRPC and HTTP until ctx is done, then shuts down gracefully: /readyz and
 // grpc.health.v1 turn to not serving, the HTTP server stops accepting and waits for its requests,
-// and the gRPC server drains in-flight calls; what is still running after Config.ShutdownTimeout
-// is cut off. It returns nil after a shutdown caused by ctx, and an error if a listener failed.
+// and the gRPC server drains in-flight calls (the contexts of streaming calls, such as
+// grpc.health.v1 Watch, are cancelled so that they end); what is still running after
+// Config.ShutdownTimeout is cut off. It returns nil after a shutdown caused by ctx, and an error if a listener failed.
 // Serve may be called once.
 func (s *Server) Serve(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
@@ -303,6 +308,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.conn.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("server: close the gateway's loopback connection: %w", err))
 	}
+	s.drain()
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -329,6 +335,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closeListeners()
+	s.drain()
 	s.grpc.Stop()
 	if err := s.conn.Close(); err != nil {
 		return fmt.Errorf("server: close the gateway's loopback connection: %w", err)
