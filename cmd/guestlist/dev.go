@@ -15,6 +15,8 @@ import (
 
 	"guestlist.dev/services/api/server"
 	"guestlist.dev/services/auth"
+	"guestlist.dev/services/controlplane"
+	"guestlist.dev/services/eventstore/boltstore"
 	"guestlist.dev/services/telemetry"
 )
 
@@ -55,21 +57,20 @@ type controlPlane struct {
 	Close func() error
 }
 
-// errControlPlaneNotWired is returned until openControlPlane is filled in.
-var errControlPlaneNotWired = errors.New("the control plane is not wired into guestlist dev yet (cmd/guestlist/dev.go: openControlPlane)")
-
 // openControlPlane opens the embedded event store in cfg.DataDir and the control plane on it.
-//
-// WIRING POINT: this is the single place where "guestlist dev" opens its event store and its
-// control plane; fill it in with the boltstore backend and guestlist.dev/services/controlplane,
-// roughly:
-//
-//	store, err := boltstore.Open(filepath.Join(cfg.DataDir, "events.db"), ...)
-//	cp, err := controlplane.New(controlplane.Config{Store: store, AdminToken: cfg.AdminToken, Logger: cfg.Logger})
-//	return &controlPlane{Authenticator: cp.Authenticator(), Services: cp.Services(), Ready: cp.Ready, Close: store.Close}, nil
 func openControlPlane(ctx context.Context, cfg devConfig) (*controlPlane, error) {
-	_, _ = ctx, cfg
-	return nil, errControlPlaneNotWired
+	store, err := boltstore.Open(filepath.Join(cfg.DataDir, "events.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open the event store: %w", err)
+	}
+	cp, err := controlplane.New(controlplane.Config{Store: store, AdminToken: cfg.AdminToken, Logger: cfg.Logger})
+	if err != nil {
+		return nil, errors.Join(err, store.Close())
+	}
+	if err := cp.Ready(ctx); err != nil {
+		return nil, errors.Join(err, store.Close())
+	}
+	return &controlPlane{Authenticator: cp.Authenticator(), Services: cp.Services(), Ready: cp.Ready, Close: store.Close}, nil
 }
 
 // serveControlPlane opens the control plane and serves its API until ctx is done.

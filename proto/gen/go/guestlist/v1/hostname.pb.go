@@ -254,7 +254,7 @@ func (x *MtlsSettings) GetRejectInHandshake() bool {
 // CreateHostnameRequest creates a hostname.
 type CreateHostnameRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tenant's id.
+	// The tenant's id. Required, except inside BatchCreateHostnamesRequest where it may be empty.
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// The hostname to create; hostname.hostname is its id.
 	Hostname *Hostname `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
@@ -753,9 +753,9 @@ const file_guestlist_v1_hostname_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\x0e2\x16.guestlist.v1.MtlsModeB\n" +
 	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04mode\x12b\n" +
 	"\x19certificate_authority_ids\x18\x02 \x03(\tB&\xbaH#\x92\x01 \x10\x10\x18\x01\"\x1ar\x182\x16^[a-z][a-z0-9-]{0,62}$R\x17certificateAuthorityIds\x12.\n" +
-	"\x13reject_in_handshake\x18\x03 \x01(\bR\x11rejectInHandshake\"\xb8\x01\n" +
-	"\x15CreateHostnameRequest\x12:\n" +
-	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12:\n" +
+	"\x13reject_in_handshake\x18\x03 \x01(\bR\x11rejectInHandshake\"\xbb\x01\n" +
+	"\x15CreateHostnameRequest\x12=\n" +
+	"\ttenant_id\x18\x01 \x01(\tB \xbaH\x1dr\x1b2\x19^([a-z][a-z0-9-]{2,62})?$R\btenantId\x12:\n" +
 	"\bhostname\x18\x02 \x01(\v2\x16.guestlist.v1.HostnameB\x06\xbaH\x03\xc8\x01\x01R\bhostname\x12'\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\trequestId\"\xd0\x01\n" +

@@ -1,0 +1,471 @@
+package command
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"sync"
+
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"guestlist.dev/edge/dnsname"
+	"guestlist.dev/projections/fold"
+	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
+	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
+	"guestlist.dev/services/api/apistatus"
+	"guestlist.dev/services/auth"
+	"guestlist.dev/services/eventstore"
+)
+
+// HostnameServer implements guestlist.v1.HostnameService.
+type HostnameServer struct {
+	guestlistv1.UnimplementedHostnameServiceServer
+	s *Service
+}
+
+// Hostnames returns the HostnameService implementation.
+func (s *Service) Hostnames() *HostnameServer { return &HostnameServer{s: s} }
+
+// hostnameSpec is a validated hostname configuration, before the tenant's state is consulted.
+type hostnameSpec struct {
+	prefix string // the request field of the Hostname message, for error messages
+	field  string // prefix + ".hostname"
+	name   string
+	ev     *eventsv1.HostnameCreated
+}
+
+// checkOrigin validates an origin URL: absolute http(s), a host, no user info, query or fragment.
+func checkOrigin(raw string) string {
+	u, err := url.Parse(raw)
+	switch {
+	case raw == "":
+		return "required"
+	case err != nil:
+		return "not a URL: " + err.Error()
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "scheme must be http or https"
+	case u.Host == "" || u.Hostname() == "":
+		return "a host is required"
+	case u.User != nil:
+		return "user information is not allowed"
+	case u.RawQuery != "" || u.ForceQuery:
+		return "a query is not allowed"
+	case u.Fragment != "":
+		return "a fragment is not allowed"
+	}
+	return ""
+}
+
+func checkMtls(field string, m *guestlistv1.MtlsSettings) []apistatus.Violation {
+	if m == nil {
+		return []apistatus.Violation{{Field: field, Reason: "required"}}
+	}
+	if m.GetMode() != guestlistv1.MtlsMode_MTLS_MODE_OFF && len(m.GetCertificateAuthorityIds()) == 0 {
+		return []apistatus.Violation{{Field: field + ".certificate_authority_ids", Reason: "at least one certificate authority is required unless mode is MTLS_MODE_OFF"}}
+	}
+	return nil
+}
+
+func mtlsEvent(m *guestlistv1.MtlsSettings) *eventsv1.MtlsSettings {
+	return &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode(m.GetMode()), CertificateAuthorityIds: m.GetCertificateAuthorityIds(), RejectInHandshake: m.GetRejectInHandshake()}
+}
+
+// specFor validates a hostname for creation. prefix is the request field of the Hostname message.
+func specFor(prefix string, h *guestlistv1.Hostname) (hostnameSpec, []apistatus.Violation) {
+	var v []apistatus.Violation
+	name, err := dnsname.Normalize(h.GetHostname())
+	if err != nil {
+		v = append(v, apistatus.Violation{Field: prefix + ".hostname", Reason: err.Error()})
+	}
+	if reason := checkOrigin(h.GetOriginUrl()); reason != "" {
+		v = append(v, apistatus.Violation{Field: prefix + ".origin_url", Reason: reason})
+	}
+	v = append(v, checkMtls(prefix+".mtls", h.GetMtls())...)
+	return hostnameSpec{prefix: prefix, field: prefix + ".hostname", name: name, ev: &eventsv1.HostnameCreated{
+		Hostname: name, OriginUrl: h.GetOriginUrl(), Mtls: mtlsEvent(h.GetMtls()), PolicyId: h.GetPolicyId(),
+		State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE,
+	}}, v
+}
+
+// checkReferences verifies that a hostname only references CAs and a policy of its own tenant.
+func checkReferences(st *fold.Tenant, prefix string, m *eventsv1.MtlsSettings, policyID string) []apistatus.Violation {
+	var v []apistatus.Violation
+	for i, id := range m.GetCertificateAuthorityIds() {
+		if _, ok := st.CAs[id]; !ok {
+			v = append(v, apistatus.Violation{Field: fmt.Sprintf("%s.mtls.certificate_authority_ids[%d]", prefix, i), Reason: fmt.Sprintf("certificate authority %q not found in this tenant", id)})
+		}
+	}
+	if policyID != "" {
+		if _, ok := st.Policies[policyID]; !ok {
+			v = append(v, apistatus.Violation{Field: prefix + ".policy_id", Reason: fmt.Sprintf("policy %q not found in this tenant", policyID)})
+		}
+	}
+	return v
+}
+
+// CreateHostname implements guestlistv1.HostnameServiceServer.
+func (hs *HostnameServer) CreateHostname(ctx context.Context, req *guestlistv1.CreateHostnameRequest) (*guestlistv1.Hostname, error) {
+	if req.GetTenantId() == "" {
+		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "tenant_id", Reason: "required"})
+	}
+	out, err := hs.create(ctx, req.GetTenantId(), req.GetRequestId(), []*guestlistv1.CreateHostnameRequest{req}, "hostname")
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+// BatchCreateHostnames implements guestlistv1.HostnameServiceServer: all of the hostnames are
+// created, or none. The batch's request_id makes the whole batch idempotent; request_ids inside
+// the individual requests are ignored.
+func (hs *HostnameServer) BatchCreateHostnames(ctx context.Context, req *guestlistv1.BatchCreateHostnamesRequest) (*guestlistv1.BatchCreateHostnamesResponse, error) {
+	for i, r := range req.GetRequests() {
+		if r.GetTenantId() != "" && r.GetTenantId() != req.GetTenantId() {
+			if _, err := auth.AuthorizeWrite(ctx, req.GetTenantId()); err != nil {
+				return nil, err
+			}
+			return nil, apistatus.InvalidArgument(apistatus.Violation{Field: fmt.Sprintf("requests[%d].tenant_id", i), Reason: "must be empty or equal to the batch's tenant_id"})
+		}
+	}
+	out, err := hs.create(ctx, req.GetTenantId(), req.GetRequestId(), req.GetRequests(), "")
+	if err != nil {
+		return nil, err
+	}
+	return &guestlistv1.BatchCreateHostnamesResponse{Hostnames: out}, nil
+}
+
+// create creates hostnames all or nothing. prefix is the field of the hostname message for a single
+// create ("hostname"), or "" for a batch (fields are then "requests[i].hostname").
+func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string, reqs []*guestlistv1.CreateHostnameRequest, prefix string) ([]*guestlistv1.Hostname, error) {
+	p, err := auth.AuthorizeWrite(ctx, tenantID)
+	if err != nil {
+		return nil, err
+	}
+	s := hs.s
+	specs := make([]hostnameSpec, len(reqs))
+	var violations []apistatus.Violation
+	seen := map[string]int{}
+	for i, r := range reqs {
+		field := prefix
+		if field == "" {
+			field = fmt.Sprintf("requests[%d].hostname", i)
+		}
+		if r.GetHostname() == nil {
+			violations = append(violations, apistatus.Violation{Field: field, Reason: "required"})
+			continue
+		}
+		spec, v := specFor(field, r.GetHostname())
+		violations = append(violations, v...)
+		if j, dup := seen[spec.name]; dup && spec.name != "" {
+			violations = append(violations, apistatus.Violation{Field: spec.field, Reason: fmt.Sprintf("hostname %q appears twice in the batch (also requests[%d])", spec.name, j)})
+		}
+		seen[spec.name] = i
+		specs[i] = spec
+	}
+	if len(violations) > 0 {
+		return nil, apistatus.InvalidArgument(violations...)
+	}
+	md := metadata(ctx, p, requestID)
+	// Cheap check first: a replayed request or a bad reference should not reserve anything.
+	var replay []string
+	err = s.read(ctx, tenantID, func(st *fold.Tenant) error {
+		if err := requireTenant(st); err != nil {
+			return err
+		}
+		if requestID != "" {
+			for _, r := range st.Requests[requestID] {
+				if r.Kind == fold.KindHostname {
+					replay = append(replay, r.ID)
+				}
+			}
+			if len(replay) > 0 {
+				return nil
+			}
+		}
+		var v []apistatus.Violation
+		for _, spec := range specs {
+			if _, ok := st.Hostnames[spec.name]; ok {
+				return apistatus.AlreadyExists("hostname", spec.name)
+			}
+			v = append(v, checkReferences(st, spec.prefix, spec.ev.GetMtls(), spec.ev.GetPolicyId())...)
+		}
+		if len(v) > 0 {
+			return apistatus.InvalidArgument(v...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(replay) > 0 {
+		return hs.render(ctx, tenantID, replay)
+	}
+	acquired, err := s.reserveAll(ctx, specs, tenantID, md)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(specs))
+	for i, spec := range specs {
+		names[i] = spec.name
+	}
+	res, err := s.execute(ctx, tenantID, md, func(st *fold.Tenant) (decision, error) {
+		if err := requireTenant(st); err != nil {
+			return decision{}, err
+		}
+		if requestID != "" && replayed(st, requestID, fold.KindHostname) {
+			return decision{result: hostnamesResult(names)}, nil
+		}
+		var v []apistatus.Violation
+		events := make([]protoMessage, 0, len(specs))
+		for _, spec := range specs {
+			if _, ok := st.Hostnames[spec.name]; ok {
+				return decision{}, apistatus.AlreadyExists("hostname", spec.name)
+			}
+			v = append(v, checkReferences(st, spec.prefix, spec.ev.GetMtls(), spec.ev.GetPolicyId())...)
+			events = append(events, spec.ev)
+		}
+		if len(v) > 0 {
+			return decision{}, apistatus.InvalidArgument(v...)
+		}
+		return decision{events: events, result: hostnamesResult(names)}, nil
+	})
+	if err != nil {
+		s.releaseAll(context.WithoutCancel(ctx), acquired, tenantID, md)
+		return nil, err
+	}
+	return res.([]*guestlistv1.Hostname), nil
+}
+
+func hostnamesResult(names []string) func(*fold.Tenant) (any, error) {
+	return func(st *fold.Tenant) (any, error) {
+		out := make([]*guestlistv1.Hostname, 0, len(names))
+		for _, n := range names {
+			h, ok := st.Hostnames[n]
+			if !ok {
+				return nil, apistatus.NotFound("hostname", n)
+			}
+			out = append(out, renderHostname(h))
+		}
+		return out, nil
+	}
+}
+
+func (hs *HostnameServer) render(ctx context.Context, tenantID string, names []string) ([]*guestlistv1.Hostname, error) {
+	var out []*guestlistv1.Hostname
+	err := hs.s.read(ctx, tenantID, func(st *fold.Tenant) error {
+		r, err := hostnamesResult(names)(st)
+		if err == nil {
+			out = r.([]*guestlistv1.Hostname)
+		}
+		return err
+	})
+	return out, err
+}
+
+// reserveAll reserves every hostname, concurrently so that the store commits them together. On any
+// failure it releases what it reserved and returns the first error.
+func (s *Service) reserveAll(ctx context.Context, specs []hostnameSpec, tenantID string, md eventstore.Metadata) ([]string, error) {
+	acquired := make([]bool, len(specs))
+	errs := make([]error, len(specs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 256)
+	for i := range specs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			acquired[i], errs[i] = s.reserve(ctx, specs[i].name, tenantID, md)
+		}()
+	}
+	wg.Wait()
+	var names []string
+	var first error
+	for i := range specs {
+		if acquired[i] {
+			names = append(names, specs[i].name)
+		}
+		if errs[i] != nil && first == nil {
+			first = errs[i]
+		}
+	}
+	if first != nil {
+		s.releaseAll(context.WithoutCancel(ctx), names, tenantID, md)
+		return nil, first
+	}
+	return names, nil
+}
+
+func (s *Service) releaseAll(ctx context.Context, names []string, tenantID string, md eventstore.Metadata) {
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.release(ctx, n, tenantID, md); err != nil {
+				s.log.Error("command: releasing a hostname reservation failed; it will be taken over after the grace period", "hostname", n, "tenant", tenantID, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// GetHostname implements guestlistv1.HostnameServiceServer.
+func (hs *HostnameServer) GetHostname(ctx context.Context, req *guestlistv1.GetHostnameRequest) (*guestlistv1.Hostname, error) {
+	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
+		return nil, err
+	}
+	name, err := dnsname.Normalize(req.GetHostname())
+	if err != nil {
+		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "hostname", Reason: err.Error()})
+	}
+	var out *guestlistv1.Hostname
+	err = hs.s.read(ctx, req.GetTenantId(), func(st *fold.Tenant) error {
+		if err := requireTenant(st); err != nil {
+			return err
+		}
+		h, ok := st.Hostnames[name]
+		if !ok {
+			return apistatus.NotFound("hostname", name)
+		}
+		out = renderHostname(h)
+		return nil
+	})
+	return out, err
+}
+
+// ListHostnames implements guestlistv1.HostnameServiceServer.
+func (hs *HostnameServer) ListHostnames(ctx context.Context, req *guestlistv1.ListHostnamesRequest) (*guestlistv1.ListHostnamesResponse, error) {
+	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
+		return nil, err
+	}
+	out := &guestlistv1.ListHostnamesResponse{}
+	err := hs.s.read(ctx, req.GetTenantId(), func(st *fold.Tenant) error {
+		if err := requireTenant(st); err != nil {
+			return err
+		}
+		keys, next, err := page(st.Hostnames, req.GetPageToken(), req.GetPageSize())
+		for _, k := range keys {
+			out.Hostnames = append(out.Hostnames, renderHostname(st.Hostnames[k]))
+		}
+		out.NextPageToken = next
+		return err
+	})
+	return out, err
+}
+
+// UpdateHostname implements guestlistv1.HostnameServiceServer.
+func (hs *HostnameServer) UpdateHostname(ctx context.Context, req *guestlistv1.UpdateHostnameRequest) (*guestlistv1.Hostname, error) {
+	p, err := auth.AuthorizeWrite(ctx, req.GetTenantId())
+	if err != nil {
+		return nil, err
+	}
+	in := req.GetHostname()
+	name, err := dnsname.Normalize(in.GetHostname())
+	if err != nil {
+		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "hostname.hostname", Reason: err.Error()})
+	}
+	setOrigin, setMtls, setPolicy := true, true, true
+	if paths := req.GetUpdateMask().GetPaths(); len(paths) > 0 {
+		setOrigin, setMtls, setPolicy = false, false, false
+		for i, path := range paths {
+			switch path {
+			case "origin_url":
+				setOrigin = true
+			case "mtls":
+				setMtls = true
+			case "policy_id":
+				setPolicy = true
+			case "hostname", "etag":
+				// The name and the etag say which version of what to update; they are not changed.
+			default:
+				return nil, apistatus.InvalidArgument(apistatus.Violation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Reason: fmt.Sprintf("%q cannot be updated; use origin_url, mtls or policy_id", path)})
+			}
+		}
+	}
+	var v []apistatus.Violation
+	if setOrigin {
+		if reason := checkOrigin(in.GetOriginUrl()); reason != "" {
+			v = append(v, apistatus.Violation{Field: "hostname.origin_url", Reason: reason})
+		}
+	}
+	if setMtls {
+		v = append(v, checkMtls("hostname.mtls", in.GetMtls())...)
+	}
+	if len(v) > 0 {
+		return nil, apistatus.InvalidArgument(v...)
+	}
+	res, err := hs.s.execute(ctx, req.GetTenantId(), metadata(ctx, p, ""), func(st *fold.Tenant) (decision, error) {
+		if err := requireTenant(st); err != nil {
+			return decision{}, err
+		}
+		old, ok := st.Hostnames[name]
+		if !ok {
+			return decision{}, apistatus.NotFound("hostname", name)
+		}
+		if err := checkEtag("hostname", name, in.GetEtag(), old.Revision); err != nil {
+			return decision{}, err
+		}
+		ev := &eventsv1.HostnameUpdated{
+			Hostname: name, OriginUrl: old.OriginURL, PolicyId: old.PolicyID, State: old.State,
+			Mtls: &eventsv1.MtlsSettings{Mode: old.Mode, CertificateAuthorityIds: old.CertificateAuthorityIDs, RejectInHandshake: old.RejectInHandshake},
+		}
+		if setOrigin {
+			ev.OriginUrl = in.GetOriginUrl()
+		}
+		if setMtls {
+			ev.Mtls = mtlsEvent(in.GetMtls())
+		}
+		if setPolicy {
+			ev.PolicyId = in.GetPolicyId()
+		}
+		if v := checkReferences(st, "hostname", ev.GetMtls(), ev.GetPolicyId()); len(v) > 0 {
+			return decision{}, apistatus.InvalidArgument(v...)
+		}
+		return decision{events: []protoMessage{ev}, result: func(st *fold.Tenant) (any, error) {
+			r, err := hostnamesResult([]string{name})(st)
+			if err != nil {
+				return nil, err
+			}
+			return r.([]*guestlistv1.Hostname)[0], nil
+		}}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res.(*guestlistv1.Hostname), nil
+}
+
+// DeleteHostname implements guestlistv1.HostnameServiceServer. The name is released for any tenant
+// to claim once the deletion is stored.
+func (hs *HostnameServer) DeleteHostname(ctx context.Context, req *guestlistv1.DeleteHostnameRequest) (*emptypb.Empty, error) {
+	p, err := auth.AuthorizeWrite(ctx, req.GetTenantId())
+	if err != nil {
+		return nil, err
+	}
+	name, err := dnsname.Normalize(req.GetHostname())
+	if err != nil {
+		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "hostname", Reason: err.Error()})
+	}
+	md := metadata(ctx, p, "")
+	_, err = hs.s.execute(ctx, req.GetTenantId(), md, func(st *fold.Tenant) (decision, error) {
+		if err := requireTenant(st); err != nil {
+			return decision{}, err
+		}
+		old, ok := st.Hostnames[name]
+		if !ok {
+			return decision{}, apistatus.NotFound("hostname", name)
+		}
+		if err := checkEtag("hostname", name, req.GetEtag(), old.Revision); err != nil {
+			return decision{}, err
+		}
+		return decision{events: []protoMessage{&eventsv1.HostnameDeleted{Hostname: name}}, result: emptyResult}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := hs.s.release(context.WithoutCancel(ctx), name, req.GetTenantId(), md); err != nil {
+		hs.s.log.Error("command: releasing a deleted hostname failed; it will be taken over after the grace period", "hostname", name, "err", err)
+	}
+	return &emptypb.Empty{}, nil
+}

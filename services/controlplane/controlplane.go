@@ -1,0 +1,99 @@
+// Package controlplane assembles the control plane's API from an event store: the command service
+// (package command) behind the gRPC services and REST gateway handlers of guestlist.v1.
+package controlplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+
+	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
+	"guestlist.dev/services/api/server"
+	"guestlist.dev/services/auth"
+	"guestlist.dev/services/command"
+	"guestlist.dev/services/eventstore"
+)
+
+// Config configures the control plane.
+type Config struct {
+	// Store is the event store. Required.
+	Store eventstore.Store
+	// AdminToken is the platform operator's bearer token. Required; only its SHA-256 is kept.
+	AdminToken string
+	// Logger receives logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// ControlPlane is the control plane's API.
+type ControlPlane struct {
+	cmd   *command.Service
+	store eventstore.Store
+}
+
+// New returns the control plane on cfg.Store.
+func New(cfg Config) (*ControlPlane, error) {
+	if cfg.AdminToken == "" {
+		return nil, errors.New("controlplane: an admin token is required")
+	}
+	cmd, err := command.New(command.Config{Store: cfg.Store, Logger: cfg.Logger, Now: cfg.Now, AdminTokenSHA256: sha256.Sum256([]byte(cfg.AdminToken))})
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	return &ControlPlane{cmd: cmd, store: cfg.Store}, nil
+}
+
+// Authenticator returns the authenticator of the API's bearer tokens.
+func (c *ControlPlane) Authenticator() auth.Authenticator { return c.cmd }
+
+// Ready reports whether the control plane can serve: the event store answers.
+func (c *ControlPlane) Ready(ctx context.Context) error {
+	if _, err := c.store.LastPosition(ctx); err != nil {
+		return fmt.Errorf("event store: %w", err)
+	}
+	return nil
+}
+
+// Services returns the guestlist.v1 services for the API server.
+func (c *ControlPlane) Services() []server.Service {
+	return []server.Service{
+		{
+			Name:            guestlistv1.TenantService_ServiceDesc.ServiceName,
+			RegisterGRPC:    func(r grpc.ServiceRegistrar) { guestlistv1.RegisterTenantServiceServer(r, c.cmd.Tenants()) },
+			RegisterGateway: guestlistv1.RegisterTenantServiceHandler,
+		},
+		{
+			Name:            guestlistv1.TokenService_ServiceDesc.ServiceName,
+			RegisterGRPC:    func(r grpc.ServiceRegistrar) { guestlistv1.RegisterTokenServiceServer(r, c.cmd.Tokens()) },
+			RegisterGateway: guestlistv1.RegisterTokenServiceHandler,
+		},
+		{
+			Name: guestlistv1.CertificateAuthorityService_ServiceDesc.ServiceName,
+			RegisterGRPC: func(r grpc.ServiceRegistrar) {
+				guestlistv1.RegisterCertificateAuthorityServiceServer(r, c.cmd.CertificateAuthorities())
+			},
+			RegisterGateway: guestlistv1.RegisterCertificateAuthorityServiceHandler,
+		},
+		{
+			Name:            guestlistv1.RevocationService_ServiceDesc.ServiceName,
+			RegisterGRPC:    func(r grpc.ServiceRegistrar) { guestlistv1.RegisterRevocationServiceServer(r, c.cmd.Revocations()) },
+			RegisterGateway: guestlistv1.RegisterRevocationServiceHandler,
+		},
+		{
+			Name:            guestlistv1.PolicyService_ServiceDesc.ServiceName,
+			RegisterGRPC:    func(r grpc.ServiceRegistrar) { guestlistv1.RegisterPolicyServiceServer(r, c.cmd.Policies()) },
+			RegisterGateway: guestlistv1.RegisterPolicyServiceHandler,
+		},
+		{
+			Name:            guestlistv1.HostnameService_ServiceDesc.ServiceName,
+			RegisterGRPC:    func(r grpc.ServiceRegistrar) { guestlistv1.RegisterHostnameServiceServer(r, c.cmd.Hostnames()) },
+			RegisterGateway: guestlistv1.RegisterHostnameServiceHandler,
+		},
+	}
+}
