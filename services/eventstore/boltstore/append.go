@@ -103,11 +103,27 @@ func (s *Store) signal() {
 	}
 }
 
-// commitLoop is the single writer. It takes everything queued, commits it in batches of bounded
-// size, and answers each append; it returns when the store is closed and the queue is empty.
+// maxGroupWait bounds how long the committer waits for more appends before a commit.
+const maxGroupWait = time.Millisecond
+
+// commitLoop is the single writer. It commits the queued appends in batches of bounded size, one
+// transaction each, and answers them; it returns when the store is closed and the queue is empty.
+//
+// Group commit without a fixed delay: the appends that arrive while a transaction commits form
+// the next batch. Left at that, batches alternate between large and small (the writers just
+// answered come back a moment after the next commit started without them), so the committer
+// remembers how many writers there were when it last answered (that batch plus those waiting)
+// and, if fewer are queued, waits for the others a little: at most half a commit's duration and
+// maxGroupWait.
 func (s *Store) commitLoop() {
 	defer close(s.committerDone)
-	var pending, spare []*appendReq
+	var (
+		batch      []*appendReq
+		target     = 1
+		commitTime time.Duration // moving average
+		timer      = time.NewTimer(time.Hour)
+	)
+	timer.Stop()
 	for {
 		s.mu.Lock()
 		for len(s.queue) == 0 && !s.closed {
@@ -119,30 +135,47 @@ func (s *Store) commitLoop() {
 			s.mu.Unlock()
 			return
 		}
-		pending, s.queue = s.queue, spare[:0]
+		if wait := min(commitTime/2, maxGroupWait); len(s.queue) < target && !s.closed && wait > 0 {
+			timer.Reset(wait)
+			for waiting := true; waiting && len(s.queue) < target && !s.closed; {
+				s.mu.Unlock()
+				select {
+				case <-s.wake:
+				case <-timer.C:
+					waiting = false
+				}
+				s.mu.Lock()
+			}
+			timer.Stop()
+		}
+		n, size := 1, s.queue[0].size
+		for n < len(s.queue) && n < s.opts.maxBatch && size+s.queue[n].size <= s.opts.maxBatchBytes {
+			size += s.queue[n].size
+			n++
+		}
+		batch = append(batch[:0], s.queue[:n]...)
+		left := copy(s.queue, s.queue[n:])
+		clear(s.queue[left:])
+		s.queue = s.queue[:left]
 		s.mu.Unlock()
 
-		for rest := pending; len(rest) > 0; {
-			n, size := 1, rest[0].size
-			for n < len(rest) && n < s.opts.maxBatch && size+rest[n].size <= s.opts.maxBatchBytes {
-				size += rest[n].size
-				n++
-			}
-			s.commitBatch(rest[:n])
-			rest = rest[n:]
+		began := time.Now()
+		s.commitBatch(batch)
+		commitTime = (3*commitTime + time.Since(began)) / 4
+
+		s.mu.Lock()
+		target = min(len(batch)+len(s.queue), s.opts.maxBatch)
+		s.mu.Unlock()
+		for _, r := range batch {
+			r.done <- struct{}{}
 		}
-		clear(pending)
-		spare = pending[:0]
+		clear(batch)
 	}
 }
 
-// commitBatch writes reqs in one transaction and answers them.
+// commitBatch writes reqs in one transaction and sets their results; the caller answers them.
 func (s *Store) commitBatch(reqs []*appendReq) {
-	defer func() {
-		for _, r := range reqs {
-			r.done <- struct{}{}
-		}
-	}()
+	s.appends.Add(uint64(len(reqs)))
 	s.mu.Lock()
 	failed := s.failed
 	s.mu.Unlock()
@@ -204,6 +237,7 @@ func (s *Store) commitBatch(reqs []*appendReq) {
 			}
 			return
 		}
+		s.commits.Add(1)
 		if last != start {
 			old := s.state.Load()
 			s.state.Store(&commitState{pos: last, changed: make(chan struct{})})

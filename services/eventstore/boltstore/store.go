@@ -130,6 +130,9 @@ type Store struct {
 	closeOnce     sync.Once
 	closeErr      error
 
+	commits atomic.Uint64 // transactions committed
+	appends atomic.Uint64 // appends answered by the committer, whatever the outcome
+
 	// Committer-owned scratch.
 	arena []byte
 	key   []byte
@@ -200,6 +203,20 @@ func Open(path string, opts ...Option) (*Store, error) {
 	s.state.Store(&commitState{pos: last, changed: make(chan struct{})})
 	go s.commitLoop()
 	return s, nil
+}
+
+// Stats are counters of a Store since it was opened.
+type Stats struct {
+	// Commits is the number of write transactions (each one fsync) committed.
+	Commits uint64
+	// Appends is the number of appends that reached the committer, whatever their outcome.
+	// Appends / Commits is the average group-commit batch size.
+	Appends uint64
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.commits.Load(), Appends: s.appends.Load()}
 }
 
 // Path returns the file's path.
