@@ -133,6 +133,9 @@ func (s *Store) commitLoop() {
 		}
 		if len(s.queue) == 0 {
 			s.mu.Unlock()
+			if len(s.overlay.entries) > 0 {
+				s.commitBatch(nil, true) // index what is left
+			}
 			return
 		}
 		if wait := min(commitTime/2, maxGroupWait); len(s.queue) < target && !s.closed && wait > 0 {
@@ -148,9 +151,10 @@ func (s *Store) commitLoop() {
 			}
 			timer.Stop()
 		}
-		n, size := 1, s.queue[0].size
+		n, size, events := 1, s.queue[0].size, len(s.queue[0].events)
 		for n < len(s.queue) && n < s.opts.maxBatch && size+s.queue[n].size <= s.opts.maxBatchBytes {
 			size += s.queue[n].size
+			events += len(s.queue[n].events)
 			n++
 		}
 		batch = append(batch[:0], s.queue[:n]...)
@@ -160,7 +164,7 @@ func (s *Store) commitLoop() {
 		s.mu.Unlock()
 
 		began := time.Now()
-		s.commitBatch(batch)
+		s.commitBatch(batch, len(s.overlay.entries)+events >= s.opts.indexFlush)
 		commitTime = (3*commitTime + time.Since(began)) / 4
 
 		s.mu.Lock()
@@ -174,7 +178,9 @@ func (s *Store) commitLoop() {
 }
 
 // commitBatch writes reqs in one transaction and sets their results; the caller answers them.
-func (s *Store) commitBatch(reqs []*appendReq) {
+// With flush, the transaction also writes the overlay and the appends' index entries to the
+// index buckets; otherwise the appends' index entries go to the overlay.
+func (s *Store) commitBatch(reqs []*appendReq, flush bool) {
 	s.appends.Add(uint64(len(reqs)))
 	s.mu.Lock()
 	failed := s.failed
@@ -200,6 +206,14 @@ func (s *Store) commitBatch(reqs []*appendReq) {
 			}
 			b.log.FillPercent = 1 // keys only ever grow
 			s.arena = s.arena[:0]
+			stage := s.stage
+			stage.reset()
+			if flush {
+				stage = nil // write index entries directly
+				if err := s.writeIndex(b, s.overlay.entries); err != nil {
+					return fmt.Errorf("index: %w", err)
+				}
+			}
 			for i, r := range reqs {
 				if r.skip {
 					continue
@@ -209,9 +223,14 @@ func (s *Store) commitBatch(reqs []*appendReq) {
 					r.err = fmt.Errorf("boltstore: append to %q: %w", r.stream, err)
 					continue
 				}
-				if err := s.apply(b, r, &last, now); err != nil {
+				if err := s.apply(b, r, stage, &last, now); err != nil {
 					bad = i
 					return err
+				}
+			}
+			if flush {
+				if err := tx.Bucket(bucketMeta).Put(keyIndexed, posKey(nil, last)); err != nil {
+					return fmt.Errorf("write indexed position: %w", err)
 				}
 			}
 			return nil
@@ -238,6 +257,21 @@ func (s *Store) commitBatch(reqs []*appendReq) {
 			return
 		}
 		s.commits.Add(1)
+		if flush {
+			s.flushes.Add(1)
+		}
+		if flush || len(s.stage.entries) > 0 {
+			s.overlayMu.Lock()
+			if flush {
+				s.overlay.reset()
+			} else {
+				for _, e := range s.stage.entries {
+					s.overlay.add(e)
+				}
+			}
+			s.overlayMu.Unlock()
+			s.stage.reset()
+		}
 		if last != start {
 			old := s.state.Load()
 			s.state.Store(&commitState{pos: last, changed: make(chan struct{})})
@@ -254,7 +288,9 @@ type buckets struct {
 // apply checks r against the state of the transaction and, if it passes, writes it. Failed
 // checks set r.err and write nothing; a returned error is a bbolt error after which the
 // transaction must be abandoned.
-func (s *Store) apply(b buckets, r *appendReq, last *eventstore.Position, now int64) error {
+//
+// With stage nil, apply writes the index entries to the index buckets; otherwise to stage.
+func (s *Store) apply(b buckets, r *appendReq, stage *memIndex, last *eventstore.Position, now int64) error {
 	// The key prefix shared by the stream and eventid buckets.
 	s.key = slices.Grow(streamPrefix(s.key[:0], r.stream), 16)
 	plen := len(s.key)
@@ -262,6 +298,16 @@ func (s *Store) apply(b buckets, r *appendReq, last *eventstore.Position, now in
 	// Idempotency: were these ids appended to this stream before?
 	r.found = r.found[:0]
 	for _, id := range r.ids {
+		if stage != nil {
+			if e, ok := stage.lookup(r.stream, id); ok {
+				r.found = append(r.found, e)
+				continue
+			}
+		}
+		if e, ok := s.overlay.lookup(r.stream, id); ok {
+			r.found = append(r.found, e)
+			continue
+		}
 		v := b.eventID.Get(append(s.key[:plen], id[:]...))
 		if v == nil {
 			continue
@@ -319,11 +365,15 @@ func (s *Store) apply(b buckets, r *appendReq, last *eventstore.Position, now in
 		if err := b.log.Put(pk, record); err != nil {
 			return fmt.Errorf("write log: %w", err)
 		}
-		if err := b.stream.Put(binary.BigEndian.AppendUint64(s.key[:plen], rev), pk); err != nil {
-			return fmt.Errorf("write stream index: %w", err)
-		}
-		if err := b.eventID.Put(append(s.key[:plen], r.ids[i][:]...), posRev); err != nil {
-			return fmt.Errorf("write event id index: %w", err)
+		if stage != nil {
+			stage.add(indexEntry{stream: r.stream, rev: rev, pos: pos, id: r.ids[i]})
+		} else {
+			if err := b.stream.Put(binary.BigEndian.AppendUint64(s.key[:plen], rev), pk); err != nil {
+				return fmt.Errorf("write stream index: %w", err)
+			}
+			if err := b.eventID.Put(append(s.key[:plen], r.ids[i][:]...), posRev); err != nil {
+				return fmt.Errorf("write event id index: %w", err)
+			}
 		}
 		rev++
 	}

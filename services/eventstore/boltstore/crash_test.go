@@ -136,7 +136,8 @@ func TestKill9(t *testing.T) {
 func crashChild(path string) {
 	// Never outlive a parent that failed to kill us.
 	time.AfterFunc(60*time.Second, func() { os.Exit(3) })
-	s, err := Open(path)
+	// Flush the index now and then, so that the parent finds some of it flushed and some not.
+	s, err := Open(path, WithIndexFlush(100))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "open:", err)
 		os.Exit(2)

@@ -9,6 +9,11 @@
 // revision, idempotency) against the state that includes the appends before it in the same
 // batch; an append that fails its checks writes nothing and does not affect the others.
 //
+// The committer does not wait a fixed time for a batch to fill; it waits briefly only for the
+// writers it answered last time to come back (see commitLoop). bbolt runs with the hashmap
+// freelist and without syncing the freelist (NoFreelistSync): data and metadata are still
+// fsynced with every commit, and bbolt rebuilds the freelist when it opens the file.
+//
 // Reads, LastPosition and subscriptions see only acknowledged (fsynced) events.
 //
 // # Layout
@@ -20,9 +25,15 @@
 //	head     stream                                             -> big-endian last revision
 //	eventid  uvarint len(stream), stream, 16-byte event id      -> big-endian position, big-endian revision
 //	meta     "format"                                           -> format version (1 byte)
+//	         "indexed"                                          -> big-endian position
 //
 // The length prefix makes the keys of one stream a contiguous range that no other stream's keys
 // fall into.
+//
+// Every commit writes the log and the heads. The stream and eventid indexes, which the log
+// determines, are kept in memory for a while and written in bulk by a later commit, up to the
+// position in "indexed"; Open indexes whatever a crash left unindexed (see index.go). This
+// keeps a commit of n appends to n different streams from writing 2n index leaves.
 //
 // # Limits
 //
@@ -31,7 +42,6 @@
 package boltstore
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -63,6 +73,7 @@ var (
 	bucketEventID = []byte("eventid")
 	bucketMeta    = []byte("meta")
 	keyFormat     = []byte("format")
+	keyIndexed    = []byte("indexed")
 )
 
 // Option configures Open.
@@ -73,6 +84,7 @@ type options struct {
 	maxBatch       int
 	maxBatchBytes  int
 	noFreelistSync bool
+	indexFlush     int
 }
 
 func defaultOptions() options {
@@ -81,6 +93,7 @@ func defaultOptions() options {
 		maxBatch:       1024,
 		maxBatchBytes:  16 << 20,
 		noFreelistSync: true,
+		indexFlush:     4096,
 	}
 }
 
@@ -111,6 +124,13 @@ func WithFreelistSync(sync bool) Option {
 	return func(o *options) { o.noFreelistSync = !sync }
 }
 
+// WithIndexFlush sets after how many appended events, roughly, a commit writes the index
+// entries kept in memory to the index buckets (default 4096; see "Deferred indexing" in
+// index.go). It bounds that memory and the work Open does after a crash. 1 indexes every commit.
+func WithIndexFlush(events int) Option {
+	return func(o *options) { o.indexFlush = max(events, 1) }
+}
+
 // Store is the bbolt-backed eventstore.Store. Create it with Open.
 type Store struct {
 	db   *bolt.DB
@@ -130,7 +150,14 @@ type Store struct {
 	closeOnce     sync.Once
 	closeErr      error
 
+	// overlay holds the index entries not yet in the index buckets. The committer changes it,
+	// under overlayMu; ReadStream reads it under overlayMu.
+	overlayMu sync.RWMutex
+	overlay   *memIndex
+	stage     *memIndex // the committer's entries of the transaction in progress
+
 	commits atomic.Uint64 // transactions committed
+	flushes atomic.Uint64 // commits that wrote the index buckets
 	appends atomic.Uint64 // appends answered by the committer, whatever the outcome
 
 	// Committer-owned scratch.
@@ -187,6 +214,9 @@ func Open(path string, opts ...Option) (*Store, error) {
 			}
 			last = eventstore.Position(binary.BigEndian.Uint64(k))
 		}
+		if _, err := catchUpIndex(tx, last); err != nil {
+			return fmt.Errorf("index the log: %w", err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -199,6 +229,8 @@ func Open(path string, opts ...Option) (*Store, error) {
 		wake:          make(chan struct{}, 1),
 		done:          make(chan struct{}),
 		committerDone: make(chan struct{}),
+		overlay:       newMemIndex(),
+		stage:         newMemIndex(),
 	}
 	s.state.Store(&commitState{pos: last, changed: make(chan struct{})})
 	go s.commitLoop()
@@ -212,11 +244,13 @@ type Stats struct {
 	// Appends is the number of appends that reached the committer, whatever their outcome.
 	// Appends / Commits is the average group-commit batch size.
 	Appends uint64
+	// IndexFlushes is the number of commits that wrote the index buckets.
+	IndexFlushes uint64
 }
 
 // Stats returns the store's counters.
 func (s *Store) Stats() Stats {
-	return Stats{Commits: s.commits.Load(), Appends: s.appends.Load()}
+	return Stats{Commits: s.commits.Load(), Appends: s.appends.Load(), IndexFlushes: s.flushes.Load()}
 }
 
 // Path returns the file's path.
@@ -305,6 +339,15 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 	}
 	limit := s.state.Load().pos
 	out := []eventstore.RecordedEvent{}
+	// The overlay must not lose entries that the transaction's index buckets lack: hold
+	// overlayMu from before the transaction starts until the positions are known.
+	s.overlayMu.RLock()
+	locked := true
+	defer func() {
+		if locked {
+			s.overlayMu.RUnlock()
+		}
+	}()
 	err := s.view(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketHead).Get([]byte(stream)) == nil {
 			return eventstore.ErrStreamNotFound
@@ -312,32 +355,15 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 		if max < 1 {
 			return nil
 		}
-		logb := tx.Bucket(bucketLog)
-		prefix := streamPrefix(nil, stream)
-		seek := binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), from)
-		c := tx.Bucket(bucketStream).Cursor()
-		k, v := c.Seek(seek)
-		if dir == eventstore.Backwards {
-			switch {
-			case k == nil:
-				k, v = c.Last()
-			case !bytes.Equal(k, seek):
-				k, v = c.Prev()
-			}
+		positions, err := streamPositions(tx.Bucket(bucketStream).Cursor(), stream, s.overlay.tails[stream], dir, from, max, limit)
+		s.overlayMu.RUnlock()
+		locked = false
+		if err != nil {
+			return err
 		}
+		logb := tx.Bucket(bucketLog)
 		var pk [8]byte
-		for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < max; k, v = step(c, dir) {
-			p, err := readUint64(v, "stream index value")
-			if err != nil {
-				return err
-			}
-			pos := eventstore.Position(p)
-			if pos > limit {
-				if dir == eventstore.Forwards {
-					break
-				}
-				continue // not acknowledged yet
-			}
+		for _, pos := range positions {
 			rec := logb.Get(posKey(pk[:0], pos))
 			if rec == nil {
 				return fmt.Errorf("stream index points to missing position %d: %w", pos, errCorrupt)
@@ -354,13 +380,6 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 		return nil, fmt.Errorf("boltstore: read stream %q: %w", stream, err)
 	}
 	return out, nil
-}
-
-func step(c *bolt.Cursor, dir eventstore.Direction) ([]byte, []byte) {
-	if dir == eventstore.Backwards {
-		return c.Prev()
-	}
-	return c.Next()
 }
 
 // scanChunk bounds the records one read transaction scans for ReadAll and subscriptions, so

@@ -2,9 +2,12 @@ package boltstore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +29,22 @@ func openTemp(t *testing.T) *Store {
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) eventstore.Store { return openTemp(t) })
+}
+
+func TestConformanceIndexFlush(t *testing.T) {
+	// Index flushes every few events, so reads cross the boundary of overlay and index buckets.
+	for _, n := range []int{1, 3} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) eventstore.Store {
+				s, err := Open(filepath.Join(t.TempDir(), "events.db"), WithIndexFlush(n))
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				t.Cleanup(func() { _ = s.Close() })
+				return s
+			})
+		})
+	}
 }
 
 func TestConformanceShared(t *testing.T) {
@@ -116,6 +135,11 @@ func TestIdempotencyConflicts(t *testing.T) {
 // before it in the batch, and a failing one does not affect the others, even when bbolt itself
 // rejects it.
 func TestBatchIsolation(t *testing.T) {
+	t.Run("overlay", func(t *testing.T) { testBatchIsolation(t, false) })
+	t.Run("flush", func(t *testing.T) { testBatchIsolation(t, true) })
+}
+
+func testBatchIsolation(t *testing.T, flush bool) {
 	ctx := t.Context()
 	s := openTemp(t)
 	a := ev("T", "a")
@@ -145,7 +169,7 @@ func TestBatchIsolation(t *testing.T) {
 		mk("t", eventstore.StreamExists(), ev("T", "f")),    // ok: t@1, position 4
 	}
 	reqs[7].ctx = cancelled
-	s.commitBatch(reqs)
+	s.commitBatch(reqs, flush)
 	type want struct {
 		res eventstore.AppendResult
 		err error
@@ -276,5 +300,150 @@ func TestOpenLocked(t *testing.T) {
 	defer s.Close()
 	if _, err := Open(path, WithLockTimeout(50*time.Millisecond)); err == nil || !strings.Contains(err.Error(), "locked") {
 		t.Errorf("second Open = %v, want a locked error", err)
+	}
+}
+
+// TestUnindexedLogAfterCrash copies the file as a crash would leave it, with index entries
+// still in memory only, and checks that Open indexes them.
+func TestUnindexedLogAfterCrash(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	s, err := Open(filepath.Join(dir, "events.db"), WithIndexFlush(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var first []eventstore.EventData
+	for i := range 25 {
+		e := ev("T", fmt.Sprint(i))
+		if i < 2 {
+			first = append(first, e)
+			if i == 0 {
+				continue
+			}
+			if _, err := s.Append(ctx, "s", eventstore.NoStream(), first...); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if _, err := s.Append(ctx, fmt.Sprint("s", i%2), eventstore.Any(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := s.Stats()
+	if st.IndexFlushes == 0 || len(s.overlay.entries) == 0 {
+		t.Fatalf("want some index flushes and some entries in memory: %+v, %d in memory", st, len(s.overlay.entries))
+	}
+	crashed := filepath.Join(dir, "crashed.db")
+	if err := s.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(crashed, 0o600) }); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]eventstore.RecordedEvent{}
+	for _, stream := range []string{"s", "s0", "s1"} {
+		want[stream], err = s.ReadStream(ctx, stream, eventstore.Forwards, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	c, err := Open(crashed)
+	if err != nil {
+		t.Fatalf("Open after a crash: %v", err)
+	}
+	defer c.Close()
+	for stream, evs := range want {
+		got, err := c.ReadStream(ctx, stream, eventstore.Forwards, 0, 100)
+		if err != nil || len(got) != len(evs) {
+			t.Fatalf("%s after a crash: %d events, %v; want %d", stream, len(got), err, len(evs))
+		}
+		for i := range got {
+			if !sameRecorded(got[i], evs[i]) {
+				t.Errorf("%s@%d after a crash = %+v, want %+v", stream, i, got[i], evs[i])
+			}
+		}
+	}
+	if res, err := c.Append(ctx, "s", eventstore.Any(), first...); err != nil || res.Position != 2 || res.NextExpectedRevision != 1 {
+		t.Errorf("retry after a crash = %+v, %v; want the original result", res, err)
+	}
+	if err := c.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyIndexed); v == nil || eventstore.Position(binary.BigEndian.Uint64(v)) != 25 {
+			return fmt.Errorf("indexed position = %x, want 25", v)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestReadStreamDuringFlushes reads a stream while it grows and the committer moves its index
+// entries from memory to the index buckets: every read must be a gapless run of revisions.
+func TestReadStreamDuringFlushes(t *testing.T) {
+	ctx := t.Context()
+	s, err := Open(filepath.Join(t.TempDir(), "events.db"), WithIndexFlush(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const total = 300
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(done)
+		for i := range total {
+			if _, err := s.Append(ctx, "grow", eventstore.Any(), ev("T", fmt.Sprint(i))); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	for range 2 {
+		wg.Go(func() {
+			for reads := 0; ; reads++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				fwd, err := s.ReadStream(ctx, "grow", eventstore.Forwards, 0, total)
+				if errors.Is(err, eventstore.ErrStreamNotFound) {
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for i, e := range fwd {
+					if e.Revision != uint64(i) {
+						t.Errorf("forwards read %d: revision %d at index %d", reads, e.Revision, i)
+						return
+					}
+				}
+				back, err := s.ReadStream(ctx, "grow", eventstore.Backwards, eventstore.End, total)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(back) < len(fwd) {
+					t.Errorf("backwards read found %d events after a forwards read found %d", len(back), len(fwd))
+				}
+				for i, e := range back {
+					if e.Revision != uint64(len(back)-1-i) {
+						t.Errorf("backwards read %d: revision %d at index %d of %d", reads, e.Revision, i, len(back))
+						return
+					}
+				}
+				if len(back) > 6 {
+					mid, err := s.ReadStream(ctx, "grow", eventstore.Backwards, uint64(len(back)-3), 4)
+					if err != nil || len(mid) != 4 || mid[0].Revision != uint64(len(back)-3) || mid[3].Revision != uint64(len(back)-6) {
+						t.Errorf("backwards read from the middle: %d events, %v", len(mid), err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if st := s.Stats(); st.IndexFlushes < 10 {
+		t.Errorf("only %d index flushes", st.IndexFlushes)
 	}
 }
