@@ -174,6 +174,8 @@ func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 		o.result, o.err = result, err
 		close(o.done)
 	}
+	// e.mu is held while deciding and folding, but not while the append waits for the disk: by then
+	// the provisional changes are rolled back, so readers see the stored state meanwhile.
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	live := batch[:0:0]
@@ -260,7 +262,9 @@ func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 		if !existed {
 			expected = eventstore.NoStream()
 		}
+		e.mu.Unlock()
 		_, err := s.store.Append(ctx, fold.TenantStream(e.id), expected, events...)
+		e.mu.Lock()
 		if err == nil {
 			if err := s.catchUp(ctx, e); err != nil {
 				for _, d := range ok {

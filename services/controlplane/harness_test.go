@@ -24,7 +24,7 @@ const adminToken = "gla_test-admin-token"
 
 // node is a running control plane on a real bolt file, with real gRPC and HTTP listeners.
 type node struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	store *boltstore.Store
 	base  string // http://127.0.0.1:port
@@ -32,7 +32,7 @@ type node struct {
 	stop  func()
 }
 
-func startNode(t *testing.T, dir string) *node {
+func startNode(t testing.TB, dir string) *node {
 	t.Helper()
 	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
 	if err != nil {
