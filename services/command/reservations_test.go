@@ -123,4 +123,6 @@ func TestTwoWritersOneStore(t *testing.T) {
 	}
 }
 
-func fmtID(w, i int) string { return "p" + string(rune('a'+w)) + "-" + string(rune('a'+i/26)) + string(rune('a'+i%26)) }
+func fmtID(w, i int) string {
+	return "p" + string(rune('a'+w)) + "-" + string(rune('a'+i/26)) + string(rune('a'+i%26))
+}
