@@ -1,0 +1,64 @@
+package policy
+
+import (
+	"net/http"
+	"testing"
+	"time"
+)
+
+// benchRules is a realistic five-rule policy; with benchInput the first four rules are false and
+// the fifth is true, so every rule is evaluated.
+var benchRules = []Rule{
+	{Name: "allow-ops-admin", Action: Allow, Expression: `"ops" in cert.subject.organizational_unit && request.path.startsWith("/admin/")`},
+	{Name: "deny-blocked-devices", Action: Deny, Expression: `cert.dns_names.exists(n, n.endsWith(".blocked.acme.example"))`},
+	{Name: "deny-internal", Action: Deny, Expression: `request.path.startsWith("/internal/")`},
+	{Name: "deny-writes", Action: Deny, Expression: `request.method in ["DELETE", "PUT", "PATCH"] && !("admin" in cert.subject.organizational_unit)`},
+	{Name: "allow-prod", Action: Allow, Expression: `cert.verified && request.headers[?"x-env"].orValue("") == "prod"`},
+}
+
+func benchInput() *Input {
+	h := http.Header{}
+	h.Set("Accept", "application/json")
+	h.Set("User-Agent", "device-agent/1.2")
+	h.Set("X-Env", "prod")
+	h.Set("X-Request-Id", "4bf92f3577b34da6a3ce929d0e0e4736")
+	return &Input{
+		Cert: CertInput{
+			Presented: true,
+			Verified:  true,
+			Subject: SubjectInput{
+				CommonName:         "device-42",
+				OrganizationalUnit: []string{"devices", "eu-west"},
+				Organization:       []string{"Acme Corp"},
+			},
+			Issuer:            IssuerInput{CommonName: "Acme Device CA"},
+			SerialNumber:      "1a2b3c4d",
+			FingerprintSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+			DNSNames:          []string{"device-42.devices.acme.example", "device-42.eu-west.acme.example"},
+			NotBefore:         time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+			NotAfter:          time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC),
+		},
+		Request: RequestInput{
+			Host:    "pay.example.com",
+			Method:  "GET",
+			Path:    "/api/v1/payments/123",
+			Headers: h,
+		},
+	}
+}
+
+func BenchmarkEvaluate5Rules(b *testing.B) {
+	p, err := Compile(benchRules)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := benchInput()
+	matched, i, action, err := p.Evaluate(in)
+	if err != nil || !matched || i != 4 || action != Allow {
+		b.Fatalf("Evaluate = %v, %d, %v, %v", matched, i, action, err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _, _, _ = p.Evaluate(in)
+	}
+}

@@ -1,0 +1,388 @@
+// Package policy is the CEL environment of guestlist's access policies: the control plane compiles
+// every rule with [Compile] when a policy is written, and the edge compiles the same rules with the
+// same environment and evaluates them per request with [Program.Evaluate].
+//
+// # Variables
+//
+//	cert.presented            bool       the client sent a certificate
+//	cert.verified             bool       it verified against the hostname's CAs (chain, time, usage, revocation)
+//	cert.error                string     why it did not verify ("" otherwise)
+//	cert.subject.common_name  string
+//	cert.subject.organizational_unit  list(string)
+//	cert.subject.organization list(string)
+//	cert.issuer.common_name   string
+//	cert.serial_number        string     lower-case hex, no leading zeros (certid.SerialNumber)
+//	cert.fingerprint_sha256   string     lower-case hex SHA-256 of the DER (certid.FingerprintSHA256)
+//	cert.dns_names, cert.email_addresses, cert.uris  list(string)  subject alternative names
+//	cert.not_before, cert.not_after  timestamp
+//	request.host              string     the normalised hostname
+//	request.method            string     e.g. "GET"
+//	request.path              string     the escaped URL path, without the query
+//	request.headers           map(string, string)  lower-case names; repeated headers joined by ", "
+//
+// Without a certificate, cert's strings and lists are empty, its timestamps are
+// 0001-01-01T00:00:00Z, and has(cert.subject) is false. Indexing a header that was not sent is an
+// evaluation error (the edge then denies with reason policy_error); test with
+// `"x-env" in request.headers` or use `request.headers[?"x-env"].orValue("")`.
+//
+// Besides the CEL standard library the environment offers optional types, and the cel-go
+// extension libraries strings (e.g. lowerAscii, split), sets (sets.contains, sets.intersects)
+// and lists. Time functions use UTC unless given a time zone.
+//
+// # Limits
+//
+// A policy has at most [MaxRules] rules of at most [MaxExpressionBytes] bytes each. Expressions
+// are limited in nesting, size, comprehension nesting (2) and regular expression size, and every
+// rule's estimated worst-case cost must stay within [MaxRuleCost] and the policy's within
+// [MaxPolicyCost]. The estimate assumes these bounds on the input: at most 100 items in each list
+// of cert, cert strings up to 1024 bytes (URIs 4096), host 1024, method 64, path 8192, at most
+// 100 headers with names up to 256 and values up to 8192 bytes. Requests within them (nearly all)
+// are evaluated without run-time cost tracking; a request beyond them is evaluated with cost
+// tracking and fails with an evaluation error if a rule exceeds [MaxRuleCost].
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common"
+	celast "cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/operators"
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+)
+
+// Action is what a matching rule decides. Its values are those of guestlist.v1.Action.
+type Action uint8
+
+const (
+	// Allow lets the request through.
+	Allow Action = 1
+	// Deny refuses the request.
+	Deny Action = 2
+)
+
+// String returns "allow" or "deny" (as written to the decision log), or "Action(n)".
+func (a Action) String() string {
+	switch a {
+	case Allow:
+		return "allow"
+	case Deny:
+		return "deny"
+	}
+	return fmt.Sprintf("Action(%d)", uint8(a))
+}
+
+// Rule is one step of a policy.
+type Rule struct {
+	// Name identifies the rule in errors and decisions: 1 to 63 letters, digits, '-' and '_',
+	// unique within the policy.
+	Name string
+	// Action is applied when Expression is true.
+	Action Action
+	// Expression is a CEL expression over `cert` and `request` that yields a bool.
+	Expression string
+}
+
+// Sentinel errors for problems of the policy as a whole (not of one rule).
+var (
+	// ErrNoRules: a policy needs at least one rule.
+	ErrNoRules = errors.New("policy has no rules; at least one is required")
+	// ErrTooManyRules: a policy has more than MaxRules rules.
+	ErrTooManyRules = fmt.Errorf("policy has too many rules; at most %d are allowed", MaxRules)
+	// ErrPolicyTooExpensive: the summed estimated cost of the rules exceeds MaxPolicyCost.
+	ErrPolicyTooExpensive = fmt.Errorf("policy is too expensive to evaluate; the estimated costs of its rules add up to more than %d", MaxPolicyCost)
+)
+
+// CompileError reports a rule that cannot be compiled. Field is "expression" for syntax, type and
+// cost errors (Line and Column then give the 1-based position in the expression, Column counting
+// Unicode code points), or "name" or "action" for an invalid name or action (Line and Column are
+// then 0).
+type CompileError struct {
+	// Rule is the rule's name as given.
+	Rule string
+	// Index is the rule's position in the policy, from 0.
+	Index int
+	// Field is the rule's field at fault: "expression", "name" or "action".
+	Field string
+	// Line and Column locate the problem in the expression (1-based), when Field is "expression".
+	Line, Column int
+	// Message says what is wrong.
+	Message string
+}
+
+// FieldPath returns the path of the field at fault, e.g. "rules[2].expression".
+func (e *CompileError) FieldPath() string {
+	return fmt.Sprintf("rules[%d].%s", e.Index, e.Field)
+}
+
+// Error implements error, e.g.
+// `rule "allow-ops" (rules[2].expression): line 1, column 14: undeclared reference to 'cret'`.
+func (e *CompileError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("rule %q (%s): line %d, column %d: %s", e.Rule, e.FieldPath(), e.Line, e.Column, e.Message)
+	}
+	return fmt.Sprintf("rule %q (%s): %s", e.Rule, e.FieldPath(), e.Message)
+}
+
+// EvalError reports a rule whose evaluation failed. The edge fails closed on it: deny, with
+// reason policy_error.
+type EvalError struct {
+	// Rule is the rule's name.
+	Rule string
+	// Index is the rule's position in the policy, from 0.
+	Index int
+	// Err is the CEL evaluation error, e.g. "no such key: x-env".
+	Err error
+}
+
+// Error implements error.
+func (e *EvalError) Error() string {
+	return fmt.Sprintf("rule %q (rules[%d]): evaluation failed: %v", e.Rule, e.Index, e.Err)
+}
+
+// Unwrap returns the CEL evaluation error.
+func (e *EvalError) Unwrap() error { return e.Err }
+
+// Program is a compiled policy. It is safe for concurrent use.
+type Program struct {
+	rules []compiledRule
+}
+
+type compiledRule struct {
+	Rule
+	cost uint64
+	// fast is evaluated when the input is within the bounds the cost estimate assumes;
+	// guarded tracks the cost at run time and is used otherwise.
+	fast, guarded cel.Program
+}
+
+var ruleName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,63}$`)
+
+// Compile checks and compiles the rules of a policy in order. The first problem found is
+// returned: a *[CompileError] for a rule (bad name, duplicate name, bad action, syntax or type
+// error, a result other than bool, an expression too large, too deep or too expensive), or one of
+// [ErrNoRules], [ErrTooManyRules] and [ErrPolicyTooExpensive] for the policy as a whole.
+func Compile(rules []Rule) (*Program, error) {
+	if len(rules) == 0 {
+		return nil, ErrNoRules
+	}
+	if len(rules) > MaxRules {
+		return nil, ErrTooManyRules
+	}
+	env, err := environment()
+	if err != nil {
+		return nil, fmt.Errorf("policy: CEL environment: %w", err)
+	}
+	p := &Program{rules: make([]compiledRule, len(rules))}
+	seen := make(map[string]int, len(rules))
+	var total uint64
+	for i, r := range rules {
+		fail := func(field string, line, col int, format string, args ...any) error {
+			return &CompileError{Rule: r.Name, Index: i, Field: field, Line: line, Column: col, Message: fmt.Sprintf(format, args...)}
+		}
+		if !ruleName.MatchString(r.Name) {
+			return nil, fail("name", 0, 0, "a rule name is 1 to 63 letters, digits, '-' and '_'")
+		}
+		if j, dup := seen[r.Name]; dup {
+			return nil, fail("name", 0, 0, "rules[%d] has the same name; rule names must be unique within a policy", j)
+		}
+		seen[r.Name] = i
+		if r.Action != Allow && r.Action != Deny {
+			return nil, fail("action", 0, 0, "the action must be ALLOW or DENY, not %d", uint8(r.Action))
+		}
+		cr, err := compileRule(env, r)
+		if err != nil {
+			err.Rule, err.Index = r.Name, i
+			return nil, err
+		}
+		total += cr.cost
+		p.rules[i] = *cr
+	}
+	if total > MaxPolicyCost {
+		return nil, ErrPolicyTooExpensive
+	}
+	return p, nil
+}
+
+// compileRule compiles one rule; the returned CompileError lacks Rule and Index.
+func compileRule(env *cel.Env, r Rule) (*compiledRule, *CompileError) {
+	expr := r.Expression
+	fail := func(loc common.Location, format string, args ...any) *CompileError {
+		line, col := 1, 1
+		if loc != nil && loc.Line() > 0 {
+			line, col = loc.Line(), max(loc.Column()+1, 1)
+		}
+		return &CompileError{Field: "expression", Line: line, Column: col, Message: fmt.Sprintf(format, args...)}
+	}
+	if expr == "" {
+		return nil, fail(nil, "the expression is empty")
+	}
+	if len(expr) > MaxExpressionBytes {
+		return nil, fail(nil, "the expression is %d bytes long; at most %d are allowed", len(expr), MaxExpressionBytes)
+	}
+	ast, iss := env.Compile(expr)
+	if iss.Err() != nil {
+		errs := iss.Errors()
+		first := errs[0]
+		msg := strings.TrimSuffix(first.Message, " (in container '')")
+		if len(errs) > 1 {
+			msg = fmt.Sprintf("%s (and %d more)", msg, len(errs)-1)
+		}
+		return nil, fail(first.Location, "%s", msg)
+	}
+	native := ast.NativeRep()
+	start := expressionStart(expr)
+	if !ast.OutputType().IsExactType(types.BoolType) {
+		return nil, fail(start, "the expression yields %s; it must yield bool", ast.OutputType())
+	}
+	if loc, msg, bad := checkAST(native); bad {
+		return nil, fail(loc, "%s", msg)
+	}
+	est, err := env.EstimateCost(ast, estimator{})
+	if err != nil {
+		return nil, fail(start, "cannot estimate the cost: %v", err)
+	}
+	if est.Max > MaxRuleCost {
+		return nil, fail(start, "the expression is too expensive: its estimated worst-case cost %d exceeds the limit of %d", est.Max, MaxRuleCost)
+	}
+	fast, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize))
+	if err != nil {
+		return nil, fail(start, "%v", err)
+	}
+	guarded, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(MaxRuleCost), costTrackers)
+	if err != nil {
+		return nil, fail(start, "%v", err)
+	}
+	return &compiledRule{Rule: r, cost: est.Max, fast: fast, guarded: guarded}, nil
+}
+
+// expressionStart locates the first character of an expression that is not white space.
+func expressionStart(expr string) common.Location {
+	line, col := 1, 0
+	for _, r := range expr {
+		switch r {
+		case '\n':
+			line, col = line+1, 0
+		case ' ', '\t', '\r':
+			col++
+		default:
+			return common.NewLocation(line, col)
+		}
+	}
+	return common.NewLocation(1, 0)
+}
+
+// checkAST rejects what type-checks but could never work at the edge: constructing the input
+// types (which cannot be constructed), and constant header names with upper-case letters used as
+// keys of request.headers (whose keys are lower case, so the lookup could never succeed).
+func checkAST(a *celast.AST) (loc common.Location, msg string, bad bool) {
+	info := a.SourceInfo()
+	isHeaders := func(e celast.Expr) bool {
+		if e.Kind() != celast.SelectKind {
+			return false
+		}
+		sel := e.AsSelect()
+		op := sel.Operand()
+		return sel.FieldName() == "headers" && op.Kind() == celast.IdentKind && op.AsIdent() == "request"
+	}
+	report := func(id int64, name string) {
+		if bad {
+			return
+		}
+		for i := 0; i < len(name); i++ {
+			if c := name[i]; 'A' <= c && c <= 'Z' {
+				loc, bad = info.GetStartLocation(id), true
+				msg = fmt.Sprintf("header names in request.headers are lower case; write %q instead of %q", strings.ToLower(name), name)
+				return
+			}
+		}
+	}
+	literal := func(e celast.Expr) {
+		if e.Kind() == celast.LiteralKind {
+			if k, ok := e.AsLiteral().(types.String); ok {
+				report(e.ID(), string(k))
+			}
+		}
+	}
+	celast.PostOrderVisit(a.Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		switch e.Kind() {
+		case celast.CallKind:
+			call := e.AsCall()
+			args := call.Args()
+			if len(args) != 2 {
+				return
+			}
+			switch call.FunctionName() {
+			case operators.Index, operators.OptIndex, operators.OptSelect:
+				if isHeaders(args[0]) {
+					literal(args[1])
+				}
+			case operators.In:
+				if isHeaders(args[1]) {
+					literal(args[0])
+				}
+			}
+		case celast.SelectKind:
+			if sel := e.AsSelect(); isHeaders(sel.Operand()) {
+				report(e.ID(), sel.FieldName())
+			}
+		case celast.StructKind:
+			if !bad {
+				loc, bad = info.GetStartLocation(e.ID()), true
+				msg = fmt.Sprintf("values of type %s cannot be constructed in an expression", e.AsStruct().TypeName())
+			}
+		}
+	}))
+	return loc, msg, bad
+}
+
+// Len returns the number of rules.
+func (p *Program) Len() int { return len(p.rules) }
+
+// Rule returns the i-th rule (0 <= i < Len()).
+func (p *Program) Rule(i int) Rule { return p.rules[i].Rule }
+
+// EstimatedCost returns the estimated worst-case cost of the i-th rule, in CEL cost units.
+func (p *Program) EstimatedCost(i int) uint64 { return p.rules[i].cost }
+
+// Evaluate tries the rules in order and reports the first whose expression is true: matched is
+// true, ruleIndex its index and action its action. When no rule matches it returns false, -1, 0
+// and nil. When a rule's evaluation fails it stops there and returns false, that rule's index, 0
+// and an *[EvalError] naming the rule; the caller must fail closed.
+//
+// Evaluate does not retain in or anything it references after it returns.
+func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Action, err error) {
+	st := acquireState(in)
+	defer st.release()
+	for i := range p.rules {
+		r := &p.rules[i]
+		st.nIters = 0
+		var out ref.Val
+		if st.guarded {
+			out, _, err = r.guarded.Eval(st)
+		} else {
+			out, _, err = r.fast.Eval(st)
+			if st.oob {
+				// The input exceeds the bounds of the cost estimate: from here on, track the cost.
+				st.guarded = true
+				st.nIters = 0
+				out, _, err = r.guarded.Eval(st)
+			}
+		}
+		if err != nil {
+			return false, i, 0, &EvalError{Rule: r.Name, Index: i, Err: err}
+		}
+		switch out {
+		case types.True:
+			return true, i, r.Action, nil
+		case types.False:
+			continue
+		}
+		return false, i, 0, &EvalError{Rule: r.Name, Index: i, Err: fmt.Errorf("the expression yielded %v of type %s, not a bool", out, out.Type().TypeName())}
+	}
+	return false, -1, 0, nil
+}

@@ -1,0 +1,426 @@
+package policy
+
+import (
+	"fmt"
+	"net/http"
+	"reflect"
+	"strings"
+	"sync"
+
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+	"cel.dev/cel-go/common/types/traits"
+	"cel.dev/cel-go/interpreter"
+)
+
+// evalState is the activation of one Evaluate call. It is pooled, and it holds the CEL values of
+// the input's objects, lists and header map inline, so that selecting `cert.subject` or
+// `cert.dns_names` allocates nothing; strings and timestamps are boxed at most once per call.
+//
+// Input bounds: while guarded is false, every getter checks that the value it hands to CEL is
+// within the bounds the cost estimate assumes. A value beyond them is never handed out: the getter
+// sets oob and returns an error instead, and Evaluate evaluates the rule again, and the remaining
+// rules, with the cost-tracking programs (guarded). So the unguarded programs only ever see input
+// within the bounds, and their cost stays within the estimate, without any up-front scan of the
+// input.
+type evalState struct {
+	in                             *Input
+	cert, subject, issuer, request objVal
+	lists                          [numLists]stringList
+	headers                        headerMap
+	cache                          [numCached]ref.Val
+	listsChecked                   uint8 // bit i: lists[i] was found within bounds
+	guarded, oob                   bool
+	iters                          [4]stringIter // handed out by stringList.Iterator
+	nIters                         int
+}
+
+var statePool = sync.Pool{New: func() any {
+	st := &evalState{}
+	st.cert = objVal{st: st, t: certType}
+	st.subject = objVal{st: st, t: subjectType}
+	st.issuer = objVal{st: st, t: issuerType}
+	st.request = objVal{st: st, t: requestType}
+	for i := range st.lists {
+		st.lists[i].st = st
+	}
+	st.headers.st = st
+	return st
+}}
+
+func acquireState(in *Input) *evalState {
+	st := statePool.Get().(*evalState)
+	st.in = in
+	st.lists[listDNS].s = in.Cert.DNSNames
+	st.lists[listEmail].s = in.Cert.EmailAddresses
+	st.lists[listURI].s = in.Cert.URIs
+	st.lists[listOU].s = in.Cert.Subject.OrganizationalUnit
+	st.lists[listOrg].s = in.Cert.Subject.Organization
+	st.headers.h = in.Request.Headers
+	return st
+}
+
+func (st *evalState) release() {
+	st.in = nil
+	for i := range st.lists {
+		st.lists[i].s = nil
+	}
+	st.headers.h = nil
+	clear(st.cache[:])
+	clear(st.iters[:])
+	st.nIters = 0
+	st.listsChecked = 0
+	st.guarded, st.oob = false, false
+	statePool.Put(st)
+}
+
+// outOfBounds records that the input exceeds the bounds of the cost estimate and returns the
+// error that the unguarded evaluation sees instead of the value.
+func (st *evalState) outOfBounds() ref.Val {
+	st.oob = true
+	return types.NewErr("input exceeds the bounds assumed by the cost estimate")
+}
+
+// ResolveName implements interpreter.Activation.
+func (st *evalState) ResolveName(name string) (any, bool) {
+	switch name {
+	case "cert":
+		return &st.cert, true
+	case "request":
+		return &st.request, true
+	}
+	return nil, false
+}
+
+// Parent implements interpreter.Activation.
+func (st *evalState) Parent() interpreter.Activation { return nil }
+
+func listWithin(l []string, item int) bool {
+	if len(l) > boundListItems {
+		return false
+	}
+	for _, s := range l {
+		if len(s) > item {
+			return false
+		}
+	}
+	return true
+}
+
+// objVal is the CEL value of `cert`, `cert.subject`, `cert.issuer` and `request`.
+type objVal struct {
+	st *evalState
+	t  *objType
+}
+
+var (
+	_ traits.Indexer     = (*objVal)(nil)
+	_ traits.FieldTester = (*objVal)(nil)
+)
+
+// ConvertToNative implements ref.Val.
+func (o *objVal) ConvertToNative(typeDesc reflect.Type) (any, error) {
+	return nil, fmt.Errorf("type conversion error from '%s' to '%v'", o.t.name, typeDesc)
+}
+
+// ConvertToType implements ref.Val.
+func (o *objVal) ConvertToType(typeVal ref.Type) ref.Val {
+	if typeVal == types.TypeType {
+		return o.t.celType
+	}
+	return types.NewErr("type conversion error from '%s' to '%s'", o.t.name, typeVal.TypeName())
+}
+
+// Equal implements ref.Val: an input object equals only itself.
+func (o *objVal) Equal(other ref.Val) ref.Val {
+	p, ok := other.(*objVal)
+	return types.Bool(ok && p == o)
+}
+
+// Type implements ref.Val.
+func (o *objVal) Type() ref.Type { return o.t.celType }
+
+// Value implements ref.Val. The field getters receive this value.
+func (o *objVal) Value() any { return o }
+
+// Get implements traits.Indexer (dynamic field access).
+func (o *objVal) Get(index ref.Val) ref.Val {
+	name, ok := index.(types.String)
+	if !ok {
+		return types.ValOrErr(index, "no such overload")
+	}
+	f, ok := o.t.fields[string(name)]
+	if !ok {
+		return types.NewErr("no such field '%s' on type %s", string(name), o.t.name)
+	}
+	return f.get(o.st)
+}
+
+// IsSet implements traits.FieldTester.
+func (o *objVal) IsSet(index ref.Val) ref.Val {
+	name, ok := index.(types.String)
+	if !ok {
+		return types.ValOrErr(index, "no such overload")
+	}
+	f, ok := o.t.fields[string(name)]
+	if !ok {
+		return types.NewErr("no such field '%s' on type %s", string(name), o.t.name)
+	}
+	return types.Bool(f.isSet(o.st))
+}
+
+// stringList is a CEL list(string) over a []string of the input, without copying or boxing the
+// elements up front. Membership tests compare strings directly.
+type stringList struct {
+	st *evalState
+	s  []string
+}
+
+var _ traits.Lister = (*stringList)(nil)
+
+func (l *stringList) generic() traits.Lister {
+	return types.NewStringList(types.DefaultTypeAdapter, l.s)
+}
+
+// Add implements traits.Adder (list concatenation).
+func (l *stringList) Add(other ref.Val) ref.Val { return l.generic().Add(other) }
+
+// Contains implements traits.Container.
+func (l *stringList) Contains(v ref.Val) ref.Val {
+	s, ok := v.(types.String)
+	if !ok {
+		return l.generic().Contains(v)
+	}
+	for _, e := range l.s {
+		if e == string(s) {
+			return types.True
+		}
+	}
+	return types.False
+}
+
+// Get implements traits.Indexer.
+func (l *stringList) Get(index ref.Val) ref.Val {
+	if i, ok := index.(types.Int); ok && i >= 0 && int64(i) < int64(len(l.s)) {
+		return types.String(l.s[i])
+	}
+	return l.generic().Get(index)
+}
+
+// Iterator implements traits.Iterable.
+func (l *stringList) Iterator() traits.Iterator {
+	if st := l.st; st != nil && st.nIters < len(st.iters) {
+		it := &st.iters[st.nIters]
+		st.nIters++
+		*it = stringIter{s: l.s}
+		return it
+	}
+	return &stringIter{s: l.s}
+}
+
+// Size implements traits.Sizer.
+func (l *stringList) Size() ref.Val { return types.Int(len(l.s)) }
+
+// ConvertToNative implements ref.Val.
+func (l *stringList) ConvertToNative(typeDesc reflect.Type) (any, error) {
+	return l.generic().ConvertToNative(typeDesc)
+}
+
+// ConvertToType implements ref.Val.
+func (l *stringList) ConvertToType(typeVal ref.Type) ref.Val {
+	return l.generic().ConvertToType(typeVal)
+}
+
+// Equal implements ref.Val.
+func (l *stringList) Equal(other ref.Val) ref.Val { return l.generic().Equal(other) }
+
+// Type implements ref.Val.
+func (l *stringList) Type() ref.Type { return types.ListType }
+
+// Value implements ref.Val.
+func (l *stringList) Value() any { return l.s }
+
+// stringIter iterates over a []string.
+type stringIter struct {
+	s []string
+	i int
+}
+
+func (it *stringIter) ConvertToNative(reflect.Type) (any, error) {
+	return nil, fmt.Errorf("type conversion on iterators not supported")
+}
+func (it *stringIter) ConvertToType(ref.Type) ref.Val { return types.NewErr("no such overload") }
+func (it *stringIter) Equal(ref.Val) ref.Val          { return types.NewErr("no such overload") }
+func (it *stringIter) Type() ref.Type                 { return types.IteratorType }
+func (it *stringIter) Value() any                     { return nil }
+func (it *stringIter) HasNext() ref.Val               { return types.Bool(it.i < len(it.s)) }
+func (it *stringIter) Next() ref.Val {
+	if it.i >= len(it.s) {
+		return nil
+	}
+	v := types.String(it.s[it.i])
+	it.i++
+	return v
+}
+
+// headerMap is the CEL map(string, string) `request.headers` over an http.Header: keys are seen in
+// lower case, several values of one header are joined by ", ".
+type headerMap struct {
+	st *evalState
+	h  http.Header
+}
+
+var _ traits.Mapper = (*headerMap)(nil)
+
+// values returns the values of the header whose lower-case name is key. Keys with upper-case
+// letters never match: the CEL map has lower-case keys only.
+func (m *headerMap) values(key string) []string {
+	if len(m.h) == 0 || key == "" {
+		return nil
+	}
+	var buf [boundHeaderName]byte
+	if len(key) > len(buf) {
+		return nil
+	}
+	b := buf[:len(key)]
+	upper := true
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if 'A' <= c && c <= 'Z' {
+			return nil
+		}
+		if upper && 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		b[i] = c
+		upper = c == '-'
+	}
+	// The conversion in the index expression does not allocate.
+	if vs, ok := m.h[string(b)]; ok {
+		return vs
+	}
+	// Non-canonical keys (names with characters textproto leaves alone, or a Header built by hand).
+	return m.h[key]
+}
+
+// lookup returns the (joined) value of a header. With checkSize, a value beyond the bounds of
+// the cost estimate is replaced by the out-of-bounds error (unless guarded).
+func (m *headerMap) lookup(key string, checkSize bool) (ref.Val, bool) {
+	vs := m.values(key)
+	switch len(vs) {
+	case 0:
+		return nil, false
+	case 1:
+		if checkSize && len(vs[0]) > boundHeaderValue && !m.guarded() {
+			return m.st.outOfBounds(), true
+		}
+		return types.String(vs[0]), true
+	}
+	v := strings.Join(vs, ", ")
+	if checkSize && len(v) > boundHeaderValue && !m.guarded() {
+		return m.st.outOfBounds(), true
+	}
+	return types.String(v), true
+}
+
+func (m *headerMap) guarded() bool { return m.st == nil || m.st.guarded }
+
+func (m *headerMap) size() int {
+	n := 0
+	for _, vs := range m.h {
+		if len(vs) > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// lowered returns the map as CEL sees it. Unless guarded, a map beyond the bounds of the cost
+// estimate records that and yields an empty map (the evaluation is then repeated, guarded).
+func (m *headerMap) lowered() map[string]string {
+	out := make(map[string]string, len(m.h))
+	for k, vs := range m.h {
+		if len(vs) > 0 {
+			out[strings.ToLower(k)] = strings.Join(vs, ", ")
+		}
+	}
+	if !m.guarded() {
+		for k, v := range out {
+			if len(k) > boundHeaderName || len(v) > boundHeaderValue {
+				m.st.oob = true
+				return map[string]string{}
+			}
+		}
+	}
+	return out
+}
+
+func (m *headerMap) generic() traits.Mapper {
+	return types.NewStringStringMap(types.DefaultTypeAdapter, m.lowered())
+}
+
+// Find implements traits.Mapper.
+func (m *headerMap) Find(key ref.Val) (ref.Val, bool) {
+	k, ok := key.(types.String)
+	if !ok {
+		return m.generic().Find(key)
+	}
+	return m.lookup(string(k), true)
+}
+
+// Contains implements traits.Container.
+func (m *headerMap) Contains(key ref.Val) ref.Val {
+	k, ok := key.(types.String)
+	if !ok {
+		return m.generic().Contains(key)
+	}
+	_, found := m.lookup(string(k), false)
+	return types.Bool(found)
+}
+
+// Get implements traits.Indexer.
+func (m *headerMap) Get(key ref.Val) ref.Val {
+	if v, found := m.Find(key); found {
+		return v
+	}
+	return types.ValOrErr(key, "no such key: %v", key)
+}
+
+// Iterator implements traits.Iterable; it yields the lower-case header names. Unless guarded, a
+// name beyond the bounds of the cost estimate records that and yields nothing (the evaluation is
+// then repeated, guarded).
+func (m *headerMap) Iterator() traits.Iterator {
+	keys := make([]string, 0, len(m.h))
+	for k, vs := range m.h {
+		if len(k) > boundHeaderName && !m.guarded() {
+			m.st.oob = true
+			return &stringIter{}
+		}
+		if len(vs) > 0 {
+			keys = append(keys, strings.ToLower(k))
+		}
+	}
+	return &stringIter{s: keys}
+}
+
+// Size implements traits.Sizer.
+func (m *headerMap) Size() ref.Val { return types.Int(m.size()) }
+
+// ConvertToNative implements ref.Val.
+func (m *headerMap) ConvertToNative(typeDesc reflect.Type) (any, error) {
+	return m.generic().ConvertToNative(typeDesc)
+}
+
+// ConvertToType implements ref.Val.
+func (m *headerMap) ConvertToType(typeVal ref.Type) ref.Val {
+	return m.generic().ConvertToType(typeVal)
+}
+
+// Equal implements ref.Val.
+func (m *headerMap) Equal(other ref.Val) ref.Val { return m.generic().Equal(other) }
+
+// Type implements ref.Val.
+func (m *headerMap) Type() ref.Type { return types.MapType }
+
+// Value implements ref.Val.
+func (m *headerMap) Value() any { return m.lowered() }
