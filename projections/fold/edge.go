@@ -3,9 +3,9 @@ package fold
 import (
 	"slices"
 
+	"google.golang.org/protobuf/proto"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
-	"google.golang.org/protobuf/proto"
 )
 
 // HostnameConfig returns the edge configuration of one of t's hostnames: the hostname with the

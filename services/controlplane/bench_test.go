@@ -2,6 +2,8 @@ package controlplane_test
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,7 +19,10 @@ func BenchmarkCreateHostnameGRPC(b *testing.B) {
 	tok := n.tenantWithToken("acme")
 	c := guestlistv1.NewHostnameServiceClient(n.conn)
 	ctx := withToken(tok)
-	const clients = 16
+	clients := 16
+	if v, _ := strconv.Atoi(os.Getenv("BENCH_CLIENTS")); v > 0 {
+		clients = v
+	}
 	var next atomic.Int64
 	b.ResetTimer()
 	start := time.Now()
