@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -60,5 +62,60 @@ func BenchmarkEvaluate5Rules(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_, _, _, _ = p.Evaluate(in)
+	}
+}
+
+// costlyInput is a request at the bounds of the cost estimate: 64 headers with 64-byte names and
+// 4096-byte values.
+func costlyInput(headers int) *Input {
+	in := benchInput()
+	in.Request.Headers = http.Header{}
+	for i := 0; i < headers; i++ {
+		in.Request.Headers.Set(fmt.Sprintf("X-%s-%04d", strings.Repeat("h", boundHeaderName-7), i), strings.Repeat("a", boundHeaderValue))
+	}
+	return in
+}
+
+// costlyRules fills a policy up to MaxPolicyCost with rules that iterate over the headers, the
+// slowest kind of step per cost unit.
+func costlyRules(tb testing.TB) []Rule {
+	const expr = `request.headers.exists(k, k.contains("debug"))`
+	p, err := Compile([]Rule{rule("r", Allow, expr)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := min(int(MaxPolicyCost/p.EstimatedCost(0)), MaxRules)
+	return manyRules(n, expr)
+}
+
+// BenchmarkEvaluateAtCostLimit is the worst case within the bounds: a policy at MaxPolicyCost
+// on a request at the bounds of the estimate, every rule false.
+func BenchmarkEvaluateAtCostLimit(b *testing.B) {
+	p, err := Compile(costlyRules(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := costlyInput(boundHeaderCount)
+	b.ReportAllocs()
+	for b.Loop() {
+		if matched, _, _, err := p.Evaluate(in); matched || err != nil {
+			b.Fatal(matched, err)
+		}
+	}
+}
+
+// BenchmarkEvaluateBeyondBounds is the same policy on a request beyond the bounds (1000
+// headers): evaluation is tracked and stops at the budget with an error.
+func BenchmarkEvaluateBeyondBounds(b *testing.B) {
+	p, err := Compile(costlyRules(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := costlyInput(1000)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, _, err := p.Evaluate(in); err == nil {
+			b.Fatal("no error")
+		}
 	}
 }

@@ -35,12 +35,14 @@ const (
 	// MaxExpressionBytes is the maximum length of one expression.
 	MaxExpressionBytes = 4096
 	// MaxRuleCost is the maximum estimated worst-case cost of one rule, in CEL cost units
-	// (roughly one unit per elementary operation; string operations cost 0.1 per character).
-	// The estimate assumes the input bounds listed in the package documentation; an input beyond
-	// them is evaluated with run-time cost tracking against the same limit.
-	MaxRuleCost = 25_000
-	// MaxPolicyCost is the maximum of the summed estimated costs of all rules of a policy.
-	MaxPolicyCost = 100_000
+	// (roughly one unit per elementary operation or comprehension step; string operations cost
+	// 0.1 per character). The estimate assumes the input bounds listed in the package
+	// documentation; a rule evaluated on input beyond them has its actual cost tracked against the
+	// same limit.
+	MaxRuleCost = 10_000
+	// MaxPolicyCost is the maximum of the summed estimated costs of all rules of a policy, and the
+	// budget of one evaluation of the whole policy.
+	MaxPolicyCost = 50_000
 
 	maxASTNodes          = 1000
 	maxNesting           = 32
@@ -49,7 +51,8 @@ const (
 )
 
 // Input bounds assumed by the cost estimate (see the package documentation), in bytes unless
-// noted. Inputs beyond them are evaluated with run-time cost tracking.
+// noted. They cover ordinary requests and certificates; inputs beyond them are evaluated with
+// run-time cost tracking.
 const (
 	boundListItems   = 100  // entries of each list of cert
 	boundError       = 1024 // cert.error
@@ -61,10 +64,10 @@ const (
 	boundURI         = 2048 // each of cert.uris
 	boundHost        = 253
 	boundMethod      = 32
-	boundPath        = 8192
-	boundHeaderCount = 100  // entries of request.headers
-	boundHeaderName  = 256  // each header name
-	boundHeaderValue = 8192 // each header value, after joining repeated headers with ", "
+	boundPath        = 2048
+	boundHeaderCount = 64   // entries of request.headers
+	boundHeaderName  = 64   // each header name
+	boundHeaderValue = 4096 // each header value, after joining repeated headers with ", "
 )
 
 // field describes one field of a CEL object type.

@@ -31,14 +31,25 @@
 //
 // # Limits
 //
-// A policy has at most [MaxRules] rules of at most [MaxExpressionBytes] bytes each. Expressions
-// are limited in nesting, size, comprehension nesting (2) and regular expression size, and every
-// rule's estimated worst-case cost must stay within [MaxRuleCost] and the policy's within
-// [MaxPolicyCost]. The estimate assumes these bounds on the input: at most 100 items in each list
-// of cert, cert strings up to 1024 bytes (URIs 4096), host 1024, method 64, path 8192, at most
-// 100 headers with names up to 256 and values up to 8192 bytes. Requests within them (nearly all)
-// are evaluated without run-time cost tracking; a request beyond them is evaluated with cost
-// tracking and fails with an evaluation error if a rule exceeds [MaxRuleCost].
+// A policy has 1 to [MaxRules] rules of at most [MaxExpressionBytes] bytes each. Expressions are
+// limited in nesting depth, node count, comprehension nesting (2) and regular expression size.
+// Every rule's estimated worst-case cost must stay within [MaxRuleCost], and the sum over the
+// policy's rules within [MaxPolicyCost]; the estimate uses cel-go's cost model (plus a size-linear
+// cost for size() of strings) and assumes these bounds on the input:
+//
+//	lists of cert (dns_names, email_addresses, uris, organizational_unit, organization)   100 entries
+//	cert.dns_names entries 253 bytes, email_addresses 320, uris 2048
+//	cert.subject/issuer names, organizational units, organizations                         256 bytes
+//	cert.error 1024, cert.serial_number 130, cert.fingerprint_sha256 64
+//	request.host 253, request.method 32, request.path 2048
+//	request.headers: 64 names of up to 64 bytes, values (joined) up to 4096 bytes
+//
+// Evaluation within these bounds needs no run-time cost tracking. A value beyond them is never
+// shown to the untracked program: reading it makes [Program.Evaluate] evaluate that rule again, and
+// the remaining rules, with run-time cost tracking: a rule whose actual cost then exceeds
+// [MaxRuleCost], or an evaluation whose cost (estimated for the untracked rules, actual for the
+// tracked ones) exceeds [MaxPolicyCost], fails with an evaluation error. So one evaluation costs
+// at most MaxPolicyCost + MaxRuleCost units, whatever the input.
 package policy
 
 import (
@@ -121,11 +132,16 @@ func (e *CompileError) FieldPath() string {
 
 // Error implements error, e.g.
 // `rule "allow-ops" (rules[2].expression): line 1, column 14: undeclared reference to 'cret'`.
+// A rule name longer than 80 bytes is shortened in the message.
 func (e *CompileError) Error() string {
-	if e.Line > 0 {
-		return fmt.Sprintf("rule %q (%s): line %d, column %d: %s", e.Rule, e.FieldPath(), e.Line, e.Column, e.Message)
+	name := e.Rule
+	if len(name) > 80 {
+		name = name[:80] + "..."
 	}
-	return fmt.Sprintf("rule %q (%s): %s", e.Rule, e.FieldPath(), e.Message)
+	if e.Line > 0 {
+		return fmt.Sprintf("rule %q (%s): line %d, column %d: %s", name, e.FieldPath(), e.Line, e.Column, e.Message)
+	}
+	return fmt.Sprintf("rule %q (%s): %s", name, e.FieldPath(), e.Message)
 }
 
 // EvalError reports a rule whose evaluation failed. The edge fails closed on it: deny, with
@@ -356,25 +372,39 @@ func (p *Program) EstimatedCost(i int) uint64 { return p.rules[i].cost }
 //
 // Evaluate does not retain in or anything it references after it returns.
 func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Action, err error) {
+	if in == nil {
+		in = &Input{}
+	}
 	st := acquireState(in)
 	defer st.release()
+	// spent is what the evaluation may have cost so far: the estimate for untracked runs, the
+	// actual cost for tracked ones. It bounds the work on input beyond the bounds of the estimate.
+	var spent uint64
 	for i := range p.rules {
 		r := &p.rules[i]
 		st.nIters = 0
 		var out ref.Val
-		if st.guarded {
-			out, _, err = r.guarded.Eval(st)
-		} else {
+		var det *cel.EvalDetails
+		if !st.guarded {
 			out, _, err = r.fast.Eval(st)
+			spent += r.cost
 			if st.oob {
 				// The input exceeds the bounds of the cost estimate: from here on, track the cost.
 				st.guarded = true
 				st.nIters = 0
-				out, _, err = r.guarded.Eval(st)
+			}
+		}
+		if st.guarded {
+			out, det, err = r.guarded.Eval(st)
+			if c := det.ActualCost(); c != nil {
+				spent += *c
 			}
 		}
 		if err != nil {
 			return false, i, 0, &EvalError{Rule: r.Name, Index: i, Err: err}
+		}
+		if spent > MaxPolicyCost {
+			return false, i, 0, &EvalError{Rule: r.Name, Index: i, Err: fmt.Errorf("the policy exceeded its evaluation budget of %d cost units", MaxPolicyCost)}
 		}
 		switch out {
 		case types.True:

@@ -223,6 +223,8 @@ func TestEvaluate(t *testing.T) {
 	}
 	longPath := testInput()
 	longPath.Request.Path = "/api/" + strings.Repeat("x", 20_000)
+	longName := testInput()
+	longName.Request.Headers.Set("X-"+strings.Repeat("n", 300), "long")
 	nilHeaders := testInput()
 	nilHeaders.Request.Headers = nil
 
@@ -271,6 +273,7 @@ func TestEvaluate(t *testing.T) {
 		{name: "ok/guarded-many-sans", in: manySANs, rules: []Rule{rule("r", Allow, `cert.dns_names.exists(n, n == "san-149.acme.example")`)}, matched: true, index: 0, action: Allow},
 		{name: "ok/guarded-many-headers", in: manyHeaders, rules: []Rule{rule("r", Allow, `request.headers["x-h-149"] == "v"`)}, matched: true, index: 0, action: Allow},
 		{name: "ok/guarded-long-path", in: longPath, rules: []Rule{rule("r", Deny, `request.path.startsWith("/admin")`), rule("s", Allow, `request.path.startsWith("/api/")`)}, matched: true, index: 1, action: Allow},
+		{name: "ok/guarded-long-header-name", in: longName, rules: []Rule{rule("r", Allow, `request.headers.exists(k, k.size() > 256 && request.headers[k] == "long")`)}, matched: true, index: 0, action: Allow},
 		{name: "ok/error-absorbed-then-guarded", in: bigHeader, rules: []Rule{rule("r", Allow, `request.headers["x-big"] == "x" || request.method == "GET"`)}, matched: true, index: 0, action: Allow},
 
 		{name: "fail/missing-header", in: testInput(), rules: []Rule{rule("a", Allow, `false`), rule("needs-env", Allow, `request.headers["x-missing"] == "prod"`)},
@@ -427,7 +430,11 @@ func FuzzCompile(f *testing.F) {
 			if ce.Index < 0 || ce.Index >= len(rules) || ce.Rule != rules[ce.Index].Name || ce.Message == "" {
 				t.Fatalf("CompileError %+v does not name the rule", ce)
 			}
-			if !strings.Contains(err.Error(), fmt.Sprintf("rule %q (rules[%d].%s)", ce.Rule, ce.Index, ce.Field)) {
+			shown := ce.Rule
+			if len(shown) > 80 {
+				shown = shown[:80] + "..."
+			}
+			if !strings.Contains(err.Error(), fmt.Sprintf("rule %q (rules[%d].%s)", shown, ce.Index, ce.Field)) {
 				t.Fatalf("error %q does not name the rule", err)
 			}
 			switch ce.Field {

@@ -65,7 +65,7 @@ func (st *evalState) release() {
 	for i := range st.lists {
 		st.lists[i].s = nil
 	}
-	st.headers.h = nil
+	st.headers.h, st.headers.keys = nil, nil
 	clear(st.cache[:])
 	clear(st.iters[:])
 	st.nIters = 0
@@ -258,16 +258,37 @@ func (it *stringIter) Next() ref.Val {
 	if it.i >= len(it.s) {
 		return nil
 	}
-	v := types.String(it.s[it.i])
+	s := it.s[it.i]
 	it.i++
-	return v
+	return types.String(s)
+}
+
+// lowerASCII lower-cases ASCII letters, allocating only when there is one to change.
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' {
+			var b strings.Builder
+			b.Grow(len(s))
+			b.WriteString(s[:i])
+			for j := i; j < len(s); j++ {
+				c := s[j]
+				if 'A' <= c && c <= 'Z' {
+					c += 'a' - 'A'
+				}
+				b.WriteByte(c)
+			}
+			return b.String()
+		}
+	}
+	return s
 }
 
 // headerMap is the CEL map(string, string) `request.headers` over an http.Header: keys are seen in
 // lower case, several values of one header are joined by ", ".
 type headerMap struct {
-	st *evalState
-	h  http.Header
+	st   *evalState
+	h    http.Header
+	keys []string // the lower-case names, once iterated
 }
 
 var _ traits.Mapper = (*headerMap)(nil)
@@ -278,11 +299,13 @@ func (m *headerMap) values(key string) []string {
 	if len(m.h) == 0 || key == "" {
 		return nil
 	}
-	var buf [boundHeaderName]byte
-	if len(key) > len(buf) {
-		return nil
+	var buf [256]byte
+	var b []byte
+	if len(key) <= len(buf) {
+		b = buf[:len(key)]
+	} else {
+		b = make([]byte, len(key)) // only for names beyond the bounds (guarded evaluation)
 	}
-	b := buf[:len(key)]
 	upper := true
 	for i := 0; i < len(key); i++ {
 		c := key[i]
@@ -341,7 +364,7 @@ func (m *headerMap) lowered() map[string]string {
 	out := make(map[string]string, len(m.h))
 	for k, vs := range m.h {
 		if len(vs) > 0 {
-			out[strings.ToLower(k)] = strings.Join(vs, ", ")
+			out[lowerASCII(k)] = strings.Join(vs, ", ")
 		}
 	}
 	if !m.guarded() {
@@ -390,17 +413,20 @@ func (m *headerMap) Get(key ref.Val) ref.Val {
 // name beyond the bounds of the cost estimate records that and yields nothing (the evaluation is
 // then repeated, guarded).
 func (m *headerMap) Iterator() traits.Iterator {
-	keys := make([]string, 0, len(m.h))
-	for k, vs := range m.h {
-		if len(k) > boundHeaderName && !m.guarded() {
-			m.st.oob = true
-			return &stringIter{}
+	if m.keys == nil {
+		keys := make([]string, 0, len(m.h))
+		for k, vs := range m.h {
+			if len(k) > boundHeaderName && !m.guarded() {
+				m.st.oob = true
+				return &stringIter{}
+			}
+			if len(vs) > 0 {
+				keys = append(keys, lowerASCII(k))
+			}
 		}
-		if len(vs) > 0 {
-			keys = append(keys, strings.ToLower(k))
-		}
+		m.keys = keys
 	}
-	return &stringIter{s: keys}
+	return &stringIter{s: m.keys}
 }
 
 // Size implements traits.Sizer.
