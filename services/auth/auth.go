@@ -24,6 +24,8 @@ const (
 	RoleTenantAdmin
 	// RoleAuditor reads one tenant (or every tenant when TenantID is empty).
 	RoleAuditor
+	// RoleEdge is an edge node: it may watch the edge configuration and nothing else.
+	RoleEdge
 )
 
 // String implements fmt.Stringer.
@@ -35,6 +37,8 @@ func (r Role) String() string {
 		return "tenant-admin"
 	case RoleAuditor:
 		return "auditor"
+	case RoleEdge:
+		return "edge"
 	default:
 		return "none"
 	}
@@ -52,8 +56,11 @@ type Principal struct {
 
 // Actor is the name recorded in event metadata for changes made by p.
 func (p Principal) Actor() string {
-	if p.Role == RoleAdmin {
+	switch p.Role {
+	case RoleAdmin:
 		return "admin"
+	case RoleEdge:
+		return "edge"
 	}
 	return "token:" + p.TenantID + "/" + p.TokenID
 }
@@ -129,4 +136,16 @@ func AuthorizeWrite(ctx context.Context, tenantID string) (Principal, error) {
 		}
 	}
 	return p, errDenied
+}
+
+// AuthorizeEdge allows edge nodes (and the platform operator) to watch the edge configuration.
+func AuthorizeEdge(ctx context.Context) (Principal, error) {
+	p, ok := FromContext(ctx)
+	if !ok {
+		return Principal{}, errUnauthenticated
+	}
+	if p.Role != RoleEdge && p.Role != RoleAdmin {
+		return p, errDenied
+	}
+	return p, nil
 }

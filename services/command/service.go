@@ -36,6 +36,8 @@ type Config struct {
 	Now func() time.Time
 	// AdminTokenSHA256 is the SHA-256 of the platform operator's bearer token.
 	AdminTokenSHA256 [32]byte
+	// EdgeTokenSHA256 is the SHA-256 of the edge nodes' bearer token; zero means no edge token.
+	EdgeTokenSHA256 [32]byte
 	// ReservationGrace is how old another tenant's reservation of a hostname must be, with the
 	// hostname absent from that tenant, before it is treated as abandoned (a crash between
 	// reservation and creation). Zero means two minutes.
@@ -48,6 +50,7 @@ type Service struct {
 	log    *slog.Logger
 	now    func() time.Time
 	admin  [32]byte
+	edge   [32]byte
 	grace  time.Duration
 	mu     sync.Mutex
 	tenant map[string]*tenantEntry
@@ -60,7 +63,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("command: Config.Store is required")
 	}
-	s := &Service{store: cfg.Store, log: cfg.Logger, now: cfg.Now, admin: cfg.AdminTokenSHA256, grace: cfg.ReservationGrace, tenant: map[string]*tenantEntry{}, directory: &directory{store: cfg.Store}}
+	s := &Service{store: cfg.Store, log: cfg.Logger, now: cfg.Now, admin: cfg.AdminTokenSHA256, edge: cfg.EdgeTokenSHA256, grace: cfg.ReservationGrace, tenant: map[string]*tenantEntry{}, directory: &directory{store: cfg.Store}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

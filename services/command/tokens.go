@@ -127,6 +127,9 @@ func (s *Service) Authenticate(ctx context.Context, bearer string) (auth.Princip
 	if subtle.ConstantTimeCompare(sum[:], s.admin[:]) == 1 {
 		return auth.Principal{Role: auth.RoleAdmin}, nil
 	}
+	if s.edge != ([32]byte{}) && subtle.ConstantTimeCompare(sum[:], s.edge[:]) == 1 {
+		return auth.Principal{Role: auth.RoleEdge}, nil
+	}
 	rest, ok := strings.CutPrefix(bearer, tenantTokenPrefix)
 	if !ok {
 		return auth.Principal{}, unauthenticated

@@ -25,6 +25,9 @@ type Config struct {
 	Store eventstore.Store
 	// AdminToken is the platform operator's bearer token. Required; only its SHA-256 is kept.
 	AdminToken string
+	// EdgeToken is the edge nodes' bearer token for watching the configuration; empty means none.
+	// Only its SHA-256 is kept.
+	EdgeToken string
 	// Logger receives logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Now returns the current time; nil means time.Now.
@@ -42,7 +45,11 @@ func New(cfg Config) (*ControlPlane, error) {
 	if cfg.AdminToken == "" {
 		return nil, errors.New("controlplane: an admin token is required")
 	}
-	cmd, err := command.New(command.Config{Store: cfg.Store, Logger: cfg.Logger, Now: cfg.Now, AdminTokenSHA256: sha256.Sum256([]byte(cfg.AdminToken))})
+	var edgeSum [32]byte
+	if cfg.EdgeToken != "" {
+		edgeSum = sha256.Sum256([]byte(cfg.EdgeToken))
+	}
+	cmd, err := command.New(command.Config{Store: cfg.Store, Logger: cfg.Logger, Now: cfg.Now, AdminTokenSHA256: sha256.Sum256([]byte(cfg.AdminToken)), EdgeTokenSHA256: edgeSum})
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}

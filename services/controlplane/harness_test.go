@@ -20,7 +20,10 @@ import (
 	"guestlist.dev/services/eventstore/boltstore"
 )
 
-const adminToken = "gla_test-admin-token"
+const (
+	adminToken = "gla_test-admin-token"
+	edgeToken  = "gle_test-edge-token"
+)
 
 // node is a running control plane on a real bolt file, with real gRPC and HTTP listeners.
 type node struct {
@@ -38,7 +41,7 @@ func startNode(t testing.TB, dir string) *node {
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
-	cp, err := controlplane.New(controlplane.Config{Store: store, AdminToken: adminToken, Logger: slog.New(slog.DiscardHandler)})
+	cp, err := controlplane.New(controlplane.Config{Store: store, AdminToken: adminToken, EdgeToken: edgeToken, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
