@@ -32,6 +32,14 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
+// BenchmarkSyncIndexAppend is BenchmarkAppend's store with the index buckets written by every
+// commit (WithIndexFlush(1)), to show what deferred indexing saves.
+func BenchmarkSyncIndexAppend(b *testing.B) {
+	for _, writers := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("store/writers=%d", writers), func(b *testing.B) { benchStore(b, writers, WithIndexFlush(1)) })
+	}
+}
+
 // runWriters runs b.N calls of op spread over writers goroutines and reports events/s.
 func runWriters(b *testing.B, writers int, op func(w int) error) {
 	var next atomic.Int64
@@ -69,8 +77,8 @@ func benchEvent() eventstore.EventData {
 	}
 }
 
-func benchStore(b *testing.B, writers int) {
-	s, err := Open(filepath.Join(b.TempDir(), "events.db"))
+func benchStore(b *testing.B, writers int, opts ...Option) {
+	s, err := Open(filepath.Join(b.TempDir(), "events.db"), opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
