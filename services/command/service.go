@@ -12,12 +12,10 @@ package command
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -214,18 +212,12 @@ func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 				finish(o, nil, err)
 				continue
 			}
-			for _, m := range d.events {
-				data, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-				if err != nil {
-					internal = fmt.Errorf("command: encode %T: %w", m, err)
-					break
-				}
-				ev := eventstore.EventData{ID: uuid.NewString(), Type: fold.TypeOf(m), Data: data, Metadata: o.md}
+			for _, ev := range encodeAll(d.events, o.md) {
 				rev := st.Revision + 1
 				if !st.Exists {
 					rev = 0
 				}
-				if err := fold.Apply(st, fold.Event{Type: ev.Type, Data: data, Revision: rev, Time: now, Actor: o.md.Actor, RequestID: o.md.RequestID}); err != nil {
+				if err := fold.Apply(st, fold.Event{Type: ev.Type, Data: ev.Data, Revision: rev, Time: now, Actor: o.md.Actor, RequestID: o.md.RequestID}); err != nil {
 					internal = err
 					break
 				}
