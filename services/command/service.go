@@ -187,7 +187,7 @@ func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 		}
 		live = append(live, o)
 	}
-	ctx := context.WithoutCancel(live0ctx(live))
+	ctx := context.WithoutCancel(batchContext(live))
 	for attempt := 0; len(live) > 0; attempt++ {
 		if err := s.catchUp(ctx, e); err != nil {
 			for _, o := range live {
@@ -290,7 +290,9 @@ func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 	}
 }
 
-func live0ctx(ops []*op) context.Context {
+// batchContext is the context of a batch's store calls: the first command's values (its trace),
+// never cancelled, since a started append must finish for every command in the batch.
+func batchContext(ops []*op) context.Context {
 	if len(ops) == 0 {
 		return context.Background()
 	}
