@@ -167,6 +167,9 @@ const (
 	numCached
 )
 
+// evalState.cached has a bit for each cached value.
+const _ = uint(16 - numCached)
+
 // Indexes of the string lists of the evaluation state.
 const (
 	listDNS = iota
@@ -192,6 +195,7 @@ func stringField(name string, idx int, bound int, v func(in *Input) string) *fie
 			}
 			c := ref.Val(types.String(s))
 			st.cache[idx] = c
+			st.cached |= 1 << idx
 			return c
 		},
 		isSet: func(st *evalState) bool { return v(st.in) != "" },
@@ -237,6 +241,7 @@ func timeField(name string, idx int, v func(in *Input) time.Time) *field {
 			}
 			c := ref.Val(types.Timestamp{Time: v(st.in)})
 			st.cache[idx] = c
+			st.cached |= 1 << idx
 			return c
 		},
 		isSet: func(st *evalState) bool { return !v(st.in).IsZero() },

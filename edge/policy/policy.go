@@ -386,7 +386,7 @@ func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Actio
 		var out ref.Val
 		var det *cel.EvalDetails
 		if !st.guarded {
-			out, _, err = r.fast.Eval(st)
+			out, _, err = r.fast.Eval(&st.frame)
 			spent += r.cost
 			if st.oob {
 				// The input exceeds the bounds of the cost estimate: from here on, track the cost.

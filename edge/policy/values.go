@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math/bits"
 	"net/http"
 	"reflect"
 	"strings"
@@ -31,8 +32,12 @@ type evalState struct {
 	cache                          [numCached]ref.Val
 	listsChecked                   uint8 // bit i: lists[i] was found within bounds
 	guarded, oob                   bool
+	cached                         uint16        // bit i: cache[i] is set
 	iters                          [4]stringIter // handed out by stringList.Iterator
-	nIters                         int
+	nIters, itersUsed              int           // in use by the current rule; high-water mark
+	// frame is the execution frame of the untracked programs; passing it to Eval spares the
+	// interpreter taking one from its pool for every rule.
+	frame interpreter.ExecutionFrame
 }
 
 var statePool = sync.Pool{New: func() any {
@@ -45,6 +50,7 @@ var statePool = sync.Pool{New: func() any {
 		st.lists[i].st = st
 	}
 	st.headers.st = st
+	st.frame.Activation = st
 	return st
 }}
 
@@ -66,9 +72,13 @@ func (st *evalState) release() {
 		st.lists[i].s = nil
 	}
 	st.headers.h, st.headers.keys = nil, nil
-	clear(st.cache[:])
-	clear(st.iters[:])
-	st.nIters = 0
+	// Clear only what was used: clearing pointers costs write barriers while the GC runs.
+	for m := st.cached; m != 0; m &= m - 1 {
+		st.cache[bits.TrailingZeros16(m)] = nil
+	}
+	st.cached = 0
+	clear(st.iters[:st.itersUsed])
+	st.nIters, st.itersUsed = 0, 0
 	st.listsChecked = 0
 	st.guarded, st.oob = false, false
 	statePool.Put(st)
@@ -212,6 +222,7 @@ func (l *stringList) Iterator() traits.Iterator {
 	if st := l.st; st != nil && st.nIters < len(st.iters) {
 		it := &st.iters[st.nIters]
 		st.nIters++
+		st.itersUsed = max(st.itersUsed, st.nIters)
 		*it = stringIter{s: l.s}
 		return it
 	}
