@@ -54,7 +54,7 @@ const (
 // noted. They cover ordinary requests and certificates; inputs beyond them are evaluated with
 // run-time cost tracking.
 const (
-	boundListItems   = 100  // entries of each list of cert
+	boundListItems   = 32   // entries of each list of cert
 	boundError       = 1024 // cert.error
 	boundName        = 256  // common names, organizational units and organizations (X.509 allows 64 characters)
 	boundSerial      = 130  // cert.serial_number

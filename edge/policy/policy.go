@@ -37,7 +37,7 @@
 // policy's rules within [MaxPolicyCost]; the estimate uses cel-go's cost model (plus a size-linear
 // cost for size() of strings) and assumes these bounds on the input:
 //
-//	lists of cert (dns_names, email_addresses, uris, organizational_unit, organization)   100 entries
+//	lists of cert (dns_names, email_addresses, uris, organizational_unit, organization)   32 entries
 //	cert.dns_names entries 253 bytes, email_addresses 320, uris 2048
 //	cert.subject/issuer names, organizational units, organizations                         256 bytes
 //	cert.error 1024, cert.serial_number 130, cert.fingerprint_sha256 64

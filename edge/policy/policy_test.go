@@ -46,6 +46,7 @@ func TestCompile(t *testing.T) {
 		{name: "ok/sets-ext", rules: []Rule{rule("r", Allow, `sets.intersects(cert.subject.organizational_unit, ["ops", "sre"])`)}},
 		{name: "ok/regex", rules: []Rule{rule("r", Allow, `request.path.matches("^/api/v[0-9]+/")`)}},
 		{name: "ok/timestamps", rules: []Rule{rule("r", Allow, `cert.not_after - cert.not_before <= duration("8760h") && cert.not_after > timestamp("2026-01-01T00:00:00Z")`)}},
+		{name: "ok/san-regex", rules: []Rule{rule("r", Allow, `cert.dns_names.exists(n, n.matches("^device-[0-9]+\\.acme\\.example$"))`)}},
 		{name: "ok/san-suffix", rules: []Rule{rule("r", Deny, `cert.dns_names.exists(n, n.endsWith(".blocked.example"))`)}},
 		{name: "ok/header-names", rules: []Rule{rule("r", Allow, `request.headers.exists(k, k.startsWith("x-debug-"))`)}},
 		{name: "ok/name-chars", rules: []Rule{rule("Allow_ops-2", Allow, `true`)}},
