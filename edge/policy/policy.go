@@ -25,9 +25,11 @@
 // evaluation error (the edge then denies with reason policy_error); test with
 // `"x-env" in request.headers` or use `request.headers[?"x-env"].orValue("")`.
 //
-// Besides the CEL standard library the environment offers optional types, and the cel-go
-// extension libraries strings (e.g. lowerAscii, split), sets (sets.contains, sets.intersects)
-// and lists. Time functions use UTC unless given a time zone.
+// Besides the CEL standard library the environment offers optional types and the cel-go
+// extension libraries strings (version 5: lowerAscii, split, replace, indexOf, ...) and sets
+// (sets.contains, sets.intersects, sets.equivalent). Time functions use UTC unless given a time
+// zone. There is no variable for the current time: the verdict depends only on the request and
+// the certificate (whose validity at the time of the request is part of cert.verified).
 //
 // # Limits
 //
