@@ -52,7 +52,7 @@ func checkRules(field string, rules []*guestlistv1.Rule) ([]*eventsv1.PolicyRule
 	if _, err := policy.Compile(compiled); err != nil {
 		var ce *policy.CompileError
 		if errors.As(err, &ce) {
-			return nil, apistatus.InvalidArgument(apistatus.Violation{Field: fmt.Sprintf("%s[%d].expression", field, ce.Index), Reason: ce.Error()})
+			return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "policy." + ce.FieldPath(), Reason: ce.Error()})
 		}
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: field, Reason: err.Error()})
 	}
