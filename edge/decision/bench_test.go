@@ -1,0 +1,100 @@
+package decision
+
+import (
+	"crypto/x509"
+	"net/http"
+	"testing"
+	"time"
+
+	"guestlist.dev/edge/pkitest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// benchSetup is a hostname with a five-rule policy (as in edge/policy's benchmark: the first four
+// rules are false for the request and the fifth is true, so every rule is evaluated), and a client
+// certificate issued through an intermediate that the client sends.
+func benchSetup(b *testing.B) (*Hostname, []*x509.Certificate, *Request) {
+	b.Helper()
+	root := pkitest.NewCA(b, "Acme Device CA")
+	inter := root.Intermediate(b, "Acme Issuing CA")
+	leaf := inter.Client(b, "device-42", ou("devices", "eu-west"), dns("device-42.devices.acme.example", "device-42.eu-west.acme.example"), func(c *x509.Certificate) {
+		c.Subject.Organization = []string{"Acme Corp"}
+	})
+	cfg := &configv1.HostnameConfig{
+		Hostname: "pay.example.com", TenantId: "acme", Active: true, Mode: configv1.MtlsMode_MTLS_MODE_ENFORCE,
+		CertificateAuthorities: []*configv1.TrustedCertificateAuthority{{CertificateAuthorityId: "root", CertificateDer: root.Cert.Raw}},
+		Revocations:            []*configv1.Revocation{{CertificateAuthorityId: "root", RevocationId: "r1", SerialNumber: "1a2b3c"}},
+		Policy: &configv1.Policy{PolicyId: "p", Rules: []*configv1.Rule{
+			rule("allow-ops-admin", allow, `"ops" in cert.subject.organizational_unit && request.path.startsWith("/admin/")`),
+			rule("deny-blocked-devices", deny, `cert.dns_names.exists(n, n.endsWith(".blocked.acme.example"))`),
+			rule("deny-internal", deny, `request.path.startsWith("/internal/")`),
+			rule("deny-writes", deny, `request.method in ["DELETE", "PUT", "PATCH"] && !("admin" in cert.subject.organizational_unit)`),
+			rule("allow-prod", allow, `cert.verified && request.headers[?"x-env"].orValue("") == "prod"`),
+		}},
+	}
+	h, err := Prepare(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hdr := http.Header{}
+	hdr.Set("Accept", "application/json")
+	hdr.Set("User-Agent", "device-agent/1.2")
+	hdr.Set("X-Env", "prod")
+	hdr.Set("X-Request-Id", "4bf92f3577b34da6a3ce929d0e0e4736")
+	req := &Request{Host: "pay.example.com", Method: http.MethodGet, Path: "/api/v1/payments/123", Header: hdr}
+	return h, []*x509.Certificate{leaf.Cert, inter.Cert}, req
+}
+
+// BenchmarkDecide5Rules is a whole decision: chain verification through an intermediate the
+// client sent, revocation check, and the five-rule policy.
+func BenchmarkDecide5Rules(b *testing.B) {
+	h, peer, req := benchSetup(b)
+	now := time.Now()
+	if d := Decide(h, peer, req, now); d.Verdict != Allow || d.Rule != "allow-prod" {
+		b.Fatalf("Decide = %+v", d)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		Decide(h, peer, req, now)
+	}
+}
+
+// BenchmarkDecidePolicyOnly is the per-request part alone: the connection's certificate verified
+// once (VerifyClient), each request decided with DecideVerified.
+func BenchmarkDecidePolicyOnly(b *testing.B) {
+	h, peer, req := benchSetup(b)
+	now := time.Now()
+	v := h.VerifyClient(peer, now)
+	if d := h.DecideVerified(v, req, now); d.Verdict != Allow || d.Rule != "allow-prod" {
+		b.Fatalf("DecideVerified = %+v", d)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		h.DecideVerified(v, req, now)
+	}
+}
+
+// BenchmarkVerifyClient is the per-connection part alone.
+func BenchmarkVerifyClient(b *testing.B) {
+	h, peer, _ := benchSetup(b)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		if v := h.VerifyClient(peer, now); !v.Verified() {
+			b.Fatal(v.Err())
+		}
+	}
+}
+
+// BenchmarkDecideUntrusted is a whole decision for a self-signed certificate.
+func BenchmarkDecideUntrusted(b *testing.B) {
+	h, _, req := benchSetup(b)
+	peer := []*x509.Certificate{selfSignedClient(b, "mallory", ou("ops")).Cert}
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := Decide(h, peer, req, now); d.Verdict != Deny {
+			b.Fatal(d)
+		}
+	}
+}

@@ -1,0 +1,244 @@
+// Package decision is the edge's verdict on one request to one hostname: the client certificate
+// checked against the hostname's CAs and revocations, then the hostname's policy. The edge calls
+// [Decide] (or its per-connection form, [Hostname.VerifyClient] and [Hostname.DecideVerified]) for
+// every request, and the audit calls the same function to re-derive a logged decision from a
+// replayed configuration. It is therefore a pure function of its arguments: no I/O, no clock (the
+// moment of the request is an argument), no global state, and the same inputs always give the same
+// [Decision].
+//
+// # Rules
+//
+//  1. No hostname: deny, [ReasonHostnameUnknown]. An inactive hostname: deny,
+//     [ReasonHostnameInactive] (in every mode; the edge should already have failed the handshake).
+//  2. Mode OFF: allow, [ReasonMTLSOff]. No certificate is looked at.
+//  3. Otherwise the client's leaf certificate (peer[0]) is verified with [x509.Certificate.Verify]
+//     against the hostname's CAs only (as roots), with the other certificates the client sent as
+//     intermediates, at the moment of the request, for client authentication; then against the
+//     hostname's revocations. The outcome is [ReasonCertificateVerified] or one of the
+//     certificate_* failure reasons.
+//  4. Without a policy: a verified certificate is allowed ([ReasonCertificateVerified]); anything
+//     else is denied with the certificate's failure reason.
+//  5. With a policy: its rules are tried in order, and the first whose expression is true decides
+//     ([ReasonRuleAllow] or [ReasonRuleDeny], with Rule set to its name). No rule true: deny,
+//     [ReasonNoRuleMatched]. A rule whose evaluation fails: deny, [ReasonPolicyError], with Rule set
+//     to its name.
+//  6. Mode REPORT: a deny of rules 3 to 5 becomes [ReportDeny]; the reason stays.
+//
+// The policy always runs, also for a missing or unverified certificate, so that a rule like
+// `!cert.presented && request.path == "/healthz"` can allow. But it sees the certificate's
+// identity only when the certificate verified: for a missing or unverified certificate, cert.presented,
+// cert.verified (false) and cert.error are set and every identity field (subject, issuer, SANs,
+// serial number, fingerprint, validity) is empty. A self-signed certificate claiming OU=ops
+// therefore gains nothing from a rule on the OU.
+//
+// # Revocations
+//
+// A revocation is under one of the hostname's CAs and applies to chains that end at that CA's
+// certificate. By serial number, it revokes a leaf with that serial. By fingerprint, it revokes a
+// chain that contains a certificate (leaf, intermediate or the root itself) with that SHA-256
+// fingerprint. When the leaf verifies through several chains, it is revoked if any of them is.
+// A revocation under a CA id the hostname does not trust is ignored.
+package decision
+
+import (
+	"crypto/x509"
+	"net/http"
+	"time"
+
+	"guestlist.dev/edge/policy"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// Verdict is the outcome of a decision, as written to the decision log.
+type Verdict string
+
+const (
+	// Allow: the request is forwarded.
+	Allow Verdict = "allow"
+	// Deny: the request is refused (HTTP 403 in mode ENFORCE).
+	Deny Verdict = "deny"
+	// ReportDeny: mode REPORT would have denied; the request is forwarded anyway.
+	ReportDeny Verdict = "report_deny"
+)
+
+// Reasons. They are stable: they are written to the decision log, sent to origins, shown to
+// clients in 403 bodies, and compared by the audit. The certificate reasons are also what the
+// policy sees as cert.error.
+const (
+	// ReasonHostnameUnknown: there is no configuration for the hostname (Decide got a nil
+	// *Hostname). Deny.
+	ReasonHostnameUnknown = "hostname_unknown"
+	// ReasonHostnameInactive: the hostname is configured but not active. Deny, in every mode.
+	ReasonHostnameInactive = "hostname_inactive"
+	// ReasonMTLSOff: the hostname's mode is OFF. Allow.
+	ReasonMTLSOff = "mtls_off"
+	// ReasonCertificateVerified: no policy, and the client certificate verified. Allow.
+	ReasonCertificateVerified = "certificate_verified"
+	// ReasonCertificateMissing: the client sent no certificate.
+	ReasonCertificateMissing = "certificate_missing"
+	// ReasonCertificateUntrusted: the certificate does not chain to any of the hostname's CAs
+	// (another CA, self-signed, an intermediate missing, too many certificates, or otherwise
+	// invalid), whatever the time.
+	ReasonCertificateUntrusted = "certificate_untrusted"
+	// ReasonCertificateExpired: the certificate would chain to one of the hostname's CAs, but it
+	// or a certificate of its chain has expired.
+	ReasonCertificateExpired = "certificate_expired"
+	// ReasonCertificateNotYetValid: the certificate would chain to one of the hostname's CAs, but
+	// it or a certificate of its chain is not valid yet.
+	ReasonCertificateNotYetValid = "certificate_not_yet_valid"
+	// ReasonCertificateWrongKeyUsage: the certificate chains to one of the hostname's CAs and is
+	// valid now, but its extended key usage (or its chain's) does not allow client authentication.
+	ReasonCertificateWrongKeyUsage = "certificate_wrong_key_usage"
+	// ReasonCertificateRevoked: the certificate verified, but it or a certificate of its chain is
+	// revoked.
+	ReasonCertificateRevoked = "certificate_revoked"
+	// ReasonRuleAllow: a policy rule with action ALLOW matched. Decision.Rule names it.
+	ReasonRuleAllow = "rule_allow"
+	// ReasonRuleDeny: a policy rule with action DENY matched. Decision.Rule names it.
+	ReasonRuleDeny = "rule_deny"
+	// ReasonNoRuleMatched: the hostname has a policy and none of its rules matched. Deny.
+	ReasonNoRuleMatched = "no_rule_matched"
+	// ReasonPolicyError: evaluating a rule failed (e.g. a header that was not sent was indexed).
+	// Decision.Rule names the rule. Deny.
+	ReasonPolicyError = "policy_error"
+)
+
+// MaxPeerCertificates is the largest number of certificates (leaf and intermediates) that a client
+// may send; a longer chain is [ReasonCertificateUntrusted] without being looked at.
+const MaxPeerCertificates = 10
+
+// Request is what the decision uses of an HTTP request.
+type Request struct {
+	// Host is the request's host as received. The decision does not use it: the policy's
+	// request.host is the hostname's configured, normalised name. The edge must have routed the
+	// request to the hostname whose configuration it decides on (421 Misdirected Request
+	// otherwise).
+	Host string
+	// Method is the HTTP method, e.g. "GET".
+	Method string
+	// Path is the URL path as received (escaped form), without the query.
+	Path string
+	// Header holds the request's headers as received from net/http (canonical keys); the policy
+	// looks them up case-insensitively, under lower-case names.
+	Header http.Header
+}
+
+// Cert is what the decision log and the headers sent to the origin report about the client
+// certificate. The identity fields (SerialNumber, Subject, Issuer, NotAfter) are set only when the
+// certificate verified, so that nothing a client makes up reaches the origin; FingerprintSHA256 is
+// set whenever a certificate was presented (it identifies what was presented, and the client proved
+// it holds the key).
+type Cert struct {
+	// Presented: the client sent a certificate.
+	Presented bool
+	// Verified: the certificate verified (chain, validity, key usage, revocation).
+	Verified bool
+	// Error is the failure reason (one of the certificate_* reasons) when a certificate was
+	// presented and did not verify; "" otherwise.
+	Error string
+	// FingerprintSHA256 is the leaf's fingerprint (certid form), when presented.
+	FingerprintSHA256 string
+	// SerialNumber is the leaf's serial number (certid form), when verified.
+	SerialNumber string
+	// Subject is the leaf's subject (RFC 2253 form, as pkix.Name.String), when verified.
+	Subject string
+	// Issuer is the leaf's issuer (RFC 2253 form), when verified.
+	Issuer string
+	// NotAfter is the end of the leaf's validity, when verified.
+	NotAfter time.Time
+}
+
+// Decision is the verdict on one request, with why.
+type Decision struct {
+	// Verdict is allow, deny or report_deny.
+	Verdict Verdict
+	// Reason is one of the Reason* constants.
+	Reason string
+	// Rule is the name of the policy rule that decided (reasons rule_allow, rule_deny and
+	// policy_error); "" otherwise.
+	Rule string
+	// Cert describes the client certificate (zero when the mode is OFF or the hostname unknown or
+	// inactive).
+	Cert Cert
+	// Chain is the verified chain, leaf first and root last; nil when the certificate did not
+	// verify. It must not be modified.
+	Chain []*x509.Certificate
+}
+
+// Decide gives the verdict on a request to hostname h (nil when the hostname is unknown), made by
+// a client that sent the certificates peer (leaf first; none, nil or empty for no certificate) at
+// the moment now. It never panics and is deterministic: the same arguments always give the same
+// Decision. req may be nil (an empty request).
+//
+// Decide verifies the certificate chain every time, which costs far more than the rest. An edge
+// verifies once per connection with [Hostname.VerifyClient] and decides each request with
+// [Hostname.DecideVerified], which gives the same Decision.
+func Decide(h *Hostname, peer []*x509.Certificate, req *Request, now time.Time) Decision {
+	if d, done := h.decideWithoutCert(); done {
+		return d
+	}
+	return h.decide(h.verify(peer, now), req)
+}
+
+// DecideVerified gives the verdict on a request made at the moment now on a connection whose
+// client certificate v describes. It equals Decide(h, v's peer certificates, req, now): when v was
+// verified for another Hostname, or its outcome does not hold at now (see
+// [Verification.Holds]), the certificates are verified again (and the caller should keep the
+// fresh Verification from [Hostname.VerifyClient] for the next requests). v may be nil for a
+// client that sent no certificate.
+func (h *Hostname) DecideVerified(v *Verification, req *Request, now time.Time) Decision {
+	if d, done := h.decideWithoutCert(); done {
+		return d
+	}
+	if v == nil {
+		v = h.verify(nil, now)
+	} else if !v.Holds(h, now) {
+		v = h.verify(v.peer, now)
+	}
+	return h.decide(v, req)
+}
+
+// decideWithoutCert returns the decisions that do not depend on the client: unknown and inactive
+// hostnames, mode OFF.
+func (h *Hostname) decideWithoutCert() (Decision, bool) {
+	switch {
+	case h == nil:
+		return Decision{Verdict: Deny, Reason: ReasonHostnameUnknown}, true
+	case !h.active:
+		return Decision{Verdict: Deny, Reason: ReasonHostnameInactive}, true
+	case h.mode == configv1.MtlsMode_MTLS_MODE_OFF:
+		return Decision{Verdict: Allow, Reason: ReasonMTLSOff}, true
+	}
+	return Decision{}, false
+}
+
+// decide applies the policy (or the no-policy rule) to a verification done for h.
+func (h *Hostname) decide(v *Verification, req *Request) Decision {
+	d := Decision{Cert: v.cert, Chain: v.chain}
+	switch {
+	case h.program == nil && v.verified:
+		d.Verdict, d.Reason = Allow, ReasonCertificateVerified
+	case h.program == nil:
+		d.Verdict, d.Reason = Deny, v.reason
+	default:
+		in := &policy.Input{Cert: v.input, Request: policy.RequestInput{Host: h.name}}
+		if req != nil {
+			in.Request.Method, in.Request.Path, in.Request.Headers = req.Method, req.Path, req.Header
+		}
+		matched, i, action, err := h.program.Evaluate(in)
+		switch {
+		case err != nil:
+			d.Verdict, d.Reason, d.Rule = Deny, ReasonPolicyError, h.program.Rule(i).Name
+		case !matched:
+			d.Verdict, d.Reason = Deny, ReasonNoRuleMatched
+		case action == policy.Allow:
+			d.Verdict, d.Reason, d.Rule = Allow, ReasonRuleAllow, h.program.Rule(i).Name
+		default:
+			d.Verdict, d.Reason, d.Rule = Deny, ReasonRuleDeny, h.program.Rule(i).Name
+		}
+	}
+	if d.Verdict == Deny && h.mode == configv1.MtlsMode_MTLS_MODE_REPORT {
+		d.Verdict = ReportDeny
+	}
+	return d
+}

@@ -1,0 +1,417 @@
+package decision
+
+import (
+	"crypto/x509"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"guestlist.dev/edge/certid"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+type decideCase struct {
+	name     string
+	cfg      []func(*configv1.HostnameConfig)
+	peer     []*x509.Certificate
+	req      *Request
+	at       time.Duration // added to now
+	verdict  Verdict
+	reason   string
+	rule     string
+	verified bool
+	chainLen int
+}
+
+func decideCases(p *testPKI) []decideCase {
+	healthRules := withPolicy(
+		rule("health", allow, `!cert.presented && request.path == "/healthz"`),
+		rule("verified", allow, `cert.verified`),
+	)
+	ouRules := withPolicy(
+		rule("ops-admin", allow, `"ops" in cert.subject.organizational_unit && request.path.startsWith("/admin/")`),
+		rule("no-admin", deny, `request.path.startsWith("/admin/")`),
+		rule("blocked", deny, `cert.dns_names.exists(n, n.endsWith(".blocked.acme.example"))`),
+		rule("devices", allow, `"devices" in cert.subject.organizational_unit`),
+	)
+	return []decideCase{
+		{name: "ok/valid", peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/root sent along", peer: chain(p.leaf, p.root), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/through intermediate sent by client", peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		{name: "ok/second CA", cfg: fns(withCA("other", p.other)), peer: chain(p.otherLeaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/mode off without certificate", cfg: fns(withMode(configv1.MtlsMode_MTLS_MODE_OFF)), verdict: Allow, reason: ReasonMTLSOff},
+		{name: "ok/mode off ignores policy", cfg: fns(withMode(configv1.MtlsMode_MTLS_MODE_OFF), withPolicy(rule("never", deny, "true"))), peer: chain(p.forged), verdict: Allow, reason: ReasonMTLSOff},
+		{name: "fail/none", verdict: Deny, reason: ReasonCertificateMissing},
+		{name: "fail/nil leaf", peer: []*x509.Certificate{nil, p.inter.Cert}, verdict: Deny, reason: ReasonCertificateMissing},
+		{name: "fail/another CA", peer: chain(p.otherLeaf), verdict: Deny, reason: ReasonCertificateUntrusted},
+		{name: "fail/another CA expired", peer: chain(p.otherExpired), verdict: Deny, reason: ReasonCertificateUntrusted},
+		{name: "fail/self-signed", peer: chain(p.forged), verdict: Deny, reason: ReasonCertificateUntrusted},
+		{name: "fail/CA certificate of another CA", peer: []*x509.Certificate{p.other.Cert}, verdict: Deny, reason: ReasonCertificateUntrusted},
+		{name: "fail/expired", peer: chain(p.expired), verdict: Deny, reason: ReasonCertificateExpired},
+		{name: "fail/expired later", peer: chain(p.leaf), at: 40 * 24 * time.Hour, verdict: Deny, reason: ReasonCertificateExpired},
+		{name: "fail/not yet valid", peer: chain(p.notYet), verdict: Deny, reason: ReasonCertificateNotYetValid},
+		{name: "fail/not yet valid earlier", peer: chain(p.leaf), at: -2 * time.Hour, verdict: Deny, reason: ReasonCertificateNotYetValid},
+		{name: "fail/expired intermediate", peer: chain(p.expiredInterLeaf, p.expiredInter), verdict: Deny, reason: ReasonCertificateExpired},
+		{name: "fail/wrong key usage", peer: chain(p.serverLeaf), verdict: Deny, reason: ReasonCertificateWrongKeyUsage},
+		{name: "fail/intermediate missing", peer: chain(p.interLeaf), verdict: Deny, reason: ReasonCertificateUntrusted},
+		{name: "fail/wrong intermediate", peer: chain(p.interLeaf, p.other), verdict: Deny, reason: ReasonCertificateUntrusted},
+		{name: "fail/too many certificates", peer: chain(p.interLeaf, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter), verdict: Deny, reason: ReasonCertificateUntrusted},
+		{name: "fail/revoked by serial", cfg: fns(revokeSerial("root", p.leaf.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/revoked by serial through intermediate", cfg: fns(revokeSerial("root", p.interLeaf.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/revoked by fingerprint", cfg: fns(revokeFingerprint("root", p.leaf.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/intermediate revoked by fingerprint", cfg: fns(revokeFingerprint("root", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/root revoked by fingerprint", cfg: fns(revokeFingerprint("root", p.root.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/revoked under another CA id does not apply", cfg: fns(withCA("other", p.other), revokeSerial("other", p.leaf.Cert), revokeFingerprint("other", p.leaf.Cert)), peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/revocation of an untrusted CA ignored", cfg: fns(revokeSerial("other", p.leaf.Cert)), peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/serial of the intermediate does not revoke its leaves", cfg: fns(revokeSerial("root", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		{name: "fail/revoked by serial with two CAs", cfg: fns(withCA("other", p.other), revokeSerial("root", p.leaf.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/same serial under another CA", cfg: fns(withCA("other", p.other), revokeSerial("root", p.leaf.Cert)), peer: chain(p.otherLeaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+
+		// Policies.
+		{name: "ok/policy allows by OU", cfg: fns(ouRules), peer: chain(p.opsLeaf), req: get("/admin/users"), verdict: Allow, reason: ReasonRuleAllow, rule: "ops-admin", verified: true, chainLen: 2},
+		{name: "fail/policy denies by OU", cfg: fns(ouRules), peer: chain(p.leaf), req: get("/admin/users"), verdict: Deny, reason: ReasonRuleDeny, rule: "no-admin", verified: true, chainLen: 2},
+		{name: "fail/policy denies by SAN DNS name", cfg: fns(ouRules), peer: chain(p.interLeaf, p.inter), req: get("/api"), verdict: Deny, reason: ReasonRuleDeny, rule: "blocked", verified: true, chainLen: 3},
+		{name: "ok/policy allows by OU on other path", cfg: fns(ouRules), peer: chain(p.leaf), req: get("/api"), verdict: Allow, reason: ReasonRuleAllow, rule: "devices", verified: true, chainLen: 2},
+		{name: "fail/no rule matched", cfg: fns(ouRules), peer: chain(p.opsLeaf), req: get("/api"), verdict: Deny, reason: ReasonNoRuleMatched, verified: true, chainLen: 2},
+		{name: "ok/policy by path and header", cfg: fns(withPolicy(rule("prod", allow, `request.path == "/x" && request.headers[?"x-env"].orValue("") == "prod" && request.host == "pay.example.com" && request.method == "GET"`))), peer: chain(p.leaf), req: get("/x", "X-Env", "prod"), verdict: Allow, reason: ReasonRuleAllow, rule: "prod", verified: true, chainLen: 2},
+		{name: "ok/policy sees identity of verified certificate", cfg: fns(withPolicy(rule("id", allow, `cert.subject.common_name == "device-1" && cert.issuer.common_name == "Acme Device CA" && cert.serial_number == "1001" && cert.fingerprint_sha256.size() == 64 && "spiffe://acme/device-1" in cert.uris && cert.not_after > cert.not_before && cert.error == ""`))), peer: chain(p.leaf), verdict: Allow, reason: ReasonRuleAllow, rule: "id", verified: true, chainLen: 2},
+		{name: "fail/policy error", cfg: fns(withPolicy(rule("needs-header", allow, `request.headers["x-env"] == "prod"`), rule("all", allow, "true"))), peer: chain(p.leaf), req: get("/"), verdict: Deny, reason: ReasonPolicyError, rule: "needs-header", verified: true, chainLen: 2},
+		{name: "fail/policy on unverified certificate", cfg: fns(ouRules), peer: chain(p.expired), req: get("/api"), verdict: Deny, reason: ReasonNoRuleMatched},
+		{name: "fail/forged OU on self-signed certificate", cfg: fns(withPolicy(rule("ops", allow, `"ops" in cert.subject.organizational_unit || cert.subject.common_name == "mallory"`))), peer: chain(p.forged), req: get("/admin/"), verdict: Deny, reason: ReasonNoRuleMatched},
+		{name: "fail/forged OU with another CA", cfg: fns(ouRules), peer: chain(p.otherLeaf), req: get("/admin/users"), verdict: Deny, reason: ReasonRuleDeny, rule: "no-admin"},
+		{name: "fail/unverified sees no identity", cfg: fns(withPolicy(rule("empty", deny, `cert.presented && !cert.verified && cert.error == "certificate_untrusted" && cert.subject.common_name == "" && cert.fingerprint_sha256 == "" && cert.serial_number == "" && size(cert.subject.organizational_unit) == 0 && cert.not_after == timestamp("0001-01-01T00:00:00Z")`))), peer: chain(p.forged), verdict: Deny, reason: ReasonRuleDeny, rule: "empty"},
+		{name: "ok/health rule without certificate", cfg: fns(healthRules), req: get("/healthz"), verdict: Allow, reason: ReasonRuleAllow, rule: "health"},
+		{name: "fail/health rule needs no certificate", cfg: fns(healthRules), peer: chain(p.forged), req: get("/healthz"), verdict: Deny, reason: ReasonNoRuleMatched},
+		{name: "fail/health rule other path", cfg: fns(healthRules), req: get("/api"), verdict: Deny, reason: ReasonNoRuleMatched},
+		{name: "ok/health rule verified", cfg: fns(healthRules), peer: chain(p.leaf), req: get("/api"), verdict: Allow, reason: ReasonRuleAllow, rule: "verified", verified: true, chainLen: 2},
+		{name: "ok/nil request", cfg: fns(healthRules), peer: chain(p.leaf), verdict: Allow, reason: ReasonRuleAllow, rule: "verified", verified: true, chainLen: 2},
+
+		// REPORT mode.
+		{name: "fail/report mode untrusted", cfg: fns(withMode(configv1.MtlsMode_MTLS_MODE_REPORT)), peer: chain(p.otherLeaf), verdict: ReportDeny, reason: ReasonCertificateUntrusted},
+		{name: "fail/report mode missing", cfg: fns(withMode(configv1.MtlsMode_MTLS_MODE_REPORT)), verdict: ReportDeny, reason: ReasonCertificateMissing},
+		{name: "fail/report mode rule deny", cfg: fns(withMode(configv1.MtlsMode_MTLS_MODE_REPORT), ouRules), peer: chain(p.leaf), req: get("/admin/"), verdict: ReportDeny, reason: ReasonRuleDeny, rule: "no-admin", verified: true, chainLen: 2},
+		{name: "fail/report mode no rule", cfg: fns(withMode(configv1.MtlsMode_MTLS_MODE_REPORT), ouRules), peer: chain(p.opsLeaf), req: get("/"), verdict: ReportDeny, reason: ReasonNoRuleMatched, verified: true, chainLen: 2},
+		{name: "ok/report mode allow", cfg: fns(withMode(configv1.MtlsMode_MTLS_MODE_REPORT)), peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+
+		// Hostname state.
+		{name: "fail/inactive", cfg: fns(func(c *configv1.HostnameConfig) { c.Active = false }), peer: chain(p.leaf), verdict: Deny, reason: ReasonHostnameInactive},
+		{name: "fail/inactive in report mode", cfg: fns(func(c *configv1.HostnameConfig) { c.Active = false }, withMode(configv1.MtlsMode_MTLS_MODE_REPORT)), peer: chain(p.leaf), verdict: Deny, reason: ReasonHostnameInactive},
+		{name: "fail/no CAs", cfg: fns(func(c *configv1.HostnameConfig) { c.CertificateAuthorities = nil }), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateUntrusted},
+	}
+}
+
+func fns(f ...func(*configv1.HostnameConfig)) []func(*configv1.HostnameConfig) { return f }
+
+func TestDecide(t *testing.T) {
+	p := getPKI(t)
+	now := time.Now()
+	for _, tc := range decideCases(p) {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := hostnameConfig(p)
+			for _, f := range tc.cfg {
+				f(cfg)
+			}
+			h, err := Prepare(cfg)
+			if err != nil {
+				t.Fatalf("Prepare: %v", err)
+			}
+			at := now.Add(tc.at)
+			d := Decide(h, tc.peer, tc.req, at)
+			if d.Verdict != tc.verdict || d.Reason != tc.reason || d.Rule != tc.rule {
+				t.Fatalf("Decide = %s, %s, %q; want %s, %s, %q", d.Verdict, d.Reason, d.Rule, tc.verdict, tc.reason, tc.rule)
+			}
+			checkCert(t, d, tc.peer, tc.verified, cfg.GetMode() == configv1.MtlsMode_MTLS_MODE_OFF || !cfg.GetActive())
+			if len(d.Chain) != tc.chainLen {
+				t.Errorf("len(Chain) = %d, want %d", len(d.Chain), tc.chainLen)
+			}
+			if d.Chain != nil && (d.Chain[0] != tc.peer[0] || !d.Chain[len(d.Chain)-1].Equal(p.root.Cert) && !d.Chain[len(d.Chain)-1].Equal(p.other.Cert)) {
+				t.Errorf("Chain does not run from the leaf to a root")
+			}
+			// The per-connection path gives the same decision.
+			v := h.VerifyClient(tc.peer, at)
+			if d2 := h.DecideVerified(v, tc.req, at); !reflect.DeepEqual(d, d2) {
+				t.Errorf("DecideVerified = %+v; Decide = %+v", d2, d)
+			}
+			// Verify agrees with the certificate part.
+			chain, reason, err := h.Verify(tc.peer, at)
+			switch {
+			case !cfg.GetActive():
+			case cfg.GetMode() == configv1.MtlsMode_MTLS_MODE_OFF:
+				if chain != nil || reason != ReasonMTLSOff || err != nil {
+					t.Errorf("Verify (mode OFF) = %v, %q, %v", chain, reason, err)
+				}
+			case tc.verified:
+				if len(chain) != tc.chainLen || reason != ReasonCertificateVerified || err != nil {
+					t.Errorf("Verify = %d certificates, %q, %v", len(chain), reason, err)
+				}
+			default:
+				var ce *CertificateError
+				if chain != nil || !errors.As(err, &ce) || ce.Reason != reason || !strings.HasPrefix(reason, "certificate_") {
+					t.Errorf("Verify = %v, %q, %v", chain, reason, err)
+				}
+				if cfg.GetPolicy() == nil && cfg.GetActive() && reason != d.Reason {
+					t.Errorf("Verify reason %q, Decide reason %q", reason, d.Reason)
+				}
+			}
+		})
+	}
+}
+
+func checkCert(t *testing.T, d Decision, peer []*x509.Certificate, verified, none bool) {
+	t.Helper()
+	c := d.Cert
+	switch {
+	case none || len(peer) == 0 || peer[0] == nil:
+		if c != (Cert{}) {
+			t.Errorf("Cert = %+v, want zero", c)
+		}
+	case verified:
+		leaf := peer[0]
+		want := Cert{Presented: true, Verified: true, FingerprintSHA256: certid.FingerprintSHA256(leaf.Raw), SerialNumber: certid.SerialNumber(leaf.SerialNumber), Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), NotAfter: leaf.NotAfter}
+		if c != want {
+			t.Errorf("Cert = %+v, want %+v", c, want)
+		}
+	default:
+		want := Cert{Presented: true, Error: c.Error, FingerprintSHA256: certid.FingerprintSHA256(peer[0].Raw)}
+		if c != want || !strings.HasPrefix(c.Error, "certificate_") {
+			t.Errorf("Cert = %+v, want no identity and an error", c)
+		}
+	}
+}
+
+func TestDecideNilHostname(t *testing.T) {
+	p := getPKI(t)
+	d := Decide(nil, chain(p.leaf), get("/"), time.Now())
+	if d.Verdict != Deny || d.Reason != ReasonHostnameUnknown {
+		t.Fatalf("Decide(nil) = %+v", d)
+	}
+	var h *Hostname
+	if d := h.DecideVerified(nil, nil, time.Now()); d.Reason != ReasonHostnameUnknown {
+		t.Fatalf("DecideVerified(nil) = %+v", d)
+	}
+	if _, reason, err := h.Verify(nil, time.Now()); reason != ReasonHostnameUnknown || err == nil {
+		t.Fatalf("Verify(nil) = %q, %v", reason, err)
+	}
+}
+
+func TestPrepareErrors(t *testing.T) {
+	p := getPKI(t)
+	tests := []struct {
+		name string
+		cfg  func(*configv1.HostnameConfig)
+		want string
+	}{
+		{"fail/nil", nil, "no hostname configuration"},
+		{"fail/hostname not normalised", func(c *configv1.HostnameConfig) { c.Hostname = "Pay.Example.com." }, "not in normal form"},
+		{"fail/empty hostname", func(c *configv1.HostnameConfig) { c.Hostname = "" }, "not in normal form"},
+		{"fail/mode unspecified", func(c *configv1.HostnameConfig) { c.Mode = configv1.MtlsMode_MTLS_MODE_UNSPECIFIED }, "mode"},
+		{"fail/mode unknown", func(c *configv1.HostnameConfig) { c.Mode = 42 }, "mode"},
+		{"fail/unparsable CA", func(c *configv1.HostnameConfig) { c.CertificateAuthorities[0].CertificateDer = []byte("garbage") }, `certificate_authorities[0] ("root"): certificate_der does not parse`},
+		{"fail/CA without id", func(c *configv1.HostnameConfig) { c.CertificateAuthorities[0].CertificateAuthorityId = "" }, "no certificate_authority_id"},
+		{"fail/CA id twice", func(c *configv1.HostnameConfig) { withCA("root", p.other)(c) }, `id "root" is given twice`},
+		{"fail/revocation without serial or fingerprint", func(c *configv1.HostnameConfig) {
+			c.Revocations = []*configv1.Revocation{{CertificateAuthorityId: "root", RevocationId: "r1"}}
+		}, `revocations[0] ("r1"): neither`},
+		{"fail/revocation bad serial", func(c *configv1.HostnameConfig) {
+			c.Revocations = []*configv1.Revocation{{CertificateAuthorityId: "root", RevocationId: "r1", SerialNumber: "xyz"}}
+		}, `revocations[0] ("r1"): serial_number`},
+		{"fail/revocation bad fingerprint", func(c *configv1.HostnameConfig) {
+			c.Revocations = []*configv1.Revocation{{CertificateAuthorityId: "root", RevocationId: "r1", FingerprintSha256: "abcd"}}
+		}, `revocations[0] ("r1"): fingerprint_sha256`},
+		{"fail/policy does not compile", withPolicy(rule("bad", allow, `cret.verified`)), `policy "p": rule "bad" (rules[0].expression): line 1, column 1: undeclared reference to 'cret'`},
+		{"fail/policy without rules", withPolicy(), `policy "p": policy has no rules`},
+		{"fail/rule action unspecified", withPolicy(rule("r", configv1.Action_ACTION_UNSPECIFIED, "true")), `rules[0] ("r"): action ACTION_UNSPECIFIED is not ALLOW or DENY`},
+		{"fail/rule action out of range", withPolicy(rule("r", 257, "true")), `action 257 is not ALLOW or DENY`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var cfg *configv1.HostnameConfig
+			if tc.cfg != nil {
+				cfg = hostnameConfig(p)
+				tc.cfg(cfg)
+			}
+			h, err := Prepare(cfg)
+			if err == nil || h != nil {
+				t.Fatalf("Prepare = %v, %v; want an error", h, err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Prepare error %q does not contain %q", err, tc.want)
+			}
+			if tc.cfg != nil && !strings.Contains(err.Error(), "pay.example.com") && !strings.Contains(err.Error(), "normal form") {
+				t.Errorf("error %q does not name the hostname", err)
+			}
+		})
+	}
+	t.Run("ok/same CA twice", func(t *testing.T) {
+		cfg := hostnameConfig(p)
+		withCA("root", p.root)(cfg)
+		if _, err := Prepare(cfg); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("ok/accessors", func(t *testing.T) {
+		cfg := hostnameConfig(p)
+		h, err := Prepare(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Name() != "pay.example.com" || !h.Active() || h.Mode() != configv1.MtlsMode_MTLS_MODE_ENFORCE || h.Config != cfg {
+			t.Errorf("accessors: %q %v %v", h.Name(), h.Active(), h.Mode())
+		}
+		if !h.CertificateAuthority("root").Equal(p.root.Cert) || h.CertificateAuthority("nope") != nil || h.ClientCAs() == nil {
+			t.Errorf("CertificateAuthority / ClientCAs")
+		}
+	})
+}
+
+// TestVerificationHolds checks that a per-connection verification is reused exactly while its
+// outcome is unchanged, and that DecideVerified equals Decide at every moment.
+func TestVerificationHolds(t *testing.T) {
+	p := getPKI(t)
+	cfg := hostnameConfig(p)
+	withPolicy(rule("verified", allow, "cert.verified"))(cfg)
+	h, err := Prepare(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	leaf := p.leaf.Cert
+	peers := [][]*x509.Certificate{chain(p.leaf), chain(p.notYet), chain(p.expired), chain(p.interLeaf, p.inter), chain(p.expiredInterLeaf, p.expiredInter), nil, chain(p.forged)}
+	moments := []time.Time{
+		now, leaf.NotBefore.Add(-time.Nanosecond), leaf.NotBefore, leaf.NotAfter, leaf.NotAfter.Add(time.Nanosecond),
+		p.notYet.Cert.NotBefore.Add(-time.Second), p.notYet.Cert.NotBefore, p.expired.Cert.NotAfter, p.expired.Cert.NotAfter.Add(time.Nanosecond),
+		p.expiredInter.Cert.NotAfter, p.expiredInter.Cert.NotAfter.Add(time.Nanosecond), now.Add(-100 * 24 * time.Hour), now.Add(400 * 24 * time.Hour),
+	}
+	for _, peer := range peers {
+		for _, t0 := range moments {
+			v := h.VerifyClient(peer, t0)
+			if !v.Holds(h, t0) {
+				t.Errorf("verification at %v does not hold at its own moment", t0)
+			}
+			for _, t1 := range moments {
+				want := Decide(h, peer, get("/"), t1)
+				if got := h.DecideVerified(v, get("/"), t1); !reflect.DeepEqual(got, want) {
+					t.Errorf("DecideVerified(verified at %v) at %v = %+v, Decide = %+v", t0, t1, got, want)
+				}
+				if v.Holds(h, t1) {
+					if v2 := h.VerifyClient(peer, t1); v2.Reason() != v.Reason() || v2.Verified() != v.Verified() {
+						t.Errorf("verification at %v holds at %v, but the outcome changed: %s -> %s", t0, t1, v.Reason(), v2.Reason())
+					}
+				}
+			}
+		}
+	}
+	v := h.VerifyClient(chain(p.leaf), now)
+	if !v.Holds(h, leaf.NotAfter) || v.Holds(h, leaf.NotAfter.Add(time.Nanosecond)) || v.Holds(h, leaf.NotBefore.Add(-time.Nanosecond)) {
+		t.Errorf("the verified leaf's verification should hold exactly within its validity")
+	}
+	h2, _ := Prepare(hostnameConfig(p))
+	if v.Holds(h2, now) || v.Holds(nil, now) {
+		t.Errorf("a verification holds only for its hostname")
+	}
+	if !v.Verified() || v.Err() != nil || v.Chain() == nil || !v.Cert().Verified {
+		t.Errorf("accessors of a verified verification")
+	}
+}
+
+func TestDeterministic(t *testing.T) {
+	p := getPKI(t)
+	cfg := hostnameConfig(p)
+	withCA("other", p.other)(cfg)
+	withPolicy(
+		rule("ops", allow, `"ops" in cert.subject.organizational_unit`),
+		rule("hdr", deny, `request.headers.exists(k, k.startsWith("x-"))`),
+		rule("ok", allow, `cert.verified || request.path == "/healthz"`),
+	)(cfg)
+	now := time.Now()
+	for _, tc := range decideCases(p) {
+		h1, err := Prepare(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h2, _ := Prepare(cfg)
+		req := get("/x", "X-A", "1", "X-B", "2")
+		d1 := Decide(h1, tc.peer, req, now)
+		for i := 0; i < 3; i++ {
+			if d := Decide(h2, tc.peer, req, now); !reflect.DeepEqual(d, d1) {
+				t.Fatalf("%s: Decide differs between runs: %+v vs %+v", tc.name, d, d1)
+			}
+		}
+	}
+}
+
+func TestNeverPanics(t *testing.T) {
+	p := getPKI(t)
+	cfg := hostnameConfig(p)
+	withPolicy(rule("r", allow, `cert.verified && request.headers[?"a"].orValue("") == ""`))(cfg)
+	h, err := Prepare(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := &x509.Certificate{Raw: []byte{0x30, 0x03, 0x02, 0x01, 0x01}}
+	peers := [][]*x509.Certificate{
+		nil, {}, {nil}, {nil, nil}, {{}}, {garbage}, {garbage, garbage}, {p.leaf.Cert, nil}, {p.leaf.Cert, {}},
+		{p.interLeaf.Cert, garbage, p.inter.Cert}, {p.leaf.Cert, garbage},
+	}
+	for i, peer := range peers {
+		for _, req := range []*Request{nil, {}, get("/")} {
+			d := Decide(h, peer, req, time.Now())
+			if i < 4 && (d.Reason != ReasonNoRuleMatched || d.Cert.Presented) {
+				t.Errorf("peers[%d]: %+v", i, d)
+			}
+			if i >= 4 && i <= 6 && (d.Reason != ReasonNoRuleMatched || d.Cert.Error != ReasonCertificateUntrusted) {
+				t.Errorf("peers[%d]: %+v", i, d)
+			}
+			if i >= 7 && d.Verdict != Allow {
+				t.Errorf("peers[%d]: %+v", i, d)
+			}
+		}
+	}
+	if d := Decide(h, chain(p.leaf), get("/"), time.Time{}); d.Verdict != Deny || d.Cert.Error != ReasonCertificateNotYetValid {
+		t.Errorf("zero time: %+v", d)
+	}
+}
+
+func TestCacheShares(t *testing.T) {
+	p := getPKI(t)
+	c := NewCache()
+	cfg := hostnameConfig(p)
+	withPolicy(rule("r", allow, "cert.verified"))(cfg)
+	h1, err := c.Prepare(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg2 := hostnameConfig(p)
+	cfg2.Hostname = "api.example.com"
+	withPolicy(rule("r", allow, "cert.verified"))(cfg2)
+	h2, err := c.Prepare(cfg2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h1.trust != h2.trust || h1.program != h2.program {
+		t.Fatalf("equal content is not shared")
+	}
+	cfg3 := hostnameConfig(p)
+	withPolicy(rule("r", allow, "!cert.verified"))(cfg3)
+	revokeSerial("root", p.leaf.Cert)(cfg3)
+	h3, err := c.Prepare(cfg3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h3.trust == h1.trust || h3.program == h1.program {
+		t.Fatalf("different content is shared")
+	}
+	if d := Decide(h3, chain(p.leaf), nil, time.Now()); d.Reason != ReasonRuleAllow || d.Cert.Error != ReasonCertificateRevoked {
+		t.Fatalf("Decide with a cached trust = %+v", d)
+	}
+	// An error is not cached.
+	bad := hostnameConfig(p)
+	withPolicy(rule("r", allow, "nope"))(bad)
+	for range 2 {
+		if _, err := c.Prepare(bad); err == nil {
+			t.Fatal("no error")
+		}
+	}
+}

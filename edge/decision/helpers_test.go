@@ -1,0 +1,158 @@
+package decision
+
+import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net/http"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"guestlist.dev/edge/certid"
+	"guestlist.dev/edge/pkitest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// testPKI is a set of CAs and certificates made once per test binary run (key generation is the
+// slow part of the tests).
+type testPKI struct {
+	root, other, inter *pkitest.CA
+	// leaf: issued by root, OU devices, DNS SAN device-1.devices.acme.example
+	leaf, opsLeaf, interLeaf, otherLeaf, serverLeaf, expired, notYet, forged *pkitest.Leaf
+	// expiredInter is an intermediate of root that expired; expiredInterLeaf is issued by it.
+	expiredInter     *pkitest.CA
+	expiredInterLeaf *pkitest.Leaf
+	otherExpired     *pkitest.Leaf
+}
+
+func ou(units ...string) pkitest.Options {
+	return func(c *x509.Certificate) { c.Subject.OrganizationalUnit = units }
+}
+
+func dns(names ...string) pkitest.Options {
+	return func(c *x509.Certificate) { c.DNSNames = names }
+}
+
+func uri(s string) pkitest.Options {
+	return func(c *x509.Certificate) {
+		u, _ := url.Parse(s)
+		c.URIs = []*url.URL{u}
+	}
+}
+
+func serial(n int64) pkitest.Options {
+	return func(c *x509.Certificate) { c.SerialNumber = big.NewInt(n) }
+}
+
+// selfSignedClient makes a self-signed client certificate (not a CA) with a forged OU.
+func selfSignedClient(t testing.TB, cn string, opts ...pkitest.Options) *pkitest.Leaf {
+	ca := pkitest.NewCA(t, cn, append([]pkitest.Options{func(c *x509.Certificate) {
+		c.IsCA = false
+		c.KeyUsage = x509.KeyUsageDigitalSignature
+		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		c.Subject = pkix.Name{CommonName: cn}
+	}}, opts...)...)
+	return &pkitest.Leaf{Cert: ca.Cert, Key: ca.Key}
+}
+
+var (
+	pkiMu sync.Mutex
+	pki   *testPKI
+)
+
+func getPKI(t testing.TB) *testPKI {
+	t.Helper()
+	pkiMu.Lock()
+	defer pkiMu.Unlock()
+	if pki != nil {
+		return pki
+	}
+	now := time.Now()
+	p := &testPKI{}
+	p.root = pkitest.NewCA(t, "Acme Device CA")
+	p.other = pkitest.NewCA(t, "Other CA")
+	p.inter = p.root.Intermediate(t, "Acme Issuing CA")
+	p.leaf = p.root.Client(t, "device-1", ou("devices"), dns("device-1.devices.acme.example"), uri("spiffe://acme/device-1"), serial(0x1001))
+	p.opsLeaf = p.root.Client(t, "alice", ou("ops"), serial(0x1002))
+	p.interLeaf = p.inter.Client(t, "device-2", ou("devices"), dns("device-2.blocked.acme.example"), serial(0x2001))
+	p.otherLeaf = p.other.Client(t, "intruder", ou("ops"), serial(0x1001))
+	p.serverLeaf = p.root.Server(t, []string{"device-3.acme.example"})
+	p.expired = p.root.Client(t, "old", pkitest.Validity(now.Add(-48*time.Hour), now.Add(-24*time.Hour)))
+	p.notYet = p.root.Client(t, "future", pkitest.Validity(now.Add(24*time.Hour), now.Add(48*time.Hour)))
+	p.forged = selfSignedClient(t, "mallory", ou("ops"))
+	p.expiredInter = p.root.Intermediate(t, "Old Issuing CA", func(c *x509.Certificate) {
+		c.NotBefore, c.NotAfter = now.Add(-72*time.Hour), now.Add(-time.Hour)
+	})
+	p.expiredInterLeaf = p.expiredInter.Client(t, "device-4", pkitest.Validity(now.Add(-48*time.Hour), now.Add(24*time.Hour)))
+	p.otherExpired = p.other.Client(t, "old-intruder", pkitest.Validity(now.Add(-48*time.Hour), now.Add(-24*time.Hour)))
+	pki = p
+	return p
+}
+
+func chain(leaf *pkitest.Leaf, cas ...*pkitest.CA) []*x509.Certificate {
+	out := []*x509.Certificate{leaf.Cert}
+	for _, ca := range cas {
+		out = append(out, ca.Cert)
+	}
+	return out
+}
+
+// hostnameConfig trusts root (id "root") and other (id "other") for pay.example.com, ENFORCE.
+func hostnameConfig(p *testPKI) *configv1.HostnameConfig {
+	return &configv1.HostnameConfig{
+		Hostname:  "pay.example.com",
+		TenantId:  "acme",
+		Active:    true,
+		OriginUrl: "http://127.0.0.1:8081",
+		Mode:      configv1.MtlsMode_MTLS_MODE_ENFORCE,
+		CertificateAuthorities: []*configv1.TrustedCertificateAuthority{
+			{CertificateAuthorityId: "root", CertificateDer: p.root.Cert.Raw},
+		},
+		Version: 7,
+	}
+}
+
+func rule(name string, action configv1.Action, expr string) *configv1.Rule {
+	return &configv1.Rule{Name: name, Action: action, Expression: expr}
+}
+
+const (
+	allow = configv1.Action_ACTION_ALLOW
+	deny  = configv1.Action_ACTION_DENY
+)
+
+func withPolicy(rules ...*configv1.Rule) func(*configv1.HostnameConfig) {
+	return func(c *configv1.HostnameConfig) { c.Policy = &configv1.Policy{PolicyId: "p", Rules: rules} }
+}
+
+func withMode(m configv1.MtlsMode) func(*configv1.HostnameConfig) {
+	return func(c *configv1.HostnameConfig) { c.Mode = m }
+}
+
+func withCA(id string, ca *pkitest.CA) func(*configv1.HostnameConfig) {
+	return func(c *configv1.HostnameConfig) {
+		c.CertificateAuthorities = append(c.CertificateAuthorities, &configv1.TrustedCertificateAuthority{CertificateAuthorityId: id, CertificateDer: ca.Cert.Raw})
+	}
+}
+
+func revokeSerial(caID string, cert *x509.Certificate) func(*configv1.HostnameConfig) {
+	return func(c *configv1.HostnameConfig) {
+		c.Revocations = append(c.Revocations, &configv1.Revocation{CertificateAuthorityId: caID, RevocationId: "r" + caID, SerialNumber: certid.SerialNumber(cert.SerialNumber)})
+	}
+}
+
+func revokeFingerprint(caID string, cert *x509.Certificate) func(*configv1.HostnameConfig) {
+	return func(c *configv1.HostnameConfig) {
+		c.Revocations = append(c.Revocations, &configv1.Revocation{CertificateAuthorityId: caID, RevocationId: "f" + caID, FingerprintSha256: certid.FingerprintSHA256(cert.Raw)})
+	}
+}
+
+func get(path string, headers ...string) *Request {
+	h := http.Header{}
+	for i := 0; i+1 < len(headers); i += 2 {
+		h.Add(headers[i], headers[i+1])
+	}
+	return &Request{Host: "pay.example.com", Method: http.MethodGet, Path: path, Header: h}
+}

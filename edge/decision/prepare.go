@@ -1,0 +1,356 @@
+package decision
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"runtime"
+	"strconv"
+	"sync"
+	"weak"
+
+	"guestlist.dev/edge/certid"
+	"guestlist.dev/edge/dnsname"
+	"guestlist.dev/edge/policy"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// Hostname is a prepared, immutable hostname configuration: built once per configuration change
+// by [Prepare] (or [Cache.Prepare]) and shared by all connections and requests. It is safe for
+// concurrent use.
+type Hostname struct {
+	// Config is the configuration it was prepared from. It must not be modified.
+	Config *configv1.HostnameConfig
+
+	name    string
+	active  bool
+	mode    configv1.MtlsMode
+	trust   *trust          // shared between hostnames with the same CAs and revocations
+	program *policy.Program // nil without a policy; shared between hostnames with the same rules
+}
+
+// trust is what certificate verification needs of a hostname: its CAs and revocations, prepared.
+// It is immutable once built.
+type trust struct {
+	// pool holds the hostname's CA certificates, the only roots verification accepts.
+	pool *x509.CertPool
+	// roots are the parsed CA certificates, in configuration order.
+	roots []*x509.Certificate
+	// byID maps a CA id to its certificate.
+	byID map[string]*x509.Certificate
+	// revoked maps a root certificate (its DER, as a string) to the revocations that apply to
+	// chains ending at it; only roots with revocations are present. Several CA ids with the same
+	// certificate share one entry.
+	revoked map[string]*revocations
+}
+
+// revocations are the revocations under one root.
+type revocations struct {
+	serials      map[string]struct{}   // leaf serial numbers, certid form
+	fingerprints map[[32]byte]struct{} // SHA-256 of the DER of any certificate of the chain
+}
+
+// Prepare checks a hostname configuration and prepares it for [Decide]: it parses the CA
+// certificates into a certificate pool, indexes the revocations and compiles the policy with
+// [policy.Compile]. The error names the problem (a hostname not in normal form, an unknown mode, a
+// CA certificate that does not parse, a revocation without a valid serial number or fingerprint,
+// a policy that does not compile); the edge then refuses the configuration and keeps its last good
+// one.
+//
+// Prepare shares nothing between calls; an edge holding many hostnames uses [Cache.Prepare].
+func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
+	return (*Cache)(nil).Prepare(cfg)
+}
+
+// Cache shares the expensive parts of prepared hostnames (parsed CA certificates and their pool,
+// indexed revocations, compiled policies) between hostnames whose configurations have the same
+// content, as the hostnames of one tenant usually do: preparing a million hostnames that use one
+// policy compiles it once and keeps one copy. Entries are keyed by a SHA-256 of their content and
+// held by weak pointers, so an entry lives exactly as long as a prepared Hostname uses it. A Cache
+// is safe for concurrent use; the zero value is not usable, create one with [NewCache]. Sharing
+// changes nothing of what [Decide] decides.
+type Cache struct {
+	mu       sync.Mutex
+	trusts   map[[32]byte]weak.Pointer[trust]
+	programs map[[32]byte]weak.Pointer[policy.Program]
+}
+
+// NewCache returns an empty cache.
+func NewCache() *Cache {
+	return &Cache{
+		trusts:   make(map[[32]byte]weak.Pointer[trust]),
+		programs: make(map[[32]byte]weak.Pointer[policy.Program]),
+	}
+}
+
+// Prepare is [Prepare], sharing what it can with the other hostnames prepared with c. A nil c
+// shares nothing.
+func (c *Cache) Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
+	if cfg == nil {
+		return nil, errors.New("decision: no hostname configuration")
+	}
+	name := cfg.GetHostname()
+	if !isNormalized(name) {
+		return nil, fmt.Errorf("decision: hostname %q is not in normal form (lower case, A-labels, no trailing dot)", shorten(name))
+	}
+	fail := func(err error) (*Hostname, error) {
+		return nil, fmt.Errorf("decision: hostname %q: %w", name, err)
+	}
+	switch m := cfg.GetMode(); m {
+	case configv1.MtlsMode_MTLS_MODE_OFF, configv1.MtlsMode_MTLS_MODE_ENFORCE, configv1.MtlsMode_MTLS_MODE_REPORT:
+	default:
+		return fail(fmt.Errorf("mode %v is not OFF, ENFORCE or REPORT", m))
+	}
+	tr, err := lookup(c, c.trustMap(), trustKey(cfg), func() (*trust, error) { return newTrust(cfg) })
+	if err != nil {
+		return fail(err)
+	}
+	h := &Hostname{Config: cfg, name: name, active: cfg.GetActive(), mode: cfg.GetMode(), trust: tr}
+	if p := cfg.GetPolicy(); p != nil {
+		rules, err := policyRules(p)
+		if err != nil {
+			return fail(err)
+		}
+		h.program, err = lookup(c, c.programMap(), programKey(rules), func() (*policy.Program, error) {
+			prog, err := policy.Compile(rules)
+			if err != nil {
+				return nil, fmt.Errorf("policy %q: %w", p.GetPolicyId(), err)
+			}
+			return prog, nil
+		})
+		if err != nil {
+			return fail(err)
+		}
+	}
+	return h, nil
+}
+
+func (c *Cache) trustMap() map[[32]byte]weak.Pointer[trust] {
+	if c == nil {
+		return nil
+	}
+	return c.trusts
+}
+
+func (c *Cache) programMap() map[[32]byte]weak.Pointer[policy.Program] {
+	if c == nil {
+		return nil
+	}
+	return c.programs
+}
+
+// lookup returns the live entry of m under key, or builds, records and returns one. With a nil
+// cache it just builds. Two goroutines may build the same entry at once; the first one recorded
+// wins, so that equal content stays shared.
+func lookup[V any](c *Cache, m map[[32]byte]weak.Pointer[V], key [32]byte, build func() (*V, error)) (*V, error) {
+	if c == nil {
+		return build()
+	}
+	c.mu.Lock()
+	if v := m[key].Value(); v != nil {
+		c.mu.Unlock()
+		return v, nil
+	}
+	c.mu.Unlock()
+	v, err := build()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := m[key].Value(); old != nil {
+		return old, nil
+	}
+	m[key] = weak.Make(v)
+	// Once v is unreachable, forget its entry (unless a new value replaced it meanwhile).
+	runtime.AddCleanup(v, func(key [32]byte) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if wp, ok := m[key]; ok && wp.Value() == nil {
+			delete(m, key)
+		}
+	}, key)
+	return v, nil
+}
+
+// keyHash hashes length-prefixed fields, so that different field sequences never give the same
+// input.
+type keyHash struct{ h hash.Hash }
+
+func newKeyHash(kind string) keyHash {
+	k := keyHash{sha256.New()}
+	k.str(kind)
+	return k
+}
+
+func (k keyHash) bytes(b []byte) {
+	var n [binary.MaxVarintLen64]byte
+	k.h.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))])
+	k.h.Write(b)
+}
+
+func (k keyHash) str(s string) { k.bytes([]byte(s)) }
+
+func (k keyHash) sum() (out [32]byte) {
+	k.h.Sum(out[:0])
+	return out
+}
+
+// trustKey identifies the content newTrust builds from: the CAs in order and the revocations.
+func trustKey(cfg *configv1.HostnameConfig) [32]byte {
+	k := newKeyHash("trust")
+	cas := cfg.GetCertificateAuthorities()
+	k.str(strconv.Itoa(len(cas)))
+	for _, ca := range cas {
+		k.str(ca.GetCertificateAuthorityId())
+		k.bytes(ca.GetCertificateDer())
+	}
+	for _, r := range cfg.GetRevocations() {
+		k.str(r.GetCertificateAuthorityId())
+		k.str(r.GetSerialNumber())
+		k.str(r.GetFingerprintSha256())
+	}
+	return k.sum()
+}
+
+// programKey identifies a policy's rules.
+func programKey(rules []policy.Rule) [32]byte {
+	k := newKeyHash("policy")
+	for _, r := range rules {
+		k.str(r.Name)
+		k.str(r.Action.String())
+		k.str(r.Expression)
+	}
+	return k.sum()
+}
+
+// newTrust parses the CAs and indexes the revocations of a configuration.
+func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
+	cas := cfg.GetCertificateAuthorities()
+	t := &trust{
+		pool:  x509.NewCertPool(), // never nil: a nil pool would mean the system's roots
+		roots: make([]*x509.Certificate, 0, len(cas)),
+		byID:  make(map[string]*x509.Certificate, len(cas)),
+	}
+	for i, ca := range cas {
+		id := ca.GetCertificateAuthorityId()
+		if id == "" {
+			return nil, fmt.Errorf("certificate_authorities[%d]: no certificate_authority_id", i)
+		}
+		cert, err := x509.ParseCertificate(ca.GetCertificateDer())
+		if err != nil {
+			return nil, fmt.Errorf("certificate_authorities[%d] (%q): certificate_der does not parse: %w", i, id, err)
+		}
+		if prev, dup := t.byID[id]; dup {
+			if !prev.Equal(cert) {
+				return nil, fmt.Errorf("certificate_authorities[%d]: id %q is given twice, with different certificates", i, id)
+			}
+			continue
+		}
+		t.byID[id] = cert
+		t.roots = append(t.roots, cert)
+		t.pool.AddCert(cert)
+	}
+	for i, r := range cfg.GetRevocations() {
+		where := func() string { return fmt.Sprintf("revocations[%d] (%q)", i, r.GetRevocationId()) }
+		serial, fp := r.GetSerialNumber(), r.GetFingerprintSha256()
+		if serial == "" && fp == "" {
+			return nil, fmt.Errorf("%s: neither serial_number nor fingerprint_sha256 is set", where())
+		}
+		root, ok := t.byID[r.GetCertificateAuthorityId()]
+		if !ok {
+			continue // under a CA this hostname does not trust: it can never apply
+		}
+		if t.revoked == nil {
+			t.revoked = make(map[string]*revocations)
+		}
+		rr := t.revoked[string(root.Raw)]
+		if rr == nil {
+			rr = &revocations{}
+			t.revoked[string(root.Raw)] = rr
+		}
+		if serial != "" {
+			s, err := certid.NormalizeSerial(serial)
+			if err != nil {
+				return nil, fmt.Errorf("%s: serial_number: %w", where(), err)
+			}
+			if rr.serials == nil {
+				rr.serials = make(map[string]struct{})
+			}
+			rr.serials[s] = struct{}{}
+		}
+		if fp != "" {
+			f, err := certid.NormalizeFingerprint(fp)
+			if err != nil {
+				return nil, fmt.Errorf("%s: fingerprint_sha256: %w", where(), err)
+			}
+			var sum [32]byte
+			if _, err := hex.Decode(sum[:], []byte(f)); err != nil {
+				return nil, fmt.Errorf("%s: fingerprint_sha256: %w", where(), err)
+			}
+			if rr.fingerprints == nil {
+				rr.fingerprints = make(map[[32]byte]struct{})
+			}
+			rr.fingerprints[sum] = struct{}{}
+		}
+	}
+	return t, nil
+}
+
+// policyRules converts a configured policy to the rules policy.Compile takes.
+func policyRules(p *configv1.Policy) ([]policy.Rule, error) {
+	rules := make([]policy.Rule, len(p.GetRules()))
+	for i, r := range p.GetRules() {
+		var a policy.Action
+		switch r.GetAction() {
+		case configv1.Action_ACTION_ALLOW:
+			a = policy.Allow
+		case configv1.Action_ACTION_DENY:
+			a = policy.Deny
+		default:
+			return nil, fmt.Errorf("policy %q: rules[%d] (%q): action %v is not ALLOW or DENY", p.GetPolicyId(), i, shorten(r.GetName()), r.GetAction())
+		}
+		rules[i] = policy.Rule{Name: r.GetName(), Action: a, Expression: r.GetExpression()}
+	}
+	return rules, nil
+}
+
+// isNormalized reports whether name is a hostname in normal form, the fast way when it can.
+func isNormalized(name string) bool {
+	if s, ok := dnsname.NormalizeSNI(name); ok && s == name {
+		return true
+	}
+	return dnsname.IsNormalized(name)
+}
+
+// shorten bounds what an error repeats of its input.
+func shorten(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
+// Name returns the hostname (normalised).
+func (h *Hostname) Name() string { return h.name }
+
+// Active reports whether the hostname is served. The edge fails the handshake for an inactive
+// hostname, as for an unknown one.
+func (h *Hostname) Active() bool { return h.active }
+
+// Mode returns the hostname's client-certificate mode (OFF, ENFORCE or REPORT).
+func (h *Hostname) Mode() configv1.MtlsMode { return h.mode }
+
+// ClientCAs returns the pool of the hostname's CA certificates, for the edge's TLS configuration
+// (tls.Config.ClientCAs, so that the CertificateRequest names the acceptable CAs). It is shared
+// and must not be modified. The edge should request the certificate (tls.RequestClientCert) and
+// verify it with [Hostname.Verify] or [Hostname.VerifyClient], not let crypto/tls verify it: only
+// this package applies revocations and classifies failures as the decision log reports them.
+func (h *Hostname) ClientCAs() *x509.CertPool { return h.trust.pool }
+
+// CertificateAuthority returns the certificate of the hostname's CA with the given id, or nil.
+func (h *Hostname) CertificateAuthority(id string) *x509.Certificate { return h.trust.byID[id] }

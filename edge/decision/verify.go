@@ -1,0 +1,334 @@
+package decision
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"guestlist.dev/edge/certid"
+	"guestlist.dev/edge/policy"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// CertificateError is the error of a client certificate that did not verify: Reason is one of the
+// certificate_* reasons, Err the underlying error (from crypto/x509, whose wording may change
+// between Go releases; the reason does not).
+type CertificateError struct {
+	// Reason is the stable reason, e.g. [ReasonCertificateExpired].
+	Reason string
+	// Err says more, for logs.
+	Err error
+}
+
+// Error implements error.
+func (e *CertificateError) Error() string {
+	if e.Err == nil {
+		return e.Reason
+	}
+	return e.Reason + ": " + e.Err.Error()
+}
+
+// Unwrap returns the underlying error.
+func (e *CertificateError) Unwrap() error { return e.Err }
+
+// Verification is the outcome of verifying a client's certificates for one [Hostname] at one
+// moment, made by [Hostname.VerifyClient]. It is immutable and holds everything the requests of a
+// connection need ([Hostname.DecideVerified] then only evaluates the policy), and it knows for
+// which moments the outcome stays the same ([Verification.Holds]).
+type Verification struct {
+	h        *Hostname
+	peer     []*x509.Certificate
+	verified bool
+	reason   string
+	err      error
+	cert     Cert
+	input    policy.CertInput
+	chain    []*x509.Certificate
+	// The outcome holds at every moment (no certificate, mode OFF, unknown hostname), or for
+	// from <= t < until, where an unset bound is open.
+	always            bool
+	hasFrom, hasUntil bool
+	from, until       time.Time
+}
+
+// VerifyClient verifies the certificates a client sent (peer, leaf first; nil or empty for none)
+// for h at the moment now. The edge calls it once per connection and keeps the result for the
+// connection's requests ([Hostname.DecideVerified]).
+func (h *Hostname) VerifyClient(peer []*x509.Certificate, now time.Time) *Verification {
+	return h.verify(peer, now)
+}
+
+// Verify is the certificate part of [Decide] alone, for the TLS handshake of a hostname with
+// reject_in_handshake: it returns the verified chain (leaf first) and reason
+// [ReasonCertificateVerified] with a nil error, or a nil chain, the failure reason and a
+// *[CertificateError]. In mode OFF no certificate is asked for and it returns nil,
+// [ReasonMTLSOff], nil. On a nil Hostname it returns [ReasonHostnameUnknown] and an error.
+func (h *Hostname) Verify(peer []*x509.Certificate, now time.Time) (chain []*x509.Certificate, reason string, err error) {
+	v := h.verify(peer, now)
+	return v.chain, v.reason, v.err
+}
+
+// Verified reports whether the certificate verified.
+func (v *Verification) Verified() bool { return v.verified }
+
+// Reason returns [ReasonCertificateVerified] or why the certificate did not verify (a
+// certificate_* reason, or [ReasonMTLSOff] or [ReasonHostnameUnknown]).
+func (v *Verification) Reason() string { return v.reason }
+
+// Err returns nil when the certificate verified (or the mode is OFF), else a *[CertificateError]
+// (or an error for an unknown hostname).
+func (v *Verification) Err() error { return v.err }
+
+// Cert returns what the decision log and the origin headers report about the certificate.
+func (v *Verification) Cert() Cert { return v.cert }
+
+// Chain returns the verified chain, leaf first; nil when the certificate did not verify. It must
+// not be modified.
+func (v *Verification) Chain() []*x509.Certificate { return v.chain }
+
+// Holds reports whether verifying the same certificates for h at the moment now would give the
+// same outcome: v was made for h, and no certificate involved (the client's, the hostname's CAs)
+// starts or ends its validity between v's moment and now.
+func (v *Verification) Holds(h *Hostname, now time.Time) bool {
+	if v == nil || v.h != h {
+		return false
+	}
+	if v.always {
+		return true
+	}
+	now = nonZero(now)
+	return (!v.hasFrom || !now.Before(v.from)) && (!v.hasUntil || now.Before(v.until))
+}
+
+// nonZero returns t, or one nanosecond after the zero time for the zero time: crypto/x509 takes a
+// zero time for the current time, which a pure function must not read. (Certificate validity is
+// given in whole seconds, so this changes no outcome.)
+func nonZero(t time.Time) time.Time {
+	if t.IsZero() {
+		return t.Add(time.Nanosecond)
+	}
+	return t
+}
+
+func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification {
+	now = nonZero(now)
+	v := &Verification{h: h, peer: peer, always: true}
+	switch {
+	case h == nil:
+		v.reason, v.err = ReasonHostnameUnknown, errors.New("decision: unknown hostname")
+		return v
+	case h.mode == configv1.MtlsMode_MTLS_MODE_OFF:
+		v.reason = ReasonMTLSOff
+		return v
+	case len(peer) == 0 || peer[0] == nil:
+		v.reason, v.err = ReasonCertificateMissing, &CertificateError{Reason: ReasonCertificateMissing, Err: errors.New("the client sent no certificate")}
+		return v
+	}
+	leaf := peer[0]
+	fail := func(reason string, err error) *Verification {
+		v.reason, v.err = reason, &CertificateError{Reason: reason, Err: err}
+		v.cert = Cert{Presented: true, Error: reason, FingerprintSHA256: certid.FingerprintSHA256(leaf.Raw)}
+		// The policy sees no identity from a certificate that did not verify.
+		v.input = policy.CertInput{Presented: true, Error: reason}
+		return v
+	}
+	if len(peer) > MaxPeerCertificates {
+		return fail(ReasonCertificateUntrusted, fmt.Errorf("the client sent %d certificates; at most %d are accepted", len(peer), MaxPeerCertificates))
+	}
+	intermediates := make([]*x509.Certificate, 0, len(peer)-1)
+	for _, c := range peer[1:] {
+		// crypto/x509 refuses to verify with an intermediate that was not parsed from DER.
+		if c != nil && len(c.Raw) > 0 {
+			intermediates = append(intermediates, c)
+		}
+	}
+	v.always = false
+	v.window(leaf, intermediates, h.trust.roots, now)
+	chains, reason, err := h.trust.verify(leaf, intermediates, now)
+	if err != nil {
+		return fail(reason, err)
+	}
+	v.verified, v.reason, v.chain = true, ReasonCertificateVerified, chains[0]
+	v.input = policy.NewCertInput(leaf)
+	v.input.Verified = true
+	v.cert = Cert{
+		Presented:         true,
+		Verified:          true,
+		FingerprintSHA256: v.input.FingerprintSHA256,
+		SerialNumber:      v.input.SerialNumber,
+		Subject:           leaf.Subject.String(),
+		Issuer:            leaf.Issuer.String(),
+		NotAfter:          leaf.NotAfter,
+	}
+	return v
+}
+
+// window sets the moments around now during which every certificate involved keeps the validity
+// it has at now (crypto/x509: valid from NotBefore to NotAfter, both included). Within them,
+// verification, which depends on the moment only through these validities, gives the same
+// outcome.
+func (v *Verification) window(leaf *x509.Certificate, intermediates, roots []*x509.Certificate, now time.Time) {
+	lower := func(t time.Time) { // a change at t, at or before now
+		if !v.hasFrom || t.After(v.from) {
+			v.hasFrom, v.from = true, t
+		}
+	}
+	upper := func(t time.Time) { // a change at t, after now
+		if !v.hasUntil || t.Before(v.until) {
+			v.hasUntil, v.until = true, t
+		}
+	}
+	add := func(c *x509.Certificate) {
+		// Valid from NotBefore on.
+		if now.Before(c.NotBefore) {
+			upper(c.NotBefore)
+		} else {
+			lower(c.NotBefore)
+		}
+		// Invalid from NotAfter + 1ns on.
+		end := c.NotAfter.Add(time.Nanosecond)
+		if now.Before(end) {
+			upper(end)
+		} else {
+			lower(end)
+		}
+	}
+	add(leaf)
+	for _, c := range intermediates {
+		add(c)
+	}
+	for _, c := range roots {
+		add(c)
+	}
+}
+
+// verify verifies leaf for client authentication at now against t's roots, with the given
+// intermediates, then against t's revocations. On failure it returns the reason and the error.
+func (t *trust) verify(leaf *x509.Certificate, intermediates []*x509.Certificate, now time.Time) ([][]*x509.Certificate, string, error) {
+	pool := x509.NewCertPool()
+	for _, c := range intermediates {
+		pool.AddCert(c)
+	}
+	opts := x509.VerifyOptions{
+		Roots:         t.pool,
+		Intermediates: pool,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	chains, err := leaf.Verify(opts)
+	if err != nil {
+		return nil, t.classify(leaf, intermediates, opts, err), err
+	}
+	if err := t.revocation(leaf, chains); err != nil {
+		return nil, ReasonCertificateRevoked, err
+	}
+	return chains, "", nil
+}
+
+// maxSignatureChecks bounds the signature checks classify makes, and so the work a client can
+// cause with certificates of its making.
+const maxSignatureChecks = 16
+
+// classify turns a verification failure at opts.CurrentTime into a reason. crypto/x509 does not
+// tell a chain that fails because a certificate of it is out of its validity from no chain at all
+// (it reports an unknown authority), and it checks the leaf's validity before anything else. So
+// when a certificate involved is out of its validity now, classify looks for a chain from the leaf
+// to one of the roots by names and signatures alone, ignoring validity (and key usage): when one
+// exists and a certificate of it has expired, the reason is certificate_expired; when one is not
+// valid yet, certificate_not_yet_valid. Otherwise the certificate is untrusted.
+func (t *trust) classify(leaf *x509.Certificate, intermediates []*x509.Certificate, opts x509.VerifyOptions, err error) string {
+	var invalid x509.CertificateInvalidError
+	if errors.As(err, &invalid) && invalid.Reason == x509.IncompatibleUsage {
+		// Chains exist at now; none allows client authentication.
+		return ReasonCertificateWrongKeyUsage
+	}
+	now := opts.CurrentTime
+	outside := func(c *x509.Certificate) bool { return now.Before(c.NotBefore) || now.After(c.NotAfter) }
+	if !outside(leaf) && !slices.ContainsFunc(intermediates, outside) && !slices.ContainsFunc(t.roots, outside) {
+		return ReasonCertificateUntrusted
+	}
+	path := t.pathIgnoringTime(leaf, intermediates)
+	switch {
+	case path == nil:
+		return ReasonCertificateUntrusted
+	case slices.ContainsFunc(path, func(c *x509.Certificate) bool { return now.After(c.NotAfter) }):
+		return ReasonCertificateExpired
+	case slices.ContainsFunc(path, func(c *x509.Certificate) bool { return now.Before(c.NotBefore) }):
+		return ReasonCertificateNotYetValid
+	}
+	return ReasonCertificateUntrusted // a chain valid now failed for another reason
+}
+
+// pathIgnoringTime returns a chain from leaf through intermediates to one of t's roots in which
+// each certificate names the next as its issuer and is signed by it, whatever their validity; or
+// nil. The search is depth first, in the order the certificates were given, and makes at most
+// maxSignatureChecks signature checks.
+func (t *trust) pathIgnoringTime(leaf *x509.Certificate, intermediates []*x509.Certificate) []*x509.Certificate {
+	budget := maxSignatureChecks
+	signs := func(child, parent *x509.Certificate) bool {
+		if budget == 0 || !bytes.Equal(child.RawIssuer, parent.RawSubject) {
+			return false
+		}
+		budget--
+		return child.CheckSignatureFrom(parent) == nil
+	}
+	var search func(path []*x509.Certificate) []*x509.Certificate
+	search = func(path []*x509.Certificate) []*x509.Certificate {
+		c := path[len(path)-1]
+		if slices.ContainsFunc(t.roots, c.Equal) {
+			return path
+		}
+		for _, root := range t.roots {
+			if signs(c, root) {
+				return append(path, root)
+			}
+		}
+		if len(path) >= MaxPeerCertificates {
+			return nil
+		}
+		for _, in := range intermediates {
+			if !slices.ContainsFunc(path, in.Equal) && signs(c, in) {
+				if p := search(append(path[:len(path):len(path)], in)); p != nil {
+					return p
+				}
+			}
+		}
+		return nil
+	}
+	return search([]*x509.Certificate{leaf})
+}
+
+// revocation returns an error when one of the chains is revoked.
+func (t *trust) revocation(leaf *x509.Certificate, chains [][]*x509.Certificate) error {
+	if len(t.revoked) == 0 {
+		return nil
+	}
+	serial := ""
+	for _, chain := range chains {
+		root := chain[len(chain)-1]
+		rr := t.revoked[string(root.Raw)]
+		if rr == nil {
+			continue
+		}
+		if len(rr.serials) > 0 {
+			if serial == "" {
+				serial = certid.SerialNumber(leaf.SerialNumber)
+			}
+			if _, ok := rr.serials[serial]; ok {
+				return fmt.Errorf("serial number %s is revoked under CA %q", serial, root.Subject.CommonName)
+			}
+		}
+		if len(rr.fingerprints) > 0 {
+			for i, c := range chain {
+				if _, ok := rr.fingerprints[sha256.Sum256(c.Raw)]; ok {
+					return fmt.Errorf("certificate %d of the chain (%q, fingerprint %s) is revoked", i, c.Subject.CommonName, certid.FingerprintSHA256(c.Raw))
+				}
+			}
+		}
+	}
+	return nil
+}
