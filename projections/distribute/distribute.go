@@ -1,0 +1,426 @@
+// Package distribute serves the projector's read model to edge nodes: the ConfigService Watch
+// stream (proto guestlist.config.v1).
+//
+// # Protocol
+//
+// Modelled on Envoy's delta xDS. The edge opens Watch and sends a hello, WatchRequest{edge_id,
+// resume_position}. The server answers with
+//
+//   - only the changes after resume_position, when the edge holds a position (resume_position > 0)
+//     and the projector still retains every change after it (see projector.Retains); or
+//   - a snapshot: WatchResponse{snapshot: true, position, upserts: every configuration}, split into
+//     parts of at most MaxPartBytes bytes and MaxPartConfigs configurations, every part but the
+//     last with more = true, all at the same position;
+//
+// and then with every later change, in order, one response per change (a change too large for
+// one part is split like a snapshot, with more = true on all parts but the last).
+//
+// The edge acknowledges the last part of each response with ack_position, or refuses it with
+// error set (a NACK: the server logs it and streams on; the edge keeps its last good
+// configuration). An ack of position p answers every response up to p. The server keeps at most
+// Window responses unanswered and waits for acks before sending more; an edge that stops reading
+// falls behind the projector's ring of changes and gets a fresh snapshot when it resumes.
+//
+// When resume_position is ahead of the projector (the projector restarted and is catching up),
+// the server waits up to AheadWait for the projector to get there rather than move the edge back
+// in time; past that, it sends a snapshot.
+//
+// # Authorization
+//
+// The server checks no tokens: the API server's interceptors authenticate the caller, and the
+// Authorize hook (WithAuthorize), called at the start of each Watch, decides whether that caller
+// may read configuration (the wiring checks for an edge principal). Watch only reads.
+package distribute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/projections/projector"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// Defaults of the options.
+const (
+	// DefaultWindow is how many responses may be unanswered before the server waits.
+	DefaultWindow = 64
+	// DefaultMaxPartBytes bounds the encoded configurations of one response.
+	DefaultMaxPartBytes = 1 << 20
+	// DefaultMaxPartConfigs bounds the configurations of one response.
+	DefaultMaxPartConfigs = 1000
+	// DefaultAheadWait is how long Watch waits for the projector to reach an edge's resume
+	// position.
+	DefaultAheadWait = 10 * time.Second
+)
+
+// changesPerRead is how many changes the server takes from the projector at a time.
+const changesPerRead = 64
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	log            *slog.Logger
+	authorize      func(context.Context) error
+	window         int
+	maxPartBytes   int
+	maxPartConfigs int
+	aheadWait      time.Duration
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+// WithAuthorize sets the hook that Watch calls first, with the stream's context. An error ends the
+// call: a gRPC status error is returned as is, any other error as PERMISSION_DENIED.
+func WithAuthorize(authorize func(ctx context.Context) error) Option {
+	return func(o *options) { o.authorize = authorize }
+}
+
+// WithWindow sets how many responses may be unanswered (neither acknowledged nor refused) before
+// the server waits (default DefaultWindow). Values below 1 keep the default.
+func WithWindow(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.window = n
+		}
+	}
+}
+
+// WithPartLimits sets the most bytes of encoded configurations and the most configurations of one
+// response (defaults DefaultMaxPartBytes, DefaultMaxPartConfigs); larger snapshots and changes are
+// sent in parts. A single configuration larger than maxBytes is sent alone. Values below 1 keep the
+// default.
+func WithPartLimits(maxBytes, maxConfigs int) Option {
+	return func(o *options) {
+		if maxBytes > 0 {
+			o.maxPartBytes = maxBytes
+		}
+		if maxConfigs > 0 {
+			o.maxPartConfigs = maxConfigs
+		}
+	}
+}
+
+// WithAheadWait sets how long Watch waits for the projector to reach a resume position it has
+// not reached yet before it sends a snapshot instead (default DefaultAheadWait).
+func WithAheadWait(d time.Duration) Option {
+	return func(o *options) { o.aheadWait = d }
+}
+
+// Server implements configv1.ConfigServiceServer on a projector. Create it with New.
+type Server struct {
+	configv1.UnimplementedConfigServiceServer
+
+	p    *projector.Projector
+	opts options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	watchers map[*watcher]struct{}
+}
+
+var _ configv1.ConfigServiceServer = (*Server)(nil)
+
+// New returns a ConfigService server streaming p's read model.
+func New(p *projector.Projector, opts ...Option) *Server {
+	o := options{
+		log:            slog.Default(),
+		window:         DefaultWindow,
+		maxPartBytes:   DefaultMaxPartBytes,
+		maxPartConfigs: DefaultMaxPartConfigs,
+		aheadWait:      DefaultAheadWait,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &Server{p: p, opts: o, log: o.log.With("component", "distribute"), watchers: map[*watcher]struct{}{}}
+}
+
+// WatcherStatus describes one open Watch stream.
+type WatcherStatus struct {
+	// EdgeID is what the edge called itself in its hello.
+	EdgeID string
+	// Since is when the stream opened.
+	Since time.Time
+	// Sent is the position of the last response sent; Acked the last position the edge
+	// acknowledged.
+	Sent, Acked uint64
+	// Unanswered is how many responses await an ack or a nack.
+	Unanswered int
+	// Snapshots, Responses and Nacks count snapshots and responses sent (a response in parts
+	// counts once), and responses refused.
+	Snapshots, Responses, Nacks uint64
+}
+
+// Watchers returns the status of every open Watch stream.
+func (s *Server) Watchers() []WatcherStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]WatcherStatus, 0, len(s.watchers))
+	for w := range s.watchers {
+		out = append(out, w.status())
+	}
+	return out
+}
+
+// watcher is the state of one Watch stream that its sender and receiver share.
+type watcher struct {
+	edgeID string
+	since  time.Time
+
+	mu         sync.Mutex
+	unanswered []uint64 // positions of sent responses awaiting an answer, ascending
+	answered   chan struct{}
+	sent       uint64
+	acked      uint64
+	snapshots  uint64
+	responses  uint64
+	nacks      uint64
+}
+
+func (w *watcher) status() WatcherStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return WatcherStatus{EdgeID: w.edgeID, Since: w.since, Sent: w.sent, Acked: w.acked, Unanswered: len(w.unanswered), Snapshots: w.snapshots, Responses: w.responses, Nacks: w.nacks}
+}
+
+// Watch implements configv1.ConfigServiceServer.
+func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse]) error {
+	ctx := stream.Context()
+	if s.opts.authorize != nil {
+		if err := s.opts.authorize(ctx); err != nil {
+			if _, ok := status.FromError(err); ok {
+				return err
+			}
+			return status.Error(codes.PermissionDenied, "not allowed to watch configuration")
+		}
+	}
+	hello, err := stream.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	w := &watcher{edgeID: hello.GetEdgeId(), since: time.Now(), answered: make(chan struct{})}
+	log := s.log.With("edge_id", w.edgeID)
+	s.mu.Lock()
+	s.watchers[w] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.watchers, w)
+		s.mu.Unlock()
+	}()
+	log.Info("distribute: edge watching", "resume_position", hello.GetResumePosition())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	recvErr := make(chan error, 1)
+	go func() {
+		recvErr <- s.receive(stream, w, log)
+		cancel()
+	}()
+	err = s.send(ctx, stream, w, log, hello.GetResumePosition())
+	cancel()
+	select {
+	case rerr := <-recvErr:
+		if errors.Is(rerr, io.EOF) {
+			log.Info("distribute: edge closed the stream")
+			return nil
+		}
+		if err == nil || errors.Is(err, context.Canceled) {
+			err = rerr
+		}
+	default:
+	}
+	if err != nil {
+		log.Info("distribute: watch ended", "err", err)
+	}
+	if _, ok := status.FromError(err); !ok {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return status.FromContextError(err).Err()
+		}
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return err
+}
+
+// receive reads the edge's acks and nacks until the stream ends.
+func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, log *slog.Logger) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		pos := req.GetAckPosition()
+		nack := req.GetError() != ""
+		if nack {
+			log.Warn("distribute: edge refused configuration", "position", pos, "error", req.GetError())
+		}
+		w.mu.Lock()
+		if pos > w.sent {
+			w.mu.Unlock()
+			log.Warn("distribute: edge answered a position never sent; ignored", "position", pos, "sent", w.sent)
+			continue
+		}
+		n := 0
+		for n < len(w.unanswered) && w.unanswered[n] <= pos {
+			n++
+		}
+		w.unanswered = w.unanswered[n:]
+		if nack {
+			w.nacks++
+		} else {
+			w.acked = max(w.acked, pos)
+		}
+		close(w.answered)
+		w.answered = make(chan struct{})
+		w.mu.Unlock()
+	}
+}
+
+// send streams the snapshot or the missed changes, then live changes, until ctx is done or an
+// error.
+func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, log *slog.Logger, resume uint64) error {
+	cursor := resume
+	needSnapshot := resume == 0
+	if !needSnapshot && resume > s.p.Position() {
+		wctx, wcancel := context.WithTimeout(ctx, s.opts.aheadWait)
+		err := s.p.WaitFor(wctx, resume)
+		wcancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, projector.ErrClosed):
+			return status.Error(codes.Unavailable, "configuration is not being served")
+		case err != nil:
+			log.Warn("distribute: edge is ahead of the projector; sending a snapshot", "resume_position", resume, "position", s.p.Position())
+			needSnapshot = true
+		}
+	}
+	if !needSnapshot && !s.p.Retains(resume) {
+		log.Info("distribute: changes after the edge's position are no longer retained; sending a snapshot", "resume_position", resume)
+		needSnapshot = true
+	}
+	for {
+		if needSnapshot {
+			if err := s.waitWindow(ctx, w); err != nil {
+				return err
+			}
+			pos, configs, err := s.p.Snapshot()
+			if err != nil {
+				log.Error("distribute: reading the snapshot failed", "err", err)
+				return status.Error(codes.Unavailable, "configuration snapshot unavailable")
+			}
+			if err := s.sendParts(stream, w, pos, true, configs, nil); err != nil {
+				return err
+			}
+			cursor, needSnapshot = pos, false
+			log.Debug("distribute: snapshot sent", "position", pos, "hostnames", len(configs))
+		}
+		changes, err := s.p.Changes(ctx, cursor, changesPerRead)
+		switch {
+		case errors.Is(err, projector.ErrCompacted):
+			log.Info("distribute: edge fell behind the retained changes; sending a snapshot", "position", cursor)
+			needSnapshot = true
+			continue
+		case errors.Is(err, projector.ErrClosed):
+			return status.Error(codes.Unavailable, "configuration is not being served")
+		case err != nil:
+			return err
+		}
+		for _, c := range changes {
+			if err := s.waitWindow(ctx, w); err != nil {
+				return err
+			}
+			if err := s.sendParts(stream, w, c.Position, false, c.Upserts, c.Removals); err != nil {
+				return err
+			}
+			cursor = c.Position
+		}
+	}
+}
+
+// waitWindow waits until fewer than Window responses are unanswered.
+func (s *Server) waitWindow(ctx context.Context, w *watcher) error {
+	for {
+		w.mu.Lock()
+		n, ch := len(w.unanswered), w.answered
+		w.mu.Unlock()
+		if n < s.opts.window {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// sendParts sends one response, in parts if it is large.
+func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, pos uint64, snapshot bool, upserts []*configv1.HostnameConfig, removals []string) error {
+	parts := Split(pos, snapshot, upserts, removals, s.opts.maxPartBytes, s.opts.maxPartConfigs)
+	// Count the response as unanswered before its last part can be answered.
+	w.mu.Lock()
+	w.unanswered = append(w.unanswered, pos)
+	w.sent = pos
+	w.responses++
+	if snapshot {
+		w.snapshots++
+	}
+	w.mu.Unlock()
+	for _, part := range parts {
+		if err := stream.Send(part); err != nil {
+			return fmt.Errorf("distribute: send position %d: %w", pos, err)
+		}
+	}
+	return nil
+}
+
+// Split cuts a response into parts of at most maxBytes bytes of encoded configurations and
+// hostnames and maxConfigs entries each (a single larger entry travels alone), every part at
+// position pos with the given snapshot flag and more = true on all but the last. It always
+// returns at least one part.
+func Split(pos uint64, snapshot bool, upserts []*configv1.HostnameConfig, removals []string, maxBytes, maxConfigs int) []*configv1.WatchResponse {
+	var parts []*configv1.WatchResponse
+	cur := &configv1.WatchResponse{Position: pos, Snapshot: snapshot}
+	n, size := 0, 0
+	room := func(sz int) {
+		if n > 0 && (n >= maxConfigs || size+sz > maxBytes) {
+			cur.More = true
+			parts = append(parts, cur)
+			cur = &configv1.WatchResponse{Position: pos, Snapshot: snapshot}
+			n, size = 0, 0
+		}
+		n++
+		size += sz
+	}
+	for _, c := range upserts {
+		room(proto.Size(c) + 4) // + tag and length
+		cur.Upserts = append(cur.Upserts, c)
+	}
+	for _, r := range removals {
+		room(len(r) + 3)
+		cur.Removals = append(cur.Removals, r)
+	}
+	return append(parts, cur)
+}

@@ -1,0 +1,688 @@
+package distribute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/projections/fold"
+	"guestlist.dev/projections/projector"
+	pt "guestlist.dev/projections/projector/projectortest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
+	"guestlist.dev/services/eventstore/boltstore"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// env is an event store, a projector and a ConfigService server on loopback.
+type env struct {
+	t      *testing.T
+	store  *boltstore.Store
+	p      *projector.Projector
+	srv    *Server
+	client configv1.ConfigServiceClient
+	gen    *pt.Gen
+	run    func() // starts the projector
+}
+
+type envOpts struct {
+	projector []projector.Option
+	server    []Option
+	noRun     bool
+}
+
+func newEnv(t *testing.T, o envOpts) *env {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := projector.Open(filepath.Join(dir, "projection.db"), store, append([]projector.Option{projector.WithLogger(quiet)}, o.projector...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(p, append([]Option{WithLogger(quiet)}, o.server...)...)
+	gs := grpc.NewServer()
+	configv1.RegisterConfigServiceServer(gs, srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, store: store, p: p, srv: srv, client: configv1.NewConfigServiceClient(conn), gen: pt.NewGen(1, 3, 30)}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	close(runDone)
+	e.run = func() {
+		runDone = make(chan struct{})
+		go func() {
+			defer close(runDone)
+			if err := p.Run(ctx); err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}()
+	}
+	if !o.noRun {
+		e.run()
+	}
+	t.Cleanup(func() {
+		cancel()
+		<-runDone
+		_ = conn.Close()
+		gs.Stop()
+		_ = p.Close()
+		_ = store.Close()
+	})
+	return e
+}
+
+// write appends n generated commands and returns the expected read model and its position once
+// the projector has it.
+func (e *env) write(n int) (map[string]*configv1.HostnameConfig, uint64) {
+	e.t.Helper()
+	ctx := context.Background()
+	for range n {
+		if err := pt.WriteAll(ctx, e.store, e.gen.Next()); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	return e.expected()
+}
+
+func (e *env) expected() (map[string]*configv1.HostnameConfig, uint64) {
+	e.t.Helper()
+	want, last, err := pt.Expected(context.Background(), e.store)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return want, last
+}
+
+// edge is a test edge: it applies responses as an edge would (parts together), and acks each.
+type edge struct {
+	t      *testing.T
+	cancel context.CancelFunc
+	stream configv1.ConfigService_WatchClient
+	noAck  bool
+
+	mu        sync.Mutex
+	model     pt.Model
+	pending   *pt.Model // parts received so far of a response in parts
+	responses []*configv1.WatchResponse
+	applied   []*configv1.WatchResponse // the last part of each applied response
+	err       error
+	done      chan struct{}
+}
+
+func (e *env) watch(id string, resume uint64, noAck bool) *edge {
+	e.t.Helper()
+	return e.watchFrom(id, pt.Model{Position: resume}, noAck)
+}
+
+// watchFrom starts an edge that holds model.
+func (e *env) watchFrom(id string, model pt.Model, noAck bool) *edge {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := e.client.Watch(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := stream.Send(&configv1.WatchRequest{EdgeId: id, ResumePosition: model.Position}); err != nil {
+		e.t.Fatal(err)
+	}
+	ed := &edge{t: e.t, cancel: cancel, stream: stream, noAck: noAck, model: model, done: make(chan struct{})}
+	if ed.model.Configs == nil {
+		ed.model.Configs = map[string]*configv1.HostnameConfig{}
+	}
+	go ed.loop()
+	e.t.Cleanup(ed.close)
+	return ed
+}
+
+func (ed *edge) loop() {
+	defer close(ed.done)
+	for {
+		r, err := ed.stream.Recv()
+		if err != nil {
+			ed.mu.Lock()
+			ed.err = err
+			ed.mu.Unlock()
+			return
+		}
+		ed.mu.Lock()
+		ed.responses = append(ed.responses, r)
+		if ed.pending == nil {
+			ed.pending = &pt.Model{Position: ed.model.Position}
+			if !r.GetSnapshot() {
+				// A delta applies on top of what the edge holds.
+				ed.pending.Configs = clone(ed.model.Configs)
+			}
+		}
+		ed.pending.Apply(r.GetPosition(), r.GetUpserts(), r.GetRemovals())
+		last := !r.GetMore()
+		if last {
+			ed.model, ed.pending = *ed.pending, nil
+			ed.applied = append(ed.applied, r)
+		}
+		ed.mu.Unlock()
+		if last && !ed.noAck {
+			if err := ed.stream.Send(&configv1.WatchRequest{AckPosition: r.GetPosition()}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func clone(m map[string]*configv1.HostnameConfig) map[string]*configv1.HostnameConfig {
+	out := make(map[string]*configv1.HostnameConfig, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func (ed *edge) close() {
+	ed.cancel()
+	<-ed.done
+}
+
+func (ed *edge) snapshot() (pt.Model, []*configv1.WatchResponse, []*configv1.WatchResponse, error) {
+	ed.mu.Lock()
+	defer ed.mu.Unlock()
+	return pt.Model{Position: ed.model.Position, Configs: clone(ed.model.Configs)}, append([]*configv1.WatchResponse(nil), ed.responses...), append([]*configv1.WatchResponse(nil), ed.applied...), ed.err
+}
+
+// converge waits until the edge's model equals want.
+func (ed *edge) converge(want map[string]*configv1.HostnameConfig) pt.Model {
+	ed.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, _, _, err := ed.snapshot()
+		d := pt.Diff(m.Configs, want)
+		if d == "" {
+			return m
+		}
+		if err != nil || time.Now().After(deadline) {
+			ed.t.Fatalf("edge did not converge (position %d, err %v):\n%s", m.Position, err, d)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// waitResponses waits until the edge has received at least n responses (parts).
+func (ed *edge) waitResponses(n int) []*configv1.WatchResponse {
+	ed.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, rs, _, err := ed.snapshot()
+		if len(rs) >= n {
+			return rs
+		}
+		if err != nil || time.Now().After(deadline) {
+			ed.t.Fatalf("edge got %d responses, want %d (err %v)", len(rs), n, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// lastChange returns the position of the newest retained change.
+func (e *env) lastChange(after uint64) uint64 {
+	e.t.Helper()
+	last := after
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		cs, err := e.p.Changes(ctx, last, 1000)
+		cancel()
+		if err != nil || len(cs) == 0 {
+			return last
+		}
+		last = cs[len(cs)-1].Position
+	}
+}
+
+func (e *env) waitProjector(pos uint64) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.p.WaitFor(ctx, pos); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func TestWatchSnapshotThenLiveChanges(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	want, last := e.write(80)
+	e.waitProjector(last)
+	ed := e.watch("edge-1", 0, false)
+	rs := ed.waitResponses(1)
+	if !rs[0].GetSnapshot() || rs[0].GetPosition() != e.p.Position() || rs[0].GetMore() {
+		t.Fatalf("first response: snapshot %v position %d more %v; projector at %d", rs[0].GetSnapshot(), rs[0].GetPosition(), rs[0].GetMore(), e.p.Position())
+	}
+	ed.converge(want)
+
+	want, last = e.write(60)
+	e.waitProjector(last)
+	m := ed.converge(want)
+	if lc := e.lastChange(0); m.Position != lc {
+		t.Errorf("edge at %d, last change at %d", m.Position, lc)
+	}
+	_, rs, _, _ = ed.snapshot()
+	for i, r := range rs[1:] {
+		if r.GetSnapshot() || r.GetPosition() <= rs[i].GetPosition() {
+			t.Fatalf("response %d: snapshot %v position %d after %d", i+1, r.GetSnapshot(), r.GetPosition(), rs[i].GetPosition())
+		}
+	}
+	// The server saw every ack.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ws := e.srv.Watchers()
+		if len(ws) == 1 && ws[0].Acked == m.Position && ws[0].Unanswered == 0 && ws[0].EdgeID == "edge-1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("watchers = %+v, want edge-1 acked at %d", ws, m.Position)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestWatchResumeGetsOnlyMissedChanges(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	want, last := e.write(50)
+	e.waitProjector(last)
+	ed := e.watch("edge-1", 0, false)
+	held := ed.converge(want)
+	ed.close()
+
+	want, last = e.write(40)
+	e.waitProjector(last)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	missed, err := e.p.Changes(ctx, held.Position, 1000)
+	cancel()
+	if err != nil || len(missed) == 0 {
+		t.Fatalf("changes after %d: %d, %v", held.Position, len(missed), err)
+	}
+	ed = e.watchFrom("edge-1", held, false)
+	ed.converge(want)
+	rs := ed.waitResponses(len(missed))
+	for i, r := range rs {
+		if r.GetSnapshot() {
+			t.Fatalf("response %d is a snapshot", i)
+		}
+	}
+	if len(rs) != len(missed) {
+		t.Errorf("got %d responses, want the %d missed changes", len(rs), len(missed))
+	}
+	for i := range min(len(rs), len(missed)) {
+		if rs[i].GetPosition() != missed[i].Position || len(rs[i].GetUpserts()) != len(missed[i].Upserts) || len(rs[i].GetRemovals()) != len(missed[i].Removals) {
+			t.Errorf("response %d at %d, change at %d", i, rs[i].GetPosition(), missed[i].Position)
+		}
+	}
+}
+
+func TestWatchResumeTooOldGetsSnapshot(t *testing.T) {
+	e := newEnv(t, envOpts{projector: []projector.Option{projector.WithRetention(5, 0)}})
+	stream := fold.TenantStream("acme")
+	var positions []uint64
+	for i := range 20 {
+		var ms []proto.Message
+		if i == 0 {
+			ms = append(ms, &eventsv1.TenantCreated{TenantId: "acme"})
+		}
+		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.example.com", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE})
+		res, err := pt.Write(context.Background(), e.store, pt.Append{Stream: stream, Events: ms})
+		if err != nil {
+			t.Fatal(err)
+		}
+		positions = append(positions, uint64(res.Position))
+		e.waitProjector(uint64(res.Position))
+	}
+	want, _ := e.expected()
+	ed := e.watch("edge-old", positions[3], false)
+	rs := ed.waitResponses(1)
+	if !rs[0].GetSnapshot() || rs[0].GetPosition() != positions[19] {
+		t.Fatalf("first response: snapshot %v at %d, want a snapshot at %d", rs[0].GetSnapshot(), rs[0].GetPosition(), positions[19])
+	}
+	ed.converge(want)
+	// An edge inside the retained window gets deltas.
+	ed2 := e.watch("edge-recent", positions[16], false)
+	rs = ed2.waitResponses(3)
+	if rs[0].GetSnapshot() || rs[0].GetPosition() != positions[17] {
+		t.Fatalf("recent edge: snapshot %v at %d", rs[0].GetSnapshot(), rs[0].GetPosition())
+	}
+}
+
+func TestWatchLargeSnapshotAndChangeInParts(t *testing.T) {
+	const maxBytes, maxConfigs = 4096, 10
+	e := newEnv(t, envOpts{server: []Option{WithPartLimits(maxBytes, maxConfigs)}})
+	stream := fold.TenantStream("acme")
+	ms := []proto.Message{
+		&eventsv1.TenantCreated{TenantId: "acme"},
+		&eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "ca1", CertificateDer: make([]byte, 300)},
+	}
+	for i := range 35 {
+		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%02d.example.com", i), Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}, State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE})
+	}
+	res, err := pt.Write(context.Background(), e.store, pt.Append{Stream: stream, Events: ms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitProjector(uint64(res.Position))
+	want, _ := e.expected()
+	ed := e.watch("edge-1", 0, false)
+	ed.converge(want)
+	_, rs, _, _ := ed.snapshot()
+	checkParts(t, rs, uint64(res.Position), true, 35, maxBytes, maxConfigs)
+
+	// One event changing every hostname: a change in parts.
+	res, err = pt.Write(context.Background(), e.store, pt.Append{Stream: stream, Events: []proto.Message{&eventsv1.RevocationAdded{RevocationId: "r1", CertificateAuthorityId: "ca1", Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: "1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitProjector(uint64(res.Position))
+	want, _ = e.expected()
+	ed.converge(want)
+	_, all, _, _ := ed.snapshot()
+	checkParts(t, all[len(rs):], uint64(res.Position), false, 35, maxBytes, maxConfigs)
+}
+
+func checkParts(t *testing.T, rs []*configv1.WatchResponse, pos uint64, snapshot bool, total, maxBytes, maxConfigs int) {
+	t.Helper()
+	if len(rs) < 2 {
+		t.Fatalf("%d responses, want parts", len(rs))
+	}
+	n := 0
+	for i, r := range rs {
+		if r.GetSnapshot() != snapshot || r.GetPosition() != pos || r.GetMore() != (i < len(rs)-1) {
+			t.Errorf("part %d: snapshot %v position %d more %v", i, r.GetSnapshot(), r.GetPosition(), r.GetMore())
+		}
+		if len(r.GetUpserts()) > maxConfigs {
+			t.Errorf("part %d has %d configurations", i, len(r.GetUpserts()))
+		}
+		if sz := proto.Size(r); sz > maxBytes+256 {
+			t.Errorf("part %d is %d bytes", i, sz)
+		}
+		n += len(r.GetUpserts())
+	}
+	if n != total {
+		t.Errorf("parts carry %d configurations, want %d", n, total)
+	}
+}
+
+func TestWatchTwoWatchersGetTheSameStream(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	_, last := e.write(40)
+	e.waitProjector(last)
+	a := e.watch("edge-a", 0, false)
+	b := e.watch("edge-b", 0, false)
+	a.waitResponses(1)
+	b.waitResponses(1)
+	want, last := e.write(60)
+	e.waitProjector(last)
+	ma, mb := a.converge(want), b.converge(want)
+	lc := e.lastChange(0)
+	for _, ed := range []*edge{a, b} {
+		deadline := time.Now().Add(5 * time.Second)
+		for m, _, _, _ := ed.snapshot(); m.Position != lc; m, _, _, _ = ed.snapshot() {
+			if time.Now().After(deadline) {
+				t.Fatalf("edge at %d, want %d", m.Position, lc)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	_, ra, _, _ := a.snapshot()
+	_, rb, _, _ := b.snapshot()
+	if len(ra) != len(rb) {
+		t.Fatalf("watchers got %d and %d responses", len(ra), len(rb))
+	}
+	for i := range ra {
+		if !proto.Equal(ra[i], rb[i]) {
+			t.Fatalf("response %d differs:\n%v\n%v", i, ra[i], rb[i])
+		}
+	}
+	if ma.Position != mb.Position {
+		t.Errorf("positions %d and %d", ma.Position, mb.Position)
+	}
+}
+
+// TestWatchDisconnectAndResumeConverges: an edge that drops the stream at random moments (also in
+// the middle of a snapshot in parts) while writes go on, and resumes with what it holds, ends
+// with the same configuration as the store.
+func TestWatchDisconnectAndResumeConverges(t *testing.T) {
+	e := newEnv(t, envOpts{server: []Option{WithPartLimits(2048, 3)}})
+	e.write(40)
+	writing := make(chan struct{})
+	go func() {
+		defer close(writing)
+		for range 150 {
+			if err := pt.WriteAll(context.Background(), e.store, e.gen.Next()); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	rnd := mrand.New(mrand.NewPCG(3, 3))
+	held := pt.Model{}
+	for i := range 6 {
+		ed := e.watchFrom(fmt.Sprintf("edge-%d", i), held, false)
+		ed.waitResponses(1 + rnd.IntN(6))
+		ed.close()
+		var rs []*configv1.WatchResponse
+		held, rs, _, _ = ed.snapshot()
+		if i == 0 && !rs[0].GetSnapshot() {
+			t.Fatal("a new edge did not get a snapshot")
+		}
+	}
+	<-writing
+	want, last := e.expected()
+	e.waitProjector(last)
+	ed := e.watchFrom("edge-final", held, false)
+	ed.converge(want)
+}
+
+func TestWatchAuthorize(t *testing.T) {
+	var seen []string
+	var mu sync.Mutex
+	e := newEnv(t, envOpts{server: []Option{WithAuthorize(func(ctx context.Context) error {
+		md, _ := metadata.FromIncomingContext(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, strings.Join(md.Get("x-who"), ","))
+		switch strings.Join(md.Get("x-who"), ",") {
+		case "edge":
+			return nil
+		case "tenant":
+			return status.Error(codes.PermissionDenied, "edges only")
+		}
+		return errors.New("who are you")
+	})}})
+	for _, who := range []string{"tenant", "nobody"} {
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "x-who", who)
+		stream, err := e.client.Watch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = stream.Send(&configv1.WatchRequest{EdgeId: "x"})
+		if _, err := stream.Recv(); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("%s: Recv = %v, want PermissionDenied", who, err)
+		}
+	}
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-who", "edge")
+	stream, err := e.client.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.Send(&configv1.WatchRequest{EdgeId: "x"})
+	r, err := stream.Recv()
+	if err != nil || !r.GetSnapshot() {
+		t.Fatalf("edge: %v, %v", r, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(seen, " ") != "tenant nobody edge" {
+		t.Errorf("authorize saw %q", seen)
+	}
+}
+
+// TestWatchWindowAndNack: an edge that does not answer gets at most Window responses; a NACK is
+// logged and answers the response like an ack would, and streaming goes on.
+func TestWatchWindowAndNack(t *testing.T) {
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	e := newEnv(t, envOpts{server: []Option{WithWindow(2), WithLogger(logger)}})
+	stream := fold.TenantStream("acme")
+	write := func(i int) uint64 {
+		var ms []proto.Message
+		if i == 0 {
+			ms = append(ms, &eventsv1.TenantCreated{TenantId: "acme"})
+		}
+		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.example.com", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE})
+		res, err := pt.Write(context.Background(), e.store, pt.Append{Stream: stream, Events: ms})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.waitProjector(uint64(res.Position))
+		return uint64(res.Position)
+	}
+	write(0)
+	ed := e.watch("slow", 0, true)
+	ed.waitResponses(1) // the snapshot
+	var last uint64
+	for i := 1; i <= 5; i++ {
+		last = write(i)
+	}
+	ed.waitResponses(2)
+	time.Sleep(100 * time.Millisecond)
+	_, rs, _, _ := ed.snapshot()
+	if len(rs) != 2 {
+		t.Fatalf("an edge that does not answer got %d responses with a window of 2", len(rs))
+	}
+	// Refuse the snapshot: one more response may come.
+	if err := ed.stream.Send(&configv1.WatchRequest{AckPosition: rs[0].GetPosition(), Error: "cannot apply: disk full"}); err != nil {
+		t.Fatal(err)
+	}
+	ed.waitResponses(3)
+	if !strings.Contains(logs.String(), "edge refused configuration") || !strings.Contains(logs.String(), "disk full") {
+		t.Errorf("NACK not logged: %s", logs.String())
+	}
+	// Ack everything received: the rest follows.
+	_, rs, _, _ = ed.snapshot()
+	if err := ed.stream.Send(&configv1.WatchRequest{AckPosition: rs[len(rs)-1].GetPosition()}); err != nil {
+		t.Fatal(err)
+	}
+	rs = ed.waitResponses(5)
+	if rs[len(rs)-1].GetPosition() == last {
+		return
+	}
+	_ = ed.stream.Send(&configv1.WatchRequest{AckPosition: rs[len(rs)-1].GetPosition()})
+	rs = ed.waitResponses(6)
+	if rs[len(rs)-1].GetPosition() != last {
+		t.Errorf("last response at %d, want %d", rs[len(rs)-1].GetPosition(), last)
+	}
+	if ws := e.srv.Watchers(); len(ws) != 1 || ws[0].Nacks != 1 {
+		t.Errorf("watchers = %+v", ws)
+	}
+}
+
+// TestWatchResumeAheadOfProjector: an edge holding a position the projector has not reached yet
+// (it restarted) waits for it and gets only the changes after it; an edge holding a position
+// the projector does not reach in time gets a snapshot.
+func TestWatchResumeAheadOfProjector(t *testing.T) {
+	e := newEnv(t, envOpts{noRun: true, server: []Option{WithAheadWait(time.Second)}})
+	heldConfigs, held := e.write(30)
+	want, last := e.write(30)
+	ed := e.watchFrom("edge-ahead", pt.Model{Position: held, Configs: heldConfigs}, false)
+	time.Sleep(20 * time.Millisecond)
+	e.run()
+	e.waitProjector(last)
+	ed.converge(want)
+	_, rs, _, _ := ed.snapshot()
+	for _, r := range rs {
+		if r.GetSnapshot() || r.GetPosition() <= held {
+			t.Fatalf("response at %d (snapshot %v) for an edge holding %d", r.GetPosition(), r.GetSnapshot(), held)
+		}
+	}
+
+	far := e.watch("edge-far", last+1000, false)
+	rs = far.waitResponses(1)
+	if !rs[0].GetSnapshot() {
+		t.Fatal("an edge far ahead of the store did not get a snapshot")
+	}
+}
+
+func TestSplit(t *testing.T) {
+	cfg := func(i int) *configv1.HostnameConfig {
+		return &configv1.HostnameConfig{Hostname: fmt.Sprintf("h%d", i), OriginUrl: strings.Repeat("x", 100)}
+	}
+	var ups []*configv1.HostnameConfig
+	for i := range 7 {
+		ups = append(ups, cfg(i))
+	}
+	tests := []struct {
+		name       string
+		ups        []*configv1.HostnameConfig
+		rems       []string
+		bytes, max int
+		want       []int // entries per part
+	}{
+		{"empty", nil, nil, 1000, 10, []int{0}},
+		{"by count", ups, []string{"a", "b"}, 1 << 20, 3, []int{3, 3, 3}},
+		{"by bytes", ups, nil, 250, 100, []int{2, 2, 2, 1}},
+		{"one too large travels alone", ups[:2], nil, 10, 100, []int{1, 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			parts := Split(9, true, tt.ups, tt.rems, tt.bytes, tt.max)
+			var got []int
+			for i, p := range parts {
+				got = append(got, len(p.GetUpserts())+len(p.GetRemovals()))
+				if p.GetPosition() != 9 || !p.GetSnapshot() || p.GetMore() != (i < len(parts)-1) {
+					t.Errorf("part %d: %v", i, p)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("parts %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.b)
+}

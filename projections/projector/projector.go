@@ -1,0 +1,456 @@
+// Package projector builds the edges' read model: it follows the event store's tenant streams from
+// a checkpoint, folds each event into its tenant's state (package fold), and keeps the resulting
+// configuration of every hostname in a bbolt file, together with the checkpoint.
+//
+// # Exactly once
+//
+// The configurations an event changes and the checkpoint (the global position of the last applied
+// event) are written in the same bbolt transaction. A crash at any moment leaves the file either
+// before or after a whole batch of events, so after a restart the projector resubscribes from the
+// checkpoint and neither loses nor applies twice any event.
+//
+// # Batches
+//
+// While catching up, up to MaxBatchEvents events (default 1,000) or MaxBatchDelay of work (default
+// 50 ms) go into one transaction. Once caught up with the store, a batch is committed as soon as no
+// further event is waiting, so a change reaches the read model (and the edges) one fsync after it
+// reaches the projector.
+//
+// # Tenant states
+//
+// The fold needs a tenant's whole state to decide which hostnames an event affects. The projector
+// keeps every tenant's state in memory. After a restart the states are rebuilt lazily: the first
+// event of a tenant since the restart reads that tenant's stream up to the event from the store.
+//
+// # Changes
+//
+// Every committed batch that changes at least one hostname is published as a Change (the upserted
+// configurations and removed hostnames, at the batch's last position) to an in-memory ring of the
+// most recent changes, which the distribution server reads (Changes) to stream deltas to edges. A
+// reader that falls out of the ring (ErrCompacted) starts again from a Snapshot.
+package projector
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/projections/fold"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+	"guestlist.dev/services/eventstore"
+)
+
+// Defaults of the options.
+const (
+	// DefaultMaxBatchEvents is the most events applied in one transaction.
+	DefaultMaxBatchEvents = 1000
+	// DefaultMaxBatchDelay is how long a batch may collect events while catching up.
+	DefaultMaxBatchDelay = 50 * time.Millisecond
+	// DefaultRetainChanges is how many recent changes the ring keeps.
+	DefaultRetainChanges = 10000
+	// DefaultRetainBytes bounds the encoded size of the configurations the ring keeps.
+	DefaultRetainBytes = 64 << 20
+)
+
+// Errors returned by the projector.
+var (
+	// ErrCompacted is returned by Changes when changes after the given position are no longer
+	// retained; the reader needs a Snapshot.
+	ErrCompacted = errors.New("projector: changes after this position are no longer retained")
+	// ErrClosed is returned by operations on a closed projector.
+	ErrClosed = errors.New("projector: closed")
+	// ErrRunning is returned by Run when another Run is in progress.
+	ErrRunning = errors.New("projector: already running")
+)
+
+const formatVersion = 1
+
+var (
+	bucketHostnames = []byte("hostnames")
+	bucketMeta      = []byte("meta")
+	keyFormat       = []byte("format")
+	keyCheckpoint   = []byte("checkpoint")
+)
+
+// filter selects the events the projector folds.
+var filter = eventstore.Filter{StreamPrefixes: []string{fold.TenantStreamPrefix}}
+
+// Change is what one committed batch changed in the read model. Its configurations are shared
+// with every reader and must not be modified.
+type Change struct {
+	// Position is the event-store position the change brings the read model to.
+	Position uint64
+	// Upserts are the configurations added or changed, sorted by hostname.
+	Upserts []*configv1.HostnameConfig
+	// Removals are the hostnames removed, sorted.
+	Removals []string
+}
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	log            *slog.Logger
+	maxBatchEvents int
+	maxBatchDelay  time.Duration
+	retainChanges  int
+	retainBytes    int
+	backoffMin     time.Duration
+	backoffMax     time.Duration
+	lockTimeout    time.Duration
+	// commitHook, for tests, runs inside each commit's transaction; an error aborts it.
+	commitHook func(last uint64) error
+}
+
+func defaultOptions() options {
+	return options{
+		log:            slog.Default(),
+		maxBatchEvents: DefaultMaxBatchEvents,
+		maxBatchDelay:  DefaultMaxBatchDelay,
+		retainChanges:  DefaultRetainChanges,
+		retainBytes:    DefaultRetainBytes,
+		backoffMin:     50 * time.Millisecond,
+		backoffMax:     5 * time.Second,
+		lockTimeout:    5 * time.Second,
+	}
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+// WithBatch bounds a transaction to maxEvents events and, while catching up, to collecting events
+// for maxDelay (defaults DefaultMaxBatchEvents, DefaultMaxBatchDelay). Values below 1 keep the
+// default.
+func WithBatch(maxEvents int, maxDelay time.Duration) Option {
+	return func(o *options) {
+		if maxEvents > 0 {
+			o.maxBatchEvents = maxEvents
+		}
+		if maxDelay > 0 {
+			o.maxBatchDelay = maxDelay
+		}
+	}
+}
+
+// WithRetention sets how many recent changes, and roughly how many bytes of encoded
+// configurations, the ring of changes keeps (defaults DefaultRetainChanges, DefaultRetainBytes).
+// The newest change is always kept. Values below 1 keep the default.
+func WithRetention(changes, bytes int) Option {
+	return func(o *options) {
+		if changes > 0 {
+			o.retainChanges = changes
+		}
+		if bytes > 0 {
+			o.retainBytes = bytes
+		}
+	}
+}
+
+// WithBackoff sets the first and the longest wait before resubscribing after the subscription
+// failed (defaults 50 ms and 5 s). Values below 1 keep the default.
+func WithBackoff(first, longest time.Duration) Option {
+	return func(o *options) {
+		if first > 0 {
+			o.backoffMin = first
+		}
+		if longest > 0 {
+			o.backoffMax = longest
+		}
+	}
+}
+
+// WithLockTimeout sets how long Open waits for another process to release the file (default 5 s).
+func WithLockTimeout(d time.Duration) Option {
+	return func(o *options) { o.lockTimeout = d }
+}
+
+// Stats describes the projector's progress, for readiness and metrics.
+type Stats struct {
+	// Position is the checkpoint: the position of the last applied event.
+	Position uint64
+	// Ready is true once the projector has caught up with the store since it was opened.
+	Ready bool
+	// CaughtUp is true when, at the last commit, no further event was known to be waiting.
+	CaughtUp bool
+	// Events and Batches count the events applied and the transactions committed since Open.
+	Events, Batches uint64
+	// Changes is how many changes are retained in the ring.
+	Changes int
+	// LastEventTime is when the store wrote the last applied event.
+	LastEventTime time.Time
+	// LastCommitDelay is, for the last batch, the time from the store writing its newest event to
+	// the read model committing it: the propagation delay while live, the lag while catching up.
+	LastCommitDelay time.Duration
+}
+
+// Projector maintains the read model. Create it with Open, start it with Run, and Close it.
+// Methods other than Run may be called concurrently with each other and with Run.
+type Projector struct {
+	db    *bolt.DB
+	path  string
+	store eventstore.Store
+	opts  options
+	log   *slog.Logger
+
+	// tenants is owned by Run: the fold state of every tenant seen since Open, consistent with
+	// the checkpoint whenever no batch is in progress.
+	tenants map[string]*fold.Tenant
+
+	mu        sync.Mutex
+	position  uint64
+	ring      ring
+	notify    chan struct{} // closed, and replaced, when position advances
+	stats     Stats
+	closed    bool
+	done      chan struct{} // closed by Close
+	running   bool
+	cancelRun context.CancelFunc
+	runDone   chan struct{}
+}
+
+// Open opens (creating it, and its directory, if needed) the read model file at path and returns
+// a projector that follows store from the file's checkpoint once Run is called.
+func Open(path string, store eventstore.Store, opts ...Option) (*Projector, error) {
+	if store == nil {
+		return nil, errors.New("projector: open: nil event store")
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("projector: open %s: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        o.lockTimeout,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+	})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("projector: open %s: file is locked by another process: %w", path, err)
+		}
+		return nil, fmt.Errorf("projector: open %s: %w", path, err)
+	}
+	var checkpoint uint64
+	err = db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketHostnames); err != nil {
+			return fmt.Errorf("create bucket %s: %w", bucketHostnames, err)
+		}
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return fmt.Errorf("create bucket %s: %w", bucketMeta, err)
+		}
+		switch v := meta.Get(keyFormat); {
+		case v == nil:
+			if err := meta.Put(keyFormat, []byte{formatVersion}); err != nil {
+				return fmt.Errorf("write format: %w", err)
+			}
+		case len(v) != 1 || v[0] != formatVersion:
+			return fmt.Errorf("unsupported file format %x (want %d)", v, formatVersion)
+		}
+		checkpoint, err = readCheckpoint(meta)
+		return err
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("projector: open %s: %w", path, err)
+	}
+	p := &Projector{
+		db:       db,
+		path:     path,
+		store:    store,
+		opts:     o,
+		log:      o.log.With("component", "projector"),
+		tenants:  map[string]*fold.Tenant{},
+		position: checkpoint,
+		ring:     ring{start: checkpoint, maxChanges: o.retainChanges, maxBytes: o.retainBytes},
+		notify:   make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	p.stats.Position = checkpoint
+	return p, nil
+}
+
+func readCheckpoint(meta *bolt.Bucket) (uint64, error) {
+	v := meta.Get(keyCheckpoint)
+	switch len(v) {
+	case 0:
+		return 0, nil
+	case 8:
+		return binary.BigEndian.Uint64(v), nil
+	}
+	return 0, fmt.Errorf("corrupt checkpoint of %d bytes", len(v))
+}
+
+// Close stops Run, if it is running, waits for it to return, and closes the file. Waiting
+// readers of Changes and WaitFor get ErrClosed.
+func (p *Projector) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	close(p.done)
+	cancel, runDone := p.cancelRun, p.runDone
+	p.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-runDone
+	}
+	if err := p.db.Close(); err != nil {
+		return fmt.Errorf("projector: close %s: %w", p.path, err)
+	}
+	return nil
+}
+
+// Position returns the checkpoint: the global position of the last event applied to the read
+// model (0 before the first).
+func (p *Projector) Position() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.position
+}
+
+// Ready reports whether the projector has caught up with the event store since it was opened.
+func (p *Projector) Ready() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats.Ready
+}
+
+// Stats returns the projector's progress.
+func (p *Projector) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.stats
+	s.Changes = p.ring.len()
+	return s
+}
+
+// WaitFor blocks until the read model has reached position pos, ctx is done, or the projector
+// closes.
+func (p *Projector) WaitFor(ctx context.Context, pos uint64) error {
+	for {
+		p.mu.Lock()
+		reached, ch := p.position >= pos, p.notify
+		p.mu.Unlock()
+		if reached {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("projector: wait for position %d: %w", pos, ctx.Err())
+		case <-p.done:
+			return ErrClosed
+		}
+	}
+}
+
+// Retains reports whether Changes can deliver every change after position after, that is whether
+// a reader holding the read model as of after can catch up without a snapshot.
+func (p *Projector) Retains(after uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return after >= p.ring.start
+}
+
+// Changes returns up to max (at least 1) of the changes after position after, in order, waiting
+// until there is at least one. It returns ErrCompacted when some of those changes are no longer
+// retained, ErrClosed when the projector closes, and ctx's error when ctx is done. Positions
+// after the read model's position are allowed: Changes waits for the projector to get there.
+func (p *Projector) Changes(ctx context.Context, after uint64, max int) ([]Change, error) {
+	max = maxOf(max, 1)
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		cs, err := p.ring.after(after, max)
+		ch := p.notify
+		p.mu.Unlock()
+		if err != nil || len(cs) > 0 {
+			return cs, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("projector: changes after %d: %w", after, ctx.Err())
+		case <-p.done:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Snapshot returns the whole read model, sorted by hostname, and the position it reflects, read
+// in one transaction.
+func (p *Projector) Snapshot() (position uint64, configs []*configv1.HostnameConfig, err error) {
+	err = p.db.View(func(tx *bolt.Tx) error {
+		meta, b := tx.Bucket(bucketMeta), tx.Bucket(bucketHostnames)
+		var err error
+		if position, err = readCheckpoint(meta); err != nil {
+			return err
+		}
+		return b.ForEach(func(k, v []byte) error {
+			c := new(configv1.HostnameConfig)
+			if err := proto.Unmarshal(v, c); err != nil {
+				return fmt.Errorf("decode configuration of %q: %w", k, err)
+			}
+			configs = append(configs, c)
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("projector: snapshot: %w", err)
+	}
+	return position, configs, nil
+}
+
+// Lookup returns the stored configuration of hostname (nil if there is none) and the position of
+// the read model.
+func (p *Projector) Lookup(hostname string) (position uint64, config *configv1.HostnameConfig, err error) {
+	err = p.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if position, err = readCheckpoint(tx.Bucket(bucketMeta)); err != nil {
+			return err
+		}
+		v := tx.Bucket(bucketHostnames).Get([]byte(hostname))
+		if v == nil {
+			return nil
+		}
+		config = new(configv1.HostnameConfig)
+		if err := proto.Unmarshal(v, config); err != nil {
+			return fmt.Errorf("decode configuration of %q: %w", hostname, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("projector: lookup %q: %w", hostname, err)
+	}
+	return position, config, nil
+}
+
+func maxOf(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
+}

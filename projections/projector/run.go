@@ -1,0 +1,412 @@
+package projector
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/projections/fold"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+	"guestlist.dev/services/eventstore"
+)
+
+// rebuildPage is how many events a lazy rebuild reads from a tenant's stream at a time.
+const rebuildPage = 1000
+
+// fatalError marks an error that resubscribing cannot cure: an event the fold refuses.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
+// Run follows the event store from the checkpoint and applies its tenant events to the read
+// model until ctx is done or Close is called (it then returns nil). When the subscription or the
+// store fails, Run logs and resubscribes with backoff. It returns an error, after committing every
+// event before it, for an event the fold refuses (an inconsistent history is not skipped: see
+// fold.ErrInconsistent and fold.ErrUnknownEventType), when the event store is closed, and when the
+// read model's file is closed.
+func (p *Projector) Run(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	if p.running {
+		p.mu.Unlock()
+		return ErrRunning
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	p.running, p.cancelRun, p.runDone = true, cancel, make(chan struct{})
+	runDone := p.runDone
+	p.mu.Unlock()
+	defer func() {
+		cancel()
+		p.mu.Lock()
+		p.running, p.cancelRun, p.runDone = false, nil, nil
+		p.mu.Unlock()
+		close(runDone)
+	}()
+
+	backoff := p.opts.backoffMin
+	for {
+		from := p.Position()
+		err := p.follow(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var fatal *fatalError
+		switch {
+		case errors.As(err, &fatal):
+			p.log.Error("projector: stopped on an event it cannot apply", "position", p.Position(), "err", err)
+			return err
+		case errors.Is(err, eventstore.ErrClosed):
+			return fmt.Errorf("projector: event store closed: %w", err)
+		case errors.Is(err, bolt.ErrDatabaseNotOpen):
+			return fmt.Errorf("projector: read model closed: %w", err)
+		}
+		if p.Position() > from {
+			backoff = p.opts.backoffMin
+		}
+		p.log.Warn("projector: subscription failed; resubscribing", "position", p.Position(), "retry_in", backoff, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff = min(2*backoff, p.opts.backoffMax)
+	}
+}
+
+type item struct {
+	ev  eventstore.RecordedEvent
+	err error
+}
+
+// follow subscribes from the checkpoint and applies events in batches until an error.
+func (p *Projector) follow(ctx context.Context) error {
+	from := p.Position()
+	caughtUp, err := p.caughtUp(ctx, from)
+	if err != nil {
+		return err
+	}
+	p.setCaughtUp(caughtUp)
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sub, err := p.store.Subscribe(subCtx, eventstore.Position(from), filter)
+	if err != nil {
+		return fmt.Errorf("projector: subscribe from %d: %w", from, err)
+	}
+	items := make(chan item, p.opts.maxBatchEvents+16)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for {
+			ev, err := sub.Next(subCtx)
+			select {
+			case items <- item{ev, err}:
+			case <-subCtx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		_ = sub.Close()
+		<-readerDone
+	}()
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !caughtUp && len(items) == 0 {
+			// The last batch ended full or on its deadline: see whether that was all.
+			if caughtUp, err = p.caughtUp(ctx, p.Position()); err != nil {
+				return err
+			}
+			p.setCaughtUp(caughtUp)
+		}
+		var it item
+		select {
+		case it = <-items:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if it.err != nil {
+			if !caughtUp {
+				// Ready should not wait for the resubscription when everything is applied.
+				if c, _ := p.caughtUp(ctx, p.Position()); c {
+					p.setCaughtUp(true)
+				}
+			}
+			return fmt.Errorf("projector: subscription: %w", it.err)
+		}
+		b := newBatch(time.Now())
+		var stop error // ends follow once the batch is committed
+		take := func(it item) bool {
+			if it.err != nil {
+				stop = fmt.Errorf("projector: subscription: %w", it.err)
+				return false
+			}
+			if err := p.add(ctx, b, it.ev); err != nil {
+				stop = err
+				return false
+			}
+			return true
+		}
+		deadline := b.start.Add(p.opts.maxBatchDelay)
+		if take(it) {
+		collect:
+			for b.n < p.opts.maxBatchEvents {
+				select {
+				case it = <-items:
+					if !take(it) {
+						break collect
+					}
+					if b.n%64 == 0 && time.Now().After(deadline) {
+						break collect
+					}
+					continue
+				default:
+				}
+				// Nothing is waiting: commit now if the store has nothing more for us (live), else
+				// the subscription is still reading; wait for it until the deadline.
+				if !caughtUp {
+					if caughtUp, err = p.caughtUp(ctx, b.last); err != nil {
+						stop = err
+						break collect
+					}
+				}
+				wait := time.Until(deadline)
+				if caughtUp || wait <= 0 {
+					break collect
+				}
+				timer.Reset(wait)
+				select {
+				case it = <-items:
+					timer.Stop()
+					if !take(it) {
+						break collect
+					}
+				case <-timer.C:
+					break collect
+				case <-ctx.Done():
+					timer.Stop()
+					break collect
+				}
+			}
+		}
+		if !caughtUp && stop != nil && len(items) == 0 {
+			// Ready should not wait for the resubscription when this batch was all there is.
+			caughtUp, _ = p.caughtUp(ctx, b.last)
+		}
+		if b.n > 0 {
+			if err := p.commit(b, caughtUp); err != nil {
+				// The batch is applied to the tenant states but not stored: forget the states,
+				// they are rebuilt from the store.
+				clear(p.tenants)
+				return err
+			}
+		}
+		if stop != nil {
+			return stop
+		}
+	}
+}
+
+// caughtUp reports whether the store holds no tenant event after position pos.
+func (p *Projector) caughtUp(ctx context.Context, pos uint64) (bool, error) {
+	evs, err := p.store.ReadAll(ctx, eventstore.Position(pos), 1, filter)
+	if err != nil {
+		return false, fmt.Errorf("projector: read events after %d: %w", pos, err)
+	}
+	return len(evs) == 0, nil
+}
+
+// setCaughtUp records whether the projector is caught up; the first time it is, it is ready.
+func (p *Projector) setCaughtUp(caughtUp bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.caughtUpLocked(caughtUp)
+}
+
+func (p *Projector) caughtUpLocked(caughtUp bool) {
+	p.stats.CaughtUp = caughtUp
+	if caughtUp && !p.stats.Ready {
+		p.stats.Ready = true
+		p.log.Info("projector: caught up with the event store", "position", p.position)
+	}
+}
+
+// batch is the work of one transaction.
+type batch struct {
+	start time.Time
+	n     int
+	last  uint64 // position of the last event
+	time  time.Time
+	// dirty maps each hostname the batch's events affect to the state of the tenant that last
+	// affected it and that event's position (the configuration's version).
+	dirty map[string]dirty
+}
+
+type dirty struct {
+	tenant  *fold.Tenant
+	version uint64
+}
+
+func newBatch(start time.Time) *batch {
+	return &batch{start: start, dirty: map[string]dirty{}}
+}
+
+// add folds ev into its tenant's state and records the hostnames it affects.
+func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEvent) error {
+	tenantID, ok := strings.CutPrefix(ev.Stream, fold.TenantStreamPrefix)
+	if !ok {
+		return nil // the filter lets only tenant streams through
+	}
+	st, err := p.tenant(ctx, tenantID, ev)
+	if err != nil {
+		return err
+	}
+	fe := foldEvent(ev)
+	names := fold.AffectedHostnames(st, fe)
+	if err := fold.Apply(st, fe); err != nil {
+		p.log.Error("projector: cannot fold event", "tenant", tenantID, "stream", ev.Stream, "revision", ev.Revision, "position", ev.Position, "type", ev.Type, "event_id", ev.ID, "err", err)
+		return &fatalError{fmt.Errorf("projector: fold event %s at position %d (stream %q revision %d): %w", ev.ID, ev.Position, ev.Stream, ev.Revision, err)}
+	}
+	for _, n := range names {
+		b.dirty[n] = dirty{tenant: st, version: uint64(ev.Position)}
+	}
+	b.n++
+	b.last, b.time = uint64(ev.Position), ev.Time
+	return nil
+}
+
+// tenant returns the state of tenantID as of just before ev, rebuilding it from the store when it
+// is not in memory.
+func (p *Projector) tenant(ctx context.Context, tenantID string, ev eventstore.RecordedEvent) (*fold.Tenant, error) {
+	if st, ok := p.tenants[tenantID]; ok {
+		return st, nil
+	}
+	st := fold.NewTenant(tenantID)
+	for next := uint64(0); next < ev.Revision; {
+		evs, err := p.store.ReadStream(ctx, ev.Stream, eventstore.Forwards, next, int(min(ev.Revision-next, rebuildPage)))
+		if err != nil {
+			if errors.Is(err, eventstore.ErrStreamNotFound) {
+				return nil, &fatalError{fmt.Errorf("projector: rebuild tenant %q before revision %d: %w", tenantID, ev.Revision, err)}
+			}
+			return nil, fmt.Errorf("projector: rebuild tenant %q: read stream from revision %d: %w", tenantID, next, err)
+		}
+		if len(evs) == 0 {
+			return nil, &fatalError{fmt.Errorf("projector: rebuild tenant %q: stream ends before revision %d, at %d", tenantID, ev.Revision, next)}
+		}
+		for _, e := range evs {
+			if e.Revision >= ev.Revision {
+				break
+			}
+			if err := fold.Apply(st, foldEvent(e)); err != nil {
+				p.log.Error("projector: cannot fold event while rebuilding tenant", "tenant", tenantID, "revision", e.Revision, "position", e.Position, "type", e.Type, "err", err)
+				return nil, &fatalError{fmt.Errorf("projector: rebuild tenant %q: %w", tenantID, err)}
+			}
+			next = e.Revision + 1
+		}
+	}
+	p.tenants[tenantID] = st
+	p.log.Debug("projector: rebuilt tenant state", "tenant", tenantID, "revision", ev.Revision)
+	return st, nil
+}
+
+// foldEvent converts a stored event into the fold's input.
+func foldEvent(ev eventstore.RecordedEvent) fold.Event {
+	return fold.Event{Type: ev.Type, Data: ev.Data, Revision: ev.Revision, Position: uint64(ev.Position), Time: ev.Time, Actor: ev.Metadata.Actor, RequestID: ev.Metadata.RequestID}
+}
+
+var marshal = proto.MarshalOptions{Deterministic: true}
+
+// commit writes the batch's configurations and checkpoint in one transaction, then publishes the
+// change.
+func (p *Projector) commit(b *batch, caughtUp bool) error {
+	names := make([]string, 0, len(b.dirty))
+	for n := range b.dirty {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var (
+		upserts  []*configv1.HostnameConfig
+		removals []string
+		size     int
+	)
+	err := p.db.Update(func(tx *bolt.Tx) error {
+		upserts, removals, size = upserts[:0], removals[:0], 0
+		hb := tx.Bucket(bucketHostnames)
+		for _, n := range names {
+			d := b.dirty[n]
+			key := []byte(n)
+			cfg := fold.HostnameConfig(d.tenant, n, d.version)
+			if cfg == nil {
+				if hb.Get(key) == nil {
+					continue // created and deleted within the batch
+				}
+				if err := hb.Delete(key); err != nil {
+					return fmt.Errorf("delete %q: %w", n, err)
+				}
+				removals = append(removals, n)
+				size += len(n)
+				continue
+			}
+			data, err := marshal.Marshal(cfg)
+			if err != nil {
+				return fmt.Errorf("encode configuration of %q: %w", n, err)
+			}
+			if err := hb.Put(key, data); err != nil {
+				return fmt.Errorf("write %q: %w", n, err)
+			}
+			upserts = append(upserts, cfg)
+			size += len(data)
+		}
+		if p.opts.commitHook != nil {
+			if err := p.opts.commitHook(b.last); err != nil {
+				return err
+			}
+		}
+		var cp [8]byte
+		binary.BigEndian.PutUint64(cp[:], b.last)
+		if err := tx.Bucket(bucketMeta).Put(keyCheckpoint, cp[:]); err != nil {
+			return fmt.Errorf("write checkpoint: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("projector: commit %d events up to position %d: %w", b.n, b.last, err)
+	}
+	now := time.Now()
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.position = b.last
+	if len(upserts)+len(removals) > 0 {
+		p.ring.push(Change{Position: b.last, Upserts: upserts, Removals: removals}, size)
+	}
+	close(p.notify)
+	p.notify = make(chan struct{})
+	s := &p.stats
+	s.Position = b.last
+	s.Events += uint64(b.n)
+	s.Batches++
+	s.LastEventTime = b.time
+	s.LastCommitDelay = now.Sub(b.time)
+	p.caughtUpLocked(caughtUp)
+	return nil
+}
