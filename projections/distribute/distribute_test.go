@@ -9,6 +9,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -685,4 +686,85 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return string(s.b)
+}
+
+// BenchmarkWatchPropagation measures, for one hostname update at a time, the time from the event
+// store acknowledging the append to an edge holding the changed configuration (projector commit,
+// change, gRPC response over loopback). It reports the median and the 99th percentile.
+func BenchmarkWatchPropagation(b *testing.B) {
+	dir := b.TempDir()
+	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	p, err := projector.Open(filepath.Join(dir, "projection.db"), store, projector.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = p.Run(ctx) }()
+	gs := grpc.NewServer()
+	configv1.RegisterConfigServiceServer(gs, New(p, WithLogger(quiet)))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+
+	stream := fold.TenantStream("acme")
+	ms := []proto.Message{&eventsv1.TenantCreated{TenantId: "acme"}, &eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "ca1", CertificateDer: make([]byte, 1024)}}
+	for i := range 1000 {
+		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.example.com", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}})
+	}
+	if _, err := pt.Write(ctx, store, pt.Append{Stream: stream, Events: ms}); err != nil {
+		b.Fatal(err)
+	}
+	w, err := configv1.NewConfigServiceClient(conn).Watch(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := w.Send(&configv1.WatchRequest{EdgeId: "bench"}); err != nil {
+		b.Fatal(err)
+	}
+	recvUntil := func(pos uint64) {
+		for {
+			r, err := w.Recv()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if !r.GetMore() {
+				if err := w.Send(&configv1.WatchRequest{AckPosition: r.GetPosition()}); err != nil {
+					b.Fatal(err)
+				}
+				if r.GetPosition() >= pos {
+					return
+				}
+			}
+		}
+	}
+	recvUntil(1)
+	var lat []time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		res, err := pt.Write(ctx, store, pt.Append{Stream: stream, Events: []proto.Message{&eventsv1.HostnameUpdated{Hostname: fmt.Sprintf("h%d.example.com", i%1000), OriginUrl: fmt.Sprintf("http://o%d", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		acked := time.Now()
+		recvUntil(uint64(res.Position))
+		lat = append(lat, time.Since(acked))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }

@@ -23,7 +23,10 @@ const rebuildPage = 1000
 // fatalError marks an error that resubscribing cannot cure: an event the fold refuses.
 type fatalError struct{ err error }
 
+// Error implements error.
 func (e *fatalError) Error() string { return e.err.Error() }
+
+// Unwrap returns the cause.
 func (e *fatalError) Unwrap() error { return e.err }
 
 // Run follows the event store from the checkpoint and applies its tenant events to the read

@@ -468,6 +468,7 @@ type flakySub struct {
 	failed error
 }
 
+// Next implements eventstore.Subscription, failing now and then; once failed, it stays failed.
 func (s *flakySub) Next(ctx context.Context) (eventstore.RecordedEvent, error) {
 	if s.failed != nil {
 		return eventstore.RecordedEvent{}, s.failed

@@ -1,0 +1,106 @@
+package projector
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/projections/fold"
+	pt "guestlist.dev/projections/projector/projectortest"
+	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
+	"guestlist.dev/services/eventstore/boltstore"
+)
+
+// benchHistory writes, per tenant: the tenant, 3 CAs (1 KiB DER each), 2 policies, hostnames
+// (each trusting 1 or 2 of the CAs, half with a policy), then revocations and policy updates
+// interleaved with hostname updates. It returns the number of events and the last position.
+func benchHistory(b *testing.B, store *boltstore.Store, tenants, hostnames int) (int, uint64) {
+	b.Helper()
+	ctx := context.Background()
+	var events int
+	var last uint64
+	for t := range tenants {
+		tid := fmt.Sprintf("t%d", t)
+		ms := []proto.Message{&eventsv1.TenantCreated{TenantId: tid}}
+		for c := range 3 {
+			ms = append(ms, &eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: fmt.Sprintf("ca%d", c), CertificateDer: make([]byte, 1024)})
+		}
+		for p := range 2 {
+			ms = append(ms, &eventsv1.PolicyCreated{PolicyId: fmt.Sprintf("p%d", p), Rules: []*eventsv1.PolicyRule{{Name: "ou", Action: eventsv1.Action_ACTION_ALLOW, Expression: "cert.subject.organizational_unit == 'x'"}}})
+		}
+		for h := range hostnames {
+			m := &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.%s.example.com", h, tid), OriginUrl: "http://origin:8080", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE,
+				Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{fmt.Sprintf("ca%d", h%3)}}}
+			if h%2 == 0 {
+				m.PolicyId = fmt.Sprintf("p%d", h%4/2)
+				m.Mtls.CertificateAuthorityIds = append(m.Mtls.CertificateAuthorityIds, fmt.Sprintf("ca%d", (h+1)%3))
+			}
+			ms = append(ms, m)
+		}
+		for i := range hostnames / 5 {
+			switch i % 3 {
+			case 0:
+				ms = append(ms, &eventsv1.RevocationAdded{RevocationId: fmt.Sprintf("r%d", i), CertificateAuthorityId: fmt.Sprintf("ca%d", i%3), Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: strconv.Itoa(i + 1)}})
+			case 1:
+				ms = append(ms, &eventsv1.PolicyUpdated{PolicyId: fmt.Sprintf("p%d", i%2), Rules: []*eventsv1.PolicyRule{{Name: "v" + strconv.Itoa(i), Action: eventsv1.Action_ACTION_DENY, Expression: "false"}}})
+			default:
+				ms = append(ms, &eventsv1.HostnameUpdated{Hostname: fmt.Sprintf("h%d.%s.example.com", i, tid), OriginUrl: "http://origin2:8080", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_REPORT}})
+			}
+		}
+		for len(ms) > 0 {
+			n := min(len(ms), 200)
+			res, err := pt.Write(ctx, store, pt.Append{Stream: fold.TenantStream(tid), Events: ms[:n]})
+			if err != nil {
+				b.Fatal(err)
+			}
+			events += n
+			last = uint64(res.Position)
+			ms = ms[n:]
+		}
+	}
+	return events, last
+}
+
+// BenchmarkProjector measures catch-up: a fresh read model built from a store of 20 tenants with
+// 500 hostnames each (about 12,000 events).
+func BenchmarkProjector(b *testing.B) {
+	dir := b.TempDir()
+	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	events, last := benchHistory(b, store, 20, 500)
+	ctx := context.Background()
+	i := 0
+	var elapsed time.Duration
+	for b.Loop() {
+		path := filepath.Join(dir, fmt.Sprintf("projection-%d.db", i))
+		i++
+		start := time.Now()
+		p, err := Open(path, store, WithLogger(quiet))
+		if err != nil {
+			b.Fatal(err)
+		}
+		stop := running(p)
+		if err := p.WaitFor(ctx, last); err != nil {
+			b.Fatal(err)
+		}
+		elapsed += time.Since(start)
+		if err := stop(); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Close(); err != nil {
+			b.Fatal(err)
+		}
+		_ = os.Remove(path)
+	}
+	b.ReportMetric(float64(events)*float64(i)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(events), "events/op")
+}
