@@ -1,0 +1,322 @@
+package enforce
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"guestlist.dev/edge/decision"
+)
+
+// maxOrigins bounds the cache of origin proxies; beyond it the cache is cleared.
+const maxOrigins = 1 << 14
+
+// NewTransport returns the transport the edge forwards with when Config.Transport is nil: HTTP/1.1
+// keep-alive to origins (up to 1024 idle connections per origin), no proxy from the environment,
+// no compression, 64 KiB buffers.
+func NewTransport() *http.Transport {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		DialContext:           d.DialContext,
+		MaxIdleConns:          0, // no global limit
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		WriteBufferSize:       64 << 10,
+		ReadBufferSize:        64 << 10,
+	}
+}
+
+// bufferPool is the ReverseProxy's copy buffer pool.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+// origin forwards to one origin URL.
+type origin struct {
+	proxy *httputil.ReverseProxy
+	err   error // the origin URL is unusable
+}
+
+func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if o.err != nil {
+		badGateway(w)
+		return
+	}
+	o.proxy.ServeHTTP(w, r)
+}
+
+// origin returns the proxy for origin URL raw.
+func (s *Server) origin(raw string) *origin {
+	if v, ok := s.origins.Load(raw); ok {
+		return v.(*origin)
+	}
+	o := s.newOrigin(raw)
+	if v, loaded := s.origins.LoadOrStore(raw, o); loaded {
+		return v.(*origin)
+	}
+	if s.nOrigins.Add(1) > maxOrigins {
+		s.origins.Clear()
+		s.nOrigins.Store(0)
+	}
+	return o
+}
+
+func (s *Server) newOrigin(raw string) *origin {
+	target, err := url.Parse(raw)
+	switch {
+	case err != nil:
+	case target.Scheme != "http" && target.Scheme != "https":
+		err = fmt.Errorf("scheme %q is not http or https", target.Scheme)
+	case target.Host == "":
+		err = errors.New("no host")
+	case target.User != nil:
+		err = errors.New("user information is not supported")
+	}
+	if err != nil {
+		err = fmt.Errorf("enforce: origin URL %q: %w", raw, err)
+		s.logger.Error("unusable origin", "origin_url", raw, "error", err)
+		return &origin{err: err}
+	}
+	target.Fragment, target.RawFragment = "", ""
+	logger := s.logger
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host // the hostname, set by ServeHTTP
+			pr.SetXForwarded()
+			// ReverseProxy removed the headers the client listed in Connection from Out; ours
+			// (set on In by ServeHTTP) are restored, whatever the client listed.
+			for _, k := range decisionHeaders {
+				if v, ok := pr.In.Header[k]; ok {
+					pr.Out.Header[k] = v
+				}
+			}
+		},
+		Transport:  s.transport,
+		BufferPool: &s.bufs,
+		ErrorLog:   slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) {
+				logger.Debug("request canceled while forwarding", "origin_url", raw, "error", err)
+			} else {
+				logger.Warn("origin unreachable", "origin_url", raw, "hostname", r.Host, "error", err)
+			}
+			badGateway(w)
+		},
+	}
+	return &origin{proxy: rp}
+}
+
+func badGateway(w http.ResponseWriter) {
+	hdr := w.Header()
+	hdr["Content-Type"] = jsonContentType
+	hdr["Cache-Control"] = noStore
+	w.WriteHeader(http.StatusBadGateway)
+	_, _ = w.Write([]byte(`{"error":"bad_gateway","message":"the origin could not be reached"}` + "\n"))
+}
+
+// The headers the edge sets for the origin, in canonical form.
+const (
+	hClientCert        = "Client-Cert"
+	hClientCertChain   = "Client-Cert-Chain"
+	hCertPresent       = "X-Client-Cert-Present"
+	hCertVerified      = "X-Client-Cert-Verified"
+	hCertError         = "X-Client-Cert-Error"
+	hCertFingerprint   = "X-Client-Cert-Fingerprint-Sha256"
+	hCertSerial        = "X-Client-Cert-Serial-Number"
+	hCertSubject       = "X-Client-Cert-Subject"
+	hCertIssuer        = "X-Client-Cert-Issuer"
+	hCertNotAfter      = "X-Client-Cert-Not-After"
+	hDecision          = "X-Guestlist-Decision"
+	hDecisionID        = "X-Guestlist-Decision-Id"
+	hDecisionRevision  = "X-Guestlist-Config-Revision"
+	maxReservedNameLen = len(hCertFingerprint)
+)
+
+// decisionHeaders lists them.
+var decisionHeaders = [...]string{
+	hClientCert, hClientCertChain, hCertPresent, hCertVerified, hCertError, hCertFingerprint,
+	hCertSerial, hCertSubject, hCertIssuer, hCertNotAfter, hDecision, hDecisionID, hDecisionRevision,
+}
+
+// isReserved reports whether header name k is one of decisionHeaders, ignoring case and treating
+// '_' as '-'.
+func isReserved(k string) bool {
+	if len(k) < len(hClientCert) || len(k) > maxReservedNameLen {
+		return false
+	}
+	var buf [maxReservedNameLen]byte
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case 'a' <= c && c <= 'z':
+			c -= 'a' - 'A'
+		case c == '_':
+			c = '-'
+		}
+		buf[i] = c
+	}
+	switch string(buf[:len(k)]) {
+	case "CLIENT-CERT", "CLIENT-CERT-CHAIN", "X-CLIENT-CERT-PRESENT", "X-CLIENT-CERT-VERIFIED",
+		"X-CLIENT-CERT-ERROR", "X-CLIENT-CERT-FINGERPRINT-SHA256", "X-CLIENT-CERT-SERIAL-NUMBER",
+		"X-CLIENT-CERT-SUBJECT", "X-CLIENT-CERT-ISSUER", "X-CLIENT-CERT-NOT-AFTER",
+		"X-GUESTLIST-DECISION", "X-GUESTLIST-DECISION-ID", "X-GUESTLIST-CONFIG-REVISION":
+		return true
+	}
+	return false
+}
+
+// scrubHeaders removes every client-sent header that is, or could be taken for, one the edge sets.
+func scrubHeaders(h http.Header) {
+	for k := range h {
+		if isReserved(k) {
+			delete(h, k)
+		}
+	}
+}
+
+var (
+	valTrue       = []string{"true"}
+	valFalse      = []string{"false"}
+	valAllow      = []string{string(decision.Allow)}
+	valReportDeny = []string{string(decision.ReportDeny)}
+)
+
+// certHeaders are the header values derived from one verified chain. They are shared between the
+// requests of a connection and never modified.
+type certHeaders struct {
+	chain0      **x509.Certificate // &Decision.Chain[0]: identifies the verified chain
+	chainLen    int
+	clientCert  []string
+	intermed    []string // nil without intermediates
+	fingerprint []string
+	serial      []string
+	subject     []string
+	issuer      []string
+	notAfter    []string
+}
+
+func newCertHeaders(d *decision.Decision) *certHeaders {
+	leaf := d.Chain[0]
+	ch := &certHeaders{
+		chain0:      &d.Chain[0],
+		chainLen:    len(d.Chain),
+		clientCert:  []string{sfBinary(leaf.Raw)},
+		fingerprint: []string{d.Cert.FingerprintSHA256},
+		serial:      []string{d.Cert.SerialNumber},
+		subject:     []string{headerSafe(d.Cert.Subject)},
+		issuer:      []string{headerSafe(d.Cert.Issuer)},
+		notAfter:    []string{d.Cert.NotAfter.UTC().Format(time.RFC3339)},
+	}
+	if len(d.Chain) > 2 { // leaf, intermediates..., root
+		var b []byte
+		for i, c := range d.Chain[1 : len(d.Chain)-1] {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = appendSFBinary(b, c.Raw)
+		}
+		ch.intermed = []string{string(b)}
+	}
+	return ch
+}
+
+// setDecisionHeaders sets the headers for the origin from decision d (after scrubHeaders).
+func setDecisionHeaders(h http.Header, cs *connState, d *decision.Decision, id string, rev uint64) {
+	if d.Verdict == decision.ReportDeny {
+		h[hDecision] = valReportDeny
+	} else {
+		h[hDecision] = valAllow
+	}
+	h[hDecisionID] = []string{id}
+	h[hDecisionRevision] = []string{strconv.FormatUint(rev, 10)}
+	h[hCertPresent] = boolVal(d.Cert.Presented)
+	h[hCertVerified] = boolVal(d.Cert.Verified)
+	if d.Cert.Error != "" {
+		h[hCertError] = []string{d.Cert.Error}
+	}
+	if !d.Cert.Verified || len(d.Chain) == 0 {
+		return
+	}
+	var ch *certHeaders
+	if cs != nil {
+		ch = cs.hdr.Load()
+	}
+	if ch == nil || ch.chain0 != &d.Chain[0] || ch.chainLen != len(d.Chain) {
+		ch = newCertHeaders(d)
+		if cs != nil {
+			cs.hdr.Store(ch)
+		}
+	}
+	h[hClientCert] = ch.clientCert
+	if ch.intermed != nil {
+		h[hClientCertChain] = ch.intermed
+	}
+	h[hCertFingerprint] = ch.fingerprint
+	h[hCertSerial] = ch.serial
+	h[hCertSubject] = ch.subject
+	h[hCertIssuer] = ch.issuer
+	h[hCertNotAfter] = ch.notAfter
+}
+
+func boolVal(b bool) []string {
+	if b {
+		return valTrue
+	}
+	return valFalse
+}
+
+// sfBinary is the RFC 8941 byte sequence form of b (":base64:"), as RFC 9440 sends certificates.
+func sfBinary(b []byte) string { return string(appendSFBinary(nil, b)) }
+
+func appendSFBinary(dst, b []byte) []byte {
+	dst = append(dst, ':')
+	dst = base64.StdEncoding.AppendEncode(dst, b)
+	return append(dst, ':')
+}
+
+// headerSafe escapes the bytes of s outside printable ASCII as \XX (RFC 4514's hex escape).
+func headerSafe(s string) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	const hex = "0123456789ABCDEF"
+	b := make([]byte, 0, len(s)+16)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e {
+			b = append(b, '\\', hex[c>>4], hex[c&0xf])
+			continue
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}

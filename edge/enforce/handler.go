@@ -1,0 +1,147 @@
+package enforce
+
+import (
+	"crypto/x509"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"guestlist.dev/edge/decision"
+	"guestlist.dev/edge/decisionlog"
+	"guestlist.dev/edge/dnsname"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// connState is what the server keeps per connection.
+type connState struct {
+	// v is the last verification of the connection's client certificate.
+	v atomic.Pointer[decision.Verification]
+	// hdr caches the certificate headers derived from the last verified chain.
+	hdr atomic.Pointer[certHeaders]
+}
+
+// verification returns a verification of peer for h that holds at now, reusing the connection's
+// last one when it does.
+func (cs *connState) verification(h *decision.Hostname, peer []*x509.Certificate, now time.Time) *decision.Verification {
+	if cs == nil {
+		return h.VerifyClient(peer, now)
+	}
+	if v := cs.v.Load(); v != nil && v.Holds(h, now) {
+		return v
+	}
+	v := h.VerifyClient(peer, now)
+	cs.v.Store(v)
+	return v
+}
+
+// ServeHTTP decides and forwards or refuses one request (see the package documentation).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	now := s.now()
+	if r.TLS == nil {
+		misdirected(w, false)
+		return
+	}
+	name, ok := dnsname.NormalizeSNI(r.TLS.ServerName)
+	if !ok || !hostMatches(r.Host, name) {
+		misdirected(w, false)
+		return
+	}
+	set := s.configs.Load()
+	h, ok := set.Lookup(name)
+	if !ok || !h.Active() {
+		misdirected(w, true) // removed or deactivated since the handshake
+		return
+	}
+	rev := set.Position()
+	cs, _ := r.Context().Value(connKey{}).(*connState)
+
+	path := r.URL.EscapedPath()
+	req := decision.Request{Host: r.Host, Method: r.Method, Path: path, Header: r.Header}
+	var d decision.Decision
+	if h.Mode() == configv1.MtlsMode_MTLS_MODE_OFF {
+		d = decision.Decide(h, nil, &req, now)
+	} else {
+		d = h.DecideVerified(cs.verification(h, r.TLS.PeerCertificates, now), &req, now)
+	}
+	id := decisionlog.NewID(now)
+	s.logDecision(now, id, h, rev, &d, r.Method, path)
+
+	if d.Verdict == decision.Deny {
+		forbidden(w, d.Reason, id)
+		return
+	}
+	scrubHeaders(r.Header)
+	setDecisionHeaders(r.Header, cs, &d, id, rev)
+	r.Host = name
+	s.origin(h.Config.GetOriginUrl()).ServeHTTP(w, r)
+}
+
+// hostMatches reports whether the Host header host names hostname name (normalised): equal
+// ignoring ASCII case, a port and one trailing dot. An empty Host (HTTP/1.0) matches.
+func hostMatches(host, name string) bool {
+	if host == "" {
+		return true
+	}
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && strings.IndexByte(host[i:], ']') < 0 {
+		port := host[i+1:]
+		for j := 0; j < len(port); j++ {
+			if port[j] < '0' || port[j] > '9' {
+				return false
+			}
+		}
+		host = host[:i]
+	}
+	if n := len(host); n > 0 && host[n-1] == '.' {
+		host = host[:n-1]
+	}
+	if len(host) != len(name) {
+		return false
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != name[i] {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	jsonContentType = []string{"application/json"}
+	noStore         = []string{"no-store"}
+	closeConn       = []string{"close"}
+)
+
+// misdirected answers 421 Misdirected Request: the request's Host is not the connection's
+// hostname, or the hostname is no longer served (then the connection is closed too).
+func misdirected(w http.ResponseWriter, closeConnection bool) {
+	hdr := w.Header()
+	hdr["Content-Type"] = jsonContentType
+	hdr["Cache-Control"] = noStore
+	if closeConnection {
+		hdr["Connection"] = closeConn
+	}
+	w.WriteHeader(http.StatusMisdirectedRequest)
+	_, _ = w.Write([]byte(`{"error":"misdirected_request","message":"this connection does not serve the requested hostname; open a new connection with that server name"}` + "\n"))
+}
+
+// forbidden answers 403 with the reason and the decision id.
+func forbidden(w http.ResponseWriter, reason, id string) {
+	hdr := w.Header()
+	hdr["Content-Type"] = jsonContentType
+	hdr["Cache-Control"] = noStore
+	hdr["X-Guestlist-Decision-Id"] = []string{id}
+	b := make([]byte, 0, 128)
+	b = append(b, `{"error":"forbidden","reason":`...)
+	b = strconv.AppendQuote(b, reason) // reasons and ids are ASCII identifiers
+	b = append(b, `,"decision_id":`...)
+	b = strconv.AppendQuote(b, id)
+	b = append(b, "}\n"...)
+	w.WriteHeader(http.StatusForbidden)
+	_, _ = w.Write(b)
+}

@@ -1,0 +1,250 @@
+// Package enforce is the edge's TLS server: it terminates TLS for every configured hostname,
+// checks client certificates against that hostname's CAs only, decides every request with
+// guestlist.dev/edge/decision on the hostname's current configuration, writes the decision log,
+// and either refuses the request (403) or forwards it to the hostname's origin.
+//
+// # Handshake
+//
+// The hostname is the TLS server name (SNI), normalised with dnsname.NormalizeSNI. A ClientHello
+// without a server name, or naming a hostname that is not configured or not active, fails the
+// handshake (fail closed). Per hostname: mode OFF asks for no client certificate; ENFORCE and
+// REPORT ask for one (tls.RequestClientCert, naming the hostname's CAs in the CertificateRequest)
+// without letting crypto/tls verify it: verification is the decision package's, against that
+// hostname's CAs and revocations. With reject_in_handshake (ENFORCE only; REPORT always forwards),
+// a missing or invalid certificate fails the handshake, and the refusal is logged as a decision
+// with an empty request. TLS 1.2 is the minimum; ALPN offers h2 and http/1.1.
+//
+// # Requests
+//
+// For every request, not once per connection: the Host header (without port and trailing dot)
+// must name the connection's SNI hostname, or the answer is 421 Misdirected Request; this is what
+// keeps a certificate accepted for one hostname from reaching another hostname through the Host
+// header, connection reuse or HTTP/2 connection coalescing. The hostname's configuration is then
+// looked up again in the current configuration set (a change applies to the next request on an
+// open connection; a hostname removed meanwhile gets 421 and the connection is closed), the
+// request is decided from the connection's peer certificates, and one decision log line is
+// written with config_revision = the set's position. ENFORCE denials get 403 with a JSON body
+// naming the reason and the decision id; everything else is forwarded.
+//
+// Certificate verification is done once per connection and reused while it holds for the
+// hostname's current configuration and the moment of the request (decision.Verification.Holds);
+// a new configuration of the hostname (new CAs, a revocation) or the certificate reaching its
+// expiry makes the next request verify again.
+//
+// # Session resumption
+//
+// Session tickets stay enabled (resumption saves a full handshake), and are bound to the hostname
+// they were issued for: the server writes the SNI hostname into every ticket (WrapSession) and
+// refuses to resume a ticket under another server name (UnwrapSession), so a session established
+// with hostname A is never resumed on hostname B, which gets a full handshake with its own
+// CertificateRequest. Independently of that, a resumed session carries the client certificate of
+// its original handshake, and every request is decided from that certificate against the CURRENT
+// configuration of the connection's hostname, so a resumed session can never carry an earlier
+// acceptance over: not across hostnames, nor across configuration changes.
+//
+// # Forwarding
+//
+// See [Server] for the headers the origin receives. Forwarding uses httputil.ReverseProxy (Rewrite
+// hook, shared buffer pool) over one tuned http.Transport shared by all origins: HTTP/1.1 to the
+// origin with keep-alive (1024 idle connections per origin), no compression, 64 KiB buffers,
+// streaming bodies and trailers. Origin errors are 502.
+package enforce
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"guestlist.dev/edge/configset"
+	"guestlist.dev/edge/decisionlog"
+)
+
+// DefaultShutdownTimeout is how long Serve waits for open requests when its context ends.
+const DefaultShutdownTimeout = 10 * time.Second
+
+// Config configures a Server.
+type Config struct {
+	// Addr is the TCP address to listen on, e.g. "127.0.0.1:8443" (":0" picks a free port; see
+	// Server.Addr).
+	Addr string
+	// Configs holds the hostnames' configurations. Required.
+	Configs *configset.Store
+	// Certificates returns the server certificate for a normalised hostname (e.g.
+	// servercert.CA.GetCertificate). It is called for every full handshake and should cache.
+	// Required.
+	Certificates func(hostname string) (*tls.Certificate, error)
+	// Log receives one entry per decision; nil discards them.
+	Log *decisionlog.Log
+	// EdgeID names this edge in the decision log.
+	EdgeID string
+	// Logger receives operational logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Now is the clock decisions are made with; nil means time.Now.
+	Now func() time.Time
+	// ShutdownTimeout bounds the graceful shutdown of Serve; 0 means DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// Transport forwards to origins; nil means a transport tuned for the edge (see package
+	// documentation). Tests and benchmarks may pass their own.
+	Transport http.RoundTripper
+}
+
+// Server is the edge's TLS server. Create it with New, run it with Serve.
+//
+// What the origin receives, besides the client's request: the Host header is the hostname (the
+// connection's SNI, normalised); X-Forwarded-For is the client's address (client-sent
+// X-Forwarded-* and Forwarded headers are dropped, the edge being the first hop),
+// X-Forwarded-Host the hostname and X-Forwarded-Proto "https"; and the headers below, after every
+// client-sent header of these names was removed (case-insensitively, also with '_' in place of
+// '-', as some origin frameworks merge the two):
+//
+//	X-Guestlist-Decision             allow or report_deny
+//	X-Guestlist-Decision-Id          the decision id, as in the decision log
+//	X-Guestlist-Config-Revision      the configuration's position, as in the decision log
+//	X-Client-Cert-Present            true or false
+//	X-Client-Cert-Verified           true or false
+//	X-Client-Cert-Error              the failure reason (certificate_*), when presented and not verified
+//	X-Client-Cert-Fingerprint-Sha256 lower-case hex, when verified
+//	X-Client-Cert-Serial-Number      lower-case hex, when verified
+//	X-Client-Cert-Subject            RFC 2253 form, when verified
+//	X-Client-Cert-Issuer             RFC 2253 form, when verified
+//	X-Client-Cert-Not-After          RFC 3339, UTC, when verified
+//	Client-Cert                      RFC 9440: the leaf's DER as a structured-field byte sequence, when verified
+//	Client-Cert-Chain                RFC 9440: the verified chain's intermediates, when verified and there are any
+//
+// Bytes of subjects and issuers outside printable ASCII are written as \XX (hex), as RFC 4514
+// escapes them, so that a header value never carries control characters.
+type Server struct {
+	cfg      Config
+	configs  *configset.Store
+	certs    func(string) (*tls.Certificate, error)
+	log      *decisionlog.Log
+	logger   *slog.Logger
+	now      func() time.Time
+	edgeID   string
+	shutdown time.Duration
+
+	ln       net.Listener
+	http     *http.Server
+	baseTLS  *tls.Config
+	hostTLS  sync.Map // hostname -> *hostTLS
+	nHostTLS atomic.Int64
+
+	transport http.RoundTripper
+	origins   sync.Map // origin URL -> *origin
+	nOrigins  atomic.Int64
+	bufs      bufferPool
+
+	served atomic.Bool
+}
+
+// New checks cfg and listens on cfg.Addr. Call Serve to accept connections, or Close to give the
+// address back without serving.
+func New(cfg Config) (*Server, error) {
+	if cfg.Configs == nil {
+		return nil, errors.New("enforce: Config.Configs is required")
+	}
+	if cfg.Certificates == nil {
+		return nil, errors.New("enforce: Config.Certificates is required")
+	}
+	s := &Server{
+		cfg:       cfg,
+		configs:   cfg.Configs,
+		certs:     cfg.Certificates,
+		log:       cfg.Log,
+		logger:    cfg.Logger,
+		now:       cfg.Now,
+		edgeID:    cfg.EdgeID,
+		shutdown:  cfg.ShutdownTimeout,
+		transport: cfg.Transport,
+	}
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.shutdown <= 0 {
+		s.shutdown = DefaultShutdownTimeout
+	}
+	if s.transport == nil {
+		s.transport = NewTransport()
+	}
+	s.baseTLS = &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		NextProtos:         []string{"h2", "http/1.1"},
+		GetConfigForClient: s.getConfigForClient,
+	}
+	s.http = &http.Server{
+		Handler:           s,
+		TLSConfig:         s.baseTLS,
+		ReadHeaderTimeout: 10 * time.Second, // also bounds the TLS handshake
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, new(connState))
+		},
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("enforce: listen on %s: %w", cfg.Addr, err)
+	}
+	s.ln = ln
+	return s, nil
+}
+
+// Addr returns the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts connections until ctx is done, then shuts down gracefully: it stops accepting,
+// closes idle connections, and waits up to the shutdown timeout for requests in flight before
+// closing what is left. It returns nil after a shutdown caused by ctx, and an error when serving
+// fails. Serve may be called once.
+func (s *Server) Serve(ctx context.Context) error {
+	if !s.served.CompareAndSwap(false, true) {
+		return errors.New("enforce: Serve called twice")
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.ServeTLS(s.ln, "", "") }()
+	s.logger.Info("edge listening", "addr", s.ln.Addr().String(), "edge_id", s.edgeID)
+	select {
+	case err := <-errc:
+		return fmt.Errorf("enforce: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.shutdown)
+	defer cancel()
+	if err := s.http.Shutdown(sctx); err != nil {
+		s.logger.Warn("edge shutdown timed out; closing the remaining connections", "timeout", s.shutdown, "error", err)
+		_ = s.http.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("enforce: serve: %w", err)
+	}
+	if t, ok := s.transport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+	if err := s.log.Flush(); err != nil {
+		s.logger.Error("decision log", "error", err)
+	}
+	return nil
+}
+
+// Close closes the listener and every connection at once (no draining). Use it when Serve was
+// never called, or to abort.
+func (s *Server) Close() error {
+	if !s.served.Load() {
+		return s.ln.Close()
+	}
+	return s.http.Close()
+}
+
+// connKey is the context key of a connection's *connState.
+type connKey struct{}

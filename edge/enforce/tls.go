@@ -1,0 +1,191 @@
+package enforce
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+
+	"guestlist.dev/edge/decision"
+	"guestlist.dev/edge/decisionlog"
+	"guestlist.dev/edge/dnsname"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// maxHostTLS bounds the cache of per-hostname TLS configurations; beyond it the cache is cleared
+// (entries are rebuilt on the next handshake).
+const maxHostTLS = 1 << 16
+
+var (
+	errNoSNI           = errors.New("enforce: the client sent no server name (SNI)")
+	errUnknownHostname = errors.New("enforce: hostname is not configured")
+	errInactive        = errors.New("enforce: hostname is not active")
+)
+
+// hostTLS is the TLS configuration of one prepared hostname configuration.
+type hostTLS struct {
+	h   *decision.Hostname
+	cfg *tls.Config
+}
+
+// ticketTag prefixes the hostname that WrapSession writes into a session ticket's Extra.
+var ticketTag = []byte("guestlist-sni\x00")
+
+// getConfigForClient picks the hostname's TLS configuration by SNI, failing the handshake for a
+// missing, unknown or inactive hostname.
+func (s *Server) getConfigForClient(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+	if chi.ServerName == "" {
+		return nil, errNoSNI
+	}
+	name, ok := dnsname.NormalizeSNI(chi.ServerName)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", errUnknownHostname, shorten(chi.ServerName))
+	}
+	h, ok := s.configs.Load().Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", errUnknownHostname, name)
+	}
+	if !h.Active() {
+		return nil, fmt.Errorf("%w: %s", errInactive, name)
+	}
+	if v, ok := s.hostTLS.Load(name); ok {
+		if e := v.(*hostTLS); e.h == h {
+			return e.cfg, nil
+		}
+	}
+	e := &hostTLS{h: h, cfg: s.newHostTLSConfig(name, h)}
+	if _, loaded := s.hostTLS.Swap(name, e); !loaded {
+		if s.nHostTLS.Add(1) > maxHostTLS {
+			s.hostTLS.Clear()
+			s.nHostTLS.Store(0)
+		}
+	}
+	return e.cfg, nil
+}
+
+// newHostTLSConfig builds the TLS configuration of hostname name, configured as h.
+func (s *Server) newHostTLSConfig(name string, h *decision.Hostname) *tls.Config {
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"h2", "http/1.1"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, err := s.certs(name)
+			if err != nil {
+				s.logger.Error("no server certificate", "hostname", name, "error", err)
+				return nil, fmt.Errorf("enforce: certificate for %s: %w", name, err)
+			}
+			return c, nil
+		},
+		WrapSession: func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+			ss.Extra = append(ss.Extra, append(bytes.Clone(ticketTag), name...))
+			return s.baseTLS.EncryptTicket(cs, ss)
+		},
+		UnwrapSession: func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+			ss, err := s.baseTLS.DecryptTicket(identity, cs)
+			if err != nil || ss == nil {
+				return nil, err
+			}
+			if !ticketFor(ss, name) {
+				return nil, nil // issued for another hostname: full handshake
+			}
+			return ss, nil
+		},
+	}
+	if h.Mode() == configv1.MtlsMode_MTLS_MODE_OFF {
+		cfg.ClientAuth = tls.NoClientCert
+		return cfg
+	}
+	cfg.ClientAuth = tls.RequestClientCert
+	cfg.ClientCAs = h.ClientCAs() // only names the acceptable CAs; crypto/tls does not verify
+	if h.Config.GetRejectInHandshake() && h.Mode() == configv1.MtlsMode_MTLS_MODE_ENFORCE {
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			return s.verifyInHandshake(name, cs)
+		}
+	}
+	return cfg
+}
+
+// ticketFor reports whether a session ticket was issued for hostname name.
+func ticketFor(ss *tls.SessionState, name string) bool {
+	for _, e := range ss.Extra {
+		if bytes.HasPrefix(e, ticketTag) {
+			return string(e[len(ticketTag):]) == name
+		}
+	}
+	return false
+}
+
+// verifyInHandshake is VerifyConnection for reject_in_handshake: it verifies the client's
+// certificate against the hostname's current configuration and fails the handshake (logging a
+// decision) when it is missing or does not verify. It runs for resumed sessions too.
+func (s *Server) verifyInHandshake(name string, cs tls.ConnectionState) error {
+	now := s.now()
+	set := s.configs.Load()
+	h, ok := set.Lookup(name)
+	if !ok || !h.Active() {
+		return fmt.Errorf("%w: %s", errUnknownHostname, name)
+	}
+	if h.Mode() != configv1.MtlsMode_MTLS_MODE_ENFORCE || !h.Config.GetRejectInHandshake() {
+		return nil // changed meanwhile: the request decides
+	}
+	v := h.VerifyClient(cs.PeerCertificates, now)
+	if v.Err() == nil {
+		return nil
+	}
+	d := decision.Decision{Verdict: decision.Deny, Reason: v.Reason(), Cert: v.Cert()}
+	s.logDecision(now, decisionlog.NewID(now), h, set.Position(), &d, "", "")
+	return fmt.Errorf("enforce: client certificate refused for %s: %w", name, v.Err())
+}
+
+// logDecision writes one decision log entry.
+func (s *Server) logDecision(now time.Time, id string, h *decision.Hostname, rev uint64, d *decision.Decision, method, path string) {
+	if s.log == nil {
+		return
+	}
+	e := decisionlog.Entry{
+		Time:           now,
+		EdgeID:         s.edgeID,
+		DecisionID:     id,
+		TenantID:       h.Config.GetTenantId(),
+		Hostname:       h.Name(),
+		ConfigRevision: rev,
+		Mode:           modeName(h.Mode()),
+		Verdict:        string(d.Verdict),
+		Reason:         d.Reason,
+		Rule:           d.Rule,
+		Cert: decisionlog.Cert{
+			Presented:         d.Cert.Presented,
+			Verified:          d.Cert.Verified,
+			FingerprintSHA256: d.Cert.FingerprintSHA256,
+			SerialNumber:      d.Cert.SerialNumber,
+			Subject:           d.Cert.Subject,
+			Issuer:            d.Cert.Issuer,
+			NotAfter:          d.Cert.NotAfter,
+		},
+		Request: decisionlog.Request{Method: method, Path: path},
+	}
+	if err := s.log.Write(&e); err != nil {
+		s.logger.Error("decision log", "error", err)
+	}
+}
+
+// modeName is the decision log's form of a mode.
+func modeName(m configv1.MtlsMode) string {
+	switch m {
+	case configv1.MtlsMode_MTLS_MODE_OFF:
+		return "off"
+	case configv1.MtlsMode_MTLS_MODE_ENFORCE:
+		return "enforce"
+	case configv1.MtlsMode_MTLS_MODE_REPORT:
+		return "report"
+	}
+	return "unspecified"
+}
+
+func shorten(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
