@@ -268,13 +268,11 @@ func (s *Service) reserveAll(ctx context.Context, specs []hostnameSpec, tenantID
 	acquired := make([]bool, len(specs))
 	errs := make([]error, len(specs))
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 256)
+	// One goroutine per hostname (at most 1,000): the store commits their appends together.
 	for i := range specs {
 		wg.Add(1)
-		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
 			acquired[i], errs[i] = s.reserve(ctx, specs[i].name, tenantID, md)
 		}()
 	}

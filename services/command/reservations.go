@@ -27,6 +27,14 @@ import (
 // (and so must release it if the creation fails); false when the tenant already held it.
 func (s *Service) reserve(ctx context.Context, hostname, tenantID string, md eventstore.Metadata) (acquired bool, err error) {
 	stream := fold.HostnameStream(hostname)
+	// Most hostnames were never claimed: try that first, without a read.
+	_, err = s.store.Append(ctx, stream, eventstore.NoStream(), encodeAll([]proto.Message{&eventsv1.HostnameReserved{Hostname: hostname, TenantId: tenantID}}, md)...)
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+		return false, status.Errorf(codes.Unavailable, "reserving hostname %q failed: %v", hostname, err)
+	}
 	for attempt := 0; attempt < 8; attempt++ {
 		expected := eventstore.NoStream()
 		var events []proto.Message
