@@ -1,0 +1,245 @@
+// Package watch is the edge's client of ConfigService.Watch: it keeps a configset.Store up to date
+// with the control plane's configuration and persists it, so that an edge restarted without the
+// control plane serves its last configuration.
+//
+// [Run] loads the persisted configuration (Options.StatePath) into the store, then, forever until
+// its context ends: opens a Watch stream (with the edge token as `authorization: Bearer ...`
+// metadata), says hello with the edge id and the position the store holds, and applies every
+// response to the store. The parts of a multi-part response (more = true) are collected and
+// applied together with the last part. Each applied response is saved to StatePath and then
+// acknowledged (ack_position = its position); a response that cannot be applied is refused
+// (ack_position and error), the store keeps its configuration, and the stream is closed and
+// reopened after a back-off, resuming from the store's position. A failed or ended stream is
+// reopened after a jittered exponential back-off (Options.Backoff), reset by every applied
+// response. While disconnected, the store keeps serving the last configuration it applied.
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"guestlist.dev/edge/configset"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// Default back-off bounds.
+const (
+	DefaultBackoffMin = 250 * time.Millisecond
+	DefaultBackoffMax = 30 * time.Second
+)
+
+// maxParts bounds the number of parts of one multi-part response.
+const maxParts = 1 << 20
+
+// Backoff bounds the delay before reconnecting: the n-th consecutive failure waits a random
+// duration between half and all of min(Max, Min·2^n).
+type Backoff struct {
+	// Min is the first delay; 0 means DefaultBackoffMin.
+	Min time.Duration
+	// Max is the largest delay; 0 means DefaultBackoffMax.
+	Max time.Duration
+}
+
+// Options configures Run.
+type Options struct {
+	// EdgeID names the edge in the hello message.
+	EdgeID string
+	// Token is the edge's bearer token, sent as `authorization: Bearer <Token>` metadata; empty
+	// sends none.
+	Token string
+	// StatePath is where the configuration is persisted (configset.Store.Save after each applied
+	// response) and loaded from at start; empty disables persistence.
+	StatePath string
+	// Logger receives the client's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Backoff bounds the reconnection delays.
+	Backoff Backoff
+}
+
+// Run keeps store up to date from the ConfigService at conn until ctx is done (see the package
+// documentation), and then returns nil. It returns an error at once only for a nil store or
+// connection.
+func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.Store, opts Options) error {
+	if store == nil {
+		return errors.New("watch: no store")
+	}
+	if conn == nil {
+		return errors.New("watch: no connection")
+	}
+	w := &watcher{client: configv1.NewConfigServiceClient(conn), store: store, opts: opts, log: opts.Logger}
+	if w.log == nil {
+		w.log = slog.Default()
+	}
+	if w.opts.Backoff.Min <= 0 {
+		w.opts.Backoff.Min = DefaultBackoffMin
+	}
+	if w.opts.Backoff.Max <= 0 {
+		w.opts.Backoff.Max = DefaultBackoffMax
+	}
+	w.opts.Backoff.Max = max(w.opts.Backoff.Max, w.opts.Backoff.Min)
+	w.loadState()
+
+	failures := 0
+	for {
+		applied, err := w.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if applied {
+			failures = 0
+		}
+		delay := w.delay(failures)
+		failures++
+		w.log.Warn("configuration stream ended; reconnecting", "error", err, "retry_in", delay,
+			"position", store.Load().Position())
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+type watcher struct {
+	client configv1.ConfigServiceClient
+	store  *configset.Store
+	opts   Options
+	log    *slog.Logger
+}
+
+// loadState loads the persisted configuration, if any.
+func (w *watcher) loadState() {
+	if w.opts.StatePath == "" {
+		return
+	}
+	err := w.store.LoadFile(w.opts.StatePath)
+	switch {
+	case err == nil && w.store.Load().Complete():
+		w.log.Info("serving the saved configuration until the control plane answers",
+			"path", w.opts.StatePath, "position", w.store.Load().Position())
+	case err == nil || errors.Is(err, fs.ErrNotExist):
+		w.log.Info("no saved configuration", "path", w.opts.StatePath)
+	default:
+		w.log.Error("the saved configuration cannot be used; starting without it", "path", w.opts.StatePath, "error", err)
+	}
+}
+
+// delay returns the jittered back-off before reconnection attempt n (0-based).
+func (w *watcher) delay(n int) time.Duration {
+	d := w.opts.Backoff.Min
+	for i := 0; i < n && d < w.opts.Backoff.Max; i++ {
+		d *= 2
+	}
+	d = min(d, w.opts.Backoff.Max)
+	return d/2 + rand.N(d/2+1)
+}
+
+// session runs one Watch stream until it fails. applied reports whether it applied a response.
+func (w *watcher) session(ctx context.Context) (applied bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if w.opts.Token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+w.opts.Token)
+	}
+	stream, err := w.client.Watch(ctx)
+	if err != nil {
+		return false, fmt.Errorf("watch: open stream: %w", err)
+	}
+	resume := w.store.Load().Position()
+	if err := stream.Send(&configv1.WatchRequest{EdgeId: w.opts.EdgeID, ResumePosition: resume}); err != nil {
+		return false, fmt.Errorf("watch: send hello: %w", recvErr(stream, err))
+	}
+	w.log.Debug("configuration stream open", "resume_position", resume)
+
+	var parts []*configv1.WatchResponse // the parts of a response sent in parts, so far
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return applied, errors.New("watch: the server ended the stream")
+			}
+			return applied, fmt.Errorf("watch: receive: %w", err)
+		}
+		if len(parts) > 0 && resp.GetPosition() != parts[0].GetPosition() {
+			err := fmt.Errorf("part %d of the response at position %d has position %d", len(parts)+1, parts[0].GetPosition(), resp.GetPosition())
+			return applied, w.nack(stream, resp.GetPosition(), err)
+		}
+		parts = append(parts, resp)
+		if resp.GetMore() {
+			if len(parts) >= maxParts {
+				return applied, w.nack(stream, resp.GetPosition(), fmt.Errorf("more than %d parts", maxParts))
+			}
+			continue
+		}
+		full, err := configset.Merge(parts...)
+		parts = nil
+		if err != nil {
+			return applied, w.nack(stream, resp.GetPosition(), err)
+		}
+		if err := w.store.Apply(full); err != nil {
+			return applied, w.nack(stream, full.GetPosition(), err)
+		}
+		applied = true
+		w.log.Debug("configuration applied", "position", full.GetPosition(), "snapshot", full.GetSnapshot(),
+			"upserts", len(full.GetUpserts()), "removals", len(full.GetRemovals()))
+		if w.opts.StatePath != "" {
+			if err := w.store.Save(w.opts.StatePath); err != nil {
+				w.log.Error("could not save the configuration; a restart without the control plane would serve an older one",
+					"path", w.opts.StatePath, "position", full.GetPosition(), "error", err)
+			}
+		}
+		if err := stream.Send(&configv1.WatchRequest{AckPosition: full.GetPosition()}); err != nil {
+			return applied, fmt.Errorf("watch: send ack for position %d: %w", full.GetPosition(), recvErr(stream, err))
+		}
+	}
+}
+
+// nack refuses the response at position with cause, and returns the error that ends the session.
+func (w *watcher) nack(stream grpc.BidiStreamingClient[configv1.WatchRequest, configv1.WatchResponse], position uint64, cause error) error {
+	w.log.Error("refused a configuration response; keeping the last good configuration",
+		"position", position, "error", cause, "serving_position", w.store.Load().Position())
+	if err := stream.Send(&configv1.WatchRequest{AckPosition: position, Error: cause.Error()}); err != nil {
+		w.log.Debug("could not send the refusal", "error", err)
+	}
+	_ = stream.CloseSend()
+	// Give the server a moment to read the refusal before the stream is canceled.
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for {
+			if _, err := stream.Recv(); err != nil {
+				return
+			}
+		}
+	}()
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-drained:
+	case <-t.C:
+	}
+	return fmt.Errorf("watch: refused the response at position %d: %w", position, cause)
+}
+
+// recvErr returns the stream's status error when Send failed with io.EOF (gRPC reports the
+// reason on Recv).
+func recvErr(stream grpc.BidiStreamingClient[configv1.WatchRequest, configv1.WatchResponse], err error) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	if _, rerr := stream.Recv(); rerr != nil && !errors.Is(rerr, io.EOF) {
+		return rerr
+	}
+	return err
+}

@@ -1,0 +1,369 @@
+package watch
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"guestlist.dev/edge/configset"
+	"guestlist.dev/edge/echo"
+	"guestlist.dev/edge/enforce"
+	"guestlist.dev/edge/pkitest"
+	"guestlist.dev/edge/servercert"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// server is an in-test ConfigService: each Watch call runs the next script (the last one again
+// when they run out).
+type server struct {
+	configv1.UnimplementedConfigServiceServer
+	mu      sync.Mutex
+	scripts []func(s *session) error
+	calls   int
+	hellos  chan *configv1.WatchRequest
+	tokens  chan string
+}
+
+type session struct {
+	t      *testing.T
+	stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse]
+	hello  *configv1.WatchRequest
+}
+
+func (s *session) send(r *configv1.WatchResponse) {
+	s.t.Helper()
+	if err := s.stream.Send(r); err != nil && s.stream.Context().Err() == nil {
+		s.t.Errorf("send: %v", err)
+	}
+}
+
+func (s *session) recv() *configv1.WatchRequest {
+	s.t.Helper()
+	m, err := s.stream.Recv()
+	if err != nil {
+		if s.stream.Context().Err() == nil { // not the end of the test
+			s.t.Errorf("recv: %v", err)
+		}
+		return &configv1.WatchRequest{Error: "recv failed"}
+	}
+	return m
+}
+
+func (srv *server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse]) error {
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	push(srv.tokens, strings.Join(md.Get("authorization"), ","))
+	hello, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	push(srv.hellos, hello)
+	srv.mu.Lock()
+	script := srv.scripts[min(srv.calls, len(srv.scripts)-1)]
+	srv.calls++
+	srv.mu.Unlock()
+	return script(&session{stream: stream, hello: hello})
+}
+
+// push sends v on ch unless ch is full (the scripts must not block on a test that stopped
+// reading).
+func push[T any](ch chan T, v T) {
+	select {
+	case ch <- v:
+	default:
+	}
+}
+
+func startServer(t *testing.T, scripts ...func(s *session) error) (*server, string) {
+	t.Helper()
+	srv := &server{scripts: scripts, hellos: make(chan *configv1.WatchRequest, 100), tokens: make(chan string, 100)}
+	for i, sc := range scripts {
+		scripts[i] = func(s *session) error { s.t = t; return sc(s) }
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	configv1.RegisterConfigServiceServer(g, srv)
+	go g.Serve(ln)
+	t.Cleanup(g.Stop)
+	return srv, ln.Addr().String()
+}
+
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func hostCfg(name string, version uint64, ca *pkitest.CA, origin string) *configv1.HostnameConfig {
+	return &configv1.HostnameConfig{
+		Hostname: name, TenantId: "acme", Active: true, OriginUrl: origin, Version: version,
+		Mode: configv1.MtlsMode_MTLS_MODE_ENFORCE,
+		CertificateAuthorities: []*configv1.TrustedCertificateAuthority{
+			{CertificateAuthorityId: "ca1", CertificateDer: ca.Cert.Raw},
+		},
+	}
+}
+
+func quietLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func runWatch(t *testing.T, conn grpc.ClientConnInterface, store *configset.Store, opts Options) (cancel func()) {
+	t.Helper()
+	ctx, cancelCtx := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, conn, store, opts) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancelCtx()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("Run did not return after its context ended")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSnapshotInPartsChangesAcksAndResume(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	acks := make(chan *configv1.WatchRequest, 10)
+	first := func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, More: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 3, ca, "http://127.0.0.1:1")}})
+		s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, More: false, Upserts: []*configv1.HostnameConfig{hostCfg("b.example.com", 5, ca, "http://127.0.0.1:1")}})
+		push(acks, s.recv())
+		s.send(&configv1.WatchResponse{Position: 7, Upserts: []*configv1.HostnameConfig{hostCfg("c.example.com", 7, ca, "http://127.0.0.1:1")}, Removals: []string{"a.example.com"}})
+		push(acks, s.recv())
+		return nil // ends the stream: the client reconnects
+	}
+	idle := func(s *session) error { <-s.stream.Context().Done(); return nil }
+	srv, addr := startServer(t, first, idle)
+	store := configset.NewStore()
+	state := filepath.Join(t.TempDir(), "edge-config.bin")
+	stop := runWatch(t, dial(t, addr), store, Options{
+		EdgeID: "edge-1", Token: "s3cret", StatePath: state, Logger: quietLogger(t),
+		Backoff: Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond},
+	})
+
+	hello := <-srv.hellos
+	if hello.GetEdgeId() != "edge-1" || hello.GetResumePosition() != 0 {
+		t.Errorf("hello %v", hello)
+	}
+	if tok := <-srv.tokens; tok != "Bearer s3cret" {
+		t.Errorf("authorization %q", tok)
+	}
+	if a := <-acks; a.GetAckPosition() != 5 || a.GetError() != "" {
+		t.Errorf("first ack %v", a)
+	}
+	if a := <-acks; a.GetAckPosition() != 7 || a.GetError() != "" {
+		t.Errorf("second ack %v", a)
+	}
+	hello = <-srv.hellos
+	if hello.GetResumePosition() != 7 {
+		t.Errorf("reconnect hello %v, want resume_position 7", hello)
+	}
+	set := store.Load()
+	if set.Position() != 7 || set.Len() != 2 {
+		t.Fatalf("set at %d with %d hostnames", set.Position(), set.Len())
+	}
+	if _, ok := set.Lookup("a.example.com"); ok {
+		t.Error("a.example.com not removed")
+	}
+	stop()
+
+	saved := configset.NewStore()
+	if err := saved.LoadFile(state); err != nil {
+		t.Fatal(err)
+	}
+	if saved.Load().Position() != 7 || saved.Load().Len() != 2 {
+		t.Errorf("saved set at %d with %d hostnames", saved.Load().Position(), saved.Load().Len())
+	}
+}
+
+func TestRefusedResponseIsNackedAndOldConfigKept(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	acks := make(chan *configv1.WatchRequest, 10)
+	script := func(s *session) error {
+		if s.hello.GetResumePosition() == 0 {
+			s.send(&configv1.WatchResponse{Position: 2, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 2, ca, "http://127.0.0.1:1")}})
+			push(acks, s.recv())
+		}
+		bad := hostCfg("b.example.com", 3, ca, "http://127.0.0.1:1")
+		bad.CertificateAuthorities[0].CertificateDer = []byte("garbage")
+		s.send(&configv1.WatchResponse{Position: 3, Upserts: []*configv1.HostnameConfig{bad}})
+		push(acks, s.recv())
+		// The client closes its side after a refusal.
+		if _, err := s.stream.Recv(); !errors.Is(err, io.EOF) && s.stream.Context().Err() == nil {
+			t.Errorf("after the refusal: %v, want EOF", err)
+		}
+		return nil
+	}
+	srv, addr := startServer(t, script)
+	store := configset.NewStore()
+	runWatch(t, dial(t, addr), store, Options{Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond}})
+	if a := <-acks; a.GetAckPosition() != 2 || a.GetError() != "" {
+		t.Errorf("ack %v", a)
+	}
+	nack := <-acks
+	if nack.GetAckPosition() != 3 || !strings.Contains(nack.GetError(), "b.example.com") {
+		t.Errorf("nack %v", nack)
+	}
+	<-srv.hellos
+	if h := <-srv.hellos; h.GetResumePosition() != 2 {
+		t.Errorf("resumed at %d, want 2", h.GetResumePosition())
+	}
+	if store.Load().Position() != 2 || store.Load().Len() != 1 {
+		t.Errorf("store at %d with %d hostnames", store.Load().Position(), store.Load().Len())
+	}
+}
+
+func TestMismatchedPartsAreRefused(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	acks := make(chan *configv1.WatchRequest, 10)
+	script := func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, More: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 5, ca, "http://x")}})
+		s.send(&configv1.WatchResponse{Position: 6, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("b.example.com", 6, ca, "http://x")}})
+		push(acks, s.recv())
+		<-s.stream.Context().Done()
+		return nil
+	}
+	_, addr := startServer(t, script)
+	store := configset.NewStore()
+	runWatch(t, dial(t, addr), store, Options{Logger: quietLogger(t), Backoff: Backoff{Min: time.Second}})
+	if n := <-acks; n.GetError() == "" || n.GetAckPosition() != 6 {
+		t.Errorf("nack %v", n)
+	}
+	if store.Load().Position() != 0 {
+		t.Error("partial response applied")
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	w := &watcher{opts: Options{Backoff: Backoff{Min: 100 * time.Millisecond, Max: time.Second}}}
+	for n, hi := range []time.Duration{100, 200, 400, 800, 1000, 1000, 1000} {
+		hi *= time.Millisecond
+		if n >= 4 {
+			hi = time.Second
+		}
+		for range 50 {
+			d := w.delay(n)
+			if d < hi/2 || d > hi {
+				t.Fatalf("delay(%d) = %v, want in [%v, %v]", n, d, hi/2, hi)
+			}
+		}
+	}
+	if d := w.delay(1000); d > time.Second {
+		t.Errorf("delay(1000) = %v", d)
+	}
+}
+
+// TestRestartWithoutControlPlane: an edge restarted with its state file and no reachable
+// control plane serves the saved configuration.
+func TestRestartWithoutControlPlane(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	originLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	octx, ocancel := context.WithCancel(context.Background())
+	defer ocancel()
+	go echo.ServeListener(octx, originLn)
+	origin := "http://" + originLn.Addr().String()
+
+	state := filepath.Join(t.TempDir(), "edge-config.bin")
+	acked := make(chan struct{})
+	_, addr := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 9, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("pay.example.com", 9, ca, origin)}})
+		s.recv()
+		close(acked)
+		<-s.stream.Context().Done()
+		return nil
+	})
+	first := configset.NewStore()
+	stop := runWatch(t, dial(t, addr), first, Options{StatePath: state, Logger: quietLogger(t)})
+	<-acked
+	stop()
+
+	// Restart: a new store, a control plane that is not there.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	nowhere := ln.Addr().String()
+	ln.Close()
+	store := configset.NewStore()
+	runWatch(t, dial(t, nowhere), store, Options{StatePath: state, Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}})
+	waitFor(t, "the saved configuration", func() bool { return store.Load().Position() == 9 })
+
+	edgeCA, err := servercert.LoadOrCreateCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := enforce.New(enforce.Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Logger: quietLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	leaf := ca.Client(t, "device")
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, srv.Addr().String())
+		},
+		TLSClientConfig: &tls.Config{RootCAs: edgeCA.Pool(), Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key}}},
+	}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://pay.example.com/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"X-Guestlist-Config-Revision": [`) || !strings.Contains(string(body), `"9"`) {
+		t.Errorf("status %d: %s", resp.StatusCode, body)
+	}
+}
+
+func TestRunArguments(t *testing.T) {
+	if err := Run(context.Background(), nil, configset.NewStore(), Options{}); err == nil {
+		t.Error("nil connection accepted")
+	}
+	if err := Run(context.Background(), dial(t, "127.0.0.1:1"), nil, Options{}); err == nil {
+		t.Error("nil store accepted")
+	}
+}
