@@ -214,6 +214,9 @@ func TestReadModelEqualsFoldFromScratch(t *testing.T) {
 				write(events)
 			}
 			check(t, p, bs)
+			for deadline := time.Now().Add(2 * time.Second); !p.Ready() && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
 			if !p.Ready() {
 				t.Errorf("caught up but not ready: %+v", p.Stats())
 			}

@@ -211,8 +211,8 @@ func (p *Projector) follow(ctx context.Context) error {
 				}
 			}
 		}
-		if !caughtUp && stop != nil && len(items) == 0 {
-			// Ready should not wait for the resubscription when this batch was all there is.
+		if !caughtUp && b.n > 0 && len(items) == 0 {
+			// Whether this batch is all there is, so that Ready holds as soon as it commits.
 			caughtUp, _ = p.caughtUp(ctx, b.last)
 		}
 		if b.n > 0 {
