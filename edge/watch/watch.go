@@ -6,10 +6,17 @@
 // its context ends: opens a Watch stream (with the edge token as `authorization: Bearer ...`
 // metadata), says hello with the edge id and the position the store holds, and applies every
 // response to the store. The parts of a multi-part response (more = true) are collected and
-// applied together with the last part. Each applied response is saved to StatePath and then
-// acknowledged (ack_position = its position); a response that cannot be applied is refused
-// (ack_position and error), the store keeps its configuration, and the stream is closed and
-// reopened after a back-off, resuming from the store's position. A failed or ended stream is
+// applied together with the last part. Each applied response is acknowledged (ack_position = its
+// position) and saved to StatePath. A response that cannot be applied is refused (ack_position and
+// error), the store keeps its configuration, and the stream is closed and reopened after a
+// back-off, resuming from the store's position: the edge never skips a change it could not apply,
+// so the position it reports (config_revision in the decision log) always describes exactly the
+// configuration it enforces.
+//
+// Saving runs on its own goroutine and coalesces: while one Save is in progress, further applied
+// responses only mark the set dirty, and the next Save writes the then current set. A large
+// configuration followed by a burst of changes is thus written a few times, not once per change;
+// the file is never more than one Save behind. Run saves once more before it returns. A failed or ended stream is
 // reopened after a jittered exponential back-off (Options.Backoff), reset by every applied
 // response. While disconnected, the store keeps serving the last configuration it applied.
 package watch
@@ -56,8 +63,8 @@ type Options struct {
 	// Token is the edge's bearer token, sent as `authorization: Bearer <Token>` metadata; empty
 	// sends none.
 	Token string
-	// StatePath is where the configuration is persisted (configset.Store.Save after each applied
-	// response) and loaded from at start; empty disables persistence.
+	// StatePath is where the configuration is persisted (configset.Store.Save after applied
+	// responses, coalesced) and loaded from at start; empty disables persistence.
 	StatePath string
 	// Logger receives the client's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -87,6 +94,12 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.St
 	}
 	w.opts.Backoff.Max = max(w.opts.Backoff.Max, w.opts.Backoff.Min)
 	w.loadState()
+	if w.opts.StatePath != "" {
+		w.dirty = make(chan struct{}, 1)
+		saverDone := make(chan struct{})
+		go w.saver(ctx, saverDone)
+		defer func() { <-saverDone }()
+	}
 
 	failures := 0
 	for {
@@ -116,6 +129,38 @@ type watcher struct {
 	store  *configset.Store
 	opts   Options
 	log    *slog.Logger
+	dirty  chan struct{} // signals the saver; nil without StatePath
+}
+
+// saver saves the store whenever it is signalled, and once more when ctx ends if the store moved
+// since the last save.
+func (w *watcher) saver(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	saved := w.store.Load().Position()
+	savedComplete := w.store.Load().Complete()
+	save := func() {
+		set := w.store.Load()
+		if set.Position() == saved && set.Complete() == savedComplete {
+			return
+		}
+		start := time.Now()
+		if err := w.store.Save(w.opts.StatePath); err != nil {
+			w.log.Error("could not save the configuration; a restart without the control plane would serve an older one",
+				"path", w.opts.StatePath, "position", set.Position(), "error", err)
+			return
+		}
+		saved, savedComplete = set.Position(), set.Complete()
+		w.log.Debug("configuration saved", "path", w.opts.StatePath, "position", saved, "took", time.Since(start))
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			save()
+			return
+		case <-w.dirty:
+			save()
+		}
+	}
 }
 
 // loadState loads the persisted configuration, if any.
@@ -193,10 +238,10 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		applied = true
 		w.log.Debug("configuration applied", "position", full.GetPosition(), "snapshot", full.GetSnapshot(),
 			"upserts", len(full.GetUpserts()), "removals", len(full.GetRemovals()))
-		if w.opts.StatePath != "" {
-			if err := w.store.Save(w.opts.StatePath); err != nil {
-				w.log.Error("could not save the configuration; a restart without the control plane would serve an older one",
-					"path", w.opts.StatePath, "position", full.GetPosition(), "error", err)
+		if w.dirty != nil {
+			select {
+			case w.dirty <- struct{}{}:
+			default: // a save is pending; it will write the current set
 			}
 		}
 		if err := stream.Send(&configv1.WatchRequest{AckPosition: full.GetPosition()}); err != nil {
