@@ -134,6 +134,12 @@ type Server struct {
 
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
+
+	// snapMu serialises snapshot reads; the last one is reused while the projector has not moved,
+	// so edges connecting together (after a restart) share one read of the read model.
+	snapMu      sync.Mutex
+	snapPos     uint64
+	snapConfigs []*configv1.HostnameConfig
 }
 
 var _ configv1.ConfigServiceServer = (*Server)(nil)
@@ -325,7 +331,7 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 			if err := s.waitWindow(ctx, w); err != nil {
 				return err
 			}
-			pos, configs, err := s.p.Snapshot()
+			pos, configs, err := s.snapshot()
 			if err != nil {
 				log.Error("distribute: reading the snapshot failed", "err", err)
 				return status.Error(codes.Unavailable, "configuration snapshot unavailable")
@@ -357,6 +363,24 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 			cursor = c.Position
 		}
 	}
+}
+
+// snapshot returns the projector's snapshot, reusing the last one while it is current.
+func (s *Server) snapshot() (uint64, []*configv1.HostnameConfig, error) {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	if s.snapConfigs != nil && s.snapPos == s.p.Position() {
+		return s.snapPos, s.snapConfigs, nil
+	}
+	pos, configs, err := s.p.Snapshot()
+	if err != nil {
+		return 0, nil, err
+	}
+	if configs == nil {
+		configs = []*configv1.HostnameConfig{}
+	}
+	s.snapPos, s.snapConfigs = pos, configs
+	return pos, configs, nil
 }
 
 // waitWindow waits until fewer than Window responses are unanswered.

@@ -183,9 +183,10 @@ func (f *follower) await(t *testing.T, p *Projector, pos uint64) pt.Model {
 // model rebuilt from the published changes) equals a fold of every tenant's stream from scratch.
 func TestReadModelEqualsFoldFromScratch(t *testing.T) {
 	ctx := context.Background()
-	for seed := range uint64(12) {
+	for seed := range uint64(9) {
 		mode := []string{"catch-up", "live", "flaky"}[seed%3]
 		t.Run(fmt.Sprintf("seed=%d/%s", seed, mode), func(t *testing.T) {
+			t.Parallel()
 			dir := t.TempDir()
 			bs := openStore(t, dir)
 			defer bs.Close()
@@ -237,8 +238,9 @@ func TestReadModelEqualsFoldFromScratch(t *testing.T) {
 // the fold from scratch, and no event is applied twice (which the fold would refuse).
 func TestCrashAndRestart(t *testing.T) {
 	ctx := context.Background()
-	for seed := range uint64(6) {
+	for seed := range uint64(5) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			t.Parallel()
 			dir := t.TempDir()
 			store := openStore(t, dir)
 			defer store.Close()
