@@ -11,19 +11,27 @@ import (
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
-// FuzzDecide decides on arbitrary requests with arbitrary certificates (random DER, parsed when it
-// parses and used unparsed otherwise): Decide must not panic, must be deterministic, must agree
-// with DecideVerified, and must never let an unverified certificate's identity reach the policy or
-// the Cert.
+// FuzzDecide decides on arbitrary requests with arbitrary certificates: one of the test PKI's
+// chains (chosen by pick; the PKI is made anew in each fuzzing process), with random DER (parsed
+// when it parses, used unparsed otherwise) as the leaf, as an intermediate or alone, at a moment
+// offset from now. Decide must not panic, must be deterministic, must agree with DecideVerified,
+// and must never let an unverified certificate's identity reach the policy or the Cert.
 func FuzzDecide(f *testing.F) {
 	p := getPKI(f)
+	chains := [][]*x509.Certificate{
+		nil,
+		chain(p.leaf), chain(p.opsLeaf), chain(p.interLeaf, p.inter), chain(p.interLeaf), chain(p.otherLeaf),
+		chain(p.serverLeaf), chain(p.expired), chain(p.notYet), chain(p.forged), chain(p.expiredInterLeaf, p.expiredInter),
+	}
 	cfg := hostnameConfig(p)
+	withCA("other", p.other)(cfg)
+	revokeSerial("other", p.otherLeaf.Cert)(cfg)
 	withPolicy(
 		rule("health", allow, `!cert.presented && request.path == "/healthz"`),
 		rule("ops", allow, `"ops" in cert.subject.organizational_unit`),
-		rule("named", allow, `cert.subject.common_name != "" || cert.fingerprint_sha256 != "" || size(cert.dns_names) > 0`),
+		rule("named", deny, `cert.subject.common_name == "alice" || cert.fingerprint_sha256 == "00" || "x.blocked.acme.example" in cert.dns_names`),
 		rule("env", deny, `request.headers[?"x-env"].orValue("") == "prod" && request.method == "DELETE"`),
-		rule("hdr", allow, `request.headers["x-key"] == "k"`),
+		rule("hdr", allow, `request.headers["x-key"] == "k" && cert.verified`),
 	)(cfg)
 	h, err := Prepare(cfg)
 	if err != nil {
@@ -35,12 +43,14 @@ func FuzzDecide(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add("GET", "/healthz", "X-Env", "prod", p.leaf.Cert.Raw, p.inter.Cert.Raw, int64(0))
-	f.Add("DELETE", "/admin/", "X-Key", "k", p.forged.Cert.Raw, []byte(nil), int64(1000))
-	f.Add("GET", "/", "x-key", "k", p.interLeaf.Cert.Raw, p.inter.Cert.Raw, int64(-3600))
-	f.Add("PUT", "/a", "", "", []byte{0x30, 0x00}, []byte{0xff}, int64(1<<40))
+	f.Add("GET", "/healthz", "X-Env", "prod", uint8(0), []byte(nil), int64(0))
+	f.Add("DELETE", "/admin/", "X-Key", "k", uint8(2), []byte(nil), int64(1000))
+	f.Add("GET", "/", "x-key", "k", uint8(3), []byte(nil), int64(-3600))
+	f.Add("GET", "/", "x-key", "k", uint8(0x40|3), p.leaf.Cert.Raw, int64(0))
+	f.Add("GET", "/", "x-key", "k", uint8(0x80|4), p.inter.Cert.Raw, int64(0))
+	f.Add("PUT", "/a", "", "", uint8(0xc0), []byte{0x30, 0x00}, int64(1<<40))
 	now := time.Now()
-	f.Fuzz(func(t *testing.T, method, path, hname, hval string, leafDER, interDER []byte, offset int64) {
+	f.Fuzz(func(t *testing.T, method, path, hname, hval string, pick uint8, der []byte, offset int64) {
 		at := now.Add(time.Duration(offset) * time.Second)
 		hdr := http.Header{}
 		if hname != "" {
@@ -48,16 +58,20 @@ func FuzzDecide(f *testing.F) {
 			hdr[strings.ToLower(hname)] = append(hdr[strings.ToLower(hname)], hval)
 		}
 		req := &Request{Method: method, Path: path, Header: hdr}
-		var peer []*x509.Certificate
-		for _, der := range [][]byte{leafDER, interDER} {
-			if der == nil {
-				continue
-			}
+		peer := append([]*x509.Certificate(nil), chains[int(pick&0x3f)%len(chains)]...)
+		if der != nil {
 			c, err := x509.ParseCertificate(der)
 			if err != nil {
 				c = &x509.Certificate{Raw: der}
 			}
-			peer = append(peer, c)
+			switch {
+			case pick&0xc0 == 0x40 && len(peer) > 0:
+				peer[0] = c // random leaf
+			case pick&0xc0 == 0x80:
+				peer = append(peer, c) // random intermediate
+			case pick&0xc0 == 0xc0:
+				peer = []*x509.Certificate{c}
+			}
 		}
 		for _, hh := range []*Hostname{h, hr} {
 			d := Decide(hh, peer, req, at)
@@ -79,9 +93,12 @@ func FuzzDecide(f *testing.F) {
 				if d.Cert.Subject != "" || d.Cert.Issuer != "" || d.Cert.SerialNumber != "" || !d.Cert.NotAfter.IsZero() || d.Chain != nil {
 					t.Fatalf("identity of an unverified certificate: %+v", d.Cert)
 				}
-				if d.Rule == "ops" || d.Rule == "named" {
+				if d.Rule == "ops" || d.Rule == "named" || d.Rule == "hdr" {
 					t.Fatalf("rule %q matched an unverified certificate", d.Rule)
 				}
+			}
+			if d.Cert.Verified && (len(d.Chain) == 0 || d.Chain[0] != peer[0]) {
+				t.Fatalf("verified without a chain from the leaf: %+v", d)
 			}
 			if hh == hr && d.Verdict == Deny {
 				t.Fatalf("deny in REPORT mode: %+v", d)

@@ -7,9 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"runtime"
-	"strconv"
 	"sync"
 	"weak"
 
@@ -111,11 +109,11 @@ func (c *Cache) Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	}
 	h := &Hostname{Config: cfg, name: name, active: cfg.GetActive(), mode: cfg.GetMode(), trust: tr}
 	if p := cfg.GetPolicy(); p != nil {
-		rules, err := policyRules(p)
-		if err != nil {
-			return fail(err)
-		}
-		h.program, err = lookup(c, c.programMap(), programKey(rules), func() (*policy.Program, error) {
+		h.program, err = lookup(c, c.programMap(), programKey(p), func() (*policy.Program, error) {
+			rules, err := policyRules(p)
+			if err != nil {
+				return nil, err
+			}
 			prog, err := policy.Compile(rules)
 			if err != nil {
 				return nil, fmt.Errorf("policy %q: %w", p.GetPolicyId(), err)
@@ -177,55 +175,41 @@ func lookup[V any](c *Cache, m map[[32]byte]weak.Pointer[V], key [32]byte, build
 	return v, nil
 }
 
-// keyHash hashes length-prefixed fields, so that different field sequences never give the same
-// input.
-type keyHash struct{ h hash.Hash }
-
-func newKeyHash(kind string) keyHash {
-	k := keyHash{sha256.New()}
-	k.str(kind)
-	return k
-}
-
-func (k keyHash) bytes(b []byte) {
-	var n [binary.MaxVarintLen64]byte
-	k.h.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))])
-	k.h.Write(b)
-}
-
-func (k keyHash) str(s string) { k.bytes([]byte(s)) }
-
-func (k keyHash) sum() (out [32]byte) {
-	k.h.Sum(out[:0])
-	return out
+// appendField appends a length-prefixed field, so that different field sequences never give the
+// same bytes.
+func appendField[T string | []byte](b []byte, field T) []byte {
+	b = binary.AppendUvarint(b, uint64(len(field)))
+	return append(b, field...)
 }
 
 // trustKey identifies the content newTrust builds from: the CAs in order and the revocations.
 func trustKey(cfg *configv1.HostnameConfig) [32]byte {
-	k := newKeyHash("trust")
+	var arr [2048]byte
+	b := appendField(arr[:0], "trust")
 	cas := cfg.GetCertificateAuthorities()
-	k.str(strconv.Itoa(len(cas)))
+	b = binary.AppendUvarint(b, uint64(len(cas)))
 	for _, ca := range cas {
-		k.str(ca.GetCertificateAuthorityId())
-		k.bytes(ca.GetCertificateDer())
+		b = appendField(b, ca.GetCertificateAuthorityId())
+		b = appendField(b, ca.GetCertificateDer())
 	}
 	for _, r := range cfg.GetRevocations() {
-		k.str(r.GetCertificateAuthorityId())
-		k.str(r.GetSerialNumber())
-		k.str(r.GetFingerprintSha256())
+		b = appendField(b, r.GetCertificateAuthorityId())
+		b = appendField(b, r.GetSerialNumber())
+		b = appendField(b, r.GetFingerprintSha256())
 	}
-	return k.sum()
+	return sha256.Sum256(b)
 }
 
 // programKey identifies a policy's rules.
-func programKey(rules []policy.Rule) [32]byte {
-	k := newKeyHash("policy")
-	for _, r := range rules {
-		k.str(r.Name)
-		k.str(r.Action.String())
-		k.str(r.Expression)
+func programKey(p *configv1.Policy) [32]byte {
+	var arr [1024]byte
+	b := appendField(arr[:0], "policy")
+	for _, r := range p.GetRules() {
+		b = appendField(b, r.GetName())
+		b = binary.AppendVarint(b, int64(r.GetAction()))
+		b = appendField(b, r.GetExpression())
 	}
-	return k.sum()
+	return sha256.Sum256(b)
 }
 
 // newTrust parses the CAs and indexes the revocations of a configuration.

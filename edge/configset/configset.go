@@ -1,0 +1,293 @@
+// Package configset is the edge's in-memory set of prepared hostname configurations: a [Store]
+// holds the current [Set], an immutable snapshot that the TLS handshake and the request path read
+// without locks, and replaces it atomically with each response of the control plane's Watch
+// stream ([Store.Apply]). [Store.Save] and [Store.LoadFile] keep a copy on disk, so that an edge
+// restarts with its last configuration when the control plane is unreachable.
+//
+// # Scale
+//
+// A Set is built for a million hostnames. It is a persistent hash trie (see trie.go): applying a
+// delta of k changes copies O(k log32 n) small nodes and shares the rest with the previous Set,
+// instead of copying a map of n entries; readers of the previous Set are unaffected. Preparing the
+// hostnames ([decision.Prepare]) goes through one [decision.Cache] per Store, so that hostnames
+// with the same CAs, revocations or policy share one parsed and compiled copy; large responses are
+// prepared on all CPUs.
+//
+// The package does no network I/O; Save and LoadFile read and write the one file they are given.
+package configset
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"iter"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"guestlist.dev/edge/decision"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// Set is an immutable snapshot of the edge's configuration: the prepared hostnames and the
+// event-store position they reflect. It is safe for concurrent use. The zero Set and a nil *Set
+// are empty.
+type Set struct {
+	root     *node
+	n        int
+	position uint64
+	seed     maphash.Seed
+	// complete: the set was made from a snapshot (or a file), so it is the whole configuration at
+	// its position, and changes may apply to it.
+	complete bool
+}
+
+// Lookup returns the prepared configuration of a hostname, given in normal form (see
+// dnsname.NormalizeSNI), and whether there is one. Inactive hostnames are found too: the edge
+// treats them as unknown (h.Active() is false), and decision.Decide denies them.
+func (s *Set) Lookup(hostname string) (*decision.Hostname, bool) {
+	if s == nil || s.root == nil {
+		return nil, false
+	}
+	h := lookup(s.root, maphash.String(s.seed, hostname), hostname)
+	return h, h != nil
+}
+
+// Position returns the event-store position the set reflects (0 for none).
+func (s *Set) Position() uint64 {
+	if s == nil {
+		return 0
+	}
+	return s.position
+}
+
+// Len returns the number of hostnames.
+func (s *Set) Len() int {
+	if s == nil {
+		return 0
+	}
+	return s.n
+}
+
+// Complete reports whether the set is a whole configuration: made from a snapshot of the control
+// plane (possibly followed by changes) or loaded from a file. A new Store's set is not complete.
+func (s *Set) Complete() bool { return s != nil && s.complete }
+
+// All yields every hostname and its prepared configuration, in no particular order.
+func (s *Set) All() iter.Seq2[string, *decision.Hostname] {
+	return func(yield func(string, *decision.Hostname) bool) {
+		if s != nil {
+			walk(s.root, yield)
+		}
+	}
+}
+
+// Store holds the edge's current Set. Load is lock-free; Apply and LoadFile are serialised among
+// themselves and publish a new Set atomically, so a reader sees either the old or the new
+// configuration, never a mix. A Store is safe for concurrent use.
+type Store struct {
+	mu    sync.Mutex // held by writers
+	cur   atomic.Pointer[Set]
+	cache *decision.Cache
+	seed  maphash.Seed
+	edits uint64 // the last Apply's edit number (trie.go); guarded by mu
+}
+
+// NewStore returns a store holding an empty, incomplete set at position 0.
+func NewStore() *Store {
+	st := &Store{cache: decision.NewCache(), seed: maphash.MakeSeed()}
+	st.cur.Store(&Set{seed: st.seed})
+	return st
+}
+
+// Load returns the current set. It does not lock and does not allocate.
+func (st *Store) Load() *Set { return st.cur.Load() }
+
+// Apply applies a Watch response to the current set and publishes the result, atomically: every
+// upsert is prepared first ([decision.Cache.Prepare]), and if any fails, or the response is not
+// acceptable, nothing changes and the error says why (the edge then sends a NACK and keeps its
+// last good configuration).
+//
+// A snapshot replaces the whole set; a change (snapshot = false) upserts and removes hostnames
+// in the current set. A response sent in parts (more = true on all but the last) must be joined
+// with [Merge] first. Refused: a position lower than the current set's (equal is accepted: the
+// same configuration again), a change before any snapshot, removals in a snapshot, a hostname
+// upserted twice or both upserted and removed, an upsert whose version is beyond the response's
+// position.
+func (st *Store) Apply(resp *configv1.WatchResponse) error {
+	if resp == nil {
+		return errors.New("configset: no response to apply")
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.apply(resp)
+}
+
+// apply is Apply, with st.mu held.
+func (st *Store) apply(resp *configv1.WatchResponse) error {
+	cur := st.cur.Load()
+	pos := resp.GetPosition()
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("configset: response at position %d: %s", pos, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case resp.GetMore():
+		return fail("it is a part of a larger response (more = true); join the parts with Merge and apply the result")
+	case pos < cur.position:
+		return fail("the position goes backwards: the configuration is at position %d", cur.position)
+	case !resp.GetSnapshot() && !cur.complete:
+		return fail("a change, but no snapshot was applied before")
+	case resp.GetSnapshot() && len(resp.GetRemovals()) > 0:
+		return fail("a snapshot with %d removals", len(resp.GetRemovals()))
+	}
+	upserts := resp.GetUpserts()
+	for i, u := range upserts {
+		if u == nil {
+			return fail("upserts[%d] is empty", i)
+		}
+		if u.GetVersion() > pos {
+			return fail("upserts[%d] (%q) has version %d, beyond the response's position", i, u.GetHostname(), u.GetVersion())
+		}
+	}
+	if !resp.GetSnapshot() {
+		// A snapshot's duplicates are found while building it (below); a change's here, as
+		// replacing an existing entry is what a change does.
+		seen := make(map[string]int, len(upserts))
+		for i, u := range upserts {
+			if j, dup := seen[u.GetHostname()]; dup {
+				return fail("upserts[%d] and upserts[%d] are both %q", j, i, u.GetHostname())
+			}
+			seen[u.GetHostname()] = i
+		}
+		for i, name := range resp.GetRemovals() {
+			if j, dup := seen[name]; dup {
+				return fail("%q is both upserted (upserts[%d]) and removed (removals[%d])", name, j, i)
+			}
+		}
+	}
+	prepared, err := st.prepare(upserts)
+	if err != nil {
+		return fail("%v", err)
+	}
+
+	st.edits++
+	t := &txn{edit: st.edits, seed: st.seed}
+	next := &Set{position: pos, seed: st.seed, complete: true}
+	if !resp.GetSnapshot() {
+		next.root, next.n = cur.root, cur.n
+	}
+	for _, name := range resp.GetRemovals() {
+		var removed bool
+		next.root, removed = t.remove(next.root, 0, t.hash(name), name)
+		if removed {
+			next.n--
+		}
+	}
+	for i, h := range prepared {
+		name := h.Name()
+		var added bool
+		next.root, added = t.insert(next.root, 0, t.hash(name), h)
+		if added {
+			next.n++
+		} else if resp.GetSnapshot() {
+			return fail("hostname %q is upserted twice (again at upserts[%d])", name, i)
+		}
+	}
+	st.cur.Store(next)
+	return nil
+}
+
+// prepareChunk is how many upserts a worker prepares at a time; responses up to this size are
+// prepared on the calling goroutine.
+const prepareChunk = 256
+
+// prepare prepares the upserts, on all CPUs when there are many. The error is that of the first
+// failing upsert in order, whatever the scheduling.
+func (st *Store) prepare(upserts []*configv1.HostnameConfig) ([]*decision.Hostname, error) {
+	out := make([]*decision.Hostname, len(upserts))
+	chunks := (len(upserts) + prepareChunk - 1) / prepareChunk
+	workers := min(runtime.GOMAXPROCS(0), chunks)
+	if workers <= 1 {
+		for i, u := range upserts {
+			h, err := st.cache.Prepare(u)
+			if err != nil {
+				return nil, fmt.Errorf("upserts[%d]: %w", i, err)
+			}
+			out[i] = h
+		}
+		return out, nil
+	}
+	// Chunks are claimed in order and always finished once claimed, so when a worker fails and
+	// the others stop claiming, every chunk before the failing one has been prepared entirely.
+	var (
+		next   atomic.Int64
+		failed atomic.Bool
+		mu     sync.Mutex
+		first  = -1
+		ferr   error
+		wg     sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			for !failed.Load() {
+				c := int(next.Add(1) - 1)
+				if c >= chunks {
+					return
+				}
+				for i := c * prepareChunk; i < min((c+1)*prepareChunk, len(upserts)); i++ {
+					h, err := st.cache.Prepare(upserts[i])
+					if err != nil {
+						mu.Lock()
+						if first < 0 || i < first {
+							first, ferr = i, err
+						}
+						mu.Unlock()
+						failed.Store(true)
+						break
+					}
+					out[i] = h
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if ferr != nil {
+		return nil, fmt.Errorf("upserts[%d]: %w", first, ferr)
+	}
+	return out, nil
+}
+
+// Merge joins the parts of one Watch response sent in parts (a large snapshot): all have the same
+// position and snapshot flag, more = true on every part but the last. A single complete response
+// is returned as is.
+func Merge(parts ...*configv1.WatchResponse) (*configv1.WatchResponse, error) {
+	if len(parts) == 0 {
+		return nil, errors.New("configset: no parts to merge")
+	}
+	if len(parts) == 1 && parts[0] != nil && !parts[0].GetMore() {
+		return parts[0], nil
+	}
+	first := parts[0]
+	if first == nil {
+		return nil, errors.New("configset: part 0 is empty")
+	}
+	out := &configv1.WatchResponse{Position: first.GetPosition(), Snapshot: first.GetSnapshot()}
+	for i, p := range parts {
+		last := i == len(parts)-1
+		switch {
+		case p == nil:
+			return nil, fmt.Errorf("configset: part %d is empty", i)
+		case p.GetPosition() != out.Position:
+			return nil, fmt.Errorf("configset: part %d is at position %d, part 0 at %d", i, p.GetPosition(), out.Position)
+		case p.GetSnapshot() != out.Snapshot:
+			return nil, fmt.Errorf("configset: part %d has snapshot = %v, part 0 %v", i, p.GetSnapshot(), out.Snapshot)
+		case p.GetMore() && last:
+			return nil, fmt.Errorf("configset: the last part (%d) has more = true: parts are missing", i)
+		case !p.GetMore() && !last:
+			return nil, fmt.Errorf("configset: part %d has more = false but is not the last", i)
+		}
+		out.Upserts = append(out.Upserts, p.GetUpserts()...)
+		out.Removals = append(out.Removals, p.GetRemovals()...)
+	}
+	return out, nil
+}

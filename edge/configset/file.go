@@ -1,0 +1,168 @@
+package configset
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// The file that Save writes and LoadFile reads is the set as the Watch stream would send it: one
+// snapshot, in parts. It is a sequence of guestlist.config.v1.WatchResponse messages, each
+// preceded by its length in bytes as a protobuf varint (the framing of
+// google.golang.org/protobuf/encoding/protodelim, and of Java's writeDelimitedTo). Every part has
+// the set's position and snapshot = true; the upserts are ordered by hostname and split into
+// parts of about partBytes; more = true on every part but the last. A set without hostnames is
+// one part without upserts. A file whose last part has more = true is truncated, and refused.
+const (
+	// partBytes is the size at which Save starts a new part.
+	partBytes = 1 << 20
+	// maxPartBytes bounds one part when reading (one hostname's configuration may be large: many
+	// revocations).
+	maxPartBytes = 1 << 28
+)
+
+// Save writes the current set to path, atomically: to a temporary file in the same directory,
+// synced, renamed over path, and the directory synced, so that path holds either the previous
+// file or the new one, whole, even after a crash. The file is readable by its owner only. Save
+// refuses a set that is not complete (no snapshot applied yet). It may run concurrently with Apply
+// (it saves the set current when it starts).
+func (st *Store) Save(path string) (err error) {
+	set := st.Load()
+	if !set.Complete() {
+		return errors.New("configset: nothing to save: no snapshot was applied yet")
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("configset: save: %w", err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+			err = fmt.Errorf("configset: save %s: %w", path, err)
+		}
+	}()
+	if err := writeSet(f, set); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// writeSet writes set in the file format.
+func writeSet(w io.Writer, set *Set) error {
+	configs := make([]*configv1.HostnameConfig, 0, set.Len())
+	for _, h := range set.All() {
+		configs = append(configs, h.Config)
+	}
+	slices.SortFunc(configs, func(a, b *configv1.HostnameConfig) int { return strings.Compare(a.GetHostname(), b.GetHostname()) })
+	bw := bufio.NewWriterSize(w, 1<<20)
+	opts := protodelim.MarshalOptions{MarshalOptions: proto.MarshalOptions{Deterministic: true}}
+	part := &configv1.WatchResponse{Position: set.Position(), Snapshot: true}
+	size := 0
+	flush := func(more bool) error {
+		part.More = more
+		if _, err := opts.MarshalTo(bw, part); err != nil {
+			return err
+		}
+		part.Upserts, size = part.Upserts[:0], 0
+		return nil
+	}
+	for _, c := range configs {
+		if len(part.Upserts) > 0 && size >= partBytes {
+			if err := flush(true); err != nil {
+				return err
+			}
+		}
+		part.Upserts = append(part.Upserts, c)
+		size += proto.Size(c)
+	}
+	if err := flush(false); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// LoadFile replaces the current set with the one saved in path by Save, as Apply applies a
+// snapshot (every hostname is prepared; any problem leaves the current set as it is and is
+// returned; the saved position must not be behind the current one). A missing file is not an
+// error: the set stays as it is (empty, on a new Store).
+func (st *Store) LoadFile(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("configset: load: %w", err)
+	}
+	defer f.Close()
+	resp, err := readSet(bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return fmt.Errorf("configset: load %s: %w", path, err)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err := st.apply(resp); err != nil {
+		return fmt.Errorf("configset: load %s: %w", path, err)
+	}
+	return nil
+}
+
+// readSet reads a file written by writeSet and joins its parts.
+func readSet(r protodelim.Reader) (*configv1.WatchResponse, error) {
+	opts := protodelim.UnmarshalOptions{MaxSize: maxPartBytes}
+	var parts []*configv1.WatchResponse
+	for {
+		part := &configv1.WatchResponse{}
+		err := opts.UnmarshalFrom(r, part)
+		if err == io.EOF { // no byte read: the end of the file, between parts
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("part %d: %w", len(parts), err)
+		}
+		if !part.GetSnapshot() {
+			return nil, fmt.Errorf("part %d is not a snapshot", len(parts))
+		}
+		parts = append(parts, part)
+		if !part.GetMore() {
+			break
+		}
+	}
+	if len(parts) == 0 {
+		return nil, errors.New("the file is empty")
+	}
+	if _, err := r.ReadByte(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("data after the last part (more = false)")
+	}
+	resp, err := Merge(parts...)
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
