@@ -43,6 +43,7 @@ package decision
 import (
 	"crypto/x509"
 	"net/http"
+	"sync"
 	"time"
 
 	"guestlist.dev/edge/policy"
@@ -212,6 +213,10 @@ func (h *Hostname) decideWithoutCert() (Decision, bool) {
 	return Decision{}, false
 }
 
+// inputPool recycles the policy inputs of decide: scratch space, never shared between calls, so
+// it carries nothing from one decision to the next.
+var inputPool = sync.Pool{New: func() any { return new(policy.Input) }}
+
 // decide applies the policy (or the no-policy rule) to a verification done for h.
 func (h *Hostname) decide(v *Verification, req *Request) Decision {
 	d := Decision{Cert: v.cert, Chain: v.chain}
@@ -221,11 +226,14 @@ func (h *Hostname) decide(v *Verification, req *Request) Decision {
 	case h.program == nil:
 		d.Verdict, d.Reason = Deny, v.reason
 	default:
-		in := &policy.Input{Cert: v.input, Request: policy.RequestInput{Host: h.name}}
+		in := inputPool.Get().(*policy.Input)
+		*in = policy.Input{Cert: v.input, Request: policy.RequestInput{Host: h.name}}
 		if req != nil {
 			in.Request.Method, in.Request.Path, in.Request.Headers = req.Method, req.Path, req.Header
 		}
 		matched, i, action, err := h.program.Evaluate(in)
+		*in = policy.Input{} // Evaluate retains nothing; drop the references before pooling
+		inputPool.Put(in)
 		switch {
 		case err != nil:
 			d.Verdict, d.Reason, d.Rule = Deny, ReasonPolicyError, h.program.Rule(i).Name
