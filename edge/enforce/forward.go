@@ -54,16 +54,21 @@ func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
 // origin forwards to one origin URL.
 type origin struct {
-	proxy *httputil.ReverseProxy
-	err   error // the origin URL is unusable
+	s     *Server
+	proxy *httputil.ReverseProxy // requests with bodies, upgrades; all with Config.Transport
+	lean  *leanPool              // requests without a body; nil with Config.Transport
+	err   error                  // the origin URL is unusable
 }
 
 func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if o.err != nil {
+	switch {
+	case o.err != nil:
 		badGateway(w)
-		return
+	case o.lean != nil && leanEligible(r):
+		o.s.serveLean(o.lean, w, r)
+	default:
+		o.proxy.ServeHTTP(w, r)
 	}
-	o.proxy.ServeHTTP(w, r)
 }
 
 // origin returns the proxy for origin URL raw.
@@ -96,7 +101,7 @@ func (s *Server) newOrigin(raw string) *origin {
 	if err != nil {
 		err = fmt.Errorf("enforce: origin URL %q: %w", raw, err)
 		s.logger.Error("unusable origin", "origin_url", raw, "error", err)
-		return &origin{err: err}
+		return &origin{s: s, err: err}
 	}
 	target.Fragment, target.RawFragment = "", ""
 	logger := s.logger
@@ -125,7 +130,35 @@ func (s *Server) newOrigin(raw string) *origin {
 			badGateway(w)
 		},
 	}
-	return &origin{proxy: rp}
+	o := &origin{s: s, proxy: rp}
+	if s.cfg.Transport == nil {
+		o.lean = newLeanPool(target)
+	}
+	return o
+}
+
+// sweepOrigins closes idle origin connections past their idle timeout every interval until ctx
+// is done, then closes all idle origin connections.
+func (s *Server) sweepOrigins(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	each := func(f func(*leanPool)) {
+		s.origins.Range(func(_, v any) bool {
+			if o := v.(*origin); o.lean != nil {
+				f(o.lean)
+			}
+			return true
+		})
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			each((*leanPool).closeIdle)
+			return
+		case <-t.C:
+			each((*leanPool).sweep)
+		}
+	}
 }
 
 func badGateway(w http.ResponseWriter) {

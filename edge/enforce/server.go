@@ -44,10 +44,16 @@
 //
 // # Forwarding
 //
-// See [Server] for the headers the origin receives. Forwarding uses httputil.ReverseProxy (Rewrite
-// hook, shared buffer pool) over one tuned http.Transport shared by all origins: HTTP/1.1 to the
-// origin with keep-alive (1024 idle connections per origin), no compression, 64 KiB buffers,
-// streaming bodies and trailers. Origin errors are 502.
+// See [Server] for the headers the origin receives. Requests without a body (the bulk of API
+// traffic) go through a lean HTTP/1.1 proxy with its own keep-alive pool per origin (up to 1024
+// idle connections, closed after 90 s idle): the request is written straight to a pooled
+// connection and the response copied back, without http.Transport's per-request goroutine
+// hand-offs or httputil.ReverseProxy's request cloning (see lean.go for what it guarantees:
+// hop-by-hop headers, streaming, trailers, cancellation, one retry of idempotent requests on a
+// stale pooled connection). Requests with a body, Expect: 100-continue or Upgrade go through
+// httputil.ReverseProxy (Rewrite hook, shared buffer pool) over a tuned http.Transport (HTTP/1.1,
+// keep-alive, no compression, 64 KiB buffers). Origin errors are 502; an origin failing after its
+// response header was sent aborts the client's request.
 package enforce
 
 import (
@@ -90,8 +96,9 @@ type Config struct {
 	Now func() time.Time
 	// ShutdownTimeout bounds the graceful shutdown of Serve; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
-	// Transport forwards to origins; nil means a transport tuned for the edge (see package
-	// documentation). Tests and benchmarks may pass their own.
+	// Transport, when set, forwards every request with httputil.ReverseProxy over it (no lean
+	// proxy); nil means the lean proxy plus a transport tuned for the edge (see the package
+	// documentation).
 	Transport http.RoundTripper
 }
 
@@ -213,6 +220,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(s.ln, "", "") }()
+	sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(ctx))
+	sweepDone := make(chan struct{})
+	go func() { defer close(sweepDone); s.sweepOrigins(sweepCtx, 30*time.Second) }()
+	defer func() { stopSweep(); <-sweepDone }()
 	s.logger.Info("edge listening", "addr", s.ln.Addr().String(), "edge_id", s.edgeID)
 	select {
 	case err := <-errc:

@@ -1,0 +1,317 @@
+package enforce
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"testing"
+	"time"
+
+	"guestlist.dev/edge/configset"
+	"guestlist.dev/edge/decisionlog"
+	"guestlist.dev/edge/pkitest"
+	"guestlist.dev/edge/servercert"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// The benchmarks compare the edge with a plain crypto/tls + net/http server that has one static
+// configuration (the same server certificate, the client CA as ClientCAs with
+// RequireAndVerifyClientCert) and proxies to the same trivial origin with a tuned
+// httputil.ReverseProxy over the same transport. Client, servers and origin share the machine.
+//
+//	go test -run XXX -bench . -benchtime 5s guestlist.dev/edge/enforce
+
+const benchHost = "bench.example.com"
+
+type benchSetup struct {
+	edgeAddr, plainAddr string
+	client              tls.Certificate
+	roots               *x509.CertPool
+}
+
+// trivialOrigin answers "ok".
+func trivialOrigin(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = []string{"text/plain"}
+		_, _ = io.WriteString(w, "ok\n")
+	})}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+func setupBench(b *testing.B) *benchSetup {
+	b.Helper()
+	origin := trivialOrigin(b)
+	clientCA := pkitest.NewCA(b, "Bench Root")
+	leaf := clientCA.Client(b, "bench-device")
+	edgeCA, err := servercert.LoadOrCreateCA(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// The edge.
+	store := configset.NewStore()
+	h := &configv1.HostnameConfig{
+		Hostname: benchHost, TenantId: "bench", Active: true, OriginUrl: origin, Version: 1,
+		Mode: configv1.MtlsMode_MTLS_MODE_ENFORCE,
+		CertificateAuthorities: []*configv1.TrustedCertificateAuthority{
+			{CertificateAuthorityId: "ca", CertificateDer: clientCA.Cert.Raw},
+		},
+	}
+	if err := store.Apply(&configv1.WatchResponse{Position: 1, Snapshot: true, Upserts: []*configv1.HostnameConfig{h}}); err != nil {
+		b.Fatal(err)
+	}
+	dlog := decisionlog.New(io.Discard)
+	edge, err := New(Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Log: dlog, EdgeID: "bench", Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- edge.Serve(ctx) }()
+	b.Cleanup(func() { cancel(); <-done; dlog.Close() })
+
+	// The plain server: one static configuration, same certificates, tuned ReverseProxy.
+	serverCert, err := edgeCA.GetCertificate(benchHost)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(clientCA.Cert)
+	target, _ := url.Parse(origin)
+	var bufs bufferPool
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+		},
+		Transport:  NewTransport(),
+		BufferPool: &bufs,
+	}
+	plain := &http.Server{
+		Handler: rp,
+		TLSConfig: &tls.Config{
+			Certificates: []tls.Certificate{*serverCert},
+			ClientAuth:   tls.RequireAndVerifyClientCert,
+			ClientCAs:    pool,
+			MinVersion:   tls.VersionTLS12,
+		},
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go plain.ServeTLS(pln, "", "")
+	b.Cleanup(func() { plain.Close() })
+
+	return &benchSetup{
+		edgeAddr:  edge.Addr().String(),
+		plainAddr: pln.Addr().String(),
+		client:    tls.Certificate{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert},
+		roots:     edgeCA.Pool(),
+	}
+}
+
+func (s *benchSetup) tlsConfig() *tls.Config {
+	return &tls.Config{
+		ServerName:   benchHost,
+		RootCAs:      s.roots,
+		Certificates: []tls.Certificate{s.client},
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{"http/1.1"},
+	}
+}
+
+var benchRequest = []byte("GET /ping HTTP/1.1\r\nHost: " + benchHost + "\r\nConnection: close\r\n\r\n")
+
+// oneShot opens a connection (full TLS 1.3 handshake with a client certificate), sends one
+// request, reads the response and closes.
+func oneShot(addr string, cfg *tls.Config) error {
+	conn, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.Write(benchRequest); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// BenchmarkHandshake: full mTLS handshakes per second (new connection, TLS 1.3, ECDSA P-256
+// certificates on both sides, one request each, no session resumption).
+func BenchmarkHandshake(b *testing.B) {
+	s := setupBench(b)
+	for _, target := range []struct{ name, addr string }{{"Plain", s.plainAddr}, {"Edge", s.edgeAddr}} {
+		b.Run(target.name, func(b *testing.B) {
+			cfg := s.tlsConfig()
+			if err := oneShot(target.addr, cfg); err != nil {
+				b.Fatal(err)
+			}
+			b.SetParallelism(4)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := oneShot(target.addr, cfg); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handshakes/s")
+		})
+	}
+}
+
+// BenchmarkKeepAlive: requests per second over keep-alive connections (HTTP/1.1, 8 per CPU),
+// through the edge or the plain proxy to the trivial origin.
+func BenchmarkKeepAlive(b *testing.B) {
+	s := setupBench(b)
+	for _, target := range []struct{ name, addr string }{{"Plain", s.plainAddr}, {"Edge", s.edgeAddr}} {
+		b.Run(target.name, func(b *testing.B) {
+			addr := target.addr
+			tr := &http.Transport{
+				DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, network, addr)
+				},
+				TLSClientConfig:     s.tlsConfig(),
+				MaxIdleConnsPerHost: 256,
+				DisableCompression:  true,
+				TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{},
+			}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr}
+			get := func() error {
+				resp, err := client.Get("https://" + benchHost + "/ping")
+				if err != nil {
+					return err
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					return fmt.Errorf("status %d", resp.StatusCode)
+				}
+				return nil
+			}
+			if err := get(); err != nil {
+				b.Fatal(err)
+			}
+			b.SetParallelism(8)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := get(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+		})
+	}
+}
+
+// rate runs fn on workers goroutines for d and returns completions per second.
+func rate(b *testing.B, d time.Duration, workers int, fn func() error) float64 {
+	deadline := time.Now().Add(d)
+	counts := make(chan int, workers)
+	start := time.Now()
+	for range workers {
+		go func() {
+			n := 0
+			for time.Now().Before(deadline) {
+				if err := fn(); err != nil {
+					b.Error(err)
+					break
+				}
+				n++
+			}
+			counts <- n
+		}()
+	}
+	total := 0
+	for range workers {
+		total += <-counts
+	}
+	return float64(total) / time.Since(start).Seconds()
+}
+
+// compare measures edge and plain in alternating rounds (so that load from other processes on
+// the machine affects both alike) and reports both rates and their ratio.
+func compare(b *testing.B, unit string, workers int, edge, plain func() error) {
+	const rounds, slice = 10, 300 * time.Millisecond
+	for b.Loop() {
+		var e, p float64
+		for range rounds {
+			p += rate(b, slice, workers, plain) / rounds
+			e += rate(b, slice, workers, edge) / rounds
+		}
+		b.ReportMetric(e, "edge-"+unit)
+		b.ReportMetric(p, "plain-"+unit)
+		b.ReportMetric(e/p, "edge/plain")
+	}
+}
+
+// BenchmarkCompareHandshake is BenchmarkHandshake, edge and plain in alternating rounds.
+func BenchmarkCompareHandshake(b *testing.B) {
+	s := setupBench(b)
+	cfg := s.tlsConfig()
+	compare(b, "handshakes/s", 4,
+		func() error { return oneShot(s.edgeAddr, cfg) },
+		func() error { return oneShot(s.plainAddr, cfg) })
+}
+
+// BenchmarkCompareKeepAlive is BenchmarkKeepAlive, edge and plain in alternating rounds.
+func BenchmarkCompareKeepAlive(b *testing.B) {
+	s := setupBench(b)
+	get := func(addr string) func() error {
+		tr := &http.Transport{
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, addr)
+			},
+			TLSClientConfig:     s.tlsConfig(),
+			MaxIdleConnsPerHost: 256,
+			DisableCompression:  true,
+			TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{},
+		}
+		b.Cleanup(tr.CloseIdleConnections)
+		client := &http.Client{Transport: tr}
+		return func() error {
+			resp, err := client.Get("https://" + benchHost + "/ping")
+			if err != nil {
+				return err
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				return fmt.Errorf("status %d", resp.StatusCode)
+			}
+			return nil
+		}
+	}
+	compare(b, "req/s", 16, get(s.edgeAddr), get(s.plainAddr))
+}
