@@ -161,9 +161,10 @@ func (p *leanPool) closeIdle() {
 	}
 }
 
-// leanEligible reports whether the lean proxy forwards r: no body, no Expect, no Upgrade.
+// leanEligible reports whether the lean proxy forwards r: no body, no Expect, no Upgrade. (An
+// HTTP/2 request always has a Body; ContentLength is 0 when its stream ended with the headers.)
 func leanEligible(r *http.Request) bool {
-	if r.ContentLength != 0 || (r.Body != nil && r.Body != http.NoBody) {
+	if r.ContentLength != 0 || (r.Body != nil && r.Body != http.NoBody && r.ProtoMajor < 2) {
 		return false
 	}
 	if r.Method == http.MethodConnect {

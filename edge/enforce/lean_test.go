@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -80,6 +81,12 @@ func TestLeanHopByHopHeaders(t *testing.T) {
 }
 
 func TestLeanStreamingAndTrailers(t *testing.T) {
+	for _, proto := range []string{"http1", "h2"} {
+		t.Run(proto, func(t *testing.T) { testLeanStreamingAndTrailers(t, proto == "h2") })
+	}
+}
+
+func testLeanStreamingAndTrailers(t *testing.T, h2 bool) {
 	release := make(chan struct{})
 	origin := originFunc(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Trailer", "X-Checksum")
@@ -90,12 +97,17 @@ func TestLeanStreamingAndTrailers(t *testing.T) {
 		w.Header().Set("X-Checksum", "abc")
 	})
 	e, c := leanEnv(t, origin)
-	_ = e
+	if h2 {
+		c = e.client(withH2())
+	}
 	resp, err := c.Get("https://" + hostA + "/stream")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if h2 != (resp.ProtoMajor == 2) {
+		t.Fatalf("protocol %s", resp.Proto)
+	}
 	br := bufio.NewReader(resp.Body)
 	line, err := br.ReadString('\n')
 	if err != nil || line != "first\n" {
@@ -268,6 +280,39 @@ func TestLeanMTLSHeadersWithFallbackBody(t *testing.T) {
 	for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 		if a, b := get.originHeader(k), put.originHeader(k); a != b || a == "" {
 			t.Errorf("%s: GET %q, PUT %q", k, a, b)
+		}
+	}
+}
+
+func TestLeanEligible(t *testing.T) {
+	mk := func(method string, body io.Reader, major int, cl int64, hdr ...string) *http.Request {
+		r := httptest.NewRequest(method, "https://a.example.com/", body)
+		r.ProtoMajor = major
+		r.ContentLength = cl
+		if body == nil && major == 2 {
+			r.Body = io.NopCloser(strings.NewReader("")) // HTTP/2 requests always have a Body
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			r.Header.Set(hdr[i], hdr[i+1])
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		name string
+		r    *http.Request
+		want bool
+	}{
+		{"GET", mk("GET", nil, 1, 0), true},
+		{"GET h2", mk("GET", nil, 2, 0), true},
+		{"POST body", mk("POST", strings.NewReader("x"), 1, 1), false},
+		{"h2 body unknown length", mk("POST", nil, 2, -1), false},
+		{"chunked", mk("POST", strings.NewReader("x"), 1, -1), false},
+		{"upgrade", mk("GET", nil, 1, 0, "Upgrade", "websocket", "Connection", "Upgrade"), false},
+		{"expect", mk("GET", nil, 1, 0, "Expect", "100-continue"), false},
+		{"CONNECT", mk("CONNECT", nil, 1, 0), false},
+	} {
+		if got := leanEligible(tc.r); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
