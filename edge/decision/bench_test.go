@@ -3,6 +3,7 @@ package decision
 import (
 	"crypto/x509"
 	"net/http"
+	"runtime"
 	"testing"
 	"time"
 
@@ -97,4 +98,32 @@ func BenchmarkDecideUntrusted(b *testing.B) {
 			b.Fatal(d)
 		}
 	}
+}
+
+// BenchmarkPrepare prepares a hostname with one CA, a revocation and the five-rule policy, without
+// a cache (every CA parsed and every rule compiled again), and with a warm cache.
+func BenchmarkPrepare(b *testing.B) {
+	h, _, _ := benchSetup(b)
+	b.Run("uncached", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := Prepare(h.Config); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("cached", func(b *testing.B) {
+		c := NewCache()
+		keep, err := c.Prepare(h.Config)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := c.Prepare(h.Config); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.KeepAlive(keep)
+	})
 }
