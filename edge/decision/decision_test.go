@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -414,4 +415,36 @@ func TestCacheShares(t *testing.T) {
 			t.Fatal("no error")
 		}
 	}
+}
+
+func TestCacheForgetsUnusedEntries(t *testing.T) {
+	p := getPKI(t)
+	c := NewCache()
+	cfg := hostnameConfig(p)
+	withPolicy(rule("r", allow, "cert.verified"))(cfg)
+	func() {
+		h, err := c.Prepare(cfg)
+		if err != nil || h == nil {
+			t.Fatal(err)
+		}
+	}()
+	size := func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.trusts) + len(c.programs)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for size() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cache still holds %d entries after the hostname became unreachable", size())
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A new hostname with the same content is prepared again.
+	h, err := c.Prepare(cfg)
+	if err != nil || size() != 2 {
+		t.Fatalf("Prepare after eviction: %v, %d entries", err, size())
+	}
+	runtime.KeepAlive(h)
 }

@@ -66,7 +66,9 @@ func (h *Hostname) VerifyClient(peer []*x509.Certificate, now time.Time) *Verifi
 // reject_in_handshake: it returns the verified chain (leaf first) and reason
 // [ReasonCertificateVerified] with a nil error, or a nil chain, the failure reason and a
 // *[CertificateError]. In mode OFF no certificate is asked for and it returns nil,
-// [ReasonMTLSOff], nil. On a nil Hostname it returns [ReasonHostnameUnknown] and an error.
+// [ReasonMTLSOff], nil. On a nil Hostname it returns [ReasonHostnameUnknown] and an error. It
+// does not look at whether the hostname is active (the edge fails the handshake of an inactive
+// hostname before).
 func (h *Hostname) Verify(peer []*x509.Certificate, now time.Time) (chain []*x509.Certificate, reason string, err error) {
 	v := h.verify(peer, now)
 	return v.chain, v.reason, v.err
