@@ -9,14 +9,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
 	"guestlist.dev/services/api/server"
 	"guestlist.dev/services/auth"
-	"guestlist.dev/services/controlplane"
-	"guestlist.dev/services/eventstore/boltstore"
 	"guestlist.dev/services/telemetry"
 )
 
@@ -45,52 +44,45 @@ type devConfig struct {
 // tests can stand in for it.
 var runControlPlane = serveControlPlane
 
-// controlPlane is what the API server needs from the control plane.
+// controlPlane is what "guestlist dev" serves beside the API server: the control plane's services
+// and the roles that run next to them.
 type controlPlane struct {
 	// Authenticator checks the API's bearer tokens (the admin token among them).
 	Authenticator auth.Authenticator
-	// Services are the gRPC services and REST bindings of guestlist.v1.
+	// Services are the gRPC services and REST bindings of guestlist.v1 (and the edges' ConfigService).
 	Services []server.Service
-	// Ready reports whether the control plane can serve (nil = always ready).
+	// Ready reports whether every role can serve (nil = always ready).
 	Ready func(context.Context) error
-	// Close releases the control plane and its event store (nil = nothing to release).
+	// Roles run beside the API until ctx is done; grpcAddr is the API's gRPC address (where the
+	// in-process edge watches its configuration).
+	Roles []func(ctx context.Context, grpcAddr net.Addr) error
+	// Banner lines describe the roles for the startup banner.
+	Banner []bannerLine
+	// Close releases everything opened (nil = nothing to release).
 	Close func() error
 }
 
-// openControlPlane opens the embedded event store in cfg.DataDir and the control plane on it.
-func openControlPlane(ctx context.Context, cfg devConfig) (*controlPlane, error) {
-	store, err := boltstore.Open(filepath.Join(cfg.DataDir, "events.db"))
-	if err != nil {
-		return nil, fmt.Errorf("open the event store: %w", err)
-	}
-	cp, err := controlplane.New(controlplane.Config{Store: store, AdminToken: cfg.AdminToken, Logger: cfg.Logger})
-	if err != nil {
-		return nil, errors.Join(err, store.Close())
-	}
-	if err := cp.Ready(ctx); err != nil {
-		return nil, errors.Join(err, store.Close())
-	}
-	return &controlPlane{Authenticator: cp.Authenticator(), Services: cp.Services(), Ready: cp.Ready, Close: store.Close}, nil
-}
+// bannerLine is one "name  value" line of the startup banner.
+type bannerLine struct{ name, value string }
 
-// serveControlPlane opens the control plane and serves its API until ctx is done.
+// serveControlPlane opens everything "guestlist dev" runs and serves it until ctx is done.
 func serveControlPlane(ctx context.Context, cfg devConfig) error {
-	cp, err := openControlPlane(ctx, cfg)
+	cp, err := openDev(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("open the control plane: %w", err)
+		return fmt.Errorf("open: %w", err)
 	}
 	if cp.Close != nil {
 		defer func() {
 			if err := cp.Close(); err != nil {
-				cfg.Logger.Error("close the control plane", "error", err)
+				cfg.Logger.Error("close", "error", err)
 			}
 		}()
 	}
 	return serveAPI(ctx, cfg, cp)
 }
 
-// serveAPI serves cp's API on cfg's gRPC and HTTP addresses until ctx is done, printing the
-// startup banner once both listen.
+// serveAPI serves cp's API on cfg's gRPC and HTTP addresses and runs cp's roles until ctx is done,
+// printing the startup banner once everything listens. The first role to fail stops everything.
 func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
 	srv, err := server.New(server.Config{
 		GRPCAddr:       cfg.GRPCAddr,
@@ -104,20 +96,41 @@ func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
 	if err != nil {
 		return fmt.Errorf("start the API: %w", err)
 	}
-	printBanner(cfg.Stdout, cfg, srv.GRPCAddr(), srv.HTTPAddr())
-	if err := srv.Serve(ctx); err != nil {
-		return fmt.Errorf("serve the API: %w", err)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for _, role := range cp.Roles {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := role(ctx, srv.GRPCAddr()); err != nil && ctx.Err() == nil {
+				cancel(err)
+			}
+		}()
+	}
+	printBanner(cfg.Stdout, cfg, srv.GRPCAddr(), srv.HTTPAddr(), cp.Banner...)
+	serveErr := srv.Serve(ctx)
+	cancel(nil)
+	wg.Wait()
+	if serveErr != nil {
+		return fmt.Errorf("serve the API: %w", serveErr)
+	}
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
 	}
 	return nil
 }
 
 // printBanner writes the short startup block: where everything listens and the admin token.
-func printBanner(w io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr) {
+func printBanner(w io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extra ...bannerLine) {
 	api := "http://" + httpAddr.String()
 	tokenFile := filepath.Join(cfg.DataDir, adminTokenFile)
 	fmt.Fprintf(w, "\nguestlist dev %s is running\n", cfg.Version)
 	fmt.Fprintf(w, "  gRPC API     %s  (server reflection, grpc.health.v1)\n", grpcAddr)
 	fmt.Fprintf(w, "  REST API     %s  (%s/openapi.json, /healthz, /readyz)\n", api, api)
+	for _, l := range extra {
+		fmt.Fprintf(w, "  %-12s %s\n", l.name, l.value)
+	}
 	fmt.Fprintf(w, "  data dir     %s\n", cfg.DataDir)
 	switch cfg.TokenSource {
 	case tokenGenerated:

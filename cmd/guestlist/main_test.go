@@ -284,7 +284,7 @@ func TestDevServesAndRestarts(t *testing.T) {
 	start := func() (base string, stop func()) {
 		out := &lockedBuffer{}
 		cfg := devConfig{
-			DataDir: dir, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdminToken: token, TokenSource: tokenFromFlag,
+			DataDir: dir, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", EdgeAddr: "127.0.0.1:0", OriginAddr: "127.0.0.1:0", AdminToken: token, TokenSource: tokenFromFlag,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Stdout: out,
 		}
 		ctx, cancel := context.WithCancel(context.Background())
