@@ -14,6 +14,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"guestlist.dev/edge/configset"
 	"guestlist.dev/services/api/server"
 	"guestlist.dev/services/auth"
 	"guestlist.dev/services/telemetry"
@@ -60,6 +61,8 @@ type controlPlane struct {
 	Banner []bannerLine
 	// Close releases everything opened (nil = nothing to release).
 	Close func() error
+	// edgeConfigs is the in-process edge's configuration set (for tests and benchmarks).
+	edgeConfigs *configset.Store
 }
 
 // bannerLine is one "name  value" line of the startup banner.

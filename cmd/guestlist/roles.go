@@ -165,7 +165,8 @@ func openDev(ctx context.Context, cfg devConfig) (_ *controlPlane, err error) {
 			{originHint, "http://" + originLn.Addr().String()},
 			{decisionLogHint, logPath},
 		},
-		Close: closeAll,
+		Close:       closeAll,
+		edgeConfigs: configs,
 	}, nil
 }
 

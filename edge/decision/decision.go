@@ -97,7 +97,8 @@ const (
 	ReasonRuleAllow = "rule_allow"
 	// ReasonRuleDeny: a policy rule with action DENY matched. Decision.Rule names it.
 	ReasonRuleDeny = "rule_deny"
-	// ReasonNoRuleMatched: the hostname has a policy and none of its rules matched. Deny.
+	// ReasonNoRuleMatched: the hostname has a policy, the certificate is verified, and none of the
+	// rules matched. Deny. (With an unverified certificate, the certificate's reason is given.)
 	ReasonNoRuleMatched = "no_rule_matched"
 	// ReasonPolicyError: evaluating a rule failed (e.g. a header that was not sent was indexed).
 	// Decision.Rule names the rule. Deny.
@@ -237,6 +238,9 @@ func (h *Hostname) decide(v *Verification, req *Request) Decision {
 		switch {
 		case err != nil:
 			d.Verdict, d.Reason, d.Rule = Deny, ReasonPolicyError, h.program.Rule(i).Name
+		case !matched && !v.Verified():
+			// Say why the certificate was not good enough rather than that no rule matched.
+			d.Verdict, d.Reason = Deny, v.reason
 		case !matched:
 			d.Verdict, d.Reason = Deny, ReasonNoRuleMatched
 		case action == policy.Allow:

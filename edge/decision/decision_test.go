@@ -79,13 +79,13 @@ func decideCases(p *testPKI) []decideCase {
 		{name: "ok/policy by path and header", cfg: fns(withPolicy(rule("prod", allow, `request.path == "/x" && request.headers[?"x-env"].orValue("") == "prod" && request.host == "pay.example.com" && request.method == "GET"`))), peer: chain(p.leaf), req: get("/x", "X-Env", "prod"), verdict: Allow, reason: ReasonRuleAllow, rule: "prod", verified: true, chainLen: 2},
 		{name: "ok/policy sees identity of verified certificate", cfg: fns(withPolicy(rule("id", allow, `cert.subject.common_name == "device-1" && cert.issuer.common_name == "Acme Device CA" && cert.serial_number == "1001" && cert.fingerprint_sha256.size() == 64 && "spiffe://acme/device-1" in cert.uris && cert.not_after > cert.not_before && cert.error == ""`))), peer: chain(p.leaf), verdict: Allow, reason: ReasonRuleAllow, rule: "id", verified: true, chainLen: 2},
 		{name: "fail/policy error", cfg: fns(withPolicy(rule("needs-header", allow, `request.headers["x-env"] == "prod"`), rule("all", allow, "true"))), peer: chain(p.leaf), req: get("/"), verdict: Deny, reason: ReasonPolicyError, rule: "needs-header", verified: true, chainLen: 2},
-		{name: "fail/policy on unverified certificate", cfg: fns(ouRules), peer: chain(p.expired), req: get("/api"), verdict: Deny, reason: ReasonNoRuleMatched},
-		{name: "fail/forged OU on self-signed certificate", cfg: fns(withPolicy(rule("ops", allow, `"ops" in cert.subject.organizational_unit || cert.subject.common_name == "mallory"`))), peer: chain(p.forged), req: get("/admin/"), verdict: Deny, reason: ReasonNoRuleMatched},
+		{name: "fail/policy on unverified certificate", cfg: fns(ouRules), peer: chain(p.expired), req: get("/api"), verdict: Deny, reason: ReasonCertificateExpired},
+		{name: "fail/forged OU on self-signed certificate", cfg: fns(withPolicy(rule("ops", allow, `"ops" in cert.subject.organizational_unit || cert.subject.common_name == "mallory"`))), peer: chain(p.forged), req: get("/admin/"), verdict: Deny, reason: ReasonCertificateUntrusted},
 		{name: "fail/forged OU with another CA", cfg: fns(ouRules), peer: chain(p.otherLeaf), req: get("/admin/users"), verdict: Deny, reason: ReasonRuleDeny, rule: "no-admin"},
 		{name: "fail/unverified sees no identity", cfg: fns(withPolicy(rule("empty", deny, `cert.presented && !cert.verified && cert.error == "certificate_untrusted" && cert.subject.common_name == "" && cert.fingerprint_sha256 == "" && cert.serial_number == "" && size(cert.subject.organizational_unit) == 0 && cert.not_after == timestamp("0001-01-01T00:00:00Z")`))), peer: chain(p.forged), verdict: Deny, reason: ReasonRuleDeny, rule: "empty"},
 		{name: "ok/health rule without certificate", cfg: fns(healthRules), req: get("/healthz"), verdict: Allow, reason: ReasonRuleAllow, rule: "health"},
-		{name: "fail/health rule needs no certificate", cfg: fns(healthRules), peer: chain(p.forged), req: get("/healthz"), verdict: Deny, reason: ReasonNoRuleMatched},
-		{name: "fail/health rule other path", cfg: fns(healthRules), req: get("/api"), verdict: Deny, reason: ReasonNoRuleMatched},
+		{name: "fail/health rule needs no certificate", cfg: fns(healthRules), peer: chain(p.forged), req: get("/healthz"), verdict: Deny, reason: ReasonCertificateUntrusted},
+		{name: "fail/health rule other path", cfg: fns(healthRules), req: get("/api"), verdict: Deny, reason: ReasonCertificateMissing},
 		{name: "ok/health rule verified", cfg: fns(healthRules), peer: chain(p.leaf), req: get("/api"), verdict: Allow, reason: ReasonRuleAllow, rule: "verified", verified: true, chainLen: 2},
 		{name: "ok/nil request", cfg: fns(healthRules), peer: chain(p.leaf), verdict: Allow, reason: ReasonRuleAllow, rule: "verified", verified: true, chainLen: 2},
 
@@ -359,10 +359,10 @@ func TestNeverPanics(t *testing.T) {
 	for i, peer := range peers {
 		for _, req := range []*Request{nil, {}, get("/")} {
 			d := Decide(h, peer, req, time.Now())
-			if i < 4 && (d.Reason != ReasonNoRuleMatched || d.Cert.Presented) {
+			if i < 4 && (d.Reason != ReasonCertificateMissing || d.Cert.Presented) {
 				t.Errorf("peers[%d]: %+v", i, d)
 			}
-			if i >= 4 && i <= 6 && (d.Reason != ReasonNoRuleMatched || d.Cert.Error != ReasonCertificateUntrusted) {
+			if i >= 4 && i <= 6 && (d.Reason != ReasonCertificateUntrusted || d.Cert.Error != ReasonCertificateUntrusted) {
 				t.Errorf("peers[%d]: %+v", i, d)
 			}
 			if i >= 7 && d.Verdict != Allow {
