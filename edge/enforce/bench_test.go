@@ -5,12 +5,19 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,6 +41,8 @@ type benchSetup struct {
 	edgeAddr, plainAddr string
 	client              tls.Certificate
 	roots               *x509.CertPool
+	rootPEM             []byte
+	files               []string // client certificate, key and roots for the load generator
 }
 
 // trivialOrigin answers "ok".
@@ -124,6 +133,7 @@ func setupBench(b *testing.B) *benchSetup {
 		plainAddr: pln.Addr().String(),
 		client:    tls.Certificate{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert},
 		roots:     edgeCA.Pool(),
+		rootPEM:   edgeCA.CertificatePEM(),
 	}
 }
 
@@ -236,7 +246,7 @@ func BenchmarkKeepAlive(b *testing.B) {
 }
 
 // rate runs fn on workers goroutines for d and returns completions per second.
-func rate(b *testing.B, d time.Duration, workers int, fn func() error) float64 {
+func rate(b testing.TB, d time.Duration, workers int, fn func() error) float64 {
 	deadline := time.Now().Add(d)
 	counts := make(chan int, workers)
 	start := time.Now()
@@ -315,3 +325,159 @@ func BenchmarkCompareKeepAlive(b *testing.B) {
 	}
 	compare(b, "req/s", 16, get(s.edgeAddr), get(s.plainAddr))
 }
+
+// The ServerCPU benchmarks run the load generator in a child process (this test binary, see
+// TestLoadClient), so that the CPU time this process spends per request is that of the server
+// side alone (edge or plain server, and the origin both share): a machine-independent measure of
+// efficiency, comparable with other servers measured the same way.
+
+const loadClientEnv = "GUESTLIST_BENCH_LOAD_CLIENT"
+
+// TestLoadClient is the child process of the ServerCPU benchmarks; it does nothing in a normal
+// test run.
+func TestLoadClient(t *testing.T) {
+	if os.Getenv(loadClientEnv) == "" {
+		t.Skip("only run as the load generator of the ServerCPU benchmarks")
+	}
+	get := func(k string) string { return os.Getenv("GUESTLIST_BENCH_" + k) }
+	cert, err := tls.LoadX509KeyPair(get("CERT"), get("KEY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootPEM, err := os.ReadFile(get("ROOTS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(rootPEM)
+	s := &benchSetup{client: cert, roots: roots}
+	d, _ := time.ParseDuration(get("DURATION"))
+	workers, _ := strconv.Atoi(get("WORKERS"))
+	addr := get("ADDR")
+	var fn func() error
+	if get("MODE") == "handshake" {
+		cfg := s.tlsConfig()
+		fn = func() error { return oneShot(addr, cfg) }
+	} else {
+		fn = keepAliveGet(s, addr, t.Cleanup)
+	}
+	_ = fn() // warm up
+	r := rate(t, d, workers, fn)
+	fmt.Printf("RATE %f\n", r)
+}
+
+// keepAliveGet returns a function that GETs over keep-alive connections to addr.
+func keepAliveGet(s *benchSetup, addr string, cleanup func(func())) func() error {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+		TLSClientConfig:     s.tlsConfig(),
+		MaxIdleConnsPerHost: 256,
+		DisableCompression:  true,
+		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}
+	cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr}
+	return func() error {
+		resp, err := client.Get("https://" + benchHost + "/ping")
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// external runs the load generator against addr for d and returns its rate and the CPU time
+// this process spent per operation meanwhile.
+func (s *benchSetup) external(b *testing.B, mode, addr string, d time.Duration, workers int) (rate float64, cpuPerOp time.Duration) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLoadClient$", "-test.count=1")
+	cmd.Env = append(os.Environ(), loadClientEnv+"=1",
+		"GUESTLIST_BENCH_CERT="+s.files[0], "GUESTLIST_BENCH_KEY="+s.files[1], "GUESTLIST_BENCH_ROOTS="+s.files[2],
+		"GUESTLIST_BENCH_DURATION="+d.String(), "GUESTLIST_BENCH_WORKERS="+strconv.Itoa(workers),
+		"GUESTLIST_BENCH_ADDR="+addr, "GUESTLIST_BENCH_MODE="+mode)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	before := processCPU()
+	out, _ := io.ReadAll(stdout)
+	after := processCPU()
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("load generator: %v: %s", err, out)
+	}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "RATE "); ok {
+			rate, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if rate == 0 {
+		b.Fatalf("load generator output: %s", out)
+	}
+	ops := rate * d.Seconds()
+	return rate, time.Duration(float64(after-before) / ops)
+}
+
+// writeClientFiles writes the client certificate, key and the edge CA for the load generator.
+func (s *benchSetup) writeClientFiles(b *testing.B) {
+	dir := b.TempDir()
+	key, err := x509.MarshalPKCS8PrivateKey(s.client.PrivateKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	files := map[string][]byte{
+		"client.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.client.Certificate[0]}),
+		"client.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}),
+		"roots.pem":  s.rootPEM,
+	}
+	for _, name := range []string{"client.pem", "client.key", "roots.pem"} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, files[name], 0o600); err != nil {
+			b.Fatal(err)
+		}
+		s.files = append(s.files, p)
+	}
+}
+
+func serverCPU(b *testing.B, mode, unit string, workers int) {
+	s := setupBench(b)
+	s.writeClientFiles(b)
+	const rounds, slice = 4, time.Second
+	for b.Loop() {
+		var er, pr float64
+		var ec, pc time.Duration
+		for range rounds {
+			r, c := s.external(b, mode, s.plainAddr, slice, workers)
+			pr, pc = pr+r/rounds, pc+c/rounds
+			r, c = s.external(b, mode, s.edgeAddr, slice, workers)
+			er, ec = er+r/rounds, ec+c/rounds
+		}
+		b.ReportMetric(er, "edge-"+unit)
+		b.ReportMetric(pr, "plain-"+unit)
+		b.ReportMetric(float64(ec.Microseconds()), "edge-server-µs/op")
+		b.ReportMetric(float64(pc.Microseconds()), "plain-server-µs/op")
+		b.ReportMetric(float64(pc)/float64(ec), "edge-efficiency")
+	}
+}
+
+// BenchmarkServerCPUHandshake: full mTLS handshakes from a separate process; CPU per handshake
+// on the server side.
+func BenchmarkServerCPUHandshake(b *testing.B) { serverCPU(b, "handshake", "handshakes/s", 4) }
+
+// BenchmarkServerCPUKeepAlive: keep-alive requests from a separate process; CPU per request on
+// the server side.
+func BenchmarkServerCPUKeepAlive(b *testing.B) { serverCPU(b, "keepalive", "req/s", 16) }

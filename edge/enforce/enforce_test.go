@@ -546,6 +546,38 @@ func TestSessionResumptionDoesNotCrossHostnames(t *testing.T) {
 	}
 }
 
+func TestCertlessSessionNotResumedAfterModeChange(t *testing.T) {
+	ca := pkitest.NewCA(t, "A Root")
+	off := host(hostA, "acme", ca)
+	off.Mode = configv1.MtlsMode_MTLS_MODE_OFF
+	e := newEnv(t, off)
+	cache := tls.NewLRUClientSessionCache(4)
+	var resumed []bool
+	c := e.client(withCert(ca.Client(t, "device")), func(c *tls.Config, tr *http.Transport) {
+		c.ClientSessionCache = cache
+		c.VerifyConnection = func(cs tls.ConnectionState) error {
+			resumed = append(resumed, cs.DidResume)
+			return nil
+		}
+		tr.DisableKeepAlives = true
+	})
+	for range 2 {
+		r := e.get(c, "https://"+hostA+"/")
+		expectStatus(t, r, 200)
+		if got := r.originHeader("X-Client-Cert-Present"); got != "false" {
+			t.Errorf("mode OFF: X-Client-Cert-Present %q", got)
+		}
+	}
+	e.change([]*configv1.HostnameConfig{host(hostA, "acme", ca)})
+	r := e.get(c, "https://"+hostA+"/")
+	expectStatus(t, r, 200)
+	r = e.get(c, "https://"+hostA+"/")
+	expectStatus(t, r, 200)
+	if want := []bool{false, true, false, true}; fmt.Sprint(resumed) != fmt.Sprint(want) {
+		t.Errorf("resumed %v, want %v (OFF sessions resume, not after the switch to ENFORCE; then the session with the certificate resumes)", resumed, want)
+	}
+}
+
 func TestResumedSessionIsDecidedOnCurrentConfig(t *testing.T) {
 	ca := pkitest.NewCA(t, "A Root")
 	other := pkitest.NewCA(t, "A New Root")

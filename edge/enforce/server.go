@@ -37,7 +37,9 @@
 // they were issued for: the server writes the SNI hostname into every ticket (WrapSession) and
 // refuses to resume a ticket under another server name (UnwrapSession), so a session established
 // with hostname A is never resumed on hostname B, which gets a full handshake with its own
-// CertificateRequest. Independently of that, a resumed session carries the client certificate of
+// CertificateRequest. A ticket also records whether the client presented a certificate; a
+// certless session is not resumed on a hostname that asks for one (its mode went from OFF to
+// ENFORCE or REPORT), so that the client is asked for its certificate. Independently of that, a resumed session carries the client certificate of
 // its original handshake, and every request is decided from that certificate against the CURRENT
 // configuration of the connection's hostname, so a resumed session can never carry an earlier
 // acceptance over: not across hostnames, nor across configuration changes.

@@ -29,8 +29,19 @@ type hostTLS struct {
 	cfg *tls.Config
 }
 
-// ticketTag prefixes the hostname that WrapSession writes into a session ticket's Extra.
+// ticketTag prefixes what WrapSession writes into a session ticket's Extra: the hostname, then
+// "\x00c" when the client presented a certificate in the session's handshake or "\x00n" when not.
 var ticketTag = []byte("guestlist-sni\x00")
+
+// ticketExtra is the Extra entry binding a session to hostname name.
+func ticketExtra(name string, withCert bool) []byte {
+	b := make([]byte, 0, len(ticketTag)+len(name)+2)
+	b = append(append(b, ticketTag...), name...)
+	if withCert {
+		return append(b, 0, 'c')
+	}
+	return append(b, 0, 'n')
+}
 
 // getConfigForClient picks the hostname's TLS configuration by SNI, failing the handshake for a
 // missing, unknown or inactive hostname.
@@ -78,19 +89,25 @@ func (s *Server) newHostTLSConfig(name string, h *decision.Hostname) *tls.Config
 			return c, nil
 		},
 		WrapSession: func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
-			ss.Extra = append(ss.Extra, append(bytes.Clone(ticketTag), name...))
+			ss.Extra = append(ss.Extra, ticketExtra(name, len(cs.PeerCertificates) > 0))
 			return s.baseTLS.EncryptTicket(cs, ss)
 		},
-		UnwrapSession: func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-			ss, err := s.baseTLS.DecryptTicket(identity, cs)
-			if err != nil || ss == nil {
-				return nil, err
-			}
-			if !ticketFor(ss, name) {
-				return nil, nil // issued for another hostname: full handshake
-			}
+	}
+	wantCert := h.Mode() != configv1.MtlsMode_MTLS_MODE_OFF
+	withCert, withoutCert := ticketExtra(name, true), ticketExtra(name, false)
+	cfg.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		ss, err := s.baseTLS.DecryptTicket(identity, cs)
+		if err != nil || ss == nil {
+			return nil, err
+		}
+		// Resume only a session of this hostname, and not a session without a certificate on a
+		// hostname that asks for one (its mode changed from OFF): such a client gets a full
+		// handshake with a CertificateRequest rather than a certless session it cannot fix.
+		switch {
+		case ticketMatches(ss, withCert), ticketMatches(ss, withoutCert) && !wantCert:
 			return ss, nil
-		},
+		}
+		return nil, nil
 	}
 	if h.Mode() == configv1.MtlsMode_MTLS_MODE_OFF {
 		cfg.ClientAuth = tls.NoClientCert
@@ -106,11 +123,12 @@ func (s *Server) newHostTLSConfig(name string, h *decision.Hostname) *tls.Config
 	return cfg
 }
 
-// ticketFor reports whether a session ticket was issued for hostname name.
-func ticketFor(ss *tls.SessionState, name string) bool {
+// ticketMatches reports whether a session's binding (its first Extra entry with ticketTag) is
+// want.
+func ticketMatches(ss *tls.SessionState, want []byte) bool {
 	for _, e := range ss.Extra {
 		if bytes.HasPrefix(e, ticketTag) {
-			return string(e[len(ticketTag):]) == name
+			return bytes.Equal(e, want)
 		}
 	}
 	return false
