@@ -3,6 +3,7 @@ package enforce
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -314,5 +315,45 @@ func TestLeanEligible(t *testing.T) {
 		if got := leanEligible(tc.r); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+func TestUpgradeGoesThroughReverseProxy(t *testing.T) {
+	origin := originFunc(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "test" || r.Header.Get("X-Guestlist-Decision") != "allow" {
+			http.Error(w, "no upgrade", 400)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		line, _ := brw.ReadString('\n')
+		brw.WriteString("echo " + line)
+		brw.Flush()
+	})
+	e, _ := leanEnv(t, origin)
+	conn, err := tls.Dial("tcp", e.addr, &tls.Config{ServerName: hostA, RootCAs: e.edgeCA.Pool(), NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: "+hostA+"\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	io.WriteString(conn, "ping\n")
+	line, err := br.ReadString('\n')
+	if err != nil || line != "echo ping\n" {
+		t.Fatalf("got %q, %v", line, err)
 	}
 }
