@@ -22,16 +22,16 @@ type connState struct {
 	hdr atomic.Pointer[certHeaders]
 }
 
-// verification returns a verification of peer for h that holds at now, reusing the connection's
-// last one when it does.
-func (cs *connState) verification(h *decision.Hostname, peer []*x509.Certificate, now time.Time) *decision.Verification {
+// verification returns a verification of peer for h that holds at now: the connection's last
+// one when it holds, else one from the server's cache of recent verifications, else a new one.
+func (s *Server) verification(cs *connState, h *decision.Hostname, peer []*x509.Certificate, now time.Time) *decision.Verification {
 	if cs == nil {
-		return h.VerifyClient(peer, now)
+		return s.verified.verify(h, peer, now)
 	}
 	if v := cs.v.Load(); v != nil && v.Holds(h, now) {
 		return v
 	}
-	v := h.VerifyClient(peer, now)
+	v := s.verified.verify(h, peer, now)
 	cs.v.Store(v)
 	return v
 }
@@ -63,7 +63,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.Mode() == configv1.MtlsMode_MTLS_MODE_OFF {
 		d = decision.Decide(h, nil, &req, now)
 	} else {
-		d = h.DecideVerified(cs.verification(h, r.TLS.PeerCertificates, now), &req, now)
+		d = h.DecideVerified(s.verification(cs, h, r.TLS.PeerCertificates, now), &req, now)
 	}
 	id := decisionlog.NewID(now)
 	s.logDecision(now, id, h, rev, &d, r.Method, path)

@@ -150,6 +150,8 @@ type Server struct {
 	nOrigins  atomic.Int64
 	bufs      bufferPool
 
+	verified verifyCache
+
 	served atomic.Bool
 }
 

@@ -147,7 +147,7 @@ func (s *Server) verifyInHandshake(name string, cs tls.ConnectionState) error {
 	if h.Mode() != configv1.MtlsMode_MTLS_MODE_ENFORCE || !h.Config.GetRejectInHandshake() {
 		return nil // changed meanwhile: the request decides
 	}
-	v := h.VerifyClient(cs.PeerCertificates, now)
+	v := s.verified.verify(h, cs.PeerCertificates, now)
 	if v.Err() == nil {
 		return nil
 	}
