@@ -29,7 +29,9 @@
 // Certificate verification is done once per connection and reused while it holds for the
 // hostname's current configuration and the moment of the request (decision.Verification.Holds);
 // a new configuration of the hostname (new CAs, a revocation) or the certificate reaching its
-// expiry makes the next request verify again.
+// expiry makes the next request verify again. Recent verifications are also shared across
+// connections, keyed by the DER of the chain the client sent (verifycache.go), under the same
+// condition, so that a device reconnecting is not verified again.
 //
 // # Session resumption
 //
