@@ -166,9 +166,10 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 		return nil, apistatus.InvalidArgument(violations...)
 	}
 	md := metadata(ctx, p, requestID)
-	// Cheap check first: a replayed request or a bad reference should not reserve anything.
+	// Cheap check first: a replayed request or a bad reference should not reserve anything. The
+	// command checks all of it again when it is decided.
 	var replay []string
-	err = s.read(ctx, tenantID, func(st *fold.Tenant) error {
+	err = s.peek(ctx, tenantID, func(st *fold.Tenant) error {
 		if err := requireTenant(st); err != nil {
 			return err
 		}

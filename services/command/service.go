@@ -357,3 +357,17 @@ func (s *Service) read(ctx context.Context, tenantID string, fn func(st *fold.Te
 
 // protoMessage is an event payload.
 type protoMessage = proto.Message
+
+// peek runs fn on the tenant's state as this process last saw it, without reading the store, for
+// advisory checks that a command repeats on caught-up state when it is decided. It falls back to
+// read when the tenant is not loaded.
+func (s *Service) peek(ctx context.Context, tenantID string, fn func(st *fold.Tenant) error) error {
+	e := s.entry(tenantID)
+	e.mu.RLock()
+	if e.state != nil && e.state.Exists {
+		defer e.mu.RUnlock()
+		return fn(e.state)
+	}
+	e.mu.RUnlock()
+	return s.read(ctx, tenantID, fn)
+}

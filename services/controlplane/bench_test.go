@@ -49,6 +49,8 @@ func BenchmarkCreateHostnameGRPC(b *testing.B) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "hostnames/s")
+	st := n.store.Stats()
+	b.ReportMetric(float64(st.Appends)/float64(st.Commits), "appends/commit")
 }
 
 // BenchmarkBatchCreateHostnames measures hostnames created per second through BatchCreateHostnames

@@ -103,9 +103,6 @@ func (s *Store) signal() {
 	}
 }
 
-// maxGroupWait bounds how long the committer waits for more appends before a commit.
-const maxGroupWait = time.Millisecond
-
 // commitLoop is the single writer. It commits the queued appends in batches of bounded size, one
 // transaction each, and answers them; it returns when the store is closed and the queue is empty.
 //
@@ -114,7 +111,7 @@ const maxGroupWait = time.Millisecond
 // answered come back a moment after the next commit started without them), so the committer
 // remembers how many writers there were when it last answered (that batch plus those waiting)
 // and, if fewer are queued, waits for the others a little: at most half a commit's duration and
-// maxGroupWait.
+// the WithGroupWait option (zero by default, which turns the wait off).
 func (s *Store) commitLoop() {
 	defer close(s.committerDone)
 	var (
@@ -138,7 +135,7 @@ func (s *Store) commitLoop() {
 			}
 			return
 		}
-		if wait := min(commitTime/2, maxGroupWait); len(s.queue) < target && !s.closed && wait > 0 {
+		if wait := min(commitTime/2, s.opts.groupWait); len(s.queue) < target && !s.closed && wait > 0 {
 			timer.Reset(wait)
 			for waiting := true; waiting && len(s.queue) < target && !s.closed; {
 				s.mu.Unlock()

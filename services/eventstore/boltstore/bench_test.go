@@ -26,6 +26,7 @@ const benchEventSize = 200
 func BenchmarkAppend(b *testing.B) {
 	for _, writers := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("store/writers=%d", writers), func(b *testing.B) { benchStore(b, writers) })
+		b.Run(fmt.Sprintf("store-groupwait1ms/writers=%d", writers), func(b *testing.B) { benchStore(b, writers, WithGroupWait(time.Millisecond)) })
 		b.Run(fmt.Sprintf("raw-bbolt-batch/writers=%d", writers), func(b *testing.B) { benchRaw(b, writers, 0) })
 		b.Run(fmt.Sprintf("raw-bbolt-batch-delay100us/writers=%d", writers), func(b *testing.B) { benchRaw(b, writers, 100*time.Microsecond) })
 		b.Run(fmt.Sprintf("raw-bbolt-batch-delay1ms/writers=%d", writers), func(b *testing.B) { benchRaw(b, writers, time.Millisecond) })
