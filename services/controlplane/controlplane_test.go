@@ -463,3 +463,68 @@ func TestRestartKeepsEverything(t *testing.T) {
 }
 
 var _ = errors.New
+
+// TestPagingIsStableUnderConcurrentWrites: while other hostnames are created and deleted, a paged
+// listing returns every hostname that existed throughout exactly once, in order.
+func TestPagingIsStableUnderConcurrentWrites(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	c := guestlistv1.NewHostnameServiceClient(n.conn)
+	create := func(name string) {
+		if _, err := c.CreateHostname(withToken(tok), &guestlistv1.CreateHostnameRequest{TenantId: "acme", Hostname: &guestlistv1.Hostname{
+			Hostname: name, OriginUrl: "http://o.example", Mtls: &guestlistv1.MtlsSettings{Mode: guestlistv1.MtlsMode_MTLS_MODE_OFF},
+		}}); err != nil {
+			t.Error(err)
+		}
+	}
+	stable := map[string]bool{}
+	for i := range 200 {
+		name := fmt.Sprintf("s%03d.acme.example", i)
+		create(name)
+		stable[name] = true
+	}
+	stop := make(chan struct{})
+	churned := make(chan struct{})
+	go func() {
+		defer close(churned)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// Names that sort between and around the stable ones.
+			name := fmt.Sprintf("s%03d-x%d.acme.example", i%200, i)
+			create(name)
+			if _, err := c.DeleteHostname(withToken(tok), &guestlistv1.DeleteHostnameRequest{TenantId: "acme", Hostname: name}); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	seen := map[string]int{}
+	last := ""
+	tokPage := ""
+	for {
+		page, err := c.ListHostnames(withToken(tok), &guestlistv1.ListHostnamesRequest{TenantId: "acme", PageSize: 7, PageToken: tokPage})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range page.GetHostnames() {
+			if h.GetHostname() <= last {
+				t.Errorf("out of order: %s after %s", h.GetHostname(), last)
+			}
+			last = h.GetHostname()
+			seen[h.GetHostname()]++
+		}
+		if tokPage = page.GetNextPageToken(); tokPage == "" {
+			break
+		}
+	}
+	close(stop)
+	<-churned
+	for name := range stable {
+		if seen[name] != 1 {
+			t.Errorf("%s seen %d times", name, seen[name])
+		}
+	}
+}
