@@ -1,92 +1,33 @@
 package command
 
 import (
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"slices"
-	"strconv"
 	"strings"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"guestlist.dev/projections/fold"
-	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
+	"guestlist.dev/projections/foldview"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 	"guestlist.dev/services/api/apistatus"
 )
 
-func etag(rev uint64) string { return strconv.FormatUint(rev, 10) }
+func etag(rev uint64) string { return foldview.Etag(rev) }
 
-func renderTenant(st *fold.Tenant) *guestlistv1.Tenant {
-	return &guestlistv1.Tenant{TenantId: st.ID, DisplayName: st.DisplayName, CreateTime: timestamppb.New(st.CreateTime), State: guestlistv1.Tenant_STATE_ACTIVE}
-}
+// The rendering of fold state as API messages is package foldview's, shared with the audit.
 
-func renderToken(t *fold.Token) *guestlistv1.Token {
-	return &guestlistv1.Token{TokenId: t.ID, DisplayName: t.DisplayName, Role: guestlistv1.Role(t.Role), CreateTime: timestamppb.New(t.CreateTime)}
-}
+func renderTenant(st *fold.Tenant) *guestlistv1.Tenant { return foldview.Tenant(st) }
+
+func renderToken(t *fold.Token) *guestlistv1.Token { return foldview.Token(t) }
 
 func renderCA(ca *fold.CertificateAuthority) *guestlistv1.CertificateAuthority {
-	out := &guestlistv1.CertificateAuthority{
-		CertificateAuthorityId: ca.ID,
-		DisplayName:            ca.DisplayName,
-		CertificatePem:         string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.DER})),
-		FingerprintSha256:      ca.FingerprintSHA256,
-		Etag:                   etag(ca.Revision),
-		CreateTime:             timestamppb.New(ca.CreateTime),
-	}
-	if c, err := x509.ParseCertificate(ca.DER); err == nil {
-		out.Subject = c.Subject.String()
-		out.NotBefore = timestamppb.New(c.NotBefore)
-		out.NotAfter = timestamppb.New(c.NotAfter)
-	}
-	return out
+	return foldview.CertificateAuthority(ca)
 }
 
-func renderRevocation(r *fold.Revocation) *guestlistv1.Revocation {
-	out := &guestlistv1.Revocation{RevocationId: r.ID, Reason: r.Reason, CreateTime: timestamppb.New(r.CreateTime)}
-	if r.SerialNumber != "" {
-		out.Target = &guestlistv1.Revocation_SerialNumber{SerialNumber: r.SerialNumber}
-	} else {
-		out.Target = &guestlistv1.Revocation_FingerprintSha256{FingerprintSha256: r.FingerprintSHA256}
-	}
-	return out
-}
+func renderRevocation(r *fold.Revocation) *guestlistv1.Revocation { return foldview.Revocation(r) }
 
-func renderPolicy(p *fold.Policy) *guestlistv1.Policy {
-	out := &guestlistv1.Policy{PolicyId: p.ID, DisplayName: p.DisplayName, Etag: etag(p.Revision), CreateTime: timestamppb.New(p.CreateTime), UpdateTime: timestamppb.New(p.UpdateTime)}
-	for _, r := range p.Rules {
-		out.Rules = append(out.Rules, &guestlistv1.Rule{Name: r.Name, Action: guestlistv1.Action(r.Action), Expression: r.Expression})
-	}
-	return out
-}
+func renderPolicy(p *fold.Policy) *guestlistv1.Policy { return foldview.Policy(p) }
 
-func renderHostname(h *fold.Hostname) *guestlistv1.Hostname {
-	return &guestlistv1.Hostname{
-		Hostname:  h.Name,
-		OriginUrl: h.OriginURL,
-		Mtls: &guestlistv1.MtlsSettings{
-			Mode:                    guestlistv1.MtlsMode(h.Mode),
-			CertificateAuthorityIds: slices.Clone(h.CertificateAuthorityIDs),
-			RejectInHandshake:       h.RejectInHandshake,
-		},
-		PolicyId:   h.PolicyID,
-		State:      hostnameState(h.State),
-		Etag:       etag(h.Revision),
-		CreateTime: timestamppb.New(h.CreateTime),
-		UpdateTime: timestamppb.New(h.UpdateTime),
-	}
-}
-
-func hostnameState(s eventsv1.HostnameState) guestlistv1.Hostname_State {
-	switch s {
-	case eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE:
-		return guestlistv1.Hostname_STATE_ACTIVE
-	case eventsv1.HostnameState_HOSTNAME_STATE_PENDING:
-		return guestlistv1.Hostname_STATE_PENDING
-	}
-	return guestlistv1.Hostname_STATE_UNSPECIFIED
-}
+func renderHostname(h *fold.Hostname) *guestlistv1.Hostname { return foldview.Hostname(h) }
 
 // Paging: page tokens are the last key of the previous page, so a page never repeats or skips an
 // item that existed throughout, whatever was written in between.
