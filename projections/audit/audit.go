@@ -1,0 +1,385 @@
+// Package audit implements guestlist.v1.AuditService over the event store: a tenant's history,
+// its configuration as it stood at any position or time, and the decision the edge would have
+// made for a request then. It replays history with the same two pure functions the rest of
+// guestlist uses (projections/fold for the configuration, edge/decision for the verdict), so an
+// explanation at a decision log line's config_revision re-derives that line's verdict, reason and
+// rule. It writes nothing.
+//
+// The hash chain, Verify, ExportEvents and GetCheckpointKey belong to package projections/ledger;
+// until it is wired in they answer UNIMPLEMENTED and AuditEvent.hash is empty.
+package audit
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"guestlist.dev/edge/decision"
+	"guestlist.dev/edge/dnsname"
+	"guestlist.dev/projections/fold"
+	"guestlist.dev/projections/foldview"
+	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
+	"guestlist.dev/services/api/apistatus"
+	"guestlist.dev/services/auth"
+	"guestlist.dev/services/eventstore"
+)
+
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+	readBatch       = 1000 // events per ReadStream call when folding
+	pageTokenPrefix = "e1:"
+)
+
+// Service is the AuditService. It is safe for concurrent use.
+type Service struct {
+	guestlistv1.UnimplementedAuditServiceServer
+
+	store eventstore.Store
+	now   func() time.Time
+}
+
+// Option configures a Service.
+type Option func(*Service)
+
+// WithNow sets the clock used when a request names no time (default time.Now).
+func WithNow(now func() time.Time) Option { return func(s *Service) { s.now = now } }
+
+// New returns the AuditService on store.
+func New(store eventstore.Store, opts ...Option) *Service {
+	s := &Service{store: store, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+var _ guestlistv1.AuditServiceServer = (*Service)(nil)
+
+// ListEvents returns a page of the tenant's history after from_position, oldest first.
+func (s *Service) ListEvents(ctx context.Context, req *guestlistv1.ListEventsRequest) (*guestlistv1.ListEventsResponse, error) {
+	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
+		return nil, err
+	}
+	stream := fold.TenantStream(req.GetTenantId())
+	size := int(req.GetPageSize())
+	if size <= 0 {
+		size = defaultPageSize
+	}
+	size = min(size, maxPageSize)
+	var from uint64 // the first revision to return
+	if tok := req.GetPageToken(); tok != "" {
+		rev, err := decodePageToken(tok)
+		if err != nil {
+			return nil, err
+		}
+		from = rev + 1
+	} else if req.GetFromPosition() > 0 {
+		rev, err := s.firstRevisionAfter(ctx, stream, req.GetFromPosition())
+		if err != nil {
+			return nil, s.storeError(err, req.GetTenantId())
+		}
+		from = rev
+	}
+	evs, err := s.store.ReadStream(ctx, stream, eventstore.Forwards, from, size+1)
+	if err != nil {
+		return nil, s.storeError(err, req.GetTenantId())
+	}
+	out := &guestlistv1.ListEventsResponse{}
+	for i, ev := range evs {
+		if i == size {
+			out.NextPageToken = encodePageToken(evs[i-1].Revision)
+			break
+		}
+		ae, err := auditEvent(ev)
+		if err != nil {
+			return nil, err
+		}
+		out.Events = append(out.Events, ae)
+	}
+	return out, nil
+}
+
+// firstRevisionAfter returns the revision of the first event of stream whose position is after
+// pos (the stream's length when there is none), by binary search over revisions.
+func (s *Service) firstRevisionAfter(ctx context.Context, stream string, pos uint64) (uint64, error) {
+	last, err := s.store.ReadStream(ctx, stream, eventstore.Backwards, eventstore.End, 1)
+	if err != nil {
+		return 0, fmt.Errorf("audit: read the end of %s: %w", stream, err)
+	}
+	if len(last) == 0 {
+		return 0, nil
+	}
+	lo, hi := uint64(0), last[0].Revision+1 // the answer is in [lo, hi]
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		evs, err := s.store.ReadStream(ctx, stream, eventstore.Forwards, mid, 1)
+		if err != nil {
+			return 0, fmt.Errorf("audit: read %s at revision %d: %w", stream, mid, err)
+		}
+		if len(evs) == 0 || uint64(evs[0].Position) > pos {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo, nil
+}
+
+// auditEvent renders a stored event, its payload decoded into the guestlist.events.v1 message
+// named by its type.
+func auditEvent(ev eventstore.RecordedEvent) (*guestlistv1.AuditEvent, error) {
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(ev.Type))
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "audit: event at position %d has unknown type %q", ev.Position, ev.Type)
+	}
+	m := mt.New().Interface()
+	if err := proto.Unmarshal(ev.Data, m); err != nil {
+		return nil, status.Errorf(codes.Internal, "audit: decode the event at position %d (%s): %v", ev.Position, ev.Type, err)
+	}
+	data, err := anypb.New(m)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "audit: wrap the event at position %d: %v", ev.Position, err)
+	}
+	return &guestlistv1.AuditEvent{
+		Position:  uint64(ev.Position),
+		Revision:  ev.Revision,
+		Type:      ev.Type,
+		Time:      timestamppb.New(ev.Time),
+		Actor:     ev.Metadata.Actor,
+		RequestId: ev.Metadata.RequestID,
+		Data:      data,
+	}, nil
+}
+
+func encodePageToken(rev uint64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + strconv.FormatUint(rev, 10)))
+}
+
+func decodePageToken(tok string) (uint64, error) {
+	bad := apistatus.InvalidArgument(apistatus.Violation{Field: "page_token", Reason: "not a page token returned by this API"})
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || !strings.HasPrefix(string(b), pageTokenPrefix) {
+		return 0, bad
+	}
+	rev, err := strconv.ParseUint(strings.TrimPrefix(string(b), pageTokenPrefix), 10, 64)
+	if err != nil {
+		return 0, bad
+	}
+	return rev, nil
+}
+
+// point is a place in a tenant's history: the events at or before a global position, or stored at
+// or before a time.
+type point struct {
+	position uint64
+	time     time.Time
+	byTime   bool
+}
+
+// includes reports whether ev is at or before p. Positions and times grow along a stream, so
+// the events p includes are a prefix of it.
+func (p point) includes(ev eventstore.RecordedEvent) bool {
+	if p.byTime {
+		return !ev.Time.After(p.time)
+	}
+	return uint64(ev.Position) <= p.position
+}
+
+// stateAt folds the tenant's events up to p. It returns NOT_FOUND when the tenant has no history
+// at all; a point before the tenant's creation gives a state that does not exist.
+func (s *Service) stateAt(ctx context.Context, tenantID string, p point) (*fold.Tenant, error) {
+	stream := fold.TenantStream(tenantID)
+	st := fold.NewTenant(tenantID)
+	for from := uint64(0); ; {
+		evs, err := s.store.ReadStream(ctx, stream, eventstore.Forwards, from, readBatch)
+		if err != nil {
+			return nil, s.storeError(err, tenantID)
+		}
+		for _, ev := range evs {
+			if !p.includes(ev) {
+				return st, nil
+			}
+			fe := fold.Event{Type: ev.Type, Data: ev.Data, Revision: ev.Revision, Position: uint64(ev.Position), Time: ev.Time, Actor: ev.Metadata.Actor, RequestID: ev.Metadata.RequestID}
+			if err := fold.Apply(st, fe); err != nil {
+				return nil, status.Errorf(codes.Internal, "audit: replay tenant %q: %v", tenantID, err)
+			}
+		}
+		if len(evs) < readBatch {
+			return st, nil
+		}
+		from = evs[len(evs)-1].Revision + 1
+	}
+}
+
+// pointOf returns the point an at_position / at_time oneof names; neither is now: the store's
+// current position.
+func (s *Service) pointOf(ctx context.Context, atPosition *uint64, atTime *timestamppb.Timestamp) (point, error) {
+	switch {
+	case atPosition != nil:
+		return point{position: *atPosition}, nil
+	case atTime != nil:
+		if err := atTime.CheckValid(); err != nil {
+			return point{}, apistatus.InvalidArgument(apistatus.Violation{Field: "at_time", Reason: err.Error()})
+		}
+		return point{time: atTime.AsTime(), byTime: true}, nil
+	}
+	last, err := s.store.LastPosition(ctx)
+	if err != nil {
+		return point{}, status.Errorf(codes.Unavailable, "audit: read the store's position: %v", err)
+	}
+	return point{position: uint64(last)}, nil
+}
+
+// GetSnapshot returns the tenant's configuration as it stood at the position or time asked for.
+func (s *Service) GetSnapshot(ctx context.Context, req *guestlistv1.GetSnapshotRequest) (*guestlistv1.Snapshot, error) {
+	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
+		return nil, err
+	}
+	var atPos *uint64
+	if v, ok := req.GetAt().(*guestlistv1.GetSnapshotRequest_AtPosition); ok {
+		atPos = &v.AtPosition
+	}
+	p, err := s.pointOf(ctx, atPos, req.GetAtTime())
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.stateAt(ctx, req.GetTenantId(), p)
+	if err != nil {
+		return nil, err
+	}
+	return foldview.Snapshot(st), nil
+}
+
+// Explain replays the tenant's configuration to the point asked for and decides the request on
+// it with edge/decision, as the edge did. The certificate is judged at at_time, else at
+// request_time, else now. config_revision is at_position itself, or for at_time the position of
+// the tenant's last event at or before it.
+func (s *Service) Explain(ctx context.Context, req *guestlistv1.ExplainRequest) (*guestlistv1.ExplainResponse, error) {
+	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
+		return nil, err
+	}
+	name, err := dnsname.Normalize(req.GetHostname())
+	if err != nil {
+		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "hostname", Reason: err.Error()})
+	}
+	peer, err := ParseChain(req.GetClientCertificateChainPem())
+	if err != nil {
+		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "client_certificate_chain_pem", Reason: err.Error()})
+	}
+	var atPos *uint64
+	if v, ok := req.GetAt().(*guestlistv1.ExplainRequest_AtPosition); ok {
+		atPos = &v.AtPosition
+	}
+	p, err := s.pointOf(ctx, atPos, req.GetAtTime())
+	if err != nil {
+		return nil, err
+	}
+	when := s.now()
+	switch {
+	case p.byTime:
+		when = p.time
+	case req.GetRequestTime() != nil:
+		if err := req.GetRequestTime().CheckValid(); err != nil {
+			return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "request_time", Reason: err.Error()})
+		}
+		when = req.GetRequestTime().AsTime()
+	}
+	st, err := s.stateAt(ctx, req.GetTenantId(), p)
+	if err != nil {
+		return nil, err
+	}
+	rev := p.position
+	if p.byTime {
+		rev = st.Position // 0 before the tenant's first event
+	}
+	var h *decision.Hostname
+	if cfg := fold.HostnameConfig(st, name, rev); cfg != nil {
+		if h, err = decision.Prepare(cfg); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "audit: the configuration of %s at position %d does not prepare (an edge refuses it): %v", name, rev, err)
+		}
+	}
+	d := decision.Decide(h, peer, &decision.Request{Host: name, Method: req.GetMethod(), Path: req.GetPath()}, when)
+	return &guestlistv1.ExplainResponse{Verdict: string(d.Verdict), Reason: d.Reason, Rule: d.Rule, ConfigRevision: rev}, nil
+}
+
+// ParseChain parses a PEM certificate chain, leaf first. Empty input is no certificate (nil);
+// anything but CERTIFICATE blocks is an error.
+func ParseChain(chainPEM string) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	rest := []byte(chainPEM)
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block %d is %q, want CERTIFICATE", len(out)+1, b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", len(out)+1, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 && strings.TrimSpace(string(rest)) != "" {
+		return nil, errors.New("no PEM certificate found")
+	}
+	return out, nil
+}
+
+// errNoLedger answers the calls that need the hash chain until package projections/ledger is
+// wired in: a clear refusal, never a made-up result.
+var errNoLedger = status.Error(codes.Unimplemented, "audit: the hash chain and signed checkpoints (projections/ledger) are not available in this build yet")
+
+// Verify is not available until the ledger is wired in.
+func (s *Service) Verify(ctx context.Context, req *guestlistv1.VerifyRequest) (*guestlistv1.VerifyResponse, error) {
+	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
+		return nil, err
+	}
+	return nil, errNoLedger
+}
+
+// ExportEvents is not available until the ledger is wired in.
+func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc.ServerStreamingServer[guestlistv1.AuditEvent]) error {
+	if _, err := auth.AuthorizeRead(stream.Context(), req.GetTenantId()); err != nil {
+		return err
+	}
+	return errNoLedger
+}
+
+// GetCheckpointKey is not available until the ledger is wired in.
+func (s *Service) GetCheckpointKey(ctx context.Context, _ *guestlistv1.GetCheckpointKeyRequest) (*guestlistv1.CheckpointKey, error) {
+	if _, ok := auth.FromContext(ctx); !ok {
+		return nil, status.Error(codes.Unauthenticated, "missing or invalid bearer token")
+	}
+	return nil, errNoLedger
+}
+
+// storeError maps an event store error to a status: a tenant without history is NOT_FOUND (the
+// caller is already authorized for it, so this reveals nothing), the rest UNAVAILABLE.
+func (s *Service) storeError(err error, tenantID string) error {
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return apistatus.NotFound("tenant", tenantID)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return status.FromContextError(err).Err()
+	}
+	return status.Errorf(codes.Unavailable, "audit: read tenant %q: %v", tenantID, err)
+}
