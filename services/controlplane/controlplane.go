@@ -1,5 +1,6 @@
 // Package controlplane assembles the control plane's API from an event store: the command service
-// (package command) behind the gRPC services and REST gateway handlers of guestlist.v1.
+// (package command) and the audit service (package projections/audit) behind the gRPC services and
+// REST gateway handlers of guestlist.v1.
 package controlplane
 
 import (
@@ -12,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"guestlist.dev/projections/audit"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 	"guestlist.dev/services/api/server"
 	"guestlist.dev/services/auth"
@@ -37,6 +39,7 @@ type Config struct {
 // ControlPlane is the control plane's API.
 type ControlPlane struct {
 	cmd   *command.Service
+	audit *audit.Service
 	store eventstore.Store
 }
 
@@ -53,7 +56,11 @@ func New(cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	return &ControlPlane{cmd: cmd, store: cfg.Store}, nil
+	var auditOpts []audit.Option
+	if cfg.Now != nil {
+		auditOpts = append(auditOpts, audit.WithNow(cfg.Now))
+	}
+	return &ControlPlane{cmd: cmd, audit: audit.New(cfg.Store, auditOpts...), store: cfg.Store}, nil
 }
 
 // Authenticator returns the authenticator of the API's bearer tokens.
@@ -101,6 +108,11 @@ func (c *ControlPlane) Services() []server.Service {
 			Name:            guestlistv1.HostnameService_ServiceDesc.ServiceName,
 			RegisterGRPC:    func(r grpc.ServiceRegistrar) { guestlistv1.RegisterHostnameServiceServer(r, c.cmd.Hostnames()) },
 			RegisterGateway: guestlistv1.RegisterHostnameServiceHandler,
+		},
+		{
+			Name:            guestlistv1.AuditService_ServiceDesc.ServiceName,
+			RegisterGRPC:    func(r grpc.ServiceRegistrar) { guestlistv1.RegisterAuditServiceServer(r, c.audit) },
+			RegisterGateway: guestlistv1.RegisterAuditServiceHandler,
 		},
 	}
 }
