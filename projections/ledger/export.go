@@ -1,0 +1,580 @@
+package ledger
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/transparency-dev/merkle/compact"
+
+	"guestlist.dev/services/eventstore"
+)
+
+// Export format
+//
+// An export is NDJSON: one JSON object per line, empty lines ignored. WriteExport writes
+//
+//	{"tenant":"<tenant id>"}                        first, once
+//	{"event":{...}}                                 one per event, in revision order
+//	{"checkpoint":"<SignedCheckpoint text>"}        right after the event that completes its size
+//
+// where an event object has the fields of guestlist.v1.AuditEvent in lowerCamelCase, as protojson
+// writes them: "position" and "revision" (decimal strings; numbers are accepted too), "type",
+// "time" (RFC 3339 with nanoseconds, UTC), "actor", "requestId" ("request_id" accepted), "data"
+// (standard base64 of the event's protobuf bytes exactly as stored) and "hash" (the chain value
+// after the event, lower-case hex).
+//
+// VerifyExport also accepts an event object on its own line (not wrapped in "event"), and the
+// grpc-gateway stream form {"result":{...}} that the REST export streams; there "data" may be the
+// protojson form of a google.protobuf.Any holding the bytes, {"@type":"...","value":"<base64>"}.
+// An Any expanded into the message's JSON fields cannot be verified (its bytes are not exact) and
+// is reported as a problem, as is a line {"error":{...}} (a stream that ended in an error), a
+// checkpoint of another tenant, and any other line. The tenant is taken from the "tenant" line or
+// from a checkpoint on the first line; without either use VerifyExportTenant.
+
+// exportEvent is the JSON form of an event in an export.
+type exportEvent struct {
+	Position  jsonUint        `json:"position"`
+	Revision  jsonUint        `json:"revision"`
+	Type      string          `json:"type"`
+	Time      string          `json:"time"`
+	Actor     string          `json:"actor,omitempty"`
+	RequestID string          `json:"requestId,omitempty"`
+	ReqIDOld  string          `json:"request_id,omitempty"`
+	Data      json.RawMessage `json:"data"`
+	Hash      string          `json:"hash"`
+}
+
+// exportLine is any line of an export.
+type exportLine struct {
+	Tenant     *string         `json:"tenant,omitempty"`
+	Event      *exportEvent    `json:"event,omitempty"`
+	Result     *exportEvent    `json:"result,omitempty"`
+	Checkpoint *string         `json:"checkpoint,omitempty"`
+	Error      json.RawMessage `json:"error,omitempty"`
+	exportEvent
+}
+
+// jsonUint is a uint64 written as a decimal string (as protojson does) and read from a string or
+// a number.
+type jsonUint uint64
+
+func (u jsonUint) MarshalJSON() ([]byte, error) {
+	return strconv.AppendQuote(nil, strconv.FormatUint(uint64(u), 10)), nil
+}
+
+func (u *jsonUint) UnmarshalJSON(b []byte) error {
+	if len(b) >= 2 && b[0] == '"' {
+		b = b[1 : len(b)-1]
+	}
+	v, err := strconv.ParseUint(string(b), 10, 64)
+	if err != nil {
+		return fmt.Errorf("not an unsigned integer: %s", b)
+	}
+	*u = jsonUint(v)
+	return nil
+}
+
+// ExportWriter writes an export line by line.
+type ExportWriter struct {
+	w      *bufio.Writer
+	tenant string
+	chain  [32]byte
+	next   uint64
+	buf    []byte
+	line   []byte
+}
+
+// NewExportWriter starts an export of tenant's history to w, writing the tenant line. Call
+// WriteEvent for every event in revision order, WriteCheckpoint after the event that completes a
+// checkpoint's size, and Flush at the end.
+func NewExportWriter(w io.Writer, tenant string) (*ExportWriter, error) {
+	ew := &ExportWriter{w: bufio.NewWriterSize(w, 1<<16), tenant: tenant}
+	b, err := json.Marshal(exportLine{Tenant: &tenant})
+	if err != nil {
+		return nil, fmt.Errorf("ledger: export: %w", err)
+	}
+	if _, err := ew.w.Write(append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("ledger: export: %w", err)
+	}
+	return ew, nil
+}
+
+// WriteEvent writes the next event, with its chain hash.
+func (ew *ExportWriter) WriteEvent(ev eventstore.RecordedEvent) error {
+	if ev.Revision != ew.next {
+		return fmt.Errorf("ledger: export: revision %d where %d was expected", ev.Revision, ew.next)
+	}
+	ew.buf = appendCanonical(ew.buf[:0], ew.tenant, ev.Revision, uint64(ev.Position), ev.Type, ev.Time.UnixNano(), ev.Metadata.Actor, ev.Metadata.RequestID, ev.Data)
+	ew.chain = Chain(ew.chain, ew.buf)
+	ew.next++
+	data := make([]byte, 0, base64.StdEncoding.EncodedLen(len(ev.Data))+2)
+	data = append(data, '"')
+	data = base64.StdEncoding.AppendEncode(data, ev.Data)
+	data = append(data, '"')
+	b, err := json.Marshal(exportLine{Event: &exportEvent{
+		Position: jsonUint(ev.Position), Revision: jsonUint(ev.Revision), Type: ev.Type,
+		Time: ev.Time.UTC().Format(time.RFC3339Nano), Actor: ev.Metadata.Actor, RequestID: ev.Metadata.RequestID,
+		Data: data, Hash: HashHex(ew.chain),
+	}})
+	if err != nil {
+		return fmt.Errorf("ledger: export revision %d: %w", ev.Revision, err)
+	}
+	if _, err := ew.w.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("ledger: export revision %d: %w", ev.Revision, err)
+	}
+	return nil
+}
+
+// WriteCheckpoint writes a signed checkpoint line.
+func (ew *ExportWriter) WriteCheckpoint(s SignedCheckpoint) error {
+	str := string(s)
+	b, err := json.Marshal(exportLine{Checkpoint: &str})
+	if err != nil {
+		return fmt.Errorf("ledger: export checkpoint: %w", err)
+	}
+	if _, err := ew.w.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("ledger: export checkpoint: %w", err)
+	}
+	return nil
+}
+
+// Flush writes any buffered data.
+func (ew *ExportWriter) Flush() error {
+	if err := ew.w.Flush(); err != nil {
+		return fmt.Errorf("ledger: export: %w", err)
+	}
+	return nil
+}
+
+// WriteExport writes the export of tenant (see "Export format"): events in revision order from 0,
+// each signed checkpoint right after the event that completes its size (checkpoints beyond the
+// events at the end).
+func WriteExport(w io.Writer, tenant string, events []eventstore.RecordedEvent, checkpoints []SignedCheckpoint) error {
+	type sized struct {
+		size uint64
+		s    SignedCheckpoint
+	}
+	cps := make([]sized, 0, len(checkpoints))
+	for _, s := range checkpoints {
+		cp, err := ParseCheckpoint(s)
+		if err != nil {
+			return fmt.Errorf("ledger: export: %w", err)
+		}
+		cps = append(cps, sized{cp.Size, s})
+	}
+	ew, err := NewExportWriter(w, tenant)
+	if err != nil {
+		return err
+	}
+	next := 0
+	for _, ev := range events {
+		if err := ew.WriteEvent(ev); err != nil {
+			return err
+		}
+		for next < len(cps) && cps[next].size <= ev.Revision+1 {
+			if err := ew.WriteCheckpoint(cps[next].s); err != nil {
+				return err
+			}
+			next++
+		}
+	}
+	for ; next < len(cps); next++ {
+		if err := ew.WriteCheckpoint(cps[next].s); err != nil {
+			return err
+		}
+	}
+	return ew.Flush()
+}
+
+// entry is a parsed export line.
+type entry struct {
+	kind      byte // 'e' event, 'c' checkpoint, 't' tenant, 0 empty
+	line      int
+	err       error
+	pos, rev  uint64
+	canonical []byte
+	leaf      [32]byte
+	hash      [32]byte
+	hasHash   bool
+	tenant    string
+	cp        SignedCheckpoint
+}
+
+// parseLine parses one export line. tenant is needed for the canonical bytes of events.
+func parseLine(b []byte, tenant string, e *entry) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return
+	}
+	var l exportLine
+	if err := json.Unmarshal(b, &l); err != nil {
+		e.err = fmt.Errorf("not a JSON object: %v", err)
+		return
+	}
+	ev := l.Event
+	switch {
+	case l.Tenant != nil:
+		e.kind, e.tenant = 't', *l.Tenant
+		return
+	case l.Checkpoint != nil:
+		e.kind, e.cp = 'c', SignedCheckpoint(*l.Checkpoint)
+		return
+	case l.Error != nil:
+		e.err = fmt.Errorf("the export stream ended with an error: %s", l.Error)
+		return
+	case ev == nil && l.Result != nil:
+		ev = l.Result
+	case ev == nil && (l.Type != "" || l.Hash != "" || l.Data != nil):
+		ev = &l.exportEvent
+	}
+	if ev == nil {
+		e.err = errors.New("neither an event nor a checkpoint")
+		return
+	}
+	e.kind, e.pos, e.rev = 'e', uint64(ev.Position), uint64(ev.Revision)
+	if tenant == "" {
+		e.err = errors.New("the tenant is not known (no tenant line or checkpoint first)")
+		return
+	}
+	data, err := decodeData(ev.Data)
+	if err != nil {
+		e.err = fmt.Errorf("event at position %d: data: %v", e.pos, err)
+		return
+	}
+	t, err := time.Parse(time.RFC3339Nano, ev.Time)
+	if err != nil {
+		e.err = fmt.Errorf("event at position %d: time: %v", e.pos, err)
+		return
+	}
+	if ev.Hash != "" {
+		if len(ev.Hash) != 64 || strings.ToLower(ev.Hash) != ev.Hash {
+			e.err = fmt.Errorf("event at position %d: hash %q is not 64 lower-case hex digits", e.pos, ev.Hash)
+			return
+		}
+		if _, err := hexDecode(e.hash[:], ev.Hash); err != nil {
+			e.err = fmt.Errorf("event at position %d: hash: %v", e.pos, err)
+			return
+		}
+		e.hasHash = true
+	}
+	reqID := ev.RequestID
+	if reqID == "" {
+		reqID = ev.ReqIDOld
+	}
+	e.canonical = appendCanonical(nil, tenant, e.rev, e.pos, ev.Type, t.UnixNano(), ev.Actor, reqID, data)
+	e.leaf = LeafHash(e.canonical)
+}
+
+func decodeData(raw json.RawMessage) ([]byte, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	if raw[0] == '{' {
+		var any struct {
+			Value *string `json:"value"`
+		}
+		if err := json.Unmarshal(raw, &any); err != nil || any.Value == nil {
+			return nil, errors.New("an expanded Any: the exact bytes are not in the export")
+		}
+		return base64.StdEncoding.DecodeString(*any.Value)
+	}
+	if bytes.IndexByte(raw, '\\') >= 0 || len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, err
+		}
+		return base64.StdEncoding.DecodeString(s)
+	}
+	raw = raw[1 : len(raw)-1]
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(raw)))
+	n, err := base64.StdEncoding.Decode(out, raw)
+	return out[:n], err
+}
+
+func hexDecode(dst []byte, s string) (int, error) {
+	for i := 0; i < len(dst); i++ {
+		hi, ok1 := fromHex(s[2*i])
+		lo, ok2 := fromHex(s[2*i+1])
+		if !ok1 || !ok2 {
+			return i, fmt.Errorf("invalid hex %q", s)
+		}
+		dst[i] = hi<<4 | lo
+	}
+	return len(dst), nil
+}
+
+func fromHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// VerifyExport verifies an export (see "Export format") offline with only the checkpoint public
+// key: it recomputes every event's canonical bytes and chain hash and compares the hash with the
+// event's, checks that revisions run 0, 1, 2, ... with increasing positions, and checks every
+// checkpoint's signature and that its root and chain hash match the events at its size. Events
+// after the last checkpoint are fine; a checkpoint larger than the history means events were
+// removed.
+//
+// FirstBadPosition is the position of the first event line that does not fit: a changed event (its
+// hash no longer matches), the event after a dropped line (a revision gap), an inserted line, or
+// the first of two swapped lines (out of order). For a checkpoint with a bad signature it is the
+// position of the last event the checkpoint covers; for a checkpoint whose root or chain does not
+// match events whose hashes were rewritten consistently, the position of the first event after
+// the previous matching checkpoint.
+func VerifyExport(r io.Reader, pub ed25519.PublicKey) Result {
+	return verifyExport(r, pub, "")
+}
+
+// VerifyExportTenant is VerifyExport for an export of tenant that may lack a tenant line (such as
+// the REST export stream).
+func VerifyExportTenant(r io.Reader, pub ed25519.PublicKey, tenant string) Result {
+	return verifyExport(r, pub, tenant)
+}
+
+type lineBatch struct {
+	data    []byte
+	ends    []int
+	first   int // line number of the first line
+	entries []entry
+	done    chan struct{}
+}
+
+const batchLines = 1024
+
+func verifyExport(r io.Reader, pub ed25519.PublicKey, tenant string) Result {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 1<<20), 256<<20)
+	v := &exportVerifier{pub: pub, tenant: tenant, rng: rangeFactory.NewEmptyRange(0)}
+	line := 0
+	// The first non-empty line may name the tenant, which parsing events needs.
+	for sc.Scan() {
+		line++
+		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue
+		}
+		var e entry
+		e.line = line
+		if tenant == "" {
+			var l exportLine
+			if json.Unmarshal(sc.Bytes(), &l) == nil {
+				if l.Tenant != nil {
+					tenant = *l.Tenant
+				} else if l.Checkpoint != nil {
+					if cp, err := ParseCheckpoint(SignedCheckpoint(*l.Checkpoint)); err == nil {
+						tenant = cp.Tenant
+					}
+				}
+			}
+			v.tenant = tenant
+		}
+		parseLine(sc.Bytes(), tenant, &e)
+		if res, stop := v.apply(&e); stop {
+			return res
+		}
+		break
+	}
+	workers := runtime.GOMAXPROCS(0)
+	work := make(chan *lineBatch, 2*workers)
+	ordered := make(chan *lineBatch, 2*workers)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range work {
+				start := 0
+				for i, end := range b.ends {
+					b.entries[i].line = b.first + i
+					parseLine(b.data[start:end], tenant, &b.entries[i])
+					start = end
+				}
+				close(b.done)
+			}
+		}()
+	}
+	var scanErr error
+	go func() {
+		defer close(ordered)
+		defer close(work)
+		var b *lineBatch
+		flush := func() bool {
+			if b == nil {
+				return true
+			}
+			b.entries = make([]entry, len(b.ends))
+			select {
+			case ordered <- b:
+			case <-stop:
+				return false
+			}
+			work <- b
+			b = nil
+			return true
+		}
+		for sc.Scan() {
+			line++
+			if b == nil {
+				b = &lineBatch{first: line, done: make(chan struct{}), data: make([]byte, 0, 512*batchLines)}
+			}
+			b.data = append(b.data, sc.Bytes()...)
+			b.ends = append(b.ends, len(b.data))
+			if len(b.ends) == batchLines && !flush() {
+				return
+			}
+		}
+		scanErr = sc.Err()
+		flush()
+	}()
+	defer func() {
+		close(stop)
+		for range ordered {
+		}
+		wg.Wait()
+	}()
+	for b := range ordered {
+		<-b.done
+		for i := range b.entries {
+			if res, stop := v.apply(&b.entries[i]); stop {
+				return res
+			}
+		}
+	}
+	if scanErr != nil {
+		return bad(v.n, 0, "read export: %v", scanErr)
+	}
+	return v.finish()
+}
+
+// exportVerifier checks the entries of an export in order.
+type exportVerifier struct {
+	pub       ed25519.PublicKey
+	tenant    string
+	n         uint64
+	chain     [32]byte
+	rng       *compact.Range
+	lastPos   uint64
+	positions []uint64
+	chains    [][32]byte
+	leaves    [][32]byte
+	pending   []Checkpoint // checkpoints beyond the events seen so far, by increasing size
+	goodSize  uint64       // the largest size of a matching checkpoint
+}
+
+// apply checks the next entry; stop is set with the result when the export is bad.
+func (v *exportVerifier) apply(e *entry) (Result, bool) {
+	if e.err != nil {
+		return bad(v.n, e.pos, "line %d: %v", e.line, e.err), true
+	}
+	switch e.kind {
+	case 't':
+		if v.tenant != "" && e.tenant != v.tenant {
+			return bad(v.n, 0, "line %d: export of tenant %q inside the export of %q", e.line, e.tenant, v.tenant), true
+		}
+		v.tenant = e.tenant
+	case 'c':
+		cp, err := VerifyCheckpoint(v.pub, e.cp)
+		if err != nil {
+			var pos uint64
+			if c, perr := ParseCheckpoint(e.cp); perr == nil && c.Size > 0 && c.Size <= v.n {
+				pos = v.positions[c.Size-1]
+			}
+			return bad(v.n, pos, "line %d: %v", e.line, err), true
+		}
+		if cp.Tenant != v.tenant {
+			return bad(v.n, 0, "line %d: checkpoint of tenant %q in the export of %q", e.line, cp.Tenant, v.tenant), true
+		}
+		if cp.Size <= v.n {
+			return v.checkAt(cp, e.line)
+		}
+		i := len(v.pending)
+		for i > 0 && v.pending[i-1].Size > cp.Size {
+			i--
+		}
+		v.pending = append(v.pending[:i], append([]Checkpoint{cp}, v.pending[i:]...)...)
+	case 'e':
+		switch {
+		case e.rev > v.n:
+			return bad(v.n, e.pos, "line %d: revision gap: revision %d (position %d) where %d was expected: events missing before it, or lines out of order", e.line, e.rev, e.pos, v.n), true
+		case e.rev < v.n:
+			return bad(v.n, e.pos, "line %d: duplicate or out-of-order revision %d (position %d) where %d was expected", e.line, e.rev, e.pos, v.n), true
+		case v.n > 0 && e.pos <= v.lastPos:
+			return bad(v.n, e.pos, "line %d: out of order: position %d after position %d", e.line, e.pos, v.lastPos), true
+		}
+		v.chain = Chain(v.chain, e.canonical)
+		if e.hasHash && e.hash != v.chain {
+			return bad(v.n, e.pos, "line %d: event at revision %d (position %d) does not match its hash chain value: it was changed, or an event before it was inserted or removed", e.line, e.rev, e.pos), true
+		}
+		if err := v.rng.Append(e.leaf[:], nil); err != nil {
+			return bad(v.n, e.pos, "merkle append: %v", err), true
+		}
+		v.lastPos = e.pos
+		v.positions = append(v.positions, e.pos)
+		v.chains = append(v.chains, v.chain)
+		v.leaves = append(v.leaves, e.leaf)
+		v.n++
+		e.canonical = nil
+		for len(v.pending) > 0 && v.pending[0].Size == v.n {
+			cp := v.pending[0]
+			v.pending = v.pending[1:]
+			if res, stop := v.checkAt(cp, e.line); stop {
+				return res, true
+			}
+		}
+	}
+	return Result{}, false
+}
+
+// checkAt compares cp (cp.Size <= v.n) with the events.
+func (v *exportVerifier) checkAt(cp Checkpoint, line int) (Result, bool) {
+	var root []byte
+	var chain [32]byte
+	if cp.Size == v.n {
+		r, err := rootOf(v.rng)
+		if err != nil {
+			return bad(v.n, 0, "%v", err), true
+		}
+		root, chain = r, v.chain
+	} else {
+		root = RootFromLeafHashes(v.leaves[:cp.Size])
+		if cp.Size > 0 {
+			chain = v.chains[cp.Size-1]
+		}
+	}
+	if !bytes.Equal(root, cp.Root) || chain != cp.Chain {
+		var pos uint64
+		if cp.Size > 0 {
+			pos = v.positions[0]
+			if v.goodSize < cp.Size {
+				pos = v.positions[v.goodSize]
+			}
+		}
+		return bad(v.n, pos, "line %d: the events up to revision %d do not match the signed checkpoint at size %d", line, cp.Size-1, cp.Size), true
+	}
+	v.goodSize = max(v.goodSize, cp.Size)
+	return Result{}, false
+}
+
+// finish reports the result once every line was applied.
+func (v *exportVerifier) finish() Result {
+	if len(v.pending) > 0 {
+		return bad(v.n, 0, "events removed: a signed checkpoint covers %d events, the export has %d", v.pending[len(v.pending)-1].Size, v.n)
+	}
+	return Result{Valid: true, Checked: v.n}
+}
