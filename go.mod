@@ -12,6 +12,7 @@ replace (
 require (
 	go.opentelemetry.io/otel/trace v1.47.0
 	google.golang.org/grpc v1.84.0
+	google.golang.org/protobuf v1.36.13-0.20261016172727-e9ee2a76ab8e
 	guestlist.dev/edge v0.0.0-00010101000000-000000000000
 	guestlist.dev/projections v0.0.0-00010101000000-000000000000
 	guestlist.dev/proto v0.0.0-00010101000000-000000000000
@@ -69,5 +70,4 @@ require (
 	golang.org/x/text v0.43.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20261026165753-2ffab32bce7e // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20261110000943-09e21b237f2c // indirect
-	google.golang.org/protobuf v1.36.13-0.20261016172727-e9ee2a76ab8e // indirect
 )

@@ -505,7 +505,7 @@ func TestCommandsAndHelp(t *testing.T) {
 	if code, _, _ := runCmd(t, nil, "dev", "-h"); code != exitOK {
 		t.Errorf("dev -h: exit %d", code)
 	}
-	for _, name := range []string{"api", "projector", "edge", "audit"} {
+	for _, name := range []string{"api", "projector", "edge"} {
 		code, _, stderr := runCmd(t, nil, name)
 		if code != exitUsage || !strings.Contains(stderr, "not yet implemented") {
 			t.Errorf("%s: exit %d\n%s", name, code, stderr)

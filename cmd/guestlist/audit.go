@@ -1,0 +1,437 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"guestlist.dev/projections/audit"
+	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
+)
+
+// defaultAPI is where "guestlist audit" reaches the REST API unless --api says otherwise.
+const defaultAPI = "http://127.0.0.1:8080"
+
+// auditSubcommands are the subcommands of "guestlist audit".
+var auditSubcommands = []struct{ name, summary string }{
+	{"history", "the tenant's events, oldest first, one JSON object a line"},
+	{"snapshot", "the tenant's configuration at a position or a time (JSON)"},
+	{"explain", "the decision the edge would have made; with --decision, re-derive a logged decision (exit 1 when it differs)"},
+	{"diff", "what changed in the tenant's configuration between two positions or times"},
+	{"verify", "check the history against its hash chain and signed checkpoints"},
+	{"export", "export the history for offline verification"},
+}
+
+func auditUsage(w io.Writer) {
+	fmt.Fprint(w, "Usage: guestlist audit SUBCOMMAND [flags]\n\nSubcommands:\n")
+	for _, s := range auditSubcommands {
+		fmt.Fprintf(w, "  %-9s %s\n", s.name, s.summary)
+	}
+	fmt.Fprint(w, "\nRun \"guestlist audit SUBCOMMAND -h\" for its flags.\n")
+}
+
+// runAudit is "guestlist audit": the auditors' command line against the REST API.
+func runAudit(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		auditUsage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		auditUsage(stderr)
+		return exitOK
+	case "history":
+		return runAuditHistory(ctx, args[1:], env, stdout, stderr)
+	case "snapshot":
+		return runAuditSnapshot(ctx, args[1:], env, stdout, stderr)
+	case "explain":
+		return runAuditExplain(ctx, args[1:], env, stdout, stderr)
+	case "diff":
+		return runAuditDiff(ctx, args[1:], env, stdout, stderr)
+	case "verify", "export":
+		fmt.Fprintf(stderr, "guestlist audit %s: not available yet (the hash chain and signed checkpoints are not part of this build)\n", args[0])
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "guestlist audit: unknown subcommand %q\n\n", args[0])
+	auditUsage(stderr)
+	return exitUsage
+}
+
+// apiClient calls the REST API with a bearer token.
+type apiClient struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// auditFlags are the flags every audit subcommand has.
+type auditFlags struct {
+	api    string
+	token  tokenFlag
+	tenant string
+}
+
+func (f *auditFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.api, "api", defaultAPI, "the REST API's base URL")
+	fs.Var(&f.token, "token", "bearer token (an auditor's, a tenant admin's or the admin's)")
+	fs.StringVar(&f.tenant, "tenant", "", "the tenant's id")
+}
+
+// client checks the common flags and returns the API client.
+func (f *auditFlags) client(needTenant bool) (*apiClient, error) {
+	if f.token.token == "" {
+		return nil, errors.New("--token (or GUESTLIST_TOKEN) is required")
+	}
+	if needTenant && f.tenant == "" {
+		return nil, errors.New("--tenant is required")
+	}
+	u, err := url.Parse(f.api)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--api %q: want an http(s) URL such as %s", f.api, defaultAPI)
+	}
+	return &apiClient{base: strings.TrimRight(f.api, "/"), token: f.token.token, http: &http.Client{Timeout: time.Minute}}, nil
+}
+
+// call sends a request (body nil for none) and returns the response body of a 200.
+func (c *apiClient) call(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: read the response: %w", method, path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var st struct {
+			Message string `json:"message"`
+		}
+		_ = json.Unmarshal(raw, &st)
+		if st.Message == "" {
+			st.Message = strings.TrimSpace(string(raw))
+		}
+		return nil, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, st.Message)
+	}
+	return raw, nil
+}
+
+// callProto calls the API and decodes the response into out.
+func (c *apiClient) callProto(ctx context.Context, method, path string, in, out proto.Message) error {
+	var body []byte
+	if in != nil {
+		b, err := protojson.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode the request: %w", err)
+		}
+		body = b
+	}
+	raw, err := c.call(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("%s %s: decode the response: %w", method, path, err)
+	}
+	return nil
+}
+
+// parseAuditFlags parses a subcommand's flags; it returns an exit code when the command is over.
+func parseAuditFlags(fs *flag.FlagSet, args []string, env func(string) string, stderr io.Writer) (int, bool) {
+	if err := parseFlags(fs, args, env); err != nil {
+		if errors.Is(err, errHelp) {
+			return exitOK, true
+		}
+		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+		return exitUsage, true
+	}
+	return 0, false
+}
+
+func runAuditHistory(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("audit history", "Print the tenant's events, oldest first, one JSON object a line.", stderr)
+	var f auditFlags
+	f.register(fs)
+	from := fs.Uint64("from-position", 0, "only events after this global position")
+	if code, done := parseAuditFlags(fs, args, env, stderr); done {
+		return code
+	}
+	c, err := f.client(true)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit history: %v\n", err)
+		return exitUsage
+	}
+	for tok := ""; ; {
+		q := url.Values{"fromPosition": {strconv.FormatUint(*from, 10)}, "pageSize": {"1000"}}
+		if tok != "" {
+			q.Set("pageToken", tok)
+		}
+		raw, err := c.call(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(f.tenant)+"/events?"+q.Encode(), nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "guestlist audit history: %v\n", err)
+			return exitError
+		}
+		var page struct {
+			Events        []json.RawMessage `json:"events"`
+			NextPageToken string            `json:"nextPageToken"`
+		}
+		if err := json.Unmarshal(raw, &page); err != nil {
+			fmt.Fprintf(stderr, "guestlist audit history: decode the response: %v\n", err)
+			return exitError
+		}
+		for _, ev := range page.Events {
+			var b bytes.Buffer
+			if err := json.Compact(&b, ev); err != nil {
+				fmt.Fprintf(stderr, "guestlist audit history: %v\n", err)
+				return exitError
+			}
+			fmt.Fprintln(stdout, b.String())
+		}
+		if tok = page.NextPageToken; tok == "" {
+			return exitOK
+		}
+	}
+}
+
+// pointFlags name a point of history: a position or a time.
+type pointFlags struct {
+	position *uint64
+	time     *time.Time
+}
+
+func (p *pointFlags) register(fs *flag.FlagSet, prefix, what string) {
+	fs.Func(prefix+"position", "the global position "+what, func(s string) error {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return errors.New("want a position (a non-negative integer)")
+		}
+		p.position = &v
+		return nil
+	})
+	fs.Func(prefix+"time", "the time "+what+" (RFC 3339)", func(s string) error {
+		v, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return errors.New("want an RFC 3339 time such as 2026-11-30T12:00:00Z")
+		}
+		p.time = &v
+		return nil
+	})
+}
+
+// query returns the snapshot query for the point ("" for now), or an error when both are set.
+func (p *pointFlags) query() (string, error) {
+	switch {
+	case p.position != nil && p.time != nil:
+		return "", errors.New("give a position or a time, not both")
+	case p.position != nil:
+		return "?atPosition=" + strconv.FormatUint(*p.position, 10), nil
+	case p.time != nil:
+		return "?atTime=" + url.QueryEscape(p.time.UTC().Format(time.RFC3339Nano)), nil
+	}
+	return "", nil
+}
+
+func (c *apiClient) snapshot(ctx context.Context, tenant string, p *pointFlags) (*guestlistv1.Snapshot, error) {
+	q, err := p.query()
+	if err != nil {
+		return nil, err
+	}
+	out := &guestlistv1.Snapshot{}
+	if err := c.callProto(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(tenant)+"/snapshot"+q, nil, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func runAuditSnapshot(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("audit snapshot", "Print the tenant's configuration as it stood at a position or a time (default: now).", stderr)
+	var f auditFlags
+	f.register(fs)
+	var at pointFlags
+	at.register(fs, "at-", "of the snapshot")
+	if code, done := parseAuditFlags(fs, args, env, stderr); done {
+		return code
+	}
+	c, err := f.client(true)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit snapshot: %v\n", err)
+		return exitUsage
+	}
+	s, err := c.snapshot(ctx, f.tenant, &at)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit snapshot: %v\n", err)
+		return exitError
+	}
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(s)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit snapshot: %v\n", err)
+		return exitError
+	}
+	fmt.Fprintln(stdout, string(b))
+	return exitOK
+}
+
+func runAuditDiff(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("audit diff", "List what changed in the tenant's configuration from one point to another (default: now).", stderr)
+	var f auditFlags
+	f.register(fs)
+	var from, to pointFlags
+	from.register(fs, "from-", "to compare from")
+	to.register(fs, "to-", "to compare to (default: now)")
+	if code, done := parseAuditFlags(fs, args, env, stderr); done {
+		return code
+	}
+	c, err := f.client(true)
+	if err == nil && from.position == nil && from.time == nil {
+		err = errors.New("--from-position or --from-time is required")
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit diff: %v\n", err)
+		return exitUsage
+	}
+	a, err := c.snapshot(ctx, f.tenant, &from)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit diff: from: %v\n", err)
+		return exitError
+	}
+	b, err := c.snapshot(ctx, f.tenant, &to)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit diff: to: %v\n", err)
+		return exitError
+	}
+	fmt.Fprintf(stdout, "position %d -> %d\n", a.GetPosition(), b.GetPosition())
+	for _, line := range audit.Diff(a, b) {
+		fmt.Fprintln(stdout, line)
+	}
+	return exitOK
+}
+
+// decisionLine is what explain --decision reads of a decision log line.
+type decisionLine struct {
+	Time           time.Time `json:"time"`
+	TenantID       string    `json:"tenant_id"`
+	Hostname       string    `json:"hostname"`
+	ConfigRevision uint64    `json:"config_revision"`
+	Verdict        string    `json:"verdict"`
+	Reason         string    `json:"reason"`
+	Rule           string    `json:"rule"`
+	Request        struct {
+		Method string `json:"method"`
+		Path   string `json:"path"`
+	} `json:"request"`
+}
+
+func runAuditExplain(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("audit explain", "Give the decision the edge would have made for a request. With --decision, re-derive a logged\n"+
+		"decision (its tenant, hostname, request, config_revision and time) and exit 0 when the verdict,\nreason and rule match, 1 when not.", stderr)
+	var f auditFlags
+	f.register(fs)
+	hostname := fs.String("hostname", "", "the request's hostname")
+	certFile := fs.String("cert", "", "the client's certificate chain, leaf first (PEM file); none: no certificate")
+	method := fs.String("method", "GET", "the request's method")
+	path := fs.String("path", "/", "the request's path")
+	var at pointFlags
+	at.register(fs, "at-", "of the configuration (default: now)")
+	requestTime := fs.String("request-time", "", "with --at-position: when the request was made (RFC 3339; default now)")
+	logged := fs.String("decision", "", "a decision log line (JSON) to re-derive")
+	if code, done := parseAuditFlags(fs, args, env, stderr); done {
+		return code
+	}
+	fail := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "guestlist audit explain: "+format+"\n", a...)
+		return code
+	}
+	req := &guestlistv1.ExplainRequest{Hostname: *hostname, Method: *method, Path: *path}
+	var line *decisionLine
+	if *logged != "" {
+		line = &decisionLine{}
+		if err := json.Unmarshal([]byte(*logged), line); err != nil {
+			return fail(exitUsage, "--decision: not a decision log line: %v", err)
+		}
+		if line.Hostname == "" || line.TenantID == "" || line.Time.IsZero() {
+			return fail(exitUsage, "--decision: the line lacks time, tenant_id or hostname")
+		}
+		if f.tenant == "" {
+			f.tenant = line.TenantID
+		}
+		req.Hostname, req.Method, req.Path = line.Hostname, line.Request.Method, line.Request.Path
+		req.At = &guestlistv1.ExplainRequest_AtPosition{AtPosition: line.ConfigRevision}
+		req.RequestTime = timestamppb.New(line.Time)
+	} else {
+		if req.Hostname == "" {
+			return fail(exitUsage, "--hostname (or --decision) is required")
+		}
+		if _, err := at.query(); err != nil {
+			return fail(exitUsage, "%v", err)
+		}
+		switch {
+		case at.position != nil:
+			req.At = &guestlistv1.ExplainRequest_AtPosition{AtPosition: *at.position}
+		case at.time != nil:
+			req.At = &guestlistv1.ExplainRequest_AtTime{AtTime: timestamppb.New(*at.time)}
+		}
+		if *requestTime != "" {
+			t, err := time.Parse(time.RFC3339Nano, *requestTime)
+			if err != nil {
+				return fail(exitUsage, "--request-time: want an RFC 3339 time")
+			}
+			req.RequestTime = timestamppb.New(t)
+		}
+	}
+	c, err := f.client(true)
+	if err != nil {
+		return fail(exitUsage, "%v", err)
+	}
+	if *certFile != "" {
+		b, err := os.ReadFile(*certFile)
+		if err != nil {
+			return fail(exitUsage, "--cert: %v", err)
+		}
+		if _, err := audit.ParseChain(string(b)); err != nil {
+			return fail(exitUsage, "--cert %s: %v", *certFile, err)
+		}
+		req.ClientCertificateChainPem = string(b)
+	}
+	req.TenantId = f.tenant
+	resp := &guestlistv1.ExplainResponse{}
+	if err := c.callProto(ctx, http.MethodPost, "/v1/tenants/"+url.PathEscape(f.tenant)+":explain", req, resp); err != nil {
+		return fail(exitError, "%v", err)
+	}
+	fmt.Fprintf(stdout, "explained: verdict=%s reason=%s rule=%q config_revision=%d\n", resp.GetVerdict(), resp.GetReason(), resp.GetRule(), resp.GetConfigRevision())
+	if line == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stdout, "logged:    verdict=%s reason=%s rule=%q config_revision=%d\n", line.Verdict, line.Reason, line.Rule, line.ConfigRevision)
+	if resp.GetVerdict() != line.Verdict || resp.GetReason() != line.Reason || resp.GetRule() != line.Rule {
+		fmt.Fprintln(stdout, "MISMATCH: the replayed configuration gives a different decision")
+		return exitError
+	}
+	fmt.Fprintln(stdout, "match")
+	return exitOK
+}

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"guestlist.dev/edge/certid"
+	"guestlist.dev/edge/pkitest"
+)
+
+// loggedDecision is a decision log line, as far as the audit test reads it.
+type loggedDecision struct {
+	raw            string
+	Time           string `json:"time"`
+	TenantID       string `json:"tenant_id"`
+	Hostname       string `json:"hostname"`
+	ConfigRevision uint64 `json:"config_revision"`
+	Verdict        string `json:"verdict"`
+	Reason         string `json:"reason"`
+	Rule           string `json:"rule"`
+	Cert           struct {
+		FingerprintSHA256 string `json:"fingerprint_sha256"`
+	} `json:"cert"`
+	Request struct {
+		Method string `json:"method"`
+		Path   string `json:"path"`
+	} `json:"request"`
+}
+
+func readDecisions(t *testing.T, path string) []loggedDecision {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []loggedDecision
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var d loggedDecision
+		if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
+			t.Fatalf("decision log line %q: %v", sc.Text(), err)
+		}
+		d.raw = sc.Text()
+		out = append(out, d)
+	}
+	return out
+}
+
+// TestAuditEndToEnd: requests through the real edge under a changing configuration; every line of
+// the decision log is re-derived by Explain (REST, at the line's config_revision and time) and by
+// "guestlist audit explain --decision"; an auditor token reads but cannot write, nor read another
+// tenant; history pages, snapshots and diffs over REST and the CLI.
+func TestAuditEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	n := startDev(t, dir)
+	acmeCA := pkitest.NewCA(t, "acme devices")
+	good := acmeCA.Client(t, "terminal-1")
+	ops := acmeCA.Client(t, "ops-1")
+	foreign := pkitest.NewCA(t, "globex devices").Client(t, "globex-terminal")
+	certFiles := map[string]string{} // fingerprint -> PEM file
+	for name, l := range map[string]*pkitest.Leaf{"good": good, "ops": ops, "foreign": foreign} {
+		p := filepath.Join(dir, name+".pem")
+		if err := os.WriteFile(p, []byte(pkitest.PEM(l.Cert)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		certFiles[certid.FingerprintSHA256(l.Cert.Raw)] = p
+	}
+
+	for _, id := range []string{"acme", "globex"} {
+		if code, _ := n.rest("POST", "/v1/tenants?tenantId="+id, n.token, map[string]any{"displayName": id}); code != 200 {
+			t.Fatal("create tenant")
+		}
+	}
+	_, tok := n.rest("POST", "/v1/tenants/acme/tokens", n.token, map[string]any{"displayName": "auditor", "role": "ROLE_AUDITOR"})
+	auditor, _ := tok["secret"].(string)
+	if auditor == "" {
+		t.Fatalf("no auditor token: %v", tok)
+	}
+	n.rest("POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", n.token, map[string]any{"certificatePem": pkitest.PEM(acmeCA.Cert)})
+	if code, _ := n.rest("POST", "/v1/tenants/acme/hostnames", n.token, map[string]any{
+		"hostname": "pay.acme.example", "originUrl": n.orig, "mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}},
+	}); code != 200 {
+		t.Fatal("create hostname")
+	}
+	eventually(t, "the edge serves pay.acme.example", func() bool { code, _ := n.get("pay.acme.example", "/", good); return code == 200 })
+	requests := func() {
+		for _, c := range []*pkitest.Leaf{good, ops, foreign, nil} {
+			for _, p := range []string{"/", "/admin/x"} {
+				n.get("pay.acme.example", p, c)
+			}
+		}
+	}
+	requests()
+	// (The TLS client sends the foreign certificate only if the edge named its issuer: it
+	// does not, so that request has no certificate.)
+	// Revoke one certificate, then add a policy, with requests under each configuration.
+	n.rest("POST", "/v1/tenants/acme/certificateAuthorities/devices/revocations", n.token, map[string]any{"serialNumber": certid.SerialNumber(ops.Cert.SerialNumber)})
+	eventually(t, "the revocation is enforced", func() bool { code, _ := n.get("pay.acme.example", "/", ops); return code == 403 })
+	requests()
+	n.rest("POST", "/v1/tenants/acme/policies?policyId=p", n.token, map[string]any{"rules": []map[string]any{
+		{"name": "no-admin", "action": "ACTION_DENY", "expression": "request.path.startsWith('/admin')"},
+		{"name": "devices", "action": "ACTION_ALLOW", "expression": "cert.verified"},
+	}})
+	n.rest("PATCH", "/v1/tenants/acme/hostnames/pay.acme.example?updateMask=policy_id,mtls", n.token, map[string]any{
+		"hostname": "pay.acme.example", "originUrl": n.orig, "policyId": "p", "mtls": map[string]any{"mode": "MTLS_MODE_REPORT", "certificateAuthorityIds": []string{"devices"}},
+	})
+	eventually(t, "the policy is enforced", func() bool {
+		_, body := n.get("pay.acme.example", "/admin/x", good)
+		return strings.Contains(body, "report_deny")
+	})
+	requests()
+	// Another tenant's changes move the global position on.
+	n.rest("POST", "/v1/tenants/globex/tokens", n.token, map[string]any{"displayName": "x", "role": "ROLE_AUDITOR"})
+	requests()
+
+	logPath := filepath.Join(dir, "decisions.jsonl")
+	var lines []loggedDecision
+	eventually(t, "the decision log is written", func() bool { lines = readDecisions(t, logPath); return len(lines) >= 32 })
+	reasons := map[string]bool{}
+	for _, d := range lines {
+		body := map[string]any{
+			"hostname": d.Hostname, "method": d.Request.Method, "path": d.Request.Path,
+			"atPosition": strconv.FormatUint(d.ConfigRevision, 10), "requestTime": d.Time,
+		}
+		if d.Cert.FingerprintSHA256 != "" {
+			pemBytes, err := os.ReadFile(certFiles[d.Cert.FingerprintSHA256])
+			if err != nil {
+				t.Fatalf("unknown certificate in %s", d.raw)
+			}
+			body["clientCertificateChainPem"] = string(pemBytes)
+		}
+		code, got := n.rest("POST", "/v1/tenants/"+d.TenantID+":explain", auditor, body)
+		rule, _ := got["rule"].(string)
+		if code != 200 || got["verdict"] != d.Verdict || got["reason"] != d.Reason || rule != d.Rule {
+			t.Errorf("logged %s\nexplained %d %v", d.raw, code, got)
+		}
+		reasons[d.Reason] = true
+	}
+	for _, r := range []string{"certificate_verified", "certificate_missing", "certificate_revoked", "rule_allow", "rule_deny"} {
+		if !reasons[r] {
+			t.Errorf("no decision with reason %s in the log", r)
+		}
+	}
+
+	// The CLI re-derives logged decisions: exit 0 on a match, 1 on a line that was tampered with.
+	env := map[string]string{"GUESTLIST_API": n.api, "GUESTLIST_TOKEN": auditor}
+	for i, d := range lines {
+		if i%5 != 0 {
+			continue
+		}
+		args := []string{"audit", "explain", "--decision", d.raw}
+		if f := certFiles[d.Cert.FingerprintSHA256]; f != "" {
+			args = append(args, "--cert", f)
+		}
+		if code, out, errOut := runCmd(t, env, args...); code != exitOK || !strings.Contains(out, "match") {
+			t.Errorf("explain --decision %s: exit %d\n%s%s", d.raw, code, out, errOut)
+		}
+		tampered := strings.Replace(d.raw, `"reason":"`+d.Reason+`"`, `"reason":"mtls_off"`, 1)
+		if code, out, _ := runCmd(t, env, append([]string{"audit", "explain", "--decision", tampered}, args[4:]...)...); code != exitError || !strings.Contains(out, "MISMATCH") {
+			t.Errorf("explain --decision on a tampered line: exit %d\n%s", code, out)
+		}
+	}
+	if code, _, _ := runCmd(t, env, "audit", "explain", "--decision", "not json"); code != exitUsage {
+		t.Errorf("explain --decision garbage: exit %d", code)
+	}
+	if code, _, errOut := runCmd(t, env, "audit", "verify", "--tenant", "acme"); code != exitUsage || !strings.Contains(errOut, "not available") {
+		t.Errorf("verify: exit %d %s", code, errOut)
+	}
+
+	// The auditor reads acme, writes nothing, and reads no other tenant.
+	if code, _ := n.rest("GET", "/v1/tenants/acme/events", auditor, nil); code != 200 {
+		t.Errorf("auditor history: %d", code)
+	}
+	if code, _ := n.rest("POST", "/v1/tenants/acme/policies?policyId=q", auditor, map[string]any{"rules": []map[string]any{{"name": "a", "action": "ACTION_ALLOW", "expression": "true"}}}); code != 403 {
+		t.Errorf("auditor write: %d, want 403", code)
+	}
+	for _, path := range []string{"/v1/tenants/globex/events", "/v1/tenants/globex/snapshot", "/v1/tenants/nobody/events"} {
+		if code, _ := n.rest("GET", path, auditor, nil); code != 403 {
+			t.Errorf("auditor GET %s: %d, want 403", path, code)
+		}
+	}
+	if code, _ := n.rest("POST", "/v1/tenants/globex:explain", auditor, map[string]any{"hostname": "pay.acme.example"}); code != 403 {
+		t.Errorf("auditor explain on globex: %d, want 403", code)
+	}
+	if code, _ := n.rest("GET", "/v1/tenants/acme/events", "gla_unknown", nil); code != 401 {
+		t.Errorf("unknown token: %d, want 401", code)
+	}
+
+	// History in pages equals history at once.
+	_, all := n.rest("GET", "/v1/tenants/acme/events?pageSize=1000", auditor, nil)
+	allEvents, _ := all["events"].([]any)
+	var paged []any
+	for tokq := ""; ; {
+		_, page := n.rest("GET", "/v1/tenants/acme/events?pageSize=2"+tokq, auditor, nil)
+		evs, _ := page["events"].([]any)
+		paged = append(paged, evs...)
+		next, _ := page["nextPageToken"].(string)
+		if next == "" || len(paged) > 100 {
+			break
+		}
+		tokq = "&pageToken=" + url.QueryEscape(next)
+	}
+	if len(allEvents) != 7 || len(paged) != len(allEvents) {
+		t.Fatalf("history: %d events at once, %d paged; want 7", len(allEvents), len(paged))
+	}
+	hostnameEvent := allEvents[3].(map[string]any)
+	if hostnameEvent["type"] != "guestlist.events.v1.HostnameCreated" || hostnameEvent["actor"] != "admin" || !strings.Contains(jsonString(hostnameEvent["data"]), "pay.acme.example") {
+		t.Errorf("history event: %v", hostnameEvent)
+	}
+
+	// Snapshots at the hostname's creation, by position and by time, agree.
+	pos := hostnameEvent["position"].(string)
+	_, byPos := n.rest("GET", "/v1/tenants/acme/snapshot?atPosition="+pos, auditor, nil)
+	_, byTime := n.rest("GET", "/v1/tenants/acme/snapshot?atTime="+url.QueryEscape(hostnameEvent["time"].(string)), auditor, nil)
+	if jsonString(byPos) != jsonString(byTime) || len(byPos["hostnames"].([]any)) != 1 || byPos["policies"] != nil {
+		t.Errorf("snapshot at %s:\nby position %v\nby time %v", pos, byPos, byTime)
+	}
+
+	// The CLI: history, snapshot, diff.
+	code, out, errOut := runCmd(t, env, "audit", "history", "--tenant", "acme")
+	if code != exitOK || strings.Count(out, "\n") != 7 {
+		t.Errorf("audit history: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCmd(t, env, "audit", "snapshot", "--tenant", "acme", "--at-position", pos)
+	if code != exitOK || !strings.Contains(out, "pay.acme.example") || strings.Contains(out, `"policies"`) {
+		t.Errorf("audit snapshot: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCmd(t, env, "audit", "diff", "--tenant", "acme", "--from-position", pos)
+	for _, want := range []string{"policy p added", "hostname pay.acme.example: mtls.mode ENFORCE -> REPORT", "hostname pay.acme.example: policy_id \"\" -> p"} {
+		if code != exitOK || !strings.Contains(out, want) {
+			t.Errorf("audit diff lacks %q: exit %d\n%s%s", want, code, out, errOut)
+		}
+	}
+	if code, _, _ := runCmd(t, map[string]string{"GUESTLIST_API": n.api}, "audit", "history", "--tenant", "acme"); code != exitUsage {
+		t.Errorf("history without a token: exit %d", code)
+	}
+	if code, _, _ := runCmd(t, map[string]string{"GUESTLIST_API": n.api, "GUESTLIST_TOKEN": auditor}, "audit", "history", "--tenant", "globex"); code != exitError {
+		t.Errorf("history of another tenant: exit %d", code)
+	}
+}
+
+func jsonString(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
