@@ -5,8 +5,8 @@
 // explanation at a decision log line's config_revision re-derives that line's verdict, reason and
 // rule. It writes nothing.
 //
-// The hash chain, Verify, ExportEvents and GetCheckpointKey belong to package projections/ledger;
-// until it is wired in they answer UNIMPLEMENTED and AuditEvent.hash is empty.
+// The hash chain, Verify, ExportEvents and GetCheckpointKey come from package projections/ledger,
+// given with [WithLedger]; without it they answer UNIMPLEMENTED and AuditEvent.hash is empty.
 package audit
 
 import (
@@ -28,11 +28,13 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"guestlist.dev/edge/decision"
 	"guestlist.dev/edge/dnsname"
 	"guestlist.dev/projections/fold"
 	"guestlist.dev/projections/foldview"
+	"guestlist.dev/projections/ledger"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 	"guestlist.dev/services/api/apistatus"
 	"guestlist.dev/services/auth"
@@ -50,8 +52,10 @@ const (
 type Service struct {
 	guestlistv1.UnimplementedAuditServiceServer
 
-	store eventstore.Store
-	now   func() time.Time
+	store  eventstore.Store
+	now    func() time.Time
+	ledger *ledger.Ledger
+	signer *ledger.Signer
 }
 
 // Option configures a Service.
@@ -59,6 +63,13 @@ type Option func(*Service)
 
 // WithNow sets the clock used when a request names no time (default time.Now).
 func WithNow(now func() time.Time) Option { return func(s *Service) { s.now = now } }
+
+// WithLedger gives the service the tenants' hash chains and signed checkpoints: l follows the same
+// store (its Run is the caller's to start), and signer is the key that signs l's checkpoints.
+// Without it, hashes are empty and Verify, ExportEvents and GetCheckpointKey are UNIMPLEMENTED.
+func WithLedger(l *ledger.Ledger, signer *ledger.Signer) Option {
+	return func(s *Service) { s.ledger, s.signer = l, signer }
+}
 
 // New returns the AuditService on store.
 func New(store eventstore.Store, opts ...Option) *Service {
@@ -109,6 +120,11 @@ func (s *Service) ListEvents(ctx context.Context, req *guestlistv1.ListEventsReq
 		ae, err := auditEvent(ev)
 		if err != nil {
 			return nil, err
+		}
+		if s.ledger != nil {
+			if h, err := s.ledger.ChainHash(req.GetTenantId(), ev.Revision); err == nil {
+				ae.Hash = ledger.HashHex(h)
+			}
 		}
 		out.Events = append(out.Events, ae)
 	}
@@ -344,32 +360,79 @@ func ParseChain(chainPEM string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-// errNoLedger answers the calls that need the hash chain until package projections/ledger is
-// wired in: a clear refusal, never a made-up result.
-var errNoLedger = status.Error(codes.Unimplemented, "audit: the hash chain and signed checkpoints (projections/ledger) are not available in this build yet")
+// errNoLedger answers the calls that need the hash chain when no ledger was given: a clear
+// refusal, never a made-up result.
+var errNoLedger = status.Error(codes.Unimplemented, "audit: the hash chain and signed checkpoints (projections/ledger) are not configured on this server")
 
-// Verify is not available until the ledger is wired in.
+// Verify checks the tenant's events in the store against the ledger's hash chain and its signed
+// checkpoints (ledger.VerifyStore).
 func (s *Service) Verify(ctx context.Context, req *guestlistv1.VerifyRequest) (*guestlistv1.VerifyResponse, error) {
 	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
 		return nil, err
 	}
-	return nil, errNoLedger
+	if s.ledger == nil {
+		return nil, errNoLedger
+	}
+	if _, err := s.store.ReadStream(ctx, fold.TenantStream(req.GetTenantId()), eventstore.Forwards, 0, 1); err != nil {
+		return nil, s.storeError(err, req.GetTenantId())
+	}
+	r := ledger.VerifyStore(ctx, s.store, s.ledger, s.signer.PublicKey(), req.GetTenantId())
+	return &guestlistv1.VerifyResponse{Valid: r.Valid, CheckedEvents: r.Checked, FirstBadPosition: r.FirstBadPosition, Problem: r.Problem}, nil
 }
 
-// ExportEvents is not available until the ledger is wired in.
+// ExportEvents streams the tenant's history for offline verification (ledger.VerifyExport): every
+// event with its payload as a google.protobuf.BytesValue holding the bytes exactly as stored (so
+// the canonical encoding can be recomputed), and the chain hash the ledger recorded after it (for
+// events the ledger has not recorded yet, the hash computed from the store).
 func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc.ServerStreamingServer[guestlistv1.AuditEvent]) error {
-	if _, err := auth.AuthorizeRead(stream.Context(), req.GetTenantId()); err != nil {
+	ctx := stream.Context()
+	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
 		return err
 	}
-	return errNoLedger
+	if s.ledger == nil {
+		return errNoLedger
+	}
+	tenant := req.GetTenantId()
+	var chain [32]byte
+	for from := uint64(0); ; {
+		evs, err := s.store.ReadStream(ctx, fold.TenantStream(tenant), eventstore.Forwards, from, readBatch)
+		if err != nil {
+			return s.storeError(err, tenant)
+		}
+		for _, ev := range evs {
+			chain = ledger.Chain(chain, ledger.Canonical(tenant, ev))
+			hash := chain
+			if h, err := s.ledger.ChainHash(tenant, ev.Revision); err == nil {
+				hash = h
+			}
+			data, err := anypb.New(wrapperspb.Bytes(ev.Data))
+			if err != nil {
+				return status.Errorf(codes.Internal, "audit: export position %d: %v", ev.Position, err)
+			}
+			if err := stream.Send(&guestlistv1.AuditEvent{
+				Position: uint64(ev.Position), Revision: ev.Revision, Type: ev.Type, Time: timestamppb.New(ev.Time),
+				Actor: ev.Metadata.Actor, RequestId: ev.Metadata.RequestID, Data: data, Hash: ledger.HashHex(hash),
+			}); err != nil {
+				return fmt.Errorf("audit: export: send: %w", err)
+			}
+		}
+		if len(evs) < readBatch {
+			return nil
+		}
+		from = evs[len(evs)-1].Revision + 1
+	}
 }
 
-// GetCheckpointKey is not available until the ledger is wired in.
+// GetCheckpointKey returns the public key that verifies the ledger's checkpoints. Any
+// authenticated caller may have it.
 func (s *Service) GetCheckpointKey(ctx context.Context, _ *guestlistv1.GetCheckpointKeyRequest) (*guestlistv1.CheckpointKey, error) {
 	if _, ok := auth.FromContext(ctx); !ok {
 		return nil, status.Error(codes.Unauthenticated, "missing or invalid bearer token")
 	}
-	return nil, errNoLedger
+	if s.signer == nil {
+		return nil, errNoLedger
+	}
+	return &guestlistv1.CheckpointKey{PublicKeyPem: s.signer.PublicKeyPEM()}, nil
 }
 
 // storeError maps an event store error to a status: a tenant without history is NOT_FOUND (the
