@@ -65,6 +65,16 @@ type exportLine struct {
 	exportEvent
 }
 
+// eventLine and checkpointLine are the lines ExportWriter writes.
+type (
+	eventLine struct {
+		Event *exportEvent `json:"event"`
+	}
+	checkpointLine struct {
+		Checkpoint string `json:"checkpoint"`
+	}
+)
+
 // jsonUint is a uint64 written as a decimal string (as protojson does) and read from a string or
 // a number.
 type jsonUint uint64
@@ -100,7 +110,9 @@ type ExportWriter struct {
 // checkpoint's size, and Flush at the end.
 func NewExportWriter(w io.Writer, tenant string) (*ExportWriter, error) {
 	ew := &ExportWriter{w: bufio.NewWriterSize(w, 1<<16), tenant: tenant}
-	b, err := json.Marshal(exportLine{Tenant: &tenant})
+	b, err := json.Marshal(struct {
+		Tenant string `json:"tenant"`
+	}{tenant})
 	if err != nil {
 		return nil, fmt.Errorf("ledger: export: %w", err)
 	}
@@ -122,7 +134,7 @@ func (ew *ExportWriter) WriteEvent(ev eventstore.RecordedEvent) error {
 	data = append(data, '"')
 	data = base64.StdEncoding.AppendEncode(data, ev.Data)
 	data = append(data, '"')
-	b, err := json.Marshal(exportLine{Event: &exportEvent{
+	b, err := json.Marshal(eventLine{&exportEvent{
 		Position: jsonUint(ev.Position), Revision: jsonUint(ev.Revision), Type: ev.Type,
 		Time: ev.Time.UTC().Format(time.RFC3339Nano), Actor: ev.Metadata.Actor, RequestID: ev.Metadata.RequestID,
 		Data: data, Hash: HashHex(ew.chain),
@@ -139,7 +151,7 @@ func (ew *ExportWriter) WriteEvent(ev eventstore.RecordedEvent) error {
 // WriteCheckpoint writes a signed checkpoint line.
 func (ew *ExportWriter) WriteCheckpoint(s SignedCheckpoint) error {
 	str := string(s)
-	b, err := json.Marshal(exportLine{Checkpoint: &str})
+	b, err := json.Marshal(checkpointLine{str})
 	if err != nil {
 		return fmt.Errorf("ledger: export checkpoint: %w", err)
 	}
@@ -214,7 +226,7 @@ type entry struct {
 // parseLine parses one export line. tenant is needed for the canonical bytes of events.
 func parseLine(b []byte, tenant string, e *entry) {
 	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
+	if len(b) == 0 || parseEventFast(b, tenant, e) {
 		return
 	}
 	var l exportLine

@@ -51,8 +51,8 @@ func verifyLines(pubLines []string, e *env) Result {
 	return VerifyExport(strings.NewReader(strings.Join(pubLines, "\n")+"\n"), e.signer.PublicKey())
 }
 
-// eventLine returns the index of the line of the event at revision rev.
-func eventLine(t *testing.T, lines []string, rev uint64) int {
+// findEventLine returns the index of the line of the event at revision rev.
+func findEventLine(t *testing.T, lines []string, rev uint64) int {
 	t.Helper()
 	for i, l := range lines {
 		var x struct {
@@ -73,7 +73,7 @@ func editEvent(t *testing.T, line string, f func(ev *exportEvent)) string {
 		t.Fatalf("not an event line: %s", line)
 	}
 	f(x.Event)
-	b, err := json.Marshal(exportLine{Event: x.Event})
+	b, err := json.Marshal(eventLine{x.Event})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,12 +116,12 @@ func TestExportTamper(t *testing.T) {
 		wantPos uint64
 	}{
 		{"change a data byte", func(ls []string) []string {
-			i := eventLine(t, ls, k)
+			i := findEventLine(t, ls, k)
 			ls[i] = editEvent(t, ls[i], flipData(t))
 			return ls
 		}, posOf(k)},
 		{"change the time by 1ns", func(ls []string) []string {
-			i := eventLine(t, ls, k)
+			i := findEventLine(t, ls, k)
 			ls[i] = editEvent(t, ls[i], func(ev *exportEvent) {
 				tm, _ := time.Parse(time.RFC3339Nano, ev.Time)
 				ev.Time = tm.Add(time.Nanosecond).Format(time.RFC3339Nano)
@@ -129,25 +129,25 @@ func TestExportTamper(t *testing.T) {
 			return ls
 		}, posOf(k)},
 		{"change the actor", func(ls []string) []string {
-			i := eventLine(t, ls, k)
+			i := findEventLine(t, ls, k)
 			ls[i] = editEvent(t, ls[i], func(ev *exportEvent) { ev.Actor = "mallory" })
 			return ls
 		}, posOf(k)},
 		{"drop a line", func(ls []string) []string {
-			i := eventLine(t, ls, k)
+			i := findEventLine(t, ls, k)
 			return append(ls[:i:i], ls[i+1:]...)
 		}, posOf(k + 1)},
 		{"insert a line", func(ls []string) []string {
-			i := eventLine(t, ls, k)
+			i := findEventLine(t, ls, k)
 			forged := editEvent(t, ls[i], flipData(t))
 			return append(ls[:i:i], append([]string{forged}, ls[i:]...)...)
 		}, posOf(k)},
 		{"insert a copy", func(ls []string) []string {
-			i := eventLine(t, ls, k)
+			i := findEventLine(t, ls, k)
 			return append(ls[:i+1:i+1], append([]string{ls[i]}, ls[i+1:]...)...)
 		}, posOf(k)},
 		{"swap two lines", func(ls []string) []string {
-			i, j := eventLine(t, ls, k), eventLine(t, ls, k+1)
+			i, j := findEventLine(t, ls, k), findEventLine(t, ls, k+1)
 			ls[i], ls[j] = ls[j], ls[i]
 			return ls
 		}, posOf(k + 1)},
@@ -157,7 +157,7 @@ func TestExportTamper(t *testing.T) {
 			parts := strings.Split(*x.Checkpoint, "\n")
 			parts[2] = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
 			s := strings.Join(parts, "\n")
-			b, _ := json.Marshal(exportLine{Checkpoint: &s})
+			b, _ := json.Marshal(checkpointLine{s})
 			ls[cpLine] = string(b)
 			return ls
 		}, posOf(cpAt.Size - 1)},
@@ -165,7 +165,7 @@ func TestExportTamper(t *testing.T) {
 			cp := cpAt
 			cp.Size = uint64(len(evs)) // claims a different key signed the latest state
 			s := string(other.Sign(cp))
-			b, _ := json.Marshal(exportLine{Checkpoint: &s})
+			b, _ := json.Marshal(checkpointLine{s})
 			ls[cpLine] = string(b)
 			return ls
 		}, posOf(cpAt.Size - 1)},
@@ -177,7 +177,7 @@ func TestExportTamper(t *testing.T) {
 			return exportLines(t, changed, cps)
 		}, 0}, // checked below: the first event after the last good checkpoint
 		{"drop the tail", func(ls []string) []string {
-			i := eventLine(t, ls, cpAt.Size-1)
+			i := findEventLine(t, ls, cpAt.Size-1)
 			var out []string
 			for j, l := range ls {
 				if j < i || strings.HasPrefix(l, `{"checkpoint"`) {
@@ -255,7 +255,7 @@ func TestExportForms(t *testing.T) {
 	}
 	// Data and nanoseconds round-trip exactly.
 	var x exportLine
-	_ = json.Unmarshal([]byte(lines[eventLine(t, lines, 3)]), &x)
+	_ = json.Unmarshal([]byte(lines[findEventLine(t, lines, 3)]), &x)
 	d, err := decodeData(x.Event.Data)
 	tm, _ := time.Parse(time.RFC3339Nano, x.Event.Time)
 	if err != nil || !bytes.Equal(d, evs[3].Data) || !tm.Equal(evs[3].Time) {
