@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"guestlist.dev/projections/audit"
+	"guestlist.dev/projections/ledger"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 )
 
@@ -32,8 +33,8 @@ var auditSubcommands = []struct{ name, summary string }{
 	{"snapshot", "the tenant's configuration at a position or a time (JSON)"},
 	{"explain", "the decision the edge would have made; with --decision, re-derive a logged decision (exit 1 when it differs)"},
 	{"diff", "what changed in the tenant's configuration between two positions or times"},
-	{"verify", "check the history against its hash chain and signed checkpoints"},
-	{"export", "export the history for offline verification"},
+	{"verify", "check the history against its hash chain and signed checkpoints (online, or offline: --file, --public-key)"},
+	{"export", "export the history for offline verification (NDJSON)"},
 }
 
 func auditUsage(w io.Writer) {
@@ -62,9 +63,10 @@ func runAudit(ctx context.Context, args []string, env func(string) string, stdou
 		return runAuditExplain(ctx, args[1:], env, stdout, stderr)
 	case "diff":
 		return runAuditDiff(ctx, args[1:], env, stdout, stderr)
-	case "verify", "export":
-		fmt.Fprintf(stderr, "guestlist audit %s: not available yet (the hash chain and signed checkpoints are not part of this build)\n", args[0])
-		return exitUsage
+	case "verify":
+		return runAuditVerify(ctx, args[1:], env, stdout, stderr)
+	case "export":
+		return runAuditExport(ctx, args[1:], env, stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "guestlist audit: unknown subcommand %q\n\n", args[0])
 	auditUsage(stderr)
@@ -433,5 +435,123 @@ func runAuditExplain(ctx context.Context, args []string, env func(string) string
 		return exitError
 	}
 	fmt.Fprintln(stdout, "match")
+	return exitOK
+}
+
+func runAuditVerify(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("audit verify", "Check the tenant's history against its hash chain and signed checkpoints: through the API, or\n"+
+		"offline with --file EXPORT --public-key KEY.pem alone. Exit 0 when intact, 1 when not.", stderr)
+	var f auditFlags
+	f.register(fs)
+	file := fs.String("file", "", "an export (guestlist audit export) to verify offline")
+	keyFile := fs.String("public-key", "", "with --file: the checkpoint public key (PEM)")
+	if code, done := parseAuditFlags(fs, args, env, stderr); done {
+		return code
+	}
+	fail := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "guestlist audit verify: "+format+"\n", a...)
+		return code
+	}
+	report := func(valid bool, checked, firstBad uint64, problem string) int {
+		if valid {
+			fmt.Fprintf(stdout, "intact: %d events checked\n", checked)
+			return exitOK
+		}
+		fmt.Fprintf(stdout, "NOT intact after %d events checked: %s\n", checked, problem)
+		if firstBad != 0 {
+			fmt.Fprintf(stdout, "first bad position: %d\n", firstBad)
+		}
+		return exitError
+	}
+	if *file != "" {
+		if *keyFile == "" {
+			return fail(exitUsage, "--file needs --public-key")
+		}
+		keyPEM, err := os.ReadFile(*keyFile)
+		if err != nil {
+			return fail(exitUsage, "--public-key: %v", err)
+		}
+		pub, err := ledger.ParsePublicKeyPEM(keyPEM)
+		if err != nil {
+			return fail(exitUsage, "--public-key %s: %v", *keyFile, err)
+		}
+		in, err := os.Open(*file)
+		if err != nil {
+			return fail(exitUsage, "--file: %v", err)
+		}
+		defer in.Close()
+		var r ledger.Result
+		if f.tenant != "" {
+			r = ledger.VerifyExportTenant(in, pub, f.tenant)
+		} else {
+			r = ledger.VerifyExport(in, pub)
+		}
+		return report(r.Valid, r.Checked, r.FirstBadPosition, r.Problem)
+	}
+	c, err := f.client(true)
+	if err != nil {
+		return fail(exitUsage, "%v", err)
+	}
+	resp := &guestlistv1.VerifyResponse{}
+	if err := c.callProto(ctx, http.MethodPost, "/v1/tenants/"+url.PathEscape(f.tenant)+":verify", &guestlistv1.VerifyRequest{TenantId: f.tenant}, resp); err != nil {
+		return fail(exitError, "%v", err)
+	}
+	return report(resp.GetValid(), resp.GetCheckedEvents(), resp.GetFirstBadPosition(), resp.GetProblem())
+}
+
+func runAuditExport(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("audit export", "Write the tenant's history for offline verification, one JSON object a line\n"+
+		"(verify it with guestlist audit verify --file EXPORT --public-key KEY.pem).", stderr)
+	var f auditFlags
+	f.register(fs)
+	out := fs.String("out", "", "write to this file instead of standard output")
+	if code, done := parseAuditFlags(fs, args, env, stderr); done {
+		return code
+	}
+	c, err := f.client(true)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
+		return exitUsage
+	}
+	raw, err := c.call(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(f.tenant)+"/events:export", nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
+		return exitError
+	}
+	var b bytes.Buffer
+	head, _ := json.Marshal(map[string]string{"tenant": f.tenant})
+	b.Write(append(head, '\n'))
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	for n := 0; ; n++ {
+		var line struct {
+			Result json.RawMessage `json:"result"`
+			Error  json.RawMessage `json:"error"`
+		}
+		if err := dec.Decode(&line); err == io.EOF {
+			break
+		} else if err != nil {
+			fmt.Fprintf(stderr, "guestlist audit export: line %d of the response: %v\n", n+1, err)
+			return exitError
+		}
+		if line.Error != nil || line.Result == nil {
+			fmt.Fprintf(stderr, "guestlist audit export: the export ended with an error: %s\n", line.Error)
+			return exitError
+		}
+		var ev bytes.Buffer
+		if err := json.Compact(&ev, line.Result); err != nil {
+			fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
+			return exitError
+		}
+		fmt.Fprintf(&b, "{\"result\":%s}\n", ev.Bytes())
+	}
+	if *out == "" {
+		_, err = stdout.Write(b.Bytes())
+	} else {
+		err = os.WriteFile(*out, b.Bytes(), 0o644)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
+		return exitError
+	}
 	return exitOK
 }

@@ -57,7 +57,8 @@ func readDecisions(t *testing.T, path string) []loggedDecision {
 // TestAuditEndToEnd: requests through the real edge under a changing configuration; every line of
 // the decision log is re-derived by Explain (REST, at the line's config_revision and time) and by
 // "guestlist audit explain --decision"; an auditor token reads but cannot write, nor read another
-// tenant; history pages, snapshots and diffs over REST and the CLI.
+// tenant; history pages (with the ledger's hashes), snapshots and diffs over REST and the CLI;
+// verify online, and an export verified offline with only the checkpoint key.
 func TestAuditEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	n := startDev(t, dir)
@@ -171,8 +172,29 @@ func TestAuditEndToEnd(t *testing.T) {
 	if code, _, _ := runCmd(t, env, "audit", "explain", "--decision", "not json"); code != exitUsage {
 		t.Errorf("explain --decision garbage: exit %d", code)
 	}
-	if code, _, errOut := runCmd(t, env, "audit", "verify", "--tenant", "acme"); code != exitUsage || !strings.Contains(errOut, "not available") {
-		t.Errorf("verify: exit %d %s", code, errOut)
+
+	// Verify online; export, and verify the export offline with the checkpoint key alone.
+	if code, out, errOut := runCmd(t, env, "audit", "verify", "--tenant", "acme"); code != exitOK || !strings.Contains(out, "intact") {
+		t.Errorf("verify: exit %d\n%s%s", code, out, errOut)
+	}
+	_, key := n.rest("GET", "/v1/checkpointKey", auditor, nil)
+	keyFile := filepath.Join(dir, "checkpoint-key", "checkpoint.pub")
+	if onDisk, _ := os.ReadFile(keyFile); key["publicKeyPem"] != string(onDisk) || len(onDisk) == 0 {
+		t.Errorf("checkpoint key: API %v, file %q", key, onDisk)
+	}
+	exportFile := filepath.Join(t.TempDir(), "acme.ndjson")
+	if code, _, errOut := runCmd(t, env, "audit", "export", "--tenant", "acme", "--out", exportFile); code != exitOK {
+		t.Fatalf("export: exit %d %s", code, errOut)
+	}
+	offline := map[string]string{} // no API, no token
+	if code, out, errOut := runCmd(t, offline, "audit", "verify", "--file", exportFile, "--public-key", keyFile); code != exitOK || !strings.Contains(out, "intact: 7 events") {
+		t.Errorf("verify --file: exit %d\n%s%s", code, out, errOut)
+	}
+	exported, _ := os.ReadFile(exportFile)
+	tamperedFile := filepath.Join(t.TempDir(), "tampered.ndjson")
+	os.WriteFile(tamperedFile, []byte(strings.Replace(string(exported), `"actor":"admin"`, `"actor":"mallory"`, 1)), 0o600)
+	if code, out, _ := runCmd(t, offline, "audit", "verify", "--file", tamperedFile, "--public-key", keyFile); code != exitError || !strings.Contains(out, "NOT intact") {
+		t.Errorf("verify --file of a tampered export: exit %d\n%s", code, out)
 	}
 
 	// The auditor reads acme, writes nothing, and reads no other tenant.
@@ -211,6 +233,16 @@ func TestAuditEndToEnd(t *testing.T) {
 	if len(allEvents) != 7 || len(paged) != len(allEvents) {
 		t.Fatalf("history: %d events at once, %d paged; want 7", len(allEvents), len(paged))
 	}
+	eventually(t, "the ledger hashes every event", func() bool {
+		_, all = n.rest("GET", "/v1/tenants/acme/events?pageSize=1000", auditor, nil)
+		allEvents, _ = all["events"].([]any)
+		for _, ev := range allEvents {
+			if h, _ := ev.(map[string]any)["hash"].(string); len(h) != 64 {
+				return false
+			}
+		}
+		return len(allEvents) == 7
+	})
 	hostnameEvent := allEvents[3].(map[string]any)
 	if hostnameEvent["type"] != "guestlist.events.v1.HostnameCreated" || hostnameEvent["actor"] != "admin" || !strings.Contains(jsonString(hostnameEvent["data"]), "pay.acme.example") {
 		t.Errorf("history event: %v", hostnameEvent)

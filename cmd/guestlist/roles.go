@@ -18,7 +18,9 @@ import (
 	"guestlist.dev/edge/enforce"
 	"guestlist.dev/edge/servercert"
 	"guestlist.dev/edge/watch"
+	"guestlist.dev/projections/audit"
 	"guestlist.dev/projections/distribute"
+	"guestlist.dev/projections/ledger"
 	"guestlist.dev/projections/projector"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 	"guestlist.dev/services/api/server"
@@ -34,6 +36,8 @@ const (
 	edgeStateFile   = "edge-config.pb"  // the edge's last applied configuration
 	edgeCADir       = "edge"            // the dev edge CA (edge-ca.pem, edge-ca.key)
 	decisionsFile   = "decisions.jsonl" // the decision log
+	ledgerFile      = "ledger.db"       // the tenants' hash chains, Merkle logs and signed checkpoints
+	ledgerKeyDir    = "checkpoint-key"  // the key that signs checkpoints
 	devEdgeID       = "dev-edge"        // the in-process edge's name
 	originHint      = "echo origin"     // banner name of the demo origin
 	edgeHint        = "edge (HTTPS)"    // banner name of the edge
@@ -71,7 +75,19 @@ func openDev(ctx context.Context, cfg devConfig) (_ *controlPlane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cp, err := controlplane.New(controlplane.Config{Store: store, AdminToken: cfg.AdminToken, EdgeToken: edgeToken, Logger: cfg.Logger})
+	signer, err := ledger.LoadOrCreateKey(filepath.Join(cfg.DataDir, ledgerKeyDir))
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint key: %w", err)
+	}
+	led, err := ledger.Open(filepath.Join(cfg.DataDir, ledgerFile), store, signer)
+	if err != nil {
+		return nil, fmt.Errorf("open the ledger: %w", err)
+	}
+	closers = append(closers, led.Close)
+	cp, err := controlplane.New(controlplane.Config{
+		Store: store, AdminToken: cfg.AdminToken, EdgeToken: edgeToken, Logger: cfg.Logger,
+		AuditOptions: []audit.Option{audit.WithLedger(led, signer)},
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -143,6 +159,7 @@ func openDev(ctx context.Context, cfg devConfig) (_ *controlPlane, err error) {
 	})
 	roles := []func(context.Context, net.Addr) error{
 		func(ctx context.Context, _ net.Addr) error { return proj.Run(ctx) },
+		func(ctx context.Context, _ net.Addr) error { return led.Run(ctx) },
 		func(ctx context.Context, _ net.Addr) error { return edgeSrv.Serve(ctx) },
 		func(ctx context.Context, _ net.Addr) error { return echo.ServeListener(ctx, originLn) },
 		func(ctx context.Context, grpcAddr net.Addr) error {

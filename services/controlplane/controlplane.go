@@ -34,6 +34,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// AuditOptions configure the AuditService (for example audit.WithLedger).
+	AuditOptions []audit.Option
 }
 
 // ControlPlane is the control plane's API.
@@ -56,7 +58,7 @@ func New(cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	var auditOpts []audit.Option
+	auditOpts := append([]audit.Option(nil), cfg.AuditOptions...)
 	if cfg.Now != nil {
 		auditOpts = append(auditOpts, audit.WithNow(cfg.Now))
 	}
