@@ -56,6 +56,7 @@ type Service struct {
 	now    func() time.Time
 	ledger *ledger.Ledger
 	signer *ledger.Signer
+	cache  *stateCache
 }
 
 // Option configures a Service.
@@ -63,6 +64,17 @@ type Option func(*Service)
 
 // WithNow sets the clock used when a request names no time (default time.Now).
 func WithNow(now func() time.Time) Option { return func(s *Service) { s.now = now } }
+
+// WithCachedStates sets how many folded tenant states the service keeps to start replays from
+// (default 64); 0 replays every call from the tenant's first event.
+func WithCachedStates(n int) Option {
+	return func(s *Service) {
+		s.cache = nil
+		if n > 0 {
+			s.cache = &stateCache{cap: n}
+		}
+	}
+}
 
 // WithLedger gives the service the tenants' hash chains and signed checkpoints: l follows the same
 // store (its Run is the caller's to start), and signer is the key that signs l's checkpoints.
@@ -73,7 +85,7 @@ func WithLedger(l *ledger.Ledger, signer *ledger.Signer) Option {
 
 // New returns the AuditService on store.
 func New(store eventstore.Store, opts ...Option) *Service {
-	s := &Service{store: store, now: time.Now}
+	s := &Service{store: store, now: time.Now, cache: &stateCache{cap: defaultCacheStates}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -217,30 +229,42 @@ func (p point) includes(ev eventstore.RecordedEvent) bool {
 	return uint64(ev.Position) <= p.position
 }
 
-// stateAt folds the tenant's events up to p. It returns NOT_FOUND when the tenant has no history
-// at all; a point before the tenant's creation gives a state that does not exist.
+// stateAt folds the tenant's events up to p, starting from the nearest cached state at or before
+// p. It returns NOT_FOUND when the tenant has no history at all; a point before the tenant's
+// creation gives a state that does not exist. The state returned must not be modified.
 func (s *Service) stateAt(ctx context.Context, tenantID string, p point) (*fold.Tenant, error) {
 	stream := fold.TenantStream(tenantID)
-	st := fold.NewTenant(tenantID)
-	for from := uint64(0); ; {
+	st, from := fold.NewTenant(tenantID), uint64(0)
+	if base := s.cache.best(tenantID, p); base != nil {
+		st, from = cloneTenant(base), base.Revision+1
+	}
+	folded := 0
+	for {
 		evs, err := s.store.ReadStream(ctx, stream, eventstore.Forwards, from, readBatch)
 		if err != nil {
 			return nil, s.storeError(err, tenantID)
 		}
+		done := len(evs) < readBatch
 		for _, ev := range evs {
 			if !p.includes(ev) {
-				return st, nil
+				done = true
+				break
 			}
 			fe := fold.Event{Type: ev.Type, Data: ev.Data, Revision: ev.Revision, Position: uint64(ev.Position), Time: ev.Time, Actor: ev.Metadata.Actor, RequestID: ev.Metadata.RequestID}
 			if err := fold.Apply(st, fe); err != nil {
 				return nil, status.Errorf(codes.Internal, "audit: replay tenant %q: %v", tenantID, err)
 			}
+			folded++
 		}
-		if len(evs) < readBatch {
-			return st, nil
+		if done {
+			break
 		}
 		from = evs[len(evs)-1].Revision + 1
 	}
+	if folded >= minFoldToCache {
+		s.cache.add(st)
+	}
+	return st, nil
 }
 
 // pointOf returns the point an at_position / at_time oneof names; neither is now: the store's

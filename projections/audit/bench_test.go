@@ -1,0 +1,61 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/edge/pkitest"
+	"guestlist.dev/projections/fold"
+	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
+	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
+	"guestlist.dev/services/eventstore"
+	"guestlist.dev/services/eventstore/boltstore"
+	"guestlist.dev/services/eventstore/storetest"
+)
+
+// BenchmarkExplain10kEvents replays a tenant with 10,000 events (a CA, a hostname updated over
+// and over) for each explanation: the cost of replaying from scratch on every call.
+func BenchmarkExplain10kEvents(b *testing.B) {
+	store, err := boltstore.Open(b.TempDir() + "/events.db")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	ca := pkitest.NewCA(b, "devices")
+	leaf := ca.Client(b, "leaf")
+	ms := []proto.Message{
+		&eventsv1.TenantCreated{TenantId: "acme"},
+		&eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "devices", CertificateDer: ca.Cert.Raw, FingerprintSha256: "00"},
+	}
+	for i := range 9998 {
+		m := &eventsv1.HostnameUpdated{Hostname: "pay.acme.example", OriginUrl: fmt.Sprintf("http://o%d", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE,
+			Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"devices"}}}
+		if i == 0 {
+			ms = append(ms, &eventsv1.HostnameCreated{Hostname: m.Hostname, OriginUrl: m.OriginUrl, State: m.State, Mtls: m.Mtls})
+			continue
+		}
+		ms = append(ms, m)
+	}
+	for i := 0; i < len(ms); i += 500 {
+		var evs []eventstore.EventData
+		for _, m := range ms[i:min(i+500, len(ms))] {
+			data, _ := proto.Marshal(m)
+			evs = append(evs, eventstore.EventData{ID: storetest.NewEventID(), Type: fold.TypeOf(m), Data: data})
+		}
+		if _, err := store.Append(context.Background(), fold.TenantStream("acme"), eventstore.Any(), evs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	svc := New(store)
+	req := &guestlistv1.ExplainRequest{TenantId: "acme", Hostname: "pay.acme.example", ClientCertificateChainPem: pkitest.PEM(leaf.Cert), Method: "GET", Path: "/"}
+	b.ResetTimer()
+	for b.Loop() {
+		resp, err := svc.Explain(admin, req)
+		if err != nil || resp.GetVerdict() != "allow" {
+			b.Fatal(resp, err)
+		}
+	}
+}
