@@ -415,8 +415,8 @@ func (t *Tenant) request(ev Event, r Ref) {
 
 // setEntry sets m[k] to v (deleting it when v is nil), recording the previous value in t's journal.
 func setEntry[K comparable, V any](t *Tenant, m map[K]*V, k K, v *V) {
-	old, had := m[k]
 	if t.journal != nil {
+		old, had := m[k]
 		t.journal.undo = append(t.journal.undo, func() {
 			if had {
 				m[k] = old
