@@ -500,8 +500,8 @@ func runAuditVerify(ctx context.Context, args []string, env func(string) string,
 }
 
 func runAuditExport(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("audit export", "Write the tenant's history for offline verification, one JSON object a line\n"+
-		"(verify it with guestlist audit verify --file EXPORT --public-key KEY.pem).", stderr)
+	fs := newFlagSet("audit export", "Write the tenant's history for offline verification, one JSON object a line: the tenant,\n"+
+		"the events and the signed checkpoints (verify it with guestlist audit verify --file EXPORT --public-key KEY.pem).", stderr)
 	var f auditFlags
 	f.register(fs)
 	out := fs.String("out", "", "write to this file instead of standard output")
@@ -518,9 +518,11 @@ func runAuditExport(ctx context.Context, args []string, env func(string) string,
 		fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
 		return exitError
 	}
+	// The export is the stream as the API sends it, one compact {"result":{...}} line per message:
+	// the tenant first, then the events, each signed checkpoint after the event that completes its
+	// size (ledger.VerifyExport reads it as it is).
 	var b bytes.Buffer
-	head, _ := json.Marshal(map[string]string{"tenant": f.tenant})
-	b.Write(append(head, '\n'))
+	var events, checkpoints int
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	for n := 0; ; n++ {
 		var line struct {
@@ -537,12 +539,37 @@ func runAuditExport(ctx context.Context, args []string, env func(string) string,
 			fmt.Fprintf(stderr, "guestlist audit export: the export ended with an error: %s\n", line.Error)
 			return exitError
 		}
+		var item struct {
+			TenantID   *string         `json:"tenantId"`
+			Event      json.RawMessage `json:"event"`
+			Checkpoint *string         `json:"checkpoint"`
+		}
+		if err := json.Unmarshal(line.Result, &item); err != nil {
+			fmt.Fprintf(stderr, "guestlist audit export: line %d of the response: %v\n", n+1, err)
+			return exitError
+		}
+		switch {
+		case n == 0 && (item.TenantID == nil || *item.TenantID != f.tenant):
+			fmt.Fprintf(stderr, "guestlist audit export: the response does not start with tenant %q: %s\n", f.tenant, line.Result)
+			return exitError
+		case item.Event != nil:
+			events++
+		case item.Checkpoint != nil:
+			checkpoints++
+		}
 		var ev bytes.Buffer
 		if err := json.Compact(&ev, line.Result); err != nil {
 			fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
 			return exitError
 		}
 		fmt.Fprintf(&b, "{\"result\":%s}\n", ev.Bytes())
+	}
+	if b.Len() == 0 {
+		fmt.Fprintf(stderr, "guestlist audit export: the response is empty\n")
+		return exitError
+	}
+	if events > 0 && checkpoints == 0 {
+		fmt.Fprintf(stderr, "guestlist audit export: warning: no signed checkpoint yet (the ledger signs one shortly after a change); offline verification can then only check the hash chain\n")
 	}
 	if *out == "" {
 		_, err = stdout.Write(b.Bytes())

@@ -182,19 +182,114 @@ func TestAuditEndToEnd(t *testing.T) {
 	if onDisk, _ := os.ReadFile(keyFile); key["publicKeyPem"] != string(onDisk) || len(onDisk) == 0 {
 		t.Errorf("checkpoint key: API %v, file %q", key, onDisk)
 	}
+	// The export (the REST stream of ExportEvents) carries the tenant, the 7 events and the signed
+	// checkpoints; wait for the ledger's checkpoint of the whole history (it signs one shortly
+	// after a burst of changes ends).
 	exportFile := filepath.Join(t.TempDir(), "acme.ndjson")
-	if code, _, errOut := runCmd(t, env, "audit", "export", "--tenant", "acme", "--out", exportFile); code != exitOK {
-		t.Fatalf("export: exit %d %s", code, errOut)
-	}
+	var exportLines []string
+	var cpLines []int           // indexes of the checkpoint lines
+	eventLines := map[int]int{} // revision -> index of its line
+	eventually(t, "the export has a signed checkpoint of all 7 events", func() bool {
+		if code, _, errOut := runCmd(t, env, "audit", "export", "--tenant", "acme", "--out", exportFile); code != exitOK {
+			t.Fatalf("export: exit %d %s", code, errOut)
+		}
+		exported, _ := os.ReadFile(exportFile)
+		exportLines = strings.Split(strings.TrimSuffix(string(exported), "\n"), "\n")
+		cpLines, eventLines = nil, map[int]int{}
+		lastSize := ""
+		for i, l := range exportLines {
+			var x struct {
+				Result struct {
+					TenantID   *string `json:"tenantId"`
+					Checkpoint *string `json:"checkpoint"`
+					Event      *struct {
+						Revision string `json:"revision"`
+					} `json:"event"`
+				} `json:"result"`
+			}
+			if err := json.Unmarshal([]byte(l), &x); err != nil {
+				t.Fatalf("export line %d: %v\n%s", i+1, err, l)
+			}
+			switch r := x.Result; {
+			case i == 0:
+				if r.TenantID == nil || *r.TenantID != "acme" {
+					t.Fatalf("export line 1 is not the tenant: %s", l)
+				}
+			case r.Checkpoint != nil:
+				cpLines = append(cpLines, i)
+				lastSize = strings.Split(*r.Checkpoint, "\n")[1]
+			case r.Event != nil:
+				rev, _ := strconv.Atoi(r.Event.Revision) // (revision 0 is omitted: "")
+				eventLines[rev] = i
+			default:
+				t.Fatalf("export line %d: %s", i+1, l)
+			}
+		}
+		return len(eventLines) == 7 && lastSize == "7" && len(cpLines) > 0
+	})
 	offline := map[string]string{} // no API, no token
 	if code, out, errOut := runCmd(t, offline, "audit", "verify", "--file", exportFile, "--public-key", keyFile); code != exitOK || !strings.Contains(out, "intact: 7 events") {
 		t.Errorf("verify --file: exit %d\n%s%s", code, out, errOut)
 	}
-	exported, _ := os.ReadFile(exportFile)
-	tamperedFile := filepath.Join(t.TempDir(), "tampered.ndjson")
-	os.WriteFile(tamperedFile, []byte(strings.Replace(string(exported), `"actor":"admin"`, `"actor":"mallory"`, 1)), 0o600)
-	if code, out, _ := runCmd(t, offline, "audit", "verify", "--file", tamperedFile, "--public-key", keyFile); code != exitError || !strings.Contains(out, "NOT intact") {
-		t.Errorf("verify --file of a tampered export: exit %d\n%s", code, out)
+	// Tampering with the export is detected offline, the checkpoints' signatures included.
+	editCheckpoint := func(i int, edit func(lines []string)) string {
+		var x struct {
+			Result struct {
+				Checkpoint string `json:"checkpoint"`
+			} `json:"result"`
+		}
+		_ = json.Unmarshal([]byte(exportLines[i]), &x)
+		lines := strings.Split(x.Result.Checkpoint, "\n")
+		edit(lines)
+		x.Result.Checkpoint = strings.Join(lines, "\n")
+		b, _ := json.Marshal(x)
+		return string(b)
+	}
+	nextDigit := func(s string) string { // changes the first decimal digit of s (or its first letter)
+		i := strings.IndexAny(s, "0123456789")
+		if i < 0 {
+			return map[bool]string{true: "B", false: "A"}[s[0] == 'A'] + s[1:]
+		}
+		return s[:i] + string('0'+(s[i]-'0'+1)%10) + s[i+1:]
+	}
+	last := cpLines[len(cpLines)-1]
+	tampers := map[string]func(lines []string) []string{
+		"the actor of an event": func(lines []string) []string {
+			i := eventLines[3]
+			lines[i] = strings.Replace(lines[i], `"actor":"admin"`, `"actor":"mallory"`, 1)
+			return lines
+		},
+		"a digit of a checkpoint's root": func(lines []string) []string {
+			lines[last] = editCheckpoint(last, func(cp []string) { cp[2] = nextDigit(cp[2]) })
+			return lines
+		},
+		"a checkpoint's size": func(lines []string) []string {
+			lines[last] = editCheckpoint(last, func(cp []string) { cp[1] = nextDigit(cp[1]) })
+			return lines
+		},
+		"a dropped event line": func(lines []string) []string {
+			i := eventLines[3]
+			return append(lines[:i:i], lines[i+1:]...)
+		},
+		"the last event line dropped": func(lines []string) []string {
+			i := eventLines[6]
+			return append(lines[:i:i], lines[i+1:]...)
+		},
+	}
+	for name, tamper := range tampers {
+		lines := tamper(append([]string(nil), exportLines...))
+		if strings.Join(lines, "\n") == strings.Join(exportLines, "\n") {
+			t.Fatalf("tampering with %s changed nothing", name)
+		}
+		tamperedFile := filepath.Join(t.TempDir(), "tampered.ndjson")
+		if err := os.WriteFile(tamperedFile, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if code, out, _ := runCmd(t, offline, "audit", "verify", "--file", tamperedFile, "--public-key", keyFile); code != exitError || !strings.Contains(out, "NOT intact") {
+			t.Errorf("verify --file of an export with %s tampered with: exit %d\n%s", name, code, out)
+		} else {
+			t.Logf("%s tampered with: %s", name, strings.TrimSpace(out))
+		}
 	}
 
 	// The auditor reads acme, writes nothing, and reads no other tenant.

@@ -404,11 +404,17 @@ func (s *Service) Verify(ctx context.Context, req *guestlistv1.VerifyRequest) (*
 	return &guestlistv1.VerifyResponse{Valid: r.Valid, CheckedEvents: r.Checked, FirstBadPosition: r.FirstBadPosition, Problem: r.Problem}, nil
 }
 
-// ExportEvents streams the tenant's history for offline verification (ledger.VerifyExport): every
-// event with its payload as a google.protobuf.BytesValue holding the bytes exactly as stored (so
-// the canonical encoding can be recomputed), and the chain hash the ledger recorded after it (for
-// events the ledger has not recorded yet, the hash computed from the store).
-func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc.ServerStreamingServer[guestlistv1.AuditEvent]) error {
+// ExportEvents streams the tenant's history for offline verification (ledger.VerifyExport), in the
+// order of ledger.WriteExport: first the tenant's id, then every event in revision order, each of
+// the ledger's signed checkpoints right after the event that completes its size. An event carries
+// its payload as a google.protobuf.BytesValue holding the bytes exactly as stored (so the canonical
+// encoding can be recomputed), and the chain hash the ledger recorded after it (for events the
+// ledger has not recorded yet, the hash computed from the store).
+//
+// The checkpoints are read before the events: the ledger follows the store, so every checkpoint
+// then covers only events the stream sends (a checkpoint beyond the events would read as events
+// removed).
+func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc.ServerStreamingServer[guestlistv1.ExportEventsResponse]) error {
 	ctx := stream.Context()
 	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
 		return err
@@ -417,11 +423,47 @@ func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc
 		return errNoLedger
 	}
 	tenant := req.GetTenantId()
+	type sized struct {
+		size uint64
+		s    ledger.SignedCheckpoint
+	}
+	signed, err := s.ledger.Checkpoints(tenant)
+	if err != nil && !errors.Is(err, ledger.ErrNotFound) {
+		return status.Errorf(codes.Unavailable, "audit: export: %v", err)
+	}
+	cps := make([]sized, 0, len(signed))
+	for _, sc := range signed {
+		cp, err := ledger.ParseCheckpoint(sc)
+		if err != nil {
+			return status.Errorf(codes.Internal, "audit: export: %v", err)
+		}
+		cps = append(cps, sized{cp.Size, sc})
+	}
+	send := func(r *guestlistv1.ExportEventsResponse) error {
+		if err := stream.Send(r); err != nil {
+			return fmt.Errorf("audit: export: send: %w", err)
+		}
+		return nil
+	}
+	sendCheckpoints := func(upTo uint64) error {
+		for len(cps) > 0 && cps[0].size <= upTo {
+			if err := send(&guestlistv1.ExportEventsResponse{Item: &guestlistv1.ExportEventsResponse_Checkpoint{Checkpoint: string(cps[0].s)}}); err != nil {
+				return err
+			}
+			cps = cps[1:]
+		}
+		return nil
+	}
 	var chain [32]byte
 	for from := uint64(0); ; {
 		evs, err := s.store.ReadStream(ctx, fold.TenantStream(tenant), eventstore.Forwards, from, readBatch)
 		if err != nil {
 			return s.storeError(err, tenant)
+		}
+		if from == 0 {
+			if err := send(&guestlistv1.ExportEventsResponse{Item: &guestlistv1.ExportEventsResponse_TenantId{TenantId: tenant}}); err != nil {
+				return err
+			}
 		}
 		for _, ev := range evs {
 			chain = ledger.Chain(chain, ledger.Canonical(tenant, ev))
@@ -433,15 +475,20 @@ func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc
 			if err != nil {
 				return status.Errorf(codes.Internal, "audit: export position %d: %v", ev.Position, err)
 			}
-			if err := stream.Send(&guestlistv1.AuditEvent{
+			if err := send(&guestlistv1.ExportEventsResponse{Item: &guestlistv1.ExportEventsResponse_Event{Event: &guestlistv1.AuditEvent{
 				Position: uint64(ev.Position), Revision: ev.Revision, Type: ev.Type, Time: timestamppb.New(ev.Time),
 				Actor: ev.Metadata.Actor, RequestId: ev.Metadata.RequestID, Data: data, Hash: ledger.HashHex(hash),
-			}); err != nil {
-				return fmt.Errorf("audit: export: send: %w", err)
+			}}}); err != nil {
+				return err
+			}
+			if err := sendCheckpoints(ev.Revision + 1); err != nil {
+				return err
 			}
 		}
 		if len(evs) < readBatch {
-			return nil
+			// Checkpoints beyond the events (never expected, see above) go last, as in
+			// ledger.WriteExport: the verifier reports them as events removed.
+			return sendCheckpoints(^uint64(0))
 		}
 		from = evs[len(evs)-1].Revision + 1
 	}

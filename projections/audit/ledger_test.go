@@ -24,14 +24,16 @@ import (
 // exportStream collects what ExportEvents sends, as the REST gateway writes it.
 type exportStream struct {
 	grpc.ServerStream
-	ctx context.Context
-	buf bytes.Buffer
+	ctx  context.Context
+	buf  bytes.Buffer
+	msgs []*guestlistv1.ExportEventsResponse
 }
 
 func (e *exportStream) Context() context.Context { return e.ctx }
 
-func (e *exportStream) Send(ev *guestlistv1.AuditEvent) error {
-	b, err := protojson.Marshal(ev)
+func (e *exportStream) Send(m *guestlistv1.ExportEventsResponse) error {
+	e.msgs = append(e.msgs, m)
+	b, err := protojson.Marshal(m)
 	if err != nil {
 		return err
 	}
@@ -101,17 +103,58 @@ func TestLedger(t *testing.T) {
 		t.Fatalf("checkpoint key: %v", err)
 	}
 
-	// The export, as the REST gateway streams it, verifies offline with the key.
+	// The export: the tenant first, then the events in order, each checkpoint right after the
+	// event that completes its size, as ledger.WriteExport writes them.
+	cps, err := l.Checkpoints("acme") // (the ledger may sign one more before the export)
+	if err != nil {
+		t.Fatal(err)
+	}
 	st := &exportStream{ctx: admin}
 	if err := svc.ExportEvents(&guestlistv1.ExportEventsRequest{TenantId: "acme"}, st); err != nil {
 		t.Fatal(err)
 	}
-	if r := ledger.VerifyExportTenant(bytes.NewReader(st.buf.Bytes()), pub, "acme"); !r.Valid || r.Checked != uint64(len(evs)) {
+	if got := st.msgs[0].GetTenantId(); got != "acme" {
+		t.Fatalf("first message %v, want the tenant", st.msgs[0])
+	}
+	var nextRev uint64
+	var sent []ledger.SignedCheckpoint
+	for _, m := range st.msgs[1:] {
+		switch {
+		case m.GetEvent() != nil:
+			if m.GetEvent().GetRevision() != nextRev {
+				t.Fatalf("event at revision %d, want %d", m.GetEvent().GetRevision(), nextRev)
+			}
+			nextRev++
+		case m.GetCheckpoint() != "":
+			cp, err := ledger.VerifyCheckpoint(pub, ledger.SignedCheckpoint(m.GetCheckpoint()))
+			if err != nil || cp.Size != nextRev {
+				t.Fatalf("checkpoint of size %d after %d events: %v", cp.Size, nextRev, err)
+			}
+			sent = append(sent, ledger.SignedCheckpoint(m.GetCheckpoint()))
+		default:
+			t.Fatalf("message %v", m)
+		}
+	}
+	if nextRev != uint64(len(evs)) || len(sent) < len(cps) || len(cps) == 0 || sent[len(cps)-1] != cps[len(cps)-1] {
+		t.Fatalf("%d events (want %d), %d checkpoints (want at least the %d signed before)", nextRev, len(evs), len(sent), len(cps))
+	}
+	// As the REST gateway streams it, it verifies offline with the key alone, signatures included.
+	if r := ledger.VerifyExport(bytes.NewReader(st.buf.Bytes()), pub); !r.Valid || r.Checked != uint64(len(evs)) {
 		t.Errorf("VerifyExport: %+v\n%s", r, st.buf.String())
 	}
+	if r := ledger.VerifyExportTenant(bytes.NewReader(st.buf.Bytes()), pub, "acme"); !r.Valid || r.Checked != uint64(len(evs)) {
+		t.Errorf("VerifyExportTenant: %+v\n%s", r, st.buf.String())
+	}
 	tampered := bytes.Replace(st.buf.Bytes(), []byte(`"actor":"admin"`), []byte(`"actor":"mallory"`), 1)
-	if r := ledger.VerifyExportTenant(bytes.NewReader(tampered), pub, "acme"); r.Valid {
+	if r := ledger.VerifyExport(bytes.NewReader(tampered), pub); r.Valid {
 		t.Error("a tampered export verifies")
+	}
+	other, err := ledger.LoadOrCreateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := ledger.VerifyExport(bytes.NewReader(st.buf.Bytes()), other.PublicKey()); r.Valid {
+		t.Error("the export verifies with another key")
 	}
 	err = svc.ExportEvents(&guestlistv1.ExportEventsRequest{TenantId: "acme"}, &exportStream{ctx: as(auth.RoleAuditor, "globex")})
 	wantCode(t, "export of another tenant", err, codes.PermissionDenied)

@@ -34,13 +34,27 @@ import (
 // (standard base64 of the event's protobuf bytes exactly as stored) and "hash" (the chain value
 // after the event, lower-case hex).
 //
-// VerifyExport also accepts an event object on its own line (not wrapped in "event"), and the
-// grpc-gateway stream form {"result":{...}} that the REST export streams; there "data" may be the
-// protojson form of a google.protobuf.Any holding the bytes, {"@type":"...","value":"<base64>"}.
-// An Any expanded into the message's JSON fields cannot be verified (its bytes are not exact) and
-// is reported as a problem, as is a line {"error":{...}} (a stream that ended in an error), a
-// checkpoint of another tenant, and any other line. The tenant is taken from the "tenant" line or
-// from a checkpoint on the first line; without either use VerifyExportTenant.
+// VerifyExport also accepts the other forms an export takes on its way through the API:
+//
+//	{"tenantId":"..."}, {"tenant_id":"..."}          the tenant, as protojson writes an
+//	                                                 ExportEventsResponse (its event and checkpoint
+//	                                                 items are the lines above)
+//	{"result":{"tenantId":"..."}}                    the grpc-gateway stream of ExportEvents
+//	{"result":{"event":{...}}}                       (GET /v1/tenants/{tenant}/events:export), one
+//	{"result":{"checkpoint":"..."}}                  ExportEventsResponse a line
+//	{...}, {"result":{...}}                          an event object on its own, bare or as the
+//	                                                 result of a stream of AuditEvent (exports made
+//	                                                 before ExportEvents sent checkpoints)
+//
+// In an event, "data" may also be the protojson form of a google.protobuf.Any holding the bytes,
+// {"@type":"...","value":"<base64>"} (as ExportEvents sends it: a google.protobuf.BytesValue). An
+// Any expanded into the message's JSON fields cannot be verified (its bytes are not exact) and is
+// reported as a problem, as is a line {"error":{...}} (a stream that ended in an error), a line with
+// more than one item, a checkpoint of another tenant, and any other line. The tenant is taken from
+// a tenant line or from a checkpoint on the first line; without either use VerifyExportTenant.
+//
+// Lines in the form WriteExport writes, and event lines of the REST stream as the CLI writes them
+// (compact, the data a BytesValue Any), are parsed without reflection; the rest with encoding/json.
 
 // exportEvent is the JSON form of an event in an export.
 type exportEvent struct {
@@ -55,14 +69,39 @@ type exportEvent struct {
 	Hash      string          `json:"hash"`
 }
 
+// exportItem is one item of an export: a tenant id, a checkpoint, an event wrapped in "event", or
+// an event on its own (its fields). It is both a line of an export and the "result" of a
+// grpc-gateway stream line (an ExportEventsResponse, or an AuditEvent).
+type exportItem struct {
+	TenantID    *string      `json:"tenantId,omitempty"`
+	TenantIDOld *string      `json:"tenant_id,omitempty"`
+	Event       *exportEvent `json:"event,omitempty"`
+	Checkpoint  *string      `json:"checkpoint,omitempty"`
+	exportEvent
+}
+
+// bare reports whether the item is an event on its own.
+func (it *exportItem) bare() bool {
+	return it.Type != "" || it.Hash != "" || it.Data != nil
+}
+
+// count is how many items it holds (1 for a well-formed item).
+func (it *exportItem) count() int {
+	n := 0
+	for _, set := range []bool{it.TenantID != nil, it.TenantIDOld != nil, it.Event != nil, it.Checkpoint != nil, it.bare()} {
+		if set {
+			n++
+		}
+	}
+	return n
+}
+
 // exportLine is any line of an export.
 type exportLine struct {
-	Tenant     *string         `json:"tenant,omitempty"`
-	Event      *exportEvent    `json:"event,omitempty"`
-	Result     *exportEvent    `json:"result,omitempty"`
-	Checkpoint *string         `json:"checkpoint,omitempty"`
-	Error      json.RawMessage `json:"error,omitempty"`
-	exportEvent
+	Tenant *string         `json:"tenant,omitempty"`
+	Result *exportItem     `json:"result,omitempty"`
+	Error  json.RawMessage `json:"error,omitempty"`
+	exportItem
 }
 
 // eventLine and checkpointLine are the lines ExportWriter writes.
@@ -226,7 +265,7 @@ type entry struct {
 // parseLine parses one export line. tenant is needed for the canonical bytes of events.
 func parseLine(b []byte, tenant string, e *entry) {
 	b = bytes.TrimSpace(b)
-	if len(b) == 0 || parseEventFast(b, tenant, e) {
+	if len(b) == 0 || parseEventFast(b, tenant, e) || parseRESTEventFast(b, tenant, e) {
 		return
 	}
 	var l exportLine
@@ -234,23 +273,45 @@ func parseLine(b []byte, tenant string, e *entry) {
 		e.err = fmt.Errorf("not a JSON object: %v", err)
 		return
 	}
-	ev := l.Event
+	if l.Error != nil {
+		e.err = fmt.Errorf("the export stream ended with an error: %s", l.Error)
+		return
+	}
+	it := &l.exportItem
+	n := it.count()
+	if l.Tenant != nil {
+		n++
+	}
+	if l.Result != nil {
+		n++
+		it = l.Result
+		if it.count() > 1 {
+			n++
+		}
+	}
+	if n > 1 {
+		e.err = errors.New("more than one item (tenant, event, checkpoint) on one line")
+		return
+	}
+	var ev *exportEvent
 	switch {
 	case l.Tenant != nil:
 		e.kind, e.tenant = 't', *l.Tenant
 		return
-	case l.Checkpoint != nil:
-		e.kind, e.cp = 'c', SignedCheckpoint(*l.Checkpoint)
+	case it.TenantID != nil:
+		e.kind, e.tenant = 't', *it.TenantID
 		return
-	case l.Error != nil:
-		e.err = fmt.Errorf("the export stream ended with an error: %s", l.Error)
+	case it.TenantIDOld != nil:
+		e.kind, e.tenant = 't', *it.TenantIDOld
 		return
-	case ev == nil && l.Result != nil:
-		ev = l.Result
-	case ev == nil && (l.Type != "" || l.Hash != "" || l.Data != nil):
-		ev = &l.exportEvent
-	}
-	if ev == nil {
+	case it.Checkpoint != nil:
+		e.kind, e.cp = 'c', SignedCheckpoint(*it.Checkpoint)
+		return
+	case it.Event != nil:
+		ev = it.Event
+	case it.bare():
+		ev = &it.exportEvent
+	default:
 		e.err = errors.New("neither an event nor a checkpoint")
 		return
 	}
@@ -286,6 +347,36 @@ func parseLine(b []byte, tenant string, e *entry) {
 	}
 	e.canonical = appendCanonical(nil, tenant, e.rev, e.pos, ev.Type, t.UnixNano(), ev.Actor, reqID, data)
 	e.leaf = LeafHash(e.canonical)
+}
+
+// parseRESTEventFast parses an event line of the compact REST stream ({"result":{"event":{...}}},
+// the data a google.protobuf.BytesValue Any) with the fast path: it takes the line to the form
+// WriteExport writes ({"event":{...}}, the data its base64 string) and hands it to parseEventFast.
+// It returns false when the line is in any other form.
+func parseRESTEventFast(b []byte, tenant string, e *entry) bool {
+	const (
+		prefix   = `{"result":{"event":{`
+		bytesAny = `"data":{"@type":"type.googleapis.com/google.protobuf.BytesValue","value":"`
+	)
+	if tenant == "" || !bytes.HasPrefix(b, []byte(prefix)) || !bytes.HasSuffix(b, []byte("}}}")) {
+		return false
+	}
+	b = b[len(`{"result":`) : len(b)-1]
+	i := bytes.Index(b, []byte(bytesAny))
+	if i < 0 {
+		return parseEventFast(b, tenant, e)
+	}
+	v := i + len(bytesAny) // the base64 value
+	end := bytes.IndexByte(b[v:], '"')
+	if end < 0 || v+end+1 >= len(b) || b[v+end+1] != '}' {
+		return false
+	}
+	line := make([]byte, 0, len(b))
+	line = append(line, b[:i]...)
+	line = append(line, `"data":"`...)
+	line = append(line, b[v:v+end+1]...) // the value and its closing quote
+	line = append(line, b[v+end+2:]...)
+	return parseEventFast(line, tenant, e)
 }
 
 func decodeData(raw json.RawMessage) ([]byte, error) {
@@ -382,20 +473,18 @@ func verifyExport(r io.Reader, pub ed25519.PublicKey, tenant string) Result {
 		}
 		var e entry
 		e.line = line
+		parseLine(sc.Bytes(), tenant, &e)
 		if tenant == "" {
-			var l exportLine
-			if json.Unmarshal(sc.Bytes(), &l) == nil {
-				if l.Tenant != nil {
-					tenant = *l.Tenant
-				} else if l.Checkpoint != nil {
-					if cp, err := ParseCheckpoint(SignedCheckpoint(*l.Checkpoint)); err == nil {
-						tenant = cp.Tenant
-					}
+			switch e.kind {
+			case 't':
+				tenant = e.tenant
+			case 'c':
+				if cp, err := ParseCheckpoint(e.cp); err == nil {
+					tenant = cp.Tenant
+					v.tenant = tenant
 				}
 			}
-			v.tenant = tenant
 		}
-		parseLine(sc.Bytes(), tenant, &e)
 		if res, stop := v.apply(&e); stop {
 			return res
 		}

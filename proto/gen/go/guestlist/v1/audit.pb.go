@@ -902,6 +902,114 @@ func (x *ExportEventsRequest) GetTenantId() string {
 	return ""
 }
 
+// ExportEventsResponse is one item of an export: the tenant (the first message, once), an event, or
+// a signed checkpoint.
+type ExportEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The item.
+	//
+	// Types that are valid to be assigned to Item:
+	//
+	//	*ExportEventsResponse_Event
+	//	*ExportEventsResponse_Checkpoint
+	//	*ExportEventsResponse_TenantId
+	Item          isExportEventsResponse_Item `protobuf_oneof:"item"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportEventsResponse) Reset() {
+	*x = ExportEventsResponse{}
+	mi := &file_guestlist_v1_audit_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportEventsResponse) ProtoMessage() {}
+
+func (x *ExportEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_guestlist_v1_audit_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportEventsResponse.ProtoReflect.Descriptor instead.
+func (*ExportEventsResponse) Descriptor() ([]byte, []int) {
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ExportEventsResponse) GetItem() isExportEventsResponse_Item {
+	if x != nil {
+		return x.Item
+	}
+	return nil
+}
+
+func (x *ExportEventsResponse) GetEvent() *AuditEvent {
+	if x != nil {
+		if x, ok := x.Item.(*ExportEventsResponse_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+func (x *ExportEventsResponse) GetCheckpoint() string {
+	if x != nil {
+		if x, ok := x.Item.(*ExportEventsResponse_Checkpoint); ok {
+			return x.Checkpoint
+		}
+	}
+	return ""
+}
+
+func (x *ExportEventsResponse) GetTenantId() string {
+	if x != nil {
+		if x, ok := x.Item.(*ExportEventsResponse_TenantId); ok {
+			return x.TenantId
+		}
+	}
+	return ""
+}
+
+type isExportEventsResponse_Item interface {
+	isExportEventsResponse_Item()
+}
+
+type ExportEventsResponse_Event struct {
+	// An event, with its payload as a google.protobuf.Any holding a google.protobuf.BytesValue of
+	// the bytes exactly as stored, and the chain hash after it.
+	Event *AuditEvent `protobuf:"bytes,1,opt,name=event,proto3,oneof"`
+}
+
+type ExportEventsResponse_Checkpoint struct {
+	// A signed checkpoint, in its text form (a transparency-dev style checkpoint note: origin
+	// "guestlist/<tenant>", size, Merkle root, chain hash and time, then the Ed25519 signature
+	// line). It follows the event that completes its size.
+	Checkpoint string `protobuf:"bytes,2,opt,name=checkpoint,proto3,oneof"`
+}
+
+type ExportEventsResponse_TenantId struct {
+	// The tenant's id, which the events' canonical bytes (and so their hashes) include; sent first.
+	TenantId string `protobuf:"bytes,3,opt,name=tenant_id,json=tenantId,proto3,oneof"`
+}
+
+func (*ExportEventsResponse_Event) isExportEventsResponse_Item() {}
+
+func (*ExportEventsResponse_Checkpoint) isExportEventsResponse_Item() {}
+
+func (*ExportEventsResponse_TenantId) isExportEventsResponse_Item() {}
+
 // GetCheckpointKeyRequest asks for the checkpoint key.
 type GetCheckpointKeyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -911,7 +1019,7 @@ type GetCheckpointKeyRequest struct {
 
 func (x *GetCheckpointKeyRequest) Reset() {
 	*x = GetCheckpointKeyRequest{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[11]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1031,7 @@ func (x *GetCheckpointKeyRequest) String() string {
 func (*GetCheckpointKeyRequest) ProtoMessage() {}
 
 func (x *GetCheckpointKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[11]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1044,7 @@ func (x *GetCheckpointKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetCheckpointKeyRequest) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{11}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{12}
 }
 
 // CheckpointKey is the public key that signs checkpoints.
@@ -950,7 +1058,7 @@ type CheckpointKey struct {
 
 func (x *CheckpointKey) Reset() {
 	*x = CheckpointKey{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[12]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1070,7 @@ func (x *CheckpointKey) String() string {
 func (*CheckpointKey) ProtoMessage() {}
 
 func (x *CheckpointKey) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[12]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1083,7 @@ func (x *CheckpointKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointKey.ProtoReflect.Descriptor instead.
 func (*CheckpointKey) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{12}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CheckpointKey) GetPublicKeyPem() string {
@@ -1056,17 +1164,24 @@ const file_guestlist_v1_audit_proto_rawDesc = "" +
 	"\x12first_bad_position\x18\x03 \x01(\x04R\x10firstBadPosition\x12\x18\n" +
 	"\aproblem\x18\x04 \x01(\tR\aproblem\"Q\n" +
 	"\x13ExportEventsRequest\x12:\n" +
-	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\"\x19\n" +
+	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\"\x91\x01\n" +
+	"\x14ExportEventsResponse\x120\n" +
+	"\x05event\x18\x01 \x01(\v2\x18.guestlist.v1.AuditEventH\x00R\x05event\x12 \n" +
+	"\n" +
+	"checkpoint\x18\x02 \x01(\tH\x00R\n" +
+	"checkpoint\x12\x1d\n" +
+	"\ttenant_id\x18\x03 \x01(\tH\x00R\btenantIdB\x06\n" +
+	"\x04item\"\x19\n" +
 	"\x17GetCheckpointKeyRequest\"5\n" +
 	"\rCheckpointKey\x12$\n" +
-	"\x0epublic_key_pem\x18\x01 \x01(\tR\fpublicKeyPem2\xdc\x03\n" +
+	"\x0epublic_key_pem\x18\x01 \x01(\tR\fpublicKeyPem2\xe6\x03\n" +
 	"\fAuditService\x12O\n" +
 	"\n" +
 	"ListEvents\x12\x1f.guestlist.v1.ListEventsRequest\x1a .guestlist.v1.ListEventsResponse\x12G\n" +
 	"\vGetSnapshot\x12 .guestlist.v1.GetSnapshotRequest\x1a\x16.guestlist.v1.Snapshot\x12F\n" +
 	"\aExplain\x12\x1c.guestlist.v1.ExplainRequest\x1a\x1d.guestlist.v1.ExplainResponse\x12C\n" +
-	"\x06Verify\x12\x1b.guestlist.v1.VerifyRequest\x1a\x1c.guestlist.v1.VerifyResponse\x12M\n" +
-	"\fExportEvents\x12!.guestlist.v1.ExportEventsRequest\x1a\x18.guestlist.v1.AuditEvent0\x01\x12V\n" +
+	"\x06Verify\x12\x1b.guestlist.v1.VerifyRequest\x1a\x1c.guestlist.v1.VerifyResponse\x12W\n" +
+	"\fExportEvents\x12!.guestlist.v1.ExportEventsRequest\x1a\".guestlist.v1.ExportEventsResponse0\x01\x12V\n" +
 	"\x10GetCheckpointKey\x12%.guestlist.v1.GetCheckpointKeyRequest\x1a\x1b.guestlist.v1.CheckpointKeyB5Z3guestlist.dev/proto/gen/go/guestlist/v1;guestlistv1b\x06proto3"
 
 var (
@@ -1081,7 +1196,7 @@ func file_guestlist_v1_audit_proto_rawDescGZIP() []byte {
 	return file_guestlist_v1_audit_proto_rawDescData
 }
 
-var file_guestlist_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_guestlist_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_guestlist_v1_audit_proto_goTypes = []any{
 	(*AuditEvent)(nil),              // 0: guestlist.v1.AuditEvent
 	(*ListEventsRequest)(nil),       // 1: guestlist.v1.ListEventsRequest
@@ -1094,49 +1209,51 @@ var file_guestlist_v1_audit_proto_goTypes = []any{
 	(*VerifyRequest)(nil),           // 8: guestlist.v1.VerifyRequest
 	(*VerifyResponse)(nil),          // 9: guestlist.v1.VerifyResponse
 	(*ExportEventsRequest)(nil),     // 10: guestlist.v1.ExportEventsRequest
-	(*GetCheckpointKeyRequest)(nil), // 11: guestlist.v1.GetCheckpointKeyRequest
-	(*CheckpointKey)(nil),           // 12: guestlist.v1.CheckpointKey
-	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
-	(*anypb.Any)(nil),               // 14: google.protobuf.Any
-	(*Revocation)(nil),              // 15: guestlist.v1.Revocation
-	(*Tenant)(nil),                  // 16: guestlist.v1.Tenant
-	(*Token)(nil),                   // 17: guestlist.v1.Token
-	(*CertificateAuthority)(nil),    // 18: guestlist.v1.CertificateAuthority
-	(*Policy)(nil),                  // 19: guestlist.v1.Policy
-	(*Hostname)(nil),                // 20: guestlist.v1.Hostname
+	(*ExportEventsResponse)(nil),    // 11: guestlist.v1.ExportEventsResponse
+	(*GetCheckpointKeyRequest)(nil), // 12: guestlist.v1.GetCheckpointKeyRequest
+	(*CheckpointKey)(nil),           // 13: guestlist.v1.CheckpointKey
+	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
+	(*anypb.Any)(nil),               // 15: google.protobuf.Any
+	(*Revocation)(nil),              // 16: guestlist.v1.Revocation
+	(*Tenant)(nil),                  // 17: guestlist.v1.Tenant
+	(*Token)(nil),                   // 18: guestlist.v1.Token
+	(*CertificateAuthority)(nil),    // 19: guestlist.v1.CertificateAuthority
+	(*Policy)(nil),                  // 20: guestlist.v1.Policy
+	(*Hostname)(nil),                // 21: guestlist.v1.Hostname
 }
 var file_guestlist_v1_audit_proto_depIdxs = []int32{
-	13, // 0: guestlist.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	14, // 1: guestlist.v1.AuditEvent.data:type_name -> google.protobuf.Any
+	14, // 0: guestlist.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	15, // 1: guestlist.v1.AuditEvent.data:type_name -> google.protobuf.Any
 	0,  // 2: guestlist.v1.ListEventsResponse.events:type_name -> guestlist.v1.AuditEvent
-	13, // 3: guestlist.v1.GetSnapshotRequest.at_time:type_name -> google.protobuf.Timestamp
-	15, // 4: guestlist.v1.SnapshotRevocation.revocation:type_name -> guestlist.v1.Revocation
-	13, // 5: guestlist.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
-	16, // 6: guestlist.v1.Snapshot.tenant:type_name -> guestlist.v1.Tenant
-	17, // 7: guestlist.v1.Snapshot.tokens:type_name -> guestlist.v1.Token
-	18, // 8: guestlist.v1.Snapshot.certificate_authorities:type_name -> guestlist.v1.CertificateAuthority
+	14, // 3: guestlist.v1.GetSnapshotRequest.at_time:type_name -> google.protobuf.Timestamp
+	16, // 4: guestlist.v1.SnapshotRevocation.revocation:type_name -> guestlist.v1.Revocation
+	14, // 5: guestlist.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	17, // 6: guestlist.v1.Snapshot.tenant:type_name -> guestlist.v1.Tenant
+	18, // 7: guestlist.v1.Snapshot.tokens:type_name -> guestlist.v1.Token
+	19, // 8: guestlist.v1.Snapshot.certificate_authorities:type_name -> guestlist.v1.CertificateAuthority
 	4,  // 9: guestlist.v1.Snapshot.revocations:type_name -> guestlist.v1.SnapshotRevocation
-	19, // 10: guestlist.v1.Snapshot.policies:type_name -> guestlist.v1.Policy
-	20, // 11: guestlist.v1.Snapshot.hostnames:type_name -> guestlist.v1.Hostname
-	13, // 12: guestlist.v1.ExplainRequest.at_time:type_name -> google.protobuf.Timestamp
-	13, // 13: guestlist.v1.ExplainRequest.request_time:type_name -> google.protobuf.Timestamp
-	1,  // 14: guestlist.v1.AuditService.ListEvents:input_type -> guestlist.v1.ListEventsRequest
-	3,  // 15: guestlist.v1.AuditService.GetSnapshot:input_type -> guestlist.v1.GetSnapshotRequest
-	6,  // 16: guestlist.v1.AuditService.Explain:input_type -> guestlist.v1.ExplainRequest
-	8,  // 17: guestlist.v1.AuditService.Verify:input_type -> guestlist.v1.VerifyRequest
-	10, // 18: guestlist.v1.AuditService.ExportEvents:input_type -> guestlist.v1.ExportEventsRequest
-	11, // 19: guestlist.v1.AuditService.GetCheckpointKey:input_type -> guestlist.v1.GetCheckpointKeyRequest
-	2,  // 20: guestlist.v1.AuditService.ListEvents:output_type -> guestlist.v1.ListEventsResponse
-	5,  // 21: guestlist.v1.AuditService.GetSnapshot:output_type -> guestlist.v1.Snapshot
-	7,  // 22: guestlist.v1.AuditService.Explain:output_type -> guestlist.v1.ExplainResponse
-	9,  // 23: guestlist.v1.AuditService.Verify:output_type -> guestlist.v1.VerifyResponse
-	0,  // 24: guestlist.v1.AuditService.ExportEvents:output_type -> guestlist.v1.AuditEvent
-	12, // 25: guestlist.v1.AuditService.GetCheckpointKey:output_type -> guestlist.v1.CheckpointKey
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	20, // 10: guestlist.v1.Snapshot.policies:type_name -> guestlist.v1.Policy
+	21, // 11: guestlist.v1.Snapshot.hostnames:type_name -> guestlist.v1.Hostname
+	14, // 12: guestlist.v1.ExplainRequest.at_time:type_name -> google.protobuf.Timestamp
+	14, // 13: guestlist.v1.ExplainRequest.request_time:type_name -> google.protobuf.Timestamp
+	0,  // 14: guestlist.v1.ExportEventsResponse.event:type_name -> guestlist.v1.AuditEvent
+	1,  // 15: guestlist.v1.AuditService.ListEvents:input_type -> guestlist.v1.ListEventsRequest
+	3,  // 16: guestlist.v1.AuditService.GetSnapshot:input_type -> guestlist.v1.GetSnapshotRequest
+	6,  // 17: guestlist.v1.AuditService.Explain:input_type -> guestlist.v1.ExplainRequest
+	8,  // 18: guestlist.v1.AuditService.Verify:input_type -> guestlist.v1.VerifyRequest
+	10, // 19: guestlist.v1.AuditService.ExportEvents:input_type -> guestlist.v1.ExportEventsRequest
+	12, // 20: guestlist.v1.AuditService.GetCheckpointKey:input_type -> guestlist.v1.GetCheckpointKeyRequest
+	2,  // 21: guestlist.v1.AuditService.ListEvents:output_type -> guestlist.v1.ListEventsResponse
+	5,  // 22: guestlist.v1.AuditService.GetSnapshot:output_type -> guestlist.v1.Snapshot
+	7,  // 23: guestlist.v1.AuditService.Explain:output_type -> guestlist.v1.ExplainResponse
+	9,  // 24: guestlist.v1.AuditService.Verify:output_type -> guestlist.v1.VerifyResponse
+	11, // 25: guestlist.v1.AuditService.ExportEvents:output_type -> guestlist.v1.ExportEventsResponse
+	13, // 26: guestlist.v1.AuditService.GetCheckpointKey:output_type -> guestlist.v1.CheckpointKey
+	21, // [21:27] is the sub-list for method output_type
+	15, // [15:21] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_guestlist_v1_audit_proto_init() }
@@ -1158,13 +1275,18 @@ func file_guestlist_v1_audit_proto_init() {
 		(*ExplainRequest_AtPosition)(nil),
 		(*ExplainRequest_AtTime)(nil),
 	}
+	file_guestlist_v1_audit_proto_msgTypes[11].OneofWrappers = []any{
+		(*ExportEventsResponse_Event)(nil),
+		(*ExportEventsResponse_Checkpoint)(nil),
+		(*ExportEventsResponse_TenantId)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guestlist_v1_audit_proto_rawDesc), len(file_guestlist_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

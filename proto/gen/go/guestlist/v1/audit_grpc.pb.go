@@ -43,8 +43,10 @@ type AuditServiceClient interface {
 	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
 	// Verify checks the tenant's history against its hash chain and signed checkpoints.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
-	// ExportEvents streams the tenant's history for offline verification.
-	ExportEvents(ctx context.Context, in *ExportEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditEvent], error)
+	// ExportEvents streams the tenant's history for offline verification: first the tenant's id,
+	// then every event in revision order, each signed checkpoint right after the event that completes
+	// its size. With the checkpoint key alone the stream verifies offline, signatures included.
+	ExportEvents(ctx context.Context, in *ExportEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportEventsResponse], error)
 	// GetCheckpointKey returns the public key that signs checkpoints.
 	GetCheckpointKey(ctx context.Context, in *GetCheckpointKeyRequest, opts ...grpc.CallOption) (*CheckpointKey, error)
 }
@@ -97,13 +99,13 @@ func (c *auditServiceClient) Verify(ctx context.Context, in *VerifyRequest, opts
 	return out, nil
 }
 
-func (c *auditServiceClient) ExportEvents(ctx context.Context, in *ExportEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditEvent], error) {
+func (c *auditServiceClient) ExportEvents(ctx context.Context, in *ExportEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportEventsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &AuditService_ServiceDesc.Streams[0], AuditService_ExportEvents_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[ExportEventsRequest, AuditEvent]{ClientStream: stream}
+	x := &grpc.GenericClientStream[ExportEventsRequest, ExportEventsResponse]{ClientStream: stream}
 	if err := x.ClientStream.SendMsg(in); err != nil {
 		return nil, err
 	}
@@ -114,7 +116,7 @@ func (c *auditServiceClient) ExportEvents(ctx context.Context, in *ExportEventsR
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type AuditService_ExportEventsClient = grpc.ServerStreamingClient[AuditEvent]
+type AuditService_ExportEventsClient = grpc.ServerStreamingClient[ExportEventsResponse]
 
 func (c *auditServiceClient) GetCheckpointKey(ctx context.Context, in *GetCheckpointKeyRequest, opts ...grpc.CallOption) (*CheckpointKey, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -142,8 +144,10 @@ type AuditServiceServer interface {
 	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
 	// Verify checks the tenant's history against its hash chain and signed checkpoints.
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
-	// ExportEvents streams the tenant's history for offline verification.
-	ExportEvents(*ExportEventsRequest, grpc.ServerStreamingServer[AuditEvent]) error
+	// ExportEvents streams the tenant's history for offline verification: first the tenant's id,
+	// then every event in revision order, each signed checkpoint right after the event that completes
+	// its size. With the checkpoint key alone the stream verifies offline, signatures included.
+	ExportEvents(*ExportEventsRequest, grpc.ServerStreamingServer[ExportEventsResponse]) error
 	// GetCheckpointKey returns the public key that signs checkpoints.
 	GetCheckpointKey(context.Context, *GetCheckpointKeyRequest) (*CheckpointKey, error)
 	mustEmbedUnimplementedAuditServiceServer()
@@ -168,7 +172,7 @@ func (UnimplementedAuditServiceServer) Explain(context.Context, *ExplainRequest)
 func (UnimplementedAuditServiceServer) Verify(context.Context, *VerifyRequest) (*VerifyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Verify not implemented")
 }
-func (UnimplementedAuditServiceServer) ExportEvents(*ExportEventsRequest, grpc.ServerStreamingServer[AuditEvent]) error {
+func (UnimplementedAuditServiceServer) ExportEvents(*ExportEventsRequest, grpc.ServerStreamingServer[ExportEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method ExportEvents not implemented")
 }
 func (UnimplementedAuditServiceServer) GetCheckpointKey(context.Context, *GetCheckpointKeyRequest) (*CheckpointKey, error) {
@@ -272,11 +276,11 @@ func _AuditService_ExportEvents_Handler(srv interface{}, stream grpc.ServerStrea
 	if err := stream.RecvMsg(m); err != nil {
 		return err
 	}
-	return srv.(AuditServiceServer).ExportEvents(m, &grpc.GenericServerStream[ExportEventsRequest, AuditEvent]{ServerStream: stream})
+	return srv.(AuditServiceServer).ExportEvents(m, &grpc.GenericServerStream[ExportEventsRequest, ExportEventsResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type AuditService_ExportEventsServer = grpc.ServerStreamingServer[AuditEvent]
+type AuditService_ExportEventsServer = grpc.ServerStreamingServer[ExportEventsResponse]
 
 func _AuditService_GetCheckpointKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetCheckpointKeyRequest)
