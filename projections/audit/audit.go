@@ -411,9 +411,10 @@ func (s *Service) Verify(ctx context.Context, req *guestlistv1.VerifyRequest) (*
 // encoding can be recomputed), and the chain hash the ledger recorded after it (for events the
 // ledger has not recorded yet, the hash computed from the store).
 //
-// The checkpoints are read before the events: the ledger follows the store, so every checkpoint
-// then covers only events the stream sends (a checkpoint beyond the events would read as events
-// removed).
+// The export ends at the ledger's latest signed checkpoint, so that every event in it is covered by
+// a signature (ledger.VerifyExport refuses events beyond the last checkpoint); events newer than that
+// come with the next checkpoint, a moment later. Without any checkpoint yet, it fails with
+// FAILED_PRECONDITION.
 func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc.ServerStreamingServer[guestlistv1.ExportEventsResponse]) error {
 	ctx := stream.Context()
 	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
@@ -432,12 +433,17 @@ func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc
 		return status.Errorf(codes.Unavailable, "audit: export: %v", err)
 	}
 	cps := make([]sized, 0, len(signed))
+	var limit uint64 // events with a revision below limit are covered by a checkpoint
 	for _, sc := range signed {
 		cp, err := ledger.ParseCheckpoint(sc)
 		if err != nil {
 			return status.Errorf(codes.Internal, "audit: export: %v", err)
 		}
 		cps = append(cps, sized{cp.Size, sc})
+		limit = max(limit, cp.Size)
+	}
+	if limit == 0 {
+		return status.Errorf(codes.FailedPrecondition, "audit: export: tenant %q has no signed checkpoint yet; retry in a moment", tenant)
 	}
 	send := func(r *guestlistv1.ExportEventsResponse) error {
 		if err := stream.Send(r); err != nil {
@@ -466,6 +472,9 @@ func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc
 			}
 		}
 		for _, ev := range evs {
+			if ev.Revision >= limit {
+				return sendCheckpoints(^uint64(0))
+			}
 			chain = ledger.Chain(chain, ledger.Canonical(tenant, ev))
 			hash := chain
 			if h, err := s.ledger.ChainHash(tenant, ev.Revision); err == nil {

@@ -677,5 +677,10 @@ func (v *exportVerifier) finish() Result {
 	if len(v.pending) > 0 {
 		return bad(v.n, 0, "events removed: a signed checkpoint covers %d events, the export has %d", v.pending[len(v.pending)-1].Size, v.n)
 	}
+	if v.goodSize < v.n {
+		// Without a signature over them, the last events could have been changed or appended by
+		// anyone who rewrote the file: only a signed checkpoint makes them evidence.
+		return bad(v.goodSize, v.positions[v.goodSize], "events from revision %d (position %d) on are not covered by a signed checkpoint (the last covers %d events); an export must end at a signed checkpoint", v.goodSize, v.positions[v.goodSize], v.goodSize)
+	}
 	return Result{Valid: true, Checked: v.n}
 }

@@ -217,12 +217,22 @@ func TestExportTamper(t *testing.T) {
 func TestExportForms(t *testing.T) {
 	e, evs, cps := history(t)
 	lines := exportLines(t, evs, cps)
-	// Events beyond the last checkpoint are fine.
+	// Events beyond the last checkpoint are refused: nothing signed vouches for them.
 	trimmed := lines[:len(lines)-1]
 	if strings.HasPrefix(lines[len(lines)-1], `{"checkpoint"`) {
-		if r := verifyLines(trimmed, e); !r.Valid {
+		if r := verifyLines(trimmed, e); r.Valid || r.FirstBadPosition == 0 {
 			t.Fatalf("without the last checkpoint: %+v", r)
 		}
+	}
+	// And an export without any checkpoint is refused.
+	var noCheckpoints []string
+	for _, l := range lines {
+		if !strings.HasPrefix(l, `{"checkpoint"`) {
+			noCheckpoints = append(noCheckpoints, l)
+		}
+	}
+	if r := verifyLines(noCheckpoints, e); r.Valid {
+		t.Fatalf("without checkpoints: %+v", r)
 	}
 	// The REST stream forms: bare events and {"result":...} with the data as an Any, no tenant line.
 	var rest []string
@@ -230,6 +240,10 @@ func TestExportForms(t *testing.T) {
 		var x exportLine
 		_ = json.Unmarshal([]byte(l), &x)
 		if x.Event == nil {
+			if x.Checkpoint != nil {
+				b, _ := json.Marshal(map[string]any{"result": map[string]string{"checkpoint": *x.Checkpoint}})
+				rest = append(rest, string(b))
+			}
 			continue
 		}
 		if i%2 == 0 {
