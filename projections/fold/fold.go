@@ -389,7 +389,7 @@ func hostname(name, origin string, m *eventsv1.MtlsSettings, policyID string, st
 		Name:                    name,
 		OriginURL:               origin,
 		Mode:                    m.GetMode(),
-		CertificateAuthorityIDs: append([]string(nil), m.GetCertificateAuthorityIds()...),
+		CertificateAuthorityIDs: m.GetCertificateAuthorityIds(), // the decoded message is not kept: no copy needed
 		RejectInHandshake:       m.GetRejectInHandshake(),
 		PolicyID:                policyID,
 		State:                   state,
