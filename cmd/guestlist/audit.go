@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -33,14 +34,17 @@ var auditSubcommands = []struct{ name, summary string }{
 	{"snapshot", "the tenant's configuration at a position or a time (JSON)"},
 	{"explain", "the decision the edge would have made; with --decision, re-derive a logged decision (exit 1 when it differs)"},
 	{"diff", "what changed in the tenant's configuration between two positions or times"},
-	{"verify", "check the history against its hash chain and signed checkpoints (online, or offline: --file, --public-key)"},
+	{"verify", "check the history against its hash chain and signed checkpoints (online, or offline: --file, --public-key);\n" +
+		"             with --checkpoint OLD --public-key, that the latest history extends a kept checkpoint (consistency proof);\n" +
+		"             with --revision N --public-key, that one event is in it (inclusion proof)"},
+	{"checkpoint", "print the latest signed checkpoint (keep it for verify --checkpoint)"},
 	{"export", "export the history for offline verification (NDJSON)"},
 }
 
 func auditUsage(w io.Writer) {
 	fmt.Fprint(w, "Usage: guestlist audit SUBCOMMAND [flags]\n\nSubcommands:\n")
 	for _, s := range auditSubcommands {
-		fmt.Fprintf(w, "  %-9s %s\n", s.name, s.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", s.name, s.summary)
 	}
 	fmt.Fprint(w, "\nRun \"guestlist audit SUBCOMMAND -h\" for its flags.\n")
 }
@@ -67,6 +71,8 @@ func runAudit(ctx context.Context, args []string, env func(string) string, stdou
 		return runAuditVerify(ctx, args[1:], env, stdout, stderr)
 	case "export":
 		return runAuditExport(ctx, args[1:], env, stdout, stderr)
+	case "checkpoint":
+		return runAuditCheckpoint(ctx, args[1:], env, stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "guestlist audit: unknown subcommand %q\n\n", args[0])
 	auditUsage(stderr)
@@ -440,17 +446,55 @@ func runAuditExplain(ctx context.Context, args []string, env func(string) string
 
 func runAuditVerify(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("audit verify", "Check the tenant's history against its hash chain and signed checkpoints: through the API, or\n"+
-		"offline with --file EXPORT --public-key KEY.pem alone. Exit 0 when intact, 1 when not.", stderr)
+		"offline with --file EXPORT --public-key KEY.pem alone. Exit 0 when intact, 1 when not.\n\n"+
+		"With --checkpoint OLD --public-key KEY.pem: fetch the RFC 6962 consistency proof from a checkpoint kept\n"+
+		"earlier (guestlist audit checkpoint) to the latest signed checkpoint, and check both signatures and the\n"+
+		"proof; exit 0 when the latest history extends the old one, 1 when not.\n\n"+
+		"With --revision N --public-key KEY.pem: fetch the event at revision N with its inclusion proof in the\n"+
+		"latest signed checkpoint, recompute its leaf from the event's exact bytes, and check the signature and\n"+
+		"the proof; exit 0 when the event is in the history, 1 when not. Neither downloads the history.", stderr)
 	var f auditFlags
 	f.register(fs)
 	file := fs.String("file", "", "an export (guestlist audit export) to verify offline")
-	keyFile := fs.String("public-key", "", "with --file: the checkpoint public key (PEM)")
+	keyFile := fs.String("public-key", "", "with --file, --checkpoint or --revision: the checkpoint public key (PEM)")
+	oldFile := fs.String("checkpoint", "", "a signed checkpoint kept earlier (file): check that the latest history extends it")
+	var revision *uint64
+	fs.Func("revision", "check that the tenant's event at this revision is in the latest signed checkpoint", func(s string) error {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return errors.New("want a revision (a non-negative integer)")
+		}
+		revision = &v
+		return nil
+	})
 	if code, done := parseAuditFlags(fs, args, env, stderr); done {
 		return code
 	}
 	fail := func(code int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "guestlist audit verify: "+format+"\n", a...)
 		return code
+	}
+	modes := 0
+	for _, set := range []bool{*file != "", *oldFile != "", revision != nil} {
+		if set {
+			modes++
+		}
+	}
+	if modes > 1 {
+		return fail(exitUsage, "give one of --file, --checkpoint and --revision")
+	}
+	if *oldFile != "" || revision != nil {
+		if *keyFile == "" {
+			return fail(exitUsage, "--checkpoint and --revision need --public-key")
+		}
+		pub, err := readPublicKey(*keyFile)
+		if err != nil {
+			return fail(exitUsage, "%v", err)
+		}
+		if *oldFile != "" {
+			return verifyConsistency(ctx, &f, pub, *oldFile, stdout, fail)
+		}
+		return verifyInclusion(ctx, &f, pub, *revision, stdout, fail)
 	}
 	report := func(valid bool, checked, firstBad uint64, problem string) int {
 		if valid {
@@ -467,13 +511,9 @@ func runAuditVerify(ctx context.Context, args []string, env func(string) string,
 		if *keyFile == "" {
 			return fail(exitUsage, "--file needs --public-key")
 		}
-		keyPEM, err := os.ReadFile(*keyFile)
+		pub, err := readPublicKey(*keyFile)
 		if err != nil {
-			return fail(exitUsage, "--public-key: %v", err)
-		}
-		pub, err := ledger.ParsePublicKeyPEM(keyPEM)
-		if err != nil {
-			return fail(exitUsage, "--public-key %s: %v", *keyFile, err)
+			return fail(exitUsage, "%v", err)
 		}
 		in, err := os.Open(*file)
 		if err != nil {
@@ -497,6 +537,127 @@ func runAuditVerify(ctx context.Context, args []string, env func(string) string,
 		return fail(exitError, "%v", err)
 	}
 	return report(resp.GetValid(), resp.GetCheckedEvents(), resp.GetFirstBadPosition(), resp.GetProblem())
+}
+
+// readPublicKey reads the checkpoint public key (PEM) from a file.
+func readPublicKey(path string) (ed25519.PublicKey, error) {
+	keyPEM, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--public-key: %w", err)
+	}
+	pub, err := ledger.ParsePublicKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("--public-key %s: %w", path, err)
+	}
+	return pub, nil
+}
+
+// verifyConsistency is "audit verify --checkpoint OLD": it fetches the consistency proof from the
+// old checkpoint's size to the latest signed checkpoint and checks it with the key alone
+// (audit.VerifyConsistencyProof). Exit 0 when the latest history extends the old one, 1 when not
+// (a forged or foreign old checkpoint included), 2 for unusable input.
+func verifyConsistency(ctx context.Context, f *auditFlags, pub ed25519.PublicKey, oldFile string, stdout io.Writer, fail func(int, string, ...any) int) int {
+	raw, err := os.ReadFile(oldFile)
+	if err != nil {
+		return fail(exitUsage, "--checkpoint: %v", err)
+	}
+	old := ledger.SignedCheckpoint(raw)
+	oldCP, err := ledger.ParseCheckpoint(old)
+	if err != nil {
+		return fail(exitUsage, "--checkpoint %s: %v", oldFile, err)
+	}
+	if f.tenant == "" {
+		f.tenant = oldCP.Tenant
+	}
+	if oldCP.Tenant != f.tenant {
+		return fail(exitUsage, "--checkpoint %s is of tenant %q, not %q", oldFile, oldCP.Tenant, f.tenant)
+	}
+	if _, err := ledger.VerifyCheckpoint(pub, old); err != nil {
+		fmt.Fprintf(stdout, "NOT verified: the old checkpoint (size %d): %v\n", oldCP.Size, err)
+		return exitError
+	}
+	c, err := f.client(true)
+	if err != nil {
+		return fail(exitUsage, "%v", err)
+	}
+	p := &guestlistv1.ConsistencyProof{}
+	q := url.Values{"fromSize": {strconv.FormatUint(oldCP.Size, 10)}}
+	if err := c.callProto(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(f.tenant)+"/proofs/consistency?"+q.Encode(), nil, p); err != nil {
+		return fail(exitError, "%v", err)
+	}
+	newer, err := audit.VerifyConsistencyProof(pub, old, p)
+	if err != nil {
+		fmt.Fprintf(stdout, "NOT consistent: %v\n", err)
+		return exitError
+	}
+	fmt.Fprintf(stdout, "consistent: the history of %s at size %d (signed %s) extends the one at size %d (signed %s)\n",
+		newer.Tenant, newer.Size, newer.Time.Format(time.RFC3339), oldCP.Size, oldCP.Time.Format(time.RFC3339))
+	return exitOK
+}
+
+// verifyInclusion is "audit verify --revision N": it fetches the event at revision N with its
+// inclusion proof in the latest signed checkpoint, recomputes the leaf from the event's exact
+// bytes and checks it with the key alone (audit.VerifyInclusionProof). Exit 0 when the event is in
+// the history, 1 when not.
+func verifyInclusion(ctx context.Context, f *auditFlags, pub ed25519.PublicKey, revision uint64, stdout io.Writer, fail func(int, string, ...any) int) int {
+	c, err := f.client(true)
+	if err != nil {
+		return fail(exitUsage, "%v", err)
+	}
+	p := &guestlistv1.InclusionProof{}
+	q := url.Values{"revision": {strconv.FormatUint(revision, 10)}}
+	if err := c.callProto(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(f.tenant)+"/proofs/inclusion?"+q.Encode(), nil, p); err != nil {
+		return fail(exitError, "%v", err)
+	}
+	if p.GetRevision() != revision {
+		fmt.Fprintf(stdout, "NOT included: asked for revision %d, got a proof of revision %d\n", revision, p.GetRevision())
+		return exitError
+	}
+	cp, err := audit.VerifyInclusionProof(pub, f.tenant, p)
+	if err != nil {
+		fmt.Fprintf(stdout, "NOT included: %v\n", err)
+		return exitError
+	}
+	ev := p.GetEvent()
+	fmt.Fprintf(stdout, "included: revision %d (position %d, %s by %s at %s) is in the history of %s at size %d (signed %s)\n",
+		revision, ev.GetPosition(), ev.GetType(), ev.GetActor(), ev.GetTime().AsTime().Format(time.RFC3339Nano), cp.Tenant, cp.Size, cp.Time.Format(time.RFC3339))
+	return exitOK
+}
+
+func runAuditCheckpoint(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("audit checkpoint", "Print the tenant's latest signed checkpoint, in its text form. Keep it: later,\n"+
+		"guestlist audit verify --checkpoint FILE --public-key KEY.pem checks that the history then extends it.", stderr)
+	var f auditFlags
+	f.register(fs)
+	out := fs.String("out", "", "write to this file instead of standard output")
+	if code, done := parseAuditFlags(fs, args, env, stderr); done {
+		return code
+	}
+	c, err := f.client(true)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit checkpoint: %v\n", err)
+		return exitUsage
+	}
+	// The consistency proof from size 0 to the latest checkpoint is empty: it carries the checkpoint.
+	p := &guestlistv1.ConsistencyProof{}
+	if err := c.callProto(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(f.tenant)+"/proofs/consistency?fromSize=0", nil, p); err != nil {
+		fmt.Fprintf(stderr, "guestlist audit checkpoint: %v\n", err)
+		return exitError
+	}
+	if _, err := ledger.ParseCheckpoint(ledger.SignedCheckpoint(p.GetCheckpoint())); err != nil {
+		fmt.Fprintf(stderr, "guestlist audit checkpoint: the API returned no checkpoint: %v\n", err)
+		return exitError
+	}
+	if *out == "" {
+		_, err = io.WriteString(stdout, p.GetCheckpoint())
+	} else {
+		err = os.WriteFile(*out, []byte(p.GetCheckpoint()), 0o644)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "guestlist audit checkpoint: %v\n", err)
+		return exitError
+	}
+	return exitOK
 }
 
 func runAuditExport(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -10,8 +11,13 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"guestlist.dev/edge/certid"
 	"guestlist.dev/edge/pkitest"
+	"guestlist.dev/projections/audit"
+	"guestlist.dev/projections/ledger"
+	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 )
 
 // loggedDecision is a decision log line, as far as the audit test reads it.
@@ -377,4 +383,132 @@ func TestAuditEndToEnd(t *testing.T) {
 func jsonString(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// TestAuditProofsEndToEnd: an auditor keeps a signed checkpoint, the tenant changes, and
+// "guestlist audit verify --checkpoint" proves (RFC 6962 consistency) that the newer history
+// extends the kept one, refusing forged checkpoints; "verify --revision" proves one event is in it
+// (inclusion), and the verification refuses an altered event or proof.
+func TestAuditProofsEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	n := startDev(t, dir)
+	if code, _ := n.rest("POST", "/v1/tenants?tenantId=acme", n.token, map[string]any{"displayName": "acme"}); code != 200 {
+		t.Fatal("create tenant")
+	}
+	_, tok := n.rest("POST", "/v1/tenants/acme/tokens", n.token, map[string]any{"displayName": "auditor", "role": "ROLE_AUDITOR"})
+	auditor, _ := tok["secret"].(string)
+	if auditor == "" {
+		t.Fatalf("no auditor token: %v", tok)
+	}
+	env := map[string]string{"GUESTLIST_API": n.api, "GUESTLIST_TOKEN": auditor}
+	keyFile := filepath.Join(dir, "checkpoint-key", "checkpoint.pub")
+	pub, err := readPublicKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// checkpointAt waits for the latest signed checkpoint to cover size events and keeps it in a file.
+	checkpointAt := func(size uint64) (string, ledger.SignedCheckpoint) {
+		t.Helper()
+		file := filepath.Join(t.TempDir(), "checkpoint.txt")
+		eventually(t, fmt.Sprintf("a signed checkpoint of %d events", size), func() bool {
+			if code, _, _ := runCmd(t, env, "audit", "checkpoint", "--tenant", "acme", "--out", file); code != exitOK {
+				return false
+			}
+			raw, _ := os.ReadFile(file)
+			cp, err := ledger.VerifyCheckpoint(pub, ledger.SignedCheckpoint(raw))
+			return err == nil && cp.Size == size
+		})
+		raw, _ := os.ReadFile(file)
+		return file, ledger.SignedCheckpoint(raw)
+	}
+	oldFile, old := checkpointAt(2)
+	code, out, _ := runCmd(t, env, "audit", "checkpoint", "--tenant", "acme")
+	if code != exitOK || out != string(old) {
+		t.Errorf("audit checkpoint to stdout: exit %d\n%s", code, out)
+	}
+
+	// More changes, and a newer checkpoint; the kept one is extended by it.
+	for _, name := range []string{"ci", "ops"} {
+		if code, _ := n.rest("POST", "/v1/tenants/acme/tokens", n.token, map[string]any{"displayName": name, "role": "ROLE_AUDITOR"}); code != 200 {
+			t.Fatal("create token")
+		}
+	}
+	latestFile, _ := checkpointAt(4)
+	for _, f := range []string{oldFile, latestFile} {
+		if code, out, errOut := runCmd(t, env, "audit", "verify", "--tenant", "acme", "--checkpoint", f, "--public-key", keyFile); code != exitOK || !strings.Contains(out, "consistent: the history of acme at size 4") {
+			t.Errorf("verify --checkpoint %s: exit %d\n%s%s", f, code, out, errOut)
+		}
+	}
+
+	// Forged old checkpoints: an altered root, not re-signed or re-signed with another key.
+	other, err := ledger.LoadOrCreateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldCP, _ := ledger.ParseCheckpoint(old)
+	oldCP.Root = append([]byte(nil), oldCP.Root...)
+	oldCP.Root[0] ^= 1
+	_, sig, _ := strings.Cut(string(old), "\n\n")
+	for name, forged := range map[string]string{
+		"not re-signed":            string(oldCP.Body()) + "\n" + sig,
+		"re-signed by another key": string(other.Sign(oldCP)),
+	} {
+		f := filepath.Join(t.TempDir(), "forged.txt")
+		if err := os.WriteFile(f, []byte(forged), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if code, out, errOut := runCmd(t, env, "audit", "verify", "--tenant", "acme", "--checkpoint", f, "--public-key", keyFile); code != exitError || !strings.Contains(out, "NOT") {
+			t.Errorf("verify --checkpoint of a forged checkpoint (%s): exit %d\n%s%s", name, code, out, errOut)
+		}
+	}
+	// The genuine one, checked with another key, does not verify either.
+	otherKey := filepath.Join(t.TempDir(), "other.pub")
+	if err := os.WriteFile(otherKey, []byte(other.PublicKeyPEM()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ := runCmd(t, env, "audit", "verify", "--tenant", "acme", "--checkpoint", oldFile, "--public-key", otherKey); code != exitError {
+		t.Errorf("verify --checkpoint with another key: exit %d\n%s", code, out)
+	}
+
+	// Inclusion of every event in the latest checkpoint; none beyond it.
+	for rev := range 4 {
+		if code, out, errOut := runCmd(t, env, "audit", "verify", "--tenant", "acme", "--revision", strconv.Itoa(rev), "--public-key", keyFile); code != exitOK || !strings.Contains(out, "included: revision "+strconv.Itoa(rev)) {
+			t.Errorf("verify --revision %d: exit %d\n%s%s", rev, code, out, errOut)
+		}
+	}
+	if code, _, errOut := runCmd(t, env, "audit", "verify", "--tenant", "acme", "--revision", "9", "--public-key", keyFile); code != exitError || !strings.Contains(errOut, "412") && !strings.Contains(errOut, "400") {
+		t.Errorf("verify --revision 9: exit %d %s", code, errOut)
+	}
+	// The proof as REST returns it verifies; with the event altered (the server is honest, so
+	// altered here) it does not.
+	code, body := n.rest("GET", "/v1/tenants/acme/proofs/inclusion?revision=1", auditor, nil)
+	if code != 200 {
+		t.Fatalf("GET inclusion proof: %d %v", code, body)
+	}
+	ip := &guestlistv1.InclusionProof{}
+	if err := protojson.Unmarshal([]byte(jsonString(body)), ip); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.VerifyInclusionProof(pub, "acme", ip); err != nil {
+		t.Fatalf("the REST inclusion proof: %v", err)
+	}
+	ip.Event.Actor = "mallory"
+	if _, err := audit.VerifyInclusionProof(pub, "acme", ip); err == nil {
+		t.Error("an inclusion proof of an altered event verifies")
+	}
+	code, body = n.rest("GET", "/v1/tenants/acme/proofs/consistency?fromSize=2&toSize=3", auditor, nil)
+	if code != 400 || !strings.Contains(jsonString(body), "sizes signed") {
+		t.Errorf("consistency to a size without a checkpoint: %d %v", code, body)
+	}
+
+	// Usage errors, and another tenant's auditor.
+	if code, _, _ := runCmd(t, env, "audit", "verify", "--tenant", "acme", "--checkpoint", oldFile); code != exitUsage {
+		t.Errorf("verify --checkpoint without --public-key: exit %d", code)
+	}
+	if code, _, _ := runCmd(t, env, "audit", "verify", "--tenant", "acme", "--checkpoint", oldFile, "--revision", "1", "--public-key", keyFile); code != exitUsage {
+		t.Errorf("verify --checkpoint --revision: exit %d", code)
+	}
+	if code, _, _ := runCmd(t, env, "audit", "verify", "--tenant", "globex", "--revision", "0", "--public-key", keyFile); code != exitError {
+		t.Errorf("verify --revision of another tenant: exit %d", code)
+	}
 }

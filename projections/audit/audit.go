@@ -5,8 +5,10 @@
 // explanation at a decision log line's config_revision re-derives that line's verdict, reason and
 // rule. It writes nothing.
 //
-// The hash chain, Verify, ExportEvents and GetCheckpointKey come from package projections/ledger,
-// given with [WithLedger]; without it they answer UNIMPLEMENTED and AuditEvent.hash is empty.
+// The hash chain, Verify, ExportEvents, GetCheckpointKey and the Merkle proofs (GetConsistencyProof,
+// GetInclusionProof) come from package projections/ledger, given with [WithLedger]; without it they
+// answer UNIMPLEMENTED and AuditEvent.hash is empty. [VerifyConsistencyProof] and
+// [VerifyInclusionProof] check those proofs on the client with the checkpoint key alone.
 package audit
 
 import (
@@ -28,7 +30,6 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"guestlist.dev/edge/decision"
 	"guestlist.dev/edge/dnsname"
@@ -480,14 +481,11 @@ func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc
 			if h, err := s.ledger.ChainHash(tenant, ev.Revision); err == nil {
 				hash = h
 			}
-			data, err := anypb.New(wrapperspb.Bytes(ev.Data))
+			ae, err := exactEvent(ev, hash)
 			if err != nil {
-				return status.Errorf(codes.Internal, "audit: export position %d: %v", ev.Position, err)
+				return err
 			}
-			if err := send(&guestlistv1.ExportEventsResponse{Item: &guestlistv1.ExportEventsResponse_Event{Event: &guestlistv1.AuditEvent{
-				Position: uint64(ev.Position), Revision: ev.Revision, Type: ev.Type, Time: timestamppb.New(ev.Time),
-				Actor: ev.Metadata.Actor, RequestId: ev.Metadata.RequestID, Data: data, Hash: ledger.HashHex(hash),
-			}}}); err != nil {
+			if err := send(&guestlistv1.ExportEventsResponse{Item: &guestlistv1.ExportEventsResponse_Event{Event: ae}}); err != nil {
 				return err
 			}
 			if err := sendCheckpoints(ev.Revision + 1); err != nil {

@@ -1093,6 +1093,297 @@ func (x *CheckpointKey) GetPublicKeyPem() string {
 	return ""
 }
 
+// GetConsistencyProofRequest asks for the proof that the tenant's log at to_size extends the log at
+// from_size.
+type GetConsistencyProofRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's id.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The older size: the number of events the auditor's old checkpoint covers. Any size up to
+	// to_size (0: the empty log, whose proof is empty).
+	FromSize uint64 `protobuf:"varint,2,opt,name=from_size,json=fromSize,proto3" json:"from_size,omitempty"`
+	// The newer size, which must be the size of a signed checkpoint; 0: the latest signed checkpoint's.
+	ToSize        uint64 `protobuf:"varint,3,opt,name=to_size,json=toSize,proto3" json:"to_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConsistencyProofRequest) Reset() {
+	*x = GetConsistencyProofRequest{}
+	mi := &file_guestlist_v1_audit_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConsistencyProofRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConsistencyProofRequest) ProtoMessage() {}
+
+func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_guestlist_v1_audit_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConsistencyProofRequest.ProtoReflect.Descriptor instead.
+func (*GetConsistencyProofRequest) Descriptor() ([]byte, []int) {
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetConsistencyProofRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *GetConsistencyProofRequest) GetFromSize() uint64 {
+	if x != nil {
+		return x.FromSize
+	}
+	return 0
+}
+
+func (x *GetConsistencyProofRequest) GetToSize() uint64 {
+	if x != nil {
+		return x.ToSize
+	}
+	return 0
+}
+
+// ConsistencyProof proves that the tenant's Merkle log at to_size extends the one at from_size.
+type ConsistencyProof struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The older size, as asked for.
+	FromSize uint64 `protobuf:"varint,1,opt,name=from_size,json=fromSize,proto3" json:"from_size,omitempty"`
+	// The newer size: the size of checkpoint.
+	ToSize uint64 `protobuf:"varint,2,opt,name=to_size,json=toSize,proto3" json:"to_size,omitempty"`
+	// The RFC 6962 consistency proof (section 2.1.2), its node hashes in order, 32 bytes each.
+	Hashes [][]byte `protobuf:"bytes,3,rep,name=hashes,proto3" json:"hashes,omitempty"`
+	// The signed checkpoint at to_size, in its text form (as in ExportEventsResponse.checkpoint):
+	// verify its signature with the checkpoint key, then the proof from the old checkpoint's root to
+	// its root.
+	Checkpoint    string `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsistencyProof) Reset() {
+	*x = ConsistencyProof{}
+	mi := &file_guestlist_v1_audit_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsistencyProof) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsistencyProof) ProtoMessage() {}
+
+func (x *ConsistencyProof) ProtoReflect() protoreflect.Message {
+	mi := &file_guestlist_v1_audit_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsistencyProof.ProtoReflect.Descriptor instead.
+func (*ConsistencyProof) Descriptor() ([]byte, []int) {
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ConsistencyProof) GetFromSize() uint64 {
+	if x != nil {
+		return x.FromSize
+	}
+	return 0
+}
+
+func (x *ConsistencyProof) GetToSize() uint64 {
+	if x != nil {
+		return x.ToSize
+	}
+	return 0
+}
+
+func (x *ConsistencyProof) GetHashes() [][]byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
+func (x *ConsistencyProof) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+// GetInclusionProofRequest asks for the proof that the tenant's event at revision is in the log at
+// size.
+type GetInclusionProofRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's id.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The event's revision in the tenant's stream: its leaf index in the Merkle log.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The size of the log, which must be the size of a signed checkpoint above revision; 0: the
+	// latest signed checkpoint's.
+	Size          uint64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInclusionProofRequest) Reset() {
+	*x = GetInclusionProofRequest{}
+	mi := &file_guestlist_v1_audit_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInclusionProofRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInclusionProofRequest) ProtoMessage() {}
+
+func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_guestlist_v1_audit_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInclusionProofRequest.ProtoReflect.Descriptor instead.
+func (*GetInclusionProofRequest) Descriptor() ([]byte, []int) {
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetInclusionProofRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *GetInclusionProofRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *GetInclusionProofRequest) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+// InclusionProof proves that an event is the leaf at revision of the tenant's log at size.
+type InclusionProof struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's revision (its leaf index).
+	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The size of the log: the size of checkpoint.
+	Size uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	// The RFC 6962 inclusion (audit) path (section 2.1.1), its node hashes in order, 32 bytes each.
+	Hashes [][]byte `protobuf:"bytes,3,rep,name=hashes,proto3" json:"hashes,omitempty"`
+	// The signed checkpoint at size, in its text form (as in ExportEventsResponse.checkpoint).
+	Checkpoint string `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The event, as ExportEvents sends it: its payload a google.protobuf.Any holding a
+	// google.protobuf.BytesValue of the bytes exactly as stored, so that the client can recompute its
+	// canonical bytes (the leaf) from the event's fields and the tenant's id.
+	Event         *AuditEvent `protobuf:"bytes,5,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InclusionProof) Reset() {
+	*x = InclusionProof{}
+	mi := &file_guestlist_v1_audit_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InclusionProof) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InclusionProof) ProtoMessage() {}
+
+func (x *InclusionProof) ProtoReflect() protoreflect.Message {
+	mi := &file_guestlist_v1_audit_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InclusionProof.ProtoReflect.Descriptor instead.
+func (*InclusionProof) Descriptor() ([]byte, []int) {
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *InclusionProof) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *InclusionProof) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *InclusionProof) GetHashes() [][]byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
+func (x *InclusionProof) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *InclusionProof) GetEvent() *AuditEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 var File_guestlist_v1_audit_proto protoreflect.FileDescriptor
 
 const file_guestlist_v1_audit_proto_rawDesc = "" +
@@ -1174,7 +1465,32 @@ const file_guestlist_v1_audit_proto_rawDesc = "" +
 	"\x04item\"\x19\n" +
 	"\x17GetCheckpointKeyRequest\"5\n" +
 	"\rCheckpointKey\x12$\n" +
-	"\x0epublic_key_pem\x18\x01 \x01(\tR\fpublicKeyPem2\xe6\x03\n" +
+	"\x0epublic_key_pem\x18\x01 \x01(\tR\fpublicKeyPem\"\x8b\x02\n" +
+	"\x1aGetConsistencyProofRequest\x12:\n" +
+	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12\x1b\n" +
+	"\tfrom_size\x18\x02 \x01(\x04R\bfromSize\x12\x17\n" +
+	"\ato_size\x18\x03 \x01(\x04R\x06toSize:{\xbaHx\x1av\n" +
+	"\x1bfrom_size_not_after_to_size\x12!from_size must not exceed to_size\x1a4this.to_size == 0u || this.from_size <= this.to_size\"\x80\x01\n" +
+	"\x10ConsistencyProof\x12\x1b\n" +
+	"\tfrom_size\x18\x01 \x01(\x04R\bfromSize\x12\x17\n" +
+	"\ato_size\x18\x02 \x01(\x04R\x06toSize\x12\x16\n" +
+	"\x06hashes\x18\x03 \x03(\fR\x06hashes\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x04 \x01(\tR\n" +
+	"checkpoint\"\xee\x01\n" +
+	"\x18GetInclusionProofRequest\x12:\n" +
+	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size:f\xbaHc\x1aa\n" +
+	"\x14revision_before_size\x12\x1brevision must be below size\x1a,this.size == 0u || this.revision < this.size\"\xa8\x01\n" +
+	"\x0eInclusionProof\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x16\n" +
+	"\x06hashes\x18\x03 \x03(\fR\x06hashes\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x04 \x01(\tR\n" +
+	"checkpoint\x12.\n" +
+	"\x05event\x18\x05 \x01(\v2\x18.guestlist.v1.AuditEventR\x05event2\xa2\x05\n" +
 	"\fAuditService\x12O\n" +
 	"\n" +
 	"ListEvents\x12\x1f.guestlist.v1.ListEventsRequest\x1a .guestlist.v1.ListEventsResponse\x12G\n" +
@@ -1182,7 +1498,9 @@ const file_guestlist_v1_audit_proto_rawDesc = "" +
 	"\aExplain\x12\x1c.guestlist.v1.ExplainRequest\x1a\x1d.guestlist.v1.ExplainResponse\x12C\n" +
 	"\x06Verify\x12\x1b.guestlist.v1.VerifyRequest\x1a\x1c.guestlist.v1.VerifyResponse\x12W\n" +
 	"\fExportEvents\x12!.guestlist.v1.ExportEventsRequest\x1a\".guestlist.v1.ExportEventsResponse0\x01\x12V\n" +
-	"\x10GetCheckpointKey\x12%.guestlist.v1.GetCheckpointKeyRequest\x1a\x1b.guestlist.v1.CheckpointKeyB5Z3guestlist.dev/proto/gen/go/guestlist/v1;guestlistv1b\x06proto3"
+	"\x10GetCheckpointKey\x12%.guestlist.v1.GetCheckpointKeyRequest\x1a\x1b.guestlist.v1.CheckpointKey\x12_\n" +
+	"\x13GetConsistencyProof\x12(.guestlist.v1.GetConsistencyProofRequest\x1a\x1e.guestlist.v1.ConsistencyProof\x12Y\n" +
+	"\x11GetInclusionProof\x12&.guestlist.v1.GetInclusionProofRequest\x1a\x1c.guestlist.v1.InclusionProofB5Z3guestlist.dev/proto/gen/go/guestlist/v1;guestlistv1b\x06proto3"
 
 var (
 	file_guestlist_v1_audit_proto_rawDescOnce sync.Once
@@ -1196,64 +1514,73 @@ func file_guestlist_v1_audit_proto_rawDescGZIP() []byte {
 	return file_guestlist_v1_audit_proto_rawDescData
 }
 
-var file_guestlist_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_guestlist_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_guestlist_v1_audit_proto_goTypes = []any{
-	(*AuditEvent)(nil),              // 0: guestlist.v1.AuditEvent
-	(*ListEventsRequest)(nil),       // 1: guestlist.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 2: guestlist.v1.ListEventsResponse
-	(*GetSnapshotRequest)(nil),      // 3: guestlist.v1.GetSnapshotRequest
-	(*SnapshotRevocation)(nil),      // 4: guestlist.v1.SnapshotRevocation
-	(*Snapshot)(nil),                // 5: guestlist.v1.Snapshot
-	(*ExplainRequest)(nil),          // 6: guestlist.v1.ExplainRequest
-	(*ExplainResponse)(nil),         // 7: guestlist.v1.ExplainResponse
-	(*VerifyRequest)(nil),           // 8: guestlist.v1.VerifyRequest
-	(*VerifyResponse)(nil),          // 9: guestlist.v1.VerifyResponse
-	(*ExportEventsRequest)(nil),     // 10: guestlist.v1.ExportEventsRequest
-	(*ExportEventsResponse)(nil),    // 11: guestlist.v1.ExportEventsResponse
-	(*GetCheckpointKeyRequest)(nil), // 12: guestlist.v1.GetCheckpointKeyRequest
-	(*CheckpointKey)(nil),           // 13: guestlist.v1.CheckpointKey
-	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
-	(*anypb.Any)(nil),               // 15: google.protobuf.Any
-	(*Revocation)(nil),              // 16: guestlist.v1.Revocation
-	(*Tenant)(nil),                  // 17: guestlist.v1.Tenant
-	(*Token)(nil),                   // 18: guestlist.v1.Token
-	(*CertificateAuthority)(nil),    // 19: guestlist.v1.CertificateAuthority
-	(*Policy)(nil),                  // 20: guestlist.v1.Policy
-	(*Hostname)(nil),                // 21: guestlist.v1.Hostname
+	(*AuditEvent)(nil),                 // 0: guestlist.v1.AuditEvent
+	(*ListEventsRequest)(nil),          // 1: guestlist.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),         // 2: guestlist.v1.ListEventsResponse
+	(*GetSnapshotRequest)(nil),         // 3: guestlist.v1.GetSnapshotRequest
+	(*SnapshotRevocation)(nil),         // 4: guestlist.v1.SnapshotRevocation
+	(*Snapshot)(nil),                   // 5: guestlist.v1.Snapshot
+	(*ExplainRequest)(nil),             // 6: guestlist.v1.ExplainRequest
+	(*ExplainResponse)(nil),            // 7: guestlist.v1.ExplainResponse
+	(*VerifyRequest)(nil),              // 8: guestlist.v1.VerifyRequest
+	(*VerifyResponse)(nil),             // 9: guestlist.v1.VerifyResponse
+	(*ExportEventsRequest)(nil),        // 10: guestlist.v1.ExportEventsRequest
+	(*ExportEventsResponse)(nil),       // 11: guestlist.v1.ExportEventsResponse
+	(*GetCheckpointKeyRequest)(nil),    // 12: guestlist.v1.GetCheckpointKeyRequest
+	(*CheckpointKey)(nil),              // 13: guestlist.v1.CheckpointKey
+	(*GetConsistencyProofRequest)(nil), // 14: guestlist.v1.GetConsistencyProofRequest
+	(*ConsistencyProof)(nil),           // 15: guestlist.v1.ConsistencyProof
+	(*GetInclusionProofRequest)(nil),   // 16: guestlist.v1.GetInclusionProofRequest
+	(*InclusionProof)(nil),             // 17: guestlist.v1.InclusionProof
+	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                  // 19: google.protobuf.Any
+	(*Revocation)(nil),                 // 20: guestlist.v1.Revocation
+	(*Tenant)(nil),                     // 21: guestlist.v1.Tenant
+	(*Token)(nil),                      // 22: guestlist.v1.Token
+	(*CertificateAuthority)(nil),       // 23: guestlist.v1.CertificateAuthority
+	(*Policy)(nil),                     // 24: guestlist.v1.Policy
+	(*Hostname)(nil),                   // 25: guestlist.v1.Hostname
 }
 var file_guestlist_v1_audit_proto_depIdxs = []int32{
-	14, // 0: guestlist.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	15, // 1: guestlist.v1.AuditEvent.data:type_name -> google.protobuf.Any
+	18, // 0: guestlist.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	19, // 1: guestlist.v1.AuditEvent.data:type_name -> google.protobuf.Any
 	0,  // 2: guestlist.v1.ListEventsResponse.events:type_name -> guestlist.v1.AuditEvent
-	14, // 3: guestlist.v1.GetSnapshotRequest.at_time:type_name -> google.protobuf.Timestamp
-	16, // 4: guestlist.v1.SnapshotRevocation.revocation:type_name -> guestlist.v1.Revocation
-	14, // 5: guestlist.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
-	17, // 6: guestlist.v1.Snapshot.tenant:type_name -> guestlist.v1.Tenant
-	18, // 7: guestlist.v1.Snapshot.tokens:type_name -> guestlist.v1.Token
-	19, // 8: guestlist.v1.Snapshot.certificate_authorities:type_name -> guestlist.v1.CertificateAuthority
+	18, // 3: guestlist.v1.GetSnapshotRequest.at_time:type_name -> google.protobuf.Timestamp
+	20, // 4: guestlist.v1.SnapshotRevocation.revocation:type_name -> guestlist.v1.Revocation
+	18, // 5: guestlist.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	21, // 6: guestlist.v1.Snapshot.tenant:type_name -> guestlist.v1.Tenant
+	22, // 7: guestlist.v1.Snapshot.tokens:type_name -> guestlist.v1.Token
+	23, // 8: guestlist.v1.Snapshot.certificate_authorities:type_name -> guestlist.v1.CertificateAuthority
 	4,  // 9: guestlist.v1.Snapshot.revocations:type_name -> guestlist.v1.SnapshotRevocation
-	20, // 10: guestlist.v1.Snapshot.policies:type_name -> guestlist.v1.Policy
-	21, // 11: guestlist.v1.Snapshot.hostnames:type_name -> guestlist.v1.Hostname
-	14, // 12: guestlist.v1.ExplainRequest.at_time:type_name -> google.protobuf.Timestamp
-	14, // 13: guestlist.v1.ExplainRequest.request_time:type_name -> google.protobuf.Timestamp
+	24, // 10: guestlist.v1.Snapshot.policies:type_name -> guestlist.v1.Policy
+	25, // 11: guestlist.v1.Snapshot.hostnames:type_name -> guestlist.v1.Hostname
+	18, // 12: guestlist.v1.ExplainRequest.at_time:type_name -> google.protobuf.Timestamp
+	18, // 13: guestlist.v1.ExplainRequest.request_time:type_name -> google.protobuf.Timestamp
 	0,  // 14: guestlist.v1.ExportEventsResponse.event:type_name -> guestlist.v1.AuditEvent
-	1,  // 15: guestlist.v1.AuditService.ListEvents:input_type -> guestlist.v1.ListEventsRequest
-	3,  // 16: guestlist.v1.AuditService.GetSnapshot:input_type -> guestlist.v1.GetSnapshotRequest
-	6,  // 17: guestlist.v1.AuditService.Explain:input_type -> guestlist.v1.ExplainRequest
-	8,  // 18: guestlist.v1.AuditService.Verify:input_type -> guestlist.v1.VerifyRequest
-	10, // 19: guestlist.v1.AuditService.ExportEvents:input_type -> guestlist.v1.ExportEventsRequest
-	12, // 20: guestlist.v1.AuditService.GetCheckpointKey:input_type -> guestlist.v1.GetCheckpointKeyRequest
-	2,  // 21: guestlist.v1.AuditService.ListEvents:output_type -> guestlist.v1.ListEventsResponse
-	5,  // 22: guestlist.v1.AuditService.GetSnapshot:output_type -> guestlist.v1.Snapshot
-	7,  // 23: guestlist.v1.AuditService.Explain:output_type -> guestlist.v1.ExplainResponse
-	9,  // 24: guestlist.v1.AuditService.Verify:output_type -> guestlist.v1.VerifyResponse
-	11, // 25: guestlist.v1.AuditService.ExportEvents:output_type -> guestlist.v1.ExportEventsResponse
-	13, // 26: guestlist.v1.AuditService.GetCheckpointKey:output_type -> guestlist.v1.CheckpointKey
-	21, // [21:27] is the sub-list for method output_type
-	15, // [15:21] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	0,  // 15: guestlist.v1.InclusionProof.event:type_name -> guestlist.v1.AuditEvent
+	1,  // 16: guestlist.v1.AuditService.ListEvents:input_type -> guestlist.v1.ListEventsRequest
+	3,  // 17: guestlist.v1.AuditService.GetSnapshot:input_type -> guestlist.v1.GetSnapshotRequest
+	6,  // 18: guestlist.v1.AuditService.Explain:input_type -> guestlist.v1.ExplainRequest
+	8,  // 19: guestlist.v1.AuditService.Verify:input_type -> guestlist.v1.VerifyRequest
+	10, // 20: guestlist.v1.AuditService.ExportEvents:input_type -> guestlist.v1.ExportEventsRequest
+	12, // 21: guestlist.v1.AuditService.GetCheckpointKey:input_type -> guestlist.v1.GetCheckpointKeyRequest
+	14, // 22: guestlist.v1.AuditService.GetConsistencyProof:input_type -> guestlist.v1.GetConsistencyProofRequest
+	16, // 23: guestlist.v1.AuditService.GetInclusionProof:input_type -> guestlist.v1.GetInclusionProofRequest
+	2,  // 24: guestlist.v1.AuditService.ListEvents:output_type -> guestlist.v1.ListEventsResponse
+	5,  // 25: guestlist.v1.AuditService.GetSnapshot:output_type -> guestlist.v1.Snapshot
+	7,  // 26: guestlist.v1.AuditService.Explain:output_type -> guestlist.v1.ExplainResponse
+	9,  // 27: guestlist.v1.AuditService.Verify:output_type -> guestlist.v1.VerifyResponse
+	11, // 28: guestlist.v1.AuditService.ExportEvents:output_type -> guestlist.v1.ExportEventsResponse
+	13, // 29: guestlist.v1.AuditService.GetCheckpointKey:output_type -> guestlist.v1.CheckpointKey
+	15, // 30: guestlist.v1.AuditService.GetConsistencyProof:output_type -> guestlist.v1.ConsistencyProof
+	17, // 31: guestlist.v1.AuditService.GetInclusionProof:output_type -> guestlist.v1.InclusionProof
+	24, // [24:32] is the sub-list for method output_type
+	16, // [16:24] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_guestlist_v1_audit_proto_init() }
@@ -1286,7 +1613,7 @@ func file_guestlist_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guestlist_v1_audit_proto_rawDesc), len(file_guestlist_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,12 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AuditService_ListEvents_FullMethodName       = "/guestlist.v1.AuditService/ListEvents"
-	AuditService_GetSnapshot_FullMethodName      = "/guestlist.v1.AuditService/GetSnapshot"
-	AuditService_Explain_FullMethodName          = "/guestlist.v1.AuditService/Explain"
-	AuditService_Verify_FullMethodName           = "/guestlist.v1.AuditService/Verify"
-	AuditService_ExportEvents_FullMethodName     = "/guestlist.v1.AuditService/ExportEvents"
-	AuditService_GetCheckpointKey_FullMethodName = "/guestlist.v1.AuditService/GetCheckpointKey"
+	AuditService_ListEvents_FullMethodName          = "/guestlist.v1.AuditService/ListEvents"
+	AuditService_GetSnapshot_FullMethodName         = "/guestlist.v1.AuditService/GetSnapshot"
+	AuditService_Explain_FullMethodName             = "/guestlist.v1.AuditService/Explain"
+	AuditService_Verify_FullMethodName              = "/guestlist.v1.AuditService/Verify"
+	AuditService_ExportEvents_FullMethodName        = "/guestlist.v1.AuditService/ExportEvents"
+	AuditService_GetCheckpointKey_FullMethodName    = "/guestlist.v1.AuditService/GetCheckpointKey"
+	AuditService_GetConsistencyProof_FullMethodName = "/guestlist.v1.AuditService/GetConsistencyProof"
+	AuditService_GetInclusionProof_FullMethodName   = "/guestlist.v1.AuditService/GetInclusionProof"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -49,6 +51,17 @@ type AuditServiceClient interface {
 	ExportEvents(ctx context.Context, in *ExportEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportEventsResponse], error)
 	// GetCheckpointKey returns the public key that signs checkpoints.
 	GetCheckpointKey(ctx context.Context, in *GetCheckpointKeyRequest, opts ...grpc.CallOption) (*CheckpointKey, error)
+	// GetConsistencyProof returns the RFC 6962 consistency proof that the tenant's Merkle log at a
+	// signed checkpoint extends the log at an earlier size, with that signed checkpoint: an auditor
+	// holding an old checkpoint checks that the newer history extends it without downloading it.
+	// Only sizes with a signed checkpoint are served as to_size; any other is FAILED_PRECONDITION
+	// naming the sizes available.
+	GetConsistencyProof(ctx context.Context, in *GetConsistencyProofRequest, opts ...grpc.CallOption) (*ConsistencyProof, error)
+	// GetInclusionProof returns one event of the tenant's history, with its bytes exactly as stored,
+	// and the RFC 6962 inclusion proof of its leaf in the Merkle log at a signed checkpoint, with that
+	// checkpoint. Only sizes with a signed checkpoint are served; any other is FAILED_PRECONDITION
+	// naming the sizes available.
+	GetInclusionProof(ctx context.Context, in *GetInclusionProofRequest, opts ...grpc.CallOption) (*InclusionProof, error)
 }
 
 type auditServiceClient struct {
@@ -128,6 +141,26 @@ func (c *auditServiceClient) GetCheckpointKey(ctx context.Context, in *GetCheckp
 	return out, nil
 }
 
+func (c *auditServiceClient) GetConsistencyProof(ctx context.Context, in *GetConsistencyProofRequest, opts ...grpc.CallOption) (*ConsistencyProof, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConsistencyProof)
+	err := c.cc.Invoke(ctx, AuditService_GetConsistencyProof_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *auditServiceClient) GetInclusionProof(ctx context.Context, in *GetInclusionProofRequest, opts ...grpc.CallOption) (*InclusionProof, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InclusionProof)
+	err := c.cc.Invoke(ctx, AuditService_GetInclusionProof_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -150,6 +183,17 @@ type AuditServiceServer interface {
 	ExportEvents(*ExportEventsRequest, grpc.ServerStreamingServer[ExportEventsResponse]) error
 	// GetCheckpointKey returns the public key that signs checkpoints.
 	GetCheckpointKey(context.Context, *GetCheckpointKeyRequest) (*CheckpointKey, error)
+	// GetConsistencyProof returns the RFC 6962 consistency proof that the tenant's Merkle log at a
+	// signed checkpoint extends the log at an earlier size, with that signed checkpoint: an auditor
+	// holding an old checkpoint checks that the newer history extends it without downloading it.
+	// Only sizes with a signed checkpoint are served as to_size; any other is FAILED_PRECONDITION
+	// naming the sizes available.
+	GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*ConsistencyProof, error)
+	// GetInclusionProof returns one event of the tenant's history, with its bytes exactly as stored,
+	// and the RFC 6962 inclusion proof of its leaf in the Merkle log at a signed checkpoint, with that
+	// checkpoint. Only sizes with a signed checkpoint are served; any other is FAILED_PRECONDITION
+	// naming the sizes available.
+	GetInclusionProof(context.Context, *GetInclusionProofRequest) (*InclusionProof, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -177,6 +221,12 @@ func (UnimplementedAuditServiceServer) ExportEvents(*ExportEventsRequest, grpc.S
 }
 func (UnimplementedAuditServiceServer) GetCheckpointKey(context.Context, *GetCheckpointKeyRequest) (*CheckpointKey, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCheckpointKey not implemented")
+}
+func (UnimplementedAuditServiceServer) GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*ConsistencyProof, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConsistencyProof not implemented")
+}
+func (UnimplementedAuditServiceServer) GetInclusionProof(context.Context, *GetInclusionProofRequest) (*InclusionProof, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetInclusionProof not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -300,6 +350,42 @@ func _AuditService_GetCheckpointKey_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_GetConsistencyProof_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConsistencyProofRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).GetConsistencyProof(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_GetConsistencyProof_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).GetConsistencyProof(ctx, req.(*GetConsistencyProofRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuditService_GetInclusionProof_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetInclusionProofRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).GetInclusionProof(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_GetInclusionProof_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).GetInclusionProof(ctx, req.(*GetInclusionProofRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -326,6 +412,14 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCheckpointKey",
 			Handler:    _AuditService_GetCheckpointKey_Handler,
+		},
+		{
+			MethodName: "GetConsistencyProof",
+			Handler:    _AuditService_GetConsistencyProof_Handler,
+		},
+		{
+			MethodName: "GetInclusionProof",
+			Handler:    _AuditService_GetInclusionProof_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
