@@ -40,7 +40,7 @@ func commands() []command {
 		{"api", "the API role alone (gRPC + REST), for the distributed topology", notYet("api")},
 		{"projector", "the projector role alone, for the distributed topology", notYet("projector")},
 		{"edge", "an edge node alone, for the distributed topology", notYet("edge")},
-		{"audit", "the auditors' command line (history, snapshot, explain, diff, verify, export)", runAudit},
+		{"audit", "the auditors' command line (history, snapshot, explain, diff, verify, export, checkpoint)", runAudit},
 		{"version", "print the version and build information", runVersion},
 		{"help", "show this help, or a command's flags: guestlist help COMMAND", nil},
 	}
