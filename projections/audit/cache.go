@@ -100,5 +100,6 @@ func cloneTenant(st *fold.Tenant) *fold.Tenant {
 	out.Policies = maps.Clone(st.Policies)
 	out.Hostnames = maps.Clone(st.Hostnames)
 	out.Requests = maps.Clone(st.Requests)
+	out.MoreRequests = maps.Clone(st.MoreRequests)
 	return &out
 }

@@ -95,8 +95,11 @@ type Tenant struct {
 	Revocations map[RevocationKey]*Revocation
 	Policies    map[string]*Policy
 	Hostnames   map[string]*Hostname
-	// Requests maps a request id to the resources its request created, for idempotent retries.
-	Requests map[string][]Ref
+	// Requests maps a request id to the first resource its request created, for idempotent
+	// retries; MoreRequests holds the further ones of requests that created several (batches).
+	// RequestRefs gives them together.
+	Requests     map[string]Ref
+	MoreRequests map[string][]Ref
 
 	journal *journal
 }
@@ -189,13 +192,14 @@ type Hostname struct {
 // NewTenant returns the empty state of tenant id, before its first event.
 func NewTenant(id string) *Tenant {
 	return &Tenant{
-		ID:          id,
-		Tokens:      map[string]*Token{},
-		CAs:         map[string]*CertificateAuthority{},
-		Revocations: map[RevocationKey]*Revocation{},
-		Policies:    map[string]*Policy{},
-		Hostnames:   map[string]*Hostname{},
-		Requests:    map[string][]Ref{},
+		ID:           id,
+		Tokens:       map[string]*Token{},
+		CAs:          map[string]*CertificateAuthority{},
+		Revocations:  map[RevocationKey]*Revocation{},
+		Policies:     map[string]*Policy{},
+		Hostnames:    map[string]*Hostname{},
+		Requests:     map[string]Ref{},
+		MoreRequests: map[string][]Ref{},
 	}
 }
 
@@ -397,20 +401,37 @@ func hostname(name, origin string, m *eventsv1.MtlsSettings, policyID string, st
 }
 
 func (t *Tenant) request(ev Event, r Ref) {
-	if ev.RequestID == "" {
+	id := ev.RequestID
+	if id == "" {
 		return
 	}
-	old, had := t.Requests[ev.RequestID]
+	if _, had := t.Requests[id]; !had {
+		t.Requests[id] = r
+		if t.journal != nil {
+			t.journal.undo = append(t.journal.undo, func() { delete(t.Requests, id) })
+		}
+		return
+	}
+	old, had := t.MoreRequests[id]
 	if t.journal != nil {
 		t.journal.undo = append(t.journal.undo, func() {
 			if had {
-				t.Requests[ev.RequestID] = old
+				t.MoreRequests[id] = old
 			} else {
-				delete(t.Requests, ev.RequestID)
+				delete(t.MoreRequests, id)
 			}
 		})
 	}
-	t.Requests[ev.RequestID] = append(old[:len(old):len(old)], r)
+	t.MoreRequests[id] = append(old[:len(old):len(old)], r)
+}
+
+// RequestRefs returns the resources that request id created, in order (nil when none).
+func (t *Tenant) RequestRefs(id string) []Ref {
+	first, ok := t.Requests[id]
+	if !ok || id == "" {
+		return nil
+	}
+	return append([]Ref{first}, t.MoreRequests[id]...)
 }
 
 // setEntry sets m[k] to v (deleting it when v is nil), recording the previous value in t's journal.

@@ -64,7 +64,7 @@ func TestApply(t *testing.T) {
 	if p := st.Policies["p1"]; p.DisplayName != "renamed" || p.Rules[0].Name != "none" || p.Revision != 7 {
 		t.Errorf("policy = %+v", p)
 	}
-	if r := st.Requests["req-f"]; len(r) != 1 || r[0] != (Ref{Kind: KindHostname, ID: "pay.example.com"}) {
+	if r := st.RequestRefs("req-f"); len(r) != 1 || r[0] != (Ref{Kind: KindHostname, ID: "pay.example.com"}) {
 		t.Errorf("requests[req-f] = %v", r)
 	}
 	// Removing a CA removes its revocations.

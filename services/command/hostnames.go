@@ -174,7 +174,7 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 			return err
 		}
 		if requestID != "" {
-			for _, r := range st.Requests[requestID] {
+			for _, r := range st.RequestRefs(requestID) {
 				if r.Kind == fold.KindHostname {
 					replay = append(replay, r.ID)
 				}

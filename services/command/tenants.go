@@ -108,7 +108,7 @@ func replayed(st *fold.Tenant, requestID string, kind fold.Kind) bool {
 	if requestID == "" {
 		return false
 	}
-	for _, r := range st.Requests[requestID] {
+	for _, r := range st.RequestRefs(requestID) {
 		if r.Kind == kind {
 			return true
 		}
@@ -121,7 +121,7 @@ func replayedRef(st *fold.Tenant, requestID string, kind fold.Kind) (fold.Ref, b
 	if requestID == "" {
 		return fold.Ref{}, false
 	}
-	for _, r := range st.Requests[requestID] {
+	for _, r := range st.RequestRefs(requestID) {
 		if r.Kind == kind {
 			return r, true
 		}
