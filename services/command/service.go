@@ -76,7 +76,8 @@ func New(cfg Config) (*Service, error) {
 
 // tenantEntry holds one tenant's state and its queue of commands.
 type tenantEntry struct {
-	id string
+	id     string
+	stream string // fold.TenantStream(id), or platformStream for the platform
 
 	// mu guards state. Writers (the batch runner, catch-up) hold it exclusively.
 	mu    sync.RWMutex
@@ -92,7 +93,7 @@ func (s *Service) entry(tenantID string) *tenantEntry {
 	defer s.mu.Unlock()
 	e := s.tenant[tenantID]
 	if e == nil {
-		e = &tenantEntry{id: tenantID}
+		e = &tenantEntry{id: tenantID, stream: streamOf(tenantID)}
 		s.tenant[tenantID] = e
 	}
 	return e
@@ -258,7 +259,7 @@ func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 			expected = eventstore.NoStream()
 		}
 		e.mu.Unlock()
-		_, err := s.store.Append(ctx, fold.TenantStream(e.id), expected, events...)
+		_, err := s.store.Append(ctx, e.stream, expected, events...)
 		e.mu.Lock()
 		if err == nil {
 			if err := s.catchUp(ctx, e); err != nil {
@@ -310,7 +311,7 @@ func (s *Service) catchUp(ctx context.Context, e *tenantEntry) error {
 		if e.state.Exists {
 			from = e.state.Revision + 1
 		}
-		evs, err := s.store.ReadStream(ctx, fold.TenantStream(e.id), eventstore.Forwards, from, page)
+		evs, err := s.store.ReadStream(ctx, e.stream, eventstore.Forwards, from, page)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
 			return nil
 		}

@@ -34,8 +34,11 @@ func (s *Service) Tokens() *TokenServer { return &TokenServer{s: s} }
 
 // CreateToken implements guestlistv1.TokenServiceServer.
 func (ts *TokenServer) CreateToken(ctx context.Context, req *guestlistv1.CreateTokenRequest) (*guestlistv1.Token, error) {
-	p, err := auth.AuthorizeWrite(ctx, req.GetTenantId())
+	tenant, p, err := tokenTenant(ctx, req.GetTenantId(), true)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkPlatformRole(tenant, req.GetToken().GetRole()); err != nil {
 		return nil, err
 	}
 	var raw [32]byte
@@ -45,8 +48,11 @@ func (ts *TokenServer) CreateToken(ctx context.Context, req *guestlistv1.CreateT
 	secret := hex.EncodeToString(raw[:])
 	sum := sha256.Sum256([]byte(secret))
 	id := newID("")
-	res, err := ts.s.execute(ctx, req.GetTenantId(), metadata(ctx, p, req.GetRequestId()), func(st *fold.Tenant) (decision, error) {
-		if err := requireTenant(st); err != nil {
+	res, err := ts.s.execute(ctx, tenant, metadata(ctx, p, req.GetRequestId()), func(st *fold.Tenant) (decision, error) {
+		var prelude []protoMessage
+		if tenant == "" {
+			prelude = platformPrelude(st)
+		} else if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
 		if ref, ok := replayedRef(st, req.GetRequestId(), fold.KindToken); ok {
@@ -54,9 +60,9 @@ func (ts *TokenServer) CreateToken(ctx context.Context, req *guestlistv1.CreateT
 			return decision{result: func(st *fold.Tenant) (any, error) { return tokenResult(st, ref.ID, "") }}, nil
 		}
 		return decision{
-			events: []protoMessage{&eventsv1.TokenCreated{TokenId: id, DisplayName: req.GetToken().GetDisplayName(), Role: eventsv1.Role(req.GetToken().GetRole()), SecretSha256: sum[:]}},
+			events: append(prelude, &eventsv1.TokenCreated{TokenId: id, DisplayName: req.GetToken().GetDisplayName(), Role: eventsv1.Role(req.GetToken().GetRole()), SecretSha256: sum[:]}),
 			result: func(st *fold.Tenant) (any, error) {
-				return tokenResult(st, id, tenantTokenPrefix+st.ID+"."+id+"."+secret)
+				return tokenResult(st, id, tenantTokenPrefix+req.GetTenantId()+"."+id+"."+secret)
 			},
 		}, nil
 	})
@@ -78,13 +84,16 @@ func tokenResult(st *fold.Tenant, id, secret string) (any, error) {
 
 // ListTokens implements guestlistv1.TokenServiceServer.
 func (ts *TokenServer) ListTokens(ctx context.Context, req *guestlistv1.ListTokensRequest) (*guestlistv1.ListTokensResponse, error) {
-	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
+	tenant, _, err := tokenTenant(ctx, req.GetTenantId(), false)
+	if err != nil {
 		return nil, err
 	}
 	out := &guestlistv1.ListTokensResponse{}
-	err := ts.s.read(ctx, req.GetTenantId(), func(st *fold.Tenant) error {
-		if err := requireTenant(st); err != nil {
-			return err
+	err = ts.s.read(ctx, tenant, func(st *fold.Tenant) error {
+		if tenant != "" {
+			if err := requireTenant(st); err != nil {
+				return err
+			}
 		}
 		keys, next, err := page(st.Tokens, req.GetPageToken(), req.GetPageSize())
 		for _, k := range keys {
@@ -98,14 +107,11 @@ func (ts *TokenServer) ListTokens(ctx context.Context, req *guestlistv1.ListToke
 
 // DeleteToken implements guestlistv1.TokenServiceServer.
 func (ts *TokenServer) DeleteToken(ctx context.Context, req *guestlistv1.DeleteTokenRequest) (*emptypb.Empty, error) {
-	p, err := auth.AuthorizeWrite(ctx, req.GetTenantId())
+	tenant, p, err := tokenTenant(ctx, req.GetTenantId(), true)
 	if err != nil {
 		return nil, err
 	}
-	_, err = ts.s.execute(ctx, req.GetTenantId(), metadata(ctx, p, ""), func(st *fold.Tenant) (decision, error) {
-		if err := requireTenant(st); err != nil {
-			return decision{}, err
-		}
+	_, err = ts.s.execute(ctx, tenant, metadata(ctx, p, ""), func(st *fold.Tenant) (decision, error) {
 		if _, ok := st.Tokens[req.GetTokenId()]; !ok {
 			return decision{}, apistatus.NotFound("token", req.GetTokenId())
 		}
@@ -136,7 +142,12 @@ func (s *Service) Authenticate(ctx context.Context, bearer string) (auth.Princip
 	}
 	tenantID, rest, ok1 := strings.Cut(rest, ".")
 	tokenID, secret, ok2 := strings.Cut(rest, ".")
-	if !ok1 || !ok2 || !validTenantID(tenantID) || tokenID == "" || len(tokenID) > 64 || len(secret) != 64 {
+	if tenantID == platformAPIID {
+		tenantID = "" // an all-tenant auditor token of the platform
+	} else if !validTenantID(tenantID) {
+		return auth.Principal{}, unauthenticated
+	}
+	if !ok1 || !ok2 || tokenID == "" || len(tokenID) > 64 || len(secret) != 64 {
 		return auth.Principal{}, unauthenticated
 	}
 	secretSum := sha256.Sum256([]byte(secret))
@@ -149,6 +160,9 @@ func (s *Service) Authenticate(ctx context.Context, bearer string) (auth.Princip
 		p = auth.Principal{TenantID: tenantID, TokenID: tokenID, Role: auth.RoleTenantAdmin}
 		if t.Role == eventsv1.Role_ROLE_AUDITOR {
 			p.Role = auth.RoleAuditor
+		}
+		if tenantID == "" && p.Role != auth.RoleAuditor {
+			return unauthenticated // never written; refused all the same
 		}
 		return nil
 	})

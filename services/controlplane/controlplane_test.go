@@ -528,3 +528,35 @@ func TestPagingIsStableUnderConcurrentWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestPlatformAuditor: the platform operator issues all-tenant auditor tokens (tenant "-"); they
+// read every tenant and write nothing.
+func TestPlatformAuditor(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	acme := n.tenantWithToken("acme")
+	n.tenantWithToken("globex")
+	n.must(403, "POST", "/v1/tenants/-/tokens", acme, map[string]any{"role": "ROLE_AUDITOR"})
+	r := n.must(400, "POST", "/v1/tenants/-/tokens", adminToken, map[string]any{"role": "ROLE_TENANT_ADMIN"})
+	if fv := fieldViolations(r); len(fv) != 1 || fv[0] != "token.role" {
+		t.Errorf("violations = %v", fv)
+	}
+	tok := n.must(200, "POST", "/v1/tenants/-/tokens", adminToken, map[string]any{"displayName": "external auditor", "role": "ROLE_AUDITOR"})
+	auditor := tok.body["secret"].(string)
+	for _, path := range []string{"/v1/tenants", "/v1/tenants/acme/hostnames", "/v1/tenants/globex/certificateAuthorities", "/v1/tenants/acme/events"} {
+		n.must(200, "GET", path, auditor, nil)
+	}
+	n.must(403, "POST", "/v1/tenants/acme/policies", auditor, map[string]any{"rules": []any{map[string]any{"name": "a", "action": "ACTION_ALLOW", "expression": "true"}}})
+	n.must(403, "POST", "/v1/tenants?tenantId=evil", auditor, map[string]any{"displayName": "x"})
+	n.must(403, "GET", "/v1/tenants/-/tokens", auditor, nil)
+	n.must(403, "GET", "/v1/tenants/-/tokens", acme, nil)
+	l := n.must(200, "GET", "/v1/tenants/-/tokens", adminToken, nil)
+	if !strings.Contains(l.raw, "external auditor") || strings.Contains(l.raw, "secret") {
+		t.Errorf("platform tokens = %s", l.raw)
+	}
+	// The platform is not a tenant.
+	if ts := n.must(200, "GET", "/v1/tenants", adminToken, nil); strings.Count(ts.raw, "tenantId") != 2 {
+		t.Errorf("tenants = %s", ts.raw)
+	}
+	n.must(200, "DELETE", "/v1/tenants/-/tokens/"+tok.body["tokenId"].(string), adminToken, nil)
+	n.must(401, "GET", "/v1/tenants/acme/hostnames", auditor, nil)
+}

@@ -109,7 +109,8 @@ func (x *Token) GetSecret() string {
 // CreateTokenRequest creates a token.
 type CreateTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tenant's id.
+	// The tenant's id, or "-" for the platform's all-tenant auditor tokens (the platform operator
+	// alone manages those, and they can only have ROLE_AUDITOR).
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// The token to create.
 	Token *Token `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
@@ -173,7 +174,8 @@ func (x *CreateTokenRequest) GetRequestId() string {
 // ListTokensRequest lists a tenant's tokens.
 type ListTokensRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tenant's id.
+	// The tenant's id, or "-" for the platform's all-tenant auditor tokens (the platform operator
+	// alone manages those, and they can only have ROLE_AUDITOR).
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// At most this many tokens (default 100, at most 1000).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -292,7 +294,8 @@ func (x *ListTokensResponse) GetNextPageToken() string {
 // DeleteTokenRequest deletes a token.
 type DeleteTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tenant's id.
+	// The tenant's id, or "-" for the platform's all-tenant auditor tokens (the platform operator
+	// alone manages those, and they can only have ROLE_AUDITOR).
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// The token's id.
 	TokenId       string `protobuf:"bytes,2,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
@@ -356,23 +359,23 @@ const file_guestlist_v1_token_proto_rawDesc = "" +
 	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04role\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x16\n" +
-	"\x06secret\x18\x05 \x01(\tR\x06secret\"\xac\x01\n" +
-	"\x12CreateTokenRequest\x12:\n" +
-	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x121\n" +
+	"\x06secret\x18\x05 \x01(\tR\x06secret\"\xb0\x01\n" +
+	"\x12CreateTokenRequest\x12>\n" +
+	"\ttenant_id\x18\x01 \x01(\tB!\xbaH\x1er\x1c2\x1a^([a-z][a-z0-9-]{2,62}|-)$R\btenantId\x121\n" +
 	"\x05token\x18\x02 \x01(\v2\x13.guestlist.v1.TokenB\x06\xbaH\x03\xc8\x01\x01R\x05token\x12'\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\trequestId\"\xa1\x01\n" +
-	"\x11ListTokensRequest\x12:\n" +
-	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12'\n" +
+	"request_id\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\trequestId\"\xa5\x01\n" +
+	"\x11ListTokensRequest\x12>\n" +
+	"\ttenant_id\x18\x01 \x01(\tB!\xbaH\x1er\x1c2\x1a^([a-z][a-z0-9-]{2,62}|-)$R\btenantId\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"i\n" +
 	"\x12ListTokensResponse\x12+\n" +
 	"\x06tokens\x18\x01 \x03(\v2\x13.guestlist.v1.TokenR\x06tokens\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x84\x01\n" +
-	"\x12DeleteTokenRequest\x12:\n" +
-	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x122\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x88\x01\n" +
+	"\x12DeleteTokenRequest\x12>\n" +
+	"\ttenant_id\x18\x01 \x01(\tB!\xbaH\x1er\x1c2\x1a^([a-z][a-z0-9-]{2,62}|-)$R\btenantId\x122\n" +
 	"\btoken_id\x18\x02 \x01(\tB\x17\xbaH\x14r\x122\x10^[a-z0-9]{1,64}$R\atokenId2\xee\x01\n" +
 	"\fTokenService\x12D\n" +
 	"\vCreateToken\x12 .guestlist.v1.CreateTokenRequest\x1a\x13.guestlist.v1.Token\x12O\n" +
