@@ -84,7 +84,7 @@ func TestAllowedRequestReachesOriginWithHeaders(t *testing.T) {
 		t.Errorf("decision log line %v", l)
 	}
 	req := l["request"].(map[string]any)
-	if req["method"] != "GET" || req["path"] != "/pay/x%2Fy" {
+	if req["method"] != "GET" || req["path"] != "/pay/x/y" {
 		t.Errorf("request %v", req)
 	}
 	cert := l["cert"].(map[string]any)
@@ -726,4 +726,25 @@ func TestIsReservedAndHeaderSafe(t *testing.T) {
 	if hostMatches("a.example.com:", "a.example.com") != true {
 		t.Error("empty port")
 	}
+}
+
+// TestPolicyPathCannotBeBypassed: a rule on a path prefix also catches the encodings and dot
+// segments that the origin will resolve to that path.
+func TestPolicyPathCannotBeBypassed(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	leaf := ca.Client(t, "device-1")
+	h := host(hostA, "acme", ca)
+	h.Policy = &configv1.Policy{PolicyId: "p", Rules: []*configv1.Rule{
+		{Name: "no-admin", Action: configv1.Action_ACTION_DENY, Expression: `request.path.startsWith("/admin")`},
+		{Name: "rest", Action: configv1.Action_ACTION_ALLOW, Expression: `cert.verified`},
+	}}
+	e := newEnv(t, h)
+	c := e.client(withCert(leaf))
+	for _, p := range []string{"/admin", "/%61dmin", "//admin", "/x/../admin", "/./admin/", "/pay/%2e%2e/admin"} {
+		r := e.get(c, "https://"+hostA+p)
+		if r.status != 403 {
+			t.Errorf("%s: status %d, want 403", p, r.status)
+		}
+	}
+	expectStatus(t, e.get(c, "https://"+hostA+"/pay"), 200)
 }

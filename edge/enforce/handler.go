@@ -3,6 +3,7 @@ package enforce
 import (
 	"crypto/x509"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -57,7 +58,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rev := set.Position()
 	cs, _ := r.Context().Value(connKey{}).(*connState)
 
-	path := r.URL.EscapedPath()
+	path := policyPath(r.URL.Path)
 	req := decision.Request{Host: r.Host, Method: r.Method, Path: path, Header: r.Header}
 	var d decision.Decision
 	if h.Mode() == configv1.MtlsMode_MTLS_MODE_OFF {
@@ -80,6 +81,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // hostMatches reports whether the Host header host names hostname name (normalised): equal
 // ignoring ASCII case, a port and one trailing dot. An empty Host (HTTP/1.0) matches.
+// policyPath is the path the decision (and the decision log) sees: percent-decoded and with dot
+// segments and repeated slashes resolved, as the origin will understand it. A policy rule on
+// "/admin" then also catches "/%61dmin", "//admin" and "/x/../admin". The request is forwarded as
+// the client wrote it.
+func policyPath(p string) string {
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	clean := path.Clean(p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	return clean
+}
+
 func hostMatches(host, name string) bool {
 	if host == "" {
 		return true
