@@ -64,7 +64,13 @@ func decideCases(p *testPKI) []decideCase {
 		{name: "fail/revoked by fingerprint", cfg: fns(revokeFingerprint("root", p.leaf.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},
 		{name: "fail/intermediate revoked by fingerprint", cfg: fns(revokeFingerprint("root", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
 		{name: "fail/root revoked by fingerprint", cfg: fns(revokeFingerprint("root", p.root.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},
-		{name: "ok/revoked under another CA id does not apply", cfg: fns(withCA("other", p.other), revokeSerial("other", p.leaf.Cert), revokeFingerprint("other", p.leaf.Cert)), peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/serial revoked under another CA id does not apply", cfg: fns(withCA("other", p.other), revokeSerial("other", p.leaf.Cert)), peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "fail/fingerprint revoked under another trusted CA id applies", cfg: fns(withCA("other", p.other), revokeFingerprint("other", p.leaf.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		// A hostname trusting the root and its intermediate: leaving the intermediate out (so that
+		// the chain ends at the trusted intermediate) must not escape revocations filed under the root.
+		{name: "fail/serial revoked under the root, intermediate also trusted and not sent", cfg: fns(withCA("inter", p.inter), revokeSerial("root", p.interLeaf.Cert)), peer: chain(p.interLeaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/serial revoked under the root, intermediate also trusted and sent", cfg: fns(withCA("inter", p.inter), revokeSerial("root", p.interLeaf.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/intermediate revoked under the root, intermediate also trusted and not sent", cfg: fns(withCA("inter", p.inter), revokeFingerprint("root", p.inter.Cert)), peer: chain(p.interLeaf), verdict: Deny, reason: ReasonCertificateRevoked},
 		{name: "ok/revocation of an untrusted CA ignored", cfg: fns(revokeSerial("other", p.leaf.Cert)), peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
 		{name: "ok/serial of the intermediate does not revoke its leaves", cfg: fns(revokeSerial("root", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
 		{name: "fail/revoked by serial with two CAs", cfg: fns(withCA("other", p.other), revokeSerial("root", p.leaf.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},

@@ -304,33 +304,60 @@ func (t *trust) pathIgnoringTime(leaf *x509.Certificate, intermediates []*x509.C
 	return search([]*x509.Certificate{leaf})
 }
 
-// revocation returns an error when one of the chains is revoked.
+// revocation returns an error when the leaf or a certificate of one of its chains is revoked.
+//
+// Serial numbers are unique per issuer only, so a serial revoked under a CA applies to leaves of that
+// CA's hierarchy: the CAs of the verified chain, and, when the chain ends at a trusted CA that is
+// not self-signed (a hostname may trust a root and its intermediate alike), the trusted CAs that
+// issued it. Without that, a client could leave out an intermediate the hostname also trusts, end
+// its chain there, and slip past a revocation filed under the root. A fingerprint names one
+// certificate exactly: revoked under any trusted CA, it is revoked wherever it appears in a chain.
 func (t *trust) revocation(leaf *x509.Certificate, chains [][]*x509.Certificate) error {
 	if len(t.revoked) == 0 {
 		return nil
 	}
-	serial := ""
+	serial := certid.SerialNumber(leaf.SerialNumber)
 	for _, chain := range chains {
-		root := chain[len(chain)-1]
-		rr := t.revoked[string(root.Raw)]
-		if rr == nil {
-			continue
-		}
-		if len(rr.serials) > 0 {
-			if serial == "" {
-				serial = certid.SerialNumber(leaf.SerialNumber)
-			}
-			if _, ok := rr.serials[serial]; ok {
-				return fmt.Errorf("serial number %s is revoked under CA %q", serial, root.Subject.CommonName)
+		for _, ca := range t.hierarchy(chain) {
+			if rr := t.revoked[string(ca.Raw)]; rr != nil {
+				if _, ok := rr.serials[serial]; ok {
+					return fmt.Errorf("serial number %s is revoked under CA %q", serial, ca.Subject.CommonName)
+				}
 			}
 		}
-		if len(rr.fingerprints) > 0 {
-			for i, c := range chain {
-				if _, ok := rr.fingerprints[sha256.Sum256(c.Raw)]; ok {
+		for i, c := range chain {
+			fp := sha256.Sum256(c.Raw)
+			for _, rr := range t.revoked {
+				if _, ok := rr.fingerprints[fp]; ok {
 					return fmt.Errorf("certificate %d of the chain (%q, fingerprint %s) is revoked", i, c.Subject.CommonName, certid.FingerprintSHA256(c.Raw))
 				}
 			}
 		}
 	}
 	return nil
+}
+
+// hierarchy returns the CAs above the leaf of a verified chain: its certificates after the leaf,
+// then the trusted CAs that issued its last certificate, and theirs, up to a few levels.
+func (t *trust) hierarchy(chain []*x509.Certificate) []*x509.Certificate {
+	out := append([]*x509.Certificate(nil), chain[1:]...)
+	last := chain[len(chain)-1]
+	for depth := 0; depth < 4; depth++ {
+		if bytes.Equal(last.RawIssuer, last.RawSubject) {
+			break
+		}
+		var issuer *x509.Certificate
+		for _, ca := range t.roots {
+			if !ca.Equal(last) && !slices.ContainsFunc(out, ca.Equal) && bytes.Equal(last.RawIssuer, ca.RawSubject) && last.CheckSignatureFrom(ca) == nil {
+				issuer = ca
+				break
+			}
+		}
+		if issuer == nil {
+			break
+		}
+		out = append(out, issuer)
+		last = issuer
+	}
+	return out
 }
