@@ -412,6 +412,9 @@ func TestForgedHeadersReplaced(t *testing.T) {
 		"X-Forwarded-Host", "evil.example.com",
 		"X-Forwarded-Proto", "http",
 		"Forwarded", "for=10.0.0.1",
+		"X-Forwarded-Port", "1",
+		"X-Forwarded-Client-Cert", "Hash=00;Subject=\"CN=admin\"",
+		"X-Real-Ip", "6.6.6.6",
 		"Connection", "X-Guestlist-Decision, X-Client-Cert-Verified, Client-Cert",
 	}
 	// REPORT without a certificate: the verdict is report_deny, nothing verified.
@@ -462,7 +465,8 @@ func TestForgedHeadersReplaced(t *testing.T) {
 		}
 		if r.originHeader("X-Forwarded-For") != "127.0.0.1" || r.originHeader("X-Forwarded-Proto") != "https" ||
 			r.originHeader("Forwarded") != "" || !strings.HasSuffix(r.originHeader("X-Forwarded-Host"), ".example.com") ||
-			strings.Contains(r.originHeader("X-Forwarded-Host"), "evil") {
+			strings.Contains(r.originHeader("X-Forwarded-Host"), "evil") || r.originHeader("X-Forwarded-Port") != "" ||
+			r.originHeader("X-Forwarded-Client-Cert") != "" || r.originHeader("X-Real-Ip") != "" {
 			t.Errorf("%s: forwarding headers %v", tc.url, r.echo.Headers)
 		}
 	}
@@ -747,4 +751,18 @@ func TestPolicyPathCannotBeBypassed(t *testing.T) {
 		}
 	}
 	expectStatus(t, e.get(c, "https://"+hostA+"/pay"), 200)
+}
+
+func TestConnectRefused(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	e := newEnv(t, host(hostA, "acme", ca))
+	req, _ := http.NewRequest(http.MethodConnect, "https://"+hostA+"/", nil)
+	req.Host = hostA
+	r, err := e.do(e.client(withCert(ca.Client(t, "device"))), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.status != http.StatusMethodNotAllowed || r.echo != nil {
+		t.Errorf("CONNECT: %d, reached the origin: %v", r.status, r.echo != nil)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -109,6 +110,12 @@ func (s *Server) newOrigin(raw string) *origin {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host // the hostname, set by ServeHTTP
+			// Trailers the client announced must not carry what the edge tells the origin either.
+			for k := range pr.Out.Trailer {
+				if isReserved(k) || isForwarding(k) {
+					delete(pr.Out.Trailer, k)
+				}
+			}
 			pr.SetXForwarded()
 			// ReverseProxy removed the headers the client listed in Connection from Out; ours
 			// (set on In by ServeHTTP) are restored, whatever the client listed.
@@ -221,12 +228,20 @@ func isReserved(k string) bool {
 }
 
 // scrubHeaders removes every client-sent header that is, or could be taken for, one the edge sets.
+// The proxy-chain headers that a client could use to pose as another client address or scheme
+// (X-Forwarded-*, X-Real-Ip, Forwarded) go too; the edge sets its own.
 func scrubHeaders(h http.Header) {
 	for k := range h {
-		if isReserved(k) {
+		if isReserved(k) || isForwarding(k) {
 			delete(h, k)
 		}
 	}
+}
+
+// isForwarding reports whether k names a proxy-chain header (case-insensitive, '_' for '-').
+func isForwarding(k string) bool {
+	norm := strings.ToLower(strings.ReplaceAll(k, "_", "-"))
+	return strings.HasPrefix(norm, "x-forwarded-") || norm == "x-real-ip" || norm == "forwarded"
 }
 
 var (

@@ -40,6 +40,12 @@ func (s *Server) verification(cs *connState, h *decision.Hostname, peer []*x509.
 // ServeHTTP decides and forwards or refuses one request (see the package documentation).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
+	if r.Method == http.MethodConnect {
+		// The edge is no tunnel: CONNECT would reach the origin as an odd request at best.
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		http.Error(w, "CONNECT is not supported", http.StatusMethodNotAllowed)
+		return
+	}
 	if r.TLS == nil {
 		misdirected(w, false)
 		return

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+)
+
+// keepAliveRound is one measured round of one server.
+type keepAliveRound struct {
+	Round  int    `json:"round"`
+	Server string `json:"server"`
+	loadStats
+}
+
+// kaServer is a server of the keep-alive comparison.
+type kaServer struct {
+	name string
+	addr string
+	pids func() ([]int, error)
+}
+
+// runKeepAlive compares the edge with nginx over keep-alive connections: -rounds rounds each, the
+// servers alternating (the first server of a round rotates), every round opening -conns new
+// connections, warming up for -warmup and counting 200 responses for -duration.
+func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
+	o := e.o
+	dir := filepath.Join(e.dir, "keepalive")
+	if err := mkdirs(dir, "nginx", "nginx-headers"); err != nil {
+		return nil, err
+	}
+
+	// Certificates: a client root and a client leaf; the server certificate nginx presents is
+	// the edge CA's leaf for the hostname, as the edge's.
+	clientCA, err := newRootCA("Bench Client Root")
+	if err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("client key: %w", err)
+	}
+	leaf, err := clientCA.clientLeaf("bench-device", key)
+	if err != nil {
+		return nil, err
+	}
+	host := hostname(0)
+	serverCert, err := e.edgeCA.GetCertificate(host)
+	if err != nil {
+		return nil, err
+	}
+	files := nginxFiles{
+		Cert:     filepath.Join(dir, "server.pem"),
+		Key:      filepath.Join(dir, "server.key"),
+		ClientCA: filepath.Join(dir, "client-ca.pem"),
+	}
+	if err := writePEM(files.Cert, "CERTIFICATE", serverCert.Certificate...); err != nil {
+		return nil, err
+	}
+	if err := writeKey(files.Key, serverCert.PrivateKey); err != nil {
+		return nil, err
+	}
+	if err := writePEM(files.ClientCA, "CERTIFICATE", clientCA.cert.Raw); err != nil {
+		return nil, err
+	}
+	cfg := e.clientConfig()
+	cfg.ServerName = host
+	cfg.Certificates = []tls.Certificate{leaf}
+	// The same handshake with both (nginx's OpenSSL 3.0 has no X25519MLKEM768); handshakes are
+	// outside the measured windows anyway.
+	cfg.CurvePreferences = []tls.CurveID{tls.X25519}
+
+	// The servers.
+	var extra []string
+	if o.profile != "" {
+		extra = append(extra, "-cpuprofile", o.profile)
+	}
+	edge, er, err := e.startEdge(ctx, "edge", e.edgeArgs(1, files.ClientCA, filepath.Join(dir, "edge.state"), extra...), 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	servers := []kaServer{{name: "edge", addr: er.Addr, pids: func() ([]int, error) { return []int{edge.pid()}, nil }}}
+	variants := []struct {
+		name    string
+		headers bool
+	}{{"nginx", false}}
+	if o.nginxHeaders {
+		variants = append(variants, struct {
+			name    string
+			headers bool
+		}{"nginx-headers", true})
+	}
+	for _, v := range variants {
+		n, err := startNginx(ctx, o.nginx, v.name, filepath.Join(dir, v.name), files, e.originIP, o.procs, v.headers, cfg)
+		if err != nil {
+			return nil, err
+		}
+		e.atEnd(n.stop)
+		servers = append(servers, kaServer{name: v.name, addr: n.addr, pids: n.pids})
+	}
+	for _, s := range servers {
+		if err := oneShot(ctx, s.addr, cfg, bufio.NewReader(nil)); err != nil {
+			return nil, fmt.Errorf("%s: a first request: %w", s.name, err)
+		}
+		desc, err := describeTLS(ctx, s.addr, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name, err)
+		}
+		fmt.Printf("keepalive: %s on %s: %s\n", s.name, s.addr, desc)
+	}
+
+	var out []keepAliveRound
+	for r := range o.rounds {
+		for j := range servers {
+			s := servers[(r+j)%len(servers)]
+			var reconnects atomic.Int64
+			st, err := window(ctx, cpuSources{server: s.pids, origin: e.origin.pid()}, o.warmup, o.duration, o.conns,
+				keepAliveWork(s.addr, host, cfg, &reconnects))
+			if err != nil {
+				return nil, fmt.Errorf("%s, round %d: %w", s.name, r+1, err)
+			}
+			st.Reconnects = reconnects.Load()
+			fmt.Printf("keepalive round %d %-14s %9.0f req/s  server %6.1f µs/req  origin %5.1f µs/req  client %5.1f µs/req  idle %.2f CPUs  others %.2f CPUs  errors %d %s\n",
+				r+1, s.name, st.Rate(), us(st.per(st.ServerCPU)), us(st.per(st.OriginCPU)), us(st.per(st.ClientCPU)), st.idle(), st.others(), st.Errors, st.FirstError)
+			out = append(out, keepAliveRound{Round: r + 1, Server: s.name, loadStats: st})
+		}
+	}
+	return out, nil
+}
+
+// us returns d in microseconds.
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

@@ -1,0 +1,287 @@
+// Command bench measures the edge (enforce.Server) against baselines run in the same
+// invocation, on loopback only, with bounded load. Two comparisons:
+//
+//   - keepalive: requests per second over keep-alive connections through the edge and through
+//     nginx (ssl_verify_client on, proxy_pass with upstream keep-alive, TLS 1.3, access_log off,
+//     worker_processes = the edge's GOMAXPROCS), both forwarding to the same trivial origin, in
+//     alternating rounds; with the server-side CPU time per request, read from
+//     /proc/<pid>/stat of the edge process and of nginx's master and workers.
+//   - scale: an edge holding 100,000 hostnames against one holding 10: heap per hostname, time to
+//     apply the snapshot and to load the saved state file, and full mTLS handshakes per second
+//     (new connection and one request each) to hostnames picked at random, in alternating
+//     rounds. Add -run memory for the load figures alone (e.g. at 1,000,000 hostnames).
+//
+// The origin and every edge run in child processes (this program run again with -role), so that
+// their CPU time is theirs alone; nginx runs in the foreground (daemon off) as a child too. The
+// load generator is this process. Every certificate is made for the run: ECDSA P-256 client roots
+// and leaves, the edge's and nginx's server certificates from the edge's servercert CA. Everything
+// started is stopped before the program returns; children get a signal if it dies.
+//
+// From the repository root (scripts/bench-edge installs nginx when missing and runs this):
+//
+//	go run ./edge/enforce/bench -run all
+//
+// See docs/benchmarks.md, section "Edge", for the figures and how to read them.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"guestlist.dev/edge/servercert"
+)
+
+// options are the orchestrator's flags.
+type options struct {
+	run      string
+	workdir  string
+	keep     bool
+	procs    int
+	jsonOut  string
+	dlogMode string
+	profile  string
+
+	// keepalive
+	nginx        string
+	conns        int
+	duration     time.Duration
+	warmup       time.Duration
+	rounds       int
+	nginxHeaders bool
+
+	// scale
+	scaleHosts   int
+	scaleBase    int
+	scaleCAs     int
+	hsConns      int
+	hsDuration   time.Duration
+	hsWarmup     time.Duration
+	hsRounds     int
+	clientLeaves int
+	lazyCerts    bool
+}
+
+func main() {
+	if len(os.Args) > 2 && os.Args[1] == "-role" {
+		var err error
+		switch os.Args[2] {
+		case "origin":
+			err = runOrigin()
+		case "edge":
+			err = runEdge(os.Args[3:])
+		default:
+			err = fmt.Errorf("unknown role %q", os.Args[2])
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+
+	var o options
+	flag.StringVar(&o.run, "run", "all", "what to measure: all, keepalive, scale, or memory (the scale edges' load figures, no handshakes)")
+	flag.StringVar(&o.workdir, "workdir", "", "directory for certificates, configurations and state files (default: a new temporary directory, removed at the end)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the working directory")
+	flag.IntVar(&o.procs, "procs", 2, "the edge's GOMAXPROCS and nginx's worker_processes")
+	flag.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
+	flag.StringVar(&o.dlogMode, "decisionlog", "discard", "the edge's decision log: discard (entries encoded, written to io.Discard), off, or a file path")
+	flag.StringVar(&o.profile, "edge-cpuprofile", "", "write CPU profiles of the edges (for go tool pprof) to this file, for the keep-alive edge, and to <file>.<edge> for the scale edges")
+	flag.StringVar(&o.nginx, "nginx", "nginx", "the nginx binary")
+	flag.IntVar(&o.conns, "conns", 64, "keep-alive connections")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time of a keep-alive round")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "warm-up before each keep-alive round (connections opened, requests sent, not counted)")
+	flag.IntVar(&o.rounds, "rounds", 3, "keep-alive rounds per server")
+	flag.BoolVar(&o.nginxHeaders, "nginx-headers", false, "also measure nginx setting the headers the edge adds (certificate details, X-Forwarded-*)")
+	flag.IntVar(&o.scaleHosts, "scale-hosts", 100_000, "hostnames of the large edge")
+	flag.IntVar(&o.scaleBase, "scale-base", 10, "hostnames of the small edge")
+	flag.IntVar(&o.scaleCAs, "scale-cas", 1000, "distinct client CAs over the hostnames (hostname i trusts CA i mod this)")
+	flag.IntVar(&o.hsConns, "hs-conns", 8, "concurrent handshake workers")
+	flag.DurationVar(&o.hsDuration, "hs-duration", 10*time.Second, "measured time of a handshake round")
+	flag.DurationVar(&o.hsWarmup, "hs-warmup", time.Second, "warm-up before each handshake round")
+	flag.IntVar(&o.hsRounds, "hs-rounds", 3, "handshake rounds per edge")
+	flag.IntVar(&o.clientLeaves, "client-leaves", 32768, "distinct client certificates per edge in the handshake test (more than the edge's verification cache holds, so that devices look like a fleet, not one device reconnecting)")
+	flag.BoolVar(&o.lazyCerts, "lazy-certs", true, "also measure the large edge with servercert's default leaf cache (leaves issued during the handshakes)")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, &o)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// results are everything a run measured.
+type results struct {
+	Machine   machine          `json:"machine"`
+	Options   map[string]any   `json:"options"`
+	KeepAlive []keepAliveRound `json:"keepalive,omitempty"`
+	Scale     *scaleResults    `json:"scale,omitempty"`
+}
+
+// machine describes where the run took place.
+type machine struct {
+	NProc     int    `json:"nproc"`
+	CPU       string `json:"cpu"`
+	MemTotal  string `json:"mem_total"`
+	Kernel    string `json:"kernel"`
+	Go        string `json:"go"`
+	Nginx     string `json:"nginx,omitempty"`
+	LoadStart string `json:"loadavg_start"`
+	LoadEnd   string `json:"loadavg_end"`
+	Date      string `json:"date"`
+}
+
+func readTrim(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func memTotal() string {
+	for line := range strings.SplitSeq(readTrim("/proc/meminfo"), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// env is what the parts of a run share.
+type env struct {
+	o        *options
+	dir      string
+	edgeCA   *servercert.CA
+	origin   *child
+	originIP string // host:port
+	cleanup  []func() error
+}
+
+// atEnd registers a function to run when the run ends, in reverse order.
+func (e *env) atEnd(f func() error) { e.cleanup = append(e.cleanup, f) }
+
+func run(ctx context.Context, o *options) (err error) {
+	switch o.run {
+	case "all", "keepalive", "scale", "memory":
+	default:
+		return fmt.Errorf("-run %q: want all, keepalive, scale or memory", o.run)
+	}
+	res := &results{
+		Machine: machine{
+			NProc: runtime.NumCPU(), CPU: cpuModel(), MemTotal: memTotal(),
+			Kernel: readTrim("/proc/sys/kernel/osrelease"), Go: runtime.Version(),
+			LoadStart: readTrim("/proc/loadavg"), Date: time.Now().UTC().Format(time.RFC3339),
+		},
+		Options: map[string]any{},
+	}
+	flag.VisitAll(func(f *flag.Flag) { res.Options[f.Name] = f.Value.String() })
+
+	e := &env{o: o}
+	defer func() {
+		for i := len(e.cleanup) - 1; i >= 0; i-- {
+			if cerr := e.cleanup[i](); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+	}()
+	if e.dir = o.workdir; e.dir == "" {
+		if e.dir, err = os.MkdirTemp("", "guestlist-bench-edge-"); err != nil {
+			return fmt.Errorf("working directory: %w", err)
+		}
+		if !o.keep {
+			e.atEnd(func() error { return os.RemoveAll(e.dir) })
+		}
+	} else if err := os.MkdirAll(e.dir, 0o755); err != nil {
+		return fmt.Errorf("working directory: %w", err)
+	}
+	// nginx's workers (user nobody) need to traverse the directory (they open nothing in it
+	// after start, but keep it usable for temporary files).
+	if err := os.Chmod(e.dir, 0o755); err != nil {
+		return fmt.Errorf("working directory: %w", err)
+	}
+	if e.edgeCA, err = servercert.LoadOrCreateCA(filepath.Join(e.dir, "edgeca")); err != nil {
+		return err
+	}
+	var or originReady
+	if e.origin, err = startChild(ctx, "origin", []string{"-role", "origin"}, nil, 10*time.Second, &or); err != nil {
+		return err
+	}
+	e.atEnd(e.origin.stop)
+	e.originIP = or.Addr
+
+	if o.run == "all" || o.run == "keepalive" {
+		if res.Machine.Nginx, err = nginxVersion(o.nginx); err != nil {
+			return err
+		}
+		if res.KeepAlive, err = runKeepAlive(ctx, e); err != nil {
+			return fmt.Errorf("keep-alive comparison: %w", err)
+		}
+		printKeepAlive(os.Stdout, res)
+	}
+	if o.run == "all" || o.run == "scale" || o.run == "memory" {
+		if res.Scale, err = runScale(ctx, e); err != nil {
+			return fmt.Errorf("scale comparison: %w", err)
+		}
+		printScale(os.Stdout, res)
+	}
+	res.Machine.LoadEnd = readTrim("/proc/loadavg")
+	printMachine(os.Stdout, res)
+	if o.jsonOut != "" {
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encode results: %w", err)
+		}
+		if err := os.WriteFile(o.jsonOut, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write results: %w", err)
+		}
+	}
+	return nil
+}
+
+// edgeArgs returns the arguments of an edge child.
+func (e *env) edgeArgs(hosts int, casFile, state string, extra ...string) []string {
+	return append([]string{"-role", "edge",
+		"-hosts", fmt.Sprint(hosts), "-cas", casFile, "-origin", "http://" + e.originIP,
+		"-certdir", filepath.Join(e.dir, "edgeca"), "-state", state, "-decisionlog", e.o.dlogMode,
+	}, extra...)
+}
+
+// startEdge starts an edge child with GOMAXPROCS = -procs; it is stopped when the run ends.
+func (e *env) startEdge(ctx context.Context, name string, args []string, timeout time.Duration) (*child, *edgeReady, error) {
+	var r edgeReady
+	c, err := startChild(ctx, name, args, []string{fmt.Sprintf("GOMAXPROCS=%d", e.o.procs)}, timeout, &r)
+	if err != nil {
+		return nil, nil, err
+	}
+	e.atEnd(c.stop)
+	return c, &r, nil
+}
+
+// clientConfig returns the load generator's TLS configuration: TLS 1.3, HTTP/1.1, the edge CA
+// as the only root, no session cache (every connection is a full handshake).
+func (e *env) clientConfig() *tls.Config {
+	return &tls.Config{
+		RootCAs:    e.edgeCA.Pool(),
+		MinVersion: tls.VersionTLS13,
+		MaxVersion: tls.VersionTLS13,
+		NextProtos: []string{"http/1.1"},
+	}
+}

@@ -1,0 +1,299 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"guestlist.dev/edge/configset"
+	"guestlist.dev/edge/decisionlog"
+	"guestlist.dev/edge/enforce"
+	"guestlist.dev/edge/servercert"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// hostname returns the i-th hostname of a run.
+func hostname(i int) string { return fmt.Sprintf("h%07d.bench.example.com", i) }
+
+// caIndex returns the index of the CA that hostname i trusts, among ncas.
+func caIndex(i, ncas int) int { return i % ncas }
+
+// childContext returns a context canceled when the standard input closes or on SIGINT/SIGTERM.
+func childContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stdin := waitStdinClosed()
+	go func() {
+		select {
+		case <-stdin:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// originReady is the READY line of the origin.
+type originReady struct {
+	Addr string `json:"addr"`
+}
+
+// runOrigin is the trivial origin: a net/http server answering 200 "ok" to everything, on
+// keep-alive connections.
+func runOrigin() error {
+	ctx, cancel := childContext()
+	defer cancel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("origin: listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header()["Content-Type"] = []string{"text/plain"}
+			_, _ = io.WriteString(w, "ok\n")
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	if err := printReady(originReady{Addr: ln.Addr().String()}); err != nil {
+		return err
+	}
+	select {
+	case err := <-errc:
+		return fmt.Errorf("origin: serve: %w", err)
+	case <-ctx.Done():
+	}
+	_ = srv.Close()
+	return nil
+}
+
+// edgeReady is the READY line of an edge: its address and what it measured while loading its
+// configuration.
+type edgeReady struct {
+	Addr       string `json:"addr"`
+	Hostnames  int    `json:"hostnames"`
+	CAs        int    `json:"cas"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	// HeapApply is the heap the set takes after Apply of a snapshot built in memory, the
+	// configurations of one CA sharing one DER slice (bytes).
+	HeapApply uint64 `json:"heap_apply"`
+	// HeapLoad is the heap the set takes after LoadFile into a new store: every configuration
+	// with its own copy of its CA's DER, as the Watch stream delivers them (bytes).
+	HeapLoad uint64 `json:"heap_load"`
+	// ApplyCold is the first Apply of the snapshot (every CA parsed once, the trie built).
+	ApplyCold time.Duration `json:"apply_cold"`
+	// ApplyWarm is the fastest of three further Applys of the same snapshot (CAs cached).
+	ApplyWarm time.Duration `json:"apply_warm"`
+	// Save is Store.Save of the set; StateBytes the file's size.
+	Save       time.Duration `json:"save"`
+	StateBytes int64         `json:"state_bytes"`
+	// LoadFile is Store.LoadFile of that file into a new store (reading, unmarshalling,
+	// preparing with a cold cache, building the trie).
+	LoadFile time.Duration `json:"load_file"`
+	// CertsIssued is how many server leaves were issued before serving, in CertsTime, and
+	// HeapCerts the heap they take (bytes).
+	CertsIssued int           `json:"certs_issued"`
+	CertsTime   time.Duration `json:"certs_time"`
+	HeapCerts   uint64        `json:"heap_certs"`
+	CertCache   int           `json:"cert_cache"`
+}
+
+// heapAfterGC collects garbage (twice, so that the cleanups of weak cache entries run) and
+// returns the bytes of live heap objects.
+func heapAfterGC() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// snapshotOf returns a snapshot of n hostnames at pos, hostname i trusting CA caIndex(i), in mode
+// ENFORCE, without a policy, forwarding to origin. The configurations of one CA share its DER.
+func snapshotOf(n int, cas [][]byte, origin string, pos uint64) *configv1.WatchResponse {
+	ncas := min(len(cas), n)
+	ups := make([]*configv1.HostnameConfig, n)
+	for i := range ups {
+		k := caIndex(i, ncas)
+		ups[i] = &configv1.HostnameConfig{
+			Hostname:  hostname(i),
+			TenantId:  fmt.Sprintf("tenant-%04d", k),
+			Active:    true,
+			OriginUrl: origin,
+			Mode:      configv1.MtlsMode_MTLS_MODE_ENFORCE,
+			CertificateAuthorities: []*configv1.TrustedCertificateAuthority{
+				{CertificateAuthorityId: fmt.Sprintf("ca-%04d", k), CertificateDer: cas[k]},
+			},
+			Version: 1,
+		}
+	}
+	return &configv1.WatchResponse{Position: pos, Snapshot: true, Upserts: ups}
+}
+
+// loadEdgeConfig builds the edge's configuration and measures it (see edgeReady): Apply of a
+// snapshot, cold and warm, Save, and LoadFile into the store it returns.
+func loadEdgeConfig(n int, cas [][]byte, origin, statePath string, r *edgeReady) (*configset.Store, error) {
+	before := heapAfterGC()
+	st := configset.NewStore()
+	resp := snapshotOf(n, cas, origin, 1)
+	t0 := time.Now()
+	if err := st.Apply(resp); err != nil {
+		return nil, fmt.Errorf("apply the snapshot of %d hostnames: %w", n, err)
+	}
+	r.ApplyCold = time.Since(t0)
+	resp = nil
+	r.HeapApply = heapAfterGC() - before
+
+	for pos := uint64(2); pos <= 4; pos++ {
+		resp := snapshotOf(n, cas, origin, pos)
+		t0 := time.Now()
+		if err := st.Apply(resp); err != nil {
+			return nil, fmt.Errorf("apply the snapshot of %d hostnames again: %w", n, err)
+		}
+		if d := time.Since(t0); r.ApplyWarm == 0 || d < r.ApplyWarm {
+			r.ApplyWarm = d
+		}
+	}
+
+	t0 = time.Now()
+	if err := st.Save(statePath); err != nil {
+		return nil, fmt.Errorf("save the set: %w", err)
+	}
+	r.Save = time.Since(t0)
+	fi, err := os.Stat(statePath)
+	if err != nil {
+		return nil, fmt.Errorf("state file: %w", err)
+	}
+	r.StateBytes = fi.Size()
+
+	st = nil
+	before = heapAfterGC()
+	loaded := configset.NewStore()
+	t0 = time.Now()
+	if err := loaded.LoadFile(statePath); err != nil {
+		return nil, fmt.Errorf("load the state file: %w", err)
+	}
+	r.LoadFile = time.Since(t0)
+	if got := loaded.Load().Len(); got != n {
+		return nil, fmt.Errorf("the state file held %d hostnames, want %d", got, n)
+	}
+	r.HeapLoad = heapAfterGC() - before
+	return loaded, nil
+}
+
+// runEdge is an enforce.Server holding -hosts hostnames (see snapshotOf) loaded from a state
+// file, with the server certificates of the servercert CA in -certdir.
+func runEdge(args []string) error {
+	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
+	var (
+		hosts     = fs.Int("hosts", 1, "hostnames to configure")
+		casFile   = fs.String("cas", "", "PEM file of the client CAs; hostname i trusts CA i mod min(#CAs, hosts)")
+		origin    = fs.String("origin", "", "origin URL of every hostname")
+		certDir   = fs.String("certdir", "", "directory of the servercert CA")
+		state     = fs.String("state", "", "path of the configset state file to write and load")
+		certCache = fs.Int("cert-cache", servercert.DefaultCacheSize, "server leaves kept in memory")
+		warmCerts = fs.Bool("warm-certs", false, "issue every hostname's server leaf before serving")
+		dlogMode  = fs.String("decisionlog", "discard", "decision log: discard (encoded, written to io.Discard), off, or a file path")
+		profile   = fs.String("cpuprofile", "", "write a CPU profile of the serving time to this file")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *casFile == "" || *origin == "" || *certDir == "" || *state == "" || *hosts < 1 {
+		return errors.New("edge: -cas, -origin, -certdir, -state and -hosts ≥ 1 are required")
+	}
+	ctx, cancel := childContext()
+	defer cancel()
+
+	cas, err := readCertificates(*casFile)
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	r := edgeReady{Hostnames: *hosts, CAs: min(len(cas), *hosts), GOMAXPROCS: runtime.GOMAXPROCS(0), CertCache: *certCache}
+	store, err := loadEdgeConfig(*hosts, cas, *origin, *state, &r)
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+
+	ca, err := servercert.LoadOrCreateCA(*certDir, servercert.WithCacheSize(*certCache))
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	if *warmCerts {
+		before := heapAfterGC()
+		t0 := time.Now()
+		for i := range *hosts {
+			if _, err := ca.GetCertificate(hostname(i)); err != nil {
+				return fmt.Errorf("edge: issue the server certificate of %s: %w", hostname(i), err)
+			}
+		}
+		r.CertsTime = time.Since(t0)
+		r.CertsIssued = *hosts
+		r.HeapCerts = heapAfterGC() - before
+	}
+
+	var dlog *decisionlog.Log
+	switch *dlogMode {
+	case "off":
+	case "discard":
+		dlog = decisionlog.New(io.Discard)
+	default:
+		if dlog, err = decisionlog.Open(*dlogMode); err != nil {
+			return fmt.Errorf("edge: decision log: %w", err)
+		}
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	srv, err := enforce.New(enforce.Config{
+		Addr:            "127.0.0.1:0",
+		Configs:         store,
+		Certificates:    ca.GetCertificate,
+		Log:             dlog,
+		EdgeID:          "bench",
+		Logger:          logger,
+		ShutdownTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	r.Addr = srv.Addr().String()
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			return fmt.Errorf("edge: CPU profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("edge: CPU profile: %w", err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx) }()
+	if err := printReady(r); err != nil {
+		cancel()
+		<-errc
+		return err
+	}
+	err = <-errc
+	if dlog != nil {
+		if cerr := dlog.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("edge: decision log: %w", cerr)
+		}
+	}
+	return err
+}
