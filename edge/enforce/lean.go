@@ -86,7 +86,7 @@ func (p *leanPool) get(ctx context.Context) (c *leanConn, reused bool, err error
 	for {
 		select {
 		case c := <-p.idle:
-			if time.Since(c.idleSince) < leanIdleTimeout {
+			if time.Since(c.idleSince) < leanIdleTimeout && c.quiet() {
 				return c, true, nil
 			}
 			c.conn.Close()

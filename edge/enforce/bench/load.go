@@ -40,6 +40,10 @@ type loadStats struct {
 	// what the three processes above did not use of MachineBusy, other processes did.
 	MachineBusy time.Duration `json:"machine_busy"`
 	MachineIdle time.Duration `json:"machine_idle"`
+	// ServerReads and ServerWrites are the server processes' read and write system calls
+	// (/proc/<pid>/io: read, recvfrom, readv, ...; write, sendto, writev, ...).
+	ServerReads  int64 `json:"server_reads"`
+	ServerWrites int64 `json:"server_writes"`
 	FirstError  string        `json:"first_error,omitempty"`
 }
 
@@ -53,6 +57,14 @@ func (s loadStats) others() float64 {
 
 // idle returns the CPUs (in cores) left idle during the window.
 func (s loadStats) idle() float64 { return float64(s.MachineIdle) / float64(s.Elapsed) }
+
+// syscallsPer returns the server's read and write system calls per completed response.
+func (s loadStats) syscallsPer() (reads, writes float64) {
+	if s.OK == 0 {
+		return 0, 0
+	}
+	return float64(s.ServerReads) / float64(s.OK), float64(s.ServerWrites) / float64(s.OK)
+}
 
 // per returns d per completed response.
 func (s loadStats) per(d time.Duration) time.Duration {
@@ -70,7 +82,10 @@ type cpuSources struct {
 
 // cpuSnapshot is the CPU time of the server, the origin, this process and the machine at one
 // moment.
-type cpuSnapshot struct{ server, origin, self, busy, idle time.Duration }
+type cpuSnapshot struct {
+	server, origin, self, busy, idle time.Duration
+	reads, writes                    int64 // the server's system calls
+}
 
 func (src cpuSources) read() (cpuSnapshot, error) {
 	pids, err := src.server()
@@ -79,6 +94,9 @@ func (src cpuSources) read() (cpuSnapshot, error) {
 	}
 	var s cpuSnapshot
 	if s.server, err = processCPU(pids); err != nil {
+		return s, err
+	}
+	if s.reads, s.writes, err = processIO(pids); err != nil {
 		return s, err
 	}
 	if s.origin, err = processCPU([]int{src.origin}); err != nil {
@@ -143,6 +161,7 @@ func window(ctx context.Context, src cpuSources, warmup, dur time.Duration, work
 		st.OK, st.Elapsed = sum()-n0, time.Since(t0)
 		st.ServerCPU, st.OriginCPU, st.ClientCPU = c1.server-c0.server, c1.origin-c0.origin, c1.self-c0.self
 		st.MachineBusy, st.MachineIdle = c1.busy-c0.busy, c1.idle-c0.idle
+		st.ServerReads, st.ServerWrites = c1.reads-c0.reads, c1.writes-c0.writes
 		return nil
 	}
 	err := measure()

@@ -89,6 +89,28 @@ func machineCPU() (busy, idle time.Duration, err error) {
 	return busy, idle, nil
 }
 
+// processIO returns the read and write system calls (syscr, syscw of /proc/<pid>/io) of the
+// processes pids, summed.
+func processIO(pids []int) (reads, writes int64, err error) {
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+		if err != nil {
+			return 0, 0, fmt.Errorf("read io of process %d: %w", pid, err)
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			k, v, _ := strings.Cut(line, ": ")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "syscr":
+				reads += n
+			case "syscw":
+				writes += n
+			}
+		}
+	}
+	return reads, writes, nil
+}
+
 // childrenOf returns the processes whose parent is pid (nginx's workers).
 func childrenOf(pid int) ([]int, error) {
 	entries, err := os.ReadDir("/proc")

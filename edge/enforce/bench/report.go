@@ -22,6 +22,7 @@ func printMachine(w io.Writer, res *results) {
 type summary struct {
 	rate, server, origin, client float64 // per second; µs per operation
 	idle, others                 float64 // CPUs
+	reads, writes                float64 // the server's system calls per operation
 	rates                        []float64
 	errors, reconnects           int64
 }
@@ -38,12 +39,15 @@ func summarize(rounds []loadStats) summary {
 		tot.ClientCPU += r.ClientCPU
 		tot.MachineBusy += r.MachineBusy
 		tot.MachineIdle += r.MachineIdle
+		tot.ServerReads += r.ServerReads
+		tot.ServerWrites += r.ServerWrites
 		s.errors += r.Errors
 		s.reconnects += r.Reconnects
 	}
 	s.rate = tot.Rate()
 	s.server, s.origin, s.client = us(tot.per(tot.ServerCPU)), us(tot.per(tot.OriginCPU)), us(tot.per(tot.ClientCPU))
 	s.idle, s.others = tot.idle(), tot.others()
+	s.reads, s.writes = tot.syscallsPer()
 	return s
 }
 
@@ -69,12 +73,12 @@ func printKeepAlive(w io.Writer, res *results) {
 		byServer[r.Server] = append(byServer[r.Server], r.loadStats)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "server\treq/s (rounds)\tmean req/s\tserver CPU µs/req\torigin CPU µs/req\tclient CPU µs/req\tidle CPUs\tother processes CPUs\terrors\treconnects\t")
+	fmt.Fprintln(tw, "server\treq/s (rounds)\tmean req/s\tserver CPU µs/req\tserver reads+writes/req\torigin CPU µs/req\tclient CPU µs/req\tidle CPUs\tother processes CPUs\terrors\treconnects\t")
 	sums := map[string]summary{}
 	for _, n := range names {
 		s := summarize(byServer[n])
 		sums[n] = s
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%d\t%d\t\n", n, joinRates(s.rates), s.rate, s.server, s.origin, s.client, s.idle, s.others, s.errors, s.reconnects)
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f + %.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%d\t%d\t\n", n, joinRates(s.rates), s.rate, s.server, s.reads, s.writes, s.origin, s.client, s.idle, s.others, s.errors, s.reconnects)
 	}
 	tw.Flush()
 	edge := sums["edge"]
