@@ -4,7 +4,6 @@ package enforce
 
 import (
 	"crypto/tls"
-	"net"
 	"syscall"
 )
 
@@ -40,5 +39,3 @@ func (c *leanConn) quiet() bool {
 	})
 	return err == nil && quiet
 }
-
-var _ net.Conn = (*tls.Conn)(nil)
