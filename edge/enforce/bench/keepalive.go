@@ -127,9 +127,8 @@ func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 				return nil, fmt.Errorf("%s, round %d: %w", s.name, r+1, err)
 			}
 			st.Reconnects = reconnects.Load()
-			rd, wr := st.syscallsPer()
-			fmt.Printf("keepalive round %d %-14s %9.0f req/s  server %6.1f µs/req (%.1f reads, %.1f writes)  origin %5.1f µs/req  client %5.1f µs/req  idle %.2f CPUs  others %.2f CPUs  errors %d %s\n",
-				r+1, s.name, st.Rate(), us(st.per(st.ServerCPU)), rd, wr, us(st.per(st.OriginCPU)), us(st.per(st.ClientCPU)), st.idle(), st.others(), st.Errors, st.FirstError)
+			fmt.Printf("keepalive round %d %-14s %9.0f req/s  server %6.1f µs/req (kernel %4.1f)  origin %5.1f µs/req  client %5.1f µs/req  idle %.2f CPUs  others %.2f CPUs  errors %d %s\n",
+				r+1, s.name, st.Rate(), us(st.per(st.ServerCPU)), us(st.per(st.ServerSys)), us(st.per(st.OriginCPU)), us(st.per(st.ClientCPU)), st.idle(), st.others(), st.Errors, st.FirstError)
 			out = append(out, keepAliveRound{Round: r + 1, Server: s.name, loadStats: st})
 		}
 	}

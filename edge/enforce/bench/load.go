@@ -34,16 +34,13 @@ type loadStats struct {
 	Reconnects int64         `json:"reconnects"` // connections reopened after the server closed one
 	Elapsed    time.Duration `json:"elapsed"`
 	ServerCPU  time.Duration `json:"server_cpu"` // CPU of the server's processes in the window
+	ServerSys  time.Duration `json:"server_sys"` // the part of ServerCPU in system mode (the kernel)
 	OriginCPU  time.Duration `json:"origin_cpu"`
 	ClientCPU  time.Duration `json:"client_cpu"` // CPU of this process (the load generator)
 	// MachineBusy and MachineIdle are the whole machine's CPU time busy and idle (all CPUs):
 	// what the three processes above did not use of MachineBusy, other processes did.
 	MachineBusy time.Duration `json:"machine_busy"`
 	MachineIdle time.Duration `json:"machine_idle"`
-	// ServerReads and ServerWrites are the server processes' read and write system calls
-	// (/proc/<pid>/io: read, recvfrom, readv, ...; write, sendto, writev, ...).
-	ServerReads  int64 `json:"server_reads"`
-	ServerWrites int64 `json:"server_writes"`
 	FirstError  string        `json:"first_error,omitempty"`
 }
 
@@ -57,14 +54,6 @@ func (s loadStats) others() float64 {
 
 // idle returns the CPUs (in cores) left idle during the window.
 func (s loadStats) idle() float64 { return float64(s.MachineIdle) / float64(s.Elapsed) }
-
-// syscallsPer returns the server's read and write system calls per completed response.
-func (s loadStats) syscallsPer() (reads, writes float64) {
-	if s.OK == 0 {
-		return 0, 0
-	}
-	return float64(s.ServerReads) / float64(s.OK), float64(s.ServerWrites) / float64(s.OK)
-}
 
 // per returns d per completed response.
 func (s loadStats) per(d time.Duration) time.Duration {
@@ -82,10 +71,7 @@ type cpuSources struct {
 
 // cpuSnapshot is the CPU time of the server, the origin, this process and the machine at one
 // moment.
-type cpuSnapshot struct {
-	server, origin, self, busy, idle time.Duration
-	reads, writes                    int64 // the server's system calls
-}
+type cpuSnapshot struct{ server, serverSys, origin, self, busy, idle time.Duration }
 
 func (src cpuSources) read() (cpuSnapshot, error) {
 	pids, err := src.server()
@@ -93,15 +79,15 @@ func (src cpuSources) read() (cpuSnapshot, error) {
 		return cpuSnapshot{}, err
 	}
 	var s cpuSnapshot
-	if s.server, err = processCPU(pids); err != nil {
+	user, sys, err := processCPU(pids)
+	if err != nil {
 		return s, err
 	}
-	if s.reads, s.writes, err = processIO(pids); err != nil {
+	s.server, s.serverSys = user+sys, sys
+	if user, sys, err = processCPU([]int{src.origin}); err != nil {
 		return s, err
 	}
-	if s.origin, err = processCPU([]int{src.origin}); err != nil {
-		return s, err
-	}
+	s.origin = user + sys
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return s, fmt.Errorf("getrusage: %w", err)
@@ -160,8 +146,8 @@ func window(ctx context.Context, src cpuSources, warmup, dur time.Duration, work
 		}
 		st.OK, st.Elapsed = sum()-n0, time.Since(t0)
 		st.ServerCPU, st.OriginCPU, st.ClientCPU = c1.server-c0.server, c1.origin-c0.origin, c1.self-c0.self
+		st.ServerSys = c1.serverSys - c0.serverSys
 		st.MachineBusy, st.MachineIdle = c1.busy-c0.busy, c1.idle-c0.idle
-		st.ServerReads, st.ServerWrites = c1.reads-c0.reads, c1.writes-c0.writes
 		return nil
 	}
 	err := measure()

@@ -22,8 +22,8 @@ const clockTick = 10 * time.Millisecond
 
 // procStat is what the bench reads of /proc/<pid>/stat.
 type procStat struct {
-	ppid int
-	cpu  time.Duration // utime + stime
+	ppid      int
+	user, sys time.Duration // utime, stime
 }
 
 // readProcStat reads /proc/<pid>/stat.
@@ -49,20 +49,20 @@ func readProcStat(pid int) (procStat, error) {
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return procStat{}, fmt.Errorf("stat of process %d: %w", pid, err)
 	}
-	return procStat{ppid: ppid, cpu: time.Duration(utime+stime) * clockTick}, nil
+	return procStat{ppid: ppid, user: time.Duration(utime) * clockTick, sys: time.Duration(stime) * clockTick}, nil
 }
 
-// processCPU returns the CPU time (user + system) of the processes pids, summed.
-func processCPU(pids []int) (time.Duration, error) {
-	var total time.Duration
+// processCPU returns the CPU time in user and system mode of the processes pids, summed.
+func processCPU(pids []int) (user, sys time.Duration, err error) {
 	for _, pid := range pids {
 		st, err := readProcStat(pid)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		total += st.cpu
+		user += st.user
+		sys += st.sys
 	}
-	return total, nil
+	return user, sys, nil
 }
 
 // machineCPU reads the first line of /proc/stat: the CPU time of all CPUs spent busy (user,
@@ -87,28 +87,6 @@ func machineCPU() (busy, idle time.Duration, err error) {
 	busy = time.Duration(v[0]+v[1]+v[2]+v[5]+v[6]+v[7]) * clockTick
 	idle = time.Duration(v[3]+v[4]) * clockTick
 	return busy, idle, nil
-}
-
-// processIO returns the read and write system calls (syscr, syscw of /proc/<pid>/io) of the
-// processes pids, summed.
-func processIO(pids []int) (reads, writes int64, err error) {
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
-		if err != nil {
-			return 0, 0, fmt.Errorf("read io of process %d: %w", pid, err)
-		}
-		for line := range strings.SplitSeq(string(b), "\n") {
-			k, v, _ := strings.Cut(line, ": ")
-			n, _ := strconv.ParseInt(v, 10, 64)
-			switch k {
-			case "syscr":
-				reads += n
-			case "syscw":
-				writes += n
-			}
-		}
-	}
-	return reads, writes, nil
 }
 
 // childrenOf returns the processes whose parent is pid (nginx's workers).

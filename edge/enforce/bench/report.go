@@ -21,8 +21,8 @@ func printMachine(w io.Writer, res *results) {
 // summary is the mean of a server's rounds.
 type summary struct {
 	rate, server, origin, client float64 // per second; µs per operation
+	serverSys                    float64 // µs per operation in the kernel
 	idle, others                 float64 // CPUs
-	reads, writes                float64 // the server's system calls per operation
 	rates                        []float64
 	errors, reconnects           int64
 }
@@ -35,19 +35,18 @@ func summarize(rounds []loadStats) summary {
 		tot.OK += r.OK
 		tot.Elapsed += r.Elapsed
 		tot.ServerCPU += r.ServerCPU
+		tot.ServerSys += r.ServerSys
 		tot.OriginCPU += r.OriginCPU
 		tot.ClientCPU += r.ClientCPU
 		tot.MachineBusy += r.MachineBusy
 		tot.MachineIdle += r.MachineIdle
-		tot.ServerReads += r.ServerReads
-		tot.ServerWrites += r.ServerWrites
 		s.errors += r.Errors
 		s.reconnects += r.Reconnects
 	}
 	s.rate = tot.Rate()
 	s.server, s.origin, s.client = us(tot.per(tot.ServerCPU)), us(tot.per(tot.OriginCPU)), us(tot.per(tot.ClientCPU))
 	s.idle, s.others = tot.idle(), tot.others()
-	s.reads, s.writes = tot.syscallsPer()
+	s.serverSys = us(tot.per(tot.ServerSys))
 	return s
 }
 
@@ -73,12 +72,12 @@ func printKeepAlive(w io.Writer, res *results) {
 		byServer[r.Server] = append(byServer[r.Server], r.loadStats)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "server\treq/s (rounds)\tmean req/s\tserver CPU µs/req\tserver reads+writes/req\torigin CPU µs/req\tclient CPU µs/req\tidle CPUs\tother processes CPUs\terrors\treconnects\t")
+	fmt.Fprintln(tw, "server\treq/s (rounds)\tmean req/s\tserver CPU µs/req\tof which kernel\torigin CPU µs/req\tclient CPU µs/req\tidle CPUs\tother processes CPUs\terrors\treconnects\t")
 	sums := map[string]summary{}
 	for _, n := range names {
 		s := summarize(byServer[n])
 		sums[n] = s
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f + %.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%d\t%d\t\n", n, joinRates(s.rates), s.rate, s.server, s.reads, s.writes, s.origin, s.client, s.idle, s.others, s.errors, s.reconnects)
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%d\t%d\t\n", n, joinRates(s.rates), s.rate, s.server, s.serverSys, s.origin, s.client, s.idle, s.others, s.errors, s.reconnects)
 	}
 	tw.Flush()
 	edge := sums["edge"]

@@ -120,6 +120,14 @@ func heapAfterGC() uint64 {
 	return ms.HeapAlloc
 }
 
+// heapGrowth returns the heap grown since before (see heapAfterGC), 0 if it shrank.
+func heapGrowth(before uint64) uint64 {
+	if after := heapAfterGC(); after > before {
+		return after - before
+	}
+	return 0
+}
+
 // snapshotOf returns a snapshot of n hostnames at pos, hostname i trusting CA caIndex(i), in mode
 // ENFORCE, without a policy, forwarding to origin. The configurations of one CA share its DER.
 func snapshotOf(n int, cas [][]byte, origin string, pos uint64) *configv1.WatchResponse {
@@ -154,7 +162,7 @@ func loadEdgeConfig(n int, cas [][]byte, origin, statePath string, r *edgeReady)
 	}
 	r.ApplyCold = time.Since(t0)
 	resp = nil
-	r.HeapApply = heapAfterGC() - before
+	r.HeapApply = heapGrowth(before)
 
 	for pos := uint64(2); pos <= 4; pos++ {
 		resp := snapshotOf(n, cas, origin, pos)
@@ -189,7 +197,7 @@ func loadEdgeConfig(n int, cas [][]byte, origin, statePath string, r *edgeReady)
 	if got := loaded.Load().Len(); got != n {
 		return nil, fmt.Errorf("the state file held %d hostnames, want %d", got, n)
 	}
-	r.HeapLoad = heapAfterGC() - before
+	r.HeapLoad = heapGrowth(before)
 	return loaded, nil
 }
 
@@ -241,7 +249,7 @@ func runEdge(args []string) error {
 		}
 		r.CertsTime = time.Since(t0)
 		r.CertsIssued = *hosts
-		r.HeapCerts = heapAfterGC() - before
+		r.HeapCerts = heapGrowth(before)
 	}
 
 	var dlog *decisionlog.Log

@@ -148,6 +148,7 @@ func runScale(ctx context.Context, e *env) (*scaleResults, error) {
 			tot.Errors += st.Errors
 			tot.Elapsed += st.Elapsed
 			tot.ServerCPU += st.ServerCPU
+			tot.ServerSys += st.ServerSys
 			tot.OriginCPU += st.OriginCPU
 			tot.ClientCPU += st.ClientCPU
 			tot.MachineBusy += st.MachineBusy
