@@ -2,6 +2,7 @@ package fold
 
 import (
 	"slices"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -38,10 +39,10 @@ func HostnameConfig(t *Tenant, name string, version uint64) *configv1.HostnameCo
 		}
 	}
 	slices.SortFunc(out.Revocations, func(a, b *configv1.Revocation) int {
-		if c := compare(a.GetCertificateAuthorityId(), b.GetCertificateAuthorityId()); c != 0 {
+		if c := strings.Compare(a.GetCertificateAuthorityId(), b.GetCertificateAuthorityId()); c != 0 {
 			return c
 		}
-		return compare(a.GetRevocationId(), b.GetRevocationId())
+		return strings.Compare(a.GetRevocationId(), b.GetRevocationId())
 	})
 	if p, ok := t.Policies[h.PolicyID]; ok && h.PolicyID != "" {
 		out.Policy = &configv1.Policy{PolicyId: p.ID}
@@ -50,16 +51,6 @@ func HostnameConfig(t *Tenant, name string, version uint64) *configv1.HostnameCo
 		}
 	}
 	return out
-}
-
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // AffectedHostnames returns the hostnames of t whose edge configuration ev may change, evaluated on

@@ -3,6 +3,7 @@ package command
 import (
 	"context"
 	"slices"
+	"strings"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -159,14 +160,6 @@ func sortedHostnames(st *fold.Tenant) []*fold.Hostname {
 	for _, h := range st.Hostnames {
 		out = append(out, h)
 	}
-	slices.SortFunc(out, func(a, b *fold.Hostname) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b *fold.Hostname) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -126,9 +127,9 @@ func (g *Gen) command(st *fold.Tenant) ([]proto.Message, []Append) {
 			}
 			slices.SortFunc(ks, func(a, b fold.RevocationKey) int {
 				if a.CA != b.CA {
-					return compare(a.CA, b.CA)
+					return strings.Compare(a.CA, b.CA)
 				}
-				return compare(a.ID, b.ID)
+				return strings.Compare(a.ID, b.ID)
 			})
 			if len(ks) > 0 {
 				k := ks[g.rnd.IntN(len(ks))]
@@ -270,16 +271,6 @@ func values[V any](m map[string]V) []V {
 		out = append(out, v)
 	}
 	return out
-}
-
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Write appends a to store (expecting any revision) with fresh random event ids, and returns
