@@ -107,14 +107,8 @@ func (s *Service) proofError(err error, tenant string) error {
 // checkpoint is FAILED_PRECONDITION naming the sizes signed (never the nearest larger one: the
 // caller gets exactly the size it asked for); so is a from_size beyond the latest checkpoint.
 func (s *Service) GetConsistencyProof(ctx context.Context, req *guestlistv1.GetConsistencyProofRequest) (*guestlistv1.ConsistencyProof, error) {
-	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
-		return nil, err
-	}
-	if s.ledger == nil {
-		return nil, errNoLedger
-	}
 	tenant := req.GetTenantId()
-	if err := s.tenantExists(ctx, tenant); err != nil {
+	if err := s.proofPrelude(ctx, tenant); err != nil {
 		return nil, err
 	}
 	sc, cp, err := s.signedAt(tenant, req.GetToSize(), "to_size")
@@ -136,14 +130,8 @@ func (s *Service) GetConsistencyProof(ctx context.Context, req *guestlistv1.GetC
 // checkpoint. A size without a signed checkpoint is FAILED_PRECONDITION naming the sizes signed; so
 // is a revision the checkpoint does not cover.
 func (s *Service) GetInclusionProof(ctx context.Context, req *guestlistv1.GetInclusionProofRequest) (*guestlistv1.InclusionProof, error) {
-	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
-		return nil, err
-	}
-	if s.ledger == nil {
-		return nil, errNoLedger
-	}
 	tenant := req.GetTenantId()
-	if err := s.tenantExists(ctx, tenant); err != nil {
+	if err := s.proofPrelude(ctx, tenant); err != nil {
 		return nil, err
 	}
 	sc, cp, err := s.signedAt(tenant, req.GetSize(), "size")
@@ -176,6 +164,18 @@ func (s *Service) GetInclusionProof(ctx context.Context, req *guestlistv1.GetInc
 }
 
 // tenantExists answers NOT_FOUND for a tenant without history.
+// proofPrelude is what both proof calls check first: the caller may read the tenant, this server
+// has a ledger, and the tenant has a history.
+func (s *Service) proofPrelude(ctx context.Context, tenant string) error {
+	if _, err := auth.AuthorizeRead(ctx, tenant); err != nil {
+		return err
+	}
+	if s.ledger == nil {
+		return errNoLedger
+	}
+	return s.tenantExists(ctx, tenant)
+}
+
 func (s *Service) tenantExists(ctx context.Context, tenant string) error {
 	if _, err := s.store.ReadStream(ctx, fold.TenantStream(tenant), eventstore.Forwards, 0, 1); err != nil {
 		return s.storeError(err, tenant)
