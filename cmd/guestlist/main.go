@@ -41,6 +41,7 @@ func commands() []command {
 		{"projector", "the projector role alone, for the distributed topology", notYet("projector")},
 		{"edge", "an edge node alone, for the distributed topology", notYet("edge")},
 		{"audit", "the auditors' command line (history, snapshot, explain, diff, verify, export, checkpoint)", runAudit},
+		{"healthcheck", "GET --url; exit 0 on 2xx, 1 otherwise (container health checks)", runHealthcheck},
 		{"version", "print the version and build information", runVersion},
 		{"help", "show this help, or a command's flags: guestlist help COMMAND", nil},
 	}
