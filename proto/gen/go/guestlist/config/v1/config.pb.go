@@ -597,7 +597,16 @@ type WatchResponse struct {
 	// True: more responses at the same position follow and belong to this one (a large snapshot is
 	// sent in parts); the edge applies them together when the last part (more = false) arrives and
 	// acknowledges only that one.
-	More          bool `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`
+	More bool `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`
+	// The W3C trace context (https://www.w3.org/TR/trace-context/) of the change this response
+	// carries: the traceparent header value of the control plane's span that sent it, whose trace
+	// began with the API call that made the change. The edge starts its "edge config update" span
+	// as a child of it, so that one trace follows a change from the API to every edge. Empty for
+	// snapshots and when the change has no trace. Every part of a response carries the same value.
+	// Informational only: the edge applies a response the same way with or without it.
+	Traceparent string `protobuf:"bytes,6,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	// The W3C tracestate header value that goes with traceparent; usually empty.
+	Tracestate    string `protobuf:"bytes,7,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -667,6 +676,20 @@ func (x *WatchResponse) GetMore() bool {
 	return false
 }
 
+func (x *WatchResponse) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *WatchResponse) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
 var File_guestlist_config_v1_config_proto protoreflect.FileDescriptor
 
 const file_guestlist_config_v1_config_proto_rawDesc = "" +
@@ -707,13 +730,17 @@ const file_guestlist_config_v1_config_proto_rawDesc = "" +
 	"\aedge_id\x18\x01 \x01(\tR\x06edgeId\x12'\n" +
 	"\x0fresume_position\x18\x02 \x01(\x04R\x0eresumePosition\x12!\n" +
 	"\fack_position\x18\x03 \x01(\x04R\vackPosition\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\xb6\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xf8\x01\n" +
 	"\rWatchResponse\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x04R\bposition\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12=\n" +
 	"\aupserts\x18\x03 \x03(\v2#.guestlist.config.v1.HostnameConfigR\aupserts\x12\x1a\n" +
 	"\bremovals\x18\x04 \x03(\tR\bremovals\x12\x12\n" +
-	"\x04more\x18\x05 \x01(\bR\x04more*e\n" +
+	"\x04more\x18\x05 \x01(\bR\x04more\x12 \n" +
+	"\vtraceparent\x18\x06 \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\a \x01(\tR\n" +
+	"tracestate*e\n" +
 	"\bMtlsMode\x12\x19\n" +
 	"\x15MTLS_MODE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rMTLS_MODE_OFF\x10\x01\x12\x15\n" +
