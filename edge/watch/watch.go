@@ -18,7 +18,9 @@
 // configuration followed by a burst of changes is thus written a few times, not once per change;
 // the file is never more than one Save behind. Run saves once more before it returns. A failed or ended stream is
 // reopened after a jittered exponential back-off (Options.Backoff), reset by every applied
-// response. While disconnected, the store keeps serving the last configuration it applied.
+// response. While disconnected, the store keeps serving the last configuration it applied. With
+// Options.Alternates, each reconnection goes to the next ConfigService in turn (failover between
+// projectors).
 package watch
 
 import (
@@ -70,6 +72,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Backoff bounds the reconnection delays.
 	Backoff Backoff
+	// Alternates are further ConfigService connections (other projectors of the same event
+	// store). After a stream fails or ends, Run reopens it on the next connection in turn (the
+	// conn given to Run, then Alternates[0], Alternates[1], ..., and round again), resuming from
+	// the position the store holds: positions are the event store's, the same on every projector.
+	Alternates []grpc.ClientConnInterface
 }
 
 // Run keeps store up to date from the ConfigService at conn until ctx is done (see the package
@@ -82,7 +89,16 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.St
 	if conn == nil {
 		return errors.New("watch: no connection")
 	}
-	w := &watcher{client: configv1.NewConfigServiceClient(conn), store: store, opts: opts, log: opts.Logger}
+	clients := []configv1.ConfigServiceClient{configv1.NewConfigServiceClient(conn)}
+	targets := []string{target(conn, 0)}
+	for i, alt := range opts.Alternates {
+		if alt == nil {
+			return fmt.Errorf("watch: Options.Alternates[%d] is nil", i)
+		}
+		clients = append(clients, configv1.NewConfigServiceClient(alt))
+		targets = append(targets, target(alt, i+1))
+	}
+	w := &watcher{clients: clients, targets: targets, store: store, opts: opts, log: opts.Logger}
 	if w.log == nil {
 		w.log = slog.Default()
 	}
@@ -112,8 +128,9 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.St
 		}
 		delay := w.delay(failures)
 		failures++
+		w.cur = (w.cur + 1) % len(w.clients)
 		w.log.Warn("configuration stream ended; reconnecting", "error", err, "retry_in", delay,
-			"position", store.Load().Position())
+			"position", store.Load().Position(), "next", w.targets[w.cur])
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -125,11 +142,13 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.St
 }
 
 type watcher struct {
-	client configv1.ConfigServiceClient
-	store  *configset.Store
-	opts   Options
-	log    *slog.Logger
-	dirty  chan struct{} // signals the saver; nil without StatePath
+	clients []configv1.ConfigServiceClient // the connection given to Run, then Options.Alternates
+	targets []string                       // the clients' targets, for logs
+	cur     int                            // the client of the next session
+	store   *configset.Store
+	opts    Options
+	log     *slog.Logger
+	dirty   chan struct{} // signals the saver; nil without StatePath
 }
 
 // saver saves the store whenever it is signalled, and once more when ctx ends if the store moved
@@ -197,15 +216,15 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 	if w.opts.Token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+w.opts.Token)
 	}
-	stream, err := w.client.Watch(ctx)
+	stream, err := w.clients[w.cur].Watch(ctx)
 	if err != nil {
-		return false, fmt.Errorf("watch: open stream: %w", err)
+		return false, fmt.Errorf("watch: open stream to %s: %w", w.targets[w.cur], err)
 	}
 	resume := w.store.Load().Position()
 	if err := stream.Send(&configv1.WatchRequest{EdgeId: w.opts.EdgeID, ResumePosition: resume}); err != nil {
 		return false, fmt.Errorf("watch: send hello: %w", recvErr(stream, err))
 	}
-	w.log.Debug("configuration stream open", "resume_position", resume)
+	w.log.Debug("configuration stream open", "target", w.targets[w.cur], "resume_position", resume)
 
 	var parts []*configv1.WatchResponse // the parts of a response sent in parts, so far
 	for {
@@ -287,4 +306,12 @@ func recvErr(stream grpc.BidiStreamingClient[configv1.WatchRequest, configv1.Wat
 		return rerr
 	}
 	return err
+}
+
+// target names conn for logs: its target when it has one (a *grpc.ClientConn), else its place.
+func target(conn grpc.ClientConnInterface, i int) string {
+	if c, ok := conn.(interface{ CanonicalTarget() string }); ok {
+		return c.CanonicalTarget()
+	}
+	return fmt.Sprintf("connection %d", i)
 }

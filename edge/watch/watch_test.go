@@ -359,7 +359,60 @@ func TestRestartWithoutControlPlane(t *testing.T) {
 	}
 }
 
+// TestFailoverToAlternate: the first server ends the stream after one change; the edge reopens it on
+// the alternate, resuming from the position it holds, and comes back to the first when the
+// alternate fails in turn.
+func TestFailoverToAlternate(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	first, addr1 := startServer(t,
+		func(s *session) error {
+			s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 5, ca, "http://127.0.0.1:1")}})
+			s.recv()
+			return errors.New("projector going away")
+		},
+		func(s *session) error {
+			<-s.stream.Context().Done()
+			return nil
+		})
+	second, addr2 := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 7, Upserts: []*configv1.HostnameConfig{hostCfg("b.example.com", 7, ca, "http://127.0.0.1:1")}})
+		s.recv()
+		return errors.New("this one goes away too")
+	})
+	store := configset.NewStore()
+	runWatch(t, dial(t, addr1), store, Options{
+		EdgeID: "e1", Logger: quietLogger(t), Backoff: Backoff{Min: 5 * time.Millisecond, Max: 20 * time.Millisecond},
+		Alternates: []grpc.ClientConnInterface{dial(t, addr2)},
+	})
+	hello := func(ch chan *configv1.WatchRequest) *configv1.WatchRequest {
+		t.Helper()
+		select {
+		case h := <-ch:
+			return h
+		case <-time.After(10 * time.Second):
+			t.Fatal("no hello")
+			return nil
+		}
+	}
+	if h := hello(first.hellos); h.GetResumePosition() != 0 {
+		t.Errorf("first hello resumes from %d, want 0", h.GetResumePosition())
+	}
+	if h := hello(second.hellos); h.GetResumePosition() != 5 || h.GetEdgeId() != "e1" {
+		t.Errorf("hello on the alternate: %v, want edge e1 resuming from 5", h)
+	}
+	if h := hello(first.hellos); h.GetResumePosition() != 7 {
+		t.Errorf("hello back on the first: resumes from %d, want 7", h.GetResumePosition())
+	}
+	set := store.Load()
+	if _, ok := set.Lookup("b.example.com"); !ok || set.Position() != 7 {
+		t.Errorf("store at %d, want 7 with b.example.com", set.Position())
+	}
+}
+
 func TestRunArguments(t *testing.T) {
+	if err := Run(context.Background(), dial(t, "127.0.0.1:1"), configset.NewStore(), Options{Alternates: []grpc.ClientConnInterface{nil}}); err == nil {
+		t.Error("nil alternate accepted")
+	}
 	if err := Run(context.Background(), nil, configset.NewStore(), Options{}); err == nil {
 		t.Error("nil connection accepted")
 	}
