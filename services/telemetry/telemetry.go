@@ -1,4 +1,5 @@
-// Package telemetry sets up guestlist's OpenTelemetry tracing and its structured logs.
+// Package telemetry sets up guestlist's OpenTelemetry tracing, its metrics (Prometheus at /metrics,
+// OTLP when configured; see SetupMetrics) and its structured logs.
 //
 // Tracing is opt-in through the standard OTEL_* environment variables: without any of
 // OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, spans are
@@ -55,14 +56,9 @@ func ExportConfigured() bool {
 // Setup installs the provider as the global TracerProvider and the W3C trace-context (plus baggage)
 // propagator as the global TextMapPropagator.
 func Setup(ctx context.Context, serviceName, version string) (trace.TracerProvider, func(context.Context) error, error) {
-	res, err := resource.New(ctx,
-		resource.WithSchemaURL(semconv.SchemaURL),
-		resource.WithAttributes(semconv.ServiceName(serviceName), semconv.ServiceVersion(version)),
-		resource.WithTelemetrySDK(),
-		resource.WithFromEnv(), // last, so that OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win
-	)
-	if err != nil && !errors.Is(err, resource.ErrPartialResource) && !errors.Is(err, resource.ErrSchemaURLConflict) {
-		return nil, nil, fmt.Errorf("telemetry: build resource: %w", err)
+	res, err := newResource(ctx, serviceName, version)
+	if err != nil {
+		return nil, nil, err
 	}
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 
@@ -85,6 +81,21 @@ func Setup(ctx context.Context, serviceName, version string) (trace.TracerProvid
 		return nil
 	}
 	return tp, shutdown, nil
+}
+
+// newResource describes the process serviceName at version; OTEL_SERVICE_NAME and
+// OTEL_RESOURCE_ATTRIBUTES override it.
+func newResource(ctx context.Context, serviceName, version string) (*resource.Resource, error) {
+	res, err := resource.New(ctx,
+		resource.WithSchemaURL(semconv.SchemaURL),
+		resource.WithAttributes(semconv.ServiceName(serviceName), semconv.ServiceVersion(version)),
+		resource.WithTelemetrySDK(),
+		resource.WithFromEnv(), // last, so that OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win
+	)
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) && !errors.Is(err, resource.ErrSchemaURLConflict) {
+		return nil, fmt.Errorf("telemetry: build resource: %w", err)
+	}
+	return res, nil
 }
 
 // spanExporter returns the exporter that the environment asks for, or nil for none.
