@@ -30,6 +30,26 @@
 // The server checks no tokens: the API server's interceptors authenticate the caller, and the
 // Authorize hook (WithAuthorize), called at the start of each Watch, decides whether that caller
 // may read configuration (the wiring checks for an edge principal). Watch only reads.
+//
+// # Telemetry: traces
+//
+// Every change sent to an edge whose events carried a trace (projector.Change.Traces) is sent
+// inside a span named SendSpanName, a child of the last traced event's apply span and linked to
+// the others of the change. The span's W3C context goes to the edge in the response's
+// traceparent and tracestate fields (every part), and the edge continues the trace. Snapshots
+// carry no trace context.
+//
+// # Telemetry: metrics
+//
+// Prometheus names (see services/telemetry):
+//
+//	guestlist_distribute_watchers                      open Watch streams
+//	guestlist_distribute_edge_acked_position{edge_id}  per open stream, the last position the edge acknowledged
+//	guestlist_distribute_responses_total{kind}         responses sent (kind snapshot or change; parts count once)
+//	guestlist_distribute_nacks_total                   responses the edges refused
+//
+// edge_id is what each edge calls itself; edges authenticate with the edge token, and only open
+// streams are reported, so the label is bounded by the fleet's size.
 package distribute
 
 import (
@@ -41,6 +61,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -76,6 +100,8 @@ type options struct {
 	maxPartBytes   int
 	maxPartConfigs int
 	aheadWait      time.Duration
+	tp             trace.TracerProvider
+	mp             metric.MeterProvider
 }
 
 // WithLogger sets the logger (default slog.Default()).
@@ -131,6 +157,7 @@ type Server struct {
 	p    *projector.Projector
 	opts options
 	log  *slog.Logger
+	tel  *telemetry
 
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
@@ -144,7 +171,8 @@ type Server struct {
 
 var _ configv1.ConfigServiceServer = (*Server)(nil)
 
-// New returns a ConfigService server streaming p's read model.
+// New returns a ConfigService server streaming p's read model. Should its metrics fail to
+// register, it logs that and serves without them.
 func New(p *projector.Projector, opts ...Option) *Server {
 	o := options{
 		log:            slog.Default(),
@@ -156,7 +184,14 @@ func New(p *projector.Projector, opts ...Option) *Server {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &Server{p: p, opts: o, log: o.log.With("component", "distribute"), watchers: map[*watcher]struct{}{}}
+	s := &Server{p: p, opts: o, log: o.log.With("component", "distribute"), watchers: map[*watcher]struct{}{}}
+	tel, err := newTelemetry(s)
+	if err != nil {
+		s.log.Error("distribute: metrics unavailable", "err", err)
+		tel = &telemetry{tracer: otel.GetTracerProvider().Tracer(scope)}
+	}
+	s.tel = tel
+	return s
 }
 
 // WatcherStatus describes one open Watch stream.
@@ -294,6 +329,9 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 		w.unanswered = w.unanswered[n:]
 		if nack {
 			w.nacks++
+			if s.tel.nacks != nil {
+				s.tel.nacks.Add(stream.Context(), 1)
+			}
 		} else {
 			w.acked = max(w.acked, pos)
 		}
@@ -336,7 +374,7 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 				log.Error("distribute: reading the snapshot failed", "err", err)
 				return status.Error(codes.Unavailable, "configuration snapshot unavailable")
 			}
-			if err := s.sendParts(stream, w, pos, true, configs, nil); err != nil {
+			if err := s.sendParts(stream, w, pos, true, configs, nil, nil); err != nil {
 				return err
 			}
 			cursor, needSnapshot = pos, false
@@ -357,7 +395,18 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 			if err := s.waitWindow(ctx, w); err != nil {
 				return err
 			}
-			if err := s.sendParts(stream, w, c.Position, false, c.Upserts, c.Removals); err != nil {
+			span := s.tel.startSend(ctx, c, w.edgeID)
+			err := s.sendParts(stream, w, c.Position, false, c.Upserts, c.Removals, span)
+			if span != nil {
+				if err != nil {
+					span.RecordError(err)
+					span.SetStatus(otelcodes.Error, "send failed")
+				}
+				log.DebugContext(trace.ContextWithSpan(ctx, span), "distribute: change sent", "position", c.Position,
+					"upserts", len(c.Upserts), "removals", len(c.Removals))
+				span.End()
+			}
+			if err != nil {
 				return err
 			}
 			cursor = c.Position
@@ -400,9 +449,22 @@ func (s *Server) waitWindow(ctx context.Context, w *watcher) error {
 	}
 }
 
-// sendParts sends one response, in parts if it is large.
-func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, pos uint64, snapshot bool, upserts []*configv1.HostnameConfig, removals []string) error {
+// sendParts sends one response, in parts if it is large, with span's trace context (none when
+// span is nil).
+func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, pos uint64, snapshot bool, upserts []*configv1.HostnameConfig, removals []string, span trace.Span) error {
 	parts := Split(pos, snapshot, upserts, removals, s.opts.maxPartBytes, s.opts.maxPartConfigs)
+	if tp, ts := traceFields(span); tp != "" {
+		for _, part := range parts {
+			part.Traceparent, part.Tracestate = tp, ts
+		}
+	}
+	if s.tel.responses != nil {
+		kind := s.tel.change
+		if snapshot {
+			kind = s.tel.snapshot
+		}
+		s.tel.responses.Add(stream.Context(), 1, kind...)
+	}
 	// Count the response as unanswered before its last part can be answered.
 	w.mu.Lock()
 	w.unanswered = append(w.unanswered, pos)

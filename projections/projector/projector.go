@@ -28,6 +28,33 @@
 // configurations and removed hostnames, at the batch's last position) to an in-memory ring of the
 // most recent changes, which the distribution server reads (Changes) to stream deltas to edges. A
 // reader that falls out of the ring (ErrCompacted) starts again from a Snapshot.
+//
+// # Telemetry: traces
+//
+// Every applied event that carries a trace context in its metadata (the API call that wrote it:
+// eventstore.Metadata.TraceParent) gets a span named ApplySpanName, a child of that context. The
+// span covers folding the event and committing its batch, and ends when the batch is durable.
+// The span contexts of a batch's applied events travel with its Change (Change.Traces), so that
+// the distribution continues the trace to the edges. Events without a trace context get no span.
+//
+// # Telemetry: metrics
+//
+// Prometheus names (see services/telemetry):
+//
+//	guestlist_projector_applied_events_total   events applied since the process started
+//	guestlist_projector_batches_total          transactions committed since the process started
+//	guestlist_projector_position               the checkpoint: position of the last applied event
+//	guestlist_projector_lag_events             tenant events in the store not yet applied, counted
+//	                                           (not a position difference: positions are not dense,
+//	                                           e.g. on EventStoreDB), at most LagCountLimit
+//	guestlist_projector_lag_seconds            0 when caught up; else now minus the store time of
+//	                                           the oldest event not yet applied, i.e. how stale
+//	                                           the read model is
+//	guestlist_projector_commit_delay_seconds   histogram, per batch: from the store writing the
+//	                                           batch's newest event to the read model committing it
+//
+// The lag gauges read the store (ReadAll from the checkpoint, at most LagCountLimit events) when
+// metrics are collected, not on the projector's path.
 package projector
 
 import (
@@ -42,6 +69,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/fold"
@@ -93,6 +122,10 @@ type Change struct {
 	Upserts []*configv1.HostnameConfig
 	// Removals are the hostnames removed, sorted.
 	Removals []string
+	// Traces are the span contexts of the apply spans of the batch's events that carried a trace
+	// context, in order (see ApplySpanName); empty when none did. The distribution continues the
+	// last one's trace and links the others.
+	Traces []trace.SpanContext
 }
 
 // Option configures Open.
@@ -109,6 +142,9 @@ type options struct {
 	lockTimeout    time.Duration
 	// commitHook, for tests, runs inside each commit's transaction; an error aborts it.
 	commitHook func(last uint64) error
+	// tp and mp provide the spans and metrics; nil means the global providers.
+	tp trace.TracerProvider
+	mp metric.MeterProvider
 }
 
 func defaultOptions() options {
@@ -206,6 +242,7 @@ type Projector struct {
 	store eventstore.Store
 	opts  options
 	log   *slog.Logger
+	tel   *telemetry
 
 	// tenants is owned by Run: the fold state of every tenant seen since Open, consistent with
 	// the checkpoint whenever no batch is in progress.
@@ -284,6 +321,10 @@ func Open(path string, store eventstore.Store, opts ...Option) (*Projector, erro
 		done:     make(chan struct{}),
 	}
 	p.stats.Position = checkpoint
+	if p.tel, err = newTelemetry(p); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -314,6 +355,7 @@ func (p *Projector) Close() error {
 		cancel()
 		<-runDone
 	}
+	p.tel.close()
 	if err := p.db.Close(); err != nil {
 		return fmt.Errorf("projector: close %s: %w", p.path, err)
 	}

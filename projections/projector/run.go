@@ -10,6 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/fold"
@@ -262,6 +264,8 @@ type batch struct {
 	// dirty maps each hostname the batch's events affect to the state of the tenant that last
 	// affected it and that event's position (the configuration's version).
 	dirty map[string]dirty
+	// spans are the apply spans of the batch's traced events, ended when the batch commits.
+	spans []trace.Span
 }
 
 type dirty struct {
@@ -283,10 +287,16 @@ func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEve
 	if err != nil {
 		return err
 	}
+	span := p.tel.startApply(ev, tenantID)
 	fe := foldEvent(ev)
 	names := fold.AffectedHostnames(st, fe)
 	if err := fold.Apply(st, fe); err != nil {
-		p.log.Error("projector: cannot fold event", "tenant", tenantID, "stream", ev.Stream, "revision", ev.Revision, "position", ev.Position, "type", ev.Type, "event_id", ev.ID, "err", err)
+		logCtx := ctx
+		if span != nil {
+			logCtx = trace.ContextWithSpan(ctx, span)
+			endSpans([]trace.Span{span}, err)
+		}
+		p.log.ErrorContext(logCtx, "projector: cannot fold event", "tenant", tenantID, "stream", ev.Stream, "revision", ev.Revision, "position", ev.Position, "type", ev.Type, "event_id", ev.ID, "err", err)
 		return &fatalError{fmt.Errorf("projector: fold event %s at position %d (stream %q revision %d): %w", ev.ID, ev.Position, ev.Stream, ev.Revision, err)}
 	}
 	for _, n := range names {
@@ -294,6 +304,10 @@ func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEve
 	}
 	b.n++
 	b.last, b.time = uint64(ev.Position), ev.Time
+	if span != nil {
+		span.SetAttributes(attribute.Int("guestlist.hostnames_affected", len(names)))
+		b.spans = append(b.spans, span)
+	}
 	return nil
 }
 
@@ -392,15 +406,28 @@ func (p *Projector) commit(b *batch, caughtUp bool) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("projector: commit %d events up to position %d: %w", b.n, b.last, err)
+		err = fmt.Errorf("projector: commit %d events up to position %d: %w", b.n, b.last, err)
+		endSpans(b.spans, err)
+		return err
 	}
 	now := time.Now()
+	var traces []trace.SpanContext
+	if len(b.spans) > 0 {
+		traces = make([]trace.SpanContext, len(b.spans))
+		for i, s := range b.spans {
+			traces[i] = s.SpanContext()
+		}
+		endSpans(b.spans, nil)
+		p.log.DebugContext(trace.ContextWithSpanContext(context.Background(), traces[len(traces)-1]), "projector: change committed",
+			"position", b.last, "events", b.n, "upserts", len(upserts), "removals", len(removals))
+	}
+	p.tel.commitDelay.Record(context.Background(), now.Sub(b.time).Seconds())
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.position = b.last
 	if len(upserts)+len(removals) > 0 {
-		p.ring.push(Change{Position: b.last, Upserts: upserts, Removals: removals}, size)
+		p.ring.push(Change{Position: b.last, Upserts: upserts, Removals: removals, Traces: traces}, size)
 	}
 	close(p.notify)
 	p.notify = make(chan struct{})
