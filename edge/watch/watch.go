@@ -31,8 +31,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
@@ -77,11 +80,15 @@ type Options struct {
 	// conn given to Run, then Alternates[0], Alternates[1], ..., and round again), resuming from
 	// the position the store holds: positions are the event store's, the same on every projector.
 	Alternates []grpc.ClientConnInterface
+	// TracerProvider makes the UpdateSpanName spans; nil means the global provider.
+	TracerProvider trace.TracerProvider
+	// MeterProvider makes the client's metrics; nil means the global provider.
+	MeterProvider metric.MeterProvider
 }
 
 // Run keeps store up to date from the ConfigService at conn until ctx is done (see the package
 // documentation), and then returns nil. It returns an error at once only for a nil store or
-// connection.
+// connection, or when its metrics cannot be registered.
 func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.Store, opts Options) error {
 	if store == nil {
 		return errors.New("watch: no store")
@@ -109,6 +116,12 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.St
 		w.opts.Backoff.Max = DefaultBackoffMax
 	}
 	w.opts.Backoff.Max = max(w.opts.Backoff.Max, w.opts.Backoff.Min)
+	tel, err := newTelemetry(w)
+	if err != nil {
+		return err
+	}
+	w.tel = tel
+	defer tel.close()
 	w.loadState()
 	if w.opts.StatePath != "" {
 		w.dirty = make(chan struct{}, 1)
@@ -149,6 +162,7 @@ type watcher struct {
 	opts    Options
 	log     *slog.Logger
 	dirty   chan struct{} // signals the saver; nil without StatePath
+	tel     *telemetry
 }
 
 // saver saves the store whenever it is signalled, and once more when ctx ends if the store moved
@@ -190,6 +204,9 @@ func (w *watcher) loadState() {
 	err := w.store.LoadFile(w.opts.StatePath)
 	switch {
 	case err == nil && w.store.Load().Complete():
+		if fi, err := os.Stat(w.opts.StatePath); err == nil {
+			w.tel.lastUpdate.Store(fi.ModTime().UnixNano())
+		}
 		w.log.Info("serving the saved configuration until the control plane answers",
 			"path", w.opts.StatePath, "position", w.store.Load().Position())
 	case err == nil || errors.Is(err, fs.ErrNotExist):
@@ -225,6 +242,8 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		return false, fmt.Errorf("watch: send hello: %w", recvErr(stream, err))
 	}
 	w.log.Debug("configuration stream open", "target", w.targets[w.cur], "resume_position", resume)
+	w.tel.connected.Store(1)
+	defer w.tel.connected.Store(0)
 
 	var parts []*configv1.WatchResponse // the parts of a response sent in parts, so far
 	for {
@@ -237,26 +256,30 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		}
 		if len(parts) > 0 && resp.GetPosition() != parts[0].GetPosition() {
 			err := fmt.Errorf("part %d of the response at position %d has position %d", len(parts)+1, parts[0].GetPosition(), resp.GetPosition())
-			return applied, w.nack(stream, resp.GetPosition(), err)
+			return applied, w.nack(ctx, stream, resp.GetPosition(), err)
 		}
 		parts = append(parts, resp)
 		if resp.GetMore() {
 			if len(parts) >= maxParts {
-				return applied, w.nack(stream, resp.GetPosition(), fmt.Errorf("more than %d parts", maxParts))
+				return applied, w.nack(ctx, stream, resp.GetPosition(), fmt.Errorf("more than %d parts", maxParts))
 			}
 			continue
 		}
+		spanCtx, span := w.tel.startUpdate(ctx, resp, w.opts.EdgeID)
 		full, err := configset.Merge(parts...)
 		parts = nil
 		if err != nil {
-			return applied, w.nack(stream, resp.GetPosition(), err)
+			w.tel.endUpdate(span, err)
+			return applied, w.nack(spanCtx, stream, resp.GetPosition(), err)
 		}
 		if err := w.store.Apply(full); err != nil {
-			return applied, w.nack(stream, full.GetPosition(), err)
+			w.tel.endUpdate(span, err)
+			return applied, w.nack(spanCtx, stream, full.GetPosition(), err)
 		}
 		applied = true
-		w.log.Debug("configuration applied", "position", full.GetPosition(), "snapshot", full.GetSnapshot(),
+		w.log.DebugContext(spanCtx, "configuration applied", "position", full.GetPosition(), "snapshot", full.GetSnapshot(),
 			"upserts", len(full.GetUpserts()), "removals", len(full.GetRemovals()))
+		w.tel.endUpdate(span, nil)
 		if w.dirty != nil {
 			select {
 			case w.dirty <- struct{}{}:
@@ -270,8 +293,8 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 }
 
 // nack refuses the response at position with cause, and returns the error that ends the session.
-func (w *watcher) nack(stream grpc.BidiStreamingClient[configv1.WatchRequest, configv1.WatchResponse], position uint64, cause error) error {
-	w.log.Error("refused a configuration response; keeping the last good configuration",
+func (w *watcher) nack(ctx context.Context, stream grpc.BidiStreamingClient[configv1.WatchRequest, configv1.WatchResponse], position uint64, cause error) error {
+	w.log.ErrorContext(ctx, "refused a configuration response; keeping the last good configuration",
 		"position", position, "error", cause, "serving_position", w.store.Load().Position())
 	if err := stream.Send(&configv1.WatchRequest{AckPosition: position, Error: cause.Error()}); err != nil {
 		w.log.Debug("could not send the refusal", "error", err)
