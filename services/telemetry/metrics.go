@@ -67,8 +67,19 @@ var HistogramSecondsBuckets = []float64{
 	0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 }
 
-// SetupMetrics builds the metric pipeline of the process serviceName at version (the resource is
-// the same as Setup's) and installs its provider as the global MeterProvider.
+// SetupMetrics builds the metric pipeline of the process serviceName at version with NewMetrics
+// and installs its provider as the global MeterProvider.
+func SetupMetrics(ctx context.Context, serviceName, version string) (*Metrics, error) {
+	m, err := NewMetrics(ctx, serviceName, version)
+	if err != nil {
+		return nil, err
+	}
+	otel.SetMeterProvider(m.Provider)
+	return m, nil
+}
+
+// NewMetrics builds the metric pipeline of the process serviceName at version (the resource is
+// the same as Setup's), without installing anything globally.
 //
 // Every instrument is exposed at Metrics.Handler in the Prometheus text format, with Prometheus
 // names: dots become underscores, the unit is appended ("s" -> _seconds) and counters end in
@@ -79,7 +90,7 @@ var HistogramSecondsBuckets = []float64{
 // the reader that autoexport.NewMetricReader makes from the OTEL_* environment (OTLP over
 // http/protobuf by default, every 60 s or OTEL_METRIC_EXPORT_INTERVAL);
 // OTEL_METRICS_EXPORTER=none adds none. Without them nothing connects anywhere.
-func SetupMetrics(ctx context.Context, serviceName, version string) (*Metrics, error) {
+func NewMetrics(ctx context.Context, serviceName, version string) (*Metrics, error) {
 	res, err := newResource(ctx, serviceName, version)
 	if err != nil {
 		return nil, err
@@ -105,7 +116,6 @@ func SetupMetrics(ctx context.Context, serviceName, version string) (*Metrics, e
 		opts = append(opts, sdkmetric.WithReader(push))
 	}
 	mp := sdkmetric.NewMeterProvider(opts...)
-	otel.SetMeterProvider(mp)
 	return &Metrics{
 		Provider: mp,
 		Handler:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}),

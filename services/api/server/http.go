@@ -58,9 +58,15 @@ func (s *Server) httpHandler(cfg Config) (http.Handler, error) {
 	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
 	mux.HandleFunc("GET /healthz", serveHealthz)
 	mux.HandleFunc("GET /readyz", s.serveReadyz)
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", cfg.Metrics)
+	}
 	for pattern, h := range cfg.ExtraHTTP {
 		if builtinPaths[pattern] {
 			return nil, fmt.Errorf("server: ExtraHTTP pattern %q collides with a built-in path", pattern)
+		}
+		if cfg.Metrics != nil && (pattern == "/metrics" || pattern == "GET /metrics") {
+			return nil, fmt.Errorf("server: ExtraHTTP pattern %q collides with Config.Metrics", pattern)
 		}
 		if err := handle(mux, pattern, h); err != nil {
 			return nil, err

@@ -3,7 +3,8 @@
 // authenticate bearer tokens and validate requests with protovalidate) and, on a second listener,
 // the REST gateway that calls that same gRPC server over a loopback connection, so that REST and
 // gRPC clients get the very same checks. The HTTP listener also serves /openapi.json, /healthz,
-// /readyz and any extra handlers (e.g. /metrics).
+// /readyz, the Prometheus metrics at /metrics (Config.Metrics; unauthenticated, like /healthz)
+// and any extra handlers.
 package server
 
 import (
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,8 @@ import (
 	"buf.build/go/protovalidate"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/metric"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -27,6 +31,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
 
 	"guestlist.dev/services/auth"
 )
@@ -80,6 +85,15 @@ type Config struct {
 	Logger *slog.Logger
 	// TracerProvider creates the gRPC and HTTP server spans; nil means the global provider.
 	TracerProvider trace.TracerProvider
+	// MeterProvider records the gRPC server's RPC metrics (otelgrpc: rpc.server.call.duration by
+	// service, method and status code; REST calls count too, as the gateway calls the gRPC
+	// server). Only the methods the server registers are measured, so that calls to made-up
+	// method names cannot grow the metrics. Nil means the global provider.
+	MeterProvider metric.MeterProvider
+	// Metrics, when set, is served at GET /metrics on the HTTP listener (e.g. telemetry.Metrics'
+	// Handler). Like /healthz it needs no token: it exposes operational counters only, whose
+	// labels carry no token, secret, tenant id or hostname.
+	Metrics http.Handler
 	// ExtraHTTP maps further patterns (http.ServeMux syntax, e.g. "/metrics" or "GET /metrics") to
 	// handlers on the HTTP listener. They must not collide with the built-in paths.
 	ExtraHTTP map[string]http.Handler
@@ -161,9 +175,20 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(cfg.TracerProvider))
 	}
+	// The server measures its registered methods only (known is filled in once they are
+	// registered, before anything is served). The gateway's loopback client records no metrics:
+	// the server's cover its calls.
+	known := map[string]bool{}
+	serverOpts := append(slices.Clip(otelOpts), otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool {
+		return known[info.FullMethodName]
+	}))
+	if cfg.MeterProvider != nil {
+		serverOpts = append(serverOpts, otelgrpc.WithMeterProvider(cfg.MeterProvider))
+	}
+	otelOpts = append(otelOpts, otelgrpc.WithMeterProvider(noopmetric.NewMeterProvider()))
 
 	s.grpc = grpc.NewServer(
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(serverOpts...)),
 		grpc.ChainUnaryInterceptor(s.recoverUnary, s.logUnary, s.authUnary, s.validateUnary),
 		grpc.ChainStreamInterceptor(s.recoverStream, s.logStream, s.authStream, s.validateStream, s.drainStream),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
@@ -190,6 +215,11 @@ func New(cfg Config) (*Server, error) {
 	for _, name := range names {
 		if _, ok := info[name]; !ok {
 			return nil, fmt.Errorf("server: service %s: RegisterGRPC did not register a service of that name", name)
+		}
+	}
+	for svc, si := range info {
+		for _, m := range si.Methods {
+			known["/"+svc+"/"+m.Name] = true
 		}
 	}
 
