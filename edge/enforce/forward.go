@@ -263,6 +263,8 @@ type certHeaders struct {
 	subject     []string
 	issuer      []string
 	notAfter    []string
+	// block is the same as header lines ("Client-Cert: ...\r\n..."), for the fast path.
+	block []byte
 }
 
 func newCertHeaders(d *decision.Decision) *certHeaders {
@@ -287,6 +289,37 @@ func newCertHeaders(d *decision.Decision) *certHeaders {
 		}
 		ch.intermed = []string{string(b)}
 	}
+	line := func(k string, v []string) {
+		ch.block = append(ch.block, k...)
+		ch.block = append(ch.block, ": "...)
+		ch.block = append(ch.block, v[0]...)
+		ch.block = append(ch.block, "\r\n"...)
+	}
+	line(hClientCert, ch.clientCert)
+	if ch.intermed != nil {
+		line(hClientCertChain, ch.intermed)
+	}
+	line(hCertFingerprint, ch.fingerprint)
+	line(hCertSerial, ch.serial)
+	line(hCertSubject, ch.subject)
+	line(hCertIssuer, ch.issuer)
+	line(hCertNotAfter, ch.notAfter)
+	return ch
+}
+
+// certHeadersFor returns the certificate headers of verified decision d, from the connection's
+// cache when they were derived from the same chain.
+func certHeadersFor(cs *connState, d *decision.Decision) *certHeaders {
+	var ch *certHeaders
+	if cs != nil {
+		ch = cs.hdr.Load()
+	}
+	if ch == nil || ch.chain0 != &d.Chain[0] || ch.chainLen != len(d.Chain) {
+		ch = newCertHeaders(d)
+		if cs != nil {
+			cs.hdr.Store(ch)
+		}
+	}
 	return ch
 }
 
@@ -307,16 +340,7 @@ func setDecisionHeaders(h http.Header, cs *connState, d *decision.Decision, id s
 	if !d.Cert.Verified || len(d.Chain) == 0 {
 		return
 	}
-	var ch *certHeaders
-	if cs != nil {
-		ch = cs.hdr.Load()
-	}
-	if ch == nil || ch.chain0 != &d.Chain[0] || ch.chainLen != len(d.Chain) {
-		ch = newCertHeaders(d)
-		if cs != nil {
-			cs.hdr.Store(ch)
-		}
-	}
+	ch := certHeadersFor(cs, d)
 	h[hClientCert] = ch.clientCert
 	if ch.intermed != nil {
 		h[hClientCertChain] = ch.intermed

@@ -64,17 +64,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rev := set.Position()
 	cs, _ := r.Context().Value(connKey{}).(*connState)
 
-	path := policyPath(r.URL.Path)
-	req := decision.Request{Host: r.Host, Method: r.Method, Path: path, Header: r.Header}
-	var d decision.Decision
-	if h.Mode() == configv1.MtlsMode_MTLS_MODE_OFF {
-		d = decision.Decide(h, nil, &req, now)
-	} else {
-		d = h.DecideVerified(s.verification(cs, h, r.TLS.PeerCertificates, now), &req, now)
-	}
-	id := decisionlog.NewID(now)
-	s.logDecision(now, id, h, rev, &d, r.Method, path)
-
+	req := decision.Request{Host: r.Host, Method: r.Method, Path: policyPath(r.URL.Path), Header: r.Header}
+	d, id := s.decideRequest(now, h, rev, cs, r.TLS.PeerCertificates, &req)
 	if d.Verdict == decision.Deny {
 		forbidden(w, d.Reason, id)
 		return
@@ -83,6 +74,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	setDecisionHeaders(r.Header, cs, &d, id, rev)
 	r.Host = name
 	s.origin(h.Config.GetOriginUrl()).ServeHTTP(w, r)
+}
+
+// decideRequest decides one request (HTTP/2, net/http's HTTP/1.x, or the fast HTTP/1.1 path) on
+// hostname configuration h at revision rev, from the connection's peer certificates, and writes
+// its decision log line.
+func (s *Server) decideRequest(now time.Time, h *decision.Hostname, rev uint64, cs *connState, peer []*x509.Certificate, req *decision.Request) (decision.Decision, string) {
+	var d decision.Decision
+	if h.Mode() == configv1.MtlsMode_MTLS_MODE_OFF {
+		d = decision.Decide(h, nil, req, now)
+	} else {
+		d = h.DecideVerified(s.verification(cs, h, peer, now), req, now)
+	}
+	id := decisionlog.NewID(now)
+	s.logDecision(now, id, h, rev, &d, req.Method, req.Path)
+	return d, id
 }
 
 // hostMatches reports whether the Host header host names hostname name (normalised): equal

@@ -72,6 +72,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
 )
@@ -104,6 +106,9 @@ type Config struct {
 	// proxy); nil means the lean proxy plus a transport tuned for the edge (see the package
 	// documentation).
 	Transport http.RoundTripper
+	// MeterProvider makes the edge's metrics (see metrics.go: decisions by stage, mode, verdict and
+	// reason; handshake failures by cause); nil means the global provider.
+	MeterProvider metric.MeterProvider
 }
 
 // Server is the edge's TLS server. Create it with New, run it with Serve.
@@ -153,6 +158,17 @@ type Server struct {
 	bufs      bufferPool
 
 	verified verifyCache
+	metrics  *metrics
+
+	// fast: HTTP/1.1 connections are served by the fast path (h1.go); false with
+	// Config.Transport, whose requests all go through net/http and ReverseProxy.
+	fast       bool
+	handoff    *handoffListener
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+	connsMu    sync.Mutex
+	conns      map[*h1Conn]struct{}
+	inShutdown atomic.Bool
 
 	served atomic.Bool
 }
@@ -186,6 +202,10 @@ func New(cfg Config) (*Server, error) {
 	if s.shutdown <= 0 {
 		s.shutdown = DefaultShutdownTimeout
 	}
+	var err error
+	if s.metrics, err = newMetrics(cfg.MeterProvider); err != nil {
+		return nil, fmt.Errorf("enforce: metrics: %w", err)
+	}
 	if s.transport == nil {
 		s.transport = NewTransport()
 	}
@@ -201,15 +221,21 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if hc, ok := c.(*handoffConn); ok {
+				return context.WithValue(ctx, connKey{}, hc.cs)
+			}
 			return context.WithValue(ctx, connKey{}, new(connState))
 		},
 	}
+	s.fast = cfg.Transport == nil
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("enforce: listen on %s: %w", cfg.Addr, err)
 	}
 	s.ln = ln
+	s.handoff = newHandoffListener(ln.Addr())
+	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	return s, nil
 }
 
@@ -224,26 +250,44 @@ func (s *Server) Serve(ctx context.Context) error {
 	if !s.served.CompareAndSwap(false, true) {
 		return errors.New("enforce: Serve called twice")
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- s.http.ServeTLS(s.ln, "", "") }()
+	defer s.cancelBase()
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- s.http.Serve(s.handoff) }() // HTTP/2 and handed-over connections
+	acceptErr := make(chan error, 1)
+	go func() { acceptErr <- s.acceptLoop() }()
 	sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(ctx))
 	sweepDone := make(chan struct{})
 	go func() { defer close(sweepDone); s.sweepOrigins(sweepCtx, 30*time.Second) }()
 	defer func() { stopSweep(); <-sweepDone }()
 	s.logger.Info("edge listening", "addr", s.ln.Addr().String(), "edge_id", s.edgeID)
+	var failed error
 	select {
-	case err := <-errc:
-		return fmt.Errorf("enforce: serve: %w", err)
+	case err := <-httpErr:
+		httpErr <- err
+		failed = fmt.Errorf("enforce: serve: %w", err)
+	case err := <-acceptErr:
+		acceptErr <- err
+		failed = fmt.Errorf("enforce: accept: %w", err)
 	case <-ctx.Done():
 	}
+	_ = s.ln.Close()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.shutdown)
 	defer cancel()
+	fastDone := make(chan error, 1)
+	go func() { fastDone <- s.shutdownFast(sctx) }()
 	if err := s.http.Shutdown(sctx); err != nil {
 		s.logger.Warn("edge shutdown timed out; closing the remaining connections", "timeout", s.shutdown, "error", err)
 		_ = s.http.Close()
 	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("enforce: serve: %w", err)
+	_ = <-fastDone
+	if err := <-acceptErr; err != nil && failed == nil {
+		failed = fmt.Errorf("enforce: accept: %w", err)
+	}
+	if err := <-httpErr; err != nil && !errors.Is(err, http.ErrServerClosed) && failed == nil {
+		failed = fmt.Errorf("enforce: serve: %w", err)
+	}
+	if failed != nil {
+		return failed
 	}
 	if t, ok := s.transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
@@ -260,6 +304,9 @@ func (s *Server) Close() error {
 	if !s.served.Load() {
 		return s.ln.Close()
 	}
+	_ = s.ln.Close()
+	s.cancelBase()
+	s.closeFast()
 	return s.http.Close()
 }
 

@@ -1,0 +1,438 @@
+package enforce
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"guestlist.dev/edge/decision"
+	"guestlist.dev/edge/dnsname"
+)
+
+// The fast HTTP/1.1 path. Connections that negotiated http/1.1 (or no ALPN protocol) are served
+// here rather than by net/http: one goroutine per connection, a reused read and write buffer,
+// requests parsed in place (h1parse.go) into a reused structure, decided on the current
+// configuration like ServeHTTP (a change applies to the next request of an open connection),
+// written to a pooled origin connection of the lean proxy (lean.go) with the headers that do not
+// change during a connection prepared once, and the response streamed back with one write to the
+// client for a small response. There is no background read per request: a client that goes away
+// while the origin is slow is noticed by a read started only when the origin has not answered
+// within h1WatchDelay.
+//
+// A request outside the parser's subset, or with a body longer than h1MaxBody, is not refused
+// here: the connection, with every byte read of that request, is handed over to net/http for the
+// rest of its life (handoff), where ServeHTTP serves it as before. So every request the edge
+// accepts is one net/http accepts, and what the fast path does not do itself (chunked and large
+// bodies, Expect: 100-continue, Upgrade, HTTP/1.0, absolute-form targets, CONNECT) works as it
+// always did.
+
+const (
+	h1ReadBuf  = 8 << 10  // the connection's read buffer: the largest request head of the fast path
+	h1WriteBuf = 8 << 10  // the connection's write buffer
+	h1MaxBody  = 64 << 10 // the largest request body the fast path forwards
+	// h1WatchDelay is how long an origin may take before the connection starts watching for the
+	// client going away (so that the origin exchange is aborted, as net/http's background read
+	// cancels the request context).
+	h1WatchDelay = 50 * time.Millisecond
+	// h1DeadlineSlack: the idle read deadline is pushed forward only when it was set longer ago
+	// than this, so that most requests set no deadline.
+	h1DeadlineSlack = time.Second
+)
+
+// aLongTimeAgo is a deadline in the past, to interrupt a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Connection states, for graceful shutdown.
+const (
+	h1Active int32 = iota
+	h1Idle
+	h1Closed
+)
+
+// h1Conn is one client connection on the fast path.
+type h1Conn struct {
+	s    *Server
+	tc   *tls.Conn
+	br   *bufio.Reader // reads through c (the watcher's byte first)
+	bw   *bufio.Writer
+	cs   *connState
+	peer []*x509.Certificate
+	name string // the normalised SNI hostname
+	// fwd is "Host: <name>\r\n" and the X-Forwarded-* lines, the same for every request.
+	fwd []byte
+
+	req      h1Request
+	bodyLeft int64 // bytes of the request body not read yet
+	lastPost bool // the previous request was a POST (net/http then skips up to 4 CR/LF bytes)
+	scratch  []byte
+
+	deadlineSet time.Time // when the idle read deadline was last pushed forward
+	dateSec     int64
+	date        []byte
+
+	state atomic.Int32
+
+	// The watcher (see watch).
+	watchTimer *time.Timer
+	watchMu    sync.Mutex
+	watchStop  bool // the exchange ended: the watcher must not start reading
+	watchRead  bool // the watcher is in (or about to start) its read
+	watchDone  chan struct{}
+	pending    [1]byte
+	hasPending bool
+	clientGone atomic.Bool
+	inflight   atomic.Pointer[leanConn] // the origin connection of the exchange in flight
+}
+
+// Read reads from the client: the byte the watcher read, if any, then the TLS connection.
+func (c *h1Conn) Read(p []byte) (int, error) {
+	if c.hasPending && len(p) > 0 {
+		c.hasPending = false
+		p[0] = c.pending[0]
+		return 1, nil
+	}
+	return c.tc.Read(p)
+}
+
+var _ io.Reader = (*h1Conn)(nil)
+
+// serveH1 serves a handshaken connection that negotiated HTTP/1.1 until it closes, fails, or is
+// handed over to net/http.
+func (s *Server) serveH1(tc *tls.Conn, st *tls.ConnectionState) {
+	c := &h1Conn{s: s, tc: tc, cs: new(connState), peer: st.PeerCertificates, watchDone: make(chan struct{}, 1)}
+	c.br = bufio.NewReaderSize(c, h1ReadBuf)
+	c.bw = bufio.NewWriterSize(tc, h1WriteBuf)
+	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
+	c.watchTimer.Stop()
+	if !s.track(c, true) {
+		tc.Close()
+		return
+	}
+	handedOver := false
+	defer func() {
+		s.track(c, false)
+		c.watchTimer.Stop()
+		if !handedOver {
+			c.tc.Close()
+		}
+	}()
+	name, ok := dnsname.NormalizeSNI(st.ServerName)
+	if !ok {
+		// getConfigForClient refused such a handshake; nothing to serve.
+		return
+	}
+	c.name = name
+	c.fwd = append(c.fwd, "Host: "...)
+	c.fwd = append(c.fwd, name...)
+	c.fwd = append(c.fwd, "\r\n"...)
+	if ip, _, err := net.SplitHostPort(tc.RemoteAddr().String()); err == nil {
+		c.fwd = append(c.fwd, "X-Forwarded-For: "...)
+		c.fwd = append(c.fwd, ip...)
+		c.fwd = append(c.fwd, "\r\n"...)
+	}
+	c.fwd = append(c.fwd, "X-Forwarded-Host: "...)
+	c.fwd = append(c.fwd, name...)
+	c.fwd = append(c.fwd, "\r\nX-Forwarded-Proto: https\r\n"...)
+
+	for {
+		res := c.readHead()
+		switch res {
+		case parseNeedMore: // the client went away, or timed out
+			return
+		case parseHandoff:
+			handedOver = s.handOver(c)
+			return
+		}
+		switch c.serveRequest() {
+		case h1Close:
+			return
+		case h1Handoff:
+			handedOver = s.handOver(c)
+			return
+		}
+		if s.inShutdown.Load() {
+			return
+		}
+	}
+}
+
+// readHead waits for the next request head, growing the deadline as net/http's IdleTimeout and
+// ReadHeaderTimeout would. parseOK means c.req holds it; parseNeedMore that the connection is
+// done (closed by the client, timed out, shut down).
+func (c *h1Conn) readHead() parseResult {
+	now := time.Now()
+	if now.Sub(c.deadlineSet) > h1DeadlineSlack {
+		_ = c.tc.SetReadDeadline(now.Add(c.s.http.IdleTimeout))
+		c.deadlineSet = now
+	}
+	if c.br.Buffered() == 0 {
+		c.state.Store(h1Idle)
+		if c.s.inShutdown.Load() {
+			return parseNeedMore
+		}
+		if _, err := c.br.Peek(1); err != nil {
+			return parseNeedMore
+		}
+		if !c.state.CompareAndSwap(h1Idle, h1Active) {
+			return parseNeedMore // closed by a shutdown
+		}
+	} else {
+		c.state.Store(h1Active)
+	}
+	if c.lastPost {
+		// net/http skips up to 4 CR or LF bytes that some clients send after a POST body.
+		c.lastPost = false
+		peek, _ := c.br.Peek(min(4, c.br.Buffered()))
+		n := 0
+		for n < len(peek) && (peek[n] == '\r' || peek[n] == '\n') {
+			n++
+		}
+		_, _ = c.br.Discard(n)
+		if c.br.Buffered() == 0 {
+			return c.readHead()
+		}
+	}
+	tightened := false
+	for {
+		b, _ := c.br.Peek(c.br.Buffered())
+		res := parseRequest(b, &c.req, len(b) == c.br.Size())
+		if res != parseNeedMore {
+			return res
+		}
+		if !tightened {
+			// The head did not come in one piece: from here on, ReadHeaderTimeout.
+			tightened = true
+			_ = c.tc.SetReadDeadline(time.Now().Add(c.s.http.ReadHeaderTimeout))
+			c.deadlineSet = time.Time{}
+		}
+		if _, err := c.br.Peek(len(b) + 1); err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return parseHandoff
+			}
+			return parseNeedMore
+		}
+	}
+}
+
+// methodString returns m as a string, without allocating for the usual methods.
+func methodString(m []byte) string {
+	switch string(m) {
+	case "GET":
+		return http.MethodGet
+	case "HEAD":
+		return http.MethodHead
+	case "POST":
+		return http.MethodPost
+	case "PUT":
+		return http.MethodPut
+	case "PATCH":
+		return http.MethodPatch
+	case "DELETE":
+		return http.MethodDelete
+	case "OPTIONS":
+		return http.MethodOptions
+	}
+	return string(m)
+}
+
+// h1Next says how a connection goes on after a request.
+type h1Next int
+
+const (
+	h1Keep    h1Next = iota // serve the next request
+	h1Close                 // close the connection
+	h1Handoff               // hand the connection, from this request on, over to net/http
+)
+
+func keepIf(ok bool) h1Next {
+	if ok {
+		return h1Keep
+	}
+	return h1Close
+}
+
+// serveRequest decides and answers the request in c.req (a parsed head, still in the read
+// buffer).
+func (c *h1Conn) serveRequest() h1Next {
+	s, req := c.s, &c.req
+	c.bodyLeft = req.contentLength
+	if req.contentLength > h1MaxBody || string(req.method) == http.MethodConnect {
+		return h1Handoff // net/http streams large bodies and refuses CONNECT
+	}
+	now := s.now()
+	method := methodString(req.method)
+	c.lastPost = method == http.MethodPost
+
+	if !hostMatchesBytes(req.host, c.name) {
+		return c.answer(http.StatusMisdirectedRequest, misdirectedBody, "", req.close)
+	}
+	set := s.configs.Load()
+	h, ok := set.Lookup(c.name)
+	if !ok || !h.Active() {
+		return c.answer(http.StatusMisdirectedRequest, misdirectedBody, "", true)
+	}
+	rev := set.Position()
+
+	var rawPath string
+	if indexPercent(req.path) {
+		p, err := url.PathUnescape(string(req.path))
+		if err != nil {
+			return h1Handoff // cannot happen for the subset; net/http decides
+		}
+		rawPath = p
+	} else {
+		rawPath = string(req.path)
+	}
+	dreq := decision.Request{Host: string(req.host), Method: method, Path: policyPath(rawPath)}
+	if h.Config.GetPolicy() != nil {
+		dreq.Header = req.header()
+	}
+	d, id := s.decideRequest(now, h, rev, c.cs, c.peer, &dreq)
+	if d.Verdict == decision.Deny {
+		return c.answer(http.StatusForbidden, forbiddenBody(d.Reason, id), id, req.close)
+	}
+	o := s.origin(h.Config.GetOriginUrl())
+	if o.err != nil || o.lean == nil {
+		return c.answer(http.StatusBadGateway, badGatewayBody, "", req.close)
+	}
+	return c.forward(o.lean, &d, id, rev, method)
+}
+
+// header returns the request's headers as net/http would deliver them to a handler (canonical
+// keys, Host removed, Pragma: no-cache completed with Cache-Control), for a policy that looks at
+// request.headers.
+func (r *h1Request) header() http.Header {
+	h := make(http.Header, len(r.fields))
+	var key []byte
+	for i := range r.fields {
+		f := &r.fields[i]
+		if asciiEqualFold(f.name, "Host") {
+			continue
+		}
+		key = appendCanonicalKey(key[:0], f.name)
+		k := string(key)
+		h[k] = append(h[k], string(f.value))
+	}
+	if r.pragmaNoCache {
+		h["Cache-Control"] = []string{"no-cache"}
+	}
+	return h
+}
+
+func indexPercent(b []byte) bool {
+	for _, c := range b {
+		if c == '%' {
+			return true
+		}
+	}
+	return false
+}
+
+// hostMatchesBytes is hostMatches for a Host value in the read buffer (of the parser's subset).
+func hostMatchesBytes(host []byte, name string) bool {
+	if i := lastIndexByte(host, ':'); i >= 0 {
+		host = host[:i] // the parser allowed only digits after it
+	}
+	if n := len(host); n > 0 && host[n-1] == '.' {
+		host = host[:n-1]
+	}
+	return asciiEqualFold(host, name)
+}
+
+func lastIndexByte(b []byte, c byte) int {
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// consume drops the request head from the read buffer (the head's slices are invalid after the
+// next read).
+func (c *h1Conn) consume() {
+	_, _ = c.br.Discard(c.req.headLen)
+	c.req.headLen = 0
+}
+
+// discardBody consumes the request head and what is left of its body without forwarding them.
+func (c *h1Conn) discardBody() bool {
+	c.consume()
+	if n := c.bodyLeft; n > 0 {
+		c.bodyLeft = 0
+		if _, err := c.br.Discard(int(n)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// The bodies of the edge's own answers.
+var (
+	misdirectedBody = []byte(`{"error":"misdirected_request","message":"this connection does not serve the requested hostname; open a new connection with that server name"}` + "\n")
+	badGatewayBody  = []byte(`{"error":"bad_gateway","message":"the origin could not be reached"}` + "\n")
+)
+
+func forbiddenBody(reason, id string) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, `{"error":"forbidden","reason":`...)
+	b = strconv.AppendQuote(b, reason)
+	b = append(b, `,"decision_id":`...)
+	b = strconv.AppendQuote(b, id)
+	return append(b, "}\n"...)
+}
+
+// appendDate appends a Date header line for now, formatted once a second.
+func (c *h1Conn) appendDate(b []byte, now time.Time) []byte {
+	if sec := now.Unix(); sec != c.dateSec || c.date == nil {
+		c.dateSec = sec
+		c.date = now.UTC().AppendFormat(c.date[:0], http.TimeFormat)
+	}
+	b = append(b, "Date: "...)
+	b = append(b, c.date...)
+	return append(b, "\r\n"...)
+}
+
+func appendStatusLine(b []byte, code int) []byte {
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, ' ')
+	return append(b, http.StatusText(code)...)
+}
+
+// answer writes one of the edge's own JSON answers, consuming the request head and body.
+func (c *h1Conn) answer(code int, body []byte, decisionID string, closeConn bool) h1Next {
+	isHead := string(c.req.method) == http.MethodHead
+	if !c.discardBody() {
+		return h1Close
+	}
+	b := appendStatusLine(c.scratch[:0], code)
+	b = append(b, "\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"...)
+	if decisionID != "" {
+		b = append(b, "X-Guestlist-Decision-Id: "...)
+		b = append(b, decisionID...)
+		b = append(b, "\r\n"...)
+	}
+	b = c.appendDate(b, time.Now())
+	b = append(b, "Content-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	if closeConn {
+		b = append(b, "\r\nConnection: close"...)
+	}
+	b = append(b, "\r\n\r\n"...)
+	c.scratch = b
+	_, _ = c.bw.Write(b)
+	if !isHead {
+		_, _ = c.bw.Write(body)
+	}
+	return keepIf(c.bw.Flush() == nil && !closeConn)
+}

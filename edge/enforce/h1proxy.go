@@ -1,0 +1,678 @@
+package enforce
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"guestlist.dev/edge/decision"
+)
+
+// The origin side of the fast path: the request goes to a pooled connection of the lean proxy
+// (same pool, same hygiene: quiet check of idle connections, one retry of an idempotent bodyless
+// request on a stale one), the response head is parsed in place and written to the client with
+// hop-by-hop headers removed, and the body is copied (Content-Length), re-chunked (chunked, with
+// its trailers; or read to the close), flushing whenever the origin has nothing more buffered so
+// that bodies stream.
+
+// h1MaxResponseFields bounds the header lines of an origin's response head.
+const h1MaxResponseFields = 256
+
+// errClientGone: the client closed its connection during the exchange.
+var errClientGone = errors.New("enforce: the client went away")
+
+// h1Response is a parsed origin response head; its slices point into the origin connection's
+// read buffer.
+type h1Response struct {
+	code          int
+	reason        []byte
+	http10        bool
+	contentLength int64
+	hasLength     bool
+	chunked       bool
+	close         bool
+	hasDate       bool
+	fields        []hdrField
+	headLen       int
+}
+
+// forward sends the request in c.req to the origin of pool p and streams the answer back.
+func (c *h1Conn) forward(p *leanPool, d *decision.Decision, id string, rev uint64, method string) h1Next {
+	for attempt := 0; ; attempt++ {
+		var oc *leanConn
+		var reused bool
+		var err error
+		if attempt == 0 {
+			oc, reused, err = p.get(context.Background())
+		} else {
+			oc, err = p.dial(context.Background())
+		}
+		if err != nil {
+			c.s.logger.Warn("origin unreachable", "origin", p.addr, "hostname", c.name, "error", fmt.Errorf("connect: %w", err))
+			return c.answer(http.StatusBadGateway, badGatewayBody, "", c.req.close)
+		}
+		next, retry, err := c.exchange(p, oc, d, id, rev, method)
+		if err == nil {
+			return next
+		}
+		if c.clientGone.Load() || errors.Is(err, errClientGone) {
+			c.s.logger.Debug("client went away while forwarding", "origin", p.addr, "error", err)
+			return h1Close
+		}
+		if retry && reused && attempt == 0 && idempotent(method) && c.req.contentLength == 0 {
+			continue
+		}
+		c.s.logger.Warn("origin unreachable", "origin", p.addr, "hostname", c.name, "error", err)
+		return c.answer(http.StatusBadGateway, badGatewayBody, "", c.req.close || c.bodyLeft > 0)
+	}
+}
+
+// appendTarget appends the origin-form target for pool p: the origin URL's path joined with the
+// request's path, and the queries joined, as lean.go's requestTarget does.
+func (c *h1Conn) appendTarget(b []byte, p *leanPool) []byte {
+	req := &c.req
+	path := req.path
+	if p.prefix == "" {
+		b = append(b, path...)
+	} else {
+		pre := p.prefix
+		switch {
+		case pre[len(pre)-1] == '/' && path[0] == '/':
+			b = append(append(b, pre...), path[1:]...)
+		default:
+			b = append(append(b, pre...), path...)
+		}
+	}
+	switch {
+	case p.query != "" && len(req.query) > 0:
+		b = append(b, '?')
+		b = append(b, p.query...)
+		b = append(b, '&')
+		b = append(b, req.query...)
+	case p.query != "":
+		b = append(b, '?')
+		b = append(b, p.query...)
+	case req.hasQuery:
+		b = append(b, '?')
+		b = append(b, req.query...)
+	}
+	return b
+}
+
+// appendRequestHead appends the request head for the origin.
+func (c *h1Conn) appendRequestHead(b []byte, p *leanPool, d *decision.Decision, id string, rev uint64, method string) []byte {
+	req := &c.req
+	b = append(b, req.method...)
+	b = append(b, ' ')
+	b = c.appendTarget(b, p)
+	b = append(b, " HTTP/1.1\r\n"...)
+	b = append(b, c.fwd...) // Host, X-Forwarded-*
+	for i := range req.fields {
+		f := &req.fields[i]
+		if f.drop {
+			continue
+		}
+		b = appendCanonicalKey(b, f.name)
+		b = append(b, ": "...)
+		b = append(b, f.value...)
+		b = append(b, "\r\n"...)
+	}
+	if req.teTrailers {
+		b = append(b, "Te: trailers\r\n"...)
+	}
+	if req.pragmaNoCache {
+		b = append(b, "Cache-Control: no-cache\r\n"...)
+	}
+	b = appendDecisionHeaders(b, c.cs, d, id, rev)
+	switch {
+	case req.contentLength > 0:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, req.contentLength, 10)
+		b = append(b, "\r\n"...)
+	case method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch:
+		b = append(b, "Content-Length: 0\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+// appendDecisionHeaders appends the headers setDecisionHeaders sets, as header lines.
+func appendDecisionHeaders(b []byte, cs *connState, d *decision.Decision, id string, rev uint64) []byte {
+	if d.Verdict == decision.ReportDeny {
+		b = append(b, "X-Guestlist-Decision: report_deny\r\n"...)
+	} else {
+		b = append(b, "X-Guestlist-Decision: allow\r\n"...)
+	}
+	b = append(b, "X-Guestlist-Decision-Id: "...)
+	b = append(b, id...)
+	b = append(b, "\r\nX-Guestlist-Config-Revision: "...)
+	b = strconv.AppendUint(b, rev, 10)
+	b = append(b, "\r\nX-Client-Cert-Present: "...)
+	b = strconv.AppendBool(b, d.Cert.Presented)
+	b = append(b, "\r\nX-Client-Cert-Verified: "...)
+	b = strconv.AppendBool(b, d.Cert.Verified)
+	b = append(b, "\r\n"...)
+	if d.Cert.Error != "" {
+		b = append(b, "X-Client-Cert-Error: "...)
+		b = append(b, d.Cert.Error...)
+		b = append(b, "\r\n"...)
+	}
+	if !d.Cert.Verified || len(d.Chain) == 0 {
+		return b
+	}
+	return append(b, certHeadersFor(cs, d).block...)
+}
+
+// exchange sends the request on oc and streams the response to the client. It gives oc back to
+// the pool or closes it. A non-nil error means nothing was written to the client; retry says
+// that the origin closed the connection before sending any of a response (a stale pooled
+// connection). After the response head went out, a failure closes the client connection
+// (h1Close, nil), so that a truncated body is never taken for a complete one.
+func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id string, rev uint64, method string) (next h1Next, retry bool, err error) {
+	keep := false
+	defer func() {
+		c.disarmWatch()
+		if keep {
+			p.put(oc)
+		} else {
+			oc.conn.Close()
+		}
+	}()
+
+	c.scratch = c.appendRequestHead(c.scratch[:0], p, d, id, rev, method)
+	_, _ = oc.bw.Write(c.scratch)
+	if c.bodyLeft > 0 {
+		c.consume()
+		for c.bodyLeft > 0 {
+			if c.br.Buffered() == 0 {
+				if _, err := c.br.Peek(1); err != nil {
+					return h1Close, false, fmt.Errorf("%w: reading the request body: %v", errClientGone, err)
+				}
+			}
+			n := min(int64(c.br.Buffered()), c.bodyLeft)
+			b, _ := c.br.Peek(int(n))
+			if _, err := oc.bw.Write(b); err != nil {
+				return h1Close, false, fmt.Errorf("write request body: %w", err)
+			}
+			_, _ = c.br.Discard(int(n))
+			c.bodyLeft -= n
+		}
+	}
+	if err := oc.bw.Flush(); err != nil {
+		return h1Close, isClosedConn(err) && c.req.contentLength == 0, fmt.Errorf("write request: %w", err)
+	}
+	c.armWatch(oc)
+
+	var resp h1Response
+	isHead := method == http.MethodHead
+	for {
+		if _, err := oc.br.Peek(1); err != nil {
+			return h1Close, isClosedConn(err) || errors.Is(err, io.EOF), errOriginClosedOr(err)
+		}
+		if err := c.readResponseHead(oc.br, &resp); err != nil {
+			return h1Close, false, err
+		}
+		if resp.code >= 200 {
+			break
+		}
+		if resp.code == http.StatusSwitchingProtocols {
+			return h1Close, false, errors.New("the origin switched protocols without being asked to")
+		}
+		_, _ = oc.br.Discard(resp.headLen) // 1xx informational responses are not forwarded
+	}
+	if c.req.headLen > 0 {
+		c.consume() // a bodyless request: its head was kept for a retry until now
+	}
+
+	noBody := isHead || resp.code == http.StatusNoContent || resp.code == http.StatusNotModified
+	closeDelimited := !noBody && !resp.chunked && !resp.hasLength
+	closeClient := c.req.close || c.s.inShutdown.Load()
+	b := c.scratch[:0]
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(resp.code), 10)
+	b = append(b, ' ')
+	b = append(b, resp.reason...)
+	b = append(b, "\r\n"...)
+	for i := range resp.fields {
+		f := &resp.fields[i]
+		if f.drop {
+			continue
+		}
+		b = appendCanonicalKey(b, f.name)
+		b = append(b, ": "...)
+		b = append(b, f.value...)
+		b = append(b, "\r\n"...)
+	}
+	switch {
+	case resp.chunked && !noBody, closeDelimited:
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+	case resp.hasLength && resp.code != http.StatusNoContent:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, resp.contentLength, 10)
+		b = append(b, "\r\n"...)
+	}
+	if !resp.hasDate {
+		b = c.appendDate(b, time.Now())
+	}
+	if closeClient {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	c.scratch = b
+	_, _ = c.bw.Write(b)
+	_, _ = oc.br.Discard(resp.headLen)
+
+	var copyErr error
+	switch {
+	case noBody:
+	case resp.chunked:
+		copyErr = c.copyChunked(oc.br)
+	case resp.hasLength:
+		copyErr = c.copyLength(oc.br, resp.contentLength)
+	default:
+		copyErr = c.copyToClose(oc.br)
+	}
+	if copyErr != nil {
+		c.s.logger.Debug("forwarding the response body failed", "origin", p.addr, "error", copyErr)
+		return h1Close, false, nil
+	}
+	if err := c.bw.Flush(); err != nil {
+		return h1Close, false, nil
+	}
+	keep = !resp.close && !resp.http10 && !closeDelimited && oc.br.Buffered() == 0 && !c.clientGone.Load()
+	return keepIf(!closeClient), false, nil
+}
+
+// readResponseHead parses the response head at the start of br into resp, reading more as
+// needed. A head outside what the edge accepts from an origin is an error (a 502).
+func (c *h1Conn) readResponseHead(br *bufio.Reader, resp *h1Response) error {
+	for {
+		b, _ := br.Peek(br.Buffered())
+		switch parseResponse(b, resp, len(b) == br.Size()) {
+		case parseOK:
+			return nil
+		case parseHandoff:
+			return errors.New("read response: malformed response head")
+		}
+		if _, err := br.Peek(len(b) + 1); err != nil {
+			return fmt.Errorf("read response: %w", err)
+		}
+	}
+}
+
+// responseLine returns the line at the start of b, ending in LF or CRLF (origins may end lines
+// with a bare LF, as net/http's client accepts).
+func responseLine(b []byte, full bool) (line, rest []byte, res parseResult) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		if full {
+			return nil, nil, parseHandoff
+		}
+		return nil, nil, parseNeedMore
+	}
+	line = b[:i]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	return line, b[i+1:], parseOK
+}
+
+// parseResponse parses an origin's response head. parseHandoff here means malformed.
+func parseResponse(b []byte, resp *h1Response, full bool) parseResult {
+	fields := resp.fields[:0]
+	*resp = h1Response{fields: fields, contentLength: -1}
+	line, rest, res := responseLine(b, full)
+	if res != parseOK {
+		return res
+	}
+	switch {
+	case bytes.HasPrefix(line, []byte("HTTP/1.1 ")):
+	case bytes.HasPrefix(line, []byte("HTTP/1.0 ")):
+		resp.http10 = true
+	default:
+		return parseHandoff
+	}
+	line = line[len("HTTP/1.1 "):]
+	if len(line) < 3 || (len(line) > 3 && line[3] != ' ') {
+		return parseHandoff
+	}
+	code := 0
+	for _, ch := range line[:3] {
+		if ch < '0' || ch > '9' {
+			return parseHandoff
+		}
+		code = code*10 + int(ch-'0')
+	}
+	if code < 100 {
+		return parseHandoff
+	}
+	resp.code = code
+	if len(line) > 4 {
+		resp.reason = line[4:]
+		for _, ch := range resp.reason {
+			if !valueTable[ch] {
+				return parseHandoff
+			}
+		}
+	}
+	off := len(b) - len(rest)
+	te := 0
+	for {
+		line, rest, res = responseLine(b[off:], full)
+		if res != parseOK {
+			return res
+		}
+		off = len(b) - len(rest)
+		if len(line) == 0 {
+			break
+		}
+		if len(resp.fields) == h1MaxResponseFields {
+			return parseHandoff
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return parseHandoff
+		}
+		name := line[:colon]
+		for _, ch := range name {
+			if !tcharTable[ch] {
+				return parseHandoff
+			}
+		}
+		value := line[colon+1:]
+		for _, ch := range value {
+			if !valueTable[ch] {
+				return parseHandoff
+			}
+		}
+		value = trimOWS(value)
+		f := hdrField{name: name, value: value, drop: isHopByHop(name)}
+		switch {
+		case asciiEqualFold(name, "Content-Length"):
+			n, ok := parseLength(value)
+			if !ok || (resp.hasLength && n != resp.contentLength) {
+				return parseHandoff
+			}
+			resp.contentLength, resp.hasLength = n, true
+			f.drop = true
+		case asciiEqualFold(name, "Transfer-Encoding"):
+			te++
+			if te > 1 || !asciiEqualFold(value, "chunked") {
+				return parseHandoff
+			}
+			resp.chunked = true
+		case asciiEqualFold(name, "Connection"):
+			if hasToken(value, "close") {
+				resp.close = true
+			}
+		case asciiEqualFold(name, "Date"):
+			resp.hasDate = true
+		}
+		resp.fields = append(resp.fields, f)
+	}
+	if resp.chunked && resp.hasLength {
+		return parseHandoff // both framings: a smuggling attempt or a broken origin
+	}
+	if resp.chunked {
+		// Trailer announces the trailers of a chunked body, which are forwarded.
+		for i := range resp.fields {
+			if asciiEqualFold(resp.fields[i].name, "Trailer") {
+				resp.fields[i].drop = false
+			}
+		}
+	}
+	for i := range resp.fields {
+		f := &resp.fields[i]
+		if !asciiEqualFold(f.name, "Connection") {
+			continue
+		}
+		for tok := range tokens(f.value) {
+			for j := range resp.fields {
+				if asciiEqualFold(resp.fields[j].name, tok) {
+					resp.fields[j].drop = true
+				}
+			}
+		}
+	}
+	resp.headLen = off
+	return parseOK
+}
+
+// copyLength copies n body bytes from the origin to the client, flushing before waiting for
+// the origin.
+func (c *h1Conn) copyLength(br *bufio.Reader, n int64) error {
+	for n > 0 {
+		if br.Buffered() == 0 {
+			if err := c.bw.Flush(); err != nil {
+				return err
+			}
+			if _, err := br.Peek(1); err != nil {
+				return fmt.Errorf("read response body: %w", noEOF(err))
+			}
+		}
+		k := min(int64(br.Buffered()), n)
+		b, _ := br.Peek(int(k))
+		if _, err := c.bw.Write(b); err != nil {
+			return err
+		}
+		_, _ = br.Discard(int(k))
+		n -= k
+	}
+	return nil
+}
+
+// copyToClose copies the origin's body up to its close, chunked to the client.
+func (c *h1Conn) copyToClose(br *bufio.Reader) error {
+	for {
+		if br.Buffered() == 0 {
+			if err := c.bw.Flush(); err != nil {
+				return err
+			}
+			if _, err := br.Peek(1); err != nil {
+				if errors.Is(err, io.EOF) {
+					_, err := c.bw.WriteString("0\r\n\r\n")
+					return err
+				}
+				return fmt.Errorf("read response body: %w", err)
+			}
+		}
+		n := br.Buffered()
+		b, _ := br.Peek(n)
+		c.writeChunk(b)
+		_, _ = br.Discard(n)
+	}
+}
+
+func (c *h1Conn) writeChunk(b []byte) {
+	var hex [16]byte
+	_, _ = c.bw.Write(strconv.AppendInt(hex[:0], int64(len(b)), 16))
+	_, _ = c.bw.WriteString("\r\n")
+	_, _ = c.bw.Write(b)
+	_, _ = c.bw.WriteString("\r\n")
+}
+
+// copyChunked decodes the origin's chunked body and writes it chunked to the client, with the
+// trailers.
+func (c *h1Conn) copyChunked(br *bufio.Reader) error {
+	for {
+		line, err := c.readChunkLine(br)
+		if err != nil {
+			return err
+		}
+		size, ok := parseChunkSize(line)
+		if !ok {
+			return errors.New("read response body: malformed chunk size")
+		}
+		if size == 0 {
+			break
+		}
+		var hex [16]byte
+		_, _ = c.bw.Write(strconv.AppendInt(hex[:0], size, 16))
+		_, _ = c.bw.WriteString("\r\n")
+		if err := c.copyLength(br, size); err != nil {
+			return err
+		}
+		_, _ = c.bw.WriteString("\r\n")
+		crlf, err := c.readChunkLine(br)
+		if err != nil {
+			return err
+		}
+		if len(crlf) != 0 {
+			return errors.New("read response body: chunk data longer than its size")
+		}
+	}
+	_, _ = c.bw.WriteString("0\r\n")
+	for n := 0; ; n++ {
+		line, err := c.readChunkLine(br)
+		if err != nil {
+			return err
+		}
+		if len(line) == 0 {
+			break
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || n >= h1MaxResponseFields {
+			return errors.New("read response body: malformed trailer")
+		}
+		name, value := line[:colon], line[colon+1:]
+		for _, ch := range name {
+			if !tcharTable[ch] {
+				return errors.New("read response body: malformed trailer")
+			}
+		}
+		for _, ch := range value {
+			if !valueTable[ch] {
+				return errors.New("read response body: malformed trailer")
+			}
+		}
+		if isHopByHop(name) || asciiEqualFold(name, "Content-Length") || asciiEqualFold(name, "Host") {
+			continue
+		}
+		b := appendCanonicalKey(c.scratch[:0], name)
+		b = append(b, ": "...)
+		b = append(b, trimOWS(value)...)
+		b = append(b, "\r\n"...)
+		c.scratch = b
+		_, _ = c.bw.Write(b)
+	}
+	_, err := c.bw.WriteString("\r\n")
+	return err
+}
+
+// readChunkLine reads a CRLF-terminated line of a chunked body (without the CRLF), flushing what
+// the client is owed first when it has to wait for the origin.
+func (c *h1Conn) readChunkLine(br *bufio.Reader) ([]byte, error) {
+	if b, _ := br.Peek(br.Buffered()); bytes.IndexByte(b, '\n') < 0 {
+		if err := c.bw.Flush(); err != nil {
+			return nil, err
+		}
+	}
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return nil, fmt.Errorf("read response body: %w", noEOF(err))
+	}
+	if len(line) < 2 || line[len(line)-2] != '\r' {
+		return nil, errors.New("read response body: chunk line without CRLF")
+	}
+	return line[:len(line)-2], nil
+}
+
+// parseChunkSize parses "hex[;extensions]".
+func parseChunkSize(line []byte) (int64, bool) {
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		for _, ch := range line[i:] {
+			if !valueTable[ch] {
+				return 0, false
+			}
+		}
+		line = trimOWS(line[:i])
+	}
+	if len(line) == 0 || len(line) > 15 {
+		return 0, false
+	}
+	var n int64
+	for _, ch := range line {
+		var v byte
+		switch {
+		case '0' <= ch && ch <= '9':
+			v = ch - '0'
+		case 'a' <= ch && ch <= 'f':
+			v = ch - 'a' + 10
+		case 'A' <= ch && ch <= 'F':
+			v = ch - 'A' + 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | int64(v)
+	}
+	return n, true
+}
+
+func noEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// armWatch starts the watch timer for an exchange on oc.
+func (c *h1Conn) armWatch(oc *leanConn) {
+	c.inflight.Store(oc)
+	c.watchMu.Lock()
+	c.watchStop = false
+	c.watchMu.Unlock()
+	c.watchTimer.Reset(h1WatchDelay)
+}
+
+// disarmWatch ends the watch of an exchange: the timer is stopped, or the watcher's read is
+// interrupted and waited for, so that the connection is read by this goroutine only.
+func (c *h1Conn) disarmWatch() {
+	if c.inflight.Swap(nil) == nil {
+		return // not armed
+	}
+	if c.watchTimer.Stop() {
+		return
+	}
+	c.watchMu.Lock()
+	c.watchStop = true
+	if c.watchRead {
+		_ = c.tc.SetReadDeadline(aLongTimeAgo)
+	}
+	c.watchMu.Unlock()
+	<-c.watchDone
+	c.deadlineSet = time.Time{} // readHead sets the read deadline again
+}
+
+// watch runs when the origin has not answered within h1WatchDelay: it reads from the client (one
+// byte, kept for the next request) and, when the client closed or reset the connection, aborts
+// the origin exchange.
+func (c *h1Conn) watch() {
+	defer func() { c.watchDone <- struct{}{} }()
+	c.watchMu.Lock()
+	if c.watchStop {
+		c.watchMu.Unlock()
+		return
+	}
+	_ = c.tc.SetReadDeadline(time.Time{}) // before watchRead: disarmWatch's deadline must win
+	c.watchRead = true
+	c.watchMu.Unlock()
+	n, err := c.tc.Read(c.pending[:])
+	c.watchMu.Lock()
+	c.watchRead = false
+	c.watchMu.Unlock()
+	switch {
+	case n > 0:
+		c.hasPending = true
+	case err != nil && !errors.Is(err, os.ErrDeadlineExceeded):
+		c.clientGone.Store(true)
+		if oc := c.inflight.Load(); oc != nil {
+			_ = oc.conn.SetDeadline(aLongTimeAgo)
+		}
+	}
+}
