@@ -44,6 +44,7 @@ require (
 
 require (
 	buf.build/go/protovalidate v1.4.0
+	github.com/EventStore/EventStore-Client-Go/v4 v4.2.0
 	github.com/google/uuid v1.6.0
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.33.0
 	github.com/prometheus/client_golang v1.24.1

@@ -28,6 +28,10 @@ var (
 	ErrClosed = errors.New("eventstore: store closed")
 	// ErrUnavailable is returned when the backend cannot be reached; the call may be retried.
 	ErrUnavailable = errors.New("eventstore: unavailable")
+	// ErrStreamDeleted is returned by a server backend (EventStoreDB) for a stream that was deleted
+	// on the server. guestlist never deletes streams: an operator did, and the stream's history (and
+	// the audit chain over it) is gone. Appends to it fail; nothing is written.
+	ErrStreamDeleted = errors.New("eventstore: stream deleted")
 )
 
 // WrongExpectedRevisionError details ErrWrongExpectedRevision.
