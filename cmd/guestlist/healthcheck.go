@@ -86,6 +86,9 @@ func checkHealth(ctx context.Context, u *url.URL, timeout time.Duration) (status
 	}
 	resp, err := client.Do(req)
 	if err != nil {
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			err = ue.Err // the caller names the method and the URL already
+		}
 		return 0, "", err
 	}
 	defer resp.Body.Close()
