@@ -11,7 +11,14 @@
 // (which hold tenant ids and hostnames) go on spans only, never on metrics.
 //
 // The span, "eventstore append", is a child of the span in Append's context (the API call that
-// decided the change), so that a change's trace shows its durable write.
+// decided the change), or, when the context holds none, of the trace context in the first event's
+// metadata. When the span is recorded, the wrapper then replaces the trace context of every event
+// that carries one of the same trace (eventstore.Metadata.TraceParent and TraceState, which the
+// command service sets from the API call) with the append span's, so that whoever applies the
+// event later (the projector) continues the trace from the durable write: API call -> append ->
+// apply. Events without a trace context, or of another trace, are stored as given. Backends do
+// not compare metadata when they recognise a retried append, so a retry with a new span is still
+// idempotent.
 package instrument
 
 import (
@@ -24,6 +31,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"guestlist.dev/services/eventstore"
@@ -130,6 +138,11 @@ func Wrap(s eventstore.Store, opts ...Option) (*Store, error) {
 // Append implements eventstore.Store: it appends through the wrapped store inside a span and
 // records the latency.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	if !trace.SpanContextFromContext(ctx).IsValid() && len(events) > 0 && events[0].Metadata.TraceParent != "" {
+		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{
+			"traceparent": events[0].Metadata.TraceParent, "tracestate": events[0].Metadata.TraceState,
+		})
+	}
 	ctx, span := s.tracer.Start(ctx, SpanName, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
 			attribute.String("guestlist.stream", stream),
@@ -137,6 +150,9 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 			attribute.String("guestlist.expected_revision", expected.String()),
 		))
 	defer span.End()
+	if span.IsRecording() {
+		events = stamp(span.SpanContext(), events)
+	}
 	start := time.Now()
 	res, err := s.Store.Append(ctx, stream, expected, events...)
 	elapsed := time.Since(start).Seconds()
@@ -153,6 +169,31 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	s.appended.Add(ctx, int64(len(events)))
 	span.SetAttributes(attribute.Int64("guestlist.position", int64(res.Position)), attribute.Int64("guestlist.revision", int64(res.NextExpectedRevision)))
 	return res, nil
+}
+
+// stamp returns events with sc as the trace context of each event whose trace context is of sc's
+// trace; it copies events rather than change the caller's slice.
+func stamp(sc trace.SpanContext, events []eventstore.EventData) []eventstore.EventData {
+	if !sc.IsValid() {
+		return events
+	}
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(trace.ContextWithSpanContext(context.Background(), sc), carrier)
+	tp, ts := carrier.Get("traceparent"), carrier.Get("tracestate")
+	out := make([]eventstore.EventData, len(events))
+	for i, ev := range events {
+		if ev.Metadata.TraceParent != "" && sameTrace(ev.Metadata.TraceParent, sc.TraceID()) {
+			ev.Metadata.TraceParent, ev.Metadata.TraceState = tp, ts
+		}
+		out[i] = ev
+	}
+	return out
+}
+
+// sameTrace reports whether W3C traceparent tp is of trace id.
+func sameTrace(tp string, id trace.TraceID) bool {
+	sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": tp}))
+	return sc.IsValid() && sc.TraceID() == id
 }
 
 // outcome classifies an Append error.

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -50,8 +51,11 @@ func TestAppendMeasuredAndTraced(t *testing.T) {
 	}
 
 	ctx, parent := tp.Tracer("test").Start(context.Background(), "api call")
+	// As the command service does: the events carry the API call's trace context.
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, carrier)
 	ev := func() eventstore.EventData {
-		return eventstore.EventData{ID: storetest.NewEventID(), Type: "test.Thing", Data: []byte("{}")}
+		return eventstore.EventData{ID: storetest.NewEventID(), Type: "test.Thing", Data: []byte("{}"), Metadata: eventstore.Metadata{TraceParent: carrier.Get("traceparent")}}
 	}
 	tests := []struct {
 		name     string
@@ -92,6 +96,22 @@ func TestAppendMeasuredAndTraced(t *testing.T) {
 	}
 	if oc := attr(appends[2].Attributes, "guestlist.outcome"); oc != instrument.OutcomeWrongExpectedRevision {
 		t.Errorf("third span outcome = %q", oc)
+	}
+
+	// The stored events carry the append span's context: the projector continues from there.
+	stored, err := w.ReadStream(context.Background(), "tenant-acme", eventstore.Forwards, 0, 10)
+	if err != nil || len(stored) != 3 {
+		t.Fatalf("read back: %d events, %v", len(stored), err)
+	}
+	for i, ev := range stored {
+		span := appends[0]
+		if i == 2 {
+			span = appends[1]
+		}
+		want := "00-" + span.SpanContext.TraceID().String() + "-" + span.SpanContext.SpanID().String() + "-01"
+		if ev.Metadata.TraceParent != want {
+			t.Errorf("event %d traceparent %q, want the append span's %q", i, ev.Metadata.TraceParent, want)
+		}
 	}
 
 	// Metrics: latency by outcome, events appended.
@@ -143,4 +163,52 @@ func attr(kvs []attribute.KeyValue, key string) string {
 		}
 	}
 	return ""
+}
+
+// An event's own trace context is kept when it is of another trace, and parents the append span
+// when the context holds no span.
+func TestAppendTraceFromMetadata(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	w, err := instrument.Wrap(openBolt(t), instrument.WithTracerProvider(tp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	ctx, parent := tp.Tracer("test").Start(context.Background(), "api call")
+	tests := []struct {
+		name       string
+		ctx        context.Context
+		parent     string
+		wantParent string // the append span's parent span id
+		keep       bool   // the event keeps its traceparent
+	}{
+		{name: "ok/context span wins, other trace kept", ctx: ctx, parent: other, wantParent: parent.SpanContext().SpanID().String(), keep: true},
+		{name: "ok/no context span: the metadata parents the span", ctx: context.Background(), parent: other, wantParent: "b7ad6b7169203331"},
+		{name: "ok/no trace context: stored as given", ctx: ctx, parent: "", wantParent: parent.SpanContext().SpanID().String(), keep: false},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := eventstore.EventData{ID: storetest.NewEventID(), Type: "test.Thing", Data: []byte("{}"), Metadata: eventstore.Metadata{TraceParent: tc.parent}}
+			if _, err := w.Append(tc.ctx, "tenant-acme", eventstore.Any(), ev); err != nil {
+				t.Fatal(err)
+			}
+			got := spans.GetSpans()
+			s := got[len(got)-1]
+			if s.Parent.SpanID().String() != tc.wantParent {
+				t.Errorf("append span parent %v, want %s", s.Parent.SpanID(), tc.wantParent)
+			}
+			stored, err := w.ReadStream(context.Background(), "tenant-acme", eventstore.Forwards, uint64(i), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.parent == "" && stored[0].Metadata.TraceParent != "" {
+				t.Errorf("an event without trace context was stored with %q", stored[0].Metadata.TraceParent)
+			}
+			if kept := stored[0].Metadata.TraceParent == other; kept != tc.keep {
+				t.Errorf("stored traceparent %q, kept = %v, want %v", stored[0].Metadata.TraceParent, kept, tc.keep)
+			}
+		})
+	}
+	parent.End()
 }
