@@ -157,6 +157,7 @@ func (s *Server) handOver(c *h1Conn) bool {
 		hc.pending = bytes.NewReader(pending)
 	}
 	_ = c.tc.SetReadDeadline(time.Time{})
+	s.handoffs.Add(1)
 	return s.handoff.push(hc)
 }
 

@@ -71,8 +71,10 @@ type h1Conn struct {
 	fwd []byte
 
 	req      h1Request
+	resp     h1Response
+	dreq     decision.Request
 	bodyLeft int64 // bytes of the request body not read yet
-	lastPost bool // the previous request was a POST (net/http then skips up to 4 CR/LF bytes)
+	lastPost bool  // the previous request was a POST (net/http then skips up to 4 CR/LF bytes)
 	scratch  []byte
 
 	deadlineSet time.Time // when the idle read deadline was last pushed forward
@@ -150,6 +152,10 @@ func (s *Server) serveH1(tc *tls.Conn, st *tls.ConnectionState) {
 			return
 		case parseHandoff:
 			handedOver = s.handOver(c)
+			return
+		case parseReject:
+			_, _ = c.bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+			_ = c.bw.Flush()
 			return
 		}
 		switch c.serveRequest() {
@@ -292,11 +298,16 @@ func (c *h1Conn) serveRequest() h1Next {
 	} else {
 		rawPath = string(req.path)
 	}
-	dreq := decision.Request{Host: string(req.host), Method: method, Path: policyPath(rawPath)}
+	// The decision does not use Host (it decides for the connection's hostname, which Host
+	// matches); a policy gets the request's headers.
+	dreq := &c.dreq
+	*dreq = decision.Request{Host: c.name, Method: method, Path: policyPath(rawPath)}
 	if h.Config.GetPolicy() != nil {
+		dreq.Host = string(req.host)
 		dreq.Header = req.header()
 	}
-	d, id := s.decideRequest(now, h, rev, c.cs, c.peer, &dreq)
+	d, id := s.decideRequest(now, h, rev, c.cs, c.peer, dreq)
+	*dreq = decision.Request{}
 	if d.Verdict == decision.Deny {
 		return c.answer(http.StatusForbidden, forbiddenBody(d.Reason, id), id, req.close)
 	}

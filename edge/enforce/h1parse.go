@@ -19,9 +19,14 @@ import (
 //   - exactly one Host, of letters, digits, '.', '-' and an optional ":port";
 //   - at most one Content-Length, 1 to 18 digits; no Transfer-Encoding, Expect or Upgrade header.
 //
-// Everything else (HTTP/1.0, absolute-form and asterisk-form targets, chunked or otherwise framed
-// bodies, 100-continue, protocol upgrades, odd whitespace, repeated Content-Length, CONNECT) goes
-// to net/http.
+// Some requests are refused outright (parseReject: 400 and the connection closed) rather than
+// handed over, because they are the raw material of request smuggling and net/http would accept
+// some of them: Content-Length together with Transfer-Encoding (net/http lets chunked win),
+// several differing Content-Lengths, obs-fold (net/http joins the lines), a CR not followed by
+// LF, NUL or another control character in the request line or a header, a missing or repeated
+// Host. Everything else outside the subset (HTTP/1.0, absolute-form and asterisk-form targets,
+// chunked bodies, 100-continue, protocol upgrades, bare LF line ends, odd spacing, an invalid
+// Content-Length, identical repeated Content-Lengths, CONNECT) goes to net/http.
 
 // h1MaxHeaders bounds the header lines of a request on the fast path.
 const h1MaxHeaders = 100
@@ -33,6 +38,11 @@ const (
 	parseOK       parseResult = iota // a complete request head in the subset
 	parseNeedMore                    // so far in the subset, the head is not complete
 	parseHandoff                     // outside the subset: net/http decides
+	// parseReject: a request the edge refuses itself (400, connection closed), also where
+	// net/http would be lenient: Content-Length with Transfer-Encoding, differing
+	// Content-Lengths, obs-fold, control characters (CR, NUL, ...) in the head, a missing or
+	// repeated Host.
+	parseReject
 )
 
 // hdrField is one header line of a request or response, as slices of the read buffer.
@@ -123,11 +133,12 @@ func parseRequest(b []byte, req *h1Request, full bool) parseResult {
 	if res != parseOK {
 		return res
 	}
-	if !parseRequestLine(line, req) {
-		return parseHandoff
+	if hasCTL(line) {
+		return parseReject
 	}
+	handoff := !parseRequestLine(line, req)
 	off := len(b) - len(rest)
-	hosts, lengths := 0, 0
+	hosts, lengths, te := 0, 0, false
 	var cacheControl bool
 	for {
 		line, rest, res = nextLine(b[off:], full)
@@ -138,23 +149,31 @@ func parseRequest(b []byte, req *h1Request, full bool) parseResult {
 		if len(line) == 0 {
 			break
 		}
-		if len(req.fields) == h1MaxHeaders {
-			return parseHandoff
+		if line[0] == ' ' || line[0] == '\t' {
+			return parseReject // obs-fold
 		}
 		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			return parseHandoff // obs-fold (leading SP/HTAB), no name, no colon
+		name, value := line, []byte(nil)
+		if colon >= 0 {
+			name, value = line[:colon], line[colon+1:]
 		}
-		name := line[:colon]
 		for _, c := range name {
-			if !tcharTable[c] {
-				return parseHandoff
+			if c < 0x20 || c == 0x7f {
+				return parseReject
 			}
 		}
-		value := line[colon+1:]
 		for _, c := range value {
 			if !valueTable[c] {
-				return parseHandoff
+				return parseReject // a control character (the parser saw no CR or LF here)
+			}
+		}
+		if colon <= 0 || len(req.fields) == h1MaxHeaders {
+			handoff = true // no name, no colon, or many lines: net/http decides
+			continue
+		}
+		for _, c := range name {
+			if !tcharTable[c] {
+				handoff = true // net/http refuses it
 			}
 		}
 		value = trimOWS(value)
@@ -162,21 +181,26 @@ func parseRequest(b []byte, req *h1Request, full bool) parseResult {
 		switch {
 		case asciiEqualFold(name, "Host"):
 			hosts++
-			if hosts > 1 || !validFastHost(value) {
-				return parseHandoff
+			if !validFastHost(value) {
+				handoff = true
 			}
 			req.host = value
 			f.drop = true
 		case asciiEqualFold(name, "Content-Length"):
 			lengths++
 			n, ok := parseLength(value)
-			if lengths > 1 || !ok {
-				return parseHandoff
+			switch {
+			case lengths > 1 && (!ok || n != req.contentLength):
+				return parseReject // differing Content-Lengths
+			case lengths > 1 || !ok:
+				handoff = true // identical repeats, or a length net/http may refuse
 			}
 			req.contentLength, req.hasLength = n, true
 			f.drop = true
-		case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
-			return parseHandoff
+		case asciiEqualFold(name, "Transfer-Encoding"):
+			te = true
+		case asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
+			handoff = true
 		case asciiEqualFold(name, "Connection"):
 			if hasToken(value, "close") {
 				req.close = true
@@ -189,7 +213,7 @@ func parseRequest(b []byte, req *h1Request, full bool) parseResult {
 			f.drop = true
 		case asciiEqualFold(name, "Pragma"):
 			// net/http looks at the first Pragma line only.
-			if !req.pragmaNoCache && !seenField(req.fields, "Pragma") && string(value) == "no-cache" {
+			if !seenField(req.fields, "Pragma") && string(value) == "no-cache" {
 				req.pragmaNoCache = true
 			}
 		case asciiEqualFold(name, "Cache-Control"):
@@ -200,7 +224,10 @@ func parseRequest(b []byte, req *h1Request, full bool) parseResult {
 		}
 		req.fields = append(req.fields, f)
 	}
-	if hosts != 1 {
+	switch {
+	case hosts > 1, hosts == 0 && !handoff, te && lengths > 0:
+		return parseReject
+	case handoff, te:
 		return parseHandoff
 	}
 	if cacheControl {
@@ -218,10 +245,23 @@ func parseRequest(b []byte, req *h1Request, full bool) parseResult {
 					req.fields[j].drop = true
 				}
 			}
+			if asciiEqualFold(tok, "Cache-Control") {
+				req.pragmaNoCache = false // net/http adds it, then it is dropped as listed
+			}
 		}
 	}
 	req.headLen = off
 	return parseOK
+}
+
+// hasCTL reports whether b holds a control character other than HTAB, or DEL.
+func hasCTL(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return true
+		}
+	}
+	return false
 }
 
 // seenField reports whether fields holds a field named name (ASCII case-insensitively).
@@ -234,15 +274,19 @@ func seenField(fields []hdrField, name string) bool {
 	return false
 }
 
-// nextLine returns the line at the start of b (without its CRLF) and what follows it. A bare CR
-// or LF is outside the subset; a line that does not end within b needs more bytes, or is handed
-// over when b is all the buffer holds.
+// nextLine returns the line at the start of b (without its line end) and what follows it. A CR
+// not followed by LF is refused; a bare LF (which net/http accepts) is handed over; a line that
+// does not end within b needs more bytes, or is handed over when b is all the buffer holds.
 func nextLine(b []byte, full bool) (line, rest []byte, res parseResult) {
 	i := bytes.IndexByte(b, '\n')
+	end := b
+	if i >= 0 {
+		end = b[:i]
+	}
+	if j := bytes.IndexByte(end, '\r'); j >= 0 && j != i-1 && (i >= 0 || j != len(b)-1) {
+		return nil, nil, parseReject // a bare CR
+	}
 	if i < 0 {
-		if bytes.IndexByte(b, '\r') >= 0 && b[len(b)-1] != '\r' {
-			return nil, nil, parseHandoff // a CR not followed by LF
-		}
 		if full {
 			return nil, nil, parseHandoff
 		}
@@ -251,11 +295,7 @@ func nextLine(b []byte, full bool) (line, rest []byte, res parseResult) {
 	if i == 0 || b[i-1] != '\r' {
 		return nil, nil, parseHandoff // bare LF
 	}
-	line = b[:i-1]
-	if bytes.IndexByte(line, '\r') >= 0 {
-		return nil, nil, parseHandoff // bare CR
-	}
-	return line, b[i+1:], parseOK
+	return b[:i-1], b[i+1:], parseOK
 }
 
 // parseRequestLine parses "METHOD SP origin-form SP HTTP/1.1".

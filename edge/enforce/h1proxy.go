@@ -209,13 +209,13 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 	}
 	c.armWatch(oc)
 
-	var resp h1Response
+	resp := &c.resp
 	isHead := method == http.MethodHead
 	for {
 		if _, err := oc.br.Peek(1); err != nil {
 			return h1Close, isClosedConn(err) || errors.Is(err, io.EOF), errOriginClosedOr(err)
 		}
-		if err := c.readResponseHead(oc.br, &resp); err != nil {
+		if err := c.readResponseHead(oc.br, resp); err != nil {
 			return h1Close, false, err
 		}
 		if resp.code >= 200 {

@@ -28,7 +28,7 @@ import (
 // env is an edge on loopback with an echo origin, a configuration store driven through
 // configset.Store.Apply, and a decision log in memory.
 type env struct {
-	t         *testing.T
+	t         testing.TB
 	store     *configset.Store
 	srv       *Server
 	addr      string
@@ -85,7 +85,7 @@ func startOrigin(t testing.TB) string {
 	return "http://" + ln.Addr().String()
 }
 
-func newEnv(t *testing.T, hosts ...*configv1.HostnameConfig) *env {
+func newEnv(t testing.TB, hosts ...*configv1.HostnameConfig) *env {
 	t.Helper()
 	ca, err := servercert.LoadOrCreateCA(t.TempDir())
 	if err != nil {

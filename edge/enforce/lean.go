@@ -57,6 +57,7 @@ type leanConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+	q         quietState
 }
 
 func newLeanPool(target *url.URL) *leanPool {

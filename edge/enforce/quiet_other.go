@@ -2,5 +2,8 @@
 
 package enforce
 
+// quietState is empty on this platform.
+type quietState struct{}
+
 // quiet cannot look at the socket on this platform; pooled connections are trusted.
 func (c *leanConn) quiet() bool { return c.br.Buffered() == 0 }

@@ -1,0 +1,140 @@
+package enforce
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"testing"
+
+	"guestlist.dev/edge/pkitest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// rawOKOrigin answers every bodyless request with a fixed 200 without allocating per request,
+// so that allocations measured in-process are the edge's.
+func rawOKOrigin(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n")
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				buf := make([]byte, 64<<10)
+				n := 0
+				for {
+					m, err := conn.Read(buf[n:])
+					if err != nil {
+						return
+					}
+					n += m
+					for {
+						i := bytes.Index(buf[:n], []byte("\r\n\r\n"))
+						if i < 0 {
+							break
+						}
+						if _, err := conn.Write(resp); err != nil {
+							return
+						}
+						n = copy(buf, buf[i+4:n])
+					}
+				}
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String()
+}
+
+// readResponse reads one response with a Content-Length from conn into buf (reused) and
+// returns its status code.
+func readRawResponse(conn io.Reader, buf []byte) (int, error) {
+	n := 0
+	for {
+		if i := bytes.Index(buf[:n], []byte("\r\n\r\n")); i >= 0 {
+			head := buf[:i]
+			j := bytes.Index(head, []byte("Content-Length: "))
+			if j < 0 {
+				return 0, fmt.Errorf("no Content-Length in %q", head)
+			}
+			k := bytes.IndexByte(head[j:], '\r')
+			if k < 0 {
+				k = len(head) - j
+			}
+			cl, err := strconv.Atoi(string(head[j+16 : j+k]))
+			if err != nil {
+				return 0, err
+			}
+			for n < i+4+cl {
+				m, err := conn.Read(buf[n:])
+				if err != nil {
+					return 0, err
+				}
+				n += m
+			}
+			return strconv.Atoi(string(buf[9:12]))
+		}
+		m, err := conn.Read(buf[n:])
+		if err != nil {
+			return 0, err
+		}
+		n += m
+	}
+}
+
+// BenchmarkFastPathRequest: one keep-alive request through the fast path (ENFORCE, verified
+// client certificate, decision log on), client and origin written so that they allocate
+// nothing per request: allocs/op are the edge's.
+//
+//	go test -run XXX -bench FastPath -benchmem guestlist.dev/edge/enforce
+func BenchmarkFastPathRequest(b *testing.B) {
+	for _, policy := range []bool{false, true} {
+		b.Run(fmt.Sprintf("policy=%v", policy), func(b *testing.B) {
+			ca := pkitest.NewCA(b, "Acme Root")
+			leaf := ca.Client(b, "device")
+			h := host(hostA, "acme", ca)
+			h.OriginUrl = rawOKOrigin(b)
+			if policy {
+				h.Policy = &configv1.Policy{PolicyId: "p", Rules: []*configv1.Rule{
+					{Name: "no-admin", Action: configv1.Action_ACTION_DENY, Expression: `request.path.startsWith("/admin")`},
+					{Name: "devices", Action: configv1.Action_ACTION_ALLOW, Expression: `cert.verified && "x" != request.headers[?"user-agent"].orValue("")`},
+				}}
+			}
+			e := newEnv(b, h)
+			cfg := &tls.Config{ServerName: hostA, RootCAs: e.edgeCA.Pool(), NextProtos: []string{"http/1.1"}}
+			withCert(leaf)(cfg, nil)
+			conn, err := tls.Dial("tcp", e.addr, cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			req := []byte("GET /pay/x?q=1 HTTP/1.1\r\nHost: " + hostA + "\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+			buf := make([]byte, 64<<10)
+			do := func() {
+				if _, err := conn.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				if code, err := readRawResponse(conn, buf); err != nil || code != 200 {
+					b.Fatalf("status %d, %v", code, err)
+				}
+			}
+			for range 100 {
+				do()
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				do()
+			}
+		})
+	}
+}
