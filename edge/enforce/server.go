@@ -169,6 +169,7 @@ type Server struct {
 	connsMu    sync.Mutex
 	conns      map[*h1Conn]struct{}
 	inShutdown atomic.Bool
+	handoffs   atomic.Int64 // fast-path connections handed over to net/http (for tests)
 
 	served atomic.Bool
 }
