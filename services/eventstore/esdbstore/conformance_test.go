@@ -21,11 +21,11 @@ func serverURL(t *testing.T) string {
 	return u
 }
 
-func openServer(t *testing.T, conn string) eventstore.Store {
+func openServer(t *testing.T, conn string, opts ...Option) eventstore.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := Open(ctx, conn)
+	s, err := Open(ctx, conn, opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -62,5 +62,5 @@ func TestConformanceFake(t *testing.T) {
 func TestConformanceReopenFake(t *testing.T) {
 	f := newFakeESDB()
 	conn := f.serve(t)
-	storetest.RunReopen(t, func(t *testing.T, _ string) eventstore.Store { return openServer(t, conn) })
+	storetest.RunReopen(t, func(t *testing.T, _ string) eventstore.Store { return openServer(t, conn, WithLogger(quiet)) })
 }

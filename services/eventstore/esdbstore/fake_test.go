@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"strconv"
@@ -52,6 +53,11 @@ type fakeESDB struct {
 	subscribed int
 	// readsWithoutPosition makes stream reads leave the positions out, as servers before 22.10.
 	readsWithoutPosition bool
+	// splitNext makes the next append's events have commit != prepare.
+	splitNext bool
+
+	addr string
+	srv  *grpc.Server
 }
 
 type fakeRec struct {
@@ -123,11 +129,53 @@ func (f *fakeESDB) serve(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.addr = lis.Addr().String()
+	f.start(lis)
+	t.Cleanup(func() {
+		f.mu.Lock()
+		srv := f.srv
+		f.mu.Unlock()
+		srv.Stop()
+	})
+	return "esdb://" + f.addr + "?tls=false"
+}
+
+func (f *fakeESDB) start(lis net.Listener) {
 	srv := grpc.NewServer()
-	api.RegisterStreamsServer(srv, f)
+	api.RegisterStreamsServer(f.srv0(srv), f)
 	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	return "esdb://" + lis.Addr().String() + "?tls=false"
+}
+
+func (f *fakeESDB) srv0(srv *grpc.Server) *grpc.Server {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.srv = srv
+	return srv
+}
+
+// stop stops serving, as a server that went down: connections and calls end.
+func (f *fakeESDB) stop() {
+	f.mu.Lock()
+	srv := f.srv
+	f.mu.Unlock()
+	srv.Stop()
+}
+
+// restart serves again on the same address, with the same data.
+func (f *fakeESDB) restart(t *testing.T) {
+	t.Helper()
+	var lis net.Listener
+	var err error
+	for range 100 {
+		if lis, err = net.Listen("tcp", f.addr); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", f.addr, err)
+	}
+	f.start(lis)
 }
 
 func (f *fakeESDB) setDown(down bool) {
@@ -293,7 +341,8 @@ func (f *fakeESDB) Append(srv api.Streams_AppendServer) error {
 		}
 		return wrong()
 	}
-	first, last := f.write(stream, next, recs, false)
+	first, last := f.write(stream, next, recs, f.splitNext)
+	f.splitNext = false
 	return srv.SendAndClose(&api.AppendResp{Result: &api.AppendResp_Success_{Success: &api.AppendResp_Success{
 		CurrentRevisionOption: &api.AppendResp_Success_CurrentRevision{CurrentRevision: next + uint64(len(recs)) - 1},
 		PositionOption:        &api.AppendResp_Success_Position{Position: &api.AppendResp_Position{CommitPosition: last, PreparePosition: first}},
@@ -496,13 +545,16 @@ func (f *fakeESDB) subscribe(o *api.ReadReq_Options, srv api.Streams_ReadServer)
 	}
 }
 
+// quiet drops the log lines of stores on the fake (every induced failure logs a warning).
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
 // fakeStoreFor opens a Store on a running fake.
 func fakeStoreFor(t *testing.T, f *fakeESDB, opts ...Option) *Store {
 	t.Helper()
 	conn := f.serve(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := Open(ctx, conn, append([]Option{WithReconnectBackoff(5*time.Millisecond, 50*time.Millisecond)}, opts...)...)
+	s, err := Open(ctx, conn, append([]Option{WithLogger(quiet), WithReconnectBackoff(5*time.Millisecond, 50*time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatalf("Open(%s): %v", conn, err)
 	}

@@ -267,6 +267,9 @@ func errorCode(err error) (esdb.ErrorCode, bool) {
 	return 0, false
 }
 
+// discoveryFailed is how the client (v4.2.0) words the error with which it gives up for good.
+const discoveryFailed = "maximum discovery attempt count reached"
+
 // errorKind is what an error from the client means to guestlist.
 type errorKind int
 
@@ -296,7 +299,13 @@ func classify(err error) errorKind {
 			return kindNotFound
 		case esdb.ErrorCodeConnectionClosed:
 			return kindDead
-		case esdb.ErrorUnavailable, esdb.ErrorCodeDeadlineExceeded, esdb.ErrorCodeNotLeader, esdb.ErrorAborted:
+		case esdb.ErrorUnavailable:
+			if strings.Contains(err.Error(), discoveryFailed) {
+				// The client closed itself (see conn).
+				return kindDead
+			}
+			return kindUnavailable
+		case esdb.ErrorCodeDeadlineExceeded, esdb.ErrorCodeNotLeader, esdb.ErrorAborted:
 			return kindUnavailable
 		case esdb.ErrorCodeAccessDenied, esdb.ErrorCodeUnauthenticated:
 			return kindAccessDenied

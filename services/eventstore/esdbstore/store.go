@@ -41,7 +41,14 @@ type conn struct {
 	// leave callers blocked for good on its internal channel; closing it would make them panic,
 	// so a client is only closed when no call is inside it.
 	inflight atomic.Int64
+	// dead is closed when the client is replaced: callers still waiting on it give up.
+	dead chan struct{}
 }
+
+func newConn(c *esdb.Client) *conn { return &conn{c: c, dead: make(chan struct{})} }
+
+// errClientGaveUp is what calls still waiting on a replaced client return.
+var errClientGaveUp = fmt.Errorf("%w: the EventStoreDB client gave up connecting (no server answered its discovery)", eventstore.ErrUnavailable)
 
 type options struct {
 	log               *slog.Logger
@@ -146,7 +153,7 @@ func newStore(cfg *esdb.Configuration, opts ...Option) (*Store, error) {
 		s.cancel()
 		return nil, fmt.Errorf("%w: %v", ErrBadConnectionString, err)
 	}
-	s.cur = &conn{c: c}
+	s.cur = newConn(c)
 	return s, nil
 }
 
@@ -205,7 +212,8 @@ func (s *Store) replace(cn *conn) {
 		s.opts.log.Error("esdbstore: cannot make a new client", "err", err)
 		return
 	}
-	s.cur = &conn{c: c}
+	s.cur = newConn(c)
+	close(cn.dead)
 	s.opts.log.Warn("esdbstore: the EventStoreDB client gave up connecting; using a new one")
 	if cn.inflight.Load() == 0 {
 		_ = cn.c.Close()
@@ -248,6 +256,8 @@ func call[T any](s *Store, ctx context.Context, fn func(ctx context.Context, c *
 		return r.v, r.err
 	case <-ctx.Done():
 		return zero, ctx.Err()
+	case <-cn.dead:
+		return zero, errClientGaveUp
 	}
 }
 

@@ -1,6 +1,7 @@
 // Package storeurl opens the event store named by a --store value: "bolt://PATH" (or a bare path)
 // for the embedded bbolt store, and "esdb://..." or "esdb+discover://..." for EventStoreDB/KurrentDB
-// (the connection string is passed to the client as given).
+// (package esdbstore; "kurrentdb://" and "kdb://" are accepted as synonyms of "esdb://"; the
+// connection string's settings go to the client as given).
 package storeurl
 
 import (
@@ -11,6 +12,7 @@ import (
 
 	"guestlist.dev/services/eventstore"
 	"guestlist.dev/services/eventstore/boltstore"
+	"guestlist.dev/services/eventstore/esdbstore"
 )
 
 // Kind is the backend a --store value names.
@@ -38,8 +40,9 @@ type Parsed struct {
 var ErrBadURL = errors.New("storeurl: bad --store value")
 
 // Parse takes a --store value apart without opening anything. A value without a scheme is a bbolt
-// path. It returns ErrBadURL, with what is wrong, for an empty value, an unknown scheme or a bolt://
-// without a path.
+// path. It returns ErrBadURL, with what is wrong, for an empty value, an unknown scheme, a bolt://
+// without a path or a connection string the EventStoreDB client cannot parse (the message never
+// repeats the value, which may hold a password).
 func Parse(s string) (Parsed, error) {
 	switch {
 	case strings.TrimSpace(s) == "":
@@ -53,6 +56,9 @@ func Parse(s string) (Parsed, error) {
 	case strings.HasPrefix(s, "esdb://"), strings.HasPrefix(s, "esdb+discover://"),
 		strings.HasPrefix(s, "kurrentdb://"), strings.HasPrefix(s, "kurrentdb+discover://"),
 		strings.HasPrefix(s, "kdb://"), strings.HasPrefix(s, "kdb+discover://"):
+		if _, err := esdbstore.ParseConnectionString(s); err != nil {
+			return Parsed{}, fmt.Errorf("%w: %w", ErrBadURL, err)
+		}
 		return Parsed{Kind: ESDB, ConnectionString: s}, nil
 	case strings.Contains(s, "://"):
 		scheme, _, _ := strings.Cut(s, "://")
@@ -80,7 +86,11 @@ func Open(ctx context.Context, s string, boltOpts ...boltstore.Option) (eventsto
 	}
 }
 
-// openESDB opens an EventStoreDB store. It is replaced when the EventStoreDB backend is built in.
-var openESDB = func(_ context.Context, _ string) (eventstore.Store, error) {
-	return nil, errors.New("storeurl: the EventStoreDB backend is not built yet")
+// openESDB opens an EventStoreDB store; it checks that the server answers.
+func openESDB(ctx context.Context, conn string) (eventstore.Store, error) {
+	st, err := esdbstore.Open(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("open the EventStoreDB event store (--store): %w", err)
+	}
+	return st, nil
 }

@@ -3,8 +3,11 @@ package storeurl
 import (
 	"context"
 	"errors"
+	"net"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"guestlist.dev/services/eventstore"
 )
@@ -24,13 +27,17 @@ func TestParse(t *testing.T) {
 		{name: "fail/empty", in: " ", err: true},
 		{name: "fail/bolt without path", in: "bolt://", err: true},
 		{name: "fail/unknown scheme", in: "postgres://db/x", err: true},
+		{name: "ok/kurrentdb", in: "kurrentdb://db:2113", want: Parsed{Kind: ESDB, ConnectionString: "kurrentdb://db:2113"}},
+		{name: "fail/esdb bad port", in: "esdb://localhost:21x3", err: true},
+		{name: "fail/esdb bad setting", in: "esdb://admin:s3cret@localhost:2113?tls=maybe", err: true},
+		{name: "fail/esdb path", in: "esdb://localhost:2113/events", err: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := Parse(tt.in)
 			if tt.err {
-				if !errors.Is(err, ErrBadURL) {
-					t.Fatalf("Parse(%q) error = %v, want ErrBadURL", tt.in, err)
+				if !errors.Is(err, ErrBadURL) || !strings.Contains(err.Error(), "--store") || strings.Contains(err.Error(), "s3cret") {
+					t.Fatalf("Parse(%q) error = %v, want ErrBadURL naming --store, without the password", tt.in, err)
 				}
 				return
 			}
@@ -53,5 +60,29 @@ func TestOpenBolt(t *testing.T) {
 	}
 	if p, err := st.LastPosition(context.Background()); err != nil || p != 1 {
 		t.Fatalf("LastPosition = %d, %v; want 1", p, err)
+	}
+}
+
+// TestOpenESDBUnreachable opens an esdb:// value whose server does not answer: Open fails with
+// ErrUnavailable, naming --store, once the client gives up or the context ends.
+func TestOpenESDBUnreachable(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := Open(ctx, "esdb://"+addr+"?tls=false&maxDiscoverAttempts=2&discoveryInterval=10")
+	if err == nil {
+		st.Close()
+		t.Fatal("Open of an unreachable EventStoreDB succeeded")
+	}
+	if !errors.Is(err, eventstore.ErrUnavailable) || !strings.Contains(err.Error(), "--store") {
+		t.Fatalf("Open = %v; want ErrUnavailable naming --store", err)
+	}
+	if _, err := Open(ctx, "esdb://localhost:21x3"); !errors.Is(err, ErrBadURL) {
+		t.Fatalf("Open of a malformed connection string = %v; want ErrBadURL", err)
 	}
 }
