@@ -251,6 +251,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if !s.served.CompareAndSwap(false, true) {
 		return errors.New("enforce: Serve called twice")
 	}
+	defer s.metrics.close()
 	defer s.cancelBase()
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- s.http.Serve(s.handoff) }() // HTTP/2 and handed-over connections

@@ -21,6 +21,10 @@ var (
 	errNoSNI           = errors.New("enforce: the client sent no server name (SNI)")
 	errUnknownHostname = errors.New("enforce: hostname is not configured")
 	errInactive        = errors.New("enforce: hostname is not active")
+	// errClientCertRejected fails the handshake of a reject_in_handshake hostname.
+	errClientCertRejected = errors.New("enforce: client certificate refused")
+	// errServerCertUnavailable fails a handshake for which no server certificate could be had.
+	errServerCertUnavailable = errors.New("enforce: no server certificate")
 )
 
 // hostTLS is the TLS configuration of one prepared hostname configuration.
@@ -47,17 +51,21 @@ func ticketExtra(name string, withCert bool) []byte {
 // missing, unknown or inactive hostname.
 func (s *Server) getConfigForClient(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 	if chi.ServerName == "" {
+		s.metrics.handshakeFailed(causeNoSNI)
 		return nil, errNoSNI
 	}
 	name, ok := dnsname.NormalizeSNI(chi.ServerName)
 	if !ok {
+		s.metrics.handshakeFailed(causeUnknownHostname)
 		return nil, fmt.Errorf("%w: %q", errUnknownHostname, shorten(chi.ServerName))
 	}
 	h, ok := s.configs.Load().Lookup(name)
 	if !ok {
+		s.metrics.handshakeFailed(causeUnknownHostname)
 		return nil, fmt.Errorf("%w: %s", errUnknownHostname, name)
 	}
 	if !h.Active() {
+		s.metrics.handshakeFailed(causeInactiveHostname)
 		return nil, fmt.Errorf("%w: %s", errInactive, name)
 	}
 	if v, ok := s.hostTLS.Load(name); ok {
@@ -84,7 +92,8 @@ func (s *Server) newHostTLSConfig(name string, h *decision.Hostname) *tls.Config
 			c, err := s.certs(name)
 			if err != nil {
 				s.logger.Error("no server certificate", "hostname", name, "error", err)
-				return nil, fmt.Errorf("enforce: certificate for %s: %w", name, err)
+				s.metrics.handshakeFailed(causeServerCertUnavailable)
+				return nil, fmt.Errorf("%w for %s: %w", errServerCertUnavailable, name, err)
 			}
 			return c, nil
 		},
@@ -142,6 +151,7 @@ func (s *Server) verifyInHandshake(name string, cs tls.ConnectionState) error {
 	set := s.configs.Load()
 	h, ok := set.Lookup(name)
 	if !ok || !h.Active() {
+		s.metrics.handshakeFailed(causeUnknownHostname)
 		return fmt.Errorf("%w: %s", errUnknownHostname, name)
 	}
 	if h.Mode() != configv1.MtlsMode_MTLS_MODE_ENFORCE || !h.Config.GetRejectInHandshake() {
@@ -153,11 +163,14 @@ func (s *Server) verifyInHandshake(name string, cs tls.ConnectionState) error {
 	}
 	d := decision.Decision{Verdict: decision.Deny, Reason: v.Reason(), Cert: v.Cert()}
 	s.logDecision(now, decisionlog.NewID(now), h, set.Position(), &d, "", "")
-	return fmt.Errorf("enforce: client certificate refused for %s: %w", name, v.Err())
+	s.metrics.handshakeFailed(causeClientCertRejected)
+	return fmt.Errorf("%w for %s: %w", errClientCertRejected, name, v.Err())
 }
 
-// logDecision writes one decision log entry.
+// logDecision counts one decision and writes its decision log entry. An empty method marks a
+// refusal in the handshake.
 func (s *Server) logDecision(now time.Time, id string, h *decision.Hostname, rev uint64, d *decision.Decision, method, path string) {
+	s.metrics.decided(h.Mode(), d, method == "")
 	if s.log == nil {
 		return
 	}

@@ -1,0 +1,283 @@
+package enforce
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"guestlist.dev/edge/decision"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// The edge's metrics (Prometheus names; instruments of Config.MeterProvider):
+//
+//	guestlist_edge_decisions_total{stage, mode, verdict, reason}
+//	    every decision: stage "request" (one per HTTP request decided: the edge's requests by
+//	    verdict and reason) or "handshake" (reject_in_handshake refusals); mode off, enforce or
+//	    report; verdict allow, deny or report_deny; reason one of the decision package's Reason*
+//	    constants.
+//	guestlist_edge_handshake_failures_total{cause}
+//	    TLS handshakes the edge failed or saw fail, by cause (HandshakeCause*).
+//
+// Every label takes its values from a closed set (unknown values are counted as "other"), so the
+// number of series is bounded; hostnames, tenant ids, rule names and certificate fields are never
+// labels. The request path only increments an atomic counter per series (no allocation, no lock);
+// the counters are observed, with attribute sets built once in newMetrics, when metrics are
+// collected.
+
+// Causes of a failed handshake, the values of guestlist_edge_handshake_failures_total's cause.
+const (
+	// HandshakeCauseNoSNI: the ClientHello named no server.
+	HandshakeCauseNoSNI = "no_sni"
+	// HandshakeCauseUnknownHostname: the server name is not configured (or not a hostname).
+	HandshakeCauseUnknownHostname = "unknown_hostname"
+	// HandshakeCauseInactiveHostname: the hostname is configured but not active.
+	HandshakeCauseInactiveHostname = "inactive_hostname"
+	// HandshakeCauseClientCertificateRejected: reject_in_handshake refused a missing or invalid
+	// client certificate.
+	HandshakeCauseClientCertificateRejected = "client_certificate_rejected"
+	// HandshakeCauseServerCertificateUnavailable: the edge had no server certificate for the
+	// hostname.
+	HandshakeCauseServerCertificateUnavailable = "server_certificate_unavailable"
+	// HandshakeCauseClientAlert: the client aborted the handshake with a TLS alert (for example
+	// it does not trust the edge's certificate).
+	HandshakeCauseClientAlert = "client_alert"
+	// HandshakeCauseNotTLS: the client did not speak TLS (e.g. plain HTTP to the HTTPS port).
+	HandshakeCauseNotTLS = "not_tls"
+	// HandshakeCauseClientClosed: the connection was closed or reset during the handshake.
+	HandshakeCauseClientClosed = "client_closed"
+	// HandshakeCauseTimeout: the handshake did not complete in time.
+	HandshakeCauseTimeout = "timeout"
+	// HandshakeCauseProtocol: any other TLS protocol error (no common version or cipher suite,
+	// malformed messages, ...).
+	HandshakeCauseProtocol = "tls_protocol"
+)
+
+// handshakeCauses lists the causes in index order.
+var handshakeCauses = [...]string{
+	HandshakeCauseNoSNI, HandshakeCauseUnknownHostname, HandshakeCauseInactiveHostname,
+	HandshakeCauseClientCertificateRejected, HandshakeCauseServerCertificateUnavailable,
+	HandshakeCauseClientAlert, HandshakeCauseNotTLS, HandshakeCauseClientClosed, HandshakeCauseTimeout,
+	HandshakeCauseProtocol,
+}
+
+const (
+	causeNoSNI = iota
+	causeUnknownHostname
+	causeInactiveHostname
+	causeClientCertRejected
+	causeServerCertUnavailable
+	causeClientAlert
+	causeNotTLS
+	causeClientClosed
+	causeTimeout
+	causeProtocol
+	numCauses
+)
+
+// Label values of decisions, in index order.
+var (
+	stageNames   = [...]string{"request", "handshake"}
+	modeNames    = [...]string{"unspecified", "off", "enforce", "report"}
+	verdictNames = [...]string{string(decision.Allow), string(decision.Deny), string(decision.ReportDeny), "other"}
+	reasonNames  = [...]string{
+		decision.ReasonHostnameUnknown, decision.ReasonHostnameInactive, decision.ReasonMTLSOff,
+		decision.ReasonCertificateVerified, decision.ReasonCertificateMissing, decision.ReasonCertificateUntrusted,
+		decision.ReasonCertificateExpired, decision.ReasonCertificateNotYetValid, decision.ReasonCertificateWrongKeyUsage,
+		decision.ReasonCertificateRevoked, decision.ReasonRuleAllow, decision.ReasonRuleDeny, decision.ReasonNoRuleMatched,
+		decision.ReasonPolicyError, "other",
+	}
+)
+
+const scope = "guestlist.dev/edge/enforce"
+
+// metrics counts the edge's decisions and failed handshakes, and reports them to the meter
+// provider's instruments when it collects. A nil *metrics counts nothing.
+type metrics struct {
+	// decisions[stage][mode][verdict][reason] and handshakes[cause] are the counts of each
+	// series; decisionOpts and causeOpts their attribute options, built once.
+	decisions    [len(stageNames)][len(modeNames)][len(verdictNames)][len(reasonNames)]atomic.Int64
+	handshakes   [numCauses]atomic.Int64
+	decisionOpts [len(stageNames)][len(modeNames)][len(verdictNames)][len(reasonNames)]metric.ObserveOption
+	causeOpts    [numCauses]metric.ObserveOption
+	reg          metric.Registration
+}
+
+// newMetrics creates the instruments on mp (nil: the global MeterProvider).
+func newMetrics(mp metric.MeterProvider) (*metrics, error) {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	meter := mp.Meter(scope)
+	decisions, err := meter.Int64ObservableCounter("guestlist.edge.decisions", metric.WithUnit("{decision}"),
+		metric.WithDescription("Decisions of the edge, by stage (request or handshake), mode, verdict and reason."))
+	if err != nil {
+		return nil, err
+	}
+	handshakes, err := meter.Int64ObservableCounter("guestlist.edge.handshake.failures", metric.WithUnit("{handshake}"),
+		metric.WithDescription("Failed TLS handshakes, by cause."))
+	if err != nil {
+		return nil, err
+	}
+	m := &metrics{}
+	for s := range stageNames {
+		for md := range modeNames {
+			for v := range verdictNames {
+				for r := range reasonNames {
+					m.decisionOpts[s][md][v][r] = metric.WithAttributeSet(attribute.NewSet(
+						attribute.String("stage", stageNames[s]), attribute.String("mode", modeNames[md]),
+						attribute.String("verdict", verdictNames[v]), attribute.String("reason", reasonNames[r])))
+				}
+			}
+		}
+	}
+	for c := range m.causeOpts {
+		m.causeOpts[c] = metric.WithAttributeSet(attribute.NewSet(attribute.String("cause", handshakeCauses[c])))
+	}
+	m.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for s := range m.decisions {
+			for md := range m.decisions[s] {
+				for v := range m.decisions[s][md] {
+					for r := range m.decisions[s][md][v] {
+						if n := m.decisions[s][md][v][r].Load(); n > 0 {
+							o.ObserveInt64(decisions, n, m.decisionOpts[s][md][v][r])
+						}
+					}
+				}
+			}
+		}
+		for c := range m.handshakes {
+			if n := m.handshakes[c].Load(); n > 0 {
+				o.ObserveInt64(handshakes, n, m.causeOpts[c])
+			}
+		}
+		return nil
+	}, decisions, handshakes)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// close stops reporting to the meter provider.
+func (m *metrics) close() {
+	if m != nil && m.reg != nil {
+		_ = m.reg.Unregister()
+	}
+}
+
+// decided counts decision d of a hostname in mode; handshake is true for a refusal in the
+// handshake.
+func (m *metrics) decided(mode configv1.MtlsMode, d *decision.Decision, handshake bool) {
+	if m == nil {
+		return
+	}
+	s := 0
+	if handshake {
+		s = 1
+	}
+	md := int(mode)
+	if md < 0 || md >= len(modeNames) {
+		md = 0
+	}
+	m.decisions[s][md][verdictIndex(d.Verdict)][reasonIndex(d.Reason)].Add(1)
+}
+
+// handshakeFailed counts a failed handshake of the given cause (a cause* index).
+func (m *metrics) handshakeFailed(cause int) {
+	if m == nil {
+		return
+	}
+	m.handshakes[cause].Add(1)
+}
+
+// handshakeError counts a handshake that failed with err, unless the edge itself failed it for a
+// cause it has already counted (no SNI, unknown or inactive hostname, client certificate rejected,
+// no server certificate). Call it where the edge's handshakes fail.
+func (m *metrics) handshakeError(err error) {
+	if m == nil || err == nil {
+		return
+	}
+	if c := handshakeCause(err); c >= 0 {
+		m.handshakeFailed(c)
+	}
+}
+
+// handshakeCause classifies a handshake error; -1 for the causes counted where they arise.
+func handshakeCause(err error) int {
+	var (
+		re tls.RecordHeaderError
+		oe *net.OpError
+	)
+	switch {
+	case errors.Is(err, errNoSNI), errors.Is(err, errUnknownHostname), errors.Is(err, errInactive),
+		errors.Is(err, errClientCertRejected), errors.Is(err, errServerCertUnavailable):
+		return -1
+	case errors.As(err, &oe) && oe.Op == "remote error":
+		return causeClientAlert
+	case errors.As(err, &re):
+		return causeNotTLS
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
+		return causeClientClosed
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return causeTimeout
+	}
+	return causeProtocol
+}
+
+func verdictIndex(v decision.Verdict) int {
+	switch v {
+	case decision.Allow:
+		return 0
+	case decision.Deny:
+		return 1
+	case decision.ReportDeny:
+		return 2
+	}
+	return 3
+}
+
+func reasonIndex(r string) int {
+	switch r {
+	case decision.ReasonHostnameUnknown:
+		return 0
+	case decision.ReasonHostnameInactive:
+		return 1
+	case decision.ReasonMTLSOff:
+		return 2
+	case decision.ReasonCertificateVerified:
+		return 3
+	case decision.ReasonCertificateMissing:
+		return 4
+	case decision.ReasonCertificateUntrusted:
+		return 5
+	case decision.ReasonCertificateExpired:
+		return 6
+	case decision.ReasonCertificateNotYetValid:
+		return 7
+	case decision.ReasonCertificateWrongKeyUsage:
+		return 8
+	case decision.ReasonCertificateRevoked:
+		return 9
+	case decision.ReasonRuleAllow:
+		return 10
+	case decision.ReasonRuleDeny:
+		return 11
+	case decision.ReasonNoRuleMatched:
+		return 12
+	case decision.ReasonPolicyError:
+		return 13
+	}
+	return len(reasonNames) - 1
+}
