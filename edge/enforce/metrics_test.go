@@ -117,6 +117,16 @@ func TestMetricsDecisionsAndHandshakes(t *testing.T) {
 		}
 	}
 
+	// Plain HTTP to the TLS port: classified where the edge's handshakes fail.
+	raw, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = raw.Write([]byte("GET / HTTP/1.1\r\nHost: pay.example.com\r\n\r\n"))
+	_ = raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = raw.Read(make([]byte, 512))
+	raw.Close()
+
 	want := map[string]int64{
 		"guestlist.edge.decisions|mode=enforce|reason=certificate_verified|stage=request|verdict=allow": 2,
 		"guestlist.edge.decisions|mode=enforce|reason=certificate_missing|stage=request|verdict=deny":   1,
@@ -126,6 +136,7 @@ func TestMetricsDecisionsAndHandshakes(t *testing.T) {
 		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseNoSNI:                                1,
 		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseInactiveHostname:                     1,
 		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseClientCertificateRejected:            1,
+		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseNotTLS:                               1,
 	}
 	var got map[string]int64
 	deadline := time.Now().Add(5 * time.Second)
