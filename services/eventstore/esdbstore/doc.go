@@ -14,8 +14,8 @@
 // stream reads carry the position too. Position is therefore the commit position, and every event read
 // is checked: commit ≠ prepare, or a missing position (older servers send 2^64-1), fails the call
 // with an error saying so; nothing is mapped by guess. An append's answer carries the commit
-// position of its last event (and the prepare position of its first), which is the
-// AppendResult's Position.
+// position of its last event, which is the AppendResult's Position; an answer without one (the
+// server found the events written already) is answered from a read of the stream.
 //
 // Positions are sparse (byte offsets, not counts) and grow with every write, also the server's
 // own; guestlist only orders and compares them. $all reads forward from a position include the

@@ -28,7 +28,8 @@ import (
 // own request building, response parsing and error values are exercised. It models what
 // esdbstore relies on, as the server behaves since 22.10 (see the package documentation):
 // sparse $all positions with commit == prepare for every event of an append; an append's
-// answer carries the last event's commit position and the first event's prepare position;
+// answer carries the last event's commit position (as prepare position too, as the server's
+// request manager does);
 // $all reads forwards include the event at their start position, backwards ones exclude it;
 // subscriptions start after their position; filtered subscriptions send checkpoints at the
 // position after the last record looked at, with prepare 0; the expected-version check with
@@ -341,11 +342,11 @@ func (f *fakeESDB) Append(srv api.Streams_AppendServer) error {
 		}
 		return wrong()
 	}
-	first, last := f.write(stream, next, recs, f.splitNext)
+	_, last := f.write(stream, next, recs, f.splitNext)
 	f.splitNext = false
 	return srv.SendAndClose(&api.AppendResp{Result: &api.AppendResp_Success_{Success: &api.AppendResp_Success{
 		CurrentRevisionOption: &api.AppendResp_Success_CurrentRevision{CurrentRevision: next + uint64(len(recs)) - 1},
-		PositionOption:        &api.AppendResp_Success_Position{Position: &api.AppendResp_Position{CommitPosition: last, PreparePosition: first}},
+		PositionOption:        &api.AppendResp_Success_Position{Position: &api.AppendResp_Position{CommitPosition: last, PreparePosition: last}},
 	}}})
 }
 
