@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"guestlist.dev/edge/configset"
+	"guestlist.dev/projections/distribute"
 	"guestlist.dev/services/api/server"
 	"guestlist.dev/services/auth"
 	"guestlist.dev/services/telemetry"
@@ -39,6 +41,11 @@ type devConfig struct {
 	TracerProvider trace.TracerProvider
 	// Stdout receives the startup banner.
 	Stdout io.Writer
+	// Metrics serves /metrics on the HTTP listener; nil serves nothing there.
+	Metrics http.Handler
+	// Role names the process in the banner: "dev" when empty; "api" and "projector" for the
+	// distributed roles, which serve through serveAPI with the fields they use.
+	Role string
 }
 
 // runControlPlane runs everything "guestlist dev" serves until ctx is done. It is a variable so that
@@ -63,6 +70,8 @@ type controlPlane struct {
 	Close func() error
 	// edgeConfigs is the in-process edge's configuration set (for tests and benchmarks).
 	edgeConfigs *configset.Store
+	// distribute is the ConfigService served, if any (for tests).
+	distribute *distribute.Server
 }
 
 // bannerLine is one "name  value" line of the startup banner.
@@ -87,6 +96,10 @@ func serveControlPlane(ctx context.Context, cfg devConfig) error {
 // serveAPI serves cp's API on cfg's gRPC and HTTP addresses and runs cp's roles until ctx is done,
 // printing the startup banner once everything listens. The first role to fail stops everything.
 func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
+	var extraHTTP map[string]http.Handler
+	if cfg.Metrics != nil {
+		extraHTTP = map[string]http.Handler{"GET /metrics": cfg.Metrics}
+	}
 	srv, err := server.New(server.Config{
 		GRPCAddr:       cfg.GRPCAddr,
 		HTTPAddr:       cfg.HTTPAddr,
@@ -95,6 +108,7 @@ func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
 		Ready:          cp.Ready,
 		Logger:         cfg.Logger,
 		TracerProvider: cfg.TracerProvider,
+		ExtraHTTP:      extraHTTP,
 	})
 	if err != nil {
 		return fmt.Errorf("start the API: %w", err)
@@ -124,17 +138,31 @@ func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
 	return nil
 }
 
-// printBanner writes the short startup block: where everything listens and the admin token.
+// printBanner writes the short startup block: where everything listens and the admin token (none
+// when cfg.AdminToken is empty, as in the projector role).
 func printBanner(w io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extra ...bannerLine) {
 	api := "http://" + httpAddr.String()
 	tokenFile := filepath.Join(cfg.DataDir, adminTokenFile)
-	fmt.Fprintf(w, "\nguestlist dev %s is running\n", cfg.Version)
-	fmt.Fprintf(w, "  gRPC API     %s  (server reflection, grpc.health.v1)\n", grpcAddr)
-	fmt.Fprintf(w, "  REST API     %s  (%s/openapi.json, /healthz, /readyz)\n", api, api)
+	role := cfg.Role
+	if role == "" {
+		role = "dev"
+	}
+	fmt.Fprintf(w, "\nguestlist %s %s is running\n", role, cfg.Version)
+	if role == "projector" {
+		fmt.Fprintf(w, "  %-12s %s  (gRPC config.v1.ConfigService for edges, grpc.health.v1)\n", configServiceHint, grpcAddr)
+		fmt.Fprintf(w, "  %-12s %s  (/healthz, /readyz)\n", httpHint, api)
+	} else {
+		fmt.Fprintf(w, "  gRPC API     %s  (server reflection, grpc.health.v1)\n", grpcAddr)
+		fmt.Fprintf(w, "  REST API     %s  (%s/openapi.json, /healthz, /readyz)\n", api, api)
+	}
 	for _, l := range extra {
 		fmt.Fprintf(w, "  %-12s %s\n", l.name, l.value)
 	}
 	fmt.Fprintf(w, "  data dir     %s\n", cfg.DataDir)
+	if cfg.AdminToken == "" {
+		fmt.Fprintf(w, "\nStop: Ctrl-C\n\n")
+		return
+	}
 	switch cfg.TokenSource {
 	case tokenGenerated:
 		fmt.Fprintf(w, "  admin token  %s\n", cfg.AdminToken)
@@ -214,7 +242,21 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 		}
 	}()
 
+	metrics, err := telemetry.SetupMetrics(ctx, "guestlist", ver)
+	if err != nil {
+		logger.Error("set up metrics", "error", err)
+		return exitError
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := metrics.Shutdown(sctx); err != nil {
+			logger.Warn("shut down metrics", "error", err)
+		}
+	}()
+
 	cfg := devConfig{
+		Metrics:        metrics.Handler,
 		DataDir:        *dataDir,
 		GRPCAddr:       grpcAddr.addr,
 		HTTPAddr:       httpAddr.addr,

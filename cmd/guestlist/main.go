@@ -37,9 +37,10 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"dev", "everything in one process on the embedded event store: API (gRPC + REST), projector, edge, demo origin", runDev},
-		{"api", "the API role alone (gRPC + REST), for the distributed topology", notYet("api")},
-		{"projector", "the projector role alone, for the distributed topology", notYet("projector")},
-		{"edge", "an edge node alone, for the distributed topology", notYet("edge")},
+		{"api", "the control plane API alone (gRPC + REST, audit, ledger; --projector adds the projector)", runAPI},
+		{"projector", "a projector alone: follows the event store and serves the edges' ConfigService", runProjector},
+		{"edge", "an edge node alone: watches its configuration and enforces mutual TLS", runEdge},
+		{"origin", "the demo echo origin alone", runOrigin},
 		{"audit", "the auditors' command line (history, snapshot, explain, diff, verify, export, checkpoint)", runAudit},
 		{"healthcheck", "GET --url; exit 0 on 2xx, 1 otherwise (container health checks)", runHealthcheck},
 		{"version", "print the version and build information", runVersion},
@@ -105,12 +106,4 @@ func runHelp(ctx context.Context, args []string, env func(string) string, stdout
 	fmt.Fprintf(stderr, "guestlist help: unknown command %q\n\n", args[0])
 	usage(stderr)
 	return exitUsage
-}
-
-// notYet is the stand-in for a subcommand that is not built yet.
-func notYet(name string) func(context.Context, []string, func(string) string, io.Writer, io.Writer) int {
-	return func(_ context.Context, _ []string, _ func(string) string, _, stderr io.Writer) int {
-		fmt.Fprintf(stderr, "guestlist %s: not yet implemented; use \"guestlist dev\" to run everything in one process\n", name)
-		return exitUsage
-	}
 }

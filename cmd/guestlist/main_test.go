@@ -493,7 +493,7 @@ func TestCommandsAndHelp(t *testing.T) {
 	if code != exitOK {
 		t.Errorf("help: exit %d", code)
 	}
-	for _, name := range []string{"dev", "api", "projector", "edge", "audit", "version", "help"} {
+	for _, name := range []string{"dev", "api", "projector", "edge", "origin", "audit", "version", "help"} {
 		if !strings.Contains(stdout, "  "+name+" ") {
 			t.Errorf("help does not list %s:\n%s", name, stdout)
 		}
@@ -505,10 +505,10 @@ func TestCommandsAndHelp(t *testing.T) {
 	if code, _, _ := runCmd(t, nil, "dev", "-h"); code != exitOK {
 		t.Errorf("dev -h: exit %d", code)
 	}
-	for _, name := range []string{"api", "projector", "edge"} {
-		code, _, stderr := runCmd(t, nil, name)
-		if code != exitUsage || !strings.Contains(stderr, "not yet implemented") {
-			t.Errorf("%s: exit %d\n%s", name, code, stderr)
+	for _, name := range []string{"api", "projector", "edge", "origin"} {
+		code, _, stderr := runCmd(t, nil, "help", name)
+		if code != exitOK || !strings.Contains(stderr, "Usage: guestlist "+name) || !strings.Contains(stderr, "GUESTLIST_") {
+			t.Errorf("help %s: exit %d\n%s", name, code, stderr)
 		}
 	}
 }

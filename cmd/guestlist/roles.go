@@ -3,14 +3,23 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
@@ -26,7 +35,9 @@ import (
 	"guestlist.dev/services/api/server"
 	"guestlist.dev/services/auth"
 	"guestlist.dev/services/controlplane"
+	"guestlist.dev/services/eventstore"
 	"guestlist.dev/services/eventstore/boltstore"
+	"guestlist.dev/services/eventstore/storeurl"
 )
 
 // Files in the data directory.
@@ -34,7 +45,7 @@ const (
 	eventsFile      = "events.db"       // the embedded event store
 	projectionsFile = "projections.db"  // the projector's read model and checkpoint
 	edgeStateFile   = "edge-config.pb"  // the edge's last applied configuration
-	edgeCADir       = "edge"            // the dev edge CA (edge-ca.pem, edge-ca.key)
+	edgeCADir       = "edge"            // the edge CA (edge-ca.pem, edge-ca.key)
 	decisionsFile   = "decisions.jsonl" // the decision log
 	ledgerFile      = "ledger.db"       // the tenants' hash chains, Merkle logs and signed checkpoints
 	ledgerKeyDir    = "checkpoint-key"  // the key that signs checkpoints
@@ -47,45 +58,112 @@ const (
 	edgeTokenBytes  = 32                // random bytes of a generated edge token
 )
 
-// openDev opens everything "guestlist dev" runs on cfg.DataDir: the event store, the control plane,
-// the projector and its ConfigService, one edge (fed by that ConfigService over loopback gRPC, like a
-// remote edge), and the demo echo origin.
-func openDev(ctx context.Context, cfg devConfig) (_ *controlPlane, err error) {
-	var closers []func() error
-	closeAll := func() error {
-		var errs []error
-		for i := len(closers) - 1; i >= 0; i-- {
-			errs = append(errs, closers[i]())
-		}
-		return errors.Join(errs...)
-	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, closeAll())
-		}
-	}()
+// roleLockTimeout is how long a role waits for another process to release a bbolt file (the
+// event store, the read model) before it gives up and says who holds it.
+const roleLockTimeout = time.Second
 
-	store, err := boltstore.Open(filepath.Join(cfg.DataDir, eventsFile))
-	if err != nil {
-		return nil, fmt.Errorf("open the event store: %w", err)
-	}
-	closers = append(closers, store.Close)
+// parts collects what the role builders (addControlPlane, addProjector, addEdge, addOrigin) open:
+// the API services they serve, their readiness checks, the goroutines they run and what must be
+// closed afterwards. "guestlist dev" adds every role to one parts; the distributed roles add one
+// each.
+type parts struct {
+	services []server.Service
+	ready    []func(context.Context) error
+	// runs run until ctx is done; grpcAddr is the process's API gRPC address (nil in a process
+	// without one, such as the edge role).
+	runs    []func(ctx context.Context, grpcAddr net.Addr) error
+	banner  []bannerLine
+	closers []func() error
+}
 
-	edgeToken, err := newEdgeToken()
-	if err != nil {
-		return nil, err
+// onClose registers f to run when the parts are closed; later registrations run first, so a
+// resource is closed before what it depends on (the event store, opened first, closes last).
+func (p *parts) onClose(f func() error) { p.closers = append(p.closers, f) }
+
+// close closes everything opened, in reverse order.
+func (p *parts) close() error {
+	var errs []error
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		errs = append(errs, p.closers[i]())
 	}
-	signer, err := ledger.LoadOrCreateKey(filepath.Join(cfg.DataDir, ledgerKeyDir))
+	p.closers = nil
+	return errors.Join(errs...)
+}
+
+// checkReady reports the first readiness check that fails.
+func (p *parts) checkReady(ctx context.Context) error {
+	for _, r := range p.ready {
+		if err := r(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// run runs every goroutine of p until ctx is done. The first to fail cancels the others; run waits
+// for all of them and returns that first error.
+func (p *parts) run(ctx context.Context, grpcAddr net.Addr) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for _, r := range p.runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r(ctx, grpcAddr); err != nil && ctx.Err() == nil {
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// openStore opens the event store that a --store value names. A bbolt file that another process
+// holds fails after roleLockTimeout with an error that says so and what to do instead.
+func openStore(ctx context.Context, value string) (eventstore.Store, error) {
+	st, err := storeurl.Open(ctx, value, boltstore.WithLockTimeout(roleLockTimeout))
+	if err != nil {
+		if strings.Contains(err.Error(), "locked by another process") {
+			return nil, fmt.Errorf("open the event store %s: %w; a bolt:// store can be used by one process only: "+
+				"stop the process that holds it, run the projector inside the API process (guestlist api --projector), "+
+				"or use an esdb:// store, which several processes can share", value, err)
+		}
+		return nil, fmt.Errorf("open the event store %s: %w", value, err)
+	}
+	return st, nil
+}
+
+// controlPlaneOptions configure addControlPlane.
+type controlPlaneOptions struct {
+	// DataDir holds the ledger.
+	DataDir string
+	// CheckpointKeyDir holds the key that signs checkpoints (created when missing).
+	CheckpointKeyDir string
+	// AdminToken is the platform operator's token; EdgeToken the edges' (empty: edges may not
+	// watch through this control plane's authenticator).
+	AdminToken, EdgeToken string
+	Logger                *slog.Logger
+}
+
+// addControlPlane adds the control plane on store: the guestlist.v1 services (commands and audit)
+// and the ledger that follows the store and signs checkpoints. It returns the authenticator of the
+// API's bearer tokens.
+func (p *parts) addControlPlane(ctx context.Context, store eventstore.Store, o controlPlaneOptions) (auth.Authenticator, error) {
+	signer, err := ledger.LoadOrCreateKey(o.CheckpointKeyDir)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint key: %w", err)
 	}
-	led, err := ledger.Open(filepath.Join(cfg.DataDir, ledgerFile), store, signer)
+	led, err := ledger.Open(filepath.Join(o.DataDir, ledgerFile), store, signer)
 	if err != nil {
 		return nil, fmt.Errorf("open the ledger: %w", err)
 	}
-	closers = append(closers, led.Close)
+	p.onClose(led.Close)
 	cp, err := controlplane.New(controlplane.Config{
-		Store: store, AdminToken: cfg.AdminToken, EdgeToken: edgeToken, Logger: cfg.Logger,
+		Store: store, AdminToken: o.AdminToken, EdgeToken: o.EdgeToken, Logger: o.Logger,
 		AuditOptions: []audit.Option{audit.WithLedger(led, signer)},
 	})
 	if err != nil {
@@ -94,97 +172,234 @@ func openDev(ctx context.Context, cfg devConfig) (_ *controlPlane, err error) {
 	if err := cp.Ready(ctx); err != nil {
 		return nil, err
 	}
+	p.services = append(p.services, cp.Services()...)
+	p.ready = append(p.ready, cp.Ready)
+	p.runs = append(p.runs, func(ctx context.Context, _ net.Addr) error { return led.Run(ctx) })
+	return cp.Authenticator(), nil
+}
 
-	proj, err := projector.Open(filepath.Join(cfg.DataDir, projectionsFile), store, projector.WithLogger(cfg.Logger.With("role", "projector")))
+// addProjector adds the projector on store, with its read model in dataDir, and the ConfigService
+// that streams it to edges; authorize decides who may watch (see distribute.WithAuthorize).
+func (p *parts) addProjector(store eventstore.Store, dataDir string, logger *slog.Logger, authorize func(context.Context) error) (*distribute.Server, error) {
+	proj, err := projector.Open(filepath.Join(dataDir, projectionsFile), store,
+		projector.WithLogger(logger.With("role", "projector")), projector.WithLockTimeout(roleLockTimeout))
 	if err != nil {
-		return nil, fmt.Errorf("open the projector: %w", err)
+		return nil, fmt.Errorf("open the projector's read model: %w", err)
 	}
-	closers = append(closers, proj.Close)
-	dist := distribute.New(proj, distribute.WithLogger(cfg.Logger.With("role", "distribute")), distribute.WithAuthorize(func(ctx context.Context) error {
-		_, err := auth.AuthorizeEdge(ctx)
-		return err
-	}))
+	p.onClose(proj.Close)
+	dist := distribute.New(proj, distribute.WithLogger(logger.With("role", "distribute")), distribute.WithAuthorize(authorize))
+	p.services = append(p.services, server.Service{
+		Name:         configv1.ConfigService_ServiceDesc.ServiceName,
+		RegisterGRPC: func(r grpc.ServiceRegistrar) { configv1.RegisterConfigServiceServer(r, dist) },
+	})
+	p.ready = append(p.ready, func(context.Context) error {
+		if !proj.Ready() {
+			return errors.New("projector: catching up with the event store")
+		}
+		return nil
+	})
+	p.runs = append(p.runs, func(ctx context.Context, _ net.Addr) error { return proj.Run(ctx) })
+	return dist, nil
+}
 
+// authorizeEdge lets edge principals (and the admin) watch the configuration.
+func authorizeEdge(ctx context.Context) error {
+	_, err := auth.AuthorizeEdge(ctx)
+	return err
+}
+
+// edgeOptions configure addEdge.
+type edgeOptions struct {
+	// EdgeID names the edge (decision log, Watch hello).
+	EdgeID string
+	// Addr is the HTTPS listen address.
+	Addr string
+	// CADir holds the edge CA that issues the hostnames' server certificates (created when
+	// missing; several edges may share it).
+	CADir string
+	// DecisionLog is the decision log's path, or "-" for standard output.
+	DecisionLog string
+	// StatePath is where the last applied configuration is kept.
+	StatePath string
+	// Token is the bearer token presented to the ConfigService.
+	Token string
+	// ConfigAddrs are the ConfigService addresses (host:port), tried in turn when a stream breaks.
+	// Empty: the process's own API gRPC address (guestlist dev).
+	ConfigAddrs []string
+	// ShutdownTimeout bounds the draining of open requests; 0 means enforce's default.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// edgeParts is what addEdge opened, for the roles' banners and for tests.
+type edgeParts struct {
+	configs *configset.Store
+	server  *enforce.Server
+	ca      *servercert.CA
+	logPath string
+	// drained is closed when the HTTPS server has stopped: open requests finished or were cut off
+	// at the shutdown timeout, and the decision log was flushed.
+	drained chan struct{}
+}
+
+// configDialBackoff bounds gRPC's own reconnection delays to a ConfigService, so that an edge
+// notices a restarted projector within seconds rather than gRPC's default of up to two minutes.
+var configDialBackoff = backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second}
+
+// addEdge adds one edge node: its configuration set (starting from the one it last saved), the
+// HTTPS server that enforces it, its decision log, and the client that keeps the set up to date
+// from the ConfigService.
+func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 	configs := configset.NewStore()
-	statePath := filepath.Join(cfg.DataDir, edgeStateFile)
-	if err := configs.LoadFile(statePath); err != nil {
+	if err := configs.LoadFile(o.StatePath); err != nil {
 		return nil, fmt.Errorf("load the edge's last configuration: %w", err)
 	}
-	ca, err := servercert.LoadOrCreateCA(filepath.Join(cfg.DataDir, edgeCADir))
+	ca, err := loadEdgeCA(o.CADir)
 	if err != nil {
 		return nil, fmt.Errorf("edge CA: %w", err)
 	}
-	logPath := cfg.DecisionLog
-	if logPath == "" {
-		logPath = filepath.Join(cfg.DataDir, decisionsFile)
-	}
-	dlog, err := decisionlog.Open(logPath)
+	dlog, err := decisionlog.Open(o.DecisionLog)
 	if err != nil {
 		return nil, fmt.Errorf("decision log: %w", err)
 	}
-	closers = append(closers, dlog.Close)
-	edgeSrv, err := enforce.New(enforce.Config{
-		Addr: cfg.EdgeAddr, Configs: configs, Certificates: ca.GetCertificate, Log: dlog, EdgeID: devEdgeID,
-		Logger: cfg.Logger.With("role", "edge"),
+	p.onClose(dlog.Close)
+	var conns []grpc.ClientConnInterface
+	for _, addr := range o.ConfigAddrs {
+		conn, err := grpc.NewClient(addr,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: configDialBackoff, MinConnectTimeout: 5 * time.Second}))
+		if err != nil {
+			return nil, fmt.Errorf("edge: ConfigService %s: %w", addr, err)
+		}
+		p.onClose(conn.Close)
+		conns = append(conns, conn)
+	}
+	srv, err := enforce.New(enforce.Config{
+		Addr: o.Addr, Configs: configs, Certificates: ca.GetCertificate, Log: dlog, EdgeID: o.EdgeID,
+		Logger: o.Logger.With("role", "edge"), ShutdownTimeout: o.ShutdownTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
-	originLn, err := net.Listen("tcp", cfg.OriginAddr)
-	if err != nil {
-		return nil, fmt.Errorf("echo origin: %w", err)
-	}
-	closers = append(closers, func() error {
-		if err := originLn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+	p.onClose(func() error {
+		if err := srv.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			return err
 		}
 		return nil
 	})
-
-	ready := func(ctx context.Context) error {
-		if err := cp.Ready(ctx); err != nil {
-			return err
-		}
-		if !proj.Ready() {
-			return errors.New("projector: catching up with the event store")
-		}
+	p.ready = append(p.ready, func(context.Context) error {
 		if !configs.Load().Complete() {
 			return errors.New("edge: no configuration received yet")
 		}
 		return nil
-	}
-	services := append(cp.Services(), server.Service{
-		Name:         configv1.ConfigService_ServiceDesc.ServiceName,
-		RegisterGRPC: func(r grpc.ServiceRegistrar) { configv1.RegisterConfigServiceServer(r, dist) },
 	})
-	roles := []func(context.Context, net.Addr) error{
-		func(ctx context.Context, _ net.Addr) error { return proj.Run(ctx) },
-		func(ctx context.Context, _ net.Addr) error { return led.Run(ctx) },
-		func(ctx context.Context, _ net.Addr) error { return edgeSrv.Serve(ctx) },
-		func(ctx context.Context, _ net.Addr) error { return echo.ServeListener(ctx, originLn) },
+	drained := make(chan struct{})
+	watchOpts := watch.Options{EdgeID: o.EdgeID, Token: o.Token, StatePath: o.StatePath, Logger: o.Logger.With("role", "edge-watch")}
+	p.runs = append(p.runs,
+		func(ctx context.Context, _ net.Addr) error {
+			defer close(drained)
+			return srv.Serve(ctx)
+		},
 		func(ctx context.Context, grpcAddr net.Addr) error {
+			if len(conns) > 0 {
+				opts := watchOpts
+				opts.Alternates = conns[1:]
+				return watch.Run(ctx, conns[0], configs, opts)
+			}
+			if grpcAddr == nil {
+				return errors.New("edge: no ConfigService address")
+			}
 			conn, err := grpc.NewClient(grpcAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				return fmt.Errorf("edge: connect to the ConfigService: %w", err)
 			}
 			defer conn.Close()
-			return watch.Run(ctx, conn, configs, watch.Options{EdgeID: devEdgeID, Token: edgeToken, StatePath: statePath, Logger: cfg.Logger.With("role", "edge-watch")})
-		},
+			return watch.Run(ctx, conn, configs, watchOpts)
+		})
+	p.banner = append(p.banner,
+		bannerLine{edgeHint, "https://" + srv.Addr().String()},
+		bannerLine{edgeCAHint, ca.CertificatePath() + "  (curl --cacert)"})
+	return &edgeParts{configs: configs, server: srv, ca: ca, logPath: o.DecisionLog, drained: drained}, nil
+}
+
+// addOrigin adds the demo echo origin on addr.
+func (p *parts) addOrigin(addr string) (net.Addr, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("echo origin: %w", err)
 	}
+	p.onClose(func() error {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	})
+	p.runs = append(p.runs, func(ctx context.Context, _ net.Addr) error { return echo.ServeListener(ctx, ln) })
+	p.banner = append(p.banner, bannerLine{originHint, "http://" + ln.Addr().String()})
+	return ln.Addr(), nil
+}
+
+// openDev opens everything "guestlist dev" runs on cfg.DataDir: the event store, the control plane,
+// the projector and its ConfigService, one edge (fed by that ConfigService over loopback gRPC, like a
+// remote edge), and the demo echo origin. It is the composition of the same builders as the
+// distributed roles.
+func openDev(ctx context.Context, cfg devConfig) (_ *controlPlane, err error) {
+	p := &parts{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, p.close())
+		}
+	}()
+	store, err := openStore(ctx, "bolt://"+filepath.Join(cfg.DataDir, eventsFile))
+	if err != nil {
+		return nil, err
+	}
+	p.onClose(store.Close)
+	edgeToken, err := newEdgeToken()
+	if err != nil {
+		return nil, err
+	}
+	authn, err := p.addControlPlane(ctx, store, controlPlaneOptions{
+		DataDir: cfg.DataDir, CheckpointKeyDir: filepath.Join(cfg.DataDir, ledgerKeyDir),
+		AdminToken: cfg.AdminToken, EdgeToken: edgeToken, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	dist, err := p.addProjector(store, cfg.DataDir, cfg.Logger, authorizeEdge)
+	if err != nil {
+		return nil, err
+	}
+	logPath := cfg.DecisionLog
+	if logPath == "" {
+		logPath = filepath.Join(cfg.DataDir, decisionsFile)
+	}
+	edge, err := p.addEdge(edgeOptions{
+		EdgeID: devEdgeID, Addr: cfg.EdgeAddr, CADir: filepath.Join(cfg.DataDir, edgeCADir), DecisionLog: logPath,
+		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: edgeToken, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.addOrigin(cfg.OriginAddr); err != nil {
+		return nil, err
+	}
+	p.banner = append(p.banner, bannerLine{decisionLogHint, logPath})
+	return p.controlPlane(authn, edge.configs, dist), nil
+}
+
+// controlPlane is p as what serveAPI serves.
+func (p *parts) controlPlane(authn auth.Authenticator, edgeConfigs *configset.Store, dist *distribute.Server) *controlPlane {
 	return &controlPlane{
-		Authenticator: cp.Authenticator(),
-		Services:      services,
-		Ready:         ready,
-		Roles:         roles,
-		Banner: []bannerLine{
-			{edgeHint, "https://" + edgeSrv.Addr().String()},
-			{edgeCAHint, ca.CertificatePath() + "  (curl --cacert)"},
-			{originHint, "http://" + originLn.Addr().String()},
-			{decisionLogHint, logPath},
-		},
-		Close:       closeAll,
-		edgeConfigs: configs,
-	}, nil
+		Authenticator: authn,
+		Services:      p.services,
+		Ready:         p.checkReady,
+		Roles:         p.runs,
+		Banner:        p.banner,
+		Close:         p.close,
+		edgeConfigs:   edgeConfigs,
+		distribute:    dist,
+	}
 }
 
 // newEdgeToken returns a fresh bearer token for the in-process edge. It lives only as long as the
@@ -195,4 +410,28 @@ func newEdgeToken() (string, error) {
 		return "", fmt.Errorf("generate the edge token: %w", err)
 	}
 	return edgeTokenPrefix + hex.EncodeToString(b[:]), nil
+}
+
+// edgeTokenAuth is the projector role's authenticator: it knows one bearer token, --edge-token,
+// which it accepts as the edge role; every other token is UNAUTHENTICATED. Tokens are compared
+// by their SHA-256 in constant time, so neither the token nor its length leaks through timing.
+type edgeTokenAuth struct{ sum [sha256.Size]byte }
+
+var _ auth.Authenticator = (*edgeTokenAuth)(nil)
+
+// newEdgeTokenAuth returns the authenticator of token, which must not be empty.
+func newEdgeTokenAuth(token string) (*edgeTokenAuth, error) {
+	if err := checkToken(token); err != nil {
+		return nil, fmt.Errorf("edge token: %w", err)
+	}
+	return &edgeTokenAuth{sum: sha256.Sum256([]byte(token))}, nil
+}
+
+// Authenticate implements auth.Authenticator.
+func (a *edgeTokenAuth) Authenticate(_ context.Context, bearer string) (auth.Principal, error) {
+	sum := sha256.Sum256([]byte(bearer))
+	if subtle.ConstantTimeCompare(sum[:], a.sum[:]) == 1 {
+		return auth.Principal{Role: auth.RoleEdge}, nil
+	}
+	return auth.Principal{}, status.Error(codes.Unauthenticated, "missing or invalid bearer token")
 }

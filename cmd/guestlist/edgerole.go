@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"guestlist.dev/edge/echo"
+	"guestlist.dev/services/telemetry"
+)
+
+// edgeConfig is the resolved configuration of "guestlist edge".
+type edgeConfig struct {
+	// DataDir holds the last applied configuration and, by default, the decision log and the
+	// edge CA.
+	DataDir string
+	// EdgeID names the edge.
+	EdgeID string
+	// EdgeAddr is the HTTPS address, HTTPAddr the address of /healthz, /readyz and /metrics.
+	EdgeAddr, HTTPAddr string
+	// CADir is the edge CA directory; DecisionLog the decision log ("-" for standard output).
+	CADir, DecisionLog string
+	// ConfigAddrs are the ConfigService addresses; EdgeToken the bearer token presented to them.
+	ConfigAddrs []string
+	EdgeToken   string
+	// ShutdownTimeout bounds the draining of open requests on SIGINT/SIGTERM; 0 means the
+	// enforce package's default.
+	ShutdownTimeout time.Duration
+	// Metrics serves /metrics; nil serves 404 there.
+	Metrics http.Handler
+	Version string
+	Logger  *slog.Logger
+	Stdout  io.Writer
+}
+
+// runEdgeRole runs "guestlist edge" until ctx is done. It is a variable so that tests can stand in
+// for it.
+var runEdgeRole = serveEdgeRole
+
+const edgeSynopsis = `Runs one edge node: it watches its configuration from the ConfigService (--config-addr, one
+or more addresses, tried in turn when a stream breaks), keeps the last one in --data-dir so that it
+serves even when no ConfigService answers, and enforces mutual TLS on --edge-addr. SIGINT or
+SIGTERM shuts down gracefully: the edge stops accepting, lets open requests finish, and flushes
+the decision log.`
+
+// runEdge is "guestlist edge".
+func runEdge(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("edge", edgeSynopsis, stderr)
+	rf := addRoleFlags(fs, "127.0.0.1:8444", "/healthz, /readyz (200 once a complete configuration is held) and /metrics address")
+	configAddrs := &addrListFlag{}
+	fs.Var(configAddrs, "config-addr", "ConfigService address(es), host:port, comma-separated; required")
+	edgeToken := &tokenFlag{}
+	fs.Var(edgeToken, "edge-token", "bearer token presented to the ConfigService; required")
+	edgeID := fs.String("edge-id", "", "this edge's name in the decision log and on the ConfigService (default: the host name)")
+	edgeAddr := &addrFlag{"127.0.0.1:8443"}
+	fs.Var(edgeAddr, "edge-addr", "edge HTTPS address")
+	caDir := fs.String("edge-ca-dir", "", "edge CA directory (edge-ca.pem, edge-ca.key; created when missing; edges may share one) (default <data-dir>/edge)")
+	decisionLog := fs.String("decision-log", "", "decision log: a file path, or - for standard output (default <data-dir>/decisions.jsonl)")
+	if err := parseFlags(fs, args, env); err != nil {
+		return flagError(fs, err, stderr)
+	}
+	if err := rf.checkDataDir(); err != nil {
+		return flagError(fs, err, stderr)
+	}
+	if len(configAddrs.addrs) == 0 {
+		return flagError(fs, errors.New("--config-addr is required: the ConfigService address(es), host:port, comma-separated"), stderr)
+	}
+	if edgeToken.token == "" {
+		return flagError(fs, errors.New("--edge-token is required: the bearer token presented to the ConfigService"), stderr)
+	}
+	if *edgeID == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "edge"
+		}
+		*edgeID = h
+	}
+	if *caDir == "" {
+		*caDir = filepath.Join(*rf.dataDir, edgeCADir)
+	}
+	if *decisionLog == "" {
+		*decisionLog = filepath.Join(*rf.dataDir, decisionsFile)
+	}
+	renv, ok := rf.setUp(ctx, "guestlist-edge", false, stderr)
+	if !ok {
+		return exitError
+	}
+	defer renv.done()
+	cfg := edgeConfig{
+		DataDir: *rf.dataDir, EdgeID: *edgeID, EdgeAddr: edgeAddr.addr, HTTPAddr: rf.httpAddr.addr,
+		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token,
+		Metrics: renv.metrics, Version: renv.ver, Logger: renv.logger, Stdout: stdout,
+	}
+	if err := runEdgeRole(ctx, cfg); err != nil {
+		renv.logger.Error("guestlist edge stopped", "error", err)
+		return exitError
+	}
+	renv.logger.Info("guestlist edge stopped")
+	return exitOK
+}
+
+// serveEdgeRole runs one edge node until ctx is done, then shuts down gracefully: /readyz turns
+// 503, the HTTPS server stops accepting and waits (up to its shutdown timeout) for open requests,
+// the decision log is flushed, the configuration saved, the HTTP listener closes, and the decision
+// log is closed.
+func serveEdgeRole(ctx context.Context, cfg edgeConfig) (err error) {
+	p := &parts{}
+	defer func() {
+		if cerr := p.close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close: %w", cerr))
+		}
+	}()
+	edge, err := p.addEdge(edgeOptions{
+		EdgeID: cfg.EdgeID, Addr: cfg.EdgeAddr, CADir: cfg.CADir, DecisionLog: cfg.DecisionLog,
+		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: cfg.EdgeToken, ConfigAddrs: cfg.ConfigAddrs,
+		ShutdownTimeout: cfg.ShutdownTimeout, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("open: %w", err)
+	}
+	httpLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+	var draining atomic.Bool
+	hs := &http.Server{
+		Handler:           edgeHTTPHandler(p.checkReady, &draining, cfg.Metrics),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	p.runs = append(p.runs, func(ctx context.Context, _ net.Addr) error {
+		errc := make(chan error, 1)
+		go func() { errc <- hs.Serve(httpLn) }()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serve HTTP on %s: %w", httpLn.Addr(), err)
+		case <-ctx.Done():
+		}
+		// /readyz answers 503 while the HTTPS server drains, so that load balancers stop sending.
+		draining.Store(true)
+		<-edge.drained
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			_ = hs.Close()
+		}
+		if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve HTTP on %s: %w", httpLn.Addr(), err)
+		}
+		return nil
+	})
+	printEdgeBanner(cfg.Stdout, cfg, edge.server.Addr(), httpLn.Addr(), p.banner)
+	cfg.Logger.Info("edge serving", "edge_id", cfg.EdgeID, "config_addrs", cfg.ConfigAddrs,
+		"position", edge.configs.Load().Position(), "complete", edge.configs.Load().Complete())
+	return p.run(ctx, nil)
+}
+
+// edgeHTTPHandler serves the edge's HTTP listener: /healthz (200 while the process runs), /readyz
+// (200 once ready reports nil, 503 with the reason before that and while shutting down) and
+// /metrics.
+func edgeHTTPHandler(ready func(context.Context) error, draining *atomic.Bool, metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "not ready: shutting down\n")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "not ready: "+err.Error()+"\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
+	return mux
+}
+
+// printEdgeBanner writes the edge role's startup block.
+func printEdgeBanner(w io.Writer, cfg edgeConfig, edgeAddr, httpAddr net.Addr, lines []bannerLine) {
+	fmt.Fprintf(w, "\nguestlist edge %s is running (edge id %s)\n", cfg.Version, cfg.EdgeID)
+	for _, l := range lines {
+		fmt.Fprintf(w, "  %-12s %s\n", l.name, l.value)
+	}
+	fmt.Fprintf(w, "  %-12s http://%s  (/healthz, /readyz, /metrics)\n", httpHint, httpAddr)
+	fmt.Fprintf(w, "  %-12s %s\n", configFromHint, strings.Join(cfg.ConfigAddrs, ", "))
+	fmt.Fprintf(w, "  %-12s %s\n", decisionLogHint, cfg.DecisionLog)
+	fmt.Fprintf(w, "  %-12s %s\n", "data dir", cfg.DataDir)
+	fmt.Fprintf(w, "\nStop: Ctrl-C\n\n")
+}
+
+const originSynopsis = `Runs the demo echo origin alone: it answers every request with a JSON body listing the method,
+path and headers it received. SIGINT or SIGTERM shuts down gracefully.`
+
+// runOrigin is "guestlist origin".
+func runOrigin(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("origin", originSynopsis, stderr)
+	addr := &addrFlag{"127.0.0.1:8081"}
+	fs.Var(addr, "origin-addr", "demo echo origin address; :0 picks a free port")
+	level := &levelFlag{slog.LevelInfo}
+	fs.Var(level, "log-level", "log level: debug, info, warn or error")
+	format := &choiceFlag{value: "text", choices: []string{"text", "json"}}
+	fs.Var(format, "log-format", "log format: text or json")
+	if err := parseFlags(fs, args, env); err != nil {
+		return flagError(fs, err, stderr)
+	}
+	logger := telemetry.NewLogger(stderr, level.level, format.value == "json")
+	ln, err := net.Listen("tcp", addr.addr)
+	if err != nil {
+		logger.Error("echo origin", "error", err)
+		return exitError
+	}
+	fmt.Fprintf(stdout, "\nguestlist origin %s is running\n  %-12s http://%s\n\nStop: Ctrl-C\n\n", currentVersion(), originHint, ln.Addr())
+	if err := echo.ServeListener(ctx, ln); err != nil {
+		logger.Error("guestlist origin stopped", "error", err)
+		return exitError
+	}
+	logger.Info("guestlist origin stopped")
+	return exitOK
+}
