@@ -46,6 +46,20 @@
 // configuration of the connection's hostname, so a resumed session can never carry an earlier
 // acceptance over: not across hostnames, nor across configuration changes.
 //
+// # Connections
+//
+// The server accepts and handshakes connections itself. HTTP/2 connections are served by
+// net/http. HTTP/1.1 connections (ALPN http/1.1 or none) are served by the edge's own HTTP/1.1
+// loop (h1.go): requests parsed in place from a reused buffer, decided as above, forwarded
+// through the lean proxy's pool and answered with one write for a small response, without
+// net/http's per-request machinery (background read, response writer, header maps). Its parser
+// accepts only a strict subset of HTTP/1.1, refuses request-smuggling material itself (400:
+// Content-Length with Transfer-Encoding, differing Content-Lengths, obs-fold, control
+// characters, a missing or repeated Host), and hands the connection, with the bytes already
+// read, over to net/http for the rest of its life at the first request outside the subset
+// (chunked or large bodies, Expect, Upgrade, HTTP/1.0, absolute-form targets, CONNECT, ...),
+// which then serves it as described here.
+//
 // # Forwarding
 //
 // See [Server] for the headers the origin receives. Requests without a body (the bulk of API
