@@ -1,8 +1,10 @@
 package controlplane_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,6 +55,25 @@ type stack struct {
 	edge    string // the edge's address
 	edgeCA  *servercert.CA
 	origin  string
+	logs    *lockedBuffer // JSON debug logs of the projector, the distribution and the edge's watch
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func startStack(t *testing.T) *stack {
@@ -64,6 +86,8 @@ func startStack(t *testing.T) *stack {
 
 	dir := t.TempDir()
 	quiet := slog.New(slog.DiscardHandler)
+	logs := &lockedBuffer{}
+	debug := telemetry.NewLogger(logs, slog.LevelDebug, true)
 	spans := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
 	metrics, err := telemetry.NewMetrics(context.Background(), "guestlist-test", "test")
@@ -84,12 +108,12 @@ func startStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proj, err := projector.Open(filepath.Join(dir, "projections.db"), store, projector.WithLogger(quiet),
+	proj, err := projector.Open(filepath.Join(dir, "projections.db"), store, projector.WithLogger(debug),
 		projector.WithTracerProvider(tp), projector.WithMeterProvider(mp))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dist := distribute.New(proj, distribute.WithLogger(quiet), distribute.WithTracerProvider(tp), distribute.WithMeterProvider(mp),
+	dist := distribute.New(proj, distribute.WithLogger(debug), distribute.WithTracerProvider(tp), distribute.WithMeterProvider(mp),
 		distribute.WithAuthorize(func(ctx context.Context) error { _, err := auth.AuthorizeEdge(ctx); return err }))
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
@@ -129,7 +153,7 @@ func startStack(t *testing.T) *stack {
 		srv.Serve, proj.Run, edgeSrv.Serve,
 		func(ctx context.Context) error { return echo.ServeListener(ctx, originLn) },
 		func(ctx context.Context) error {
-			return watch.Run(ctx, conn, configs, watch.Options{EdgeID: "edge-1", Token: edgeToken, Logger: quiet,
+			return watch.Run(ctx, conn, configs, watch.Options{EdgeID: "edge-1", Token: edgeToken, Logger: debug,
 				TracerProvider: tp, MeterProvider: mp, Backoff: watch.Backoff{Min: 10 * time.Millisecond, Max: 100 * time.Millisecond}})
 		},
 	}
@@ -152,7 +176,7 @@ func startStack(t *testing.T) *stack {
 	})
 	n := &node{t: t, dir: dir, store: bolt, base: "http://" + srv.HTTPAddr().String(), conn: conn, stop: func() {}}
 	n.waitReady()
-	return &stack{node: n, spans: spans, configs: configs, edge: edgeSrv.Addr().String(), edgeCA: edgeCA, origin: "http://" + originLn.Addr().String()}
+	return &stack{node: n, spans: spans, configs: configs, edge: edgeSrv.Addr().String(), edgeCA: edgeCA, origin: "http://" + originLn.Addr().String(), logs: logs}
 }
 
 // TestOneTraceFromAPIToEdge makes one change over REST with a client's traceparent and follows it:
@@ -232,6 +256,23 @@ func TestOneTraceFromAPIToEdge(t *testing.T) {
 	}
 	if strings.Join(chain, " <- ") != strings.Join(want, " <- ") {
 		t.Errorf("parent chain from the edge:\n got %s\nwant %s", strings.Join(chain, " <- "), strings.Join(want, " <- "))
+	}
+
+	// The per-change logs of the projector, the distribution and the edge carry the trace id.
+	// (The distribution logs just after the send, so its line may come after the edge's span.)
+	for _, msg := range []string{"projector: change committed", "distribute: change sent", "configuration applied"} {
+		found := false
+		for deadline := time.Now().Add(5 * time.Second); !found && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			for _, line := range strings.Split(s.logs.String(), "\n") {
+				var rec map[string]any
+				if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg && rec[telemetry.TraceIDKey] == traceID.String() {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no %q log line with trace_id %s", msg, traceID)
+		}
 	}
 }
 
