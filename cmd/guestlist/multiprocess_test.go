@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -478,6 +479,23 @@ func TestMultiProcess(t *testing.T) {
 	lines := readDecisions(t, filepath.Join(edges[1].dataDir, decisionsFile))
 	if len(lines) == 0 || lines[len(lines)-1].Request.Path != "/in-flight" || lines[len(lines)-1].Hostname != "slow.acme.example" {
 		t.Errorf("edge 2's decision log does not end with the request in flight: %d lines", len(lines))
+	}
+
+	// The roles' /metrics: the edge counts its decisions, the API serves its own.
+	for url, want := range map[string]string{
+		"http://" + edges[0].http + "/metrics": `guestlist_edge_decisions_total{`,
+		"http://" + apiHTTP + "/metrics":       "go_goroutines",
+	} {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Errorf("GET %s: %v", url, err)
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+			t.Errorf("GET %s: %d, no %q", url, resp.StatusCode, want)
+		}
 	}
 
 	// Everything else stops gracefully on SIGTERM.
