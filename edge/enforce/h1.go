@@ -74,6 +74,7 @@ type h1Conn struct {
 	resp     h1Response
 	dreq     decision.Request
 	bodyLeft int64 // bytes of the request body not read yet
+	status   int   // the status answered to the request in hand (0: none yet), for the metrics
 	lastPost bool  // the previous request was a POST (net/http then skips up to 4 CR/LF bytes)
 	scratch  []byte
 
@@ -158,7 +159,13 @@ func (s *Server) serveH1(tc *tls.Conn, st *tls.ConnectionState) {
 			_ = c.bw.Flush()
 			return
 		}
-		switch c.serveRequest() {
+		start := time.Now()
+		c.status = 0
+		next := c.serveRequest()
+		if c.status != 0 {
+			s.metrics.requestDone(c.status, time.Since(start))
+		}
+		switch next {
 		case h1Close:
 			return
 		case h1Handoff:
@@ -422,6 +429,7 @@ func appendStatusLine(b []byte, code int) []byte {
 
 // answer writes one of the edge's own JSON answers, consuming the request head and body.
 func (c *h1Conn) answer(code int, body []byte, decisionID string, closeConn bool) h1Next {
+	c.status = code
 	isHead := string(c.req.method) == http.MethodHead
 	if !c.discardBody() {
 		return h1Close

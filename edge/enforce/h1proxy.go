@@ -219,6 +219,7 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 			return h1Close, false, err
 		}
 		if resp.code >= 200 {
+			c.status = resp.code
 			break
 		}
 		if resp.code == http.StatusSwitchingProtocols {

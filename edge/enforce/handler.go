@@ -39,6 +39,48 @@ func (s *Server) verification(cs *connState, h *decision.Hostname, peer []*x509.
 
 // ServeHTTP decides and forwards or refuses one request (see the package documentation).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.metrics == nil {
+		s.serveHTTP(w, r)
+		return
+	}
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	s.serveHTTP(sw, r)
+	code := sw.code
+	if code == 0 {
+		code = http.StatusOK // what net/http sends for a handler that wrote nothing
+	}
+	s.metrics.requestDone(code, time.Since(start))
+}
+
+// statusWriter remembers the status a handler answered, for the request duration metric.
+// Unwrap lets http.ResponseController reach the connection's writer (flushes while streaming).
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+// WriteHeader implements http.ResponseWriter.
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 && code >= 200 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Write implements http.ResponseWriter.
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap returns the wrapped writer (for http.ResponseController).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// serveHTTP is ServeHTTP without the metrics.
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	if r.Method == http.MethodConnect {
 		// The edge is no tunnel: CONNECT would reach the origin as an odd request at best.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -48,6 +49,16 @@ func counts(t *testing.T, r sdkmetric.Reader) map[string]int64 {
 	out := map[string]int64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
+			if h, ok := m.Data.(metricdata.Histogram[float64]); ok {
+				for _, dp := range h.DataPoints {
+					k := m.Name
+					for _, kv := range dp.Attributes.ToSlice() {
+						k += "|" + string(kv.Key) + "=" + kv.Value.Emit()
+					}
+					out[k] += int64(dp.Count)
+				}
+				continue
+			}
 			sum, ok := m.Data.(metricdata.Sum[int64])
 			if !ok {
 				continue
@@ -83,6 +94,22 @@ func TestMetricsDecisionsAndHandshakes(t *testing.T) {
 	expectStatus(t, e.get(withC, "https://pay.example.com/b"), 200)
 	expectStatus(t, e.get(e.client(), "https://pay.example.com/c"), 403)
 	expectStatus(t, e.get(e.client(), "https://off.example.com/"), 200)
+	// HTTP/2 (net/http's path): allowed, then misdirected (Host names another hostname).
+	h2 := e.client(withCert(leaf), withH2())
+	expectStatus(t, e.get(h2, "https://pay.example.com/h2"), 200)
+	req, err := http.NewRequest(http.MethodGet, "https://pay.example.com/h2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "off.example.com"
+	expectStatus(t, mustDo(t, e, h2, req), http.StatusMisdirectedRequest)
+	// HTTP/1.1 (the fast path): misdirected.
+	req, err = http.NewRequest(http.MethodGet, "https://pay.example.com/h1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "off.example.com"
+	expectStatus(t, mustDo(t, e, withC, req), http.StatusMisdirectedRequest)
 
 	// Handshakes that fail.
 	handshake := func(serverName string, withCert bool) error {
@@ -128,7 +155,9 @@ func TestMetricsDecisionsAndHandshakes(t *testing.T) {
 	raw.Close()
 
 	want := map[string]int64{
-		"guestlist.edge.decisions|mode=enforce|reason=certificate_verified|stage=request|verdict=allow": 2,
+		"guestlist.edge.decisions|mode=enforce|reason=certificate_verified|stage=request|verdict=allow": 3,
+		"guestlist.edge.request.duration|code=2xx":                                                      4,
+		"guestlist.edge.request.duration|code=4xx":                                                      3,
 		"guestlist.edge.decisions|mode=enforce|reason=certificate_missing|stage=request|verdict=deny":   1,
 		"guestlist.edge.decisions|mode=off|reason=mtls_off|stage=request|verdict=allow":                 1,
 		"guestlist.edge.decisions|mode=enforce|reason=certificate_missing|stage=handshake|verdict=deny": 1,
@@ -154,6 +183,15 @@ func TestMetricsDecisionsAndHandshakes(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func mustDo(t *testing.T, e *env, c *http.Client, req *http.Request) *result {
+	t.Helper()
+	r, err := e.do(c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 func withCertCfg(c *tls.Config, l *pkitest.Leaf) {
