@@ -481,10 +481,13 @@ func TestMultiProcess(t *testing.T) {
 		t.Errorf("edge 2's decision log does not end with the request in flight: %d lines", len(lines))
 	}
 
-	// The roles' /metrics: the edge counts its decisions, the API serves its own.
-	for url, want := range map[string]string{
-		"http://" + edges[0].http + "/metrics": `guestlist_edge_decisions_total{`,
-		"http://" + apiHTTP + "/metrics":       "go_goroutines",
+	// The roles' /metrics: the edge counts its decisions, requests and configuration; the API
+	// its appends, its RPCs and its projector's lag.
+	for url, wants := range map[string][]string{
+		"http://" + edges[0].http + "/metrics": {`guestlist_edge_decisions_total{`, `guestlist_edge_request_duration_seconds_count{`,
+			`guestlist_edge_config_revision`, `guestlist_edge_config_age_seconds`},
+		"http://" + apiHTTP + "/metrics": {"go_goroutines", `guestlist_eventstore_append_duration_seconds_count{`,
+			"guestlist_projector_lag_events", "guestlist_projector_lag_seconds", "rpc_server_"},
 	} {
 		resp, err := http.Get(url)
 		if err != nil {
@@ -493,8 +496,10 @@ func TestMultiProcess(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
-			t.Errorf("GET %s: %d, no %q", url, resp.StatusCode, want)
+		for _, want := range wants {
+			if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+				t.Errorf("GET %s: %d, no %q", url, resp.StatusCode, want)
+			}
 		}
 	}
 

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +36,7 @@ import (
 	"guestlist.dev/services/controlplane"
 	"guestlist.dev/services/eventstore"
 	"guestlist.dev/services/eventstore/boltstore"
+	"guestlist.dev/services/eventstore/instrument"
 	"guestlist.dev/services/eventstore/storeurl"
 )
 
@@ -122,19 +122,26 @@ func (p *parts) run(ctx context.Context, grpcAddr net.Addr) error {
 	return nil
 }
 
-// openStore opens the event store that a --store value names. A bbolt file that another process
+// openStore opens the event store that a --store value names, measured and traced
+// (services/eventstore/instrument). A bbolt file that another process
 // holds fails after roleLockTimeout with an error that says so and what to do instead.
 func openStore(ctx context.Context, value string) (eventstore.Store, error) {
 	st, err := storeurl.Open(ctx, value, boltstore.WithLockTimeout(roleLockTimeout))
 	if err != nil {
-		if strings.Contains(err.Error(), "locked by another process") {
+		if errors.Is(err, boltstore.ErrLocked) {
 			return nil, fmt.Errorf("open the event store %s: %w; a bolt:// store can be used by one process only: "+
 				"stop the process that holds it, run the projector inside the API process (guestlist api --projector), "+
 				"or use an esdb:// store, which several processes can share", value, err)
 		}
 		return nil, fmt.Errorf("open the event store %s: %w", value, err)
 	}
-	return st, nil
+	// Append latency and spans, on the global providers that telemetry.Setup and SetupMetrics
+	// installed.
+	wrapped, err := instrument.Wrap(st)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("instrument the event store: %w", err), st.Close())
+	}
+	return wrapped, nil
 }
 
 // controlPlaneOptions configure addControlPlane.

@@ -98,6 +98,10 @@ func defaultOptions() options {
 	}
 }
 
+// ErrLocked is returned by Open when another process holds the file (bbolt takes an exclusive
+// file lock) for longer than the lock timeout (WithLockTimeout).
+var ErrLocked = errors.New("the file is locked by another process")
+
 // WithGroupWait lets the committer wait up to d (and at most half a commit's duration) for the
 // writers it just answered to come back before it commits a smaller batch (default 0: commit what
 // is queued at once). It raises throughput for many writers that append in a tight loop (see
@@ -198,7 +202,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 	})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("boltstore: open %s: file is locked by another process: %w", path, err)
+			return nil, fmt.Errorf("boltstore: open %s: %w (waited %v): %w", path, ErrLocked, o.lockTimeout, err)
 		}
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
