@@ -87,7 +87,7 @@ func runContext(ctx context.Context, args []string, env func(string) string, std
 func usage(w io.Writer) {
 	fmt.Fprint(w, "guestlist: mutual TLS on custom hostnames.\n\nUsage:\n  guestlist COMMAND [flags]\n\nCommands:\n")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, "\nEvery flag can also be set as GUESTLIST_<FLAG> (--data-dir <- GUESTLIST_DATA_DIR); a flag\n"+
 		"on the command line wins. Run \"guestlist help COMMAND\" for a command's flags.\n")
