@@ -79,7 +79,13 @@ type bannerLine struct{ name, value string }
 
 // serveControlPlane opens everything "guestlist dev" runs and serves it until ctx is done.
 func serveControlPlane(ctx context.Context, cfg devConfig) error {
-	cp, err := openDev(ctx, cfg)
+	return openAndServe(ctx, cfg, func(ctx context.Context) (*controlPlane, error) { return openDev(ctx, cfg) })
+}
+
+// openAndServe opens a process's parts with open, serves them with serveAPI on cfg until ctx is
+// done, and closes them on the way out (after serveAPI has drained the API and stopped the roles).
+func openAndServe(ctx context.Context, cfg devConfig, open func(context.Context) (*controlPlane, error)) error {
+	cp, err := open(ctx)
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
 	}

@@ -216,16 +216,7 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 // serveAPIRole opens and serves "guestlist api" until ctx is done, then shuts down: the API stops
 // accepting and drains its calls, the projector and the ledger stop, and the store closes last.
 func serveAPIRole(ctx context.Context, cfg apiConfig) error {
-	cp, err := openAPI(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("open: %w", err)
-	}
-	defer func() {
-		if err := cp.Close(); err != nil {
-			cfg.Logger.Error("close", "error", err)
-		}
-	}()
-	return serveAPI(ctx, cfg.devConfig, cp)
+	return openAndServe(ctx, cfg.devConfig, func(ctx context.Context) (*controlPlane, error) { return openAPI(ctx, cfg) })
 }
 
 // openAPI opens what "guestlist api" serves: the event store, the control plane and its ledger
@@ -336,16 +327,7 @@ func runProjector(ctx context.Context, args []string, env func(string) string, s
 // serveProjectorRole opens and serves "guestlist projector" until ctx is done, then shuts down:
 // the ConfigService stops accepting and ends its streams, the projector stops, the store closes.
 func serveProjectorRole(ctx context.Context, cfg projectorConfig) error {
-	cp, err := openProjector(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("open: %w", err)
-	}
-	defer func() {
-		if err := cp.Close(); err != nil {
-			cfg.Logger.Error("close", "error", err)
-		}
-	}()
-	return serveAPI(ctx, cfg.devConfig, cp)
+	return openAndServe(ctx, cfg.devConfig, func(ctx context.Context) (*controlPlane, error) { return openProjector(ctx, cfg) })
 }
 
 // openProjector opens what "guestlist projector" serves: the event store, the projector and the
