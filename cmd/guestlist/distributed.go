@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,6 +38,9 @@ type roleFlags struct {
 	httpAddr *addrFlag
 	level    *levelFlag
 	format   *choiceFlag
+	// instance, when set before setUp, is the process's service.instance.id in its metrics and
+	// traces, so that processes of one service (edges) stay apart where their telemetry meets.
+	instance string
 }
 
 // addRoleFlags defines the common flags on fs; httpDefault is the role's --http-addr default and
@@ -90,7 +92,7 @@ func (f *roleFlags) setUp(ctx context.Context, service string, withTracing bool,
 		env.done()
 		return env, false
 	}
-	m, err := telemetry.SetupMetrics(ctx, service, env.ver)
+	m, err := telemetry.SetupMetrics(ctx, service, env.ver, telemetry.Instance(f.instance)...)
 	if err != nil {
 		logger.Error("set up metrics", "error", err)
 		env.done()
@@ -99,7 +101,7 @@ func (f *roleFlags) setUp(ctx context.Context, service string, withTracing bool,
 	env.metrics = m.Handler
 	undo = append(undo, m.Shutdown)
 	if withTracing {
-		tp, shutdown, err := telemetry.Setup(ctx, service, env.ver)
+		tp, shutdown, err := telemetry.Setup(ctx, service, env.ver, telemetry.Instance(f.instance)...)
 		if err != nil {
 			logger.Error("set up tracing", "error", err)
 			env.done()
@@ -370,16 +372,28 @@ func (p *parts) projectorOn(store eventstore.Store, cfg projectorConfig) (*contr
 	return p.controlPlane(authn, nil, dist), nil
 }
 
-// redactStore is a --store value fit for a banner: without the password of an esdb:// URL.
+// redactStore is a --store value fit for a banner, a log or an error: without the password of an
+// esdb:// connection string. It does not rely on net/url, which refuses some connection strings
+// the EventStoreDB client accepts (several hosts, a malformed port), so that a value that fails
+// to parse or to connect never repeats the password either.
 func redactStore(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
 		return s
 	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	hostEnd := len(rest)
+	if i := strings.IndexByte(rest, '?'); i >= 0 {
+		hostEnd = i
 	}
-	return u.String()
+	at := strings.LastIndexByte(rest[:hostEnd], '@')
+	if at < 0 {
+		return s
+	}
+	user, _, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return s
+	}
+	return scheme + "://" + user + ":xxxxx" + rest[at:]
 }
 
 // addrListFlag is a comma-separated list of host:port addresses to connect to.

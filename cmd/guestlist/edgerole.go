@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"guestlist.dev/edge/echo"
 	"guestlist.dev/services/telemetry"
 )
@@ -37,9 +39,12 @@ type edgeConfig struct {
 	ShutdownTimeout time.Duration
 	// Metrics serves /metrics; nil serves 404 there.
 	Metrics http.Handler
-	Version string
-	Logger  *slog.Logger
-	Stdout  io.Writer
+	// TracerProvider makes the spans of the edge's configuration updates, which continue the
+	// trace of the change; nil means the global provider.
+	TracerProvider trace.TracerProvider
+	Version        string
+	Logger         *slog.Logger
+	Stdout         io.Writer
 }
 
 // runEdgeRole runs "guestlist edge" until ctx is done. It is a variable so that tests can stand in
@@ -90,7 +95,10 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	if *decisionLog == "" {
 		*decisionLog = filepath.Join(*rf.dataDir, decisionsFile)
 	}
-	renv, ok := rf.setUp(ctx, "guestlist-edge", false, stderr)
+	// Tracing too: each configuration update is a span of the change's trace. The edge id tells
+	// this edge's metrics and spans from the other edges'.
+	rf.instance = *edgeID
+	renv, ok := rf.setUp(ctx, "guestlist-edge", true, stderr)
 	if !ok {
 		return exitError
 	}
@@ -98,7 +106,7 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	cfg := edgeConfig{
 		DataDir: *rf.dataDir, EdgeID: *edgeID, EdgeAddr: edgeAddr.addr, HTTPAddr: rf.httpAddr.addr,
 		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token,
-		Metrics: renv.metrics, Version: renv.ver, Logger: renv.logger, Stdout: stdout,
+		Metrics: renv.metrics, TracerProvider: renv.tp, Version: renv.ver, Logger: renv.logger, Stdout: stdout,
 	}
 	if err := runEdgeRole(ctx, cfg); err != nil {
 		renv.logger.Error("guestlist edge stopped", "error", err)
@@ -122,7 +130,7 @@ func serveEdgeRole(ctx context.Context, cfg edgeConfig) (err error) {
 	edge, err := p.addEdge(edgeOptions{
 		EdgeID: cfg.EdgeID, Addr: cfg.EdgeAddr, CADir: cfg.CADir, DecisionLog: cfg.DecisionLog,
 		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: cfg.EdgeToken, ConfigAddrs: cfg.ConfigAddrs,
-		ShutdownTimeout: cfg.ShutdownTimeout, Logger: cfg.Logger,
+		ShutdownTimeout: cfg.ShutdownTimeout, Logger: cfg.Logger, TracerProvider: cfg.TracerProvider,
 	})
 	if err != nil {
 		return fmt.Errorf("open: %w", err)

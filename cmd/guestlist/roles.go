@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -131,9 +132,9 @@ func openStore(ctx context.Context, value string) (eventstore.Store, error) {
 		if errors.Is(err, boltstore.ErrLocked) {
 			return nil, fmt.Errorf("open the event store %s: %w; a bolt:// store can be used by one process only: "+
 				"stop the process that holds it, run the projector inside the API process (guestlist api --projector), "+
-				"or use an esdb:// store, which several processes can share", value, err)
+				"or use an esdb:// store, which several processes can share", redactStore(value), err)
 		}
-		return nil, fmt.Errorf("open the event store %s: %w", value, err)
+		return nil, fmt.Errorf("open the event store %s: %w", redactStore(value), err)
 	}
 	// Append latency and spans, on the global providers that telemetry.Setup and SetupMetrics
 	// installed.
@@ -236,6 +237,8 @@ type edgeOptions struct {
 	// ShutdownTimeout bounds the draining of open requests; 0 means enforce's default.
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
+	// TracerProvider makes the configuration update spans; nil means the global provider.
+	TracerProvider trace.TracerProvider
 }
 
 // edgeParts is what addEdge opened, for the roles' banners and for tests.
@@ -301,7 +304,7 @@ func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 		return nil
 	})
 	drained := make(chan struct{})
-	watchOpts := watch.Options{EdgeID: o.EdgeID, Token: o.Token, StatePath: o.StatePath, Logger: o.Logger.With("role", "edge-watch")}
+	watchOpts := watch.Options{EdgeID: o.EdgeID, Token: o.Token, StatePath: o.StatePath, Logger: o.Logger.With("role", "edge-watch"), TracerProvider: o.TracerProvider}
 	p.runs = append(p.runs,
 		func(ctx context.Context, _ net.Addr) error {
 			defer close(drained)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,6 +156,35 @@ func TestProjectorFlags(t *testing.T) {
 	}
 }
 
+// Two edges' metrics meet in the collector of docker-compose.yml, under one service name: the
+// edge id, as service.instance.id, keeps their series apart.
+func TestEdgeMetricsNameTheEdge(t *testing.T) {
+	var targetInfo string
+	prev := runEdgeRole
+	t.Cleanup(func() { runEdgeRole = prev })
+	runEdgeRole = func(_ context.Context, cfg edgeConfig) error {
+		rec := httptest.NewRecorder()
+		cfg.Metrics.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		for _, l := range strings.Split(rec.Body.String(), "\n") {
+			if strings.HasPrefix(l, "target_info{") {
+				targetInfo = l
+			}
+		}
+		return nil
+	}
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "")
+	code, _, stderr := runCmd(t, nil, "edge", "--data-dir", t.TempDir(), "--config-addr", "p1:50052",
+		"--edge-token", "edge-token-0123456789", "--edge-id", "edge-2")
+	if code != exitOK {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	for _, want := range []string{`service_name="guestlist-edge"`, `service_instance_id="edge-2"`} {
+		if !strings.Contains(targetInfo, want) {
+			t.Errorf("target_info lacks %s: %q", want, targetInfo)
+		}
+	}
+}
+
 func TestEdgeFlags(t *testing.T) {
 	dir := t.TempDir()
 	const edgeTok = "edge-token-0123456789"
@@ -194,6 +224,10 @@ func TestEdgeFlags(t *testing.T) {
 			check: func(c edgeConfig) string {
 				if strings.Join(c.ConfigAddrs, "|") != "p1:50052|p2:50052" || c.EdgeID != "edge-7" || c.CADir != "/shared/ca" || c.DecisionLog != "-" {
 					return "environment variables were not applied"
+				}
+				// The configuration update spans continue the change's trace.
+				if c.TracerProvider == nil {
+					return "no tracer provider for the configuration update spans"
 				}
 				return ""
 			},
@@ -641,5 +675,37 @@ func (o *slowOrigin) waitArrived(t *testing.T) {
 	case <-o.arrived:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no request reached the origin")
+	}
+}
+
+func TestRedactStore(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"esdb://admin:s3cret@db:2113?tls=false", "esdb://admin:xxxxx@db:2113?tls=false"},
+		{"esdb://admin:s3cret@h1:2113,h2:2113,h3:2113?tls=false", "esdb://admin:xxxxx@h1:2113,h2:2113,h3:2113?tls=false"},
+		{"kurrentdb+discover://ops:p@ss@cluster:2113", "kurrentdb+discover://ops:xxxxx@cluster:2113"},
+		{"esdb://admin:s3cret@host:notaport", "esdb://admin:xxxxx@host:notaport"},
+		{"esdb://db:2113?tls=false&tlsCAFile=/a@b/ca.pem", "esdb://db:2113?tls=false&tlsCAFile=/a@b/ca.pem"},
+		{"esdb://certuser@db:2113", "esdb://certuser@db:2113"},
+		{"bolt://data/events.db", "bolt://data/events.db"},
+		{"data/events.db", "data/events.db"},
+	}
+	for _, tc := range tests {
+		if got := redactStore(tc.in); got != tc.want {
+			t.Errorf("redactStore(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// An unreachable server is an error that names the store, without its password.
+func TestOpenStoreErrorHidesPassword(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := openStore(ctx, "esdb://admin:s3cret-pw@127.0.0.1:1?tls=false&maxDiscoverAttempts=1&discoveryInterval=10")
+	if err == nil {
+		st.Close()
+		t.Fatal("opened a store on a port where nothing listens")
+	}
+	if strings.Contains(err.Error(), "s3cret-pw") || !strings.Contains(err.Error(), "esdb://admin:xxxxx@127.0.0.1:1") {
+		t.Errorf("error = %v; want the store named without its password", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	promexporter "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -69,8 +70,8 @@ var HistogramSecondsBuckets = []float64{
 
 // SetupMetrics builds the metric pipeline of the process serviceName at version with NewMetrics
 // and installs its provider as the global MeterProvider.
-func SetupMetrics(ctx context.Context, serviceName, version string) (*Metrics, error) {
-	m, err := NewMetrics(ctx, serviceName, version)
+func SetupMetrics(ctx context.Context, serviceName, version string, extra ...attribute.KeyValue) (*Metrics, error) {
+	m, err := NewMetrics(ctx, serviceName, version, extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +80,11 @@ func SetupMetrics(ctx context.Context, serviceName, version string) (*Metrics, e
 }
 
 // NewMetrics builds the metric pipeline of the process serviceName at version (the resource is
-// the same as Setup's), without installing anything globally.
+// the same as Setup's, extra attributes included), without installing anything globally.
+//
+// Processes of one service whose metrics meet in one place (an OpenTelemetry collector's
+// Prometheus exporter) need a service.instance.id each (semconv.ServiceInstanceID in extra, or
+// OTEL_RESOURCE_ATTRIBUTES), or their series merge into one.
 //
 // Every instrument is exposed at Metrics.Handler in the Prometheus text format, with Prometheus
 // names: dots become underscores, the unit is appended ("s" -> _seconds) and counters end in
@@ -90,8 +95,8 @@ func SetupMetrics(ctx context.Context, serviceName, version string) (*Metrics, e
 // the reader that autoexport.NewMetricReader makes from the OTEL_* environment (OTLP over
 // http/protobuf by default, every 60 s or OTEL_METRIC_EXPORT_INTERVAL);
 // OTEL_METRICS_EXPORTER=none adds none. Without them nothing connects anywhere.
-func NewMetrics(ctx context.Context, serviceName, version string) (*Metrics, error) {
-	res, err := newResource(ctx, serviceName, version)
+func NewMetrics(ctx context.Context, serviceName, version string, extra ...attribute.KeyValue) (*Metrics, error) {
+	res, err := newResource(ctx, serviceName, version, extra...)
 	if err != nil {
 		return nil, err
 	}

@@ -129,3 +129,45 @@ func grepLines(text, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// Two processes of one service (two edges) must not look alike where their metrics meet: an
+// extra service.instance.id tells them apart, and OTEL_RESOURCE_ATTRIBUTES still wins.
+func TestNewMetricsInstanceID(t *testing.T) {
+	scrape := func(t *testing.T, m *Metrics) string {
+		t.Helper()
+		t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+		rec := httptest.NewRecorder()
+		m.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		return grepLines(rec.Body.String(), "target_info{")
+	}
+	tests := []struct {
+		name, env, want string
+	}{
+		{name: "ok/extra attribute", want: `service_instance_id="edge-1"`},
+		{name: "ok/environment wins", env: "service.instance.id=from-env", want: `service_instance_id="from-env"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clearMetricEnv(t)
+			t.Setenv("OTEL_RESOURCE_ATTRIBUTES", tc.env)
+			m, err := NewMetrics(context.Background(), "guestlist-edge", "test", Instance("edge-1")...)
+			if err != nil {
+				t.Fatalf("NewMetrics: %v", err)
+			}
+			if got := scrape(t, m); !strings.Contains(got, tc.want) || !strings.Contains(got, `service_name="guestlist-edge"`) {
+				t.Errorf("target_info = %s, want %s", got, tc.want)
+			}
+		})
+	}
+	t.Run("ok/none without extra", func(t *testing.T) {
+		clearMetricEnv(t)
+		t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "")
+		m, err := NewMetrics(context.Background(), "guestlist-api", "test", Instance("")...)
+		if err != nil {
+			t.Fatalf("NewMetrics: %v", err)
+		}
+		if got := scrape(t, m); strings.Contains(got, "service_instance_id") {
+			t.Errorf("target_info = %s, want no service_instance_id", got)
+		}
+	})
+}

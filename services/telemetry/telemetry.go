@@ -16,6 +16,7 @@ import (
 
 	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -45,6 +46,8 @@ func ExportConfigured() bool {
 
 // Setup configures tracing for the process serviceName at version and returns its TracerProvider and
 // a shutdown function that flushes and stops it (call it once, on the way out, with a deadline).
+// extra are further resource attributes, such as semconv.ServiceInstanceID for a process that
+// runs next to others of the same service (OTEL_RESOURCE_ATTRIBUTES overrides them).
 //
 // The span exporter is chosen by the standard OTEL_* variables through autoexport
 // (OTEL_TRACES_EXPORTER=otlp|console|none, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -55,8 +58,8 @@ func ExportConfigured() bool {
 //
 // Setup installs the provider as the global TracerProvider and the W3C trace-context (plus baggage)
 // propagator as the global TextMapPropagator.
-func Setup(ctx context.Context, serviceName, version string) (trace.TracerProvider, func(context.Context) error, error) {
-	res, err := newResource(ctx, serviceName, version)
+func Setup(ctx context.Context, serviceName, version string, extra ...attribute.KeyValue) (trace.TracerProvider, func(context.Context) error, error) {
+	res, err := newResource(ctx, serviceName, version, extra...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -83,12 +86,23 @@ func Setup(ctx context.Context, serviceName, version string) (trace.TracerProvid
 	return tp, shutdown, nil
 }
 
-// newResource describes the process serviceName at version; OTEL_SERVICE_NAME and
-// OTEL_RESOURCE_ATTRIBUTES override it.
-func newResource(ctx context.Context, serviceName, version string) (*resource.Resource, error) {
+// Instance returns the resource attribute that tells one process from others of its service
+// (service.instance.id = id; an edge passes its edge id), for Setup, SetupMetrics and NewMetrics.
+// It returns none for an empty id.
+func Instance(id string) []attribute.KeyValue {
+	if id == "" {
+		return nil
+	}
+	return []attribute.KeyValue{semconv.ServiceInstanceID(id)}
+}
+
+// newResource describes the process serviceName at version, with the extra attributes;
+// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override it.
+func newResource(ctx context.Context, serviceName, version string, extra ...attribute.KeyValue) (*resource.Resource, error) {
+	attrs := append([]attribute.KeyValue{semconv.ServiceName(serviceName), semconv.ServiceVersion(version)}, extra...)
 	res, err := resource.New(ctx,
 		resource.WithSchemaURL(semconv.SchemaURL),
-		resource.WithAttributes(semconv.ServiceName(serviceName), semconv.ServiceVersion(version)),
+		resource.WithAttributes(attrs...),
 		resource.WithTelemetrySDK(),
 		resource.WithFromEnv(), // last, so that OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win
 	)
