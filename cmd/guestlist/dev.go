@@ -159,7 +159,7 @@ func printBanner(w io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extra 
 		fmt.Fprintf(w, "  %-12s %s  (/healthz, /readyz)\n", httpHint, api)
 	} else {
 		fmt.Fprintf(w, "  gRPC API     %s  (server reflection, grpc.health.v1)\n", grpcAddr)
-		fmt.Fprintf(w, "  REST API     %s  (%s/openapi.json, /healthz, /readyz)\n", api, api)
+		fmt.Fprintf(w, "  REST API     %s  (%s/openapi.json, /healthz, /readyz, /metrics)\n", api, api)
 	}
 	for _, l := range extra {
 		fmt.Fprintf(w, "  %-12s %s\n", l.name, l.value)
