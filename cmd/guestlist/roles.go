@@ -12,6 +12,7 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -297,14 +298,25 @@ func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 		}
 		return nil
 	})
+	var lastWatchErr atomic.Pointer[error] // why the last configuration stream ended (nil: streaming)
 	p.ready = append(p.ready, func(context.Context) error {
 		if !configs.Load().Complete() {
+			if e := lastWatchErr.Load(); e != nil {
+				return fmt.Errorf("edge: no configuration received yet; the last attempt failed: %w", *e)
+			}
 			return errors.New("edge: no configuration received yet")
 		}
 		return nil
 	})
 	drained := make(chan struct{})
-	watchOpts := watch.Options{EdgeID: o.EdgeID, Token: o.Token, StatePath: o.StatePath, Logger: o.Logger.With("role", "edge-watch"), TracerProvider: o.TracerProvider}
+	watchOpts := watch.Options{EdgeID: o.EdgeID, Token: o.Token, StatePath: o.StatePath, Logger: o.Logger.With("role", "edge-watch"), TracerProvider: o.TracerProvider,
+		OnStatus: func(err error) {
+			if err == nil {
+				lastWatchErr.Store(nil)
+			} else {
+				lastWatchErr.Store(&err)
+			}
+		}}
 	p.runs = append(p.runs,
 		func(ctx context.Context, _ net.Addr) error {
 			defer close(drained)

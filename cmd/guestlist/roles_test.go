@@ -709,3 +709,31 @@ func TestOpenStoreErrorHidesPassword(t *testing.T) {
 		t.Errorf("error = %v; want the store named without its password", err)
 	}
 }
+
+// TestEdgeReadyzSaysWhyNotReady: an edge whose token the ConfigService refuses is not ready, and
+// its /readyz says why (the refusal), rather than only that no configuration arrived.
+func TestEdgeReadyzSaysWhyNotReady(t *testing.T) {
+	c := startCluster(t)
+	dir := t.TempDir()
+	cfg := c.edgeCfg
+	cfg.DataDir, cfg.EdgeID, cfg.EdgeAddr, cfg.HTTPAddr = dir, "edge-wrong-token", freeAddr(t), freeAddr(t)
+	cfg.CADir, cfg.DecisionLog = filepath.Join(dir, "ca"), filepath.Join(dir, "decisions.jsonl")
+	cfg.EdgeToken = "gle_" + strings.Repeat("00", 32)
+	cfg.Stdout = io.Discard
+	_ = serveInBackground(t, func(ctx context.Context) error { return serveEdgeRole(ctx, cfg) })
+
+	var body string
+	eventually(t, "/readyz names the refused token", func() bool {
+		resp, err := http.Get("http://" + cfg.HTTPAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, "Unauthenticated")
+	})
+	if !strings.Contains(body, "no configuration received yet") {
+		t.Errorf("/readyz body %q does not say that no configuration arrived", body)
+	}
+}

@@ -84,6 +84,11 @@ type Options struct {
 	TracerProvider trace.TracerProvider
 	// MeterProvider makes the client's metrics; nil means the global provider.
 	MeterProvider metric.MeterProvider
+	// OnStatus, if set, is called with the error that ended each Watch stream (a refused token,
+	// an unreachable ConfigService, ...) before Run reconnects, and with nil when a stream applies
+	// its first response. Readiness checks use it to say why the edge has no configuration. It
+	// must not block.
+	OnStatus func(error)
 }
 
 // Run keeps store up to date from the ConfigService at conn until ctx is done (see the package
@@ -138,6 +143,9 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.St
 		}
 		if applied {
 			failures = 0
+		}
+		if w.opts.OnStatus != nil {
+			w.opts.OnStatus(err)
 		}
 		delay := w.delay(failures)
 		failures++
@@ -275,6 +283,9 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		if err := w.store.Apply(full); err != nil {
 			w.tel.endUpdate(span, err)
 			return applied, w.nack(spanCtx, stream, full.GetPosition(), err)
+		}
+		if !applied && w.opts.OnStatus != nil {
+			w.opts.OnStatus(nil)
 		}
 		applied = true
 		w.log.DebugContext(spanCtx, "configuration applied", "position", full.GetPosition(), "snapshot", full.GetSnapshot(),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,8 +16,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/echo"
@@ -418,5 +421,33 @@ func TestRunArguments(t *testing.T) {
 	}
 	if err := Run(context.Background(), dial(t, "127.0.0.1:1"), nil, Options{}); err == nil {
 		t.Error("nil store accepted")
+	}
+}
+
+// TestOnStatus: OnStatus hears why a stream ended, then nil once a stream applies a response.
+func TestOnStatus(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	_, addr := startServer(t,
+		func(s *session) error { return status.Error(codes.Unauthenticated, "invalid bearer token") },
+		func(s *session) error {
+			s.send(&configv1.WatchResponse{Position: 3, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 3, ca, "http://127.0.0.1:1")}})
+			s.recv()
+			<-s.stream.Context().Done()
+			return nil
+		})
+	var mu sync.Mutex
+	var got []error
+	runWatch(t, dial(t, addr), configset.NewStore(), Options{
+		EdgeID: "e1", Logger: quietLogger(t), Backoff: Backoff{Min: 5 * time.Millisecond, Max: 20 * time.Millisecond},
+		OnStatus: func(err error) { mu.Lock(); got = append(got, err); mu.Unlock() },
+	})
+	waitFor(t, "two statuses", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(fmt.Sprint(got[0]), "Unauthenticated") {
+		t.Errorf("first status %v, want the Unauthenticated refusal", got[0])
+	}
+	if got[1] != nil {
+		t.Errorf("second status %v, want nil (a response applied)", got[1])
 	}
 }
