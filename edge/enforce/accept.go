@@ -147,11 +147,12 @@ func (c *handoffConn) Read(p []byte) (int, error) {
 // reports whether net/http took it (if not, the caller closes it).
 func (s *Server) handOver(c *h1Conn) bool {
 	b, _ := c.br.Peek(c.br.Buffered())
-	var pending []byte
+	pending := append([]byte(nil), b...)
 	if c.hasPending {
+		// The watcher read this byte after the buffered ones (a read of the buffer since would
+		// have taken it first).
 		pending = append(pending, c.pending[0])
 	}
-	pending = append(pending, b...)
 	hc := &handoffConn{Conn: c.tc, cs: c.cs}
 	if len(pending) > 0 {
 		hc.pending = bytes.NewReader(pending)

@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -76,7 +77,11 @@ type h1Conn struct {
 	bodyLeft int64 // bytes of the request body not read yet
 	status   int   // the status answered to the request in hand (0: none yet), for the metrics
 	lastPost bool  // the previous request was a POST (net/http then skips up to 4 CR/LF bytes)
-	scratch  []byte
+	// head: the request in hand is a HEAD (kept apart from req.method, whose bytes in the read
+	// buffer are overwritten by the body once the head is consumed).
+	head    bool
+	parses  int // parseRequest calls for the last head (tests)
+	scratch []byte
 
 	deadlineSet time.Time // when the idle read deadline was last pushed forward
 	dateSec     int64
@@ -111,11 +116,7 @@ var _ io.Reader = (*h1Conn)(nil)
 // serveH1 serves a handshaken connection that negotiated HTTP/1.1 until it closes, fails, or is
 // handed over to net/http.
 func (s *Server) serveH1(tc *tls.Conn, st *tls.ConnectionState) {
-	c := &h1Conn{s: s, tc: tc, cs: new(connState), peer: st.PeerCertificates, watchDone: make(chan struct{}, 1)}
-	c.br = bufio.NewReaderSize(c, h1ReadBuf)
-	c.bw = bufio.NewWriterSize(tc, h1WriteBuf)
-	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
-	c.watchTimer.Stop()
+	c := newH1Conn(s, tc, st.PeerCertificates)
 	if !s.track(c, true) {
 		tc.Close()
 		return
@@ -178,6 +179,16 @@ func (s *Server) serveH1(tc *tls.Conn, st *tls.ConnectionState) {
 	}
 }
 
+// newH1Conn returns the fast-path connection state of tc.
+func newH1Conn(s *Server, tc *tls.Conn, peer []*x509.Certificate) *h1Conn {
+	c := &h1Conn{s: s, tc: tc, cs: new(connState), peer: peer, watchDone: make(chan struct{}, 1)}
+	c.br = bufio.NewReaderSize(c, h1ReadBuf)
+	c.bw = bufio.NewWriterSize(tc, h1WriteBuf)
+	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
+	c.watchTimer.Stop()
+	return c
+}
+
 // readHead waits for the next request head, growing the deadline as net/http's IdleTimeout and
 // ReadHeaderTimeout would. parseOK means c.req holds it; parseNeedMore that the connection is
 // done (closed by the client, timed out, shut down).
@@ -215,8 +226,10 @@ func (c *h1Conn) readHead() parseResult {
 		}
 	}
 	tightened := false
+	c.parses = 0
+	b, _ := c.br.Peek(c.br.Buffered())
 	for {
-		b, _ := c.br.Peek(c.br.Buffered())
+		c.parses++
 		res := parseRequest(b, &c.req, len(b) == c.br.Size())
 		if res != parseNeedMore {
 			return res
@@ -227,11 +240,36 @@ func (c *h1Conn) readHead() parseResult {
 			_ = c.tc.SetReadDeadline(time.Now().Add(c.s.http.ReadHeaderTimeout))
 			c.deadlineSet = time.Time{}
 		}
-		if _, err := c.br.Peek(len(b) + 1); err != nil {
-			if errors.Is(err, bufio.ErrBufferFull) {
-				return parseHandoff
+		// Read on until the head may be complete (a line end followed by an empty line) or the
+		// buffer is full, and only then parse it again: parsing it at every read would cost time
+		// quadratic in its length for a client that sends it a byte per TLS record. (A head that
+		// parseRequest could refuse or hand over earlier is refused or handed over then.)
+		for {
+			from := max(len(b)-2, 0)
+			if _, err := c.br.Peek(len(b) + 1); err != nil {
+				if errors.Is(err, bufio.ErrBufferFull) {
+					return parseHandoff
+				}
+				return parseNeedMore
 			}
-			return parseNeedMore
+			b, _ = c.br.Peek(c.br.Buffered())
+			if len(b) == c.br.Size() || mayEndHead(b[from:]) {
+				break
+			}
+		}
+	}
+}
+
+// mayEndHead reports whether b holds a line end followed by an empty line ("\n\r\n" or "\n\n").
+func mayEndHead(b []byte) bool {
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 || i+1 == len(b) {
+			return false
+		}
+		b = b[i+1:]
+		if b[0] == '\n' || b[0] == '\r' && len(b) > 1 && b[1] == '\n' {
+			return true
 		}
 	}
 }
@@ -284,6 +322,7 @@ func (c *h1Conn) serveRequest() h1Next {
 	now := s.now()
 	method := methodString(req.method)
 	c.lastPost = method == http.MethodPost
+	c.head = method == http.MethodHead
 
 	if !hostMatchesBytes(req.host, c.name) {
 		return c.answer(http.StatusMisdirectedRequest, misdirectedBody, "", req.close)
@@ -430,7 +469,7 @@ func appendStatusLine(b []byte, code int) []byte {
 // answer writes one of the edge's own JSON answers, consuming the request head and body.
 func (c *h1Conn) answer(code int, body []byte, decisionID string, closeConn bool) h1Next {
 	c.status = code
-	isHead := string(c.req.method) == http.MethodHead
+	isHead := c.head
 	if !c.discardBody() {
 		return h1Close
 	}

@@ -24,7 +24,8 @@ import (
 )
 
 // recordingOrigin is an HTTP/1.1 origin that records every request it reads (method, target,
-// body) and answers 200 "ok".
+// body) and answers 200 "ok": after 300 ms for a path starting with /slow, and not at all (it
+// closes the connection) for a path starting with /drop.
 type recordingOrigin struct {
 	url  string
 	mu   sync.Mutex
@@ -58,6 +59,12 @@ func newRecordingOrigin(t *testing.T) *recordingOrigin {
 			o.seen = append(o.seen, e)
 			o.hdrs = append(o.hdrs, r.Header)
 			o.mu.Unlock()
+			switch {
+			case strings.HasPrefix(r.URL.Path, "/slow"):
+				time.Sleep(300 * time.Millisecond)
+			case strings.HasPrefix(r.URL.Path, "/drop"):
+				return
+			}
 			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
 	})
@@ -126,9 +133,11 @@ func TestFastPathSmuggling(t *testing.T) {
 
 	const hostLine = "Host: " + hostA + "\r\n"
 	smuggled := "GET /admin HTTP/1.1\r\n" + hostLine + "\r\n"
+	filler := strings.Repeat("X-Filler: 1\r\n", h1MaxHeaders)
 	cases := []struct {
 		name     string
 		raw      string
+		then     string // sent 150 ms after raw (when the edge watches the client during a slow origin exchange)
 		statuses []int
 		origin   []string
 		closed   bool // the edge closes the connection after the answers
@@ -158,6 +167,20 @@ func TestFastPathSmuggling(t *testing.T) {
 		{name: "ok/large body handed over", raw: "POST /big HTTP/1.1\r\n" + hostLine + fmt.Sprintf("Content-Length: %d\r\n\r\n", h1MaxBody+1) + strings.Repeat("b", h1MaxBody+1),
 			statuses: []int{200}, origin: []string{"POST /big " + strings.Repeat("b", h1MaxBody+1)}, handoff: true},
 
+		{name: "ok/pipelined hand-over after a slow origin keeps the byte order",
+			raw:      "GET /slow HTTP/1.1\r\n" + hostLine + "\r\nPOST /c HTTP/1.1\r\n" + hostLine + "Transfer-Encoding: chunked\r\n\r\n",
+			then:     "5\r\nhello\r\n0\r\n\r\n",
+			statuses: []int{200, 200}, origin: []string{"GET /slow", "POST /c hello"}, handoff: true},
+		{name: "ok/origin failure after a body that starts with HEAD is answered with its body",
+			raw:      "POST /drop HTTP/1.1\r\n" + hostLine + "Content-Length: 8\r\n\r\n",
+			then:     "HEADbodyGET /next HTTP/1.1\r\n" + hostLine + "\r\n",
+			statuses: []int{502, 200}, origin: []string{"POST /drop HEADbody", "GET /next"}},
+
+		{name: "fail/content-length with transfer-encoding after many headers", raw: "POST / HTTP/1.1\r\n" + hostLine + filler + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled,
+			statuses: []int{400}, closed: true},
+		{name: "fail/repeated host after many headers", raw: "GET / HTTP/1.1\r\n" + hostLine + filler + "Host: " + hostB + "\r\n\r\n", statuses: []int{400}, closed: true},
+		{name: "fail/differing content lengths after many headers", raw: "POST / HTTP/1.1\r\n" + hostLine + "Content-Length: 0\r\n" + filler + "Content-Length: 41\r\n\r\n" + smuggled,
+			statuses: []int{400}, closed: true},
 		{name: "fail/content-length with transfer-encoding", raw: "POST / HTTP/1.1\r\n" + hostLine + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled,
 			statuses: []int{400}, closed: true},
 		{name: "fail/transfer-encoding with content-length", raw: "POST / HTTP/1.1\r\n" + hostLine + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + smuggled,
@@ -188,6 +211,12 @@ func TestFastPathSmuggling(t *testing.T) {
 			conn := rawTLS(t, e, hostA, leaf)
 			if _, err := io.WriteString(conn, tc.raw); err != nil {
 				t.Fatal(err)
+			}
+			if tc.then != "" {
+				time.Sleep(150 * time.Millisecond)
+				if _, err := io.WriteString(conn, tc.then); err != nil {
+					t.Fatal(err)
+				}
 			}
 			br := bufio.NewReader(conn)
 			got, err := readStatuses(br, len(tc.statuses))
@@ -380,4 +409,127 @@ func FuzzParseRequestAgreesWithNetHTTP(f *testing.F) {
 			t.Fatalf("body %q, net/http's %q", b[req.headLen:], body)
 		}
 	})
+}
+
+// tlsPair returns both ends of a TLS connection on loopback for hostname hostA, the server's
+// certificate from e's edge CA.
+func tlsPair(t *testing.T, e *env) (server, client *tls.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := <-accepted
+	if sc == nil {
+		t.Fatal("accept failed")
+	}
+	server = tls.Server(sc, &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		return e.edgeCA.GetCertificate(hostA)
+	}})
+	client = tls.Client(cc, &tls.Config{ServerName: hostA, RootCAs: e.edgeCA.Pool()})
+	t.Cleanup(func() { server.Close(); client.Close() })
+	errc := make(chan error, 1)
+	go func() { errc <- server.Handshake() }()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	_ = client.SetDeadline(time.Now().Add(20 * time.Second))
+	return server, client
+}
+
+// TestReadHeadDribbled: a request head sent a byte per TLS record is read and judged as one sent
+// at once, and parsed a bounded number of times, not again at every byte (which would cost time
+// quadratic in the head's length: a cheap way for a client to burn the edge's CPU).
+func TestReadHeadDribbled(t *testing.T) {
+	e := newEnv(t, host(hostA, "acme", pkitest.NewCA(t, "Acme Root")))
+	lines := strings.Repeat("X-Aaaaaaaaaaaa: "+strings.Repeat("b", 40)+"\r\n", 90) // 5 KiB
+	cases := []struct {
+		name    string
+		head    string
+		perByte bool
+		want    parseResult
+	}{
+		{name: "ok/one record", head: "GET / HTTP/1.1\r\nHost: " + hostA + "\r\n" + lines + "\r\n", want: parseOK},
+		{name: "ok/a byte a record", head: "GET / HTTP/1.1\r\nHost: " + hostA + "\r\n" + lines + "\r\n", perByte: true, want: parseOK},
+		{name: "ok/bare LF a byte a record, handed over", head: "GET / HTTP/1.1\nHost: " + hostA + "\n" + strings.Repeat("A: 1\n", 300) + "\n", perByte: true, want: parseHandoff},
+		{name: "ok/over the buffer a byte a record, handed over", head: "GET / HTTP/1.1\r\nHost: " + hostA + "\r\n" + strings.Repeat("A: 1\r\n", h1ReadBuf/6+1) + "\r\n", perByte: true, want: parseHandoff},
+		{name: "fail/bare CR a byte a record", head: "GET / HTTP/1.1\r\nHost: " + hostA + "\r\nX: a\rb\r\n" + lines + "\r\n", perByte: true, want: parseReject},
+		{name: "fail/obs-fold a byte a record", head: "GET / HTTP/1.1\r\nHost: " + hostA + "\r\n" + lines + " folded\r\n\r\n", perByte: true, want: parseReject},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			server, client := tlsPair(t, e)
+			c := newH1Conn(e.srv, server, nil)
+			c.name = hostA
+			go func() {
+				if !tc.perByte {
+					_, _ = io.WriteString(client, tc.head)
+					return
+				}
+				for i := range len(tc.head) {
+					if _, err := io.WriteString(client, tc.head[i:i+1]); err != nil {
+						return
+					}
+				}
+			}()
+			if got := c.readHead(); got != tc.want {
+				t.Fatalf("readHead: %v, want %v", got, tc.want)
+			}
+			if c.parses > 3 {
+				t.Errorf("the head was parsed %d times", c.parses)
+			}
+		})
+	}
+}
+
+// TestExchangeReleaseAfterClientGone: an origin connection is not pooled when the watcher found
+// the client gone, even when the exchange had found it reusable just before: the watcher has
+// then set a deadline in the past on it, and the next request (any client's, any hostname's with
+// the same origin) would fail on it with a 502.
+func TestExchangeReleaseAfterClientGone(t *testing.T) {
+	e := newEnv(t, host(hostA, "acme", pkitest.NewCA(t, "Acme Root")))
+	server, client := tlsPair(t, e)
+	c := newH1Conn(e.srv, server, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if conn, err := ln.Accept(); err == nil {
+			defer conn.Close()
+			_, _ = io.Copy(io.Discard, conn)
+		}
+	}()
+	p := newLeanPool(&url.URL{Scheme: "http", Host: ln.Addr().String()})
+	oc, err := p.dial(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.armWatch(oc)
+	client.Close() // the client goes away while the origin has not answered
+	for deadline := time.Now().Add(5 * time.Second); !c.clientGone.Load(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher did not notice the client going away")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The exchange had found oc reusable before the watcher's verdict.
+	c.release(p, oc, true)
+	if n := len(p.idle); n != 0 {
+		t.Fatalf("%d connections pooled after the client went away", n)
+	}
 }

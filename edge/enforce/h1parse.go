@@ -167,9 +167,15 @@ func parseRequest(b []byte, req *h1Request, full bool) parseResult {
 				return parseReject // a control character (the parser saw no CR or LF here)
 			}
 		}
-		if colon <= 0 || len(req.fields) == h1MaxHeaders {
-			handoff = true // no name, no colon, or many lines: net/http decides
+		if colon <= 0 {
+			handoff = true // no name or no colon: net/http decides
 			continue
+		}
+		// Past h1MaxHeaders lines, net/http decides too; but the lines are still looked at below,
+		// so that smuggling material after many lines is refused as it is before them.
+		over := len(req.fields) == h1MaxHeaders
+		if over {
+			handoff = true
 		}
 		for _, c := range name {
 			if !tcharTable[c] {
@@ -222,7 +228,9 @@ func parseRequest(b []byte, req *h1Request, full bool) parseResult {
 		if !f.drop && (isHopByHop(name) || isReservedBytes(name) || isForwardingBytes(name)) {
 			f.drop = true
 		}
-		req.fields = append(req.fields, f)
+		if !over {
+			req.fields = append(req.fields, f)
+		}
 	}
 	switch {
 	case hosts > 1, hosts == 0 && !handoff, te && lengths > 0:

@@ -176,14 +176,7 @@ func appendDecisionHeaders(b []byte, cs *connState, d *decision.Decision, id str
 // (h1Close, nil), so that a truncated body is never taken for a complete one.
 func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id string, rev uint64, method string) (next h1Next, retry bool, err error) {
 	keep := false
-	defer func() {
-		c.disarmWatch()
-		if keep {
-			p.put(oc)
-		} else {
-			oc.conn.Close()
-		}
-	}()
+	defer func() { c.release(p, oc, keep) }()
 
 	c.scratch = c.appendRequestHead(c.scratch[:0], p, d, id, rev, method)
 	_, _ = oc.bw.Write(c.scratch)
@@ -286,8 +279,22 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 	if err := c.bw.Flush(); err != nil {
 		return h1Close, false, nil
 	}
-	keep = !resp.close && !resp.http10 && !closeDelimited && oc.br.Buffered() == 0 && !c.clientGone.Load()
+	keep = !resp.close && !resp.http10 && !closeDelimited && oc.br.Buffered() == 0
 	return keepIf(!closeClient), false, nil
+}
+
+// release ends the exchange on oc: it gives oc back to the pool when keep (the exchange left it
+// reusable) and the client was not found gone, else closes it. The watch is ended first, so that
+// a verdict of the watcher that came after the exchange looked is seen too: the watcher then set
+// a deadline in the past on oc, and pooled, oc would fail the next request sent on it (a 502 for
+// any client of any hostname with this origin).
+func (c *h1Conn) release(p *leanPool, oc *leanConn, keep bool) {
+	c.disarmWatch()
+	if keep && !c.clientGone.Load() {
+		p.put(oc)
+		return
+	}
+	oc.conn.Close()
 }
 
 // readResponseHead parses the response head at the start of br into resp, reading more as
