@@ -533,3 +533,51 @@ func TestExchangeReleaseAfterClientGone(t *testing.T) {
 		t.Fatalf("%d connections pooled after the client went away", n)
 	}
 }
+
+// TestOriginInformationalResponses: the fast path skips an origin's 1xx responses (they are not
+// forwarded), but no more than maxInformational of them: an origin that keeps sending them gets
+// the client a 502 instead of an answer that never comes.
+func TestOriginInformationalResponses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		n    int
+		want int
+	}{
+		{"ok/one early hints", 1, http.StatusOK},
+		{"ok/as many as allowed", maxInformational, http.StatusOK},
+		{"fail/one too many", maxInformational + 1, http.StatusBadGateway},
+		{"fail/endless", 1000, http.StatusBadGateway},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca := pkitest.NewCA(t, "Acme Root")
+			leaf := ca.Client(t, "device")
+			originURL := rawOrigin(t, func(conn net.Conn, _ int) {
+				defer conn.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
+					return
+				}
+				for range tc.n {
+					if _, err := io.WriteString(conn, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"); err != nil {
+						return
+					}
+				}
+				io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			})
+			h := host(hostA, "acme", ca)
+			h.OriginUrl = originURL
+			e := newEnv(t, h)
+			conn := rawTLS(t, e, hostA, leaf)
+			if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: "+hostA+"\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d (the client must not see 1xx responses either)", resp.StatusCode, tc.want)
+			}
+		})
+	}
+}

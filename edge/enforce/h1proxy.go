@@ -43,6 +43,10 @@ type h1Response struct {
 	headLen       int
 }
 
+// maxInformational is how many 1xx responses the edge skips before it gives up on an origin's
+// answer, as net/http's client does.
+const maxInformational = 5
+
 // forward sends the request in c.req to the origin of pool p and streams the answer back.
 func (c *h1Conn) forward(p *leanPool, d *decision.Decision, id string, rev uint64, method string) h1Next {
 	for attempt := 0; ; attempt++ {
@@ -204,7 +208,10 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 
 	resp := &c.resp
 	isHead := method == http.MethodHead
-	for {
+	for informational := 0; ; informational++ {
+		if informational > maxInformational {
+			return h1Close, false, fmt.Errorf("the origin sent more than %d informational (1xx) responses", maxInformational)
+		}
 		if _, err := oc.br.Peek(1); err != nil {
 			return h1Close, isClosedConn(err) || errors.Is(err, io.EOF), errOriginClosedOr(err)
 		}
