@@ -121,7 +121,7 @@ func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 		for j := range servers {
 			s := servers[(r+j)%len(servers)]
 			var reconnects atomic.Int64
-			st, err := window(ctx, cpuSources{server: s.pids, origin: e.origin.pid()}, o.warmup, o.duration, o.conns,
+			st, err := window(ctx, cpuSources{server: s.pids, origin: e.originPids}, o.warmup, o.duration, o.conns,
 				keepAliveWork(s.addr, host, cfg, &reconnects))
 			if err != nil {
 				return nil, fmt.Errorf("%s, round %d: %w", s.name, r+1, err)

@@ -66,7 +66,7 @@ func (s loadStats) per(d time.Duration) time.Duration {
 // cpuSources name the processes whose CPU a window reads.
 type cpuSources struct {
 	server func() ([]int, error)
-	origin int
+	origin func() ([]int, error) // the Go origin's process, or nginx's master and worker
 }
 
 // cpuSnapshot is the CPU time of the server, the origin, this process and the machine at one
@@ -84,7 +84,10 @@ func (src cpuSources) read() (cpuSnapshot, error) {
 		return s, err
 	}
 	s.server, s.serverSys = user+sys, sys
-	if user, sys, err = processCPU([]int{src.origin}); err != nil {
+	if pids, err = src.origin(); err != nil {
+		return s, err
+	}
+	if user, sys, err = processCPU(pids); err != nil {
 		return s, err
 	}
 	s.origin = user + sys

@@ -12,7 +12,9 @@
 //     rounds. Add -run memory for the load figures alone (e.g. at 1,000,000 hostnames).
 //
 // The origin and every edge run in child processes (this program run again with -role), so that
-// their CPU time is theirs alone; nginx runs in the foreground (daemon off) as a child too. The
+// their CPU time is theirs alone; nginx runs in the foreground (daemon off) as a child too. With
+// -origin nginx the trivial origin is an nginx of its own instead (worker_processes 1, return
+// 200 "ok"), its master's and worker's CPU time counted as the origin's. The
 // load generator is this process. Every certificate is made for the run: ECDSA P-256 client roots
 // and leaves, the edge's and nginx's server certificates from the edge's servercert CA. Everything
 // started is stopped before the program returns; children get a signal if it dies.
@@ -51,6 +53,7 @@ type options struct {
 	jsonOut  string
 	dlogMode string
 	profile  string
+	origin   string
 
 	// keepalive
 	nginx        string
@@ -98,6 +101,7 @@ func main() {
 	flag.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
 	flag.StringVar(&o.dlogMode, "decisionlog", "discard", "the edge's decision log: discard (entries encoded, written to io.Discard), off, or a file path")
 	flag.StringVar(&o.profile, "edge-cpuprofile", "", "write CPU profiles of the edges (for go tool pprof) to this file, for the keep-alive edge, and to <file>.<edge> for the scale edges")
+	flag.StringVar(&o.origin, "origin", "go", "the trivial origin behind every server: go (a net/http server, this program run with -role origin) or nginx (an nginx of its own, worker_processes 1, return 200 \"ok\")")
 	flag.StringVar(&o.nginx, "nginx", "nginx", "the nginx binary")
 	flag.IntVar(&o.conns, "conns", 64, "keep-alive connections")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time of a keep-alive round")
@@ -167,12 +171,12 @@ func memTotal() string {
 
 // env is what the parts of a run share.
 type env struct {
-	o        *options
-	dir      string
-	edgeCA   *servercert.CA
-	origin   *child
-	originIP string // host:port
-	cleanup  []func() error
+	o          *options
+	dir        string
+	edgeCA     *servercert.CA
+	originIP   string                // host:port
+	originPids func() ([]int, error) // the origin's processes, for their CPU time
+	cleanup    []func() error
 }
 
 // atEnd registers a function to run when the run ends, in reverse order.
@@ -183,6 +187,11 @@ func run(ctx context.Context, o *options) (err error) {
 	case "all", "keepalive", "scale", "memory":
 	default:
 		return fmt.Errorf("-run %q: want all, keepalive, scale or memory", o.run)
+	}
+	switch o.origin {
+	case "go", "nginx":
+	default:
+		return fmt.Errorf("-origin %q: want go or nginx", o.origin)
 	}
 	res := &results{
 		Machine: machine{
@@ -220,17 +229,16 @@ func run(ctx context.Context, o *options) (err error) {
 	if e.edgeCA, err = servercert.LoadOrCreateCA(filepath.Join(e.dir, "edgeca")); err != nil {
 		return err
 	}
-	var or originReady
-	if e.origin, err = startChild(ctx, "origin", []string{"-role", "origin"}, nil, 10*time.Second, &or); err != nil {
-		return err
-	}
-	e.atEnd(e.origin.stop)
-	e.originIP = or.Addr
-
-	if o.run == "all" || o.run == "keepalive" {
+	if o.run == "all" || o.run == "keepalive" || o.origin == "nginx" {
 		if res.Machine.Nginx, err = nginxVersion(o.nginx); err != nil {
 			return err
 		}
+	}
+	if err := e.startOrigin(ctx); err != nil {
+		return err
+	}
+
+	if o.run == "all" || o.run == "keepalive" {
 		if res.KeepAlive, err = runKeepAlive(ctx, e); err != nil {
 			return fmt.Errorf("keep-alive comparison: %w", err)
 		}
@@ -253,6 +261,27 @@ func run(ctx context.Context, o *options) (err error) {
 			return fmt.Errorf("write results: %w", err)
 		}
 	}
+	return nil
+}
+
+// startOrigin starts the trivial origin (-origin: go or nginx); it is stopped when the run ends.
+func (e *env) startOrigin(ctx context.Context) error {
+	if e.o.origin == "nginx" {
+		n, err := startNginxOrigin(ctx, e.o.nginx, "origin", filepath.Join(e.dir, "origin"))
+		if err != nil {
+			return err
+		}
+		e.atEnd(n.stop)
+		e.originIP, e.originPids = n.addr, n.pids
+		return nil
+	}
+	var or originReady
+	c, err := startChild(ctx, "origin", []string{"-role", "origin"}, nil, 10*time.Second, &or)
+	if err != nil {
+		return err
+	}
+	e.atEnd(c.stop)
+	e.originIP, e.originPids = or.Addr, func() ([]int, error) { return []int{c.pid()}, nil }
 	return nil
 }
 

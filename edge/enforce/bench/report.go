@@ -61,8 +61,12 @@ func joinRates(rates []float64) string {
 // printKeepAlive prints the keep-alive comparison.
 func printKeepAlive(w io.Writer, res *results) {
 	o := res.Options
-	fmt.Fprintf(w, "\nKeep-alive requests through the edge and nginx (%v connections, %v rounds of %v after %v of warm-up, TLS 1.3, ECDSA P-256, GOMAXPROCS = worker_processes = %v)\n",
-		o["conns"], o["rounds"], o["duration"], o["warmup"], o["procs"])
+	origin := "Go net/http"
+	if o["origin"] == "nginx" {
+		origin = "nginx, worker_processes 1"
+	}
+	fmt.Fprintf(w, "\nKeep-alive requests through the edge and nginx (%v connections, %v rounds of %v after %v of warm-up, TLS 1.3, ECDSA P-256, GOMAXPROCS = worker_processes = %v; origin: %s)\n",
+		o["conns"], o["rounds"], o["duration"], o["warmup"], o["procs"], origin)
 	byServer := map[string][]loadStats{}
 	var names []string
 	for _, r := range res.KeepAlive {

@@ -131,7 +131,7 @@ func runScale(ctx context.Context, e *env) (*scaleResults, error) {
 		for j := range targets {
 			i := (r + j) % len(targets)
 			pid := children[i].pid()
-			st, err := window(ctx, cpuSources{server: func() ([]int, error) { return []int{pid}, nil }, origin: e.origin.pid()},
+			st, err := window(ctx, cpuSources{server: func() ([]int, error) { return []int{pid}, nil }, origin: e.originPids},
 				o.hsWarmup, o.hsDuration, o.hsConns, handshakeWork(targets[i]))
 			if err != nil {
 				return nil, fmt.Errorf("%s, round %d: %w", specs[i].name, r+1, err)
