@@ -98,7 +98,7 @@ func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 		}{"nginx-headers", true})
 	}
 	for _, v := range variants {
-		n, err := startNginx(ctx, o.nginx, v.name, filepath.Join(dir, v.name), files, e.originIP, o.procs, v.headers, cfg)
+		n, err := startNginx(ctx, o.nginx, v.name, filepath.Join(dir, v.name), files, e.originIP, o.procs, max(64, o.conns), v.headers, cfg)
 		if err != nil {
 			return nil, err
 		}

@@ -47,7 +47,7 @@ http {
 
     upstream origin {
         server {{.Origin}};
-        keepalive 64;
+        keepalive {{.UpstreamIdle}};
         keepalive_requests 1000000;
     }
 
@@ -163,12 +163,14 @@ http {
 
 // startNginx writes a configuration into dir (its prefix: pid file, logs, temporary files) and
 // runs nginx with it until stop. It returns once nginx completes a TLS handshake with the client
-// certificate in cfg.
-func startNginx(ctx context.Context, bin, name, dir string, files nginxFiles, origin string, workers int, headers bool, cfg *tls.Config) (*nginxServer, error) {
+// certificate in cfg. Each worker keeps up to upstreamIdle idle connections to the origin (at
+// least the number of client connections, so that nginx, like the edge's pool, never has to
+// reconnect to the origin under the benchmark's load).
+func startNginx(ctx context.Context, bin, name, dir string, files nginxFiles, origin string, workers, upstreamIdle int, headers bool, cfg *tls.Config) (*nginxServer, error) {
 	return execNginx(ctx, bin, name, dir, nginxConf, func(listen string) map[string]any {
 		return map[string]any{
 			"Workers": workers, "Dir": dir, "Origin": origin, "Listen": listen,
-			"ServerName": hostname(0), "Headers": headers,
+			"ServerName": hostname(0), "Headers": headers, "UpstreamIdle": upstreamIdle,
 			"Cert": files.Cert, "Key": files.Key, "ClientCA": files.ClientCA,
 		}
 	}, func(listen string) error { return probe(listen, cfg) })
