@@ -179,10 +179,10 @@ func newMetrics(mp metric.MeterProvider) (*metrics, error) {
 				}
 			}
 		}
+		// Every cause is reported, zeros too, so that alerts on a cause work before its first
+		// failure (10 series); decisions are reported once seen (up to 480 series).
 		for c := range m.handshakes {
-			if n := m.handshakes[c].Load(); n > 0 {
-				o.ObserveInt64(handshakes, n, m.causeOpts[c])
-			}
+			o.ObserveInt64(handshakes, m.handshakes[c].Load(), m.causeOpts[c])
 		}
 		return nil
 	}, decisions, handshakes)

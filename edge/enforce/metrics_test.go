@@ -166,6 +166,12 @@ func TestMetricsDecisionsAndHandshakes(t *testing.T) {
 		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseInactiveHostname:                     1,
 		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseClientCertificateRejected:            1,
 		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseNotTLS:                               1,
+		// Causes not seen are reported as 0, so that alerts work before the first failure.
+		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseClientAlert:                  0,
+		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseClientClosed:                 0,
+		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseServerCertificateUnavailable: 0,
+		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseTimeout:                      0,
+		"guestlist.edge.handshake.failures|cause=" + HandshakeCauseProtocol:                     0,
 	}
 	var got map[string]int64
 	deadline := time.Now().Add(5 * time.Second)
