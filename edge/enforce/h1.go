@@ -469,6 +469,7 @@ func appendStatusLine(b []byte, code int) []byte {
 // answer writes one of the edge's own JSON answers, consuming the request head and body.
 func (c *h1Conn) answer(code int, body []byte, decisionID string, closeConn bool) h1Next {
 	c.status = code
+	closeConn = closeConn || c.s.inShutdown.Load() // the loop ends after this answer: say so
 	isHead := c.head
 	if !c.discardBody() {
 		return h1Close
