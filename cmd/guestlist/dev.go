@@ -156,7 +156,7 @@ func printBanner(w io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extra 
 	fmt.Fprintf(w, "\nguestlist %s %s is running\n", role, cfg.Version)
 	if role == "projector" {
 		fmt.Fprintf(w, "  %-12s %s  (gRPC config.v1.ConfigService for edges, grpc.health.v1)\n", configServiceHint, grpcAddr)
-		fmt.Fprintf(w, "  %-12s %s  (/healthz, /readyz)\n", httpHint, api)
+		fmt.Fprintf(w, "  %-12s %s  (/healthz, /readyz, /metrics)\n", httpHint, api)
 	} else {
 		fmt.Fprintf(w, "  gRPC API     %s  (server reflection, grpc.health.v1)\n", grpcAddr)
 		fmt.Fprintf(w, "  REST API     %s  (%s/openapi.json, /healthz, /readyz, /metrics)\n", api, api)

@@ -27,8 +27,9 @@ func jsonMarshaler() runtime.Marshaler {
 	}}
 }
 
-// httpHandler builds the HTTP listener's handler: the REST gateway under "/", the built-in
-// endpoints and cfg.ExtraHTTP, all behind the body size limit.
+// httpHandler builds the HTTP listener's handler: the REST gateway under "/" and /openapi.json
+// (only when a service has REST bindings), the built-in endpoints and cfg.ExtraHTTP, all behind
+// the body size limit.
 func (s *Server) httpHandler(cfg Config) (http.Handler, error) {
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler()),
@@ -38,10 +39,12 @@ func (s *Server) httpHandler(cfg Config) (http.Handler, error) {
 		runtime.WithErrorHandler(errorHandler),
 		runtime.WithRoutingErrorHandler(routingErrorHandler),
 	)
+	rest := false // whether any service has REST bindings
 	for _, svc := range cfg.Services {
 		if svc.RegisterGateway == nil {
 			continue
 		}
+		rest = true
 		if err := svc.RegisterGateway(context.Background(), gw, s.conn); err != nil {
 			return nil, fmt.Errorf("server: register the REST gateway of %s: %w", svc.Name, err)
 		}
@@ -54,8 +57,12 @@ func (s *Server) httpHandler(cfg Config) (http.Handler, error) {
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/", otelhttp.NewHandler(gw, "rest", otelOpts...))
-	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	if rest {
+		// A process without REST bindings (the projector: gRPC ConfigService only) serves no
+		// gateway and no API description; its other paths are 404.
+		mux.Handle("/", otelhttp.NewHandler(gw, "rest", otelOpts...))
+		mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	}
 	mux.HandleFunc("GET /healthz", serveHealthz)
 	mux.HandleFunc("GET /readyz", s.serveReadyz)
 	if cfg.Metrics != nil {

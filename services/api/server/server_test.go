@@ -719,3 +719,22 @@ func TestLoopbackTarget(t *testing.T) {
 		t.Errorf("loopbackTarget(%v) = %q", s.GRPCAddr(), got)
 	}
 }
+
+// TestNoRESTWithoutBindings: a server whose services have no REST bindings (the projector's
+// ConfigService) serves no gateway and no /openapi.json, only the built-in endpoints.
+func TestNoRESTWithoutBindings(t *testing.T) {
+	env := startServer(t, func(c *Config) {
+		c.Services = c.Services[1:] // the gRPC-only test service
+	})
+	for _, path := range []string{"/openapi.json", "/v1/tenants", "/"} {
+		if r := env.do(t, "GET", path, "", ""); r.status != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404", path, r.status)
+		}
+	}
+	if r := env.do(t, "GET", "/healthz", "", ""); r.status != http.StatusOK {
+		t.Errorf("/healthz: %d", r.status)
+	}
+	if r := env.do(t, "GET", "/readyz", "", ""); r.status != http.StatusOK {
+		t.Errorf("/readyz: %d", r.status)
+	}
+}
