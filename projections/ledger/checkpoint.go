@@ -129,25 +129,61 @@ func LoadOrCreateKey(dir string) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger: encode checkpoint key: %w", err)
 	}
-	s := NewSigner(priv)
-	if err := writeFileAtomic(filepath.Join(dir, PublicKeyFile), []byte(s.PublicKeyPEM()), 0o644); err != nil {
+	// The key is written to a file of its own and linked into place: a link fails if the name
+	// exists, so when several processes share an empty directory and start together, exactly
+	// one key is created and the others load it.
+	tmp, err := writeTemp(dir, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	err = os.Link(tmp, keyPath)
+	_ = os.Remove(tmp)
+	switch {
+	case errors.Is(err, os.ErrExist):
+		return LoadOrCreateKey(dir) // another process created it first: use that one
+	case err != nil:
+		return nil, fmt.Errorf("ledger: write %s: %w", keyPath, err)
+	}
+	s := NewSigner(priv)
+	if err := writeFileAtomic(filepath.Join(dir, PublicKeyFile), []byte(s.PublicKeyPEM()), 0o644); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return fmt.Errorf("ledger: write %s: %w", path, err)
+// writeTemp writes data, synced, to a new file of mode in dir and returns its name.
+func writeTemp(dir string, data []byte, mode os.FileMode) (string, error) {
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return "", fmt.Errorf("ledger: create a file in %s: %w", dir, err)
 	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return fmt.Errorf("ledger: chmod %s: %w", path, err)
+	name := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(name)
+		return "", fmt.Errorf("ledger: write %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// writeFileAtomic replaces path with data (mode): written to a file of its own, then renamed, so
+// readers see the old or the new content, and concurrent writers do not collide.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := writeTemp(filepath.Dir(path), data, mode)
+	if err != nil {
+		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
 		return fmt.Errorf("ledger: write %s: %w", path, err)
 	}
 	return nil

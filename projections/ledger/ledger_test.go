@@ -3,7 +3,9 @@ package ledger
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -225,5 +227,48 @@ func TestLoadOrCreateKeyReuses(t *testing.T) {
 	other, _ := LoadOrCreateKey(t.TempDir())
 	if _, err := VerifyCheckpoint(other.PublicKey(), s); !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("other key: %v", err)
+	}
+}
+
+// TestLoadOrCreateKeyConcurrent: processes sharing an empty key directory and starting together
+// end up with one key (as api processes sharing --checkpoint-key-dir do), and the public key file
+// is that key's.
+func TestLoadOrCreateKeyConcurrent(t *testing.T) {
+	for round := range 20 {
+		dir := filepath.Join(t.TempDir(), "keys")
+		const n = 8
+		signers := make([]*Signer, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				signers[i], errs[i] = LoadOrCreateKey(dir)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil {
+				t.Fatalf("round %d, caller %d: %v", round, i, errs[i])
+			}
+			if !signers[i].PublicKey().Equal(signers[0].PublicKey()) {
+				t.Fatalf("round %d: callers 0 and %d got different keys", round, i)
+			}
+		}
+		b, err := os.ReadFile(filepath.Join(dir, PublicKeyFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pub, err := ParsePublicKeyPEM(b); err != nil || !pub.Equal(signers[0].PublicKey()) {
+			t.Fatalf("round %d: %s does not hold the key in use (%v)", round, PublicKeyFile, err)
+		}
+		entries, _ := os.ReadDir(dir)
+		if len(entries) != 2 {
+			t.Fatalf("round %d: %d files in the key directory, want 2 (no temporary files left)", round, len(entries))
+		}
 	}
 }
