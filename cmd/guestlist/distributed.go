@@ -69,9 +69,9 @@ type roleEnv struct {
 	done func()
 }
 
-// setUp creates the data directory and installs the logger, the metrics and, when withTracing,
-// tracing for the process named service. On failure it logs why and returns ok = false.
-func (f *roleFlags) setUp(ctx context.Context, service string, withTracing bool, stderr io.Writer) (env roleEnv, ok bool) {
+// setUp creates the data directory and installs the logger, the metrics and tracing for the
+// process named service. On failure it logs why and returns ok = false.
+func (f *roleFlags) setUp(ctx context.Context, service string, stderr io.Writer) (env roleEnv, ok bool) {
 	logger := telemetry.NewLogger(stderr, f.level.level, f.format.value == "json")
 	prev := slog.Default()
 	slog.SetDefault(logger)
@@ -100,16 +100,14 @@ func (f *roleFlags) setUp(ctx context.Context, service string, withTracing bool,
 	}
 	env.metrics = m.Handler
 	undo = append(undo, m.Shutdown)
-	if withTracing {
-		tp, shutdown, err := telemetry.Setup(ctx, service, env.ver, telemetry.Instance(f.instance)...)
-		if err != nil {
-			logger.Error("set up tracing", "error", err)
-			env.done()
-			return env, false
-		}
-		env.tp = tp
-		undo = append(undo, shutdown)
+	tp, shutdown, err := telemetry.Setup(ctx, service, env.ver, telemetry.Instance(f.instance)...)
+	if err != nil {
+		logger.Error("set up tracing", "error", err)
+		env.done()
+		return env, false
 	}
+	env.tp = tp
+	undo = append(undo, shutdown)
 	return env, true
 }
 
@@ -181,7 +179,7 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 		*keyDir = filepath.Join(*rf.dataDir, ledgerKeyDir)
 	}
 
-	renv, ok := rf.setUp(ctx, "guestlist-api", true, stderr)
+	renv, ok := rf.setUp(ctx, "guestlist-api", stderr)
 	if !ok {
 		return exitError
 	}
@@ -306,7 +304,7 @@ func runProjector(ctx context.Context, args []string, env func(string) string, s
 	if edgeToken.token == "" {
 		return flagError(fs, errors.New("--edge-token is required: the bearer token edges present to the ConfigService"), stderr)
 	}
-	renv, ok := rf.setUp(ctx, "guestlist-projector", true, stderr)
+	renv, ok := rf.setUp(ctx, "guestlist-projector", stderr)
 	if !ok {
 		return exitError
 	}

@@ -98,7 +98,7 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	// Tracing too: each configuration update is a span of the change's trace. The edge id tells
 	// this edge's metrics and spans from the other edges'.
 	rf.instance = *edgeID
-	renv, ok := rf.setUp(ctx, "guestlist-edge", true, stderr)
+	renv, ok := rf.setUp(ctx, "guestlist-edge", stderr)
 	if !ok {
 		return exitError
 	}
