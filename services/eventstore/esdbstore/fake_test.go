@@ -31,10 +31,12 @@ import (
 // answer carries the last event's commit position (as prepare position too, as the server's
 // request manager does);
 // $all reads forwards include the event at their start position, backwards ones exclude it;
-// subscriptions start after their position; filtered subscriptions send checkpoints at the
-// position after the last record looked at, with prepare 0; the expected-version check with
-// deduplication only for a retry with the first attempt's expected version (and with Any for
-// ids it finds); deleted streams answered with the "stream-deleted" trailer. It does not model
+// backwards stream reads from past the end start at the last event; subscriptions start after
+// their position; filtered subscriptions send checkpoints at the position after the last record
+// looked at, with prepare 0; the expected-version check with deduplication only for a retry with
+// the first attempt's expected version (and with Any for ids it finds), answered with the
+// retry's last event's revision and position; deleted streams answered with the
+// "stream-deleted" trailer. It does not model
 // clusters, ACLs or explicit transactions.
 type fakeESDB struct {
 	api.UnimplementedStreamsServer
@@ -308,10 +310,19 @@ func (f *fakeESDB) Append(srv api.Streams_AppendServer) error {
 		}
 		return i == len(recs)
 	}
+	// dedup answers as the server's AlreadyCommitted does: the revision of the retry's last
+	// event and that event's log position as commit and prepare position.
 	dedup := func(from uint64) error {
+		last := from + uint64(len(recs)) - 1
+		pos := &api.AppendResp_Success_Position{Position: &api.AppendResp_Position{}}
+		for _, r := range f.log {
+			if r.stream == stream && r.rev == last {
+				pos.Position.CommitPosition, pos.Position.PreparePosition = r.commit, r.commit
+			}
+		}
 		return srv.SendAndClose(&api.AppendResp{Result: &api.AppendResp_Success_{Success: &api.AppendResp_Success{
-			CurrentRevisionOption: &api.AppendResp_Success_CurrentRevision{CurrentRevision: from + uint64(len(recs)) - 1},
-			PositionOption:        &api.AppendResp_Success_NoPosition{NoPosition: &shared.Empty{}},
+			CurrentRevisionOption: &api.AppendResp_Success_CurrentRevision{CurrentRevision: last},
+			PositionOption:        pos,
 		}}})
 	}
 	next := uint64(0)
@@ -421,7 +432,9 @@ func (f *fakeESDB) Read(req *api.ReadReq, srv api.Streams_ReadServer) error {
 			if _, ok := s.GetRevisionOption().(*api.ReadReq_Options_StreamOptions_Revision); ok {
 				from = s.GetRevision()
 			}
-			// As the server: the range [from-count+1, from] of the index.
+			// As the server: its read enumerator pages on from the index's next event number,
+			// min(start-1, last), until it has count events; from past the end is the last event.
+			from = min(from, last)
 			low := uint64(0)
 			if from+1 > count {
 				low = from + 1 - count

@@ -64,6 +64,12 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 	}
 	var pos esdb.StreamPosition
 	switch {
+	case limit < 1:
+		// Nothing to read, but a missing stream is still not found.
+		if _, err := s.ReadStream(ctx, stream, eventstore.Backwards, eventstore.End, 1); err != nil {
+			return nil, err
+		}
+		return out, nil
 	case dir == eventstore.Backwards && from > maxRevision:
 		pos = esdb.End{}
 	case from > maxRevision:

@@ -321,3 +321,68 @@ func TestWireCloseEndsWaitingCalls(t *testing.T) {
 		}
 	}
 }
+
+// TestWireReadStreamEdges covers reads the conformance suite does not: a backwards read from
+// past the end with a max that reaches below it (the server pages on from the last event), and
+// max < 1 on a missing stream (still not found, as the embedded store answers).
+func TestWireReadStreamEdges(t *testing.T) {
+	f := newFakeESDB()
+	s := fakeStoreFor(t, f)
+	ctx := testCtx(t)
+	var evs []eventstore.EventData
+	for i := range 10 {
+		evs = append(evs, ev("t", fmt.Sprint(i)))
+	}
+	if _, err := s.Append(ctx, "edges", eventstore.NoStream(), evs...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ReadStream(ctx, "edges", eventstore.Backwards, 12, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var revs []uint64
+	for _, e := range got {
+		revs = append(revs, e.Revision)
+	}
+	if fmt.Sprint(revs) != "[9 8 7 6 5]" {
+		t.Errorf("ReadStream(Backwards, 12, 5) = revisions %v, want [9 8 7 6 5]", revs)
+	}
+	for _, max := range []int{0, -1} {
+		if got, err := s.ReadStream(ctx, "edges-missing", eventstore.Forwards, 0, max); !errors.Is(err, eventstore.ErrStreamNotFound) {
+			t.Errorf("ReadStream(missing, max %d) = %v, %v; want ErrStreamNotFound", max, got, err)
+		}
+		if got, err := s.ReadStream(ctx, "edges", eventstore.Forwards, 0, max); err != nil || got == nil || len(got) != 0 {
+			t.Errorf("ReadStream(existing, max %d) = %v, %v; want an empty slice", max, got, err)
+		}
+	}
+}
+
+// TestWireServerDeduplication checks the fake against the server's idempotent-write answer: a
+// retry with the first attempt's expected revision is answered with the stream revision and the
+// $all position of the retry's last event (StorageMessage.AlreadyCommitted carries the log
+// position of the end event), not without a position.
+func TestWireServerDeduplication(t *testing.T) {
+	f := newFakeESDB()
+	s := fakeStoreFor(t, f)
+	ctx := testCtx(t)
+	a, b := ev("t", "a"), ev("t", "b")
+	first, err := s.Append(ctx, "dedup", eventstore.NoStream(), a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.inflight.Add(-1)
+	data := toEventData([]eventstore.EventData{a, b}, []uuid.UUID{uuid.MustParse(a.ID), uuid.MustParse(b.ID)})
+	for _, exp := range []esdb.ExpectedRevision{esdb.NoStream{}, esdb.Any{}} {
+		wr, err := c.c.AppendToStream(ctx, "dedup", esdb.AppendToStreamOptions{ExpectedRevision: exp}, data...)
+		if err != nil {
+			t.Fatalf("retry with %T: %v", exp, err)
+		}
+		if wr.NextExpectedVersion != first.NextExpectedRevision || wr.CommitPosition != uint64(first.Position) || wr.PreparePosition != uint64(first.Position) {
+			t.Errorf("retry with %T = %+v; want revision %d at %d/%d", exp, wr, first.NextExpectedRevision, first.Position, first.Position)
+		}
+	}
+}
