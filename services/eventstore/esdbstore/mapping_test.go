@@ -353,6 +353,13 @@ func TestParseConnectionString(t *testing.T) {
 		{name: "fail/bad port", in: "esdb://localhost:21x3", err: "malformed URL"},
 		{name: "fail/bad setting keeps the password out", in: "esdb://admin:s3cret@localhost:2113?tls=maybe", err: "tls"},
 		{name: "fail/path", in: "esdb://localhost:2113/db", err: "unsupported URL path"},
+		{name: "fail/an @ in a certificate path is no password", in: "esdb://localhost:2113?tlsCAFile=/nonexistent/a@b/ca.pem", err: "no such file"},
+		// A password with an unescaped '/', '?' or '#' after a numeric start ends the host part
+		// early: the rest of the password would become the path, a setting or the fragment.
+		{name: "fail/slash in the password", in: "esdb://admin:2113/s3cret@localhost:2113", err: "percent-encode"},
+		{name: "fail/question mark in the password", in: "esdb://admin:2113?s3cret@localhost:2113", err: "percent-encode"},
+		{name: "fail/hash in the password", in: "esdb://admin:2113#s3cret@localhost:2113", err: "percent-encode"},
+		{name: "fail/password starting with a slash", in: "esdb://admin:/s3cret@localhost:2113", err: "percent-encode"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -101,6 +101,9 @@ func ParseConnectionString(s string) (*esdb.Configuration, error) {
 	default:
 		return nil, fmt.Errorf("%w: scheme %q; want esdb:// or esdb+discover://", ErrBadConnectionString, scheme)
 	}
+	if err := checkUserinfo(rest); err != nil {
+		return nil, err
+	}
 	cfg, err := esdb.ParseConnectionString(scheme + "://" + rest)
 	if err != nil {
 		// The client's messages name the part that is wrong (host, port, setting).
@@ -111,6 +114,32 @@ func ParseConnectionString(s string) (*esdb.Configuration, error) {
 		return nil, fmt.Errorf("%w: %s", ErrBadConnectionString, msg)
 	}
 	return cfg, nil
+}
+
+// checkUserinfo refuses an '@' after the first '/', '?' or '#' of a connection string (after the
+// scheme), other than in a file setting's value: it means the user name or password holds one of
+// those characters unescaped, which ends the host part early, and the rest of the password would
+// be read as the path, a setting or the fragment, and repeated in the client's errors and log.
+func checkUserinfo(rest string) error {
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 || !strings.Contains(rest[end:], "@") {
+		return nil
+	}
+	tail, fragment, _ := strings.Cut(rest[end:], "#")
+	path, query, _ := strings.Cut(tail, "?")
+	bad := strings.Contains(path, "@") || strings.Contains(fragment, "@")
+	for _, kv := range strings.Split(query, "&") {
+		k, _, _ := strings.Cut(kv, "=")
+		switch strings.ToLower(k) {
+		case "tlscafile", "usercertfile", "userkeyfile":
+		default:
+			bad = bad || strings.Contains(kv, "@")
+		}
+	}
+	if bad {
+		return fmt.Errorf("%w: an '@' after the host part: percent-encode '/', '?' and '#' in the user name and password (%%2F, %%3F, %%23)", ErrBadConnectionString)
+	}
+	return nil
 }
 
 // Open connects to the EventStoreDB server or cluster that connectionString names and checks
