@@ -14,8 +14,10 @@
 // stream reads carry the position too. Position is therefore the commit position, and every event read
 // is checked: commit ≠ prepare, or a missing position (older servers send 2^64-1), fails the call
 // with an error saying so; nothing is mapped by guess. An append's answer carries the commit
-// position of its last event, which is the AppendResult's Position; an answer without one (the
-// server found the events written already) is answered from a read of the stream.
+// position of its last event, which is the AppendResult's Position (a retry the server
+// deduplicates is answered with the position of its last event too); an answer without one (the
+// server found the events written but could not read back where) is answered from a read of the
+// stream.
 //
 // Positions are sparse (byte offsets, not counts) and grow with every write, also the server's
 // own; guestlist only orders and compares them. $all reads forward from a position include the
@@ -92,7 +94,14 @@
 // with the default settings): every later call fails with "connection closed". The store then
 // makes a new client. The old one can hold calls blocked on its internal channel, ignoring their
 // context, so every call runs in a goroutine of its own and the caller waits only for its
-// context, and a client is closed only when no call is inside it (closing it would make them
-// panic); a client left so is logged. The client panics on a read response it does not know;
-// that panic becomes an error.
+// context. A client is closed only when no call is inside it: closing it would race with the
+// blocked sends. A known limitation of the client (v4.2.0): the calls that queued behind a
+// discovery that failed stay blocked for good, with what they hold, and the client does not
+// close its last gRPC connection when it gives up; so every outage long enough for the
+// discovery to fail leaves those goroutines and one connection behind. The client panics on a
+// read response it does not know; that panic becomes an error.
+//
+// Connection strings: a '/', '?' or '#' in the user name or password must be percent-encoded;
+// unescaped, they end the host part early and the rest of the password would be read as the
+// path, a setting or the fragment, so such strings are refused (without repeating them).
 package esdbstore
