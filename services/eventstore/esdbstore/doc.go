@@ -94,12 +94,15 @@
 // with the default settings): every later call fails with "connection closed". The store then
 // makes a new client. The old one can hold calls blocked on its internal channel, ignoring their
 // context, so every call runs in a goroutine of its own and the caller waits only for its
-// context. A client is closed only when no call is inside it: closing it would race with the
-// blocked sends. A known limitation of the client (v4.2.0): the calls that queued behind a
-// discovery that failed stay blocked for good, with what they hold, and the client does not
-// close its last gRPC connection when it gives up; so every outage long enough for the
-// discovery to fail leaves those goroutines and one connection behind. The client panics on a
-// read response it does not know; that panic becomes an error.
+// context. A client is closed by the last call that leaves it: closing it with a call inside
+// would race with the blocked sends. A known limitation of the client (v4.2.0): the calls that
+// queued behind a discovery that failed stay blocked for good, with what they hold, and such a
+// client is then never closed. The store bounds this to the calls that were inside the client
+// when the outage began: a client made to replace one that gave up lets one call in at a time
+// (a probe, which is the one that runs the discovery and gets its answer) until the server
+// answers, and the others fail at once with ErrUnavailable; so the replacements never hold a
+// stuck call, however long the outage lasts. The client panics on a read response it does not
+// know; that panic becomes an error.
 //
 // Connection strings: a '/', '?' or '#' in the user name or password must be percent-encoded;
 // unescaped, they end the host part early and the rest of the password would be read as the

@@ -43,9 +43,45 @@ type conn struct {
 	inflight atomic.Int64
 	// dead is closed when the client is replaced: callers still waiting on it give up.
 	dead chan struct{}
+	// suspect is set on a client made to replace one that gave up (its discovery found no
+	// server), until the server answers a call. While it is set, calls enter the client only
+	// when no other call is inside (one probe at a time) and the others fail at once with
+	// ErrUnavailable: calls that queue inside a client whose discovery then fails stay blocked
+	// for good (see the package documentation), so during an outage no more than the probe is
+	// let in. A client that has not given up is never suspect: a slow or briefly unreachable
+	// server does not make healthy calls fail.
+	suspect atomic.Bool
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
-func newConn(c *esdb.Client) *conn { return &conn{c: c, dead: make(chan struct{})} }
+// close closes the client, once.
+func (cn *conn) close() error {
+	cn.closeOnce.Do(func() { cn.closeErr = cn.c.Close() })
+	return cn.closeErr
+}
+
+// replaced reports whether the client was replaced (dead is closed).
+func (cn *conn) replaced() bool {
+	select {
+	case <-cn.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// newConn wraps client c; suspect says whether the server may be away (a client made to replace
+// one that gave up).
+func newConn(c *esdb.Client, suspect bool) *conn {
+	cn := &conn{c: c, dead: make(chan struct{})}
+	cn.suspect.Store(suspect)
+	return cn
+}
+
+// errServerAway is what calls get while a probe call finds out whether the server is back.
+var errServerAway = fmt.Errorf("%w: no EventStoreDB server answered the client's discovery; one call at a time tries again until one answers", eventstore.ErrUnavailable)
 
 // errClientGaveUp is what calls still waiting on a replaced client return.
 var errClientGaveUp = fmt.Errorf("%w: the EventStoreDB client gave up connecting (no server answered its discovery)", eventstore.ErrUnavailable)
@@ -182,7 +218,7 @@ func newStore(cfg *esdb.Configuration, opts ...Option) (*Store, error) {
 		s.cancel()
 		return nil, fmt.Errorf("%w: %v", ErrBadConnectionString, err)
 	}
-	s.cur = newConn(c)
+	s.cur = newConn(c, false)
 	return s, nil
 }
 
@@ -217,19 +253,38 @@ func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelF
 	return octx, func() { stop(); cancel() }, nil
 }
 
-// acquire returns the current client, counted as in use until release.
+// acquire returns the current client, counted as in use (inflight) until the call leaves it. While
+// the client is suspect, it lets a call in only when none is inside, and otherwise returns
+// errServerAway.
 func (s *Store) acquire() (*conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, eventstore.ErrClosed
 	}
+	if s.cur.suspect.Load() && s.cur.inflight.Load() > 0 {
+		return nil, errServerAway
+	}
 	s.cur.inflight.Add(1)
 	return s.cur, nil
 }
 
+// observe clears suspect when the outcome of a call is an answer from the server (success or a
+// refusal); errors of the transport or of the caller's context say nothing.
+func (cn *conn) observe(err error) {
+	if err == nil {
+		cn.suspect.Store(false)
+		return
+	}
+	switch classify(err) {
+	case kindWrongExpectedVersion, kindStreamDeleted, kindNotFound, kindAccessDenied:
+		cn.suspect.Store(false)
+	}
+}
+
 // replace swaps in a new client if cn, which gave up, is still the current one. The old client
-// is closed only if no call is inside it (see conn).
+// is closed by the last call that leaves it (see call): closing it with a call inside would make
+// that call panic.
 func (s *Store) replace(cn *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -241,12 +296,9 @@ func (s *Store) replace(cn *conn) {
 		s.opts.log.Error("esdbstore: cannot make a new client", "err", err)
 		return
 	}
-	s.cur = newConn(c)
+	s.cur = newConn(c, true) // the server was away: probe it one call at a time
 	close(cn.dead)
 	s.opts.log.Warn("esdbstore: the EventStoreDB client gave up connecting; using a new one")
-	if cn.inflight.Load() == 0 {
-		_ = cn.c.Close()
-	}
 }
 
 // result is what a call into the client returns.
@@ -268,26 +320,39 @@ func call[T any](s *Store, ctx context.Context, fn func(ctx context.Context, c *
 	}
 	ch := make(chan result[T], 1)
 	go func() {
-		defer cn.inflight.Add(-1)
-		defer func() {
-			if r := recover(); r != nil {
-				ch <- result[T]{err: fmt.Errorf("the EventStoreDB client failed: %v", r)}
-			}
-		}()
-		v, err := fn(ctx, cn.c)
+		// Everything after fn runs here, not in the caller, which may have stopped waiting: the
+		// call that sees the client give up replaces it even if its caller left, and the last
+		// call out of a replaced client closes it.
+		v, err := protect(ctx, cn.c, fn)
+		cn.observe(err)
+		cn.inflight.Add(-1)
+		if err != nil && classify(err) == kindDead {
+			s.replace(cn)
+		}
+		if cn.inflight.Load() == 0 && cn.replaced() {
+			_ = cn.close()
+		}
 		ch <- result[T]{v, err}
 	}()
 	select {
 	case r := <-ch:
-		if r.err != nil && classify(r.err) == kindDead {
-			s.replace(cn)
-		}
 		return r.v, r.err
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	case <-cn.dead:
 		return zero, errClientGaveUp
 	}
+}
+
+// protect runs fn on c, turning a panic of the client (it panics on a read response it does not
+// know) into an error.
+func protect[T any](ctx context.Context, c *esdb.Client, fn func(ctx context.Context, c *esdb.Client) (T, error)) (v T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the EventStoreDB client failed: %v", r)
+		}
+	}()
+	return fn(ctx, c)
 }
 
 // LastPosition implements eventstore.Store: the position of the newest event that is not
@@ -355,5 +420,5 @@ func (s *Store) Close() error {
 		s.opts.log.Warn("esdbstore: calls stuck inside the EventStoreDB client; leaving it open", "calls", n)
 		return nil
 	}
-	return cn.c.Close()
+	return cn.close()
 }
