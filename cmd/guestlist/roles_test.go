@@ -39,6 +39,30 @@ func captureRole[C any](t *testing.T, hook *func(context.Context, C) error) (got
 	return got, called
 }
 
+// runFlagCase runs "guestlist command args..." (with env) as subtest name, with the role's run
+// function replaced by a capture. A fail/ case must exit with exitUsage without running the role,
+// naming mention on stderr; an ok/ case must run the role once with a configuration that check
+// accepts ("" when fine).
+func runFlagCase[C any](t *testing.T, command string, hook *func(context.Context, C) error, name string, env map[string]string, args []string, mention string, check func(C) string) {
+	t.Helper()
+	t.Run(name, func(t *testing.T) {
+		got, called := captureRole(t, hook)
+		code, _, stderr := runCmd(t, env, append([]string{command}, args...)...)
+		if strings.HasPrefix(name, "fail/") {
+			if code != exitUsage || *called != 0 || !strings.Contains(stderr, mention) {
+				t.Errorf("exit %d, ran %d times, stderr does not name %q:\n%s", code, *called, mention, stderr)
+			}
+			return
+		}
+		if code != exitOK || *called != 1 {
+			t.Fatalf("exit %d, ran %d times:\n%s", code, *called, stderr)
+		}
+		if msg := check(*got); msg != "" {
+			t.Errorf("%s: %+v", msg, *got)
+		}
+	})
+}
+
 func TestAPIFlags(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	const edgeTok = "edge-token-0123456789"
@@ -100,22 +124,7 @@ func TestAPIFlags(t *testing.T) {
 		{name: "fail/empty data dir", args: []string{"--data-dir", "", "--projector", "--edge-token", edgeTok}, mention: "--data-dir"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got, called := captureRole(t, &runAPIRole)
-			code, _, stderr := runCmd(t, tc.env, append([]string{"api"}, tc.args...)...)
-			if strings.HasPrefix(tc.name, "fail/") {
-				if code != exitUsage || *called != 0 || !strings.Contains(stderr, tc.mention) {
-					t.Errorf("exit %d, ran %d times, stderr does not name %q:\n%s", code, *called, tc.mention, stderr)
-				}
-				return
-			}
-			if code != exitOK || *called != 1 {
-				t.Fatalf("exit %d, ran %d times:\n%s", code, *called, stderr)
-			}
-			if msg := tc.check(*got); msg != "" {
-				t.Errorf("%s: %+v", msg, *got)
-			}
-		})
+		runFlagCase(t, "api", &runAPIRole, tc.name, tc.env, tc.args, tc.mention, tc.check)
 	}
 }
 
@@ -136,22 +145,12 @@ func TestProjectorFlags(t *testing.T) {
 		{name: "fail/bad grpc addr", args: []string{"--data-dir", dir, "--store", "esdb://db:2113", "--edge-token", edgeTok, "--grpc-addr", "nope"}, mention: "grpc-addr"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got, called := captureRole(t, &runProjectorRole)
-			code, _, stderr := runCmd(t, tc.env, append([]string{"projector"}, tc.args...)...)
-			if strings.HasPrefix(tc.name, "fail/") {
-				if code != exitUsage || *called != 0 || !strings.Contains(stderr, tc.mention) {
-					t.Errorf("exit %d, ran %d times, stderr does not name %q:\n%s", code, *called, tc.mention, stderr)
-				}
-				return
-			}
-			if code != exitOK || *called != 1 {
-				t.Fatalf("exit %d, ran %d times:\n%s", code, *called, stderr)
-			}
+		runFlagCase(t, "projector", &runProjectorRole, tc.name, tc.env, tc.args, tc.mention, func(got projectorConfig) string {
 			if got.Store != "esdb://db:2113" || got.EdgeToken != edgeTok || got.GRPCAddr != "127.0.0.1:50052" || got.HTTPAddr != "127.0.0.1:8082" ||
 				got.AdminToken != "" || got.Role != "projector" || got.DataDir != dir {
-				t.Errorf("config: %+v", *got)
+				return "config"
 			}
+			return ""
 		})
 	}
 }
@@ -240,22 +239,7 @@ func TestEdgeFlags(t *testing.T) {
 		{name: "fail/bad edge addr", env: map[string]string{"GUESTLIST_EDGE_ADDR": "nope"}, args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok}, mention: "GUESTLIST_EDGE_ADDR"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got, called := captureRole(t, &runEdgeRole)
-			code, _, stderr := runCmd(t, tc.env, append([]string{"edge"}, tc.args...)...)
-			if strings.HasPrefix(tc.name, "fail/") {
-				if code != exitUsage || *called != 0 || !strings.Contains(stderr, tc.mention) {
-					t.Errorf("exit %d, ran %d times, stderr does not name %q:\n%s", code, *called, tc.mention, stderr)
-				}
-				return
-			}
-			if code != exitOK || *called != 1 {
-				t.Fatalf("exit %d, ran %d times:\n%s", code, *called, stderr)
-			}
-			if msg := tc.check(*got); msg != "" {
-				t.Errorf("%s: %+v", msg, *got)
-			}
-		})
+		runFlagCase(t, "edge", &runEdgeRole, tc.name, tc.env, tc.args, tc.mention, tc.check)
 	}
 }
 

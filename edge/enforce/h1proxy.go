@@ -110,16 +110,10 @@ func (c *h1Conn) appendTarget(b []byte, p *leanPool) []byte {
 	return b
 }
 
-// appendRequestHead appends the request head for the origin.
-func (c *h1Conn) appendRequestHead(b []byte, p *leanPool, d *decision.Decision, id string, rev uint64, method string) []byte {
-	req := &c.req
-	b = append(b, req.method...)
-	b = append(b, ' ')
-	b = c.appendTarget(b, p)
-	b = append(b, " HTTP/1.1\r\n"...)
-	b = append(b, c.fwd...) // Host, X-Forwarded-*
-	for i := range req.fields {
-		f := &req.fields[i]
+// appendFields appends the header lines of fields that are not dropped, names canonical.
+func appendFields(b []byte, fields []hdrField) []byte {
+	for i := range fields {
+		f := &fields[i]
 		if f.drop {
 			continue
 		}
@@ -128,6 +122,18 @@ func (c *h1Conn) appendRequestHead(b []byte, p *leanPool, d *decision.Decision, 
 		b = append(b, f.value...)
 		b = append(b, "\r\n"...)
 	}
+	return b
+}
+
+// appendRequestHead appends the request head for the origin.
+func (c *h1Conn) appendRequestHead(b []byte, p *leanPool, d *decision.Decision, id string, rev uint64, method string) []byte {
+	req := &c.req
+	b = append(b, req.method...)
+	b = append(b, ' ')
+	b = c.appendTarget(b, p)
+	b = append(b, " HTTP/1.1\r\n"...)
+	b = append(b, c.fwd...) // Host, X-Forwarded-*
+	b = appendFields(b, req.fields)
 	if req.teTrailers {
 		b = append(b, "Te: trailers\r\n"...)
 	}
@@ -240,16 +246,7 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 	b = append(b, ' ')
 	b = append(b, resp.reason...)
 	b = append(b, "\r\n"...)
-	for i := range resp.fields {
-		f := &resp.fields[i]
-		if f.drop {
-			continue
-		}
-		b = appendCanonicalKey(b, f.name)
-		b = append(b, ": "...)
-		b = append(b, f.value...)
-		b = append(b, "\r\n"...)
-	}
+	b = appendFields(b, resp.fields)
 	switch {
 	case resp.chunked && !noBody, closeDelimited:
 		b = append(b, "Transfer-Encoding: chunked\r\n"...)
