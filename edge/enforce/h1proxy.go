@@ -189,7 +189,12 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 	defer func() { c.release(p, oc, keep) }()
 
 	c.scratch = c.appendRequestHead(c.scratch[:0], p, d, id, rev, method)
-	_, _ = oc.bw.Write(c.scratch)
+	// A bodyless request is written by the read that waits for the answer (sendwait_linux.go);
+	// c.scratch is not touched again until that read returned.
+	deferred := c.bodyLeft == 0 && oc.bw.Buffered() == 0 && sendOnRead(oc.conn, c.scratch)
+	if !deferred {
+		_, _ = oc.bw.Write(c.scratch)
+	}
 	if c.bodyLeft > 0 {
 		c.consume()
 		for c.bodyLeft > 0 {

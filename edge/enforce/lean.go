@@ -116,6 +116,8 @@ func (p *leanPool) dial(ctx context.Context) (*leanConn, error) {
 			return nil, err
 		}
 		conn = tc
+	} else {
+		conn = newSendConn(conn)
 	}
 	return &leanConn{conn: conn, br: bufio.NewReaderSize(conn, leanBufSize), bw: bufio.NewWriterSize(conn, leanBufSize)}, nil
 }

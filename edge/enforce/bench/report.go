@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -91,11 +92,17 @@ func printKeepAlive(w io.Writer, res *results) {
 		}
 		b := sums[n]
 		var perRound []string
+		var ratios []float64
 		for i := range min(len(edge.rates), len(b.rates)) {
 			perRound = append(perRound, fmt.Sprintf("%.2f", edge.rates[i]/b.rates[i]))
+			ratios = append(ratios, edge.rates[i]/b.rates[i])
 		}
 		fmt.Fprintf(w, "edge / %s: %.2f × the requests per second (rounds: %s); %.2f × the server CPU per request (%.1f vs %.1f µs)\n",
 			n, edge.rate/b.rate, strings.Join(perRound, " · "), edge.server/b.server, edge.server, b.server)
+		if len(ratios) >= 4 {
+			q1, med, q3 := quartiles(ratios)
+			fmt.Fprintf(w, "edge / %s, per round: median %.2f ×, interquartile range %.2f–%.2f × (%d rounds)\n", n, med, q1, q3, len(ratios))
+		}
 	}
 }
 
@@ -141,4 +148,20 @@ func printScale(w io.Writer, res *results) {
 		a, b := sums[e.Name], sums[base]
 		fmt.Fprintf(w, "%s / %s: %.2f × the handshakes per second; %.2f × the server CPU per handshake\n", e.Name, base, a.rate/b.rate, a.server/b.server)
 	}
+}
+
+// quartiles returns the first quartile, the median and the third quartile of xs (linear
+// interpolation between the closest ranks); xs is not modified.
+func quartiles(xs []float64) (q1, med, q3 float64) {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	at := func(p float64) float64 {
+		pos := p * float64(len(s)-1)
+		i := int(pos)
+		if i+1 >= len(s) {
+			return s[len(s)-1]
+		}
+		return s[i] + (pos-float64(i))*(s[i+1]-s[i])
+	}
+	return at(0.25), at(0.5), at(0.75)
 }

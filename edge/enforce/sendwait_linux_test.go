@@ -1,0 +1,173 @@
+//go:build linux
+
+package enforce
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// sendPair returns a sendConn dialed to a loopback listener and the server's side of it.
+func sendPair(t *testing.T) (*sendConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	sc, ok := newSendConn(conn).(*sendConn)
+	if !ok {
+		t.Fatal("newSendConn did not wrap a *net.TCPConn")
+	}
+	t.Cleanup(func() { sc.Close(); srv.Close() })
+	return sc, srv
+}
+
+func TestSendOnRead(t *testing.T) {
+	t.Run("ok/the request goes out, then one read gets the answer", func(t *testing.T) {
+		c, srv := sendPair(t)
+		req := []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		got := make(chan []byte, 1)
+		go func() {
+			b := make([]byte, len(req))
+			if _, err := io.ReadFull(srv, b); err != nil {
+				got <- nil
+				return
+			}
+			got <- b
+			time.Sleep(20 * time.Millisecond) // the edge waits: a read-first would find nothing
+			_, _ = srv.Write([]byte("HTTP/1.1 200 OK\r\n\r\n"))
+		}()
+		if !sendOnRead(c, req) {
+			t.Fatal("sendOnRead refused a TCP connection")
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		if string(buf[:n]) != "HTTP/1.1 200 OK\r\n\r\n" {
+			t.Fatalf("Read = %q", buf[:n])
+		}
+		if b := <-got; !bytes.Equal(b, req) {
+			t.Fatalf("the origin got %q, want %q", b, req)
+		}
+		if c.reads != 1 {
+			t.Fatalf("read(2) was called %d times; want 1 (the wait comes first)", c.reads)
+		}
+		// The next Read, with nothing to send, is an ordinary one.
+		go func() { _, _ = srv.Write([]byte("more")) }()
+		n, err = c.Read(buf)
+		if err != nil || string(buf[:n]) != "more" {
+			t.Fatalf("second Read = %q, %v", buf[:n], err)
+		}
+		if c.reads != 1 {
+			t.Fatalf("an ordinary Read went through the callback (%d reads)", c.reads)
+		}
+	})
+
+	t.Run("ok/a request larger than the socket takes at once", func(t *testing.T) {
+		c, srv := sendPair(t)
+		req := bytes.Repeat([]byte("x"), 16<<20)
+		done := make(chan error, 1)
+		go func() {
+			b := make([]byte, len(req))
+			if _, err := io.ReadFull(srv, b); err != nil {
+				done <- err
+				return
+			}
+			if !bytes.Equal(b, req) {
+				done <- errors.New("the origin got other bytes")
+				return
+			}
+			_, err := srv.Write([]byte("ok"))
+			done <- err
+		}()
+		sendOnRead(c, req)
+		buf := make([]byte, 8)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != "ok" {
+			t.Fatalf("Read = %q, %v", buf[:n], err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("fail/the origin closed: EOF, a closed connection for the retry", func(t *testing.T) {
+		c, srv := sendPair(t)
+		srv.Close()
+		time.Sleep(10 * time.Millisecond)
+		sendOnRead(c, []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+		_, err := c.Read(make([]byte, 64))
+		if err == nil || !isClosedConn(err) {
+			t.Fatalf("Read error = %v; want one isClosedConn recognises", err)
+		}
+	})
+
+	t.Run("fail/a deadline already past: nothing is written", func(t *testing.T) {
+		c, srv := sendPair(t)
+		_ = c.SetDeadline(aLongTimeAgo)
+		sendOnRead(c, []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+		if _, err := c.Read(make([]byte, 64)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read error = %v; want the deadline", err)
+		}
+		_ = srv.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if n, err := srv.Read(make([]byte, 64)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("the origin read %d bytes (%v); want none", n, err)
+		}
+		if len(c.out) != 0 {
+			t.Fatal("the request stays pending after the Read")
+		}
+	})
+
+	t.Run("fail/a deadline set while waiting ends the wait", func(t *testing.T) {
+		c, srv := sendPair(t)
+		go func() {
+			_, _ = srv.Read(make([]byte, 64)) // never answers
+		}()
+		time.AfterFunc(30*time.Millisecond, func() { _ = c.SetDeadline(aLongTimeAgo) })
+		sendOnRead(c, []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+		start := time.Now()
+		if _, err := c.Read(make([]byte, 64)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read error = %v; want the deadline", err)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the wait outlived its deadline")
+		}
+	})
+
+	t.Run("fail/not a TCP connection", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		if newSendConn(a) != a {
+			t.Fatal("newSendConn wrapped a pipe")
+		}
+		if sendOnRead(a, []byte("x")) {
+			t.Fatal("sendOnRead accepted a pipe")
+		}
+	})
+}
