@@ -33,7 +33,7 @@ type kaServer struct {
 func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 	o := e.o
 	dir := filepath.Join(e.dir, "keepalive")
-	if err := mkdirs(dir, "nginx", "nginx-headers"); err != nil {
+	if err := mkdirs(dir, "nginx", "nginx-headers", "nginx-reuseport"); err != nil {
 		return nil, err
 	}
 
@@ -87,18 +87,19 @@ func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 		return nil, err
 	}
 	servers := []kaServer{{name: "edge", addr: er.Addr, pids: func() ([]int, error) { return []int{edge.pid()}, nil }}}
-	variants := []struct {
-		name    string
-		headers bool
-	}{{"nginx", false}}
+	type variant struct {
+		name               string
+		headers, reuseport bool
+	}
+	variants := []variant{{name: "nginx"}}
 	if o.nginxHeaders {
-		variants = append(variants, struct {
-			name    string
-			headers bool
-		}{"nginx-headers", true})
+		variants = append(variants, variant{name: "nginx-headers", headers: true})
+	}
+	if o.nginxReuse {
+		variants = append(variants, variant{name: "nginx-reuseport", reuseport: true})
 	}
 	for _, v := range variants {
-		n, err := startNginx(ctx, o.nginx, v.name, filepath.Join(dir, v.name), files, e.originIP, o.procs, max(64, o.conns), v.headers, cfg)
+		n, err := startNginx(ctx, o.nginx, v.name, filepath.Join(dir, v.name), files, e.originIP, o.procs, max(64, o.conns), v.headers, v.reuseport, cfg)
 		if err != nil {
 			return nil, err
 		}

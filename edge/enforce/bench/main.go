@@ -62,6 +62,7 @@ type options struct {
 	warmup       time.Duration
 	rounds       int
 	nginxHeaders bool
+	nginxReuse   bool
 
 	// scale
 	scaleHosts   int
@@ -108,6 +109,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "warm-up before each keep-alive round (connections opened, requests sent, not counted)")
 	flag.IntVar(&o.rounds, "rounds", 3, "keep-alive rounds per server")
 	flag.BoolVar(&o.nginxHeaders, "nginx-headers", false, "also measure nginx setting the headers the edge adds (certificate details, X-Forwarded-*)")
+	flag.BoolVar(&o.nginxReuse, "nginx-reuseport", false, "also measure nginx with reuseport on its listen line (each worker its own listening socket, connections spread evenly over the workers)")
 	flag.IntVar(&o.scaleHosts, "scale-hosts", 100_000, "hostnames of the large edge")
 	flag.IntVar(&o.scaleBase, "scale-base", 10, "hostnames of the small edge")
 	flag.IntVar(&o.scaleCAs, "scale-cas", 1000, "distinct client CAs over the hostnames (hostname i trusts CA i mod this)")

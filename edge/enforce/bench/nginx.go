@@ -52,7 +52,7 @@ http {
     }
 
     server {
-        listen {{.Listen}} ssl;
+        listen {{.Listen}} ssl{{if .Reuseport}} reuseport{{end}};
         server_name {{.ServerName}};
         ssl_certificate {{.Cert}};
         ssl_certificate_key {{.Key}};
@@ -165,12 +165,14 @@ http {
 // runs nginx with it until stop. It returns once nginx completes a TLS handshake with the client
 // certificate in cfg. Each worker keeps up to upstreamIdle idle connections to the origin (at
 // least the number of client connections, so that nginx, like the edge's pool, never has to
-// reconnect to the origin under the benchmark's load).
-func startNginx(ctx context.Context, bin, name, dir string, files nginxFiles, origin string, workers, upstreamIdle int, headers bool, cfg *tls.Config) (*nginxServer, error) {
+// reconnect to the origin under the benchmark's load). With reuseport, every worker has a
+// listening socket of its own (listen ... reuseport), so that the kernel spreads new connections
+// evenly over the workers instead of waking whichever worker it wakes.
+func startNginx(ctx context.Context, bin, name, dir string, files nginxFiles, origin string, workers, upstreamIdle int, headers, reuseport bool, cfg *tls.Config) (*nginxServer, error) {
 	return execNginx(ctx, bin, name, dir, nginxConf, func(listen string) map[string]any {
 		return map[string]any{
 			"Workers": workers, "Dir": dir, "Origin": origin, "Listen": listen,
-			"ServerName": hostname(0), "Headers": headers, "UpstreamIdle": upstreamIdle,
+			"ServerName": hostname(0), "Headers": headers, "Reuseport": reuseport, "UpstreamIdle": upstreamIdle,
 			"Cert": files.Cert, "Key": files.Key, "ClientCA": files.ClientCA,
 		}
 	}, func(listen string) error { return probe(listen, cfg) })
