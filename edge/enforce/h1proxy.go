@@ -189,9 +189,10 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 	defer func() { c.release(p, oc, keep) }()
 
 	c.scratch = c.appendRequestHead(c.scratch[:0], p, d, id, rev, method)
-	// A bodyless request is written by the read that waits for the answer (sendwait_linux.go);
-	// c.scratch is not touched again until that read returned.
-	deferred := c.bodyLeft == 0 && oc.bw.Buffered() == 0 && sendOnRead(oc.conn, c.scratch)
+	// A bodyless request is written by the read that waits for the answer (sendwait_linux.go):
+	// the Peek below, which reads because the pooled connection's buffers are empty (quiet
+	// checked that); c.scratch is not touched again until that read returned.
+	deferred := c.bodyLeft == 0 && oc.bw.Buffered() == 0 && oc.br.Buffered() == 0 && sendOnRead(oc.conn, c.scratch)
 	if !deferred {
 		_, _ = oc.bw.Write(c.scratch)
 	}
