@@ -581,3 +581,76 @@ func TestOriginInformationalResponses(t *testing.T) {
 		})
 	}
 }
+
+// TestFastPathPooledConnectionHalfClosed: an origin (or a relay in front of it) that half-closes
+// an idle keep-alive connection and reads on without ever answering or resetting. The pool
+// leaves its quiet check to the read that writes the next bodyless request (sendwait_linux.go):
+// that check must find the close, write nothing on the connection, and send the request on a
+// new one, whatever its method; it must not wait for an answer that never comes.
+func TestFastPathPooledConnectionHalfClosed(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	var mu sync.Mutex
+	var after []int // bytes each connection got after its half-close
+	origin := rawOrigin(t, func(conn net.Conn, _ int) {
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		r, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"+r.Method[:2])
+		time.Sleep(30 * time.Millisecond)
+		_ = conn.(*net.TCPConn).CloseWrite()
+		n, _ := io.Copy(io.Discard, br)
+		mu.Lock()
+		after = append(after, int(n))
+		mu.Unlock()
+	})
+	h := host(hostA, "acme", ca)
+	h.OriginUrl = origin
+	e := newEnv(t, h)
+	conn := rawTLS(t, e, hostA, ca.Client(t, "device"))
+	br := bufio.NewReader(conn)
+	for _, req := range []string{
+		"GET / HTTP/1.1\r\nHost: " + hostA + "\r\n\r\n",
+		"DELETE /x HTTP/1.1\r\nHost: " + hostA + "\r\n\r\n",
+		"POST /y HTTP/1.1\r\nHost: " + hostA + "\r\nContent-Length: 0\r\n\r\n",
+		"GET /z HTTP/1.1\r\nHost: " + hostA + "\r\n\r\n",
+	} {
+		time.Sleep(100 * time.Millisecond) // the origin half-closed the pooled connection
+		if _, err := io.WriteString(conn, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%q: %v", req, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != req[:2] {
+			t.Fatalf("%q: %d %q", req, resp.StatusCode, body)
+		}
+	}
+	if n := e.srv.handoffs.Load(); n != 0 {
+		t.Errorf("%d hand-overs to net/http", n)
+	}
+	// The edge closed the three connections it found half-closed (the fourth is pooled).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		k := len(after)
+		mu.Unlock()
+		if k >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections closed by the edge; want 3", k)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, n := range after {
+		if n != 0 {
+			t.Errorf("connection %d got %d bytes after the origin half-closed it", i, n)
+		}
+	}
+}

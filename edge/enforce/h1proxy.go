@@ -54,7 +54,9 @@ func (c *h1Conn) forward(p *leanPool, d *decision.Decision, id string, rev uint6
 		var reused bool
 		var err error
 		if attempt == 0 {
-			oc, reused, err = p.get(context.Background())
+			// A bodyless request leaves the quiet check to the read that writes it
+			// (sendwait_linux.go): it fails with errNotQuiet before anything is sent.
+			oc, reused, err = p.get(context.Background(), c.bodyLeft == 0)
 		} else {
 			oc, err = p.dial(context.Background())
 		}
@@ -69,6 +71,12 @@ func (c *h1Conn) forward(p *leanPool, d *decision.Decision, id string, rev uint6
 		if c.clientGone.Load() || errors.Is(err, errClientGone) {
 			c.s.logger.Debug("client went away while forwarding", "origin", p.addr, "error", err)
 			return h1Close
+		}
+		if errors.Is(err, errNotQuiet) {
+			// A pooled connection the origin wrote on or closed while idle; nothing was sent
+			// on it, whatever the method: take another, as the pool does.
+			attempt = -1
+			continue
 		}
 		if retry && reused && attempt == 0 && idempotent(method) && c.req.contentLength == 0 {
 			continue
@@ -189,9 +197,10 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 	defer func() { c.release(p, oc, keep) }()
 
 	c.scratch = c.appendRequestHead(c.scratch[:0], p, d, id, rev, method)
-	// A bodyless request is written by the read that waits for the answer (sendwait_linux.go):
-	// the Peek below, which reads because the pooled connection's buffers are empty (quiet
-	// checked that); c.scratch is not touched again until that read returned.
+	// A bodyless request on a pooled connection is written by the read that waits for the
+	// answer, after the quiet check get left to it (sendwait_linux.go): the Peek below, which
+	// reads because the pooled connection's buffers are empty (get checked that); c.scratch is
+	// not touched again until that read returned.
 	deferred := c.bodyLeft == 0 && oc.bw.Buffered() == 0 && oc.br.Buffered() == 0 && sendOnRead(oc.conn, c.scratch)
 	if !deferred {
 		_, _ = oc.bw.Write(c.scratch)

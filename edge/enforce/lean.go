@@ -43,6 +43,10 @@ const (
 
 var errOriginClosed = errors.New("enforce: the origin closed the connection before answering")
 
+// errNotQuiet: a pooled connection whose quiet check was left to its first read or write
+// (deferQuiet) was found not quiet. Nothing was written on it; the caller takes another.
+var errNotQuiet = errors.New("enforce: the idle origin connection was not quiet")
+
 // leanPool is the connection pool of one origin.
 type leanPool struct {
 	addr   string      // host:port
@@ -82,12 +86,14 @@ func newLeanPool(target *url.URL) *leanPool {
 	return p
 }
 
-// get returns an idle connection (reused = true) or a new one.
-func (p *leanPool) get(ctx context.Context) (c *leanConn, reused bool, err error) {
+// get returns an idle connection (reused = true) or a new one. An idle connection is checked
+// with quiet, or, with leaveQuiet and when the connection can, by its first read or write (see
+// sendConn), which then fail with errNotQuiet.
+func (p *leanPool) get(ctx context.Context, leaveQuiet bool) (c *leanConn, reused bool, err error) {
 	for {
 		select {
 		case c := <-p.idle:
-			if time.Since(c.idleSince) < leanIdleTimeout && c.quiet() {
+			if time.Since(c.idleSince) < leanIdleTimeout && c.br.Buffered() == 0 && (leaveQuiet && deferQuiet(c.conn) || c.quiet()) {
 				return c, true, nil
 			}
 			c.conn.Close()
@@ -206,7 +212,7 @@ func (s *Server) serveLean(p *leanPool, w http.ResponseWriter, r *http.Request) 
 		var reused bool
 		var err error
 		if attempt == 0 {
-			c, reused, err = p.get(ctx)
+			c, reused, err = p.get(ctx, false)
 		} else {
 			c, err = p.dial(ctx)
 		}

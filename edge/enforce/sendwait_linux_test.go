@@ -60,8 +60,11 @@ func TestSendOnRead(t *testing.T) {
 			time.Sleep(20 * time.Millisecond) // the edge waits: a read-first would find nothing
 			_, _ = srv.Write([]byte("HTTP/1.1 200 OK\r\n\r\n"))
 		}()
-		if !sendOnRead(c, req) {
-			t.Fatal("sendOnRead refused a TCP connection")
+		if sendOnRead(c, req) {
+			t.Fatal("sendOnRead took a connection without a quiet check left to it (a new one)")
+		}
+		if !deferQuiet(c) || !sendOnRead(c, req) {
+			t.Fatal("sendOnRead refused a pooled TCP connection")
 		}
 		buf := make([]byte, 64)
 		n, err := c.Read(buf)
@@ -86,6 +89,9 @@ func TestSendOnRead(t *testing.T) {
 		if c.reads != 1 {
 			t.Fatalf("an ordinary Read went through the callback (%d reads)", c.reads)
 		}
+		if c.pending {
+			t.Fatal("the quiet check stays pending after the Read")
+		}
 	})
 
 	t.Run("ok/a request larger than the socket takes at once", func(t *testing.T) {
@@ -105,6 +111,7 @@ func TestSendOnRead(t *testing.T) {
 			_, err := srv.Write([]byte("ok"))
 			done <- err
 		}()
+		deferQuiet(c)
 		sendOnRead(c, req)
 		buf := make([]byte, 8)
 		n, err := c.Read(buf)
@@ -116,10 +123,74 @@ func TestSendOnRead(t *testing.T) {
 		}
 	})
 
-	t.Run("fail/the origin closed: EOF, a closed connection for the retry", func(t *testing.T) {
+	// An origin that closed, half-closed (a relay propagating a close, a lingering close: no RST
+	// for the request) or wrote while the connection was idle: its edge came before the runtime
+	// cleared the readiness, so a wait after the write would never end. The check in the
+	// callback finds it; nothing is written, and the caller takes another connection.
+	notQuiet := []struct {
+		name string
+		do   func(srv net.Conn)
+	}{
+		{"closed", func(srv net.Conn) { srv.Close() }},
+		{"half-closed", func(srv net.Conn) { _ = srv.(*net.TCPConn).CloseWrite() }},
+		{"stray bytes", func(srv net.Conn) { _, _ = srv.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")) }},
+	}
+	for _, tc := range notQuiet {
+		t.Run("fail/origin "+tc.name+" while idle: errNotQuiet, nothing written, no wait", func(t *testing.T) {
+			c, srv := sendPair(t)
+			tc.do(srv)
+			got := make(chan int, 1)
+			go func() {
+				n, _ := io.Copy(io.Discard, srv) // the origin reads on, never answers
+				got <- int(n)
+			}()
+			time.Sleep(20 * time.Millisecond) // the poller reports the edge before the Read
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			deferQuiet(c)
+			sendOnRead(c, []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+			if _, err := c.Read(make([]byte, 64)); !errors.Is(err, errNotQuiet) {
+				t.Fatalf("Read error = %v; want errNotQuiet", err)
+			}
+			c.Close()
+			if n := <-got; n != 0 {
+				t.Fatalf("the origin got %d bytes; want none", n)
+			}
+			if len(c.out) != 0 || c.pending {
+				t.Fatal("the request or the check stays pending after the Read")
+			}
+		})
+	}
+
+	t.Run("fail/a pending check is made by a plain Write too", func(t *testing.T) {
 		c, srv := sendPair(t)
-		srv.Close()
-		time.Sleep(10 * time.Millisecond)
+		_ = srv.(*net.TCPConn).CloseWrite()
+		time.Sleep(20 * time.Millisecond)
+		deferQuiet(c)
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\n\r\n")); !errors.Is(err, errNotQuiet) {
+			t.Fatalf("Write error = %v; want errNotQuiet", err)
+		}
+		_ = srv.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if n, _ := srv.Read(make([]byte, 64)); n != 0 {
+			t.Fatalf("the origin read %d bytes; want none", n)
+		}
+		// Checked once: a quiet connection is then written as usual.
+		c2, srv2 := sendPair(t)
+		deferQuiet(c2)
+		if _, err := c2.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := srv2.Read(make([]byte, 8)); n != 1 || err != nil {
+			t.Fatalf("origin read %d, %v", n, err)
+		}
+	})
+
+	t.Run("fail/the origin closed after the check: EOF or reset, for the retry", func(t *testing.T) {
+		c, srv := sendPair(t)
+		go func() {
+			_, _ = srv.Read(make([]byte, 64))
+			srv.Close()
+		}()
+		deferQuiet(c)
 		sendOnRead(c, []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
 		_, err := c.Read(make([]byte, 64))
 		if err == nil || !isClosedConn(err) {
@@ -130,9 +201,10 @@ func TestSendOnRead(t *testing.T) {
 	t.Run("fail/a deadline already past: nothing is written", func(t *testing.T) {
 		c, srv := sendPair(t)
 		_ = c.SetDeadline(aLongTimeAgo)
+		deferQuiet(c)
 		sendOnRead(c, []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
-		if _, err := c.Read(make([]byte, 64)); !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("Read error = %v; want the deadline", err)
+		if _, err := c.Read(make([]byte, 64)); !errors.Is(err, os.ErrDeadlineExceeded) || !errors.Is(err, errNotQuiet) {
+			t.Fatalf("Read error = %v; want the deadline, as errNotQuiet (nothing was sent)", err)
 		}
 		_ = srv.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		if n, err := srv.Read(make([]byte, 64)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -149,6 +221,7 @@ func TestSendOnRead(t *testing.T) {
 			_, _ = srv.Read(make([]byte, 64)) // never answers
 		}()
 		time.AfterFunc(30*time.Millisecond, func() { _ = c.SetDeadline(aLongTimeAgo) })
+		deferQuiet(c)
 		sendOnRead(c, []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
 		start := time.Now()
 		if _, err := c.Read(make([]byte, 64)); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -166,7 +239,7 @@ func TestSendOnRead(t *testing.T) {
 		if newSendConn(a) != a {
 			t.Fatal("newSendConn wrapped a pipe")
 		}
-		if sendOnRead(a, []byte("x")) {
+		if deferQuiet(a) || sendOnRead(a, []byte("x")) {
 			t.Fatal("sendOnRead accepted a pipe")
 		}
 	})

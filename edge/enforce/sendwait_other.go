@@ -10,3 +10,6 @@ func newSendConn(conn net.Conn) net.Conn { return conn }
 
 // sendOnRead reports false: the caller writes the request itself.
 func sendOnRead(net.Conn, []byte) bool { return false }
+
+// deferQuiet reports false: the pool makes the quiet check itself.
+func deferQuiet(net.Conn) bool { return false }
