@@ -38,9 +38,7 @@ func (c *leanConn) quiet() bool {
 			q.rc, _ = sc.SyscallConn()
 		}
 		q.peek = func(fd uintptr) bool {
-			n, _, rerr := syscall.Recvfrom(int(fd), q.buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			// n == 0 without an error is the origin's FIN; n > 0 is a stray byte.
-			q.quiet = n < 0 && (rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK)
+			q.quiet = peekQuiet(int(fd), q.buf[:])
 			return true
 		}
 	}
@@ -50,4 +48,16 @@ func (c *leanConn) quiet() bool {
 	q.quiet = false
 	err := q.rc.Read(q.peek)
 	return err == nil && q.quiet
+}
+
+// peekQuiet reports whether nothing is readable on fd: no byte, no FIN, no error. It is one
+// non-blocking MSG_PEEK (n == 0 without an error would be the origin's FIN; n > 0 a stray byte).
+func peekQuiet(fd int, buf []byte) bool {
+	for {
+		_, _, err := syscall.Recvfrom(fd, buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if err == syscall.EINTR {
+			continue
+		}
+		return err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
+	}
 }

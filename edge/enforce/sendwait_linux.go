@@ -82,17 +82,6 @@ func deferQuiet(conn net.Conn) bool {
 	return true
 }
 
-// peekQuiet reports whether nothing is readable on fd: no byte, no FIN, no error.
-func peekQuiet(fd int, buf []byte) bool {
-	for {
-		_, _, err := syscall.Recvfrom(fd, buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		if err == syscall.EINTR {
-			continue
-		}
-		return err == syscall.EAGAIN
-	}
-}
-
 // checkQuiet makes the pending quiet check outside a sendOnRead Read.
 func (c *sendConn) checkQuiet() error {
 	c.pending, c.quietOK = false, false
