@@ -101,6 +101,37 @@ func (c *sendConn) Write(b []byte) (int, error) {
 	return c.TCPConn.Write(b)
 }
 
+// ReadFrom is Write's path for io.Copy (a bufio.Writer with an empty buffer hands its source to
+// it): the pending quiet check first.
+func (c *sendConn) ReadFrom(r io.Reader) (int64, error) {
+	if c.pending {
+		if err := c.checkQuiet(); err != nil {
+			return 0, err
+		}
+	}
+	return c.TCPConn.ReadFrom(r)
+}
+
+// WriteTo is Read's path for io.Copy (a bufio.Reader hands its destination to it once its
+// buffer is drained): the pending quiet check first; a request set by sendOnRead goes through
+// Read, which writes it.
+func (c *sendConn) WriteTo(w io.Writer) (int64, error) {
+	if len(c.out) > 0 {
+		return io.Copy(w, readerOnly{c})
+	}
+	if c.pending {
+		if err := c.checkQuiet(); err != nil {
+			return 0, err
+		}
+	}
+	return c.TCPConn.WriteTo(w)
+}
+
+// readerOnly hides every method of r but Read (io.Copy would otherwise call WriteTo again).
+type readerOnly struct{ r io.Reader }
+
+func (r readerOnly) Read(p []byte) (int, error) { return r.r.Read(p) }
+
 // sendOnRead arranges for b to be written by conn's next Read, before it waits for the answer.
 // It reports false, doing nothing, when conn cannot do that (not a sendConn, or no quiet check
 // left to the Read: a new connection); then the caller writes b itself. b must stay unchanged

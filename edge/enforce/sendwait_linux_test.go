@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -181,6 +182,38 @@ func TestSendOnRead(t *testing.T) {
 		}
 		if n, err := srv2.Read(make([]byte, 8)); n != 1 || err != nil {
 			t.Fatalf("origin read %d, %v", n, err)
+		}
+	})
+
+	t.Run("fail/io.Copy in either direction makes the pending check too", func(t *testing.T) {
+		c, srv := sendPair(t)
+		_ = srv.(*net.TCPConn).CloseWrite()
+		time.Sleep(20 * time.Millisecond)
+		deferQuiet(c)
+		if _, err := io.Copy(c, readerOnly{strings.NewReader("GET / HTTP/1.1\r\n\r\n")}); !errors.Is(err, errNotQuiet) {
+			t.Fatalf("io.Copy to the connection: %v; want errNotQuiet", err)
+		}
+		c2, srv2 := sendPair(t)
+		_, _ = srv2.Write([]byte("stray"))
+		time.Sleep(20 * time.Millisecond)
+		deferQuiet(c2)
+		if _, err := io.Copy(io.Discard, c2); !errors.Is(err, errNotQuiet) {
+			t.Fatalf("io.Copy from the connection: %v; want errNotQuiet", err)
+		}
+		// A request set by sendOnRead goes out through WriteTo as through Read.
+		c3, srv3 := sendPair(t)
+		go func() {
+			b := make([]byte, 3)
+			if _, err := io.ReadFull(srv3, b); err == nil && string(b) == "GET" {
+				_, _ = srv3.Write([]byte("answer"))
+			}
+			srv3.Close()
+		}()
+		deferQuiet(c3)
+		sendOnRead(c3, []byte("GET"))
+		var got bytes.Buffer
+		if _, err := io.Copy(&got, c3); err != nil || got.String() != "answer" {
+			t.Fatalf("io.Copy from the connection = %q, %v", got.String(), err)
 		}
 	})
 
