@@ -1,11 +1,13 @@
 package enforce
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"testing"
 
@@ -134,6 +136,82 @@ func BenchmarkFastPathRequest(b *testing.B) {
 			b.ResetTimer()
 			for range b.N {
 				do()
+			}
+		})
+	}
+}
+
+// BenchmarkOriginParsesHead: what the request head the edge forwards costs a Go (net/http)
+// origin to parse, against the client's own head as a proxy that adds nothing would forward it.
+// The edge's head is the one a real origin received from the fast path (ENFORCE, a verified
+// client certificate): Host, X-Forwarded-*, the decision and certificate headers of PRODUCT.md.
+//
+//	go test -run XXX -bench OriginParsesHead -benchmem guestlist.dev/edge/enforce
+func BenchmarkOriginParsesHead(b *testing.B) {
+	ca := pkitest.NewCA(b, "Acme Root")
+	heads := make(chan []byte, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		buf := make([]byte, 64<<10)
+		n := 0
+		for {
+			m, err := conn.Read(buf[n:])
+			if err != nil {
+				return
+			}
+			n += m
+			if i := bytes.Index(buf[:n], []byte("\r\n\r\n")); i >= 0 {
+				heads <- append([]byte(nil), buf[:i+4]...)
+				_, _ = conn.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+				return
+			}
+		}
+	}()
+	h := host(hostA, "acme", ca)
+	h.OriginUrl = "http://" + ln.Addr().String()
+	e := newEnv(b, h)
+	cfg := &tls.Config{ServerName: hostA, RootCAs: e.edgeCA.Pool(), NextProtos: []string{"http/1.1"}}
+	withCert(ca.Client(b, "device"))(cfg, nil)
+	conn, err := tls.Dial("tcp", e.addr, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	client := "GET /pay/x?q=1 HTTP/1.1\r\nHost: " + hostA + "\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+	if _, err := io.WriteString(conn, client); err != nil {
+		b.Fatal(err)
+	}
+	edgeHead := <-heads
+	if !bytes.Contains(edgeHead, []byte("\r\nClient-Cert: :")) || !bytes.Contains(edgeHead, []byte("\r\nX-Guestlist-Decision: allow\r\n")) {
+		b.Fatalf("the origin's head lacks the certificate or decision headers:\n%s", edgeHead)
+	}
+	for _, tc := range []struct {
+		name string
+		head []byte
+	}{
+		{"edge", edgeHead},
+		{"client", []byte(client)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			r := bytes.NewReader(nil)
+			br := bufio.NewReaderSize(r, 4096)
+			b.SetBytes(int64(len(tc.head)))
+			b.ReportAllocs()
+			for b.Loop() {
+				r.Reset(tc.head)
+				br.Reset(r)
+				if _, err := http.ReadRequest(br); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}
