@@ -17,7 +17,11 @@ import (
 
 // rawOKOrigin answers every bodyless request with a fixed 200 without allocating per request,
 // so that allocations measured in-process are the edge's.
-func rawOKOrigin(b *testing.B) string {
+func rawOKOrigin(b *testing.B) string { return rawHeadOrigin(b, nil) }
+
+// rawHeadOrigin is rawOKOrigin, calling onHead (when not nil) with each request head it got
+// (the slice is reused afterwards).
+func rawHeadOrigin(b *testing.B, onHead func(head []byte)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -44,6 +48,9 @@ func rawOKOrigin(b *testing.B) string {
 						i := bytes.Index(buf[:n], []byte("\r\n\r\n"))
 						if i < 0 {
 							break
+						}
+						if onHead != nil {
+							onHead(buf[:i+4])
 						}
 						if _, err := conn.Write(resp); err != nil {
 							return
@@ -150,34 +157,13 @@ func BenchmarkFastPathRequest(b *testing.B) {
 func BenchmarkOriginParsesHead(b *testing.B) {
 	ca := pkitest.NewCA(b, "Acme Root")
 	heads := make(chan []byte, 1)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		buf := make([]byte, 64<<10)
-		n := 0
-		for {
-			m, err := conn.Read(buf[n:])
-			if err != nil {
-				return
-			}
-			n += m
-			if i := bytes.Index(buf[:n], []byte("\r\n\r\n")); i >= 0 {
-				heads <- append([]byte(nil), buf[:i+4]...)
-				_, _ = conn.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
-				return
-			}
-		}
-	}()
 	h := host(hostA, "acme", ca)
-	h.OriginUrl = "http://" + ln.Addr().String()
+	h.OriginUrl = rawHeadOrigin(b, func(head []byte) {
+		select {
+		case heads <- append([]byte(nil), head...):
+		default:
+		}
+	})
 	e := newEnv(b, h)
 	cfg := &tls.Config{ServerName: hostA, RootCAs: e.edgeCA.Pool(), NextProtos: []string{"http/1.1"}}
 	withCert(ca.Client(b, "device"))(cfg, nil)

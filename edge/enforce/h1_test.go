@@ -415,24 +415,7 @@ func FuzzParseRequestAgreesWithNetHTTP(f *testing.F) {
 // certificate from e's edge CA.
 func tlsPair(t *testing.T, e *env) (server, client *tls.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	cc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := <-accepted
-	if sc == nil {
-		t.Fatal("accept failed")
-	}
+	cc, sc := tcpPair(t)
 	server = tls.Server(sc, &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		return e.edgeCA.GetCertificate(hostA)
 	}})

@@ -303,3 +303,32 @@ func expectStatus(t *testing.T, r *result, status int) {
 }
 
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
+
+// tcpPair returns both ends of a TCP connection on loopback: the dialed one and the accepted one.
+func tcpPair(t testing.TB) (dialed, accepted net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(ch)
+			return
+		}
+		ch <- c
+	}()
+	dialed, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted, ok := <-ch
+	if !ok {
+		dialed.Close()
+		t.Fatal("accept failed")
+	}
+	return dialed, accepted
+}

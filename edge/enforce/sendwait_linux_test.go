@@ -16,28 +16,7 @@ import (
 // sendPair returns a sendConn dialed to a loopback listener and the server's side of it.
 func sendPair(t *testing.T) (*sendConn, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
+	conn, srv := tcpPair(t)
 	sc, ok := newSendConn(conn).(*sendConn)
 	if !ok {
 		t.Fatal("newSendConn did not wrap a *net.TCPConn")
