@@ -82,6 +82,8 @@ func main() {
 		switch os.Args[2] {
 		case "origin":
 			err = runOrigin()
+		case "raw-origin":
+			err = runRawOrigin()
 		case "edge":
 			err = runEdge(os.Args[3:])
 		default:
@@ -102,7 +104,7 @@ func main() {
 	flag.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
 	flag.StringVar(&o.dlogMode, "decisionlog", "discard", "the edge's decision log: discard (entries encoded, written to io.Discard), off, or a file path")
 	flag.StringVar(&o.profile, "edge-cpuprofile", "", "write CPU profiles of the edges (for go tool pprof) to this file, for the keep-alive edge, and to <file>.<edge> for the scale edges")
-	flag.StringVar(&o.origin, "origin", "go", "the trivial origin behind every server: go (a net/http server, this program run with -role origin) or nginx (an nginx of its own, worker_processes 1, return 200 \"ok\")")
+	flag.StringVar(&o.origin, "origin", "go", "the trivial origin behind every server: go (a net/http server, this program run with -role origin), nginx (an nginx of its own, worker_processes 1, return 200 \"ok\"), or raw (this program run with -role raw-origin: no HTTP library, a fixed answer to each request head, whatever its headers)")
 	flag.StringVar(&o.nginx, "nginx", "nginx", "the nginx binary")
 	flag.IntVar(&o.conns, "conns", 64, "keep-alive connections")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time of a keep-alive round")
@@ -191,9 +193,9 @@ func run(ctx context.Context, o *options) (err error) {
 		return fmt.Errorf("-run %q: want all, keepalive, scale or memory", o.run)
 	}
 	switch o.origin {
-	case "go", "nginx":
+	case "go", "nginx", "raw":
 	default:
-		return fmt.Errorf("-origin %q: want go or nginx", o.origin)
+		return fmt.Errorf("-origin %q: want go, nginx or raw", o.origin)
 	}
 	res := &results{
 		Machine: machine{
@@ -277,8 +279,12 @@ func (e *env) startOrigin(ctx context.Context) error {
 		e.originIP, e.originPids = n.addr, n.pids
 		return nil
 	}
+	role := "origin"
+	if e.o.origin == "raw" {
+		role = "raw-origin"
+	}
 	var or originReady
-	c, err := startChild(ctx, "origin", []string{"-role", "origin"}, nil, 10*time.Second, &or)
+	c, err := startChild(ctx, "origin", []string{"-role", role}, nil, 10*time.Second, &or)
 	if err != nil {
 		return err
 	}

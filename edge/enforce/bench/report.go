@@ -63,8 +63,11 @@ func joinRates(rates []float64) string {
 func printKeepAlive(w io.Writer, res *results) {
 	o := res.Options
 	origin := "Go net/http"
-	if o["origin"] == "nginx" {
+	switch o["origin"] {
+	case "nginx":
 		origin = "nginx, worker_processes 1"
+	case "raw":
+		origin = "raw (a fixed answer to each request head, no header parsing)"
 	}
 	fmt.Fprintf(w, "\nKeep-alive requests through the edge and nginx (%v connections, %v rounds of %v after %v of warm-up, TLS 1.3, ECDSA P-256, GOMAXPROCS = worker_processes = %v; origin: %s)\n",
 		o["conns"], o["rounds"], o["duration"], o["warmup"], o["procs"], origin)
