@@ -40,6 +40,7 @@ func (s *Server) acceptLoop() error {
 
 // serveConn does the TLS handshake of one connection and serves it.
 func (s *Server) serveConn(conn net.Conn) {
+	conn = newClientConn(conn)
 	tc := tls.Server(conn, s.baseTLS)
 	_ = conn.SetDeadline(time.Now().Add(s.http.ReadHeaderTimeout))
 	if err := tc.HandshakeContext(s.baseCtx); err != nil {

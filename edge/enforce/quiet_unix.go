@@ -54,7 +54,7 @@ func (c *leanConn) quiet() bool {
 // non-blocking MSG_PEEK (n == 0 without an error would be the origin's FIN; n > 0 a stray byte).
 func peekQuiet(fd int, buf []byte) bool {
 	for {
-		_, _, err := syscall.Recvfrom(fd, buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		_, err := recvPeek(fd, buf)
 		if err == syscall.EINTR {
 			continue
 		}

@@ -31,6 +31,10 @@ type sendConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
 
+	// rw reads and writes outside sendOnRead's Read: the rawTCPConn (rawio_linux.go), or the
+	// TCPConn itself when rawIO is off.
+	rw net.Conn
+
 	// The request to write before the next read waits, set by sendOnRead.
 	out []byte
 
@@ -62,7 +66,10 @@ func newSendConn(conn net.Conn) net.Conn {
 	if err != nil {
 		return conn
 	}
-	c := &sendConn{TCPConn: tc, rc: rc}
+	c := &sendConn{TCPConn: tc, rc: rc, rw: tc}
+	if raw := newRawTCPConn(tc); raw != nil {
+		c.rw = raw
+	}
 	c.cb = c.step
 	c.qcb = func(fd uintptr) bool {
 		c.quietOK = peekQuiet(int(fd), c.peekBuf[:])
@@ -98,7 +105,7 @@ func (c *sendConn) Write(b []byte) (int, error) {
 			return 0, err
 		}
 	}
-	return c.TCPConn.Write(b)
+	return c.rw.Write(b)
 }
 
 // ReadFrom is Write's path for io.Copy (a bufio.Writer with an empty buffer hands its source to
@@ -156,7 +163,7 @@ func (c *sendConn) Read(p []byte) (int, error) {
 				return 0, err
 			}
 		}
-		return c.TCPConn.Read(p)
+		return c.rw.Read(p)
 	}
 	c.p, c.n, c.err, c.sent = p, 0, nil, false
 	c.pending = false
@@ -194,7 +201,7 @@ func (c *sendConn) step(fd uintptr) bool {
 	}
 	for {
 		c.reads++
-		n, err := syscall.Read(int(fd), c.p)
+		n, err := rawRead(int(fd), c.p)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -216,12 +223,12 @@ func (c *sendConn) step(fd uintptr) bool {
 func (c *sendConn) writeOut(fd int) error {
 	b := c.out
 	for len(b) > 0 {
-		n, err := syscall.Write(fd, b)
+		n, err := rawWrite(fd, b)
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			_, err := c.TCPConn.Write(b)
+			_, err := c.rw.Write(b)
 			return err
 		case err != nil:
 			return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", err)}

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -87,6 +88,19 @@ func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 		return nil, err
 	}
 	servers := []kaServer{{name: "edge", addr: er.Addr, pids: func() ([]int, error) { return []int{edge.pid()}, nil }}}
+	if o.edgeBEnv != "" {
+		env := strings.Split(o.edgeBEnv, ",")
+		for _, kv := range env {
+			if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+				return nil, fmt.Errorf("-edge-b-env: %q is not KEY=VALUE", kv)
+			}
+		}
+		edgeB, br, err := e.startEdge(ctx, "edge-b", e.edgeArgs(1, files.ClientCA, filepath.Join(dir, "edge-b.state")), 30*time.Second, env...)
+		if err != nil {
+			return nil, err
+		}
+		servers = append(servers, kaServer{name: "edge-b", addr: br.Addr, pids: func() ([]int, error) { return []int{edgeB.pid()}, nil }})
+	}
 	type variant struct {
 		name               string
 		headers, reuseport bool

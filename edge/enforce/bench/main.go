@@ -74,6 +74,7 @@ type options struct {
 	hsRounds     int
 	clientLeaves int
 	lazyCerts    bool
+	edgeBEnv     string
 }
 
 func main() {
@@ -111,6 +112,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "warm-up before each keep-alive round (connections opened, requests sent, not counted)")
 	flag.IntVar(&o.rounds, "rounds", 3, "keep-alive rounds per server")
 	flag.BoolVar(&o.nginxHeaders, "nginx-headers", false, "also measure nginx setting the headers the edge adds (certificate details, X-Forwarded-*)")
+	flag.StringVar(&o.edgeBEnv, "edge-b-env", "", "also measure a second edge, edge-b, with these environment variables added (KEY=VALUE, comma-separated; e.g. GODEBUG settings): an A/B comparison in the same rounds")
 	flag.BoolVar(&o.nginxReuse, "nginx-reuseport", false, "also measure nginx with reuseport on its listen line (each worker its own listening socket, connections spread evenly over the workers)")
 	flag.IntVar(&o.scaleHosts, "scale-hosts", 100_000, "hostnames of the large edge")
 	flag.IntVar(&o.scaleBase, "scale-base", 10, "hostnames of the small edge")
@@ -302,9 +304,10 @@ func (e *env) edgeArgs(hosts int, casFile, state string, extra ...string) []stri
 }
 
 // startEdge starts an edge child with GOMAXPROCS = -procs; it is stopped when the run ends.
-func (e *env) startEdge(ctx context.Context, name string, args []string, timeout time.Duration) (*child, *edgeReady, error) {
+// Extra environment variables (KEY=VALUE) are added to its environment.
+func (e *env) startEdge(ctx context.Context, name string, args []string, timeout time.Duration, env ...string) (*child, *edgeReady, error) {
 	var r edgeReady
-	c, err := startChild(ctx, name, args, []string{fmt.Sprintf("GOMAXPROCS=%d", e.o.procs)}, timeout, &r)
+	c, err := startChild(ctx, name, args, append([]string{fmt.Sprintf("GOMAXPROCS=%d", e.o.procs)}, env...), timeout, &r)
 	if err != nil {
 		return nil, nil, err
 	}

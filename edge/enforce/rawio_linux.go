@@ -1,0 +1,196 @@
+//go:build linux
+
+package enforce
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// Socket I/O on the request path without the runtime's system-call bookkeeping.
+//
+// syscall.Read and syscall.Write tell the runtime that a system call is under way
+// (entersyscall). When one lasts longer than a tick of the runtime's monitor thread (sysmon:
+// 20 µs, doubling while it finds nothing to do), sysmon hands the goroutine's P to another
+// thread, so that the P's other goroutines are not held up by a call that may block. The edge's
+// sockets never block (the net package makes them non-blocking; a call that would block returns
+// EAGAIN), but a loopback send does the receiver's TCP work inline, and on a shared vCPU the
+// thread can be descheduled in the middle of a call. Under keep-alive load that made sysmon
+// hand Ps over (each hand-off wakes a thread with a futex) and keep itself at its shortest
+// interval, thousands of wake-ups a second, for calls that were never going to block.
+//
+// rawRead, rawWrite and recvPeek make the call with syscall.RawSyscall: the goroutine keeps its
+// P through the call, as through any other short computation. They are for the net package's
+// non-blocking sockets only, and copy at most maxRawIO bytes a call with RawSyscall; a larger
+// buffer keeps the runtime's bookkeeping (the copy itself could take long).
+//
+// GUESTLIST_EDGE_SYSCALLS=runtime in the edge's environment turns this off: every call then
+// goes through syscall.Read and syscall.Write as before (for comparison, and as a way back
+// without a rebuild).
+
+// maxRawIO is the most bytes a RawSyscall read or write is given.
+const maxRawIO = 64 << 10
+
+// rawIO is false when GUESTLIST_EDGE_SYSCALLS=runtime.
+var rawIO = os.Getenv("GUESTLIST_EDGE_SYSCALLS") != "runtime"
+
+// rawRead is read(2) on the non-blocking socket fd.
+func rawRead(fd int, p []byte) (int, error) {
+	if !rawIO || len(p) == 0 || len(p) > maxRawIO {
+		return syscall.Read(fd, p)
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// rawWrite is write(2) on the non-blocking socket fd.
+func rawWrite(fd int, p []byte) (int, error) {
+	if !rawIO || len(p) == 0 || len(p) > maxRawIO {
+		return syscall.Write(fd, p)
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// recvPeek is recv(2) of len(buf) ≥ 1 bytes with MSG_PEEK|MSG_DONTWAIT on the socket fd: what is
+// readable stays readable. It returns the bytes seen (0 at the peer's FIN) or the error.
+func recvPeek(fd int, buf []byte) (int, error) {
+	if !rawIO {
+		n, _, err := syscall.Recvfrom(fd, buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return n, err
+	}
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// rawTCPConn is a TCP connection whose Read and Write go through its RawConn with rawRead and
+// rawWrite: the same wait in the runtime's poller when the socket has nothing (or no room), the
+// same deadlines, without the runtime's bookkeeping around each call. Everything else
+// (deadlines, Close, addresses) is the *net.TCPConn's.
+//
+// One Read and one Write may run at once (the state of each is its own); like a tls.Conn's
+// users, callers do not run two Reads or two Writes at once.
+type rawTCPConn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+
+	// Read's state; rcb is made once so that a Read allocates nothing.
+	rp   []byte
+	rn   int
+	rerr error
+	rcb  func(fd uintptr) bool
+
+	// Write's state.
+	wp   []byte
+	wn   int
+	werr error
+	wcb  func(fd uintptr) bool
+}
+
+// newRawTCPConn returns tc's rawTCPConn, or nil when tc has no RawConn or rawIO is off.
+func newRawTCPConn(tc *net.TCPConn) *rawTCPConn {
+	if !rawIO {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	c := &rawTCPConn{TCPConn: tc, rc: rc}
+	c.rcb = c.readStep
+	c.wcb = c.writeStep
+	return c
+}
+
+// newClientConn returns a client's accepted connection as the edge reads and writes it: a
+// rawTCPConn for a TCP connection, conn itself otherwise.
+func newClientConn(conn net.Conn) net.Conn {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		if c := newRawTCPConn(tc); c != nil {
+			return c
+		}
+	}
+	return conn
+}
+
+// Read reads into p, waiting in the poller while nothing is readable.
+func (c *rawTCPConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rp, c.rn, c.rerr = p, 0, nil
+	err := c.rc.Read(c.rcb)
+	c.rp = nil
+	if err != nil {
+		return 0, err
+	}
+	return c.rn, c.rerr
+}
+
+// readStep is Read's RawConn callback.
+func (c *rawTCPConn) readStep(fd uintptr) bool {
+	for {
+		n, err := rawRead(int(fd), c.rp)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			c.rerr = c.opError("read", err)
+		case n == 0:
+			c.rerr = io.EOF
+		default:
+			c.rn = n
+		}
+		return true
+	}
+}
+
+// Write writes all of p, waiting in the poller while the socket has no room.
+func (c *rawTCPConn) Write(p []byte) (int, error) {
+	c.wp, c.wn, c.werr = p, 0, nil
+	err := c.rc.Write(c.wcb)
+	c.wp = nil
+	if err != nil {
+		return c.wn, err
+	}
+	return c.wn, c.werr
+}
+
+// writeStep is Write's RawConn callback.
+func (c *rawTCPConn) writeStep(fd uintptr) bool {
+	for len(c.wp) > 0 {
+		n, err := rawWrite(int(fd), c.wp)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			c.werr = c.opError("write", err)
+			return true
+		}
+		c.wn += n
+		c.wp = c.wp[n:]
+	}
+	return true
+}
+
+// opError is the error of a failed call, as the net package reports one.
+func (c *rawTCPConn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, err)}
+}
