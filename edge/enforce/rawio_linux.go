@@ -46,6 +46,7 @@ func rawRead(fd int, p []byte) (int, error) {
 	if e != 0 {
 		return -1, e
 	}
+	raceWritten(p, int(n))
 	return int(n), nil
 }
 
@@ -58,6 +59,7 @@ func rawWrite(fd int, p []byte) (int, error) {
 	if e != 0 {
 		return -1, e
 	}
+	raceRead(p, int(n))
 	return int(n), nil
 }
 
@@ -135,7 +137,7 @@ func (c *rawTCPConn) Read(p []byte) (int, error) {
 	err := c.rc.Read(c.rcb)
 	c.rp = nil
 	if err != nil {
-		return 0, err
+		return 0, asTCPError(err, "read")
 	}
 	return c.rn, c.rerr
 }
@@ -166,9 +168,20 @@ func (c *rawTCPConn) Write(p []byte) (int, error) {
 	err := c.rc.Write(c.wcb)
 	c.wp = nil
 	if err != nil {
-		return c.wn, err
+		return c.wn, asTCPError(err, "write")
 	}
 	return c.wn, c.werr
+}
+
+// asTCPError returns an error of the RawConn's wait (a deadline, a close) as a *net.TCPConn's
+// Read or Write returns it: a *net.OpError of op, not "raw-read" or "raw-write". net/http keys
+// on that (isCommonNetReadError: a read error with Op "read" is a client gone away, not a bad
+// request), and so do logs.
+func asTCPError(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok && (oe.Op == "raw-read" || oe.Op == "raw-write") {
+		oe.Op = op // the RawConn made it for this call
+	}
+	return err
 }
 
 // writeStep is Write's RawConn callback.

@@ -5,10 +5,17 @@ package enforce
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"log"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"strconv"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -48,6 +55,9 @@ func rawPair(t *testing.T) (peer net.Conn, c net.Conn) {
 func testRawTCPConn(t *testing.T) {
 	t.Run("ok/both directions, sizes around maxRawIO and over the socket buffer", func(t *testing.T) {
 		peer, c := rawPair(t)
+		// A lost byte fails the test instead of hanging it.
+		_ = peer.SetDeadline(time.Now().Add(20 * time.Second))
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 		for _, size := range []int{1, 1500, maxRawIO, maxRawIO + 1, 8 << 20} {
 			msg := make([]byte, size)
 			_, _ = rand.Read(msg)
@@ -132,20 +142,20 @@ func testRawTCPConn(t *testing.T) {
 		_, c := rawPair(t)
 		_ = c.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
 		_, err := c.Read(make([]byte, 8))
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("Read past its deadline = %v; want os.ErrDeadlineExceeded", err)
+		if !errors.Is(err, os.ErrDeadlineExceeded) || !isOp(err, "read") {
+			t.Fatalf("Read past its deadline = %v; want a read *net.OpError with os.ErrDeadlineExceeded", err)
 		}
 		_, err = c.Read(make([]byte, 8))
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("Read with its deadline past = %v; want os.ErrDeadlineExceeded", err)
+		if !errors.Is(err, os.ErrDeadlineExceeded) || !isOp(err, "read") {
+			t.Fatalf("Read with its deadline past = %v; want a read *net.OpError with os.ErrDeadlineExceeded", err)
 		}
 	})
 	t.Run("fail/write deadline: a Write blocked on a full socket ends", func(t *testing.T) {
 		_, c := rawPair(t) // the peer never reads
 		_ = c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
 		n, err := c.Write(make([]byte, 64<<20))
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("Write into a full socket = %d, %v; want os.ErrDeadlineExceeded", n, err)
+		if !errors.Is(err, os.ErrDeadlineExceeded) || !isOp(err, "write") {
+			t.Fatalf("Write into a full socket = %d, %v; want a write *net.OpError with os.ErrDeadlineExceeded", n, err)
 		}
 		if n <= 0 || n >= 64<<20 {
 			t.Fatalf("Write reported %d bytes written; want the part the socket took", n)
@@ -158,10 +168,21 @@ func testRawTCPConn(t *testing.T) {
 			c.Close()
 		}()
 		_, err := c.Read(make([]byte, 8))
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("Read on a closed connection = %v; want net.ErrClosed", err)
+		if !errors.Is(err, net.ErrClosed) || !isOp(err, "read") {
+			t.Fatalf("Read on a closed connection = %v; want a read *net.OpError with net.ErrClosed", err)
+		}
+		_, err = c.Write([]byte("x"))
+		if !errors.Is(err, net.ErrClosed) || !isOp(err, "write") {
+			t.Fatalf("Write on a closed connection = %v; want a write *net.OpError with net.ErrClosed", err)
 		}
 	})
+}
+
+// isOp reports whether err is a *net.OpError (itself, not wrapped: net/http's
+// isCommonNetReadError asserts the type) of the operation op, as a *net.TCPConn returns.
+func isOp(err error, op string) bool {
+	oe, ok := err.(*net.OpError)
+	return ok && oe.Op == op
 }
 
 // TestRecvPeek: the quiet check's peek sees bytes and the FIN without consuming them, and
@@ -233,4 +254,165 @@ func waitReadable(t *testing.T, fd int) {
 		}
 		return
 	}
+}
+
+// TestRawTCPConnHTTP serves HTTP/2 and HTTP/1.1 over TLS over rawTCPConns, as the edge does
+// (serveConn wraps the accepted connection before tls.Server): concurrent streams whose bodies
+// are larger than the socket buffers (a Read and a Write at once on one connection, Writes that
+// wait for room), and the server's timeouts through the wrapper's deadlines.
+func TestRawTCPConnHTTP(t *testing.T) {
+	for _, raw := range []bool{true, false} {
+		name := "raw"
+		if !raw {
+			name = "runtime"
+		}
+		t.Run(name, func(t *testing.T) {
+			saved := rawIO
+			rawIO = raw
+			t.Cleanup(func() { rawIO = saved })
+			testRawTCPConnHTTP(t)
+		})
+	}
+}
+
+// clientConnListener wraps each accepted connection with newClientConn, as serveConn does, and
+// counts the rawTCPConns. Its send buffers are small, so that Writes often find no room and wait
+// in the poller.
+type clientConnListener struct {
+	net.Listener
+	raw atomic.Int32
+}
+
+func (l *clientConnListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(16 << 10) // the kernel doubles it: two TLS records
+	}
+	c = newClientConn(c)
+	if _, ok := c.(*rawTCPConn); ok {
+		l.raw.Add(1)
+	}
+	return c, nil
+}
+
+// rawHTTPServer starts a TLS server (HTTP/2 offered) on a clientConnListener; the handler echoes
+// the request body.
+func rawHTTPServer(t *testing.T, configure func(*http.Server)) (*httptest.Server, *clientConnListener) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = w.Write(body)
+	}))
+	ln := &clientConnListener{Listener: srv.Listener}
+	srv.Listener = ln
+	srv.EnableHTTP2 = true
+	if configure != nil {
+		configure(srv.Config)
+	}
+	srv.StartTLS()
+	t.Cleanup(func() {
+		srv.CloseClientConnections() // a failed test may leave handlers waiting on their connection
+		srv.Close()
+	})
+	return srv, ln
+}
+
+func testRawTCPConnHTTP(t *testing.T) {
+	for _, proto := range []string{"h2", "http/1.1"} {
+		t.Run("ok/"+proto+": concurrent requests, bodies over the socket buffers both ways", func(t *testing.T) {
+			srv, ln := rawHTTPServer(t, nil)
+			tr := srv.Client().Transport.(*http.Transport).Clone()
+			tr.ForceAttemptHTTP2 = proto == "h2"
+			if proto != "h2" {
+				tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+				tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
+			const streams, size = 8, 2 << 20
+			errc := make(chan error, streams)
+			for i := range streams {
+				go func() {
+					msg := make([]byte, size+i)
+					_, _ = rand.Read(msg)
+					resp, err := client.Post(srv.URL, "application/octet-stream", bytes.NewReader(msg))
+					if err != nil {
+						errc <- err
+						return
+					}
+					defer resp.Body.Close()
+					got, err := io.ReadAll(resp.Body)
+					switch {
+					case err != nil:
+						errc <- err
+					case resp.StatusCode != http.StatusOK || resp.Proto != map[string]string{"h2": "HTTP/2.0", "http/1.1": "HTTP/1.1"}[proto]:
+						errc <- fmt.Errorf("%s %s", resp.Proto, resp.Status)
+					case !bytes.Equal(got, msg):
+						errc <- fmt.Errorf("%d bytes echoed as %d other bytes", len(msg), len(got))
+					default:
+						errc <- nil
+					}
+				}()
+			}
+			for range streams {
+				if err := <-errc; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := ln.raw.Load() > 0; got != rawIO {
+				t.Fatalf("connections served over a rawTCPConn: %v, want %v", got, rawIO)
+			}
+		})
+	}
+	t.Run("fail/http/1.1: a client that stops in the middle of its head is cut off at ReadHeaderTimeout", func(t *testing.T) {
+		srv, _ := rawHTTPServer(t, func(s *http.Server) {
+			s.ReadHeaderTimeout = 100 * time.Millisecond
+			s.ErrorLog = log.New(io.Discard, "", 0)
+		})
+		conn, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(conn)
+		// The server closes without an answer (a timeout is a client gone away, not a bad request).
+		if len(got) != 0 || err != nil && !isClosedConn(err) {
+			t.Fatalf("after the timeout: read %q, %v; want the connection closed without an answer", got, err)
+		}
+	})
+	t.Run("fail/h2: an idle connection is closed at IdleTimeout", func(t *testing.T) {
+		srv, _ := rawHTTPServer(t, func(s *http.Server) { s.IdleTimeout = 100 * time.Millisecond })
+		conn, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if p := conn.ConnectionState().NegotiatedProtocol; p != "h2" {
+			t.Fatalf("ALPN %q", p)
+		}
+		if _, err := io.WriteString(conn, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		start := time.Now()
+		_, err = io.Copy(io.Discard, conn) // SETTINGS, its ACK, then GOAWAY and the close
+		if err != nil && !isClosedConn(err) {
+			t.Fatalf("reading until the server closed: %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("the idle connection was closed after %v", d)
+		}
+	})
 }
