@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -23,12 +24,14 @@ import (
 // interval, thousands of wake-ups a second, for calls that were never going to block.
 //
 // rawRead, rawWrite and recvPeek make the call with syscall.RawSyscall: the goroutine keeps its
-// P through the call, as through any other short computation. They are for the net package's
-// non-blocking sockets only, and copy at most maxRawIO bytes a call with RawSyscall; a larger
-// buffer keeps the runtime's bookkeeping (the copy itself could take long).
+// P through the call, as through any other short computation. They are recv(2) and send(2)
+// with MSG_DONTWAIT, so that no call waits for the socket whatever its mode, and they copy at
+// most maxRawIO bytes a call with RawSyscall; a larger buffer keeps the runtime's bookkeeping
+// (the copy itself could take long). A call can still sleep briefly in the kernel (a page
+// fault on the buffer, the socket's lock), holding the P for that time.
 //
 // GUESTLIST_EDGE_SYSCALLS=runtime in the edge's environment turns this off: every call then
-// goes through syscall.Read and syscall.Write as before (for comparison, and as a way back
+// goes through syscall.Read, syscall.Write and syscall.Recvfrom as before (for comparison, and as a way back
 // without a rebuild).
 
 // maxRawIO is the most bytes a RawSyscall read or write is given.
@@ -37,12 +40,15 @@ const maxRawIO = 64 << 10
 // rawIO is false when GUESTLIST_EDGE_SYSCALLS=runtime.
 var rawIO = os.Getenv("GUESTLIST_EDGE_SYSCALLS") != "runtime"
 
-// rawRead is read(2) on the non-blocking socket fd.
+// rawRead reads from the socket fd without waiting: recv(2) with MSG_DONTWAIT, which returns
+// EAGAIN when nothing is readable even if the socket was switched to blocking mode (a File
+// taken of the connection does that), so that a RawSyscall never sleeps on an empty socket.
 func rawRead(fd int, p []byte) (int, error) {
 	if !rawIO || len(p) == 0 || len(p) > maxRawIO {
 		return syscall.Read(fd, p)
 	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+		syscall.MSG_DONTWAIT, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
@@ -50,12 +56,15 @@ func rawRead(fd int, p []byte) (int, error) {
 	return int(n), nil
 }
 
-// rawWrite is write(2) on the non-blocking socket fd.
+// rawWrite writes to the socket fd without waiting: send(2) with MSG_DONTWAIT (EAGAIN when the
+// socket has no room, whatever its mode) and MSG_NOSIGNAL (a peer that reset the connection is
+// EPIPE, without a SIGPIPE for the runtime to field).
 func rawWrite(fd int, p []byte) (int, error) {
 	if !rawIO || len(p) == 0 || len(p) > maxRawIO {
 		return syscall.Write(fd, p)
 	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+		syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
@@ -89,13 +98,16 @@ type rawTCPConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
 
-	// Read's state; rcb is made once so that a Read allocates nothing.
+	// Read's state; rcb is made once so that a Read allocates nothing. rmu and wmu keep the
+	// state of concurrent Reads (Writes) apart, as net.Conn allows them.
+	rmu  sync.Mutex
 	rp   []byte
 	rn   int
 	rerr error
 	rcb  func(fd uintptr) bool
 
 	// Write's state.
+	wmu  sync.Mutex
 	wp   []byte
 	wn   int
 	werr error
@@ -133,6 +145,8 @@ func (c *rawTCPConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	c.rp, c.rn, c.rerr = p, 0, nil
 	err := c.rc.Read(c.rcb)
 	c.rp = nil
@@ -164,6 +178,8 @@ func (c *rawTCPConn) readStep(fd uintptr) bool {
 
 // Write writes all of p, waiting in the poller while the socket has no room.
 func (c *rawTCPConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.wp, c.wn, c.werr = p, 0, nil
 	err := c.rc.Write(c.wcb)
 	c.wp = nil
@@ -195,6 +211,9 @@ func (c *rawTCPConn) writeStep(fd uintptr) bool {
 			return false
 		case err != nil:
 			c.werr = c.opError("write", err)
+			return true
+		case n == 0: // as internal/poll: a write that took nothing and said nothing
+			c.werr = c.opError("write", io.ErrUnexpectedEOF)
 			return true
 		}
 		c.wn += n

@@ -176,6 +176,125 @@ func testRawTCPConn(t *testing.T) {
 			t.Fatalf("Write on a closed connection = %v; want a write *net.OpError with net.ErrClosed", err)
 		}
 	})
+	t.Run("ok/concurrent Reads and concurrent Writes each get their own bytes", func(t *testing.T) {
+		// net.Conn allows concurrent calls; a rawTCPConn keeps each call's state apart (with
+		// -race, state shared between two calls is also reported as a race).
+		peer, c := rawPair(t)
+		const workers, chunk, rounds = 4, 1000, 200
+		total := workers * chunk * rounds
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		_ = peer.SetDeadline(time.Now().Add(20 * time.Second))
+		// Writes: each worker writes chunks of its own byte value; the peer counts the values.
+		werrs := make(chan error, workers)
+		for w := range workers {
+			go func() {
+				b := bytes.Repeat([]byte{byte('a' + w)}, chunk)
+				for range rounds {
+					if n, err := c.Write(b); err != nil || n != chunk {
+						werrs <- fmt.Errorf("worker %d: Write = %d, %v", w, n, err)
+						return
+					}
+				}
+				werrs <- nil
+			}()
+		}
+		got := make([]byte, total)
+		if _, err := io.ReadFull(peer, got); err != nil {
+			t.Fatalf("peer read: %v", err)
+		}
+		for range workers {
+			if err := <-werrs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		for w := range workers {
+			if n := bytes.Count(got, []byte{byte('a' + w)}); n != chunk*rounds {
+				t.Fatalf("the peer got %d bytes of worker %d; want %d", n, w, chunk*rounds)
+			}
+		}
+		// Reads: the peer writes a pattern; concurrent Reads must together return each byte
+		// exactly once.
+		msg := make([]byte, total)
+		for i := range msg {
+			msg[i] = byte(i % 251)
+		}
+		go func() { _, _ = peer.Write(msg) }()
+		var sum [251]atomic.Int64
+		var read atomic.Int64
+		rerrs := make(chan error, workers)
+		for range workers {
+			go func() {
+				buf := make([]byte, 777)
+				for read.Load() < int64(total) {
+					n, err := c.Read(buf)
+					if err != nil {
+						if read.Load() >= int64(total) {
+							break
+						}
+						rerrs <- err
+						return
+					}
+					for _, b := range buf[:n] {
+						sum[b].Add(1)
+					}
+					if read.Add(int64(n)) >= int64(total) {
+						_ = c.SetReadDeadline(time.Now()) // wake the other readers
+					}
+				}
+				rerrs <- nil
+			}()
+		}
+		for range workers {
+			if err := <-rerrs; err != nil {
+				t.Fatalf("Read: %v", err)
+			}
+		}
+		if n := read.Load(); n != int64(total) {
+			t.Fatalf("the Reads returned %d bytes in all; want %d", n, total)
+		}
+		for v := range sum {
+			want := int64(total / 251)
+			if v < total%251 {
+				want++
+			}
+			if got := sum[v].Load(); got != want {
+				t.Fatalf("byte value %d was read %d times; want %d", v, got, want)
+			}
+		}
+	})
+	t.Run("fail/a socket switched to blocking mode: a Read still waits in the poller and times out", func(t *testing.T) {
+		// os.File.Fd puts the socket's shared file description into blocking mode. A raw read
+		// without MSG_DONTWAIT would then sleep in the kernel, holding its P, past any deadline.
+		if !rawIO {
+			t.Skip("a *net.TCPConn's deadlines stop working once its File's Fd was taken (os.File.Fd's documentation)")
+		}
+		peer, c := rawPair(t)
+		f, err := c.(interface{ File() (*os.File, error) }).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		_ = f.Fd() // blocking mode from here on
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Read(make([]byte, 8))
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("Read = %v; want os.ErrDeadlineExceeded", err)
+			}
+		case <-time.After(10 * time.Second):
+			peer.Close() // let the stuck read(2) return
+			t.Fatal("Read on an empty socket in blocking mode did not return within 10 s (its deadline was 50 ms)")
+		}
+		// And a write with room goes through as before.
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatalf("Write = %v", err)
+		}
+	})
 }
 
 // isOp reports whether err is a *net.OpError (itself, not wrapped: net/http's

@@ -232,6 +232,8 @@ func (c *sendConn) writeOut(fd int) error {
 			return err
 		case err != nil:
 			return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", err)}
+		case n == 0: // as internal/poll: a write that took nothing and said nothing
+			return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: io.ErrUnexpectedEOF}
 		}
 		b = b[n:]
 	}
