@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
@@ -37,14 +38,17 @@ import (
 // maxRawIO is the most bytes a RawSyscall read or write is given.
 const maxRawIO = 64 << 10
 
-// rawIO is false when GUESTLIST_EDGE_SYSCALLS=runtime.
-var rawIO = os.Getenv("GUESTLIST_EDGE_SYSCALLS") != "runtime"
+// rawIO is false when GUESTLIST_EDGE_SYSCALLS=runtime. It is atomic so that tests can switch
+// it while servers of earlier tests still wind down.
+var rawIO atomic.Bool
+
+func init() { rawIO.Store(os.Getenv("GUESTLIST_EDGE_SYSCALLS") != "runtime") }
 
 // rawRead reads from the socket fd without waiting: recv(2) with MSG_DONTWAIT, which returns
 // EAGAIN when nothing is readable even if the socket was switched to blocking mode (a File
 // taken of the connection does that), so that a RawSyscall never sleeps on an empty socket.
 func rawRead(fd int, p []byte) (int, error) {
-	if !rawIO || len(p) == 0 || len(p) > maxRawIO {
+	if !rawIO.Load() || len(p) == 0 || len(p) > maxRawIO {
 		return syscall.Read(fd, p)
 	}
 	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
@@ -60,7 +64,7 @@ func rawRead(fd int, p []byte) (int, error) {
 // socket has no room, whatever its mode) and MSG_NOSIGNAL (a peer that reset the connection is
 // EPIPE, without a SIGPIPE for the runtime to field).
 func rawWrite(fd int, p []byte) (int, error) {
-	if !rawIO || len(p) == 0 || len(p) > maxRawIO {
+	if !rawIO.Load() || len(p) == 0 || len(p) > maxRawIO {
 		return syscall.Write(fd, p)
 	}
 	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
@@ -75,7 +79,7 @@ func rawWrite(fd int, p []byte) (int, error) {
 // recvPeek is recv(2) of len(buf) ≥ 1 bytes with MSG_PEEK|MSG_DONTWAIT on the socket fd: what is
 // readable stays readable. It returns the bytes seen (0 at the peer's FIN) or the error.
 func recvPeek(fd int, buf []byte) (int, error) {
-	if !rawIO {
+	if !rawIO.Load() {
 		n, _, err := syscall.Recvfrom(fd, buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return n, err
 	}
@@ -116,7 +120,7 @@ type rawTCPConn struct {
 
 // newRawTCPConn returns tc's rawTCPConn, or nil when tc has no RawConn or rawIO is off.
 func newRawTCPConn(tc *net.TCPConn) *rawTCPConn {
-	if !rawIO {
+	if !rawIO.Load() {
 		return nil
 	}
 	rc, err := tc.SyscallConn()
@@ -158,22 +162,12 @@ func (c *rawTCPConn) Read(p []byte) (int, error) {
 
 // readStep is Read's RawConn callback.
 func (c *rawTCPConn) readStep(fd uintptr) bool {
-	for {
-		n, err := rawRead(int(fd), c.rp)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			return false
-		case err != nil:
-			c.rerr = c.opError("read", err)
-		case n == 0:
-			c.rerr = io.EOF
-		default:
-			c.rn = n
-		}
-		return true
+	n, ok, err := readNow(c.TCPConn, int(fd), c.rp)
+	if !ok {
+		return false
 	}
+	c.rn, c.rerr = n, err
+	return true
 }
 
 // Write writes all of p, waiting in the poller while the socket has no room.
@@ -202,27 +196,58 @@ func asTCPError(err error, op string) error {
 
 // writeStep is Write's RawConn callback.
 func (c *rawTCPConn) writeStep(fd uintptr) bool {
-	for len(c.wp) > 0 {
-		n, err := rawWrite(int(fd), c.wp)
+	n, full, err := writeNow(c.TCPConn, int(fd), c.wp)
+	c.wn += n
+	c.wp = c.wp[n:]
+	if err != nil {
+		c.werr = err
+		return true
+	}
+	return !full
+}
+
+// readNow reads once from the socket fd into p (len(p) > 0), retrying EINTR. It reports ok false
+// when nothing was readable: the caller waits and calls again. Otherwise n bytes were read, or
+// err says why none were: io.EOF at the peer's FIN, or the call's error as conn's *net.OpError.
+func readNow(conn net.Conn, fd int, p []byte) (n int, ok bool, err error) {
+	for {
+		n, err := rawRead(fd, p)
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			return false
+			return 0, false, nil
 		case err != nil:
-			c.werr = c.opError("write", err)
-			return true
-		case n == 0: // as internal/poll: a write that took nothing and said nothing
-			c.werr = c.opError("write", io.ErrUnexpectedEOF)
-			return true
+			return 0, true, socketError(conn, "read", err)
+		case n == 0:
+			return 0, true, io.EOF
 		}
-		c.wn += n
-		c.wp = c.wp[n:]
+		return n, true, nil
 	}
-	return true
 }
 
-// opError is the error of a failed call, as the net package reports one.
-func (c *rawTCPConn) opError(op string, err error) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, err)}
+// writeNow writes p to the socket fd until all of it is written or the socket has no room
+// (full: the rest waits for room), retrying EINTR. It returns the bytes written, and the call's
+// error as conn's *net.OpError if one failed.
+func writeNow(conn net.Conn, fd int, p []byte) (n int, full bool, err error) {
+	for n < len(p) {
+		m, err := rawWrite(fd, p[n:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return n, true, nil
+		case err != nil:
+			return n, false, socketError(conn, "write", err)
+		case m == 0: // as internal/poll: a write that took nothing and said nothing
+			return n, false, socketError(conn, "write", io.ErrUnexpectedEOF)
+		}
+		n += m
+	}
+	return n, false, nil
+}
+
+// socketError is the error of a failed call on conn's socket, as the net package reports one.
+func socketError(conn net.Conn, op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: conn.LocalAddr(), Addr: conn.RemoteAddr(), Err: os.NewSyscallError(op, err)}
 }

@@ -24,17 +24,22 @@ import (
 
 // TestRawTCPConn runs a rawTCPConn's Read and Write against a real loopback peer, with the raw
 // system calls (the default) and with the runtime's (GUESTLIST_EDGE_SYSCALLS=runtime).
-func TestRawTCPConn(t *testing.T) {
+func TestRawTCPConn(t *testing.T) { inSyscallModes(t, testRawTCPConn) }
+
+// inSyscallModes runs test twice: as "raw" with the raw system calls (the default) and as
+// "runtime" with the runtime's (GUESTLIST_EDGE_SYSCALLS=runtime). It sets the package's rawIO,
+// so it must not run in parallel with other tests.
+func inSyscallModes(t *testing.T, test func(t *testing.T)) {
 	for _, raw := range []bool{true, false} {
 		name := "raw"
 		if !raw {
 			name = "runtime"
 		}
 		t.Run(name, func(t *testing.T) {
-			saved := rawIO
-			rawIO = raw
-			t.Cleanup(func() { rawIO = saved })
-			testRawTCPConn(t)
+			saved := rawIO.Load()
+			rawIO.Store(raw)
+			t.Cleanup(func() { rawIO.Store(saved) })
+			test(t)
 		})
 	}
 }
@@ -46,8 +51,8 @@ func rawPair(t *testing.T) (peer net.Conn, c net.Conn) {
 	peer, accepted := tcpPair(t)
 	t.Cleanup(func() { peer.Close(); accepted.Close() })
 	c = newClientConn(accepted)
-	if _, ok := c.(*rawTCPConn); ok != rawIO {
-		t.Fatalf("newClientConn returned %T with rawIO %v", c, rawIO)
+	if _, ok := c.(*rawTCPConn); ok != rawIO.Load() {
+		t.Fatalf("newClientConn returned %T with rawIO %v", c, rawIO.Load())
 	}
 	return peer, c
 }
@@ -265,7 +270,7 @@ func testRawTCPConn(t *testing.T) {
 	t.Run("fail/a socket switched to blocking mode: a Read still waits in the poller and times out", func(t *testing.T) {
 		// os.File.Fd puts the socket's shared file description into blocking mode. A raw read
 		// without MSG_DONTWAIT would then sleep in the kernel, holding its P, past any deadline.
-		if !rawIO {
+		if !rawIO.Load() {
 			t.Skip("a *net.TCPConn's deadlines stop working once its File's Fd was taken (os.File.Fd's documentation)")
 		}
 		peer, c := rawPair(t)
@@ -307,37 +312,32 @@ func isOp(err error, op string) bool {
 // TestRecvPeek: the quiet check's peek sees bytes and the FIN without consuming them, and
 // finds nothing on a quiet socket.
 func TestRecvPeek(t *testing.T) {
-	for _, raw := range []bool{true, false} {
-		saved := rawIO
-		rawIO = raw
-		func() {
-			defer func() { rawIO = saved }()
-			peer, c := tcpPair(t)
-			defer peer.Close()
-			defer c.Close()
-			fd := rawFD(t, c)
-			buf := make([]byte, 1)
-			if n, err := recvPeek(fd, buf); err != syscall.EAGAIN {
-				t.Fatalf("rawIO %v: quiet socket: recvPeek = %d, %v; want EAGAIN", raw, n, err)
+	inSyscallModes(t, func(t *testing.T) {
+		peer, c := tcpPair(t)
+		defer peer.Close()
+		defer c.Close()
+		fd := rawFD(t, c)
+		buf := make([]byte, 1)
+		if n, err := recvPeek(fd, buf); err != syscall.EAGAIN {
+			t.Fatalf("quiet socket: recvPeek = %d, %v; want EAGAIN", n, err)
+		}
+		_, _ = peer.Write([]byte("ab"))
+		waitReadable(t, fd)
+		for range 2 { // a peek does not consume
+			if n, err := recvPeek(fd, buf); n != 1 || err != nil || buf[0] != 'a' {
+				t.Fatalf("recvPeek = %d %q, %v; want 1 'a'", n, buf[:max(n, 0)], err)
 			}
-			_, _ = peer.Write([]byte("ab"))
-			waitReadable(t, fd)
-			for range 2 { // a peek does not consume
-				if n, err := recvPeek(fd, buf); n != 1 || err != nil || buf[0] != 'a' {
-					t.Fatalf("rawIO %v: recvPeek = %d %q, %v; want 1 'a'", raw, n, buf[:max(n, 0)], err)
-				}
-			}
-			got := make([]byte, 2)
-			if _, err := io.ReadFull(c, got); err != nil || string(got) != "ab" {
-				t.Fatalf("rawIO %v: read after peeks = %q, %v", raw, got, err)
-			}
-			peer.Close()
-			waitReadable(t, fd)
-			if n, err := recvPeek(fd, buf); n != 0 || err != nil {
-				t.Fatalf("rawIO %v: after the peer's FIN: recvPeek = %d, %v; want 0, nil", raw, n, err)
-			}
-		}()
-	}
+		}
+		got := make([]byte, 2)
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != "ab" {
+			t.Fatalf("read after peeks = %q, %v", got, err)
+		}
+		peer.Close()
+		waitReadable(t, fd)
+		if n, err := recvPeek(fd, buf); n != 0 || err != nil {
+			t.Fatalf("after the peer's FIN: recvPeek = %d, %v; want 0, nil", n, err)
+		}
+	})
 }
 
 // rawFD returns the file descriptor of a TCP connection (valid while conn is open).
@@ -379,20 +379,7 @@ func waitReadable(t *testing.T, fd int) {
 // (serveConn wraps the accepted connection before tls.Server): concurrent streams whose bodies
 // are larger than the socket buffers (a Read and a Write at once on one connection, Writes that
 // wait for room), and the server's timeouts through the wrapper's deadlines.
-func TestRawTCPConnHTTP(t *testing.T) {
-	for _, raw := range []bool{true, false} {
-		name := "raw"
-		if !raw {
-			name = "runtime"
-		}
-		t.Run(name, func(t *testing.T) {
-			saved := rawIO
-			rawIO = raw
-			t.Cleanup(func() { rawIO = saved })
-			testRawTCPConnHTTP(t)
-		})
-	}
-}
+func TestRawTCPConnHTTP(t *testing.T) { inSyscallModes(t, testRawTCPConnHTTP) }
 
 // clientConnListener wraps each accepted connection with newClientConn, as serveConn does, and
 // counts the rawTCPConns. Its send buffers are small, so that Writes often find no room and wait
@@ -486,8 +473,8 @@ func testRawTCPConnHTTP(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if got := ln.raw.Load() > 0; got != rawIO {
-				t.Fatalf("connections served over a rawTCPConn: %v, want %v", got, rawIO)
+			if got := ln.raw.Load() > 0; got != rawIO.Load() {
+				t.Fatalf("connections served over a rawTCPConn: %v, want %v", got, rawIO.Load())
 			}
 		})
 	}

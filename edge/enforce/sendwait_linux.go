@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"syscall"
 )
 
@@ -52,7 +51,7 @@ type sendConn struct {
 	sent bool
 	cb   func(fd uintptr) bool
 
-	reads int // read(2) calls made by step, for tests
+	reads int // readNow calls made by step, for tests
 }
 
 // newSendConn returns conn wrapped for sendOnRead, or conn itself when it is not a TCP
@@ -199,43 +198,22 @@ func (c *sendConn) step(fd uintptr) bool {
 		}
 		return false // nothing to read yet: wait for the answer
 	}
-	for {
-		c.reads++
-		n, err := rawRead(int(fd), c.p)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			return false
-		case err != nil:
-			c.err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
-		case n == 0:
-			c.err = io.EOF
-		default:
-			c.n = n
-		}
-		return true
+	c.reads++
+	n, ok, err := readNow(c.TCPConn, int(fd), c.p)
+	if !ok {
+		return false
 	}
+	c.n, c.err = n, err
+	return true
 }
 
 // writeOut writes c.out: directly while the socket takes it, the rest (a full send buffer)
 // through the connection's blocking Write, which honours the write deadline.
 func (c *sendConn) writeOut(fd int) error {
-	b := c.out
-	for len(b) > 0 {
-		n, err := rawWrite(fd, b)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			_, err := c.rw.Write(b)
-			return err
-		case err != nil:
-			return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", err)}
-		case n == 0: // as internal/poll: a write that took nothing and said nothing
-			return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: io.ErrUnexpectedEOF}
-		}
-		b = b[n:]
+	n, full, err := writeNow(c.TCPConn, fd, c.out)
+	if err != nil || !full {
+		return err
 	}
-	return nil
+	_, err = c.rw.Write(c.out[n:])
+	return err
 }
