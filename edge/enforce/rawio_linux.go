@@ -32,8 +32,8 @@ import (
 // fault on the buffer, the socket's lock), holding the P for that time.
 //
 // GUESTLIST_EDGE_SYSCALLS=runtime in the edge's environment turns this off: every call then
-// goes through syscall.Read, syscall.Write and syscall.Recvfrom as before (for comparison, and as a way back
-// without a rebuild).
+// goes through syscall.Read, syscall.Write and syscall.Recvfrom as before (for comparison, and
+// as a way back without a rebuild).
 
 // maxRawIO is the most bytes a RawSyscall read or write is given.
 const maxRawIO = 64 << 10
@@ -88,6 +88,7 @@ func recvPeek(fd int, buf []byte) (int, error) {
 	if e != 0 {
 		return -1, e
 	}
+	raceWritten(buf, int(n))
 	return int(n), nil
 }
 
@@ -96,8 +97,8 @@ func recvPeek(fd int, buf []byte) (int, error) {
 // same deadlines, without the runtime's bookkeeping around each call. Everything else
 // (deadlines, Close, addresses) is the *net.TCPConn's.
 //
-// One Read and one Write may run at once (the state of each is its own); like a tls.Conn's
-// users, callers do not run two Reads or two Writes at once.
+// A Read and a Write may run at once (the state of each is its own); concurrent Reads (Writes)
+// take turns, as on a *net.TCPConn.
 type rawTCPConn struct {
 	*net.TCPConn
 	rc syscall.RawConn

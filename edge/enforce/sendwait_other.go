@@ -13,6 +13,3 @@ func sendOnRead(net.Conn, []byte) bool { return false }
 
 // deferQuiet reports false: the pool makes the quiet check itself.
 func deferQuiet(net.Conn) bool { return false }
-
-// newClientConn returns conn: the raw socket I/O of rawio_linux.go is done on Linux only.
-func newClientConn(conn net.Conn) net.Conn { return conn }
