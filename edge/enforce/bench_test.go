@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -391,12 +390,6 @@ func keepAliveGet(s *benchSetup, addr string, cleanup func(func())) func() error
 		}
 		return nil
 	}
-}
-
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // external runs the load generator against addr for d and returns its rate and the CPU time

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench measures the edge (enforce.Server) against baselines run in the same
 // invocation, on loopback only, with bounded load. Two comparisons:
 //
