@@ -11,12 +11,13 @@ import (
 	"strconv"
 	"testing"
 
+	"guestlist.dev/edge/enforce/bench/raworigin"
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
-// rawOKOrigin answers every bodyless request with a fixed 200 without allocating per request,
-// so that allocations measured in-process are the edge's.
+// rawOKOrigin answers every bodyless request with a fixed 200 without allocating per request
+// (raworigin.Serve), so that allocations measured in-process are the edge's.
 func rawOKOrigin(b *testing.B) string { return rawHeadOrigin(b, nil) }
 
 // rawHeadOrigin is rawOKOrigin, calling onHead (when not nil) with each request head it got
@@ -27,38 +28,13 @@ func rawHeadOrigin(b *testing.B, onHead func(head []byte)) string {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
-	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n")
 	go func() {
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer conn.Close()
-				buf := make([]byte, 64<<10)
-				n := 0
-				for {
-					m, err := conn.Read(buf[n:])
-					if err != nil {
-						return
-					}
-					n += m
-					for {
-						i := bytes.Index(buf[:n], []byte("\r\n\r\n"))
-						if i < 0 {
-							break
-						}
-						if onHead != nil {
-							onHead(buf[:i+4])
-						}
-						if _, err := conn.Write(resp); err != nil {
-							return
-						}
-						n = copy(buf, buf[i+4:n])
-					}
-				}
-			}()
+			go raworigin.Serve(conn, onHead)
 		}
 	}()
 	return "http://" + ln.Addr().String()

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -22,6 +21,7 @@ import (
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
 	"guestlist.dev/edge/enforce"
+	"guestlist.dev/edge/enforce/bench/raworigin"
 	"guestlist.dev/edge/servercert"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
@@ -82,11 +82,9 @@ func runOrigin() error {
 	return nil
 }
 
-// runRawOrigin is the most trivial origin (-origin raw): no HTTP library, it finds the end of
-// each request head (CRLF CRLF) and writes a fixed 200 "ok" answer, so that what it costs per
-// request does not grow with the number of header lines it is sent. It serves requests without
-// a body only (the load sends GETs): a head naming a body is answered 400 and the connection
-// closed, so that a request the benchmark did not mean to send is noticed, not misframed.
+// runRawOrigin is the most trivial origin (-origin raw): raworigin.Serve on every connection, a
+// fixed 200 "ok" to each request head whatever its headers (a head naming a body is answered
+// 400 and the connection closed).
 func runRawOrigin() error {
 	ctx, cancel := childContext()
 	defer cancel()
@@ -109,70 +107,8 @@ func runRawOrigin() error {
 			}
 			return fmt.Errorf("raw origin: accept: %w", err)
 		}
-		go serveRaw(conn)
+		go raworigin.Serve(conn, nil)
 	}
-}
-
-var (
-	rawOK         = []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n")
-	rawBadRequest = []byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-	headEnd       = []byte("\r\n\r\n")
-)
-
-// serveRaw answers the requests of one connection of the raw origin until it closes or sends
-// a request the raw origin does not serve (a body, or a head over 64 KiB).
-func serveRaw(conn net.Conn) {
-	defer conn.Close()
-	buf := make([]byte, 64<<10)
-	n := 0
-	for {
-		m, err := conn.Read(buf[n:])
-		if err != nil {
-			return
-		}
-		n += m
-		start := 0
-		for {
-			i := bytes.Index(buf[start:n], headEnd)
-			if i < 0 {
-				break
-			}
-			head := buf[start : start+i+2]
-			start += i + 4
-			if hasBody(head) {
-				_, _ = conn.Write(rawBadRequest)
-				return
-			}
-			if _, err := conn.Write(rawOK); err != nil {
-				return
-			}
-		}
-		n = copy(buf, buf[start:n])
-		if n == len(buf) {
-			_, _ = conn.Write(rawBadRequest)
-			return
-		}
-	}
-}
-
-// hasBody reports whether a request head (without its final empty line) announces a body:
-// a Transfer-Encoding, or a Content-Length other than 0.
-func hasBody(head []byte) bool {
-	for line := range bytes.SplitSeq(head, []byte("\r\n")) {
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
-			continue
-		}
-		switch {
-		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
-			return true
-		case bytes.EqualFold(name, []byte("Content-Length")):
-			if string(bytes.TrimSpace(value)) != "0" {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // edgeReady is the READY line of an edge: its address and what it measured while loading its

@@ -1,6 +1,4 @@
-//go:build linux
-
-package main
+package raworigin
 
 import (
 	"bufio"
@@ -13,7 +11,7 @@ import (
 	"time"
 )
 
-// rawPair returns the client end of a loopback connection whose server end serveRaw serves.
+// rawPair returns the client end of a loopback connection whose server end Serve serves.
 func rawPair(t *testing.T) net.Conn {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -26,7 +24,7 @@ func rawPair(t *testing.T) net.Conn {
 		if err != nil {
 			return
 		}
-		serveRaw(conn)
+		Serve(conn, nil)
 	}()
 	conn, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -36,7 +34,7 @@ func rawPair(t *testing.T) net.Conn {
 	return conn
 }
 
-func TestServeRaw(t *testing.T) {
+func TestServe(t *testing.T) {
 	get := "GET /x HTTP/1.1\r\nHost: a.example.com\r\nClient-Cert: :AAAA:\r\n\r\n"
 	tests := []struct {
 		name   string
@@ -89,5 +87,42 @@ func TestServeRaw(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestServeOnHead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	heads := make(chan string, 2)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		Serve(conn, func(head []byte) { heads <- string(head) })
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	a := "GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+	b := "GET /b HTTP/1.1\r\nHost: b\r\nX-Client-Cert-Present: true\r\n\r\n"
+	if _, err := io.WriteString(conn, a+b); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	for i, want := range []string{a, b} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		resp.Body.Close()
+		if got := <-heads; got != want {
+			t.Fatalf("head %d: %q, want %q", i, got, want)
+		}
 	}
 }
