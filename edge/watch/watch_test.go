@@ -23,6 +23,7 @@ import (
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/echo"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/enforce"
 	"guestlist.dev/edge/pkitest"
 	"guestlist.dev/edge/servercert"
@@ -335,7 +336,7 @@ func TestRestartWithoutControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := enforce.New(enforce.Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Logger: quietLogger(t)})
+	srv, err := enforce.New(enforce.Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Logger: quietLogger(t), Egress: egress.Loopback()})
 	if err != nil {
 		t.Fatal(err)
 	}
