@@ -120,7 +120,11 @@ type Change struct {
 	Position uint64
 	// Upserts are the configurations added or changed, sorted by hostname.
 	Upserts []*configv1.HostnameConfig
-	// Removals are the hostnames removed, sorted.
+	// Removals are the hostnames removed, sorted: every hostname that the batch's events affected
+	// and that has no configuration at Position, including those created and deleted within the
+	// batch. So the change brings to Position a reader holding the read model as of any position
+	// after the previous change, not only as of the previous change's (a batch boundary of another
+	// projector, or of this one before its file was rebuilt, may lie inside this batch).
 	Removals []string
 	// Traces are the span contexts of the apply spans of the batch's events that carried a trace
 	// context, in order (see ApplySpanName); empty when none did. The distribution continues the

@@ -677,3 +677,77 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return string(s.b)
 }
+
+// TestChangesFromAnotherProjectorsPosition: an edge holding the read model as of a position that
+// is not a batch boundary of this projector (it got it from another projector of the same store,
+// or from this one before its read model was rebuilt) catches up exactly with the changes after
+// it: a hostname that existed at that position and was deleted in the same batch as it was
+// created here is removed too.
+func TestChangesFromAnotherProjectorsPosition(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := openStore(t, dir)
+	defer store.Close()
+	stream := fold.TenantStream("acme")
+	write := func(ms ...proto.Message) uint64 {
+		t.Helper()
+		res, err := pt.Write(ctx, store, pt.Append{Stream: stream, Events: ms})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uint64(res.Position)
+	}
+	active := eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE
+	write(&eventsv1.TenantCreated{TenantId: "acme"})
+	write(&eventsv1.HostnameCreated{Hostname: "kept.example.com", State: active})
+	held := write(&eventsv1.HostnameCreated{Hostname: "gone.example.com", State: active})
+
+	// Projector a, one event a transaction: the edge holds a's read model as of held.
+	a := openProjector(t, filepath.Join(dir, "a"), store, WithBatch(1, 0))
+	stopA := running(a)
+	if err := a.WaitFor(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	if err := stopA(); err != nil {
+		t.Fatal(err)
+	}
+	pos, configs, err := a.Snapshot()
+	_ = a.Close()
+	if err != nil || pos != held {
+		t.Fatalf("a's snapshot at %d, want %d: %v", pos, held, err)
+	}
+	edge := pt.Model{Position: pos, Configs: pt.Index(configs)}
+	if _, ok := edge.Configs["gone.example.com"]; !ok {
+		t.Fatal("the edge does not hold gone.example.com")
+	}
+
+	write(&eventsv1.HostnameDeleted{Hostname: "gone.example.com"})
+	write(&eventsv1.HostnameCreated{Hostname: "new.example.com", State: active})
+
+	// Projector b applies everything in one transaction, so held is inside its only batch.
+	b := openProjector(t, filepath.Join(dir, "b"), store, WithBatch(1000, 10*time.Second))
+	defer b.Close()
+	stopB := running(b)
+	defer stopB()
+	check(t, b, store)
+	if s := b.Stats(); s.Batches != 1 {
+		t.Fatalf("b committed %d batches, want 1", s.Batches)
+	}
+	if !b.Retains(held) {
+		t.Fatalf("b does not retain the changes after %d", held)
+	}
+	cs, err := b.Changes(ctx, held, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		edge.Apply(c.Position, c.Upserts, c.Removals)
+	}
+	want, _, err := pt.Expected(ctx, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := pt.Diff(edge.Configs, want); d != "" {
+		t.Fatalf("the edge resumed from %d differs from the read model:\n%s", held, d)
+	}
+}

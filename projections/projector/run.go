@@ -373,9 +373,9 @@ func (p *Projector) commit(b *batch, caughtUp bool) error {
 			key := []byte(n)
 			cfg := fold.HostnameConfig(d.tenant, n, d.version)
 			if cfg == nil {
-				if hb.Get(key) == nil {
-					continue // created and deleted within the batch
-				}
+				// Removed even when created and deleted within the batch (not stored before it):
+				// a reader resuming from a position inside the batch (given by another projector,
+				// whose batches differ) may hold it.
 				if err := hb.Delete(key); err != nil {
 					return fmt.Errorf("delete %q: %w", n, err)
 				}
