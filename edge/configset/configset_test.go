@@ -351,6 +351,13 @@ func TestLoadFileRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	good, _ := os.ReadFile(path)
+	// One bit of one hostname's mode flipped: ENFORCE (field 5 = 2, followed by field 7, the CAs)
+	// becomes REPORT (3), which forwards every request; the file still parses.
+	enforce, report := []byte{0x28, 0x02, 0x3a}, []byte{0x28, 0x03, 0x3a}
+	if n := bytes.Count(good, enforce); n != 2 {
+		t.Fatalf("the saved file holds the mode ENFORCE %d times, want 2", n)
+	}
+	flipped := bytes.Replace(good, enforce, report, 1)
 	bad := cfg(t, "c.example.com", 1)
 	bad.CertificateAuthorities[0].CertificateDer = []byte("nope")
 	badFile, _ := proto.Marshal(&configv1.WatchResponse{Position: 9, Snapshot: true, Upserts: []*configv1.HostnameConfig{bad}})
@@ -360,6 +367,7 @@ func TestLoadFileRefuses(t *testing.T) {
 		"empty":          {},
 		"garbage":        []byte("not a protobuf file at all"),
 		"truncated":      good[:len(good)-3],
+		"flipped bit":    flipped,
 		"trailing data":  append(append([]byte{}, good...), good...),
 		"bad config":     varint(badFile),
 		"last part more": varint(moreFile),
@@ -388,6 +396,60 @@ func TestLoadFileRefuses(t *testing.T) {
 	}
 	if err := st.Save(filepath.Join(dir, "no-such-dir", "c")); err == nil {
 		t.Error("Save into a missing directory succeeded")
+	}
+	p := filepath.Join(dir, "flipped bit")
+	if err := NewStore().LoadFile(p); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("LoadFile of a damaged file = %v, want an error saying so", err)
+	}
+}
+
+// TestLoadFileWithoutTrailer: a file written before files had a checksum trailer (it ends with
+// its last part) still loads; the same file with its trailer damaged does not.
+func TestLoadFileWithoutTrailer(t *testing.T) {
+	dir := t.TempDir()
+	st := NewStore()
+	if err := st.Apply(snapshot(7, cfg(t, "a.example.com", 7), cfg(t, "b.example.com", 7))); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "c")
+	if err := st.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := os.ReadFile(path)
+	trailer := len(trailerMagic) + 4
+	if !bytes.HasPrefix(good[len(good)-trailer:], []byte(trailerMagic)) {
+		t.Fatal("the saved file does not end with the trailer")
+	}
+	damagedSum := bytes.Clone(good)
+	damagedSum[len(damagedSum)-1] ^= 1
+	for _, tc := range []struct {
+		name string
+		data []byte
+		ok   bool
+	}{
+		{"ok/without trailer", good[:len(good)-trailer], true},
+		{"ok/with trailer", good, true},
+		{"fail/damaged checksum", damagedSum, false},
+		{"fail/magic only", good[:len(good)-4], false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, "/", "-"))
+			if err := os.WriteFile(p, tc.data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			st2 := NewStore()
+			err := st2.LoadFile(p)
+			if !tc.ok {
+				if err == nil {
+					t.Fatal("LoadFile succeeded")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(t, st2.Load(), 7, map[string]uint64{"a.example.com": 7, "b.example.com": 7})
+		})
 	}
 }
 

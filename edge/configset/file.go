@@ -2,8 +2,10 @@ package configset
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -23,13 +25,24 @@ import (
 // the set's position and snapshot = true; the upserts are ordered by hostname and split into
 // parts of about partBytes; more = true on every part but the last. A set without hostnames is
 // one part without upserts. A file whose last part has more = true is truncated, and refused.
+//
+// After the last part comes a trailer: trailerMagic and the CRC-32C (Castagnoli, big-endian) of
+// every byte before the trailer. A file damaged on disk is refused even where its bytes still
+// parse (one flipped bit turns the mode ENFORCE into REPORT, which forwards every request). A file
+// that ends right after its last part was written before the trailer existed and is read without
+// the check; anything else after the last part is refused.
 const (
 	// partBytes is the size at which Save starts a new part.
 	partBytes = 1 << 20
 	// maxPartBytes bounds one part when reading (one hostname's configuration may be large: many
 	// revocations).
 	maxPartBytes = 1 << 28
+	// trailerMagic starts the trailer. Its first byte is no valid protobuf tag (wire type 7), so
+	// the trailer cannot be read as part of a message.
+	trailerMagic = "\x07glcrc32c"
 )
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Save writes the current set to path, atomically: to a temporary file in the same directory,
 // synced, renamed over path, and the directory synced, so that path holds either the previous
@@ -81,7 +94,8 @@ func writeSet(w io.Writer, set *Set) error {
 		configs = append(configs, h.Config)
 	}
 	slices.SortFunc(configs, func(a, b *configv1.HostnameConfig) int { return strings.Compare(a.GetHostname(), b.GetHostname()) })
-	bw := bufio.NewWriterSize(w, 1<<20)
+	sum := crc32.New(castagnoli)
+	bw := bufio.NewWriterSize(io.MultiWriter(w, sum), 1<<20)
 	opts := protodelim.MarshalOptions{MarshalOptions: proto.MarshalOptions{Deterministic: true}}
 	part := &configv1.WatchResponse{Position: set.Position(), Snapshot: true}
 	size := 0
@@ -105,7 +119,11 @@ func writeSet(w io.Writer, set *Set) error {
 	if err := flush(false); err != nil {
 		return err
 	}
-	return bw.Flush()
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	_, err := w.Write(binary.BigEndian.AppendUint32([]byte(trailerMagic), sum.Sum32()))
+	return err
 }
 
 // LoadFile replaces the current set with the one saved in path by Save, as Apply applies a
@@ -133,13 +151,14 @@ func (st *Store) LoadFile(path string) error {
 	return nil
 }
 
-// readSet reads a file written by writeSet and joins its parts.
+// readSet reads a file written by writeSet, checks its trailer and joins its parts.
 func readSet(r protodelim.Reader) (*configv1.WatchResponse, error) {
 	opts := protodelim.UnmarshalOptions{MaxSize: maxPartBytes}
+	sr := &sumReader{r: r}
 	var parts []*configv1.WatchResponse
 	for {
 		part := &configv1.WatchResponse{}
-		err := opts.UnmarshalFrom(r, part)
+		err := opts.UnmarshalFrom(sr, part)
 		if err == io.EOF { // no byte read: the end of the file, between parts
 			break
 		}
@@ -157,12 +176,46 @@ func readSet(r protodelim.Reader) (*configv1.WatchResponse, error) {
 	if len(parts) == 0 {
 		return nil, errors.New("the file is empty")
 	}
-	if _, err := r.ReadByte(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("data after the last part (more = false)")
+	trailer := make([]byte, len(trailerMagic)+4+1) // one byte more, to see that the file ends
+	switch n, err := io.ReadFull(r, trailer); {
+	case n == 0 && errors.Is(err, io.EOF):
+		// No trailer: written before there was one.
+	case n == len(trailer)-1 && string(trailer[:len(trailerMagic)]) == trailerMagic:
+		if want := binary.BigEndian.Uint32(trailer[len(trailerMagic):n]); want != sr.crc {
+			return nil, fmt.Errorf("the file is damaged: its checksum is %08x, its content's %08x", want, sr.crc)
+		}
+	case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF):
+		return nil, fmt.Errorf("read the trailer: %w", err)
+	default:
+		return nil, errors.New("data after the last part (more = false) that is not a whole trailer: the file is truncated or damaged")
 	}
 	resp, err := Merge(parts...)
 	if err != nil {
 		return nil, err
 	}
 	return resp, nil
+}
+
+// sumReader computes the CRC-32C of what is read through it.
+type sumReader struct {
+	r   protodelim.Reader
+	crc uint32
+	one [1]byte
+}
+
+// Read implements io.Reader.
+func (s *sumReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	s.crc = crc32.Update(s.crc, castagnoli, p[:n])
+	return n, err
+}
+
+// ReadByte implements io.ByteReader.
+func (s *sumReader) ReadByte() (byte, error) {
+	b, err := s.r.ReadByte()
+	if err == nil {
+		s.one[0] = b
+		s.crc = crc32.Update(s.crc, castagnoli, s.one[:])
+	}
+	return b, err
 }
