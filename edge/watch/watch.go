@@ -266,6 +266,12 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			err := fmt.Errorf("part %d of the response at position %d has position %d", len(parts)+1, parts[0].GetPosition(), resp.GetPosition())
 			return applied, w.nack(ctx, stream, resp.GetPosition(), err)
 		}
+		if cur := w.store.Load().Position(); len(parts) == 0 && resp.GetPosition() < cur {
+			// The store would refuse it (configset.Store.Apply): refuse it at its first part
+			// rather than receive every part of it (a snapshot of a projector that is behind).
+			err := fmt.Errorf("the response at position %d is behind the configuration, at position %d", resp.GetPosition(), cur)
+			return applied, w.nack(ctx, stream, resp.GetPosition(), err)
+		}
 		parts = append(parts, resp)
 		if resp.GetMore() {
 			if len(parts) >= maxParts {

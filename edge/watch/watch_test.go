@@ -278,6 +278,43 @@ func TestMismatchedPartsAreRefused(t *testing.T) {
 	}
 }
 
+// TestSnapshotBehindIsRefusedAtItsFirstPart: an edge holding a newer configuration than the
+// server's (the server's projector is behind, and sends a snapshot after waiting for it) refuses
+// the snapshot at its first part, rather than receiving it whole (every hostname) to refuse it.
+func TestSnapshotBehindIsRefusedAtItsFirstPart(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	answers := make(chan *configv1.WatchRequest, 10)
+	script := func(s *session) error {
+		if s.hello.GetResumePosition() == 0 {
+			s.send(&configv1.WatchResponse{Position: 9, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 9, ca, "http://x")}})
+			push(answers, s.recv())
+			return nil // the client reconnects, holding position 9
+		}
+		// Only the first part: the rest would follow once the client asks for it by reading on.
+		s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, More: true, Upserts: []*configv1.HostnameConfig{hostCfg("b.example.com", 5, ca, "http://x")}})
+		push(answers, s.recv())
+		<-s.stream.Context().Done()
+		return nil
+	}
+	_, addr := startServer(t, script)
+	store := configset.NewStore()
+	runWatch(t, dial(t, addr), store, Options{Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: time.Second}})
+	if a := <-answers; a.GetAckPosition() != 9 || a.GetError() != "" {
+		t.Fatalf("ack %v", a)
+	}
+	select {
+	case n := <-answers:
+		if n.GetAckPosition() != 5 || !strings.Contains(n.GetError(), "behind") {
+			t.Errorf("nack %v", n)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the first part of a snapshot behind the edge's configuration was not refused")
+	}
+	if set := store.Load(); set.Position() != 9 || set.Len() != 1 {
+		t.Errorf("set at %d with %d hostnames, want the one at 9", set.Position(), set.Len())
+	}
+}
+
 func TestBackoff(t *testing.T) {
 	w := &watcher{opts: Options{Backoff: Backoff{Min: 100 * time.Millisecond, Max: time.Second}}}
 	for n, hi := range []time.Duration{100, 200, 400, 800, 1000, 1000, 1000} {
