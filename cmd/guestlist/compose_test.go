@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -26,6 +27,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/services/eventstore/storeurl"
 )
 
@@ -49,6 +51,8 @@ type deployCheck struct {
 	// the .dockerignore check.
 	buildFiles func() ([]string, error)
 
+	// subnets are the declared networks' ipam subnets, by network (loadCompose).
+	subnets  map[string][]netip.Prefix
 	problems []string
 }
 
@@ -95,6 +99,13 @@ func (c *deployCheck) exists(rel string) bool {
 type rawCompose struct {
 	Services map[string]rawService `yaml:"services"`
 	Volumes  map[string]any        `yaml:"volumes"`
+	Networks map[string]*struct {
+		Ipam struct {
+			Config []struct {
+				Subnet string `yaml:"subnet"`
+			} `yaml:"config"`
+		} `yaml:"ipam"`
+	} `yaml:"networks"`
 }
 
 type rawService struct {
@@ -106,6 +117,7 @@ type rawService struct {
 	Volumes     []any    `yaml:"volumes"`
 	DependsOn   any      `yaml:"depends_on"`
 	Profiles    []string `yaml:"profiles"`
+	Networks    any      `yaml:"networks"`
 	Healthcheck *struct {
 		Test    any  `yaml:"test"`
 		Disable bool `yaml:"disable"`
@@ -124,6 +136,8 @@ type service struct {
 	dependsOn  map[string]string // service -> condition
 	profiles   []string
 	healthTest []string // nil: no health check
+	// networks: the networks the service is on, each with its fixed IPv4 address (invalid: none).
+	networks map[string]netip.Addr
 }
 
 type buildSpec struct{ context, dockerfile string }
@@ -192,11 +206,47 @@ func (c *deployCheck) loadCompose() (map[string]*service, map[string]bool) {
 	for name := range raw.Volumes {
 		volumes[name] = true
 	}
+	c.subnets = map[string][]netip.Prefix{}
+	for name, n := range raw.Networks {
+		if n == nil {
+			continue
+		}
+		for _, cfg := range n.Ipam.Config {
+			pre, err := netip.ParsePrefix(cfg.Subnet)
+			if err != nil {
+				c.problemf("network %s: subnet %q is not an IP prefix", name, cfg.Subnet)
+				continue
+			}
+			c.subnets[name] = append(c.subnets[name], pre)
+		}
+	}
 	return services, volumes
 }
 
 func (c *deployCheck) normalise(name string, r rawService) *service {
-	s := &service{name: name, image: r.Image, profiles: r.Profiles, env: map[string]string{}, dependsOn: map[string]string{}}
+	s := &service{name: name, image: r.Image, profiles: r.Profiles, env: map[string]string{}, dependsOn: map[string]string{}, networks: map[string]netip.Addr{}}
+	switch nets := r.Networks.(type) {
+	case nil:
+		s.networks["default"] = netip.Addr{}
+	case []any:
+		for _, n := range nets {
+			s.networks[str(n)] = netip.Addr{}
+		}
+	case map[string]any:
+		for n, spec := range nets {
+			var fixed netip.Addr
+			if m, ok := spec.(map[string]any); ok && m["ipv4_address"] != nil {
+				a, err := netip.ParseAddr(str(m["ipv4_address"]))
+				if err != nil {
+					c.problemf("service %s: network %s: ipv4_address %v is not an IP address", name, n, m["ipv4_address"])
+				}
+				fixed = a
+			}
+			s.networks[n] = fixed
+		}
+	default:
+		c.problemf("service %s: networks is a %T; want a list or a mapping", name, r.Networks)
+	}
 	switch b := r.Build.(type) {
 	case nil:
 	case string:
@@ -578,7 +628,78 @@ func (c *deployCheck) run() []string {
 	listen := c.checkGuestlistServices(names, services, df)
 	c.checkKurrentDB(names, services)
 	c.checkCollector(names, services, listen)
+	c.checkOriginEgress(names, services)
 	return c.problems
+}
+
+// checkOriginEgress: tenants choose their hostnames' origins, so what an edge may forward to
+// besides public addresses (GUESTLIST_ORIGIN_ALLOW) must not reach the event store, the API or the
+// projector, and must reach the demo origin. Every allowed prefix lies inside the subnet of a
+// network that none of those services is on, and the origin has a fixed address there that the
+// edge allows.
+func (c *deployCheck) checkOriginEgress(names []string, services map[string]*service) {
+	role := func(s *service) string {
+		switch {
+		case isKurrentDB(s):
+			return "store"
+		case c.guestlistImage(s) && len(s.command) > 0:
+			return s.command[0]
+		}
+		return ""
+	}
+	for _, n := range names {
+		edge := services[n]
+		if role(edge) != "edge" {
+			continue
+		}
+		v := edge.env["GUESTLIST_ORIGIN_ALLOW"]
+		policy, err := egress.Parse(v)
+		if err != nil {
+			c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW=%q: %v", n, v, err)
+			continue
+		}
+		for _, entry := range strings.Split(policy.String(), ",") {
+			if entry == "" {
+				continue
+			}
+			pre := netip.MustParsePrefix(entry)
+			network := ""
+			for net, subnets := range c.subnets {
+				if _, on := edge.networks[net]; !on {
+					continue
+				}
+				for _, sub := range subnets {
+					if sub.Bits() <= pre.Bits() && sub.Contains(pre.Addr()) {
+						network = net
+					}
+				}
+			}
+			if network == "" {
+				c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW allows %s, which is not inside the subnet of a network the edge is on (declare the origins' network with an ipam subnet)", n, pre)
+				continue
+			}
+			for _, other := range names {
+				if _, on := services[other].networks[network]; on && slices.Contains([]string{"store", "api", "projector"}, role(services[other])) {
+					c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW allows %s, in network %s, which %s is on: a tenant's origin URL could name it", n, pre, network, other)
+				}
+			}
+		}
+		for _, o := range names {
+			origin := services[o]
+			if role(origin) != "origin" {
+				continue
+			}
+			reachable := false
+			for net, fixed := range origin.networks {
+				if _, shared := edge.networks[net]; shared && fixed.IsValid() && policy.Check(fixed) == nil {
+					reachable = true
+				}
+			}
+			if !reachable {
+				c.problemf("service %s: the edge would refuse to forward to %s: it has no fixed address (ipv4_address) on a network the edge shares that GUESTLIST_ORIGIN_ALLOW allows", n, o)
+			}
+		}
+	}
 }
 
 func (c *deployCheck) checkDockerfile() dockerfileInfo {
@@ -1477,6 +1598,14 @@ func TestComposeStructureCatches(t *testing.T) {
 			old: "exporters: [otlp_grpc/jaeger]", new: "exporters: [otlp/jaeger]", want: `pipeline traces uses exporter "otlp/jaeger", which is not defined`},
 		{name: "fail/collector receiver on loopback", file: "deploy/otel-collector.yaml",
 			old: "endpoint: 0.0.0.0:4318", new: "endpoint: localhost:4318", want: "receivers.otlp.protocols.http listens on \"localhost:4318\""},
+		{name: "fail/origin allow reaches the control plane's network", file: composeFileName,
+			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10}", new: "${GUESTLIST_ORIGIN_ALLOW:-172.16.0.0/12}", want: "allows 172.16.0.0/12, which is not inside the subnet of a network the edge is on"},
+		{name: "fail/the API on the origins network", file: composeFileName,
+			old: "    command: [\"api\"]\n", new: "    command: [\"api\"]\n    networks: [default, origins]\n", want: "in network origins, which api is on"},
+		{name: "fail/origin not allowed", file: composeFileName,
+			old: "ipv4_address: 172.31.240.10", new: "ipv4_address: 172.31.240.11", want: "the edge would refuse to forward to origin"},
+		{name: "fail/origin allow not a prefix", file: composeFileName,
+			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10}", new: "${GUESTLIST_ORIGIN_ALLOW:-origin}", want: `GUESTLIST_ORIGIN_ALLOW="origin"`},
 		{name: "fail/root user", file: dockerfileName,
 			old: "USER 65532:65532", new: "USER root", want: `runs as "root"; want a non-root USER`},
 		{name: "fail/no user", file: dockerfileName,

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"guestlist.dev/edge/configset"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/projections/distribute"
 	"guestlist.dev/services/api/server"
 	"guestlist.dev/services/auth"
@@ -34,6 +35,10 @@ type devConfig struct {
 	TokenSource tokenSource
 	// DecisionLog is the path of the edge's decision log, or "-" for standard output.
 	DecisionLog string
+	// OriginAllow is what origins may be at besides public addresses (--origin-allow); nil means
+	// dev's default, loopback (egress.Loopback), where the demo echo origin and a developer's own
+	// services run.
+	OriginAllow *egress.Policy
 	// Version is the binary's version.
 	Version string
 	// Logger and TracerProvider are set up from --log-level, --log-format and the OTEL_* variables.
@@ -46,6 +51,14 @@ type devConfig struct {
 	// Role names the process in the banner: "dev" when empty; "api" and "projector" for the
 	// distributed roles, which serve through serveAPI with the fields they use.
 	Role string
+}
+
+// originAllow returns what the dev edge's origins may be at besides public addresses.
+func (c devConfig) originAllow() *egress.Policy {
+	if c.OriginAllow == nil {
+		return egress.Loopback()
+	}
+	return c.OriginAllow
 }
 
 // runControlPlane runs everything "guestlist dev" serves until ctx is done. It is a variable so that
@@ -209,6 +222,8 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 	format := &choiceFlag{value: "text", choices: []string{"text", "json"}}
 	fs.Var(format, "log-format", "log format: text or json")
 	decisionLog := fs.String("decision-log", "", "decision log: a file path, or - for standard output (default <data-dir>/decisions.jsonl)")
+	originAllow := &egressFlag{egress.Loopback()}
+	fs.Var(originAllow, "origin-allow", originAllowUsage+"; an empty value allows public addresses only")
 	if err := parseFlags(fs, args, env); err != nil {
 		return flagError(fs, err, stderr)
 	}
@@ -271,6 +286,7 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 		AdminToken:     tok,
 		TokenSource:    src,
 		DecisionLog:    *decisionLog,
+		OriginAllow:    originAllow.policy,
 		Version:        ver,
 		Logger:         logger,
 		TracerProvider: tp,

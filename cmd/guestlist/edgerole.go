@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"guestlist.dev/edge/echo"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/services/telemetry"
 )
 
@@ -34,6 +35,9 @@ type edgeConfig struct {
 	// ConfigAddrs are the ConfigService addresses; EdgeToken the bearer token presented to them.
 	ConfigAddrs []string
 	EdgeToken   string
+	// OriginAllow is what origins may be at besides public addresses (--origin-allow); nil
+	// allows public addresses only.
+	OriginAllow *egress.Policy
 	// ShutdownTimeout bounds the draining of open requests on SIGINT/SIGTERM; 0 means the
 	// enforce package's default.
 	ShutdownTimeout time.Duration
@@ -70,6 +74,8 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	fs.Var(edgeAddr, "edge-addr", "edge HTTPS address")
 	caDir := fs.String("edge-ca-dir", "", "edge CA directory (edge-ca.pem, edge-ca.key; created when missing; edges may share one) (default <data-dir>/edge)")
 	decisionLog := fs.String("decision-log", "", "decision log: a file path, or - for standard output (default <data-dir>/decisions.jsonl)")
+	originAllow := &egressFlag{}
+	fs.Var(originAllow, "origin-allow", originAllowUsage+" (default: none, public addresses only)")
 	if err := parseFlags(fs, args, env); err != nil {
 		return flagError(fs, err, stderr)
 	}
@@ -105,7 +111,7 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	defer renv.done()
 	cfg := edgeConfig{
 		DataDir: *rf.dataDir, EdgeID: *edgeID, EdgeAddr: edgeAddr.addr, HTTPAddr: rf.httpAddr.addr,
-		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token,
+		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token, OriginAllow: originAllow.policy,
 		Metrics: renv.metrics, TracerProvider: renv.tp, Version: renv.ver, Logger: renv.logger, Stdout: stdout,
 	}
 	if err := runEdgeRole(ctx, cfg); err != nil {
@@ -130,7 +136,7 @@ func serveEdgeRole(ctx context.Context, cfg edgeConfig) (err error) {
 	edge, err := p.addEdge(edgeOptions{
 		EdgeID: cfg.EdgeID, Addr: cfg.EdgeAddr, CADir: cfg.CADir, DecisionLog: cfg.DecisionLog,
 		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: cfg.EdgeToken, ConfigAddrs: cfg.ConfigAddrs,
-		ShutdownTimeout: cfg.ShutdownTimeout, Logger: cfg.Logger, TracerProvider: cfg.TracerProvider,
+		ShutdownTimeout: cfg.ShutdownTimeout, Logger: cfg.Logger, TracerProvider: cfg.TracerProvider, Egress: cfg.OriginAllow,
 	})
 	if err != nil {
 		return fmt.Errorf("open: %w", err)

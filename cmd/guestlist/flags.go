@@ -9,6 +9,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+
+	"guestlist.dev/edge/egress"
 )
 
 // envPrefix starts the environment variable of every flag.
@@ -129,6 +131,23 @@ func (a *addrFlag) Set(s string) error {
 	a.addr = s
 	return nil
 }
+
+// egressFlag is the set of non-public addresses the edge may forward to (egress.Parse).
+type egressFlag struct{ policy *egress.Policy }
+
+func (e *egressFlag) String() string { return e.policy.String() }
+
+func (e *egressFlag) Set(s string) error {
+	p, err := egress.Parse(s)
+	if err != nil {
+		return err
+	}
+	e.policy = p
+	return nil
+}
+
+// originAllowUsage is the --origin-allow flag's description.
+const originAllowUsage = "addresses besides public ones that hostnames' origins may be at (tenants choose origins, so the edge refuses to forward into private, loopback or link-local networks unless they are listed here): IP prefixes or addresses, comma-separated, e.g. 10.1.0.0/16,fd00::/8"
 
 // tokenFlag is a bearer token: printable ASCII without spaces, so that it fits an HTTP header.
 type tokenFlag struct{ token string }

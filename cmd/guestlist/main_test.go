@@ -66,6 +66,9 @@ func TestDevFlagsEnvPrecedence(t *testing.T) {
 				if c.DecisionLog != filepath.Join(dir, "decisions.jsonl") {
 					return "decision log default is not <data-dir>/decisions.jsonl"
 				}
+				if got := c.originAllow().String(); got != "127.0.0.0/8,::1/128" {
+					return "dev's edge does not reach loopback origins (the echo origin) by default: " + got
+				}
 				return ""
 			},
 		},
@@ -86,6 +89,16 @@ func TestDevFlagsEnvPrecedence(t *testing.T) {
 			want: func(c devConfig) string {
 				if c.DataDir != dir || c.HTTPAddr != ":0" {
 					return "the command line did not win over the environment"
+				}
+				return ""
+			},
+		},
+		{
+			name: "origin allow emptied: public addresses only",
+			args: []string{"--data-dir", dir, "--origin-allow="},
+			want: func(c devConfig) string {
+				if c.OriginAllow == nil || c.originAllow().String() != "" {
+					return "an empty --origin-allow did not take loopback away"
 				}
 				return ""
 			},
@@ -121,6 +134,7 @@ func TestDevBadValues(t *testing.T) {
 		{args: []string{"extra"}, mention: "extra"},
 		{env: map[string]string{"GUESTLIST_LOG_LEVEL": "loud"}, mention: "GUESTLIST_LOG_LEVEL"},
 		{env: map[string]string{"GUESTLIST_EDGE_ADDR": "nope"}, mention: "GUESTLIST_EDGE_ADDR"},
+		{args: []string{"--origin-allow", "10.0.0.0/33"}, mention: "origin-allow"},
 	}
 	for _, tc := range cases {
 		called := false

@@ -299,7 +299,8 @@ func TestMultiProcess(t *testing.T) {
 		dataDir := filepath.Join(dir, fmt.Sprintf("edge%d", i+1))
 		e := &edgeProc{dataDir: dataDir, http: freeAddr(t), node: &devNode{t: t, api: "http://" + apiHTTP, token: admin, edge: freeAddr(t)}}
 		e.proc = newProc(t, bin, fmt.Sprintf("edge%d", i+1), "edge", "--data-dir", dataDir, "--edge-id", fmt.Sprintf("edge-%d", i+1),
-			"--config-addr", grpcAddr, "--edge-token", edgeToken, "--edge-addr", e.node.edge, "--http-addr", e.http, "--edge-ca-dir", caDir)
+			"--config-addr", grpcAddr, "--edge-token", edgeToken, "--edge-addr", e.node.edge, "--http-addr", e.http, "--edge-ca-dir", caDir,
+			"--origin-allow", "127.0.0.0/8") // the echo origin runs on this machine
 		edges[i] = e
 	}
 	startEdge := func(e *edgeProc) {

@@ -25,6 +25,7 @@ import (
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
 	"guestlist.dev/edge/echo"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/enforce"
 	"guestlist.dev/edge/servercert"
 	"guestlist.dev/edge/watch"
@@ -237,7 +238,9 @@ type edgeOptions struct {
 	ConfigAddrs []string
 	// ShutdownTimeout bounds the draining of open requests; 0 means enforce's default.
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
+	// Egress is what origins may be at besides public addresses; nil allows public ones only.
+	Egress *egress.Policy
+	Logger *slog.Logger
 	// TracerProvider makes the configuration update spans; nil means the global provider.
 	TracerProvider trace.TracerProvider
 }
@@ -287,7 +290,7 @@ func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 	}
 	srv, err := enforce.New(enforce.Config{
 		Addr: o.Addr, Configs: configs, Certificates: ca.GetCertificate, Log: dlog, EdgeID: o.EdgeID,
-		Logger: o.Logger.With("role", "edge"), ShutdownTimeout: o.ShutdownTimeout,
+		Logger: o.Logger.With("role", "edge"), ShutdownTimeout: o.ShutdownTimeout, Egress: o.Egress,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
@@ -399,6 +402,7 @@ func openDev(ctx context.Context, cfg devConfig) (_ *controlPlane, err error) {
 	edge, err := p.addEdge(edgeOptions{
 		EdgeID: devEdgeID, Addr: cfg.EdgeAddr, CADir: filepath.Join(cfg.DataDir, edgeCADir), DecisionLog: logPath,
 		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: edgeToken, Logger: cfg.Logger,
+		Egress: cfg.originAllow(),
 	})
 	if err != nil {
 		return nil, err

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"guestlist.dev/edge/configset"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/pkitest"
 	"guestlist.dev/services/auth"
 	"guestlist.dev/services/eventstore/boltstore"
@@ -210,10 +211,24 @@ func TestEdgeFlags(t *testing.T) {
 					return "config addresses or token wrong"
 				case c.Metrics == nil:
 					return "no /metrics handler"
+				case c.OriginAllow.String() != "":
+					return "origins are allowed beyond public addresses by default: " + c.OriginAllow.String()
 				}
 				return ""
 			},
 		},
+		{
+			name: "ok/origin networks allowed",
+			env:  map[string]string{"GUESTLIST_ORIGIN_ALLOW": "10.1.0.0/16, fd00::/8"},
+			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok},
+			check: func(c edgeConfig) string {
+				if got := c.OriginAllow.String(); got != "10.1.0.0/16,fd00::/8" {
+					return "GUESTLIST_ORIGIN_ALLOW not applied: " + got
+				}
+				return ""
+			},
+		},
+		{name: "fail/origin allow not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--origin-allow", "10.0.0.0/8,origin.internal"}, mention: `origin-allow: egress: entry 2, "origin.internal"`},
 		{
 			name: "ok/several config addresses from the environment",
 			env: map[string]string{
@@ -424,7 +439,7 @@ func startCluster(t *testing.T) *cluster {
 		DataDir: edgeDir, EdgeID: "edge-under-test", EdgeAddr: freeAddr(t), HTTPAddr: freeAddr(t),
 		CADir: filepath.Join(edgeDir, "ca"), DecisionLog: filepath.Join(edgeDir, "decisions.jsonl"),
 		ConfigAddrs: []string{c.projectors[0].cfg.GRPCAddr, c.projectors[1].cfg.GRPCAddr}, EdgeToken: clusterEdgeToken,
-		Logger: logger,
+		OriginAllow: egress.Loopback(), Logger: logger,
 	}
 	if err := os.MkdirAll(edgeDir, 0o700); err != nil {
 		t.Fatal(err)

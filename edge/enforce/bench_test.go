@@ -22,6 +22,7 @@ import (
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/pkitest"
 	"guestlist.dev/edge/servercert"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -82,7 +83,7 @@ func setupBench(b *testing.B) *benchSetup {
 		b.Fatal(err)
 	}
 	dlog := decisionlog.New(io.Discard)
-	edge, err := New(Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Log: dlog, EdgeID: "bench", Logger: testLogger(b)})
+	edge, err := New(Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Log: dlog, EdgeID: "bench", Logger: testLogger(b), Egress: egress.Loopback()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -106,7 +107,7 @@ func setupBench(b *testing.B) *benchSetup {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 		},
-		Transport:  NewTransport(),
+		Transport:  NewTransport(egress.Loopback()),
 		BufferPool: &bufs,
 	}
 	plain := &http.Server{

@@ -18,6 +18,7 @@ import (
 	"guestlist.dev/edge/certid"
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/pkitest"
 	"guestlist.dev/edge/servercert"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -663,7 +664,7 @@ func TestGracefulShutdownDrains(t *testing.T) {
 	edgeCA, _ := servercert.LoadOrCreateCA(t.TempDir())
 	out := &syncBuffer{}
 	log := decisionlog.New(out)
-	srv, err := New(Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Log: log, Logger: testLogger(t)})
+	srv, err := New(Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Log: log, Logger: testLogger(t), Egress: egress.Loopback()})
 	if err != nil {
 		t.Fatal(err)
 	}

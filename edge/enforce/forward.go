@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"guestlist.dev/edge/decision"
+	"guestlist.dev/edge/egress"
 )
 
 // maxOrigins bounds the cache of origin proxies; beyond it the cache is cleared.
@@ -24,9 +25,10 @@ const maxOrigins = 1 << 14
 
 // NewTransport returns the transport the edge forwards with when Config.Transport is nil: HTTP/1.1
 // keep-alive to origins (up to 1024 idle connections per origin), no proxy from the environment,
-// no compression, 64 KiB buffers.
-func NewTransport() *http.Transport {
-	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+// no compression, 64 KiB buffers; connections only to the addresses policy allows (see
+// Config.Egress; nil allows public addresses only).
+func NewTransport(policy *egress.Policy) *http.Transport {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, ControlContext: policy.Control}
 	return &http.Transport{
 		DialContext:           d.DialContext,
 		MaxIdleConns:          0, // no global limit
@@ -139,7 +141,7 @@ func (s *Server) newOrigin(raw string) *origin {
 	}
 	o := &origin{s: s, proxy: rp}
 	if s.cfg.Transport == nil {
-		o.lean = newLeanPool(target)
+		o.lean = newLeanPool(target, s.cfg.Egress)
 	}
 	return o
 }

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
@@ -497,7 +498,7 @@ func TestExchangeReleaseAfterClientGone(t *testing.T) {
 			_, _ = io.Copy(io.Discard, conn)
 		}
 	}()
-	p := newLeanPool(&url.URL{Scheme: "http", Host: ln.Addr().String()})
+	p := newLeanPool(&url.URL{Scheme: "http", Host: ln.Addr().String()}, egress.Loopback())
 	oc, err := p.dial(t.Context())
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
 	"guestlist.dev/edge/echo"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/pkitest"
 	"guestlist.dev/edge/servercert"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -101,6 +102,7 @@ func newEnv(t testing.TB, hosts ...*configv1.HostnameConfig) *env {
 		Log:          e.log,
 		EdgeID:       "edge-test",
 		Logger:       testLogger(t),
+		Egress:       egress.Loopback(), // the tests' origins are on loopback
 	})
 	if err != nil {
 		t.Fatal(err)

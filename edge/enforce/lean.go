@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"guestlist.dev/edge/egress"
 )
 
 // The lean proxy forwards requests without a body (GET, HEAD, DELETE, ... the bulk of API
@@ -53,6 +55,7 @@ type leanPool struct {
 	tls    *tls.Config // nil for http origins
 	prefix string      // the origin URL's escaped path ("" or "/..." )
 	query  string      // the origin URL's raw query
+	egress *egress.Policy
 	idle   chan *leanConn
 }
 
@@ -64,11 +67,12 @@ type leanConn struct {
 	q         quietState
 }
 
-func newLeanPool(target *url.URL) *leanPool {
+func newLeanPool(target *url.URL, policy *egress.Policy) *leanPool {
 	p := &leanPool{
-		addr:  target.Host,
-		query: target.RawQuery,
-		idle:  make(chan *leanConn, leanMaxIdle),
+		addr:   target.Host,
+		query:  target.RawQuery,
+		egress: policy,
+		idle:   make(chan *leanConn, leanMaxIdle),
 	}
 	if target.Port() == "" {
 		port := "80"
@@ -107,7 +111,7 @@ func (p *leanPool) get(ctx context.Context, leaveQuiet bool) (c *leanConn, reuse
 }
 
 func (p *leanPool) dial(ctx context.Context) (*leanConn, error) {
-	d := net.Dialer{Timeout: leanDialTimeout, KeepAlive: 30 * time.Second}
+	d := net.Dialer{Timeout: leanDialTimeout, KeepAlive: 30 * time.Second, ControlContext: p.egress.Control}
 	conn, err := d.DialContext(ctx, "tcp", p.addr)
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"guestlist.dev/edge/decision"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
@@ -22,7 +23,7 @@ func withMeter(t *testing.T, e *env) *sdkmetric.ManualReader {
 	t.Helper()
 	reader := sdkmetric.NewManualReader()
 	srv, err := New(Config{Addr: "127.0.0.1:0", Configs: e.store, Certificates: e.edgeCA.GetCertificate, Log: e.log, EdgeID: "edge-test",
-		Logger: testLogger(t), MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
+		Logger: testLogger(t), MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)), Egress: egress.Loopback()})
 	if err != nil {
 		t.Fatal(err)
 	}

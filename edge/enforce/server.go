@@ -90,6 +90,7 @@ import (
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
+	"guestlist.dev/edge/egress"
 )
 
 // DefaultShutdownTimeout is how long Serve waits for open requests when its context ends.
@@ -116,6 +117,12 @@ type Config struct {
 	Now func() time.Time
 	// ShutdownTimeout bounds the graceful shutdown of Serve; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// Egress says which addresses origins may be at. The edge connects only to public unicast
+	// addresses, and to those in the prefixes it allows; a request whose origin is elsewhere (the
+	// operator's own network, loopback, a cloud metadata service), by its URL or by what its name
+	// resolves to, gets a 502 and the log names the address. nil allows public addresses only.
+	// It does not apply to a Config.Transport, which must make its own checks.
+	Egress *egress.Policy
 	// Transport, when set, forwards every request with httputil.ReverseProxy over it (no lean
 	// proxy); nil means the lean proxy plus a transport tuned for the edge (see the package
 	// documentation).
@@ -222,7 +229,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("enforce: metrics: %w", err)
 	}
 	if s.transport == nil {
-		s.transport = NewTransport()
+		s.transport = NewTransport(cfg.Egress)
 	}
 	s.baseTLS = &tls.Config{
 		MinVersion:         tls.VersionTLS12,

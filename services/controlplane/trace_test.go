@@ -29,6 +29,7 @@ import (
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/echo"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/enforce"
 	"guestlist.dev/edge/pkitest"
 	"guestlist.dev/edge/servercert"
@@ -135,7 +136,7 @@ func startStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	edgeSrv, err := enforce.New(enforce.Config{Addr: "127.0.0.1:0", Configs: configs, Certificates: edgeCA.GetCertificate,
-		EdgeID: "edge-1", Logger: quiet, MeterProvider: mp})
+		EdgeID: "edge-1", Logger: quiet, MeterProvider: mp, Egress: egress.Loopback()})
 	if err != nil {
 		t.Fatal(err)
 	}

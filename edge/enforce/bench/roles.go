@@ -20,6 +20,7 @@ import (
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/decisionlog"
+	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/enforce"
 	"guestlist.dev/edge/enforce/bench/raworigin"
 	"guestlist.dev/edge/servercert"
@@ -303,6 +304,7 @@ func runEdge(args []string) error {
 		EdgeID:          "bench",
 		Logger:          logger,
 		ShutdownTimeout: 2 * time.Second,
+		Egress:          egress.Loopback(), // the bench's origins run on this machine
 	})
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
