@@ -22,6 +22,7 @@ import (
 	"hash/maphash"
 	"iter"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -103,10 +104,15 @@ func NewStore() *Store {
 // Load returns the current set. It does not lock and does not allocate.
 func (st *Store) Load() *Set { return st.cur.Load() }
 
-// Apply applies a Watch response to the current set and publishes the result, atomically: every
-// upsert is prepared first ([decision.Cache.Prepare]), and if any fails, or the response is not
-// acceptable, nothing changes and the error says why (the edge then sends a NACK and keeps its
-// last good configuration).
+// Apply applies a Watch response to the current set and publishes the result, atomically.
+//
+// An upsert whose configuration cannot be prepared ([decision.Cache.Prepare]: a policy this
+// edge's version cannot compile, a CA that does not parse) does not hold up the others: its
+// hostname is left out of the set (and removed, if the set had it), so that the edge refuses it as
+// it refuses an unknown hostname rather than serve a configuration its tenant has replaced (say,
+// one trusting a CA since removed); the rest is applied, and Apply returns a *RefusedError naming
+// each hostname left out, the set being at the response's position. Any other error leaves the set
+// as it was (the edge then sends a NACK and keeps its last good configuration).
 //
 // A snapshot replaces the whole set; a change (snapshot = false) upserts and removes hostnames
 // in the current set. A response sent in parts (more = true on all but the last) must be joined
@@ -120,11 +126,42 @@ func (st *Store) Apply(resp *configv1.WatchResponse) error {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.apply(resp)
+	return st.apply(resp, false)
 }
 
-// apply is Apply, with st.mu held.
-func (st *Store) apply(resp *configv1.WatchResponse) error {
+// RefusedError is Apply's report of the hostnames it left out of a response it applied.
+type RefusedError struct {
+	// Position is the response's position, where the set now is.
+	Position uint64
+	// Refused are the hostnames left out, in the order of the response's upserts.
+	Refused []RefusedHostname
+}
+
+// RefusedHostname is a hostname Apply left out, and why.
+type RefusedHostname struct {
+	// Hostname is the name the upsert gave.
+	Hostname string
+	// Index is the upsert's index in the response.
+	Index int
+	// Err is why its configuration could not be prepared.
+	Err error
+}
+
+func (e *RefusedError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "configset: response at position %d applied without %d hostname(s) whose configuration could not be prepared:", e.Position, len(e.Refused))
+	for i, r := range e.Refused {
+		if i > 0 {
+			b.WriteByte(';')
+		}
+		fmt.Fprintf(&b, " upserts[%d] (%q): %v", r.Index, r.Hostname, r.Err)
+	}
+	return b.String()
+}
+
+// apply is Apply, with st.mu held. With strict, an upsert that cannot be prepared refuses the
+// whole response instead (LoadFile: a saved set holds only configurations prepared before).
+func (st *Store) apply(resp *configv1.WatchResponse, strict bool) error {
 	cur := st.cur.Load()
 	pos := resp.GetPosition()
 	fail := func(format string, args ...any) error {
@@ -165,9 +202,15 @@ func (st *Store) apply(resp *configv1.WatchResponse) error {
 			}
 		}
 	}
-	prepared, err := st.prepare(upserts)
-	if err != nil {
-		return fail("%v", err)
+	prepared, errs := st.prepare(upserts)
+	var refused []RefusedHostname
+	for i, err := range errs {
+		if err != nil {
+			if strict {
+				return fail("upserts[%d]: %v", i, err)
+			}
+			refused = append(refused, RefusedHostname{Hostname: upserts[i].GetHostname(), Index: i, Err: err})
+		}
 	}
 
 	st.edits++
@@ -176,14 +219,23 @@ func (st *Store) apply(resp *configv1.WatchResponse) error {
 	if !resp.GetSnapshot() {
 		next.root, next.n = cur.root, cur.n
 	}
-	for _, name := range resp.GetRemovals() {
+	remove := func(name string) {
 		var removed bool
 		next.root, removed = t.remove(next.root, 0, t.hash(name), name)
 		if removed {
 			next.n--
 		}
 	}
+	for _, name := range resp.GetRemovals() {
+		remove(name)
+	}
+	for _, r := range refused {
+		remove(r.Hostname)
+	}
 	for i, h := range prepared {
+		if h == nil {
+			continue // refused
+		}
 		name := h.Name()
 		var added bool
 		next.root, added = t.insert(next.root, 0, t.hash(name), h)
@@ -194,6 +246,9 @@ func (st *Store) apply(resp *configv1.WatchResponse) error {
 		}
 	}
 	st.cur.Store(next)
+	if len(refused) > 0 {
+		return &RefusedError{Position: pos, Refused: refused}
+	}
 	return nil
 }
 
@@ -201,58 +256,48 @@ func (st *Store) apply(resp *configv1.WatchResponse) error {
 // prepared on the calling goroutine.
 const prepareChunk = 256
 
-// prepare prepares the upserts, on all CPUs when there are many. The error is that of the first
-// failing upsert in order, whatever the scheduling.
-func (st *Store) prepare(upserts []*configv1.HostnameConfig) ([]*decision.Hostname, error) {
-	out := make([]*decision.Hostname, len(upserts))
+// prepare prepares the upserts, on all CPUs when there are many: out[i] is upserts[i] prepared,
+// or nil and errs[i] why it could not be (errs is nil when every upsert was prepared).
+func (st *Store) prepare(upserts []*configv1.HostnameConfig) (out []*decision.Hostname, errs []error) {
+	out = make([]*decision.Hostname, len(upserts))
+	var failed atomic.Bool
+	all := make([]error, len(upserts))
+	one := func(i int) {
+		h, err := st.cache.Prepare(upserts[i])
+		if err != nil {
+			all[i] = err
+			failed.Store(true)
+			return
+		}
+		out[i] = h
+	}
 	chunks := (len(upserts) + prepareChunk - 1) / prepareChunk
 	workers := min(runtime.GOMAXPROCS(0), chunks)
 	if workers <= 1 {
-		for i, u := range upserts {
-			h, err := st.cache.Prepare(u)
-			if err != nil {
-				return nil, fmt.Errorf("upserts[%d]: %w", i, err)
-			}
-			out[i] = h
+		for i := range upserts {
+			one(i)
 		}
-		return out, nil
-	}
-	// Chunks are claimed in order and always finished once claimed, so when a worker fails and
-	// the others stop claiming, every chunk before the failing one has been prepared entirely.
-	var (
-		next   atomic.Int64
-		failed atomic.Bool
-		mu     sync.Mutex
-		first  = -1
-		ferr   error
-		wg     sync.WaitGroup
-	)
-	for range workers {
-		wg.Go(func() {
-			for !failed.Load() {
-				c := int(next.Add(1) - 1)
-				if c >= chunks {
-					return
-				}
-				for i := c * prepareChunk; i < min((c+1)*prepareChunk, len(upserts)); i++ {
-					h, err := st.cache.Prepare(upserts[i])
-					if err != nil {
-						mu.Lock()
-						if first < 0 || i < first {
-							first, ferr = i, err
-						}
-						mu.Unlock()
-						failed.Store(true)
-						break
+	} else {
+		// Each chunk is claimed by one worker, which alone writes its indexes of out and all.
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				for {
+					c := int(next.Add(1) - 1)
+					if c >= chunks {
+						return
 					}
-					out[i] = h
+					for i := c * prepareChunk; i < min((c+1)*prepareChunk, len(upserts)); i++ {
+						one(i)
+					}
 				}
-			}
-		})
+			})
+		}
+		wg.Wait()
 	}
-	wg.Wait()
-	if ferr != nil {
-		return nil, fmt.Errorf("upserts[%d]: %w", first, ferr)
+	if failed.Load() {
+		return out, all
 	}
 	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -140,8 +141,6 @@ func TestPreparedHostnamesDecide(t *testing.T) {
 }
 
 func TestRefused(t *testing.T) {
-	bad := cfg(t, "bad.example.com", 5)
-	bad.Policy.Rules[0].Expression = "cret.verified"
 	tests := []struct {
 		name string
 		resp *configv1.WatchResponse
@@ -149,14 +148,6 @@ func TestRefused(t *testing.T) {
 	}{
 		{"fail/nil", nil, "no response"},
 		{"fail/position backwards", snapshot(9, cfg(t, "x.example.com", 1)), "position goes backwards"},
-		{"fail/bad upsert", delta(11, nil, cfg(t, "x.example.com", 11), bad), `upserts[1]: decision: hostname "bad.example.com": policy "p": rule "verified"`},
-		{"fail/bad upsert in snapshot", snapshot(11, cfg(t, "x.example.com", 11), bad), `upserts[1]`},
-		{"fail/unparsable CA", delta(11, nil, func() *configv1.HostnameConfig {
-			c := cfg(t, "x.example.com", 11)
-			c.CertificateAuthorities[0].CertificateDer = []byte{1, 2, 3}
-			return c
-		}()), "certificate_der does not parse"},
-		{"fail/hostname not normalised", delta(11, nil, cfg(t, "X.example.com", 11)), "not in normal form"},
 		{"fail/part", &configv1.WatchResponse{Position: 11, Snapshot: true, More: true}, "more = true"},
 		{"fail/removals in snapshot", &configv1.WatchResponse{Position: 11, Snapshot: true, Removals: []string{"a.example.com"}}, "snapshot with 1 removals"},
 		{"fail/upserted twice in a change", delta(11, nil, cfg(t, "x.example.com", 11), cfg(t, "x.example.com", 11)), `upserts[0] and upserts[1] are both "x.example.com"`},
@@ -194,8 +185,58 @@ func TestRefused(t *testing.T) {
 	})
 }
 
-// TestBadUpsertInLargeResponse checks that the parallel preparation reports the first failing
-// upsert and leaves the set unchanged.
+// TestBadUpsertsLeftOut: an upsert that cannot be prepared does not hold up the rest of its
+// response (other tenants' revocations, say); its hostname is left out of the set, also when the
+// set had it, so that the edge refuses it rather than serve a configuration since replaced.
+func TestBadUpsertsLeftOut(t *testing.T) {
+	badPolicy := func(name string, v uint64) *configv1.HostnameConfig {
+		c := cfg(t, name, v)
+		c.Policy.Rules[0].Expression = "cret.verified"
+		return c
+	}
+	badCA := func(name string, v uint64) *configv1.HostnameConfig {
+		c := cfg(t, name, v)
+		c.CertificateAuthorities[0].CertificateDer = []byte{1, 2, 3}
+		return c
+	}
+	tests := []struct {
+		name    string
+		resp    *configv1.WatchResponse
+		want    map[string]uint64 // the set after, at the response's position
+		refused []string          // in the error: `upserts[i] ("name"): cause`
+	}{
+		{"ok/bad policy in a change", delta(11, nil, cfg(t, "x.example.com", 11), badPolicy("bad.example.com", 11)),
+			map[string]uint64{"a.example.com": 3, "b.example.com": 4, "x.example.com": 11}, []string{`upserts[1] ("bad.example.com"): decision: hostname "bad.example.com": policy "p": rule "verified"`}},
+		{"ok/bad update of a served hostname removes it", delta(11, []string{"b.example.com"}, badCA("a.example.com", 11)),
+			map[string]uint64{}, []string{`upserts[0] ("a.example.com")`, "certificate_der does not parse"}},
+		{"ok/bad upserts in a snapshot", snapshot(11, badPolicy("a.example.com", 11), cfg(t, "x.example.com", 11), badCA("y.example.com", 11)),
+			map[string]uint64{"x.example.com": 11}, []string{`upserts[0] ("a.example.com")`, `upserts[2] ("y.example.com")`}},
+		{"ok/hostname not normalised", delta(11, nil, cfg(t, "X.example.com", 11)),
+			map[string]uint64{"a.example.com": 3, "b.example.com": 4}, []string{`upserts[0] ("X.example.com")`, "not in normal form"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := NewStore()
+			if err := st.Apply(snapshot(10, cfg(t, "a.example.com", 3), cfg(t, "b.example.com", 4))); err != nil {
+				t.Fatal(err)
+			}
+			err := st.Apply(tc.resp)
+			var refused *RefusedError
+			if !errors.As(err, &refused) || refused.Position != 11 {
+				t.Fatalf("Apply = %v, want a *RefusedError at position 11", err)
+			}
+			for _, w := range tc.refused {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			check(t, st.Load(), 11, tc.want)
+		})
+	}
+}
+
+// TestBadUpsertInLargeResponse checks that the parallel preparation reports every failing upsert,
+// in order, and applies the others.
 func TestBadUpsertInLargeResponse(t *testing.T) {
 	st := NewStore()
 	if err := st.Apply(snapshot(1, cfg(t, "keep.example.com", 1))); err != nil {
@@ -204,19 +245,24 @@ func TestBadUpsertInLargeResponse(t *testing.T) {
 	var ups []*configv1.HostnameConfig
 	for i := range 3000 {
 		c := cfg(t, fmt.Sprintf("h%d.example.com", i), 2)
-		if i == 1700 || i == 2900 {
+		if i == 1700 || i == 2900 || i == 3 {
 			c.Mode = 0
 		}
 		ups = append(ups, c)
 	}
 	for range 3 {
 		err := st.Apply(snapshot(2, ups...))
-		if err == nil || !strings.Contains(err.Error(), "upserts[1700]") {
+		var refused *RefusedError
+		if !errors.As(err, &refused) || len(refused.Refused) != 3 ||
+			refused.Refused[0].Index != 3 || refused.Refused[1].Index != 1700 || refused.Refused[2].Index != 2900 ||
+			refused.Refused[1].Hostname != "h1700.example.com" {
 			t.Fatalf("Apply = %v", err)
 		}
+		if _, ok := st.Load().Lookup("h1700.example.com"); ok || st.Load().Len() != 2997 || st.Load().Position() != 2 {
+			t.Fatalf("set at %d with %d hostnames", st.Load().Position(), st.Load().Len())
+		}
 	}
-	check(t, st.Load(), 1, map[string]uint64{"keep.example.com": 1})
-	ups[1700].Mode, ups[2900].Mode = configv1.MtlsMode_MTLS_MODE_REPORT, configv1.MtlsMode_MTLS_MODE_REPORT
+	ups[1700].Mode, ups[2900].Mode, ups[3].Mode = configv1.MtlsMode_MTLS_MODE_REPORT, configv1.MtlsMode_MTLS_MODE_REPORT, configv1.MtlsMode_MTLS_MODE_REPORT
 	if err := st.Apply(snapshot(2, ups...)); err != nil {
 		t.Fatal(err)
 	}

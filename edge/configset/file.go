@@ -145,7 +145,7 @@ func (st *Store) LoadFile(path string) error {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if err := st.apply(resp); err != nil {
+	if err := st.apply(resp, true); err != nil {
 		return fmt.Errorf("configset: load %s: %w", path, err)
 	}
 	return nil

@@ -46,8 +46,7 @@ func TestUpdateSpansAndMetrics(t *testing.T) {
 			Traceparent: carrier.Get("traceparent"), Tracestate: carrier.Get("tracestate")})
 		push(acks, s.recv())
 		<-release
-		bad := hostCfg("c.example.com", 7, ca, "http://127.0.0.1:1")
-		bad.CertificateAuthorities[0].CertificateDer = []byte("garbage")
+		bad := hostCfg("c.example.com", 8, ca, "http://127.0.0.1:1") // a version beyond the position
 		s.send(&configv1.WatchResponse{Position: 7, Upserts: []*configv1.HostnameConfig{bad}})
 		push(acks, s.recv())
 		<-s.stream.Context().Done()

@@ -286,9 +286,19 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			w.tel.endUpdate(span, err)
 			return applied, w.nack(spanCtx, stream, resp.GetPosition(), err)
 		}
+		ack := &configv1.WatchRequest{AckPosition: full.GetPosition()}
 		if err := w.store.Apply(full); err != nil {
-			w.tel.endUpdate(span, err)
-			return applied, w.nack(spanCtx, stream, full.GetPosition(), err)
+			var refused *configset.RefusedError
+			if !errors.As(err, &refused) {
+				w.tel.endUpdate(span, err)
+				return applied, w.nack(spanCtx, stream, full.GetPosition(), err)
+			}
+			// Applied without these hostnames, which the edge now refuses (configset.Store.Apply).
+			for _, r := range refused.Refused {
+				w.log.ErrorContext(spanCtx, "left a hostname out of the configuration: its configuration could not be prepared; its handshakes fail until a configuration that can be arrives",
+					"hostname", r.Hostname, "position", full.GetPosition(), "error", r.Err)
+				ack.Refused = append(ack.Refused, &configv1.RefusedHostname{Hostname: r.Hostname, Error: r.Err.Error()})
+			}
 		}
 		if !applied && w.opts.OnStatus != nil {
 			w.opts.OnStatus(nil)
@@ -303,7 +313,7 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			default: // a save is pending; it will write the current set
 			}
 		}
-		if err := stream.Send(&configv1.WatchRequest{AckPosition: full.GetPosition()}); err != nil {
+		if err := stream.Send(ack); err != nil {
 			return applied, fmt.Errorf("watch: send ack for position %d: %w", full.GetPosition(), recvErr(stream, err))
 		}
 	}

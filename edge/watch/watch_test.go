@@ -228,8 +228,7 @@ func TestRefusedResponseIsNackedAndOldConfigKept(t *testing.T) {
 			s.send(&configv1.WatchResponse{Position: 2, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 2, ca, "http://127.0.0.1:1")}})
 			push(acks, s.recv())
 		}
-		bad := hostCfg("b.example.com", 3, ca, "http://127.0.0.1:1")
-		bad.CertificateAuthorities[0].CertificateDer = []byte("garbage")
+		bad := hostCfg("b.example.com", 9, ca, "http://127.0.0.1:1") // a version beyond the position
 		s.send(&configv1.WatchResponse{Position: 3, Upserts: []*configv1.HostnameConfig{bad}})
 		push(acks, s.recv())
 		// The client closes its side after a refusal.
@@ -254,6 +253,56 @@ func TestRefusedResponseIsNackedAndOldConfigKept(t *testing.T) {
 	}
 	if store.Load().Position() != 2 || store.Load().Len() != 1 {
 		t.Errorf("store at %d with %d hostnames", store.Load().Position(), store.Load().Len())
+	}
+}
+
+// TestUnpreparableHostnameLeftOut: a hostname whose configuration the edge cannot prepare does
+// not hold up the rest of the response, nor the responses after it (a NACK would, for every
+// tenant: the edge would resume before it and be sent it again): the edge applies the rest,
+// refuses that hostname (removed, though it served it before), acknowledges the position naming
+// it, and streams on.
+func TestUnpreparableHostnameLeftOut(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	acks := make(chan *configv1.WatchRequest, 10)
+	sessions := make(chan struct{}, 10)
+	script := func(s *session) error {
+		sessions <- struct{}{}
+		s.send(&configv1.WatchResponse{Position: 2, Snapshot: true, Upserts: []*configv1.HostnameConfig{
+			hostCfg("a.example.com", 2, ca, "http://127.0.0.1:1"), hostCfg("b.example.com", 2, ca, "http://127.0.0.1:1"),
+		}})
+		push(acks, s.recv())
+		bad := hostCfg("b.example.com", 3, ca, "http://127.0.0.1:1")
+		bad.CertificateAuthorities[0].CertificateDer = []byte("garbage")
+		s.send(&configv1.WatchResponse{Position: 3, Upserts: []*configv1.HostnameConfig{bad, hostCfg("c.example.com", 3, ca, "http://127.0.0.1:1")}})
+		push(acks, s.recv())
+		s.send(&configv1.WatchResponse{Position: 4, Upserts: []*configv1.HostnameConfig{hostCfg("d.example.com", 4, ca, "http://127.0.0.1:1")}})
+		push(acks, s.recv())
+		<-s.stream.Context().Done()
+		return nil
+	}
+	_, addr := startServer(t, script)
+	store := configset.NewStore()
+	runWatch(t, dial(t, addr), store, Options{Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond}})
+	if a := <-acks; a.GetAckPosition() != 2 || a.GetError() != "" || len(a.GetRefused()) != 0 {
+		t.Errorf("first ack %v", a)
+	}
+	a := <-acks
+	if a.GetAckPosition() != 3 || a.GetError() != "" || len(a.GetRefused()) != 1 ||
+		a.GetRefused()[0].GetHostname() != "b.example.com" || !strings.Contains(a.GetRefused()[0].GetError(), "certificate_der") {
+		t.Errorf("ack of the response with the bad hostname: %v; want ack_position 3 refusing b.example.com", a)
+	}
+	if a := <-acks; a.GetAckPosition() != 4 || a.GetError() != "" {
+		t.Errorf("ack of the next response: %v", a)
+	}
+	set := store.Load()
+	if set.Position() != 4 || set.Len() != 3 {
+		t.Errorf("set at %d with %d hostnames, want 4 with a, c and d", set.Position(), set.Len())
+	}
+	if _, ok := set.Lookup("b.example.com"); ok {
+		t.Error("b.example.com is still served with its configuration from before the one the edge could not prepare")
+	}
+	if len(sessions) != 1 {
+		t.Errorf("%d sessions; the edge reconnected", len(sessions))
 	}
 }
 

@@ -17,7 +17,8 @@
 //
 // The edge acknowledges the last part of each response with ack_position, or refuses it with
 // error set (a NACK: the server logs it and streams on; the edge keeps its last good
-// configuration). An ack of position p answers every response up to p. The server keeps at most
+// configuration). An ack may list hostnames the edge could not prepare and left out (refused);
+// the server logs them. An ack of position p answers every response up to p. The server keeps at most
 // Window responses unanswered and waits for acks before sending more; an edge that stops reading
 // falls behind the projector's ring of changes and gets a fresh snapshot when it resumes.
 //
@@ -315,6 +316,10 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 		nack := req.GetError() != ""
 		if nack {
 			log.Warn("distribute: edge refused configuration", "position", pos, "error", req.GetError())
+		}
+		for _, r := range req.GetRefused() {
+			log.Warn("distribute: edge applied the configuration without a hostname it could not prepare, and refuses that hostname",
+				"position", pos, "hostname", r.GetHostname(), "error", r.GetError())
 		}
 		w.mu.Lock()
 		if pos > w.sent {

@@ -520,7 +520,12 @@ type WatchRequest struct {
 	AckPosition uint64 `protobuf:"varint,3,opt,name=ack_position,json=ackPosition,proto3" json:"ack_position,omitempty"`
 	// Set instead when the edge could not apply the response at ack_position (NACK); the edge keeps
 	// its last good configuration.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// With an ACK: the hostnames of the response whose configuration the edge could not prepare
+	// (one its version cannot compile, say). The edge applied the rest of the response and does not
+	// serve these hostnames (their handshakes fail, as an unknown hostname's do) until a later
+	// response brings a configuration it can prepare; the other hostnames' updates are not held up.
+	Refused       []*RefusedHostname `protobuf:"bytes,5,rep,name=refused,proto3" json:"refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -583,6 +588,68 @@ func (x *WatchRequest) GetError() string {
 	return ""
 }
 
+func (x *WatchRequest) GetRefused() []*RefusedHostname {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+// RefusedHostname is a hostname an edge left out of a response it acknowledged, and why.
+type RefusedHostname struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The hostname, as the response named it.
+	Hostname string `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// Why its configuration could not be prepared.
+	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefusedHostname) Reset() {
+	*x = RefusedHostname{}
+	mi := &file_guestlist_config_v1_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefusedHostname) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefusedHostname) ProtoMessage() {}
+
+func (x *RefusedHostname) ProtoReflect() protoreflect.Message {
+	mi := &file_guestlist_config_v1_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefusedHostname.ProtoReflect.Descriptor instead.
+func (*RefusedHostname) Descriptor() ([]byte, []int) {
+	return file_guestlist_config_v1_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RefusedHostname) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *RefusedHostname) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // WatchResponse is a snapshot or a change.
 type WatchResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -613,7 +680,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_guestlist_config_v1_config_proto_msgTypes[6]
+	mi := &file_guestlist_config_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +692,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_config_v1_config_proto_msgTypes[6]
+	mi := &file_guestlist_config_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +705,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_guestlist_config_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_guestlist_config_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchResponse) GetPosition() uint64 {
@@ -725,12 +792,16 @@ const file_guestlist_config_v1_config_proto_rawDesc = "" +
 	"\x06action\x18\x02 \x01(\x0e2\x1b.guestlist.config.v1.ActionR\x06action\x12\x1e\n" +
 	"\n" +
 	"expression\x18\x03 \x01(\tR\n" +
-	"expression\"\x89\x01\n" +
+	"expression\"\xc9\x01\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\aedge_id\x18\x01 \x01(\tR\x06edgeId\x12'\n" +
 	"\x0fresume_position\x18\x02 \x01(\x04R\x0eresumePosition\x12!\n" +
 	"\fack_position\x18\x03 \x01(\x04R\vackPosition\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\xf8\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12>\n" +
+	"\arefused\x18\x05 \x03(\v2$.guestlist.config.v1.RefusedHostnameR\arefused\"C\n" +
+	"\x0fRefusedHostname\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\xf8\x01\n" +
 	"\rWatchResponse\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x04R\bposition\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12=\n" +
@@ -766,7 +837,7 @@ func file_guestlist_config_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_guestlist_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_guestlist_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_guestlist_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_guestlist_config_v1_config_proto_goTypes = []any{
 	(MtlsMode)(0),                       // 0: guestlist.config.v1.MtlsMode
 	(Action)(0),                         // 1: guestlist.config.v1.Action
@@ -776,7 +847,8 @@ var file_guestlist_config_v1_config_proto_goTypes = []any{
 	(*Policy)(nil),                      // 5: guestlist.config.v1.Policy
 	(*Rule)(nil),                        // 6: guestlist.config.v1.Rule
 	(*WatchRequest)(nil),                // 7: guestlist.config.v1.WatchRequest
-	(*WatchResponse)(nil),               // 8: guestlist.config.v1.WatchResponse
+	(*RefusedHostname)(nil),             // 8: guestlist.config.v1.RefusedHostname
+	(*WatchResponse)(nil),               // 9: guestlist.config.v1.WatchResponse
 }
 var file_guestlist_config_v1_config_proto_depIdxs = []int32{
 	0, // 0: guestlist.config.v1.HostnameConfig.mode:type_name -> guestlist.config.v1.MtlsMode
@@ -785,14 +857,15 @@ var file_guestlist_config_v1_config_proto_depIdxs = []int32{
 	5, // 3: guestlist.config.v1.HostnameConfig.policy:type_name -> guestlist.config.v1.Policy
 	6, // 4: guestlist.config.v1.Policy.rules:type_name -> guestlist.config.v1.Rule
 	1, // 5: guestlist.config.v1.Rule.action:type_name -> guestlist.config.v1.Action
-	2, // 6: guestlist.config.v1.WatchResponse.upserts:type_name -> guestlist.config.v1.HostnameConfig
-	7, // 7: guestlist.config.v1.ConfigService.Watch:input_type -> guestlist.config.v1.WatchRequest
-	8, // 8: guestlist.config.v1.ConfigService.Watch:output_type -> guestlist.config.v1.WatchResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	8, // 6: guestlist.config.v1.WatchRequest.refused:type_name -> guestlist.config.v1.RefusedHostname
+	2, // 7: guestlist.config.v1.WatchResponse.upserts:type_name -> guestlist.config.v1.HostnameConfig
+	7, // 8: guestlist.config.v1.ConfigService.Watch:input_type -> guestlist.config.v1.WatchRequest
+	9, // 9: guestlist.config.v1.ConfigService.Watch:output_type -> guestlist.config.v1.WatchResponse
+	9, // [9:10] is the sub-list for method output_type
+	8, // [8:9] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_guestlist_config_v1_config_proto_init() }
@@ -806,7 +879,7 @@ func file_guestlist_config_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guestlist_config_v1_config_proto_rawDesc), len(file_guestlist_config_v1_config_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
