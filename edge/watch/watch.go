@@ -11,7 +11,11 @@
 // error), the store keeps its configuration, and the stream is closed and reopened after a
 // back-off, resuming from the store's position: the edge never skips a change it could not apply,
 // so the position it reports (config_revision in the decision log) always describes exactly the
-// configuration it enforces.
+// configuration it enforces. The one exception is a hostname whose own configuration cannot be
+// prepared (configset.RefusedError): the response is applied without it, the edge refuses that
+// hostname as an unknown one (its handshakes fail, so no decision names a configuration it does not
+// enforce), and the acknowledgement lists it (refused), so that one tenant's configuration cannot
+// hold up every other tenant's changes.
 //
 // Saving runs on its own goroutine and coalesces: while one Save is in progress, further applied
 // responses only mark the set dirty, and the next Save writes the then current set. A large
@@ -69,7 +73,8 @@ type Options struct {
 	// sends none.
 	Token string
 	// StatePath is where the configuration is persisted (configset.Store.Save after applied
-	// responses, coalesced) and loaded from at start; empty disables persistence.
+	// responses, coalesced) and loaded from at start, unless the store already holds a complete
+	// configuration (the caller loaded it); empty disables persistence.
 	StatePath string
 	// Logger receives the client's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -204,24 +209,26 @@ func (w *watcher) saver(ctx context.Context, done chan<- struct{}) {
 	}
 }
 
-// loadState loads the persisted configuration, if any.
+// loadState loads the persisted configuration, if any and if the store holds none yet.
 func (w *watcher) loadState() {
 	if w.opts.StatePath == "" {
 		return
 	}
-	err := w.store.LoadFile(w.opts.StatePath)
-	switch {
-	case err == nil && w.store.Load().Complete():
-		if fi, err := os.Stat(w.opts.StatePath); err == nil {
-			w.tel.lastUpdate.Store(fi.ModTime().UnixNano())
+	if !w.store.Load().Complete() {
+		if err := w.store.LoadFile(w.opts.StatePath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			w.log.Error("the saved configuration cannot be used; starting without it", "path", w.opts.StatePath, "error", err)
+			return
 		}
-		w.log.Info("serving the saved configuration until the control plane answers",
-			"path", w.opts.StatePath, "position", w.store.Load().Position())
-	case err == nil || errors.Is(err, fs.ErrNotExist):
-		w.log.Info("no saved configuration", "path", w.opts.StatePath)
-	default:
-		w.log.Error("the saved configuration cannot be used; starting without it", "path", w.opts.StatePath, "error", err)
 	}
+	if !w.store.Load().Complete() {
+		w.log.Info("no saved configuration", "path", w.opts.StatePath)
+		return
+	}
+	if fi, err := os.Stat(w.opts.StatePath); err == nil {
+		w.tel.lastUpdate.Store(fi.ModTime().UnixNano())
+	}
+	w.log.Info("serving the saved configuration until the control plane answers",
+		"path", w.opts.StatePath, "position", w.store.Load().Position())
 }
 
 // delay returns the jittered back-off before reconnection attempt n (0-based).

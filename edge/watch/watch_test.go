@@ -538,3 +538,40 @@ func TestOnStatus(t *testing.T) {
 		t.Errorf("second status %v, want nil (a response applied)", got[1])
 	}
 }
+
+// TestStateNotLoadedAgain: Run loads the saved configuration only into a store that holds none
+// (the edge's command loads it first, to serve while Run starts; a large file was read and
+// prepared twice).
+func TestStateNotLoadedAgain(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	state := filepath.Join(t.TempDir(), "edge-config.bin")
+	saved := configset.NewStore()
+	if err := saved.Apply(&configv1.WatchResponse{Position: 7, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 7, ca, "http://127.0.0.1:1")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := saved.Save(state); err != nil {
+		t.Fatal(err)
+	}
+	srv, addr := startServer(t, func(s *session) error {
+		<-s.stream.Context().Done()
+		return nil
+	})
+
+	// A store that holds a configuration already: Run leaves it as it is.
+	held := configset.NewStore()
+	if err := held.Apply(&configv1.WatchResponse{Position: 5, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("b.example.com", 5, ca, "http://127.0.0.1:1")}}); err != nil {
+		t.Fatal(err)
+	}
+	stop := runWatch(t, dial(t, addr), held, Options{StatePath: state, Logger: quietLogger(t)})
+	if h := <-srv.hellos; h.GetResumePosition() != 5 {
+		t.Errorf("resumed at %d, want 5: the saved file was loaded over the configuration the store held", h.GetResumePosition())
+	}
+	stop()
+
+	// An empty store: Run loads the file.
+	empty := configset.NewStore()
+	runWatch(t, dial(t, addr), empty, Options{StatePath: state, Logger: quietLogger(t)})
+	if h := <-srv.hellos; h.GetResumePosition() != 7 {
+		t.Errorf("resumed at %d, want 7 (the saved file)", h.GetResumePosition())
+	}
+}
