@@ -666,3 +666,46 @@ func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReade
 func varint(msg []byte) []byte {
 	return append(binary.AppendUvarint(nil, uint64(len(msg))), msg...)
 }
+
+// TestSaveRemovesStaleTemporaryFiles: a crash during Save leaves its temporary file; a later Save
+// of the same path removes those not written to for a while, and leaves everything else alone (a
+// Save in progress elsewhere, other files).
+func TestSaveRemovesStaleTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "edge-config.binpb")
+	old := time.Now().Add(-time.Hour)
+	files := map[string]bool{ // name -> kept
+		".edge-config.binpb.tmp-111": false, // left by a crash an hour ago
+		".edge-config.binpb.tmp-222": true,  // being written right now
+		".other.binpb.tmp-333":       true,  // another path's
+		"decisions.jsonl":            true,
+	}
+	for name := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if name != ".edge-config.binpb.tmp-222" {
+			if err := os.Chtimes(p, old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	st := NewStore()
+	if err := st.Apply(snapshot(3, cfg(t, "a.example.com", 3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	for name, kept := range files {
+		_, err := os.Stat(filepath.Join(dir, name))
+		if exists := err == nil; exists != kept {
+			t.Errorf("%s: exists %v, want %v", name, exists, kept)
+		}
+	}
+	loaded := NewStore()
+	if err := loaded.LoadFile(path); err != nil || loaded.Load().Position() != 3 {
+		t.Fatalf("LoadFile = %v, position %d", err, loaded.Load().Position())
+	}
+}

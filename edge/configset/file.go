@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
@@ -49,13 +50,19 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // file or the new one, whole, even after a crash. The file is readable by its owner only. Save
 // refuses a set that is not complete (no snapshot applied yet). It may run concurrently with Apply
 // (it saves the set current when it starts).
+//
+// A crash during a Save leaves its temporary file behind, as large as the configuration; after
+// writing path, Save removes the temporary files of earlier Saves of path that have not been
+// written to for staleTemp (one in progress elsewhere is younger), so that a crash loop cannot
+// fill the disk.
 func (st *Store) Save(path string) (err error) {
 	set := st.Load()
 	if !set.Complete() {
 		return errors.New("configset: nothing to save: no snapshot was applied yet")
 	}
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	pattern := "." + filepath.Base(path) + ".tmp-*"
+	f, err := os.CreateTemp(dir, pattern)
 	if err != nil {
 		return fmt.Errorf("configset: save: %w", err)
 	}
@@ -79,12 +86,31 @@ func (st *Store) Save(path string) (err error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
+	removeStaleTemps(dir, "."+filepath.Base(path)+".tmp-")
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// staleTemp is how long a temporary file of Save has not been written to before a later Save of
+// the same path takes it for one left by a crash.
+const staleTemp = 10 * time.Minute
+
+// removeStaleTemps removes the regular files in dir whose names start with prefix and that were
+// not modified for staleTemp. It is best effort: a file it cannot remove stays for the next Save.
+func removeStaleTemps(dir, prefix string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), prefix) {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 // writeSet writes set in the file format.
