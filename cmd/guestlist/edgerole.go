@@ -88,6 +88,9 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	if edgeToken.token == "" {
 		return flagError(fs, errors.New("--edge-token is required: the bearer token presented to the ConfigService"), stderr)
 	}
+	if len(*edgeID) > 256 || strings.IndexFunc(*edgeID, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
+		return flagError(fs, errors.New("--edge-id: at most 256 printable ASCII characters (the ConfigService refuses others)"), stderr)
+	}
 	if *edgeID == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {

@@ -228,6 +228,7 @@ func TestEdgeFlags(t *testing.T) {
 				return ""
 			},
 		},
+		{name: "fail/edge id with a newline", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--edge-id", "edge-1\nforged"}, mention: "--edge-id"},
 		{name: "fail/origin allow not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--origin-allow", "10.0.0.0/8,origin.internal"}, mention: `origin-allow: egress: entry 2, "origin.internal"`},
 		{
 			name: "ok/several config addresses from the environment",

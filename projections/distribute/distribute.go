@@ -49,8 +49,9 @@
 //	guestlist_distribute_responses_total{kind}         responses sent (kind snapshot or change; parts count once)
 //	guestlist_distribute_nacks_total                   responses the edges refused
 //
-// edge_id is what each edge calls itself; edges authenticate with the edge token, and only open
-// streams are reported, so the label is bounded by the fleet's size.
+// edge_id is what each edge calls itself (printable ASCII, at most 256 bytes; a hello with another
+// is refused with InvalidArgument); edges authenticate with the edge token, and only open streams
+// are reported, so the label is bounded by the fleet's size.
 package distribute
 
 import (
@@ -261,6 +262,9 @@ func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, co
 		}
 		return err
 	}
+	if err := checkEdgeID(hello.GetEdgeId()); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
 	w := &watcher{edgeID: hello.GetEdgeId(), since: time.Now(), answered: make(chan struct{})}
 	log := s.log.With("edge_id", w.edgeID)
 	s.mu.Lock()
@@ -303,6 +307,23 @@ func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, co
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	return err
+}
+
+// maxEdgeID bounds the edge_id of a hello, which goes into logs and a metric label.
+const maxEdgeID = 256
+
+// checkEdgeID returns why id is not an acceptable edge_id: longer than maxEdgeID bytes, or with
+// bytes outside printable ASCII.
+func checkEdgeID(id string) error {
+	if len(id) > maxEdgeID {
+		return fmt.Errorf("edge_id: %d bytes; at most %d", len(id), maxEdgeID)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x20 || id[i] > 0x7e {
+			return fmt.Errorf("edge_id: byte %d (0x%02x) is not printable ASCII", i, id[i])
+		}
+	}
+	return nil
 }
 
 // receive reads the edge's acks and nacks until the stream ends.

@@ -547,6 +547,40 @@ func TestWatchAuthorize(t *testing.T) {
 	}
 }
 
+// TestWatchEdgeID: the hello's edge_id goes into logs and a metric label; one that is too long or
+// carries control bytes is refused before anything is sent.
+func TestWatchEdgeID(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	for _, tc := range []struct {
+		name, id string
+		code     codes.Code
+	}{
+		{"ok/empty", "", codes.OK},
+		{"ok/host name", "edge-7.eu-west.example", codes.OK},
+		{"ok/longest", strings.Repeat("e", maxEdgeID), codes.OK},
+		{"fail/too long", strings.Repeat("e", maxEdgeID+1), codes.InvalidArgument},
+		{"fail/newline", "edge-1\nlevel=ERROR msg=forged", codes.InvalidArgument},
+		{"fail/not ASCII", "édge", codes.InvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			stream, err := e.client.Watch(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = stream.Send(&configv1.WatchRequest{EdgeId: tc.id})
+			r, err := stream.Recv()
+			if status.Code(err) != tc.code {
+				t.Fatalf("Recv = %v, %v; want %v", r, err, tc.code)
+			}
+			if tc.code == codes.OK && !r.GetSnapshot() {
+				t.Fatalf("first response %v, want a snapshot", r)
+			}
+		})
+	}
+}
+
 // TestWatchWindowAndNack: an edge that does not answer gets at most Window responses; a NACK is
 // logged and answers the response like an ack would, and streaming goes on.
 func TestWatchWindowAndNack(t *testing.T) {
