@@ -22,6 +22,7 @@ import (
 	"hash/maphash"
 	"iter"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,9 @@ type Set struct {
 	// complete: the set was made from a snapshot (or a file), so it is the whole configuration at
 	// its position, and changes may apply to it.
 	complete bool
+	// refused are the hostnames of the configuration at this position that the set leaves out
+	// because their configuration could not be prepared (see Store.Apply), sorted.
+	refused []string
 }
 
 // Lookup returns the prepared configuration of a hostname, given in normal form (see
@@ -73,6 +77,17 @@ func (s *Set) Len() int {
 // Complete reports whether the set is a whole configuration: made from a snapshot of the control
 // plane (possibly followed by changes) or loaded from a file. A new Store's set is not complete.
 func (s *Set) Complete() bool { return s != nil && s.complete }
+
+// Refused returns the hostnames that the configuration at the set's position has but the set
+// leaves out, because their configuration could not be prepared (Store.Apply), sorted. They are
+// kept until a later response brings a configuration of theirs that can be prepared, or removes
+// them; a snapshot starts the list afresh. The slice must not be modified.
+func (s *Set) Refused() []string {
+	if s == nil {
+		return nil
+	}
+	return s.refused
+}
 
 // All yields every hostname and its prepared configuration, in no particular order.
 func (s *Set) All() iter.Seq2[string, *decision.Hostname] {
@@ -126,7 +141,7 @@ func (st *Store) Apply(resp *configv1.WatchResponse) error {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.apply(resp, false)
+	return st.apply(resp, false, nil)
 }
 
 // RefusedError is Apply's report of the hostnames it left out of a response it applied.
@@ -160,8 +175,9 @@ func (e *RefusedError) Error() string {
 }
 
 // apply is Apply, with st.mu held. With strict, an upsert that cannot be prepared refuses the
-// whole response instead (LoadFile: a saved set holds only configurations prepared before).
-func (st *Store) apply(resp *configv1.WatchResponse, strict bool) error {
+// whole response instead (LoadFile: a saved set holds only configurations prepared before), and
+// refused are the hostnames the saved set had left out.
+func (st *Store) apply(resp *configv1.WatchResponse, strict bool, refusedBefore []string) error {
 	cur := st.cur.Load()
 	pos := resp.GetPosition()
 	fail := func(format string, args ...any) error {
@@ -204,12 +220,14 @@ func (st *Store) apply(resp *configv1.WatchResponse, strict bool) error {
 	}
 	prepared, errs := st.prepare(upserts)
 	var refused []RefusedHostname
+	refusedNames := map[string]bool{}
 	for i, err := range errs {
 		if err != nil {
 			if strict {
 				return fail("upserts[%d]: %v", i, err)
 			}
 			refused = append(refused, RefusedHostname{Hostname: upserts[i].GetHostname(), Index: i, Err: err})
+			refusedNames[upserts[i].GetHostname()] = true
 		}
 	}
 
@@ -241,15 +259,49 @@ func (st *Store) apply(resp *configv1.WatchResponse, strict bool) error {
 		next.root, added = t.insert(next.root, 0, t.hash(name), h)
 		if added {
 			next.n++
-		} else if resp.GetSnapshot() {
+		}
+		if resp.GetSnapshot() && (!added || refusedNames[name]) {
+			// (A change's duplicates were refused above, before anything was prepared.)
 			return fail("hostname %q is upserted twice (again at upserts[%d])", name, i)
 		}
 	}
+	next.refused = nextRefused(cur, resp, refusedBefore, refusedNames)
 	st.cur.Store(next)
 	if len(refused) > 0 {
 		return &RefusedError{Position: pos, Refused: refused}
 	}
 	return nil
+}
+
+// nextRefused returns the refused hostnames of the set that applying resp to cur makes: for a
+// snapshot, those it refused (and, from a file, those the saved set had); for a change, cur's,
+// less those the change upserted or removed, plus those it refused.
+func nextRefused(cur *Set, resp *configv1.WatchResponse, before []string, refused map[string]bool) []string {
+	var names []string
+	if resp.GetSnapshot() {
+		names = append(names, before...)
+	} else if len(cur.refused) > 0 {
+		touched := make(map[string]bool, len(resp.GetUpserts())+len(resp.GetRemovals()))
+		for _, u := range resp.GetUpserts() {
+			touched[u.GetHostname()] = true
+		}
+		for _, r := range resp.GetRemovals() {
+			touched[r] = true
+		}
+		for _, name := range cur.refused {
+			if !touched[name] {
+				names = append(names, name)
+			}
+		}
+	}
+	for name := range refused {
+		names = append(names, name)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // prepareChunk is how many upserts a worker prepares at a time; responses up to this size are

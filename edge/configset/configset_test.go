@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -707,5 +708,75 @@ func TestSaveRemovesStaleTemporaryFiles(t *testing.T) {
 	loaded := NewStore()
 	if err := loaded.LoadFile(path); err != nil || loaded.Load().Position() != 3 {
 		t.Fatalf("LoadFile = %v, position %d", err, loaded.Load().Position())
+	}
+}
+
+// TestRefusedHostnamesKept: the set remembers which hostnames of its configuration it leaves out,
+// through later changes and a restart from its file, so that the edge can ask for them again
+// (watch: a snapshot) once it may be able to prepare them.
+func TestRefusedHostnamesKept(t *testing.T) {
+	bad := func(name string, v uint64) *configv1.HostnameConfig {
+		c := cfg(t, name, v)
+		c.Policy.Rules[0].Expression = "cret.verified"
+		return c
+	}
+	st := NewStore()
+	steps := []struct {
+		resp *configv1.WatchResponse
+		want []string
+	}{
+		{snapshot(2, cfg(t, "a.example.com", 2), bad("b.example.com", 2), bad("c.example.com", 2)), []string{"b.example.com", "c.example.com"}},
+		{delta(3, nil, cfg(t, "d.example.com", 3)), []string{"b.example.com", "c.example.com"}},               // untouched
+		{delta(4, nil, bad("a.example.com", 4)), []string{"a.example.com", "b.example.com", "c.example.com"}}, // served, now refused
+		{delta(5, []string{"c.example.com"}, cfg(t, "b.example.com", 5)), []string{"a.example.com"}},          // fixed, removed
+	}
+	for i, step := range steps {
+		err := st.Apply(step.resp)
+		var refused *RefusedError
+		if err != nil && !errors.As(err, &refused) {
+			t.Fatalf("step %d: Apply = %v", i, err)
+		}
+		if got := st.Load().Refused(); !slices.Equal(got, step.want) {
+			t.Fatalf("step %d: Refused = %v, want %v", i, got, step.want)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "edge-config.binpb")
+	if err := st.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	again := NewStore()
+	if err := again.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if got := again.Load().Refused(); !slices.Equal(got, []string{"a.example.com"}) || again.Load().Position() != 5 {
+		t.Fatalf("after LoadFile: position %d, Refused = %v", again.Load().Position(), got)
+	}
+	check(t, again.Load(), 5, map[string]uint64{"b.example.com": 5, "d.example.com": 3})
+	// A snapshot starts the list afresh.
+	if err := again.Apply(snapshot(6, cfg(t, "a.example.com", 6))); err != nil {
+		t.Fatal(err)
+	}
+	if got := again.Load().Refused(); got != nil {
+		t.Fatalf("after a snapshot: Refused = %v", got)
+	}
+}
+
+// TestSnapshotDuplicateWithARefusedCopy: a hostname twice in a snapshot is refused as a whole
+// also when one of the two cannot be prepared (the other would be served, while the ack says the
+// hostname was left out).
+func TestSnapshotDuplicateWithARefusedCopy(t *testing.T) {
+	bad := cfg(t, "x.example.com", 5)
+	bad.Policy.Rules[0].Expression = "cret.verified"
+	for _, order := range [][]*configv1.HostnameConfig{{bad, cfg(t, "x.example.com", 4)}, {cfg(t, "x.example.com", 4), bad}} {
+		st := NewStore()
+		if err := st.Apply(snapshot(1, cfg(t, "a.example.com", 1))); err != nil {
+			t.Fatal(err)
+		}
+		err := st.Apply(snapshot(5, order...))
+		var refused *RefusedError
+		if err == nil || errors.As(err, &refused) || !strings.Contains(err.Error(), "upserted twice") {
+			t.Fatalf("Apply = %v, want the whole snapshot refused", err)
+		}
+		check(t, st.Load(), 1, map[string]uint64{"a.example.com": 1})
 	}
 }

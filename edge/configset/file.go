@@ -27,6 +27,9 @@ import (
 // parts of about partBytes; more = true on every part but the last. A set without hostnames is
 // one part without upserts. A file whose last part has more = true is truncated, and refused.
 //
+// The last part's removals, meaningless in a snapshot, list the hostnames the set left out
+// (Set.Refused), so that an edge restarted from the file still knows it lacks them.
+//
 // After the last part comes a trailer: trailerMagic and the CRC-32C (Castagnoli, big-endian) of
 // every byte before the trailer. A file damaged on disk is refused even where its bytes still
 // parse (one flipped bit turns the mode ENFORCE into REPORT, which forwards every request). A file
@@ -142,6 +145,7 @@ func writeSet(w io.Writer, set *Set) error {
 		part.Upserts = append(part.Upserts, c)
 		size += proto.Size(c)
 	}
+	part.Removals = set.refused
 	if err := flush(false); err != nil {
 		return err
 	}
@@ -171,7 +175,9 @@ func (st *Store) LoadFile(path string) error {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if err := st.apply(resp, true); err != nil {
+	refused := resp.Removals
+	resp.Removals = nil
+	if err := st.apply(resp, true, refused); err != nil {
 		return fmt.Errorf("configset: load %s: %w", path, err)
 	}
 	return nil

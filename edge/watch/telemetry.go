@@ -62,7 +62,9 @@ func newTelemetry(w *watcher) (*telemetry, error) {
 		metric.WithDescription("Seconds since the edge's configuration last changed (an applied response, or the saved file it started from)."))
 	connected, err3 := meter.Int64ObservableGauge("guestlist.edge.config.connected",
 		metric.WithDescription("1 while the edge's configuration stream to the control plane is open, else 0."))
-	if err := errors.Join(err1, err2, err3); err != nil {
+	refused, err4 := meter.Int64ObservableGauge("guestlist.edge.config.refused_hostnames", metric.WithUnit("{hostname}"),
+		metric.WithDescription("Hostnames of the configuration the edge leaves out (and refuses) because it could not prepare their configuration."))
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return nil, fmt.Errorf("watch: create metric: %w", err)
 	}
 	t.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -71,8 +73,9 @@ func newTelemetry(w *watcher) (*telemetry, error) {
 			o.ObserveFloat64(age, max(time.Since(time.Unix(0, at)).Seconds(), 0))
 		}
 		o.ObserveInt64(connected, t.connected.Load())
+		o.ObserveInt64(refused, int64(len(w.store.Load().Refused())))
 		return nil
-	}, revision, age, connected)
+	}, revision, age, connected, refused)
 	if err != nil {
 		return nil, fmt.Errorf("watch: register metric callback: %w", err)
 	}

@@ -252,8 +252,16 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("watch: open stream to %s: %w", w.targets[w.cur], err)
 	}
-	resume := w.store.Load().Position()
-	if err := stream.Send(&configv1.WatchRequest{EdgeId: w.opts.EdgeID, ResumePosition: resume}); err != nil {
+	held := w.store.Load()
+	resume := held.Position()
+	// Hostnames left out for want of a configuration the edge could prepare: a snapshot brings
+	// them again, and this edge (a newer version, say) may prepare them now.
+	wantSnapshot := len(held.Refused()) > 0
+	if wantSnapshot {
+		w.log.Info("asking for a snapshot: the configuration leaves out hostnames this edge could not prepare",
+			"refused", len(held.Refused()), "position", resume)
+	}
+	if err := stream.Send(&configv1.WatchRequest{EdgeId: w.opts.EdgeID, ResumePosition: resume, WantSnapshot: wantSnapshot}); err != nil {
 		return false, fmt.Errorf("watch: send hello: %w", recvErr(stream, err))
 	}
 	w.log.Debug("configuration stream open", "target", w.targets[w.cur], "resume_position", resume)
@@ -301,10 +309,20 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 				return applied, w.nack(spanCtx, stream, full.GetPosition(), err)
 			}
 			// Applied without these hostnames, which the edge now refuses (configset.Store.Apply).
-			for _, r := range refused.Refused {
-				w.log.ErrorContext(spanCtx, "left a hostname out of the configuration: its configuration could not be prepared; its handshakes fail until a configuration that can be arrives",
-					"hostname", r.Hostname, "position", full.GetPosition(), "error", r.Err)
+			// The ack and the log name the first maxRefusedListed and count the rest.
+			for i, r := range refused.Refused {
+				if i == maxRefusedListed {
+					break
+				}
+				if i < maxRefusedLogged {
+					w.log.ErrorContext(spanCtx, "left a hostname out of the configuration: its configuration could not be prepared; its handshakes fail until a configuration that can be arrives",
+						"hostname", r.Hostname, "position", full.GetPosition(), "error", r.Err)
+				}
 				ack.Refused = append(ack.Refused, &configv1.RefusedHostname{Hostname: r.Hostname, Error: r.Err.Error()})
+			}
+			ack.RefusedTotal = uint64(len(refused.Refused))
+			if n := len(refused.Refused); n > maxRefusedLogged {
+				w.log.ErrorContext(spanCtx, "left more hostnames out of the configuration", "more", n-maxRefusedLogged, "position", full.GetPosition())
 			}
 		}
 		if !applied && w.opts.OnStatus != nil {
@@ -325,6 +343,13 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		}
 	}
 }
+
+// maxRefusedListed bounds the refused hostnames an ack names (a response may leave out many: one
+// policy shared by a tenant's hostnames); maxRefusedLogged those logged one by one.
+const (
+	maxRefusedListed = 100
+	maxRefusedLogged = 10
+)
 
 // nack refuses the response at position with cause, and returns the error that ends the session.
 func (w *watcher) nack(ctx context.Context, stream grpc.BidiStreamingClient[configv1.WatchRequest, configv1.WatchResponse], position uint64, cause error) error {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -573,5 +574,103 @@ func TestStateNotLoadedAgain(t *testing.T) {
 	runWatch(t, dial(t, addr), empty, Options{StatePath: state, Logger: quietLogger(t)})
 	if h := <-srv.hellos; h.GetResumePosition() != 7 {
 		t.Errorf("resumed at %d, want 7 (the saved file)", h.GetResumePosition())
+	}
+}
+
+// TestRefusedHostnamesAskedForAgain: an edge that left out a hostname asks for a snapshot when it
+// reconnects, also after a restart from its saved file (a newer edge may prepare what an older one
+// could not; the changes after its position would never bring the hostname again), and stops
+// asking once the snapshot brought a configuration it could prepare.
+func TestRefusedHostnamesAskedForAgain(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	state := filepath.Join(t.TempDir(), "edge-config.bin")
+	bad := hostCfg("b.example.com", 3, ca, "http://127.0.0.1:1")
+	bad.CertificateAuthorities[0].CertificateDer = []byte("garbage")
+	acks := make(chan *configv1.WatchRequest, 10)
+	var sessions atomic.Int32
+	script := func(s *session) error {
+		switch sessions.Add(1) {
+		case 1:
+			s.send(&configv1.WatchResponse{Position: 3, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 3, ca, "http://127.0.0.1:1"), bad}})
+			push(acks, s.recv())
+			return errors.New("the projector restarts") // ends the stream: the edge reconnects
+		case 2:
+			// The same configuration again: still refused.
+			s.send(&configv1.WatchResponse{Position: 3, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 3, ca, "http://127.0.0.1:1"), bad}})
+			push(acks, s.recv())
+			<-s.stream.Context().Done()
+			return nil
+		case 3:
+			// After a restart from the file; the hostname is preparable now.
+			s.send(&configv1.WatchResponse{Position: 4, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 3, ca, "http://127.0.0.1:1"), hostCfg("b.example.com", 4, ca, "http://127.0.0.1:1")}})
+			push(acks, s.recv())
+			return errors.New("again")
+		default:
+			<-s.stream.Context().Done()
+			return nil
+		}
+	}
+	srv, addr := startServer(t, script)
+	store := configset.NewStore()
+	stop := runWatch(t, dial(t, addr), store, Options{StatePath: state, Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond}})
+	if h := <-srv.hellos; h.GetWantSnapshot() {
+		t.Errorf("first hello %v: asks for a snapshot with nothing refused", h)
+	}
+	if a := <-acks; a.GetRefusedTotal() != 1 || len(a.GetRefused()) != 1 {
+		t.Errorf("ack %v, want b.example.com refused", a)
+	}
+	if h := <-srv.hellos; !h.GetWantSnapshot() || h.GetResumePosition() != 3 {
+		t.Errorf("hello after reconnecting %v, want a snapshot asked for at 3", h)
+	}
+	<-acks
+	waitFor(t, "the configuration saved", func() bool {
+		st := configset.NewStore()
+		return st.LoadFile(state) == nil && len(st.Load().Refused()) == 1
+	})
+	stop()
+
+	// Restart from the file.
+	restarted := configset.NewStore()
+	runWatch(t, dial(t, addr), restarted, Options{StatePath: state, Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond}})
+	if h := <-srv.hellos; !h.GetWantSnapshot() || h.GetResumePosition() != 3 {
+		t.Errorf("hello after a restart %v, want a snapshot asked for at 3", h)
+	}
+	if a := <-acks; a.GetAckPosition() != 4 || len(a.GetRefused()) != 0 {
+		t.Errorf("ack %v", a)
+	}
+	if _, ok := restarted.Load().Lookup("b.example.com"); !ok {
+		t.Error("b.example.com not served after the snapshot")
+	}
+	if h := <-srv.hellos; h.GetWantSnapshot() || h.GetResumePosition() != 4 {
+		t.Errorf("hello with nothing refused %v, want changes after 4", h)
+	}
+}
+
+// TestRefusedListBounded: an ack names at most maxRefusedListed refused hostnames (one shared
+// policy an edge cannot compile may leave out thousands) and counts them all.
+func TestRefusedListBounded(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	const n = maxRefusedListed + 50
+	var ups []*configv1.HostnameConfig
+	for i := range n {
+		c := hostCfg(fmt.Sprintf("h%03d.example.com", i), 2, ca, "http://127.0.0.1:1")
+		c.CertificateAuthorities[0].CertificateDer = []byte("garbage")
+		ups = append(ups, c)
+	}
+	acks := make(chan *configv1.WatchRequest, 10)
+	_, addr := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 2, Snapshot: true, Upserts: ups})
+		push(acks, s.recv())
+		<-s.stream.Context().Done()
+		return nil
+	})
+	store := configset.NewStore()
+	runWatch(t, dial(t, addr), store, Options{Logger: quietLogger(t)})
+	a := <-acks
+	if a.GetAckPosition() != 2 || a.GetRefusedTotal() != n || len(a.GetRefused()) != maxRefusedListed || a.GetRefused()[0].GetHostname() != "h000.example.com" {
+		t.Errorf("ack at %d, refused_total %d, %d listed; want 2, %d, %d", a.GetAckPosition(), a.GetRefusedTotal(), len(a.GetRefused()), n, maxRefusedListed)
+	}
+	if got := len(store.Load().Refused()); got != n {
+		t.Errorf("the store has %d refused hostnames, want %d", got, n)
 	}
 }

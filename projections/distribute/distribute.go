@@ -18,7 +18,9 @@
 // The edge acknowledges the last part of each response with ack_position, or refuses it with
 // error set (a NACK: the server logs it and streams on; the edge keeps its last good
 // configuration). An ack may list hostnames the edge could not prepare and left out (refused);
-// the server logs them. An ack of position p answers every response up to p. The server keeps at most
+// the server logs them. An edge that holds such hostnames sets want_snapshot in its hello and gets
+// a snapshot (after waiting for the projector to reach its position, as above) instead of the
+// changes it missed, so that a newer edge gets the configurations an older one could not prepare. An ack of position p answers every response up to p. The server keeps at most
 // Window responses unanswered and waits for acks before sending more; an edge that stops reading
 // falls behind the projector's ring of changes and gets a fresh snapshot when it resumes.
 //
@@ -284,7 +286,7 @@ func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, co
 		recvErr <- s.receive(stream, w, log)
 		cancel()
 	}()
-	err = s.send(ctx, stream, w, log, hello.GetResumePosition())
+	err = s.send(ctx, stream, w, log, hello.GetResumePosition(), hello.GetWantSnapshot())
 	cancel()
 	select {
 	case rerr := <-recvErr:
@@ -338,9 +340,13 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 		if nack {
 			log.Warn("distribute: edge refused configuration", "position", pos, "error", req.GetError())
 		}
-		for _, r := range req.GetRefused() {
-			log.Warn("distribute: edge applied the configuration without a hostname it could not prepare, and refuses that hostname",
-				"position", pos, "hostname", r.GetHostname(), "error", r.GetError())
+		if refused := req.GetRefused(); len(refused) > 0 {
+			names := make([]string, len(refused))
+			for i, r := range refused {
+				names[i] = r.GetHostname()
+			}
+			log.Warn("distribute: edge applied the configuration without hostnames it could not prepare, and refuses them",
+				"position", pos, "refused_total", req.GetRefusedTotal(), "hostnames", names, "first_error", refused[0].GetError())
 		}
 		w.mu.Lock()
 		if pos > w.sent {
@@ -368,8 +374,8 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 }
 
 // send streams the snapshot or the missed changes, then live changes, until ctx is done or an
-// error.
-func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, log *slog.Logger, resume uint64) error {
+// error. wantSnapshot asks for a snapshot (at resume or later) instead of the missed changes.
+func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, log *slog.Logger, resume uint64, wantSnapshot bool) error {
 	cursor := resume
 	needSnapshot := resume == 0
 	if !needSnapshot && resume > s.p.Position() {
@@ -385,6 +391,10 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 			log.Warn("distribute: edge is ahead of the projector; sending a snapshot", "resume_position", resume, "position", s.p.Position())
 			needSnapshot = true
 		}
+	}
+	if !needSnapshot && wantSnapshot {
+		log.Info("distribute: the edge asks for a snapshot (it left out hostnames it could not prepare)", "resume_position", resume)
+		needSnapshot = true
 	}
 	if !needSnapshot && !s.p.Retains(resume) {
 		log.Info("distribute: changes after the edge's position are no longer retained; sending a snapshot", "resume_position", resume)

@@ -343,6 +343,58 @@ func TestWatchResumeGetsOnlyMissedChanges(t *testing.T) {
 	}
 }
 
+// TestWatchWantSnapshot: an edge that left out hostnames it could not prepare asks for a snapshot
+// in its hello and gets one, at its position or later, although the changes after its position
+// are retained; without the flag it gets those changes.
+func TestWatchWantSnapshot(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	want, last := e.write(30)
+	e.waitProjector(last)
+	mid := last - 10
+	if !e.p.Retains(mid) {
+		t.Fatalf("the projector does not retain the changes after %d", mid)
+	}
+	for _, tc := range []struct {
+		name     string
+		want     bool
+		snapshot bool
+	}{
+		{"ok/want snapshot", true, true},
+		{"ok/changes", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			stream, err := e.client.Watch(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := stream.Send(&configv1.WatchRequest{EdgeId: "edge-1", ResumePosition: mid, WantSnapshot: tc.want}); err != nil {
+				t.Fatal(err)
+			}
+			r, err := stream.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.GetSnapshot() != tc.snapshot || r.GetPosition() < mid {
+				t.Fatalf("first response at %d, snapshot %v; want snapshot %v at %d or later", r.GetPosition(), r.GetSnapshot(), tc.snapshot, mid)
+			}
+			if tc.snapshot {
+				n := len(r.GetUpserts())
+				for r.GetMore() {
+					if r, err = stream.Recv(); err != nil {
+						t.Fatal(err)
+					}
+					n += len(r.GetUpserts())
+				}
+				if n != len(want) {
+					t.Errorf("snapshot of %d hostnames, want %d", n, len(want))
+				}
+			}
+		})
+	}
+}
+
 func TestWatchResumeTooOldGetsSnapshot(t *testing.T) {
 	e := newEnv(t, envOpts{projector: []projector.Option{projector.WithRetention(5, 0)}})
 	stream := fold.TenantStream("acme")

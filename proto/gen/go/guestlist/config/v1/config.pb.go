@@ -525,7 +525,14 @@ type WatchRequest struct {
 	// (one its version cannot compile, say). The edge applied the rest of the response and does not
 	// serve these hostnames (their handshakes fail, as an unknown hostname's do) until a later
 	// response brings a configuration it can prepare; the other hostnames' updates are not held up.
-	Refused       []*RefusedHostname `protobuf:"bytes,5,rep,name=refused,proto3" json:"refused,omitempty"`
+	// At most 100 of them; refused_total is how many there were.
+	Refused []*RefusedHostname `protobuf:"bytes,5,rep,name=refused,proto3" json:"refused,omitempty"`
+	// With refused: how many hostnames the edge left out of the response.
+	RefusedTotal uint64 `protobuf:"varint,6,opt,name=refused_total,json=refusedTotal,proto3" json:"refused_total,omitempty"`
+	// In the first message: send a snapshot at resume_position or later, not the changes after it.
+	// The edge sets it while it leaves out hostnames it could not prepare (refused), to be sent them
+	// again: it may be able to prepare them now (a newer version of the edge).
+	WantSnapshot  bool `protobuf:"varint,7,opt,name=want_snapshot,json=wantSnapshot,proto3" json:"want_snapshot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -593,6 +600,20 @@ func (x *WatchRequest) GetRefused() []*RefusedHostname {
 		return x.Refused
 	}
 	return nil
+}
+
+func (x *WatchRequest) GetRefusedTotal() uint64 {
+	if x != nil {
+		return x.RefusedTotal
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetWantSnapshot() bool {
+	if x != nil {
+		return x.WantSnapshot
+	}
+	return false
 }
 
 // RefusedHostname is a hostname an edge left out of a response it acknowledged, and why.
@@ -792,13 +813,15 @@ const file_guestlist_config_v1_config_proto_rawDesc = "" +
 	"\x06action\x18\x02 \x01(\x0e2\x1b.guestlist.config.v1.ActionR\x06action\x12\x1e\n" +
 	"\n" +
 	"expression\x18\x03 \x01(\tR\n" +
-	"expression\"\xc9\x01\n" +
+	"expression\"\x93\x02\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\aedge_id\x18\x01 \x01(\tR\x06edgeId\x12'\n" +
 	"\x0fresume_position\x18\x02 \x01(\x04R\x0eresumePosition\x12!\n" +
 	"\fack_position\x18\x03 \x01(\x04R\vackPosition\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12>\n" +
-	"\arefused\x18\x05 \x03(\v2$.guestlist.config.v1.RefusedHostnameR\arefused\"C\n" +
+	"\arefused\x18\x05 \x03(\v2$.guestlist.config.v1.RefusedHostnameR\arefused\x12#\n" +
+	"\rrefused_total\x18\x06 \x01(\x04R\frefusedTotal\x12#\n" +
+	"\rwant_snapshot\x18\a \x01(\bR\fwantSnapshot\"C\n" +
 	"\x0fRefusedHostname\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"\xf8\x01\n" +
