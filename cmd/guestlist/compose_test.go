@@ -633,10 +633,11 @@ func (c *deployCheck) run() []string {
 }
 
 // checkOriginEgress: tenants choose their hostnames' origins, so what an edge may forward to
-// besides public addresses (GUESTLIST_ORIGIN_ALLOW) must not reach the event store, the API or the
-// projector, and must reach the demo origin. Every allowed prefix lies inside the subnet of a
-// network that none of those services is on, and the origin has a fixed address there that the
-// edge allows.
+// besides public addresses (GUESTLIST_ORIGIN_ALLOW) must reach nothing but origins: every allowed
+// entry lies inside the subnet of a network the edge is on, covers no other service's fixed
+// address there, and is a single address when other services have addresses given by Docker
+// there (they could get one inside it); and each origin has a fixed address on a network the edge
+// shares, which the edge allows on the port the origin listens on.
 func (c *deployCheck) checkOriginEgress(names []string, services map[string]*service) {
 	role := func(s *service) string {
 		switch {
@@ -658,11 +659,8 @@ func (c *deployCheck) checkOriginEgress(names []string, services map[string]*ser
 			c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW=%q: %v", n, v, err)
 			continue
 		}
-		for _, entry := range strings.Split(policy.String(), ",") {
-			if entry == "" {
-				continue
-			}
-			pre := netip.MustParsePrefix(entry)
+		for _, e := range policy.Entries() {
+			pre := e.Prefix
 			network := ""
 			for net, subnets := range c.subnets {
 				if _, on := edge.networks[net]; !on {
@@ -675,12 +673,19 @@ func (c *deployCheck) checkOriginEgress(names []string, services map[string]*ser
 				}
 			}
 			if network == "" {
-				c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW allows %s, which is not inside the subnet of a network the edge is on (declare the origins' network with an ipam subnet)", n, pre)
+				c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW allows %s, which is not inside the subnet of a network the edge is on (declare the origins' network with an ipam subnet)", n, e)
 				continue
 			}
 			for _, other := range names {
-				if _, on := services[other].networks[network]; on && slices.Contains([]string{"store", "api", "projector"}, role(services[other])) {
-					c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW allows %s, in network %s, which %s is on: a tenant's origin URL could name it", n, pre, network, other)
+				fixed, on := services[other].networks[network]
+				if !on || role(services[other]) == "origin" {
+					continue
+				}
+				switch {
+				case fixed.IsValid() && pre.Contains(fixed):
+					c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW allows %s, which includes %s's address %s: a tenant's origin URL could name it", n, e, other, fixed)
+				case !fixed.IsValid() && pre.Bits() < pre.Addr().BitLen():
+					c.problemf("service %s: GUESTLIST_ORIGIN_ALLOW allows %s in network %s, where %s gets an address from Docker that may be inside it: allow origins' fixed addresses only", n, e, network, other)
 				}
 			}
 		}
@@ -689,14 +694,18 @@ func (c *deployCheck) checkOriginEgress(names []string, services map[string]*ser
 			if role(origin) != "origin" {
 				continue
 			}
+			port := 0
+			if _, p, err := net.SplitHostPort(origin.env["GUESTLIST_ORIGIN_ADDR"]); err == nil {
+				port, _ = strconv.Atoi(p)
+			}
 			reachable := false
 			for net, fixed := range origin.networks {
-				if _, shared := edge.networks[net]; shared && fixed.IsValid() && policy.Check(fixed) == nil {
+				if _, shared := edge.networks[net]; shared && fixed.IsValid() && policy.Check(netip.AddrPortFrom(fixed, uint16(port))) == nil {
 					reachable = true
 				}
 			}
 			if !reachable {
-				c.problemf("service %s: the edge would refuse to forward to %s: it has no fixed address (ipv4_address) on a network the edge shares that GUESTLIST_ORIGIN_ALLOW allows", n, o)
+				c.problemf("service %s: the edge would refuse to forward to %s: it has no fixed address (ipv4_address) on a network the edge shares that GUESTLIST_ORIGIN_ALLOW allows on its port %d", n, o, port)
 			}
 		}
 	}
@@ -1599,13 +1608,17 @@ func TestComposeStructureCatches(t *testing.T) {
 		{name: "fail/collector receiver on loopback", file: "deploy/otel-collector.yaml",
 			old: "endpoint: 0.0.0.0:4318", new: "endpoint: localhost:4318", want: "receivers.otlp.protocols.http listens on \"localhost:4318\""},
 		{name: "fail/origin allow reaches the control plane's network", file: composeFileName,
-			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10}", new: "${GUESTLIST_ORIGIN_ALLOW:-172.16.0.0/12}", want: "allows 172.16.0.0/12, which is not inside the subnet of a network the edge is on"},
+			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10:8081}", new: "${GUESTLIST_ORIGIN_ALLOW:-172.16.0.0/12}", want: "allows 172.16.0.0/12, which is not inside the subnet of a network the edge is on"},
 		{name: "fail/the API on the origins network", file: composeFileName,
-			old: "    command: [\"api\"]\n", new: "    command: [\"api\"]\n    networks: [default, origins]\n", want: "in network origins, which api is on"},
+			old: "    command: [\"api\"]\n", new: "    command: [\"api\"]\n    networks:\n      default:\n      origins:\n        ipv4_address: 172.31.240.10\n", want: "includes api's address 172.31.240.10"},
 		{name: "fail/origin not allowed", file: composeFileName,
 			old: "ipv4_address: 172.31.240.10", new: "ipv4_address: 172.31.240.11", want: "the edge would refuse to forward to origin"},
 		{name: "fail/origin allow not a prefix", file: composeFileName,
-			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10}", new: "${GUESTLIST_ORIGIN_ALLOW:-origin}", want: `GUESTLIST_ORIGIN_ALLOW="origin"`},
+			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10:8081}", new: "${GUESTLIST_ORIGIN_ALLOW:-origin}", want: `GUESTLIST_ORIGIN_ALLOW="origin"`},
+		{name: "fail/origin allow covers the collector and the edges", file: composeFileName,
+			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10:8081}", new: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.0/24}", want: "where edge-1 gets an address from Docker that may be inside it"},
+		{name: "fail/origin allowed on another port", file: composeFileName,
+			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10:8081}", new: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10:8080}", want: "allows on its port 8081"},
 		{name: "fail/root user", file: dockerfileName,
 			old: "USER 65532:65532", new: "USER root", want: `runs as "root"; want a non-root USER`},
 		{name: "fail/no user", file: dockerfileName,

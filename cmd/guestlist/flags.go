@@ -147,7 +147,7 @@ func (e *egressFlag) Set(s string) error {
 }
 
 // originAllowUsage is the --origin-allow flag's description.
-const originAllowUsage = "addresses besides public ones that hostnames' origins may be at (tenants choose origins, so the edge refuses to forward into private, loopback or link-local networks unless they are listed here): IP prefixes or addresses, comma-separated, e.g. 10.1.0.0/16,fd00::/8"
+const originAllowUsage = "addresses besides public ones that hostnames' origins may be at (tenants choose origins, so the edge refuses to forward into private, loopback or link-local networks unless they are listed here): IP addresses or prefixes, each with an optional port, comma-separated, e.g. 10.1.0.0/16,127.0.0.1:8081,[fd00::/8]:443"
 
 // tokenFlag is a bearer token: printable ASCII without spaces, so that it fits an HTTP header.
 type tokenFlag struct{ token string }

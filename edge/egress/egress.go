@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -24,8 +26,10 @@ import (
 var ErrNotAllowed = errors.New("egress: address not allowed")
 
 // special lists the address blocks that are not public unicast (IANA's special-purpose address
-// registries, RFC 6890 and its updates), each with the name an error gives it. IPv4-mapped IPv6
-// addresses are checked as the IPv4 address they map.
+// registries, RFC 6890 and its updates), and public addresses that only reach a cloud platform's
+// own services, each with the name an error gives it. IPv4-mapped IPv6 addresses are checked as
+// the IPv4 address they map, and NAT64 addresses (64:ff9b::/96) as the IPv4 address they embed;
+// IPv6 addresses outside 2000::/3 (global unicast) are not public either.
 var special = []struct {
 	prefix netip.Prefix
 	name   string
@@ -35,6 +39,7 @@ var special = []struct {
 	{netip.MustParsePrefix("100.64.0.0/10"), "shared address space"},
 	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
 	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("168.63.129.16/32"), "cloud platform endpoint (Azure)"},
 	{netip.MustParsePrefix("172.16.0.0/12"), "private"},
 	{netip.MustParsePrefix("192.0.0.0/24"), "IETF protocol assignments"},
 	{netip.MustParsePrefix("192.0.2.0/24"), "documentation"},
@@ -48,7 +53,6 @@ var special = []struct {
 	{netip.MustParsePrefix("::/128"), "unspecified"},
 	{netip.MustParsePrefix("::1/128"), "loopback"},
 	{netip.MustParsePrefix("::/96"), "IPv4-compatible"},
-	{netip.MustParsePrefix("64:ff9b::/96"), "NAT64"},
 	{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use NAT64"},
 	{netip.MustParsePrefix("100::/64"), "discard-only"},
 	{netip.MustParsePrefix("2001::/23"), "IETF protocol assignments"},
@@ -62,98 +66,182 @@ var special = []struct {
 	{netip.MustParsePrefix("ff00::/8"), "multicast"},
 }
 
-// Policy says which addresses connections may go to: public unicast addresses, and those in the
-// prefixes it allows. A nil *Policy, like the zero Policy, allows public addresses only. A
-// Policy is immutable and safe for concurrent use.
+// Policy says which addresses connections may go to: public unicast addresses, and those its
+// entries allow. A nil *Policy, like the zero Policy, allows public addresses only. A Policy is
+// immutable and safe for concurrent use.
 type Policy struct {
-	allow []netip.Prefix
+	allow []Entry
 }
 
-// Allow returns a Policy that also allows the given prefixes. IPv4-mapped IPv6 prefixes
+// Entry is what a Policy allows besides public addresses: the addresses of Prefix, on Port (0:
+// any port).
+type Entry struct {
+	Prefix netip.Prefix
+	Port   uint16
+}
+
+// String returns the entry as Parse reads it: "10.0.0.0/8", "10.1.2.3/32:8081",
+// "[fd00::/8]:443".
+func (e Entry) String() string {
+	switch {
+	case e.Port == 0:
+		return e.Prefix.String()
+	case e.Prefix.Addr().Is4():
+		return e.Prefix.String() + ":" + strconv.Itoa(int(e.Port))
+	default:
+		return "[" + e.Prefix.String() + "]:" + strconv.Itoa(int(e.Port))
+	}
+}
+
+func (e Entry) allows(ap netip.AddrPort) bool {
+	return (e.Port == 0 || e.Port == ap.Port()) && e.Prefix.Contains(ap.Addr())
+}
+
+// Allow returns a Policy that also allows the given entries. IPv4-mapped IPv6 prefixes
 // (::ffff:a.b.c.d/n, n >= 96) are taken as the IPv4 prefix they map.
-func Allow(prefixes ...netip.Prefix) *Policy {
-	p := &Policy{allow: make([]netip.Prefix, 0, len(prefixes))}
-	for _, pre := range prefixes {
-		if a := pre.Addr(); a.Is4In6() && pre.Bits() >= 96 {
-			pre = netip.PrefixFrom(a.Unmap(), pre.Bits()-96)
+func Allow(entries ...Entry) *Policy {
+	p := &Policy{allow: make([]Entry, 0, len(entries))}
+	for _, e := range entries {
+		if a := e.Prefix.Addr(); a.Is4In6() && e.Prefix.Bits() >= 96 {
+			e.Prefix = netip.PrefixFrom(a.Unmap(), e.Prefix.Bits()-96)
 		}
-		p.allow = append(p.allow, pre.Masked())
+		e.Prefix = e.Prefix.Masked()
+		p.allow = append(p.allow, e)
 	}
 	return p
 }
 
-// Loopback allows the loopback addresses (127.0.0.0/8 and ::1) besides public ones: for a
-// single-machine setup whose origins run on the same host, and for tests.
+// Loopback allows the loopback addresses (127.0.0.0/8 and ::1), on any port, besides public ones:
+// for a single-machine setup whose origins run on the same host, and for tests.
 func Loopback() *Policy {
-	return Allow(netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"))
+	return Allow(Entry{Prefix: netip.MustParsePrefix("127.0.0.0/8")}, Entry{Prefix: netip.MustParsePrefix("::1/128")})
 }
 
-// Parse parses a comma-separated list of IP prefixes ("10.0.0.0/8", "fd00::/8") and single
-// addresses ("10.1.2.3", "::1") to allow besides public addresses. Space around an entry is
-// ignored; an empty list allows public addresses only. An entry that is neither a prefix nor an
-// address, or that has a zone, is an error naming the entry.
+// Parse parses a comma-separated list of entries to allow besides public addresses. An entry is
+// an IP prefix or a single address, optionally with a port: "10.0.0.0/8", "10.1.2.3",
+// "10.1.2.3:8081", "10.0.0.0/8:443", "fd00::/8", "::1", "[::1]:8081", "[fd00::/8]:443". Space
+// around an entry is ignored; an empty list allows public addresses only. An entry that is none of
+// these, or that has a zone, is an error naming the entry.
 func Parse(list string) (*Policy, error) {
-	var prefixes []netip.Prefix
-	for i, entry := range strings.Split(list, ",") {
-		entry = strings.TrimSpace(entry)
-		if entry == "" {
-			if strings.TrimSpace(list) == "" {
-				break
-			}
+	var entries []Entry
+	if strings.TrimSpace(list) == "" {
+		return Allow(), nil
+	}
+	for i, raw := range strings.Split(list, ",") {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
 			return nil, fmt.Errorf("egress: entry %d is empty", i+1)
 		}
-		var pre netip.Prefix
-		if strings.Contains(entry, "/") {
-			p, err := netip.ParsePrefix(entry)
-			if err != nil {
-				return nil, fmt.Errorf("egress: entry %d, %q: not an IP prefix (like 10.0.0.0/8 or fd00::/8)", i+1, entry)
-			}
-			pre = p
-		} else {
-			a, err := netip.ParseAddr(entry)
-			if err != nil {
-				return nil, fmt.Errorf("egress: entry %d, %q: not an IP address or prefix (like 10.1.2.3 or 10.0.0.0/8)", i+1, entry)
-			}
-			if a.Zone() != "" {
-				return nil, fmt.Errorf("egress: entry %d, %q: an address with a zone cannot be allowed", i+1, entry)
-			}
-			pre = netip.PrefixFrom(a, a.BitLen())
+		e, err := parseEntry(raw)
+		if err != nil {
+			return nil, fmt.Errorf("egress: entry %d, %q: %w", i+1, raw, err)
 		}
-		prefixes = append(prefixes, pre)
+		entries = append(entries, e)
 	}
-	return Allow(prefixes...), nil
+	return Allow(entries...), nil
 }
 
-// String returns the allowed prefixes as Parse reads them ("" when none are).
+// parseEntry parses one entry of Parse.
+func parseEntry(raw string) (Entry, error) {
+	const want = "not an IP address or prefix with an optional port (like 10.1.2.3, 10.0.0.0/8, 10.1.2.3:8081 or [fd00::/8]:443)"
+	host, port := raw, ""
+	switch {
+	case strings.HasPrefix(raw, "["):
+		end := strings.Index(raw, "]")
+		if end < 0 || !strings.HasPrefix(raw[end+1:], ":") {
+			return Entry{}, errors.New(want)
+		}
+		host, port = raw[1:end], raw[end+2:]
+	case strings.Count(raw, ":") == 1: // IPv4 with a port (IPv6 has at least two colons)
+		host, port, _ = strings.Cut(raw, ":")
+	}
+	var e Entry
+	if strings.Contains(host, "/") {
+		pre, err := netip.ParsePrefix(host)
+		if err != nil {
+			return Entry{}, errors.New(want)
+		}
+		e.Prefix = pre
+	} else {
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			return Entry{}, errors.New(want)
+		}
+		if a.Zone() != "" {
+			return Entry{}, errors.New("an address with a zone cannot be allowed")
+		}
+		e.Prefix = netip.PrefixFrom(a, a.BitLen())
+	}
+	if port != "" || strings.HasPrefix(raw, "[") {
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || n == 0 {
+			return Entry{}, fmt.Errorf("port %q is not a number from 1 to 65535", port)
+		}
+		e.Port = uint16(n)
+	}
+	return e, nil
+}
+
+// Entries returns what the policy allows besides public addresses.
+func (p *Policy) Entries() []Entry {
+	if p == nil {
+		return nil
+	}
+	return slices.Clone(p.allow)
+}
+
+// String returns the entries as Parse reads them ("" when there are none).
 func (p *Policy) String() string {
 	if p == nil {
 		return ""
 	}
 	s := make([]string, len(p.allow))
-	for i, pre := range p.allow {
-		s[i] = pre.String()
+	for i, e := range p.allow {
+		s[i] = e.String()
 	}
 	return strings.Join(s, ",")
 }
 
-// Check returns nil if a connection to a may be made, and otherwise an error wrapping
+// nat64 is the well-known NAT64 prefix (RFC 6052), whose addresses embed an IPv4 address.
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
+// global6 is IPv6's global unicast block; addresses outside it are not public.
+var global6 = netip.MustParsePrefix("2000::/3")
+
+// Check returns nil if a connection to ap may be made, and otherwise an error wrapping
 // ErrNotAllowed that names the address and the block it is in.
-func (p *Policy) Check(a netip.Addr) error {
-	a = a.Unmap().WithZone("") // a zone does not make a link-local address public
+func (p *Policy) Check(ap netip.AddrPort) error {
+	a := ap.Addr().Unmap().WithZone("") // a zone does not make a link-local address public
 	if !a.IsValid() {
 		return fmt.Errorf("%w: not an IP address", ErrNotAllowed)
 	}
+	ap = netip.AddrPortFrom(a, ap.Port())
 	if p != nil {
-		for _, pre := range p.allow {
-			if pre.Contains(a) {
+		for _, e := range p.allow {
+			if e.allows(ap) {
 				return nil
 			}
 		}
 	}
+	if nat64.Contains(a) {
+		// A NAT64 gateway connects to the IPv4 address the last 32 bits carry.
+		b := a.As16()
+		v4 := netip.AddrFrom4([4]byte(b[12:]))
+		if err := p.Check(netip.AddrPortFrom(v4, ap.Port())); err != nil {
+			return fmt.Errorf("%w (NAT64 of %s)", err, a)
+		}
+		return nil
+	}
 	for _, s := range special {
 		if s.prefix.Contains(a) {
-			return fmt.Errorf("%w: %s is in %s (%s), and no allowed prefix includes it", ErrNotAllowed, a, s.prefix, s.name)
+			return fmt.Errorf("%w: %s is in %s (%s), and no allowed entry includes it", ErrNotAllowed, a, s.prefix, s.name)
 		}
+	}
+	if a.Is6() && !global6.Contains(a) {
+		return fmt.Errorf("%w: %s is outside IPv6's global unicast block %s, and no allowed entry includes it", ErrNotAllowed, a, global6)
+	}
+	if ap.Port() == 0 {
+		return fmt.Errorf("%w: port 0", ErrNotAllowed)
 	}
 	return nil
 }
@@ -165,7 +253,7 @@ func (p *Policy) CheckAddress(address string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %q is not an IP address and port", ErrNotAllowed, address)
 	}
-	return p.Check(ap.Addr())
+	return p.Check(ap)
 }
 
 // Control refuses connections the policy does not allow; it has the signature of

@@ -13,14 +13,14 @@ import (
 )
 
 func TestCheck(t *testing.T) {
-	corp, err := egress.Parse("10.20.0.0/16, fd00:1::/32,192.168.1.7")
+	corp, err := egress.Parse("10.20.0.0/16, fd00:1::/32,192.168.1.7, 192.168.2.9:8081, [fd00:2::/64]:443")
 	if err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
 		name   string
 		policy *egress.Policy
-		addr   string
+		addr   string // an address, or address and port (443 when none)
 		block  string // "" when allowed
 	}{
 		{"ok/public IPv4", nil, "93.184.215.14", ""},
@@ -50,15 +50,31 @@ func TestCheck(t *testing.T) {
 		{"fail/unique local", nil, "fd12:3456::1", "fc00::/7 (unique local)"},
 		{"fail/IPv6 link-local", nil, "fe80::1", "fe80::/10 (link-local)"},
 		{"fail/IPv6 link-local with a zone", nil, "fe80::1%eth0", "fe80::/10 (link-local)"},
-		{"ok/IPv6 link-local with a zone, allowed", egress.Allow(netip.MustParsePrefix("fe80::/10")), "fe80::1%eth0", ""},
-		{"fail/NAT64 of a private address", nil, "64:ff9b::a00:1", "64:ff9b::/96 (NAT64)"},
+		{"ok/IPv6 link-local with a zone, allowed", egress.Allow(egress.Entry{Prefix: netip.MustParsePrefix("fe80::/10")}), "fe80::1%eth0", ""},
+		{"fail/NAT64 of a private address", nil, "64:ff9b::a00:1", "10.0.0.0/8 (private)"},
 		{"fail/6to4 of a private address", nil, "2002:a00:1::1", "2002::/16 (6to4)"},
 		{"fail/IPv4-compatible", nil, "::7f00:1", "::/96"},
 		{"fail/IPv6 multicast", nil, "ff02::1", "ff00::/8"},
+		{"ok/allowed address and port", corp, "192.168.2.9:8081", ""},
+		{"fail/allowed address, other port", corp, "192.168.2.9:8080", "192.168.0.0/16"},
+		{"ok/allowed IPv6 prefix and port", corp, "[fd00:2::7]:443", ""},
+		{"fail/allowed IPv6 prefix, other port", corp, "[fd00:2::7]:80", "fc00::/7"},
+		{"fail/Azure platform endpoint", nil, "168.63.129.16", "168.63.129.16/32"},
+		{"ok/NAT64 of a public address", nil, "64:ff9b::5db8:d70e", ""},
+		{"fail/NAT64 of loopback", nil, "64:ff9b::7f00:1", "127.0.0.0/8 (loopback)"},
+		{"fail/NAT64 of the metadata service", nil, "64:ff9b::a9fe:a9fe", "169.254.0.0/16"},
+		{"ok/NAT64 of an allowed address", corp, "[64:ff9b::a14:304]:443", ""},
+		{"fail/IPv6 outside global unicast", nil, "100:0:0:1::1", "2000::/3"},
+		{"fail/IPv4-translated (SIIT)", nil, "::ffff:0:7f00:1", "2000::/3"},
+		{"fail/port 0", nil, "93.184.215.14:0", "port 0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.policy.Check(netip.MustParseAddr(tc.addr))
+			ap, err := netip.ParseAddrPort(tc.addr)
+			if err != nil {
+				ap = netip.AddrPortFrom(netip.MustParseAddr(tc.addr), 443)
+			}
+			err = tc.policy.Check(ap)
 			switch {
 			case tc.block == "" && err != nil:
 				t.Fatalf("Check(%s) = %v, want allowed", tc.addr, err)
@@ -88,7 +104,14 @@ func TestParse(t *testing.T) {
 		{"fail/empty entry", "10.0.0.0/8,,fd00::/8", "", "entry 2 is empty"},
 		{"fail/trailing comma", "10.0.0.0/8,", "", "entry 2 is empty"},
 		{"fail/zone", "fe80::1%eth0", "", "zone"},
-		{"fail/host and port", "10.0.0.1:80", "", `entry 1, "10.0.0.1:80"`},
+		{"ok/address and port", "10.0.0.1:80", "10.0.0.1/32:80", ""},
+		{"ok/prefix and port", " 10.0.0.0/8:443", "10.0.0.0/8:443", ""},
+		{"ok/IPv6 address and port", "[::1]:8081", "[::1/128]:8081", ""},
+		{"ok/IPv6 prefix and port", "[fd00::/8]:443", "[fd00::/8]:443", ""},
+		{"fail/port 0", "10.0.0.1:0", "", "port"},
+		{"fail/port too large", "10.0.0.1:65536", "", "port"},
+		{"fail/bracketed without port", "[::1]", "", `entry 1, "[::1]"`},
+		{"fail/name and port", "origin:8081", "", `entry 1, "origin:8081"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

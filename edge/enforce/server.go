@@ -118,7 +118,7 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful shutdown of Serve; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 	// Egress says which addresses origins may be at. The edge connects only to public unicast
-	// addresses, and to those in the prefixes it allows; a request whose origin is elsewhere (the
+	// addresses, and to what its entries allow; a request whose origin is elsewhere (the
 	// operator's own network, loopback, a cloud metadata service), by its URL or by what its name
 	// resolves to, gets a 502 and the log names the address. nil allows public addresses only.
 	// It does not apply to a Config.Transport, which must make its own checks.
