@@ -39,6 +39,8 @@ type devConfig struct {
 	// dev's default, loopback (egress.Loopback), where the demo echo origin and a developer's own
 	// services run.
 	OriginAllow *egress.Policy
+	// OriginDeny is what origins must not be at, even public or allowed addresses (--origin-deny).
+	OriginDeny []egress.Entry
 	// Version is the binary's version.
 	Version string
 	// Logger and TracerProvider are set up from --log-level, --log-format and the OTEL_* variables.
@@ -55,10 +57,11 @@ type devConfig struct {
 
 // originAllow returns what the dev edge's origins may be at besides public addresses.
 func (c devConfig) originAllow() *egress.Policy {
-	if c.OriginAllow == nil {
-		return egress.Loopback()
+	p := c.OriginAllow
+	if p == nil {
+		p = egress.Loopback()
 	}
-	return c.OriginAllow
+	return p.WithDeny(c.OriginDeny...)
 }
 
 // runControlPlane runs everything "guestlist dev" serves until ctx is done. It is a variable so that
@@ -224,6 +227,8 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 	decisionLog := fs.String("decision-log", "", "decision log: a file path, or - for standard output (default <data-dir>/decisions.jsonl)")
 	originAllow := &egressFlag{egress.Loopback()}
 	fs.Var(originAllow, "origin-allow", originAllowUsage+"; an empty value allows public addresses only")
+	originDeny := &denyFlag{}
+	fs.Var(originDeny, "origin-deny", originDenyUsage)
 	if err := parseFlags(fs, args, env); err != nil {
 		return flagError(fs, err, stderr)
 	}
@@ -287,6 +292,7 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 		TokenSource:    src,
 		DecisionLog:    *decisionLog,
 		OriginAllow:    originAllow.policy,
+		OriginDeny:     originDeny.entries,
 		Version:        ver,
 		Logger:         logger,
 		TracerProvider: tp,

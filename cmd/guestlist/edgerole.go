@@ -35,8 +35,8 @@ type edgeConfig struct {
 	// ConfigAddrs are the ConfigService addresses; EdgeToken the bearer token presented to them.
 	ConfigAddrs []string
 	EdgeToken   string
-	// OriginAllow is what origins may be at besides public addresses (--origin-allow); nil
-	// allows public addresses only.
+	// OriginAllow is what origins may be at besides public addresses (--origin-allow), and what
+	// they must not be at (--origin-deny); nil allows public addresses only.
 	OriginAllow *egress.Policy
 	// ShutdownTimeout bounds the draining of open requests on SIGINT/SIGTERM; 0 means the
 	// enforce package's default.
@@ -76,6 +76,8 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	decisionLog := fs.String("decision-log", "", "decision log: a file path, or - for standard output (default <data-dir>/decisions.jsonl)")
 	originAllow := &egressFlag{}
 	fs.Var(originAllow, "origin-allow", originAllowUsage+" (default: none, public addresses only)")
+	originDeny := &denyFlag{}
+	fs.Var(originDeny, "origin-deny", originDenyUsage)
 	if err := parseFlags(fs, args, env); err != nil {
 		return flagError(fs, err, stderr)
 	}
@@ -114,7 +116,7 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	defer renv.done()
 	cfg := edgeConfig{
 		DataDir: *rf.dataDir, EdgeID: *edgeID, EdgeAddr: edgeAddr.addr, HTTPAddr: rf.httpAddr.addr,
-		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token, OriginAllow: originAllow.policy,
+		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token, OriginAllow: originAllow.policy.WithDeny(originDeny.entries...),
 		Metrics: renv.metrics, TracerProvider: renv.tp, Version: renv.ver, Logger: renv.logger, Stdout: stdout,
 	}
 	if err := runEdgeRole(ctx, cfg); err != nil {

@@ -146,6 +146,23 @@ func (e *egressFlag) Set(s string) error {
 	return nil
 }
 
+// denyFlag is a list of addresses the edge must not forward to (egress.ParseEntries).
+type denyFlag struct{ entries []egress.Entry }
+
+func (d *denyFlag) String() string { return egress.Allow(d.entries...).String() }
+
+func (d *denyFlag) Set(s string) error {
+	entries, err := egress.ParseEntries(s)
+	if err != nil {
+		return err
+	}
+	d.entries = entries
+	return nil
+}
+
+// originDenyUsage is the --origin-deny flag's description.
+const originDenyUsage = "addresses hostnames' origins must not be at, even public or allowed ones (the edges' own public addresses or load balancer, whose origin would loop back to the edge; a platform's services): IP addresses or prefixes, each with an optional port, comma-separated. The edge's own --edge-addr, when it names an IP, is always denied"
+
 // originAllowUsage is the --origin-allow flag's description.
 const originAllowUsage = "addresses besides public ones that hostnames' origins may be at (tenants choose origins, so the edge refuses to forward into private, loopback or link-local networks unless they are listed here): IP addresses or prefixes, each with an optional port, comma-separated, e.g. 10.1.0.0/16,127.0.0.1:8081,[fd00::/8]:443"
 

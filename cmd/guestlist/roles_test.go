@@ -219,16 +219,20 @@ func TestEdgeFlags(t *testing.T) {
 		},
 		{
 			name: "ok/origin networks allowed",
-			env:  map[string]string{"GUESTLIST_ORIGIN_ALLOW": "10.1.0.0/16, fd00::/8"},
+			env:  map[string]string{"GUESTLIST_ORIGIN_ALLOW": "10.1.0.0/16, fd00::/8", "GUESTLIST_ORIGIN_DENY": "203.0.113.7:443,10.1.2.0/24"},
 			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok},
 			check: func(c edgeConfig) string {
 				if got := c.OriginAllow.String(); got != "10.1.0.0/16,fd00::/8" {
 					return "GUESTLIST_ORIGIN_ALLOW not applied: " + got
 				}
+				if got := egress.Allow(c.OriginAllow.Denied()...).String(); got != "203.0.113.7/32:443,10.1.2.0/24" {
+					return "GUESTLIST_ORIGIN_DENY not applied: " + got
+				}
 				return ""
 			},
 		},
 		{name: "fail/edge id with a newline", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--edge-id", "edge-1\nforged"}, mention: "--edge-id"},
+		{name: "fail/origin deny not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--origin-deny", "lb.internal"}, mention: "origin-deny"},
 		{name: "fail/origin allow not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--origin-allow", "10.0.0.0/8,origin.internal"}, mention: `origin-allow: egress: entry 2, "origin.internal"`},
 		{
 			name: "ok/several config addresses from the environment",

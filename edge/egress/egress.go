@@ -71,6 +71,7 @@ var special = []struct {
 // immutable and safe for concurrent use.
 type Policy struct {
 	allow []Entry
+	deny  []Entry // checked first: refused even where allow or public
 }
 
 // Entry is what a Policy allows besides public addresses: the addresses of Prefix, on Port (0:
@@ -117,16 +118,26 @@ func Loopback() *Policy {
 	return Allow(Entry{Prefix: netip.MustParsePrefix("127.0.0.0/8")}, Entry{Prefix: netip.MustParsePrefix("::1/128")})
 }
 
-// Parse parses a comma-separated list of entries to allow besides public addresses. An entry is
-// an IP prefix or a single address, optionally with a port: "10.0.0.0/8", "10.1.2.3",
-// "10.1.2.3:8081", "10.0.0.0/8:443", "fd00::/8", "::1", "[::1]:8081", "[fd00::/8]:443". Space
-// around an entry is ignored; an empty list allows public addresses only. An entry that is none of
-// these, or that has a zone, is an error naming the entry.
+// Parse parses a comma-separated list of entries to allow besides public addresses
+// (ParseEntries) into a Policy.
 func Parse(list string) (*Policy, error) {
-	var entries []Entry
-	if strings.TrimSpace(list) == "" {
-		return Allow(), nil
+	entries, err := ParseEntries(list)
+	if err != nil {
+		return nil, err
 	}
+	return Allow(entries...), nil
+}
+
+// ParseEntries parses a comma-separated list of entries. An entry is an IP prefix or a single
+// address, optionally with a port: "10.0.0.0/8", "10.1.2.3", "10.1.2.3:8081", "10.0.0.0/8:443",
+// "fd00::/8", "::1", "[::1]:8081", "[fd00::/8]:443". Space around an entry is ignored; an empty
+// list has no entries. An entry that is none of these, or that has a zone, is an error naming the
+// entry.
+func ParseEntries(list string) ([]Entry, error) {
+	if strings.TrimSpace(list) == "" {
+		return nil, nil
+	}
+	var entries []Entry
 	for i, raw := range strings.Split(list, ",") {
 		raw = strings.TrimSpace(raw)
 		if raw == "" {
@@ -138,7 +149,20 @@ func Parse(list string) (*Policy, error) {
 		}
 		entries = append(entries, e)
 	}
-	return Allow(entries...), nil
+	return entries, nil
+}
+
+// WithDeny returns a copy of p that also refuses the given entries, before anything else: a
+// public address (the edges' own, whose origin would loop back to them; a platform's service) or
+// one inside an allowed prefix. IPv4-mapped prefixes are taken as in Allow.
+func (p *Policy) WithDeny(entries ...Entry) *Policy {
+	q := Allow()
+	if p != nil {
+		q.allow = slices.Clone(p.allow)
+		q.deny = slices.Clone(p.deny)
+	}
+	q.deny = append(q.deny, Allow(entries...).allow...)
+	return q
 }
 
 // parseEntry parses one entry of Parse.
@@ -190,13 +214,26 @@ func (p *Policy) Entries() []Entry {
 	return slices.Clone(p.allow)
 }
 
-// String returns the entries as Parse reads them ("" when there are none).
+// Denied returns what the policy refuses before anything else (WithDeny).
+func (p *Policy) Denied() []Entry {
+	if p == nil {
+		return nil
+	}
+	return slices.Clone(p.deny)
+}
+
+// String returns the allowed entries as Parse reads them ("" when there are none).
 func (p *Policy) String() string {
 	if p == nil {
 		return ""
 	}
-	s := make([]string, len(p.allow))
-	for i, e := range p.allow {
+	return joinEntries(p.allow)
+}
+
+// joinEntries returns entries as ParseEntries reads them.
+func joinEntries(entries []Entry) string {
+	s := make([]string, len(entries))
+	for i, e := range entries {
 		s[i] = e.String()
 	}
 	return strings.Join(s, ",")
@@ -217,6 +254,11 @@ func (p *Policy) Check(ap netip.AddrPort) error {
 	}
 	ap = netip.AddrPortFrom(a, ap.Port())
 	if p != nil {
+		for _, e := range p.deny {
+			if e.allows(ap) {
+				return fmt.Errorf("%w: %s is denied (%s)", ErrNotAllowed, ap, e)
+			}
+		}
 		for _, e := range p.allow {
 			if e.allows(ap) {
 				return nil

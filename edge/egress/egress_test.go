@@ -17,6 +17,12 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	deny, err := egress.ParseEntries("127.0.0.1:8080, 93.184.215.14, 10.20.9.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	denying := egress.Loopback().WithDeny(deny...)
+	corpDenying := corp.WithDeny(deny...)
 	tests := []struct {
 		name   string
 		policy *egress.Policy
@@ -67,6 +73,14 @@ func TestCheck(t *testing.T) {
 		{"fail/IPv6 outside global unicast", nil, "100:0:0:1::1", "2000::/3"},
 		{"fail/IPv4-translated (SIIT)", nil, "::ffff:0:7f00:1", "2000::/3"},
 		{"fail/port 0", nil, "93.184.215.14:0", "port 0"},
+		{"fail/denied port of an allowed prefix", denying, "127.0.0.1:8080", "127.0.0.1:8080 is denied (127.0.0.1/32:8080)"},
+		{"ok/other port of the allowed prefix", denying, "127.0.0.1:8081", ""},
+		{"fail/denied public address", denying, "93.184.215.14", "is denied (93.184.215.14/32)"},
+		{"fail/denied, inside an allowed prefix", corpDenying, "10.20.9.4", "is denied (10.20.9.0/24)"},
+		{"ok/allowed prefix beside the denied one", corpDenying, "10.20.8.4", ""},
+		{"fail/NAT64 of a denied address", denying, "64:ff9b::5db8:d70e", "is denied"},
+		{"ok/WithDeny keeps the allowed entries", corpDenying, "192.168.1.7", ""},
+		{"ok/WithDeny leaves the original as it was", corp, "10.20.9.4", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -134,6 +134,25 @@ func TestOriginEgress(t *testing.T) {
 			t.Errorf("the log does not name the refused address:\n%s", out)
 		}
 	})
+	t.Run("fail/an origin at the edge's own address", func(t *testing.T) {
+		e, logs := start(t, egress.Loopback())
+		for i, scheme := range []string{"http", "https"} {
+			loop := host("loop.example.com", "acme", ca)
+			loop.Mode = configv1.MtlsMode_MTLS_MODE_OFF // an ENFORCE hostname would stop the loop at its first turn
+			loop.OriginUrl, loop.Version = scheme+"://"+e.addr, uint64(2+i)
+			if err := store.Apply(&configv1.WatchResponse{Position: uint64(2 + i), Upserts: []*configv1.HostnameConfig{loop}}); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range requests {
+				if res := send(t, e, "loop.example.com", r); res.status != http.StatusBadGateway {
+					t.Errorf("%s to a hostname whose origin is %s: status %d, want 502", r.name, loop.OriginUrl, res.status)
+				}
+			}
+		}
+		if out := logs.String(); !strings.Contains(out, "is denied") {
+			t.Errorf("the log does not say the edge's own address is denied:\n%s", out)
+		}
+	})
 	t.Run("ok/loopback allowed", func(t *testing.T) {
 		e, _ := start(t, egress.Loopback())
 		for hostname := range origins {

@@ -141,7 +141,7 @@ func (s *Server) newOrigin(raw string) *origin {
 	}
 	o := &origin{s: s, proxy: rp}
 	if s.cfg.Transport == nil {
-		o.lean = newLeanPool(target, s.cfg.Egress)
+		o.lean = newLeanPool(target, s.egress)
 	}
 	return o
 }

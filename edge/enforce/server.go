@@ -82,6 +82,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,6 +122,8 @@ type Config struct {
 	// addresses, and to what its entries allow; a request whose origin is elsewhere (the
 	// operator's own network, loopback, a cloud metadata service), by its URL or by what its name
 	// resolves to, gets a 502 and the log names the address. nil allows public addresses only.
+	// The edge's own listening address is always denied (an origin there would loop requests
+	// back to the edge without end): on every local interface address when it listens on all.
 	// It does not apply to a Config.Transport, which must make its own checks.
 	Egress *egress.Policy
 	// Transport, when set, forwards every request with httputil.ReverseProxy over it (no lean
@@ -173,6 +176,7 @@ type Server struct {
 	hostTLS  sync.Map // hostname -> *hostTLS
 	nHostTLS atomic.Int64
 
+	egress    *egress.Policy // Config.Egress, denying the edge's own addresses
 	transport http.RoundTripper
 	origins   sync.Map // origin URL -> *origin
 	nOrigins  atomic.Int64
@@ -228,9 +232,6 @@ func New(cfg Config) (*Server, error) {
 	if s.metrics, err = newMetrics(cfg.MeterProvider); err != nil {
 		return nil, fmt.Errorf("enforce: metrics: %w", err)
 	}
-	if s.transport == nil {
-		s.transport = NewTransport(cfg.Egress)
-	}
 	s.baseTLS = &tls.Config{
 		MinVersion:         tls.VersionTLS12,
 		NextProtos:         []string{"h2", "http/1.1"},
@@ -256,9 +257,41 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("enforce: listen on %s: %w", cfg.Addr, err)
 	}
 	s.ln = ln
+	s.egress = cfg.Egress.WithDeny(selfEntries(ln.Addr())...)
+	if s.transport == nil {
+		s.transport = NewTransport(s.egress)
+	}
 	s.handoff = newHandoffListener(ln.Addr())
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	return s, nil
+}
+
+// selfEntries returns the addresses an origin must not be at because they are the edge's own
+// listener, addr: its IP and port, or, when it listens on every address, each local interface's
+// address with its port.
+func selfEntries(addr net.Addr) []egress.Entry {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return nil
+	}
+	ap := tcp.AddrPort()
+	ips := []netip.Addr{ap.Addr().Unmap()}
+	if ap.Addr().IsUnspecified() {
+		ips = ips[:0]
+		ifaddrs, _ := net.InterfaceAddrs()
+		for _, ia := range ifaddrs {
+			if n, ok := ia.(*net.IPNet); ok {
+				if a, ok := netip.AddrFromSlice(n.IP); ok {
+					ips = append(ips, a.Unmap())
+				}
+			}
+		}
+	}
+	entries := make([]egress.Entry, 0, len(ips))
+	for _, a := range ips {
+		entries = append(entries, egress.Entry{Prefix: netip.PrefixFrom(a, a.BitLen()), Port: ap.Port()})
+	}
+	return entries
 }
 
 // Addr returns the address the server listens on.
