@@ -165,11 +165,15 @@ type RefusedHostname struct {
 func (e *RefusedError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "configset: response at position %d applied without %d hostname(s) whose configuration could not be prepared:", e.Position, len(e.Refused))
-	for i, r := range e.Refused {
+	const named = 10 // the message names the first ones
+	for i, r := range e.Refused[:min(len(e.Refused), named)] {
 		if i > 0 {
 			b.WriteByte(';')
 		}
 		fmt.Fprintf(&b, " upserts[%d] (%q): %v", r.Index, r.Hostname, r.Err)
+	}
+	if n := len(e.Refused) - named; n > 0 {
+		fmt.Fprintf(&b, "; and %d more", n)
 	}
 	return b.String()
 }
