@@ -167,11 +167,18 @@ type Server struct {
 	watchers map[*watcher]struct{}
 
 	// snapMu serialises snapshot reads; the last one is reused while the projector has not moved,
-	// so edges connecting together (after a restart) share one read of the read model.
+	// so edges connecting together (after a restart) share one read of the read model. It holds
+	// every configuration, so it is dropped snapKeep after it was last used.
 	snapMu      sync.Mutex
 	snapPos     uint64
 	snapConfigs []*configv1.HostnameConfig
+	snapKeep    time.Duration
+	snapDrop    *time.Timer
+	snapUses    uint64 // the last use's timer drops the snapshot
 }
+
+// snapKeep is how long a snapshot read is kept for edges connecting after it.
+const snapKeep = 30 * time.Second
 
 var _ configv1.ConfigServiceServer = (*Server)(nil)
 
@@ -188,7 +195,7 @@ func New(p *projector.Projector, opts ...Option) *Server {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	s := &Server{p: p, opts: o, log: o.log.With("component", "distribute"), watchers: map[*watcher]struct{}{}}
+	s := &Server{p: p, opts: o, log: o.log.With("component", "distribute"), watchers: map[*watcher]struct{}{}, snapKeep: snapKeep}
 	tel, err := newTelemetry(s)
 	if err != nil {
 		s.log.Error("distribute: metrics unavailable", "err", err)
@@ -454,18 +461,30 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 func (s *Server) snapshot() (uint64, []*configv1.HostnameConfig, error) {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
-	if s.snapConfigs != nil && s.snapPos == s.p.Position() {
-		return s.snapPos, s.snapConfigs, nil
+	if s.snapDrop != nil {
+		s.snapDrop.Stop()
 	}
-	pos, configs, err := s.p.Snapshot()
-	if err != nil {
-		return 0, nil, err
+	if s.snapConfigs == nil || s.snapPos != s.p.Position() {
+		s.snapConfigs = nil // let the old one go before reading the next
+		pos, configs, err := s.p.Snapshot()
+		if err != nil {
+			return 0, nil, err
+		}
+		if configs == nil {
+			configs = []*configv1.HostnameConfig{}
+		}
+		s.snapPos, s.snapConfigs = pos, configs
 	}
-	if configs == nil {
-		configs = []*configv1.HostnameConfig{}
-	}
-	s.snapPos, s.snapConfigs = pos, configs
-	return pos, configs, nil
+	s.snapUses++
+	use := s.snapUses
+	s.snapDrop = time.AfterFunc(s.snapKeep, func() {
+		s.snapMu.Lock()
+		defer s.snapMu.Unlock()
+		if s.snapUses == use { // not used since
+			s.snapConfigs = nil
+		}
+	})
+	return s.snapPos, s.snapConfigs, nil
 }
 
 // waitWindow waits until fewer than Window responses are unanswered.

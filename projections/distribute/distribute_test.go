@@ -854,3 +854,53 @@ func BenchmarkWatchPropagation(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
+
+// TestSnapshotReadIsDropped: the snapshot kept for edges connecting together holds every
+// configuration; it is shared while the projector has not moved, and let go snapKeep after its
+// last use (not after an earlier one's).
+func TestSnapshotReadIsDropped(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	_, last := e.write(20)
+	e.waitProjector(last)
+	keep := func(d time.Duration) {
+		e.srv.snapMu.Lock()
+		e.srv.snapKeep = d
+		e.srv.snapMu.Unlock()
+	}
+	held := func() []*configv1.HostnameConfig {
+		e.srv.snapMu.Lock()
+		defer e.srv.snapMu.Unlock()
+		return e.srv.snapConfigs
+	}
+	waitDropped := func() {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for held() != nil {
+			if time.Now().After(deadline) {
+				t.Fatal("the snapshot read is still held long after its last use")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	keep(time.Hour)
+	_, a, err := e.srv.snapshot()
+	if err != nil || len(a) == 0 {
+		t.Fatalf("snapshot: %d configurations, %v", len(a), err)
+	}
+	if _, b, _ := e.srv.snapshot(); &a[0] != &b[0] {
+		t.Fatal("a second edge's snapshot was read again instead of shared")
+	}
+	keep(time.Millisecond)
+	_, _, _ = e.srv.snapshot() // the last use: dropped a millisecond after it
+	waitDropped()
+
+	// An earlier use's expiry does not drop what a later use keeps.
+	_, _, _ = e.srv.snapshot()
+	keep(time.Hour)
+	_, _, _ = e.srv.snapshot()
+	time.Sleep(20 * time.Millisecond)
+	if held() == nil {
+		t.Fatal("dropped at an earlier use's expiry")
+	}
+}
