@@ -161,7 +161,7 @@ func (d *denyFlag) Set(s string) error {
 }
 
 // originDenyUsage is the --origin-deny flag's description.
-const originDenyUsage = "addresses hostnames' origins must not be at, even public or allowed ones (the edges' own public addresses or load balancer, whose origin would loop back to the edge; a platform's services): IP addresses or prefixes, each with an optional port, comma-separated. The edge's own --edge-addr, when it names an IP, is always denied"
+const originDenyUsage = "addresses hostnames' origins must not be at, even public or allowed ones (the edges' own public addresses or load balancer, whose origin would loop back to the edge; a platform's services): IP addresses or prefixes, each with an optional port, comma-separated. The edge's own listening address is always denied (its port on all of loopback and every interface address, when it listens on all)"
 
 // originAllowUsage is the --origin-allow flag's description.
 const originAllowUsage = "addresses besides public ones that hostnames' origins may be at (tenants choose origins, so the edge refuses to forward into private, loopback or link-local networks unless they are listed here): IP addresses or prefixes, each with an optional port, comma-separated, e.g. 10.1.0.0/16,127.0.0.1:8081,[fd00::/8]:443"

@@ -741,3 +741,28 @@ func TestEdgeReadyzSaysWhyNotReady(t *testing.T) {
 		t.Errorf("/readyz body %q does not say that no configuration arrived", body)
 	}
 }
+
+// TestEdgeStartsFromADamagedStateFile: an edge whose saved configuration cannot be used (damaged,
+// or written by a version it cannot read) starts without it, refusing every hostname, and gets
+// its configuration from the control plane, rather than failing to start until someone deletes
+// the file.
+func TestEdgeStartsFromADamagedStateFile(t *testing.T) {
+	c := startCluster(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, edgeStateFile), []byte("not a configuration"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.edgeCfg
+	cfg.DataDir, cfg.EdgeID, cfg.EdgeAddr, cfg.HTTPAddr = dir, "edge-damaged-state", freeAddr(t), freeAddr(t)
+	cfg.CADir, cfg.DecisionLog = filepath.Join(dir, "ca"), filepath.Join(dir, "decisions.jsonl")
+	cfg.Stdout = io.Discard
+	_ = serveInBackground(t, func(ctx context.Context) error { return serveEdgeRole(ctx, cfg) })
+	eventually(t, "the edge to be ready with the control plane's configuration", func() bool {
+		resp, err := http.Get("http://" + cfg.HTTPAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}

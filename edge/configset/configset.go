@@ -141,7 +141,7 @@ func (st *Store) Apply(resp *configv1.WatchResponse) error {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.apply(resp, false, nil)
+	return st.apply(resp, nil)
 }
 
 // RefusedError is Apply's report of the hostnames it left out of a response it applied.
@@ -178,10 +178,9 @@ func (e *RefusedError) Error() string {
 	return b.String()
 }
 
-// apply is Apply, with st.mu held. With strict, an upsert that cannot be prepared refuses the
-// whole response instead (LoadFile: a saved set holds only configurations prepared before), and
-// refused are the hostnames the saved set had left out.
-func (st *Store) apply(resp *configv1.WatchResponse, strict bool, refusedBefore []string) error {
+// apply is Apply, with st.mu held; refusedBefore are the hostnames a saved set had left out
+// (LoadFile), which a snapshot keeps refused.
+func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string) error {
 	cur := st.cur.Load()
 	pos := resp.GetPosition()
 	fail := func(format string, args ...any) error {
@@ -227,8 +226,9 @@ func (st *Store) apply(resp *configv1.WatchResponse, strict bool, refusedBefore 
 	refusedNames := map[string]bool{}
 	for i, err := range errs {
 		if err != nil {
-			if strict {
-				return fail("upserts[%d]: %v", i, err)
+			if refusedNames[upserts[i].GetHostname()] {
+				// Both copies of a hostname left out: a duplicate all the same.
+				return fail("hostname %q is upserted twice (again at upserts[%d])", upserts[i].GetHostname(), i)
 			}
 			refused = append(refused, RefusedHostname{Hostname: upserts[i].GetHostname(), Index: i, Err: err})
 			refusedNames[upserts[i].GetHostname()] = true

@@ -405,9 +405,6 @@ func TestLoadFileRefuses(t *testing.T) {
 		t.Fatalf("the saved file holds the mode ENFORCE %d times, want 2", n)
 	}
 	flipped := bytes.Replace(good, enforce, report, 1)
-	bad := cfg(t, "c.example.com", 1)
-	bad.CertificateAuthorities[0].CertificateDer = []byte("nope")
-	badFile, _ := proto.Marshal(&configv1.WatchResponse{Position: 9, Snapshot: true, Upserts: []*configv1.HostnameConfig{bad}})
 	moreFile, _ := proto.Marshal(&configv1.WatchResponse{Position: 9, Snapshot: true, More: true})
 	changeFile, _ := proto.Marshal(&configv1.WatchResponse{Position: 9})
 	cases := map[string][]byte{
@@ -416,7 +413,6 @@ func TestLoadFileRefuses(t *testing.T) {
 		"truncated":      good[:len(good)-3],
 		"flipped bit":    flipped,
 		"trailing data":  append(append([]byte{}, good...), good...),
-		"bad config":     varint(badFile),
 		"last part more": varint(moreFile),
 		"not a snapshot": varint(changeFile),
 	}
@@ -668,42 +664,41 @@ func varint(msg []byte) []byte {
 	return append(binary.AppendUvarint(nil, uint64(len(msg))), msg...)
 }
 
-// TestSaveRemovesStaleTemporaryFiles: a crash during Save leaves its temporary file; a later Save
-// of the same path removes those not written to for a while, and leaves everything else alone (a
-// Save in progress elsewhere, other files).
-func TestSaveRemovesStaleTemporaryFiles(t *testing.T) {
+// TestSaveReusesItsTemporaryFile: a crash during Save leaves its temporary file; the next Save
+// writes over that same file, so that a crash loop leaves at most one, and a leftover file's mode
+// does not make the saved configuration readable by others.
+func TestSaveReusesItsTemporaryFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "edge-config.binpb")
-	old := time.Now().Add(-time.Hour)
-	files := map[string]bool{ // name -> kept
-		".edge-config.binpb.tmp-111": false, // left by a crash an hour ago
-		".edge-config.binpb.tmp-222": true,  // being written right now
-		".other.binpb.tmp-333":       true,  // another path's
-		"decisions.jsonl":            true,
+	leftover := filepath.Join(dir, ".edge-config.binpb.tmp")
+	if err := os.WriteFile(leftover, bytes.Repeat([]byte("partial"), 1000), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	for name := range files {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if name != ".edge-config.binpb.tmp-222" {
-			if err := os.Chtimes(p, old, old); err != nil {
-				t.Fatal(err)
-			}
-		}
+	if err := os.WriteFile(filepath.Join(dir, "decisions.jsonl"), []byte("{}\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
 	st := NewStore()
 	if err := st.Apply(snapshot(3, cfg(t, "a.example.com", 3))); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Save(path); err != nil {
+	for range 3 {
+		if err := st.Save(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for name, kept := range files {
-		_, err := os.Stat(filepath.Join(dir, name))
-		if exists := err == nil; exists != kept {
-			t.Errorf("%s: exists %v, want %v", name, exists, kept)
-		}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"decisions.jsonl", "edge-config.binpb"}) {
+		t.Errorf("the directory holds %v, want the saved file and the other file only", names)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("saved file mode %v, %v; want 0600", fi.Mode().Perm(), err)
 	}
 	loaded := NewStore()
 	if err := loaded.LoadFile(path); err != nil || loaded.Load().Position() != 3 {
@@ -762,12 +757,12 @@ func TestRefusedHostnamesKept(t *testing.T) {
 }
 
 // TestSnapshotDuplicateWithARefusedCopy: a hostname twice in a snapshot is refused as a whole
-// also when one of the two cannot be prepared (the other would be served, while the ack says the
+// also when one of the two, or both, cannot be prepared (the other would be served, while the ack says the
 // hostname was left out).
 func TestSnapshotDuplicateWithARefusedCopy(t *testing.T) {
 	bad := cfg(t, "x.example.com", 5)
 	bad.Policy.Rules[0].Expression = "cret.verified"
-	for _, order := range [][]*configv1.HostnameConfig{{bad, cfg(t, "x.example.com", 4)}, {cfg(t, "x.example.com", 4), bad}} {
+	for _, order := range [][]*configv1.HostnameConfig{{bad, cfg(t, "x.example.com", 4)}, {cfg(t, "x.example.com", 4), bad}, {bad, bad}} {
 		st := NewStore()
 		if err := st.Apply(snapshot(1, cfg(t, "a.example.com", 1))); err != nil {
 			t.Fatal(err)
@@ -778,5 +773,29 @@ func TestSnapshotDuplicateWithARefusedCopy(t *testing.T) {
 			t.Fatalf("Apply = %v, want the whole snapshot refused", err)
 		}
 		check(t, st.Load(), 1, map[string]uint64{"a.example.com": 1})
+	}
+}
+
+// TestLoadFileLeavesOutWhatItCannotPrepare: a file written by a newer edge may hold a
+// configuration this version cannot prepare (after a rollback); the rest is loaded, and the
+// hostname is refused and remembered, so that the edge asks for it again (watch: want_snapshot)
+// instead of failing to start.
+func TestLoadFileLeavesOutWhatItCannotPrepare(t *testing.T) {
+	bad := cfg(t, "c.example.com", 1)
+	bad.CertificateAuthorities[0].CertificateDer = []byte("nope")
+	file, _ := proto.Marshal(&configv1.WatchResponse{Position: 9, Snapshot: true, Upserts: []*configv1.HostnameConfig{cfg(t, "a.example.com", 2), bad}, Removals: []string{"d.example.com"}})
+	p := filepath.Join(t.TempDir(), "edge-config.pb")
+	if err := os.WriteFile(p, varint(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := NewStore()
+	err := st.LoadFile(p)
+	var refused *RefusedError
+	if !errors.As(err, &refused) || len(refused.Refused) != 1 || refused.Refused[0].Hostname != "c.example.com" {
+		t.Fatalf("LoadFile = %v, want a *RefusedError naming c.example.com", err)
+	}
+	check(t, st.Load(), 9, map[string]uint64{"a.example.com": 2})
+	if got := st.Load().Refused(); !slices.Equal(got, []string{"c.example.com", "d.example.com"}) {
+		t.Fatalf("Refused = %v, want the one left out now and the one the file had left out", got)
 	}
 }

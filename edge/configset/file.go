@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
@@ -54,22 +53,26 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // refuses a set that is not complete (no snapshot applied yet). It may run concurrently with Apply
 // (it saves the set current when it starts).
 //
-// A crash during a Save leaves its temporary file behind, as large as the configuration; after
-// writing path, Save removes the temporary files of earlier Saves of path that have not been
-// written to for staleTemp (one in progress elsewhere is younger), so that a crash loop cannot
-// fill the disk.
+// The temporary file is always the same, "."+base(path)+".tmp", truncated by each Save: a crash
+// during a Save leaves at most that one file, as large as the configuration, and the next Save
+// reuses it, so that a crash loop cannot fill the disk. Saves of one path must not run
+// concurrently (the watch's saver makes them one at a time; two edges do not share a data
+// directory).
 func (st *Store) Save(path string) (err error) {
 	set := st.Load()
 	if !set.Complete() {
 		return errors.New("configset: nothing to save: no snapshot was applied yet")
 	}
 	dir := filepath.Dir(path)
-	pattern := "." + filepath.Base(path) + ".tmp-*"
-	f, err := os.CreateTemp(dir, pattern)
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("configset: save: %w", err)
 	}
-	tmp := f.Name()
+	if err := f.Chmod(0o600); err != nil { // a leftover file keeps the mode it had
+		f.Close()
+		return fmt.Errorf("configset: save: %w", err)
+	}
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -89,31 +92,12 @@ func (st *Store) Save(path string) (err error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	removeStaleTemps(dir, "."+filepath.Base(path)+".tmp-")
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 	return d.Sync()
-}
-
-// staleTemp is how long a temporary file of Save has not been written to before a later Save of
-// the same path takes it for one left by a crash.
-const staleTemp = 10 * time.Minute
-
-// removeStaleTemps removes the regular files in dir whose names start with prefix and that were
-// not modified for staleTemp. It is best effort: a file it cannot remove stays for the next Save.
-func removeStaleTemps(dir, prefix string) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), prefix) {
-			continue
-		}
-		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
-			_ = os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
 }
 
 // writeSet writes set in the file format.
@@ -157,9 +141,11 @@ func writeSet(w io.Writer, set *Set) error {
 }
 
 // LoadFile replaces the current set with the one saved in path by Save, as Apply applies a
-// snapshot (every hostname is prepared; any problem leaves the current set as it is and is
-// returned; the saved position must not be behind the current one). A missing file is not an
-// error: the set stays as it is (empty, on a new Store).
+// snapshot: the saved position must not be behind the current one, and a hostname whose
+// configuration this version cannot prepare (a file written by a newer edge) is left out, kept in
+// Set.Refused with those the saved set had left out, and named by a returned *RefusedError, the
+// set being loaded. Any other problem (a damaged file) leaves the current set as it is and is
+// returned. A missing file is not an error: the set stays as it is (empty, on a new Store).
 func (st *Store) LoadFile(path string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -177,7 +163,11 @@ func (st *Store) LoadFile(path string) error {
 	defer st.mu.Unlock()
 	refused := resp.Removals
 	resp.Removals = nil
-	if err := st.apply(resp, true, refused); err != nil {
+	if err := st.apply(resp, refused); err != nil {
+		var partly *RefusedError
+		if errors.As(err, &partly) {
+			return err
+		}
 		return fmt.Errorf("configset: load %s: %w", path, err)
 	}
 	return nil

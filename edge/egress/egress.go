@@ -242,6 +242,12 @@ func joinEntries(entries []Entry) string {
 // nat64 is the well-known NAT64 prefix (RFC 6052), whose addresses embed an IPv4 address.
 var nat64 = netip.MustParsePrefix("64:ff9b::/96")
 
+// embedded4 returns the IPv4 address in the last 32 bits of a NAT64 address.
+func embedded4(a netip.Addr) netip.Addr {
+	b := a.As16()
+	return netip.AddrFrom4([4]byte(b[12:]))
+}
+
 // global6 is IPv6's global unicast block; addresses outside it are not public.
 var global6 = netip.MustParsePrefix("2000::/3")
 
@@ -254,9 +260,15 @@ func (p *Policy) Check(ap netip.AddrPort) error {
 	}
 	ap = netip.AddrPortFrom(a, ap.Port())
 	if p != nil {
-		for _, e := range p.deny {
-			if e.allows(ap) {
-				return fmt.Errorf("%w: %s is denied (%s)", ErrNotAllowed, ap, e)
+		deny := []netip.AddrPort{ap}
+		if nat64.Contains(a) { // denied also when an entry allows the NAT64 form
+			deny = append(deny, netip.AddrPortFrom(embedded4(a), ap.Port()))
+		}
+		for _, d := range deny {
+			for _, e := range p.deny {
+				if e.allows(d) {
+					return fmt.Errorf("%w: %s is denied (%s)", ErrNotAllowed, d, e)
+				}
 			}
 		}
 		for _, e := range p.allow {
@@ -267,9 +279,7 @@ func (p *Policy) Check(ap netip.AddrPort) error {
 	}
 	if nat64.Contains(a) {
 		// A NAT64 gateway connects to the IPv4 address the last 32 bits carry.
-		b := a.As16()
-		v4 := netip.AddrFrom4([4]byte(b[12:]))
-		if err := p.Check(netip.AddrPortFrom(v4, ap.Port())); err != nil {
+		if err := p.Check(netip.AddrPortFrom(embedded4(a), ap.Port())); err != nil {
 			return fmt.Errorf("%w (NAT64 of %s)", err, a)
 		}
 		return nil

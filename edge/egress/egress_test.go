@@ -79,6 +79,7 @@ func TestCheck(t *testing.T) {
 		{"fail/denied, inside an allowed prefix", corpDenying, "10.20.9.4", "is denied (10.20.9.0/24)"},
 		{"ok/allowed prefix beside the denied one", corpDenying, "10.20.8.4", ""},
 		{"fail/NAT64 of a denied address", denying, "64:ff9b::5db8:d70e", "is denied"},
+		{"fail/NAT64 of a denied address, NAT64 allowed", egress.Allow(egress.Entry{Prefix: netip.MustParsePrefix("64:ff9b::/96")}).WithDeny(deny...), "64:ff9b::5db8:d70e", "93.184.215.14:443 is denied"},
 		{"ok/WithDeny keeps the allowed entries", corpDenying, "192.168.1.7", ""},
 		{"ok/WithDeny leaves the original as it was", corp, "10.20.9.4", ""},
 	}

@@ -70,9 +70,13 @@ func TestOriginEgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := func(t *testing.T, policy *egress.Policy) (*env, *syncBuffer) {
+	start := func(t *testing.T, policy *egress.Policy, listen ...string) (*env, *syncBuffer) {
+		addr := "127.0.0.1:0"
+		if len(listen) > 0 {
+			addr = listen[0]
+		}
 		logs := &syncBuffer{}
-		srv, err := New(Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate,
+		srv, err := New(Config{Addr: addr, Configs: store, Certificates: edgeCA.GetCertificate,
 			Log: decisionlog.New(&syncBuffer{}), Logger: slog.New(slog.NewTextHandler(logs, nil)), Egress: policy})
 		if err != nil {
 			t.Fatal(err)
@@ -81,7 +85,8 @@ func TestOriginEgress(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(ctx) }()
 		t.Cleanup(func() { cancel(); <-done })
-		return &env{t: t, addr: srv.Addr().String(), edgeCA: edgeCA}, logs
+		_, port, _ := net.SplitHostPort(srv.Addr().String())
+		return &env{t: t, addr: net.JoinHostPort("127.0.0.1", port), edgeCA: edgeCA}, logs
 	}
 	type request struct {
 		name    string
@@ -148,6 +153,22 @@ func TestOriginEgress(t *testing.T) {
 					t.Errorf("%s to a hostname whose origin is %s: status %d, want 502", r.name, loop.OriginUrl, res.status)
 				}
 			}
+		}
+		if out := logs.String(); !strings.Contains(out, "is denied") {
+			t.Errorf("the log does not say the edge's own address is denied:\n%s", out)
+		}
+	})
+	t.Run("fail/an origin at the edge's own port elsewhere on loopback, the edge listening on all addresses", func(t *testing.T) {
+		e, logs := start(t, egress.Loopback(), "0.0.0.0:0")
+		_, port, _ := net.SplitHostPort(e.addr)
+		loop := host("loop2.example.com", "acme", ca)
+		loop.Mode = configv1.MtlsMode_MTLS_MODE_OFF
+		loop.OriginUrl, loop.Version = "http://127.0.0.2:"+port, 9
+		if err := store.Apply(&configv1.WatchResponse{Position: 9, Upserts: []*configv1.HostnameConfig{loop}}); err != nil {
+			t.Fatal(err)
+		}
+		if res := send(t, e, "loop2.example.com", requests[0]); res.status != http.StatusBadGateway {
+			t.Errorf("GET to a hostname whose origin is %s: status %d, want 502", loop.OriginUrl, res.status)
 		}
 		if out := logs.String(); !strings.Contains(out, "is denied") {
 			t.Errorf("the log does not say the edge's own address is denied:\n%s", out)

@@ -123,7 +123,8 @@ type Config struct {
 	// operator's own network, loopback, a cloud metadata service), by its URL or by what its name
 	// resolves to, gets a 502 and the log names the address. nil allows public addresses only.
 	// The edge's own listening address is always denied (an origin there would loop requests
-	// back to the edge without end): on every local interface address when it listens on all.
+	// back to the edge without end): when it listens on all addresses, its port on all of
+	// loopback and on every local interface's address.
 	// It does not apply to a Config.Transport, which must make its own checks.
 	Egress *egress.Policy
 	// Transport, when set, forwards every request with httputil.ReverseProxy over it (no lean
@@ -267,29 +268,32 @@ func New(cfg Config) (*Server, error) {
 }
 
 // selfEntries returns the addresses an origin must not be at because they are the edge's own
-// listener, addr: its IP and port, or, when it listens on every address, each local interface's
-// address with its port.
+// listener, addr: its IP and port, or, when it listens on every address, the whole of loopback
+// (127.0.0.0/8 and ::1, which such a socket accepts on) and each local interface's address (read
+// once, at start), with its port.
 func selfEntries(addr net.Addr) []egress.Entry {
 	tcp, ok := addr.(*net.TCPAddr)
 	if !ok {
 		return nil
 	}
 	ap := tcp.AddrPort()
-	ips := []netip.Addr{ap.Addr().Unmap()}
-	if ap.Addr().IsUnspecified() {
-		ips = ips[:0]
+	a := ap.Addr().Unmap()
+	prefixes := []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
+	if a.IsUnspecified() {
+		prefixes = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 		ifaddrs, _ := net.InterfaceAddrs()
 		for _, ia := range ifaddrs {
 			if n, ok := ia.(*net.IPNet); ok {
-				if a, ok := netip.AddrFromSlice(n.IP); ok {
-					ips = append(ips, a.Unmap())
+				if ip, ok := netip.AddrFromSlice(n.IP); ok {
+					ip = ip.Unmap()
+					prefixes = append(prefixes, netip.PrefixFrom(ip, ip.BitLen()))
 				}
 			}
 		}
 	}
-	entries := make([]egress.Entry, 0, len(ips))
-	for _, a := range ips {
-		entries = append(entries, egress.Entry{Prefix: netip.PrefixFrom(a, a.BitLen()), Port: ap.Port()})
+	entries := make([]egress.Entry, 0, len(prefixes))
+	for _, pre := range prefixes {
+		entries = append(entries, egress.Entry{Prefix: pre, Port: ap.Port()})
 	}
 	return entries
 }

@@ -2,9 +2,10 @@
 // with the control plane's configuration and persists it, so that an edge restarted without the
 // control plane serves its last configuration.
 //
-// [Run] loads the persisted configuration (Options.StatePath) into the store, then, forever until
-// its context ends: opens a Watch stream (with the edge token as `authorization: Bearer ...`
-// metadata), says hello with the edge id and the position the store holds, and applies every
+// [Run] loads the persisted configuration (Options.StatePath) into the store, unless the store
+// holds one already, then, forever until its context ends: opens a Watch stream (with the edge
+// token as `authorization: Bearer ...` metadata), says hello with the edge id and the position the
+// store holds, and applies every
 // response to the store. The parts of a multi-part response (more = true) are collected and
 // applied together with the last part. Each applied response is acknowledged (ack_position = its
 // position) and saved to StatePath. A response that cannot be applied is refused (ack_position and
@@ -15,16 +16,19 @@
 // prepared (configset.RefusedError): the response is applied without it, the edge refuses that
 // hostname as an unknown one (its handshakes fail, so no decision names a configuration it does not
 // enforce), and the acknowledgement lists it (refused), so that one tenant's configuration cannot
-// hold up every other tenant's changes.
+// hold up every other tenant's changes. The store keeps such hostnames (configset.Set.Refused, also
+// in the saved file); until it has received a snapshot, a process holding any asks for one in its
+// hello (want_snapshot), so that an edge upgraded to a version that can prepare them gets them
+// again rather than only the changes after its position.
 //
 // Saving runs on its own goroutine and coalesces: while one Save is in progress, further applied
 // responses only mark the set dirty, and the next Save writes the then current set. A large
 // configuration followed by a burst of changes is thus written a few times, not once per change;
-// the file is never more than one Save behind. Run saves once more before it returns. A failed or ended stream is
-// reopened after a jittered exponential back-off (Options.Backoff), reset by every applied
-// response. While disconnected, the store keeps serving the last configuration it applied. With
-// Options.Alternates, each reconnection goes to the next ConfigService in turn (failover between
-// projectors).
+// the file is never more than one Save behind. Run saves once more before it returns. A failed or
+// ended stream is reopened after a jittered exponential back-off (Options.Backoff), reset by every
+// applied response. While disconnected, the store keeps serving the last configuration it applied.
+// With Options.Alternates, each reconnection goes to the next ConfigService in turn (failover
+// between projectors).
 package watch
 
 import (
@@ -176,17 +180,22 @@ type watcher struct {
 	log     *slog.Logger
 	dirty   chan struct{} // signals the saver; nil without StatePath
 	tel     *telemetry
+	// snapshotted: this process applied a snapshot; the hostnames the store refuses since were
+	// refused by this very version, and a snapshot would not bring them back.
+	snapshotted bool
 }
 
 // saver saves the store whenever it is signalled, and once more when ctx ends if the store moved
 // since the last save.
 func (w *watcher) saver(ctx context.Context, done chan<- struct{}) {
 	defer close(done)
-	saved := w.store.Load().Position()
-	savedComplete := w.store.Load().Complete()
+	// The set last saved (at first, the one loaded from the file, or none). Sets are compared,
+	// not positions: a snapshot at the position the edge holds may bring hostnames it had left
+	// out (want_snapshot).
+	saved := w.store.Load()
 	save := func() {
 		set := w.store.Load()
-		if set.Position() == saved && set.Complete() == savedComplete {
+		if set == saved || !set.Complete() {
 			return
 		}
 		start := time.Now()
@@ -195,8 +204,8 @@ func (w *watcher) saver(ctx context.Context, done chan<- struct{}) {
 				"path", w.opts.StatePath, "position", set.Position(), "error", err)
 			return
 		}
-		saved, savedComplete = set.Position(), set.Complete()
-		w.log.Debug("configuration saved", "path", w.opts.StatePath, "position", saved, "took", time.Since(start))
+		saved = set // Save may have written a newer one; saving that again is harmless
+		w.log.Debug("configuration saved", "path", w.opts.StatePath, "position", set.Position(), "took", time.Since(start))
 	}
 	for {
 		select {
@@ -215,7 +224,12 @@ func (w *watcher) loadState() {
 		return
 	}
 	if !w.store.Load().Complete() {
-		if err := w.store.LoadFile(w.opts.StatePath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		var refused *configset.RefusedError
+		switch err := w.store.LoadFile(w.opts.StatePath); {
+		case errors.As(err, &refused):
+			w.log.Warn("the saved configuration leaves out hostnames this version cannot prepare; they are refused until the control plane sends them again",
+				"path", w.opts.StatePath, "refused", len(w.store.Load().Refused()), "error", err)
+		case err != nil && !errors.Is(err, fs.ErrNotExist):
 			w.log.Error("the saved configuration cannot be used; starting without it", "path", w.opts.StatePath, "error", err)
 			return
 		}
@@ -255,8 +269,9 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 	held := w.store.Load()
 	resume := held.Position()
 	// Hostnames left out for want of a configuration the edge could prepare: a snapshot brings
-	// them again, and this edge (a newer version, say) may prepare them now.
-	wantSnapshot := len(held.Refused()) > 0
+	// them again, and this process (a newer version, say) may prepare them now, unless it refused
+	// them itself.
+	wantSnapshot := len(held.Refused()) > 0 && !w.snapshotted
 	if wantSnapshot {
 		w.log.Info("asking for a snapshot: the configuration leaves out hostnames this edge could not prepare",
 			"refused", len(held.Refused()), "position", resume)
@@ -324,6 +339,9 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			if n := len(refused.Refused); n > maxRefusedLogged {
 				w.log.ErrorContext(spanCtx, "left more hostnames out of the configuration", "more", n-maxRefusedLogged, "position", full.GetPosition())
 			}
+		}
+		if full.GetSnapshot() {
+			w.snapshotted = true
 		}
 		if !applied && w.opts.OnStatus != nil {
 			w.opts.OnStatus(nil)

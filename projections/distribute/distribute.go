@@ -19,10 +19,11 @@
 // error set (a NACK: the server logs it and streams on; the edge keeps its last good
 // configuration). An ack may list hostnames the edge could not prepare and left out (refused);
 // the server logs them. An edge that holds such hostnames sets want_snapshot in its hello and gets
-// a snapshot (after waiting for the projector to reach its position, as above) instead of the
-// changes it missed, so that a newer edge gets the configurations an older one could not prepare. An ack of position p answers every response up to p. The server keeps at most
-// Window responses unanswered and waits for acks before sending more; an edge that stops reading
-// falls behind the projector's ring of changes and gets a fresh snapshot when it resumes.
+// a snapshot (after waiting for the projector to reach its position, as below) instead of the
+// changes it missed, so that a newer edge gets the configurations an older one could not prepare.
+// An ack of position p answers every response up to p. The server keeps at most Window responses
+// unanswered and waits for acks before sending more; an edge that stops reading falls behind the
+// projector's ring of changes and gets a fresh snapshot when it resumes.
 //
 // When resume_position is ahead of the projector (the projector restarted and is catching up),
 // the server waits up to AheadWait for the projector to get there rather than move the edge back
@@ -173,7 +174,6 @@ type Server struct {
 	snapPos     uint64
 	snapConfigs []*configv1.HostnameConfig
 	snapKeep    time.Duration
-	snapDrop    *time.Timer
 	snapUses    uint64 // the last use's timer drops the snapshot
 }
 
@@ -461,9 +461,6 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 func (s *Server) snapshot() (uint64, []*configv1.HostnameConfig, error) {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
-	if s.snapDrop != nil {
-		s.snapDrop.Stop()
-	}
 	if s.snapConfigs == nil || s.snapPos != s.p.Position() {
 		s.snapConfigs = nil // let the old one go before reading the next
 		pos, configs, err := s.p.Snapshot()
@@ -477,7 +474,7 @@ func (s *Server) snapshot() (uint64, []*configv1.HostnameConfig, error) {
 	}
 	s.snapUses++
 	use := s.snapUses
-	s.snapDrop = time.AfterFunc(s.snapKeep, func() {
+	time.AfterFunc(s.snapKeep, func() { // an earlier use's timer finds a later use and keeps it
 		s.snapMu.Lock()
 		defer s.snapMu.Unlock()
 		if s.snapUses == use { // not used since
