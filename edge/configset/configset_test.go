@@ -43,6 +43,14 @@ func cfg(t testing.TB, name string, version uint64) *configv1.HostnameConfig {
 	}
 }
 
+// unpreparable returns a configuration of name that cannot be prepared: its policy's
+// expression does not compile.
+func unpreparable(t testing.TB, name string, version uint64) *configv1.HostnameConfig {
+	c := cfg(t, name, version)
+	c.Policy.Rules[0].Expression = "cret.verified"
+	return c
+}
+
 func snapshot(pos uint64, cfgs ...*configv1.HostnameConfig) *configv1.WatchResponse {
 	return &configv1.WatchResponse{Position: pos, Snapshot: true, Upserts: cfgs}
 }
@@ -217,11 +225,7 @@ func TestRewind(t *testing.T) {
 // response (other tenants' revocations, say); its hostname is left out of the set, also when the
 // set had it, so that the edge refuses it rather than serve a configuration since replaced.
 func TestBadUpsertsLeftOut(t *testing.T) {
-	badPolicy := func(name string, v uint64) *configv1.HostnameConfig {
-		c := cfg(t, name, v)
-		c.Policy.Rules[0].Expression = "cret.verified"
-		return c
-	}
+	badPolicy := func(name string, v uint64) *configv1.HostnameConfig { return unpreparable(t, name, v) }
 	badCA := func(name string, v uint64) *configv1.HostnameConfig {
 		c := cfg(t, name, v)
 		c.CertificateAuthorities[0].CertificateDer = []byte{1, 2, 3}
@@ -737,11 +741,7 @@ func TestSaveReusesItsTemporaryFile(t *testing.T) {
 // through later changes and a restart from its file, so that the edge can ask for them again
 // (watch: a snapshot) once it may be able to prepare them.
 func TestRefusedHostnamesKept(t *testing.T) {
-	bad := func(name string, v uint64) *configv1.HostnameConfig {
-		c := cfg(t, name, v)
-		c.Policy.Rules[0].Expression = "cret.verified"
-		return c
-	}
+	bad := func(name string, v uint64) *configv1.HostnameConfig { return unpreparable(t, name, v) }
 	st := NewStore()
 	steps := []struct {
 		resp *configv1.WatchResponse
@@ -787,8 +787,7 @@ func TestRefusedHostnamesKept(t *testing.T) {
 // also when one of the two, or both, cannot be prepared (the other would be served, while the ack says the
 // hostname was left out).
 func TestSnapshotDuplicateWithARefusedCopy(t *testing.T) {
-	bad := cfg(t, "x.example.com", 5)
-	bad.Policy.Rules[0].Expression = "cret.verified"
+	bad := unpreparable(t, "x.example.com", 5)
 	for _, order := range [][]*configv1.HostnameConfig{{bad, cfg(t, "x.example.com", 4)}, {cfg(t, "x.example.com", 4), bad}, {bad, bad}} {
 		st := NewStore()
 		if err := st.Apply(snapshot(1, cfg(t, "a.example.com", 1))); err != nil {
