@@ -132,8 +132,7 @@ func (st *Store) Load() *Set { return st.cur.Load() }
 // A snapshot replaces the whole set; a change (snapshot = false) upserts and removes hostnames
 // in the current set. A response sent in parts (more = true on all but the last) must be joined
 // with [Merge] first. Refused: a position lower than the current set's (equal is accepted: the
-// same configuration again), unless the response is a snapshot with rewind = true (the event store
-// was restored from an older backup), a change before any snapshot, removals in a snapshot, a hostname
+// same configuration again), a change before any snapshot, removals in a snapshot, a hostname
 // upserted twice or both upserted and removed, an upsert whose version is beyond the response's
 // position.
 func (st *Store) Apply(resp *configv1.WatchResponse) error {
@@ -190,7 +189,7 @@ func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string) err
 	switch {
 	case resp.GetMore():
 		return fail("it is a part of a larger response (more = true); join the parts with Merge and apply the result")
-	case pos < cur.position && !(resp.GetSnapshot() && resp.GetRewind()):
+	case pos < cur.position:
 		return fail("the position goes backwards: the configuration is at position %d", cur.position)
 	case !resp.GetSnapshot() && !cur.complete:
 		return fail("a change, but no snapshot was applied before")
@@ -373,7 +372,7 @@ func Merge(parts ...*configv1.WatchResponse) (*configv1.WatchResponse, error) {
 	if first == nil {
 		return nil, errors.New("configset: part 0 is empty")
 	}
-	out := &configv1.WatchResponse{Position: first.GetPosition(), Snapshot: first.GetSnapshot(), Rewind: first.GetRewind()}
+	out := &configv1.WatchResponse{Position: first.GetPosition(), Snapshot: first.GetSnapshot()}
 	for i, p := range parts {
 		last := i == len(parts)-1
 		switch {
@@ -383,8 +382,6 @@ func Merge(parts ...*configv1.WatchResponse) (*configv1.WatchResponse, error) {
 			return nil, fmt.Errorf("configset: part %d is at position %d, part 0 at %d", i, p.GetPosition(), out.Position)
 		case p.GetSnapshot() != out.Snapshot:
 			return nil, fmt.Errorf("configset: part %d has snapshot = %v, part 0 %v", i, p.GetSnapshot(), out.Snapshot)
-		case p.GetRewind() != out.Rewind:
-			return nil, fmt.Errorf("configset: part %d has rewind = %v, part 0 %v", i, p.GetRewind(), out.Rewind)
 		case p.GetMore() && last:
 			return nil, fmt.Errorf("configset: the last part (%d) has more = true: parts are missing", i)
 		case !p.GetMore() && !last:

@@ -194,33 +194,6 @@ func TestRefused(t *testing.T) {
 	})
 }
 
-// TestRewind: a snapshot behind the set's position is taken only when it says the event store
-// was restored from an older backup (rewind); a change never moves the set back.
-func TestRewind(t *testing.T) {
-	st := NewStore()
-	if err := st.Apply(snapshot(10, cfg(t, "a.example.com", 3), cfg(t, "b.example.com", 9))); err != nil {
-		t.Fatal(err)
-	}
-	back := snapshot(5, cfg(t, "a.example.com", 3))
-	if err := st.Apply(back); err == nil || !strings.Contains(err.Error(), "backwards") {
-		t.Fatalf("Apply(a snapshot behind, no rewind) = %v", err)
-	}
-	change := delta(5, nil, cfg(t, "c.example.com", 5))
-	change.Rewind = true
-	if err := st.Apply(change); err == nil || !strings.Contains(err.Error(), "backwards") {
-		t.Fatalf("Apply(a change behind, rewind) = %v", err)
-	}
-	back.Rewind = true
-	if err := st.Apply(back); err != nil {
-		t.Fatal(err)
-	}
-	check(t, st.Load(), 5, map[string]uint64{"a.example.com": 3})
-	parts := []*configv1.WatchResponse{{Position: 5, Snapshot: true, Rewind: true, More: true}, {Position: 5, Snapshot: true}}
-	if _, err := Merge(parts...); err == nil || !strings.Contains(err.Error(), "rewind") {
-		t.Fatalf("Merge(parts disagreeing on rewind) = %v", err)
-	}
-}
-
 // TestBadUpsertsLeftOut: an upsert that cannot be prepared does not hold up the rest of its
 // response (other tenants' revocations, say); its hostname is left out of the set, also when the
 // set had it, so that the edge refuses it rather than serve a configuration since replaced.

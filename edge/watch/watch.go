@@ -296,7 +296,7 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			err := fmt.Errorf("part %d of the response at position %d has position %d", len(parts)+1, parts[0].GetPosition(), resp.GetPosition())
 			return applied, w.nack(ctx, stream, resp.GetPosition(), err)
 		}
-		if cur := w.store.Load().Position(); len(parts) == 0 && resp.GetPosition() < cur && !(resp.GetSnapshot() && resp.GetRewind()) {
+		if cur := w.store.Load().Position(); len(parts) == 0 && resp.GetPosition() < cur {
 			// The store would refuse it (configset.Store.Apply): refuse it at its first part
 			// rather than receive every part of it (a snapshot of a projector that is behind).
 			err := fmt.Errorf("the response at position %d is behind the configuration, at position %d", resp.GetPosition(), cur)
@@ -315,10 +315,6 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		if err != nil {
 			w.tel.endUpdate(span, err)
 			return applied, w.nack(spanCtx, stream, resp.GetPosition(), err)
-		}
-		if prev := w.store.Load().Position(); full.GetRewind() && full.GetPosition() < prev {
-			w.log.WarnContext(spanCtx, "the control plane's event store ends before this edge's configuration (restored from an older backup?); moving back",
-				"from_position", prev, "to_position", full.GetPosition())
 		}
 		ack := &configv1.WatchRequest{AckPosition: full.GetPosition()}
 		if err := w.store.Apply(full); err != nil {

@@ -672,39 +672,3 @@ func TestRefusedListBounded(t *testing.T) {
 		t.Errorf("the store has %d refused hostnames, want %d", got, n)
 	}
 }
-
-// TestRewindSnapshotTaken: when the control plane's event store was restored from an older
-// backup, its snapshot (rewind) moves the edge back; otherwise the edge would refuse every snapshot
-// behind what it holds and serve its stale configuration for good.
-func TestRewindSnapshotTaken(t *testing.T) {
-	ca := pkitest.NewCA(t, "Acme Root")
-	acks := make(chan *configv1.WatchRequest, 10)
-	var sessions atomic.Int32
-	_, addr := startServer(t, func(s *session) error {
-		switch sessions.Add(1) {
-		case 1:
-			s.send(&configv1.WatchResponse{Position: 9, Snapshot: true, Upserts: []*configv1.HostnameConfig{
-				hostCfg("a.example.com", 2, ca, "http://127.0.0.1:1"), hostCfg("b.example.com", 9, ca, "http://127.0.0.1:1")}})
-			push(acks, s.recv())
-			return errors.New("the store is restored")
-		case 2:
-			s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, Rewind: true, More: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 2, ca, "http://127.0.0.1:1")}})
-			s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, Rewind: true})
-			push(acks, s.recv())
-		}
-		<-s.stream.Context().Done()
-		return nil
-	})
-	store := configset.NewStore()
-	runWatch(t, dial(t, addr), store, Options{Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond}})
-	if a := <-acks; a.GetAckPosition() != 9 || a.GetError() != "" {
-		t.Fatalf("first ack %v", a)
-	}
-	if a := <-acks; a.GetAckPosition() != 5 || a.GetError() != "" {
-		t.Fatalf("ack of the rewind snapshot %v, want position 5 acknowledged", a)
-	}
-	set := store.Load()
-	if set.Position() != 5 || set.Len() != 1 {
-		t.Fatalf("set at %d with %d hostnames, want 5 with a.example.com", set.Position(), set.Len())
-	}
-}

@@ -27,9 +27,7 @@
 //
 // When resume_position is ahead of the projector (the projector restarted and is catching up),
 // the server waits up to AheadWait for the projector to get there rather than move the edge back
-// in time; past that, it sends a snapshot, which the edge refuses while it is behind what it holds.
-// When the event store itself ends before resume_position (it was restored from an older backup,
-// and the projector will never get there), that snapshot has rewind = true, and the edge takes it.
+// in time; past that, it sends a snapshot.
 //
 // # Authorization
 //
@@ -387,7 +385,6 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, log *slog.Logger, resume uint64, wantSnapshot bool) error {
 	cursor := resume
 	needSnapshot := resume == 0
-	rewind := false // the first snapshot moves the edge back: the store ends before resume
 	if !needSnapshot && resume > s.p.Position() {
 		wctx, wcancel := context.WithTimeout(ctx, s.opts.aheadWait)
 		err := s.p.WaitFor(wctx, resume)
@@ -398,17 +395,8 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 		case errors.Is(err, projector.ErrClosed):
 			return status.Error(codes.Unavailable, "configuration is not being served")
 		case err != nil:
+			log.Warn("distribute: edge is ahead of the projector; sending a snapshot", "resume_position", resume, "position", s.p.Position())
 			needSnapshot = true
-			if end, err := s.p.StoreEnd(ctx); err == nil && resume > end {
-				// Never written to this store: it was restored from an older backup, and the
-				// projector will not get there. The edge must move back, or serve its stale
-				// configuration for good.
-				rewind = true
-				log.Warn("distribute: the event store ends before the edge's position (restored from an older backup?); sending a snapshot that moves the edge back",
-					"resume_position", resume, "store_end", end, "position", s.p.Position())
-			} else {
-				log.Warn("distribute: edge is ahead of the projector; sending a snapshot", "resume_position", resume, "position", s.p.Position())
-			}
 		}
 	}
 	if !needSnapshot && wantSnapshot {
@@ -429,10 +417,10 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 				log.Error("distribute: reading the snapshot failed", "err", err)
 				return status.Error(codes.Unavailable, "configuration snapshot unavailable")
 			}
-			if err := s.sendParts(stream, w, pos, true, configs, nil, nil, rewind); err != nil {
+			if err := s.sendParts(stream, w, pos, true, configs, nil, nil); err != nil {
 				return err
 			}
-			cursor, needSnapshot, rewind = pos, false, false
+			cursor, needSnapshot = pos, false
 			log.Debug("distribute: snapshot sent", "position", pos, "hostnames", len(configs))
 		}
 		changes, err := s.p.Changes(ctx, cursor, changesPerRead)
@@ -451,7 +439,7 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 				return err
 			}
 			span := s.tel.startSend(ctx, c, w.edgeID)
-			err := s.sendParts(stream, w, c.Position, false, c.Upserts, c.Removals, span, false)
+			err := s.sendParts(stream, w, c.Position, false, c.Upserts, c.Removals, span)
 			if span != nil {
 				if err != nil {
 					span.RecordError(err)
@@ -515,11 +503,8 @@ func (s *Server) waitWindow(ctx context.Context, w *watcher) error {
 
 // sendParts sends one response, in parts if it is large, with span's trace context (none when
 // span is nil).
-func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, pos uint64, snapshot bool, upserts []*configv1.HostnameConfig, removals []string, span trace.Span, rewind bool) error {
+func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, pos uint64, snapshot bool, upserts []*configv1.HostnameConfig, removals []string, span trace.Span) error {
 	parts := Split(pos, snapshot, upserts, removals, s.opts.maxPartBytes, s.opts.maxPartConfigs)
-	for _, part := range parts {
-		part.Rewind = rewind
-	}
 	if tp, ts := traceFields(span); tp != "" {
 		for _, part := range parts {
 			part.Traceparent, part.Tracestate = tp, ts

@@ -374,17 +374,6 @@ func (p *Projector) Position() uint64 {
 	return p.position
 }
 
-// StoreEnd returns the position of the event store's newest event (of any stream; 0 when the
-// store is empty). A position beyond it was never written to this store: an edge holding one was
-// fed from a store since restored from an older backup.
-func (p *Projector) StoreEnd(ctx context.Context) (uint64, error) {
-	end, err := p.store.LastPosition(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("projector: the store's last position: %w", err)
-	}
-	return uint64(end), nil
-}
-
 // Ready reports whether the projector has caught up with the event store since it was opened.
 func (p *Projector) Ready() bool {
 	p.mu.Lock()

@@ -694,12 +694,7 @@ type WatchResponse struct {
 	// Informational only: the edge applies a response the same way with or without it.
 	Traceparent string `protobuf:"bytes,6,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	// The W3C tracestate header value that goes with traceparent; usually empty.
-	Tracestate string `protobuf:"bytes,7,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
-	// In a snapshot: the event store ends before the position the edge resumed from (it was
-	// restored from an older backup), so this snapshot replaces the edge's configuration although
-	// its position is lower. Without it, an edge refuses a snapshot behind what it holds (a
-	// projector that is catching up). Every part of the snapshot carries the same value.
-	Rewind        bool `protobuf:"varint,8,opt,name=rewind,proto3" json:"rewind,omitempty"`
+	Tracestate    string `protobuf:"bytes,7,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -783,13 +778,6 @@ func (x *WatchResponse) GetTracestate() string {
 	return ""
 }
 
-func (x *WatchResponse) GetRewind() bool {
-	if x != nil {
-		return x.Rewind
-	}
-	return false
-}
-
 var File_guestlist_config_v1_config_proto protoreflect.FileDescriptor
 
 const file_guestlist_config_v1_config_proto_rawDesc = "" +
@@ -836,7 +824,7 @@ const file_guestlist_config_v1_config_proto_rawDesc = "" +
 	"\rwant_snapshot\x18\a \x01(\bR\fwantSnapshot\"C\n" +
 	"\x0fRefusedHostname\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\x90\x02\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\xf8\x01\n" +
 	"\rWatchResponse\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x04R\bposition\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12=\n" +
@@ -846,8 +834,7 @@ const file_guestlist_config_v1_config_proto_rawDesc = "" +
 	"\vtraceparent\x18\x06 \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\a \x01(\tR\n" +
-	"tracestate\x12\x16\n" +
-	"\x06rewind\x18\b \x01(\bR\x06rewind*e\n" +
+	"tracestate*e\n" +
 	"\bMtlsMode\x12\x19\n" +
 	"\x15MTLS_MODE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rMTLS_MODE_OFF\x10\x01\x12\x15\n" +
