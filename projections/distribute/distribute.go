@@ -25,6 +25,10 @@
 // unanswered and waits for acks before sending more; an edge that stops reading falls behind the
 // projector's ring of changes and gets a fresh snapshot when it resumes.
 //
+// Snapshots are sent only once the projector has caught up with the event store since it was
+// opened (projector.Ready): before that, its read model may be far behind the store, and an edge
+// holding nothing would get grants revoked since.
+//
 // When resume_position is ahead of the projector (the projector restarted and is catching up),
 // the server waits up to AheadWait for the projector to get there rather than move the edge back
 // in time; past that, it sends a snapshot.
@@ -411,6 +415,18 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 		if needSnapshot {
 			if err := s.waitWindow(ctx, w); err != nil {
 				return err
+			}
+			if !s.p.Ready() {
+				// A projector still catching up (its read model rebuilt, say) holds an old
+				// configuration: a snapshot of it would give an edge without one grants since
+				// revoked. The edge keeps what it has, or refuses every hostname, meanwhile.
+				log.Info("distribute: the projector has not caught up with the event store; the snapshot waits until it has", "position", s.p.Position())
+				switch err := s.p.WaitReady(ctx); {
+				case errors.Is(err, projector.ErrClosed):
+					return status.Error(codes.Unavailable, "configuration is not being served")
+				case err != nil:
+					return ctx.Err()
+				}
 			}
 			pos, configs, err := s.snapshot()
 			if err != nil {

@@ -904,3 +904,25 @@ func TestSnapshotReadIsDropped(t *testing.T) {
 		t.Fatal("dropped at an earlier use's expiry")
 	}
 }
+
+// TestWatchSnapshotWaitsForProjector: a projector still catching up with the store (its read model
+// rebuilt, say) holds an old configuration; an edge with none gets no snapshot of it, but the one
+// at the store's end once the projector has caught up.
+func TestWatchSnapshotWaitsForProjector(t *testing.T) {
+	e := newEnv(t, envOpts{noRun: true})
+	want, last := e.write(40)
+	ed := e.watch("edge-new", 0, false)
+	time.Sleep(100 * time.Millisecond)
+	ed.mu.Lock()
+	early := len(ed.responses)
+	ed.mu.Unlock()
+	if early != 0 {
+		t.Fatalf("%d responses before the projector caught up", early)
+	}
+	e.run()
+	rs := ed.waitResponses(1)
+	if !rs[0].GetSnapshot() || rs[0].GetPosition() != last {
+		t.Fatalf("first response at %d (snapshot %v), want the snapshot at the store's end, %d", rs[0].GetPosition(), rs[0].GetSnapshot(), last)
+	}
+	ed.converge(want)
+}

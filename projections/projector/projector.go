@@ -256,6 +256,7 @@ type Projector struct {
 	position  uint64
 	ring      ring
 	notify    chan struct{} // closed, and replaced, when position advances
+	ready     chan struct{} // closed when stats.Ready turns true
 	stats     Stats
 	closed    bool
 	done      chan struct{} // closed by Close
@@ -322,6 +323,7 @@ func Open(path string, store eventstore.Store, opts ...Option) (*Projector, erro
 		position: checkpoint,
 		ring:     ring{start: checkpoint, maxChanges: o.retainChanges, maxBytes: o.retainBytes},
 		notify:   make(chan struct{}),
+		ready:    make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 	p.stats.Position = checkpoint
@@ -407,6 +409,19 @@ func (p *Projector) WaitFor(ctx context.Context, pos uint64) error {
 		case <-p.done:
 			return ErrClosed
 		}
+	}
+}
+
+// WaitReady waits until the projector has caught up with the event store since it was opened
+// (Ready). It returns ErrClosed if the projector is closed first, and ctx's error if ctx ends.
+func (p *Projector) WaitReady(ctx context.Context) error {
+	select {
+	case <-p.ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("projector: wait until caught up: %w", ctx.Err())
+	case <-p.done:
+		return ErrClosed
 	}
 }
 

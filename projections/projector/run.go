@@ -251,6 +251,7 @@ func (p *Projector) caughtUpLocked(caughtUp bool) {
 	p.stats.CaughtUp = caughtUp
 	if caughtUp && !p.stats.Ready {
 		p.stats.Ready = true
+		close(p.ready)
 		p.log.Info("projector: caught up with the event store", "position", p.position)
 	}
 }
