@@ -669,13 +669,18 @@ func varint(msg []byte) []byte {
 }
 
 // TestSaveReusesItsTemporaryFile: a crash during Save leaves its temporary file; the next Save
-// writes over that same file, so that a crash loop leaves at most one, and a leftover file's mode
-// does not make the saved configuration readable by others.
+// replaces that same file, so that a crash loop leaves at most one, whatever the leftover's mode,
+// and never writes through a symbolic link put in its place.
 func TestSaveReusesItsTemporaryFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "edge-config.binpb")
 	leftover := filepath.Join(dir, ".edge-config.binpb.tmp")
-	if err := os.WriteFile(leftover, bytes.Repeat([]byte("partial"), 1000), 0o644); err != nil {
+	if err := os.WriteFile(leftover, bytes.Repeat([]byte("partial"), 1000), 0o400); err != nil { // not writable
+		t.Fatal(err)
+	}
+	// A leftover symbolic link is removed, not written through.
+	target := filepath.Join(t.TempDir(), "elsewhere")
+	if err := os.WriteFile(target, []byte("keep"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "decisions.jsonl"), []byte("{}\n"), 0o600); err != nil {
@@ -685,10 +690,18 @@ func TestSaveReusesItsTemporaryFile(t *testing.T) {
 	if err := st.Apply(snapshot(3, cfg(t, "a.example.com", 3))); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
+	for i := range 3 {
 		if err := st.Save(path); err != nil {
 			t.Fatal(err)
 		}
+		if i == 0 {
+			if err := os.Symlink(target, leftover); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if b, err := os.ReadFile(target); err != nil || string(b) != "keep" {
+		t.Errorf("the symbolic link's target was written through: %q, %v", b, err)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {

@@ -53,11 +53,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // refuses a set that is not complete (no snapshot applied yet). It may run concurrently with Apply
 // (it saves the set current when it starts).
 //
-// The temporary file is always the same, "."+base(path)+".tmp", truncated by each Save: a crash
-// during a Save leaves at most that one file, as large as the configuration, and the next Save
-// reuses it, so that a crash loop cannot fill the disk. Saves of one path must not run
-// concurrently (the watch's saver makes them one at a time; two edges do not share a data
-// directory).
+// The temporary file is always the same, "."+base(path)+".tmp": a crash during a Save leaves at
+// most that one file, as large as the configuration, and the next Save removes it and creates it
+// afresh (never through a symbolic link, whatever its mode or owner was), so that a crash loop
+// cannot fill the disk. Saves of one path must not run concurrently (the watch's saver makes them
+// one at a time; two edges do not share a data directory).
 func (st *Store) Save(path string) (err error) {
 	set := st.Load()
 	if !set.Complete() {
@@ -65,12 +65,12 @@ func (st *Store) Save(path string) (err error) {
 	}
 	dir := filepath.Dir(path)
 	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("configset: save: %w", err)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("configset: save: remove the leftover temporary file: %w", err)
 	}
-	if err := f.Chmod(0o600); err != nil { // a leftover file keeps the mode it had
-		f.Close()
+	// O_EXCL: a file (or symbolic link) put there since is not written through.
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
 		return fmt.Errorf("configset: save: %w", err)
 	}
 	defer func() {
