@@ -198,7 +198,6 @@ func TestRefused(t *testing.T) {
 // response (other tenants' revocations, say); its hostname is left out of the set, also when the
 // set had it, so that the edge refuses it rather than serve a configuration since replaced.
 func TestBadUpsertsLeftOut(t *testing.T) {
-	badPolicy := func(name string, v uint64) *configv1.HostnameConfig { return unpreparable(t, name, v) }
 	badCA := func(name string, v uint64) *configv1.HostnameConfig {
 		c := cfg(t, name, v)
 		c.CertificateAuthorities[0].CertificateDer = []byte{1, 2, 3}
@@ -210,11 +209,11 @@ func TestBadUpsertsLeftOut(t *testing.T) {
 		want    map[string]uint64 // the set after, at the response's position
 		refused []string          // in the error: `upserts[i] ("name"): cause`
 	}{
-		{"ok/bad policy in a change", delta(11, nil, cfg(t, "x.example.com", 11), badPolicy("bad.example.com", 11)),
+		{"ok/bad policy in a change", delta(11, nil, cfg(t, "x.example.com", 11), unpreparable(t, "bad.example.com", 11)),
 			map[string]uint64{"a.example.com": 3, "b.example.com": 4, "x.example.com": 11}, []string{`upserts[1] ("bad.example.com"): decision: hostname "bad.example.com": policy "p": rule "verified"`}},
 		{"ok/bad update of a served hostname removes it", delta(11, []string{"b.example.com"}, badCA("a.example.com", 11)),
 			map[string]uint64{}, []string{`upserts[0] ("a.example.com")`, "certificate_der does not parse"}},
-		{"ok/bad upserts in a snapshot", snapshot(11, badPolicy("a.example.com", 11), cfg(t, "x.example.com", 11), badCA("y.example.com", 11)),
+		{"ok/bad upserts in a snapshot", snapshot(11, unpreparable(t, "a.example.com", 11), cfg(t, "x.example.com", 11), badCA("y.example.com", 11)),
 			map[string]uint64{"x.example.com": 11}, []string{`upserts[0] ("a.example.com")`, `upserts[2] ("y.example.com")`}},
 		{"ok/hostname not normalised", delta(11, nil, cfg(t, "X.example.com", 11)),
 			map[string]uint64{"a.example.com": 3, "b.example.com": 4}, []string{`upserts[0] ("X.example.com")`, "not in normal form"}},
@@ -392,16 +391,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 }
 
 func TestLoadFileRefuses(t *testing.T) {
-	dir := t.TempDir()
-	st := NewStore()
-	if err := st.Apply(snapshot(7, cfg(t, "a.example.com", 7), cfg(t, "b.example.com", 7))); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "c")
-	if err := st.Save(path); err != nil {
-		t.Fatal(err)
-	}
-	good, _ := os.ReadFile(path)
+	st, dir, _, good := savedFile(t)
 	// One bit of one hostname's mode flipped: ENFORCE (field 5 = 2, followed by field 7, the CAs)
 	// becomes REPORT (3), which forwards every request; the file still parses.
 	enforce, report := []byte{0x28, 0x02, 0x3a}, []byte{0x28, 0x03, 0x3a}
@@ -453,16 +443,7 @@ func TestLoadFileRefuses(t *testing.T) {
 // TestLoadFileWithoutTrailer: a file written before files had a checksum trailer (it ends with
 // its last part) still loads; the same file with its trailer damaged does not.
 func TestLoadFileWithoutTrailer(t *testing.T) {
-	dir := t.TempDir()
-	st := NewStore()
-	if err := st.Apply(snapshot(7, cfg(t, "a.example.com", 7), cfg(t, "b.example.com", 7))); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "c")
-	if err := st.Save(path); err != nil {
-		t.Fatal(err)
-	}
-	good, _ := os.ReadFile(path)
+	_, dir, _, good := savedFile(t)
 	trailer := len(trailerMagic) + 4
 	if !bytes.HasPrefix(good[len(good)-trailer:], []byte(trailerMagic)) {
 		t.Fatal("the saved file does not end with the trailer")
@@ -727,16 +708,15 @@ func TestSaveReusesItsTemporaryFile(t *testing.T) {
 // through later changes and a restart from its file, so that the edge can ask for them again
 // (watch: a snapshot) once it may be able to prepare them.
 func TestRefusedHostnamesKept(t *testing.T) {
-	bad := func(name string, v uint64) *configv1.HostnameConfig { return unpreparable(t, name, v) }
 	st := NewStore()
 	steps := []struct {
 		resp *configv1.WatchResponse
 		want []string
 	}{
-		{snapshot(2, cfg(t, "a.example.com", 2), bad("b.example.com", 2), bad("c.example.com", 2)), []string{"b.example.com", "c.example.com"}},
-		{delta(3, nil, cfg(t, "d.example.com", 3)), []string{"b.example.com", "c.example.com"}},               // untouched
-		{delta(4, nil, bad("a.example.com", 4)), []string{"a.example.com", "b.example.com", "c.example.com"}}, // served, now refused
-		{delta(5, []string{"c.example.com"}, cfg(t, "b.example.com", 5)), []string{"a.example.com"}},          // fixed, removed
+		{snapshot(2, cfg(t, "a.example.com", 2), unpreparable(t, "b.example.com", 2), unpreparable(t, "c.example.com", 2)), []string{"b.example.com", "c.example.com"}},
+		{delta(3, nil, cfg(t, "d.example.com", 3)), []string{"b.example.com", "c.example.com"}},                           // untouched
+		{delta(4, nil, unpreparable(t, "a.example.com", 4)), []string{"a.example.com", "b.example.com", "c.example.com"}}, // served, now refused
+		{delta(5, []string{"c.example.com"}, cfg(t, "b.example.com", 5)), []string{"a.example.com"}},                      // fixed, removed
 	}
 	for i, step := range steps {
 		err := st.Apply(step.resp)
@@ -810,4 +790,24 @@ func TestLoadFileLeavesOutWhatItCannotPrepare(t *testing.T) {
 	if got := st.Load().Refused(); !slices.Equal(got, []string{"c.example.com", "d.example.com"}) {
 		t.Fatalf("Refused = %v, want the one left out now and the one the file had left out", got)
 	}
+}
+
+// savedFile saves a set of two hostnames at position 7 to a file in a new directory, and returns
+// the store, the directory, the file's path and its bytes.
+func savedFile(t *testing.T) (st *Store, dir, path string, good []byte) {
+	t.Helper()
+	dir = t.TempDir()
+	st = NewStore()
+	if err := st.Apply(snapshot(7, cfg(t, "a.example.com", 7), cfg(t, "b.example.com", 7))); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "c")
+	if err := st.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, dir, path, good
 }

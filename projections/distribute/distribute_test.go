@@ -137,6 +137,21 @@ type edge struct {
 	done      chan struct{}
 }
 
+// hello opens a Watch stream, ended with the test, and sends hello on it.
+func (e *env) hello(t *testing.T, hello *configv1.WatchRequest) configv1.ConfigService_WatchClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := e.client.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(hello); err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
 func (e *env) watch(id string, resume uint64, noAck bool) *edge {
 	e.t.Helper()
 	return e.watchFrom(id, pt.Model{Position: resume}, noAck)
@@ -363,15 +378,7 @@ func TestWatchWantSnapshot(t *testing.T) {
 		{"ok/changes", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			stream, err := e.client.Watch(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := stream.Send(&configv1.WatchRequest{EdgeId: "edge-1", ResumePosition: mid, WantSnapshot: tc.want}); err != nil {
-				t.Fatal(err)
-			}
+			stream := e.hello(t, &configv1.WatchRequest{EdgeId: "edge-1", ResumePosition: mid, WantSnapshot: tc.want})
 			r, err := stream.Recv()
 			if err != nil {
 				t.Fatal(err)
@@ -615,13 +622,7 @@ func TestWatchEdgeID(t *testing.T) {
 		{"fail/not ASCII", "édge", codes.InvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			stream, err := e.client.Watch(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_ = stream.Send(&configv1.WatchRequest{EdgeId: tc.id})
+			stream := e.hello(t, &configv1.WatchRequest{EdgeId: tc.id})
 			r, err := stream.Recv()
 			if status.Code(err) != tc.code {
 				t.Fatalf("Recv = %v, %v; want %v", r, err, tc.code)

@@ -326,15 +326,7 @@ func TestRevocationAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
 	store := openStore(t, dir)
 	defer store.Close()
-	stream := fold.TenantStream("acme")
-	write := func(ms ...proto.Message) uint64 {
-		t.Helper()
-		res, err := pt.Write(ctx, store, pt.Append{Stream: stream, Events: ms})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return uint64(res.Position)
-	}
+	write := tenantWriter(t, store, "acme")
 	write(&eventsv1.TenantCreated{TenantId: "acme"},
 		&eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "ca1", CertificateDer: []byte{1, 2, 3}},
 		&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://o", Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}, State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE})
@@ -688,15 +680,7 @@ func TestChangesFromAnotherProjectorsPosition(t *testing.T) {
 	dir := t.TempDir()
 	store := openStore(t, dir)
 	defer store.Close()
-	stream := fold.TenantStream("acme")
-	write := func(ms ...proto.Message) uint64 {
-		t.Helper()
-		res, err := pt.Write(ctx, store, pt.Append{Stream: stream, Events: ms})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return uint64(res.Position)
-	}
+	write := tenantWriter(t, store, "acme")
 	active := eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE
 	write(&eventsv1.TenantCreated{TenantId: "acme"})
 	write(&eventsv1.HostnameCreated{Hostname: "kept.example.com", State: active})
@@ -749,5 +733,18 @@ func TestChangesFromAnotherProjectorsPosition(t *testing.T) {
 	}
 	if d := pt.Diff(edge.Configs, want); d != "" {
 		t.Fatalf("the edge resumed from %d differs from the read model:\n%s", held, d)
+	}
+}
+
+// tenantWriter returns a function that appends events to tenant's stream and returns the
+// position of the last.
+func tenantWriter(t *testing.T, store eventstore.Store, tenant string) func(ms ...proto.Message) uint64 {
+	return func(ms ...proto.Message) uint64 {
+		t.Helper()
+		res, err := pt.Write(context.Background(), store, pt.Append{Stream: fold.TenantStream(tenant), Events: ms})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uint64(res.Position)
 	}
 }
