@@ -31,6 +31,13 @@
 // serial number, fingerprint, validity) is empty. A self-signed certificate claiming OU=ops
 // therefore gains nothing from a rule on the OU.
 //
+// # Key usage
+//
+// The leaf must allow client authentication by its extended key usage (checked by crypto/x509
+// along the chain) and, when it has a keyUsage extension, that extension must include
+// digitalSignature or keyAgreement; otherwise [ReasonCertificateWrongKeyUsage]. A leaf without a
+// keyUsage extension is not restricted by it.
+//
 // # Revocations
 //
 // A revocation is under one of the hostname's CAs and applies to chains that end at that CA's
@@ -88,7 +95,8 @@ const (
 	// it or a certificate of its chain is not valid yet.
 	ReasonCertificateNotYetValid = "certificate_not_yet_valid"
 	// ReasonCertificateWrongKeyUsage: the certificate chains to one of the hostname's CAs and is
-	// valid now, but its extended key usage (or its chain's) does not allow client authentication.
+	// valid now, but its extended key usage (or its chain's) does not allow client authentication,
+	// or it has a keyUsage extension with neither digitalSignature nor keyAgreement.
 	ReasonCertificateWrongKeyUsage = "certificate_wrong_key_usage"
 	// ReasonCertificateRevoked: the certificate verified, but it or a certificate of its chain is
 	// revoked.

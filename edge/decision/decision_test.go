@@ -56,6 +56,10 @@ func decideCases(p *testPKI) []decideCase {
 		{name: "fail/not yet valid earlier", peer: chain(p.leaf), at: -2 * time.Hour, verdict: Deny, reason: ReasonCertificateNotYetValid},
 		{name: "fail/expired intermediate", peer: chain(p.expiredInterLeaf, p.expiredInter), verdict: Deny, reason: ReasonCertificateExpired},
 		{name: "fail/wrong key usage", peer: chain(p.serverLeaf), verdict: Deny, reason: ReasonCertificateWrongKeyUsage},
+		{name: "fail/key usage neither digitalSignature nor keyAgreement", peer: chain(p.badKeyUsage), verdict: Deny, reason: ReasonCertificateWrongKeyUsage},
+		{name: "fail/key usage neither digitalSignature nor keyAgreement, the policy sees the reason", cfg: fns(withPolicy(rule("ku", allow, `!cert.verified && cert.error == "certificate_wrong_key_usage" && cert.subject.common_name == ""`))), peer: chain(p.badKeyUsage), verdict: Allow, reason: ReasonRuleAllow, rule: "ku"},
+		{name: "ok/key usage keyAgreement", peer: chain(p.keyAgreement), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/no key usage extension", peer: chain(p.noKeyUsage), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
 		{name: "fail/intermediate missing", peer: chain(p.interLeaf), verdict: Deny, reason: ReasonCertificateUntrusted},
 		{name: "fail/wrong intermediate", peer: chain(p.interLeaf, p.other), verdict: Deny, reason: ReasonCertificateUntrusted},
 		{name: "fail/too many certificates", peer: chain(p.interLeaf, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter, p.inter), verdict: Deny, reason: ReasonCertificateUntrusted},
@@ -453,4 +457,37 @@ func TestCacheForgetsUnusedEntries(t *testing.T) {
 		t.Fatalf("Prepare after eviction: %v, %d entries", err, size())
 	}
 	runtime.KeepAlive(h)
+}
+
+// TestCertificateErrorSaysWhat checks that the error of a certificate that did not verify names
+// what happened: which certificate of the chain, which CA the revocation was filed under, which key
+// usage.
+func TestCertificateErrorSaysWhat(t *testing.T) {
+	p := getPKI(t)
+	tests := []struct {
+		name string
+		cfg  []func(*configv1.HostnameConfig)
+		peer []*x509.Certificate
+		at   time.Duration
+		want string
+	}{
+		{"fail/key usage", nil, chain(p.badKeyUsage), 0, `certificate_wrong_key_usage: the certificate's key usage (contentCommitment, cRLSign) allows neither digitalSignature nor keyAgreement, so its key may not authenticate a TLS client`},
+	}
+	now := time.Now()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := hostnameConfig(p)
+			for _, f := range tc.cfg {
+				f(cfg)
+			}
+			h, err := Prepare(cfg)
+			if err != nil {
+				t.Fatalf("Prepare: %v", err)
+			}
+			_, _, err = h.Verify(tc.peer, now.Add(tc.at))
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("Verify error:\n got %v\nwant %s", err, tc.want)
+			}
+		})
+	}
 }

@@ -25,6 +25,14 @@ type testPKI struct {
 	expiredInter     *pkitest.CA
 	expiredInterLeaf *pkitest.Leaf
 	otherExpired     *pkitest.Leaf
+	// Key usages (all with extended key usage clientAuth, issued by root): badKeyUsage has
+	// CRLSign|ContentCommitment, keyAgreement has KeyAgreement alone, noKeyUsage has no keyUsage
+	// extension.
+	badKeyUsage, keyAgreement, noKeyUsage *pkitest.Leaf
+}
+
+func keyUsage(ku x509.KeyUsage) pkitest.Options {
+	return func(c *x509.Certificate) { c.KeyUsage = ku }
 }
 
 func ou(units ...string) pkitest.Options {
@@ -87,6 +95,9 @@ func getPKI(t testing.TB) *testPKI {
 	})
 	p.expiredInterLeaf = p.expiredInter.Client(t, "device-4", pkitest.Validity(now.Add(-48*time.Hour), now.Add(24*time.Hour)))
 	p.otherExpired = p.other.Client(t, "old-intruder", pkitest.Validity(now.Add(-48*time.Hour), now.Add(-24*time.Hour)))
+	p.badKeyUsage = p.root.Client(t, "bad-key-usage", keyUsage(x509.KeyUsageCRLSign|x509.KeyUsageContentCommitment))
+	p.keyAgreement = p.root.Client(t, "key-agreement", keyUsage(x509.KeyUsageKeyAgreement))
+	p.noKeyUsage = p.root.Client(t, "no-key-usage", keyUsage(0))
 	pki = p
 	return p
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"guestlist.dev/edge/certid"
@@ -225,10 +226,39 @@ func (t *trust) verify(leaf *x509.Certificate, intermediates []*x509.Certificate
 	if err != nil {
 		return nil, t.classify(leaf, intermediates, opts, err), err
 	}
+	if err := checkKeyUsage(leaf); err != nil {
+		return nil, ReasonCertificateWrongKeyUsage, err
+	}
 	if err := t.revocation(leaf, chains); err != nil {
 		return nil, ReasonCertificateRevoked, err
 	}
 	return chains, "", nil
+}
+
+// checkKeyUsage returns an error when leaf has a keyUsage extension that allows neither
+// digitalSignature nor keyAgreement, the key usages with which a key can authenticate a TLS
+// client. crypto/x509 checks only the extended key usage. A leaf without the extension (KeyUsage
+// 0) is not restricted.
+func checkKeyUsage(leaf *x509.Certificate) error {
+	if leaf.KeyUsage == 0 || leaf.KeyUsage&(x509.KeyUsageDigitalSignature|x509.KeyUsageKeyAgreement) != 0 {
+		return nil
+	}
+	return fmt.Errorf("the certificate's key usage (%s) allows neither digitalSignature nor keyAgreement, so its key may not authenticate a TLS client", keyUsageNames(leaf.KeyUsage))
+}
+
+// keyUsageNames lists the bits of ku by their RFC 5280 names, in bit order, e.g. "contentCommitment, cRLSign".
+func keyUsageNames(ku x509.KeyUsage) string {
+	names := []string{"digitalSignature", "contentCommitment", "keyEncipherment", "dataEncipherment", "keyAgreement", "keyCertSign", "cRLSign", "encipherOnly", "decipherOnly"}
+	var out []string
+	for i, name := range names {
+		if ku&(1<<i) != 0 {
+			out = append(out, name)
+		}
+	}
+	if ku>>len(names) != 0 {
+		out = append(out, fmt.Sprintf("unknown bits %#x", uint(ku>>len(names))<<len(names)))
+	}
+	return strings.Join(out, ", ")
 }
 
 // maxSignatureChecks bounds the signature checks classify makes, and so the work a client can
