@@ -298,6 +298,8 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 	if err := c.bw.Flush(); err != nil {
 		return h1Close, false, nil
 	}
+	// Bytes beyond the response that crypto/tls read ahead (https origins) or that are still on
+	// the socket are not in oc.br: the pool's quiet check finds them when it hands oc out.
 	keep = !resp.close && !resp.http10 && !closeDelimited && oc.br.Buffered() == 0
 	return keepIf(!closeClient), false, nil
 }

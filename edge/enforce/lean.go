@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -65,6 +66,10 @@ type leanConn struct {
 	bw        *bufio.Writer
 	idleSince time.Time
 	q         quietState
+
+	// rec is the TCP connection under conn when conn is a *tls.Conn (https origins), nil for
+	// plain-TCP ones: quiet looks through crypto/tls's buffers too (tlsQuiet).
+	rec *recordConn
 }
 
 func newLeanPool(target *url.URL, policy *egress.Policy) *leanPool {
@@ -91,8 +96,9 @@ func newLeanPool(target *url.URL, policy *egress.Policy) *leanPool {
 }
 
 // get returns an idle connection (reused = true) or a new one. An idle connection is checked
-// with quiet, or, with leaveQuiet and when the connection can, by its first read or write (see
-// sendConn), which then fail with errNotQuiet.
+// with quiet, or, with leaveQuiet and when the connection can (plain TCP), by its first read or
+// write (see sendConn), which then fail with errNotQuiet. An https origin's is always checked by
+// quiet, which also looks at what crypto/tls holds (tlsQuiet).
 func (p *leanPool) get(ctx context.Context, leaveQuiet bool) (c *leanConn, reused bool, err error) {
 	for {
 		select {
@@ -116,20 +122,94 @@ func (p *leanPool) dial(ctx context.Context) (*leanConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	var rec *recordConn
 	if p.tls != nil {
-		tc := tls.Client(conn, p.tls)
+		rec = &recordConn{Conn: conn}
+		tc := tls.Client(rec, p.tls)
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
 			conn.Close()
-			return nil, err
+			return nil, fmt.Errorf("tls handshake with %s: %w", p.addr, err)
 		}
 		conn = tc
 	} else {
 		conn = newSendConn(conn)
 	}
-	return &leanConn{conn: conn, br: bufio.NewReaderSize(conn, leanBufSize), bw: bufio.NewWriterSize(conn, leanBufSize)}, nil
+	return &leanConn{conn: conn, br: bufio.NewReaderSize(conn, leanBufSize), bw: bufio.NewWriterSize(conn, leanBufSize), rec: rec}, nil
+}
+
+// recordConn is the TCP connection under an https origin's *tls.Conn. It follows the TLS record
+// framing of what crypto/tls reads from it, so that quiet can tell whether crypto/tls holds a
+// partial record: bytes the origin sent beyond a response that the next request would otherwise
+// read as the start of its answer. Only crypto/tls reads it, under its input lock.
+type recordConn struct {
+	net.Conn
+	hdr  [5]byte // the record header read so far
+	hn   int     // its length
+	left int     // bytes of the current record's payload not read yet
+}
+
+// Read reads from the TCP connection and follows the record framing of what it read.
+func (c *recordConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.track(p[:n])
+	return n, err
+}
+
+// track follows the record framing over b, the next bytes read: 5-byte headers whose last two
+// bytes are the payload's length (TLS 1.2 and 1.3 alike).
+func (c *recordConn) track(b []byte) {
+	for len(b) > 0 {
+		if c.left > 0 {
+			k := min(c.left, len(b))
+			c.left -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(c.hdr[c.hn:], b)
+		c.hn += k
+		b = b[k:]
+		if c.hn == len(c.hdr) {
+			c.hn, c.left = 0, int(c.hdr[3])<<8|int(c.hdr[4])
+		}
+	}
+}
+
+// atBoundary reports whether everything read so far ends with a complete record.
+func (c *recordConn) atBoundary() bool { return c.hn == 0 && c.left == 0 }
+
+// tlsQuiet reports whether crypto/tls holds nothing of the origin's under an idle https origin
+// connection (c.br is empty; the caller checked): crypto/tls reads ahead of the record it needs,
+// so bytes the origin sent beyond a response's framing (a body on a HEAD, 204 or 304 answer, a
+// wrong Content-Length) that came in the same TCP read sit in its buffer, where neither
+// br.Buffered nor a MSG_PEEK of the socket sees them, and the next request on the connection (any
+// client's) would read them as its answer.
+//
+// Complete records are found by reading through the connection with a read deadline in the past:
+// crypto/tls decrypts the records it holds (handling post-handshake messages such as session
+// tickets, which are not the origin's answer to anything) and returns their data, or reaches for
+// the socket, where Go's poller fails the read at once with os.ErrDeadlineExceeded, before any
+// system call. That timeout leaves the tls.Conn usable: crypto/tls (conn.go, readRecordOrCCS)
+// makes a read error permanent only when it is not a net.Error with Temporary() true, and a
+// deadline error is one; the bytes of a record read so far stay in its buffer and the next read
+// goes on from them. The deadline is cleared before returning. A partial record in crypto/tls's
+// buffer does not make that read return anything, so it is found by rec's framing: whatever was
+// read from the socket must end with a complete record. Bytes still on the socket are the
+// MSG_PEEK's (quiet_unix.go); bytes that arrive after the check are not seen, as for plain TCP.
+func (c *leanConn) tlsQuiet() bool {
+	if !c.rec.atBoundary() {
+		return false
+	}
+	if err := c.conn.SetReadDeadline(aLongTimeAgo); err != nil {
+		return false
+	}
+	_, err := c.br.Peek(1)
+	if c.conn.SetReadDeadline(time.Time{}) != nil {
+		return false
+	}
+	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // put returns a connection to the pool, or closes it when the pool is full.
@@ -303,6 +383,8 @@ func (s *Server) exchange(p *leanPool, c *leanConn, w http.ResponseWriter, r *ht
 	for k, vv := range resp.Trailer {
 		hdr[http.TrailerPrefix+k] = vv
 	}
+	// Bytes beyond the response that crypto/tls read ahead (https origins) or that are still on
+	// the socket are not in c.br: the pool's quiet check finds them when it hands c out.
 	keep = !resp.Close && c.br.Buffered() == 0
 	return false, nil
 }

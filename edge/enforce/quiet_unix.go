@@ -3,7 +3,6 @@
 package enforce
 
 import (
-	"crypto/tls"
 	"syscall"
 )
 
@@ -19,18 +18,23 @@ type quietState struct {
 
 // quiet reports whether nothing arrived on an idle connection: an origin that sent bytes (or closed)
 // while the connection sat in the pool would otherwise hand them to the next request as its
-// response, which may be another client's. It is one non-blocking MSG_PEEK on the socket (a read
-// with a deadline would not do: Go checks an expired deadline before reading).
+// response, which may be another client's. For a plain-TCP connection it is one non-blocking
+// MSG_PEEK on the socket (a read with a deadline would not do: Go checks an expired deadline
+// before reading). For an https origin, crypto/tls may hold such bytes, read ahead from the
+// socket with the response's last record: tlsQuiet looks there first.
 func (c *leanConn) quiet() bool {
 	if c.br.Buffered() > 0 {
+		return false
+	}
+	if c.rec != nil && !c.tlsQuiet() {
 		return false
 	}
 	q := &c.q
 	if !q.inited {
 		q.inited = true
-		conn := c.conn
-		if tc, ok := conn.(*tls.Conn); ok {
-			conn = tc.NetConn()
+		var conn any = c.conn
+		if c.rec != nil {
+			conn = c.rec.Conn
 		}
 		if sc, ok := conn.(interface {
 			SyscallConn() (syscall.RawConn, error)
