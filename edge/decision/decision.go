@@ -40,11 +40,33 @@
 //
 // # Revocations
 //
-// A revocation is under one of the hostname's CAs and applies to chains that end at that CA's
-// certificate. By serial number, it revokes a leaf with that serial. By fingerprint, it revokes a
-// chain that contains a certificate (leaf, intermediate or the root itself) with that SHA-256
-// fingerprint. When the leaf verifies through several chains, it is revoked if any of them is.
-// A revocation under a CA id the hostname does not trust is ignored.
+// A revocation is filed under one of the hostname's CAs; under a CA id the hostname does not trust
+// it is ignored. Revocations are looked at only for a certificate that verified, against every
+// chain it verified through: it is revoked if any of them is.
+//
+// By serial number (CRL semantics): a serial revoked under CA X revokes every certificate of the
+// chain, the leaf or an intermediate, that X's hierarchy issued, that is, every certificate of the
+// chain with that serial that has X above it. X is matched by its subject and public key, not by
+// one certificate: a revocation filed under a certificate of X applies through every certificate of
+// X, trusted or sent by the client (a root renewed with the same key, also once the old
+// certificate expired; an intermediate cross-certified by two roots). The CAs above a certificate
+// of the chain are the CAs of the certificates after it, and, among the hostname's CAs, those that
+// signed one of these CAs (for the chain's last certificate, those that signed that certificate),
+// then theirs, and so on. So a chain that ends at a trusted intermediate is checked against the
+// revocations under the trusted root that issued it, and a serial revoked under a root revokes an
+// intermediate with that serial (and so all of its leaves) as well as a leaf. A certificate is not
+// checked against the revocations under its own CA: a root's own serial revoked under the root
+// revokes nothing, and an intermediate's serial revoked under the intermediate revokes only a leaf
+// of the intermediate with that serial. A CA is above another only as far as the chain and the
+// hostname's CAs show it: a serial revoked under root R1 does not reach the leaves of an
+// intermediate cross-certified by R1 and R2 when the client sends only its R2 certificate and the
+// hostname's CAs hold no certificate of it signed by R1 (or by one of the hostname's CAs below R1);
+// add a certificate of the intermediate to the hostname's CAs and file the revocation under it, or
+// revoke the leaf by fingerprint.
+//
+// By fingerprint: it revokes a chain that contains the certificate (leaf, intermediate or root)
+// with that SHA-256 fingerprint, filed under any of the hostname's CAs. It names one certificate
+// exactly: another certificate of the same CA is not revoked by it.
 package decision
 
 import (

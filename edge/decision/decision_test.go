@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,7 +77,41 @@ func decideCases(p *testPKI) []decideCase {
 		{name: "fail/serial revoked under the root, intermediate also trusted and sent", cfg: fns(withCA("inter", p.inter), revokeSerial("root", p.interLeaf.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
 		{name: "fail/intermediate revoked under the root, intermediate also trusted and not sent", cfg: fns(withCA("inter", p.inter), revokeFingerprint("root", p.inter.Cert)), peer: chain(p.interLeaf), verdict: Deny, reason: ReasonCertificateRevoked},
 		{name: "ok/revocation of an untrusted CA ignored", cfg: fns(revokeSerial("other", p.leaf.Cert)), peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
-		{name: "ok/serial of the intermediate does not revoke its leaves", cfg: fns(revokeSerial("root", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		// CRL semantics: a serial revoked under a CA revokes the certificate of the chain with that
+		// serial that the CA's hierarchy issued, an intermediate as well as the leaf.
+		{name: "fail/intermediate revoked by serial under the root", cfg: fns(revokeSerial("root", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/intermediate revoked by serial under the root, intermediate also trusted and not sent", cfg: fns(withCA("inter", p.inter), revokeSerial("root", p.inter.Cert)), peer: chain(p.interLeaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/intermediate revoked by serial under the root, intermediate also trusted and sent", cfg: fns(withCA("inter", p.inter), revokeSerial("root", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/intermediate revoked by serial under the root, intermediate listed first", cfg: fns(func(c *configv1.HostnameConfig) { c.CertificateAuthorities = nil }, withCA("inter", p.inter), withCA("root", p.root), revokeSerial("root", p.inter.Cert)), peer: chain(p.interLeaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		// The intermediate's serial revoked under the intermediate is about a certificate the
+		// intermediate issued: it revokes the leaf with that serial, not the intermediate itself.
+		{name: "ok/serial of the intermediate revoked under the intermediate revokes neither it nor its other leaves", cfg: fns(withCA("inter", p.inter), revokeSerial("inter", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/serial of the intermediate revoked under the intermediate, chain ending at it", cfg: fns(withCA("inter", p.inter), revokeSerial("inter", p.inter.Cert)), peer: chain(p.interLeaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "fail/serial of the intermediate revoked under the intermediate revokes its leaf with that serial", cfg: fns(withCA("inter", p.inter), revokeSerial("inter", p.inter.Cert)), peer: chain(p.twinLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/serial of the root revoked under the root revokes nothing", cfg: fns(revokeSerial("root", p.root.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		{name: "ok/serial of the root revoked under the root, root sent along", cfg: fns(revokeSerial("root", p.root.Cert)), peer: chain(p.leaf, p.root), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/serial of the intermediate revoked under another trusted root", cfg: fns(withCA("other", p.other), revokeSerial("other", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+
+		// Serial revocations are under a CA (subject and key), whichever of its certificates the
+		// chain runs through. A cross-certified issuing CA: its certificate signed by crossR1 expires
+		// first, the client sends the one signed by crossR2.
+		{name: "fail/cross-certified CA, leaf serial revoked under its expired R1 certificate, client sends its R2 certificate", cfg: crossCfg(p, revokeSerial("inter-r1", p.crossLeaf.Cert)), peer: chain(p.crossLeaf, p.crossInterR2), at: afterCrossExpiry, verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/cross-certified CA, leaf serial revoked under R1, its R1 certificate expired, client sends its R2 certificate", cfg: crossCfg(p, revokeSerial("r1", p.crossLeaf.Cert)), peer: chain(p.crossLeaf, p.crossInterR2), at: afterCrossExpiry, verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/cross-certified CA, leaf serial revoked under R1, client sends its R2 certificate", cfg: crossCfg(p, revokeSerial("r1", p.crossLeaf.Cert)), peer: chain(p.crossLeaf, p.crossInterR2), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/cross-certified CA, client sends its R2 certificate", cfg: crossCfg(p), peer: chain(p.crossLeaf, p.crossInterR2), at: afterCrossExpiry, verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		{name: "ok/cross-certified CA, serial of its R1 certificate revoked under R1 does not revoke its R2 certificate", cfg: crossCfg(p, revokeSerial("r1", p.crossInterR1.Cert), func(c *configv1.HostnameConfig) { c.CertificateAuthorities = c.CertificateAuthorities[:2] }), peer: chain(p.crossLeaf, p.crossInterR2), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		{name: "ok/cross-certified CA trusted through both certificates, serial of its expired R1 certificate revoked under R1 does not revoke its R2 certificate", cfg: crossCfg(p, withCA("inter-r2", p.crossInterR2), revokeSerial("r1", p.crossInterR1.Cert)), peer: chain(p.crossLeaf), at: afterCrossExpiry, verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "fail/cross-certified CA trusted through both certificates, serial of its R2 certificate revoked under R2", cfg: crossCfg(p, withCA("inter-r2", p.crossInterR2), revokeSerial("r2", p.crossInterR2.Cert)), peer: chain(p.crossLeaf), at: afterCrossExpiry, verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/cross-certified CA, fingerprint of its R1 certificate does not revoke its R2 certificate", cfg: crossCfg(p, revokeFingerprint("r1", p.crossInterR1.Cert)), peer: chain(p.crossLeaf, p.crossInterR2), at: afterCrossExpiry, verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		// A root renewed with the same key: revocations filed under the old certificate still apply
+		// once it has expired.
+		{name: "fail/renewed root, leaf serial revoked under the old root, after the old root expired", cfg: renewedCfg(p, revokeSerial("old", p.renewedLeaf.Cert)), peer: chain(p.renewedLeaf), at: afterCrossExpiry, verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/renewed root, leaf serial revoked under the old root, before the old root expired", cfg: renewedCfg(p, revokeSerial("old", p.renewedLeaf.Cert)), peer: chain(p.renewedLeaf), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/renewed root, leaf serial revoked under the new root, old root sent along", cfg: renewedCfg(p, revokeSerial("new", p.renewedLeaf.Cert)), peer: chain(p.renewedLeaf, p.renewedOld), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/renewed root, after the old root expired", cfg: renewedCfg(p), peer: chain(p.renewedLeaf), at: afterCrossExpiry, verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/renewed root, fingerprint of the old root does not revoke the new one", cfg: renewedCfg(p, revokeFingerprint("old", p.renewedOld.Cert)), peer: chain(p.renewedLeaf), at: afterCrossExpiry, verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/renewed root, serial of the old root revoked under itself revokes nothing", cfg: renewedCfg(p, revokeSerial("old", p.renewedOld.Cert), revokeSerial("new", p.renewedNew.Cert)), peer: chain(p.renewedLeaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "ok/renewed root, same serial under another CA", cfg: renewedCfg(p, withCA("root", p.root), revokeSerial("root", p.renewedLeaf.Cert)), peer: chain(p.renewedLeaf), at: afterCrossExpiry, verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
 		{name: "fail/revoked by serial with two CAs", cfg: fns(withCA("other", p.other), revokeSerial("root", p.leaf.Cert)), peer: chain(p.leaf), verdict: Deny, reason: ReasonCertificateRevoked},
 		{name: "ok/same serial under another CA", cfg: fns(withCA("other", p.other), revokeSerial("root", p.leaf.Cert)), peer: chain(p.otherLeaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
 
@@ -115,6 +150,20 @@ func decideCases(p *testPKI) []decideCase {
 
 func fns(f ...func(*configv1.HostnameConfig)) []func(*configv1.HostnameConfig) { return f }
 
+// crossCfg trusts the roots of the cross-certification (ids "r1", "r2") and the issuing CA's
+// certificate signed by crossR1 (id "inter-r1"), instead of root, then applies more.
+func crossCfg(p *testPKI, more ...func(*configv1.HostnameConfig)) []func(*configv1.HostnameConfig) {
+	return append(fns(func(c *configv1.HostnameConfig) { c.CertificateAuthorities = nil },
+		withCA("r1", p.crossR1), withCA("r2", p.crossR2), withCA("inter-r1", p.crossInterR1)), more...)
+}
+
+// renewedCfg trusts both certificates of the renewed root (ids "old" and "new"), instead of root,
+// then applies more.
+func renewedCfg(p *testPKI, more ...func(*configv1.HostnameConfig)) []func(*configv1.HostnameConfig) {
+	return append(fns(func(c *configv1.HostnameConfig) { c.CertificateAuthorities = nil },
+		withCA("old", p.renewedOld), withCA("new", p.renewedNew)), more...)
+}
+
 func TestDecide(t *testing.T) {
 	p := getPKI(t)
 	now := time.Now()
@@ -137,8 +186,8 @@ func TestDecide(t *testing.T) {
 			if len(d.Chain) != tc.chainLen {
 				t.Errorf("len(Chain) = %d, want %d", len(d.Chain), tc.chainLen)
 			}
-			if d.Chain != nil && (d.Chain[0] != tc.peer[0] || !d.Chain[len(d.Chain)-1].Equal(p.root.Cert) && !d.Chain[len(d.Chain)-1].Equal(p.other.Cert)) {
-				t.Errorf("Chain does not run from the leaf to a root")
+			if d.Chain != nil && (d.Chain[0] != tc.peer[0] || !slices.ContainsFunc(h.trust.roots, d.Chain[len(d.Chain)-1].Equal)) {
+				t.Errorf("Chain does not run from the leaf to one of the hostname's CAs")
 			}
 			// The per-connection path gives the same decision.
 			v := h.VerifyClient(tc.peer, at)
@@ -472,6 +521,12 @@ func TestCertificateErrorSaysWhat(t *testing.T) {
 		want string
 	}{
 		{"fail/key usage", nil, chain(p.badKeyUsage), 0, `certificate_wrong_key_usage: the certificate's key usage (contentCommitment, cRLSign) allows neither digitalSignature nor keyAgreement, so its key may not authenticate a TLS client`},
+		{"fail/intermediate revoked by serial under the root", fns(withCA("inter", p.inter), revokeSerial("root", p.inter.Cert)), chain(p.interLeaf), 0,
+			`certificate_revoked: certificate 1 of the chain ("Acme Issuing CA", serial number ` + certid.SerialNumber(p.inter.Cert.SerialNumber) + `, issuer "Acme Device CA") is revoked by serial number under CA "root"`},
+		{"fail/leaf revoked by serial under the old certificate of a renewed root", renewedCfg(p, revokeSerial("old", p.renewedLeaf.Cert)), chain(p.renewedLeaf), afterCrossExpiry,
+			`certificate_revoked: certificate 0 of the chain ("device-7", serial number 4001, issuer "Renewed CA") is revoked by serial number under CA "old"`},
+		{"fail/leaf revoked by fingerprint", fns(revokeFingerprint("root", p.leaf.Cert)), chain(p.leaf), 0,
+			`certificate_revoked: certificate 0 of the chain ("device-1", fingerprint ` + certid.FingerprintSHA256(p.leaf.Cert.Raw) + `) is revoked by fingerprint under CA "root"`},
 	}
 	now := time.Now()
 	for _, tc := range tests {

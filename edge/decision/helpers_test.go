@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
@@ -25,10 +26,66 @@ type testPKI struct {
 	expiredInter     *pkitest.CA
 	expiredInterLeaf *pkitest.Leaf
 	otherExpired     *pkitest.Leaf
+	// twinLeaf is issued by inter with inter's own serial number.
+	twinLeaf *pkitest.Leaf
 	// Key usages (all with extended key usage clientAuth, issued by root): badKeyUsage has
 	// CRLSign|ContentCommitment, keyAgreement has KeyAgreement alone, noKeyUsage has no keyUsage
 	// extension.
 	badKeyUsage, keyAgreement, noKeyUsage *pkitest.Leaf
+	// A cross-certified issuing CA: crossInterR1 and crossInterR2 are two certificates of one CA
+	// (same subject and key), signed by the roots crossR1 and crossR2; crossInterR1 expires after
+	// crossExpiry, crossInterR2 later. crossLeaf is issued by that CA.
+	crossR1, crossR2, crossInterR1, crossInterR2 *pkitest.CA
+	crossLeaf                                    *pkitest.Leaf
+	// A root renewed with the same key: renewedOld expires after crossExpiry, renewedNew (same
+	// subject and key) later. renewedLeaf is issued by that root.
+	renewedOld, renewedNew *pkitest.CA
+	renewedLeaf            *pkitest.Leaf
+}
+
+// crossExpiry is how long after the test PKI's making crossInterR1 and renewedOld stay valid;
+// the certificates issued under them (and the other CAs) outlive them.
+const crossExpiry = 10 * 24 * time.Hour
+
+// afterCrossExpiry is a moment, relative to the test PKI's making, when crossInterR1 and
+// renewedOld have expired and everything else of the cross-certification and renewal tests is
+// valid.
+const afterCrossExpiry = 20 * 24 * time.Hour
+
+// recertify returns another certificate of the CA ca (same subject and key), signed by issuer, or
+// self-signed when issuer is nil, with a fresh serial number and ca's validity unless opts change
+// it.
+func recertify(t testing.TB, ca, issuer *pkitest.CA, opts ...pkitest.Options) *pkitest.CA {
+	t.Helper()
+	sn, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatalf("recertify: serial number: %v", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          sn,
+		RawSubject:            ca.Cert.RawSubject,
+		NotBefore:             ca.Cert.NotBefore,
+		NotAfter:              ca.Cert.NotAfter,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              ca.Cert.KeyUsage,
+	}
+	for _, o := range opts {
+		o(tmpl)
+	}
+	parent, signer := tmpl, ca.Key
+	if issuer != nil {
+		parent, signer = issuer.Cert, issuer.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &ca.Key.PublicKey, signer)
+	if err != nil {
+		t.Fatalf("recertify %q: %v", ca.Cert.Subject.CommonName, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("recertify %q: parse: %v", ca.Cert.Subject.CommonName, err)
+	}
+	return &pkitest.CA{Cert: cert, Key: ca.Key}
 }
 
 func keyUsage(ku x509.KeyUsage) pkitest.Options {
@@ -95,9 +152,18 @@ func getPKI(t testing.TB) *testPKI {
 	})
 	p.expiredInterLeaf = p.expiredInter.Client(t, "device-4", pkitest.Validity(now.Add(-48*time.Hour), now.Add(24*time.Hour)))
 	p.otherExpired = p.other.Client(t, "old-intruder", pkitest.Validity(now.Add(-48*time.Hour), now.Add(-24*time.Hour)))
+	p.twinLeaf = p.inter.Client(t, "device-5", func(c *x509.Certificate) { c.SerialNumber = new(big.Int).Set(p.inter.Cert.SerialNumber) })
 	p.badKeyUsage = p.root.Client(t, "bad-key-usage", keyUsage(x509.KeyUsageCRLSign|x509.KeyUsageContentCommitment))
 	p.keyAgreement = p.root.Client(t, "key-agreement", keyUsage(x509.KeyUsageKeyAgreement))
 	p.noKeyUsage = p.root.Client(t, "no-key-usage", keyUsage(0))
+	p.crossR1 = pkitest.NewCA(t, "Cross Root 1")
+	p.crossR2 = pkitest.NewCA(t, "Cross Root 2")
+	p.crossInterR1 = p.crossR1.Intermediate(t, "Cross Issuing CA", pkitest.Validity(now.Add(-time.Hour), now.Add(crossExpiry)))
+	p.crossInterR2 = recertify(t, p.crossInterR1, p.crossR2, pkitest.Validity(now.Add(-time.Hour), now.Add(180*24*time.Hour)))
+	p.crossLeaf = p.crossInterR1.Client(t, "device-6", serial(0x3001))
+	p.renewedOld = pkitest.NewCA(t, "Renewed CA", pkitest.Validity(now.Add(-time.Hour), now.Add(crossExpiry)))
+	p.renewedNew = recertify(t, p.renewedOld, nil, pkitest.Validity(now.Add(-time.Hour), now.Add(2*365*24*time.Hour)))
+	p.renewedLeaf = p.renewedOld.Client(t, "device-7", serial(0x4001))
 	pki = p
 	return p
 }

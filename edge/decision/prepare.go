@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"weak"
 
@@ -40,16 +42,34 @@ type trust struct {
 	roots []*x509.Certificate
 	// byID maps a CA id to its certificate.
 	byID map[string]*x509.Certificate
-	// revoked maps a root certificate (its DER, as a string) to the revocations that apply to
-	// chains ending at it; only roots with revocations are present. Several CA ids with the same
-	// certificate share one entry.
-	revoked map[string]*revocations
+	// serials maps a CA (its subject and key, not one certificate of it) to the serial numbers
+	// (certid form) revoked under it, each with the id of the first CA it was filed under. A
+	// revocation filed under any certificate of the CA applies through all of them.
+	serials map[caKey]map[string]string
+	// fingerprints maps the SHA-256 of a certificate revoked by fingerprint (under any of the
+	// hostname's CAs) to the id of the first CA it was filed under.
+	fingerprints map[[32]byte]string
+	// above maps each of the hostname's CAs (by caKey) to the CAs above it: the issuers of all
+	// its certificates among the hostname's CAs, theirs, and so on; never the CA itself. Set
+	// only when serials is not empty.
+	above map[caKey][]caKey
+	// issuers maps a CA certificate of the hostname (its DER, as a string) to the CAs above that
+	// one certificate: the hostname's CAs that signed it, and the CAs above those; never its own
+	// CA. Set only when serials is not empty.
+	issuers map[string][]caKey
 }
 
-// revocations are the revocations under one root.
-type revocations struct {
-	serials      map[string]struct{}   // leaf serial numbers, certid form
-	fingerprints map[[32]byte]struct{} // SHA-256 of the DER of any certificate of the chain
+// caKey identifies a CA across its certificates: a SHA-256 of its subject (DER) and of its
+// public key (DER SubjectPublicKeyInfo). A CA re-issued with the same name and key (a renewed
+// root, a cross-certified intermediate) has one caKey.
+type caKey [32]byte
+
+// keyOf returns c's caKey.
+func keyOf(c *x509.Certificate) caKey {
+	var arr [512]byte
+	b := appendField(arr[:0], c.RawSubject)
+	b = appendField(b, c.RawSubjectPublicKeyInfo)
+	return sha256.Sum256(b)
 }
 
 // Prepare checks a hostname configuration and prepares it for [Decide]: it parses the CA
@@ -245,27 +265,26 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		if serial == "" && fp == "" {
 			return nil, fmt.Errorf("%s: neither serial_number nor fingerprint_sha256 is set", where())
 		}
-		root, ok := t.byID[r.GetCertificateAuthorityId()]
+		caID := r.GetCertificateAuthorityId()
+		ca, ok := t.byID[caID]
 		if !ok {
 			continue // under a CA this hostname does not trust: it can never apply
-		}
-		if t.revoked == nil {
-			t.revoked = make(map[string]*revocations)
-		}
-		rr := t.revoked[string(root.Raw)]
-		if rr == nil {
-			rr = &revocations{}
-			t.revoked[string(root.Raw)] = rr
 		}
 		if serial != "" {
 			s, err := certid.NormalizeSerial(serial)
 			if err != nil {
 				return nil, fmt.Errorf("%s: serial_number: %w", where(), err)
 			}
-			if rr.serials == nil {
-				rr.serials = make(map[string]struct{})
+			if t.serials == nil {
+				t.serials = make(map[caKey]map[string]string)
 			}
-			rr.serials[s] = struct{}{}
+			k := keyOf(ca)
+			if t.serials[k] == nil {
+				t.serials[k] = make(map[string]string)
+			}
+			if _, dup := t.serials[k][s]; !dup {
+				t.serials[k][s] = caID
+			}
 		}
 		if fp != "" {
 			f, err := certid.NormalizeFingerprint(fp)
@@ -276,13 +295,73 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 			if _, err := hex.Decode(sum[:], []byte(f)); err != nil {
 				return nil, fmt.Errorf("%s: fingerprint_sha256: %w", where(), err)
 			}
-			if rr.fingerprints == nil {
-				rr.fingerprints = make(map[[32]byte]struct{})
+			if t.fingerprints == nil {
+				t.fingerprints = make(map[[32]byte]string)
 			}
-			rr.fingerprints[sum] = struct{}{}
+			if _, dup := t.fingerprints[sum]; !dup {
+				t.fingerprints[sum] = caID
+			}
 		}
 	}
+	if len(t.serials) > 0 {
+		t.linkCAs()
+	}
 	return t, nil
+}
+
+// linkCAs sets t.above and t.issuers from the signatures between the hostname's CA
+// certificates, whatever their validity. Its lists are in configuration order, so that
+// verification, which reports the first revocation it finds, is deterministic.
+func (t *trust) linkCAs() {
+	keys := make([]caKey, len(t.roots))
+	for i, c := range t.roots {
+		keys[i] = keyOf(c)
+	}
+	// direct[i]: the CAs (other than its own) among the hostname's whose certificate signed
+	// t.roots[i].
+	direct := make([][]caKey, len(t.roots))
+	for i, c := range t.roots {
+		for j, parent := range t.roots {
+			if keys[j] == keys[i] || slices.Contains(direct[i], keys[j]) || !bytes.Equal(c.RawIssuer, parent.RawSubject) {
+				continue
+			}
+			if c.CheckSignatureFrom(parent) == nil {
+				direct[i] = append(direct[i], keys[j])
+			}
+		}
+	}
+	// byKey: the direct issuers of all the certificates of a CA.
+	byKey := make(map[caKey][]caKey, len(t.roots))
+	for i, k := range keys {
+		for _, p := range direct[i] {
+			if !slices.Contains(byKey[k], p) {
+				byKey[k] = append(byKey[k], p)
+			}
+		}
+	}
+	// closure returns start and everything above it (breadth first), without self.
+	closure := func(self caKey, start []caKey) []caKey {
+		var out []caKey
+		queue := append([]caKey(nil), start...)
+		for len(queue) > 0 {
+			k := queue[0]
+			queue = queue[1:]
+			if k == self || slices.Contains(out, k) {
+				continue
+			}
+			out = append(out, k)
+			queue = append(queue, byKey[k]...)
+		}
+		return out
+	}
+	t.above = make(map[caKey][]caKey, len(byKey))
+	t.issuers = make(map[string][]caKey, len(t.roots))
+	for i, k := range keys {
+		if _, done := t.above[k]; !done {
+			t.above[k] = closure(k, byKey[k])
+		}
+		t.issuers[string(t.roots[i].Raw)] = closure(k, direct[i])
+	}
 }
 
 // policyRules converts a configured policy to the rules policy.Compile takes.

@@ -229,7 +229,7 @@ func (t *trust) verify(leaf *x509.Certificate, intermediates []*x509.Certificate
 	if err := checkKeyUsage(leaf); err != nil {
 		return nil, ReasonCertificateWrongKeyUsage, err
 	}
-	if err := t.revocation(leaf, chains); err != nil {
+	if err := t.revocation(chains); err != nil {
 		return nil, ReasonCertificateRevoked, err
 	}
 	return chains, "", nil
@@ -334,60 +334,55 @@ func (t *trust) pathIgnoringTime(leaf *x509.Certificate, intermediates []*x509.C
 	return search([]*x509.Certificate{leaf})
 }
 
-// revocation returns an error when the leaf or a certificate of one of its chains is revoked.
+// revocation returns an error when a certificate of one of the verified chains is revoked.
 //
-// Serial numbers are unique per issuer only, so a serial revoked under a CA applies to leaves of that
-// CA's hierarchy: the CAs of the verified chain, and, when the chain ends at a trusted CA that is
-// not self-signed (a hostname may trust a root and its intermediate alike), the trusted CAs that
-// issued it. Without that, a client could leave out an intermediate the hostname also trusts, end
-// its chain there, and slip past a revocation filed under the root. A fingerprint names one
-// certificate exactly: revoked under any trusted CA, it is revoked wherever it appears in a chain.
-func (t *trust) revocation(leaf *x509.Certificate, chains [][]*x509.Certificate) error {
-	if len(t.revoked) == 0 {
+// A serial number is unique only among the certificates one CA issued, so a serial revoked under a
+// CA (any certificate of it: same subject and key) revokes the certificates of the chain that the
+// CA's hierarchy issued: a certificate of the chain is checked against the serials revoked under
+// each CA above it. The CAs above a certificate are those of the certificates after it in the
+// chain and, through the hostname's CAs, the CAs above those: for the chain's last certificate (one
+// of the hostname's CAs), the hostname's CAs that signed it, and theirs; for any other CA of the
+// chain, the hostname's CAs that signed any certificate of that CA, and theirs. A certificate is
+// never checked against its own CA's revocations: a CA's own serial under itself (a self-signed
+// root's, or an intermediate's revoked under the intermediate for one of its leaves) does not
+// revoke it. Without the hostname's CAs above the chain, a client could leave out an intermediate
+// the hostname also trusts, end its chain there, and slip past a revocation filed under the root.
+//
+// A fingerprint names one certificate exactly: revoked under any of the hostname's CAs, it is
+// revoked wherever it appears in a chain.
+func (t *trust) revocation(chains [][]*x509.Certificate) error {
+	if len(t.serials) == 0 && len(t.fingerprints) == 0 {
 		return nil
 	}
-	serial := certid.SerialNumber(leaf.SerialNumber)
 	for _, chain := range chains {
-		for _, ca := range t.hierarchy(chain) {
-			if rr := t.revoked[string(ca.Raw)]; rr != nil {
-				if _, ok := rr.serials[serial]; ok {
-					return fmt.Errorf("serial number %s is revoked under CA %q", serial, ca.Subject.CommonName)
-				}
+		for i, c := range chain {
+			if caID, ok := t.fingerprints[sha256.Sum256(c.Raw)]; ok {
+				return fmt.Errorf("certificate %d of the chain (%q, fingerprint %s) is revoked by fingerprint under CA %q", i, c.Subject.CommonName, certid.FingerprintSHA256(c.Raw), caID)
 			}
 		}
+		if len(t.serials) == 0 {
+			continue
+		}
+		// From the chain's last certificate to its leaf, above holds the CAs above chain[i].
+		keys := make([]caKey, len(chain))
 		for i, c := range chain {
-			fp := sha256.Sum256(c.Raw)
-			for _, rr := range t.revoked {
-				if _, ok := rr.fingerprints[fp]; ok {
-					return fmt.Errorf("certificate %d of the chain (%q, fingerprint %s) is revoked", i, c.Subject.CommonName, certid.FingerprintSHA256(c.Raw))
+			keys[i] = keyOf(c)
+		}
+		above := t.issuers[string(chain[len(chain)-1].Raw)]
+		for i := len(chain) - 1; i >= 0; i-- {
+			if i < len(chain)-1 {
+				above = append(append(above[:len(above):len(above)], keys[i+1]), t.above[keys[i+1]]...)
+			}
+			serial := certid.SerialNumber(chain[i].SerialNumber)
+			for _, k := range above {
+				if k == keys[i] {
+					continue
+				}
+				if caID, ok := t.serials[k][serial]; ok {
+					return fmt.Errorf("certificate %d of the chain (%q, serial number %s, issuer %q) is revoked by serial number under CA %q", i, chain[i].Subject.CommonName, serial, chain[i].Issuer.CommonName, caID)
 				}
 			}
 		}
 	}
 	return nil
-}
-
-// hierarchy returns the CAs above the leaf of a verified chain: its certificates after the leaf,
-// then the trusted CAs that issued its last certificate, and theirs, up to a few levels.
-func (t *trust) hierarchy(chain []*x509.Certificate) []*x509.Certificate {
-	out := append([]*x509.Certificate(nil), chain[1:]...)
-	last := chain[len(chain)-1]
-	for depth := 0; depth < 4; depth++ {
-		if bytes.Equal(last.RawIssuer, last.RawSubject) {
-			break
-		}
-		var issuer *x509.Certificate
-		for _, ca := range t.roots {
-			if !ca.Equal(last) && !slices.ContainsFunc(out, ca.Equal) && bytes.Equal(last.RawIssuer, ca.RawSubject) && last.CheckSignatureFrom(ca) == nil {
-				issuer = ca
-				break
-			}
-		}
-		if issuer == nil {
-			break
-		}
-		out = append(out, issuer)
-		last = issuer
-	}
-	return out
 }
