@@ -334,20 +334,26 @@ func (c *h1Conn) serveRequest() h1Next {
 	}
 	rev := set.Position()
 
-	var rawPath string
+	var decoded string
 	if indexPercent(req.path) {
 		p, err := url.PathUnescape(string(req.path))
 		if err != nil {
 			return h1Handoff // cannot happen for the subset; net/http decides
 		}
-		rawPath = p
+		decoded = p
 	} else {
-		rawPath = string(req.path)
+		decoded = string(req.path)
+	}
+	// As ServeHTTP: refused (400, no decision) for a dot segment or a backslash, else the policy
+	// sees the decoded path without ";params" and repeated slashes (see policyPath).
+	p, reject := policyPath(decoded)
+	if reject != nil {
+		return c.answer(http.StatusBadRequest, reject, "", req.close)
 	}
 	// The decision does not use Host (it decides for the connection's hostname, which Host
 	// matches); a policy gets the request's headers.
 	dreq := &c.dreq
-	*dreq = decision.Request{Host: c.name, Method: method, Path: policyPath(rawPath)}
+	*dreq = decision.Request{Host: c.name, Method: method, Path: p}
 	if h.Config.GetPolicy() != nil {
 		dreq.Host = string(req.host)
 		dreq.Header = req.header()

@@ -106,7 +106,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	rev := set.Position()
 	cs, _ := r.Context().Value(connKey{}).(*connState)
 
-	req := decision.Request{Host: r.Host, Method: r.Method, Path: policyPath(r.URL.Path), Header: r.Header}
+	p, reject := policyPath(r.URL.Path)
+	if reject != nil {
+		badPath(w, reject)
+		return
+	}
+	req := decision.Request{Host: r.Host, Method: r.Method, Path: p, Header: r.Header}
 	d, id := s.decideRequest(now, h, rev, cs, r.TLS.PeerCertificates, &req)
 	if d.Verdict == decision.Deny {
 		forbidden(w, d.Reason, id)
@@ -133,23 +138,73 @@ func (s *Server) decideRequest(now time.Time, h *decision.Hostname, rev uint64, 
 	return d, id
 }
 
-// hostMatches reports whether the Host header host names hostname name (normalised): equal
-// ignoring ASCII case, a port and one trailing dot. An empty Host (HTTP/1.0) matches.
-// policyPath is the path the decision (and the decision log) sees: percent-decoded and with dot
-// segments and repeated slashes resolved, as the origin will understand it. A policy rule on
-// "/admin" then also catches "/%61dmin", "//admin" and "/x/../admin". The request is forwarded as
-// the client wrote it.
-func policyPath(p string) string {
-	if p == "" || p[0] != '/' {
-		p = "/" + p
+// policyPath returns the path the decision (request.path) and the decision log see for the
+// request path p, percent-decoded (net/http's URL.Path; the fast path decodes the same way), or
+// reject: why the edge refuses the request with 400 instead of deciding it.
+//
+// The origin gets the request target as the client wrote it, and origins disagree on what it
+// names: a prefix router (Node/Express) may serve "/admin/../x" with /admin's handlers, Tomcat,
+// Spring and Jetty drop ";params" from segments and resolve "..;" as "..", IIS takes "\" for "/".
+// No one rewriting of the path is what every origin understands, so the edge refuses the paths
+// that origins read differently: a dot segment ("." or "..", also percent-encoded, delimited by
+// an encoded slash, or followed by ";params"), or a backslash (raw or percent-encoded). Browsers
+// and curl resolve dot segments before sending and never send a backslash.
+//
+// What remains is made into the policy's path by dropping ";params" from every segment and
+// repeated slashes, keeping a trailing slash: a rule on "/admin" then also catches "/%61dmin",
+// "//admin", "/admin;x" and "/;/admin" (which a Tomcat-like origin serves as /admin), and
+// "/admin;x/y" is seen as "/admin/y". The request is forwarded as the client wrote it.
+func policyPath(p string) (clean string, reject []byte) {
+	if strings.IndexByte(p, '\\') >= 0 {
+		return "", backslashBody
 	}
-	clean := path.Clean(p)
+	if p == "" || p[0] != '/' {
+		p = "/" + p // the asterisk-form "*" of OPTIONS
+	}
+	stripped := false
+	for i := 0; i < len(p); {
+		j := strings.IndexByte(p[i:], '/')
+		if j < 0 {
+			j = len(p) - i
+		}
+		seg := p[i : i+j]
+		if k := strings.IndexByte(seg, ';'); k >= 0 {
+			seg, stripped = seg[:k], true
+		}
+		if seg == "." || seg == ".." {
+			return "", dotSegmentBody
+		}
+		i += j + 1
+	}
+	if stripped {
+		b := make([]byte, 0, len(p))
+		for i := 0; i < len(p); i++ {
+			if p[i] != ';' {
+				b = append(b, p[i])
+				continue
+			}
+			for i+1 < len(p) && p[i+1] != '/' {
+				i++
+			}
+		}
+		p = string(b)
+	}
+	// No dot segment is left: Clean only drops repeated slashes and a trailing one.
+	clean = path.Clean(p)
 	if strings.HasSuffix(p, "/") && clean != "/" {
 		clean += "/"
 	}
-	return clean
+	return clean, nil
 }
 
+// The bodies of the 400 answers to a path policyPath refuses.
+var (
+	dotSegmentBody = []byte(`{"error":"bad_request","reason":"path_dot_segment","message":"the request path has a \".\" or \"..\" segment (also percent-encoded or followed by \";\"); send the path with dot segments resolved"}` + "\n")
+	backslashBody  = []byte(`{"error":"bad_request","reason":"path_backslash","message":"the request path has a backslash (also percent-encoded as %5C)"}` + "\n")
+)
+
+// hostMatches reports whether the Host header host names hostname name (normalised): equal
+// ignoring ASCII case, a port and one trailing dot. An empty Host (HTTP/1.0) matches.
 func hostMatches(host, name string) bool {
 	if host == "" {
 		return true
@@ -198,6 +253,16 @@ func misdirected(w http.ResponseWriter, closeConnection bool) {
 	}
 	w.WriteHeader(http.StatusMisdirectedRequest)
 	_, _ = w.Write([]byte(`{"error":"misdirected_request","message":"this connection does not serve the requested hostname; open a new connection with that server name"}` + "\n"))
+}
+
+// badPath answers 400 with body, for a path the edge refuses (see policyPath). Like the other
+// malformed requests, it is refused before any decision and not logged as one.
+func badPath(w http.ResponseWriter, body []byte) {
+	hdr := w.Header()
+	hdr["Content-Type"] = jsonContentType
+	hdr["Cache-Control"] = noStore
+	w.WriteHeader(http.StatusBadRequest)
+	_, _ = w.Write(body)
 }
 
 // forbidden answers 403 with the reason and the decision id.
