@@ -86,6 +86,8 @@ type h1Conn struct {
 	deadlineSet time.Time // when the idle read deadline was last pushed forward
 	dateSec     int64
 	date        []byte
+	// served: a request head was read (the first one's deadline is ReadHeaderTimeout's).
+	served bool
 
 	state atomic.Int32
 
@@ -189,12 +191,21 @@ func newH1Conn(s *Server, tc *tls.Conn, peer []*x509.Certificate) *h1Conn {
 	return c
 }
 
-// readHead waits for the next request head, growing the deadline as net/http's IdleTimeout and
-// ReadHeaderTimeout would. parseOK means c.req holds it; parseNeedMore that the connection is
-// done (closed by the client, timed out, shut down).
+// readHead waits for the next request head, with net/http's deadlines (each absolute, never
+// pushed forward by the bytes that arrive): the connection's first head must be complete within
+// ReadHeaderTimeout of its start (serveH1 reads it right after the handshake); before a later
+// one, the connection may be idle for IdleTimeout, and a head that then does not come in one
+// piece must be complete within ReadHeaderTimeout of the read that found it incomplete. parseOK
+// means c.req holds it; parseNeedMore that the connection is done (closed by the client, timed
+// out, shut down).
 func (c *h1Conn) readHead() parseResult {
 	now := time.Now()
-	if now.Sub(c.deadlineSet) > h1DeadlineSlack {
+	first := !c.served
+	switch {
+	case first:
+		_ = c.tc.SetReadDeadline(now.Add(c.s.http.ReadHeaderTimeout))
+		c.deadlineSet = time.Time{}
+	case now.Sub(c.deadlineSet) > h1DeadlineSlack:
 		_ = c.tc.SetReadDeadline(now.Add(c.s.http.IdleTimeout))
 		c.deadlineSet = now
 	}
@@ -225,13 +236,21 @@ func (c *h1Conn) readHead() parseResult {
 			return c.readHead()
 		}
 	}
-	tightened := false
+	tightened := first // the first head's deadline is ReadHeaderTimeout's already
 	c.parses = 0
 	b, _ := c.br.Peek(c.br.Buffered())
 	for {
 		c.parses++
 		res := parseRequest(b, &c.req, len(b) == c.br.Size())
 		if res != parseNeedMore {
+			if first && res == parseOK {
+				c.served = true
+				if c.parses == 1 {
+					// It came in one piece: its body, as a later request's, within IdleTimeout.
+					_ = c.tc.SetReadDeadline(now.Add(c.s.http.IdleTimeout))
+					c.deadlineSet = now
+				}
+			}
 			return res
 		}
 		if !tightened {
