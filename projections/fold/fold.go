@@ -187,6 +187,9 @@ type Hostname struct {
 	CreateTime              time.Time
 	UpdateTime              time.Time
 	Revision                uint64
+	// ReservationEventID is the id of the HostnameReserved event the hostname was created under
+	// (HostnameCreated.reservation_event_id); empty for hostnames created before it was recorded.
+	ReservationEventID string
 }
 
 // NewTenant returns the empty state of tenant id, before its first event.
@@ -344,6 +347,7 @@ func apply(t *Tenant, ev Event) error {
 		}
 		h := hostname(m.GetHostname(), m.GetOriginUrl(), m.GetMtls(), m.GetPolicyId(), m.GetState())
 		h.CreateTime, h.UpdateTime, h.Revision = ev.Time, ev.Time, ev.Revision
+		h.ReservationEventID = m.GetReservationEventId()
 		setEntry(t, t.Hostnames, h.Name, h)
 		t.request(ev, Ref{Kind: KindHostname, ID: h.Name})
 	case TypeHostnameUpdated:
@@ -357,6 +361,7 @@ func apply(t *Tenant, ev Event) error {
 		}
 		h := hostname(m.GetHostname(), m.GetOriginUrl(), m.GetMtls(), m.GetPolicyId(), m.GetState())
 		h.CreateTime, h.UpdateTime, h.Revision = old.CreateTime, ev.Time, ev.Revision
+		h.ReservationEventID = old.ReservationEventID
 		setEntry(t, t.Hostnames, h.Name, h)
 	case TypeHostnameDeleted:
 		var m eventsv1.HostnameDeleted

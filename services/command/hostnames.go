@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -32,6 +33,9 @@ type hostnameSpec struct {
 	field  string // prefix + ".hostname"
 	name   string
 	ev     *eventsv1.HostnameCreated
+	// fresh: the reservation (ev.reservation_event_id) is the first of this tenant in force, so
+	// a creation that certainly failed may release it (see reservations.go).
+	fresh bool
 }
 
 // checkOrigin validates an origin URL: absolute http(s), a host, no user info, query or fragment.
@@ -201,15 +205,23 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 	if len(replay) > 0 {
 		return hs.render(ctx, tenantID, replay)
 	}
-	acquired, err := s.reserveAll(ctx, specs, tenantID, md)
-	if err != nil {
+	if err := s.reserveAll(ctx, specs, tenantID, md); err != nil {
+		s.releaseFresh(context.WithoutCancel(ctx), specs, tenantID, md) // nothing was submitted
 		return nil, err
 	}
 	names := make([]string, len(specs))
 	for i, spec := range specs {
 		names[i] = spec.name
 	}
-	res, err := s.execute(ctx, tenantID, md, func(st *fold.Tenant) (decision, error) {
+	// refused is the error the decision last refused the creation with: when execute returns it,
+	// nothing was stored. Any other error (the caller gave up, the store failed) leaves that open.
+	var refused atomic.Pointer[error]
+	res, err := s.execute(ctx, tenantID, md, func(st *fold.Tenant) (d decision, err error) {
+		defer func() {
+			if err != nil {
+				refused.Store(&err)
+			}
+		}()
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
@@ -231,7 +243,9 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 		return decision{events: events, result: hostnamesResult(names)}, nil
 	})
 	if err != nil {
-		s.releaseAll(context.WithoutCancel(ctx), acquired, tenantID, md)
+		if r := refused.Load(); r != nil && *r == err {
+			s.releaseFresh(context.WithoutCancel(ctx), specs, tenantID, md)
+		}
 		return nil, err
 	}
 	return res.([]*guestlistv1.Hostname), nil
@@ -263,10 +277,10 @@ func (hs *HostnameServer) render(ctx context.Context, tenantID string, names []s
 	return out, err
 }
 
-// reserveAll reserves every hostname, concurrently so that the store commits them together. On any
-// failure it releases what it reserved and returns the first error.
-func (s *Service) reserveAll(ctx context.Context, specs []hostnameSpec, tenantID string, md eventstore.Metadata) ([]string, error) {
-	acquired := make([]bool, len(specs))
+// reserveAll reserves every hostname, concurrently so that the store commits them together, and
+// records each reservation's id in its HostnameCreated. It returns the first error; the caller
+// releases what it reserved (releaseFresh).
+func (s *Service) reserveAll(ctx context.Context, specs []hostnameSpec, tenantID string, md eventstore.Metadata) error {
 	errs := make([]error, len(specs))
 	var wg sync.WaitGroup
 	// One goroutine per hostname (at most 1,000): the store commits their appends together.
@@ -274,35 +288,30 @@ func (s *Service) reserveAll(ctx context.Context, specs []hostnameSpec, tenantID
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			acquired[i], errs[i] = s.reserve(ctx, specs[i].name, tenantID, md)
+			specs[i].ev.ReservationEventId, specs[i].fresh, errs[i] = s.reserve(ctx, specs[i].name, tenantID, md)
 		}()
 	}
 	wg.Wait()
-	var names []string
-	var first error
-	for i := range specs {
-		if acquired[i] {
-			names = append(names, specs[i].name)
-		}
-		if errs[i] != nil && first == nil {
-			first = errs[i]
+	for _, err := range errs {
+		if err != nil {
+			return err
 		}
 	}
-	if first != nil {
-		s.releaseAll(context.WithoutCancel(ctx), names, tenantID, md)
-		return nil, first
-	}
-	return names, nil
+	return nil
 }
 
-func (s *Service) releaseAll(ctx context.Context, names []string, tenantID string, md eventstore.Metadata) {
+// releaseFresh releases the fresh reservations of a creation that certainly failed.
+func (s *Service) releaseFresh(ctx context.Context, specs []hostnameSpec, tenantID string, md eventstore.Metadata) {
 	var wg sync.WaitGroup
-	for _, n := range names {
+	for _, spec := range specs {
+		if !spec.fresh || spec.ev.GetReservationEventId() == "" {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.release(ctx, n, tenantID, md); err != nil {
-				s.log.Error("command: releasing a hostname reservation failed; it will be taken over after the grace period", "hostname", n, "tenant", tenantID, "err", err)
+			if err := s.release(ctx, spec.name, tenantID, spec.ev.GetReservationEventId(), md); err != nil {
+				s.log.Error("command: releasing a hostname reservation failed; it will be taken over after the grace period", "hostname", spec.name, "tenant", tenantID, "err", err)
 			}
 		}()
 	}
@@ -435,8 +444,9 @@ func (hs *HostnameServer) UpdateHostname(ctx context.Context, req *guestlistv1.U
 	return res.(*guestlistv1.Hostname), nil
 }
 
-// DeleteHostname implements guestlistv1.HostnameServiceServer. The name is released for any tenant
-// to claim once the deletion is stored.
+// DeleteHostname implements guestlistv1.HostnameServiceServer. Once the deletion is stored, the
+// reservation the hostname was created under is released, so that any tenant may claim the name;
+// not when a creation of the same tenant has reserved it since (see reservations.go).
 func (hs *HostnameServer) DeleteHostname(ctx context.Context, req *guestlistv1.DeleteHostnameRequest) (*emptypb.Empty, error) {
 	p, err := auth.AuthorizeWrite(ctx, req.GetTenantId())
 	if err != nil {
@@ -447,6 +457,7 @@ func (hs *HostnameServer) DeleteHostname(ctx context.Context, req *guestlistv1.D
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "hostname", Reason: err.Error()})
 	}
 	md := metadata(ctx, p, "")
+	var reservationID string
 	_, err = hs.s.execute(ctx, req.GetTenantId(), md, func(st *fold.Tenant) (decision, error) {
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
@@ -458,12 +469,13 @@ func (hs *HostnameServer) DeleteHostname(ctx context.Context, req *guestlistv1.D
 		if err := checkEtag("hostname", name, req.GetEtag(), old.Revision); err != nil {
 			return decision{}, err
 		}
+		reservationID = old.ReservationEventID
 		return decision{events: []protoMessage{&eventsv1.HostnameDeleted{Hostname: name}}, result: emptyResult}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := hs.s.release(context.WithoutCancel(ctx), name, req.GetTenantId(), md); err != nil {
+	if err := hs.s.release(context.WithoutCancel(ctx), name, req.GetTenantId(), reservationID, md); err != nil {
 		hs.s.log.Error("command: releasing a deleted hostname failed; it will be taken over after the grace period", "hostname", name, "err", err)
 	}
 	return &emptypb.Empty{}, nil

@@ -19,67 +19,82 @@ import (
 // A hostname belongs to at most one tenant. Before a tenant's stream records HostnameCreated, the
 // hostname's own stream "hostname-<name>" records HostnameReserved for that tenant, appended with an
 // expected revision: of two tenants claiming one name at the same moment exactly one append wins.
-// Deleting the hostname appends HostnameReleased. A reservation whose creation never completed (the
-// process died in between) is taken over by another tenant once it is older than the grace period
-// and the holder's stream does not have the hostname.
+//
+// Every creation appends a reservation of its own, also when its tenant holds the name already,
+// and HostnameCreated names it (reservation_event_id). Deleting the hostname appends
+// HostnameReleased only while that reservation is still the last event of the hostname's stream:
+// a creation of the same tenant in flight at the same moment (it reserved after the hostname was
+// created) keeps the name reserved for the hostname it is about to create.
+//
+// A creation that fails releases its reservation only when all of these hold: the creation was
+// certainly not stored (it was never submitted, or its decision refused it; not when its caller
+// gave up or the store failed, since it may still be stored); its reservation was fresh (no
+// reservation of its tenant was in force before it, so no other creation of the tenant can be in
+// flight under an older one); and it is still the last event. Any other leftover is taken over by
+// another tenant once it is older than the grace period and the holder's stream does not have the
+// hostname; its own tenant may reserve it again at any time.
 
-// reserve reserves hostname for tenantID. acquired is true when this call wrote the reservation
-// (and so must release it if the creation fails); false when the tenant already held it.
-func (s *Service) reserve(ctx context.Context, hostname, tenantID string, md eventstore.Metadata) (acquired bool, err error) {
+// reserve reserves hostname for tenantID and returns the id of the HostnameReserved event it
+// appended, which the creation records. fresh is false when tenantID held the hostname already. It
+// returns ALREADY_EXISTS if another tenant holds the hostname (and its reservation is not
+// abandoned).
+func (s *Service) reserve(ctx context.Context, hostname, tenantID string, md eventstore.Metadata) (reservationID string, fresh bool, err error) {
 	stream := fold.HostnameStream(hostname)
 	// Most hostnames were never claimed: try that first, without a read.
-	_, err = s.store.Append(ctx, stream, eventstore.NoStream(), encodeAll([]proto.Message{&eventsv1.HostnameReserved{Hostname: hostname, TenantId: tenantID}}, md)...)
+	reserved := encodeAll([]proto.Message{&eventsv1.HostnameReserved{Hostname: hostname, TenantId: tenantID}}, md)
+	_, err = s.store.Append(ctx, stream, eventstore.NoStream(), reserved...)
 	if err == nil {
-		return true, nil
+		return reserved[0].ID, true, nil
 	}
 	if !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
-		return false, status.Errorf(codes.Unavailable, "reserving hostname %q failed: %v", hostname, err)
+		return "", false, status.Errorf(codes.Unavailable, "reserving hostname %q failed: %v", hostname, err)
 	}
 	for attempt := 0; attempt < 8; attempt++ {
 		expected := eventstore.NoStream()
 		var events []proto.Message
 		last, holder, held, err := s.reservation(ctx, hostname)
 		if err != nil {
-			return false, err
+			return "", false, err
 		}
 		if last != nil {
 			expected = eventstore.Exact(last.Revision)
 		}
-		if held {
-			if holder == tenantID {
-				return false, nil
-			}
+		if held && holder != tenantID {
 			abandoned, err := s.abandoned(ctx, hostname, holder, last)
 			if err != nil {
-				return false, err
+				return "", false, err
 			}
 			if !abandoned {
-				return false, apistatus.AlreadyExists("hostname", hostname)
+				return "", false, apistatus.AlreadyExists("hostname", hostname)
 			}
 			s.log.Warn("command: taking over an abandoned hostname reservation", "hostname", hostname, "holder", holder, "tenant", tenantID)
 			events = append(events, &eventsv1.HostnameReleased{Hostname: hostname, TenantId: holder})
 		}
 		events = append(events, &eventsv1.HostnameReserved{Hostname: hostname, TenantId: tenantID})
-		_, err = s.store.Append(ctx, stream, expected, encodeAll(events, md)...)
+		data := encodeAll(events, md)
+		_, err = s.store.Append(ctx, stream, expected, data...)
 		if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
 			continue
 		}
 		if err != nil {
-			return false, status.Errorf(codes.Unavailable, "reserving hostname %q failed: %v", hostname, err)
+			return "", false, status.Errorf(codes.Unavailable, "reserving hostname %q failed: %v", hostname, err)
 		}
-		return true, nil
+		return data[len(data)-1].ID, !held || holder != tenantID, nil
 	}
-	return false, apistatus.Aborted("hostname", hostname, "too much contention; retry")
+	return "", false, apistatus.Aborted("hostname", hostname, "too much contention; retry")
 }
 
-// release gives up tenantID's reservation of hostname, if it holds it.
-func (s *Service) release(ctx context.Context, hostname, tenantID string, md eventstore.Metadata) error {
+// release gives up tenantID's reservation reservationID of hostname if it is still the last event
+// of the hostname's stream: after the hostname created under it was deleted, or after its creation
+// failed (see above for when). An empty reservationID (a hostname created before creations
+// recorded theirs) releases any reservation tenantID holds.
+func (s *Service) release(ctx context.Context, hostname, tenantID, reservationID string, md eventstore.Metadata) error {
 	for attempt := 0; attempt < 8; attempt++ {
 		last, holder, held, err := s.reservation(ctx, hostname)
 		if err != nil {
 			return err
 		}
-		if !held || holder != tenantID {
+		if !held || holder != tenantID || reservationID != "" && last.ID != reservationID {
 			return nil
 		}
 		_, err = s.store.Append(ctx, fold.HostnameStream(hostname), eventstore.Exact(last.Revision),

@@ -2,7 +2,10 @@ package command
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,4 +128,190 @@ func TestTwoWritersOneStore(t *testing.T) {
 
 func fmtID(w, i int) string {
 	return "p" + string(rune('a'+w)) + "-" + string(rune('a'+i/26)) + string(rune('a'+i%26))
+}
+
+// gatedStore is a real store whose appends to tenant streams each wait for a permit: a slow disk
+// under commands whose callers give up meanwhile.
+type gatedStore struct {
+	eventstore.Store
+	waiting chan struct{} // receives when an append starts waiting
+	permits chan struct{} // an append goes on when it takes one
+}
+
+func (g *gatedStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	if strings.HasPrefix(stream, fold.TenantStreamPrefix) {
+		g.waiting <- struct{}{}
+		<-g.permits
+	}
+	return g.Store.Append(ctx, stream, expected, events...)
+}
+
+// TestCreateGivenUpKeepsItsReservation: a creation whose caller gives up while its events are
+// being stored returns the context's error but is stored all the same; its reservation must stay,
+// or another tenant could create the same hostname (two tenants owning one name, and the edges
+// given the last writer's origin and CAs).
+func TestCreateGivenUpKeepsItsReservation(t *testing.T) {
+	s, store := newService(t, time.Hour)
+	for _, id := range []string{"acme", "globex"} {
+		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
+	gs, err := New(Config{Store: g, ReservationGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A first command of acme leads the batches; its append waits.
+	policyErr := make(chan error, 1)
+	go func() {
+		_, err := gs.Policies().CreatePolicy(admin, &guestlistv1.CreatePolicyRequest{TenantId: "acme", PolicyId: "p", Policy: &guestlistv1.Policy{
+			Rules: []*guestlistv1.Rule{{Name: "a", Action: guestlistv1.Action_ACTION_ALLOW, Expression: "true"}},
+		}})
+		policyErr <- err
+	}()
+	<-g.waiting
+	// The creation queues behind it, and goes into the next batch.
+	ctx, cancel := context.WithCancel(admin)
+	createErr := make(chan error, 1)
+	go func() {
+		_, err := gs.Hostnames().CreateHostname(ctx, &guestlistv1.CreateHostnameRequest{TenantId: "acme", Hostname: &guestlistv1.Hostname{
+			Hostname: "pay.example.com", OriginUrl: "http://acme.example", Mtls: &guestlistv1.MtlsSettings{Mode: guestlistv1.MtlsMode_MTLS_MODE_OFF},
+		}})
+		createErr <- err
+	}()
+	e := gs.entry("acme")
+	for queued := false; !queued; {
+		e.qmu.Lock()
+		queued = len(e.pending) == 1
+		e.qmu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	g.permits <- struct{}{}
+	<-g.waiting // the creation's batch is being stored (by the leader), and its caller gives up
+	cancel()
+	if err := <-createErr; status.Code(err) != codes.Canceled {
+		t.Fatalf("creation given up: %v, want Canceled", err)
+	}
+	close(g.permits)
+	go func() {
+		for range g.waiting { // later appends go through
+		}
+	}()
+	if err := <-policyErr; err != nil {
+		t.Fatal(err)
+	}
+	// The creation was stored after all.
+	if _, err := gs.Hostnames().GetHostname(admin, &guestlistv1.GetHostnameRequest{TenantId: "acme", Hostname: "pay.example.com"}); err != nil {
+		t.Fatalf("acme's creation was not stored: %v", err)
+	}
+	if err := createHostname(gs, "globex", "pay.example.com"); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("globex claims acme's hostname: %v, want AlreadyExists", err)
+	}
+}
+
+// TestDeleteDoesNotReleaseANewerReservation: a tenant deletes its hostname while a creation of
+// the same name by the same tenant is in flight (it reserved after the deletion was decided).
+// The deletion must not release the newer reservation, or the tenant would have the hostname
+// with no reservation behind it and another tenant could create it too.
+func TestDeleteDoesNotReleaseANewerReservation(t *testing.T) {
+	s, store := newService(t, time.Hour)
+	for _, id := range []string{"acme", "globex"} {
+		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := createHostname(s, "acme", "pay.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	// Deleted; before its release runs, the re-creation reserves (the interleaving the race
+	// produces): played step by step through the same calls.
+	var reservationID string
+	if _, err := s.execute(admin, "acme", eventstore.Metadata{}, func(st *fold.Tenant) (decision, error) {
+		reservationID = st.Hostnames["pay.example.com"].ReservationEventID
+		return decision{events: []protoMessage{&eventsv1.HostnameDeleted{Hostname: "pay.example.com"}}, result: emptyResult}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if reservationID == "" {
+		t.Fatal("the hostname's creation recorded no reservation")
+	}
+	newID, fresh, err := s.reserve(admin, "pay.example.com", "acme", eventstore.Metadata{})
+	if err != nil || fresh || newID == reservationID {
+		t.Fatalf("re-creation's reservation: %q fresh=%v %v; want a new one over acme's own", newID, fresh, err)
+	}
+	if err := s.release(admin, "pay.example.com", "acme", reservationID, eventstore.Metadata{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, holder, held, err := s.reservation(admin, "pay.example.com"); err != nil || !held || holder != "acme" {
+		t.Fatalf("after the deletion's release: held=%v by %q (%v); want still held by acme", held, holder, err)
+	}
+	_ = store
+	// Then the whole race, through the API: after every round the owner must hold the name.
+	for i := range 200 {
+		name := fmt.Sprintf("h%d.example.com", i)
+		if err := createHostname(s, "acme", name); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, _ = s.Hostnames().DeleteHostname(admin, &guestlistv1.DeleteHostnameRequest{TenantId: "acme", Hostname: name})
+		}()
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i%7) * 100 * time.Microsecond)
+			_ = createHostname(s, "acme", name)
+		}()
+		wg.Wait()
+		if _, err := s.Hostnames().GetHostname(admin, &guestlistv1.GetHostnameRequest{TenantId: "acme", Hostname: name}); err != nil {
+			continue // deleted last
+		}
+		if err := createHostname(s, "globex", name); status.Code(err) != codes.AlreadyExists {
+			t.Fatalf("round %d: acme has %s, and globex's claim gave %v, want AlreadyExists", i, name, err)
+		}
+	}
+}
+
+// TestFailedCreationReleases: a creation that certainly failed gives back what it reserved
+// fresh, so that another tenant may claim the name at once; a creation that reserved over its
+// tenant's own reservation gives back nothing.
+func TestFailedCreationReleases(t *testing.T) {
+	s, _ := newService(t, time.Hour)
+	for _, id := range []string{"acme", "globex"} {
+		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := createHostname(s, "globex", "taken.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	batch := &guestlistv1.BatchCreateHostnamesRequest{TenantId: "acme"}
+	for _, n := range []string{"free.example.com", "taken.example.com"} {
+		batch.Requests = append(batch.Requests, &guestlistv1.CreateHostnameRequest{Hostname: &guestlistv1.Hostname{
+			Hostname: n, OriginUrl: "http://o.example", Mtls: &guestlistv1.MtlsSettings{Mode: guestlistv1.MtlsMode_MTLS_MODE_OFF},
+		}})
+	}
+	if _, err := s.Hostnames().BatchCreateHostnames(admin, batch); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("batch with a taken name: %v", err)
+	}
+	if err := createHostname(s, "globex", "free.example.com"); err != nil {
+		t.Fatalf("globex claims the name acme's failed batch reserved: %v", err)
+	}
+	// acme holds a reservation of its own without the hostname (left by an earlier creation);
+	// a creation over it that fails must not give it back: another creation may be in flight.
+	if _, _, err := s.reserve(admin, "mine.example.com", "acme", eventstore.Metadata{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Hostnames().CreateHostname(admin, &guestlistv1.CreateHostnameRequest{TenantId: "acme", Hostname: &guestlistv1.Hostname{
+		Hostname: "mine.example.com", OriginUrl: "http://o.example", PolicyId: "none",
+		Mtls: &guestlistv1.MtlsSettings{Mode: guestlistv1.MtlsMode_MTLS_MODE_OFF},
+	}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("creation with a missing policy: %v", err)
+	}
+	if _, holder, held, err := s.reservation(admin, "mine.example.com"); err != nil || !held || holder != "acme" {
+		t.Fatalf("after the failed creation: held=%v by %q (%v); want still held by acme", held, holder, err)
+	}
 }

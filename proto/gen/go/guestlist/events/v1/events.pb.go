@@ -1025,9 +1025,13 @@ type HostnameCreated struct {
 	// The policy's id, or empty for none.
 	PolicyId string `protobuf:"bytes,4,opt,name=policy_id,json=policyId,proto3" json:"policy_id,omitempty"`
 	// The state at creation.
-	State         HostnameState `protobuf:"varint,5,opt,name=state,proto3,enum=guestlist.events.v1.HostnameState" json:"state,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	State HostnameState `protobuf:"varint,5,opt,name=state,proto3,enum=guestlist.events.v1.HostnameState" json:"state,omitempty"`
+	// The id of the HostnameReserved event in "hostname-<hostname>" that this creation holds the
+	// hostname under. Deleting the hostname releases that reservation only (not a newer one, which a
+	// creation in flight may have written). Empty in events written before this field existed.
+	ReservationEventId string `protobuf:"bytes,6,opt,name=reservation_event_id,json=reservationEventId,proto3" json:"reservation_event_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *HostnameCreated) Reset() {
@@ -1093,6 +1097,13 @@ func (x *HostnameCreated) GetState() HostnameState {
 		return x.State
 	}
 	return HostnameState_HOSTNAME_STATE_UNSPECIFIED
+}
+
+func (x *HostnameCreated) GetReservationEventId() string {
+	if x != nil {
+		return x.ReservationEventId
+	}
+	return ""
 }
 
 // HostnameUpdated records a hostname's full new configuration (not a delta).
@@ -1224,7 +1235,8 @@ func (x *HostnameDeleted) GetHostname() string {
 }
 
 // HostnameReserved is written to the stream "hostname-<hostname>" before a tenant creates the
-// hostname; it is what makes a hostname belong to at most one tenant.
+// hostname (each creation writes its own, also when its tenant holds the hostname already); it is
+// what makes a hostname belong to at most one tenant.
 type HostnameReserved struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The normalised hostname.
@@ -1279,8 +1291,9 @@ func (x *HostnameReserved) GetTenantId() string {
 	return ""
 }
 
-// HostnameReleased is written to "hostname-<hostname>" when its tenant deletes the hostname (or a
-// creation that reserved it did not complete), so that any tenant may claim it again.
+// HostnameReleased is written to "hostname-<hostname>" when its tenant deletes the hostname and
+// the reservation it was created under is still the last one, or when another tenant takes over a
+// reservation whose creation never completed; any tenant may then claim it again.
 type HostnameReleased struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The normalised hostname.
@@ -1387,14 +1400,15 @@ const file_guestlist_events_v1_events_proto_rawDesc = "" +
 	"\fMtlsSettings\x121\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x1d.guestlist.events.v1.MtlsModeR\x04mode\x12:\n" +
 	"\x19certificate_authority_ids\x18\x02 \x03(\tR\x17certificateAuthorityIds\x12.\n" +
-	"\x13reject_in_handshake\x18\x03 \x01(\bR\x11rejectInHandshake\"\xda\x01\n" +
+	"\x13reject_in_handshake\x18\x03 \x01(\bR\x11rejectInHandshake\"\x8c\x02\n" +
 	"\x0fHostnameCreated\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1d\n" +
 	"\n" +
 	"origin_url\x18\x02 \x01(\tR\toriginUrl\x125\n" +
 	"\x04mtls\x18\x03 \x01(\v2!.guestlist.events.v1.MtlsSettingsR\x04mtls\x12\x1b\n" +
 	"\tpolicy_id\x18\x04 \x01(\tR\bpolicyId\x128\n" +
-	"\x05state\x18\x05 \x01(\x0e2\".guestlist.events.v1.HostnameStateR\x05state\"\xda\x01\n" +
+	"\x05state\x18\x05 \x01(\x0e2\".guestlist.events.v1.HostnameStateR\x05state\x120\n" +
+	"\x14reservation_event_id\x18\x06 \x01(\tR\x12reservationEventId\"\xda\x01\n" +
 	"\x0fHostnameUpdated\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1d\n" +
 	"\n" +
