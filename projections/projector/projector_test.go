@@ -21,6 +21,7 @@ import (
 
 	"guestlist.dev/projections/fold"
 	pt "guestlist.dev/projections/projector/projectortest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
 	"guestlist.dev/services/eventstore"
 	"guestlist.dev/services/eventstore/boltstore"
@@ -746,5 +747,64 @@ func tenantWriter(t *testing.T, store eventstore.Store, tenant string) func(ms .
 			t.Fatal(err)
 		}
 		return uint64(res.Position)
+	}
+}
+
+// TestSecondClaimantDoesNotReachTheEdges: should two tenants' histories both create one hostname
+// (the control plane's reservations are there to prevent it), the edges keep the configuration of
+// the tenant that had it first until that tenant deletes it, whatever the second one writes; in
+// one batch or across batches alike.
+func TestSecondClaimantDoesNotReachTheEdges(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		batch Option
+	}{
+		{"ok/one event a batch", WithBatch(1, 0)},
+		{"ok/one batch", WithBatch(1000, time.Second)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			store := openStore(t, dir)
+			defer store.Close()
+			acme, evil := tenantWriter(t, store, "acme"), tenantWriter(t, store, "evil")
+			active := eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE
+			acme(&eventsv1.TenantCreated{TenantId: "acme"})
+			evil(&eventsv1.TenantCreated{TenantId: "evil"})
+			acme(&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://acme.example", State: active})
+			evil(&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://evil.example", State: active})
+			evil(&eventsv1.HostnameUpdated{Hostname: "pay.example.com", OriginUrl: "http://evil.example/2", State: active})
+			pos := evil(&eventsv1.HostnameDeleted{Hostname: "pay.example.com"})
+			evil(&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://evil.example/3", State: active})
+
+			p := openProjector(t, dir, store, tc.batch)
+			defer p.Close()
+			stop := running(p)
+			defer stop()
+			lookup := func(at uint64) *configv1.HostnameConfig {
+				t.Helper()
+				if err := p.WaitFor(ctx, at); err != nil {
+					t.Fatal(err)
+				}
+				_, cfg, err := p.Lookup("pay.example.com")
+				if err != nil {
+					t.Fatal(err)
+				}
+				return cfg
+			}
+			if cfg := lookup(pos + 1); cfg.GetTenantId() != "acme" || cfg.GetOriginUrl() != "http://acme.example" {
+				t.Fatalf("the edges get tenant %q origin %q, want acme's", cfg.GetTenantId(), cfg.GetOriginUrl())
+			}
+			// Once acme deletes it, the hostname is gone; the second claimant's configuration
+			// reaches the edges with its next change only.
+			pos = acme(&eventsv1.HostnameDeleted{Hostname: "pay.example.com"})
+			if cfg := lookup(pos); cfg != nil {
+				t.Fatalf("after acme's deletion the edges get tenant %q origin %q, want nothing", cfg.GetTenantId(), cfg.GetOriginUrl())
+			}
+			pos = evil(&eventsv1.HostnameUpdated{Hostname: "pay.example.com", OriginUrl: "http://evil.example/4", State: active})
+			if cfg := lookup(pos); cfg.GetTenantId() != "evil" || cfg.GetOriginUrl() != "http://evil.example/4" {
+				t.Fatalf("the edges get tenant %q origin %q, want evil's latest", cfg.GetTenantId(), cfg.GetOriginUrl())
+			}
+		})
 	}
 }

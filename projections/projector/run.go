@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/fold"
@@ -213,6 +214,7 @@ func (p *Projector) follow(ctx context.Context) error {
 				}
 			}
 		}
+		b.closeView() // before the commit's write transaction, which may have to remap the file
 		if !caughtUp && b.n > 0 && len(items) == 0 {
 			// Whether this batch is all there is, so that Ready holds as soon as it commits.
 			caughtUp, _ = p.caughtUp(ctx, b.last)
@@ -267,6 +269,16 @@ type batch struct {
 	dirty map[string]dirty
 	// spans are the apply spans of the batch's traced events, ended when the batch commits.
 	spans []trace.Span
+	// view reads the stored read model while the batch collects (edgeOwner); closeView ends it.
+	view *bolt.Tx
+}
+
+// closeView ends b's read transaction, if one is open.
+func (b *batch) closeView() {
+	if b.view != nil {
+		_ = b.view.Rollback()
+		b.view = nil
+	}
 }
 
 type dirty struct {
@@ -301,6 +313,16 @@ func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEve
 		return &fatalError{fmt.Errorf("projector: fold event %s at position %d (stream %q revision %d): %w", ev.ID, ev.Position, ev.Stream, ev.Revision, err)}
 	}
 	for _, n := range names {
+		if owner, err := p.edgeOwner(b, n); err != nil {
+			return err
+		} else if owner != "" && owner != tenantID {
+			// The control plane's reservations keep a hostname with one tenant; should a second
+			// tenant's history claim it all the same, the edges keep the first tenant's
+			// configuration until that tenant deletes it, rather than follow the last writer.
+			p.log.ErrorContext(ctx, "projector: a second tenant claims a hostname its owner still has; the edges keep the owner's configuration",
+				"hostname", n, "owner", owner, "tenant", tenantID, "position", ev.Position, "type", ev.Type, "event_id", ev.ID)
+			continue
+		}
 		b.dirty[n] = dirty{tenant: st, version: uint64(ev.Position)}
 	}
 	b.n++
@@ -310,6 +332,63 @@ func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEve
 		b.spans = append(b.spans, span)
 	}
 	return nil
+}
+
+// edgeOwner returns the tenant whose configuration of hostname the edges have (or will have once
+// b commits), or "" when none has it: the last tenant the batch recorded for it if that tenant
+// has the hostname, otherwise, when the batch recorded none, the tenant of the stored
+// configuration.
+func (p *Projector) edgeOwner(b *batch, hostname string) (string, error) {
+	if d, ok := b.dirty[hostname]; ok {
+		if _, has := d.tenant.Hostnames[hostname]; has {
+			return d.tenant.ID, nil
+		}
+		return "", nil
+	}
+	if b.view == nil {
+		tx, err := p.db.Begin(false)
+		if err != nil {
+			return "", fmt.Errorf("projector: read the stored configurations: %w", err)
+		}
+		b.view = tx
+	}
+	v := b.view.Bucket(bucketHostnames).Get([]byte(hostname))
+	if v == nil {
+		return "", nil
+	}
+	owner, err := configTenant(v)
+	if err != nil {
+		return "", fmt.Errorf("projector: read the stored configuration of %q: %w", hostname, err)
+	}
+	return owner, nil
+}
+
+// configTenant returns the tenant_id of an encoded HostnameConfig without decoding the rest.
+func configTenant(data []byte) (string, error) {
+	const tenantField = 2 // HostnameConfig.tenant_id
+	tenant := ""
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return "", protowire.ParseError(n)
+		}
+		data = data[n:]
+		if num == tenantField && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 {
+				return "", protowire.ParseError(n)
+			}
+			tenant = string(v) // the last occurrence wins, as in proto.Unmarshal
+			data = data[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, data)
+		if n < 0 {
+			return "", protowire.ParseError(n)
+		}
+		data = data[n:]
+	}
+	return tenant, nil
 }
 
 // tenant returns the state of tenantID as of just before ev, rebuilding it from the store when it
