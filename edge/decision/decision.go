@@ -148,7 +148,8 @@ type Request struct {
 	Host string
 	// Method is the HTTP method, e.g. "GET".
 	Method string
-	// Path is the URL path as received (escaped form), without the query.
+	// Path is the request's path as PolicyPath makes it (percent-decoded, ";params" and repeated
+	// slashes dropped), without the query.
 	Path string
 	// Header holds the request's headers as received from net/http (canonical keys); the policy
 	// looks them up case-insensitively, under lower-case names.

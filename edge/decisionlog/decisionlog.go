@@ -108,7 +108,7 @@ type Cert struct {
 type Request struct {
 	// Method is the HTTP method.
 	Method string
-	// Path is the escaped request path without the query.
+	// Path is the request path the decision saw (request.path: percent-decoded, without the query).
 	Path string
 }
 

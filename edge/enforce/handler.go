@@ -2,8 +2,8 @@ package enforce
 
 import (
 	"crypto/x509"
+	"errors"
 	"net/http"
-	"path"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -138,63 +138,19 @@ func (s *Server) decideRequest(now time.Time, h *decision.Hostname, rev uint64, 
 	return d, id
 }
 
-// policyPath returns the path the decision (request.path) and the decision log see for the
-// request path p, percent-decoded (net/http's URL.Path; the fast path decodes the same way), or
-// reject: why the edge refuses the request with 400 instead of deciding it.
-//
-// The origin gets the request target as the client wrote it, and origins disagree on what it
-// names: a prefix router (Node/Express) may serve "/admin/../x" with /admin's handlers, Tomcat,
-// Spring and Jetty drop ";params" from segments and resolve "..;" as "..", IIS takes "\" for "/".
-// No one rewriting of the path is what every origin understands, so the edge refuses the paths
-// that origins read differently: a dot segment ("." or "..", also percent-encoded, delimited by
-// an encoded slash, or followed by ";params"), or a backslash (raw or percent-encoded). Browsers
-// and curl resolve dot segments before sending and never send a backslash.
-//
-// What remains is made into the policy's path by dropping ";params" from every segment and
-// repeated slashes, keeping a trailing slash: a rule on "/admin" then also catches "/%61dmin",
-// "//admin", "/admin;x" and "/;/admin" (which a Tomcat-like origin serves as /admin), and
-// "/admin;x/y" is seen as "/admin/y". The request is forwarded as the client wrote it.
+// policyPath returns decision.PolicyPath of the percent-decoded request path p (net/http's
+// URL.Path; the fast path decodes the same way), or reject: the body of the 400 with which the
+// edge refuses the request instead of deciding it.
 func policyPath(p string) (clean string, reject []byte) {
-	if strings.IndexByte(p, '\\') >= 0 {
+	clean, err := decision.PolicyPath(p)
+	switch {
+	case err == nil:
+		return clean, nil
+	case errors.Is(err, decision.ErrPathBackslash):
 		return "", backslashBody
+	default:
+		return "", dotSegmentBody
 	}
-	if p == "" || p[0] != '/' {
-		p = "/" + p // the asterisk-form "*" of OPTIONS
-	}
-	stripped := false
-	for i := 0; i < len(p); {
-		j := strings.IndexByte(p[i:], '/')
-		if j < 0 {
-			j = len(p) - i
-		}
-		seg := p[i : i+j]
-		if k := strings.IndexByte(seg, ';'); k >= 0 {
-			seg, stripped = seg[:k], true
-		}
-		if seg == "." || seg == ".." {
-			return "", dotSegmentBody
-		}
-		i += j + 1
-	}
-	if stripped {
-		b := make([]byte, 0, len(p))
-		for i := 0; i < len(p); i++ {
-			if p[i] != ';' {
-				b = append(b, p[i])
-				continue
-			}
-			for i+1 < len(p) && p[i+1] != '/' {
-				i++
-			}
-		}
-		p = string(b)
-	}
-	// No dot segment is left: Clean only drops repeated slashes and a trailing one.
-	clean = path.Clean(p)
-	if strings.HasSuffix(p, "/") && clean != "/" {
-		clean += "/"
-	}
-	return clean, nil
 }
 
 // The bodies of the 400 answers to a path policyPath refuses.

@@ -1,7 +1,6 @@
 package enforce
 
 import (
-	"bytes"
 	"encoding/json"
 	"net/http"
 	"testing"
@@ -10,48 +9,6 @@ import (
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
-
-// TestPolicyPathUnit: the path the policy sees, and the paths refused, from a decoded path.
-func TestPolicyPathUnit(t *testing.T) {
-	cases := []struct {
-		name, in, want string
-		reject         []byte
-	}{
-		{name: "ok/plain", in: "/pay/x", want: "/pay/x"},
-		{name: "ok/root", in: "/", want: "/"},
-		{name: "ok/empty", in: "", want: "/"},
-		{name: "ok/asterisk-form", in: "*", want: "/*"},
-		{name: "ok/decoded space", in: "/a b", want: "/a b"},
-		{name: "ok/params dropped", in: "/v1/items;v=2", want: "/v1/items"},
-		{name: "ok/params of a middle segment dropped", in: "/admin;x/y", want: "/admin/y"},
-		{name: "ok/empty segment with params", in: "/;/admin", want: "/admin"},
-		{name: "ok/params only", in: "/;x", want: "/"},
-		{name: "ok/repeated slashes", in: "//pay//x", want: "/pay/x"},
-		{name: "ok/trailing slash kept", in: "/pay/x/", want: "/pay/x/"},
-		{name: "ok/trailing slash after params", in: "/pay;x/", want: "/pay/"},
-		{name: "ok/dot-led names", in: "/.well-known/x/.env", want: "/.well-known/x/.env"},
-		{name: "ok/dots inside a name", in: "/a..b/c./...", want: "/a..b/c./..."},
-		{name: "ok/dot after params", in: "/a;../b", want: "/a/b"},
-		{name: "fail/dot-dot", in: "/admin/../public", reject: dotSegmentBody},
-		{name: "fail/dot", in: "/./admin", reject: dotSegmentBody},
-		{name: "fail/dot-dot at the end", in: "/admin/..", reject: dotSegmentBody},
-		{name: "fail/dot at the end", in: "/admin/.", reject: dotSegmentBody},
-		{name: "fail/dot-dot with params", in: "/x/..;/admin", reject: dotSegmentBody},
-		{name: "fail/dot-dot with named params", in: "/x/..;jsessionid=1/admin", reject: dotSegmentBody},
-		{name: "fail/dot with params", in: "/x/.;y/admin", reject: dotSegmentBody},
-		{name: "fail/relative dot-dot", in: "..", reject: dotSegmentBody},
-		{name: "fail/backslash", in: "/x/..\\admin", reject: backslashBody},
-		{name: "fail/backslash without dots", in: "/admin\\x", reject: backslashBody},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got, reject := policyPath(tc.in)
-			if !bytes.Equal(reject, tc.reject) || got != tc.want {
-				t.Errorf("policyPath(%q) = %q, %q; want %q, %q", tc.in, got, reject, tc.want, tc.reject)
-			}
-		})
-	}
-}
 
 // pathnormEnv is an edge with a policy denying /admin and allowing the rest, forwarding to a
 // recording origin.

@@ -69,7 +69,8 @@ type RequestInput struct {
 	Host string
 	// Method is `request.method`, e.g. "GET".
 	Method string
-	// Path is `request.path`: the URL path as received (escaped form), without the query.
+	// Path is `request.path`: the percent-decoded URL path without the query, as the edge gives it
+	// (decision.PolicyPath: ";params" and repeated slashes dropped).
 	Path string
 	// Headers is `request.headers`, a map(string, string) in CEL. It is used as net/http delivers
 	// it (canonical keys) without copying: CEL sees lower-case keys, and several values of one

@@ -17,7 +17,7 @@
 //	cert.not_before, cert.not_after  timestamp
 //	request.host              string     the normalised hostname
 //	request.method            string     e.g. "GET"
-//	request.path              string     the escaped URL path, without the query
+//	request.path              string     the percent-decoded URL path, without the query, ";params" or repeated slashes
 //	request.headers           map(string, string)  lower-case names; repeated headers joined by ", "
 //
 // Without a certificate, cert's strings and lists are empty, its timestamps are

@@ -319,6 +319,12 @@ func (s *Service) Explain(ctx context.Context, req *guestlistv1.ExplainRequest) 
 	if err != nil {
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "hostname", Reason: err.Error()})
 	}
+	// The edge's normalisation: a logged path stays as it is, a raw one is seen as the edge's
+	// policy would see it, and one the edge refuses is refused here too.
+	path, err := decision.PolicyPath(req.GetPath())
+	if err != nil {
+		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "path", Reason: err.Error() + "; the edge answers such a request with 400 and decides nothing"})
+	}
 	peer, err := ParseChain(req.GetClientCertificateChainPem())
 	if err != nil {
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "client_certificate_chain_pem", Reason: err.Error()})
@@ -355,7 +361,7 @@ func (s *Service) Explain(ctx context.Context, req *guestlistv1.ExplainRequest) 
 			return nil, status.Errorf(codes.FailedPrecondition, "audit: the configuration of %s at position %d does not prepare (an edge refuses it): %v", name, rev, err)
 		}
 	}
-	d := decision.Decide(h, peer, &decision.Request{Host: name, Method: req.GetMethod(), Path: req.GetPath()}, when)
+	d := decision.Decide(h, peer, &decision.Request{Host: name, Method: req.GetMethod(), Path: path}, when)
 	return &guestlistv1.ExplainResponse{Verdict: string(d.Verdict), Reason: d.Reason, Rule: d.Rule, ConfigRevision: rev}, nil
 }
 

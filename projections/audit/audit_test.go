@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -280,6 +281,10 @@ func TestExplain(t *testing.T) {
 		{f.globex, chain, "/", "deny", decision.ReasonCertificateRevoked, ""},
 		{f.up, chain, "/", "allow", decision.ReasonRuleAllow, "all"},
 		{f.up, chain, "/admin/x", "deny", decision.ReasonRuleDeny, "no-admin"},
+		// The edge's normalisation (decision.PolicyPath): what a Tomcat-like origin would serve
+		// as /admin/x is judged as /admin/x, as at the edge.
+		{f.up, chain, "/admin;jsessionid=1/x", "deny", decision.ReasonRuleDeny, "no-admin"},
+		{f.up, chain, "//admin//x", "deny", decision.ReasonRuleDeny, "no-admin"},
 		{f.up, "", "/", "deny", decision.ReasonCertificateMissing, ""},
 	} {
 		got := explain(&guestlistv1.ExplainRequest{Hostname: "Pay.Acme.Example.", ClientCertificateChainPem: tc.cert, Method: "GET", Path: tc.path, At: &guestlistv1.ExplainRequest_AtPosition{AtPosition: tc.at}})
@@ -307,4 +312,20 @@ func TestExplain(t *testing.T) {
 	wantCode(t, "a key instead of a certificate", err, codes.InvalidArgument)
 	_, err = f.svc.Explain(admin, &guestlistv1.ExplainRequest{TenantId: "acme", Hostname: "bad..name"})
 	wantCode(t, "a bad hostname", err, codes.InvalidArgument)
+	// A path the edge refuses with 400 (deciding nothing) has no verdict to explain.
+	for _, p := range []string{"/x/../admin", "/admin\\x"} {
+		_, err = f.svc.Explain(admin, &guestlistv1.ExplainRequest{TenantId: "acme", Hostname: "pay.acme.example", Path: p})
+		wantCode(t, "path "+p, err, codes.InvalidArgument)
+		named := false
+		for _, d := range status.Convert(err).Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					named = named || v.GetField() == "path" && v.GetDescription() != ""
+				}
+			}
+		}
+		if !named {
+			t.Errorf("path %s: %v has no violation of the field path", p, err)
+		}
+	}
 }

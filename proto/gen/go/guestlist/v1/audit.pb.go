@@ -534,7 +534,10 @@ type ExplainRequest struct {
 	ClientCertificateChainPem string `protobuf:"bytes,3,opt,name=client_certificate_chain_pem,json=clientCertificateChainPem,proto3" json:"client_certificate_chain_pem,omitempty"`
 	// The request's method.
 	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
-	// The request's path.
+	// The request's path, percent-decoded, as the decision log records it (request.path). It is
+	// taken through the same normalisation as at the edge (";params" and repeated slashes dropped),
+	// which leaves a logged path unchanged; a path the edge refuses with 400 (a dot segment or a
+	// backslash) is INVALID_ARGUMENT.
 	Path string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
 	// The point of history, and the moment the certificate's validity is judged at.
 	//
