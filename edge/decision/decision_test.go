@@ -150,6 +150,20 @@ func decideCases(p *testPKI) []decideCase {
 
 func fns(f ...func(*configv1.HostnameConfig)) []func(*configv1.HostnameConfig) { return f }
 
+// preparedWith prepares hostnameConfig(p) changed by each of fs.
+func preparedWith(t *testing.T, p *testPKI, fs []func(*configv1.HostnameConfig)) *Hostname {
+	t.Helper()
+	cfg := hostnameConfig(p)
+	for _, f := range fs {
+		f(cfg)
+	}
+	h, err := Prepare(cfg)
+	if err != nil {
+		t.Fatalf("Prepare: %v", err)
+	}
+	return h
+}
+
 // crossCfg trusts the roots of the cross-certification (ids "r1", "r2") and the issuing CA's
 // certificate signed by crossR1 (id "inter-r1"), instead of root, then applies more.
 func crossCfg(p *testPKI, more ...func(*configv1.HostnameConfig)) []func(*configv1.HostnameConfig) {
@@ -169,14 +183,8 @@ func TestDecide(t *testing.T) {
 	now := time.Now()
 	for _, tc := range decideCases(p) {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := hostnameConfig(p)
-			for _, f := range tc.cfg {
-				f(cfg)
-			}
-			h, err := Prepare(cfg)
-			if err != nil {
-				t.Fatalf("Prepare: %v", err)
-			}
+			h := preparedWith(t, p, tc.cfg)
+			cfg := h.Config
 			at := now.Add(tc.at)
 			d := Decide(h, tc.peer, tc.req, at)
 			if d.Verdict != tc.verdict || d.Reason != tc.reason || d.Rule != tc.rule {
@@ -531,15 +539,8 @@ func TestCertificateErrorSaysWhat(t *testing.T) {
 	now := time.Now()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := hostnameConfig(p)
-			for _, f := range tc.cfg {
-				f(cfg)
-			}
-			h, err := Prepare(cfg)
-			if err != nil {
-				t.Fatalf("Prepare: %v", err)
-			}
-			_, _, err = h.Verify(tc.peer, now.Add(tc.at))
+			h := preparedWith(t, p, tc.cfg)
+			_, _, err := h.Verify(tc.peer, now.Add(tc.at))
 			if err == nil || err.Error() != tc.want {
 				t.Fatalf("Verify error:\n got %v\nwant %s", err, tc.want)
 			}

@@ -88,6 +88,13 @@ func startOrigin(t testing.TB) string {
 
 func newEnv(t testing.TB, hosts ...*configv1.HostnameConfig) *env {
 	t.Helper()
+	return newEnvWith(t, nil, hosts...)
+}
+
+// newEnvWith is newEnv, calling configure (when not nil) on the server before it serves: the
+// place to change what connections read without synchronisation (e.g. http.ReadHeaderTimeout).
+func newEnvWith(t testing.TB, configure func(*Server), hosts ...*configv1.HostnameConfig) *env {
+	t.Helper()
 	ca, err := servercert.LoadOrCreateCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -106,6 +113,9 @@ func newEnv(t testing.TB, hosts ...*configv1.HostnameConfig) *env {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if configure != nil {
+		configure(srv)
 	}
 	e.srv, e.addr = srv, srv.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())

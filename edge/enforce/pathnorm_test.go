@@ -70,50 +70,42 @@ func TestPathNormPolicySeesWhatOriginsServe(t *testing.T) {
 		{name: "fail/params before the rest", target: "/admin;jsessionid=1/users", status: 403, reason: "/admin/users"},
 		{name: "fail/encoded name", target: "/%61dmin", status: 403, reason: "/admin"},
 	}
-	for _, proto := range []string{"http1", "h2"} {
-		t.Run(proto, func(t *testing.T) {
-			e, origin, leaf := pathnormEnv(t)
-			opts := []clientOpts{withCert(leaf)}
-			if proto == "h2" {
-				opts = append(opts, withH2())
-			}
-			c := e.client(opts...)
-			for _, tc := range cases {
-				t.Run(tc.name, func(t *testing.T) {
-					before := len(e.logLines())
-					r := pathnormGet(t, e, c, tc.target, proto == "h2")
-					if r.status != tc.status {
-						t.Fatalf("GET %s: status %d, want %d; body %s", tc.target, r.status, tc.status, r.body)
+	pathnormEachProto(t, func(t *testing.T, e *env, origin *recordingOrigin, c *http.Client, h2 bool) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				before := len(e.logLines())
+				r := pathnormGet(t, e, c, tc.target, h2)
+				if r.status != tc.status {
+					t.Fatalf("GET %s: status %d, want %d; body %s", tc.target, r.status, tc.status, r.body)
+				}
+				lines := e.logLines()[before:]
+				switch tc.status {
+				case 400:
+					var b struct{ Error, Reason string }
+					if err := json.Unmarshal(r.body, &b); err != nil || b.Error != "bad_request" || b.Reason != tc.reason {
+						t.Errorf("body %s, want reason %s", r.body, tc.reason)
 					}
-					lines := e.logLines()[before:]
-					switch tc.status {
-					case 400:
-						var b struct{ Error, Reason string }
-						if err := json.Unmarshal(r.body, &b); err != nil || b.Error != "bad_request" || b.Reason != tc.reason {
-							t.Errorf("body %s, want reason %s", r.body, tc.reason)
-						}
-						if len(lines) != 0 {
-							t.Errorf("a refused path was logged as a decision: %v", lines)
-						}
-					case 403:
-						if _, reason := r.decision(); reason != decision.ReasonRuleDeny {
-							t.Errorf("403 reason %q, want %s", reason, decision.ReasonRuleDeny)
-						}
-						if len(lines) != 1 {
-							t.Fatalf("decision log lines %v, want one", lines)
-						}
-						req := lines[0]["request"].(map[string]any)
-						if lines[0]["verdict"] != "deny" || lines[0]["rule"] != "no-admin" || req["path"] != tc.reason {
-							t.Errorf("decision log: verdict %v rule %v path %v; want deny no-admin %s", lines[0]["verdict"], lines[0]["rule"], req["path"], tc.reason)
-						}
+					if len(lines) != 0 {
+						t.Errorf("a refused path was logged as a decision: %v", lines)
 					}
-				})
-			}
-			if got := origin.requests(); len(got) != 0 {
-				t.Errorf("the origin received %q", got)
-			}
-		})
-	}
+				case 403:
+					if _, reason := r.decision(); reason != decision.ReasonRuleDeny {
+						t.Errorf("403 reason %q, want %s", reason, decision.ReasonRuleDeny)
+					}
+					if len(lines) != 1 {
+						t.Fatalf("decision log lines %v, want one", lines)
+					}
+					req := lines[0]["request"].(map[string]any)
+					if lines[0]["verdict"] != "deny" || lines[0]["rule"] != "no-admin" || req["path"] != tc.reason {
+						t.Errorf("decision log: verdict %v rule %v path %v; want deny no-admin %s", lines[0]["verdict"], lines[0]["rule"], req["path"], tc.reason)
+					}
+				}
+			})
+		}
+		if got := origin.requests(); len(got) != 0 {
+			t.Errorf("the origin received %q", got)
+		}
+	})
 }
 
 // TestPathNormLegitimatePaths: paths that browsers and API clients send still pass; the policy
@@ -133,6 +125,34 @@ func TestPathNormLegitimatePaths(t *testing.T) {
 		{name: "ok/dots inside names", target: "/files/a..b/v1.2/...", policyPath: "/files/a..b/v1.2/..."},
 		{name: "ok/dot segment in the query only", target: "/pay?next=/../admin", policyPath: "/pay"},
 	}
+	pathnormEachProto(t, func(t *testing.T, e *env, origin *recordingOrigin, c *http.Client, h2 bool) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				before, seen := len(e.logLines()), len(origin.requests())
+				r := pathnormGet(t, e, c, tc.target, h2)
+				lines := e.logLines()[before:]
+				if len(lines) != 1 {
+					t.Fatalf("decision log lines %v, want one", lines)
+				}
+				if p := lines[0]["request"].(map[string]any)["path"]; p != tc.policyPath {
+					t.Errorf("decision log path %q, want %q", p, tc.policyPath)
+				}
+				expectStatus(t, r, 200)
+				if lines[0]["verdict"] != "allow" {
+					t.Errorf("verdict %v", lines[0]["verdict"])
+				}
+				got := origin.requests()[seen:]
+				if len(got) != 1 || got[0] != "GET "+tc.target {
+					t.Errorf("the origin received %q, want %q", got, "GET "+tc.target)
+				}
+			})
+		}
+	})
+}
+
+// pathnormEachProto runs f on a fresh pathnormEnv over HTTP/1.1 (the fast path) and over HTTP/2
+// (net/http's), with a client holding the device's certificate.
+func pathnormEachProto(t *testing.T, f func(t *testing.T, e *env, origin *recordingOrigin, c *http.Client, h2 bool)) {
 	for _, proto := range []string{"http1", "h2"} {
 		t.Run(proto, func(t *testing.T) {
 			e, origin, leaf := pathnormEnv(t)
@@ -140,28 +160,7 @@ func TestPathNormLegitimatePaths(t *testing.T) {
 			if proto == "h2" {
 				opts = append(opts, withH2())
 			}
-			c := e.client(opts...)
-			for _, tc := range cases {
-				t.Run(tc.name, func(t *testing.T) {
-					before, seen := len(e.logLines()), len(origin.requests())
-					r := pathnormGet(t, e, c, tc.target, proto == "h2")
-					lines := e.logLines()[before:]
-					if len(lines) != 1 {
-						t.Fatalf("decision log lines %v, want one", lines)
-					}
-					if p := lines[0]["request"].(map[string]any)["path"]; p != tc.policyPath {
-						t.Errorf("decision log path %q, want %q", p, tc.policyPath)
-					}
-					expectStatus(t, r, 200)
-					if lines[0]["verdict"] != "allow" {
-						t.Errorf("verdict %v", lines[0]["verdict"])
-					}
-					got := origin.requests()[seen:]
-					if len(got) != 1 || got[0] != "GET "+tc.target {
-						t.Errorf("the origin received %q, want %q", got, "GET "+tc.target)
-					}
-				})
-			}
+			f(t, e, origin, e.client(opts...), proto == "h2")
 		})
 	}
 }

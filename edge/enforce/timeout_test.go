@@ -2,7 +2,6 @@ package enforce
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -10,10 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"guestlist.dev/edge/configset"
-	"guestlist.dev/edge/decisionlog"
-	"guestlist.dev/edge/egress"
-	"guestlist.dev/edge/servercert"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -26,30 +21,7 @@ func timeoutEnv(t *testing.T, rht time.Duration) *env {
 	t.Helper()
 	h := host(hostA, "acme")
 	h.Mode = configv1.MtlsMode_MTLS_MODE_OFF
-	ca, err := servercert.LoadOrCreateCA(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, store: configset.NewStore(), edgeCA: ca, originURL: startOrigin(t), logOut: &syncBuffer{}, hosts: map[string]*configv1.HostnameConfig{}}
-	e.log = decisionlog.New(e.logOut)
-	e.snapshot(h)
-	srv, err := New(Config{Addr: "127.0.0.1:0", Configs: e.store, Certificates: ca.GetCertificate, Log: e.log, EdgeID: "edge-test", Logger: testLogger(t), Egress: egress.Loopback()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.http.ReadHeaderTimeout = rht
-	e.srv, e.addr = srv, srv.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		_ = e.log.Close()
-	})
-	return e
+	return newEnvWith(t, func(srv *Server) { srv.http.ReadHeaderTimeout = rht }, h)
 }
 
 // closedWithin reads from conn until the edge closes it and reports how long that took, failing
