@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -205,6 +206,7 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 	if len(replay) > 0 {
 		return hs.render(ctx, tenantID, replay)
 	}
+	reservedAt := s.now()
 	if err := s.reserveAll(ctx, specs, tenantID, md); err != nil {
 		s.releaseFresh(context.WithoutCancel(ctx), specs, tenantID, md) // nothing was submitted
 		return nil, err
@@ -228,6 +230,11 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 		if requestID != "" && replayed(st, requestID, fold.KindHostname) {
 			return decision{result: hostnamesResult(names)}, nil
 		}
+		if waited := s.now().Sub(reservedAt); waited > s.grace/2 {
+			// Another tenant may take over a reservation older than the grace period whose
+			// hostname its holder does not have; this creation is about to give it one.
+			return decision{}, apistatus.Aborted("hostname", names[0], fmt.Sprintf("the creation waited %s for its turn, too close to the reservations' grace period (%s); retry", waited.Round(time.Millisecond), s.grace))
+		}
 		var v []apistatus.Violation
 		events := make([]protoMessage, 0, len(specs))
 		for _, spec := range specs {
@@ -243,7 +250,7 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 		return decision{events: events, result: hostnamesResult(names)}, nil
 	})
 	if err != nil {
-		if r := refused.Load(); r != nil && *r == err {
+		if r := refused.Load(); r != nil && *r == err || certainlyNotStored(err) {
 			s.releaseFresh(context.WithoutCancel(ctx), specs, tenantID, md)
 		}
 		return nil, err

@@ -27,12 +27,19 @@ import (
 // created) keeps the name reserved for the hostname it is about to create.
 //
 // A creation that fails releases its reservation only when all of these hold: the creation was
-// certainly not stored (it was never submitted, or its decision refused it; not when its caller
-// gave up or the store failed, since it may still be stored); its reservation was fresh (no
-// reservation of its tenant was in force before it, so no other creation of the tenant can be in
-// flight under an older one); and it is still the last event. Any other leftover is taken over by
-// another tenant once it is older than the grace period and the holder's stream does not have the
-// hostname; its own tenant may reserve it again at any time.
+// certainly not stored (it was never submitted, its caller gave up while it still waited for its
+// batch, or its decision refused it; not when its caller gave up later or the store failed, since
+// it may still be stored); its reservation was fresh (no reservation of its tenant was in force
+// before it, so no other creation of the tenant can be in flight under an older one); and it is
+// still the last event. Any other leftover is taken over by another tenant once it is older than
+// the grace period and the holder's stream does not have the hostname; its own tenant may reserve
+// it again at any time. So that a takeover cannot meet a creation still on its way, a creation
+// decided more than half the grace period after it reserved is refused (ABORTED; retry).
+//
+// A hostname created before creations recorded their reservation (an empty reservation_event_id)
+// is released on deletion unless its tenant's last reservation follows another of its own: the
+// versions that wrote such hostnames never reserved over their tenant's own reservation, so the
+// last one then belongs to a newer creation.
 
 // reserve reserves hostname for tenantID and returns the id of the HostnameReserved event it
 // appended, which the creation records. fresh is false when tenantID held the hostname already. It
@@ -87,7 +94,8 @@ func (s *Service) reserve(ctx context.Context, hostname, tenantID string, md eve
 // release gives up tenantID's reservation reservationID of hostname if it is still the last event
 // of the hostname's stream: after the hostname created under it was deleted, or after its creation
 // failed (see above for when). An empty reservationID (a hostname created before creations
-// recorded theirs) releases any reservation tenantID holds.
+// recorded theirs) releases tenantID's last reservation unless the one before it is tenantID's
+// too (then the last is a newer creation's).
 func (s *Service) release(ctx context.Context, hostname, tenantID, reservationID string, md eventstore.Metadata) error {
 	for attempt := 0; attempt < 8; attempt++ {
 		last, holder, held, err := s.reservation(ctx, hostname)
@@ -96,6 +104,15 @@ func (s *Service) release(ctx context.Context, hostname, tenantID, reservationID
 		}
 		if !held || holder != tenantID || reservationID != "" && last.ID != reservationID {
 			return nil
+		}
+		if reservationID == "" {
+			// A hostname created before creations recorded their reservation: that one was
+			// written by a version that never reserved over its tenant's own reservation, so a
+			// reservation of the tenant right before the last means the last is a newer
+			// creation's; leave it.
+			if newer, err := s.reservedTwice(ctx, hostname, tenantID, last); err != nil || newer {
+				return err
+			}
 		}
 		_, err = s.store.Append(ctx, fold.HostnameStream(hostname), eventstore.Exact(last.Revision),
 			encodeAll([]proto.Message{&eventsv1.HostnameReleased{Hostname: hostname, TenantId: tenantID}}, md)...)
@@ -108,6 +125,26 @@ func (s *Service) release(ctx context.Context, hostname, tenantID, reservationID
 		return nil
 	}
 	return fmt.Errorf("releasing hostname %q: too much contention", hostname)
+}
+
+// reservedTwice reports whether the event before last (hostname's last) is also a reservation by
+// tenantID.
+func (s *Service) reservedTwice(ctx context.Context, hostname, tenantID string, last *eventstore.RecordedEvent) (bool, error) {
+	if last.Revision == 0 {
+		return false, nil
+	}
+	evs, err := s.store.ReadStream(ctx, fold.HostnameStream(hostname), eventstore.Backwards, last.Revision-1, 1)
+	if err != nil || len(evs) == 0 {
+		return false, status.Errorf(codes.Unavailable, "reading hostname %q reservations failed: %v", hostname, err)
+	}
+	if evs[0].Type != fold.TypeHostnameReserved {
+		return false, nil
+	}
+	var m eventsv1.HostnameReserved
+	if err := proto.Unmarshal(evs[0].Data, &m); err != nil {
+		return false, status.Errorf(codes.Internal, "hostname %q reservation is unreadable", hostname)
+	}
+	return m.GetTenantId() == tenantID, nil
 }
 
 // reservation reads the last event of hostname's stream: who holds it, if anyone.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,7 +40,11 @@ func newService(t *testing.T, grace time.Duration) (*Service, eventstore.Store) 
 var admin = auth.NewContext(context.Background(), auth.Principal{Role: auth.RoleAdmin})
 
 func createHostname(s *Service, tenant, name string) error {
-	_, err := s.Hostnames().CreateHostname(admin, &guestlistv1.CreateHostnameRequest{TenantId: tenant, Hostname: &guestlistv1.Hostname{
+	return createHostnameCtx(admin, s, tenant, name)
+}
+
+func createHostnameCtx(ctx context.Context, s *Service, tenant, name string) error {
+	_, err := s.Hostnames().CreateHostname(ctx, &guestlistv1.CreateHostnameRequest{TenantId: tenant, Hostname: &guestlistv1.Hostname{
 		Hostname: name, OriginUrl: "http://o.example", Mtls: &guestlistv1.MtlsSettings{Mode: guestlistv1.MtlsMode_MTLS_MODE_OFF},
 	}})
 	return err
@@ -49,18 +54,28 @@ func createHostname(s *Service, tenant, name string) error {
 // between the two appends) is taken over once it is older than the grace period, but a hostname
 // its tenant really has is never taken.
 func TestAbandonedReservation(t *testing.T) {
+	const grace = time.Hour
 	for _, tc := range []struct {
 		name     string
-		grace    time.Duration
-		created  bool // acme really created the hostname
+		age      time.Duration // of acme's reservation when globex claims
+		created  bool          // acme really created the hostname
 		wantCode codes.Code
 	}{
-		{"ok/abandoned reservation is taken over", time.Nanosecond, false, codes.OK},
-		{"fail/young reservation is respected", time.Hour, false, codes.AlreadyExists},
-		{"fail/hostname its tenant has is never taken", time.Nanosecond, true, codes.AlreadyExists},
+		{"ok/abandoned reservation is taken over", 2 * grace, false, codes.OK},
+		{"fail/young reservation is respected", 0, false, codes.AlreadyExists},
+		{"fail/hostname its tenant has is never taken", 2 * grace, true, codes.AlreadyExists},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, store := newService(t, tc.grace)
+			store, err := boltstore.Open(filepath.Join(t.TempDir(), "events.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { store.Close() })
+			var later atomic.Int64 // the service's clock runs this far ahead of the store's
+			s, err := New(Config{Store: store, ReservationGrace: grace, Now: func() time.Time { return time.Now().Add(time.Duration(later.Load())) }})
+			if err != nil {
+				t.Fatal(err)
+			}
 			for _, id := range []string{"acme", "globex"} {
 				if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
 					t.Fatal(err)
@@ -77,57 +92,13 @@ func TestAbandonedReservation(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			time.Sleep(2 * time.Millisecond)
-			err := createHostname(s, "globex", "pay.example.com")
+			later.Store(int64(tc.age))
+			err = createHostname(s, "globex", "pay.example.com")
 			if status.Code(err) != tc.wantCode {
 				t.Fatalf("globex claim: %v, want %v", err, tc.wantCode)
 			}
 		})
 	}
-}
-
-// TestTwoWritersOneStore: two control-plane instances on one store (as two API processes on one
-// EventStoreDB) write to the same tenant at once; expected revisions make them retry on each other's
-// results, so every command lands exactly once and both end with the same state.
-func TestTwoWritersOneStore(t *testing.T) {
-	a, store := newService(t, time.Minute)
-	b, err := New(Config{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: "acme", Tenant: &guestlistv1.Tenant{DisplayName: "x"}}); err != nil {
-		t.Fatal(err)
-	}
-	const perWriter = 40
-	errs := make(chan error, 2*perWriter)
-	for w, s := range []*Service{a, b} {
-		for i := range perWriter {
-			go func() {
-				_, err := s.Policies().CreatePolicy(admin, &guestlistv1.CreatePolicyRequest{TenantId: "acme", PolicyId: fmtID(w, i), Policy: &guestlistv1.Policy{
-					Rules: []*guestlistv1.Rule{{Name: "a", Action: guestlistv1.Action_ACTION_ALLOW, Expression: "true"}},
-				}})
-				errs <- err
-			}()
-		}
-	}
-	for range 2 * perWriter {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
-	for _, s := range []*Service{a, b} {
-		resp, err := s.Policies().ListPolicies(admin, &guestlistv1.ListPoliciesRequest{TenantId: "acme", PageSize: 1000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(resp.GetPolicies()) != 2*perWriter {
-			t.Errorf("a writer sees %d policies, want %d", len(resp.GetPolicies()), 2*perWriter)
-		}
-	}
-}
-
-func fmtID(w, i int) string {
-	return "p" + string(rune('a'+w)) + "-" + string(rune('a'+i/26)) + string(rune('a'+i%26))
 }
 
 // gatedStore is a real store whose appends to tenant streams each wait for a permit: a slow disk
@@ -162,45 +133,18 @@ func TestCreateGivenUpKeepsItsReservation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A first command of acme leads the batches; its append waits.
-	policyErr := make(chan error, 1)
-	go func() {
-		_, err := gs.Policies().CreatePolicy(admin, &guestlistv1.CreatePolicyRequest{TenantId: "acme", PolicyId: "p", Policy: &guestlistv1.Policy{
-			Rules: []*guestlistv1.Rule{{Name: "a", Action: guestlistv1.Action_ACTION_ALLOW, Expression: "true"}},
-		}})
-		policyErr <- err
-	}()
-	<-g.waiting
-	// The creation queues behind it, and goes into the next batch.
+	// The creation queues behind a command of acme whose append waits, goes into the next batch,
+	// and its caller gives up while that batch is being stored.
 	ctx, cancel := context.WithCancel(admin)
 	createErr := make(chan error, 1)
-	go func() {
-		_, err := gs.Hostnames().CreateHostname(ctx, &guestlistv1.CreateHostnameRequest{TenantId: "acme", Hostname: &guestlistv1.Hostname{
-			Hostname: "pay.example.com", OriginUrl: "http://acme.example", Mtls: &guestlistv1.MtlsSettings{Mode: guestlistv1.MtlsMode_MTLS_MODE_OFF},
-		}})
-		createErr <- err
-	}()
-	e := gs.entry("acme")
-	for queued := false; !queued; {
-		e.qmu.Lock()
-		queued = len(e.pending) == 1
-		e.qmu.Unlock()
-		time.Sleep(time.Millisecond)
-	}
+	unstall := queueBehindAStalledBatch(t, gs, g, func() { createErr <- createHostnameCtx(ctx, gs, "acme", "pay.example.com") })
 	g.permits <- struct{}{}
-	<-g.waiting // the creation's batch is being stored (by the leader), and its caller gives up
+	<-g.waiting
 	cancel()
 	if err := <-createErr; status.Code(err) != codes.Canceled {
 		t.Fatalf("creation given up: %v, want Canceled", err)
 	}
-	close(g.permits)
-	go func() {
-		for range g.waiting { // later appends go through
-		}
-	}()
-	if err := <-policyErr; err != nil {
-		t.Fatal(err)
-	}
+	unstall()
 	// The creation was stored after all.
 	if _, err := gs.Hostnames().GetHostname(admin, &guestlistv1.GetHostnameRequest{TenantId: "acme", Hostname: "pay.example.com"}); err != nil {
 		t.Fatalf("acme's creation was not stored: %v", err)
@@ -313,5 +257,154 @@ func TestFailedCreationReleases(t *testing.T) {
 	}
 	if _, holder, held, err := s.reservation(admin, "mine.example.com"); err != nil || !held || holder != "acme" {
 		t.Fatalf("after the failed creation: held=%v by %q (%v); want still held by acme", held, holder, err)
+	}
+}
+
+// legacyHostname writes what a version before reservation_event_id left for tenant's hostname:
+// its reservation, and HostnameCreated without the reservation's id.
+func legacyHostname(t *testing.T, store eventstore.Store, tenant, name string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := store.Append(ctx, fold.HostnameStream(name), eventstore.NoStream(),
+		encodeAll([]proto.Message{&eventsv1.HostnameReserved{Hostname: name, TenantId: tenant}}, eventstore.Metadata{})...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, fold.TenantStream(tenant), eventstore.Any(),
+		encodeAll([]proto.Message{&eventsv1.HostnameCreated{Hostname: name, OriginUrl: "http://o.example", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE}}, eventstore.Metadata{})...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLegacyDeletion: deleting a hostname created before creations recorded their reservation
+// releases the name; but not when a creation of the same tenant has reserved it since (the race of
+// TestDeleteDoesNotReleaseANewerReservation, for hostnames of older versions).
+func TestLegacyDeletion(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		recreating bool // a creation of acme reserves before the deletion releases
+		wantHeld   bool
+	}{
+		{"ok/released", false, false},
+		{"ok/a newer creation's reservation is left", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, store := newService(t, time.Hour)
+			if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: "acme", Tenant: &guestlistv1.Tenant{DisplayName: "acme"}}); err != nil {
+				t.Fatal(err)
+			}
+			legacyHostname(t, store, "acme", "pay.example.com")
+			var reservationID string
+			if _, err := s.execute(admin, "acme", eventstore.Metadata{}, func(st *fold.Tenant) (decision, error) {
+				reservationID = st.Hostnames["pay.example.com"].ReservationEventID
+				return decision{events: []protoMessage{&eventsv1.HostnameDeleted{Hostname: "pay.example.com"}}, result: emptyResult}, nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if reservationID != "" {
+				t.Fatalf("a legacy hostname has reservation %q", reservationID)
+			}
+			if tc.recreating {
+				if _, fresh, err := s.reserve(admin, "pay.example.com", "acme", eventstore.Metadata{}); err != nil || fresh {
+					t.Fatalf("re-creation's reservation: fresh=%v %v", fresh, err)
+				}
+			}
+			if err := s.release(admin, "pay.example.com", "acme", "", eventstore.Metadata{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, held, err := s.reservation(admin, "pay.example.com"); err != nil || held != tc.wantHeld {
+				t.Fatalf("after the deletion's release: held=%v (%v), want %v", held, err, tc.wantHeld)
+			}
+		})
+	}
+}
+
+// queueBehindAStalledBatch starts a command of acme on gs whose append waits on g, and then run
+// (a command of acme) queued behind it; it returns once run's command waits for its batch, and a
+// function that lets the stalled append go on and waits for that command.
+func queueBehindAStalledBatch(t *testing.T, gs *Service, g *gatedStore, run func()) (unstall func()) {
+	t.Helper()
+	policyErr := make(chan error, 1)
+	go func() {
+		_, err := gs.Policies().CreatePolicy(admin, &guestlistv1.CreatePolicyRequest{TenantId: "acme", PolicyId: "p", Policy: &guestlistv1.Policy{
+			Rules: []*guestlistv1.Rule{{Name: "a", Action: guestlistv1.Action_ACTION_ALLOW, Expression: "true"}},
+		}})
+		policyErr <- err
+	}()
+	<-g.waiting
+	go run()
+	e := gs.entry("acme")
+	for queued := false; !queued; {
+		e.qmu.Lock()
+		queued = len(e.pending) == 1
+		e.qmu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	return func() {
+		close(g.permits)
+		go func() {
+			for range g.waiting { // later appends go through
+			}
+		}()
+		if err := <-policyErr; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestCreationGivenUpWhileQueued: a creation whose caller gives up while it still waits for its
+// batch is certainly not stored, and gives back its reservation at once.
+func TestCreationGivenUpWhileQueued(t *testing.T) {
+	s, store := newService(t, time.Hour)
+	for _, id := range []string{"acme", "globex"} {
+		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
+	gs, err := New(Config{Store: g, ReservationGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(admin)
+	createErr := make(chan error, 1)
+	unstall := queueBehindAStalledBatch(t, gs, g, func() { createErr <- createHostnameCtx(ctx, gs, "acme", "pay.example.com") })
+	cancel()
+	if err := <-createErr; status.Code(err) != codes.Canceled {
+		t.Fatalf("creation given up: %v, want Canceled", err)
+	}
+	if err := createHostname(s, "globex", "pay.example.com"); err != nil {
+		t.Fatalf("globex claims the name acme's given-up creation reserved: %v", err)
+	}
+	unstall()
+	if _, err := gs.Hostnames().GetHostname(admin, &guestlistv1.GetHostnameRequest{TenantId: "acme", Hostname: "pay.example.com"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("acme's given-up creation: %v, want NotFound", err)
+	}
+}
+
+// TestCreationPastHalfTheGraceIsAborted: a creation decided more than half the grace period after
+// it reserved is refused, so that no takeover of its reservation (possible after the grace period)
+// can meet it on its way; its fresh reservation is given back.
+func TestCreationPastHalfTheGraceIsAborted(t *testing.T) {
+	const grace = 200 * time.Millisecond
+	s, store := newService(t, time.Hour)
+	for _, id := range []string{"acme", "globex"} {
+		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
+	gs, err := New(Config{Store: g, ReservationGrace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	createErr := make(chan error, 1)
+	unstall := queueBehindAStalledBatch(t, gs, g, func() { createErr <- createHostname(gs, "acme", "pay.example.com") })
+	time.Sleep(grace/2 + 20*time.Millisecond)
+	unstall()
+	if err := <-createErr; status.Code(err) != codes.Aborted {
+		t.Fatalf("creation decided after %s: %v, want Aborted", grace/2, err)
+	}
+	if err := createHostname(s, "globex", "pay.example.com"); err != nil {
+		t.Fatalf("globex claims the name acme's aborted creation reserved: %v", err)
 	}
 }

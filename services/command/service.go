@@ -148,9 +148,41 @@ func (s *Service) execute(ctx context.Context, tenantID string, md eventstore.Me
 	case <-o.done:
 		return o.result, o.err
 	case <-ctx.Done():
-		// The command may still be applied; a retry with the same request_id is safe.
+	}
+	// Still waiting for a batch: take it out, so that it is certainly not applied.
+	e.qmu.Lock()
+	for i, p := range e.pending {
+		if p == o {
+			e.pending = append(e.pending[:i:i], e.pending[i+1:]...)
+			e.qmu.Unlock()
+			return nil, notStored{status.FromContextError(ctx.Err()).Err()}
+		}
+	}
+	e.qmu.Unlock()
+	select {
+	case <-o.done:
+		return o.result, o.err
+	default:
+		// In a batch being decided or stored: the command may still be applied; a retry with
+		// the same request_id is safe.
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
+}
+
+// notStored is the error of a command that was certainly not stored (its caller gave up before
+// it was decided). It carries its gRPC status through (GRPCStatus).
+type notStored struct{ err error }
+
+func (n notStored) Error() string { return n.err.Error() }
+func (n notStored) Unwrap() error { return n.err }
+
+// GRPCStatus returns the status of the underlying error.
+func (n notStored) GRPCStatus() *status.Status { return status.Convert(n.err) }
+
+// certainlyNotStored reports whether err says its command was certainly not stored.
+func certainlyNotStored(err error) bool {
+	var n notStored
+	return errors.As(err, &n)
 }
 
 func (s *Service) runBatches(e *tenantEntry) {
@@ -183,7 +215,7 @@ func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 	live := batch[:0:0]
 	for _, o := range batch {
 		if o.ctx.Err() != nil {
-			finish(o, nil, status.FromContextError(o.ctx.Err()).Err())
+			finish(o, nil, notStored{status.FromContextError(o.ctx.Err()).Err()})
 			continue
 		}
 		live = append(live, o)
