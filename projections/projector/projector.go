@@ -101,7 +101,10 @@ var (
 	ErrRunning = errors.New("projector: already running")
 )
 
-const formatVersion = 1
+// formatVersion is the read model's format. Version 2: the configuration of a hostname two
+// tenants' histories claim is the first claimant's (fe371d3); a version-1 file may hold the last
+// writer's, so it is rebuilt from the store when opened (see Open).
+const formatVersion = 2
 
 var (
 	bucketHostnames = []byte("hostnames")
@@ -299,6 +302,20 @@ func Open(path string, store eventstore.Store, opts ...Option) (*Projector, erro
 			return fmt.Errorf("create bucket %s: %w", bucketMeta, err)
 		}
 		switch v := meta.Get(keyFormat); {
+		case len(v) == 1 && v[0] == 1:
+			// Version 1 kept the last writer's configuration of a hostname two tenants claimed:
+			// start over (the store holds every event), as for a new file.
+			o.log.Warn("projector: the read model is of format 1; rebuilding it from the event store", "path", path)
+			if err := tx.DeleteBucket(bucketHostnames); err != nil {
+				return fmt.Errorf("drop the format-1 configurations: %w", err)
+			}
+			if _, err := tx.CreateBucket(bucketHostnames); err != nil {
+				return fmt.Errorf("create bucket %s: %w", bucketHostnames, err)
+			}
+			if err := meta.Delete(keyCheckpoint); err != nil {
+				return fmt.Errorf("drop the format-1 checkpoint: %w", err)
+			}
+			fallthrough
 		case v == nil:
 			if err := meta.Put(keyFormat, []byte{formatVersion}); err != nil {
 				return fmt.Errorf("write format: %w", err)

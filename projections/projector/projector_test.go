@@ -808,3 +808,61 @@ func TestSecondClaimantDoesNotReachTheEdges(t *testing.T) {
 		})
 	}
 }
+
+// TestFormat1IsRebuilt: a read model of format 1 (before fe371d3) may hold the last writer's
+// configuration of a hostname two tenants' histories claimed; opening it rebuilds it from the
+// store, so it ends as a fresh read model does (the first claimant's) and not as that file had it.
+func TestFormat1IsRebuilt(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := openStore(t, dir)
+	defer store.Close()
+	acme, evil := tenantWriter(t, store, "acme"), tenantWriter(t, store, "evil")
+	active := eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE
+	acme(&eventsv1.TenantCreated{TenantId: "acme"})
+	evil(&eventsv1.TenantCreated{TenantId: "evil"})
+	acme(&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://acme.example", State: active})
+	last := evil(&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://evil.example", State: active})
+
+	p := openProjector(t, dir, store)
+	stop := running(p)
+	if err := p.WaitFor(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Close()
+	// What format 1 left: the last writer's configuration, and the checkpoint at the end.
+	db, err := bolt.Open(filepath.Join(dir, "projection.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := proto.Marshal(&configv1.HostnameConfig{Hostname: "pay.example.com", TenantId: "evil", Active: true, OriginUrl: "http://evil.example", Version: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketMeta).Put(keyFormat, []byte{1}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketHostnames).Put([]byte("pay.example.com"), data)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+
+	p = openProjector(t, dir, store)
+	defer p.Close()
+	if pos := p.Position(); pos != 0 {
+		t.Fatalf("a format-1 file opens at position %d, want 0 (rebuilt)", pos)
+	}
+	stop = running(p)
+	defer stop()
+	if err := p.WaitFor(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	if _, cfg, err := p.Lookup("pay.example.com"); err != nil || cfg.GetTenantId() != "acme" || cfg.GetOriginUrl() != "http://acme.example" {
+		t.Fatalf("after the rebuild the edges get %v (%v), want acme's configuration", cfg, err)
+	}
+}

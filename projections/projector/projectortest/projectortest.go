@@ -313,7 +313,10 @@ func NewID() string {
 // Expected folds every tenant stream in store from scratch and returns the configuration of every
 // hostname, and the position of the last tenant event. A configuration's Version is the position
 // of the last event of its tenant's stream that fold.AffectedHostnames names for it, which is
-// how the projector defines it too.
+// how the projector defines it too. It assumes each hostname belongs to one tenant, as the
+// histories of Gen do; for a hostname two tenants' histories claim, the projector keeps the
+// first claimant's configuration (see TestSecondClaimantDoesNotReachTheEdges), which this does
+// not model.
 func Expected(ctx context.Context, store eventstore.Store) (map[string]*configv1.HostnameConfig, uint64, error) {
 	filter := eventstore.Filter{StreamPrefixes: []string{fold.TenantStreamPrefix}, EventTypePrefixes: []string{fold.TypeTenantCreated}}
 	var streams []string
