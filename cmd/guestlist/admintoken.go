@@ -37,8 +37,9 @@ func newAdminToken() (string, error) {
 
 // adminToken returns the admin bearer token: flagValue when it is set; otherwise the token in
 // <dataDir>/admin.token; otherwise a newly generated one, written there with mode 0600. dataDir
-// must exist. The file is created atomically and exclusively, so that two processes starting on
-// the same data directory agree on one token, and a crash never leaves half a token behind.
+// must exist, checked by ensurePrivateDir. The file is created atomically and exclusively, so that
+// two processes starting on the same data directory agree on one token, and a crash never leaves
+// half a token behind.
 func adminToken(dataDir, flagValue string) (string, tokenSource, error) {
 	if flagValue != "" {
 		if err := checkToken(flagValue); err != nil {
@@ -88,19 +89,12 @@ func adminToken(dataDir, flagValue string) (string, tokenSource, error) {
 	return tok, tokenGenerated, nil
 }
 
-// readAdminToken reads the token file at path, refusing one that others may read or that holds no
-// usable token.
+// readAdminToken reads the token file at path, refusing a symbolic link, a file that another user
+// owns or that others may read (readPrivateFile), and one that holds no usable token.
 func readAdminToken(path string) (string, error) {
-	fi, err := os.Stat(path)
+	b, err := readPrivateFile(path, "admin token file")
 	if err != nil {
-		return "", fmt.Errorf("read admin token: %w", err)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return "", fmt.Errorf("admin token file %s is accessible to others (mode %#o); run chmod 600 on it", path, perm)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read admin token: %w", err)
+		return "", err
 	}
 	tok := strings.TrimSpace(string(b))
 	if err := checkToken(tok); err != nil {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -241,8 +240,8 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 	slog.SetDefault(logger)
 	defer slog.SetDefault(prev)
 
-	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
-		logger.Error("create the data directory", "dir", *dataDir, "error", err)
+	if err := ensurePrivateDir(*dataDir, "data directory"); err != nil {
+		logger.Error("data directory", "dir", *dataDir, "error", err)
 		return exitError
 	}
 	tok, src, err := adminToken(*dataDir, token.token)

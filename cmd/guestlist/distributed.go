@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -69,8 +68,9 @@ type roleEnv struct {
 	done func()
 }
 
-// setUp creates the data directory and installs the logger, the metrics and tracing for the
-// process named service. On failure it logs why and returns ok = false.
+// setUp creates the data directory (refusing one that is not private: see ensurePrivateDir) and
+// installs the logger, the metrics and tracing for the process named service. On failure it logs
+// why and returns ok = false.
 func (f *roleFlags) setUp(ctx context.Context, service string, stderr io.Writer) (env roleEnv, ok bool) {
 	logger := telemetry.NewLogger(stderr, f.level.level, f.format.value == "json")
 	prev := slog.Default()
@@ -87,8 +87,8 @@ func (f *roleFlags) setUp(ctx context.Context, service string, stderr io.Writer)
 		}
 		slog.SetDefault(prev)
 	}
-	if err := os.MkdirAll(*f.dataDir, 0o700); err != nil {
-		logger.Error("create the data directory", "dir", *f.dataDir, "error", err)
+	if err := ensurePrivateDir(*f.dataDir, "data directory"); err != nil {
+		logger.Error("data directory", "dir", *f.dataDir, "error", err)
 		env.done()
 		return env, false
 	}

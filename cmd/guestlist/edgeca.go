@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"guestlist.dev/edge/servercert"
@@ -13,10 +12,11 @@ const edgeCALockFile = ".lock"
 
 // loadEdgeCA loads the edge CA in dir, or creates it there. Several edges may share dir (they then
 // present certificates from one CA): an exclusive lock on dir/.lock, held while the CA is loaded
-// or created, keeps edges that start together from creating two different CAs.
+// or created, keeps edges that start together from creating two different CAs. dir must be private
+// (ensurePrivateDir), and servercert refuses a CA key that others own or may read.
 func loadEdgeCA(dir string) (*servercert.CA, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create the edge CA directory: %w", err)
+	if err := ensurePrivateDir(dir, "edge CA directory"); err != nil {
+		return nil, err
 	}
 	unlock, err := lockFile(filepath.Join(dir, edgeCALockFile))
 	if err != nil {

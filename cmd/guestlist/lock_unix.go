@@ -9,9 +9,10 @@ import (
 )
 
 // lockFile takes an exclusive advisory lock (flock) on the file at path, creating it if needed,
-// waiting while another process holds it. The returned function releases it.
+// waiting while another process holds it; a symbolic link at path is refused (O_NOFOLLOW). The
+// returned function releases it.
 func lockFile(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -163,9 +164,9 @@ type controlPlaneOptions struct {
 // and the ledger that follows the store and signs checkpoints. It returns the authenticator of the
 // API's bearer tokens.
 func (p *parts) addControlPlane(ctx context.Context, store eventstore.Store, o controlPlaneOptions) (auth.Authenticator, error) {
-	signer, err := ledger.LoadOrCreateKey(o.CheckpointKeyDir)
+	signer, err := loadCheckpointKey(o.CheckpointKeyDir)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint key: %w", err)
+		return nil, err
 	}
 	led, err := ledger.Open(filepath.Join(o.DataDir, ledgerFile), store, signer)
 	if err != nil {
@@ -186,6 +187,25 @@ func (p *parts) addControlPlane(ctx context.Context, store eventstore.Store, o c
 	p.ready = append(p.ready, cp.Ready)
 	p.runs = append(p.runs, func(ctx context.Context, _ net.Addr) error { return led.Run(ctx) })
 	return cp.Authenticator(), nil
+}
+
+// loadCheckpointKey loads the key that signs checkpoints from dir, or creates it there. dir must
+// be private (ensurePrivateDir; created when missing), and an existing key a regular file of the
+// process's user that others may not read (checkPrivateFile): ledger.LoadOrCreateKey itself
+// follows symbolic links and checks no mode, so a key planted by someone else would sign the
+// tenants' checkpoints.
+func loadCheckpointKey(dir string) (*ledger.Signer, error) {
+	if err := ensurePrivateDir(dir, "checkpoint key directory"); err != nil {
+		return nil, fmt.Errorf("checkpoint key: %w", err)
+	}
+	if err := checkPrivateFile(filepath.Join(dir, ledger.PrivateKeyFile), "checkpoint key"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	signer, err := ledger.LoadOrCreateKey(dir)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint key: %w", err)
+	}
+	return signer, nil
 }
 
 // addProjector adds the projector on store, with its read model in dataDir, and the ConfigService

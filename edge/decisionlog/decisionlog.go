@@ -39,7 +39,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -140,15 +142,57 @@ func New(w io.Writer) *Log {
 
 // Open returns a Log appending to the file at path, created with mode 0600 if needed, or writing
 // to standard output when path is "-". Close closes the file (never standard output).
+//
+// A symbolic link at path is refused, not followed: whoever could put one in the log's directory
+// would otherwise have the edge append to a file of their choosing (with the edge's rights). The
+// file is opened through an [os.Root] on its directory, which opens the last component with
+// O_NOFOLLOW on Unix and never leaves the directory, so a link swapped in at that moment cannot
+// lead outside it either; one that leads to another file in the directory is refused right after.
 func Open(path string) (*Log, error) {
 	if path == "-" {
 		return newLog(os.Stdout, nil), nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := openAppend(path)
 	if err != nil {
 		return nil, fmt.Errorf("decisionlog: open %s: %w", path, err)
 	}
 	return newLog(f, f), nil
+}
+
+// errSymlink is why Open refuses a symbolic link.
+var errSymlink = errors.New("the decision log is a symbolic link, which is not followed: give the file's own path, or remove the link")
+
+// openAppend opens the file at path for appending (created with mode 0600), refusing a symbolic
+// link (see Open).
+func openAppend(path string) (*os.File, error) {
+	dir, name := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	if fi, err := root.Lstat(name); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return nil, errSymlink
+	}
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		var li fs.FileInfo
+		if li, err = root.Lstat(name); err == nil && (li.Mode()&fs.ModeSymlink != 0 || !os.SameFile(fi, li)) {
+			err = errSymlink
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 func newLog(w io.Writer, c io.Closer) *Log {

@@ -276,6 +276,61 @@ func TestOpenFile(t *testing.T) {
 	}
 }
 
+// TestOpenRefusesSymlink: a decision log path that is a symbolic link is refused, whether it leads
+// out of the directory (an existing file, or one that does not exist yet) or to another file in
+// it, and nothing is written or created through it.
+func TestOpenRefusesSymlink(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	victim := filepath.Join(elsewhere, "victim")
+	if err := os.WriteFile(victim, []byte("victim\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sibling := filepath.Join(dir, "other.jsonl")
+	if err := os.WriteFile(sibling, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{victim, filepath.Join(elsewhere, "created"), sibling, "other.jsonl"} {
+		path := filepath.Join(dir, "decisions.jsonl")
+		_ = os.Remove(path)
+		if err := os.Symlink(target, path); err != nil {
+			t.Skipf("symbolic links: %v", err)
+		}
+		l, err := Open(path)
+		if err == nil {
+			_ = l.Write(sample())
+			_ = l.Close()
+			t.Errorf("a symbolic link to %s was opened", target)
+		} else if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "symbolic link") {
+			t.Errorf("link to %s: error %q does not name the path and say it is a symbolic link", target, err)
+		}
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "victim\n" {
+		t.Errorf("the link's target was written: %q", b)
+	}
+	if _, err := os.Lstat(filepath.Join(elsewhere, "created")); err == nil {
+		t.Error("the link's missing target was created")
+	}
+	if b, _ := os.ReadFile(sibling); len(b) != 0 {
+		t.Errorf("the link's target in the directory was written: %q", b)
+	}
+}
+
+// TestOpenRelative: a path without a directory is opened in the working directory.
+func TestOpenRelative(t *testing.T) {
+	t.Chdir(t.TempDir())
+	l, err := Open("decisions.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = l.Write(sample())
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile("decisions.jsonl"); strings.Count(string(b), "\n") != 1 {
+		t.Errorf("decisions.jsonl holds %q", b)
+	}
+}
+
 func TestNilLog(t *testing.T) {
 	var l *Log
 	if err := l.Write(sample()); err != nil {

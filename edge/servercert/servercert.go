@@ -100,20 +100,31 @@ type leafEntry struct {
 // new CA in it when neither file exists. Exactly one of the two files existing, files that do not
 // parse, a key that does not match the certificate, or an expired CA are errors; nothing is
 // overwritten.
+//
+// On Unix, dir must belong to the process's user and its group and others must not be able to
+// write to it, and KeyFile must be a regular file (not a symbolic link: it is opened with
+// O_NOFOLLOW) of the process's user that its group and others may not access (mode 0600): anyone
+// else who could put a key there would have the edge present certificates of their own CA.
+// Elsewhere only a symbolic link KeyFile is refused.
 func LoadOrCreateCA(dir string, opts ...Option) (*CA, error) {
 	ca := &CA{dir: dir, leafLifetime: DefaultLeafLifetime, cacheSize: DefaultCacheSize, now: time.Now}
 	for _, o := range opts {
 		o(ca)
 	}
+	if err := checkPrivateDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("servercert: %w", err)
+	}
 	certPath, keyPath := filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile)
 	certPEM, certErr := os.ReadFile(certPath)
-	keyPEM, keyErr := os.ReadFile(keyPath)
+	keyPEM, keyErr := readKeyFile(keyPath)
 	switch {
 	case errors.Is(certErr, fs.ErrNotExist) && errors.Is(keyErr, fs.ErrNotExist):
 		if err := ca.create(certPath, keyPath); err != nil {
 			return nil, err
 		}
 		return ca, nil
+	case keyErr != nil && !errors.Is(keyErr, fs.ErrNotExist): // a refused key first: it says more
+		return nil, fmt.Errorf("servercert: read CA key: %w", keyErr)
 	case certErr != nil:
 		return nil, fmt.Errorf("servercert: read CA certificate: %w", certErr)
 	case keyErr != nil:
@@ -128,6 +139,9 @@ func LoadOrCreateCA(dir string, opts ...Option) (*CA, error) {
 func (ca *CA) create(certPath, keyPath string) error {
 	if err := os.MkdirAll(ca.dir, 0o700); err != nil {
 		return fmt.Errorf("servercert: create CA directory: %w", err)
+	}
+	if err := checkPrivateDir(ca.dir); err != nil {
+		return fmt.Errorf("servercert: %w", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

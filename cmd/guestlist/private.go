@@ -1,0 +1,51 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// The data directory holds secrets (the admin token, the checkpoint key, the edge CA key) and
+// what the process trusts (the event store, read models, the edge's saved configuration), and the
+// edge appends its decision log there. Whoever can write to it could plant their own token or
+// keys, or a symbolic link that makes the process write elsewhere, so every role refuses to start
+// on a directory that another user owns or that its group or others may write to, and reads its
+// secrets without following symbolic links, refusing files that others own or may read. The
+// checks are those of Unix file modes (private_unix.go); elsewhere (Windows) only symbolic links
+// are refused (private_other.go).
+
+// ensurePrivateDir creates dir (mode 0700, with its parents) when it does not exist, and refuses
+// it, whether new or not, when checkPrivateDir does. what names the directory in errors ("data
+// directory").
+func ensurePrivateDir(dir, what string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create the %s: %w", what, err)
+	}
+	return checkPrivateDir(dir, what)
+}
+
+// readPrivateFile reads the secret file at path (see openPrivateFile). what names it in errors
+// ("admin token file"). A missing file is an error that wraps fs.ErrNotExist.
+func readPrivateFile(path, what string) ([]byte, error) {
+	f, err := openPrivateFile(path, what)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read the %s %s: %w", what, path, err)
+	}
+	return b, nil
+}
+
+// checkPrivateFile checks the secret file at path as readPrivateFile would read it, without
+// reading it. A missing file is an error that wraps fs.ErrNotExist.
+func checkPrivateFile(path, what string) error {
+	f, err := openPrivateFile(path, what)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}

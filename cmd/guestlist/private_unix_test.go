@@ -1,0 +1,341 @@
+//go:build unix
+
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"guestlist.dev/edge/servercert"
+	"guestlist.dev/projections/ledger"
+)
+
+// needRoot skips a test that gives files away to another user.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give files to another user")
+	}
+}
+
+// nobody is the user that the tests give files to.
+const nobody = 65534
+
+// wantErr fails unless err is an error whose text holds every one of want.
+func wantErr(t *testing.T, err error, want ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error; want one saying %q", want)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not say %q", err, w)
+		}
+	}
+}
+
+// looseDir returns a new directory with mode perm.
+func looseDir(t *testing.T, perm os.FileMode) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, perm); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestRolesRefuseAnUnsafeDataDir: every role refuses a data directory that others may write to
+// (and one that another user owns), naming it, its mode or owner and the fix, without running.
+func TestRolesRefuseAnUnsafeDataDir(t *testing.T) {
+	const edgeTok = "edge-token-0123456789"
+	roles := []struct {
+		name string
+		args []string
+		ran  func(t *testing.T) *int
+	}{
+		{"dev", nil, func(t *testing.T) *int {
+			n := new(int)
+			prev := runControlPlane
+			runControlPlane = func(context.Context, devConfig) error { *n++; return nil }
+			t.Cleanup(func() { runControlPlane = prev })
+			return n
+		}},
+		{"api", []string{"--projector", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runAPIRole); return n }},
+		{"projector", []string{"--store", "esdb://localhost:2113?tls=false", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runProjectorRole); return n }},
+		{"edge", []string{"--config-addr", "127.0.0.1:50052", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runEdgeRole); return n }},
+	}
+	for _, r := range roles {
+		for _, perm := range []os.FileMode{0o777, 0o770, 0o777 | os.ModeSticky} {
+			t.Run(r.name+"/"+permOctal(perm)+map[bool]string{true: "+sticky"}[perm&os.ModeSticky != 0], func(t *testing.T) {
+				ran := r.ran(t)
+				dir := looseDir(t, perm)
+				code, _, stderr := runCmd(t, nil, append([]string{r.name, "--data-dir", dir}, r.args...)...)
+				if code != exitError || *ran != 0 {
+					t.Fatalf("exit %d, ran %d times:\n%s", code, *ran, stderr)
+				}
+				for _, w := range []string{dir, "mode " + permOctal(perm), "chmod 700 " + dir} {
+					if !strings.Contains(stderr, w) {
+						t.Errorf("stderr does not say %q:\n%s", w, stderr)
+					}
+				}
+			})
+		}
+	}
+	t.Run("dev/owned by another user", func(t *testing.T) {
+		needRoot(t)
+		dir := looseDir(t, 0o700)
+		if err := os.Chown(dir, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		prev := runControlPlane
+		runControlPlane = func(context.Context, devConfig) error { n++; return nil }
+		t.Cleanup(func() { runControlPlane = prev })
+		code, _, stderr := runCmd(t, nil, "dev", "--data-dir", dir)
+		if code != exitError || n != 0 || !strings.Contains(stderr, "belongs to uid 65534") || !strings.Contains(stderr, "chown 0 "+dir) {
+			t.Errorf("exit %d, ran %d times:\n%s", code, n, stderr)
+		}
+	})
+	t.Run("a private directory starts", func(t *testing.T) {
+		ran := roles[0].ran(t)
+		for _, perm := range []os.FileMode{0o700, 0o750, 0o755} {
+			if code, _, stderr := runCmd(t, nil, "dev", "--data-dir", looseDir(t, perm)); code != exitOK {
+				t.Errorf("mode %v: exit %d:\n%s", perm, code, stderr)
+			}
+		}
+		if *ran != 3 {
+			t.Errorf("ran %d times, want 3", *ran)
+		}
+	})
+}
+
+// permOctal is perm's permission bits as chmod takes them (0777, 0770).
+func permOctal(perm os.FileMode) string {
+	const digits = "01234567"
+	p := perm.Perm()
+	return "0" + string(digits[p>>6&7]) + string(digits[p>>3&7]) + string(digits[p&7])
+}
+
+// TestAdminTokenFileMustBeTheUsers: an admin token file that is a symbolic link (even to a file of
+// the user's, mode 0600) or that another user owns is refused, naming the file.
+func TestAdminTokenFileMustBeTheUsers(t *testing.T) {
+	planted := "gla_" + strings.Repeat("ab", 32)
+	t.Run("symbolic link", func(t *testing.T) {
+		dir := t.TempDir()
+		target := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(target, []byte(planted+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, adminTokenFile)
+		if err := os.Symlink(target, path); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := adminToken(dir, "")
+		wantErr(t, err, path, "symbolic link")
+	})
+	t.Run("dangling symbolic link", func(t *testing.T) {
+		dir := t.TempDir()
+		target := filepath.Join(t.TempDir(), "token")
+		path := filepath.Join(dir, adminTokenFile)
+		if err := os.Symlink(target, path); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := adminToken(dir, "")
+		wantErr(t, err, path, "symbolic link")
+		if _, err := os.Lstat(target); err == nil {
+			t.Error("a token was written through the link")
+		}
+	})
+	t.Run("another user's", func(t *testing.T) {
+		needRoot(t)
+		dir := t.TempDir()
+		path := filepath.Join(dir, adminTokenFile)
+		if err := os.WriteFile(path, []byte(planted+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := adminToken(dir, "")
+		wantErr(t, err, path, "belongs to uid 65534", "chown 0 "+path)
+	})
+	t.Run("a directory", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.Mkdir(filepath.Join(dir, adminTokenFile), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := adminToken(dir, "")
+		wantErr(t, err, "not a regular file")
+	})
+}
+
+// TestCheckpointKeyMustBeTheUsers: the checkpoint key is created in a private directory, and a key
+// that others may read, a symbolic link, another user's key, or a directory that others may write
+// to are refused.
+func TestCheckpointKeyMustBeTheUsers(t *testing.T) {
+	newKey := func(t *testing.T) (dir, key string) {
+		dir = filepath.Join(t.TempDir(), "checkpoint-key")
+		if _, err := loadCheckpointKey(dir); err != nil {
+			t.Fatal(err)
+		}
+		return dir, filepath.Join(dir, ledger.PrivateKeyFile)
+	}
+	t.Run("created private and reused", func(t *testing.T) {
+		dir, key := newKey(t)
+		fi, err := os.Stat(dir)
+		if err != nil || fi.Mode().Perm() != 0o700 {
+			t.Fatalf("key directory: %v, %v", fi, err)
+		}
+		if _, err := loadCheckpointKey(dir); err != nil {
+			t.Fatalf("reuse: %v", err)
+		}
+		if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("key: %v, %v", fi, err)
+		}
+	})
+	t.Run("key mode 0644", func(t *testing.T) {
+		dir, key := newKey(t)
+		if err := os.Chmod(key, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadCheckpointKey(dir)
+		wantErr(t, err, key, "mode 0644", "chmod 600")
+	})
+	t.Run("symbolic link", func(t *testing.T) {
+		dir, key := newKey(t)
+		moved := filepath.Join(t.TempDir(), "checkpoint.key")
+		if err := os.Rename(key, moved); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(moved, key); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadCheckpointKey(dir)
+		wantErr(t, err, key, "symbolic link")
+	})
+	t.Run("directory mode 0777", func(t *testing.T) {
+		dir, _ := newKey(t)
+		if err := os.Chmod(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadCheckpointKey(dir)
+		wantErr(t, err, dir, "mode 0777", "chmod 700")
+	})
+	t.Run("another user's", func(t *testing.T) {
+		needRoot(t)
+		dir, key := newKey(t)
+		if err := os.Chown(key, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadCheckpointKey(dir)
+		wantErr(t, err, key, "belongs to uid 65534")
+	})
+}
+
+// TestEdgeCAMustBeTheUsers: the edge CA of the edge roles is refused when its key is readable by
+// others or its directory writable by them, and its lock file is not opened through a symbolic
+// link.
+func TestEdgeCAMustBeTheUsers(t *testing.T) {
+	newCA := func(t *testing.T) string {
+		dir := filepath.Join(t.TempDir(), "edge")
+		if _, err := loadEdgeCA(dir); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	t.Run("key mode 0644", func(t *testing.T) {
+		dir := newCA(t)
+		key := filepath.Join(dir, servercert.KeyFile)
+		if err := os.Chmod(key, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadEdgeCA(dir)
+		wantErr(t, err, key, "mode 0644")
+	})
+	t.Run("directory mode 0777", func(t *testing.T) {
+		dir := newCA(t)
+		if err := os.Chmod(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadEdgeCA(dir)
+		wantErr(t, err, dir, "mode 0777", "chmod 700")
+	})
+	t.Run("lock file is a symbolic link", func(t *testing.T) {
+		dir := t.TempDir()
+		victim := filepath.Join(t.TempDir(), "victim")
+		if err := os.Symlink(victim, filepath.Join(dir, edgeCALockFile)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadEdgeCA(dir); err == nil {
+			t.Error("a symbolic link lock file was followed")
+		}
+		if _, err := os.Lstat(victim); err == nil {
+			t.Error("the lock file's link target was created")
+		}
+	})
+}
+
+// TestDevRefusesASymlinkedDecisionLog: "guestlist dev" does not start when its decision log is a
+// symbolic link, and nothing is appended to the link's target.
+func TestDevRefusesASymlinkedDecisionLog(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("victim\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(dir, decisionsFile)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := devConfig{
+		DataDir: dir, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", EdgeAddr: "127.0.0.1:0", OriginAddr: "127.0.0.1:0",
+		AdminToken: "gla_" + strings.Repeat("cd", 32), TokenSource: tokenFromFlag,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Stdout: io.Discard,
+	}
+	err := serveControlPlane(context.Background(), cfg)
+	wantErr(t, err, filepath.Join(dir, decisionsFile), "symbolic link")
+	if b, _ := os.ReadFile(victim); string(b) != "victim\n" {
+		t.Errorf("the link's target was written: %q", b)
+	}
+}
+
+// TestDevRefusesThePlantedDataDir is the review's run: a data directory that everyone may write
+// to, where another user put an admin token (mode 0600, theirs), an edge CA key (0644) and the
+// decision log as a symbolic link to another file. "guestlist dev" refuses to start, and
+// neither the token nor the link is used.
+func TestDevRefusesThePlantedDataDir(t *testing.T) {
+	needRoot(t)
+	dir := looseDir(t, 0o777)
+	planted := "gla_" + strings.Repeat("ef", 32)
+	if err := os.WriteFile(filepath.Join(dir, adminTokenFile), []byte(planted+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(dir, adminTokenFile), nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("victim\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(dir, decisionsFile)); err != nil {
+		t.Fatal(err)
+	}
+	var got *devConfig
+	prev := runControlPlane
+	runControlPlane = func(_ context.Context, cfg devConfig) error { got = &cfg; return nil }
+	t.Cleanup(func() { runControlPlane = prev })
+	code, _, stderr := runCmd(t, nil, "dev", "--data-dir", dir)
+	if code != exitError || got != nil {
+		t.Fatalf("exit %d, started: %v\n%s", code, got != nil, stderr)
+	}
+	if !strings.Contains(stderr, dir) || !strings.Contains(stderr, "mode 0777") {
+		t.Errorf("stderr does not name the directory and its mode:\n%s", stderr)
+	}
+}
