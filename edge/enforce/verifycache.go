@@ -3,10 +3,15 @@ package enforce
 import (
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/binary"
+	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"guestlist.dev/edge/decision"
 )
@@ -14,8 +19,10 @@ import (
 const (
 	// maxVerified bounds the number of cached verifications.
 	maxVerified = 4096
-	// maxVerifiedBytes bounds what the cached verifications keep reachable, as retainedSize
-	// counts it. A usual entry (a leaf and an intermediate) counts about 7 KiB.
+	// maxVerifiedBytes bounds what the cached verifications keep reachable: retainedSize counts
+	// at least the heap an entry keeps (besides the prepared configuration it was made for). A
+	// usual entry (a P-256 leaf and an intermediate) counts about 9 KiB and keeps about 6.5 KiB,
+	// so about 3,500 of them fit.
 	maxVerifiedBytes = 32 << 20
 	// maxVerifiedEntryBytes: a chain counted larger is verified on each connection, not cached.
 	// Real client chains are far smaller; a chain padded toward crypto/tls's 256 KiB certificate
@@ -83,7 +90,7 @@ func (c *verifyCache) verify(h *decision.Hostname, peer []*x509.Certificate, now
 	}
 	v := h.VerifyClient(peer, now)
 	if v.Verified() {
-		c.add(key, v, retainedSize(peer))
+		c.add(key, v, retainedSize(peer, v))
 	}
 	return v
 }
@@ -150,24 +157,46 @@ func (c *verifyCache) stats() (entries int, bytes int64) {
 	return len(c.ring), c.bytes
 }
 
-// The parts of retainedSize's estimate that are not the certificates' DER.
-const (
-	verifyEntryOverhead = 2 << 10 // the entry, the Verification, its chain and policy input
-	certOverhead        = 1 << 10 // a parsed x509.Certificate and its fixed fields
-	certItemOverhead    = 192     // each extension, name, address, policy... parsed from it
-	certURIOverhead     = 256     // each URI name (a *url.URL)
-)
+// certKeyOverhead is at least what a parsed certificate's public key structure, its numbers'
+// big.Int structures and its serial number's big.Int take (the numbers themselves are counted from
+// their encoding).
+const certKeyOverhead = 512
 
-// retainedSize estimates what caching a verification of peer keeps reachable. crypto/tls parses
-// the client's certificates from one copy of its certificate message, and each certificate's Raw
-// keeps that copy reachable: each backing array is counted once, from the first certificate in it
-// to its end (cap), which covers padding outside the certificates (TLS 1.3 entry extensions).
-// Parsing adds a structure for each item of a certificate, which a certificate made of many tiny
-// extensions or names would multiply, so items are counted too. (Measured with Go 1.26, the
-// estimate is at least the heap an entry keeps: about 6 KiB for a leaf and an intermediate, and
-// for chains padded with a large extension or made of thousands of extensions or names.)
-func retainedSize(peer []*x509.Certificate) int64 {
-	size := int64(verifyEntryOverhead)
+// retainedSize estimates, as an upper bound, what caching v, a verification of peer, keeps
+// reachable on the heap:
+//
+//   - the arrays the certificates' DER is in: crypto/tls parses the client's certificates from one
+//     copy of its certificate message, and each certificate's Raw (with the Raw* fields, the
+//     extensions' values, key identifiers, addresses) keeps that copy reachable. Each backing
+//     array is counted once, from the first certificate in it to its end (cap), which covers
+//     padding outside the certificates (TLS 1.3 entry extensions);
+//   - what parsing made (certSize): the x509.Certificate, every string copied out of the DER
+//     (name attributes, SANs, URLs, name constraints), object identifiers (8 bytes per arc,
+//     against 1 or 2 in DER), the public key's numbers, and the slices of items (extensions,
+//     names...) with their room for growth, which a certificate made of many tiny extensions or
+//     names would multiply;
+//   - what the verification adds (decision.Verification): the leaf's subject and issuer in RFC
+//     2253 form (Cert), which can be twice the names' length (escapes, and "#" and hex for an
+//     attribute of a type without a name), its serial number and fingerprint, the policy input's
+//     URIs formatted again, and the verified chain. The policy input's other strings are the
+//     parsed certificate's. The hostname's CAs that end the chain belong to the hostname.
+//
+// A long name thus takes about three times its length (DER, parsed string, Subject in Cert), a
+// long URI up to five. Every allocation is counted with its size class's rounding bounded above
+// (heapBytes). Measured with Go 1.26 (TestVerifyCacheEstimateIsAnUpperBound), the estimate is 1.25
+// to 2 times the heap an entry keeps, for usual chains and for chains made of long names and
+// URIs, many names, extensions or URIs, long object identifiers, RSA and Ed25519 keys.
+func retainedSize(peer []*x509.Certificate, v *decision.Verification) int64 {
+	size := heapBytes(int(unsafe.Sizeof(verifyEntry{}))) + heapBytes(int(unsafe.Sizeof(decision.Verification{}))) + heapBytes(8*cap(peer))
+	vc := v.Cert()
+	size += heapBytes(len(vc.Subject)) + heapBytes(len(vc.Issuer)) + heapBytes(len(vc.SerialNumber)) + heapBytes(len(vc.FingerprintSHA256))
+	size += heapBytes(8 * cap(v.Chain()))
+	if len(peer) > 0 && peer[0] != nil && len(peer[0].URIs) > 0 { // policy.NewCertInput formats each (u.String())
+		size += heapBytes(16 * len(peer[0].URIs))
+		for _, u := range peer[0].URIs {
+			size += heapBytes(len(u.String()))
+		}
+	}
 	var ends [decision.MaxPeerCertificates]*byte
 	var caps [decision.MaxPeerCertificates]int
 	n := 0
@@ -175,13 +204,7 @@ func retainedSize(peer []*x509.Certificate) int64 {
 		if c == nil {
 			continue
 		}
-		items := len(c.Extensions) + len(c.UnhandledCriticalExtensions) + len(c.ExtKeyUsage) + len(c.UnknownExtKeyUsage) +
-			len(c.OCSPServer) + len(c.IssuingCertificateURL) + len(c.CRLDistributionPoints) +
-			len(c.DNSNames) + len(c.EmailAddresses) + len(c.IPAddresses) +
-			len(c.PermittedDNSDomains) + len(c.ExcludedDNSDomains) + len(c.PermittedIPRanges) + len(c.ExcludedIPRanges) +
-			len(c.PermittedEmailAddresses) + len(c.ExcludedEmailAddresses) + len(c.PermittedURIDomains) + len(c.ExcludedURIDomains) +
-			len(c.PolicyIdentifiers) + len(c.Policies) + len(c.PolicyMappings) + len(c.Subject.Names) + len(c.Issuer.Names)
-		size += certOverhead + int64(items)*certItemOverhead + int64(len(c.URIs))*certURIOverhead
+		size += certSize(c)
 		if cap(c.Raw) == 0 {
 			continue
 		}
@@ -201,9 +224,103 @@ func retainedSize(peer []*x509.Certificate) int64 {
 		caps[i] = max(caps[i], cap(c.Raw))
 	}
 	for _, c := range caps[:n] {
-		size += int64(c)
+		size += heapBytes(c)
 	}
 	return size
+}
+
+// oidSAN is the subject alternative name extension's identifier.
+var oidSAN = asn1.ObjectIdentifier{2, 5, 29, 17}
+
+// certSize bounds what a parsed certificate keeps on the heap besides its DER (see retainedSize).
+// Each slice parsing built counts its backing array (cap, as append grew it), then what its
+// elements point to.
+func certSize(c *x509.Certificate) int64 {
+	size := heapBytes(int(unsafe.Sizeof(*c))) + certKeyOverhead
+	if c.SerialNumber != nil {
+		size += heapBytes(8 * len(c.SerialNumber.Bits()))
+	}
+	// The key's numbers or point are copied from its encoding (some key types keep two forms); a
+	// signature whose bit string has unused bits is copied shifted.
+	size += 2*heapBytes(len(c.RawSubjectPublicKeyInfo)) + heapBytes(len(c.Signature))
+	size += nameSize(&c.Subject) + nameSize(&c.Issuer)
+	size += sliceSize(c.Extensions)
+	for _, e := range c.Extensions {
+		size += oidSize(e.Id)
+		if len(c.URIs) > 0 && e.Id.Equal(oidSAN) {
+			// url.Parse keeps the string of each URI, copied from the extension, and may add an
+			// unescaped copy of some of its parts (each no longer than the part): at most twice
+			// the extension, in at most six allocations per URI (counted below).
+			size += 2 * heapBytes(len(e.Value))
+		}
+	}
+	size += sliceSize(c.UnhandledCriticalExtensions) // the extensions' identifiers
+	size += sliceSize(c.ExtKeyUsage) + sliceSize(c.UnknownExtKeyUsage) + sliceSize(c.PolicyIdentifiers) + sliceSize(c.Policies) + sliceSize(c.PolicyMappings)
+	for _, oid := range c.UnknownExtKeyUsage {
+		size += oidSize(oid)
+	}
+	for _, oid := range c.PolicyIdentifiers {
+		size += oidSize(oid)
+	}
+	size += sliceSize(c.IPAddresses) + sliceSize(c.PermittedIPRanges) + sliceSize(c.ExcludedIPRanges)
+	size += int64(len(c.PermittedIPRanges)+len(c.ExcludedIPRanges)) * heapBytes(int(unsafe.Sizeof(net.IPNet{})))
+	for _, list := range [...][]string{c.DNSNames, c.EmailAddresses, c.OCSPServer, c.IssuingCertificateURL, c.CRLDistributionPoints,
+		c.PermittedDNSDomains, c.ExcludedDNSDomains, c.PermittedEmailAddresses, c.ExcludedEmailAddresses, c.PermittedURIDomains, c.ExcludedURIDomains} {
+		size += stringsSize(list)
+	}
+	size += sliceSize(c.URIs)
+	size += int64(len(c.URIs)) * (heapBytes(int(unsafe.Sizeof(url.URL{}))) + heapBytes(int(unsafe.Sizeof(url.Userinfo{}))) + 6*16)
+	return size
+}
+
+// nameSize bounds what a parsed name keeps: its attributes (each a type, and a string value in an
+// interface), and the slices of its fields, whose strings are the attributes'.
+func nameSize(n *pkix.Name) int64 {
+	size := sliceSize(n.Names)
+	for _, atv := range n.Names {
+		size += oidSize(atv.Type)
+		if s, ok := atv.Value.(string); ok {
+			size += 16 + heapBytes(len(s))
+		} else {
+			size += 256 // crypto/x509 parses every value as a string
+		}
+	}
+	for _, f := range [...][]string{n.Country, n.Organization, n.OrganizationalUnit, n.Locality, n.Province, n.StreetAddress, n.PostalCode} {
+		size += sliceSize(f)
+	}
+	return size
+}
+
+// stringsSize is what a slice of strings takes with its strings.
+func stringsSize(list []string) int64 {
+	size := sliceSize(list)
+	for _, s := range list {
+		size += heapBytes(len(s))
+	}
+	return size
+}
+
+// sliceSize is what the backing array of s takes.
+func sliceSize[T any](s []T) int64 {
+	var zero T
+	return heapBytes(cap(s) * int(unsafe.Sizeof(zero)))
+}
+
+// oidSize is what an object identifier parsed from DER takes: one int per arc (cryptobyte makes
+// room for one per byte of the DER, so cap).
+func oidSize(oid asn1.ObjectIdentifier) int64 { return sliceSize(oid) }
+
+// heapBytes bounds the heap an allocation of n bytes takes: up to 32 KiB its size class, at most
+// a quarter more (and the 16-byte blocks of tiny allocations); past that, whole 8 KiB pages.
+func heapBytes(n int) int64 {
+	switch {
+	case n <= 0:
+		return 0
+	case n <= 32<<10:
+		return int64(n + n/4 + 16)
+	default:
+		return int64(n+8<<10-1) &^ (8<<10 - 1)
+	}
 }
 
 // chainKey hashes the DER of each certificate with its length.

@@ -1,9 +1,17 @@
 package enforce
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"fmt"
+	"math/big"
+	"net/url"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -135,6 +143,10 @@ func TestVerifyCacheCountsTheCertificateMessage(t *testing.T) {
 	ca := pkitest.NewCA(t, "Root")
 	inter := ca.Intermediate(t, "Inter")
 	leaf := inter.Client(t, "device")
+	h, err := decision.Prepare(host(hostA, "acme", ca))
+	if err != nil {
+		t.Fatal(err)
+	}
 	const msgLen = 200 << 10
 	msg := make([]byte, 0, msgLen)
 	msg = append(append(msg, leaf.Cert.Raw...), inter.Cert.Raw...)
@@ -146,11 +158,17 @@ func TestVerifyCacheCountsTheCertificateMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := retainedSize([]*x509.Certificate{l, in})
-	if got < msgLen || got > msgLen+64<<10 {
+	sizeOf := func(peer ...*x509.Certificate) int64 {
+		v := h.VerifyClient(peer, time.Now())
+		if !v.Verified() {
+			t.Fatal(v.Err())
+		}
+		return retainedSize(peer, v)
+	}
+	if got := sizeOf(l, in); got < msgLen || got > msgLen+64<<10 {
 		t.Errorf("retainedSize = %d for certificates parsed from a %d-byte message", got, msgLen)
 	}
-	if own := retainedSize([]*x509.Certificate{leaf.Cert, inter.Cert}); own > 32<<10 {
+	if own := sizeOf(leaf.Cert, inter.Cert); own > 32<<10 {
 		t.Errorf("retainedSize = %d for a usual chain", own)
 	}
 }
@@ -198,4 +216,194 @@ func TestVerifyCacheConcurrent(t *testing.T) {
 	if n != len(c.ring) || bytes != c.bytes {
 		t.Errorf("map %d entries, ring %d; bytes %d counted %d", n, len(c.ring), bytes, c.bytes)
 	}
+}
+
+// TestVerifyCacheEstimateIsAnUpperBound: for chains of several shapes (a tenant's CA can issue any
+// of them), retainedSize counts at least the heap that caching a verification keeps, measured: the
+// live heap after caching n verifications of distinct chains, each parsed from its own copy of the
+// DER as crypto/tls would, less the live heap before, both after two collections. Heap noise from
+// elsewhere in the process can only be excused by measuring again (three times at most); the
+// estimate may exceed the measure, never the other way round.
+func TestVerifyCacheEstimateIsAnUpperBound(t *testing.T) {
+	const long = 8000
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edKey, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := func(s string) *url.URL {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	// sanURIs sets the SAN extension by hand: crypto/x509 would write each URI as u.String().
+	sanURIs := func(uris ...string) pkitest.Options {
+		var names []asn1.RawValue
+		for _, u := range uris {
+			names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte(u)})
+		}
+		der, err := asn1.Marshal(names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func(c *x509.Certificate) {
+			c.ExtraExtensions = append(c.ExtraExtensions, pkix.Extension{Id: oidSAN, Value: der})
+		}
+	}
+	longOID := func(arcs int) asn1.ObjectIdentifier {
+		oid := asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999}
+		for range arcs {
+			oid = append(oid, 1)
+		}
+		return oid
+	}
+	shapes := []struct {
+		name  string
+		inter bool // the leaf comes with an intermediate
+		key   any  // the leaf's public key; nil for pkitest's P-256
+		opt   pkitest.Options
+	}{
+		{name: "leaf and intermediate", inter: true},
+		{name: "leaf"},
+		{name: "RSA 2048 key", key: &rsaKey.PublicKey},
+		{name: "Ed25519 key", key: edKey},
+		{name: "long CN", opt: func(c *x509.Certificate) { c.Subject.CommonName = strings.Repeat("a", long) }},
+		{name: "CN escaped in RFC 2253", opt: func(c *x509.Certificate) { c.Subject.CommonName = strings.Repeat(",", long/2) }},
+		{name: "attribute of an unnamed type", opt: func(c *x509.Certificate) {
+			c.Subject.ExtraNames = []pkix.AttributeTypeAndValue{{Type: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 7}, Value: strings.Repeat("a", long/2)}}
+		}},
+		{name: "long OU", opt: func(c *x509.Certificate) { c.Subject.OrganizationalUnit = []string{strings.Repeat("a", long)} }},
+		{name: "many OUs", opt: func(c *x509.Certificate) {
+			for range 150 {
+				c.Subject.OrganizationalUnit = append(c.Subject.OrganizationalUnit, "ou")
+			}
+		}},
+		{name: "long URI", opt: func(c *x509.Certificate) { c.URIs = []*url.URL{uri("https://x.example/" + strings.Repeat("a", long))} }},
+		{name: "URI with escapes", opt: sanURIs("https://" + strings.Repeat("%61", 500) + ":" + strings.Repeat("%62", 500) + "@x.example/" +
+			strings.Repeat("%7E", 500) + "?" + strings.Repeat("q", 100) + "#" + strings.Repeat("%7E", 500))},
+		{name: "many URIs", opt: func(c *x509.Certificate) {
+			for i := range 100 {
+				c.URIs = append(c.URIs, uri(fmt.Sprintf("spiffe://x.example/%d", i)))
+			}
+		}},
+		{name: "many DNS names", opt: func(c *x509.Certificate) {
+			for i := range 300 {
+				c.DNSNames = append(c.DNSNames, fmt.Sprintf("d%d.example", i))
+			}
+		}},
+		{name: "many tiny extensions", opt: func(c *x509.Certificate) {
+			for i := range 200 {
+				c.ExtraExtensions = append(c.ExtraExtensions, pkix.Extension{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 2, i}, Value: []byte{5, 0}})
+			}
+		}},
+		{name: "extension with a long OID", opt: func(c *x509.Certificate) {
+			c.ExtraExtensions = append(c.ExtraExtensions, pkix.Extension{Id: longOID(3000), Value: []byte{5, 0}})
+		}},
+		{name: "long OIDs in key usages and policies", opt: func(c *x509.Certificate) {
+			c.UnknownExtKeyUsage = []asn1.ObjectIdentifier{longOID(1000)}
+			c.PolicyIdentifiers = []asn1.ObjectIdentifier{longOID(1000)}
+		}},
+		{name: "padded", opt: padded(20 << 10)},
+	}
+	for _, s := range shapes {
+		t.Run(s.name, func(t *testing.T) {
+			ca := pkitest.NewCA(t, "Tenant Root")
+			h, err := decision.Prepare(host(hostA, "acme", ca))
+			if err != nil {
+				t.Fatal(err)
+			}
+			issuer := ca
+			var interDER []byte
+			if s.inter {
+				issuer = ca.Intermediate(t, "Issuing CA")
+				interDER = issuer.Cert.Raw
+			}
+			const n = 200
+			ders := make([][]byte, n)
+			for i := range ders {
+				var opts []pkitest.Options
+				if s.opt != nil {
+					opts = append(opts, s.opt)
+				}
+				if s.key == nil {
+					ders[i] = issuer.Client(t, "device", opts...).Cert.Raw
+					continue
+				}
+				tmpl := &x509.Certificate{
+					SerialNumber: big.NewInt(int64(i + 1)), Subject: pkix.Name{CommonName: "device"},
+					NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+					KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+				}
+				for _, o := range opts {
+					o(tmpl)
+				}
+				if ders[i], err = x509.CreateCertificate(rand.Reader, tmpl, issuer.Cert, s.key, issuer.Key); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var counted, measured int64
+			for range 3 {
+				if counted, measured = measureVerifyCache(t, h, ders, interDER); counted >= measured {
+					break
+				}
+			}
+			t.Logf("%s: counted %d B per entry, heap retained %d B (%.2f)", s.name, counted, measured, float64(counted)/float64(measured))
+			if counted < measured {
+				t.Errorf("%s: retainedSize counts %d B per entry, the heap retained is %d B", s.name, counted, measured)
+			}
+		})
+	}
+}
+
+// measureVerifyCache caches a verification of each leaf (with the intermediate when there is one)
+// for h and returns the bytes the cache counts per entry and the live heap per entry it took.
+func measureVerifyCache(t *testing.T, h *decision.Hostname, leaves [][]byte, interDER []byte) (counted, measured int64) {
+	t.Helper()
+	parse := func(der []byte) []*x509.Certificate {
+		peer := make([]*x509.Certificate, 0, 2)
+		for _, d := range [][]byte{der, interDER} {
+			if d == nil {
+				continue
+			}
+			c, err := x509.ParseCertificate(append([]byte(nil), d...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			peer = append(peer, c)
+		}
+		return peer
+	}
+	now := time.Now()
+	(&verifyCache{}).verify(h, parse(leaves[0]), now) // whatever verifying allocates once
+	c := &verifyCache{max: len(leaves) + 1, maxBytes: 1 << 40}
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	for _, der := range leaves {
+		peer := parse(der)
+		if v := c.verify(h, peer, now); !v.Verified() {
+			t.Fatal(v.Err())
+		}
+		if c.cachedFor(peer) == nil {
+			_, size := c.stats()
+			t.Fatalf("not cached: counted larger than an entry may be (%d B in the cache)", size)
+		}
+	}
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	entries, bytes := c.stats()
+	if entries != len(leaves) {
+		t.Fatalf("%d entries cached of %d", entries, len(leaves))
+	}
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(leaves)
+	return bytes / int64(entries), (int64(ms.HeapAlloc) - int64(before)) / int64(entries)
 }
