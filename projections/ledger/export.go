@@ -6,12 +6,10 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -53,8 +51,24 @@ import (
 // more than one item, a checkpoint of another tenant, and any other line. The tenant is taken from
 // a tenant line or from a checkpoint on the first line; without either use VerifyExportTenant.
 //
-// Lines in the form WriteExport writes, and event lines of the REST stream as the CLI writes them
-// (compact, the data a BytesValue Any), are parsed without reflection; the rest with encoding/json.
+// A line must read the same to every JSON reader, or it could show jq or Python one event while
+// the verifier checks another. So it is refused (reported with its line number and why) unless it
+// is exactly one JSON object (RFC 8259: valid UTF-8, control characters escaped, no lone surrogate
+// \u escapes, nothing after the object) where, at every level the verifier reads (the line,
+// "result", "event", and the Any in "data"):
+//
+//   - every key is one of the names above, in that exact case, and appears at most once (and not
+//     both "requestId" and "request_id", nor two of the tenant's names);
+//   - every value has the type given above (strings; "position" and "revision" a string of decimal
+//     digits, or a JSON number up to 2^53-1 which every reader reads exactly; never null);
+//   - the values are in their one canonical form: decimal without leading zeros, "data" in padded
+//     standard base64 without line breaks or stray bits, "time" in UTC as WriteExport
+//     (time.RFC3339Nano) or protojson (0, 3, 6 or 9 digits of fraction) writes it, "hash" 64
+//     lower-case hex digits.
+//
+// Only the content of an "error" line is read as any JSON (it is reported, never verified).
+// Whitespace between tokens is allowed (protojson adds some), so lines are not compared byte for
+// byte with one encoding: the format has several (above), all of which decode to one value.
 
 // exportEvent is the JSON form of an event in an export.
 type exportEvent struct {
@@ -67,41 +81,6 @@ type exportEvent struct {
 	ReqIDOld  string          `json:"request_id,omitempty"`
 	Data      json.RawMessage `json:"data"`
 	Hash      string          `json:"hash"`
-}
-
-// exportItem is one item of an export: a tenant id, a checkpoint, an event wrapped in "event", or
-// an event on its own (its fields). It is both a line of an export and the "result" of a
-// grpc-gateway stream line (an ExportEventsResponse, or an AuditEvent).
-type exportItem struct {
-	TenantID    *string      `json:"tenantId,omitempty"`
-	TenantIDOld *string      `json:"tenant_id,omitempty"`
-	Event       *exportEvent `json:"event,omitempty"`
-	Checkpoint  *string      `json:"checkpoint,omitempty"`
-	exportEvent
-}
-
-// bare reports whether the item is an event on its own.
-func (it *exportItem) bare() bool {
-	return it.Type != "" || it.Hash != "" || it.Data != nil
-}
-
-// count is how many items it holds (1 for a well-formed item).
-func (it *exportItem) count() int {
-	n := 0
-	for _, set := range []bool{it.TenantID != nil, it.TenantIDOld != nil, it.Event != nil, it.Checkpoint != nil, it.bare()} {
-		if set {
-			n++
-		}
-	}
-	return n
-}
-
-// exportLine is any line of an export.
-type exportLine struct {
-	Tenant *string         `json:"tenant,omitempty"`
-	Result *exportItem     `json:"result,omitempty"`
-	Error  json.RawMessage `json:"error,omitempty"`
-	exportItem
 }
 
 // eventLine and checkpointLine are the lines ExportWriter writes.
@@ -262,149 +241,6 @@ type entry struct {
 	cp        SignedCheckpoint
 }
 
-// parseLine parses one export line. tenant is needed for the canonical bytes of events.
-func parseLine(b []byte, tenant string, e *entry) {
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 || parseEventFast(b, tenant, e) || parseRESTEventFast(b, tenant, e) {
-		return
-	}
-	var l exportLine
-	if err := json.Unmarshal(b, &l); err != nil {
-		e.err = fmt.Errorf("not a JSON object: %v", err)
-		return
-	}
-	if l.Error != nil {
-		e.err = fmt.Errorf("the export stream ended with an error: %s", l.Error)
-		return
-	}
-	it := &l.exportItem
-	n := it.count()
-	if l.Tenant != nil {
-		n++
-	}
-	if l.Result != nil {
-		n++
-		it = l.Result
-		if it.count() > 1 {
-			n++
-		}
-	}
-	if n > 1 {
-		e.err = errors.New("more than one item (tenant, event, checkpoint) on one line")
-		return
-	}
-	var ev *exportEvent
-	switch {
-	case l.Tenant != nil:
-		e.kind, e.tenant = 't', *l.Tenant
-		return
-	case it.TenantID != nil:
-		e.kind, e.tenant = 't', *it.TenantID
-		return
-	case it.TenantIDOld != nil:
-		e.kind, e.tenant = 't', *it.TenantIDOld
-		return
-	case it.Checkpoint != nil:
-		e.kind, e.cp = 'c', SignedCheckpoint(*it.Checkpoint)
-		return
-	case it.Event != nil:
-		ev = it.Event
-	case it.bare():
-		ev = &it.exportEvent
-	default:
-		e.err = errors.New("neither an event nor a checkpoint")
-		return
-	}
-	e.kind, e.pos, e.rev = 'e', uint64(ev.Position), uint64(ev.Revision)
-	if tenant == "" {
-		e.err = errors.New("the tenant is not known (no tenant line or checkpoint first)")
-		return
-	}
-	data, err := decodeData(ev.Data)
-	if err != nil {
-		e.err = fmt.Errorf("event at position %d: data: %v", e.pos, err)
-		return
-	}
-	t, err := time.Parse(time.RFC3339Nano, ev.Time)
-	if err != nil {
-		e.err = fmt.Errorf("event at position %d: time: %v", e.pos, err)
-		return
-	}
-	if ev.Hash != "" {
-		if len(ev.Hash) != 64 || strings.ToLower(ev.Hash) != ev.Hash {
-			e.err = fmt.Errorf("event at position %d: hash %q is not 64 lower-case hex digits", e.pos, ev.Hash)
-			return
-		}
-		if _, err := hexDecode(e.hash[:], ev.Hash); err != nil {
-			e.err = fmt.Errorf("event at position %d: hash: %v", e.pos, err)
-			return
-		}
-		e.hasHash = true
-	}
-	reqID := ev.RequestID
-	if reqID == "" {
-		reqID = ev.ReqIDOld
-	}
-	e.canonical = appendCanonical(nil, tenant, e.rev, e.pos, ev.Type, t.UnixNano(), ev.Actor, reqID, data)
-	e.leaf = LeafHash(e.canonical)
-}
-
-// parseRESTEventFast parses an event line of the compact REST stream ({"result":{"event":{...}}},
-// the data a google.protobuf.BytesValue Any) with the fast path: it takes the line to the form
-// WriteExport writes ({"event":{...}}, the data its base64 string) and hands it to parseEventFast.
-// It returns false when the line is in any other form.
-func parseRESTEventFast(b []byte, tenant string, e *entry) bool {
-	const (
-		prefix   = `{"result":{"event":{`
-		bytesAny = `"data":{"@type":"type.googleapis.com/google.protobuf.BytesValue","value":"`
-	)
-	if tenant == "" || !bytes.HasPrefix(b, []byte(prefix)) || !bytes.HasSuffix(b, []byte("}}}")) {
-		return false
-	}
-	b = b[len(`{"result":`) : len(b)-1]
-	i := bytes.Index(b, []byte(bytesAny))
-	if i < 0 {
-		return parseEventFast(b, tenant, e)
-	}
-	v := i + len(bytesAny) // the base64 value
-	end := bytes.IndexByte(b[v:], '"')
-	if end < 0 || v+end+1 >= len(b) || b[v+end+1] != '}' {
-		return false
-	}
-	line := make([]byte, 0, len(b))
-	line = append(line, b[:i]...)
-	line = append(line, `"data":"`...)
-	line = append(line, b[v:v+end+1]...) // the value and its closing quote
-	line = append(line, b[v+end+2:]...)
-	return parseEventFast(line, tenant, e)
-}
-
-func decodeData(raw json.RawMessage) ([]byte, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	if raw[0] == '{' {
-		var any struct {
-			Value *string `json:"value"`
-		}
-		if err := json.Unmarshal(raw, &any); err != nil || any.Value == nil {
-			return nil, errors.New("an expanded Any: the exact bytes are not in the export")
-		}
-		return base64.StdEncoding.DecodeString(*any.Value)
-	}
-	if bytes.IndexByte(raw, '\\') >= 0 || len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, err
-		}
-		return base64.StdEncoding.DecodeString(s)
-	}
-	raw = raw[1 : len(raw)-1]
-	out := make([]byte, base64.StdEncoding.DecodedLen(len(raw)))
-	n, err := base64.StdEncoding.Decode(out, raw)
-	return out[:n], err
-}
-
 func hexDecode(dst []byte, s string) (int, error) {
 	for i := 0; i < len(dst); i++ {
 		hi, ok1 := fromHex(s[2*i])
@@ -468,7 +304,7 @@ func verifyExport(r io.Reader, pub ed25519.PublicKey, tenant string) Result {
 	// The first non-empty line may name the tenant, which parsing events needs.
 	for sc.Scan() {
 		line++
-		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+		if blank(sc.Bytes()) {
 			continue
 		}
 		var e entry

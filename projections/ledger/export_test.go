@@ -38,6 +38,30 @@ func history(t *testing.T) (*env, []eventstore.RecordedEvent, []SignedCheckpoint
 	return e, evs, cps
 }
 
+// exportLine is a line of WriteExport, as the tests read it.
+type exportLine struct {
+	Tenant     *string      `json:"tenant,omitempty"`
+	Event      *exportEvent `json:"event,omitempty"`
+	Checkpoint *string      `json:"checkpoint,omitempty"`
+}
+
+// decodeData decodes an event's data: base64, or an Any holding it.
+func decodeData(raw json.RawMessage) ([]byte, error) {
+	var s string
+	if len(raw) > 0 && raw[0] == '{' {
+		var a struct {
+			Value string `json:"value"`
+		}
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return nil, err
+		}
+		s = a.Value
+	} else if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, err
+	}
+	return base64.StdEncoding.DecodeString(s)
+}
+
 func exportLines(t *testing.T, evs []eventstore.RecordedEvent, cps []SignedCheckpoint) []string {
 	t.Helper()
 	var b bytes.Buffer
