@@ -44,24 +44,39 @@
 // it is ignored. Revocations are looked at only for a certificate that verified, against every
 // chain it verified through: it is revoked if any of them is.
 //
-// By serial number (CRL semantics): a serial revoked under CA X revokes every certificate of the
-// chain, the leaf or an intermediate, that X's hierarchy issued, that is, every certificate of the
-// chain with that serial that has X above it. X is matched by its subject and public key, not by
-// one certificate: a revocation filed under a certificate of X applies through every certificate of
-// X, trusted or sent by the client (a root renewed with the same key, also once the old
-// certificate expired; an intermediate cross-certified by two roots). The CAs above a certificate
-// of the chain are the CAs of the certificates after it, and, among the hostname's CAs, those that
-// signed one of these CAs (for the chain's last certificate, those that signed that certificate),
-// then theirs, and so on. So a chain that ends at a trusted intermediate is checked against the
-// revocations under the trusted root that issued it, and a serial revoked under a root revokes an
-// intermediate with that serial (and so all of its leaves) as well as a leaf. A certificate is not
-// checked against the revocations under its own CA: a root's own serial revoked under the root
-// revokes nothing, and an intermediate's serial revoked under the intermediate revokes only a leaf
-// of the intermediate with that serial. A CA is above another only as far as the chain and the
-// hostname's CAs show it: a serial revoked under root R1 does not reach the leaves of an
-// intermediate cross-certified by R1 and R2 when the client sends only its R2 certificate and the
-// hostname's CAs hold no certificate of it signed by R1 (or by one of the hostname's CAs below R1);
-// add a certificate of the intermediate to the hostname's CAs and file the revocation under it, or
+// By serial number: serials are unique only among the certificates one CA issued, so what a
+// serial revoked under CA X revokes depends on the certificate of the chain:
+//
+//   - A CA certificate of the chain (an intermediate, or a trusted intermediate that ends the
+//     chain) is revoked by a serial revoked under its direct issuer only (CRL semantics): the CA
+//     of the next certificate of the chain, or, for the chain's last certificate, the hostname's
+//     CA that signed it. A serial revoked under a CA further up does not revoke it.
+//   - The leaf is revoked by a serial revoked under any CA above it, as a tenant can file a
+//     revocation only under a CA it uploaded, often its root alone, while its clients send the
+//     intermediates. The CAs above the leaf are the CAs of the certificates after it, and, among
+//     the hostname's CAs, those that signed one of these CAs (for the chain's last certificate,
+//     the one that signed that certificate), then theirs, and so on. So a chain that ends at a
+//     trusted intermediate is checked against the revocations under the trusted root that
+//     issued it.
+//   - No certificate is checked against the revocations under its own CA: a root's own serial
+//     revoked under the root revokes nothing, and an intermediate's serial revoked under the
+//     intermediate revokes only a leaf of the intermediate with that serial.
+//
+// So a leaf whose serial equals that of its issuing CA, revoked under a root two or more levels
+// above, revokes that leaf alone. But when the root issued the issuing CA itself, the same serial
+// revoked under the root is also the root's revocation of the issuing CA, which revokes all of its
+// leaves: nothing in a revocation tells the two apart. Where a leaf's serial may equal its issuing
+// CA's (CAs that number from 1), upload the issuing CA and file its leaves' revocations under it,
+// or revoke the leaf by fingerprint.
+//
+// X is matched by its subject and public key, not by one certificate: a revocation filed under a
+// certificate of X applies through every certificate of X, trusted or sent by the client (a root
+// renewed with the same key, also once the old certificate expired; an intermediate
+// cross-certified by two roots). A CA is above another only as far as the chain and the hostname's
+// CAs show it: a serial revoked under root R1 does not reach the leaves of an intermediate
+// cross-certified by R1 and R2 when the client sends only its R2 certificate and the hostname's
+// CAs hold no certificate of it signed by R1 (or by one of the hostname's CAs below R1); add a
+// certificate of the intermediate to the hostname's CAs and file the revocation under it, or
 // revoke the leaf by fingerprint.
 //
 // By fingerprint: it revokes a chain that contains the certificate (leaf, intermediate or root)

@@ -91,6 +91,25 @@ func decideCases(p *testPKI) []decideCase {
 		{name: "ok/serial of the root revoked under the root revokes nothing", cfg: fns(revokeSerial("root", p.root.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
 		{name: "ok/serial of the root revoked under the root, root sent along", cfg: fns(revokeSerial("root", p.root.Cert)), peer: chain(p.leaf, p.root), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
 		{name: "ok/serial of the intermediate revoked under another trusted root", cfg: fns(withCA("other", p.other), revokeSerial("other", p.inter.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		// A CA certificate of the chain is checked only against the serials revoked under its direct
+		// issuer (the CA that numbered it); the leaf against those under every CA above it, as a
+		// tenant may file a leaf's revocation under the only CA it uploaded, the root. So a leaf
+		// whose serial equals its issuing CA's, revoked under a root two levels up, revokes that
+		// leaf and not its issuing CA (serials are unique only per issuer; CAs often number from 1).
+		{name: "fail/leaf with its issuing CA's serial, revoked under the root two levels up", cfg: fns(revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepTwin, p.deepInter, p.policyCA), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/another leaf of that issuing CA, revocation under the root two levels up", cfg: fns(revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepLeaf, p.deepInter, p.policyCA), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 4},
+		{name: "fail/leaf with its issuing CA's serial, revoked under the root, middle CA also trusted", cfg: fns(withCA("policy", p.policyCA), revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepTwin, p.deepInter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/another leaf of that issuing CA, revocation under the root, middle CA also trusted", cfg: fns(withCA("policy", p.policyCA), revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepLeaf, p.deepInter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		{name: "fail/issuing CA revoked by serial under its direct issuer, two levels down", cfg: fns(withCA("policy", p.policyCA), revokeSerial("policy", p.deepInter.Cert)), peer: chain(p.deepLeaf, p.deepInter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/middle CA revoked by serial under the root, client sends the whole chain", cfg: fns(revokeSerial("root", p.policyCA.Cert)), peer: chain(p.deepLeaf, p.deepInter, p.policyCA), verdict: Deny, reason: ReasonCertificateRevoked},
+		// Two levels, the issuing CA issued by the root itself: the same revocation (the issuing
+		// CA's serial under the root) is also, by CRL semantics, the revocation of the issuing CA by
+		// the root, so it revokes all of its leaves. Nothing in a revocation tells the two apart;
+		// file a leaf's revocation under its issuing CA (uploaded) or by fingerprint.
+		{name: "fail/leaf with its issuing CA's serial, revoked under the root that issued that CA", cfg: fns(revokeSerial("root", p.twinLeaf.Cert)), peer: chain(p.twinLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "fail/another leaf of that issuing CA, revocation under the root that issued that CA, which revokes the CA", cfg: fns(revokeSerial("root", p.twinLeaf.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/another leaf of that issuing CA, the same serial filed under the issuing CA", cfg: fns(withCA("inter", p.inter), revokeSerial("inter", p.twinLeaf.Cert)), peer: chain(p.interLeaf, p.inter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
+		{name: "fail/leaf with its issuing CA's serial, filed under the issuing CA", cfg: fns(withCA("inter", p.inter), revokeSerial("inter", p.twinLeaf.Cert)), peer: chain(p.twinLeaf, p.inter), verdict: Deny, reason: ReasonCertificateRevoked},
 
 		// Serial revocations are under a CA (subject and key), whichever of its certificates the
 		// chain runs through. A cross-certified issuing CA: its certificate signed by crossR1 expires

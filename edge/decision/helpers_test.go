@@ -41,6 +41,10 @@ type testPKI struct {
 	// subject and key) later. renewedLeaf is issued by that root.
 	renewedOld, renewedNew *pkitest.CA
 	renewedLeaf            *pkitest.Leaf
+	// Three levels: root issued policyCA, which issued deepInter. deepTwin is issued by deepInter
+	// with deepInter's own serial number; deepLeaf is another leaf of deepInter.
+	policyCA, deepInter *pkitest.CA
+	deepTwin, deepLeaf  *pkitest.Leaf
 }
 
 // crossExpiry is how long after the test PKI's making crossInterR1 and renewedOld stay valid;
@@ -164,6 +168,10 @@ func getPKI(t testing.TB) *testPKI {
 	p.renewedOld = pkitest.NewCA(t, "Renewed CA", pkitest.Validity(now.Add(-time.Hour), now.Add(crossExpiry)))
 	p.renewedNew = recertify(t, p.renewedOld, nil, pkitest.Validity(now.Add(-time.Hour), now.Add(2*365*24*time.Hour)))
 	p.renewedLeaf = p.renewedOld.Client(t, "device-7", serial(0x4001))
+	p.policyCA = p.root.Intermediate(t, "Acme Policy CA")
+	p.deepInter = p.policyCA.Intermediate(t, "Acme Deep Issuing CA")
+	p.deepTwin = p.deepInter.Client(t, "device-8", func(c *x509.Certificate) { c.SerialNumber = new(big.Int).Set(p.deepInter.Cert.SerialNumber) })
+	p.deepLeaf = p.deepInter.Client(t, "device-9", serial(0x5001))
 	pki = p
 	return p
 }

@@ -57,6 +57,10 @@ type trust struct {
 	// one certificate: the hostname's CAs that signed it, and the CAs above those; never its own
 	// CA. Set only when serials is not empty.
 	issuers map[string][]caKey
+	// signer maps a CA certificate of the hostname (its DER, as a string) to its direct issuer:
+	// the hostname's CA that signed it, when one did and it is not its own CA. Set only when
+	// serials is not empty.
+	signer map[string]caKey
 }
 
 // caKey identifies a CA across its certificates: a SHA-256 of its subject (DER) and of its
@@ -309,7 +313,7 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 	return t, nil
 }
 
-// linkCAs sets t.above and t.issuers from the signatures between the hostname's CA
+// linkCAs sets t.above, t.issuers and t.signer from the signatures between the hostname's CA
 // certificates, whatever their validity. Its lists are in configuration order, so that
 // verification, which reports the first revocation it finds, is deterministic.
 func (t *trust) linkCAs() {
@@ -356,11 +360,16 @@ func (t *trust) linkCAs() {
 	}
 	t.above = make(map[caKey][]caKey, len(byKey))
 	t.issuers = make(map[string][]caKey, len(t.roots))
+	t.signer = make(map[string]caKey)
 	for i, k := range keys {
 		if _, done := t.above[k]; !done {
 			t.above[k] = closure(k, byKey[k])
 		}
 		t.issuers[string(t.roots[i].Raw)] = closure(k, direct[i])
+		if len(direct[i]) > 0 {
+			// A certificate has one signature: more than one CA would be a forgery's doing.
+			t.signer[string(t.roots[i].Raw)] = direct[i][0]
+		}
 	}
 }
 
