@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 )
 
@@ -44,6 +45,10 @@ func adminToken(dataDir, flagValue string) (string, tokenSource, error) {
 	if flagValue != "" {
 		if err := checkToken(flagValue); err != nil {
 			return "", 0, fmt.Errorf("--admin-token: %w", err)
+		}
+		if isPlaceholderToken(flagValue) {
+			return "", 0, errors.New("--admin-token: the token is a placeholder from an example (it says CHANGE-ME), which anyone may know: " +
+				"set a long random value of your own, e.g. GUESTLIST_ADMIN_TOKEN=$(openssl rand -hex 32)")
 		}
 		return flagValue, tokenFromFlag, nil
 	}
@@ -87,6 +92,16 @@ func adminToken(dataDir, flagValue string) (string, tokenSource, error) {
 		return "", 0, fmt.Errorf("write admin token to %s: %w", path, err)
 	}
 	return tok, tokenGenerated, nil
+}
+
+// placeholderToken matches the word CHANGE-ME (CHANGEME, CHANGE_ME, in any case) in a token.
+var placeholderToken = regexp.MustCompile(`(?i)(^|[^a-z0-9])change[-_]?me([^a-z0-9]|$)`)
+
+// isPlaceholderToken reports whether tok is an example's placeholder rather than a secret: it
+// holds the word CHANGE-ME, as the default admin token of docker-compose.yml once did
+// (local-only-admin-token-CHANGE-ME), which a .env file or a script may still hold.
+func isPlaceholderToken(tok string) bool {
+	return placeholderToken.MatchString(tok)
 }
 
 // readAdminToken reads the token file at path, refusing a symbolic link, a file that another user

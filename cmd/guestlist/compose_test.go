@@ -52,7 +52,10 @@ type deployCheck struct {
 	buildFiles func() ([]string, error)
 
 	// subnets are the declared networks' ipam subnets, by network (loadCompose).
-	subnets  map[string][]netip.Prefix
+	subnets map[string][]netip.Prefix
+	// required are the variables that docker compose refuses to run without (${VAR:?message}),
+	// in the order they first appear (interpolate).
+	required []string
 	problems []string
 }
 
@@ -157,8 +160,14 @@ type mountSpec struct {
 // interpolation matches $$, ${VAR...} and $VAR in a compose file.
 var interpolation = regexp.MustCompile(`\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)`)
 
+// requiredPrefix starts the value that interpolate gives a required variable, as if the user had
+// set it (README.md says how).
+const requiredPrefix = "set-by-the-user-"
+
 // interpolate resolves the compose file's variables as a fresh checkout without an .env file or
-// exported variables sees them: every variable must have a default.
+// exported variables sees them: every variable must have a default, except the secrets that
+// docker compose must refuse to run without (${VAR:?message}, whose message names VAR): those
+// stand for a value the user set (requiredPrefix + the variable) and are listed in c.required.
 func (c *deployCheck) interpolate(text string) string {
 	seen := map[string]bool{}
 	return interpolation.ReplaceAllStringFunc(text, func(m string) string {
@@ -175,10 +184,22 @@ func (c *deployCheck) interpolate(text string) string {
 			return arg
 		case ":+", "+":
 			return ""
+		case ":?", "?":
+			if !seen[name] {
+				seen[name] = true
+				c.required = append(c.required, name)
+				if op == "?" {
+					c.problemf("%s: ${%s?...} accepts an empty value; write ${%s:?message}", composeFileName, name, name)
+				}
+				if !strings.Contains(arg, name) {
+					c.problemf("%s: ${%s:?%s}: the message does not name %s, so docker compose would stop without saying what to set", composeFileName, name, arg, name)
+				}
+			}
+			return requiredPrefix + name
 		}
 		if !seen[name] {
 			seen[name] = true
-			c.problemf("%s: $%s has no default (write ${%s:-value}); docker compose up must work without an .env file", composeFileName, name, name)
+			c.problemf("%s: $%s has no default (write ${%s:-value}, or ${%s:?message} for a secret the user must set); docker compose up must work without an .env file", composeFileName, name, name, name)
 		}
 		return ""
 	})
@@ -629,7 +650,44 @@ func (c *deployCheck) run() []string {
 	c.checkKurrentDB(names, services)
 	c.checkCollector(names, services, listen)
 	c.checkOriginEgress(names, services)
+	c.checkAdminToken(names, services)
+	c.checkReadmeSetsRequired()
 	return c.problems
+}
+
+// checkAdminToken: the API publishes its REST port on the host's loopback, where any web page in
+// the user's browser could reach it by DNS rebinding (the API does not check Host), so an admin
+// token that works without the user choosing one (a default, a fixed value) lets that page in.
+// A service that sets GUESTLIST_ADMIN_TOKEN takes it from a variable the user must set. (Without
+// it, the API generates one into its data directory, which is fine too.)
+func (c *deployCheck) checkAdminToken(names []string, services map[string]*service) {
+	env := envName("admin-token")
+	for _, n := range names {
+		v, ok := services[n].env[env]
+		if !ok || strings.HasPrefix(v, requiredPrefix) {
+			continue
+		}
+		c.problemf("service %s: %s=%q works without the user setting a token, so anyone who reads this file knows it, and a web page can reach the published API by DNS rebinding; write ${%s:?message}",
+			n, env, v, env)
+	}
+}
+
+// checkReadmeSetsRequired: docker compose refuses to run without the required variables, so the
+// README's compose section must say how to set each (export VAR=...).
+func (c *deployCheck) checkReadmeSetsRequired() {
+	if len(c.required) == 0 {
+		return
+	}
+	b, err := c.read("README.md")
+	if err != nil {
+		c.problemf("read README.md: %v", err)
+		return
+	}
+	for _, name := range c.required {
+		if !strings.Contains(string(b), "export "+name+"=") {
+			c.problemf("README.md never sets $%s (export %s=...), without which %s stops every docker compose command", name, name, composeFileName)
+		}
+	}
 }
 
 // checkOriginEgress: tenants choose their hostnames' origins, so what an edge may forward to
@@ -1541,6 +1599,7 @@ func TestComposeStructureCatches(t *testing.T) {
 		dockerfileName:               read(dockerfileName),
 		dockerignoreName:             read(dockerignoreName),
 		"deploy/otel-collector.yaml": read("deploy/otel-collector.yaml"),
+		"README.md":                  read("README.md"),
 	}
 	baseline := map[string]bool{}
 	for _, p := range (&deployCheck{root: root, flags: subcommandFlags}).run() {
@@ -1586,7 +1645,17 @@ func TestComposeStructureCatches(t *testing.T) {
 		{name: "fail/store names no service", file: composeFileName,
 			old: "${GUESTLIST_STORE:-esdb://kurrentdb:2113?tls=false}", new: "${GUESTLIST_STORE:-esdb://eventstore:2113?tls=false}", want: `names "eventstore", which is not a service`},
 		{name: "fail/variable without default", file: composeFileName,
-			old: "${GUESTLIST_ADMIN_TOKEN:-local-only-admin-token-CHANGE-ME}", new: "${GUESTLIST_ADMIN_TOKEN}", want: "$GUESTLIST_ADMIN_TOKEN has no default"},
+			old: "${GUESTLIST_STORE:-esdb://kurrentdb:2113?tls=false}", new: "${GUESTLIST_STORE}", want: "$GUESTLIST_STORE has no default"},
+		{name: "fail/admin token with a default", file: composeFileName,
+			old: "${GUESTLIST_ADMIN_TOKEN:?", new: "${GUESTLIST_ADMIN_TOKEN:-", want: "service api: GUESTLIST_ADMIN_TOKEN="},
+		{name: "fail/admin token fixed", file: composeFileName,
+			old: `GUESTLIST_ADMIN_TOKEN: "${GUESTLIST_ADMIN_TOKEN:?`, new: `GUESTLIST_ADMIN_TOKEN: "fixed-token-0123456789" #`, want: `service api: GUESTLIST_ADMIN_TOKEN="fixed-token-0123456789"`},
+		{name: "fail/required variable may be empty", file: composeFileName,
+			old: "${GUESTLIST_ADMIN_TOKEN:?", new: "${GUESTLIST_ADMIN_TOKEN?", want: "${GUESTLIST_ADMIN_TOKEN?...} accepts an empty value"},
+		{name: "fail/required variable's message names nothing", file: composeFileName,
+			old: "${GUESTLIST_ADMIN_TOKEN:?set GUESTLIST_ADMIN_TOKEN to", new: "${GUESTLIST_ADMIN_TOKEN:?set it to", want: "the message does not name GUESTLIST_ADMIN_TOKEN"},
+		{name: "fail/README does not set a required variable", file: "README.md",
+			old: "export GUESTLIST_ADMIN_TOKEN=", new: "GUESTLIST_ADMIN_TOKEN=", want: "README.md never sets $GUESTLIST_ADMIN_TOKEN"},
 		{name: "fail/undeclared volume", file: composeFileName,
 			old: "      - api-data:/data", new: "      - api-state:/data", want: `volume "api-state" is not declared`},
 		{name: "fail/data dir not on a volume", file: composeFileName,
