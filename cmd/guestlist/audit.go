@@ -446,7 +446,9 @@ func runAuditExplain(ctx context.Context, args []string, env func(string) string
 
 func runAuditVerify(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("audit verify", "Check the tenant's history against its hash chain and signed checkpoints: through the API, or\n"+
-		"offline with --file EXPORT --public-key KEY.pem alone. Exit 0 when intact, 1 when not.\n\n"+
+		"offline with --file EXPORT --public-key KEY.pem alone. Exit 0 when intact, 1 when not. Offline, give\n"+
+		"--tenant too: any tenant's genuine export verifies with the key, so without it the tenant is the one\n"+
+		"the file names (printed with the positions checked); with it, another tenant's export is refused.\n\n"+
 		"With --checkpoint OLD --public-key KEY.pem: fetch the RFC 6962 consistency proof from a checkpoint kept\n"+
 		"earlier (guestlist audit checkpoint) to the latest signed checkpoint, and check both signatures and the\n"+
 		"proof; exit 0 when the latest history extends the old one, 1 when not.\n\n"+
@@ -498,7 +500,7 @@ func runAuditVerify(ctx context.Context, args []string, env func(string) string,
 	}
 	report := func(valid bool, checked, firstBad uint64, problem string) int {
 		if valid {
-			fmt.Fprintf(stdout, "intact: %d events checked\n", checked)
+			fmt.Fprintf(stdout, "intact: %d events of tenant %q checked\n", checked, f.tenant)
 			return exitOK
 		}
 		fmt.Fprintf(stdout, "NOT intact after %d events checked: %s\n", checked, problem)
@@ -526,7 +528,20 @@ func runAuditVerify(ctx context.Context, args []string, env func(string) string,
 		} else {
 			r = ledger.VerifyExport(in, pub)
 		}
-		return report(r.Valid, r.Checked, r.FirstBadPosition, r.Problem)
+		if !r.Valid {
+			return report(r.Valid, r.Checked, r.FirstBadPosition, r.Problem)
+		}
+		// Say which history was verified: without --tenant it is the one the file names, and a
+		// genuine export of any tenant verifies with the same key.
+		fmt.Fprintf(stdout, "intact: %d events of tenant %q checked", r.Checked, r.Tenant)
+		if r.Checked > 0 {
+			fmt.Fprintf(stdout, ", positions %d to %d", r.FirstPosition, r.LastPosition)
+		}
+		fmt.Fprintln(stdout)
+		if f.tenant == "" {
+			fmt.Fprintf(stdout, "the tenant is the one the file names; pass --tenant to require it\n")
+		}
+		return exitOK
 	}
 	c, err := f.client(true)
 	if err != nil {

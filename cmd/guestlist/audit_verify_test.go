@@ -76,3 +76,23 @@ func TestAuditVerifyFileRefusesAmbiguousLine(t *testing.T) {
 		t.Fatalf("forged line: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// TestAuditVerifyFileNamesTheTenant: a genuine export of another tenant verifies with the same
+// key, so verify --file says which tenant (and which positions) it verified, and with --tenant
+// refuses another tenant's export.
+func TestAuditVerifyFileNamesTheTenant(t *testing.T) {
+	dir := t.TempDir()
+	_, exportFile, keyFile := writeExport(t, dir, "globex", 3)
+	code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", exportFile, "--public-key", keyFile)
+	if code != exitOK || !strings.Contains(out, `intact: 3 events of tenant "globex" checked, positions 10 to 30`) || !strings.Contains(out, "--tenant") {
+		t.Fatalf("without --tenant: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCmd(t, nil, "audit", "verify", "--file", exportFile, "--public-key", keyFile, "--tenant", "acme")
+	if code != exitError || !strings.Contains(out, "NOT intact") || !strings.Contains(out, `"globex"`) {
+		t.Fatalf("--tenant acme: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCmd(t, nil, "audit", "verify", "--file", exportFile, "--public-key", keyFile, "--tenant", "globex")
+	if code != exitOK || !strings.Contains(out, `intact: 3 events of tenant "globex" checked, positions 10 to 30`) || strings.Contains(out, "pass --tenant") {
+		t.Fatalf("--tenant globex: exit %d\n%s%s", code, out, errOut)
+	}
+}

@@ -297,9 +297,19 @@ type lineBatch struct {
 const batchLines = 1024
 
 func verifyExport(r io.Reader, pub ed25519.PublicKey, tenant string) Result {
+	v := &exportVerifier{pub: pub, tenant: tenant, rng: rangeFactory.NewEmptyRange(0)}
+	res := v.verify(r, tenant)
+	res.Tenant = v.tenant
+	if v.n > 0 {
+		res.FirstPosition, res.LastPosition = v.positions[0], v.lastPos
+	}
+	return res
+}
+
+// verify reads the export from r and checks its lines in order.
+func (v *exportVerifier) verify(r io.Reader, tenant string) Result {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 1<<20), 256<<20)
-	v := &exportVerifier{pub: pub, tenant: tenant, rng: rangeFactory.NewEmptyRange(0)}
 	line := 0
 	// The first non-empty line may name the tenant, which parsing events needs.
 	for sc.Scan() {

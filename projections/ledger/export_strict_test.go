@@ -425,3 +425,20 @@ func FuzzParseLine(f *testing.F) {
 		}
 	})
 }
+
+// TestExportResultNamesTheTenant: VerifyExport says which tenant's history it verified (taken from
+// the export) and the positions of its first and last event.
+func TestExportResultNamesTheTenant(t *testing.T) {
+	lines, pub := smallExport(t, 30, 10, ciActor)
+	r := verifyExportLines(lines, pub)
+	if !r.Valid || r.Tenant != "acme" || r.FirstPosition != 1 || r.LastPosition != 59 {
+		t.Fatalf("%+v", r)
+	}
+	in := strings.Join(lines, "\n")
+	if r := VerifyExportTenant(strings.NewReader(in), pub, "acme"); !r.Valid || r.Tenant != "acme" {
+		t.Fatalf("as acme: %+v", r)
+	}
+	if r := VerifyExportTenant(strings.NewReader(in), pub, "globex"); r.Valid || !strings.Contains(r.Problem, `line 1: export of tenant "acme" inside the export of "globex"`) {
+		t.Fatalf("as globex: %+v", r)
+	}
+}

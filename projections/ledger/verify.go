@@ -24,6 +24,12 @@ type Result struct {
 	FirstBadPosition uint64
 	// Problem says what is wrong, in words (empty when Valid).
 	Problem string
+	// Tenant, FirstPosition and LastPosition say what VerifyExport checked: the tenant whose
+	// history the export is, and the positions of the first and the last event checked (0 when
+	// none). VerifyExport takes the tenant from the export, so a genuine export of another tenant
+	// verifies too: the auditor checks that it is the one they meant, or uses VerifyExportTenant.
+	Tenant                      string
+	FirstPosition, LastPosition uint64
 }
 
 func bad(checked, pos uint64, format string, args ...any) Result {
