@@ -198,6 +198,9 @@ func newH1Conn(s *Server, tc *tls.Conn, peer []*x509.Certificate) *h1Conn {
 // piece must be complete within ReadHeaderTimeout of the read that found it incomplete. parseOK
 // means c.req holds it; parseNeedMore that the connection is done (closed by the client, timed
 // out, shut down).
+//
+// Once a head with a body not in the buffer yet is read, the body's deadline is net/http's
+// (bodyDeadline): none with the edge's configuration (ReadTimeout 0).
 func (c *h1Conn) readHead() parseResult {
 	now := time.Now()
 	first := !c.served
@@ -209,6 +212,7 @@ func (c *h1Conn) readHead() parseResult {
 		_ = c.tc.SetReadDeadline(now.Add(c.s.http.IdleTimeout))
 		c.deadlineSet = now
 	}
+	start := now // the head's start, for ReadTimeout (net/http's: when its first bytes are in)
 	if c.br.Buffered() == 0 {
 		c.state.Store(h1Idle)
 		if c.s.inShutdown.Load() {
@@ -216,6 +220,9 @@ func (c *h1Conn) readHead() parseResult {
 		}
 		if _, err := c.br.Peek(1); err != nil {
 			return parseNeedMore
+		}
+		if !first && c.s.http.ReadTimeout > 0 {
+			start = time.Now()
 		}
 		if !c.state.CompareAndSwap(h1Idle, h1Active) {
 			return parseNeedMore // closed by a shutdown
@@ -243,12 +250,10 @@ func (c *h1Conn) readHead() parseResult {
 		c.parses++
 		res := parseRequest(b, &c.req, len(b) == c.br.Size())
 		if res != parseNeedMore {
-			if first && res == parseOK {
+			if res == parseOK {
 				c.served = true
-				if c.parses == 1 {
-					// It came in one piece: its body, as a later request's, within IdleTimeout.
-					_ = c.tc.SetReadDeadline(now.Add(c.s.http.IdleTimeout))
-					c.deadlineSet = now
+				if c.req.contentLength > int64(c.br.Buffered()-c.req.headLen) {
+					c.bodyDeadline(start)
 				}
 			}
 			return res
@@ -277,6 +282,27 @@ func (c *h1Conn) readHead() parseResult {
 			}
 		}
 	}
+}
+
+// bodyDeadline sets the read deadline of the body of the request whose head was just read (begun
+// at start) as net/http does once it has read a head: ReadTimeout after the head's start, or none
+// when ReadTimeout is 0, the edge's configuration. The deadline of the head (ReadHeaderTimeout,
+// when it did not come in one piece; IdleTimeout from the wait before it, otherwise) does not go
+// on to its body: it cut an upload that took longer than these (e.g. after a head sent in two TLS
+// records, ReadHeaderTimeout after its start).
+//
+// So, as with net/http, a body has no time limit: a client can keep a connection by sending a
+// body slowly (a byte every IdleTimeout − ε), or not at all. A deadline here alone would bound
+// nothing, since net/http reads the bodies the fast path hands over (longer than h1MaxBody,
+// chunked) without one; Server.http.ReadTimeout would bound both, and cut every upload longer
+// than it. The next readHead sets the idle deadline again.
+func (c *h1Conn) bodyDeadline(start time.Time) {
+	var d time.Time
+	if rt := c.s.http.ReadTimeout; rt > 0 {
+		d = start.Add(rt)
+	}
+	_ = c.tc.SetReadDeadline(d)
+	c.deadlineSet = time.Time{}
 }
 
 // mayEndHead reports whether b holds a line end followed by an empty line ("\n\r\n" or "\n\n").
