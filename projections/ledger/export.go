@@ -69,6 +69,13 @@ import (
 // Only the content of an "error" line is read as any JSON (it is reported, never verified).
 // Whitespace between tokens is allowed (protojson adds some), so lines are not compared byte for
 // byte with one encoding: the format has several (above), all of which decode to one value.
+//
+// Checkpoints come once each, in strictly increasing size (the ledger keeps one per size, and
+// WriteExport and ExportEvents send them in that order), each right after the event that completes
+// its size. A checkpoint line whose size is not larger than the one of the checkpoint line before
+// it is refused (its line and the earlier one named). One that comes after more events than its
+// size is still checked against the events up to its size; as sizes increase, checking every
+// checkpoint costs one pass over the events, in any order of the lines.
 
 // exportEvent is the JSON form of an event in an export.
 type exportEvent struct {
@@ -266,7 +273,8 @@ func fromHex(c byte) (byte, bool) {
 // VerifyExport verifies an export (see "Export format") offline with only the checkpoint public
 // key: it recomputes every event's canonical bytes and chain hash and compares the hash with the
 // event's, checks that revisions run 0, 1, 2, ... with increasing positions, and checks every
-// checkpoint's signature and that its root and chain hash match the events at its size. Events
+// checkpoint's signature, that checkpoints come once each in increasing size, and that each one's
+// root and chain hash match the events at its size. Events
 // after the last checkpoint are fine; a checkpoint larger than the history means events were
 // removed.
 //
@@ -422,6 +430,13 @@ type exportVerifier struct {
 	leaves    [][32]byte
 	pending   []Checkpoint // checkpoints beyond the events seen so far, by increasing size
 	goodSize  uint64       // the largest size of a matching checkpoint
+	cpSize    uint64       // the size of the last checkpoint line
+	cpLine    int          // its line (0: none yet)
+	// lag is the Merkle range over the first events, up to the size of the last checkpoint that
+	// came after more events than its size. Checkpoint sizes increase from line to line, so it
+	// only grows: each event is added to it at most once, whatever the order of the lines.
+	lag       *compact.Range
+	lagLeaves uint64 // events added to lag (tests)
 }
 
 // apply checks the next entry; stop is set with the result when the export is bad.
@@ -447,14 +462,18 @@ func (v *exportVerifier) apply(e *entry) (Result, bool) {
 		if cp.Tenant != v.tenant {
 			return bad(v.n, 0, "line %d: checkpoint of tenant %q in the export of %q", e.line, cp.Tenant, v.tenant), true
 		}
+		if v.cpLine > 0 && cp.Size <= v.cpSize {
+			const rule = "an export has each checkpoint once, in increasing size"
+			if cp.Size == v.cpSize {
+				return bad(v.n, 0, "line %d: the checkpoint at size %d again (first on line %d): %s", e.line, cp.Size, v.cpLine, rule), true
+			}
+			return bad(v.n, 0, "line %d: checkpoint at size %d after the checkpoint at size %d (line %d): %s", e.line, cp.Size, v.cpSize, v.cpLine, rule), true
+		}
+		v.cpSize, v.cpLine = cp.Size, e.line
 		if cp.Size <= v.n {
 			return v.checkAt(cp, e.line)
 		}
-		i := len(v.pending)
-		for i > 0 && v.pending[i-1].Size > cp.Size {
-			i--
-		}
-		v.pending = append(v.pending[:i], append([]Checkpoint{cp}, v.pending[i:]...)...)
+		v.pending = append(v.pending, cp) // sizes increase, so pending stays sorted
 	case 'e':
 		switch {
 		case e.rev > v.n:
@@ -499,7 +518,20 @@ func (v *exportVerifier) checkAt(cp Checkpoint, line int) (Result, bool) {
 		}
 		root, chain = r, v.chain
 	} else {
-		root = RootFromLeafHashes(v.leaves[:cp.Size])
+		if v.lag == nil {
+			v.lag = rangeFactory.NewEmptyRange(0)
+		}
+		for v.lag.End() < cp.Size { // (cp.Size is larger than at the last call: see lag)
+			if err := v.lag.Append(v.leaves[v.lag.End()][:], nil); err != nil {
+				return bad(v.n, 0, "merkle append: %v", err), true
+			}
+			v.lagLeaves++
+		}
+		r, err := rootOf(v.lag)
+		if err != nil {
+			return bad(v.n, 0, "%v", err), true
+		}
+		root = r
 		if cp.Size > 0 {
 			chain = v.chains[cp.Size-1]
 		}
