@@ -127,3 +127,25 @@ func BenchmarkPrepare(b *testing.B) {
 		runtime.KeepAlive(keep)
 	})
 }
+
+// BenchmarkPrepareSameSubjectCAs prepares (uncached) a hostname with 200 CAs that share a subject
+// name, each with its own key, and a serial revocation, so that Prepare links the CAs by
+// signature: self-signed (200 signature checks), and signed by none of them (refused once
+// maxLinkSignatureChecks checks are made).
+func BenchmarkPrepareSameSubjectCAs(b *testing.B) {
+	p := getPKI(b)
+	for _, bc := range []struct {
+		name       string
+		selfSigned bool
+	}{{"self-signed", true}, {"signed by none", false}} {
+		b.Run(bc.name, func(b *testing.B) {
+			cfg := preparedConfig(p, withCAs(sameSubjectCAs(b, 200, bc.selfSigned)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Prepare(cfg); (err == nil) != bc.selfSigned {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -77,7 +77,9 @@
 // cross-certified by R1 and R2 when the client sends only its R2 certificate and the hostname's
 // CAs hold no certificate of it signed by R1 (or by one of the hostname's CAs below R1); add a
 // certificate of the intermediate to the hostname's CAs and file the revocation under it, or
-// revoke the leaf by fingerprint.
+// revoke the leaf by fingerprint. [Prepare] finds which of the hostname's CAs signed which with a
+// bounded number of signature checks; a hostname whose CAs need more (many CAs that share a
+// subject name, more than the API allows a hostname) is refused.
 //
 // By fingerprint: it revokes a chain that contains the certificate (leaf, intermediate or root)
 // with that SHA-256 fingerprint, filed under any of the hostname's CAs. It names one certificate

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"guestlist.dev/edge/certid"
+	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -351,6 +352,88 @@ func TestPrepareErrors(t *testing.T) {
 			t.Errorf("CertificateAuthority / ClientCAs")
 		}
 	})
+}
+
+// TestPrepareLinksCAsWithBoundedWork checks that linking a hostname's CAs by signature (for serial
+// revocations) makes a bounded number of signature checks, counted by linkCAs, whatever the CAs:
+// many CAs sharing a subject name with different keys once made Prepare quadratic (200 CAs: 39,800
+// checks, seconds of every edge's configuration updates). Beyond the bound Prepare fails.
+func TestPrepareLinksCAsWithBoundedWork(t *testing.T) {
+	p := getPKI(t)
+	selfSigned := sameSubjectCAs(t, 200, true)
+	unsigned := sameSubjectCAs(t, 200, false)
+	tests := []struct {
+		name       string
+		cas        []*pkitest.CA
+		maxChecks  int    // at most this many signature checks
+		wantChecks int    // exactly this many, when not 0
+		err        string // Prepare's error contains it, when not empty
+	}{
+		// Each is signed by its own key: one check each.
+		{name: "ok/200 self-signed CAs sharing a subject", cas: selfSigned, wantChecks: 200},
+		// None is signed by its own key or another's: every other CA is a candidate. 16 CAs, the
+		// most the API gives a hostname, take 16 × 16 checks, within the bound.
+		{name: "ok/16 CAs sharing a subject, none signed by its own key or another's", cas: unsigned[:16], wantChecks: maxLinkSignatureChecks},
+		{name: "fail/17 CAs sharing a subject, none signed by its own key or another's", cas: unsigned[:17], wantChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks"},
+		{name: "fail/200 CAs sharing a subject, none signed by its own key or another's", cas: unsigned, wantChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks"},
+		{name: "fail/200 CAs sharing a subject, the same with the self-signed ones", cas: append(slices.Clip(selfSigned), unsigned...), maxChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &trust{}
+			for _, ca := range tc.cas {
+				tr.roots = append(tr.roots, ca.Cert)
+			}
+			err := tr.linkCAs()
+			switch {
+			case tc.wantChecks != 0 && tr.linkChecks != tc.wantChecks:
+				t.Errorf("linkCAs made %d signature checks, want %d", tr.linkChecks, tc.wantChecks)
+			case tr.linkChecks > max(tc.maxChecks, tc.wantChecks):
+				t.Errorf("linkCAs made %d signature checks, want at most %d", tr.linkChecks, max(tc.maxChecks, tc.wantChecks))
+			}
+			if (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("linkCAs error %v, want one containing %q", err, tc.err)
+			}
+			h, err := Prepare(preparedConfig(p, withCAs(tc.cas)))
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("Prepare: %v", err)
+			case tc.err == "" && h.trust.linkChecks != tr.linkChecks:
+				t.Errorf("Prepare made %d signature checks, linkCAs alone %d", h.trust.linkChecks, tr.linkChecks)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), `hostname "pay.example.com": certificate_authorities: linking the`) || !strings.Contains(err.Error(), tc.err)):
+				t.Errorf("Prepare error %v, want one containing %q", err, tc.err)
+			}
+		})
+	}
+
+	// Among many CAs of one name, the one that signed an intermediate is still found (first, by
+	// its key id), and a leaf's serial revoked under it applies when the chain ends at the
+	// trusted intermediate.
+	t.Run("ok/intermediate signed by one of 200 self-signed CAs sharing a subject is linked to it", func(t *testing.T) {
+		issuer := selfSigned[150]
+		inter := issuer.Intermediate(t, "Linked Issuing CA")
+		revoked, good := inter.Client(t, "device-10"), inter.Client(t, "device-11")
+		h := preparedWith(t, p, fns(withCAs(selfSigned), withCA("inter", inter), revokeSerial("ca-150", revoked.Cert)))
+		if h.trust.linkChecks > 201 {
+			t.Errorf("Prepare made %d signature checks, want at most 201", h.trust.linkChecks)
+		}
+		now := time.Now()
+		if _, reason, err := h.Verify(chain(revoked), now); reason != ReasonCertificateRevoked || err == nil || !strings.Contains(err.Error(), `under CA "ca-150"`) {
+			t.Errorf("revoked leaf: %s, %v", reason, err)
+		}
+		if _, reason, err := h.Verify(chain(good), now); reason != ReasonCertificateVerified || err != nil {
+			t.Errorf("another leaf: %s, %v", reason, err)
+		}
+	})
+}
+
+// preparedConfig returns hostnameConfig(p) changed by each of fs.
+func preparedConfig(p *testPKI, fs ...func(*configv1.HostnameConfig)) *configv1.HostnameConfig {
+	cfg := hostnameConfig(p)
+	for _, f := range fs {
+		f(cfg)
+	}
+	return cfg
 }
 
 // TestVerificationHolds checks that a per-connection verification is reused exactly while its

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
 	"net/http"
 	"net/url"
@@ -240,4 +241,35 @@ func get(path string, headers ...string) *Request {
 		h.Add(headers[i], headers[i+1])
 	}
 	return &Request{Host: "pay.example.com", Method: http.MethodGet, Path: path, Header: h}
+}
+
+// sameSubjectCAs makes n CAs of one subject name ("Same Name CA"), each with its own key: self-signed,
+// or, when selfSigned is false, each signed by the key of another CA of that name that is not among
+// them (so that none is signed by its own key or by another of them).
+func sameSubjectCAs(t testing.TB, n int, selfSigned bool) []*pkitest.CA {
+	t.Helper()
+	var outsider *pkitest.CA
+	if !selfSigned {
+		outsider = pkitest.NewCA(t, "Same Name CA")
+	}
+	cas := make([]*pkitest.CA, n)
+	for i := range cas {
+		cas[i] = pkitest.NewCA(t, "Same Name CA")
+		if outsider != nil {
+			cas[i] = recertify(t, cas[i], outsider)
+		}
+	}
+	return cas
+}
+
+// withCAs trusts cas instead of root, with ids ca-0, ca-1, ..., and revokes a serial under the
+// first (so that Prepare links the CAs).
+func withCAs(cas []*pkitest.CA) func(*configv1.HostnameConfig) {
+	return func(c *configv1.HostnameConfig) {
+		c.CertificateAuthorities = nil
+		for i, ca := range cas {
+			withCA(fmt.Sprintf("ca-%d", i), ca)(c)
+		}
+		c.Revocations = append(c.Revocations, &configv1.Revocation{CertificateAuthorityId: "ca-0", RevocationId: "r-ca-0", SerialNumber: "1"})
+	}
 }

@@ -54,13 +54,15 @@ type trust struct {
 	// only when serials is not empty.
 	above map[caKey][]caKey
 	// issuers maps a CA certificate of the hostname (its DER, as a string) to the CAs above that
-	// one certificate: the hostname's CAs that signed it, and the CAs above those; never its own
+	// one certificate: the hostname's CA that signed it, and the CAs above that one; never its own
 	// CA. Set only when serials is not empty.
 	issuers map[string][]caKey
 	// signer maps a CA certificate of the hostname (its DER, as a string) to its direct issuer:
 	// the hostname's CA that signed it, when one did and it is not its own CA. Set only when
 	// serials is not empty.
 	signer map[string]caKey
+	// linkChecks is how many signature checks linkCAs made.
+	linkChecks int
 }
 
 // caKey identifies a CA across its certificates: a SHA-256 of its subject (DER) and of its
@@ -80,8 +82,10 @@ func keyOf(c *x509.Certificate) caKey {
 // certificates into a certificate pool, indexes the revocations and compiles the policy with
 // [policy.Compile]. The error names the problem (a hostname not in normal form, an unknown mode, a
 // CA certificate that does not parse, a revocation without a valid serial number or fingerprint,
-// a policy that does not compile); the edge then refuses the configuration and keeps its last good
-// one.
+// a policy that does not compile, CAs that take more than 256 signature checks to link to one
+// another, which only many CAs sharing a subject name do). The edge then refuses the hostname as
+// it refuses an unknown one (configset leaves it out of the configuration and reports it), and
+// applies the rest of the update.
 //
 // Prepare shares nothing between calls; an edge holding many hostnames uses [Cache.Prepare].
 func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
@@ -308,69 +312,179 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		}
 	}
 	if len(t.serials) > 0 {
-		t.linkCAs()
+		if err := t.linkCAs(); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
 }
 
+// maxLinkSignatureChecks bounds the signature checks linkCAs makes for one hostname, so that the
+// work of Prepare (which the edge does for every configuration change, on every edge) stays
+// bounded whatever the hostname's CAs are. linkCAs checks a CA certificate only against the
+// certificates of other CAs whose subject is the certificate's issuer name, one key (caKey) at a
+// time, and stops at the first key that signed it; a certificate that names itself as its issuer
+// is first checked against its own key, and when that signed it no other did. That is at most 16
+// checks a certificate for 16 CAs, the most a hostname has through the API
+// (MtlsSettings.certificate_authority_ids): 16 × 16 = 256, so no configuration the API makes runs
+// out. When the checks run out (many CAs that share a subject name, not signed by their own key),
+// linkCAs fails and so does [Prepare]: the edge refuses the hostname (configset leaves it out of
+// the configuration and reports it) rather than decide with the links between its CAs unknown,
+// which could leave out a revocation filed under one of them.
+const maxLinkSignatureChecks = 256
+
 // linkCAs sets t.above, t.issuers and t.signer from the signatures between the hostname's CA
 // certificates, whatever their validity. Its lists are in configuration order, so that
-// verification, which reports the first revocation it finds, is deterministic.
-func (t *trust) linkCAs() {
+// verification, which reports the first revocation it finds, is deterministic. It makes at most
+// maxLinkSignatureChecks signature checks (counted in t.linkChecks) and returns an error when it
+// would need more; the rest of its work is linear in the CAs and the checks made.
+func (t *trust) linkCAs() error {
 	keys := make([]caKey, len(t.roots))
+	// The hostname's CAs as groups of the certificates of one CA (one caKey), in configuration
+	// order, by subject name and by subject name and subject key id.
+	groups := make(map[caKey]*caGroup, len(t.roots))
+	bySubject := make(map[string][]*caGroup, len(t.roots))
+	byKeyID := make(map[string][]*caGroup)
+	seen := make(map[string]bool)
 	for i, c := range t.roots {
-		keys[i] = keyOf(c)
-	}
-	// direct[i]: the CAs (other than its own) among the hostname's whose certificate signed
-	// t.roots[i].
-	direct := make([][]caKey, len(t.roots))
-	for i, c := range t.roots {
-		for j, parent := range t.roots {
-			if keys[j] == keys[i] || slices.Contains(direct[i], keys[j]) || !bytes.Equal(c.RawIssuer, parent.RawSubject) {
-				continue
-			}
-			if c.CheckSignatureFrom(parent) == nil {
-				direct[i] = append(direct[i], keys[j])
+		k := keyOf(c)
+		keys[i] = k
+		g := groups[k]
+		if g == nil {
+			g = &caGroup{key: k}
+			groups[k] = g
+			bySubject[string(c.RawSubject)] = append(bySubject[string(c.RawSubject)], g)
+		}
+		g.members = append(g.members, i)
+		if len(c.SubjectKeyId) > 0 {
+			id := keyIDIndex(c.RawSubject, c.SubjectKeyId)
+			if !seen[id+string(k[:])] {
+				seen[id+string(k[:])] = true
+				byKeyID[id] = append(byKeyID[id], g)
 			}
 		}
+	}
+	// signer[i]: the index of a certificate of another CA that signed t.roots[i]; or -1.
+	signer := make([]int, len(t.roots))
+	for i := range t.roots {
+		j, err := t.findSigner(i, keys[i], bySubject, byKeyID)
+		if err != nil {
+			return err
+		}
+		signer[i] = j
 	}
 	// byKey: the direct issuers of all the certificates of a CA.
 	byKey := make(map[caKey][]caKey, len(t.roots))
 	for i, k := range keys {
-		for _, p := range direct[i] {
-			if !slices.Contains(byKey[k], p) {
-				byKey[k] = append(byKey[k], p)
-			}
+		if j := signer[i]; j >= 0 && !slices.Contains(byKey[k], keys[j]) {
+			byKey[k] = append(byKey[k], keys[j])
 		}
 	}
 	// closure returns start and everything above it (breadth first), without self.
 	closure := func(self caKey, start []caKey) []caKey {
 		var out []caKey
+		in := map[caKey]bool{self: true}
 		queue := append([]caKey(nil), start...)
 		for len(queue) > 0 {
 			k := queue[0]
 			queue = queue[1:]
-			if k == self || slices.Contains(out, k) {
+			if in[k] {
 				continue
 			}
+			in[k] = true
 			out = append(out, k)
 			queue = append(queue, byKey[k]...)
 		}
 		return out
 	}
 	t.above = make(map[caKey][]caKey, len(byKey))
-	t.issuers = make(map[string][]caKey, len(t.roots))
+	t.issuers = make(map[string][]caKey)
 	t.signer = make(map[string]caKey)
+	for k, direct := range byKey {
+		t.above[k] = closure(k, direct)
+	}
 	for i, k := range keys {
-		if _, done := t.above[k]; !done {
-			t.above[k] = closure(k, byKey[k])
-		}
-		t.issuers[string(t.roots[i].Raw)] = closure(k, direct[i])
-		if len(direct[i]) > 0 {
-			// A certificate has one signature: more than one CA would be a forgery's doing.
-			t.signer[string(t.roots[i].Raw)] = direct[i][0]
+		if j := signer[i]; j >= 0 {
+			t.signer[string(t.roots[i].Raw)] = keys[j]
+			t.issuers[string(t.roots[i].Raw)] = closure(k, []caKey{keys[j]})
 		}
 	}
+	return nil
+}
+
+// caGroup is the certificates of one CA (one caKey) among a hostname's, in configuration order.
+type caGroup struct {
+	key     caKey
+	members []int // indexes in trust.roots
+	tried   int   // 1 + the index of the certificate findSigner last tried the group for
+}
+
+// keyIDIndex is the key of a CA certificate's subject and subject key id in linkCAs's index.
+func keyIDIndex(subject, keyID []byte) string {
+	return string(appendField(appendField(nil, subject), keyID))
+}
+
+// findSigner returns the index among t.roots of a certificate of another CA than that of
+// t.roots[self] (its caKey is own) that signed it, or -1. A certificate has one signature, made by
+// one key, so findSigner tries each candidate CA once (its certificates in order until one may
+// sign certificates), stops at the first that signed it, and looks no further when it names
+// itself as its issuer and its own key signed it. It tries first the CAs whose subject key id is
+// the certificate's authority key id, then the others whose subject is its issuer name (key ids
+// order the candidates, they leave none out). Each signature check counts in t.linkChecks.
+func (t *trust) findSigner(self int, own caKey, bySubject, byKeyID map[string][]*caGroup) (int, error) {
+	c := t.roots[self]
+	candidates := bySubject[string(c.RawIssuer)]
+	if len(candidates) == 0 || len(candidates) == 1 && candidates[0].key == own {
+		return -1, nil // no other CA has the name c gives as its issuer's
+	}
+	spend := func() error {
+		if t.linkChecks >= maxLinkSignatureChecks {
+			return fmt.Errorf("certificate_authorities: linking the %d CA certificates by their signatures (for the serial revocations) takes more than %d signature checks; too many of them share a subject name", len(t.roots), maxLinkSignatureChecks)
+		}
+		t.linkChecks++
+		return nil
+	}
+	if bytes.Equal(c.RawIssuer, c.RawSubject) {
+		if err := spend(); err != nil {
+			return -1, err
+		}
+		if c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil {
+			return -1, nil // signed by its own key, so by no other
+		}
+	}
+	try := func(g *caGroup) (int, error) {
+		if g.key == own || g.tried == self+1 {
+			return -1, nil
+		}
+		g.tried = self + 1
+		for _, j := range g.members {
+			if err := spend(); err != nil {
+				return -1, err
+			}
+			err := c.CheckSignatureFrom(t.roots[j])
+			if err == nil {
+				return j, nil
+			}
+			if !errors.As(err, new(x509.ConstraintViolationError)) {
+				break // the CA's key did not sign c (or the signature's algorithm is refused)
+			}
+			// t.roots[j] may not sign certificates: another certificate of the CA may.
+		}
+		return -1, nil
+	}
+	if len(c.AuthorityKeyId) > 0 {
+		for _, g := range byKeyID[keyIDIndex(c.RawIssuer, c.AuthorityKeyId)] {
+			if j, err := try(g); j >= 0 || err != nil {
+				return j, err
+			}
+		}
+	}
+	for _, g := range candidates {
+		if j, err := try(g); j >= 0 || err != nil {
+			return j, err
+		}
+	}
+	return -1, nil
 }
 
 // policyRules converts a configured policy to the rules policy.Compile takes.
