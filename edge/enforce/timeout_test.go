@@ -119,7 +119,7 @@ func TestTimeoutFirstRequestHead(t *testing.T) {
 		timeoutGet(t, conn, br)
 	})
 	t.Run("ok/first request body slower than ReadHeaderTimeout", func(t *testing.T) {
-		// The head came in one piece: its body is read as a later request's, within IdleTimeout.
+		// The head came in one piece; its body is read with net/http's deadline (none here), not ReadHeaderTimeout.
 		e := timeoutEnv(t, timeoutRHT)
 		conn := rawTLS(t, e, hostA, nil)
 		if _, err := io.WriteString(conn, "POST / HTTP/1.1\r\nHost: "+hostA+"\r\nContent-Length: 4\r\n\r\nab"); err != nil {
