@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -60,7 +61,10 @@ func (s *Server) httpHandler(cfg Config) (http.Handler, error) {
 	if rest {
 		// A process without REST bindings (the projector: gRPC ConfigService only) serves no
 		// gateway and no API description; its other paths are 404.
-		mux.Handle("/", otelhttp.NewHandler(gw, "rest", otelOpts...))
+		// Authentication comes before anything reads a body, and large bodies are decoded a few
+		// at a time: see requireToken and limitDecoding.
+		api := s.requireToken(gw, limitDecoding(gw, make(chan struct{}, maxLargeBodies)))
+		mux.Handle("/", otelhttp.NewHandler(api, "rest", otelOpts...))
 		mux.HandleFunc("GET /openapi.json", serveOpenAPI)
 	}
 	mux.HandleFunc("GET /healthz", serveHealthz)
@@ -133,6 +137,91 @@ func limitBody(next http.Handler) http.Handler {
 		}
 		limited.ServeHTTP(w, r)
 	})
+}
+
+// requireToken answers a request that carries a body with the gateway's 401 before anything reads
+// that body, unless the request's bearer token is valid. The gateway decodes the whole body into
+// the request message before the call reaches the gRPC server's auth interceptor, and decoded JSON
+// can take tens of times its size in memory (about 40 times for {"requests":[{"hostname":{}},...]}),
+// so without this check any client could make the process hold hundreds of MiB per request without
+// a token. The check is the interceptor's own (authenticate, on the metadata the gateway would send
+// from this request), so the answer is the very one the gateway gives once the interceptor has
+// refused the call. The interceptor still authenticates every call the gateway makes; a request
+// with a body and a valid token is thus authenticated twice, and nothing is remembered between
+// the two. Requests without a body (GET, DELETE) have nothing to decode: the gateway passes them
+// on and answers them itself, as before.
+func (s *Server) requireToken(gw *runtime.ServeMux, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx, err := runtime.AnnotateIncomingContext(r.Context(), gw, r, "")
+		if err == nil {
+			_, err = s.authenticate(ctx, r.Method+" "+r.URL.Path)
+		} else {
+			ctx = r.Context() // an invalid header (grpc-timeout): the gateway's answer, without reading the body
+		}
+		if err != nil {
+			_, out := runtime.MarshalerForRequest(gw, r)
+			errorHandler(ctx, gw, out, w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// limitDecoding lets at most cap(slots) requests with a body larger than largeBodySize (or of
+// unknown length) be decoded and served by the gateway at once; the others wait for a slot,
+// holding their raw body only. The body is read before the wait, so that a slow sender holds no
+// slot. Each decoding request can take tens of times its body in memory until its call ends, so
+// this bounds what even authenticated callers can make the process hold.
+func limitDecoding(gw *runtime.ServeMux, slots chan struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength >= 0 && r.ContentLength <= largeBodySize {
+			gw.ServeHTTP(w, r)
+			return
+		}
+		body, readErr := readBody(r)
+		if readErr == nil && len(body) <= largeBodySize {
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			gw.ServeHTTP(w, r)
+			return
+		}
+		// The gateway meets a read error (a body beyond MaxHTTPBodySize, a broken connection) where
+		// it would have met it, after the bytes that came before.
+		r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), errReader{readErr}))
+		select {
+		case slots <- struct{}{}:
+			defer func() { <-slots }()
+		case <-r.Context().Done():
+			_, out := runtime.MarshalerForRequest(gw, r)
+			errorHandler(r.Context(), gw, out, w, r, status.FromContextError(r.Context().Err()).Err())
+			return
+		}
+		gw.ServeHTTP(w, r)
+	})
+}
+
+// readBody reads r's body (which limitBody caps at MaxHTTPBodySize). The error is nil when the
+// whole body was read.
+func readBody(r *http.Request) ([]byte, error) {
+	if r.ContentLength > 0 && r.ContentLength <= MaxHTTPBodySize {
+		buf := make([]byte, r.ContentLength)
+		n, err := io.ReadFull(r.Body, buf)
+		return buf[:n], err
+	}
+	return io.ReadAll(r.Body)
+}
+
+// errReader returns err, or io.EOF when err is nil.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) {
+	if e.err == nil {
+		return 0, io.EOF
+	}
+	return 0, e.err
 }
 
 // challengeWriter sets "WWW-Authenticate: Bearer" on a 401 response (the default handler puts the

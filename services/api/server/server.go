@@ -41,11 +41,19 @@ const (
 	// MaxRecvMsgSize is the largest gRPC request the server accepts (4 MiB: a batch of 1,000
 	// hostnames with their settings fits many times over).
 	MaxRecvMsgSize = 4 << 20
-	// MaxHTTPBodySize is the largest REST request body the gateway reads.
-	MaxHTTPBodySize = 8 << 20
+	// MaxHTTPBodySize is the largest REST request body the gateway reads: no more than
+	// MaxRecvMsgSize, as the request message it decodes to must reach the gRPC server, and the
+	// API's request messages take more room in JSON than in protobuf's encoding.
+	MaxHTTPBodySize = MaxRecvMsgSize
 	// DefaultShutdownTimeout is how long Serve waits for in-flight calls when Config.ShutdownTimeout
 	// is zero.
 	DefaultShutdownTimeout = 10 * time.Second
+
+	// largeBodySize and maxLargeBodies: at most maxLargeBodies REST requests whose body is
+	// larger than largeBodySize (or of unknown length) are decoded and served at once (each may
+	// take tens of times its body in memory until its call ends); see limitDecoding.
+	largeBodySize  = 64 << 10
+	maxLargeBodies = 4
 
 	// maxGatewayRecvMsgSize bounds the responses the gateway reads from the gRPC server.
 	maxGatewayRecvMsgSize = 64 << 20
