@@ -9,6 +9,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -56,6 +57,11 @@ func (s *Server) httpHandler(cfg Config) (http.Handler, error) {
 	if cfg.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelhttp.WithTracerProvider(cfg.TracerProvider))
 	}
+	mp := cfg.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	otelOpts = append(otelOpts, otelhttp.WithMeterProvider(hostlessMeterProvider{mp}))
 
 	mux := http.NewServeMux()
 	if rest {

@@ -2,8 +2,10 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,5 +95,92 @@ func TestMetricsCollision(t *testing.T) {
 		Metrics: http.NotFoundHandler(), ExtraHTTP: map[string]http.Handler{"/metrics": http.NotFoundHandler()}})
 	if err == nil || !strings.Contains(err.Error(), "Config.Metrics") {
 		t.Fatalf("New with Metrics and ExtraHTTP /metrics: %v, want a collision error", err)
+	}
+}
+
+// TestHTTPMetricsIgnoreHost: the REST listener's HTTP metrics are there, by method, route and
+// status code, but not by the client's Host header: requests with ever new Host values (with or
+// without a token, answered or refused) add no time series to /metrics.
+func TestHTTPMetricsIgnoreHost(t *testing.T) {
+	m, err := telemetry.NewMetrics(context.Background(), "guestlist-test", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+	env := startServer(t, func(c *Config) {
+		c.Metrics = m.Handler
+		c.MeterProvider = m.Provider
+	})
+	requests := func(host func() string) {
+		for _, tc := range []struct{ method, path, token, body string }{
+			{"GET", "/v1/tenants/acme", testToken, ""},
+			{"GET", "/v1/tenants/acme", "", ""},
+			{"POST", "/v1/tenants?tenantId=acme", "wrong", `{"displayName":"Acme"}`},
+			{"GET", "/v2/nothing", "", ""},
+		} {
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			req, err := http.NewRequestWithContext(ctxT(t), tc.method, env.base+tc.path, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = host()
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	// The series of HTTP metrics (the lines of their _count).
+	series := func() []string {
+		resp, err := http.Get(env.base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if strings.Contains(string(b), "attacker.example") {
+			t.Errorf("/metrics has a client's Host in a label:\n%s", b)
+		}
+		var out []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "http_server_") && strings.Contains(l, "_count{") {
+				out = append(out, l[:strings.LastIndexByte(l, ' ')])
+			}
+		}
+		return out
+	}
+
+	requests(func() string { return env.srv.HTTPAddr().String() })
+	before := series()
+	var routes, codes bool
+	for _, s := range before {
+		routes = routes || strings.Contains(s, `http_route="/"`)
+		codes = codes || strings.Contains(s, `http_response_status_code="401"`)
+	}
+	if len(before) == 0 || !routes || !codes {
+		t.Fatalf("no HTTP metrics by route and status code:\n%s", strings.Join(before, "\n"))
+	}
+	for _, s := range before {
+		if strings.Contains(s, "server_address") || strings.Contains(s, "server_port") {
+			t.Errorf("HTTP metric labelled with the Host header: %s", s)
+		}
+	}
+	i := 0
+	for range 250 {
+		requests(func() string {
+			i++
+			return fmt.Sprintf("h%d.attacker.example:%d", i, 1+i)
+		})
+	}
+	if after := series(); !slices.Equal(after, before) {
+		t.Errorf("new Host values made new series:\nbefore:\n%s\nafter:\n%s", strings.Join(before, "\n"), strings.Join(after[:min(len(after), 20)], "\n"))
 	}
 }

@@ -95,8 +95,11 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// MeterProvider records the gRPC server's RPC metrics (otelgrpc: rpc.server.call.duration by
 	// service, method and status code; REST calls count too, as the gateway calls the gRPC
-	// server). Only the methods the server registers are measured, so that calls to made-up
-	// method names cannot grow the metrics. Nil means the global provider.
+	// server) and the REST gateway's HTTP metrics (otelhttp: http.server.request.duration and the
+	// body sizes by method, status code and route). Only the methods the server registers are
+	// measured, so that calls to made-up method names cannot grow the metrics, and the HTTP
+	// metrics do without server.address and server.port, which come from the client's Host
+	// header. Nil means the global provider.
 	MeterProvider metric.MeterProvider
 	// Metrics, when set, is served at GET /metrics on the HTTP listener (e.g. telemetry.Metrics'
 	// Handler). Like /healthz it needs no token: it exposes operational counters only, whose
