@@ -44,30 +44,27 @@
 // it is ignored. Revocations are looked at only for a certificate that verified, against every
 // chain it verified through: it is revoked if any of them is.
 //
-// By serial number: serials are unique only among the certificates one CA issued, so what a
-// serial revoked under CA X revokes depends on the certificate of the chain:
+// By serial number: a serial revoked under CA X revokes every certificate of the chain (the leaf
+// or a CA) that X or a CA below X issued with that serial. Serials are unique only among the
+// certificates one CA issued, and a revocation names only X and the serial, so it cannot say
+// whether it means a device or a compromised issuing CA; a tenant can file only under a CA it
+// uploaded, often its root alone, while its clients send the intermediates. The check fails
+// closed and takes both:
 //
-//   - A CA certificate of the chain (an intermediate, or a trusted intermediate that ends the
-//     chain) is revoked by a serial revoked under its direct issuer only (CRL semantics): the CA
-//     of the next certificate of the chain, or, for the chain's last certificate, the hostname's
-//     CA that signed it. A serial revoked under a CA further up does not revoke it.
-//   - The leaf is revoked by a serial revoked under any CA above it, as a tenant can file a
-//     revocation only under a CA it uploaded, often its root alone, while its clients send the
-//     intermediates. The CAs above the leaf are the CAs of the certificates after it, and, among
-//     the hostname's CAs, those that signed one of these CAs (for the chain's last certificate,
-//     the one that signed that certificate), then theirs, and so on. So a chain that ends at a
-//     trusted intermediate is checked against the revocations under the trusted root that
-//     issued it.
+//   - Every certificate of the chain is checked against the serials revoked under every CA above
+//     it: the CAs of the certificates after it, and, among the hostname's CAs, those that signed
+//     one of these CAs (for the chain's last certificate, the one that signed that certificate),
+//     then theirs, and so on. So a chain that ends at a trusted intermediate is checked against
+//     the revocations under the trusted root that issued it, and an issuing CA two levels below
+//     the root is revoked by its serial filed under the root.
 //   - No certificate is checked against the revocations under its own CA: a root's own serial
 //     revoked under the root revokes nothing, and an intermediate's serial revoked under the
 //     intermediate revokes only a leaf of the intermediate with that serial.
 //
-// So a leaf whose serial equals that of its issuing CA, revoked under a root two or more levels
-// above, revokes that leaf alone. But when the root issued the issuing CA itself, the same serial
-// revoked under the root is also the root's revocation of the issuing CA, which revokes all of its
-// leaves: nothing in a revocation tells the two apart. Where a leaf's serial may equal its issuing
-// CA's (CAs that number from 1), upload the issuing CA and file its leaves' revocations under it,
-// or revoke the leaf by fingerprint.
+// The price: a leaf whose serial equals that of a CA between it and X (CAs that number from 1),
+// revoked under X, also revokes that CA and all of its leaves. The 403's reason and the log name
+// the revoked certificate. Where that can happen, upload the issuing CA and file its leaves'
+// revocations under it, or revoke the leaf by fingerprint.
 //
 // X is matched by its subject and public key, not by one certificate: a revocation filed under a
 // certificate of X applies through every certificate of X, trusted or sent by the client (a root

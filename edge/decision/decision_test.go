@@ -98,9 +98,15 @@ func decideCases(p *testPKI) []decideCase {
 		// whose serial equals its issuing CA's, revoked under a root two levels up, revokes that
 		// leaf and not its issuing CA (serials are unique only per issuer; CAs often number from 1).
 		{name: "fail/leaf with its issuing CA's serial, revoked under the root two levels up", cfg: fns(revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepTwin, p.deepInter, p.policyCA), verdict: Deny, reason: ReasonCertificateRevoked},
-		{name: "ok/another leaf of that issuing CA, revocation under the root two levels up", cfg: fns(revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepLeaf, p.deepInter, p.policyCA), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 4},
+		// A serial under the root cannot say whether it means deepTwin or deepInter (equal
+		// serials): both are revoked, failing closed, with every leaf of deepInter.
+		{name: "fail/another leaf of that issuing CA, revocation under the root two levels up, which revokes the CA", cfg: fns(revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepLeaf, p.deepInter, p.policyCA), verdict: Deny, reason: ReasonCertificateRevoked},
+		// A compromised issuing CA two levels below the only uploaded CA is revoked by its serial
+		// filed there.
+		{name: "fail/issuing CA revoked by serial under the root two levels up", cfg: fns(revokeSerial("root", p.deepInter.Cert)), peer: chain(p.deepLeaf, p.deepInter, p.policyCA), verdict: Deny, reason: ReasonCertificateRevoked},
 		{name: "fail/leaf with its issuing CA's serial, revoked under the root, middle CA also trusted", cfg: fns(withCA("policy", p.policyCA), revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepTwin, p.deepInter), verdict: Deny, reason: ReasonCertificateRevoked},
-		{name: "ok/another leaf of that issuing CA, revocation under the root, middle CA also trusted", cfg: fns(withCA("policy", p.policyCA), revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepLeaf, p.deepInter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 3},
+		{name: "fail/another leaf of that issuing CA, revocation under the root, middle CA also trusted, which revokes the CA", cfg: fns(withCA("policy", p.policyCA), revokeSerial("root", p.deepTwin.Cert)), peer: chain(p.deepLeaf, p.deepInter), verdict: Deny, reason: ReasonCertificateRevoked},
+		{name: "ok/another leaf of that issuing CA, the same serial filed under the issuing CA, middle CA also trusted", cfg: fns(withCA("policy", p.policyCA), withCA("deep", p.deepInter), revokeSerial("deep", p.deepTwin.Cert)), peer: chain(p.deepLeaf, p.deepInter), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
 		{name: "fail/issuing CA revoked by serial under its direct issuer, two levels down", cfg: fns(withCA("policy", p.policyCA), revokeSerial("policy", p.deepInter.Cert)), peer: chain(p.deepLeaf, p.deepInter), verdict: Deny, reason: ReasonCertificateRevoked},
 		{name: "fail/middle CA revoked by serial under the root, client sends the whole chain", cfg: fns(revokeSerial("root", p.policyCA.Cert)), peer: chain(p.deepLeaf, p.deepInter, p.policyCA), verdict: Deny, reason: ReasonCertificateRevoked},
 		// Two levels, the issuing CA issued by the root itself: the same revocation (the issuing

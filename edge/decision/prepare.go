@@ -57,10 +57,6 @@ type trust struct {
 	// one certificate: the hostname's CA that signed it, and the CAs above that one; never its own
 	// CA. Set only when serials is not empty.
 	issuers map[string][]caKey
-	// signer maps a CA certificate of the hostname (its DER, as a string) to its direct issuer:
-	// the hostname's CA that signed it, when one did and it is not its own CA. Set only when
-	// serials is not empty.
-	signer map[string]caKey
 	// linkChecks is how many signature checks linkCAs made.
 	linkChecks int
 }
@@ -333,7 +329,7 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 // which could leave out a revocation filed under one of them.
 const maxLinkSignatureChecks = 256
 
-// linkCAs sets t.above, t.issuers and t.signer from the signatures between the hostname's CA
+// linkCAs sets t.above and t.issuers from the signatures between the hostname's CA
 // certificates, whatever their validity. Its lists are in configuration order, so that
 // verification, which reports the first revocation it finds, is deterministic. It makes at most
 // maxLinkSignatureChecks signature checks (counted in t.linkChecks) and returns an error when it
@@ -399,13 +395,11 @@ func (t *trust) linkCAs() error {
 	}
 	t.above = make(map[caKey][]caKey, len(byKey))
 	t.issuers = make(map[string][]caKey)
-	t.signer = make(map[string]caKey)
 	for k, direct := range byKey {
 		t.above[k] = closure(k, direct)
 	}
 	for i, k := range keys {
 		if j := signer[i]; j >= 0 {
-			t.signer[string(t.roots[i].Raw)] = keys[j]
 			t.issuers[string(t.roots[i].Raw)] = closure(k, []caKey{keys[j]})
 		}
 	}

@@ -336,24 +336,22 @@ func (t *trust) pathIgnoringTime(leaf *x509.Certificate, intermediates []*x509.C
 
 // revocation returns an error when a certificate of one of the verified chains is revoked.
 //
-// A serial number is unique only among the certificates one CA issued, so a serial revoked under a
-// CA (any certificate of it: same subject and key) is matched as follows.
+// A serial number is unique only among the certificates one CA issued, and a revocation names only
+// a CA (any certificate of it: same subject and key) and a serial: it cannot say whether it means
+// a leaf or a CA below the one it is filed under. A tenant can file only under the CAs it uploaded
+// (often the root alone, the client sending the intermediates), whether it revokes a device or a
+// compromised issuing CA. So every certificate of the chain, the leaf and each CA, is checked
+// against the serials revoked under every CA above it, failing closed: the CAs of the certificates
+// after it in the chain and, through the hostname's CAs, the CAs above those (for the chain's last
+// certificate, the hostname's CA that signed it, and above; for any other CA of the chain, the
+// hostname's CAs that signed any certificate of that CA, and above). Without the hostname's CAs
+// above the chain, a client could leave out an intermediate the hostname also trusts, end its
+// chain there, and slip past a revocation filed under the root.
 //
-// A CA certificate of the chain (an intermediate, or the chain's last certificate when it is a
-// trusted intermediate) is checked only against the serials revoked under its direct issuer: the
-// CA of the next certificate of the chain, or, for the chain's last certificate, the hostname's CA
-// that signed it. That is what a CRL entry means. Checking it against the CAs further up would take
-// a leaf's revocation filed under the root for that of its issuing CA whenever the two serials are
-// equal (serials are unique only per issuer, and CAs often number from 1), and revoke every leaf
-// of the issuing CA.
-//
-// The leaf is checked against the serials revoked under every CA above it, as a tenant can file a
-// revocation only under a CA it uploaded, often the root alone, while the client sends the
-// intermediates: the CAs of the certificates after it in the chain and, through the hostname's CAs,
-// the CAs above those (for the chain's last certificate, the hostname's CA that signed it, and
-// above; for any other CA of the chain, the hostname's CAs that signed any certificate of that CA,
-// and above). Without the hostname's CAs above the chain, a client could leave out an intermediate
-// the hostname also trusts, end its chain there, and slip past a revocation filed under the root.
+// The price: a leaf's serial revoked under the root also revokes a CA between them that has the
+// same serial (CAs that number their certificates from 1), and with it every leaf of that CA. The
+// error names the certificate, so it shows at once; file such a leaf's revocation under its
+// issuing CA (upload it) or by fingerprint instead.
 //
 // No certificate is checked against its own CA's revocations: a CA's own serial under itself (a
 // self-signed root's, or an intermediate's revoked under the intermediate for one of its leaves)
@@ -378,42 +376,19 @@ func (t *trust) revocation(chains [][]*x509.Certificate) error {
 		for i, c := range chain {
 			keys[i] = keyOf(c)
 		}
-		revokedUnder := func(i int, ca caKey) error {
-			if ca == keys[i] {
-				return nil
+		// From the chain's last certificate to its leaf, above holds the CAs above chain[i].
+		above := t.issuers[string(chain[len(chain)-1].Raw)]
+		for i := len(chain) - 1; i >= 0; i-- {
+			if i < len(chain)-1 {
+				above = append(append(above[:len(above):len(above)], keys[i+1]), t.above[keys[i+1]]...)
 			}
 			serial := certid.SerialNumber(chain[i].SerialNumber)
-			if caID, ok := t.serials[ca][serial]; ok {
-				return fmt.Errorf("certificate %d of the chain (%q, serial number %s, issuer %q) is revoked by serial number under CA %q", i, chain[i].Subject.CommonName, serial, chain[i].Issuer.CommonName, caID)
-			}
-			return nil
-		}
-		last := len(chain) - 1
-		// The CA certificates, from the chain's last one down: under their direct issuer only.
-		for i := last; i >= 1; i-- {
-			issuer, ok := t.signer[string(chain[i].Raw)]
-			if i < last {
-				issuer, ok = keys[i+1], true
-			}
-			if ok {
-				if err := revokedUnder(i, issuer); err != nil {
-					return err
+			for _, k := range above {
+				if k == keys[i] {
+					continue
 				}
-			}
-		}
-		// The leaf: under every CA above it.
-		for _, k := range t.issuers[string(chain[last].Raw)] {
-			if err := revokedUnder(0, k); err != nil {
-				return err
-			}
-		}
-		for i := last; i >= 1; i-- {
-			if err := revokedUnder(0, keys[i]); err != nil {
-				return err
-			}
-			for _, k := range t.above[keys[i]] {
-				if err := revokedUnder(0, k); err != nil {
-					return err
+				if caID, ok := t.serials[k][serial]; ok {
+					return fmt.Errorf("certificate %d of the chain (%q, serial number %s, issuer %q) is revoked by serial number under CA %q", i, chain[i].Subject.CommonName, serial, chain[i].Issuer.CommonName, caID)
 				}
 			}
 		}
