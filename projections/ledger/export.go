@@ -555,6 +555,11 @@ func (v *exportVerifier) finish() Result {
 	if len(v.pending) > 0 {
 		return bad(v.n, 0, "events removed: a signed checkpoint covers %d events, the export has %d", v.pending[len(v.pending)-1].Size, v.n)
 	}
+	if v.n == 0 {
+		// Every tenant's history starts with its creation: an export without events is a file
+		// emptied, or not an export, and there is nothing a signature vouches for.
+		return bad(0, 0, "the export holds no events (a tenant's history starts with its creation, and ends at a signed checkpoint)")
+	}
 	if v.goodSize < v.n {
 		// Without a signature over them, the last events could have been changed or appended by
 		// anyone who rewrote the file: only a signed checkpoint makes them evidence.

@@ -200,6 +200,9 @@ func TestExportTamper(t *testing.T) {
 			changed[k].Data = d
 			return exportLines(t, changed, cps)
 		}, 0}, // checked below: the first event after the last good checkpoint
+		{"keep only the tenant line", func(ls []string) []string {
+			return ls[:1]
+		}, 0},
 		{"drop the tail", func(ls []string) []string {
 			i := findEventLine(t, ls, cpAt.Size-1)
 			var out []string
