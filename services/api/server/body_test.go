@@ -313,3 +313,80 @@ func TestRESTLargeBodiesDecodedFewAtATime(t *testing.T) {
 		t.Errorf("%d requests in the gateway at once, want at most %d large ones and the small one", p, maxLargeBodies)
 	}
 }
+
+// TestRESTDecodingSlotsCannotBeHeld: a client cannot keep the large-body slots from others. A
+// request gives its slot back once its response starts (a client that does not read its answer
+// holds none); requests whose method no binding decodes a body for take none; and a request that
+// finds every slot taken gets UNAVAILABLE after slotWait instead of waiting for ever.
+func TestRESTDecodingSlotsCannotBeHeld(t *testing.T) {
+	release := make(chan struct{})
+	answered := make(chan struct{}, 64)
+	held := make(chan struct{}, 64)
+	env := startServer(t, func(c *Config) {
+		c.Services[0].RegisterGateway = func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
+			// Answers at once, then keeps writing its response until released (a large answer to
+			// a client that does not read it).
+			if err := mux.HandlePath("POST", "/v1/test/answer-then-hold", func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.WriteHeader(http.StatusOK)
+				answered <- struct{}{}
+				<-release
+			}); err != nil {
+				return err
+			}
+			// Holds its slot while its call runs.
+			if err := mux.HandlePath("POST", "/v1/test/hold", func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				held <- struct{}{}
+				<-release
+			}); err != nil {
+				return err
+			}
+			return mux.HandlePath("GET", "/v1/test/get", func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+				w.WriteHeader(http.StatusOK)
+			})
+		}
+	})
+	defer close(release)
+	send := func(method, path string) int {
+		req, err := http.NewRequestWithContext(ctxT(t), method, env.base+path, io.MultiReader(bytes.NewReader(createBody(largeBodySize+1))))
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0 // the background requests end with the test
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitFor := func(ch chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s did not happen", what)
+		}
+	}
+	// Answered, then stuck writing: they hold no slot, so as many again get into the gateway.
+	for range maxLargeBodies {
+		go send("POST", "/v1/test/answer-then-hold")
+		waitFor(answered, "a large request answering")
+	}
+	for range maxLargeBodies {
+		go send("POST", "/v1/test/hold")
+		waitFor(held, "a large request reaching the gateway while others write their answers")
+	}
+	// Every slot is taken now. A GET with a large body takes none.
+	if code := send("GET", "/v1/test/get"); code != http.StatusOK {
+		t.Errorf("GET with a large body while the slots are taken: %d, want 200", code)
+	}
+	// A large POST waits slotWait at most.
+	defer func(w time.Duration) { slotWait = w }(slotWait)
+	slotWait = 100 * time.Millisecond
+	if code := send("POST", "/v1/test/hold"); code != http.StatusServiceUnavailable {
+		t.Errorf("large request finding every slot taken: %d, want 503", code)
+	}
+}

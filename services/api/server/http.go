@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -179,12 +181,20 @@ func (s *Server) requireToken(gw *runtime.ServeMux, next http.Handler) http.Hand
 
 // limitDecoding lets at most cap(slots) requests with a body larger than largeBodySize (or of
 // unknown length) be decoded and served by the gateway at once; the others wait for a slot,
-// holding their raw body only. The body is read before the wait, so that a slow sender holds no
-// slot. Each decoding request can take tens of times its body in memory until its call ends, so
-// this bounds what even authenticated callers can make the process hold.
+// holding their raw body only, for at most slotWait (then UNAVAILABLE). The body is read before
+// the wait, so that a slow sender holds no slot, and the slot is given back when the response
+// starts, so that a client that does not read its answer holds none either. Each decoding request
+// can take tens of times its body in memory until its call ends, so this bounds what even
+// authenticated callers can make the process hold. GET, HEAD, DELETE and OPTIONS take no slot: no
+// binding decodes their body (net/http discards it).
 func limitDecoding(gw *runtime.ServeMux, slots chan struct{}) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength >= 0 && r.ContentLength <= largeBodySize {
+			gw.ServeHTTP(w, r)
+			return
+		}
+		switch r.Method {
+		case http.MethodGet, http.MethodHead, http.MethodDelete, http.MethodOptions:
 			gw.ServeHTTP(w, r)
 			return
 		}
@@ -197,9 +207,17 @@ func limitDecoding(gw *runtime.ServeMux, slots chan struct{}) http.Handler {
 		// The gateway meets a read error (a body beyond MaxHTTPBodySize, a broken connection) where
 		// it would have met it, after the bytes that came before.
 		r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), errReader{readErr}))
+		wait := time.NewTimer(slotWait)
+		defer wait.Stop()
 		select {
 		case slots <- struct{}{}:
-			defer func() { <-slots }()
+			rw := &releaseOnWrite{ResponseWriter: w, release: func() { <-slots }}
+			defer rw.done()
+			w = rw
+		case <-wait.C:
+			_, out := runtime.MarshalerForRequest(gw, r)
+			errorHandler(r.Context(), gw, out, w, r, status.Errorf(codes.Unavailable, "too many large requests at once; retry in a moment"))
+			return
 		case <-r.Context().Done():
 			_, out := runtime.MarshalerForRequest(gw, r)
 			errorHandler(r.Context(), gw, out, w, r, status.FromContextError(r.Context().Err()).Err())
@@ -208,6 +226,42 @@ func limitDecoding(gw *runtime.ServeMux, slots chan struct{}) http.Handler {
 		gw.ServeHTTP(w, r)
 	})
 }
+
+// slotWait is how long a large request waits for a decoding slot (see limitDecoding).
+var slotWait = 10 * time.Second
+
+// releaseOnWrite gives back a decoding slot when the response starts (its call has ended) or,
+// failing that, when the request is done.
+type releaseOnWrite struct {
+	http.ResponseWriter
+	once    sync.Once
+	release func()
+}
+
+func (w *releaseOnWrite) done() { w.once.Do(w.release) }
+
+// WriteHeader gives the slot back, then writes the header.
+func (w *releaseOnWrite) WriteHeader(code int) {
+	w.done()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Write gives the slot back, then writes p.
+func (w *releaseOnWrite) Write(p []byte) (int, error) {
+	w.done()
+	return w.ResponseWriter.Write(p)
+}
+
+// Flush gives the slot back, then flushes, when the underlying writer can.
+func (w *releaseOnWrite) Flush() {
+	w.done()
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap returns the underlying writer (for http.ResponseController).
+func (w *releaseOnWrite) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // readBody reads r's body (which limitBody caps at MaxHTTPBodySize). The error is nil when the
 // whole body was read.
