@@ -299,7 +299,13 @@ func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("edge CA: %w", err)
 	}
-	dlog, err := decisionlog.Open(o.DecisionLog)
+	// In the data directory (the default), a symbolic link is refused: it would be a planted one.
+	// A path the operator chose elsewhere (/dev/stdout, say) is opened as given.
+	open := decisionlog.Open
+	if filepath.Dir(filepath.Clean(o.DecisionLog)) == filepath.Dir(filepath.Clean(o.StatePath)) {
+		open = decisionlog.OpenNoFollow
+	}
+	dlog, err := open(o.DecisionLog)
 	if err != nil {
 		return nil, fmt.Errorf("decision log: %w", err)
 	}

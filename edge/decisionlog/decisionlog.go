@@ -141,14 +141,27 @@ func New(w io.Writer) *Log {
 }
 
 // Open returns a Log appending to the file at path, created with mode 0600 if needed, or writing
-// to standard output when path is "-". Close closes the file (never standard output).
-//
-// A symbolic link at path is refused, not followed: whoever could put one in the log's directory
-// would otherwise have the edge append to a file of their choosing (with the edge's rights). The
-// file is opened through an [os.Root] on its directory, which opens the last component with
-// O_NOFOLLOW on Unix and never leaves the directory, so a link swapped in at that moment cannot
-// lead outside it either; one that leads to another file in the directory is refused right after.
+// to standard output when path is "-". Close closes the file (never standard output). A symbolic
+// link at path is followed (an operator's --decision-log /dev/stdout); see OpenNoFollow for a path
+// in a directory someone else could have put a link in.
 func Open(path string) (*Log, error) {
+	if path == "-" {
+		return newLog(os.Stdout, nil), nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("decisionlog: open %s: %w", path, err)
+	}
+	return newLog(f, f), nil
+}
+
+// OpenNoFollow is Open, refusing a symbolic link at path instead of following it: whoever could
+// put one in the log's directory would otherwise have the edge append to a file of their choosing
+// (with the edge's rights). The file is opened through an [os.Root] on its directory, which opens
+// the last component with O_NOFOLLOW on Unix and never leaves the directory, so a link swapped in
+// at that moment cannot lead outside it either; one that leads to another file in the directory is
+// refused right after.
+func OpenNoFollow(path string) (*Log, error) {
 	if path == "-" {
 		return newLog(os.Stdout, nil), nil
 	}
@@ -159,11 +172,11 @@ func Open(path string) (*Log, error) {
 	return newLog(f, f), nil
 }
 
-// errSymlink is why Open refuses a symbolic link.
+// errSymlink is why OpenNoFollow refuses a symbolic link.
 var errSymlink = errors.New("the decision log is a symbolic link, which is not followed: give the file's own path, or remove the link")
 
 // openAppend opens the file at path for appending (created with mode 0600), refusing a symbolic
-// link (see Open).
+// link (see OpenNoFollow).
 func openAppend(path string) (*os.File, error) {
 	dir, name := filepath.Split(path)
 	if dir == "" {

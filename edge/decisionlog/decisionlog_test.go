@@ -276,7 +276,7 @@ func TestOpenFile(t *testing.T) {
 	}
 }
 
-// TestOpenRefusesSymlink: a decision log path that is a symbolic link is refused, whether it leads
+// TestOpenRefusesSymlink: OpenNoFollow refuses a decision log path that is a symbolic link, whether it leads
 // out of the directory (an existing file, or one that does not exist yet) or to another file in
 // it, and nothing is written or created through it.
 func TestOpenRefusesSymlink(t *testing.T) {
@@ -295,7 +295,7 @@ func TestOpenRefusesSymlink(t *testing.T) {
 		if err := os.Symlink(target, path); err != nil {
 			t.Skipf("symbolic links: %v", err)
 		}
-		l, err := Open(path)
+		l, err := OpenNoFollow(path)
 		if err == nil {
 			_ = l.Write(sample())
 			_ = l.Close()
@@ -433,3 +433,27 @@ func BenchmarkNewID(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestOpenFollowsSymlink: Open, for a path the operator chose, follows a symbolic link
+// (--decision-log /dev/stdout in a container).
+func TestOpenFollowsSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target.jsonl")
+	link := filepath.Join(dir, "decisions.jsonl")
+	if err := os.Symlink(target, link); err != nil {
+		t.Skipf("symbolic links: %v", err)
+	}
+	l, err := Open(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Write(sample()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(target); len(b) == 0 {
+		t.Error("nothing was written through the link")
+	}
+}
