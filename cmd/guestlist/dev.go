@@ -240,10 +240,12 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 	slog.SetDefault(logger)
 	defer slog.SetDefault(prev)
 
-	if err := ensurePrivateDir(*dataDir, "data directory"); err != nil {
+	resolved, err := ensurePrivateDir(*dataDir, "data directory")
+	if err != nil {
 		logger.Error("data directory", "dir", *dataDir, "error", err)
 		return exitError
 	}
+	*dataDir = resolved
 	tok, src, err := adminToken(*dataDir, token.token)
 	if err != nil {
 		logger.Error("admin token", "error", err)

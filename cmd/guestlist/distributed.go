@@ -87,11 +87,13 @@ func (f *roleFlags) setUp(ctx context.Context, service string, stderr io.Writer)
 		}
 		slog.SetDefault(prev)
 	}
-	if err := ensurePrivateDir(*f.dataDir, "data directory"); err != nil {
+	resolved, err := ensurePrivateDir(*f.dataDir, "data directory")
+	if err != nil {
 		logger.Error("data directory", "dir", *f.dataDir, "error", err)
 		env.done()
 		return env, false
 	}
+	*f.dataDir = resolved
 	m, err := telemetry.SetupMetrics(ctx, service, env.ver, telemetry.Instance(f.instance)...)
 	if err != nil {
 		logger.Error("set up metrics", "error", err)

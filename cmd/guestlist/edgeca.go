@@ -15,7 +15,8 @@ const edgeCALockFile = ".lock"
 // or created, keeps edges that start together from creating two different CAs. dir must be private
 // (ensurePrivateDir), and servercert refuses a CA key that others own or may read.
 func loadEdgeCA(dir string) (*servercert.CA, error) {
-	if err := ensurePrivateDir(dir, "edge CA directory"); err != nil {
+	dir, err := ensurePrivateDir(dir, "edge CA directory")
+	if err != nil {
 		return nil, err
 	}
 	unlock, err := lockFile(filepath.Join(dir, edgeCALockFile))

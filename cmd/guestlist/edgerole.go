@@ -100,12 +100,6 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 		}
 		*edgeID = h
 	}
-	if *caDir == "" {
-		*caDir = filepath.Join(*rf.dataDir, edgeCADir)
-	}
-	if *decisionLog == "" {
-		*decisionLog = filepath.Join(*rf.dataDir, decisionsFile)
-	}
 	// Tracing too: each configuration update is a span of the change's trace. The edge id tells
 	// this edge's metrics and spans from the other edges'.
 	rf.instance = *edgeID
@@ -114,6 +108,13 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 		return exitError
 	}
 	defer renv.done()
+	// In the data directory as setUp resolved it (see ensurePrivateDir).
+	if *caDir == "" {
+		*caDir = filepath.Join(*rf.dataDir, edgeCADir)
+	}
+	if *decisionLog == "" {
+		*decisionLog = filepath.Join(*rf.dataDir, decisionsFile)
+	}
 	cfg := edgeConfig{
 		DataDir: *rf.dataDir, EdgeID: *edgeID, EdgeAddr: edgeAddr.addr, HTTPAddr: rf.httpAddr.addr,
 		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token, OriginAllow: originAllow.policy.WithDeny(originDeny.entries...),

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 )
 
 // The data directory holds secrets (the admin token, the checkpoint key, the edge CA key) and
@@ -17,12 +18,18 @@ import (
 
 // ensurePrivateDir creates dir (mode 0700, with its parents) when it does not exist, and refuses
 // it, whether new or not, when checkPrivateDir does. what names the directory in errors ("data
-// directory").
-func ensurePrivateDir(dir, what string) error {
+// directory"). It returns the directory's path with symbolic links resolved, which is the one
+// checked: the caller uses it from then on, so that a link at dir swapped for another directory
+// after the check (by whoever owns the link) leads nowhere the process will write.
+func ensurePrivateDir(dir, what string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create the %s: %w", what, err)
+		return "", fmt.Errorf("create the %s: %w", what, err)
 	}
-	return checkPrivateDir(dir, what)
+	resolved, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", fmt.Errorf("the %s: %w", what, err)
+	}
+	return resolved, checkPrivateDir(resolved, what)
 }
 
 // readPrivateFile reads the secret file at path (see openPrivateFile). what names it in errors

@@ -339,3 +339,48 @@ func TestDevRefusesThePlantedDataDir(t *testing.T) {
 		t.Errorf("stderr does not name the directory and its mode:\n%s", stderr)
 	}
 }
+
+// TestEnsurePrivateDirResolvesLinks: a data directory given as a symbolic link is checked, and
+// used, as the directory it leads to when checked; swapping the link afterwards (for a directory
+// others may write to) changes nothing the process writes.
+func TestEnsurePrivateDirResolvesLinks(t *testing.T) {
+	base := t.TempDir()
+	target := filepath.Join(base, "target")
+	if err := os.Mkdir(target, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "data")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	resolved, err := ensurePrivateDir(link, "data directory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := filepath.EvalSymlinks(target)
+	if resolved != want {
+		t.Fatalf("ensurePrivateDir(%s) = %s, want %s", link, resolved, want)
+	}
+	loose := filepath.Join(base, "loose")
+	if err := os.Mkdir(loose, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(loose, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(loose, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ensurePrivateDir(link, "data directory"); err == nil {
+		t.Error("the link, now to a directory others may write to, was accepted")
+	}
+	if err := os.WriteFile(filepath.Join(resolved, "x"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(loose, "x")); err == nil {
+		t.Error("a file written with the resolved path went through the swapped link")
+	}
+}

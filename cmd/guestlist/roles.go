@@ -195,7 +195,8 @@ func (p *parts) addControlPlane(ctx context.Context, store eventstore.Store, o c
 // follows symbolic links and checks no mode, so a key planted by someone else would sign the
 // tenants' checkpoints.
 func loadCheckpointKey(dir string) (*ledger.Signer, error) {
-	if err := ensurePrivateDir(dir, "checkpoint key directory"); err != nil {
+	dir, err := ensurePrivateDir(dir, "checkpoint key directory")
+	if err != nil {
 		return nil, fmt.Errorf("checkpoint key: %w", err)
 	}
 	if err := checkPrivateFile(filepath.Join(dir, ledger.PrivateKeyFile), "checkpoint key"); err != nil && !errors.Is(err, fs.ErrNotExist) {
