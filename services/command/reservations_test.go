@@ -39,6 +39,16 @@ func newService(t *testing.T, grace time.Duration) (*Service, eventstore.Store) 
 
 var admin = auth.NewContext(context.Background(), auth.Principal{Role: auth.RoleAdmin})
 
+// createTenants creates the tenants ids.
+func createTenants(t *testing.T, s *Service, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func createHostname(s *Service, tenant, name string) error {
 	return createHostnameCtx(admin, s, tenant, name)
 }
@@ -76,11 +86,7 @@ func TestAbandonedReservation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, id := range []string{"acme", "globex"} {
-				if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			createTenants(t, s, "acme", "globex")
 			if tc.created {
 				if err := createHostname(s, "acme", "pay.example.com"); err != nil {
 					t.Fatal(err)
@@ -123,11 +129,7 @@ func (g *gatedStore) Append(ctx context.Context, stream string, expected eventst
 // given the last writer's origin and CAs).
 func TestCreateGivenUpKeepsItsReservation(t *testing.T) {
 	s, store := newService(t, time.Hour)
-	for _, id := range []string{"acme", "globex"} {
-		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createTenants(t, s, "acme", "globex")
 	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
 	gs, err := New(Config{Store: g, ReservationGrace: time.Hour})
 	if err != nil {
@@ -160,11 +162,7 @@ func TestCreateGivenUpKeepsItsReservation(t *testing.T) {
 // with no reservation behind it and another tenant could create it too.
 func TestDeleteDoesNotReleaseANewerReservation(t *testing.T) {
 	s, store := newService(t, time.Hour)
-	for _, id := range []string{"acme", "globex"} {
-		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createTenants(t, s, "acme", "globex")
 	if err := createHostname(s, "acme", "pay.example.com"); err != nil {
 		t.Fatal(err)
 	}
@@ -223,11 +221,7 @@ func TestDeleteDoesNotReleaseANewerReservation(t *testing.T) {
 // tenant's own reservation gives back nothing.
 func TestFailedCreationReleases(t *testing.T) {
 	s, _ := newService(t, time.Hour)
-	for _, id := range []string{"acme", "globex"} {
-		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createTenants(t, s, "acme", "globex")
 	if err := createHostname(s, "globex", "taken.example.com"); err != nil {
 		t.Fatal(err)
 	}
@@ -355,11 +349,7 @@ func queueBehindAStalledBatch(t *testing.T, gs *Service, g *gatedStore, run func
 // batch is certainly not stored, and gives back its reservation at once.
 func TestCreationGivenUpWhileQueued(t *testing.T) {
 	s, store := newService(t, time.Hour)
-	for _, id := range []string{"acme", "globex"} {
-		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createTenants(t, s, "acme", "globex")
 	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
 	gs, err := New(Config{Store: g, ReservationGrace: time.Hour})
 	if err != nil {
@@ -387,11 +377,7 @@ func TestCreationGivenUpWhileQueued(t *testing.T) {
 func TestCreationPastHalfTheGraceIsAborted(t *testing.T) {
 	const grace = 200 * time.Millisecond
 	s, store := newService(t, time.Hour)
-	for _, id := range []string{"acme", "globex"} {
-		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createTenants(t, s, "acme", "globex")
 	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
 	gs, err := New(Config{Store: g, ReservationGrace: grace})
 	if err != nil {
