@@ -164,7 +164,10 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 	if err := rf.checkDataDir(); err != nil {
 		return flagError(fs, err, stderr)
 	}
-	if *store == "" {
+	// The defaults in the data directory are set again once setUp has resolved its path (see
+	// ensurePrivateDir); these are for checking the flags.
+	defaultStore, defaultKeyDir := *store == "", *keyDir == ""
+	if defaultStore {
 		*store = "bolt://" + filepath.Join(*rf.dataDir, eventsFile)
 	}
 	parsed, err := storeurl.Parse(*store)
@@ -177,15 +180,18 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 	if *withProjector && edgeToken.token == "" {
 		return flagError(fs, errors.New("--edge-token is required with --projector: it is the bearer token edges present to the ConfigService"), stderr)
 	}
-	if *keyDir == "" {
-		*keyDir = filepath.Join(*rf.dataDir, ledgerKeyDir)
-	}
 
 	renv, ok := rf.setUp(ctx, "guestlist-api", stderr)
 	if !ok {
 		return exitError
 	}
 	defer renv.done()
+	if defaultStore {
+		*store = "bolt://" + filepath.Join(*rf.dataDir, eventsFile)
+	}
+	if defaultKeyDir {
+		*keyDir = filepath.Join(*rf.dataDir, ledgerKeyDir)
+	}
 	logger := renv.logger
 	if !*withProjector && edgeToken.token != "" {
 		logger.Warn("--edge-token is ignored without --projector: this process serves no ConfigService")

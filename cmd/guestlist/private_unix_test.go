@@ -384,3 +384,59 @@ func TestEnsurePrivateDirResolvesLinks(t *testing.T) {
 		t.Error("a file written with the resolved path went through the swapped link")
 	}
 }
+
+// TestSameDir: the decision log's directory is recognised as the data directory whatever the
+// form of either path, so the log there never follows a symbolic link (see addEdge).
+func TestSameDir(t *testing.T) {
+	base := t.TempDir()
+	data := filepath.Join(base, "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "link")
+	if err := os.Symlink(data, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(base)
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{data, data + "/", true},
+		{"data", data, true},
+		{"./data/../data", data, true},
+		{link, data, true},
+		{"link", "data", true},
+		{base, data, false},
+		{"/dev", data, false},
+	} {
+		if got := sameDir(tc.a, tc.b); got != tc.want {
+			t.Errorf("sameDir(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
+// TestAPIRoleUsesTheResolvedDataDir: "guestlist api --data-dir LINK" puts its default event store
+// and checkpoint key directory in the directory the link led to when it was checked, as it does
+// the rest (see ensurePrivateDir).
+func TestAPIRoleUsesTheResolvedDataDir(t *testing.T) {
+	base := t.TempDir()
+	target := filepath.Join(base, "target")
+	if err := os.Mkdir(target, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "data")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	resolved, _ := filepath.EvalSymlinks(target)
+	got, called := captureRole(t, &runAPIRole)
+	code, _, stderr := runCmd(t, nil, "api", "--data-dir", link, "--projector", "--edge-token", strings.Repeat("e", 32),
+		"--admin-token", strings.Repeat("a", 32), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0")
+	if *called != 1 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if got.DataDir != resolved || got.Store != "bolt://"+filepath.Join(resolved, eventsFile) || got.CheckpointKeyDir != filepath.Join(resolved, ledgerKeyDir) {
+		t.Errorf("data dir %s, store %s, checkpoint key dir %s; want all in %s", got.DataDir, got.Store, got.CheckpointKeyDir, resolved)
+	}
+}

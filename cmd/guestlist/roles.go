@@ -209,6 +209,22 @@ func loadCheckpointKey(dir string) (*ledger.Signer, error) {
 	return signer, nil
 }
 
+// sameDir reports whether the directories a and b are one, whatever the form of their paths
+// (relative or absolute, through symbolic links); a path that cannot be resolved is compared as
+// an absolute path.
+func sameDir(a, b string) bool {
+	resolve := func(p string) string {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			p = r
+		}
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs
+		}
+		return filepath.Clean(p)
+	}
+	return resolve(a) == resolve(b)
+}
+
 // addProjector adds the projector on store, with its read model in dataDir, and the ConfigService
 // that streams it to edges; authorize decides who may watch (see distribute.WithAuthorize).
 func (p *parts) addProjector(store eventstore.Store, dataDir string, logger *slog.Logger, authorize func(context.Context) error) (*distribute.Server, error) {
@@ -303,7 +319,7 @@ func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 	// In the data directory (the default), a symbolic link is refused: it would be a planted one.
 	// A path the operator chose elsewhere (/dev/stdout, say) is opened as given.
 	open := decisionlog.Open
-	if filepath.Dir(filepath.Clean(o.DecisionLog)) == filepath.Dir(filepath.Clean(o.StatePath)) {
+	if sameDir(filepath.Dir(o.DecisionLog), filepath.Dir(o.StatePath)) {
 		open = decisionlog.OpenNoFollow
 	}
 	dlog, err := open(o.DecisionLog)
