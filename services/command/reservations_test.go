@@ -107,6 +107,20 @@ func TestAbandonedReservation(t *testing.T) {
 	}
 }
 
+// gatedService returns a service s on a store with the tenants acme and globex, and a service
+// gs on the same store through g, whose appends to tenant streams wait for permits.
+func gatedService(t *testing.T, grace time.Duration) (s, gs *Service, g *gatedStore) {
+	t.Helper()
+	s, store := newService(t, time.Hour)
+	createTenants(t, s, "acme", "globex")
+	g = &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
+	gs, err := New(Config{Store: g, ReservationGrace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, gs, g
+}
+
 // gatedStore is a real store whose appends to tenant streams each wait for a permit: a slow disk
 // under commands whose callers give up meanwhile.
 type gatedStore struct {
@@ -128,13 +142,7 @@ func (g *gatedStore) Append(ctx context.Context, stream string, expected eventst
 // or another tenant could create the same hostname (two tenants owning one name, and the edges
 // given the last writer's origin and CAs).
 func TestCreateGivenUpKeepsItsReservation(t *testing.T) {
-	s, store := newService(t, time.Hour)
-	createTenants(t, s, "acme", "globex")
-	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
-	gs, err := New(Config{Store: g, ReservationGrace: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, gs, g := gatedService(t, time.Hour)
 	// The creation queues behind a command of acme whose append waits, goes into the next batch,
 	// and its caller gives up while that batch is being stored.
 	ctx, cancel := context.WithCancel(admin)
@@ -348,13 +356,7 @@ func queueBehindAStalledBatch(t *testing.T, gs *Service, g *gatedStore, run func
 // TestCreationGivenUpWhileQueued: a creation whose caller gives up while it still waits for its
 // batch is certainly not stored, and gives back its reservation at once.
 func TestCreationGivenUpWhileQueued(t *testing.T) {
-	s, store := newService(t, time.Hour)
-	createTenants(t, s, "acme", "globex")
-	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
-	gs, err := New(Config{Store: g, ReservationGrace: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, gs, g := gatedService(t, time.Hour)
 	ctx, cancel := context.WithCancel(admin)
 	createErr := make(chan error, 1)
 	unstall := queueBehindAStalledBatch(t, gs, g, func() { createErr <- createHostnameCtx(ctx, gs, "acme", "pay.example.com") })
@@ -376,13 +378,7 @@ func TestCreationGivenUpWhileQueued(t *testing.T) {
 // can meet it on its way; its fresh reservation is given back.
 func TestCreationPastHalfTheGraceIsAborted(t *testing.T) {
 	const grace = 200 * time.Millisecond
-	s, store := newService(t, time.Hour)
-	createTenants(t, s, "acme", "globex")
-	g := &gatedStore{Store: store, waiting: make(chan struct{}), permits: make(chan struct{})}
-	gs, err := New(Config{Store: g, ReservationGrace: grace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, gs, g := gatedService(t, grace)
 	createErr := make(chan error, 1)
 	unstall := queueBehindAStalledBatch(t, gs, g, func() { createErr <- createHostname(gs, "acme", "pay.example.com") })
 	time.Sleep(grace/2 + 20*time.Millisecond)
