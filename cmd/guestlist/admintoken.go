@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"guestlist.dev/edge/privatefile"
 )
 
 // adminTokenFile is the name of the admin token's file in the data directory.
@@ -105,9 +107,9 @@ func isPlaceholderToken(tok string) bool {
 }
 
 // readAdminToken reads the token file at path, refusing a symbolic link, a file that another user
-// owns or that others may read (readPrivateFile), and one that holds no usable token.
+// owns or that others may read (privatefile.ReadFile), and one that holds no usable token.
 func readAdminToken(path string) (string, error) {
-	b, err := readPrivateFile(path, "admin token file")
+	b, err := privatefile.ReadFile(path, "admin token file")
 	if err != nil {
 		return "", err
 	}

@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+
+	"guestlist.dev/edge/privatefile"
 )
 
 // The data directory holds secrets (the admin token, the checkpoint key, the edge CA key) and
@@ -12,12 +13,11 @@ import (
 // edge appends its decision log there. Whoever can write to it could plant their own token or
 // keys, or a symbolic link that makes the process write elsewhere, so every role refuses to start
 // on a directory that another user owns or that its group or others may write to, and reads its
-// secrets without following symbolic links, refusing files that others own or may read. The
-// checks are those of Unix file modes (private_unix.go); elsewhere (Windows) only symbolic links
-// are refused (private_other.go).
+// secrets without following symbolic links, refusing files that others own or may read (package
+// privatefile).
 
 // ensurePrivateDir creates dir (mode 0700, with its parents) when it does not exist, and refuses
-// it, whether new or not, when checkPrivateDir does. what names the directory in errors ("data
+// it, whether new or not, when privatefile.CheckDir does. what names the directory in errors ("data
 // directory"). It returns the directory's path with symbolic links resolved, which is the one
 // checked: the caller uses it from then on, so that a link at dir swapped for another directory
 // after the check (by whoever owns the link) leads nowhere the process will write.
@@ -29,30 +29,5 @@ func ensurePrivateDir(dir, what string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("the %s: %w", what, err)
 	}
-	return resolved, checkPrivateDir(resolved, what)
-}
-
-// readPrivateFile reads the secret file at path (see openPrivateFile). what names it in errors
-// ("admin token file"). A missing file is an error that wraps fs.ErrNotExist.
-func readPrivateFile(path, what string) ([]byte, error) {
-	f, err := openPrivateFile(path, what)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, fmt.Errorf("read the %s %s: %w", what, path, err)
-	}
-	return b, nil
-}
-
-// checkPrivateFile checks the secret file at path as readPrivateFile would read it, without
-// reading it. A missing file is an error that wraps fs.ErrNotExist.
-func checkPrivateFile(path, what string) error {
-	f, err := openPrivateFile(path, what)
-	if err != nil {
-		return err
-	}
-	return f.Close()
+	return resolved, privatefile.CheckDir(resolved, what)
 }

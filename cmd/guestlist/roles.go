@@ -28,6 +28,7 @@ import (
 	"guestlist.dev/edge/echo"
 	"guestlist.dev/edge/egress"
 	"guestlist.dev/edge/enforce"
+	"guestlist.dev/edge/privatefile"
 	"guestlist.dev/edge/servercert"
 	"guestlist.dev/edge/watch"
 	"guestlist.dev/projections/audit"
@@ -191,7 +192,7 @@ func (p *parts) addControlPlane(ctx context.Context, store eventstore.Store, o c
 
 // loadCheckpointKey loads the key that signs checkpoints from dir, or creates it there. dir must
 // be private (ensurePrivateDir; created when missing), and an existing key a regular file of the
-// process's user that others may not read (checkPrivateFile): ledger.LoadOrCreateKey itself
+// process's user that others may not read (privatefile.Check): ledger.LoadOrCreateKey itself
 // follows symbolic links and checks no mode, so a key planted by someone else would sign the
 // tenants' checkpoints.
 func loadCheckpointKey(dir string) (*ledger.Signer, error) {
@@ -199,7 +200,7 @@ func loadCheckpointKey(dir string) (*ledger.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint key: %w", err)
 	}
-	if err := checkPrivateFile(filepath.Join(dir, ledger.PrivateKeyFile), "checkpoint key"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := privatefile.Check(filepath.Join(dir, ledger.PrivateKeyFile), "checkpoint key"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
 	signer, err := ledger.LoadOrCreateKey(dir)

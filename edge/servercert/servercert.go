@@ -33,6 +33,8 @@ import (
 	"time"
 
 	"guestlist.dev/edge/dnsname"
+
+	"guestlist.dev/edge/privatefile"
 )
 
 // File names inside the CA directory.
@@ -111,12 +113,12 @@ func LoadOrCreateCA(dir string, opts ...Option) (*CA, error) {
 	for _, o := range opts {
 		o(ca)
 	}
-	if err := checkPrivateDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := privatefile.CheckDir(dir, "CA directory"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("servercert: %w", err)
 	}
 	certPath, keyPath := filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile)
 	certPEM, certErr := os.ReadFile(certPath)
-	keyPEM, keyErr := readKeyFile(keyPath)
+	keyPEM, keyErr := privatefile.ReadFile(keyPath, "CA key")
 	switch {
 	case errors.Is(certErr, fs.ErrNotExist) && errors.Is(keyErr, fs.ErrNotExist):
 		if err := ca.create(certPath, keyPath); err != nil {
@@ -140,7 +142,7 @@ func (ca *CA) create(certPath, keyPath string) error {
 	if err := os.MkdirAll(ca.dir, 0o700); err != nil {
 		return fmt.Errorf("servercert: create CA directory: %w", err)
 	}
-	if err := checkPrivateDir(ca.dir); err != nil {
+	if err := privatefile.CheckDir(ca.dir, "CA directory"); err != nil {
 		return fmt.Errorf("servercert: %w", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

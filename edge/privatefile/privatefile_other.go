@@ -1,6 +1,6 @@
 //go:build !unix
 
-package main
+package privatefile
 
 import (
 	"errors"
@@ -9,9 +9,9 @@ import (
 	"os"
 )
 
-// checkPrivateDir checks that dir is a directory. File modes and owners are not checked where
+// CheckDir checks that dir is a directory. File modes and owners are not checked where
 // they are not Unix's (Windows keeps access in ACLs).
-func checkPrivateDir(dir, what string) error {
+func CheckDir(dir, what string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("the %s: %w", what, err)
@@ -22,9 +22,9 @@ func checkPrivateDir(dir, what string) error {
 	return nil
 }
 
-// openPrivateFile opens the secret file at path for reading, refusing a symbolic link or a file
-// that is not regular.
-func openPrivateFile(path, what string) (*os.File, error) {
+// Open opens the secret file at path for reading, refusing a symbolic link or a file that is not
+// regular. A missing file is an error that wraps fs.ErrNotExist.
+func Open(path, what string) (*os.File, error) {
 	li, err := os.Lstat(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {

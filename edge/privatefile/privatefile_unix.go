@@ -1,6 +1,6 @@
 //go:build unix
 
-package main
+package privatefile
 
 import (
 	"errors"
@@ -10,11 +10,11 @@ import (
 	"syscall"
 )
 
-// checkPrivateDir refuses the directory dir when it is not owned by the process's (effective) user
-// or when its group or others may write to it (a sticky bit does not help: others could still
-// create the files the process has not created yet). The error names the directory, the mode or
-// owner, and the command that fixes it.
-func checkPrivateDir(dir, what string) error {
+// CheckDir refuses the directory dir when it is not owned by the process's (effective) user or
+// when its group or others may write to it (a sticky bit does not help: others could still create
+// the files the process has not created yet). An error about dir itself (missing, say) wraps the
+// os error.
+func CheckDir(dir, what string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("the %s: %w", what, err)
@@ -32,10 +32,11 @@ func checkPrivateDir(dir, what string) error {
 	return nil
 }
 
-// openPrivateFile opens the secret file at path for reading without following a symbolic link
-// (O_NOFOLLOW), and refuses it unless it is a regular file owned by the process's user that its
-// group and others may not access (mode 0600 or stricter).
-func openPrivateFile(path, what string) (*os.File, error) {
+// Open opens the secret file at path for reading without following a symbolic link (O_NOFOLLOW),
+// and refuses it unless it is a regular file owned by the process's user that its group and
+// others may not access (mode 0600 or stricter). A missing file is an error that wraps
+// fs.ErrNotExist.
+func Open(path, what string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -63,7 +64,7 @@ func openPrivateFile(path, what string) (*os.File, error) {
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		f.Close()
-		return nil, fmt.Errorf("the %s %s is accessible to others (mode %#o): run chmod 600 %s", what, path, perm, path)
+		return nil, fmt.Errorf("the %s %s is accessible to others (mode %#o): if it is yours, run chmod 600 %s; otherwise remove it", what, path, perm, path)
 	}
 	return f, nil
 }
@@ -75,7 +76,7 @@ func checkOwner(fi fs.FileInfo, what, path string) error {
 		return nil
 	}
 	if uid := os.Geteuid(); int(st.Uid) != uid {
-		return fmt.Errorf("the %s %s belongs to uid %d, not to this process's user (uid %d): if it is yours, run chown %d %s; otherwise remove it or use another --data-dir",
+		return fmt.Errorf("the %s %s belongs to uid %d, not to this process's user (uid %d): if it is yours, run chown %d %s; otherwise remove it",
 			what, path, st.Uid, uid, uid, path)
 	}
 	return nil
