@@ -6,11 +6,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,8 +72,98 @@ func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case o.lean != nil && leanEligible(r):
 		o.s.serveLean(o.lean, w, r)
 	default:
+		if d := o.s.bodyIdle; d > 0 && r.Body != nil && r.Body != http.NoBody {
+			b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: d}
+			if rt := o.s.http.ReadTimeout; rt > 0 {
+				b.limit = time.Now().Add(rt)
+			}
+			r = r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, b))
+			r.Body = b
+		}
 		o.proxy.ServeHTTP(w, r)
 	}
+}
+
+// idleBody is a request body read by net/http (HTTP/2, and HTTP/1.1 bodies the fast path hands
+// over) whose reads each wait at most idle for the next bytes, as the fast path's (bodyProgress):
+// before a read, the connection's (or HTTP/2 stream's) read deadline is pushed to idle from now,
+// when it was set more than deadlineSlack(idle) ago. At the body's end, or when it is closed,
+// the deadline is cleared, so that net/http's own reads of the connection (its watch for the
+// client going away, the next request) are not cut by it.
+//
+// When the deadline passes, net/http fails the read, and for HTTP/1.1 also cancels the request's
+// context, so the proxy may see either first; stalled tells the error handler it was the body.
+type idleBody struct {
+	io.ReadCloser
+	rc    *http.ResponseController
+	idle  time.Duration
+	limit time.Time // never a deadline past this (ReadTimeout's); zero: none
+
+	mu       sync.Mutex // Read, Close and stalled may be called from different goroutines
+	set      time.Time  // when the deadline was last pushed forward; zero when cleared
+	deadline time.Time  // the deadline in force; zero when none
+	ended    bool       // the body's end (or an error) was read, or it was closed
+	endedAt  time.Time
+}
+
+// Read reads from the body with the idle deadline.
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if now := time.Now(); !b.ended && now.Sub(b.set) > deadlineSlack(b.idle) {
+		d := now.Add(b.idle)
+		if !b.limit.IsZero() && b.limit.Before(d) {
+			d = b.limit
+		}
+		if b.rc.SetReadDeadline(d) == nil {
+			b.set, b.deadline = now, d
+		}
+	}
+	b.mu.Unlock()
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == nil:
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The deadline stays: net/http reads the rest of a short HTTP/1.1 body when it is closed,
+		// which must fail at once too.
+		b.mu.Lock()
+		b.ended, b.endedAt = true, time.Now()
+		b.mu.Unlock()
+		err = fmt.Errorf("the request body stalled (no bytes for %v): %w", b.idle, err)
+	default:
+		b.end()
+	}
+	return n, err
+}
+
+// Close closes the body and clears the deadline.
+func (b *idleBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.end()
+	return err
+}
+
+// end clears the deadline of a body that ended before it.
+func (b *idleBody) end() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ended {
+		return
+	}
+	b.ended, b.endedAt = true, time.Now()
+	if !b.set.IsZero() {
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+}
+
+// stalled reports whether the body's deadline passed before its end.
+func (b *idleBody) stalled() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	end := time.Now()
+	if b.ended {
+		end = b.endedAt
+	}
+	return !b.deadline.IsZero() && !end.Before(b.deadline)
 }
 
 // origin returns the proxy for origin URL raw.
@@ -131,6 +223,17 @@ func (s *Server) newOrigin(raw string) *origin {
 		BufferPool: &s.bufs,
 		ErrorLog:   slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			// (r is ReverseProxy's outgoing request, its body wrapped.)
+			if b, ok := r.Context().Value(idleBodyKey{}).(*idleBody); ok && b.stalled() {
+				logger.Info("request body stalled", "origin_url", raw, "hostname", r.Host, "error", err)
+				w.Header()["Content-Type"] = jsonContentType
+				if r.ProtoMajor == 1 {
+					w.Header()["Connection"] = []string{"close"} // the rest of the body is not coming
+				}
+				w.WriteHeader(http.StatusRequestTimeout)
+				_, _ = w.Write(bodyStalledBody)
+				return
+			}
 			if errors.Is(err, context.Canceled) {
 				logger.Debug("request canceled while forwarding", "origin_url", raw, "error", err)
 			} else {
@@ -169,6 +272,12 @@ func (s *Server) sweepOrigins(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// idleBodyKey is the request context's key of its idleBody.
+type idleBodyKey struct{}
+
+// bodyStalledBody answers a request whose body stopped coming (idleBody).
+var bodyStalledBody = []byte(`{"error":"request_timeout","message":"the request body stopped coming; send it without pausing"}` + "\n")
 
 func badGateway(w http.ResponseWriter) {
 	hdr := w.Header()

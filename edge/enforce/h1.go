@@ -84,8 +84,11 @@ type h1Conn struct {
 	scratch []byte
 
 	deadlineSet time.Time // when the idle read deadline was last pushed forward
-	dateSec     int64
-	date        []byte
+	// The request body's deadlines: bodyLimit is ReadTimeout's (zero: none), bodySet when the
+	// body's idle deadline (BodyIdleTimeout) was last pushed forward.
+	bodyLimit, bodySet time.Time
+	dateSec            int64
+	date               []byte
 	// served: a request head was read (the first one's deadline is ReadHeaderTimeout's).
 	served bool
 
@@ -199,8 +202,8 @@ func newH1Conn(s *Server, tc *tls.Conn, peer []*x509.Certificate) *h1Conn {
 // means c.req holds it; parseNeedMore that the connection is done (closed by the client, timed
 // out, shut down).
 //
-// Once a head with a body not in the buffer yet is read, the body's deadline is net/http's
-// (bodyDeadline): none with the edge's configuration (ReadTimeout 0).
+// Once a head with a body not in the buffer yet is read, the body's deadline is BodyIdleTimeout
+// from each read of it (bodyDeadline).
 func (c *h1Conn) readHead() parseResult {
 	now := time.Now()
 	first := !c.served
@@ -285,24 +288,54 @@ func (c *h1Conn) readHead() parseResult {
 }
 
 // bodyDeadline sets the read deadline of the body of the request whose head was just read (begun
-// at start) as net/http does once it has read a head: ReadTimeout after the head's start, or none
-// when ReadTimeout is 0, the edge's configuration. The deadline of the head (ReadHeaderTimeout,
-// when it did not come in one piece; IdleTimeout from the wait before it, otherwise) does not go
-// on to its body: it cut an upload that took longer than these (e.g. after a head sent in two TLS
-// records, ReadHeaderTimeout after its start).
+// at start): BodyIdleTimeout from now, pushed forward as the body arrives (bodyProgress), and
+// never past ReadTimeout after the head's start, as net/http does once it has read a head (the
+// edge's ReadTimeout is 0: none). The deadline of the head (ReadHeaderTimeout, when it did not
+// come in one piece; IdleTimeout from the wait before it, otherwise) does not go on to its body:
+// it cut an upload that took longer than these (e.g. after a head sent in two TLS records,
+// ReadHeaderTimeout after its start).
 //
-// So, as with net/http, a body has no time limit: a client can keep a connection by sending a
-// body slowly (a byte every IdleTimeout − ε), or not at all. A deadline here alone would bound
-// nothing, since net/http reads the bodies the fast path hands over (longer than h1MaxBody,
-// chunked) without one; Server.http.ReadTimeout would bound both, and cut every upload longer
-// than it. The next readHead sets the idle deadline again.
+// So a body may take any time in total as long as it keeps coming; a client that sends it
+// slowly (less than a byte per BodyIdleTimeout) or not at all loses the connection. The bodies
+// the fast path hands over to net/http (longer than h1MaxBody, chunked) get the same through
+// idleBody. The next readHead sets the idle deadline again.
 func (c *h1Conn) bodyDeadline(start time.Time) {
-	var d time.Time
+	c.bodyLimit = time.Time{}
 	if rt := c.s.http.ReadTimeout; rt > 0 {
-		d = start.Add(rt)
+		c.bodyLimit = start.Add(rt)
+	}
+	c.bodySet = time.Time{}
+	c.deadlineSet = time.Time{}
+	if c.s.bodyIdle == 0 {
+		_ = c.tc.SetReadDeadline(c.bodyLimit)
+		return
+	}
+	c.bodyProgress()
+}
+
+// bodyProgress pushes the body's idle deadline forward before a read of the body, when it was
+// set more than deadlineSlack(BodyIdleTimeout) ago (so most reads set none).
+func (c *h1Conn) bodyProgress() {
+	if c.s.bodyIdle == 0 {
+		return
+	}
+	now := time.Now()
+	if now.Sub(c.bodySet) <= deadlineSlack(c.s.bodyIdle) {
+		return
+	}
+	d := now.Add(c.s.bodyIdle)
+	if !c.bodyLimit.IsZero() && c.bodyLimit.Before(d) {
+		d = c.bodyLimit
 	}
 	_ = c.tc.SetReadDeadline(d)
-	c.deadlineSet = time.Time{}
+	c.bodySet = now
+}
+
+// deadlineSlack is how long ago an idle deadline of d may have been set for a read to leave it as
+// it is: h1DeadlineSlack, or a quarter of d when that is shorter (the read then still gets at
+// least three quarters of d).
+func deadlineSlack(d time.Duration) time.Duration {
+	return min(h1DeadlineSlack, d/4)
 }
 
 // mayEndHead reports whether b holds a line end followed by an empty line ("\n\r\n" or "\n\n").

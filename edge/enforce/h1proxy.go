@@ -209,6 +209,7 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 		c.consume()
 		for c.bodyLeft > 0 {
 			if c.br.Buffered() == 0 {
+				c.bodyProgress()
 				if _, err := c.br.Peek(1); err != nil {
 					return h1Close, false, fmt.Errorf("%w: reading the request body: %v", errClientGone, err)
 				}

@@ -97,6 +97,10 @@ import (
 // DefaultShutdownTimeout is how long Serve waits for open requests when its context ends.
 const DefaultShutdownTimeout = 10 * time.Second
 
+// DefaultBodyIdleTimeout is how long a request body may go without a byte arriving (nginx's
+// client_body_timeout).
+const DefaultBodyIdleTimeout = 60 * time.Second
+
 // Config configures a Server.
 type Config struct {
 	// Addr is the TCP address to listen on, e.g. "127.0.0.1:8443" (":0" picks a free port; see
@@ -118,6 +122,12 @@ type Config struct {
 	Now func() time.Time
 	// ShutdownTimeout bounds the graceful shutdown of Serve; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// BodyIdleTimeout is how long the edge waits for the next bytes of a request body (HTTP/1.1
+	// and HTTP/2) before it ends the request: a client that sends its body slowly, or stops,
+	// cannot keep a connection to the origin for longer. A body has no limit in total as long as
+	// it keeps coming. 0 means DefaultBodyIdleTimeout; negative means no limit (net/http's way
+	// with ReadTimeout 0).
+	BodyIdleTimeout time.Duration
 	// Egress says which addresses origins may be at. The edge connects only to public unicast
 	// addresses, and to what its entries allow; a request whose origin is elsewhere (the
 	// operator's own network, loopback, a cloud metadata service), by its URL or by what its name
@@ -170,6 +180,7 @@ type Server struct {
 	now      func() time.Time
 	edgeID   string
 	shutdown time.Duration
+	bodyIdle time.Duration // Config.BodyIdleTimeout resolved; 0 means none
 
 	ln       net.Listener
 	http     *http.Server
@@ -228,6 +239,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.shutdown <= 0 {
 		s.shutdown = DefaultShutdownTimeout
+	}
+	switch s.bodyIdle = cfg.BodyIdleTimeout; {
+	case s.bodyIdle == 0:
+		s.bodyIdle = DefaultBodyIdleTimeout
+	case s.bodyIdle < 0:
+		s.bodyIdle = 0
 	}
 	var err error
 	if s.metrics, err = newMetrics(cfg.MeterProvider); err != nil {
