@@ -24,6 +24,10 @@
 //     to its name.
 //  6. Mode REPORT: a deny of rules 3 to 5 becomes [ReportDeny]; the reason stays.
 //
+// In the TLS handshake, [DecideHandshake]: with mode ENFORCE and reject_in_handshake, a missing
+// or failing certificate fails the handshake (deny with rule 3's reason, no policy); otherwise the
+// handshake completes and the requests are decided as above.
+//
 // The policy always runs, also for a missing or unverified certificate, so that a rule like
 // `!cert.presented && request.path == "/healthz"` can allow. But it sees the certificate's
 // identity only when the certificate verified: for a missing or unverified certificate, cert.presented,
@@ -85,6 +89,7 @@ package decision
 
 import (
 	"crypto/x509"
+	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -147,6 +152,17 @@ const (
 	// ReasonPolicyError: evaluating a rule failed (e.g. a header that was not sent was indexed).
 	// Decision.Rule names the rule. Deny.
 	ReasonPolicyError = "policy_error"
+
+	// The audit's reasons, never the edge's:
+
+	// ReasonHandshakeCompleted: [DecideHandshake] for a client whose handshake the edge completes
+	// (the hostname does not reject in the handshake, or the certificate verified); its requests
+	// are then decided one by one. Allow.
+	ReasonHandshakeCompleted = "handshake_completed"
+	// ReasonRequestHeadersUnknown: the request's headers are not known (Request.HeadersUnknown)
+	// and the outcome of the policy's rule Decision.Rule depends on them, so the verdict cannot be
+	// re-derived. Deny (report_deny in mode REPORT).
+	ReasonRequestHeadersUnknown = "request_headers_unknown"
 )
 
 // MaxPeerCertificates is the largest number of certificates (leaf and intermediates) that a client
@@ -168,6 +184,11 @@ type Request struct {
 	// Header holds the request's headers as received from net/http (canonical keys); the policy
 	// looks them up case-insensitively, under lower-case names.
 	Header http.Header
+	// HeaderUnknown says that the headers are not known, as for the audit re-deriving a decision
+	// from the decision log, which does not record them: Header is ignored, and a decision that
+	// depends on them is [ReasonRequestHeadersUnknown] (see policy.RequestInput.HeadersUnknown).
+	// The edge always knows them.
+	HeaderUnknown bool
 }
 
 // Cert is what the decision log and the headers sent to the origin report about the client
@@ -245,6 +266,63 @@ func (h *Hostname) DecideVerified(v *Verification, req *Request, now time.Time) 
 	return h.decide(v, req)
 }
 
+// DecideHandshake gives the decision the edge makes in the TLS handshake of a client that sent
+// the certificates peer (leaf first; none for no certificate) to hostname h at the moment now.
+// With mode ENFORCE and reject_in_handshake, a certificate that is missing or does not verify
+// fails the handshake: deny, with the certificate's reason and no rule (the policy is not
+// evaluated). Otherwise the handshake completes and each request is decided by [Decide]:
+// allow, [ReasonHandshakeCompleted]. An unknown or inactive hostname fails the handshake as in
+// Decide (hostname_unknown, hostname_inactive).
+//
+// The edge logs a refusal in the handshake with an empty method and path; the audit re-derives
+// such a line with DecideHandshake, never with Decide, which would evaluate the policy.
+func DecideHandshake(h *Hostname, peer []*x509.Certificate, now time.Time) Decision {
+	if d, done := h.handshakeWithoutCert(); done {
+		return d
+	}
+	return h.decideHandshake(h.verify(peer, now))
+}
+
+// DecideHandshakeVerified is [DecideHandshake] for the client certificate v describes (as
+// [Hostname.DecideVerified] is for [Decide]); v may be nil for a client that sent none.
+func (h *Hostname) DecideHandshakeVerified(v *Verification, now time.Time) Decision {
+	if d, done := h.handshakeWithoutCert(); done {
+		return d
+	}
+	if v == nil {
+		v = h.verify(nil, now)
+	} else if !v.Holds(h, now) {
+		v = h.verify(v.peer, now)
+	}
+	return h.decideHandshake(v)
+}
+
+// RejectsInHandshake reports whether the handshake of a client whose certificate is missing or
+// does not verify fails (an active hostname in mode ENFORCE with reject_in_handshake): the only
+// case where [DecideHandshake] looks at the certificate.
+func (h *Hostname) RejectsInHandshake() bool {
+	return h != nil && h.active && h.mode == configv1.MtlsMode_MTLS_MODE_ENFORCE && h.Config.GetRejectInHandshake()
+}
+
+func (h *Hostname) handshakeWithoutCert() (Decision, bool) {
+	switch {
+	case h == nil:
+		return Decision{Verdict: Deny, Reason: ReasonHostnameUnknown}, true
+	case !h.active:
+		return Decision{Verdict: Deny, Reason: ReasonHostnameInactive}, true
+	case !h.RejectsInHandshake():
+		return Decision{Verdict: Allow, Reason: ReasonHandshakeCompleted}, true
+	}
+	return Decision{}, false
+}
+
+func (h *Hostname) decideHandshake(v *Verification) Decision {
+	if v.verified {
+		return Decision{Verdict: Allow, Reason: ReasonHandshakeCompleted, Cert: v.cert, Chain: v.chain}
+	}
+	return Decision{Verdict: Deny, Reason: v.reason, Cert: v.cert}
+}
+
 // decideWithoutCert returns the decisions that do not depend on the client: unknown and inactive
 // hostnames, mode OFF.
 func (h *Hostname) decideWithoutCert() (Decision, bool) {
@@ -276,11 +354,14 @@ func (h *Hostname) decide(v *Verification, req *Request) Decision {
 		*in = policy.Input{Cert: v.input, Request: policy.RequestInput{Host: h.name}}
 		if req != nil {
 			in.Request.Method, in.Request.Path, in.Request.Headers = req.Method, req.Path, req.Header
+			in.Request.HeadersUnknown = req.HeaderUnknown
 		}
 		matched, i, action, err := h.program.Evaluate(in)
 		*in = policy.Input{} // Evaluate retains nothing; drop the references before pooling
 		inputPool.Put(in)
 		switch {
+		case errors.Is(err, policy.ErrHeadersUnknown):
+			d.Verdict, d.Reason, d.Rule = Deny, ReasonRequestHeadersUnknown, h.program.Rule(i).Name
 		case err != nil:
 			d.Verdict, d.Reason, d.Rule = Deny, ReasonPolicyError, h.program.Rule(i).Name
 		case !matched && !v.Verified():

@@ -33,14 +33,18 @@ type hostTLS struct {
 	cfg *tls.Config
 }
 
-// ticketTag prefixes what WrapSession writes into a session ticket's Extra: the hostname, then
-// "\x00c" when the client presented a certificate in the session's handshake or "\x00n" when not.
+// ticketTag prefixes what WrapSession writes into a session ticket's Extra: the hostname, "\x00",
+// the id of the tenant that had it, then "\x00c" when the client presented a certificate in the
+// session's handshake or "\x00n" when not. The tenant: a hostname deleted and created again by
+// another tenant is another hostname, whose clients' sessions must not carry the first tenant's
+// certificates to it.
 var ticketTag = []byte("guestlist-sni\x00")
 
-// ticketExtra is the Extra entry binding a session to hostname name.
-func ticketExtra(name string, withCert bool) []byte {
-	b := make([]byte, 0, len(ticketTag)+len(name)+2)
+// ticketExtra is the Extra entry binding a session to hostname name of tenant.
+func ticketExtra(name, tenant string, withCert bool) []byte {
+	b := make([]byte, 0, len(ticketTag)+len(name)+len(tenant)+3)
 	b = append(append(b, ticketTag...), name...)
+	b = append(append(b, 0), tenant...)
 	if withCert {
 		return append(b, 0, 'c')
 	}
@@ -85,6 +89,7 @@ func (s *Server) getConfigForClient(chi *tls.ClientHelloInfo) (*tls.Config, erro
 
 // newHostTLSConfig builds the TLS configuration of hostname name, configured as h.
 func (s *Server) newHostTLSConfig(name string, h *decision.Hostname) *tls.Config {
+	tenant := h.Config.GetTenantId()
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"h2", "http/1.1"},
@@ -98,12 +103,12 @@ func (s *Server) newHostTLSConfig(name string, h *decision.Hostname) *tls.Config
 			return c, nil
 		},
 		WrapSession: func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
-			ss.Extra = append(ss.Extra, ticketExtra(name, len(cs.PeerCertificates) > 0))
+			ss.Extra = append(ss.Extra, ticketExtra(name, tenant, len(cs.PeerCertificates) > 0))
 			return s.baseTLS.EncryptTicket(cs, ss)
 		},
 	}
 	wantCert := h.Mode() != configv1.MtlsMode_MTLS_MODE_OFF
-	withCert, withoutCert := ticketExtra(name, true), ticketExtra(name, false)
+	withCert, withoutCert := ticketExtra(name, tenant, true), ticketExtra(name, tenant, false)
 	cfg.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
 		ss, err := s.baseTLS.DecryptTicket(identity, cs)
 		if err != nil || ss == nil {
@@ -154,14 +159,14 @@ func (s *Server) verifyInHandshake(name string, cs tls.ConnectionState) error {
 		s.metrics.handshakeFailed(causeUnknownHostname)
 		return fmt.Errorf("%w: %s", errUnknownHostname, name)
 	}
-	if h.Mode() != configv1.MtlsMode_MTLS_MODE_ENFORCE || !h.Config.GetRejectInHandshake() {
+	if !h.RejectsInHandshake() {
 		return nil // changed meanwhile: the request decides
 	}
 	v := s.verified.verify(h, cs.PeerCertificates, now)
-	if v.Err() == nil {
+	d := h.DecideHandshakeVerified(v, now) // the audit re-derives the logged line with DecideHandshake
+	if d.Verdict == decision.Allow {
 		return nil
 	}
-	d := decision.Decision{Verdict: decision.Deny, Reason: v.Reason(), Cert: v.Cert()}
 	s.logDecision(now, decisionlog.NewID(now), h, set.Position(), &d, "", "")
 	s.metrics.handshakeFailed(causeClientCertRejected)
 	return fmt.Errorf("%w for %s: %w", errClientCertRejected, name, v.Err())

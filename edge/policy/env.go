@@ -292,12 +292,23 @@ var (
 			key:  boundHeaderName,
 			item: boundHeaderValue,
 			get: func(st *evalState) ref.Val {
+				if st.in.Request.HeadersUnknown {
+					st.headersGot = true
+					// A new error each time: the interpreter labels an error with its node id.
+					return types.NewErr("request.headers are not known")
+				}
 				if len(st.headers.h) > boundHeaderCount && !st.guarded {
 					return st.outOfBounds()
 				}
 				return &st.headers
 			},
-			isSet: func(st *evalState) bool { return st.headers.size() > 0 },
+			isSet: func(st *evalState) bool {
+				if st.in.Request.HeadersUnknown {
+					st.headersTested = true
+					return false
+				}
+				return st.headers.size() > 0
+			},
 		},
 	)
 	objTypes = map[string]*objType{

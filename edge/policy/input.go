@@ -76,6 +76,14 @@ type RequestInput struct {
 	// it (canonical keys) without copying: CEL sees lower-case keys, and several values of one
 	// header joined by ", ". Keys written with upper-case letters in CEL never match.
 	Headers http.Header
+	// HeadersUnknown says that the request's headers are not known, as when the audit replays a
+	// decision log line, which does not record them. Headers is then ignored, and a rule whose
+	// outcome depends on request.headers fails with an *[EvalError] wrapping [ErrHeadersUnknown]
+	// instead of giving a verdict the edge might not have given. Reading request.headers gives an
+	// error value, so a rule whose outcome does not depend on it (`cert.verified ||
+	// request.headers[...] == ...` with a verified certificate) still evaluates as at the edge;
+	// has(request.headers) makes the rule's outcome unknown whatever it gives.
+	HeadersUnknown bool
 }
 
 // NewCertInput fills a CertInput from a parsed client certificate: Presented is true, and

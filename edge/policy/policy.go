@@ -108,6 +108,9 @@ var (
 	ErrTooManyRules = fmt.Errorf("policy has too many rules; at most %d are allowed", MaxRules)
 	// ErrPolicyTooExpensive: the summed estimated cost of the rules exceeds MaxPolicyCost.
 	ErrPolicyTooExpensive = fmt.Errorf("policy is too expensive to evaluate; the estimated costs of its rules add up to more than %d", MaxPolicyCost)
+	// ErrHeadersUnknown: a rule's outcome depends on request.headers, which the input does not
+	// know (RequestInput.HeadersUnknown).
+	ErrHeadersUnknown = errors.New("the rule reads request.headers, which are not known here")
 )
 
 // CompileError reports a rule that cannot be compiled. Field is "expression" for syntax, type and
@@ -370,7 +373,9 @@ func (p *Program) EstimatedCost(i int) uint64 { return p.rules[i].cost }
 // Evaluate tries the rules in order and reports the first whose expression is true: matched is
 // true, ruleIndex its index and action its action. When no rule matches it returns false, -1, 0
 // and nil. When a rule's evaluation fails it stops there and returns false, that rule's index, 0
-// and an *[EvalError] naming the rule; the caller must fail closed.
+// and an *[EvalError] naming the rule; the caller must fail closed. With in.Request.HeadersUnknown,
+// a rule whose outcome depends on the headers stops it the same way, the EvalError wrapping
+// [ErrHeadersUnknown].
 //
 // Evaluate does not retain in or anything it references after it returns.
 func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Action, err error) {
@@ -385,6 +390,7 @@ func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Actio
 	for i := range p.rules {
 		r := &p.rules[i]
 		st.nIters = 0
+		st.headersGot, st.headersTested = false, false
 		var out ref.Val
 		var det *cel.EvalDetails
 		if !st.guarded {
@@ -401,6 +407,12 @@ func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Actio
 			if c := det.ActualCost(); c != nil {
 				spent += *c
 			}
+		}
+		if st.headersTested || (err != nil && st.headersGot) {
+			// Without the headers, this rule's outcome is not known: a has() test of them could
+			// have gone either way, and an error may stand for the value they would have given.
+			// (Read by a rule whose outcome did not depend on them, they left no trace.)
+			return false, i, 0, &EvalError{Rule: r.Name, Index: i, Err: ErrHeadersUnknown}
 		}
 		if err != nil {
 			return false, i, 0, &EvalError{Rule: r.Name, Index: i, Err: err}

@@ -524,3 +524,63 @@ func TestOutOfBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestEvaluateHeadersUnknown: with the headers unknown (the audit replaying a decision log line),
+// a rule whose outcome depends on them stops the evaluation with ErrHeadersUnknown, naming the
+// rule, instead of a verdict the edge may not have given; a rule whose outcome does not depend on
+// them, or that is never reached, evaluates as with the headers. And the same rules with the
+// headers known give the edge's verdicts.
+func TestEvaluateHeadersUnknown(t *testing.T) {
+	unknown := func() *Input {
+		in := testInput()
+		in.Request.HeadersUnknown = true
+		return in
+	}
+	noCert := unknown()
+	noCert.Cert = CertInput{}
+	tests := []struct {
+		name    string
+		in      *Input
+		rules   []Rule
+		matched bool
+		index   int
+		unknown bool // the evaluation stops at index with ErrHeadersUnknown
+	}{
+		{name: "ok/a rule before decides", in: unknown(), rules: []Rule{rule("devices", Allow, `cert.verified`), rule("env", Allow, `request.headers["x-env"] == "prod"`)}, matched: true, index: 0},
+		{name: "ok/the headers' error absorbed by a true", in: unknown(), rules: []Rule{rule("r", Allow, `request.headers["x-env"] == "prod" || cert.verified`)}, matched: true, index: 0},
+		{name: "ok/the headers' error absorbed by a false", in: noCert, rules: []Rule{rule("r", Allow, `cert.verified && request.headers["x-env"] == "prod"`)}, index: -1},
+		{name: "ok/not read", in: unknown(), rules: []Rule{rule("r", Deny, `request.path.startsWith("/admin")`)}, index: -1},
+		{name: "fail/read", in: unknown(), rules: []Rule{rule("a", Deny, `false`), rule("env", Allow, `request.headers["x-env"] == "prod"`)}, index: 1, unknown: true},
+		{name: "fail/read optionally", in: unknown(), rules: []Rule{rule("env", Allow, `request.headers[?"x-env"].orValue("") == "prod"`)}, index: 0, unknown: true},
+		{name: "fail/in", in: unknown(), rules: []Rule{rule("env", Deny, `!("x-env" in request.headers)`)}, index: 0, unknown: true},
+		{name: "fail/size", in: unknown(), rules: []Rule{rule("n", Deny, `request.headers.size() > 3`)}, index: 0, unknown: true},
+		{name: "fail/has", in: unknown(), rules: []Rule{rule("h", Deny, `!has(request.headers.authorization)`)}, index: 0, unknown: true},
+		{name: "ok/has of a header, absorbed by a true", in: unknown(), rules: []Rule{rule("h", Allow, `has(request.headers.authorization) || cert.verified`)}, matched: true, index: 0},
+		{name: "fail/has of the headers themselves, whatever it gave", in: unknown(), rules: []Rule{rule("h", Allow, `has(request.headers) || cert.verified`)}, index: 0, unknown: true},
+		{name: "fail/a header-reading rule left unmatched, before the one that matches", in: unknown(), rules: []Rule{rule("env", Deny, `request.headers["x-env"] == "dev"`), rule("devices", Allow, `cert.verified`)}, index: 0, unknown: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Compile(tt.rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			matched, index, _, err := p.Evaluate(tt.in)
+			if got := errors.Is(err, ErrHeadersUnknown); got != tt.unknown {
+				t.Fatalf("Evaluate error %v; want ErrHeadersUnknown: %v", err, tt.unknown)
+			}
+			if !tt.unknown && err != nil {
+				t.Fatalf("Evaluate error %v", err)
+			}
+			if matched != tt.matched || index != tt.index {
+				t.Fatalf("Evaluate = %v, %d; want %v, %d", matched, index, tt.matched, tt.index)
+			}
+			// The same input with the headers known is decided.
+			known := *tt.in
+			known.Request.HeadersUnknown = false
+			if _, _, _, err := p.Evaluate(&known); errors.Is(err, ErrHeadersUnknown) {
+				t.Fatalf("with the headers known: %v", err)
+			}
+		})
+	}
+}

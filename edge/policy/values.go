@@ -32,9 +32,12 @@ type evalState struct {
 	cache                          [numCached]ref.Val
 	listsChecked                   uint8 // bit i: lists[i] was found within bounds
 	guarded, oob                   bool
-	cached                         uint16        // bit i: cache[i] is set
-	iters                          [4]stringIter // handed out by stringList.Iterator
-	nIters, itersUsed              int           // in use by the current rule; high-water mark
+	// headersGot, headersTested: the current rule read request.headers, or tested it with
+	// has(), while they are unknown (RequestInput.HeadersUnknown).
+	headersGot, headersTested bool
+	cached                    uint16        // bit i: cache[i] is set
+	iters                     [4]stringIter // handed out by stringList.Iterator
+	nIters, itersUsed         int           // in use by the current rule; high-water mark
 	// frame is the execution frame of the untracked programs; passing it to Eval spares the
 	// interpreter taking one from its pool for every rule.
 	frame interpreter.ExecutionFrame
@@ -81,6 +84,7 @@ func (st *evalState) release() {
 	st.nIters, st.itersUsed = 0, 0
 	st.listsChecked = 0
 	st.guarded, st.oob = false, false
+	st.headersGot, st.headersTested = false, false
 	statePool.Put(st)
 }
 
