@@ -340,6 +340,29 @@ func runAuditDiff(ctx context.Context, args []string, env func(string) string, s
 	return exitOK
 }
 
+// headerFlag collects --header 'Name: value' flags as the policy sees them: lower-case names,
+// repeated headers joined by ", ".
+type headerFlag struct{ values map[string]string }
+
+func (h *headerFlag) String() string { return "" }
+
+func (h *headerFlag) Set(s string) error {
+	name, value, ok := strings.Cut(s, ":")
+	name = strings.ToLower(strings.TrimSpace(name))
+	if !ok || name == "" {
+		return fmt.Errorf("want 'Name: value', got %q", s)
+	}
+	value = strings.TrimSpace(value)
+	if h.values == nil {
+		h.values = map[string]string{}
+	}
+	if v, ok := h.values[name]; ok {
+		value = v + ", " + value
+	}
+	h.values[name] = value
+	return nil
+}
+
 // decisionLine is what explain --decision reads of a decision log line.
 type decisionLine struct {
 	Time           time.Time `json:"time"`
@@ -364,6 +387,9 @@ func runAuditExplain(ctx context.Context, args []string, env func(string) string
 	certFile := fs.String("cert", "", "the client's certificate chain, leaf first (PEM file); none: no certificate")
 	method := fs.String("method", "GET", "the request's method")
 	path := fs.String("path", "/", "the request's path")
+	handshake := fs.Bool("handshake", false, "explain the TLS handshake instead of a request (what a decision logged with an empty method records)")
+	var headers headerFlag
+	fs.Var(&headers, "header", "a request header, 'Name: value' (repeatable), for a policy that reads request.headers; the decision log does not record them")
 	var at pointFlags
 	at.register(fs, "at-", "of the configuration (default: now)")
 	requestTime := fs.String("request-time", "", "with --at-position: when the request was made (RFC 3339; default now)")
@@ -376,6 +402,9 @@ func runAuditExplain(ctx context.Context, args []string, env func(string) string
 		return code
 	}
 	req := &guestlistv1.ExplainRequest{Hostname: *hostname, Method: *method, Path: *path}
+	if *handshake {
+		req.Method, req.Path = "", ""
+	}
 	var line *decisionLine
 	if *logged != "" {
 		line = &decisionLine{}
@@ -412,6 +441,12 @@ func runAuditExplain(ctx context.Context, args []string, env func(string) string
 			req.RequestTime = timestamppb.New(t)
 		}
 	}
+	if headers.values != nil {
+		if req.Method == "" {
+			return fail(exitUsage, "--header: the handshake has no headers")
+		}
+		req.Headers = &guestlistv1.RequestHeaders{Values: headers.values}
+	}
 	c, err := f.client(true)
 	if err != nil {
 		return fail(exitUsage, "%v", err)
@@ -429,6 +464,9 @@ func runAuditExplain(ctx context.Context, args []string, env func(string) string
 	req.TenantId = f.tenant
 	resp := &guestlistv1.ExplainResponse{}
 	if err := c.callProto(ctx, http.MethodPost, "/v1/tenants/"+url.PathEscape(f.tenant)+":explain", req, resp); err != nil {
+		if line != nil && strings.Contains(err.Error(), "reads request.headers") {
+			return fail(exitError, "%v\nCANNOT RE-DERIVE: the policy's outcome depends on headers the decision log does not record; give them with --header", err)
+		}
 		return fail(exitError, "%v", err)
 	}
 	fmt.Fprintf(stdout, "explained: verdict=%s reason=%s rule=%q config_revision=%d\n", resp.GetVerdict(), resp.GetReason(), resp.GetRule(), resp.GetConfigRevision())

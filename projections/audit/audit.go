@@ -18,6 +18,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -319,11 +321,24 @@ func (s *Service) Explain(ctx context.Context, req *guestlistv1.ExplainRequest) 
 	if err != nil {
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "hostname", Reason: err.Error()})
 	}
+	// An empty method is the TLS handshake (a refusal in the handshake is logged so).
+	handshake := req.GetMethod() == ""
+	if handshake && (req.GetPath() != "" || req.GetHeaders() != nil) {
+		field := "path"
+		if req.GetPath() == "" {
+			field = "headers"
+		}
+		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: field, Reason: "an empty method asks for the TLS handshake's decision, which has no path or headers; give the request's method"})
+	}
 	// The edge's normalisation: a logged path stays as it is, a raw one is seen as the edge's
 	// policy would see it, and one the edge refuses is refused here too.
 	path, err := decision.PolicyPath(req.GetPath())
 	if err != nil {
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "path", Reason: err.Error() + "; the edge answers such a request with 400 and decides nothing"})
+	}
+	header, err := requestHeader(req.GetHeaders())
+	if err != nil {
+		return nil, err
 	}
 	peer, err := ParseChain(req.GetClientCertificateChainPem())
 	if err != nil {
@@ -361,8 +376,32 @@ func (s *Service) Explain(ctx context.Context, req *guestlistv1.ExplainRequest) 
 			return nil, status.Errorf(codes.FailedPrecondition, "audit: the configuration of %s at position %d does not prepare (an edge refuses it): %v", name, rev, err)
 		}
 	}
-	d := decision.Decide(h, peer, &decision.Request{Host: name, Method: req.GetMethod(), Path: path}, when)
+	var d decision.Decision
+	if handshake {
+		d = decision.DecideHandshake(h, peer, when)
+	} else {
+		d = decision.Decide(h, peer, &decision.Request{Host: name, Method: req.GetMethod(), Path: path, Header: header, HeaderUnknown: req.GetHeaders() == nil}, when)
+	}
+	if d.Reason == decision.ReasonRequestHeadersUnknown {
+		return nil, status.Errorf(codes.FailedPrecondition, "audit: cannot re-derive this decision: rule %q of the policy of %s at position %d reads request.headers, which the decision log does not record; give the request's headers (headers) to explain it", d.Rule, name, rev)
+	}
 	return &guestlistv1.ExplainResponse{Verdict: string(d.Verdict), Reason: d.Reason, Rule: d.Rule, ConfigRevision: rev}, nil
+}
+
+// requestHeader turns Explain's headers into the http.Header the edge would have had (nil for
+// none given): canonical keys, one value each.
+func requestHeader(rh *guestlistv1.RequestHeaders) (http.Header, error) {
+	if rh == nil {
+		return nil, nil
+	}
+	h := make(http.Header, len(rh.GetValues()))
+	for k, v := range rh.GetValues() {
+		if strings.ContainsAny(v, "\r\n\x00") {
+			return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "headers.values[" + strconv.Quote(k) + "]", Reason: "a header value cannot hold CR, LF or NUL"})
+		}
+		h[textproto.CanonicalMIMEHeaderKey(k)] = []string{v}
+	}
+	return h, nil
 }
 
 // ParseChain parses a PEM certificate chain, leaf first. Empty input is no certificate (nil);

@@ -293,7 +293,7 @@ func TestExplain(t *testing.T) {
 		}
 	}
 	// The certificate is judged at the request's time.
-	if got := explain(&guestlistv1.ExplainRequest{Hostname: "pay.acme.example", ClientCertificateChainPem: chain, At: &guestlistv1.ExplainRequest_AtPosition{AtPosition: f.hostOn}, RequestTime: timestamppb.New(when.Add(365 * 24 * time.Hour))}); got.GetReason() != decision.ReasonCertificateExpired {
+	if got := explain(&guestlistv1.ExplainRequest{Hostname: "pay.acme.example", ClientCertificateChainPem: chain, Method: "GET", At: &guestlistv1.ExplainRequest_AtPosition{AtPosition: f.hostOn}, RequestTime: timestamppb.New(when.Add(365 * 24 * time.Hour))}); got.GetReason() != decision.ReasonCertificateExpired {
 		t.Errorf("a year later: %v", got)
 	}
 	// At a time: the configuration then, the certificate then, and the position of that configuration.
@@ -304,7 +304,7 @@ func TestExplain(t *testing.T) {
 			revokedTime = ev.Time
 		}
 	}
-	got := explain(&guestlistv1.ExplainRequest{Hostname: "pay.acme.example", ClientCertificateChainPem: chain, At: &guestlistv1.ExplainRequest_AtTime{AtTime: timestamppb.New(revokedTime)}})
+	got := explain(&guestlistv1.ExplainRequest{Hostname: "pay.acme.example", ClientCertificateChainPem: chain, Method: "GET", At: &guestlistv1.ExplainRequest_AtTime{AtTime: timestamppb.New(revokedTime)}})
 	if got.GetReason() != decision.ReasonCertificateRevoked || got.GetConfigRevision() < f.revoked || got.GetConfigRevision() >= f.up-2 {
 		t.Errorf("at the revocation's time: %v", got)
 	}
@@ -314,7 +314,7 @@ func TestExplain(t *testing.T) {
 	wantCode(t, "a bad hostname", err, codes.InvalidArgument)
 	// A path the edge refuses with 400 (deciding nothing) has no verdict to explain.
 	for _, p := range []string{"/x/../admin", "/admin\\x"} {
-		_, err = f.svc.Explain(admin, &guestlistv1.ExplainRequest{TenantId: "acme", Hostname: "pay.acme.example", Path: p})
+		_, err = f.svc.Explain(admin, &guestlistv1.ExplainRequest{TenantId: "acme", Hostname: "pay.acme.example", Method: "GET", Path: p})
 		wantCode(t, "path "+p, err, codes.InvalidArgument)
 		named := false
 		for _, d := range status.Convert(err).Details() {

@@ -532,7 +532,12 @@ type ExplainRequest struct {
 	Hostname string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// The client's certificate chain, leaf first, PEM; empty for no certificate.
 	ClientCertificateChainPem string `protobuf:"bytes,3,opt,name=client_certificate_chain_pem,json=clientCertificateChainPem,proto3" json:"client_certificate_chain_pem,omitempty"`
-	// The request's method.
+	// The request's method. Empty: the TLS handshake, which is what a decision logged with an empty
+	// method records (a refusal in the handshake: mode ENFORCE with reject_in_handshake). The answer
+	// is then the handshake's decision, never the policy's: deny with the certificate's reason, or
+	// allow with reason handshake_completed when the edge would complete the handshake (and decide
+	// each request); path and headers must then be empty. The bounds are the edge's (64 KiB of
+	// request head).
 	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
 	// The request's path, percent-decoded, as the decision log records it (request.path). It is
 	// taken through the same normalisation as at the edge (";params" and repeated slashes dropped),
@@ -547,7 +552,13 @@ type ExplainRequest struct {
 	//	*ExplainRequest_AtTime
 	At isExplainRequest_At `protobuf_oneof:"at"`
 	// With at_position: when the request was made (the decision log's time). Default: now.
-	RequestTime   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=request_time,json=requestTime,proto3" json:"request_time,omitempty"`
+	RequestTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=request_time,json=requestTime,proto3" json:"request_time,omitempty"`
+	// The request's headers, for a policy that reads request.headers. The decision log does not
+	// record headers: without this field, a decision whose outcome depends on them cannot be
+	// re-derived, and Explain answers FAILED_PRECONDITION naming the rule that reads them rather
+	// than a verdict the edge may not have given. Decisions that do not depend on them (no rule
+	// reads them, or an earlier rule decided) are explained without.
+	Headers       *RequestHeaders `protobuf:"bytes,9,opt,name=headers,proto3" json:"headers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -649,6 +660,13 @@ func (x *ExplainRequest) GetRequestTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ExplainRequest) GetHeaders() *RequestHeaders {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
 type isExplainRequest_At interface {
 	isExplainRequest_At()
 }
@@ -667,6 +685,52 @@ func (*ExplainRequest_AtPosition) isExplainRequest_At() {}
 
 func (*ExplainRequest_AtTime) isExplainRequest_At() {}
 
+// RequestHeaders are a request's headers as a policy sees them (request.headers).
+type RequestHeaders struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Header names in lower case, and their values (several values of one header joined by ", ").
+	Values        map[string]string `protobuf:"bytes,1,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestHeaders) Reset() {
+	*x = RequestHeaders{}
+	mi := &file_guestlist_v1_audit_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestHeaders) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestHeaders) ProtoMessage() {}
+
+func (x *RequestHeaders) ProtoReflect() protoreflect.Message {
+	mi := &file_guestlist_v1_audit_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestHeaders.ProtoReflect.Descriptor instead.
+func (*RequestHeaders) Descriptor() ([]byte, []int) {
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RequestHeaders) GetValues() map[string]string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
 // ExplainResponse is the decision.
 type ExplainResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -684,7 +748,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[7]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +760,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[7]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +773,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{7}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExplainResponse) GetVerdict() string {
@@ -751,7 +815,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[8]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +827,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[8]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +840,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{8}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VerifyRequest) GetTenantId() string {
@@ -803,7 +867,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[9]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +879,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[9]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +892,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{9}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *VerifyResponse) GetValid() bool {
@@ -870,7 +934,7 @@ type ExportEventsRequest struct {
 
 func (x *ExportEventsRequest) Reset() {
 	*x = ExportEventsRequest{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[10]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +946,7 @@ func (x *ExportEventsRequest) String() string {
 func (*ExportEventsRequest) ProtoMessage() {}
 
 func (x *ExportEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[10]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +959,7 @@ func (x *ExportEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportEventsRequest.ProtoReflect.Descriptor instead.
 func (*ExportEventsRequest) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{10}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExportEventsRequest) GetTenantId() string {
@@ -923,7 +987,7 @@ type ExportEventsResponse struct {
 
 func (x *ExportEventsResponse) Reset() {
 	*x = ExportEventsResponse{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[11]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +999,7 @@ func (x *ExportEventsResponse) String() string {
 func (*ExportEventsResponse) ProtoMessage() {}
 
 func (x *ExportEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[11]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1012,7 @@ func (x *ExportEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportEventsResponse.ProtoReflect.Descriptor instead.
 func (*ExportEventsResponse) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{11}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExportEventsResponse) GetItem() isExportEventsResponse_Item {
@@ -1022,7 +1086,7 @@ type GetCheckpointKeyRequest struct {
 
 func (x *GetCheckpointKeyRequest) Reset() {
 	*x = GetCheckpointKeyRequest{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[12]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1098,7 @@ func (x *GetCheckpointKeyRequest) String() string {
 func (*GetCheckpointKeyRequest) ProtoMessage() {}
 
 func (x *GetCheckpointKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[12]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1111,7 @@ func (x *GetCheckpointKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetCheckpointKeyRequest) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{12}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{13}
 }
 
 // CheckpointKey is the public key that signs checkpoints.
@@ -1061,7 +1125,7 @@ type CheckpointKey struct {
 
 func (x *CheckpointKey) Reset() {
 	*x = CheckpointKey{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[13]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1137,7 @@ func (x *CheckpointKey) String() string {
 func (*CheckpointKey) ProtoMessage() {}
 
 func (x *CheckpointKey) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[13]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1150,7 @@ func (x *CheckpointKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointKey.ProtoReflect.Descriptor instead.
 func (*CheckpointKey) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{13}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CheckpointKey) GetPublicKeyPem() string {
@@ -1113,7 +1177,7 @@ type GetConsistencyProofRequest struct {
 
 func (x *GetConsistencyProofRequest) Reset() {
 	*x = GetConsistencyProofRequest{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[14]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1189,7 @@ func (x *GetConsistencyProofRequest) String() string {
 func (*GetConsistencyProofRequest) ProtoMessage() {}
 
 func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[14]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1202,7 @@ func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofRequest) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{14}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetConsistencyProofRequest) GetTenantId() string {
@@ -1181,7 +1245,7 @@ type ConsistencyProof struct {
 
 func (x *ConsistencyProof) Reset() {
 	*x = ConsistencyProof{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[15]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1257,7 @@ func (x *ConsistencyProof) String() string {
 func (*ConsistencyProof) ProtoMessage() {}
 
 func (x *ConsistencyProof) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[15]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1270,7 @@ func (x *ConsistencyProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsistencyProof.ProtoReflect.Descriptor instead.
 func (*ConsistencyProof) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{15}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ConsistencyProof) GetFromSize() uint64 {
@@ -1254,7 +1318,7 @@ type GetInclusionProofRequest struct {
 
 func (x *GetInclusionProofRequest) Reset() {
 	*x = GetInclusionProofRequest{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[16]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1330,7 @@ func (x *GetInclusionProofRequest) String() string {
 func (*GetInclusionProofRequest) ProtoMessage() {}
 
 func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[16]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1343,7 @@ func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofRequest.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofRequest) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{16}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetInclusionProofRequest) GetTenantId() string {
@@ -1324,7 +1388,7 @@ type InclusionProof struct {
 
 func (x *InclusionProof) Reset() {
 	*x = InclusionProof{}
-	mi := &file_guestlist_v1_audit_proto_msgTypes[17]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1400,7 @@ func (x *InclusionProof) String() string {
 func (*InclusionProof) ProtoMessage() {}
 
 func (x *InclusionProof) ProtoReflect() protoreflect.Message {
-	mi := &file_guestlist_v1_audit_proto_msgTypes[17]
+	mi := &file_guestlist_v1_audit_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1413,7 @@ func (x *InclusionProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InclusionProof.ProtoReflect.Descriptor instead.
 func (*InclusionProof) Descriptor() ([]byte, []int) {
-	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{17}
+	return file_guestlist_v1_audit_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InclusionProof) GetRevision() uint64 {
@@ -1432,19 +1496,25 @@ const file_guestlist_v1_audit_proto_rawDesc = "" +
 	"\x17certificate_authorities\x18\x05 \x03(\v2\".guestlist.v1.CertificateAuthorityR\x16certificateAuthorities\x12B\n" +
 	"\vrevocations\x18\x06 \x03(\v2 .guestlist.v1.SnapshotRevocationR\vrevocations\x120\n" +
 	"\bpolicies\x18\a \x03(\v2\x14.guestlist.v1.PolicyR\bpolicies\x124\n" +
-	"\thostnames\x18\b \x03(\v2\x16.guestlist.v1.HostnameR\thostnames\"\x9e\x03\n" +
+	"\thostnames\x18\b \x03(\v2\x16.guestlist.v1.HostnameR\thostnames\"\xd9\x03\n" +
 	"\x0eExplainRequest\x12:\n" +
 	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12&\n" +
 	"\bhostname\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\xfd\x01R\bhostname\x12J\n" +
-	"\x1cclient_certificate_chain_pem\x18\x03 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x10R\x19clientCertificateChainPem\x12\x1f\n" +
-	"\x06method\x18\x04 \x01(\tB\a\xbaH\x04r\x02\x18 R\x06method\x12\x1c\n" +
-	"\x04path\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80@R\x04path\x12!\n" +
+	"\x1cclient_certificate_chain_pem\x18\x03 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x10R\x19clientCertificateChainPem\x12!\n" +
+	"\x06method\x18\x04 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80\x04R\x06method\x12\x1d\n" +
+	"\x04path\x18\x05 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80\x04R\x04path\x12!\n" +
 	"\vat_position\x18\x06 \x01(\x04H\x00R\n" +
 	"atPosition\x125\n" +
 	"\aat_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampH\x00R\x06atTime\x12=\n" +
-	"\frequest_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vrequestTimeB\x04\n" +
-	"\x02at\"\x80\x01\n" +
+	"\frequest_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vrequestTime\x126\n" +
+	"\aheaders\x18\t \x01(\v2\x1c.guestlist.v1.RequestHeadersR\aheadersB\x04\n" +
+	"\x02at\"\xc5\x01\n" +
+	"\x0eRequestHeaders\x12x\n" +
+	"\x06values\x18\x01 \x03(\v2(.guestlist.v1.RequestHeaders.ValuesEntryB6\xbaH3\x9a\x010\x10\xe8\a\"#r!\x10\x01\x18\x80\b2\x1a^[a-z0-9!#$%&'*+.^_`|~-]+$*\x06r\x04\x18\x80\x80\x04R\x06values\x1a9\n" +
+	"\vValuesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
 	"\x0fExplainResponse\x12\x18\n" +
 	"\averdict\x18\x01 \x01(\tR\averdict\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
@@ -1517,7 +1587,7 @@ func file_guestlist_v1_audit_proto_rawDescGZIP() []byte {
 	return file_guestlist_v1_audit_proto_rawDescData
 }
 
-var file_guestlist_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_guestlist_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_guestlist_v1_audit_proto_goTypes = []any{
 	(*AuditEvent)(nil),                 // 0: guestlist.v1.AuditEvent
 	(*ListEventsRequest)(nil),          // 1: guestlist.v1.ListEventsRequest
@@ -1526,64 +1596,68 @@ var file_guestlist_v1_audit_proto_goTypes = []any{
 	(*SnapshotRevocation)(nil),         // 4: guestlist.v1.SnapshotRevocation
 	(*Snapshot)(nil),                   // 5: guestlist.v1.Snapshot
 	(*ExplainRequest)(nil),             // 6: guestlist.v1.ExplainRequest
-	(*ExplainResponse)(nil),            // 7: guestlist.v1.ExplainResponse
-	(*VerifyRequest)(nil),              // 8: guestlist.v1.VerifyRequest
-	(*VerifyResponse)(nil),             // 9: guestlist.v1.VerifyResponse
-	(*ExportEventsRequest)(nil),        // 10: guestlist.v1.ExportEventsRequest
-	(*ExportEventsResponse)(nil),       // 11: guestlist.v1.ExportEventsResponse
-	(*GetCheckpointKeyRequest)(nil),    // 12: guestlist.v1.GetCheckpointKeyRequest
-	(*CheckpointKey)(nil),              // 13: guestlist.v1.CheckpointKey
-	(*GetConsistencyProofRequest)(nil), // 14: guestlist.v1.GetConsistencyProofRequest
-	(*ConsistencyProof)(nil),           // 15: guestlist.v1.ConsistencyProof
-	(*GetInclusionProofRequest)(nil),   // 16: guestlist.v1.GetInclusionProofRequest
-	(*InclusionProof)(nil),             // 17: guestlist.v1.InclusionProof
-	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
-	(*anypb.Any)(nil),                  // 19: google.protobuf.Any
-	(*Revocation)(nil),                 // 20: guestlist.v1.Revocation
-	(*Tenant)(nil),                     // 21: guestlist.v1.Tenant
-	(*Token)(nil),                      // 22: guestlist.v1.Token
-	(*CertificateAuthority)(nil),       // 23: guestlist.v1.CertificateAuthority
-	(*Policy)(nil),                     // 24: guestlist.v1.Policy
-	(*Hostname)(nil),                   // 25: guestlist.v1.Hostname
+	(*RequestHeaders)(nil),             // 7: guestlist.v1.RequestHeaders
+	(*ExplainResponse)(nil),            // 8: guestlist.v1.ExplainResponse
+	(*VerifyRequest)(nil),              // 9: guestlist.v1.VerifyRequest
+	(*VerifyResponse)(nil),             // 10: guestlist.v1.VerifyResponse
+	(*ExportEventsRequest)(nil),        // 11: guestlist.v1.ExportEventsRequest
+	(*ExportEventsResponse)(nil),       // 12: guestlist.v1.ExportEventsResponse
+	(*GetCheckpointKeyRequest)(nil),    // 13: guestlist.v1.GetCheckpointKeyRequest
+	(*CheckpointKey)(nil),              // 14: guestlist.v1.CheckpointKey
+	(*GetConsistencyProofRequest)(nil), // 15: guestlist.v1.GetConsistencyProofRequest
+	(*ConsistencyProof)(nil),           // 16: guestlist.v1.ConsistencyProof
+	(*GetInclusionProofRequest)(nil),   // 17: guestlist.v1.GetInclusionProofRequest
+	(*InclusionProof)(nil),             // 18: guestlist.v1.InclusionProof
+	nil,                                // 19: guestlist.v1.RequestHeaders.ValuesEntry
+	(*timestamppb.Timestamp)(nil),      // 20: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                  // 21: google.protobuf.Any
+	(*Revocation)(nil),                 // 22: guestlist.v1.Revocation
+	(*Tenant)(nil),                     // 23: guestlist.v1.Tenant
+	(*Token)(nil),                      // 24: guestlist.v1.Token
+	(*CertificateAuthority)(nil),       // 25: guestlist.v1.CertificateAuthority
+	(*Policy)(nil),                     // 26: guestlist.v1.Policy
+	(*Hostname)(nil),                   // 27: guestlist.v1.Hostname
 }
 var file_guestlist_v1_audit_proto_depIdxs = []int32{
-	18, // 0: guestlist.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	19, // 1: guestlist.v1.AuditEvent.data:type_name -> google.protobuf.Any
+	20, // 0: guestlist.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	21, // 1: guestlist.v1.AuditEvent.data:type_name -> google.protobuf.Any
 	0,  // 2: guestlist.v1.ListEventsResponse.events:type_name -> guestlist.v1.AuditEvent
-	18, // 3: guestlist.v1.GetSnapshotRequest.at_time:type_name -> google.protobuf.Timestamp
-	20, // 4: guestlist.v1.SnapshotRevocation.revocation:type_name -> guestlist.v1.Revocation
-	18, // 5: guestlist.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
-	21, // 6: guestlist.v1.Snapshot.tenant:type_name -> guestlist.v1.Tenant
-	22, // 7: guestlist.v1.Snapshot.tokens:type_name -> guestlist.v1.Token
-	23, // 8: guestlist.v1.Snapshot.certificate_authorities:type_name -> guestlist.v1.CertificateAuthority
+	20, // 3: guestlist.v1.GetSnapshotRequest.at_time:type_name -> google.protobuf.Timestamp
+	22, // 4: guestlist.v1.SnapshotRevocation.revocation:type_name -> guestlist.v1.Revocation
+	20, // 5: guestlist.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	23, // 6: guestlist.v1.Snapshot.tenant:type_name -> guestlist.v1.Tenant
+	24, // 7: guestlist.v1.Snapshot.tokens:type_name -> guestlist.v1.Token
+	25, // 8: guestlist.v1.Snapshot.certificate_authorities:type_name -> guestlist.v1.CertificateAuthority
 	4,  // 9: guestlist.v1.Snapshot.revocations:type_name -> guestlist.v1.SnapshotRevocation
-	24, // 10: guestlist.v1.Snapshot.policies:type_name -> guestlist.v1.Policy
-	25, // 11: guestlist.v1.Snapshot.hostnames:type_name -> guestlist.v1.Hostname
-	18, // 12: guestlist.v1.ExplainRequest.at_time:type_name -> google.protobuf.Timestamp
-	18, // 13: guestlist.v1.ExplainRequest.request_time:type_name -> google.protobuf.Timestamp
-	0,  // 14: guestlist.v1.ExportEventsResponse.event:type_name -> guestlist.v1.AuditEvent
-	0,  // 15: guestlist.v1.InclusionProof.event:type_name -> guestlist.v1.AuditEvent
-	1,  // 16: guestlist.v1.AuditService.ListEvents:input_type -> guestlist.v1.ListEventsRequest
-	3,  // 17: guestlist.v1.AuditService.GetSnapshot:input_type -> guestlist.v1.GetSnapshotRequest
-	6,  // 18: guestlist.v1.AuditService.Explain:input_type -> guestlist.v1.ExplainRequest
-	8,  // 19: guestlist.v1.AuditService.Verify:input_type -> guestlist.v1.VerifyRequest
-	10, // 20: guestlist.v1.AuditService.ExportEvents:input_type -> guestlist.v1.ExportEventsRequest
-	12, // 21: guestlist.v1.AuditService.GetCheckpointKey:input_type -> guestlist.v1.GetCheckpointKeyRequest
-	14, // 22: guestlist.v1.AuditService.GetConsistencyProof:input_type -> guestlist.v1.GetConsistencyProofRequest
-	16, // 23: guestlist.v1.AuditService.GetInclusionProof:input_type -> guestlist.v1.GetInclusionProofRequest
-	2,  // 24: guestlist.v1.AuditService.ListEvents:output_type -> guestlist.v1.ListEventsResponse
-	5,  // 25: guestlist.v1.AuditService.GetSnapshot:output_type -> guestlist.v1.Snapshot
-	7,  // 26: guestlist.v1.AuditService.Explain:output_type -> guestlist.v1.ExplainResponse
-	9,  // 27: guestlist.v1.AuditService.Verify:output_type -> guestlist.v1.VerifyResponse
-	11, // 28: guestlist.v1.AuditService.ExportEvents:output_type -> guestlist.v1.ExportEventsResponse
-	13, // 29: guestlist.v1.AuditService.GetCheckpointKey:output_type -> guestlist.v1.CheckpointKey
-	15, // 30: guestlist.v1.AuditService.GetConsistencyProof:output_type -> guestlist.v1.ConsistencyProof
-	17, // 31: guestlist.v1.AuditService.GetInclusionProof:output_type -> guestlist.v1.InclusionProof
-	24, // [24:32] is the sub-list for method output_type
-	16, // [16:24] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	26, // 10: guestlist.v1.Snapshot.policies:type_name -> guestlist.v1.Policy
+	27, // 11: guestlist.v1.Snapshot.hostnames:type_name -> guestlist.v1.Hostname
+	20, // 12: guestlist.v1.ExplainRequest.at_time:type_name -> google.protobuf.Timestamp
+	20, // 13: guestlist.v1.ExplainRequest.request_time:type_name -> google.protobuf.Timestamp
+	7,  // 14: guestlist.v1.ExplainRequest.headers:type_name -> guestlist.v1.RequestHeaders
+	19, // 15: guestlist.v1.RequestHeaders.values:type_name -> guestlist.v1.RequestHeaders.ValuesEntry
+	0,  // 16: guestlist.v1.ExportEventsResponse.event:type_name -> guestlist.v1.AuditEvent
+	0,  // 17: guestlist.v1.InclusionProof.event:type_name -> guestlist.v1.AuditEvent
+	1,  // 18: guestlist.v1.AuditService.ListEvents:input_type -> guestlist.v1.ListEventsRequest
+	3,  // 19: guestlist.v1.AuditService.GetSnapshot:input_type -> guestlist.v1.GetSnapshotRequest
+	6,  // 20: guestlist.v1.AuditService.Explain:input_type -> guestlist.v1.ExplainRequest
+	9,  // 21: guestlist.v1.AuditService.Verify:input_type -> guestlist.v1.VerifyRequest
+	11, // 22: guestlist.v1.AuditService.ExportEvents:input_type -> guestlist.v1.ExportEventsRequest
+	13, // 23: guestlist.v1.AuditService.GetCheckpointKey:input_type -> guestlist.v1.GetCheckpointKeyRequest
+	15, // 24: guestlist.v1.AuditService.GetConsistencyProof:input_type -> guestlist.v1.GetConsistencyProofRequest
+	17, // 25: guestlist.v1.AuditService.GetInclusionProof:input_type -> guestlist.v1.GetInclusionProofRequest
+	2,  // 26: guestlist.v1.AuditService.ListEvents:output_type -> guestlist.v1.ListEventsResponse
+	5,  // 27: guestlist.v1.AuditService.GetSnapshot:output_type -> guestlist.v1.Snapshot
+	8,  // 28: guestlist.v1.AuditService.Explain:output_type -> guestlist.v1.ExplainResponse
+	10, // 29: guestlist.v1.AuditService.Verify:output_type -> guestlist.v1.VerifyResponse
+	12, // 30: guestlist.v1.AuditService.ExportEvents:output_type -> guestlist.v1.ExportEventsResponse
+	14, // 31: guestlist.v1.AuditService.GetCheckpointKey:output_type -> guestlist.v1.CheckpointKey
+	16, // 32: guestlist.v1.AuditService.GetConsistencyProof:output_type -> guestlist.v1.ConsistencyProof
+	18, // 33: guestlist.v1.AuditService.GetInclusionProof:output_type -> guestlist.v1.InclusionProof
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_guestlist_v1_audit_proto_init() }
@@ -1605,7 +1679,7 @@ func file_guestlist_v1_audit_proto_init() {
 		(*ExplainRequest_AtPosition)(nil),
 		(*ExplainRequest_AtTime)(nil),
 	}
-	file_guestlist_v1_audit_proto_msgTypes[11].OneofWrappers = []any{
+	file_guestlist_v1_audit_proto_msgTypes[12].OneofWrappers = []any{
 		(*ExportEventsResponse_Event)(nil),
 		(*ExportEventsResponse_Checkpoint)(nil),
 		(*ExportEventsResponse_TenantId)(nil),
@@ -1616,7 +1690,7 @@ func file_guestlist_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guestlist_v1_audit_proto_rawDesc), len(file_guestlist_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
