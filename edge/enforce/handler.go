@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"guestlist.dev/edge/decision"
 	"guestlist.dev/edge/decisionlog"
 	"guestlist.dev/edge/dnsname"
@@ -87,6 +89,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 		http.Error(w, "CONNECT is not supported", http.StatusMethodNotAllowed)
 		return
+	}
+	if v, ok := r.Header["Upgrade"]; ok && httpguts.HeaderValuesContainsToken(v, "h2c") {
+		// The edge decides each request and tells the origin about its certificate: an h2c
+		// upgrade, granted by the origin, would turn the connection to it into an HTTP/2 tunnel
+		// whose requests the edge never sees. A server may ignore Upgrade (RFC 9110 7.8), and
+		// this one does: the request goes on as HTTP/1.1.
+		delete(r.Header, "Upgrade")
+		delete(r.Header, "Http2-Settings")
 	}
 	if r.TLS == nil {
 		misdirected(w, false)
