@@ -584,3 +584,42 @@ func TestEvaluateHeadersUnknown(t *testing.T) {
 		})
 	}
 }
+
+// FuzzHeadersUnknownIsSound: whatever the policy and the headers, evaluating without the headers
+// (RequestInput.HeadersUnknown, as the audit does) either stops with ErrHeadersUnknown or gives
+// exactly what the evaluation with the headers gives (as the edge does): the audit never gives a
+// verdict that the headers could have changed.
+func FuzzHeadersUnknownIsSound(f *testing.F) {
+	for _, s := range []string{
+		`request.headers["x-env"] == "prod"`, `request.headers[?"x-env"].orValue("") == "prod" || cert.verified`,
+		`cert.verified && "x-env" in request.headers`, `!has(request.headers.x) || request.path == "/"`,
+		`request.headers.size() > 1 ? cert.verified : !cert.verified`, `request.headers.exists(k, k.startsWith("x-"))`,
+		`[request.headers["a"], "b"].exists(v, v == "b")`, `request.headers == {}`, `request.method == "GET"`,
+		`cert.verified || request.headers["x"] == "y"`, `has(request.headers) && request.path == "/"`,
+		`request.headers.all(k, request.headers[k] != "")`, `{"k": request.headers}.size() == 1`,
+	} {
+		f.Add(s, "prod", true)
+		f.Add(s, "", false)
+	}
+	f.Fuzz(func(t *testing.T, expr, env string, verified bool) {
+		p, err := Compile([]Rule{rule("first", Deny, `request.method == "DELETE"`), {Name: "r", Action: Allow, Expression: expr}, rule("last", Deny, `cert.presented`)})
+		if err != nil {
+			return
+		}
+		known := testInput()
+		known.Cert.Verified = verified
+		if env != "" {
+			known.Request.Headers.Set("X-Env", env)
+		}
+		unknown := *known
+		unknown.Request.HeadersUnknown = true
+		m1, i1, a1, err1 := p.Evaluate(known)
+		m2, i2, a2, err2 := p.Evaluate(&unknown)
+		if errors.Is(err2, ErrHeadersUnknown) {
+			return
+		}
+		if m1 != m2 || i1 != i2 || a1 != a2 || (err1 == nil) != (err2 == nil) {
+			t.Fatalf("%s: with the headers %v, %d, %v, %v; without %v, %d, %v, %v", expr, m1, i1, a1, err1, m2, i2, a2, err2)
+		}
+	})
+}
