@@ -9,6 +9,15 @@
 // before or after a whole batch of events, so after a restart the projector resubscribes from the
 // checkpoint and neither loses nor applies twice any event.
 //
+// # The event store it follows
+//
+// The read model holds positions of one event store, and so do the edges it feeds. When Run finds
+// that the store ends before the checkpoint (checked whenever it subscribes and whenever it finds
+// no further event), or the subscription delivers an event at or before it, the store lost events
+// or is another one (an older backup restored, the store emptied or replaced): Run stops with
+// ErrStoreBehind rather than skip the store's events up to the checkpoint, and does not rebuild
+// the read model by itself either.
+//
 // # Batches
 //
 // While catching up, up to MaxBatchEvents events (default 1,000) or MaxBatchDelay of work (default
@@ -99,6 +108,14 @@ var (
 	ErrClosed = errors.New("projector: closed")
 	// ErrRunning is returned by Run when another Run is in progress.
 	ErrRunning = errors.New("projector: already running")
+	// ErrStoreBehind is wrapped by the error Run returns when the event store ends before the read
+	// model's checkpoint, or delivers an event at or before it: the store lost events the read
+	// model has applied (restored from an older backup, emptied) or is not the one the read model
+	// was built from. Run stops (found at the start: without becoming Ready) rather than skip the
+	// store's events up to the checkpoint; it does not rebuild the read model by itself either, as
+	// the edges (and the audit ledger) hold positions of the store as it was. The error names both
+	// positions and what to do.
+	ErrStoreBehind = errors.New("projector: the read model is ahead of the event store")
 )
 
 // formatVersion is the read model's format. Version 2: the configuration of a hostname two
@@ -149,6 +166,9 @@ type options struct {
 	lockTimeout    time.Duration
 	// commitHook, for tests, runs inside each commit's transaction; an error aborts it.
 	commitHook func(last uint64) error
+	// applyHook, for tests, runs after each event is folded into its tenant's state, before the
+	// batch records it; an error stands for any failure at that point (see add).
+	applyHook func(pos uint64) error
 	// tp and mp provide the spans and metrics; nil means the global providers.
 	tp trace.TracerProvider
 	mp metric.MeterProvider

@@ -23,7 +23,8 @@ import (
 // rebuildPage is how many events a lazy rebuild reads from a tenant's stream at a time.
 const rebuildPage = 1000
 
-// fatalError marks an error that resubscribing cannot cure: an event the fold refuses.
+// fatalError marks an error that resubscribing cannot cure: an event the fold refuses, a damaged
+// read model, an event store behind the read model (ErrStoreBehind).
 type fatalError struct{ err error }
 
 // Error implements error.
@@ -36,8 +37,11 @@ func (e *fatalError) Unwrap() error { return e.err }
 // model until ctx is done or Close is called (it then returns nil). When the subscription or the
 // store fails, Run logs and resubscribes with backoff. It returns an error, after committing every
 // event before it, for an event the fold refuses (an inconsistent history is not skipped: see
-// fold.ErrInconsistent and fold.ErrUnknownEventType), when the event store is closed, and when the
-// read model's file is closed.
+// fold.ErrInconsistent and fold.ErrUnknownEventType) and for a stored configuration that does not
+// decode (a damaged read model). It returns an error wrapping ErrStoreBehind (found at the start:
+// without becoming Ready) when the event store ends before the checkpoint (checked whenever Run
+// subscribes and whenever it finds no further event) or delivers an event at or before it. It also returns when
+// the event store is closed, and when the read model's file is closed.
 func (p *Projector) Run(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
@@ -70,7 +74,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		var fatal *fatalError
 		switch {
 		case errors.As(err, &fatal):
-			p.log.Error("projector: stopped on an event it cannot apply", "position", p.Position(), "err", err)
+			p.log.Error("projector: stopped; resubscribing cannot cure this", "position", p.Position(), "err", err)
 			return err
 		case errors.Is(err, eventstore.ErrClosed):
 			return fmt.Errorf("projector: event store closed: %w", err)
@@ -98,6 +102,11 @@ type item struct {
 // follow subscribes from the checkpoint and applies events in batches until an error.
 func (p *Projector) follow(ctx context.Context) error {
 	from := p.Position()
+	// Before anything else (a read after a position the store does not have may fail): a store
+	// that ends before the checkpoint would deliver nothing up to it.
+	if err := p.checkStoreReaches(ctx, from); err != nil {
+		return err
+	}
 	caughtUp, err := p.caughtUp(ctx, from)
 	if err != nil {
 		return err
@@ -215,6 +224,15 @@ func (p *Projector) follow(ctx context.Context) error {
 			}
 		}
 		b.closeView() // before the commit's write transaction, which may have to remap the file
+		if b.stale {
+			// A tenant state holds an event that the batch does not record: committing would store
+			// configurations derived from it under a checkpoint before it, and the resubscription
+			// would fold it into that state again. Drop the batch and the states (they are rebuilt
+			// from the store); the events are delivered again from the checkpoint.
+			endSpans(b.spans, stop)
+			clear(p.tenants)
+			return stop
+		}
 		if !caughtUp && b.n > 0 && len(items) == 0 {
 			// Whether this batch is all there is, so that Ready holds as soon as it commits.
 			caughtUp, _ = p.caughtUp(ctx, b.last)
@@ -233,13 +251,48 @@ func (p *Projector) follow(ctx context.Context) error {
 	}
 }
 
-// caughtUp reports whether the store holds no tenant event after position pos.
+// caughtUp reports whether the store holds no tenant event after position pos. When it holds none,
+// it also checks that the store reaches pos (checkStoreReaches).
 func (p *Projector) caughtUp(ctx context.Context, pos uint64) (bool, error) {
 	evs, err := p.store.ReadAll(ctx, eventstore.Position(pos), 1, filter)
 	if err != nil {
 		return false, fmt.Errorf("projector: read events after %d: %w", pos, err)
 	}
-	return len(evs) == 0, nil
+	if len(evs) > 0 {
+		return false, nil
+	}
+	if err := p.checkStoreReaches(ctx, pos); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// checkStoreReaches returns a fatal error wrapping ErrStoreBehind when the store's newest event is
+// before pos, a position the read model has applied (or is applying).
+func (p *Projector) checkStoreReaches(ctx context.Context, pos uint64) error {
+	if pos == 0 {
+		return nil
+	}
+	last, err := p.store.LastPosition(ctx)
+	if err != nil {
+		return fmt.Errorf("projector: read the event store's last position: %w", err)
+	}
+	if uint64(last) >= pos {
+		return nil
+	}
+	err = fmt.Errorf("%w: the read model %s is at position %d, but the event store's last position is %d: "+
+		"was the store restored from an older backup, emptied, or replaced by another one? "+
+		"The projector stops rather than skip the store's events up to position %d. %s",
+		ErrStoreBehind, p.path, pos, uint64(last), pos, p.storeBehindHint())
+	return &fatalError{err}
+}
+
+// storeBehindHint says what to do about ErrStoreBehind.
+func (p *Projector) storeBehindHint() string {
+	return fmt.Sprintf("Run guestlist on the event store this read model was built from (or a newer copy of it). "+
+		"To go on with this store instead, stop guestlist and delete %s and everything else that holds positions "+
+		"of the other store (every edge's saved configuration, the audit ledger); the read model is then rebuilt "+
+		"from this store", p.path)
 }
 
 // setCaughtUp records whether the projector is caught up; the first time it is, it is ready.
@@ -271,6 +324,9 @@ type batch struct {
 	spans []trace.Span
 	// view reads the stored read model while the batch collects (edgeOwner); closeView ends it.
 	view *bolt.Tx
+	// stale is set when add failed after folding its event into the tenant's state: the states
+	// are ahead of the batch, which must not be committed (see follow).
+	stale bool
 }
 
 // closeView ends b's read transaction, if one is open.
@@ -291,18 +347,34 @@ func newBatch(start time.Time) *batch {
 }
 
 // add folds ev into its tenant's state and records the hostnames it affects.
-func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEvent) error {
+//
+// Everything that can fail without the history being at fault (reading the stored read model) is
+// done before fold.Apply changes the tenant's state, which the batch then must record: an error
+// after it would leave the state ahead of what the batch commits and of the checkpoint. Should one
+// happen all the same, add marks b stale and follow drops b and the states.
+func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEvent) (err error) {
 	tenantID, ok := strings.CutPrefix(ev.Stream, fold.TenantStreamPrefix)
 	if !ok {
 		return nil // the filter lets only tenant streams through
+	}
+	if err := p.checkOrder(b, ev); err != nil {
+		return err
 	}
 	st, err := p.tenant(ctx, tenantID, ev)
 	if err != nil {
 		return err
 	}
-	span := p.tel.startApply(ev, tenantID)
 	fe := foldEvent(ev)
 	names := fold.AffectedHostnames(st, fe)
+	// The owners on the edges, before ev: whether st has a name before or after ev does not
+	// matter, as edgeOwner then answers st's tenant or none, and either way ev's tenant gets it.
+	owners := make([]string, len(names))
+	for i, n := range names {
+		if owners[i], err = p.edgeOwner(b, n); err != nil {
+			return err
+		}
+	}
+	span := p.tel.startApply(ev, tenantID)
 	if err := fold.Apply(st, fe); err != nil {
 		logCtx := ctx
 		if span != nil {
@@ -312,10 +384,22 @@ func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEve
 		p.log.ErrorContext(logCtx, "projector: cannot fold event", "tenant", tenantID, "stream", ev.Stream, "revision", ev.Revision, "position", ev.Position, "type", ev.Type, "event_id", ev.ID, "err", err)
 		return &fatalError{fmt.Errorf("projector: fold event %s at position %d (stream %q revision %d): %w", ev.ID, ev.Position, ev.Stream, ev.Revision, err)}
 	}
-	for _, n := range names {
-		if owner, err := p.edgeOwner(b, n); err != nil {
-			return err
-		} else if owner != "" && owner != tenantID {
+	// st holds ev now: b must record it, or not be committed.
+	defer func() {
+		if err != nil {
+			b.stale = true
+			if span != nil {
+				endSpans([]trace.Span{span}, err)
+			}
+		}
+	}()
+	if p.opts.applyHook != nil {
+		if err := p.opts.applyHook(uint64(ev.Position)); err != nil {
+			return fmt.Errorf("projector: after folding the event at position %d: %w", ev.Position, err)
+		}
+	}
+	for i, n := range names {
+		if owner := owners[i]; owner != "" && owner != tenantID {
 			// The control plane's reservations keep a hostname with one tenant; should a second
 			// tenant's history claim it all the same, the edges keep the first tenant's
 			// configuration until that tenant deletes it, rather than follow the last writer.
@@ -332,6 +416,22 @@ func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEve
 		b.spans = append(b.spans, span)
 	}
 	return nil
+}
+
+// checkOrder returns a fatal error wrapping ErrStoreBehind when ev is not after the last event
+// applied (in b, or before b): positions only grow, so the store is not the one the read model
+// follows any more.
+func (p *Projector) checkOrder(b *batch, ev eventstore.RecordedEvent) error {
+	prev := b.last
+	if b.n == 0 {
+		prev = p.Position()
+	}
+	if uint64(ev.Position) > prev {
+		return nil
+	}
+	return &fatalError{fmt.Errorf("%w: the read model %s has applied position %d, but the event store delivered the event at position %d (stream %q revision %d) after it: "+
+		"was the store restored from an older backup, or replaced by another one? %s",
+		ErrStoreBehind, p.path, prev, ev.Position, ev.Stream, ev.Revision, p.storeBehindHint())}
 }
 
 // edgeOwner returns the tenant whose configuration of hostname the edges have (or will have once
@@ -358,7 +458,9 @@ func (p *Projector) edgeOwner(b *batch, hostname string) (string, error) {
 	}
 	owner, err := configTenant(v)
 	if err != nil {
-		return "", fmt.Errorf("projector: read the stored configuration of %q: %w", hostname, err)
+		// Written by commit, so the file is damaged: resubscribing cannot cure it.
+		return "", &fatalError{fmt.Errorf("projector: the read model %s is damaged: the stored configuration of %q does not decode (%w); "+
+			"stop guestlist and delete the file, it is rebuilt from the event store", p.path, hostname, err)}
 	}
 	return owner, nil
 }
