@@ -39,6 +39,11 @@ var (
 	ErrNotFound = errors.New("ledger: not found")
 	// ErrRunning is returned by Run when it is already running.
 	ErrRunning = errors.New("ledger: already running")
+	// ErrStoreBehind is wrapped by the error Run returns when the event store ends before the
+	// ledger's position, or delivers an event at or before it: the store lost events the ledger
+	// recorded (restored from an older backup, emptied) or is another one. Run stops rather than
+	// skip the store's events up to its position. The error names both positions.
+	ErrStoreBehind = errors.New("ledger: the ledger is ahead of the event store")
 )
 
 // Option configures Open.
@@ -274,6 +279,18 @@ func (l *Ledger) follow(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if from > 0 {
+		last, err := l.store.LastPosition(ctx)
+		if err != nil {
+			return subError{fmt.Errorf("ledger: read the event store's last position: %w", err)}
+		}
+		if last < from {
+			return fmt.Errorf("%w: the ledger %s is at position %d, but the event store's last position is %d: "+
+				"was the store restored from an older backup, emptied, or replaced by another one? The ledger stops "+
+				"rather than skip the store's events up to position %d; run guestlist on the store it was built from",
+				ErrStoreBehind, l.db.Path(), from, last, from)
+		}
+	}
 	sub, err := l.store.Subscribe(ctx, from, eventstore.Filter{StreamPrefixes: []string{fold.TenantStreamPrefix}})
 	if err != nil {
 		return subError{fmt.Errorf("ledger: subscribe from %d: %w", from, err)}
@@ -358,8 +375,17 @@ func (l *Ledger) commit(batch []eventstore.RecordedEvent, idle bool) error {
 	err := l.db.Update(func(tx *bolt.Tx) error {
 		touched := map[string]*tenantState{}
 		var buf []byte
+		var prev uint64
+		if v := tx.Bucket(bucketMeta).Get(keyPosition); len(v) == 8 {
+			prev = binary.BigEndian.Uint64(v)
+		}
 		for i := range batch {
 			ev := &batch[i]
+			if uint64(ev.Position) <= prev {
+				return fmt.Errorf("%w: the store delivered the event at position %d (%s revision %d) after the ledger %s recorded position %d: "+
+					"the store is not the one the ledger was built from", ErrStoreBehind, ev.Position, ev.Stream, ev.Revision, l.db.Path(), prev)
+			}
+			prev = uint64(ev.Position)
 			tenant, ok := strings.CutPrefix(ev.Stream, fold.TenantStreamPrefix)
 			if !ok {
 				continue
