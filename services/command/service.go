@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/fold"
+	"guestlist.dev/services/auth"
 	"guestlist.dev/services/eventstore"
 )
 
@@ -202,6 +203,24 @@ func (s *Service) runBatches(e *tenantEntry) {
 
 const maxBatchAttempts = 8
 
+// errTokenGone refuses a command whose caller's token was deleted before the command was decided:
+// the answer a request with that token gets from then on.
+var errTokenGone = status.Error(codes.Unauthenticated, "missing or invalid bearer token")
+
+// tokenInForce reports whether the token that authenticated ctx's caller (if a token of a tenant
+// did) is still one of tenant tenantID's tokens in st. The admin's principal names no token.
+func tokenInForce(ctx context.Context, tenantID string, st *fold.Tenant) bool {
+	p, ok := auth.FromContext(ctx)
+	if !ok || p.TokenID == "" {
+		return true
+	}
+	if p.TenantID != tenantID {
+		return false
+	}
+	_, ok = st.Tokens[p.TokenID]
+	return ok
+}
+
 // runBatch decides and appends one batch of commands.
 func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 	finish := func(o *op, result any, err error) {
@@ -240,6 +259,14 @@ func (s *Service) runBatch(e *tenantEntry, batch []*op) {
 		now := time.Now().UTC()
 		var internal error
 		for _, o := range live {
+			if !tokenInForce(o.ctx, e.id, st) {
+				// Authenticated before its token was deleted, decided after: a deleted token must
+				// not write, and above all not create the successor it would keep working with.
+				// The state is the stored one plus this batch's earlier commands, so a deletion
+				// earlier in the batch counts.
+				finish(o, nil, notStored{errTokenGone})
+				continue
+			}
 			d, err := o.decide(st)
 			if err != nil {
 				finish(o, nil, err)
