@@ -16,6 +16,7 @@ import (
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/egress"
+	"guestlist.dev/edge/enforce"
 	"guestlist.dev/projections/distribute"
 	"guestlist.dev/services/api/server"
 	"guestlist.dev/services/auth"
@@ -40,6 +41,9 @@ type devConfig struct {
 	OriginAllow *egress.Policy
 	// OriginDeny is what origins must not be at, even public or allowed addresses (--origin-deny).
 	OriginDeny []egress.Entry
+	// BodyIdleTimeout is how long a request body may go without bytes (--body-idle-timeout); 0
+	// means no limit.
+	BodyIdleTimeout time.Duration
 	// Version is the binary's version.
 	Version string
 	// Logger and TracerProvider are set up from --log-level, --log-format and the OTEL_* variables.
@@ -228,8 +232,12 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 	fs.Var(originAllow, "origin-allow", originAllowUsage+"; an empty value allows public addresses only")
 	originDeny := &denyFlag{}
 	fs.Var(originDeny, "origin-deny", originDenyUsage)
+	bodyIdleTimeout := fs.Duration("body-idle-timeout", enforce.DefaultBodyIdleTimeout, bodyIdleUsage)
 	if err := parseFlags(fs, args, env); err != nil {
 		return flagError(fs, err, stderr)
+	}
+	if *bodyIdleTimeout < 0 {
+		return flagError(fs, errors.New("--body-idle-timeout must not be negative (0: no limit)"), stderr)
 	}
 	if *dataDir == "" {
 		return flagError(fs, errors.New("--data-dir must not be empty"), stderr)
@@ -283,21 +291,22 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 	}()
 
 	cfg := devConfig{
-		Metrics:        metrics.Handler,
-		DataDir:        *dataDir,
-		GRPCAddr:       grpcAddr.addr,
-		HTTPAddr:       httpAddr.addr,
-		EdgeAddr:       edgeAddr.addr,
-		OriginAddr:     originAddr.addr,
-		AdminToken:     tok,
-		TokenSource:    src,
-		DecisionLog:    *decisionLog,
-		OriginAllow:    originAllow.policy,
-		OriginDeny:     originDeny.entries,
-		Version:        ver,
-		Logger:         logger,
-		TracerProvider: tp,
-		Stdout:         stdout,
+		Metrics:         metrics.Handler,
+		DataDir:         *dataDir,
+		GRPCAddr:        grpcAddr.addr,
+		HTTPAddr:        httpAddr.addr,
+		EdgeAddr:        edgeAddr.addr,
+		OriginAddr:      originAddr.addr,
+		AdminToken:      tok,
+		TokenSource:     src,
+		DecisionLog:     *decisionLog,
+		OriginAllow:     originAllow.policy,
+		OriginDeny:      originDeny.entries,
+		BodyIdleTimeout: *bodyIdleTimeout,
+		Version:         ver,
+		Logger:          logger,
+		TracerProvider:  tp,
+		Stdout:          stdout,
 	}
 	if cfg.DecisionLog == "" {
 		cfg.DecisionLog = filepath.Join(cfg.DataDir, "decisions.jsonl")

@@ -18,6 +18,7 @@ import (
 
 	"guestlist.dev/edge/echo"
 	"guestlist.dev/edge/egress"
+	"guestlist.dev/edge/enforce"
 	"guestlist.dev/services/telemetry"
 )
 
@@ -41,6 +42,9 @@ type edgeConfig struct {
 	// ShutdownTimeout bounds the draining of open requests on SIGINT/SIGTERM; 0 means the
 	// enforce package's default.
 	ShutdownTimeout time.Duration
+	// BodyIdleTimeout is how long a request body may go without bytes (--body-idle-timeout); 0
+	// means no limit.
+	BodyIdleTimeout time.Duration
 	// Metrics serves /metrics; nil serves 404 there.
 	Metrics http.Handler
 	// TracerProvider makes the spans of the edge's configuration updates, which continue the
@@ -78,8 +82,12 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	fs.Var(originAllow, "origin-allow", originAllowUsage+" (default: none, public addresses only)")
 	originDeny := &denyFlag{}
 	fs.Var(originDeny, "origin-deny", originDenyUsage)
+	bodyIdleTimeout := fs.Duration("body-idle-timeout", enforce.DefaultBodyIdleTimeout, bodyIdleUsage)
 	if err := parseFlags(fs, args, env); err != nil {
 		return flagError(fs, err, stderr)
+	}
+	if *bodyIdleTimeout < 0 {
+		return flagError(fs, errors.New("--body-idle-timeout must not be negative (0: no limit)"), stderr)
 	}
 	if err := rf.checkDataDir(); err != nil {
 		return flagError(fs, err, stderr)
@@ -119,6 +127,7 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 		DataDir: *rf.dataDir, EdgeID: *edgeID, EdgeAddr: edgeAddr.addr, HTTPAddr: rf.httpAddr.addr,
 		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token, OriginAllow: originAllow.policy.WithDeny(originDeny.entries...),
 		Metrics: renv.metrics, TracerProvider: renv.tp, Version: renv.ver, Logger: renv.logger, Stdout: stdout,
+		BodyIdleTimeout: *bodyIdleTimeout,
 	}
 	if err := runEdgeRole(ctx, cfg); err != nil {
 		renv.logger.Error("guestlist edge stopped", "error", err)
@@ -143,6 +152,7 @@ func serveEdgeRole(ctx context.Context, cfg edgeConfig) (err error) {
 		EdgeID: cfg.EdgeID, Addr: cfg.EdgeAddr, CADir: cfg.CADir, DecisionLog: cfg.DecisionLog,
 		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: cfg.EdgeToken, ConfigAddrs: cfg.ConfigAddrs,
 		ShutdownTimeout: cfg.ShutdownTimeout, Logger: cfg.Logger, TracerProvider: cfg.TracerProvider, Egress: cfg.OriginAllow,
+		BodyIdleTimeout: cfg.BodyIdleTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("open: %w", err)

@@ -160,6 +160,9 @@ func (d *denyFlag) Set(s string) error {
 	return nil
 }
 
+// bodyIdleUsage is the --body-idle-timeout flag's description.
+const bodyIdleUsage = "how long the edge waits for the next bytes of a request body before it ends the request (408, or the connection closed when the request already went to the origin); a body may take any time in all while it keeps coming. 0: no limit"
+
 // originDenyUsage is the --origin-deny flag's description.
 const originDenyUsage = "addresses hostnames' origins must not be at, even public or allowed ones (the edges' own public addresses or load balancer, whose origin would loop back to the edge; a platform's services): IP addresses or prefixes, each with an optional port, comma-separated. The edge's own listening address is always denied (its port on all of loopback and every interface address, when it listens on all)"
 

@@ -276,11 +276,23 @@ type edgeOptions struct {
 	ConfigAddrs []string
 	// ShutdownTimeout bounds the draining of open requests; 0 means enforce's default.
 	ShutdownTimeout time.Duration
+	// BodyIdleTimeout is how long a request body may go without bytes (enforce.Config's); 0
+	// means no limit.
+	BodyIdleTimeout time.Duration
 	// Egress is what origins may be at besides public addresses; nil allows public ones only.
 	Egress *egress.Policy
 	Logger *slog.Logger
 	// TracerProvider makes the configuration update spans; nil means the global provider.
 	TracerProvider trace.TracerProvider
+}
+
+// bodyIdle maps a --body-idle-timeout (0: no limit) to enforce.Config.BodyIdleTimeout (0: the
+// default, negative: no limit).
+func bodyIdle(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 // edgeParts is what addEdge opened, for the roles' banners and for tests.
@@ -342,6 +354,7 @@ func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 	srv, err := enforce.New(enforce.Config{
 		Addr: o.Addr, Configs: configs, Certificates: ca.GetCertificate, Log: dlog, EdgeID: o.EdgeID,
 		Logger: o.Logger.With("role", "edge"), ShutdownTimeout: o.ShutdownTimeout, Egress: o.Egress,
+		BodyIdleTimeout: bodyIdle(o.BodyIdleTimeout),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
@@ -453,7 +466,7 @@ func openDev(ctx context.Context, cfg devConfig) (_ *controlPlane, err error) {
 	edge, err := p.addEdge(edgeOptions{
 		EdgeID: devEdgeID, Addr: cfg.EdgeAddr, CADir: filepath.Join(cfg.DataDir, edgeCADir), DecisionLog: logPath,
 		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: edgeToken, Logger: cfg.Logger,
-		Egress: cfg.originAllow(),
+		Egress: cfg.originAllow(), BodyIdleTimeout: cfg.BodyIdleTimeout,
 	})
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -231,6 +232,17 @@ func TestEdgeFlags(t *testing.T) {
 				return ""
 			},
 		},
+		{
+			name: "ok/body idle timeout",
+			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--body-idle-timeout", "15s"},
+			check: func(c edgeConfig) string {
+				if c.BodyIdleTimeout != 15*time.Second {
+					return fmt.Sprintf("--body-idle-timeout not applied: %v", c.BodyIdleTimeout)
+				}
+				return ""
+			},
+		},
+		{name: "fail/negative body idle timeout", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--body-idle-timeout", "-1s"}, mention: "--body-idle-timeout"},
 		{name: "fail/edge id with a newline", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--edge-id", "edge-1\nforged"}, mention: "--edge-id"},
 		{name: "fail/origin deny not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--origin-deny", "lb.internal"}, mention: "origin-deny"},
 		{name: "fail/origin allow not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--origin-allow", "10.0.0.0/8,origin.internal"}, mention: `origin-allow: egress: entry 2, "origin.internal"`},

@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -189,4 +190,81 @@ func slowBodyOrigin(t *testing.T, delay time.Duration) string {
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return "http://" + ln.Addr().String()
+}
+
+// slowConsumerOrigin waits delay before it starts reading the request body (an origin that does
+// some work first, or is simply busy), then reads all of it and answers with its length.
+func slowConsumerOrigin(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay)
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			t.Logf("origin: reading the body: %v after %d bytes", err, n)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"body_bytes":`+strconv.FormatInt(n, 10)+`}`)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+// TestBodyIdleTimeoutSlowConsumingOrigin: the client sends its whole body as fast as the edge takes
+// it; the origin only starts reading it after 3 x BodyIdleTimeout. The client never pauses, so
+// the upload must go through, on HTTP/1.1 (net/http's path) and on HTTP/2 alike. On HTTP/2 the
+// stream's deadline, set once and pushed forward by reads, was a timer that fired while the
+// origin held the body back: the body was cut and the client got a 502 (independent review).
+func TestBodyIdleTimeoutSlowConsumingOrigin(t *testing.T) {
+	const size = 32 << 20 // more than the kernel's loopback buffers and HTTP/2's window hold
+	origin := slowConsumerOrigin(t, 3*bodyIdle)
+	for _, h2 := range []bool{false, true} {
+		name := "HTTP/1.1"
+		if h2 {
+			name = "HTTP/2"
+		}
+		t.Run(name, func(t *testing.T) {
+			e := bodyIdleEnv(t, origin)
+			var opts []clientOpts
+			if h2 {
+				opts = append(opts, withH2())
+			}
+			req, _ := http.NewRequest(http.MethodPost, "https://"+hostA+"/", bytes.NewReader(make([]byte, size)))
+			res, err := e.do(e.client(opts...), req)
+			if err != nil {
+				t.Fatalf("%v", err)
+			}
+			if res.status != http.StatusOK || res.proto != map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2] {
+				t.Fatalf("%s: status %d, %s; want 200 with the whole body at the origin", res.proto, res.status, res.body)
+			}
+			if !bytes.Contains(res.body, []byte(`"body_bytes":`+strconv.Itoa(size))) {
+				t.Fatalf("the origin answered %s; want %d bytes", res.body, size)
+			}
+		})
+	}
+}
+
+// TestBodyIdleTimeoutOwnAnswer: on the fast path, a request the edge answers itself (a
+// 403 deny here: mode ENFORCE, no certificate) has its body read and dropped before the answer.
+// A body that keeps coming (a byte every third of BodyIdleTimeout, 3 x BodyIdleTimeout in all)
+// must get the 403 with its reason and decision id, as the same body gets through when
+// forwarded (TestBodyIdleTimeoutHTTP1 ok/fast path/steady ...). The deadline set for the body
+// by bodyDeadline was never pushed forward while discardBody read it: the connection was closed
+// without the 403 (independent review).
+func TestBodyIdleTimeoutOwnAnswer(t *testing.T) {
+	e := newEnvWith(t, func(srv *Server) { srv.bodyIdle = bodyIdle }, host(hostA, "acme"))
+	conn := rawTLS(t, e, hostA, nil)
+	br := bufio.NewReader(conn)
+	head, _ := post(2 + 9) // a body of 11 bytes: "ab", then 9 bytes, one every bodyIdle/3
+	status, _, err := sendSlowly(t, conn, br, append([]any{head + "ab"}, steadyBody(9)...)...)
+	if err != nil || status != 403 {
+		t.Fatalf("status %d, %v; want the 403 (deny, client_certificate_missing)", status, err)
+	}
+	if lines := e.logLines(); len(lines) != 1 || !strings.Contains(lines[0]["reason"].(string), "missing") {
+		t.Fatalf("decision log %v", lines)
+	}
 }

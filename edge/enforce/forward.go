@@ -86,13 +86,16 @@ func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // idleBody is a request body read by net/http (HTTP/2, and HTTP/1.1 bodies the fast path hands
 // over) whose reads each wait at most idle for the next bytes, as the fast path's (bodyProgress):
-// before a read, the connection's (or HTTP/2 stream's) read deadline is pushed to idle from now,
-// when it was set more than deadlineSlack(idle) ago. At the body's end, or when it is closed,
-// the deadline is cleared, so that net/http's own reads of the connection (its watch for the
-// client going away, the next request) are not cut by it.
+// the connection's (or HTTP/2 stream's) read deadline is set to idle from now for each read, and
+// taken off when the read returns. So only a client that stops sending is cut, never an origin
+// that stops taking the body: on HTTP/2 the deadline is a timer that would fire whether or not a
+// read is waiting, and the client is held back by flow control meanwhile. When the body ends or is
+// closed, the deadline stays off, so that net/http's own reads of the connection (its watch for
+// the client going away, the next request) are not cut by it.
 //
-// When the deadline passes, net/http fails the read, and for HTTP/1.1 also cancels the request's
-// context, so the proxy may see either first; stalled tells the error handler it was the body.
+// When a read's deadline passes, net/http fails the read, and for HTTP/1.1 also cancels the
+// request's context, so the proxy may see either first; stalled tells the error handler it was
+// the body.
 type idleBody struct {
 	io.ReadCloser
 	rc    *http.ResponseController
@@ -100,70 +103,60 @@ type idleBody struct {
 	limit time.Time // never a deadline past this (ReadTimeout's); zero: none
 
 	mu       sync.Mutex // Read, Close and stalled may be called from different goroutines
-	set      time.Time  // when the deadline was last pushed forward; zero when cleared
-	deadline time.Time  // the deadline in force; zero when none
+	deadline time.Time  // the deadline of the read waiting now; zero when none waits
+	timedOut bool       // a read failed on its deadline
 	ended    bool       // the body's end (or an error) was read, or it was closed
-	endedAt  time.Time
 }
 
 // Read reads from the body with the idle deadline.
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
-	if now := time.Now(); !b.ended && now.Sub(b.set) > deadlineSlack(b.idle) {
-		d := now.Add(b.idle)
-		if !b.limit.IsZero() && b.limit.Before(d) {
-			d = b.limit
-		}
-		if b.rc.SetReadDeadline(d) == nil {
-			b.set, b.deadline = now, d
-		}
+	if b.ended {
+		b.mu.Unlock()
+		return b.ReadCloser.Read(p)
+	}
+	d := time.Now().Add(b.idle)
+	if !b.limit.IsZero() && b.limit.Before(d) {
+		d = b.limit
+	}
+	if b.rc.SetReadDeadline(d) == nil {
+		b.deadline = d
 	}
 	b.mu.Unlock()
 	n, err := b.ReadCloser.Read(p)
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	switch {
-	case err == nil:
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
 		// The deadline stays: net/http reads the rest of a short HTTP/1.1 body when it is closed,
 		// which must fail at once too.
-		b.mu.Lock()
-		b.ended, b.endedAt = true, time.Now()
-		b.mu.Unlock()
-		err = fmt.Errorf("the request body stalled (no bytes for %v): %w", b.idle, err)
-	default:
-		b.end()
+		b.timedOut, b.ended = true, true
+		return n, fmt.Errorf("the request body stalled (no bytes for %v): %w", b.idle, err)
+	case err != nil:
+		b.ended = true
+	}
+	if !b.deadline.IsZero() {
+		_ = b.rc.SetReadDeadline(b.limit)
+		b.deadline = time.Time{}
 	}
 	return n, err
 }
 
-// Close closes the body and clears the deadline.
+// Close closes the body; the deadline stays off.
 func (b *idleBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.end()
+	b.mu.Lock()
+	b.ended = true
+	b.mu.Unlock()
 	return err
 }
 
-// end clears the deadline of a body that ended before it.
-func (b *idleBody) end() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.ended {
-		return
-	}
-	b.ended, b.endedAt = true, time.Now()
-	if !b.set.IsZero() {
-		_ = b.rc.SetReadDeadline(time.Time{})
-	}
-}
-
-// stalled reports whether the body's deadline passed before its end.
+// stalled reports whether a read of the body failed on its deadline, or is waiting past it (on
+// HTTP/1.1 the request's context may end before the read returns).
 func (b *idleBody) stalled() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	end := time.Now()
-	if b.ended {
-		end = b.endedAt
-	}
-	return !b.deadline.IsZero() && !end.Before(b.deadline)
+	return b.timedOut || !b.deadline.IsZero() && !time.Now().Before(b.deadline)
 }
 
 // origin returns the proxy for origin URL raw.

@@ -508,11 +508,17 @@ func (c *h1Conn) consume() {
 // discardBody consumes the request head and what is left of its body without forwarding them.
 func (c *h1Conn) discardBody() bool {
 	c.consume()
-	if n := c.bodyLeft; n > 0 {
-		c.bodyLeft = 0
-		if _, err := c.br.Discard(int(n)); err != nil {
-			return false
+	for c.bodyLeft > 0 {
+		if c.br.Buffered() == 0 {
+			c.bodyProgress() // as when forwarding it: the body may take any time while it keeps coming
+			if _, err := c.br.Peek(1); err != nil {
+				c.bodyLeft = 0
+				return false
+			}
 		}
+		n := min(int64(c.br.Buffered()), c.bodyLeft)
+		_, _ = c.br.Discard(int(n))
+		c.bodyLeft -= n
 	}
 	return true
 }
