@@ -245,7 +245,13 @@ func compileRule(env *cel.Env, r Rule) (*compiledRule, *CompileError) {
 	if len(expr) > MaxExpressionBytes {
 		return nil, fail(nil, "the expression is %d bytes long; at most %d are allowed", len(expr), MaxExpressionBytes)
 	}
-	ast, iss := env.Compile(expr)
+	ast, iss, perr := envCompile(env, expr)
+	if perr != nil {
+		if strings.Contains(perr.Error(), "regexp") {
+			return nil, fail(expressionStart(expr), "a regular expression with a counted repetition (such as a{2} or a{1,3}) is not supported; write the repetition out (aa, a|aa|aaa) or use ?, + and *")
+		}
+		return nil, fail(expressionStart(expr), "the expression cannot be compiled: %v", perr)
+	}
 	if iss.Err() != nil {
 		errs := iss.Errors()
 		first := errs[0]
@@ -279,6 +285,20 @@ func compileRule(env *cel.Env, r Rule) (*compiledRule, *CompileError) {
 		return nil, fail(start, "%v", err)
 	}
 	return &compiledRule{Rule: r, cost: est.Max, fast: fast, guarded: guarded}, nil
+}
+
+// envCompile is env.Compile, with a panic turned into an error: cel-go v0.32's check of a regular
+// expression's program size compiles the pattern without simplifying it, and regexp/syntax panics
+// on a counted repetition there. (A pattern that is not a literal is refused: its cost has no
+// bound.)
+func envCompile(env *cel.Env, expr string) (ast *cel.Ast, iss *cel.Issues, perr error) {
+	defer func() {
+		if r := recover(); r != nil {
+			ast, iss, perr = nil, nil, fmt.Errorf("%v", r)
+		}
+	}()
+	ast, iss = env.Compile(expr)
+	return ast, iss, nil
 }
 
 // expressionStart locates the first character of an expression that is not white space.
