@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"guestlist.dev/edge/certid"
 	"guestlist.dev/projections/audit"
 	"guestlist.dev/projections/ledger"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
@@ -372,7 +373,11 @@ type decisionLine struct {
 	Verdict        string    `json:"verdict"`
 	Reason         string    `json:"reason"`
 	Rule           string    `json:"rule"`
-	Request        struct {
+	Cert           struct {
+		Presented         bool   `json:"presented"`
+		FingerprintSHA256 string `json:"fingerprint_sha256"`
+	} `json:"cert"`
+	Request struct {
 		Method string `json:"method"`
 		Path   string `json:"path"`
 	} `json:"request"`
@@ -456,10 +461,23 @@ func runAuditExplain(ctx context.Context, args []string, env func(string) string
 		if err != nil {
 			return fail(exitUsage, "--cert: %v", err)
 		}
-		if _, err := audit.ParseChain(string(b)); err != nil {
+		chain, err := audit.ParseChain(string(b))
+		if err != nil {
 			return fail(exitUsage, "--cert %s: %v", *certFile, err)
 		}
 		req.ClientCertificateChainPem = string(b)
+		// The certificate must be the one the logged decision saw, or the comparison below would
+		// blame the history for the wrong certificate.
+		if line != nil && len(chain) > 0 {
+			switch fp := certid.FingerprintSHA256(chain[0].Raw); {
+			case !line.Cert.Presented:
+				return fail(exitUsage, "--cert: the logged request presented no certificate; leave --cert out")
+			case line.Cert.FingerprintSHA256 != "" && fp != line.Cert.FingerprintSHA256:
+				return fail(exitUsage, "--cert %s: its leaf's SHA-256 fingerprint is %s, the logged request's %s: not the certificate the decision was made with", *certFile, fp, line.Cert.FingerprintSHA256)
+			}
+		}
+	} else if line != nil && line.Cert.Presented {
+		return fail(exitUsage, "--decision: the logged request presented a certificate (SHA-256 fingerprint %s); give its chain with --cert", line.Cert.FingerprintSHA256)
 	}
 	req.TenantId = f.tenant
 	resp := &guestlistv1.ExplainResponse{}

@@ -194,6 +194,22 @@ func TestAuditExplainHeaderRule(t *testing.T) {
 	if cliCode != 0 || !strings.Contains(cliOut, "match") {
 		t.Errorf("explain --decision --header: exit %d\n%s", cliCode, cliOut)
 	}
+	// Another certificate, or none, is a usage error naming the logged fingerprint, not a
+	// MISMATCH that would blame the history (a new user's review).
+	other := filepath.Join(dir, "other.pem")
+	if err := os.WriteFile(other, []byte(pkitest.PEM(ca.Client(t, "terminal-2").Cert)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	auditEnv := map[string]string{"GUESTLIST_API": n.api, "GUESTLIST_TOKEN": auditor}
+	for _, args := range [][]string{
+		{"audit", "explain", "--decision", line.raw, "--header", "X-Env: prod", "--cert", other},
+		{"audit", "explain", "--decision", line.raw, "--header", "X-Env: prod"},
+	} {
+		code, out, errOut := runCmd(t, auditEnv, args...)
+		if code != 2 || !strings.Contains(errOut, line.Cert.FingerprintSHA256) || strings.Contains(out, "MISMATCH") {
+			t.Errorf("%v: exit %d\n%s%s", args[len(args)-2:], code, out, errOut)
+		}
+	}
 }
 
 // TestAuditExplainsALongPath: the edge decides (and logs) requests with paths up to its 64 KiB of
