@@ -110,9 +110,10 @@ func handle(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
 }
 
 // errorHandler is grpc-gateway's default error handler (google.rpc.Status JSON with details, the
-// usual code to HTTP status mapping) with a proper WWW-Authenticate challenge on 401.
+// usual code to HTTP status mapping) with a proper WWW-Authenticate challenge on 401, and the
+// gateway's decoding errors given a BadRequest naming the field (decodeError).
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	runtime.DefaultHTTPErrorHandler(ctx, mux, m, challengeWriter{w}, r, err)
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, challengeWriter{w}, r, decodeError(err))
 }
 
 // routingErrorHandler answers requests that match no REST binding with the HTTP status the router

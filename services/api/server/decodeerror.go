@@ -1,0 +1,127 @@
+package server
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"guestlist.dev/services/api/apistatus"
+)
+
+// The REST gateway reports a body or query it cannot decode as INVALID_ARGUMENT with the decoder's
+// message only ("proto: (line 1:81): invalid value for enum field mode: \"ENFORCE\""). decodeError
+// turns the messages it recognises into the API's usual answer: a google.rpc.BadRequest naming the
+// field and the reason (for an enum, its values).
+var (
+	reProtoJSON  = regexp.MustCompile(`^proto:[\s\x{00a0}]*\(line (\d+):(\d+)\):[\s\x{00a0}]*(.*)$`)
+	reEnumValue  = regexp.MustCompile(`^invalid value for enum field (\w+): (.*)$`)
+	reValue      = regexp.MustCompile(`^invalid value for (\w+) field (\w+): (.*)$`)
+	reUnknown    = regexp.MustCompile(`^unknown field "?([^"]*)"?$`)
+	reDuplicate  = regexp.MustCompile(`^duplicate field "?([^"]*)"?$`)
+	reOneofSet   = regexp.MustCompile(`^error parsing "?([^",]*)"?, oneof ([\w.]+) is already set$`)
+	reQueryField = regexp.MustCompile(`^parsing field "([\w.]+)": (.*)$`)
+	reJSONSyntax = regexp.MustCompile(`^(invalid character|unexpected end of JSON input|unexpected EOF|syntax error)`)
+)
+
+// decodeError returns err with a BadRequest when err is an INVALID_ARGUMENT without details whose
+// message is one the gateway's decoding gives; err itself otherwise.
+func decodeError(err error) error {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.InvalidArgument || len(st.Proto().GetDetails()) > 0 {
+		return err
+	}
+	msg := st.Message()
+	where := ""
+	if m := reProtoJSON.FindStringSubmatch(msg); m != nil {
+		where = fmt.Sprintf(" (body line %s, column %s)", m[1], m[2])
+		msg = m[3]
+	}
+	var v apistatus.Violation
+	switch m := (struct{ enum, value, unknown, dup, oneof, query []string }{
+		reEnumValue.FindStringSubmatch(msg), reValue.FindStringSubmatch(msg), reUnknown.FindStringSubmatch(msg),
+		reDuplicate.FindStringSubmatch(msg), reOneofSet.FindStringSubmatch(msg), reQueryField.FindStringSubmatch(msg),
+	}); {
+	case m.enum != nil:
+		v = apistatus.Violation{Field: m.enum[1], Reason: fmt.Sprintf("%s is not a value of this field%s%s", m.enum[2], enumValues(m.enum[1]), where)}
+	case m.value != nil:
+		v = apistatus.Violation{Field: m.value[2], Reason: fmt.Sprintf("%s is not a valid %s%s", m.value[3], m.value[1], where)}
+	case m.unknown != nil:
+		v = apistatus.Violation{Field: m.unknown[1], Reason: "unknown field; field names are lowerCamelCase as in the API's JSON (e.g. originUrl)" + where}
+	case m.dup != nil:
+		v = apistatus.Violation{Field: m.dup[1], Reason: "given twice" + where}
+	case m.oneof != nil:
+		v = apistatus.Violation{Field: m.oneof[1], Reason: fmt.Sprintf("only one of the fields of %s may be given%s", m.oneof[2], where)}
+	case m.query != nil:
+		reason := m.query[2]
+		if strings.Contains(reason, "parsing time") {
+			reason = "want an RFC 3339 time, e.g. 2026-11-30T12:00:00Z"
+		}
+		v = apistatus.Violation{Field: m.query[1], Reason: reason}
+	case reJSONSyntax.MatchString(msg):
+		v = apistatus.Violation{Field: "body", Reason: "not valid JSON: " + msg + where}
+	default:
+		return err
+	}
+	return apistatus.InvalidArgument(v)
+}
+
+// enumValues lists, as ": one of A, B, C", the values of the guestlist.v1 enum of the fields whose
+// JSON name is jsonName, when they all have the same enum; "" otherwise.
+func enumValues(jsonName string) string {
+	names := enumsByField()[jsonName]
+	if len(names) == 0 {
+		return ""
+	}
+	return ": one of " + strings.Join(names, ", ")
+}
+
+// enumsByField maps the JSON names of guestlist.v1's enum fields to their enum's value names (nil
+// for a name that fields of different enums share).
+var enumsByField = sync.OnceValue(func() map[string][]string {
+	enums := map[string]protoreflect.EnumDescriptor{}
+	ambiguous := map[string]bool{}
+	protoregistry.GlobalFiles.RangeFilesByPackage("guestlist.v1", func(fd protoreflect.FileDescriptor) bool {
+		var walk func(protoreflect.MessageDescriptors)
+		walk = func(ms protoreflect.MessageDescriptors) {
+			for i := range ms.Len() {
+				md := ms.Get(i)
+				fields := md.Fields()
+				for j := range fields.Len() {
+					f := fields.Get(j)
+					if f.Kind() != protoreflect.EnumKind {
+						continue
+					}
+					if e, ok := enums[f.JSONName()]; ok && e.FullName() != f.Enum().FullName() {
+						ambiguous[f.JSONName()] = true
+					}
+					enums[f.JSONName()] = f.Enum()
+				}
+				walk(md.Messages())
+			}
+		}
+		walk(fd.Messages())
+		return true
+	})
+	out := map[string][]string{}
+	for name, e := range enums {
+		if ambiguous[name] {
+			continue
+		}
+		var values []string
+		for i := range e.Values().Len() {
+			if v := e.Values().Get(i); v.Number() != 0 {
+				values = append(values, string(v.Name()))
+			}
+		}
+		sort.Strings(values)
+		out[name] = values
+	}
+	return out
+})
