@@ -77,7 +77,7 @@ func keyOf(c *x509.Certificate) caKey {
 // Prepare checks a hostname configuration and prepares it for [Decide]: it parses the CA
 // certificates into a certificate pool, indexes the revocations and compiles the policy with
 // [policy.Compile]. The error names the problem (a hostname not in normal form, an unknown mode, a
-// CA certificate that does not parse, a revocation without a valid serial number or fingerprint,
+// CA certificate that does not parse, a CA key that [CheckCAKey] refuses, a revocation without a valid serial number or fingerprint,
 // a policy that does not compile, CAs that take more than 256 signature checks to link to one
 // another, which only many CAs sharing a subject name do). The edge then refuses the hostname as
 // it refuses an unknown one (configset leaves it out of the configuration and reports it), and
@@ -252,6 +252,9 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		cert, err := x509.ParseCertificate(ca.GetCertificateDer())
 		if err != nil {
 			return nil, fmt.Errorf("certificate_authorities[%d] (%q): certificate_der does not parse: %w", i, id, err)
+		}
+		if err := CheckCAKey(cert); err != nil {
+			return nil, fmt.Errorf("certificate_authorities[%d] (%q): %w", i, id, err)
 		}
 		if prev, dup := t.byID[id]; dup {
 			if !prev.Equal(cert) {

@@ -1,10 +1,11 @@
 // Package trust checks the certificate authorities that tenants upload.
 //
 // A CA upload is one PEM-encoded X.509 certificate that is a CA (basic constraints CA=true and,
-// when the key usage extension is present, permission to sign certificates) and that is valid at
-// the time of the upload. [ParseCA] returns the certificate or an *[Error] whose Reason is safe to
-// show to the uploader (it never repeats key material) and which wraps one of the Err* sentinels,
-// so that the API layer can answer with a BadRequest field violation.
+// when the key usage extension is present, permission to sign certificates), whose key the edge
+// accepts for a CA ([decision.CheckCAKey]), and that is valid at the time of the upload.
+// [ParseCA] returns the certificate or an *[Error] whose Reason is safe to show to the uploader
+// (it never repeats key material) and which wraps one of the Err* sentinels, so that the API layer
+// can answer with a BadRequest field violation.
 package trust
 
 import (
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"guestlist.dev/edge/certid"
+	"guestlist.dev/edge/decision"
 )
 
 // MaxPEMSize is the largest accepted upload, in bytes.
@@ -41,7 +43,9 @@ var (
 	ErrNotCA = errors.New("not a CA")
 	// ErrNoCertSign: the key usage extension is present without keyCertSign.
 	ErrNoCertSign = errors.New("may not sign certificates")
-	// ErrUnsupportedKey: the CA's public key algorithm is not supported for verification.
+	// ErrUnsupportedKey: the CA's public key is not one the edge accepts for a CA
+	// ([decision.CheckCAKey]: RSA of 2048 to 8192 bits with exponent 65537, ECDSA P-256 or
+	// P-384, Ed25519).
 	ErrUnsupportedKey = errors.New("unsupported public key")
 	// ErrExpired: the certificate's NotAfter is in the past.
 	ErrExpired = errors.New("expired")
@@ -70,7 +74,8 @@ func fail(kind error, format string, args ...any) error {
 
 // ParseCA parses and checks a CA certificate upload: exactly one PEM block of type CERTIFICATE,
 // surrounded by nothing but whitespace, at most [MaxPEMSize] bytes, holding an X.509 CA certificate
-// (basic constraints CA=true; keyCertSign if key usage is present) that is valid at now.
+// (basic constraints CA=true; keyCertSign if key usage is present) with a key that
+// [decision.CheckCAKey] accepts, valid at now.
 // On failure it returns a nil certificate and an *[Error].
 func ParseCA(pemText string, now time.Time) (*x509.Certificate, error) {
 	if len(pemText) > MaxPEMSize {
@@ -124,8 +129,8 @@ func ParseCA(pemText string, now time.Time) (*x509.Certificate, error) {
 	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return nil, fail(ErrNoCertSign, "the certificate may not sign certificates: its key usage lacks keyCertSign")
 	}
-	if cert.PublicKey == nil || cert.PublicKeyAlgorithm == x509.UnknownPublicKeyAlgorithm {
-		return nil, fail(ErrUnsupportedKey, "the certificate's public key algorithm is not supported (use RSA, ECDSA or Ed25519)")
+	if err := decision.CheckCAKey(cert); err != nil {
+		return nil, fail(ErrUnsupportedKey, "the certificate's key is not accepted: %v", err)
 	}
 	if now.Before(cert.NotBefore) {
 		return nil, fail(ErrNotYetValid, "the certificate is not valid yet: it becomes valid at %s", cert.NotBefore.UTC().Format(time.RFC3339))

@@ -1,0 +1,80 @@
+package controlplane_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+)
+
+// caPEMWithKey returns, in PEM, a CA certificate named cn (valid now) for the public key pub,
+// signed by another (P-256) key: an upload needs no private key.
+func caPEMWithKey(t testing.TB, cn string, pub any) string {
+	t.Helper()
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// TestCAKeyRefusedAtUpload: a CA whose key the edge does not accept (decision.CheckCAKey) is
+// refused at upload with INVALID_ARGUMENT naming certificate_pem and the reason, and nothing is
+// written.
+func TestCAKeyRefusedAtUpload(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	p521, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	modulus := func(bits int) *big.Int {
+		m, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.SetBit(m.SetBit(m, bits-1, 1), 0, 1)
+	}
+	for _, tc := range []struct {
+		name, pem, reason string
+	}{
+		{"fail/P-521", caPEMWithKey(t, "P-521 root", &p521.PublicKey), "ECDSA on P-521, which is refused because checking a P-521 signature costs the edge about 40 times as much as a P-256 one"},
+		{"fail/RSA-1024", caPEMWithKey(t, "small root", &rsa.PublicKey{N: modulus(1024), E: 65537}), "RSA of 1024 bits"},
+		{"fail/RSA-262144 exponent 2^31-1", caPEMWithKey(t, "huge root", &rsa.PublicKey{N: modulus(262144), E: 1<<31 - 1}), "RSA of 262144 bits"},
+		{"fail/RSA-2048 exponent 3", caPEMWithKey(t, "e3 root", &rsa.PublicKey{N: modulus(2048), E: 3}), "RSA with public exponent 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := n.streamRevision("acme")
+			r := n.do("POST", "/v1/tenants/acme/certificateAuthorities", tok, map[string]any{"certificatePem": tc.pem})
+			if r.status != 400 {
+				t.Fatalf("status %d, want 400: %s", r.status, r.raw)
+			}
+			if f := fieldViolations(r); len(f) != 1 || f[0] != "certificate_authority.certificate_pem" {
+				t.Errorf("field violations %v, want certificate_authority.certificate_pem", f)
+			}
+			if !strings.Contains(r.raw, "the certificate's key is not accepted: ") || !strings.Contains(r.raw, tc.reason) {
+				t.Errorf("the answer does not say why (%q): %s", tc.reason, r.raw)
+			}
+			if after := n.streamRevision("acme"); after != before {
+				t.Errorf("the refused upload wrote events: revision %d -> %d", before, after)
+			}
+		})
+	}
+}
