@@ -128,10 +128,11 @@ func BenchmarkPrepare(b *testing.B) {
 	})
 }
 
-// BenchmarkPrepareSameSubjectCAs prepares (uncached) a hostname with 200 CAs that share a subject
-// name, each with its own key, and a serial revocation, so that Prepare links the CAs by
-// signature: self-signed (200 signature checks), and signed by none of them (refused once
-// maxLinkSignatureChecks checks are made).
+// BenchmarkPrepareSameSubjectCAs links (linkCAs alone) 200 CAs that share a subject name, each
+// with its own key, as Prepare does for a serial revocation: self-signed (200 signature checks),
+// and signed by none of them (maxLinkSignatureChecks checks, then an error). Prepare itself now
+// refuses more than MaxCAsPerSubject CAs of one name before it links them: "refused by Prepare"
+// is that refusal (parsing the 200 CAs included).
 func BenchmarkPrepareSameSubjectCAs(b *testing.B) {
 	p := getPKI(b)
 	for _, bc := range []struct {
@@ -139,13 +140,26 @@ func BenchmarkPrepareSameSubjectCAs(b *testing.B) {
 		selfSigned bool
 	}{{"self-signed", true}, {"signed by none", false}} {
 		b.Run(bc.name, func(b *testing.B) {
-			cfg := preparedConfig(p, withCAs(sameSubjectCAs(b, 200, bc.selfSigned)))
+			cas := sameSubjectCAs(b, 200, bc.selfSigned)
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := Prepare(cfg); (err == nil) != bc.selfSigned {
+				tr := &trust{}
+				for _, ca := range cas {
+					tr.roots = append(tr.roots, ca.Cert)
+				}
+				if err := tr.linkCAs(); (err == nil) != bc.selfSigned {
 					b.Fatal(err)
 				}
 			}
 		})
 	}
+	b.Run("refused by Prepare", func(b *testing.B) {
+		cfg := preparedConfig(p, withCAs(sameSubjectCAs(b, 200, true)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := Prepare(cfg); err == nil {
+				b.Fatal("Prepare accepted 200 CAs of one subject")
+			}
+		}
+	})
 }

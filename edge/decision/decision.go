@@ -45,6 +45,11 @@
 // configuration that holds one (from events older than the rule): the edge then refuses the
 // hostname.
 //
+// A hostname trusts at most [MaxCAsPerSubject] (3) CA certificates with one subject name: a
+// certificate naming that subject as its issuer is checked against each of them, and a renewal
+// needs only two at once. The control plane refuses a hostname that references more, and
+// [Prepare] a configuration that holds more (one certificate under two ids counts once).
+//
 // # Key usage
 //
 // The leaf must allow client authentication by its extended key usage (checked by crypto/x509
@@ -89,8 +94,8 @@
 // CAs hold no certificate of it signed by R1 (or by one of the hostname's CAs below R1); add a
 // certificate of the intermediate to the hostname's CAs and file the revocation under it, or
 // revoke the leaf by fingerprint. [Prepare] finds which of the hostname's CAs signed which with a
-// bounded number of signature checks; a hostname whose CAs need more (many CAs that share a
-// subject name, more than the API allows a hostname) is refused.
+// bounded number of signature checks; a hostname whose CAs need more (far more CAs than the API
+// allows a hostname) is refused.
 //
 // By fingerprint: it revokes a chain that contains the certificate (leaf, intermediate or root)
 // with that SHA-256 fingerprint, filed under any of the hostname's CAs. It names one certificate

@@ -3,6 +3,7 @@ package decision
 import (
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"reflect"
 	"runtime"
 	"slices"
@@ -363,26 +364,35 @@ func TestPrepareErrors(t *testing.T) {
 // TestPrepareLinksCAsWithBoundedWork checks that linking a hostname's CAs by signature (for serial
 // revocations) makes a bounded number of signature checks, counted by linkCAs, whatever the CAs:
 // many CAs sharing a subject name with different keys once made Prepare quadratic (200 CAs: 39,800
-// checks, seconds of every edge's configuration updates). Beyond the bound Prepare fails.
+// checks, seconds of every edge's configuration updates). Beyond the bound linkCAs fails. Prepare
+// now refuses more than MaxCAsPerSubject CAs of one name before it links them.
 func TestPrepareLinksCAsWithBoundedWork(t *testing.T) {
 	p := getPKI(t)
 	selfSigned := sameSubjectCAs(t, 200, true)
 	unsigned := sameSubjectCAs(t, 200, false)
+	const tooMany = `certificate_authorities: `
 	tests := []struct {
 		name       string
 		cas        []*pkitest.CA
 		maxChecks  int    // at most this many signature checks
 		wantChecks int    // exactly this many, when not 0
-		err        string // Prepare's error contains it, when not empty
+		err        string // linkCAs's error contains it, when not empty
+		prepareErr string // Prepare's error contains it, when not empty
 	}{
+		// ok: Prepare accepts them; fail: Prepare refuses them (more than 3 of one name), whether
+		// or not linkCAs, which the test calls alone too, links them within its bound.
+		//
 		// Each is signed by its own key: one check each.
-		{name: "ok/200 self-signed CAs sharing a subject", cas: selfSigned, wantChecks: 200},
-		// None is signed by its own key or another's: every other CA is a candidate. 16 CAs, the
-		// most the API gives a hostname, take 16 × 16 checks, within the bound.
-		{name: "ok/16 CAs sharing a subject, none signed by its own key or another's", cas: unsigned[:16], wantChecks: maxLinkSignatureChecks},
-		{name: "fail/17 CAs sharing a subject, none signed by its own key or another's", cas: unsigned[:17], wantChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks"},
-		{name: "fail/200 CAs sharing a subject, none signed by its own key or another's", cas: unsigned, wantChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks"},
-		{name: "fail/200 CAs sharing a subject, the same with the self-signed ones", cas: append(slices.Clip(selfSigned), unsigned...), maxChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks"},
+		{name: "ok/3 self-signed CAs sharing a subject", cas: selfSigned[:3], wantChecks: 3},
+		{name: "fail/200 self-signed CAs sharing a subject (linked with 200 checks)", cas: selfSigned, wantChecks: 200, prepareErr: "200 CAs"},
+		// None is signed by its own key or another's: every other CA is a candidate. 3 CAs, the
+		// most Prepare accepts of one name, take 3 × 3 checks; 16, the most the API gives a
+		// hostname, 16 × 16, within the bound.
+		{name: "ok/3 CAs sharing a subject, none signed by its own key or another's", cas: unsigned[:3], wantChecks: 9},
+		{name: "fail/16 CAs sharing a subject, none signed by its own key or another's (linked with 256 checks)", cas: unsigned[:16], wantChecks: maxLinkSignatureChecks, prepareErr: "16 CAs"},
+		{name: "fail/17 CAs sharing a subject, none signed by its own key or another's", cas: unsigned[:17], wantChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks", prepareErr: "17 CAs"},
+		{name: "fail/200 CAs sharing a subject, none signed by its own key or another's", cas: unsigned, wantChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks", prepareErr: "200 CAs"},
+		{name: "fail/200 CAs sharing a subject, the same with the self-signed ones", cas: append(slices.Clip(selfSigned), unsigned...), maxChecks: maxLinkSignatureChecks, err: "takes more than 256 signature checks", prepareErr: "400 CAs"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -401,36 +411,80 @@ func TestPrepareLinksCAsWithBoundedWork(t *testing.T) {
 				t.Errorf("linkCAs error %v, want one containing %q", err, tc.err)
 			}
 			h, err := Prepare(preparedConfig(p, withCAs(tc.cas)))
+			wantPrepareErr := `hostname "pay.example.com": certificate_authorities: ` + tc.prepareErr + ` ("ca-0", "ca-1", "ca-2", "ca-3", "ca-4", "ca-5", "ca-6", "ca-7" and `
 			switch {
-			case tc.err == "" && err != nil:
+			case tc.prepareErr == "" && err != nil:
 				t.Fatalf("Prepare: %v", err)
-			case tc.err == "" && h.trust.linkChecks != tr.linkChecks:
+			case tc.prepareErr == "" && h.trust.linkChecks != tr.linkChecks:
 				t.Errorf("Prepare made %d signature checks, linkCAs alone %d", h.trust.linkChecks, tr.linkChecks)
-			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), `hostname "pay.example.com": certificate_authorities: linking the`) || !strings.Contains(err.Error(), tc.err)):
-				t.Errorf("Prepare error %v, want one containing %q", err, tc.err)
+			case tc.prepareErr != "" && (err == nil || !strings.Contains(err.Error(), wantPrepareErr) || !strings.Contains(err.Error(), `share the subject "CN=Same Name CA,O=guestlist tests"; a hostname may trust at most 3 CAs of one subject`)):
+				t.Errorf("Prepare error %v, want one containing %q", err, wantPrepareErr)
 			}
 		})
 	}
 
-	// Among many CAs of one name, the one that signed an intermediate is still found (first, by
-	// its key id), and a leaf's serial revoked under it applies when the chain ends at the
-	// trusted intermediate.
-	t.Run("ok/intermediate signed by one of 200 self-signed CAs sharing a subject is linked to it", func(t *testing.T) {
-		issuer := selfSigned[150]
+	// Among CAs of one name, the one that signed an intermediate is found (first, by its key id),
+	// and a leaf's serial revoked under it applies when the chain ends at the trusted
+	// intermediate.
+	t.Run("ok/intermediate signed by one of 3 self-signed CAs sharing a subject is linked to it", func(t *testing.T) {
+		issuer := selfSigned[2]
 		inter := issuer.Intermediate(t, "Linked Issuing CA")
 		revoked, good := inter.Client(t, "device-10"), inter.Client(t, "device-11")
-		h := preparedWith(t, p, fns(withCAs(selfSigned), withCA("inter", inter), revokeSerial("ca-150", revoked.Cert)))
-		if h.trust.linkChecks > 201 {
-			t.Errorf("Prepare made %d signature checks, want at most 201", h.trust.linkChecks)
+		h := preparedWith(t, p, fns(withCAs(selfSigned[:3]), withCA("inter", inter), revokeSerial("ca-2", revoked.Cert)))
+		if h.trust.linkChecks > 4 {
+			t.Errorf("Prepare made %d signature checks, want at most 4", h.trust.linkChecks)
 		}
 		now := time.Now()
-		if _, reason, err := h.Verify(chain(revoked), now); reason != ReasonCertificateRevoked || err == nil || !strings.Contains(err.Error(), `under CA "ca-150"`) {
+		if _, reason, err := h.Verify(chain(revoked), now); reason != ReasonCertificateRevoked || err == nil || !strings.Contains(err.Error(), `under CA "ca-2"`) {
 			t.Errorf("revoked leaf: %s, %v", reason, err)
 		}
 		if _, reason, err := h.Verify(chain(good), now); reason != ReasonCertificateVerified || err != nil {
 			t.Errorf("another leaf: %s, %v", reason, err)
 		}
 	})
+}
+
+// TestPrepareCAsPerSubject: at most MaxCAsPerSubject distinct CA certificates of one subject name
+// per hostname, in every mode, revocations or not; one certificate given under two ids counts
+// once, and a renewal (two certificates of one CA) fits.
+func TestPrepareCAsPerSubject(t *testing.T) {
+	p := getPKI(t)
+	cas := sameSubjectCAs(t, 4, true)
+	trustOnly := func(cas ...*pkitest.CA) func(*configv1.HostnameConfig) {
+		return func(c *configv1.HostnameConfig) {
+			c.CertificateAuthorities = c.CertificateAuthorities[:1] // root
+			for i, ca := range cas {
+				withCA(fmt.Sprintf("same-%d", i), ca)(c)
+			}
+		}
+	}
+	tests := []struct {
+		name string
+		cfg  []func(*configv1.HostnameConfig)
+		err  string
+	}{
+		{name: "ok/3 CAs of one subject", cfg: fns(trustOnly(cas[:3]...))},
+		{name: "ok/3 CAs of one subject and one certificate twice", cfg: fns(trustOnly(cas[0], cas[1], cas[2], cas[0]))},
+		{name: "ok/renewed root and cross-certified intermediate, two certificates of each", cfg: renewedCfg(p, withCA("r1", p.crossR1), withCA("r2", p.crossR2), withCA("inter-r1", p.crossInterR1), withCA("inter-r2", p.crossInterR2))},
+		{name: "fail/4 CAs of one subject", cfg: fns(trustOnly(cas...)), err: `certificate_authorities: 4 CAs ("same-0", "same-1", "same-2", "same-3") share the subject "CN=Same Name CA,O=guestlist tests"; a hostname may trust at most 3 CAs of one subject (2 cover a renewal; each more multiplies the signature checks that a forged client certificate costs the edge)`},
+		{name: "fail/4 CAs of one subject with a revocation", cfg: fns(withCAs(cas)), err: `4 CAs ("ca-0", "ca-1", "ca-2", "ca-3") share the subject`},
+		{name: "fail/4 CAs of one subject in mode OFF", cfg: fns(trustOnly(cas...), withMode(configv1.MtlsMode_MTLS_MODE_OFF)), err: `4 CAs ("same-0", "same-1", "same-2", "same-3") share the subject`},
+		{name: "fail/4 CAs of one subject in mode REPORT", cfg: fns(trustOnly(cas...), withMode(configv1.MtlsMode_MTLS_MODE_REPORT)), err: `4 CAs ("same-0", "same-1", "same-2", "same-3") share the subject`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := Prepare(preparedConfig(p, tc.cfg...))
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("Prepare: %v", err)
+				}
+				return
+			}
+			if err == nil || h != nil || !strings.Contains(err.Error(), `decision: hostname "pay.example.com": `) || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("Prepare = %v, %v; want an error containing %q", h, err, tc.err)
+			}
+		})
+	}
 }
 
 // preparedConfig returns hostnameConfig(p) changed by each of fs.

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"weak"
 
@@ -77,11 +79,12 @@ func keyOf(c *x509.Certificate) caKey {
 // Prepare checks a hostname configuration and prepares it for [Decide]: it parses the CA
 // certificates into a certificate pool, indexes the revocations and compiles the policy with
 // [policy.Compile]. The error names the problem (a hostname not in normal form, an unknown mode, a
-// CA certificate that does not parse, a CA key that [CheckCAKey] refuses, a revocation without a valid serial number or fingerprint,
-// a policy that does not compile, CAs that take more than 256 signature checks to link to one
-// another, which only many CAs sharing a subject name do). The edge then refuses the hostname as
-// it refuses an unknown one (configset leaves it out of the configuration and reports it), and
-// applies the rest of the update.
+// CA certificate that does not parse, a CA key that [CheckCAKey] refuses, more than
+// [MaxCAsPerSubject] CAs with one subject name, a revocation without a valid serial number or
+// fingerprint, a policy that does not compile, CAs that take more than 256 signature checks to
+// link to one another, which takes more CAs than the API gives a hostname). The edge then refuses
+// the hostname as it refuses an unknown one (configset leaves it out of the configuration and
+// reports it), and applies the rest of the update.
 //
 // Prepare shares nothing between calls; an edge holding many hostnames uses [Cache.Prepare].
 func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
@@ -244,6 +247,7 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		roots: make([]*x509.Certificate, 0, len(cas)),
 		byID:  make(map[string]*x509.Certificate, len(cas)),
 	}
+	ids := make([]string, 0, len(cas)) // ids[i] is the id of t.roots[i]
 	for i, ca := range cas {
 		id := ca.GetCertificateAuthorityId()
 		if id == "" {
@@ -264,7 +268,11 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		}
 		t.byID[id] = cert
 		t.roots = append(t.roots, cert)
+		ids = append(ids, id)
 		t.pool.AddCert(cert)
+	}
+	if err := checkSubjects(t.roots, ids); err != nil {
+		return nil, err
 	}
 	for i, r := range cfg.GetRevocations() {
 		where := func() string { return fmt.Sprintf("revocations[%d] (%q)", i, r.GetRevocationId()) }
@@ -318,18 +326,73 @@ func newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 	return t, nil
 }
 
+// MaxCAsPerSubject is the most CA certificates with one subject name that a hostname may trust.
+// Renewing a CA needs two for a while (the old certificate and the new); more only multiply the
+// signature checks that a client's certificate naming that subject as its issuer, with a junk
+// signature, costs the edge (it is checked against every CA of that name). [Prepare] refuses a
+// configuration with more, and the control plane a hostname that references more.
+const MaxCAsPerSubject = 3
+
+// checkSubjects returns an error when more than MaxCAsPerSubject distinct certificates of roots
+// (ids[i] is the id of roots[i]) share a subject name; it names the first such subject, in
+// configuration order, and the ids of its CAs. One certificate given under two ids counts once.
+func checkSubjects(roots []*x509.Certificate, ids []string) error {
+	type group struct {
+		certs []*x509.Certificate
+		ids   []string
+	}
+	var order []string
+	groups := make(map[string]*group, len(roots))
+	for i, c := range roots {
+		g := groups[string(c.RawSubject)]
+		if g == nil {
+			g = &group{}
+			groups[string(c.RawSubject)] = g
+			order = append(order, string(c.RawSubject))
+		}
+		g.ids = append(g.ids, ids[i])
+		if !slices.ContainsFunc(g.certs, c.Equal) {
+			g.certs = append(g.certs, c)
+		}
+	}
+	for _, subject := range order {
+		if g := groups[subject]; len(g.certs) > MaxCAsPerSubject {
+			return fmt.Errorf("certificate_authorities: %d CAs (%s) share the subject %q; a hostname may trust at most %d CAs of one subject (2 cover a renewal; each more multiplies the signature checks that a forged client certificate costs the edge)",
+				len(g.certs), quoteIDs(g.ids), shorten(g.certs[0].Subject.String()), MaxCAsPerSubject)
+		}
+	}
+	return nil
+}
+
+// quoteIDs lists ids quoted, separated by commas; the first 8 of them and how many more.
+func quoteIDs(ids []string) string {
+	const most = 8
+	var b strings.Builder
+	for i, id := range ids {
+		if i == most {
+			fmt.Fprintf(&b, " and %d more", len(ids)-most)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(strconv.Quote(shorten(id)))
+	}
+	return b.String()
+}
+
 // maxLinkSignatureChecks bounds the signature checks linkCAs makes for one hostname, so that the
 // work of Prepare (which the edge does for every configuration change, on every edge) stays
 // bounded whatever the hostname's CAs are. linkCAs checks a CA certificate only against the
 // certificates of other CAs whose subject is the certificate's issuer name, one key (caKey) at a
 // time, and stops at the first key that signed it; a certificate that names itself as its issuer
-// is first checked against its own key, and when that signed it no other did. That is at most 16
-// checks a certificate for 16 CAs, the most a hostname has through the API
-// (MtlsSettings.certificate_authority_ids): 16 × 16 = 256, so no configuration the API makes runs
-// out. When the checks run out (many CAs that share a subject name, not signed by their own key),
-// linkCAs fails and so does [Prepare]: the edge refuses the hostname (configset leaves it out of
-// the configuration and reports it) rather than decide with the links between its CAs unknown,
-// which could leave out a revocation filed under one of them.
+// is first checked against its own key, and when that signed it no other did. With at most
+// [MaxCAsPerSubject] CAs of one name (Prepare refuses more before it links them), that is about 4
+// checks a certificate, 64 for 16 CAs, the most a hostname has through the API
+// (MtlsSettings.certificate_authority_ids), so no configuration the API makes runs out. When the
+// checks run out (many more CAs), linkCAs fails and so does [Prepare]: the edge refuses the
+// hostname (configset leaves it out of the configuration and reports it) rather than decide with
+// the links between its CAs unknown, which could leave out a revocation filed under one of them.
 const maxLinkSignatureChecks = 256
 
 // linkCAs sets t.above and t.issuers from the signatures between the hostname's CA

@@ -2,14 +2,19 @@ package command
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net/url"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	edgedecision "guestlist.dev/edge/decision"
 	"guestlist.dev/edge/dnsname"
 	"guestlist.dev/projections/fold"
 	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
@@ -108,6 +113,77 @@ func checkReferences(st *fold.Tenant, prefix string, m *eventsv1.MtlsSettings, p
 	return v
 }
 
+// caCerts holds the tenant's CA certificates parsed for the checks of one decision, so that a
+// batch referencing the same CAs from many hostnames parses each once.
+type caCerts map[*fold.CertificateAuthority]*x509.Certificate
+
+// parse returns ca's certificate, or an error when its DER does not parse (events older than
+// the upload checks).
+func (c caCerts) parse(ca *fold.CertificateAuthority) (*x509.Certificate, error) {
+	if cert, ok := c[ca]; ok {
+		return cert, nil
+	}
+	cert, err := x509.ParseCertificate(ca.DER)
+	if err != nil {
+		return nil, err
+	}
+	c[ca] = cert
+	return cert, nil
+}
+
+// checkTrustedCAs applies to the CAs that m references the rules the edge applies to a hostname's
+// CAs (decision.Prepare refuses a configuration that breaks them, and the edge the hostname):
+// each CA's key is one decision.CheckCAKey accepts (a CA uploaded before the rule may have
+// another), and at most decision.MaxCAsPerSubject distinct CA certificates share a subject name.
+// References to CAs the tenant does not have are checkReferences's.
+func checkTrustedCAs(st *fold.Tenant, prefix string, m *eventsv1.MtlsSettings, certs caCerts) []apistatus.Violation {
+	var v []apistatus.Violation
+	type group struct {
+		name string
+		ids  []string
+		fps  []string
+	}
+	var order []string
+	groups := map[string]*group{}
+	for i, id := range m.GetCertificateAuthorityIds() {
+		ca, ok := st.CAs[id]
+		if !ok {
+			continue
+		}
+		field := fmt.Sprintf("%s.mtls.certificate_authority_ids[%d]", prefix, i)
+		cert, err := certs.parse(ca)
+		if err != nil {
+			v = append(v, apistatus.Violation{Field: field, Reason: fmt.Sprintf("the certificate of certificate authority %q does not parse (%v); the edge would refuse the hostname", id, err)})
+			continue
+		}
+		if err := edgedecision.CheckCAKey(cert); err != nil {
+			v = append(v, apistatus.Violation{Field: field, Reason: fmt.Sprintf("certificate authority %q has a key the edge does not accept, so it would refuse the hostname: %v", id, err)})
+		}
+		g := groups[string(cert.RawSubject)]
+		if g == nil {
+			g = &group{name: cert.Subject.String()}
+			groups[string(cert.RawSubject)] = g
+			order = append(order, string(cert.RawSubject))
+		}
+		g.ids = append(g.ids, id)
+		if !slices.Contains(g.fps, ca.FingerprintSHA256) {
+			g.fps = append(g.fps, ca.FingerprintSHA256)
+		}
+	}
+	for _, subject := range order {
+		if g := groups[subject]; len(g.fps) > edgedecision.MaxCAsPerSubject {
+			ids := make([]string, len(g.ids))
+			for i, id := range g.ids {
+				ids[i] = strconv.Quote(id)
+			}
+			v = append(v, apistatus.Violation{Field: prefix + ".mtls.certificate_authority_ids", Reason: fmt.Sprintf(
+				"certificate authorities %s share the subject %q; a hostname may trust at most %d certificate authorities of one subject (2 cover a renewal; each more multiplies the signature checks that a forged client certificate costs the edge)",
+				strings.Join(ids, ", "), g.name, edgedecision.MaxCAsPerSubject)})
+		}
+	}
+	return v
+}
+
 // CreateHostname implements guestlistv1.HostnameServiceServer.
 func (hs *HostnameServer) CreateHostname(ctx context.Context, req *guestlistv1.CreateHostnameRequest) (*guestlistv1.Hostname, error) {
 	if req.GetTenantId() == "" {
@@ -189,11 +265,13 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 			}
 		}
 		var v []apistatus.Violation
+		certs := caCerts{}
 		for _, spec := range specs {
 			if _, ok := st.Hostnames[spec.name]; ok {
 				return apistatus.AlreadyExists("hostname", spec.name)
 			}
 			v = append(v, checkReferences(st, spec.prefix, spec.ev.GetMtls(), spec.ev.GetPolicyId())...)
+			v = append(v, checkTrustedCAs(st, spec.prefix, spec.ev.GetMtls(), certs)...)
 		}
 		if len(v) > 0 {
 			return apistatus.InvalidArgument(v...)
@@ -237,11 +315,13 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 		}
 		var v []apistatus.Violation
 		events := make([]protoMessage, 0, len(specs))
+		certs := caCerts{}
 		for _, spec := range specs {
 			if _, ok := st.Hostnames[spec.name]; ok {
 				return decision{}, apistatus.AlreadyExists("hostname", spec.name)
 			}
 			v = append(v, checkReferences(st, spec.prefix, spec.ev.GetMtls(), spec.ev.GetPolicyId())...)
+			v = append(v, checkTrustedCAs(st, spec.prefix, spec.ev.GetMtls(), certs)...)
 			events = append(events, spec.ev)
 		}
 		if len(v) > 0 {
@@ -434,7 +514,14 @@ func (hs *HostnameServer) UpdateHostname(ctx context.Context, req *guestlistv1.U
 		if setPolicy {
 			ev.PolicyId = in.GetPolicyId()
 		}
-		if v := checkReferences(st, "hostname", ev.GetMtls(), ev.GetPolicyId()); len(v) > 0 {
+		v := checkReferences(st, "hostname", ev.GetMtls(), ev.GetPolicyId())
+		if setMtls {
+			// Only a change of the CAs is checked against the rules for them: a hostname whose
+			// CAs break them from before the rules (the edge refuses it) may still change
+			// anything else, and get its CAs fixed.
+			v = append(v, checkTrustedCAs(st, "hostname", ev.GetMtls(), caCerts{})...)
+		}
+		if len(v) > 0 {
 			return decision{}, apistatus.InvalidArgument(v...)
 		}
 		return decision{events: []protoMessage{ev}, result: func(st *fold.Tenant) (any, error) {
