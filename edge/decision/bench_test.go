@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"crypto/elliptic"
 	"crypto/x509"
 	"net/http"
 	"runtime"
@@ -162,4 +163,73 @@ func BenchmarkPrepareSameSubjectCAs(b *testing.B) {
 			}
 		}
 	})
+}
+
+// verifyBenchHostname prepares a hostname in mode ENFORCE trusting root alone, without revocations
+// or policy, so that a benchmark of VerifyClient measures the chain.
+func verifyBenchHostname(b *testing.B, root *pkitest.CA) *Hostname {
+	b.Helper()
+	h, err := Prepare(&configv1.HostnameConfig{
+		Hostname: "pay.example.com", TenantId: "acme", Active: true, Mode: configv1.MtlsMode_MTLS_MODE_ENFORCE,
+		CertificateAuthorities: []*configv1.TrustedCertificateAuthority{{CertificateAuthorityId: "root", CertificateDer: root.Cert.Raw}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return h
+}
+
+// BenchmarkVerifyOrdinaryChain is the baseline of BenchmarkVerifyHostileChain: a client
+// certificate issued through one intermediate that the client sends, verified (P-256 keys).
+func BenchmarkVerifyOrdinaryChain(b *testing.B) {
+	root := pkitest.NewCA(b, "Acme Device CA")
+	inter := root.Intermediate(b, "Acme Issuing CA")
+	leaf := inter.Client(b, "device-42")
+	h := verifyBenchHostname(b, root)
+	peer := []*x509.Certificate{leaf.Cert, inter.Cert}
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		if v := h.VerifyClient(peer, now); !v.Verified() {
+			b.Fatal(v.Err())
+		}
+	}
+}
+
+// BenchmarkVerifyHostileChain verifies chains an unauthenticated client makes to cost the edge
+// CPU (independent review): 9 self-signed intermediates of one name and key with distinct SANs
+// (P-256 and P-521 keys), on which crypto/x509 alone builds paths until about 100 signature
+// checks; and 9 intermediates naming the hostname's CA as their issuer, signed by the client. Each
+// is certificate_untrusted. "unfiltered" verifies the P-521 chain as before the intermediates were
+// filtered (all of them given to crypto/x509), for comparison.
+func BenchmarkVerifyHostileChain(b *testing.B) {
+	root := pkitest.NewCA(b, "Acme Device CA")
+	h := verifyBenchHostname(b, root)
+	p521 := hostileChain(b, 9, elliptic.P521(), true)
+	now := time.Now()
+	for _, bc := range []struct {
+		name       string
+		peer       []*x509.Certificate
+		unfiltered bool
+	}{
+		{name: "9 self-signed P-256", peer: hostileChain(b, 9, elliptic.P256(), true)},
+		{name: "9 self-signed P-521", peer: p521},
+		{name: "9 naming the CA", peer: append([]*x509.Certificate{selfSignedClient(b, "mallory").Cert}, claimingIntermediates(b, 9, root.Cert)...)},
+		{name: "9 self-signed P-521 unfiltered", peer: p521, unfiltered: true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				reason := ""
+				if bc.unfiltered {
+					_, reason, _ = h.trust.verify(bc.peer[0], bc.peer[1:], now)
+				} else {
+					reason = h.VerifyClient(bc.peer, now).Reason()
+				}
+				if reason != ReasonCertificateUntrusted {
+					b.Fatalf("reason %s, want %s", reason, ReasonCertificateUntrusted)
+				}
+			}
+		})
+	}
 }

@@ -12,10 +12,10 @@
 //     [ReasonHostnameInactive] (in every mode; the edge should already have failed the handshake).
 //  2. Mode OFF: allow, [ReasonMTLSOff]. No certificate is looked at.
 //  3. Otherwise the client's leaf certificate (peer[0]) is verified with [x509.Certificate.Verify]
-//     against the hostname's CAs only (as roots), with the other certificates the client sent as
-//     intermediates, at the moment of the request, for client authentication; then against the
-//     hostname's revocations. The outcome is [ReasonCertificateVerified] or one of the
-//     certificate_* failure reasons.
+//     against the hostname's CAs only (as roots), with those of the other certificates the client
+//     sent that the hostname's CAs certify as intermediates (see Intermediates below), at the
+//     moment of the request, for client authentication; then against the hostname's revocations.
+//     The outcome is [ReasonCertificateVerified] or one of the certificate_* failure reasons.
 //  4. Without a policy: a verified certificate is allowed ([ReasonCertificateVerified]); anything
 //     else is denied with the certificate's failure reason.
 //  5. With a policy: its rules are tried in order, and the first whose expression is true decides
@@ -49,6 +49,28 @@
 // certificate naming that subject as its issuer is checked against each of them, and a renewal
 // needs only two at once. The control plane refuses a hostname that references more, and
 // [Prepare] a configuration that holds more (one certificate under two ids counts once).
+//
+// # Intermediates
+//
+// A client sends at most [MaxPeerCertificates] certificates, its leaf and up to 9 intermediates;
+// a longer chain is [ReasonCertificateUntrusted] without being looked at. The intermediates are
+// filtered before crypto/x509 sees them: one is kept only when one of the hostname's CAs, or an
+// intermediate already kept, signed it. Parents are tried only when their subject is the
+// intermediate's issuer name and, when both are present, their subject key id is its authority
+// key id; rounds over the intermediates not kept repeat until a round keeps none, each pair is
+// checked once, and after 32 signature checks the filter stops and drops the intermediates not
+// kept by then. Validity plays no part in it (an intermediate that expired is kept, so that its
+// chain is [ReasonCertificateExpired]), and, as long as the checks last, neither does the order
+// in which they were sent. Verification and the classification of its failure (expired, not yet
+// valid, untrusted) see only the kept intermediates; copies of the hostname's CAs and repeated
+// certificates are dropped unchecked.
+//
+// So no signature is ever checked with a key that the client chose and that no trusted CA
+// certified: the work a client can cause with certificates of its own making is a few checks
+// against the hostname's CAs (at most 3 of one name, with the keys [CheckCAKey] accepts), not
+// crypto/x509's path building among its own intermediates. The price: a chain that links an
+// intermediate to its issuer only against their key ids (an authority key id that is not the
+// issuer's subject key id), which crypto/x509 would accept, is untrusted.
 //
 // # Key usage
 //

@@ -1,0 +1,243 @@
+package decision
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"slices"
+	"testing"
+	"time"
+
+	"guestlist.dev/edge/pkitest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// hostileChain is the chain of an unauthenticated client from an independent review: a P-256 leaf
+// issued by "S", then n intermediates all named "S", self-issued with one key on curve (the key
+// that signed the leaf), MaxPathLen 0; with distinct, each has its own DNS SAN, so that
+// crypto/x509 takes each for another CA (same subject, key and SANs make it the same one) and,
+// given them all as intermediates, builds paths through them until its limit of signature checks.
+func hostileChain(t testing.TB, n int, curve elliptic.Curve, distinct bool) []*x509.Certificate {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(curve, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, na := time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+	issuer := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "S"}, NotBefore: nb, NotAfter: na,
+		IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign}
+	lt := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "device"}, NotBefore: nb, NotAfter: na,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	out := []*x509.Certificate{mustCreate(t, lt, issuer, &leafKey.PublicKey, k)}
+	for i := range n {
+		it := *issuer
+		it.SerialNumber = big.NewInt(int64(100 + i))
+		if distinct {
+			it.DNSNames = []string{fmt.Sprintf("i%d.example", i)}
+		}
+		out = append(out, mustCreate(t, &it, issuer, &k.PublicKey, k))
+	}
+	return out
+}
+
+// claimingIntermediates returns n CA certificates that name ca's subject as their issuer (without
+// an authority key id) but are signed by a key of the client's, as a client without ca's key
+// makes them.
+func claimingIntermediates(t testing.TB, n int, ca *x509.Certificate) []*x509.Certificate {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := &x509.Certificate{RawSubject: ca.RawSubject}
+	var out []*x509.Certificate
+	for i := range n {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(200 + i)), Subject: pkix.Name{CommonName: fmt.Sprintf("Fake Issuing CA %d", i)},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		out = append(out, mustCreate(t, tmpl, parent, &k.PublicKey, k))
+	}
+	return out
+}
+
+func mustCreate(t testing.TB, tmpl, parent *x509.Certificate, pub any, priv *ecdsa.PrivateKey) *x509.Certificate {
+	t.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// wrongAKIIntermediate returns an intermediate CA signed by ca whose authority key id is not ca's
+// subject key id, and a client certificate it issued.
+func wrongAKIIntermediate(t testing.TB, ca *pkitest.CA) (*x509.Certificate, *x509.Certificate) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := *ca.Cert
+	parent.SubjectKeyId = []byte("not the CA's subject key id") // crypto/x509 writes it as the child's authority key id
+	inter := mustCreate(t, &x509.Certificate{SerialNumber: big.NewInt(300), Subject: pkix.Name{CommonName: "Acme Odd Issuing CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}, &parent, &k.PublicKey, ca.Key)
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := mustCreate(t, &x509.Certificate{SerialNumber: big.NewInt(301), Subject: pkix.Name{CommonName: "device-odd"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, inter, &leafKey.PublicKey, k)
+	return inter, leaf
+}
+
+// TestIntermediateWithWrongAuthorityKeyID: the price of the filter. crypto/x509 verifies a chain
+// through an intermediate whose authority key id is not its issuer's subject key id; the
+// decision, which does not try such an issuer, finds it untrusted.
+func TestIntermediateWithWrongAuthorityKeyID(t *testing.T) {
+	p := getPKI(t)
+	inter, leaf := wrongAKIIntermediate(t, p.root)
+	pool, roots := x509.NewCertPool(), x509.NewCertPool()
+	pool.AddCert(inter)
+	roots.AddCert(p.root.Cert)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("crypto/x509 alone: %v", err)
+	}
+	h := preparedWith(t, p, nil)
+	if d := Decide(h, []*x509.Certificate{leaf, inter}, get("/"), time.Now()); d.Verdict != Deny || d.Reason != ReasonCertificateUntrusted {
+		t.Errorf("Decide = %s, %s; want deny, certificate_untrusted", d.Verdict, d.Reason)
+	}
+}
+
+func certs(cas ...*pkitest.CA) []*x509.Certificate {
+	out := make([]*x509.Certificate, len(cas))
+	for i, ca := range cas {
+		out[i] = ca.Cert
+	}
+	return out
+}
+
+// TestCertifiedIntermediates checks the filter of the intermediates a client sends: which it
+// keeps, in which order, and how many signature checks it makes.
+func TestCertifiedIntermediates(t *testing.T) {
+	p := getPKI(t)
+	sameName := sameSubjectCAs(t, 3, true)
+	otherInter := p.other.Intermediate(t, "Other Issuing CA")
+	wrongAKI, _ := wrongAKIIntermediate(t, p.root)
+	junk := claimingIntermediates(t, 11, p.root.Cert)
+	junkSame := claimingIntermediates(t, 11, sameName[0].Cert)
+	issuedBySame := sameName[2].Intermediate(t, "Same Name Issuing CA")
+	hostile := hostileChain(t, 9, elliptic.P256(), true)
+
+	tests := []struct {
+		name   string
+		roots  []*pkitest.CA // the hostname's CAs; p.root when nil
+		sent   []*x509.Certificate
+		kept   []*x509.Certificate
+		checks int
+	}{
+		{name: "ok/none sent", checks: 0},
+		{name: "ok/one intermediate of the CA", sent: certs(p.inter), kept: certs(p.inter), checks: 1},
+		{name: "ok/two levels, sent upside down", sent: certs(p.deepInter, p.policyCA), kept: certs(p.deepInter, p.policyCA), checks: 2},
+		{name: "ok/expired intermediate", sent: certs(p.expiredInter), kept: certs(p.expiredInter), checks: 1},
+		{name: "ok/copies of the CA and repeats dropped unchecked", sent: certs(p.root, p.inter, p.inter), kept: certs(p.inter), checks: 1},
+		{name: "ok/a leaf of the CA is kept but signs nothing", sent: []*x509.Certificate{p.leaf.Cert, selfSignedClient(t, "device-1").Cert}, kept: []*x509.Certificate{p.leaf.Cert}, checks: 1},
+		{name: "ok/intermediate of the last of 3 CAs of one name", roots: sameName, sent: certs(issuedBySame), kept: certs(issuedBySame), checks: 1},
+		{name: "fail/the review's 9 self-signed intermediates of one name and key", sent: hostile[1:], checks: 0},
+		{name: "fail/the review's chain through a real intermediate", sent: append(certs(p.inter), hostile[1:]...), kept: certs(p.inter), checks: 1},
+		{name: "fail/intermediate of another CA", sent: certs(otherInter), checks: 0},
+		{name: "fail/authority key id is not the CA's subject key id", sent: []*x509.Certificate{wrongAKI}, checks: 0},
+		{name: "fail/9 intermediates naming the CA, signed by the client", sent: junk[:9], checks: 9},
+		{name: "fail/9 intermediates naming 3 CAs of one name, signed by the client", roots: sameName, sent: junkSame[:9], checks: 27},
+		// Beyond the bound (more than a client may send, to reach it): the rest is dropped, a
+		// genuine intermediate after the bound too.
+		{name: "fail/11 intermediates naming 3 CAs of one name, then a genuine one", roots: sameName, sent: append(slices.Clip(junkSame), issuedBySame.Cert), checks: maxIntermediateChecks},
+		{name: "ok/a genuine one, then 11 intermediates naming 3 CAs of one name", roots: sameName, sent: append(certs(issuedBySame), junkSame...), kept: certs(issuedBySame), checks: maxIntermediateChecks},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			roots := tc.roots
+			if roots == nil {
+				roots = []*pkitest.CA{p.root}
+			}
+			cfg := hostnameConfig(p)
+			cfg.CertificateAuthorities = nil
+			for i, ca := range roots {
+				withCA(fmt.Sprintf("ca-%d", i), ca)(cfg)
+			}
+			h, err := Prepare(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kept, checks := h.trust.certifiedIntermediates(tc.sent)
+			if !slices.EqualFunc(kept, tc.kept, (*x509.Certificate).Equal) {
+				t.Errorf("kept %s, want %s", names(kept), names(tc.kept))
+			}
+			if checks != tc.checks {
+				t.Errorf("made %d signature checks, want %d", checks, tc.checks)
+			}
+		})
+	}
+}
+
+func names(cs []*x509.Certificate) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.Subject.CommonName
+	}
+	return out
+}
+
+// TestHostileChains: the review's hostile chains, and others a client can make without a CA's
+// key, give the verdict they gave before the intermediates were filtered: certificate_untrusted,
+// in the handshake and in HTTP, in every mode that looks at certificates.
+func TestHostileChains(t *testing.T) {
+	p := getPKI(t)
+	chains := map[string][]*x509.Certificate{
+		"9 self-signed intermediates of one name and key, distinct SANs": hostileChain(t, 9, elliptic.P256(), true),
+		"9 self-signed intermediates of one name and key":                hostileChain(t, 9, elliptic.P256(), false),
+		"leaf and 9 intermediates naming the CA, signed by the client":   append([]*x509.Certificate{selfSignedClient(t, "mallory").Cert}, claimingIntermediates(t, 9, p.root.Cert)...),
+		"a genuine intermediate among 8 self-signed ones":                append(append([]*x509.Certificate{p.interLeaf.Cert}, hostileChain(t, 8, elliptic.P256(), true)[1:]...), p.inter.Cert),
+	}
+	now := time.Now()
+	for name, peer := range chains {
+		for _, mode := range []configv1.MtlsMode{configv1.MtlsMode_MTLS_MODE_ENFORCE, configv1.MtlsMode_MTLS_MODE_REPORT} {
+			t.Run(name+"/"+mode.String(), func(t *testing.T) {
+				h := preparedWith(t, p, fns(withMode(mode), rejectInHandshake))
+				want, wantVerdict := ReasonCertificateUntrusted, Deny
+				if mode == configv1.MtlsMode_MTLS_MODE_REPORT {
+					wantVerdict = ReportDeny
+				}
+				if peer[0] == p.interLeaf.Cert {
+					// The genuine chain still verifies through the genuine intermediate.
+					want, wantVerdict = ReasonCertificateVerified, Allow
+				}
+				if d := Decide(h, peer, get("/"), now); d.Verdict != wantVerdict || d.Reason != want {
+					t.Errorf("Decide = %s, %s; want %s, %s", d.Verdict, d.Reason, wantVerdict, want)
+				}
+				if mode == configv1.MtlsMode_MTLS_MODE_ENFORCE {
+					wantHandshake := Deny
+					if want == ReasonCertificateVerified {
+						want, wantHandshake = ReasonHandshakeCompleted, Allow
+					}
+					if d := DecideHandshake(h, peer, now); d.Verdict != wantHandshake || d.Reason != want {
+						t.Errorf("DecideHandshake = %s, %s; want %s, %s", d.Verdict, d.Reason, wantHandshake, want)
+					}
+				}
+			})
+		}
+	}
+}
