@@ -62,8 +62,8 @@
 // kept by then. Validity plays no part in it (an intermediate that expired is kept, so that its
 // chain is [ReasonCertificateExpired]), and, as long as the checks last, neither does the order
 // in which they were sent. Verification and the classification of its failure (expired, not yet
-// valid, untrusted) see only the kept intermediates; copies of the hostname's CAs and repeated
-// certificates are dropped unchecked.
+// valid, untrusted) see only the kept intermediates; copies of the hostname's CAs, repeated
+// certificates and intermediates whose key [CheckCAKey] refuses are dropped unchecked.
 //
 // So no signature is ever checked with a key that the client chose and that no trusted CA
 // certified: the work a client can cause with certificates of its own making is a few checks

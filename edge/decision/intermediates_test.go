@@ -141,6 +141,15 @@ func TestCertifiedIntermediates(t *testing.T) {
 	junkSame := claimingIntermediates(t, 11, sameName[0].Cert)
 	issuedBySame := sameName[2].Intermediate(t, "Same Name Issuing CA")
 	hostile := hostileChain(t, 9, elliptic.P256(), true)
+	// An intermediate the CA did certify, with a key CheckCAKey refuses: a tenant holding its
+	// CA's key could make its signatures cost the edge 40 times a P-256 one.
+	k521, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter521 := mustCreate(t, &x509.Certificate{SerialNumber: big.NewInt(521), Subject: pkix.Name{CommonName: "P-521 Issuing CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}, p.root.Cert, &k521.PublicKey, p.root.Key)
 
 	tests := []struct {
 		name   string
@@ -159,6 +168,7 @@ func TestCertifiedIntermediates(t *testing.T) {
 		{name: "fail/the review's 9 self-signed intermediates of one name and key", sent: hostile[1:], checks: 0},
 		{name: "fail/the review's chain through a real intermediate", sent: append(certs(p.inter), hostile[1:]...), kept: certs(p.inter), checks: 1},
 		{name: "fail/intermediate of another CA", sent: certs(otherInter), checks: 0},
+		{name: "fail/an intermediate of the CA with a P-521 key, dropped unchecked", sent: []*x509.Certificate{inter521}, checks: 0},
 		{name: "fail/authority key id is not the CA's subject key id", sent: []*x509.Certificate{wrongAKI}, checks: 0},
 		{name: "fail/9 intermediates naming the CA, signed by the client", sent: junk[:9], checks: 9},
 		{name: "fail/9 intermediates naming 3 CAs of one name, signed by the client", roots: sameName, sent: junkSame[:9], checks: 27},

@@ -240,7 +240,11 @@ func (t *trust) certifiedIntermediates(sent []*x509.Certificate) (kept []*x509.C
 	}
 	candidates := make([]*x509.Certificate, 0, len(sent))
 	for _, c := range sent {
-		if !slices.ContainsFunc(candidates, c.Equal) && !slices.ContainsFunc(t.roots, c.Equal) {
+		// An intermediate's key is checked against the signatures below it as a trusted CA's
+		// is, so it must be one CheckCAKey accepts: a tenant holding its CA's key could
+		// otherwise certify intermediates with keys that cost the edge a hundred times a
+		// P-256 check each.
+		if !slices.ContainsFunc(candidates, c.Equal) && !slices.ContainsFunc(t.roots, c.Equal) && CheckCAKey(c) == nil {
 			candidates = append(candidates, c)
 		}
 	}
