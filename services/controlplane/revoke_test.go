@@ -50,9 +50,6 @@ func TestDeletedTokenWritesNothingAfterItsDeletion(t *testing.T) {
 	n.must(401, "GET", "/v1/tenants/acme/hostnames", secret, nil) // the token is refused now...
 	wg.Wait()
 	t.Logf("batch: err=%v, answered %v after the deletion was acknowledged", batchErr, batchDone.Sub(deleted))
-	if batchErr == nil {
-		t.Errorf("the deleted token's batch succeeded")
-	}
 
 	// ...but what did the store record after TokenDeleted?
 	evs, err := n.store.ReadStream(context.Background(), "tenant-acme", 0, 0, 10000)
@@ -78,6 +75,12 @@ func TestDeletedTokenWritesNothingAfterItsDeletion(t *testing.T) {
 		t.Errorf("%d events by token %s were stored after its TokenDeleted (revision %d); the deleted token still wrote", after, tokenID, deletedAt)
 	}
 	other := n.tenantWithToken("other")
+	// Refused (by its decision, or at authentication when it came late), the batch gave its
+	// reservations back. (When it was stored before the deletion, which a slow machine's timing
+	// can give, the names are acme's and the check above is what counts.)
+	if batchErr == nil {
+		return
+	}
 	if code := n.do("POST", "/v1/tenants/other/hostnames", other, map[string]any{"hostname": "h0500.attacker.example", "originUrl": "http://o.example", "mtls": map[string]any{"mode": "MTLS_MODE_OFF"}}).status; code != 200 {
 		t.Errorf("another tenant claims h0500.attacker.example: %d; want 200 (the refused batch gave its reservations back)", code)
 	}
