@@ -70,6 +70,9 @@ func checkMtls(field string, m *guestlistv1.MtlsSettings) []apistatus.Violation 
 	if m == nil {
 		return []apistatus.Violation{{Field: field, Reason: "required"}}
 	}
+	if m.GetMode() == guestlistv1.MtlsMode_MTLS_MODE_UNSPECIFIED {
+		return []apistatus.Violation{{Field: field + ".mode", Reason: "required: one of MTLS_MODE_OFF, MTLS_MODE_ENFORCE, MTLS_MODE_REPORT"}}
+	}
 	if m.GetMode() != guestlistv1.MtlsMode_MTLS_MODE_OFF && len(m.GetCertificateAuthorityIds()) == 0 {
 		return []apistatus.Violation{{Field: field + ".certificate_authority_ids", Reason: "at least one certificate authority is required unless mode is MTLS_MODE_OFF"}}
 	}
@@ -460,31 +463,43 @@ func (hs *HostnameServer) UpdateHostname(ctx context.Context, req *guestlistv1.U
 	if err != nil {
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "hostname.hostname", Reason: err.Error()})
 	}
-	setOrigin, setMtls, setPolicy := true, true, true
+	// The mask's paths: the REST gateway derives them from the body's fields when the request has
+	// none, so a body with only "mtls": {"mode": ...} changes the mode alone.
+	setOrigin, setPolicy := true, true
+	setMode, setCAs, setReject := true, true, true
 	if paths := req.GetUpdateMask().GetPaths(); len(paths) > 0 {
-		setOrigin, setMtls, setPolicy = false, false, false
+		setOrigin, setPolicy = false, false
+		setMode, setCAs, setReject = false, false, false
 		for i, path := range paths {
-			switch path {
+			switch maskPath(path) {
 			case "origin_url":
 				setOrigin = true
 			case "mtls":
-				setMtls = true
+				setMode, setCAs, setReject = true, true, true
+			case "mtls.mode":
+				setMode = true
+			case "mtls.certificate_authority_ids":
+				setCAs = true
+			case "mtls.reject_in_handshake":
+				setReject = true
 			case "policy_id":
 				setPolicy = true
 			case "hostname", "etag":
 				// The name and the etag say which version of what to update; they are not changed.
 			default:
-				return nil, apistatus.InvalidArgument(apistatus.Violation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Reason: fmt.Sprintf("%q cannot be updated; use origin_url, mtls or policy_id", path)})
+				return nil, apistatus.InvalidArgument(apistatus.Violation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Reason: fmt.Sprintf("%q cannot be updated; use origin_url, mtls (or mtls.mode, mtls.certificate_authority_ids, mtls.reject_in_handshake) or policy_id", path)})
 			}
 		}
 	}
+	setMtls := setMode || setCAs || setReject
+	wholeMtls := setMode && setCAs && setReject
 	var v []apistatus.Violation
 	if setOrigin {
 		if reason := checkOrigin(in.GetOriginUrl()); reason != "" {
 			v = append(v, apistatus.Violation{Field: "hostname.origin_url", Reason: reason})
 		}
 	}
-	if setMtls {
+	if wholeMtls {
 		v = append(v, checkMtls("hostname.mtls", in.GetMtls())...)
 	}
 	if len(v) > 0 {
@@ -508,13 +523,30 @@ func (hs *HostnameServer) UpdateHostname(ctx context.Context, req *guestlistv1.U
 		if setOrigin {
 			ev.OriginUrl = in.GetOriginUrl()
 		}
-		if setMtls {
+		var v []apistatus.Violation
+		switch {
+		case wholeMtls:
 			ev.Mtls = mtlsEvent(in.GetMtls())
+		case setMtls:
+			m := in.GetMtls()
+			if setMode {
+				ev.Mtls.Mode = eventsv1.MtlsMode(m.GetMode())
+			}
+			if setCAs {
+				ev.Mtls.CertificateAuthorityIds = m.GetCertificateAuthorityIds()
+			}
+			if setReject {
+				ev.Mtls.RejectInHandshake = m.GetRejectInHandshake()
+			}
+			// What the hostname will have must hold together (ENFORCE needs a CA).
+			v = append(v, checkMtls("hostname.mtls", &guestlistv1.MtlsSettings{
+				Mode: guestlistv1.MtlsMode(ev.Mtls.GetMode()), CertificateAuthorityIds: ev.Mtls.GetCertificateAuthorityIds(),
+			})...)
 		}
 		if setPolicy {
 			ev.PolicyId = in.GetPolicyId()
 		}
-		v := checkReferences(st, "hostname", ev.GetMtls(), ev.GetPolicyId())
+		v = append(v, checkReferences(st, "hostname", ev.GetMtls(), ev.GetPolicyId())...)
 		if setMtls {
 			// Only a change of the CAs is checked against the rules for them: a hostname whose
 			// CAs break them from before the rules (the edge refuses it) may still change

@@ -157,7 +157,7 @@ func (ps *PolicyServer) UpdatePolicy(ctx context.Context, req *guestlistv1.Updat
 	if paths := req.GetUpdateMask().GetPaths(); len(paths) > 0 {
 		setName, setRules = false, false
 		for i, path := range paths {
-			switch path {
+			switch maskPath(path) {
 			case "display_name":
 				setName = true
 			case "rules":

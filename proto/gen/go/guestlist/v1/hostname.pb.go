@@ -190,7 +190,8 @@ func (x *Hostname) GetUpdateTime() *timestamppb.Timestamp {
 // MtlsSettings say how the edges check client certificates for a hostname.
 type MtlsSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The mode.
+	// The mode. Required (MTLS_MODE_UNSPECIFIED is refused with the field named), except in an
+	// update whose mask leaves it out.
 	Mode MtlsMode `protobuf:"varint,1,opt,name=mode,proto3,enum=guestlist.v1.MtlsMode" json:"mode,omitempty"`
 	// The tenant's CAs that client certificates must chain to. Required unless mode is OFF.
 	CertificateAuthorityIds []string `protobuf:"bytes,2,rep,name=certificate_authority_ids,json=certificateAuthorityIds,proto3" json:"certificate_authority_ids,omitempty"`
@@ -748,10 +749,9 @@ const file_guestlist_v1_hostname_proto_rawDesc = "" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTATE_ACTIVE\x10\x01\x12\x11\n" +
-	"\rSTATE_PENDING\x10\x02\"\xda\x01\n" +
-	"\fMtlsSettings\x126\n" +
-	"\x04mode\x18\x01 \x01(\x0e2\x16.guestlist.v1.MtlsModeB\n" +
-	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04mode\x12b\n" +
+	"\rSTATE_PENDING\x10\x02\"\xd8\x01\n" +
+	"\fMtlsSettings\x124\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x16.guestlist.v1.MtlsModeB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04mode\x12b\n" +
 	"\x19certificate_authority_ids\x18\x02 \x03(\tB&\xbaH#\x92\x01 \x10\x10\x18\x01\"\x1ar\x182\x16^[a-z][a-z0-9-]{0,62}$R\x17certificateAuthorityIds\x12.\n" +
 	"\x13reject_in_handshake\x18\x03 \x01(\bR\x11rejectInHandshake\"\xbb\x01\n" +
 	"\x15CreateHostnameRequest\x12=\n" +

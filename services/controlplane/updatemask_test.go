@@ -1,0 +1,56 @@
+package controlplane_test
+
+import (
+	"fmt"
+	"testing"
+
+	"guestlist.dev/edge/pkitest"
+)
+
+// TestPatchMasksAsRESTUsersWriteThem: PATCH over REST with the mask the gateway derives from a
+// body holding only some of mtls's fields, and with masks in the JSON's lowerCamelCase: each
+// changes what it names and keeps the rest. Before, the derived "mtls.mode" and "originUrl" were
+// refused as fields that cannot be updated (a new user's review).
+func TestPatchMasksAsRESTUsersWriteThem(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	ca := pkitest.NewCA(t, "Acme Devices")
+	n.must(200, "POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", tok, map[string]any{"certificatePem": pkitest.PEM(ca.Cert)})
+	h := n.must(200, "POST", "/v1/tenants/acme/hostnames", tok, map[string]any{
+		"hostname": "pay.example.com", "originUrl": "http://127.0.0.1:8081",
+		"mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}, "rejectInHandshake": true},
+	})
+	etag := h.body["etag"]
+	mtls := func(r reply) map[string]any { m, _ := r.body["mtls"].(map[string]any); return m }
+
+	// The body names mtls.mode only: the CAs and reject_in_handshake stay.
+	p := n.must(200, "PATCH", "/v1/tenants/acme/hostnames/pay.example.com", tok, map[string]any{"mtls": map[string]any{"mode": "MTLS_MODE_REPORT"}, "etag": etag})
+	if m := mtls(p); m["mode"] != "MTLS_MODE_REPORT" || fmt.Sprint(m["certificateAuthorityIds"]) != "[devices]" || m["rejectInHandshake"] != true {
+		t.Fatalf("mode alone: %s", p.raw)
+	}
+	// A lowerCamelCase mask: only the origin changes, whatever else the body holds.
+	p = n.must(200, "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=originUrl", tok, map[string]any{"originUrl": "https://origin.example.net", "mtls": map[string]any{"mode": "MTLS_MODE_OFF"}, "etag": p.body["etag"]})
+	if p.body["originUrl"] != "https://origin.example.net" || mtls(p)["mode"] != "MTLS_MODE_REPORT" {
+		t.Fatalf("originUrl mask: %s", p.raw)
+	}
+	p = n.must(200, "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=mtls.rejectInHandshake", tok, map[string]any{"mtls": map[string]any{}, "etag": p.body["etag"]})
+	if m := mtls(p); m["rejectInHandshake"] == true || m["mode"] != "MTLS_MODE_REPORT" {
+		t.Fatalf("mtls.rejectInHandshake mask: %s", p.raw)
+	}
+	// What the hostname would end with must hold together: ENFORCE without CAs is refused, and
+	// nothing is written.
+	before := n.streamRevision("acme")
+	n.must(400, "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=mtls.certificate_authority_ids", tok, map[string]any{"mtls": map[string]any{}, "etag": p.body["etag"]})
+	n.must(400, "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=state", tok, map[string]any{"etag": p.body["etag"]})
+	if after := n.streamRevision("acme"); after != before {
+		t.Errorf("a refused PATCH wrote: revision %d -> %d", before, after)
+	}
+	// Policies too.
+	n.must(200, "POST", "/v1/tenants/acme/policies?policyId=ops", tok, map[string]any{"displayName": "ops", "rules": []any{
+		map[string]any{"name": "ops", "action": "ACTION_ALLOW", "expression": `cert.verified`},
+	}})
+	pol := n.must(200, "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", tok, map[string]any{"displayName": "operators"})
+	if pol.body["displayName"] != "operators" {
+		t.Fatalf("policy displayName mask: %s", pol.raw)
+	}
+}
