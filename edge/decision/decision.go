@@ -55,7 +55,9 @@
 // A client sends at most [MaxPeerCertificates] certificates, its leaf and up to 9 intermediates;
 // a longer chain is [ReasonCertificateUntrusted] without being looked at. The intermediates are
 // filtered before crypto/x509 sees them: one is kept only when one of the hostname's CAs, or an
-// intermediate already kept, signed it. Parents are tried only when their subject is the
+// intermediate already kept, signed it. (A single intermediate, the usual chain, is kept when one
+// of the hostname's CAs may have issued it by their names, and its signature is left to
+// crypto/x509, which checks it once: with one intermediate there is no path building to amplify.) Parents are tried only when their subject is the
 // intermediate's issuer name and, when both are present, their subject key id is its authority
 // key id; rounds over the intermediates not kept repeat until a round keeps none, each pair is
 // checked once, and after 32 signature checks the filter stops and drops the intermediates not

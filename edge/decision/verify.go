@@ -248,6 +248,19 @@ func (t *trust) certifiedIntermediates(sent []*x509.Certificate) (kept []*x509.C
 			candidates = append(candidates, c)
 		}
 	}
+	if len(candidates) == 1 {
+		// One intermediate, the usual chain: crypto/x509 checks its signature once against its
+		// issuer among the hostname's CAs (at most MaxCAsPerSubject of one name) and builds no
+		// path among the client's certificates, so there is nothing to amplify; checking it
+		// here as well would double what the most common chain costs. It is kept when one of
+		// the CAs may have issued it by their names.
+		for _, r := range t.roots {
+			if maySign(r) && issuedBy(candidates[0], r) {
+				return candidates, 0
+			}
+		}
+		return nil, 0
+	}
 	// parents: the certificates whose keys are certified, roots first, then the intermediates
 	// in the order kept; tried[i]: candidates[i] was checked against parents[:tried[i]].
 	parents := make([]*x509.Certificate, 0, len(t.roots)+len(candidates))
