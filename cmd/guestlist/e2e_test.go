@@ -114,6 +114,12 @@ func (n *devNode) rest(method, path, token string, body any) (int, map[string]an
 // -1 when the TLS handshake fails.
 func (n *devNode) get(host, path string, client *pkitest.Leaf) (int, string) {
 	n.t.Helper()
+	return n.getWithHeader(host, path, client, nil)
+}
+
+// getWithHeader is get with extra request headers.
+func (n *devNode) getWithHeader(host, path string, client *pkitest.Leaf, hdr map[string]string) (int, string) {
+	n.t.Helper()
 	tlsCfg := &tls.Config{ServerName: host, RootCAs: n.edgeCA, MinVersion: tls.VersionTLS12}
 	if client != nil {
 		tlsCfg.Certificates = []tls.Certificate{{Certificate: [][]byte{client.Cert.Raw}, PrivateKey: client.Key}}
@@ -125,7 +131,11 @@ func (n *devNode) get(host, path string, client *pkitest.Leaf) (int, string) {
 		},
 	}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + host + path)
+	req, _ := http.NewRequest(http.MethodGet, "https://"+host+path, nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
 	if err != nil {
 		return -1, err.Error()
 	}

@@ -1,48 +1,16 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"guestlist.dev/edge/pkitest"
 )
-
-// getWithHeader is devNode.get with extra request headers.
-func (n *devNode) getWithHeader(host, path string, client *pkitest.Leaf, hdr map[string]string) (int, string) {
-	n.t.Helper()
-	tlsCfg := &tls.Config{ServerName: host, RootCAs: n.edgeCA, MinVersion: tls.VersionTLS12}
-	if client != nil {
-		tlsCfg.Certificates = []tls.Certificate{{Certificate: [][]byte{client.Cert.Raw}, PrivateKey: client.Key}}
-	}
-	tr := &http.Transport{
-		TLSClientConfig: tlsCfg,
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, n.edge)
-		},
-	}
-	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequest("GET", "https://"+host+path, nil)
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return -1, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
 
 // explainLine re-derives one decision log line over REST, as TestAuditEndToEnd does, and with
 // "guestlist audit explain --decision" (and extra, e.g. --header flags; headers, when not nil,
