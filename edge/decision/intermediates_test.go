@@ -130,6 +130,39 @@ func certs(cas ...*pkitest.CA) []*x509.Certificate {
 	return out
 }
 
+// namedLeaf returns a client leaf whose issuer name is issuer's subject, signed by a key of the
+// client's (so that only names lead from it to issuer).
+func namedLeaf(t testing.TB, issuer *x509.Certificate) *x509.Certificate {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mustCreate(t, &x509.Certificate{SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: "mallory"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, &x509.Certificate{RawSubject: issuer.RawSubject}, &k.PublicKey, k)
+}
+
+// claimingSameName returns n CA certificates all named name, each with a key of its own, naming
+// ca's subject as their issuer but signed by the client: the most candidates a client can put on
+// one path of names.
+func claimingSameName(t testing.TB, n int, ca *x509.Certificate, name string) []*x509.Certificate {
+	t.Helper()
+	parent := &x509.Certificate{RawSubject: ca.RawSubject}
+	var out []*x509.Certificate
+	for i := range n {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(300 + i)), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		out = append(out, mustCreate(t, tmpl, parent, &k.PublicKey, k))
+	}
+	return out
+}
+
 // TestCertifiedIntermediates checks the filter of the intermediates a client sends: which it
 // keeps, in which order, and how many signature checks it makes.
 func TestCertifiedIntermediates(t *testing.T) {
@@ -137,12 +170,11 @@ func TestCertifiedIntermediates(t *testing.T) {
 	sameName := sameSubjectCAs(t, 3, true)
 	otherInter := p.other.Intermediate(t, "Other Issuing CA")
 	wrongAKI, _ := wrongAKIIntermediate(t, p.root)
-	junk := claimingIntermediates(t, 11, p.root.Cert)
-	junkSame := claimingIntermediates(t, 11, sameName[0].Cert)
-	issuedBySame := sameName[2].Intermediate(t, "Same Name Issuing CA")
+	junk := claimingSameName(t, 17, p.root.Cert, "Fake Issuing CA")
+	junkSame := claimingSameName(t, 17, sameName[0].Cert, "Fake Issuing CA")
+	issuedBySame := sameName[2].Intermediate(t, "Fake Issuing CA")
 	hostile := hostileChain(t, 9, elliptic.P256(), true)
-	// An intermediate the CA did certify, with a key CheckCAKey refuses: a tenant holding its
-	// CA's key could make its signatures cost the edge 40 times a P-256 one.
+	// An intermediate the CA did certify, with a P-521 key: kept, its checks weighed.
 	k521, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -150,34 +182,43 @@ func TestCertifiedIntermediates(t *testing.T) {
 	inter521 := mustCreate(t, &x509.Certificate{SerialNumber: big.NewInt(521), Subject: pkix.Name{CommonName: "P-521 Issuing CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign}, p.root.Cert, &k521.PublicKey, p.root.Key)
+	// Copies of the root with its name and key, self-issued, each with its own SAN: crypto/x509
+	// would build paths among them (the tenant-held key of a review's finding).
+	var rootCopies []*x509.Certificate
+	for i := range 9 {
+		rootCopies = append(rootCopies, mustCreate(t, &x509.Certificate{SerialNumber: big.NewInt(int64(600 + i)), Subject: p.root.Cert.Subject,
+			DNSNames: []string{fmt.Sprintf("c%d.example", i)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}, p.root.Cert, p.root.Cert.PublicKey, p.root.Key))
+	}
 
 	tests := []struct {
 		name   string
 		roots  []*pkitest.CA // the hostname's CAs; p.root when nil
+		leaf   *x509.Certificate
 		sent   []*x509.Certificate
 		kept   []*x509.Certificate
 		checks int
 	}{
-		{name: "ok/none sent", checks: 0},
-		{name: "ok/one intermediate of the CA, its signature left to crypto/x509", sent: certs(p.inter), kept: certs(p.inter), checks: 0},
-		{name: "ok/two levels, sent upside down", sent: certs(p.deepInter, p.policyCA), kept: certs(p.deepInter, p.policyCA), checks: 2},
-		{name: "ok/expired intermediate", sent: certs(p.expiredInter), kept: certs(p.expiredInter), checks: 0},
-		{name: "ok/copies of the CA and repeats dropped unchecked", sent: certs(p.root, p.inter, p.inter), kept: certs(p.inter), checks: 0},
-		{name: "ok/a leaf of the CA is kept but signs nothing", sent: []*x509.Certificate{p.leaf.Cert, selfSignedClient(t, "device-1").Cert}, kept: []*x509.Certificate{p.leaf.Cert}, checks: 1},
-		{name: "ok/intermediate of the last of 3 CAs of one name", roots: sameName, sent: certs(issuedBySame), kept: certs(issuedBySame), checks: 0},
-		{name: "fail/the review's 9 self-signed intermediates of one name and key", sent: hostile[1:], checks: 0},
-		{name: "fail/the review's chain through a real intermediate", sent: append(certs(p.inter), hostile[1:]...), kept: certs(p.inter), checks: 1},
-		{name: "fail/intermediate of another CA", sent: certs(otherInter), checks: 0},
-		{name: "ok/one intermediate naming the CA, signed by the client: left to crypto/x509", sent: junk[:1], kept: junk[:1], checks: 0},
-		{name: "fail/two intermediates naming the CA, signed by the client: checked", sent: junk[:2], checks: 2},
-		{name: "fail/an intermediate of the CA with a P-521 key, dropped unchecked", sent: []*x509.Certificate{inter521}, checks: 0},
-		{name: "fail/authority key id is not the CA's subject key id", sent: []*x509.Certificate{wrongAKI}, checks: 0},
-		{name: "fail/9 intermediates naming the CA, signed by the client", sent: junk[:9], checks: 9},
-		{name: "fail/9 intermediates naming 3 CAs of one name, signed by the client", roots: sameName, sent: junkSame[:9], checks: 27},
-		// Beyond the bound (more than a client may send, to reach it): the rest is dropped, a
-		// genuine intermediate after the bound too.
-		{name: "fail/11 intermediates naming 3 CAs of one name, then a genuine one", roots: sameName, sent: append(slices.Clip(junkSame), issuedBySame.Cert), checks: maxIntermediateChecks},
-		{name: "ok/a genuine one, then 11 intermediates naming 3 CAs of one name", roots: sameName, sent: append(certs(issuedBySame), junkSame...), kept: certs(issuedBySame), checks: maxIntermediateChecks},
+		{name: "ok/none sent", leaf: p.leaf.Cert, checks: 0},
+		{name: "ok/one intermediate of the CA, its signature left to crypto/x509", leaf: p.interLeaf.Cert, sent: certs(p.inter), kept: certs(p.inter), checks: 0},
+		{name: "ok/two levels, sent upside down", leaf: p.deepLeaf.Cert, sent: certs(p.deepInter, p.policyCA), kept: certs(p.deepInter, p.policyCA), checks: 2},
+		{name: "ok/expired intermediate", leaf: p.expiredInterLeaf.Cert, sent: certs(p.expiredInter), kept: certs(p.expiredInter), checks: 0},
+		{name: "ok/copies of the CA and repeats dropped unchecked", leaf: p.interLeaf.Cert, sent: certs(p.root, p.inter, p.inter), kept: certs(p.inter), checks: 0},
+		{name: "ok/certificates off the leaf's path of names dropped unchecked", leaf: p.leaf.Cert, sent: []*x509.Certificate{p.inter.Cert, selfSignedClient(t, "device-1").Cert}, checks: 0},
+		{name: "ok/intermediate of the last of 3 CAs of one name", roots: sameName, leaf: namedLeaf(t, issuedBySame.Cert), sent: certs(issuedBySame), kept: certs(issuedBySame), checks: 0},
+		{name: "ok/an intermediate of the CA with a P-521 key: kept", leaf: namedLeaf(t, inter521), sent: []*x509.Certificate{inter521}, kept: []*x509.Certificate{inter521}, checks: 0},
+		{name: "fail/the review's 9 self-signed intermediates of one name and key: one left, dropped by name", leaf: hostile[0], sent: hostile[1:], checks: 0},
+		{name: "fail/9 self-issued copies of the CA (its name and key): dropped unchecked", leaf: p.interLeaf.Cert, sent: append(certs(p.inter), rootCopies...), kept: certs(p.inter), checks: 0},
+		{name: "fail/intermediate of another CA", leaf: otherInter.Client(t, "d").Cert, sent: certs(otherInter), checks: 0},
+		{name: "ok/one intermediate naming the CA, signed by the client: left to crypto/x509", leaf: namedLeaf(t, junk[0]), sent: junk[:1], kept: junk[:1], checks: 0},
+		{name: "fail/two of one name naming the CA, signed by the client: checked", leaf: namedLeaf(t, junk[0]), sent: junk[:2], checks: 2},
+		{name: "fail/authority key id is not the CA's subject key id", leaf: namedLeaf(t, wrongAKI), sent: []*x509.Certificate{wrongAKI}, checks: 0},
+		{name: "fail/9 of one name naming the CA, signed by the client", leaf: namedLeaf(t, junk[0]), sent: junk[:9], checks: 9},
+		{name: "fail/9 of one name naming 3 CAs of one name, signed by the client", roots: sameName, leaf: namedLeaf(t, junkSame[0]), sent: junkSame[:9], checks: 27},
+		// Beyond the budget (more than a client may send, to reach it): the rest is dropped, a
+		// genuine intermediate after the budget too.
+		{name: "fail/17 naming 3 CAs of one name, then a genuine one", roots: sameName, leaf: namedLeaf(t, junkSame[0]), sent: append(slices.Clip(junkSame), issuedBySame.Cert), checks: intermediateBudget},
+		{name: "ok/a genuine one, then 17 naming 3 CAs of one name", roots: sameName, leaf: namedLeaf(t, junkSame[0]), sent: append(certs(issuedBySame), junkSame...), kept: certs(issuedBySame), checks: intermediateBudget},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -194,7 +235,7 @@ func TestCertifiedIntermediates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			kept, checks := h.trust.certifiedIntermediates(tc.sent)
+			kept, checks := h.trust.certifiedIntermediates(tc.leaf, tc.sent)
 			if !slices.EqualFunc(kept, tc.kept, (*x509.Certificate).Equal) {
 				t.Errorf("kept %s, want %s", names(kept), names(tc.kept))
 			}
@@ -202,6 +243,28 @@ func TestCertifiedIntermediates(t *testing.T) {
 				t.Errorf("made %d signature checks, want %d", checks, tc.checks)
 			}
 		})
+	}
+}
+
+// TestCertifiedIntermediatesBudgetWeighsKeys: the budget is a cost, not a count: against CAs
+// with P-384 keys (9 P-256 checks each), fewer checks fit than against P-256 ones.
+func TestCertifiedIntermediatesBudgetWeighsKeys(t *testing.T) {
+	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "P-384 Root"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	root := mustCreate(t, tmpl, tmpl, &k.PublicKey, k)
+	cfg := hostnameConfig(getPKI(t))
+	cfg.CertificateAuthorities = []*configv1.TrustedCertificateAuthority{{CertificateAuthorityId: "p384", CertificateDer: root.Raw}}
+	h, err := Prepare(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := claimingSameName(t, 9, root, "Fake Issuing CA")
+	if _, checks := h.trust.certifiedIntermediates(namedLeaf(t, junk[0]), junk); checks != intermediateBudget/9 {
+		t.Fatalf("made %d checks against a P-384 CA, want %d", checks, intermediateBudget/9)
 	}
 }
 

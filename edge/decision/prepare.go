@@ -130,9 +130,12 @@ func (c *Cache) Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	default:
 		return fail(fmt.Errorf("mode %v is not OFF, ENFORCE or REPORT", m))
 	}
-	tr, err := lookup(c, c.trustMap(), trustKey(cfg), func() (*trust, error) { return newTrust(cfg) })
-	if err != nil {
-		return fail(err)
+	tr := offTrust
+	var err error
+	if cfg.GetMode() != configv1.MtlsMode_MTLS_MODE_OFF {
+		if tr, err = lookup(c, c.trustMap(), trustKey(cfg), func() (*trust, error) { return newTrust(cfg) }); err != nil {
+			return fail(err)
+		}
 	}
 	h := &Hostname{Config: cfg, name: name, active: cfg.GetActive(), mode: cfg.GetMode(), trust: tr}
 	if p := cfg.GetPolicy(); p != nil {
@@ -208,6 +211,11 @@ func appendField[T string | []byte](b []byte, field T) []byte {
 	b = binary.AppendUvarint(b, uint64(len(field)))
 	return append(b, field...)
 }
+
+// offTrust is the trust of every hostname in mode OFF, which looks at no certificate: its CAs (the
+// projector sends them in every mode) are neither parsed nor held to the rules for CAs, so a CA
+// uploaded before a rule, still referenced by a hostname in mode OFF, does not take it down.
+var offTrust = &trust{pool: x509.NewCertPool(), byID: map[string]*x509.Certificate{}}
 
 // trustKey identifies the content newTrust builds from: the CAs in order and the revocations.
 func trustKey(cfg *configv1.HostnameConfig) [32]byte {
