@@ -14,12 +14,12 @@ import (
 // CARSAExponent.
 const (
 	MinCARSABits  = 2048
-	MaxCARSABits  = 8192
+	MaxCARSABits  = 4096
 	CARSAExponent = 65537
 )
 
 // acceptedCAKeys ends every refusal of CheckCAKey.
-const acceptedCAKeys = "a CA's key must be RSA of 2048 to 8192 bits with public exponent 65537, ECDSA on P-256 or P-384, or Ed25519"
+const acceptedCAKeys = "a CA's key must be RSA of 2048 to 4096 bits with public exponent 65537, ECDSA on P-256 or P-384, or Ed25519"
 
 // CheckCAKey returns nil when the public key of the CA certificate cert is one the edge accepts
 // for a hostname's CA, and otherwise an error saying what the key is and what is accepted. It is

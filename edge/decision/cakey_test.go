@@ -107,14 +107,15 @@ func caKeyCases(t testing.TB) []struct {
 	}{
 		{name: "ok/RSA-2048", cert: caWithKey(t, "RSA 2048", &realRSA2048(t).PublicKey)},
 		{name: "ok/RSA-3072", cert: caWithKey(t, "RSA 3072", randomRSA(t, 3072, 65537))},
-		{name: "ok/RSA-8192", cert: caWithKey(t, "RSA 8192", randomRSA(t, 8192, 65537))},
+		{name: "ok/RSA-4096", cert: caWithKey(t, "RSA 4096", randomRSA(t, 4096, 65537))},
 		{name: "ok/P-256", cert: caWithKey(t, "P-256", ecdsaPub(t, elliptic.P256()))},
 		{name: "ok/P-384", cert: caWithKey(t, "P-384", ecdsaPub(t, elliptic.P384()))},
 		{name: "ok/Ed25519", cert: caWithKey(t, "Ed25519", ed25519Pub(t))},
 
 		{name: "fail/RSA-1024", cert: caWithKey(t, "RSA 1024", randomRSA(t, 1024, 65537)), err: "the CA's key is RSA of 1024 bits"},
 		{name: "fail/RSA-2047", cert: caWithKey(t, "RSA 2047", randomRSA(t, 2047, 65537)), err: "the CA's key is RSA of 2047 bits"},
-		{name: "fail/RSA-8193", cert: caWithKey(t, "RSA 8193", randomRSA(t, 8193, 65537)), err: "the CA's key is RSA of 8193 bits"},
+		{name: "fail/RSA-4097", cert: caWithKey(t, "RSA 4097", randomRSA(t, 4097, 65537)), err: "the CA's key is RSA of 4097 bits"},
+		{name: "fail/RSA-8192", cert: caWithKey(t, "RSA 8192", randomRSA(t, 8192, 65537)), err: "the CA's key is RSA of 8192 bits"},
 		{name: "fail/RSA-16384", cert: caWithKey(t, "RSA 16384", randomRSA(t, 16384, 65537)), err: "the CA's key is RSA of 16384 bits"},
 		{name: "fail/RSA-262144 with exponent 2^31-1", cert: caWithKey(t, "RSA 262144", randomRSA(t, 262144, 1<<31-1)), err: "the CA's key is RSA of 262144 bits"},
 		{name: "fail/exponent 3", cert: caWithKey(t, "RSA e=3", randomRSA(t, 2048, 3)), err: "the CA's key is RSA with public exponent 3;"},

@@ -39,7 +39,7 @@
 //
 // The edge checks a CA's key against the signature of every certificate that names the CA as its
 // issuer, sent by any client, so the CAs' keys bound what a forged certificate costs it. A CA's
-// key must be RSA of 2048 to 8192 bits with public exponent 65537, ECDSA on P-256 or P-384, or
+// key must be RSA of 2048 to 4096 bits with public exponent 65537, ECDSA on P-256 or P-384, or
 // Ed25519 ([CheckCAKey]; P-521 is refused, a check of its signatures costing about 40 times a
 // P-256 one). The control plane refuses the upload of any other, and [Prepare] refuses a
 // configuration that holds one (from events older than the rule): the edge then refuses the

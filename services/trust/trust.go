@@ -44,7 +44,7 @@ var (
 	// ErrNoCertSign: the key usage extension is present without keyCertSign.
 	ErrNoCertSign = errors.New("may not sign certificates")
 	// ErrUnsupportedKey: the CA's public key is not one the edge accepts for a CA
-	// ([decision.CheckCAKey]: RSA of 2048 to 8192 bits with exponent 65537, ECDSA P-256 or
+	// ([decision.CheckCAKey]: RSA of 2048 to 4096 bits with exponent 65537, ECDSA P-256 or
 	// P-384, Ed25519).
 	ErrUnsupportedKey = errors.New("unsupported public key")
 	// ErrExpired: the certificate's NotAfter is in the past.
