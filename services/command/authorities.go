@@ -45,8 +45,8 @@ func (cs *CertificateAuthorityServer) CreateCertificateAuthority(ctx context.Con
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
-		if ref, ok := replayedRef(st, req.GetRequestId(), fold.KindCertificateAuthority); ok {
-			return decision{result: caResult(ref.ID)}, nil
+		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindCertificateAuthority, "certificate authority", "", req.GetCertificateAuthorityId()); err != nil || ok {
+			return decision{result: caResult(ref.ID)}, err
 		}
 		if _, ok := st.CAs[id]; ok {
 			return decision{}, apistatus.AlreadyExists("certificate authority", id)

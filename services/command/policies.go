@@ -77,8 +77,8 @@ func (ps *PolicyServer) CreatePolicy(ctx context.Context, req *guestlistv1.Creat
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
-		if ref, ok := replayedRef(st, req.GetRequestId(), fold.KindPolicy); ok {
-			return decision{result: policyResult(ref.ID)}, nil
+		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindPolicy, "policy", "", req.GetPolicyId()); err != nil || ok {
+			return decision{result: policyResult(ref.ID)}, err
 		}
 		if _, ok := st.Policies[id]; ok {
 			return decision{}, apistatus.AlreadyExists("policy", id)

@@ -54,8 +54,8 @@ func (rs *RevocationServer) CreateRevocation(ctx context.Context, req *guestlist
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
-		if ref, ok := replayedRef(st, req.GetRequestId(), fold.KindRevocation); ok {
-			return decision{result: revocationResult(ref.Parent, ref.ID)}, nil
+		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindRevocation, "revocation", ca, req.GetRevocationId()); err != nil || ok {
+			return decision{result: revocationResult(ref.Parent, ref.ID)}, err
 		}
 		if _, ok := st.CAs[ca]; !ok {
 			return decision{}, apistatus.NotFound("certificate authority", ca)

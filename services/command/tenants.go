@@ -2,6 +2,7 @@ package command
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -127,6 +128,18 @@ func replayedRef(st *fold.Tenant, requestID string, kind fold.Kind) (fold.Ref, b
 		}
 	}
 	return fold.Ref{}, false
+}
+
+// replayOf is replayedRef for a create whose client chose the resource's id (wantID; "" when the
+// server chooses) under parent (the CA of a revocation; "" otherwise): a request id that created
+// another resource is INVALID_ARGUMENT rather than a silent answer with that resource, since the
+// caller is not repeating that request.
+func replayOf(st *fold.Tenant, requestID string, kind fold.Kind, what, parent, wantID string) (fold.Ref, bool, error) {
+	ref, ok := replayedRef(st, requestID, kind)
+	if !ok || wantID == "" || ref.ID == wantID && ref.Parent == parent {
+		return ref, ok, nil
+	}
+	return fold.Ref{}, false, apistatus.InvalidArgument(apistatus.Violation{Field: "request_id", Reason: fmt.Sprintf("already used to create %s %q; a request id names one request: use another one for another %s", what, ref.ID, what)})
 }
 
 // requireTenant fails with NOT_FOUND when the tenant does not exist. Only callers allowed to act on
