@@ -217,15 +217,22 @@ func (v *Verification) window(leaf *x509.Certificate, intermediates, roots []*x5
 	}
 }
 
-// intermediateBudget bounds what the signature checks certifiedIntermediates makes for one
+// intermediateBudget bounds what the failed signature checks certifiedIntermediates makes for one
 // verification may cost, in P-256 checks (keyCost): 9 intermediates (MaxPeerCertificates) each
 // naming a subject that 3 of the hostname's P-256 CAs share (MaxCAsPerSubject) take 27; with
-// costlier CA keys, fewer checks. A chain that needs more is not one a CA issues.
+// costlier CA keys, fewer. Successful checks are not counted: there is at most one per kept
+// intermediate, and each needs a signature by a key a trusted CA certified.
 const intermediateBudget = 48
 
+// maxKeptPerSubject bounds the kept intermediates of one subject name, as MaxCAsPerSubject bounds
+// the hostname's CAs: crypto/x509 checks a certificate naming that subject as its issuer against
+// each of them, so a tenant certifying many decoys of one name could make every client's junk
+// leaf cost that many checks.
+const maxKeptPerSubject = 3
+
 // keyCost is what checking a signature with key pub costs, in P-256 checks (measured here: P-256
-// 82 µs, P-384 713 µs, P-521 3.25 ms; an RSA check with exponent 65537 grows with the square of the
-// modulus, 2048 bits costing less than a P-256 one, and with the exponent's bits).
+// 103 µs, P-384 861 µs, P-521 3.6 ms; RSA-2048 55 µs, RSA-4096 555 µs, RSA-8192 2.1 ms, about 2.5
+// times that with an exponent of 2^31-1).
 func keyCost(pub any) int {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
@@ -239,10 +246,19 @@ func keyCost(pub any) int {
 	case ed25519.PublicKey:
 		return 1
 	case *rsa.PublicKey:
-		n := (k.N.BitLen() + 2047) / 2048
-		c := n * n
+		c := 80
+		switch bits := k.N.BitLen(); {
+		case bits <= 2048:
+			c = 1
+		case bits <= 3072:
+			c = 3
+		case bits <= 4096:
+			c = 6
+		case bits <= 8192:
+			c = 21
+		}
 		if k.E != CARSAExponent {
-			c *= 2
+			c *= 3
 		}
 		return c
 	}
@@ -252,32 +268,40 @@ func keyCost(pub any) int {
 // certifiedIntermediates returns those of sent (the intermediates a client sent with leaf, in its
 // order) that the hostname's CAs certify, in the order sent, and the number of signature checks
 // made. Only intermediates on a path of names from leaf's issuer are candidates (crypto/x509 looks
-// at no others); copies of t's roots and repeats (certificates of one subject and key from one
-// issuer: a cross-certified CA's certificates from two issuers both stay) are dropped without a check: they add no chain, only paths for
-// crypto/x509 to explore. A single candidate, the usual chain, is kept when one of t's roots may
-// have issued it by their names: crypto/x509 checks its signature once, with nothing to
-// amplify. Of two or more, one is kept when one of t's roots, or an intermediate already kept,
-// signed it (child.CheckSignatureFrom(parent)), trying as parents only certificates whose subject
-// is the child's issuer name and, when both have one, whose subject key id is the child's authority
-// key id; rounds over the rest repeat until one keeps nothing new. Each (child, parent) pair is
-// checked once, and once the next check would take the checks' cost (keyCost of the parent's key)
-// past intermediateBudget, it stops: the intermediates not kept by then are dropped. Validity is
-// not looked at (classify needs the expired intermediates of a chain), so the outcome does not
-// depend on the moment.
+// at no others); copies of a certificate (the same bytes), and self-issued certificates with the
+// subject and key of a hostname's CA or of an earlier candidate (the same CA again, with another
+// SAN, say), are dropped without a check: they add no chain, only paths for crypto/x509 to
+// explore. Two certificates of one CA from different issuers, or renewed by one issuer, both
+// stay: each may be the one that verifies.
+//
+// A single candidate, the usual chain, is kept when one of t's roots may have issued it by their
+// names, and its signature is left to crypto/x509, which checks it once; unless its key costs more
+// than a P-256 one to check with (crypto/x509 would check the leaf with it, and classify again):
+// then it is kept only when one of the roots signed it. Of two or more, one is kept when one of
+// t's roots, or an intermediate already kept, signed it (child.CheckSignatureFrom(parent)),
+// trying as parents only certificates whose subject is the child's issuer name and, when both
+// have one, whose subject key id is the child's authority key id; rounds over the rest repeat
+// until one keeps nothing new. Each (child, parent) pair is checked once; a failed check costs
+// keyCost of the parent's key, and once the next failure could take that past intermediateBudget
+// the checks stop: the intermediates not kept by then are dropped. At most maxKeptPerSubject of one
+// subject are kept. Validity is not looked at (classify needs the expired intermediates of a
+// chain), so the outcome does not depend on the moment.
 //
 // A key the client chose is thus never used to check a signature of another intermediate unless a
 // trusted CA certified it (9 self-signed intermediates of one name and key but different SANs
 // made crypto/x509 check about 100 signatures, 264 ms of CPU with P-521 keys, for every
 // connection), and what the client's certificates can make the edge check is bounded by the
-// budget, whatever the CAs' keys.
+// budget. What a tenant holding its CA's key can make it check is bounded by MaxPeerCertificates,
+// maxKeptPerSubject and the keys it certifies.
 func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
 	if len(sent) == 0 {
 		return nil, 0
 	}
 	candidates := make([]*x509.Certificate, 0, len(sent))
 	for _, c := range sent {
-		if slices.ContainsFunc(candidates, func(o *x509.Certificate) bool { return sameCA(o, c) && bytes.Equal(o.RawIssuer, c.RawIssuer) }) ||
-			slices.ContainsFunc(t.roots, func(r *x509.Certificate) bool { return sameCA(r, c) && bytes.Equal(r.RawIssuer, c.RawIssuer) }) {
+		selfIssued := bytes.Equal(c.RawSubject, c.RawIssuer)
+		again := func(o *x509.Certificate) bool { return o.Equal(c) || selfIssued && sameCA(o, c) }
+		if slices.ContainsFunc(candidates, again) || slices.ContainsFunc(t.roots, again) {
 			continue
 		}
 		candidates = append(candidates, c)
@@ -301,11 +325,11 @@ func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Cert
 		}
 	}
 	candidates = reachable
-	if len(candidates) == 1 {
-		// One intermediate, the usual chain: crypto/x509 checks its signature once against its
-		// issuer among the hostname's CAs (at most MaxCAsPerSubject of one name) and builds no
-		// path among the client's certificates, so there is nothing to amplify; checking it
-		// here as well would double what the most common chain costs.
+	if len(candidates) == 1 && keyCost(candidates[0].PublicKey) <= 1 {
+		// One intermediate with a cheap key, the usual chain: crypto/x509 checks its signature
+		// once against its issuer among the hostname's CAs (at most MaxCAsPerSubject of one name)
+		// and builds no path among the client's certificates, so there is nothing to amplify;
+		// checking it here as well would double what the most common chain costs.
 		for _, r := range t.roots {
 			if maySign(r) && issuedBy(candidates[0], r) {
 				return candidates, 0
@@ -324,11 +348,19 @@ func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Cert
 	isKept := make([]bool, len(candidates))
 	tried := make([]int, len(candidates))
 	spent := 0
+	keptOf := func(c *x509.Certificate) (n int) {
+		for i, o := range candidates {
+			if isKept[i] && bytes.Equal(o.RawSubject, c.RawSubject) {
+				n++
+			}
+		}
+		return n
+	}
 rounds:
 	for progress := true; progress; {
 		progress = false
 		for i, c := range candidates {
-			for !isKept[i] && tried[i] < len(parents) {
+			for !isKept[i] && tried[i] < len(parents) && keptOf(c) < maxKeptPerSubject {
 				p := parents[tried[i]]
 				if !issuedBy(c, p) {
 					tried[i]++
@@ -340,12 +372,13 @@ rounds:
 				}
 				tried[i]++
 				checks++
-				spent += cost
-				if c.CheckSignatureFrom(p) == nil {
-					isKept[i], progress = true, true
-					if maySign(c) {
-						parents = append(parents, c)
-					}
+				if c.CheckSignatureFrom(p) != nil {
+					spent += cost
+					continue
+				}
+				isKept[i], progress = true, true
+				if maySign(c) {
+					parents = append(parents, c)
 				}
 			}
 		}
