@@ -87,7 +87,7 @@ func leafTmpl(cn string, nb, na time.Time) *x509.Certificate {
 func TestRootRolloverSameName(t *testing.T) {
 	now := time.Now()
 	r1 := pkitest.NewCA(t, "Rollover Root", pkitest.Validity(now.Add(-2*365*24*time.Hour), now.Add(-time.Hour))) // old root, expired
-	r2 := pkitest.NewCA(t, "Rollover Root")                                                                       // new root, new key, same DN
+	r2 := pkitest.NewCA(t, "Rollover Root")                                                                      // new root, new key, same DN
 	i1 := r1.Intermediate(t, "Rollover Issuing CA")
 	i2 := recertify(t, i1, r2)
 	leaf := i1.Client(t, "device")
