@@ -55,28 +55,35 @@
 // A client sends at most [MaxPeerCertificates] certificates, its leaf and up to 9 intermediates;
 // a longer chain is [ReasonCertificateUntrusted] without being looked at. The intermediates are
 // filtered before crypto/x509 sees them. Only those on a path of names from the leaf's issuer are
-// candidates (crypto/x509 would look at no others); copies of the hostname's CAs, and repeats (one
-// subject and key from one issuer, such as self-issued copies of one CA with different SANs), are
-// dropped unchecked. A single candidate, the usual chain, is kept when one of the hostname's CAs
-// may have issued it by their names, and its signature is left to crypto/x509, which checks it
-// once. Of two or more, one is kept only when one of the hostname's CAs, or an intermediate
-// already kept, signed it: parents are tried only when their subject is the intermediate's issuer
-// name and, when both are present, their subject key id is its authority key id; rounds over the
-// intermediates not kept repeat until a round keeps none, each pair is checked once, and the checks
-// stop when the next would take their cost past a budget of 48 P-256 checks (a P-384 key's check
-// counts 9, a P-521's 40, an RSA key's the square of its size in 2048 bits); the intermediates not
-// kept by then are dropped. Validity plays no part in it (an intermediate that expired is kept,
-// so that its chain is [ReasonCertificateExpired]), and, as long as the budget lasts, neither does
-// the order in which they were sent. Verification and the classification of its failure (expired,
-// not yet valid, untrusted) see only the kept intermediates.
+// candidates (crypto/x509 would look at no others); byte copies, and self-issued copies of a
+// hostname's CA or of an earlier candidate (one subject and key, another SAN, say), are dropped
+// unchecked. A single candidate with a key as cheap to check as a P-256 one, the usual chain, is
+// kept when one of the hostname's CAs may have issued it by their names, and its signature is left
+// to crypto/x509, which checks it once. Otherwise one is kept only when one of the hostname's CAs,
+// or an intermediate already kept, signed it: parents are tried only when their subject is the
+// intermediate's issuer name and, when both are present, their subject key id is its authority
+// key id; rounds over the intermediates not kept repeat until a round keeps none, each pair is
+// checked once, and the checks stop once the failed ones have cost 48 P-256 checks (a P-384 key's
+// check counts 9, a P-521's 40, an RSA-4096's 6); at most 3 of one subject are kept, the first
+// certified in the order sent; the intermediates not kept are dropped. Validity plays no part in
+// it (an intermediate that expired is kept, so that its chain is [ReasonCertificateExpired]).
+// Verification and the classification of its failure (expired, not yet valid, untrusted) see only
+// the kept intermediates.
 //
-// So with two or more intermediates, no signature is checked with a key that the client chose and
-// no trusted CA certified, and crypto/x509 builds no paths through the client's own certificates;
-// with one, crypto/x509 checks the leaf's signature with its key once. The work a client can cause
-// with certificates of its own making is bounded by the budget and a few checks against the
-// hostname's CAs (at most 3 of one name, with the keys [CheckCAKey] accepts). The price: a chain
-// that links an intermediate to its issuer only against their key ids (an authority key id that
-// is not the issuer's subject key id), which crypto/x509 would accept, is untrusted.
+// So no signature is checked with a key that the client chose and no trusted CA certified, except
+// the leaf's with a single cheap intermediate's key, once; crypto/x509 builds no paths through
+// the client's own certificates, and the failed checks a client can cause are bounded by the
+// budget and a few checks against the hostname's CAs (at most 3 of one name, with the keys
+// [CheckCAKey] accepts). A tenant holding its CA's key is not bounded this way: crypto/x509
+// explores the paths among the intermediates it certified, up to its own limit of about 100
+// checks with the keys it chose.
+//
+// The prices, for chains crypto/x509 alone would accept: a chain that links an intermediate to its
+// issuer only against their key ids (an authority key id that is not the issuer's subject key id)
+// is untrusted; a bundle with more than 3 certificates of one subject whose first 3 certified
+// cannot make the chain (expired, say) fails, as may one whose failed checks exhaust the budget
+// before its good certificate is checked (several same-subject CAs and intermediates without an
+// authority key id).
 //
 // # Key usage
 //

@@ -282,17 +282,20 @@ func keyCost(pub any) int {
 // trying as parents only certificates whose subject is the child's issuer name and, when both
 // have one, whose subject key id is the child's authority key id; rounds over the rest repeat
 // until one keeps nothing new. Each (child, parent) pair is checked once; a failed check costs
-// keyCost of the parent's key, and once the next failure could take that past intermediateBudget
-// the checks stop: the intermediates not kept by then are dropped. At most maxKeptPerSubject of one
-// subject are kept. Validity is not looked at (classify needs the expired intermediates of a
-// chain), so the outcome does not depend on the moment.
+// keyCost of the parent's key, and once the failures have cost intermediateBudget the checks stop
+// (the last may go past it, so that a costly certified parent is still checked once): the
+// intermediates not kept by then are dropped. At most maxKeptPerSubject of one subject are kept,
+// the first certified in the order sent. Validity is not looked at (classify needs the expired
+// intermediates of a chain), so the outcome does not depend on the moment.
 //
 // A key the client chose is thus never used to check a signature of another intermediate unless a
 // trusted CA certified it (9 self-signed intermediates of one name and key but different SANs
 // made crypto/x509 check about 100 signatures, 264 ms of CPU with P-521 keys, for every
 // connection), and what the client's certificates can make the edge check is bounded by the
-// budget. What a tenant holding its CA's key can make it check is bounded by MaxPeerCertificates,
-// maxKeptPerSubject and the keys it certifies.
+// budget. What a tenant holding its CA's key can make it check is not bounded by this filter: the
+// intermediates it certifies are kept, and crypto/x509 explores the paths among them up to its
+// own limit of about 100 signature checks, with the keys the tenant chose (a review measured
+// 0.17-0.21 s for a tree of 3 levels of 3 P-521 copies).
 func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
 	if len(sent) == 0 {
 		return nil, 0
@@ -366,10 +369,10 @@ rounds:
 					tried[i]++
 					continue
 				}
-				cost := keyCost(p.PublicKey)
-				if spent+cost > intermediateBudget {
+				if spent >= intermediateBudget {
 					break rounds
 				}
+				cost := keyCost(p.PublicKey)
 				tried[i]++
 				checks++
 				if c.CheckSignatureFrom(p) != nil {
