@@ -74,16 +74,19 @@
 // the leaf's with a single cheap intermediate's key, once; crypto/x509 builds no paths through
 // the client's own certificates, and the failed checks a client can cause are bounded by the
 // budget and a few checks against the hostname's CAs (at most 3 of one name, with the keys
-// [CheckCAKey] accepts). A tenant holding its CA's key is not bounded this way: crypto/x509
-// explores the paths among the intermediates it certified, up to its own limit of about 100
-// checks with the keys it chose.
+// [CheckCAKey] accepts). Intermediates a tenant certified with its CA's key are kept, and
+// crypto/x509 would explore the paths among them with the keys it chose: before it does, what it
+// would check is estimated by names alone (each certificate against every kept intermediate and CA
+// of its issuer's name, once per path reaching it, weighed by key), and a chain whose estimate
+// exceeds 192 P-256 checks (3 certificates of one name with P-521 keys above the leaf and their
+// CA; a chain of 9 P-384 intermediates) is [ReasonCertificateUntrusted].
 //
 // The prices, for chains crypto/x509 alone would accept: a chain that links an intermediate to its
 // issuer only against their key ids (an authority key id that is not the issuer's subject key id)
 // is untrusted; a bundle with more than 3 certificates of one subject whose first 3 certified
 // cannot make the chain (expired, say) fails, as may one whose failed checks exhaust the budget
 // before its good certificate is checked (several same-subject CAs and intermediates without an
-// authority key id).
+// authority key id); so is a bundle whose paths would cost more than that estimate allows.
 //
 // # Key usage
 //

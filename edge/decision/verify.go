@@ -157,6 +157,10 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	// classify ever checks a signature with a key the client chose. Which are kept does not depend
 	// on the moment, so the window below holds for them.
 	intermediates, _ := h.trust.certifiedIntermediates(leaf, sent)
+	if work := pathWork(leaf, intermediates, h.trust.roots); work > maxPathWork {
+		// Before the time matters: the outcome holds always (v.always).
+		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent would make verifying the chain check signatures costing about %d P-256 checks; at most %d are accepted", work, maxPathWork))
+	}
 	v.always = false
 	v.window(leaf, intermediates, h.trust.roots, now)
 	chains, reason, err := h.trust.verify(leaf, intermediates, now)
@@ -293,9 +297,7 @@ func keyCost(pub any) int {
 // made crypto/x509 check about 100 signatures, 264 ms of CPU with P-521 keys, for every
 // connection), and what the client's certificates can make the edge check is bounded by the
 // budget. What a tenant holding its CA's key can make it check is not bounded by this filter: the
-// intermediates it certifies are kept, and crypto/x509 explores the paths among them up to its
-// own limit of about 100 signature checks, with the keys the tenant chose (a review measured
-// 0.17-0.21 s for a tree of 3 levels of 3 P-521 copies).
+// intermediates it certifies are kept; pathWork bounds what crypto/x509 would then explore.
 func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
 	if len(sent) == 0 {
 		return nil, 0
@@ -392,6 +394,44 @@ rounds:
 		}
 	}
 	return kept, checks
+}
+
+// maxPathWork bounds pathWork: 3 certificates of one name with P-521 keys above the leaf (120)
+// and their CA, or a chain of 9 P-384 intermediates; a tenant holding its CA's key cannot make
+// crypto/x509 explore more than that (about 20 ms of CPU here).
+const maxPathWork = 192
+
+// pathWork estimates, by names alone, what crypto/x509's path building will cost with these
+// certificates, in P-256 checks (keyCost): from the leaf, each certificate's signature is checked
+// against every kept intermediate and CA whose subject is its issuer name, once for each path
+// reaching it, to a depth of MaxPeerCertificates. Intermediates a tenant certified in a tree of
+// copies of one name (3 levels of 3 P-521 certificates cost a review's edge 0.17-0.21 s for
+// each client sending them) reach far more than a chain does.
+func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate) int {
+	type node struct {
+		c     *x509.Certificate
+		paths int
+	}
+	work := 0
+	frontier := []node{{leaf, 1}}
+	for depth := 0; depth < MaxPeerCertificates && len(frontier) > 0 && work <= maxPathWork; depth++ {
+		var next []node
+		for _, n := range frontier {
+			for _, r := range roots {
+				if bytes.Equal(r.RawSubject, n.c.RawIssuer) {
+					work += n.paths * keyCost(r.PublicKey)
+				}
+			}
+			for _, k := range kept {
+				if k != n.c && bytes.Equal(k.RawSubject, n.c.RawIssuer) {
+					work += n.paths * keyCost(k.PublicKey)
+					next = append(next, node{k, n.paths})
+				}
+			}
+		}
+		frontier = next
+	}
+	return work
 }
 
 // sameCA reports whether a and b are certificates of one CA: the same subject and key.
