@@ -68,17 +68,10 @@ func claimingIntermediates(t testing.TB, n int, ca *x509.Certificate) []*x509.Ce
 	return out
 }
 
+// mustCreate is create with an ECDSA signer.
 func mustCreate(t testing.TB, tmpl, parent *x509.Certificate, pub any, priv *ecdsa.PrivateKey) *x509.Certificate {
 	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return create(t, tmpl, parent, pub, priv)
 }
 
 // wrongAKIIntermediate returns an intermediate CA signed by ca whose authority key id is not ca's
