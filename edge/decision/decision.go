@@ -77,9 +77,13 @@
 // [CheckCAKey] accepts). Intermediates a tenant certified with its CA's key are kept, and
 // crypto/x509 would explore the paths among them with the keys it chose: before it does, what it
 // would check is estimated by names alone (each certificate against every kept intermediate and CA
-// of its issuer's name, once per path reaching it, weighed by key), and a chain whose estimate
-// exceeds 192 P-256 checks (3 certificates of one name with P-521 keys above the leaf and their
-// CA; a chain of 9 P-384 intermediates) is [ReasonCertificateUntrusted].
+// of its issuer's name not already on the path, once per path reaching it, weighed by key), and a
+// chain whose estimate exceeds 192 P-256 checks (3 certificates of one name with P-521 keys above
+// the leaf and their CA; a chain of 9 P-384 intermediates), or whose certificates make more than 8
+// chains to the hostname's CAs (crypto/x509 checks each one's name constraints), is
+// [ReasonCertificateUntrusted]. What the whole verification costs is a few times that: the
+// filter's successful checks come before the estimate, and the classification of a failure walks
+// the paths again.
 //
 // The prices, for chains crypto/x509 alone would accept: a chain that links an intermediate to its
 // issuer only against their key ids (an authority key id that is not the issuer's subject key id)

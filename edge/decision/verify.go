@@ -157,9 +157,12 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	// classify ever checks a signature with a key the client chose. Which are kept does not depend
 	// on the moment, so the window below holds for them.
 	intermediates, _ := h.trust.certifiedIntermediates(leaf, sent)
-	if work := pathWork(leaf, intermediates, h.trust.roots); work > maxPathWork {
-		// Before the time matters: the outcome holds always (v.always).
+	switch work, chains := pathWork(leaf, intermediates, h.trust.roots); {
+	// Before the time matters: the outcome holds always (v.always).
+	case work > maxPathWork:
 		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent would make verifying the chain check signatures costing about %d P-256 checks; at most %d are accepted", work, maxPathWork))
+	case chains > maxChains:
+		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent make more than %d chains to the hostname's CAs; at most %d are accepted", maxChains, maxChains))
 	}
 	v.always = false
 	v.window(leaf, intermediates, h.trust.roots, now)
@@ -401,37 +404,51 @@ rounds:
 // crypto/x509 explore more than that (about 20 ms of CPU here).
 const maxPathWork = 192
 
+// maxChains bounds the chains pathWork finds: crypto/x509 checks the name constraints and policies
+// of every chain it builds, up to 250,000 comparisons each, so a tenant's copies multiplying the
+// chains multiply that too (18 chains through a CA with 4,000 permitted subtrees, for a leaf with
+// 6,000 names, cost a review's edge 70-97 ms). Renewals and rollovers give 2 or 3; a bridge a few.
+const maxChains = 8
+
 // pathWork estimates, by names alone, what crypto/x509's path building will cost with these
-// certificates, in P-256 checks (keyCost): from the leaf, each certificate's signature is checked
-// against every kept intermediate and CA whose subject is its issuer name, once for each path
-// reaching it, to a depth of MaxPeerCertificates. Intermediates a tenant certified in a tree of
-// copies of one name (3 levels of 3 P-521 certificates cost a review's edge 0.17-0.21 s for
-// each client sending them) reach far more than a chain does.
-func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate) int {
+// certificates, in P-256 checks (keyCost), and how many chains it will find: from the leaf, each
+// certificate's signature is checked against every kept intermediate and CA whose subject is its
+// issuer name and that is not already on the path (crypto/x509's alreadyInChain: one subject and
+// key), once for each path reaching it, to a depth of MaxPeerCertificates; a path reaching a CA is
+// a chain. Intermediates a tenant certified in a tree of copies of one name (3 levels of 3 P-521
+// certificates cost a review's edge 0.17-0.21 s for each client sending them) reach far more than
+// a chain does. It stops counting once either bound is passed.
+func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate) (work, chains int) {
 	type node struct {
-		c     *x509.Certificate
-		paths int
+		c    *x509.Certificate
+		path []*x509.Certificate // the certificates above the leaf so far, c last
 	}
-	work := 0
-	frontier := []node{{leaf, 1}}
-	for depth := 0; depth < MaxPeerCertificates && len(frontier) > 0 && work <= maxPathWork; depth++ {
+	onPath := func(path []*x509.Certificate, c *x509.Certificate) bool {
+		return slices.ContainsFunc(path, func(o *x509.Certificate) bool { return sameCA(o, c) })
+	}
+	frontier := []node{{c: leaf}}
+	for depth := 0; depth < MaxPeerCertificates && len(frontier) > 0; depth++ {
 		var next []node
 		for _, n := range frontier {
 			for _, r := range roots {
-				if bytes.Equal(r.RawSubject, n.c.RawIssuer) {
-					work += n.paths * keyCost(r.PublicKey)
+				if bytes.Equal(r.RawSubject, n.c.RawIssuer) && !onPath(n.path, r) {
+					work += keyCost(r.PublicKey)
+					chains++
 				}
 			}
 			for _, k := range kept {
-				if k != n.c && bytes.Equal(k.RawSubject, n.c.RawIssuer) {
-					work += n.paths * keyCost(k.PublicKey)
-					next = append(next, node{k, n.paths})
+				if bytes.Equal(k.RawSubject, n.c.RawIssuer) && !sameCA(k, n.c) && !onPath(n.path, k) {
+					work += keyCost(k.PublicKey)
+					next = append(next, node{c: k, path: append(slices.Clip(n.path), k)})
 				}
+			}
+			if work > maxPathWork || chains > maxChains {
+				return work, chains
 			}
 		}
 		frontier = next
 	}
-	return work
+	return work, chains
 }
 
 // sameCA reports whether a and b are certificates of one CA: the same subject and key.
