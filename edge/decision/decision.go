@@ -250,9 +250,10 @@ type Request struct {
 
 // Cert is what the decision log and the headers sent to the origin report about the client
 // certificate. The identity fields (SerialNumber, Subject, Issuer, NotAfter) are set only when the
-// certificate verified, so that nothing a client makes up reaches the origin; FingerprintSHA256 is
-// set whenever a certificate was presented (it identifies what was presented, and the client proved
-// it holds the key).
+// certificate verified, so that nothing a client makes up reaches the origin, or when its chain
+// verified and it is revoked (the decision log then names the revoked certificate; the origin is
+// sent identity headers only when Verified); FingerprintSHA256 is set whenever a certificate was
+// presented (it identifies what was presented, and the client proved it holds the key).
 type Cert struct {
 	// Presented: the client sent a certificate.
 	Presented bool

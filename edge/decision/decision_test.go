@@ -268,6 +268,13 @@ func checkCert(t *testing.T, d Decision, peer []*x509.Certificate, verified, non
 		if c != want {
 			t.Errorf("Cert = %+v, want %+v", c, want)
 		}
+	case c.Error == ReasonCertificateRevoked:
+		// Its chain verified: the log names the revoked certificate (a new user's review).
+		leaf := peer[0]
+		want := Cert{Presented: true, Error: c.Error, FingerprintSHA256: certid.FingerprintSHA256(leaf.Raw), SerialNumber: certid.SerialNumber(leaf.SerialNumber), Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), NotAfter: leaf.NotAfter}
+		if c != want {
+			t.Errorf("Cert = %+v, want %+v", c, want)
+		}
 	default:
 		want := Cert{Presented: true, Error: c.Error, FingerprintSHA256: certid.FingerprintSHA256(peer[0].Raw)}
 		if c != want || !strings.HasPrefix(c.Error, "certificate_") {

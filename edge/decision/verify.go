@@ -168,7 +168,14 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	v.window(leaf, intermediates, h.trust.roots, now)
 	chains, reason, err := h.trust.verify(leaf, intermediates, now)
 	if err != nil {
-		return fail(reason, err)
+		v := fail(reason, err)
+		if reason == ReasonCertificateRevoked {
+			// The chain verified, so the certificate is the CA's: the decision log names it,
+			// for an auditor to match the revocation. The policy and the origin still see no
+			// identity of a certificate that did not verify.
+			v.cert.SerialNumber, v.cert.Subject, v.cert.Issuer, v.cert.NotAfter = certid.SerialNumber(leaf.SerialNumber), leaf.Subject.String(), leaf.Issuer.String(), leaf.NotAfter
+		}
+		return v
 	}
 	v.verified, v.reason, v.chain = true, ReasonCertificateVerified, chains[0]
 	v.input = policy.NewCertInput(leaf)
@@ -499,7 +506,7 @@ func (t *trust) verify(leaf *x509.Certificate, intermediates []*x509.Certificate
 		return nil, ReasonCertificateWrongKeyUsage, err
 	}
 	if err := t.revocation(chains); err != nil {
-		return nil, ReasonCertificateRevoked, err
+		return chains, ReasonCertificateRevoked, err
 	}
 	return chains, "", nil
 }

@@ -171,6 +171,11 @@ func TestRevokedThenUnrevokedOnOneConnection(t *testing.T) {
 		t.Errorf("config revision %s, want %d", got, e.pos)
 	}
 	lines := e.logLines()
+	// The revoked request's line names the revoked certificate, for an auditor to match the
+	// revocation (its chain verified); the identity reaches no origin.
+	if cert, _ := lines[1]["cert"].(map[string]any); cert["serial_number"] != certid.SerialNumber(leaf.Cert.SerialNumber) || cert["verified"] != false || cert["subject"] != leaf.Cert.Subject.String() {
+		t.Errorf("the revoked request's log line: %v", lines[1]["cert"])
+	}
 	for i, want := range []uint64{1, 2, 3} {
 		if lines[i]["config_revision"] != float64(want) {
 			t.Errorf("line %d config_revision %v, want %d", i, lines[i]["config_revision"], want)
