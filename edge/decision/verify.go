@@ -8,8 +8,10 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -156,8 +158,8 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	// Only the intermediates the hostname's CAs certify go further: neither crypto/x509 nor
 	// classify ever checks a signature with a key the client chose. Which are kept does not depend
 	// on the moment, so the window below holds for them.
-	intermediates, _ := h.trust.certifiedIntermediates(leaf, sent)
-	switch work, chains := pathWork(leaf, intermediates, h.trust.roots); {
+	intermediates, signers, _ := h.trust.filterIntermediates(leaf, sent)
+	switch work, chains := pathWork(leaf, intermediates, h.trust.roots, signers); {
 	// Before the time matters: the outcome holds always (v.always).
 	case work > maxPathWork:
 		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent would make verifying the chain check signatures costing about %d P-256 checks; at most %d are accepted", work, maxPathWork))
@@ -309,8 +311,15 @@ func keyCost(pub any) int {
 // budget. What a tenant holding its CA's key can make it check is not bounded by this filter: the
 // intermediates it certifies are kept; pathWork bounds what crypto/x509 would then explore.
 func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
+	kept, _, checks = t.filterIntermediates(leaf, sent)
+	return kept, checks
+}
+
+// filterIntermediates is certifiedIntermediates, also returning, for each intermediate it kept
+// after a signature check, the public key (SubjectPublicKeyInfo) that signed it.
+func (t *trust) filterIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, signers map[*x509.Certificate][]byte, checks int) {
 	if len(sent) == 0 {
-		return nil, 0
+		return nil, nil, 0
 	}
 	candidates := make([]*x509.Certificate, 0, len(sent))
 	for _, c := range sent {
@@ -347,10 +356,10 @@ func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Cert
 		// checking it here as well would double what the most common chain costs.
 		for _, r := range t.roots {
 			if maySign(r) && issuedBy(candidates[0], r) {
-				return candidates, 0
+				return candidates, nil, 0
 			}
 		}
-		return nil, 0
+		return nil, nil, 0
 	}
 	// parents: the certificates whose keys are certified, roots first, then the intermediates
 	// in the order kept; tried[i]: candidates[i] was checked against parents[:tried[i]].
@@ -392,6 +401,10 @@ rounds:
 					continue
 				}
 				isKept[i], progress = true, true
+				if signers == nil {
+					signers = make(map[*x509.Certificate][]byte)
+				}
+				signers[c] = p.RawSubjectPublicKeyInfo
 				if maySign(c) {
 					parents = append(parents, c)
 				}
@@ -403,7 +416,7 @@ rounds:
 			kept = append(kept, c)
 		}
 	}
-	return kept, checks
+	return kept, signers, checks
 }
 
 // maxPathWork bounds pathWork: 3 certificates of one name with P-521 keys above the leaf (120)
@@ -420,33 +433,67 @@ const maxChains = 8
 // pathWork estimates, by names alone, what crypto/x509's path building will cost with these
 // certificates, in P-256 checks (keyCost), and how many chains it will find: from the leaf, each
 // certificate's signature is checked against every kept intermediate and CA whose subject is its
-// issuer name and that is not already on the path (crypto/x509's alreadyInChain: one subject and
-// key), once for each path reaching it, to a depth of MaxPeerCertificates; a path reaching a CA is
-// a chain. Intermediates a tenant certified in a tree of copies of one name (3 levels of 3 P-521
-// certificates cost a review's edge 0.17-0.21 s for each client sending them) reach far more than
-// a chain does. It stops counting once either bound is passed.
-func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate) (work, chains int) {
+// issuer name and that is not already on the path (crypto/x509's alreadyInChain: the same subject,
+// key and subject alternative names), once for each path reaching it, to a depth of
+// MaxPeerCertificates; the path goes on only through a candidate whose key signed the certificate
+// (signers, from the filter; for the leaf, checked here when several certificates of its issuer's
+// name could have signed it; when unknown, through every candidate), and a path reaching a CA that
+// way is a chain. Intermediates a tenant certified in a tree of copies of one
+// name (3 levels of 3 P-521 certificates cost a review's edge 0.17-0.21 s for each client sending
+// them) reach far more than a chain does. It stops counting once either bound is passed.
+func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, signers map[*x509.Certificate][]byte) (work, chains int) {
 	type node struct {
 		c    *x509.Certificate
-		path []*x509.Certificate // the certificates above the leaf so far, c last
+		path []*x509.Certificate // the leaf and the certificates above it so far, c last
 	}
 	onPath := func(path []*x509.Certificate, c *x509.Certificate) bool {
-		return slices.ContainsFunc(path, func(o *x509.Certificate) bool { return sameCA(o, c) })
+		return slices.ContainsFunc(path, func(o *x509.Certificate) bool { return alreadyInChain(o, c) })
 	}
-	frontier := []node{{c: leaf}}
+	// The leaf's signer, when several certificates of its issuer's name could be it (a renewal
+	// or rollover bundle): one check each, in crypto/x509's stead, so that the estimate does not
+	// follow the ones that did not sign it (and a leaf none signed leads nowhere).
+	var leafCandidates []*x509.Certificate
+	for _, c := range slices.Concat(roots, kept) {
+		if bytes.Equal(c.RawSubject, leaf.RawIssuer) && !alreadyInChain(leaf, c) {
+			leafCandidates = append(leafCandidates, c)
+		}
+	}
+	if len(leafCandidates) > 1 {
+		signers = maps.Clone(signers)
+		if signers == nil {
+			signers = make(map[*x509.Certificate][]byte)
+		}
+		signers[leaf] = []byte{} // none, unless one below checks
+		for _, c := range leafCandidates {
+			if leaf.CheckSignatureFrom(c) == nil {
+				signers[leaf] = c.RawSubjectPublicKeyInfo
+				break
+			}
+		}
+	}
+	// signedBy: p's key may be the one that signed c.
+	signedBy := func(c, p *x509.Certificate) bool {
+		k, ok := signers[c]
+		return !ok || bytes.Equal(k, p.RawSubjectPublicKeyInfo)
+	}
+	frontier := []node{{c: leaf, path: []*x509.Certificate{leaf}}}
 	for depth := 0; depth < MaxPeerCertificates && len(frontier) > 0; depth++ {
 		var next []node
 		for _, n := range frontier {
 			for _, r := range roots {
 				if bytes.Equal(r.RawSubject, n.c.RawIssuer) && !onPath(n.path, r) {
 					work += keyCost(r.PublicKey)
-					chains++
+					if signedBy(n.c, r) {
+						chains++
+					}
 				}
 			}
 			for _, k := range kept {
-				if bytes.Equal(k.RawSubject, n.c.RawIssuer) && !sameCA(k, n.c) && !onPath(n.path, k) {
+				if bytes.Equal(k.RawSubject, n.c.RawIssuer) && !onPath(n.path, k) {
 					work += keyCost(k.PublicKey)
-					next = append(next, node{c: k, path: append(slices.Clip(n.path), k)})
+					if signedBy(n.c, k) {
+						next = append(next, node{c: k, path: append(slices.Clip(n.path), k)})
+					}
 				}
 			}
 			if work > maxPathWork || chains > maxChains {
@@ -457,6 +504,25 @@ func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate) (work, ch
 	}
 	return work, chains
 }
+
+// alreadyInChain is crypto/x509's test of a candidate parent against the certificates of a path:
+// the same subject, key and subject alternative names (both without the extension counting as the
+// same).
+func alreadyInChain(a, b *x509.Certificate) bool {
+	return sameCA(a, b) && bytes.Equal(sanExtension(a), sanExtension(b))
+}
+
+// sanExtension returns the value of c's subject alternative name extension, nil without one.
+func sanExtension(c *x509.Certificate) []byte {
+	for _, e := range c.Extensions {
+		if e.Id.Equal(oidSubjectAltName) {
+			return e.Value
+		}
+	}
+	return nil
+}
+
+var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
 // sameCA reports whether a and b are certificates of one CA: the same subject and key.
 func sameCA(a, b *x509.Certificate) bool {
