@@ -172,6 +172,6 @@ func TestTenantTreeOfCopiesRefused(t *testing.T) {
 	kept, _ := h.trust.certifiedIntermediates(peer[0], peer[1:])
 	v := h.VerifyClient(peer, now)
 	if v.Reason() != ReasonCertificateUntrusted || !strings.Contains(v.Err().Error(), "P-256 checks") {
-		t.Fatalf("3 copies a level (%d kept, work %d): %s, %v", len(kept), func() int { w, _ := pathWork(peer[0], kept, []*x509.Certificate{root}, nil); return w }(), v.Reason(), v.Err())
+		t.Fatalf("3 copies a level (%d kept, work %d): %s, %v", len(kept), func() int { w, _ := pathWork(peer[0], kept, []*x509.Certificate{root}, now); return w }(), v.Reason(), v.Err())
 	}
 }

@@ -76,9 +76,11 @@
 // budget and a few checks against the hostname's CAs (at most 3 of one name, with the keys
 // [CheckCAKey] accepts). Intermediates a tenant certified with its CA's key are kept, and
 // crypto/x509 would explore the paths among them with the keys it chose: before it does, what it
-// would check is estimated by names alone (each certificate against every kept intermediate and CA
-// of its issuer's name not already on the path, once per path reaching it, weighed by key), and a
-// chain whose estimate exceeds 192 P-256 checks (3 certificates of one name with P-521 keys above
+// would check is estimated (each certificate against every kept intermediate and CA of its
+// issuer's name not already on the path, as crypto/x509's alreadyInChain sees it, once per path
+// reaching it, weighed by key; where several certificates have the issuer's name, the path goes on
+// only through those whose signature and validity hold, checked once each, as crypto/x509 would
+// go on), and a chain whose estimate exceeds 192 P-256 checks (3 certificates of one name with P-521 keys above
 // the leaf and their CA; a chain of 9 P-384 intermediates), or whose certificates make more than 8
 // chains to the hostname's CAs (crypto/x509 checks each one's name constraints), is
 // [ReasonCertificateUntrusted]. What the whole verification costs is a few times that: the

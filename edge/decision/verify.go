@@ -11,7 +11,6 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -158,16 +157,16 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	// Only the intermediates the hostname's CAs certify go further: neither crypto/x509 nor
 	// classify ever checks a signature with a key the client chose. Which are kept does not depend
 	// on the moment, so the window below holds for them.
-	intermediates, signers, _ := h.trust.filterIntermediates(leaf, sent)
-	switch work, chains := pathWork(leaf, intermediates, h.trust.roots, signers); {
-	// Before the time matters: the outcome holds always (v.always).
+	intermediates, _ := h.trust.certifiedIntermediates(leaf, sent)
+	// The estimate below depends on the moment (validity), as crypto/x509 does.
+	v.always = false
+	v.window(leaf, intermediates, h.trust.roots, now)
+	switch work, chains := pathWork(leaf, intermediates, h.trust.roots, now); {
 	case work > maxPathWork:
 		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent would make verifying the chain check signatures costing about %d P-256 checks; at most %d are accepted", work, maxPathWork))
 	case chains > maxChains:
 		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent make more than %d chains to the hostname's CAs; at most %d are accepted", maxChains, maxChains))
 	}
-	v.always = false
-	v.window(leaf, intermediates, h.trust.roots, now)
 	chains, reason, err := h.trust.verify(leaf, intermediates, now)
 	if err != nil {
 		v := fail(reason, err)
@@ -311,15 +310,8 @@ func keyCost(pub any) int {
 // budget. What a tenant holding its CA's key can make it check is not bounded by this filter: the
 // intermediates it certifies are kept; pathWork bounds what crypto/x509 would then explore.
 func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
-	kept, _, checks = t.filterIntermediates(leaf, sent)
-	return kept, checks
-}
-
-// filterIntermediates is certifiedIntermediates, also returning, for each intermediate it kept
-// after a signature check, the public key (SubjectPublicKeyInfo) that signed it.
-func (t *trust) filterIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, signers map[*x509.Certificate][]byte, checks int) {
 	if len(sent) == 0 {
-		return nil, nil, 0
+		return nil, 0
 	}
 	candidates := make([]*x509.Certificate, 0, len(sent))
 	for _, c := range sent {
@@ -356,10 +348,10 @@ func (t *trust) filterIntermediates(leaf *x509.Certificate, sent []*x509.Certifi
 		// checking it here as well would double what the most common chain costs.
 		for _, r := range t.roots {
 			if maySign(r) && issuedBy(candidates[0], r) {
-				return candidates, nil, 0
+				return candidates, 0
 			}
 		}
-		return nil, nil, 0
+		return nil, 0
 	}
 	// parents: the certificates whose keys are certified, roots first, then the intermediates
 	// in the order kept; tried[i]: candidates[i] was checked against parents[:tried[i]].
@@ -401,10 +393,6 @@ rounds:
 					continue
 				}
 				isKept[i], progress = true, true
-				if signers == nil {
-					signers = make(map[*x509.Certificate][]byte)
-				}
-				signers[c] = p.RawSubjectPublicKeyInfo
 				if maySign(c) {
 					parents = append(parents, c)
 				}
@@ -416,7 +404,7 @@ rounds:
 			kept = append(kept, c)
 		}
 	}
-	return kept, signers, checks
+	return kept, checks
 }
 
 // maxPathWork bounds pathWork: 3 certificates of one name with P-521 keys above the leaf (120)
@@ -430,70 +418,62 @@ const maxPathWork = 192
 // 6,000 names, cost a review's edge 70-97 ms). Renewals and rollovers give 2 or 3; a bridge a few.
 const maxChains = 8
 
-// pathWork estimates, by names alone, what crypto/x509's path building will cost with these
-// certificates, in P-256 checks (keyCost), and how many chains it will find: from the leaf, each
+// pathWork estimates what crypto/x509's path building will cost with these certificates at the
+// moment now, in P-256 checks (keyCost), and how many chains it will find: from the leaf, each
 // certificate's signature is checked against every kept intermediate and CA whose subject is its
 // issuer name and that is not already on the path (crypto/x509's alreadyInChain: the same subject,
 // key and subject alternative names), once for each path reaching it, to a depth of
-// MaxPeerCertificates; the path goes on only through a candidate whose key signed the certificate
-// (signers, from the filter; for the leaf, checked here when several certificates of its issuer's
-// name could have signed it; when unknown, through every candidate), and a path reaching a CA that
-// way is a chain. Intermediates a tenant certified in a tree of copies of one
-// name (3 levels of 3 P-521 certificates cost a review's edge 0.17-0.21 s for each client sending
-// them) reach far more than a chain does. It stops counting once either bound is passed.
-func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, signers map[*x509.Certificate][]byte) (work, chains int) {
+// MaxPeerCertificates, and a path reaching a CA is a chain. Where a single certificate has the
+// issuer's name, the path goes on through it unchecked (an estimate above crypto/x509's, never
+// below). Where several have it (copies, renewals, rollovers), the path goes on through those that
+// crypto/x509 would go on through: each is checked here, once per certificate and key (a signature
+// may verify under more than one ECDSA key, and a tenant can certify the second), and must be
+// within its validity at now. Intermediates a tenant certified in trees of copies (3 levels of 3
+// P-521 certificates cost a review's edge 0.17-0.21 s for each client sending them) reach far more
+// than a chain does. It stops once either bound is passed.
+func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, now time.Time) (work, chains int) {
 	type node struct {
 		c    *x509.Certificate
 		path []*x509.Certificate // the leaf and the certificates above it so far, c last
 	}
-	onPath := func(path []*x509.Certificate, c *x509.Certificate) bool {
-		return slices.ContainsFunc(path, func(o *x509.Certificate) bool { return alreadyInChain(o, c) })
+	type pair struct {
+		child *x509.Certificate
+		key   string
 	}
-	// The leaf's signer, when several certificates of its issuer's name could be it (a renewal
-	// or rollover bundle): one check each, in crypto/x509's stead, so that the estimate does not
-	// follow the ones that did not sign it (and a leaf none signed leads nowhere).
-	var leafCandidates []*x509.Certificate
-	for _, c := range slices.Concat(roots, kept) {
-		if bytes.Equal(c.RawSubject, leaf.RawIssuer) && !alreadyInChain(leaf, c) {
-			leafCandidates = append(leafCandidates, c)
+	verified := map[pair]bool{}
+	goesOn := func(child, parent *x509.Certificate) bool {
+		if now.Before(parent.NotBefore) || now.After(parent.NotAfter) {
+			return false
 		}
-	}
-	if len(leafCandidates) > 1 {
-		signers = maps.Clone(signers)
-		if signers == nil {
-			signers = make(map[*x509.Certificate][]byte)
+		k := pair{child, string(parent.RawSubjectPublicKeyInfo)}
+		ok, seen := verified[k]
+		if !seen {
+			ok = child.CheckSignatureFrom(parent) == nil
+			verified[k] = ok
 		}
-		signers[leaf] = []byte{} // none, unless one below checks
-		for _, c := range leafCandidates {
-			if leaf.CheckSignatureFrom(c) == nil {
-				signers[leaf] = c.RawSubjectPublicKeyInfo
-				break
-			}
-		}
+		return ok
 	}
-	// signedBy: p's key may be the one that signed c.
-	signedBy := func(c, p *x509.Certificate) bool {
-		k, ok := signers[c]
-		return !ok || bytes.Equal(k, p.RawSubjectPublicKeyInfo)
-	}
+	all := slices.Concat(roots, kept)
+	isRoot := func(c *x509.Certificate) bool { return slices.Contains(roots, c) }
 	frontier := []node{{c: leaf, path: []*x509.Certificate{leaf}}}
 	for depth := 0; depth < MaxPeerCertificates && len(frontier) > 0; depth++ {
 		var next []node
 		for _, n := range frontier {
-			for _, r := range roots {
-				if bytes.Equal(r.RawSubject, n.c.RawIssuer) && !onPath(n.path, r) {
-					work += keyCost(r.PublicKey)
-					if signedBy(n.c, r) {
-						chains++
-					}
+			var candidates []*x509.Certificate
+			for _, p := range all {
+				if bytes.Equal(p.RawSubject, n.c.RawIssuer) && !slices.ContainsFunc(n.path, func(o *x509.Certificate) bool { return alreadyInChain(o, p) }) {
+					candidates = append(candidates, p)
 				}
 			}
-			for _, k := range kept {
-				if bytes.Equal(k.RawSubject, n.c.RawIssuer) && !onPath(n.path, k) {
-					work += keyCost(k.PublicKey)
-					if signedBy(n.c, k) {
-						next = append(next, node{c: k, path: append(slices.Clip(n.path), k)})
-					}
+			for _, p := range candidates {
+				work += keyCost(p.PublicKey)
+				if len(candidates) > 1 && !goesOn(n.c, p) {
+					continue
+				}
+				if isRoot(p) {
+					chains++
+				} else {
+					next = append(next, node{c: p, path: append(slices.Clip(n.path), p)})
 				}
 			}
 			if work > maxPathWork || chains > maxChains {

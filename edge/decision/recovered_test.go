@@ -1,0 +1,183 @@
+package decision
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/asn1"
+	"fmt"
+	"math/big"
+	"net/url"
+	"testing"
+	"time"
+)
+
+// otherKey returns the second ECDSA public key under which child's signature verifies (public key
+// recovery: Q' = r^-1 (s R' - e G) for the other point R' of x-coordinate r). The tenant needs no
+// private key for it: its CA certifies the public key.
+func otherKey(t *testing.T, child *x509.Certificate, signer *ecdsa.PublicKey) *ecdsa.PublicKey {
+	t.Helper()
+	var sig struct{ R, S *big.Int }
+	if _, err := asn1.Unmarshal(child.Signature, &sig); err != nil {
+		t.Fatal(err)
+	}
+	curve := signer.Curve
+	n := curve.Params().N
+	var h []byte
+	switch child.SignatureAlgorithm {
+	case x509.ECDSAWithSHA256:
+		x := sha256.Sum256(child.RawTBSCertificate)
+		h = x[:]
+	case x509.ECDSAWithSHA384:
+		x := sha512.Sum384(child.RawTBSCertificate)
+		h = x[:]
+	case x509.ECDSAWithSHA512:
+		x := sha512.Sum512(child.RawTBSCertificate)
+		h = x[:]
+	}
+	orderBits := n.BitLen()
+	if len(h)*8 > orderBits {
+		h = h[:(orderBits+7)/8]
+	}
+	e := new(big.Int).SetBytes(h)
+	if excess := len(h)*8 - orderBits; excess > 0 {
+		e.Rsh(e, uint(excess))
+	}
+	byteLen := (curve.Params().BitSize + 7) / 8
+	rinv := new(big.Int).ModInverse(sig.R, n)
+	ex, ey := curve.ScalarBaseMult(new(big.Int).Mod(e, n).Bytes())
+	ey = new(big.Int).Sub(curve.Params().P, ey)
+	for _, prefix := range []byte{2, 3} {
+		comp := append([]byte{prefix}, sig.R.FillBytes(make([]byte, byteLen))...)
+		rx, ry := elliptic.UnmarshalCompressed(curve, comp)
+		if rx == nil {
+			continue
+		}
+		sx, sy := curve.ScalarMult(rx, ry, sig.S.Bytes())
+		qx, qy := curve.Add(sx, sy, ex, ey)
+		qx, qy = curve.ScalarMult(qx, qy, rinv.Bytes())
+		if qx.Cmp(signer.X) == 0 && qy.Cmp(signer.Y) == 0 {
+			continue
+		}
+		q := &ecdsa.PublicKey{Curve: curve, X: qx, Y: qy}
+		if !ecdsa.VerifyASN1(q, hashFor(child), child.Signature) {
+			t.Fatal("recovered key does not verify")
+		}
+		return q
+	}
+	t.Fatal("no other key")
+	return nil
+}
+
+func hashFor(c *x509.Certificate) []byte {
+	switch c.SignatureAlgorithm {
+	case x509.ECDSAWithSHA384:
+		x := sha512.Sum384(c.RawTBSCertificate)
+		return x[:]
+	case x509.ECDSAWithSHA512:
+		x := sha512.Sum512(c.RawTBSCertificate)
+		return x[:]
+	}
+	x := sha256.Sum256(c.RawTBSCertificate)
+	return x[:]
+}
+
+// TestRecoveredKeyParentsCounted: an ECDSA signature verifies under a second key anyone can
+// compute from it, which a tenant holding its CA's key can certify under the issuer's name
+// without its private key. With such a certificate (Y), and a copy differing in a SAN (X'), at
+// each of 3 levels, crypto/x509 builds 17 chains; an estimate that followed only the key the
+// filter first saw sign each certificate counted 3 to 8, so the bounds did not hold (83 ms with
+// name constraints, a review measured). The estimate now checks each candidate where several have
+// the issuer's name: refused, in either order.
+func TestRecoveredKeyParentsCounted(t *testing.T) {
+	now := time.Now()
+	nb, na := now.Add(-time.Hour), now.Add(24*time.Hour)
+	uri := func(tm *x509.Certificate, s string) *x509.Certificate {
+		u, _ := url.Parse(s)
+		tm.URIs = []*url.URL{u}
+		return tm
+	}
+	for _, yFirst := range []bool{false, true} {
+		rk := ecKey(elliptic.P256())
+		root := create(t, caTmpl("Tenant Root", nb, na), nil, &rk.PublicKey, rk)
+		h := hostWithRoots(t, root)
+		const levels = 3
+		keys := make([]*ecdsa.PrivateKey, levels)
+		for i := range keys {
+			keys[i] = ecKey(elliptic.P256())
+		}
+		type level struct{ x, x2, y *x509.Certificate }
+		lv := make([]level, levels)
+		parentCert, parentKey := root, crypto.Signer(rk)
+		for i := range levels {
+			name := fmt.Sprintf("Tenant CA %d", i)
+			lv[i].x = create(t, caTmpl(name, nb, na), parentCert, &keys[i].PublicKey, parentKey)
+			lv[i].x2 = create(t, uri(caTmpl(name, nb, na), "urn:copy:2"), parentCert, &keys[i].PublicKey, parentKey)
+			parentCert, parentKey = lv[i].x, keys[i]
+		}
+		lk := ecKey(elliptic.P256())
+		leaf := create(t, leafTmpl("device", nb, na), lv[levels-1].x, &lk.PublicKey, keys[levels-1])
+		for i := levels - 1; i >= 0; i-- {
+			child := leaf
+			if i < levels-1 {
+				child = lv[i+1].x
+			}
+			ty := uri(caTmpl(fmt.Sprintf("Tenant CA %d", i), nb, na), "urn:copy:3")
+			ty.SubjectKeyId = lv[i].x.SubjectKeyId
+			pc, pk := root, crypto.Signer(rk)
+			if i > 0 {
+				pc, pk = lv[i-1].x, keys[i-1]
+			}
+			lv[i].y = create(t, ty, pc, otherKey(t, child, &keys[i].PublicKey), pk)
+		}
+		peer := []*x509.Certificate{leaf}
+		for i := levels - 1; i >= 0; i-- {
+			if yFirst {
+				peer = append(peer, lv[i].y, lv[i].x, lv[i].x2)
+			} else {
+				peer = append(peer, lv[i].x, lv[i].x2, lv[i].y)
+			}
+		}
+		if x := x509Alone([]*x509.Certificate{root}, peer, now); x != nil {
+			t.Fatalf("crypto/x509 alone: %v", x)
+		}
+		if v := h.VerifyClient(peer, now); v.Reason() != ReasonCertificateUntrusted {
+			t.Errorf("Y first %v: %s (%v); want untrusted (17 chains)", yFirst, v.Reason(), v.Err())
+		}
+	}
+}
+
+// TestExpiredRenewalsNotCounted: a bundle with the expired previous certificate of each of two CA
+// levels (renewed with the same key) and a root renewed twice with the same key: crypto/x509 goes
+// on only through the valid certificates (3 chains), and so does the estimate now; it counted
+// 12 chains and refused the bundle (review of 527e052).
+func TestExpiredRenewalsNotCounted(t *testing.T) {
+	now := time.Now()
+	nb, na := now.Add(-time.Hour), now.Add(24*time.Hour)
+	old := [2]time.Time{now.Add(-400 * 24 * time.Hour), now.Add(-24 * time.Hour)}
+	for _, nRoots := range []int{2, 3} {
+		rk := ecKey(elliptic.P384())
+		var roots []*x509.Certificate
+		for i := range nRoots {
+			roots = append(roots, create(t, caTmpl("Org Root", nb.Add(-time.Duration(i)*time.Hour), na), nil, &rk.PublicKey, rk))
+		}
+		pk, ik := ecKey(elliptic.P384()), ecKey(elliptic.P256())
+		pOld := create(t, caTmpl("Org Policy CA", old[0], old[1]), roots[0], &pk.PublicKey, rk)
+		pNew := create(t, caTmpl("Org Policy CA", nb, na), roots[len(roots)-1], &pk.PublicKey, rk)
+		iOld := create(t, caTmpl("Org Issuing CA", old[0], old[1]), pOld, &ik.PublicKey, pk)
+		iNew := create(t, caTmpl("Org Issuing CA", nb, na), pNew, &ik.PublicKey, pk)
+		lk := ecKey(elliptic.P256())
+		leaf := create(t, leafTmpl("device", nb, na), iNew, &lk.PublicKey, ik)
+		peer := []*x509.Certificate{leaf, iNew, iOld, pNew, pOld}
+		h := hostWithRoots(t, roots...)
+		if x := x509Alone(roots, peer, now); x != nil {
+			t.Fatalf("crypto/x509 alone: %v", x)
+		}
+		if v := h.VerifyClient(peer, now); !v.Verified() {
+			t.Errorf("%d roots: %s (%v); want verified", nRoots, v.Reason(), v.Err())
+		}
+	}
+}
