@@ -442,7 +442,10 @@ func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, now time.
 	}
 	verified := map[pair]bool{}
 	goesOn := func(child, parent *x509.Certificate) bool {
-		if now.Before(parent.NotBefore) || now.After(parent.NotAfter) {
+		// A parent that may not sign fails crypto/x509's check before any key is used: it must
+		// not stand in the cache for the CAs with its key (a non-CA copy of the leaf's issuer,
+		// sent first, hid the tree above the real ones; review of e4e072c).
+		if now.Before(parent.NotBefore) || now.After(parent.NotAfter) || !maySign(parent) {
 			return false
 		}
 		k := pair{child, string(parent.RawSubjectPublicKeyInfo)}
