@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -225,6 +226,35 @@ func TestDecoyDoesNotHideSigners(t *testing.T) {
 		}
 		if v := hostWithRoots(t, root).VerifyClient(peer, now); v.Reason() != ReasonCertificateUntrusted {
 			t.Errorf("decoy %s: %s (%v); want untrusted", decoy, v.Reason(), v.Err())
+		}
+	}
+}
+
+// TestSANQuirkLoopRefused: crypto/x509's alreadyInChain lets the first certificate of a
+// candidate's subject and key decide, and with exactly one of them carrying a SAN it answers "not
+// in the chain". A tenant's leaf-shaped certificate (its CA's subject and key, no SAN) issued by X,
+// with X and Y (one name and key, Y with a SAN) issued by the root and B (the root's subject and
+// key, with a SAN) issued by X, made crypto/x509 go round B and Y to its check limit (50-150 ms)
+// while an estimate taking any match for "in the chain" counted a small tree (review of
+// db0f6fd). Refused now before crypto/x509 runs.
+func TestSANQuirkLoopRefused(t *testing.T) {
+	uri := func(tm *x509.Certificate, s string) *x509.Certificate {
+		u, _ := url.Parse(s)
+		tm.URIs = []*url.URL{u}
+		return tm
+	}
+	for _, curves := range [][2]elliptic.Curve{{elliptic.P384(), elliptic.P384()}, {elliptic.P256(), elliptic.P521()}} {
+		now := time.Now()
+		nb, na := now.Add(-time.Hour), now.Add(24*time.Hour)
+		ka, kx := ecKey(curves[0]), ecKey(curves[1])
+		root := create(t, caTmpl("CA S", nb, na), nil, &ka.PublicKey, ka)
+		x := create(t, caTmpl("CA T", nb, na), root, &kx.PublicKey, ka)
+		y := create(t, uri(caTmpl("CA T", nb, na), "urn:y"), root, &kx.PublicKey, ka)
+		b := create(t, uri(caTmpl("CA S", nb, na), "urn:b"), x, &ka.PublicKey, kx)
+		leaf := create(t, leafTmpl("CA S", nb, na), x, &ka.PublicKey, kx)
+		peer := []*x509.Certificate{leaf, x, y, b}
+		if v := hostWithRoots(t, root).VerifyClient(peer, now); v.Reason() != ReasonCertificateUntrusted || !strings.Contains(v.Err().Error(), "P-256 checks") {
+			t.Errorf("%s/%s: %s (%v); want refused by the estimate", curves[0].Params().Name, curves[1].Params().Name, v.Reason(), v.Err())
 		}
 	}
 }

@@ -421,9 +421,9 @@ const maxChains = 8
 // pathWork estimates what crypto/x509's path building will cost with these certificates at the
 // moment now, in P-256 checks (keyCost), and how many chains it will find: from the leaf, each
 // certificate's signature is checked against every kept intermediate and CA whose subject is its
-// issuer name and that is not already on the path (crypto/x509's alreadyInChain: the same subject,
-// key and subject alternative names), once for each path reaching it, to a depth of
-// MaxPeerCertificates, and a path reaching a CA is a chain. Where a single certificate has the
+// issuer name and that is not already on the path (crypto/x509's alreadyInChain, quirk included),
+// once for each path reaching it, with no limit of depth but the work's, and a path reaching a CA
+// is a chain. Where a single certificate has the
 // issuer's name, the path goes on through it unchecked (an estimate above crypto/x509's, never
 // below). Where several have it (copies, renewals, rollovers), the path goes on through those that
 // crypto/x509 would go on through: each is checked here, once per certificate and key (a signature
@@ -459,12 +459,14 @@ func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, now time.
 	all := slices.Concat(roots, kept)
 	isRoot := func(c *x509.Certificate) bool { return slices.Contains(roots, c) }
 	frontier := []node{{c: leaf, path: []*x509.Certificate{leaf}}}
-	for depth := 0; depth < MaxPeerCertificates && len(frontier) > 0; depth++ {
+	// No depth limit: crypto/x509 has none but its check count, and every step adds to the work,
+	// which ends the walk once past maxPathWork.
+	for len(frontier) > 0 {
 		var next []node
 		for _, n := range frontier {
 			var candidates []*x509.Certificate
 			for _, p := range all {
-				if bytes.Equal(p.RawSubject, n.c.RawIssuer) && !slices.ContainsFunc(n.path, func(o *x509.Certificate) bool { return alreadyInChain(o, p) }) {
+				if bytes.Equal(p.RawSubject, n.c.RawIssuer) && !alreadyInChain(p, n.path) {
 					candidates = append(candidates, p)
 				}
 			}
@@ -488,11 +490,30 @@ func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, now time.
 	return work, chains
 }
 
-// alreadyInChain is crypto/x509's test of a candidate parent against the certificates of a path:
-// the same subject, key and subject alternative names (both without the extension counting as the
-// same).
-func alreadyInChain(a, b *x509.Certificate) bool {
-	return sameCA(a, b) && bytes.Equal(sanExtension(a), sanExtension(b))
+// alreadyInChain is crypto/x509's test (Go 1.26, crypto/x509/verify.go) of a candidate parent
+// against the certificates of a path, leaf first, copied with its quirk: the first certificate
+// with the candidate's subject and key decides when exactly one of the two has a subject
+// alternative name extension (not in the chain), and when neither has one or both have the same
+// (in the chain); certificates with other names go on to the next. An estimate that took any
+// match for "in the chain" skipped parents crypto/x509 follows round a loop (a tenant's copies
+// with and without SANs: about 50 checks against 6 counted; review of db0f6fd).
+func alreadyInChain(candidate *x509.Certificate, path []*x509.Certificate) bool {
+	candidateSAN := sanExtension(candidate)
+	for _, c := range path {
+		if !sameCA(c, candidate) {
+			continue
+		}
+		certSAN := sanExtension(c)
+		switch {
+		case candidateSAN == nil && certSAN == nil:
+			return true
+		case candidateSAN == nil || certSAN == nil:
+			return false
+		case bytes.Equal(candidateSAN, certSAN):
+			return true
+		}
+	}
+	return false
 }
 
 // sanExtension returns the value of c's subject alternative name extension, nil without one.
