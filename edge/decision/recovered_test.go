@@ -4,6 +4,8 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
@@ -256,5 +258,50 @@ func TestSANQuirkLoopRefused(t *testing.T) {
 		if v := hostWithRoots(t, root).VerifyClient(peer, now); v.Reason() != ReasonCertificateUntrusted || !strings.Contains(v.Err().Error(), "P-256 checks") {
 			t.Errorf("%s/%s: %s (%v); want refused by the estimate", curves[0].Params().Name, curves[1].Params().Name, v.Reason(), v.Err())
 		}
+	}
+}
+
+// TestHugeRSAKeysNeverChecked: a tenant's root can certify intermediates with RSA keys of any
+// size it holds no private key for (a random odd modulus), and Go checks signatures with them
+// at a cost growing with the square of the size (1.2 s for three of 262,144 bits, a review
+// measured, the estimate checking them before it refused). Their cost now grows without bound,
+// so the estimate refuses before it checks, and the filter never checks with such a parent.
+func TestHugeRSAKeysNeverChecked(t *testing.T) {
+	fake := func(bits int) *rsa.PublicKey {
+		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
+		n.SetBit(n, bits-1, 1)
+		n.SetBit(n, 0, 1)
+		return &rsa.PublicKey{N: n, E: 1<<31 - 1}
+	}
+	if c := keyCost(fake(65536)); c <= maxPathWork {
+		t.Fatalf("keyCost(RSA-65536) = %d, not above maxPathWork", c)
+	}
+	now := time.Now()
+	nb, na := now.Add(-time.Hour), now.Add(24*time.Hour)
+	rk := ecKey(elliptic.P256())
+	root := create(t, caTmpl("Tenant Root", nb, na), nil, &rk.PublicKey, rk)
+	h := hostWithRoots(t, root)
+	huge := create(t, caTmpl("CA N", nb, na), root, fake(65536), rk)
+	// Two decoys naming it as their issuer, signed by anyone: the filter would check them with it.
+	sk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoys []*x509.Certificate
+	for range 2 {
+		decoys = append(decoys, create(t, caTmpl("CA D", nb, na), &x509.Certificate{RawSubject: huge.RawSubject}, &sk.PublicKey, sk))
+	}
+	leaf := create(t, leafTmpl("mallory", nb, na), &x509.Certificate{RawSubject: decoys[0].RawSubject}, &sk.PublicKey, sk)
+	kept, checks := h.trust.certifiedIntermediates(leaf, append([]*x509.Certificate{huge}, decoys...))
+	for _, k := range kept {
+		if k != huge {
+			t.Fatalf("kept a decoy %s", k.Subject)
+		}
+	}
+	if checks != 1 { // the huge one, by the root
+		t.Fatalf("made %d checks, want 1 (none with the huge key)", checks)
+	}
+	if v := h.VerifyClient([]*x509.Certificate{leaf, huge, decoys[0], decoys[1]}, now); v.Verified() {
+		t.Fatal("verified")
 	}
 }

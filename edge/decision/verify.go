@@ -261,7 +261,7 @@ func keyCost(pub any) int {
 	case ed25519.PublicKey:
 		return 1
 	case *rsa.PublicKey:
-		c := 80
+		var c int
 		switch bits := k.N.BitLen(); {
 		case bits <= 2048:
 			c = 1
@@ -269,8 +269,11 @@ func keyCost(pub any) int {
 			c = 3
 		case bits <= 4096:
 			c = 6
-		case bits <= 8192:
-			c = 21
+		default:
+			// Grows with the square of the size, without bound: Go checks signatures with
+			// keys of any size, and a tenant can certify one it holds no private key for.
+			n := (bits + 2047) / 2048
+			c = min(n*n*4/3, 1<<20)
 		}
 		if k.E != CARSAExponent {
 			c *= 3
@@ -378,7 +381,9 @@ rounds:
 		for i, c := range candidates {
 			for !isKept[i] && tried[i] < len(parents) && keptOf(c) < maxKeptPerSubject {
 				p := parents[tried[i]]
-				if !issuedBy(c, p) {
+				if !issuedBy(c, p) || keyCost(p.PublicKey) > intermediateBudget {
+					// A parent whose key costs more than the whole budget is never checked:
+					// no CA uses one (RSA above 8192 bits, or 8192 with an odd exponent).
 					tried[i]++
 					continue
 				}
@@ -471,7 +476,9 @@ func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, now time.
 				}
 			}
 			for _, p := range candidates {
-				work += keyCost(p.PublicKey)
+				if work += keyCost(p.PublicKey); work > maxPathWork {
+					return work, chains // before goesOn checks it
+				}
 				if len(candidates) > 1 && !goesOn(n.c, p) {
 					continue
 				}
