@@ -55,9 +55,10 @@
 // A client sends at most [MaxPeerCertificates] certificates, its leaf and up to 9 intermediates;
 // a longer chain is [ReasonCertificateUntrusted] without being looked at. The intermediates are
 // filtered before crypto/x509 sees them. Only those on a path of names from the leaf's issuer are
-// candidates (crypto/x509 would look at no others); byte copies, and self-issued copies of a
-// hostname's CA or of an earlier candidate (one subject and key, another SAN, say), are dropped
-// unchecked. A single candidate with a key as cheap to check as a P-256 one, the usual chain, is
+// candidates (crypto/x509 would look at no others); byte copies, self-issued copies of a
+// hostname's CA or of an earlier candidate (one subject and key, another SAN, say), and
+// certificates whose key costs more to check with than 48 P-256 checks (RSA above 12,288 bits, or
+// above 8192 with another exponent than 65537: no CA uses one) are dropped unchecked. A single candidate with a key as cheap to check as a P-256 one, the usual chain, is
 // kept when one of the hostname's CAs may have issued it by their names, and its signature is left
 // to crypto/x509, which checks it once. Otherwise one is kept only when one of the hostname's CAs,
 // or an intermediate already kept, signed it: parents are tried only when their subject is the

@@ -265,7 +265,7 @@ func TestSANQuirkLoopRefused(t *testing.T) {
 // size it holds no private key for (a random odd modulus), and Go checks signatures with them
 // at a cost growing with the square of the size (1.2 s for three of 262,144 bits, a review
 // measured, the estimate checking them before it refused). Their cost now grows without bound,
-// so the estimate refuses before it checks, and the filter never checks with such a parent.
+// the estimate refuses before it checks, and the filter drops such certificates unchecked.
 func TestHugeRSAKeysNeverChecked(t *testing.T) {
 	fake := func(bits int) *rsa.PublicKey {
 		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
@@ -293,13 +293,10 @@ func TestHugeRSAKeysNeverChecked(t *testing.T) {
 	}
 	leaf := create(t, leafTmpl("mallory", nb, na), &x509.Certificate{RawSubject: decoys[0].RawSubject}, &sk.PublicKey, sk)
 	kept, checks := h.trust.certifiedIntermediates(leaf, append([]*x509.Certificate{huge}, decoys...))
-	for _, k := range kept {
-		if k != huge {
-			t.Fatalf("kept a decoy %s", k.Subject)
-		}
-	}
-	if checks != 1 { // the huge one, by the root
-		t.Fatalf("made %d checks, want 1 (none with the huge key)", checks)
+	if len(kept) != 0 || checks != 0 {
+		// The huge one is dropped unchecked (kept, crypto/x509 and the classification of a
+		// failure would check with it; review of a83f9c8), and the decoys have no parent.
+		t.Fatalf("kept %d, made %d checks; want none", len(kept), checks)
 	}
 	if v := h.VerifyClient([]*x509.Certificate{leaf, huge, decoys[0], decoys[1]}, now); v.Verified() {
 		t.Fatal("verified")

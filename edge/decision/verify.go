@@ -323,6 +323,12 @@ func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Cert
 		if slices.ContainsFunc(candidates, again) || slices.ContainsFunc(t.roots, again) {
 			continue
 		}
+		if keyCost(c.PublicKey) > intermediateBudget {
+			// No CA uses such a key (RSA above 12,288 bits, or above 8192 with another exponent
+			// than 65537): kept, it would be checked with by crypto/x509 and by the
+			// classification of a failure, which no bound prices (review of a83f9c8).
+			continue
+		}
 		candidates = append(candidates, c)
 	}
 	// Only those on a path of names from the leaf's issuer.
@@ -382,8 +388,8 @@ rounds:
 			for !isKept[i] && tried[i] < len(parents) && keptOf(c) < maxKeptPerSubject {
 				p := parents[tried[i]]
 				if !issuedBy(c, p) || keyCost(p.PublicKey) > intermediateBudget {
-					// A parent whose key costs more than the whole budget is never checked:
-					// no CA uses one (RSA above 8192 bits, or 8192 with an odd exponent).
+					// A parent whose key costs more than the whole budget (a hostname's CA
+					// would not: CheckCAKey) is never checked.
 					tried[i]++
 					continue
 				}
