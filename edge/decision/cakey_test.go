@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -42,19 +43,6 @@ func caWithKey(t testing.TB, cn string, pub any) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return cert
-}
-
-// randomRSA returns an RSA public key with a random odd modulus of exactly bits bits and public
-// exponent e (no private key exists for it; none is needed to check a key's size).
-func randomRSA(t testing.TB, bits, e int) *rsa.PublicKey {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.SetBit(n, bits-1, 1)
-	n.SetBit(n, 0, 1)
-	return &rsa.PublicKey{N: n, E: e}
 }
 
 var (
@@ -106,20 +94,20 @@ func caKeyCases(t testing.TB) []struct {
 		err  string
 	}{
 		{name: "ok/RSA-2048", cert: caWithKey(t, "RSA 2048", &realRSA2048(t).PublicKey)},
-		{name: "ok/RSA-3072", cert: caWithKey(t, "RSA 3072", randomRSA(t, 3072, 65537))},
-		{name: "ok/RSA-4096", cert: caWithKey(t, "RSA 4096", randomRSA(t, 4096, 65537))},
+		{name: "ok/RSA-3072", cert: caWithKey(t, "RSA 3072", pkitest.RandomRSA(t, 3072, 65537))},
+		{name: "ok/RSA-4096", cert: caWithKey(t, "RSA 4096", pkitest.RandomRSA(t, 4096, 65537))},
 		{name: "ok/P-256", cert: caWithKey(t, "P-256", ecdsaPub(t, elliptic.P256()))},
 		{name: "ok/P-384", cert: caWithKey(t, "P-384", ecdsaPub(t, elliptic.P384()))},
 		{name: "ok/Ed25519", cert: caWithKey(t, "Ed25519", ed25519Pub(t))},
 
-		{name: "fail/RSA-1024", cert: caWithKey(t, "RSA 1024", randomRSA(t, 1024, 65537)), err: "the CA's key is RSA of 1024 bits"},
-		{name: "fail/RSA-2047", cert: caWithKey(t, "RSA 2047", randomRSA(t, 2047, 65537)), err: "the CA's key is RSA of 2047 bits"},
-		{name: "fail/RSA-4097", cert: caWithKey(t, "RSA 4097", randomRSA(t, 4097, 65537)), err: "the CA's key is RSA of 4097 bits"},
-		{name: "fail/RSA-8192", cert: caWithKey(t, "RSA 8192", randomRSA(t, 8192, 65537)), err: "the CA's key is RSA of 8192 bits"},
-		{name: "fail/RSA-16384", cert: caWithKey(t, "RSA 16384", randomRSA(t, 16384, 65537)), err: "the CA's key is RSA of 16384 bits"},
-		{name: "fail/RSA-262144 with exponent 2^31-1", cert: caWithKey(t, "RSA 262144", randomRSA(t, 262144, 1<<31-1)), err: "the CA's key is RSA of 262144 bits"},
-		{name: "fail/exponent 3", cert: caWithKey(t, "RSA e=3", randomRSA(t, 2048, 3)), err: "the CA's key is RSA with public exponent 3;"},
-		{name: "fail/exponent 2^31-1", cert: caWithKey(t, "RSA e=2^31-1", randomRSA(t, 2048, 1<<31-1)), err: "the CA's key is RSA with public exponent 2147483647;"},
+		{name: "fail/RSA-1024", cert: caWithKey(t, "RSA 1024", pkitest.RandomRSA(t, 1024, 65537)), err: "the CA's key is RSA of 1024 bits"},
+		{name: "fail/RSA-2047", cert: caWithKey(t, "RSA 2047", pkitest.RandomRSA(t, 2047, 65537)), err: "the CA's key is RSA of 2047 bits"},
+		{name: "fail/RSA-4097", cert: caWithKey(t, "RSA 4097", pkitest.RandomRSA(t, 4097, 65537)), err: "the CA's key is RSA of 4097 bits"},
+		{name: "fail/RSA-8192", cert: caWithKey(t, "RSA 8192", pkitest.RandomRSA(t, 8192, 65537)), err: "the CA's key is RSA of 8192 bits"},
+		{name: "fail/RSA-16384", cert: caWithKey(t, "RSA 16384", pkitest.RandomRSA(t, 16384, 65537)), err: "the CA's key is RSA of 16384 bits"},
+		{name: "fail/RSA-262144 with exponent 2^31-1", cert: caWithKey(t, "RSA 262144", pkitest.RandomRSA(t, 262144, 1<<31-1)), err: "the CA's key is RSA of 262144 bits"},
+		{name: "fail/exponent 3", cert: caWithKey(t, "RSA e=3", pkitest.RandomRSA(t, 2048, 3)), err: "the CA's key is RSA with public exponent 3;"},
+		{name: "fail/exponent 2^31-1", cert: caWithKey(t, "RSA e=2^31-1", pkitest.RandomRSA(t, 2048, 1<<31-1)), err: "the CA's key is RSA with public exponent 2147483647;"},
 		{name: "fail/P-521", cert: caWithKey(t, "P-521", ecdsaPub(t, elliptic.P521())), err: "the CA's key is ECDSA on P-521, which is refused because checking a P-521 signature costs the edge about 40 times as much as a P-256 one"},
 		{name: "fail/P-224", cert: caWithKey(t, "P-224", ecdsaPub(t, elliptic.P224())), err: "the CA's key is ECDSA on P-224;"},
 		{name: "fail/unknown algorithm", cert: &x509.Certificate{PublicKeyAlgorithm: x509.UnknownPublicKeyAlgorithm}, err: "the CA's key is of algorithm"},

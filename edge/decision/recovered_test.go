@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"guestlist.dev/edge/pkitest"
 )
 
 // otherKey returns the second ECDSA public key under which child's signature verifies (public key
@@ -267,13 +269,7 @@ func TestSANQuirkLoopRefused(t *testing.T) {
 // measured, the estimate checking them before it refused). Their cost now grows without bound,
 // the estimate refuses before it checks, and the filter drops such certificates unchecked.
 func TestHugeRSAKeysNeverChecked(t *testing.T) {
-	fake := func(bits int) *rsa.PublicKey {
-		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
-		n.SetBit(n, bits-1, 1)
-		n.SetBit(n, 0, 1)
-		return &rsa.PublicKey{N: n, E: 1<<31 - 1}
-	}
-	if c := keyCost(fake(65536)); c <= maxPathWork {
+	if c := keyCost(pkitest.RandomRSA(t, 65536, 1<<31-1)); c <= maxPathWork {
 		t.Fatalf("keyCost(RSA-65536) = %d, not above maxPathWork", c)
 	}
 	now := time.Now()
@@ -281,7 +277,7 @@ func TestHugeRSAKeysNeverChecked(t *testing.T) {
 	rk := ecKey(elliptic.P256())
 	root := create(t, caTmpl("Tenant Root", nb, na), nil, &rk.PublicKey, rk)
 	h := hostWithRoots(t, root)
-	huge := create(t, caTmpl("CA N", nb, na), root, fake(65536), rk)
+	huge := create(t, caTmpl("CA N", nb, na), root, pkitest.RandomRSA(t, 65536, 1<<31-1), rk)
 	// Two decoys naming it as their issuer, signed by anyone: the filter would check them with it.
 	sk, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {

@@ -451,7 +451,7 @@ func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, now time.
 		child *x509.Certificate
 		key   string
 	}
-	verified := map[pair]bool{}
+	var verified map[pair]bool // only where several candidates share a name: not for a plain chain
 	goesOn := func(child, parent *x509.Certificate) bool {
 		// A parent that may not sign fails crypto/x509's check before any key is used: it must
 		// not stand in the cache for the CAs with its key (a non-CA copy of the leaf's issuer,
@@ -463,11 +463,13 @@ func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, now time.
 		ok, seen := verified[k]
 		if !seen {
 			ok = child.CheckSignatureFrom(parent) == nil
+			if verified == nil {
+				verified = make(map[pair]bool)
+			}
 			verified[k] = ok
 		}
 		return ok
 	}
-	all := slices.Concat(roots, kept)
 	isRoot := func(c *x509.Certificate) bool { return slices.Contains(roots, c) }
 	frontier := []node{{c: leaf, path: []*x509.Certificate{leaf}}}
 	// No depth limit: crypto/x509 has none but its check count, and every step adds to the work,
@@ -476,9 +478,11 @@ func pathWork(leaf *x509.Certificate, kept, roots []*x509.Certificate, now time.
 		var next []node
 		for _, n := range frontier {
 			var candidates []*x509.Certificate
-			for _, p := range all {
-				if bytes.Equal(p.RawSubject, n.c.RawIssuer) && !alreadyInChain(p, n.path) {
-					candidates = append(candidates, p)
+			for _, pool := range [2][]*x509.Certificate{roots, kept} {
+				for _, p := range pool {
+					if bytes.Equal(p.RawSubject, n.c.RawIssuer) && !alreadyInChain(p, n.path) {
+						candidates = append(candidates, p)
+					}
 				}
 			}
 			for _, p := range candidates {

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -154,4 +155,18 @@ func KeyPEM(t testing.TB, key *ecdsa.PrivateKey) string {
 // Validity sets the validity period.
 func Validity(notBefore, notAfter time.Time) Options {
 	return func(c *x509.Certificate) { c.NotBefore, c.NotAfter = notBefore, notAfter }
+}
+
+// RandomRSA returns an RSA public key with a random odd modulus of exactly bits bits and public
+// exponent e. No private key exists for it: it is for certificates whose key a test only needs
+// to carry (a key's size, the cost of checking with it), as an attacker certifies one.
+func RandomRSA(t testing.TB, bits, e int) *rsa.PublicKey {
+	t.Helper()
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.SetBit(n, bits-1, 1)
+	n.SetBit(n, 0, 1)
+	return &rsa.PublicKey{N: n, E: e}
 }

@@ -17,6 +17,7 @@ import (
 
 	"guestlist.dev/edge/certid"
 	"guestlist.dev/edge/decision"
+	"guestlist.dev/edge/pkitest"
 )
 
 var now = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
@@ -89,18 +90,6 @@ func keyCert(t testing.TB, cn string, pub any) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
-// randomRSA returns an RSA public key with a random odd modulus of exactly bits bits and exponent e.
-func randomRSA(t testing.TB, bits, e int) *rsa.PublicKey {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.SetBit(n, bits-1, 1)
-	n.SetBit(n, 0, 1)
-	return &rsa.PublicKey{N: n, E: e}
-}
-
 func ecdsaPub(t testing.TB, c elliptic.Curve) *ecdsa.PublicKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(c, rand.Reader)
@@ -138,7 +127,7 @@ func TestParseCA(t *testing.T) {
 	// About the largest RSA key that fits the upload limit, with the largest exponent crypto/x509
 	// parses: an independent review's edge spent 1 to 4 s of CPU on each handshake of a client
 	// sending a junk signature to a hostname trusting 16 such CAs of one name.
-	hugeRSA := keyCert(t, "Huge RSA", randomRSA(t, 262144, 1<<31-1))
+	hugeRSA := keyCert(t, "Huge RSA", pkitest.RandomRSA(t, 262144, 1<<31-1))
 	if len(hugeRSA) > MaxPEMSize {
 		t.Fatalf("the RSA-262144 certificate takes %d bytes of PEM", len(hugeRSA))
 	}
@@ -156,8 +145,8 @@ func TestParseCA(t *testing.T) {
 		{name: "ok/crlf", pem: strings.ReplaceAll(ca, "\n", "\r\n")},
 		{name: "ok/no-final-newline", pem: strings.TrimRight(ca, "\n")},
 		{name: "ok/RSA-2048", pem: keyCert(t, "RSA 2048", &rsaKey.PublicKey)},
-		{name: "ok/RSA-4096", pem: keyCert(t, "RSA 4096", randomRSA(t, 4096, 65537))},
-		{name: "ok/RSA-4096", pem: keyCert(t, "RSA 4096", randomRSA(t, 4096, 65537))},
+		{name: "ok/RSA-4096", pem: keyCert(t, "RSA 4096", pkitest.RandomRSA(t, 4096, 65537))},
+		{name: "ok/RSA-4096", pem: keyCert(t, "RSA 4096", pkitest.RandomRSA(t, 4096, 65537))},
 		{name: "ok/P-256", pem: keyCert(t, "P-256", ecdsaPub(t, elliptic.P256()))},
 		{name: "ok/P-384", pem: keyCert(t, "P-384", ecdsaPub(t, elliptic.P384()))},
 		{name: "ok/Ed25519", pem: keyCert(t, "Ed25519", edKey)},
@@ -185,12 +174,12 @@ func TestParseCA(t *testing.T) {
 		{name: "fail/leaf", pem: leaf, wantKind: ErrNotCA, wantText: "CA=false"},
 		{name: "fail/no-basic-constraints", pem: noBasic, wantKind: ErrNotCA, wantText: "no basic constraints"},
 		{name: "fail/no-cert-sign", pem: noCertSign, wantKind: ErrNoCertSign, wantText: "keyCertSign"},
-		{name: "fail/RSA-1024", pem: keyCert(t, "RSA 1024", randomRSA(t, 1024, 65537)), wantKind: ErrUnsupportedKey, wantText: "the certificate's key is not accepted: the CA's key is RSA of 1024 bits; a CA's key must be RSA of 2048 to 4096 bits with public exponent 65537, ECDSA on P-256 or P-384, or Ed25519"},
-		{name: "fail/RSA-8192", pem: keyCert(t, "RSA 8192", randomRSA(t, 8192, 65537)), wantKind: ErrUnsupportedKey, wantText: "RSA of 8192 bits"},
-		{name: "fail/RSA-16384", pem: keyCert(t, "RSA 16384", randomRSA(t, 16384, 65537)), wantKind: ErrUnsupportedKey, wantText: "RSA of 16384 bits"},
+		{name: "fail/RSA-1024", pem: keyCert(t, "RSA 1024", pkitest.RandomRSA(t, 1024, 65537)), wantKind: ErrUnsupportedKey, wantText: "the certificate's key is not accepted: the CA's key is RSA of 1024 bits; a CA's key must be RSA of 2048 to 4096 bits with public exponent 65537, ECDSA on P-256 or P-384, or Ed25519"},
+		{name: "fail/RSA-8192", pem: keyCert(t, "RSA 8192", pkitest.RandomRSA(t, 8192, 65537)), wantKind: ErrUnsupportedKey, wantText: "RSA of 8192 bits"},
+		{name: "fail/RSA-16384", pem: keyCert(t, "RSA 16384", pkitest.RandomRSA(t, 16384, 65537)), wantKind: ErrUnsupportedKey, wantText: "RSA of 16384 bits"},
 		{name: "fail/RSA-262144-exponent-2^31-1", pem: hugeRSA, wantKind: ErrUnsupportedKey, wantText: "RSA of 262144 bits"},
-		{name: "fail/exponent-3", pem: keyCert(t, "RSA e=3", randomRSA(t, 2048, 3)), wantKind: ErrUnsupportedKey, wantText: "RSA with public exponent 3;"},
-		{name: "fail/exponent-2^31-1", pem: keyCert(t, "RSA e=2^31-1", randomRSA(t, 2048, 1<<31-1)), wantKind: ErrUnsupportedKey, wantText: "RSA with public exponent 2147483647;"},
+		{name: "fail/exponent-3", pem: keyCert(t, "RSA e=3", pkitest.RandomRSA(t, 2048, 3)), wantKind: ErrUnsupportedKey, wantText: "RSA with public exponent 3;"},
+		{name: "fail/exponent-2^31-1", pem: keyCert(t, "RSA e=2^31-1", pkitest.RandomRSA(t, 2048, 1<<31-1)), wantKind: ErrUnsupportedKey, wantText: "RSA with public exponent 2147483647;"},
 		{name: "fail/P-521", pem: keyCert(t, "P-521", ecdsaPub(t, elliptic.P521())), wantKind: ErrUnsupportedKey, wantText: "ECDSA on P-521, which is refused because checking a P-521 signature costs the edge about 40 times as much as a P-256 one"},
 		{name: "fail/P-224", pem: keyCert(t, "P-224", ecdsaPub(t, elliptic.P224())), wantKind: ErrUnsupportedKey, wantText: "ECDSA on P-224;"},
 		{name: "fail/expired", pem: expired, wantKind: ErrExpired, wantText: "expired at"},
