@@ -12,6 +12,32 @@ import (
 	"guestlist.dev/edge/pkitest"
 )
 
+// replayFixture is what the replay tests share: a dev node with tenant acme, an auditor token of
+// acme, a CA "devices" of acme, and a client certificate of it written to certFile.
+type replayFixture struct {
+	dir, auditor, certFile string
+	n                      *devNode
+	ca                     *pkitest.CA
+	good                   *pkitest.Leaf
+}
+
+func newReplayFixture(t *testing.T) *replayFixture {
+	t.Helper()
+	f := &replayFixture{dir: t.TempDir()}
+	f.n = startDev(t, f.dir)
+	f.ca = pkitest.NewCA(t, "acme devices")
+	f.good = f.ca.Client(t, "terminal-1")
+	f.certFile = filepath.Join(f.dir, "good.pem")
+	if err := os.WriteFile(f.certFile, []byte(pkitest.PEM(f.good.Cert)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.n.rest("POST", "/v1/tenants?tenantId=acme", f.n.token, map[string]any{"displayName": "acme"})
+	_, tok := f.n.rest("POST", "/v1/tenants/acme/tokens", f.n.token, map[string]any{"displayName": "auditor", "role": "ROLE_AUDITOR"})
+	f.auditor, _ = tok["secret"].(string)
+	f.n.rest("POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", f.n.token, map[string]any{"certificatePem": pkitest.PEM(f.ca.Cert)})
+	return f
+}
+
 // explainLine re-derives one decision log line over REST, as TestAuditEndToEnd does, and with
 // "guestlist audit explain --decision" (and extra, e.g. --header flags; headers, when not nil,
 // go to REST as the headers field).
@@ -45,15 +71,8 @@ func explainLine(t *testing.T, n *devNode, auditor string, d loggedDecision, cer
 // decision.Decide, which evaluated the policy on an empty request, and answered allow / rule_allow
 // / landing-page (independent review).
 func TestAuditExplainsAHandshakeRefusal(t *testing.T) {
-	dir := t.TempDir()
-	n := startDev(t, dir)
-	ca := pkitest.NewCA(t, "acme devices")
-	good := ca.Client(t, "terminal-1")
-
-	n.rest("POST", "/v1/tenants?tenantId=acme", n.token, map[string]any{"displayName": "acme"})
-	_, tok := n.rest("POST", "/v1/tenants/acme/tokens", n.token, map[string]any{"displayName": "auditor", "role": "ROLE_AUDITOR"})
-	auditor, _ := tok["secret"].(string)
-	n.rest("POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", n.token, map[string]any{"certificatePem": pkitest.PEM(ca.Cert)})
+	f := newReplayFixture(t)
+	dir, n, good, auditor, certFile := f.dir, f.n, f.good, f.auditor, f.certFile
 	// A public landing page, devices everywhere else.
 	if code, _ := n.rest("POST", "/v1/tenants/acme/policies?policyId=p", n.token, map[string]any{"rules": []map[string]any{
 		{"name": "landing-page", "action": "ACTION_ALLOW", "expression": "request.path == '/'"},
@@ -92,10 +111,6 @@ func TestAuditExplainsAHandshakeRefusal(t *testing.T) {
 		t.Errorf("explain --decision: exit %d\n%s", cliCode, cliOut)
 	}
 	// With the device's certificate, the handshake completes (and the requests are decided).
-	certFile := filepath.Join(dir, "good.pem")
-	if err := os.WriteFile(certFile, []byte(pkitest.PEM(good.Cert)), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	code, out, errOut := runCmd(t, map[string]string{"GUESTLIST_API": n.api, "GUESTLIST_TOKEN": auditor},
 		"audit", "explain", "--tenant", "acme", "--hostname", "pay.acme.example", "--handshake", "--cert", certFile)
 	if code != 0 || !strings.Contains(out, "verdict=allow reason=handshake_completed") {
@@ -109,19 +124,9 @@ func TestAuditExplainsAHandshakeRefusal(t *testing.T) {
 // it had replayed the request without headers and answered deny / no_rule_matched (independent
 // review). Given the headers (REST headers, CLI --header), it matches.
 func TestAuditExplainHeaderRule(t *testing.T) {
-	dir := t.TempDir()
-	n := startDev(t, dir)
-	ca := pkitest.NewCA(t, "acme devices")
-	good := ca.Client(t, "terminal-1")
-	certFile := filepath.Join(dir, "good.pem")
-	if err := os.WriteFile(certFile, []byte(pkitest.PEM(good.Cert)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	f := newReplayFixture(t)
+	dir, n, ca, good, auditor, certFile := f.dir, f.n, f.ca, f.good, f.auditor, f.certFile
 
-	n.rest("POST", "/v1/tenants?tenantId=acme", n.token, map[string]any{"displayName": "acme"})
-	_, tok := n.rest("POST", "/v1/tenants/acme/tokens", n.token, map[string]any{"displayName": "auditor", "role": "ROLE_AUDITOR"})
-	auditor, _ := tok["secret"].(string)
-	n.rest("POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", n.token, map[string]any{"certificatePem": pkitest.PEM(ca.Cert)})
 	if code, _ := n.rest("POST", "/v1/tenants/acme/policies?policyId=p", n.token, map[string]any{"rules": []map[string]any{
 		{"name": "prod-only", "action": "ACTION_ALLOW", "expression": "cert.verified && request.headers[?'x-env'].orValue('') == 'prod'"},
 	}}); code != 200 {
@@ -183,18 +188,8 @@ func TestAuditExplainHeaderRule(t *testing.T) {
 // TestAuditExplainsALongPath: the edge decides (and logs) requests with paths up to its 64 KiB of
 // request head; Explain takes them too. It refused paths over 8,192 bytes (independent review).
 func TestAuditExplainsALongPath(t *testing.T) {
-	dir := t.TempDir()
-	n := startDev(t, dir)
-	ca := pkitest.NewCA(t, "acme devices")
-	good := ca.Client(t, "terminal-1")
-	certFile := filepath.Join(dir, "good.pem")
-	if err := os.WriteFile(certFile, []byte(pkitest.PEM(good.Cert)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	n.rest("POST", "/v1/tenants?tenantId=acme", n.token, map[string]any{"displayName": "acme"})
-	_, tok := n.rest("POST", "/v1/tenants/acme/tokens", n.token, map[string]any{"displayName": "auditor", "role": "ROLE_AUDITOR"})
-	auditor, _ := tok["secret"].(string)
-	n.rest("POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", n.token, map[string]any{"certificatePem": pkitest.PEM(ca.Cert)})
+	f := newReplayFixture(t)
+	dir, n, good, auditor, certFile := f.dir, f.n, f.good, f.auditor, f.certFile
 	n.rest("POST", "/v1/tenants/acme/hostnames", n.token, map[string]any{
 		"hostname": "pay.acme.example", "originUrl": n.orig,
 		"mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}},
