@@ -170,3 +170,28 @@ func RandomRSA(t testing.TB, bits, e int) *rsa.PublicKey {
 	n.SetBit(n, 0, 1)
 	return &rsa.PublicKey{N: n, E: e}
 }
+
+// CAForKey returns a CA certificate named cn, valid from an hour ago for a year, for the public key
+// pub, signed by a fresh P-256 key of its own (self-issued in name only): what an upload of a CA
+// with any key looks like, no private key of pub needed. opts adjust the template.
+func CAForKey(t testing.TB, cn string, pub any, opts ...Options) *x509.Certificate {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial.Add(1)),
+		Subject:      pkix.Name{CommonName: cn, Organization: []string{"guestlist tests"}},
+		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	for _, o := range opts {
+		o(tmpl)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, newKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}

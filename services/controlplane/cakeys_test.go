@@ -5,14 +5,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"math/big"
 	"strings"
 	"testing"
-	"time"
 
 	"guestlist.dev/edge/pkitest"
 )
@@ -21,21 +17,7 @@ import (
 // signed by another (P-256) key: an upload needs no private key.
 func caPEMWithKey(t testing.TB, cn string, pub any) string {
 	t.Helper()
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return pkitest.PEM(pkitest.CAForKey(t, cn, pub))
 }
 
 // TestCAKeyRefusedAtUpload: a CA whose key the edge does not accept (decision.CheckCAKey) is

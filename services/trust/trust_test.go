@@ -70,24 +70,10 @@ func makeCert(t testing.TB, o certOpts) (certPEM, keyPEM string) {
 // moduli.
 func keyCert(t testing.TB, cn string, pub any) string {
 	t.Helper()
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(7),
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"Acme"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(365 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return pkitest.PEM(pkitest.CAForKey(t, cn, pub, func(c *x509.Certificate) {
+		c.SerialNumber, c.Subject.Organization = big.NewInt(7), []string{"Acme"}
+		c.NotBefore, c.NotAfter = now.Add(-time.Hour), now.Add(365*24*time.Hour)
+	}))
 }
 
 func ecdsaPub(t testing.TB, c elliptic.Curve) *ecdsa.PublicKey {
