@@ -5,7 +5,9 @@
 //
 // Every event is stored with its full message name as the event type (for example
 // "guestlist.events.v1.HostnameCreated") and its protobuf binary encoding as the data. Who made the
-// change, the request id and the trace context are in the event's metadata, not here.
+// change, the request id and the trace context are in the event's metadata, not here; an event
+// that a create with a request id wrote also records the digest of that request (request_digest),
+// so that a later create with the same request id can be told apart from a repeat.
 //
 // Streams: "tenant-<tenant_id>" holds every event of one tenant in order; "hostname-<hostname>"
 // holds the reservations that keep a hostname owned by at most one tenant.
@@ -255,7 +257,15 @@ type TenantCreated struct {
 	// The tenant's id, equal to the stream's suffix.
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// The human-readable name given at creation.
-	DisplayName   string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// The request digest (version 1) of the create that wrote this event, when that create had a
+	// request_id (in the metadata): SHA-256 over the create's method and its fields as the control
+	// plane normalised them, request_id excluded; docs/storage.md ("Request ids") defines the
+	// encoding. A later create with the same request_id and the same digest is a repeat and gets this
+	// resource; one with another digest is refused. Empty without a request_id, and in events written
+	// before this field existed (a create repeating their request_id gets the resource, whatever its
+	// content).
+	RequestDigest []byte `protobuf:"bytes,3,opt,name=request_digest,json=requestDigest,proto3" json:"request_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -304,6 +314,13 @@ func (x *TenantCreated) GetDisplayName() string {
 	return ""
 }
 
+func (x *TenantCreated) GetRequestDigest() []byte {
+	if x != nil {
+		return x.RequestDigest
+	}
+	return nil
+}
+
 // TokenCreated records a new API token of the tenant. The secret itself is never recorded.
 type TokenCreated struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -314,7 +331,15 @@ type TokenCreated struct {
 	// What the token may do.
 	Role Role `protobuf:"varint,3,opt,name=role,proto3,enum=guestlist.events.v1.Role" json:"role,omitempty"`
 	// SHA-256 of the token's secret part (the secret carries 256 random bits).
-	SecretSha256  []byte `protobuf:"bytes,4,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	SecretSha256 []byte `protobuf:"bytes,4,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	// The request digest (version 1) of the create that wrote this event, when that create had a
+	// request_id (in the metadata): SHA-256 over the create's method and its fields as the control
+	// plane normalised them, request_id excluded; docs/storage.md ("Request ids") defines the
+	// encoding. A later create with the same request_id and the same digest is a repeat and gets this
+	// resource; one with another digest is refused. Empty without a request_id, and in events written
+	// before this field existed (a create repeating their request_id gets the resource, whatever its
+	// content).
+	RequestDigest []byte `protobuf:"bytes,5,opt,name=request_digest,json=requestDigest,proto3" json:"request_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,6 +402,13 @@ func (x *TokenCreated) GetSecretSha256() []byte {
 	return nil
 }
 
+func (x *TokenCreated) GetRequestDigest() []byte {
+	if x != nil {
+		return x.RequestDigest
+	}
+	return nil
+}
+
 // TokenDeleted records that a token stopped being valid.
 type TokenDeleted struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -434,8 +466,16 @@ type CertificateAuthorityAdded struct {
 	CertificateDer []byte `protobuf:"bytes,3,opt,name=certificate_der,json=certificateDer,proto3" json:"certificate_der,omitempty"`
 	// SHA-256 of certificate_der in lower-case hex (denormalised for readers of the history).
 	FingerprintSha256 string `protobuf:"bytes,4,opt,name=fingerprint_sha256,json=fingerprintSha256,proto3" json:"fingerprint_sha256,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The request digest (version 1) of the create that wrote this event, when that create had a
+	// request_id (in the metadata): SHA-256 over the create's method and its fields as the control
+	// plane normalised them, request_id excluded; docs/storage.md ("Request ids") defines the
+	// encoding. A later create with the same request_id and the same digest is a repeat and gets this
+	// resource; one with another digest is refused. Empty without a request_id, and in events written
+	// before this field existed (a create repeating their request_id gets the resource, whatever its
+	// content).
+	RequestDigest []byte `protobuf:"bytes,5,opt,name=request_digest,json=requestDigest,proto3" json:"request_digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CertificateAuthorityAdded) Reset() {
@@ -494,6 +534,13 @@ func (x *CertificateAuthorityAdded) GetFingerprintSha256() string {
 		return x.FingerprintSha256
 	}
 	return ""
+}
+
+func (x *CertificateAuthorityAdded) GetRequestDigest() []byte {
+	if x != nil {
+		return x.RequestDigest
+	}
+	return nil
 }
 
 // CertificateAuthorityRemoved records that a CA was removed. Its revocations go with it.
@@ -557,7 +604,15 @@ type RevocationAdded struct {
 	//	*RevocationAdded_FingerprintSha256
 	Target isRevocationAdded_Target `protobuf_oneof:"target"`
 	// Why, as given by the tenant.
-	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The request digest (version 1) of the create that wrote this event, when that create had a
+	// request_id (in the metadata): SHA-256 over the create's method and its fields as the control
+	// plane normalised them, request_id excluded; docs/storage.md ("Request ids") defines the
+	// encoding. A later create with the same request_id and the same digest is a repeat and gets this
+	// resource; one with another digest is refused. Empty without a request_id, and in events written
+	// before this field existed (a create repeating their request_id gets the resource, whatever its
+	// content).
+	RequestDigest []byte `protobuf:"bytes,6,opt,name=request_digest,json=requestDigest,proto3" json:"request_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -636,6 +691,13 @@ func (x *RevocationAdded) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *RevocationAdded) GetRequestDigest() []byte {
+	if x != nil {
+		return x.RequestDigest
+	}
+	return nil
 }
 
 type isRevocationAdded_Target interface {
@@ -783,7 +845,15 @@ type PolicyCreated struct {
 	// The human-readable name.
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// The rules in order.
-	Rules         []*PolicyRule `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	Rules []*PolicyRule `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	// The request digest (version 1) of the create that wrote this event, when that create had a
+	// request_id (in the metadata): SHA-256 over the create's method and its fields as the control
+	// plane normalised them, request_id excluded; docs/storage.md ("Request ids") defines the
+	// encoding. A later create with the same request_id and the same digest is a repeat and gets this
+	// resource; one with another digest is refused. Empty without a request_id, and in events written
+	// before this field existed (a create repeating their request_id gets the resource, whatever its
+	// content).
+	RequestDigest []byte `protobuf:"bytes,4,opt,name=request_digest,json=requestDigest,proto3" json:"request_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -835,6 +905,13 @@ func (x *PolicyCreated) GetDisplayName() string {
 func (x *PolicyCreated) GetRules() []*PolicyRule {
 	if x != nil {
 		return x.Rules
+	}
+	return nil
+}
+
+func (x *PolicyCreated) GetRequestDigest() []byte {
+	if x != nil {
+		return x.RequestDigest
 	}
 	return nil
 }
@@ -1030,8 +1107,16 @@ type HostnameCreated struct {
 	// hostname under. Deleting the hostname releases that reservation only (not a newer one, which a
 	// creation in flight may have written). Empty in events written before this field existed.
 	ReservationEventId string `protobuf:"bytes,6,opt,name=reservation_event_id,json=reservationEventId,proto3" json:"reservation_event_id,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The request digest (version 1) of the create that wrote this event, when that create had a
+	// request_id (in the metadata): SHA-256 over the create's method and its fields as the control
+	// plane normalised them, request_id excluded; docs/storage.md ("Request ids") defines the
+	// encoding. A later create with the same request_id and the same digest is a repeat and gets this
+	// resource; one with another digest is refused. Empty without a request_id, and in events written
+	// before this field existed (a create repeating their request_id gets the resource, whatever its
+	// content).
+	RequestDigest []byte `protobuf:"bytes,7,opt,name=request_digest,json=requestDigest,proto3" json:"request_digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HostnameCreated) Reset() {
@@ -1104,6 +1189,13 @@ func (x *HostnameCreated) GetReservationEventId() string {
 		return x.ReservationEventId
 	}
 	return ""
+}
+
+func (x *HostnameCreated) GetRequestDigest() []byte {
+	if x != nil {
+		return x.RequestDigest
+	}
+	return nil
 }
 
 // HostnameUpdated records a hostname's full new configuration (not a delta).
@@ -1352,30 +1444,34 @@ var File_guestlist_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_guestlist_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	" guestlist/events/v1/events.proto\x12\x13guestlist.events.v1\"O\n" +
+	" guestlist/events/v1/events.proto\x12\x13guestlist.events.v1\"v\n" +
 	"\rTenantCreated\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12!\n" +
-	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\"\xa0\x01\n" +
+	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12%\n" +
+	"\x0erequest_digest\x18\x03 \x01(\fR\rrequestDigest\"\xc7\x01\n" +
 	"\fTokenCreated\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12-\n" +
 	"\x04role\x18\x03 \x01(\x0e2\x19.guestlist.events.v1.RoleR\x04role\x12#\n" +
-	"\rsecret_sha256\x18\x04 \x01(\fR\fsecretSha256\")\n" +
+	"\rsecret_sha256\x18\x04 \x01(\fR\fsecretSha256\x12%\n" +
+	"\x0erequest_digest\x18\x05 \x01(\fR\rrequestDigest\")\n" +
 	"\fTokenDeleted\x12\x19\n" +
-	"\btoken_id\x18\x01 \x01(\tR\atokenId\"\xd0\x01\n" +
+	"\btoken_id\x18\x01 \x01(\tR\atokenId\"\xf7\x01\n" +
 	"\x19CertificateAuthorityAdded\x128\n" +
 	"\x18certificate_authority_id\x18\x01 \x01(\tR\x16certificateAuthorityId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12'\n" +
 	"\x0fcertificate_der\x18\x03 \x01(\fR\x0ecertificateDer\x12-\n" +
-	"\x12fingerprint_sha256\x18\x04 \x01(\tR\x11fingerprintSha256\"W\n" +
+	"\x12fingerprint_sha256\x18\x04 \x01(\tR\x11fingerprintSha256\x12%\n" +
+	"\x0erequest_digest\x18\x05 \x01(\fR\rrequestDigest\"W\n" +
 	"\x1bCertificateAuthorityRemoved\x128\n" +
-	"\x18certificate_authority_id\x18\x01 \x01(\tR\x16certificateAuthorityId\"\xea\x01\n" +
+	"\x18certificate_authority_id\x18\x01 \x01(\tR\x16certificateAuthorityId\"\x91\x02\n" +
 	"\x0fRevocationAdded\x12#\n" +
 	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x128\n" +
 	"\x18certificate_authority_id\x18\x02 \x01(\tR\x16certificateAuthorityId\x12%\n" +
 	"\rserial_number\x18\x03 \x01(\tH\x00R\fserialNumber\x12/\n" +
 	"\x12fingerprint_sha256\x18\x04 \x01(\tH\x00R\x11fingerprintSha256\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reasonB\b\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12%\n" +
+	"\x0erequest_digest\x18\x06 \x01(\fR\rrequestDigestB\b\n" +
 	"\x06target\"r\n" +
 	"\x11RevocationRemoved\x12#\n" +
 	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x128\n" +
@@ -1386,11 +1482,12 @@ const file_guestlist_events_v1_events_proto_rawDesc = "" +
 	"\x06action\x18\x02 \x01(\x0e2\x1b.guestlist.events.v1.ActionR\x06action\x12\x1e\n" +
 	"\n" +
 	"expression\x18\x03 \x01(\tR\n" +
-	"expression\"\x86\x01\n" +
+	"expression\"\xad\x01\n" +
 	"\rPolicyCreated\x12\x1b\n" +
 	"\tpolicy_id\x18\x01 \x01(\tR\bpolicyId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x125\n" +
-	"\x05rules\x18\x03 \x03(\v2\x1f.guestlist.events.v1.PolicyRuleR\x05rules\"\x86\x01\n" +
+	"\x05rules\x18\x03 \x03(\v2\x1f.guestlist.events.v1.PolicyRuleR\x05rules\x12%\n" +
+	"\x0erequest_digest\x18\x04 \x01(\fR\rrequestDigest\"\x86\x01\n" +
 	"\rPolicyUpdated\x12\x1b\n" +
 	"\tpolicy_id\x18\x01 \x01(\tR\bpolicyId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x125\n" +
@@ -1400,7 +1497,7 @@ const file_guestlist_events_v1_events_proto_rawDesc = "" +
 	"\fMtlsSettings\x121\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x1d.guestlist.events.v1.MtlsModeR\x04mode\x12:\n" +
 	"\x19certificate_authority_ids\x18\x02 \x03(\tR\x17certificateAuthorityIds\x12.\n" +
-	"\x13reject_in_handshake\x18\x03 \x01(\bR\x11rejectInHandshake\"\x8c\x02\n" +
+	"\x13reject_in_handshake\x18\x03 \x01(\bR\x11rejectInHandshake\"\xb3\x02\n" +
 	"\x0fHostnameCreated\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1d\n" +
 	"\n" +
@@ -1408,7 +1505,8 @@ const file_guestlist_events_v1_events_proto_rawDesc = "" +
 	"\x04mtls\x18\x03 \x01(\v2!.guestlist.events.v1.MtlsSettingsR\x04mtls\x12\x1b\n" +
 	"\tpolicy_id\x18\x04 \x01(\tR\bpolicyId\x128\n" +
 	"\x05state\x18\x05 \x01(\x0e2\".guestlist.events.v1.HostnameStateR\x05state\x120\n" +
-	"\x14reservation_event_id\x18\x06 \x01(\tR\x12reservationEventId\"\xda\x01\n" +
+	"\x14reservation_event_id\x18\x06 \x01(\tR\x12reservationEventId\x12%\n" +
+	"\x0erequest_digest\x18\a \x01(\fR\rrequestDigest\"\xda\x01\n" +
 	"\x0fHostnameUpdated\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1d\n" +
 	"\n" +
