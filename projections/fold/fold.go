@@ -117,12 +117,18 @@ const (
 	KindHostname
 )
 
-// Ref names a resource of a tenant.
+// Ref names a resource of a tenant, and for the resources of Tenant.Requests the request that
+// created it.
 type Ref struct {
 	Kind Kind
 	// ID is the resource's id; for revocations, Parent is the CA's id.
 	ID     string
 	Parent string
+	// Digest is the request digest that the creating event recorded (its request_digest field, a
+	// SHA-256 as a string of 32 bytes): what tells a repeat of the request from another request
+	// with the same request id. Empty for events without one (written without a request id, or by
+	// versions before the field existed).
+	Digest string
 }
 
 // Token is an API token.
@@ -238,7 +244,7 @@ func apply(t *Tenant, ev Event) error {
 		}
 		t.saveHeader()
 		t.Exists, t.DisplayName, t.CreateTime = true, m.GetDisplayName(), ev.Time
-		t.request(ev, Ref{Kind: KindTenant, ID: t.ID})
+		t.request(ev, Ref{Kind: KindTenant, ID: t.ID, Digest: string(m.GetRequestDigest())})
 	case TypeTokenCreated:
 		var m eventsv1.TokenCreated
 		if err := decode(ev, &m); err != nil {
@@ -248,7 +254,7 @@ func apply(t *Tenant, ev Event) error {
 			return fmt.Errorf("%w: token %q exists", ErrInconsistent, m.GetTokenId())
 		}
 		setEntry(t, t.Tokens, m.GetTokenId(), &Token{ID: m.GetTokenId(), DisplayName: m.GetDisplayName(), Role: m.GetRole(), SecretSHA256: m.GetSecretSha256(), CreateTime: ev.Time})
-		t.request(ev, Ref{Kind: KindToken, ID: m.GetTokenId()})
+		t.request(ev, Ref{Kind: KindToken, ID: m.GetTokenId(), Digest: string(m.GetRequestDigest())})
 	case TypeTokenDeleted:
 		var m eventsv1.TokenDeleted
 		if err := decode(ev, &m); err != nil {
@@ -268,7 +274,7 @@ func apply(t *Tenant, ev Event) error {
 			return fmt.Errorf("%w: certificate authority %q exists", ErrInconsistent, id)
 		}
 		setEntry(t, t.CAs, id, &CertificateAuthority{ID: id, DisplayName: m.GetDisplayName(), DER: m.GetCertificateDer(), FingerprintSHA256: m.GetFingerprintSha256(), CreateTime: ev.Time, Revision: ev.Revision})
-		t.request(ev, Ref{Kind: KindCertificateAuthority, ID: id})
+		t.request(ev, Ref{Kind: KindCertificateAuthority, ID: id, Digest: string(m.GetRequestDigest())})
 	case TypeCertificateAuthorityRemoved:
 		var m eventsv1.CertificateAuthorityRemoved
 		if err := decode(ev, &m); err != nil {
@@ -297,7 +303,7 @@ func apply(t *Tenant, ev Event) error {
 			return fmt.Errorf("%w: revocation %q exists", ErrInconsistent, k.ID)
 		}
 		setEntry(t, t.Revocations, k, &Revocation{ID: k.ID, CA: k.CA, SerialNumber: m.GetSerialNumber(), FingerprintSHA256: m.GetFingerprintSha256(), Reason: m.GetReason(), CreateTime: ev.Time})
-		t.request(ev, Ref{Kind: KindRevocation, ID: k.ID, Parent: k.CA})
+		t.request(ev, Ref{Kind: KindRevocation, ID: k.ID, Parent: k.CA, Digest: string(m.GetRequestDigest())})
 	case TypeRevocationRemoved:
 		var m eventsv1.RevocationRemoved
 		if err := decode(ev, &m); err != nil {
@@ -317,7 +323,7 @@ func apply(t *Tenant, ev Event) error {
 			return fmt.Errorf("%w: policy %q exists", ErrInconsistent, m.GetPolicyId())
 		}
 		setEntry(t, t.Policies, m.GetPolicyId(), &Policy{ID: m.GetPolicyId(), DisplayName: m.GetDisplayName(), Rules: rules(m.GetRules()), CreateTime: ev.Time, UpdateTime: ev.Time, Revision: ev.Revision})
-		t.request(ev, Ref{Kind: KindPolicy, ID: m.GetPolicyId()})
+		t.request(ev, Ref{Kind: KindPolicy, ID: m.GetPolicyId(), Digest: string(m.GetRequestDigest())})
 	case TypePolicyUpdated:
 		var m eventsv1.PolicyUpdated
 		if err := decode(ev, &m); err != nil {
@@ -349,7 +355,7 @@ func apply(t *Tenant, ev Event) error {
 		h.CreateTime, h.UpdateTime, h.Revision = ev.Time, ev.Time, ev.Revision
 		h.ReservationEventID = m.GetReservationEventId()
 		setEntry(t, t.Hostnames, h.Name, h)
-		t.request(ev, Ref{Kind: KindHostname, ID: h.Name})
+		t.request(ev, Ref{Kind: KindHostname, ID: h.Name, Digest: string(m.GetRequestDigest())})
 	case TypeHostnameUpdated:
 		var m eventsv1.HostnameUpdated
 		if err := decode(ev, &m); err != nil {

@@ -1,6 +1,7 @@
 package fold
 
 import (
+	"bytes"
 	"errors"
 	"reflect"
 	"testing"
@@ -25,14 +26,20 @@ func history(msgs ...proto.Message) []Event {
 	return out
 }
 
+// Request digests of two of sample's creates (any 32 bytes do for the fold).
+var (
+	digestB = bytes.Repeat([]byte{0xb}, 32)
+	digestF = bytes.Repeat([]byte{0xf}, 32)
+)
+
 func sample() []Event {
 	return history(
 		&eventsv1.TenantCreated{TenantId: "acme", DisplayName: "Acme"},
-		&eventsv1.TokenCreated{TokenId: "t1", Role: eventsv1.Role_ROLE_TENANT_ADMIN, SecretSha256: []byte{1}},
+		&eventsv1.TokenCreated{TokenId: "t1", Role: eventsv1.Role_ROLE_TENANT_ADMIN, SecretSha256: []byte{1}, RequestDigest: digestB},
 		&eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "ca1", CertificateDer: []byte{2}, FingerprintSha256: "ff"},
 		&eventsv1.RevocationAdded{RevocationId: "r1", CertificateAuthorityId: "ca1", Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: "a"}},
 		&eventsv1.PolicyCreated{PolicyId: "p1", Rules: []*eventsv1.PolicyRule{{Name: "all", Action: eventsv1.Action_ACTION_ALLOW, Expression: "true"}}},
-		&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://o", Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}, PolicyId: "p1", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE},
+		&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://o", Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}, PolicyId: "p1", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, RequestDigest: digestF},
 		&eventsv1.HostnameUpdated{Hostname: "pay.example.com", OriginUrl: "http://o2", Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_REPORT, CertificateAuthorityIds: []string{"ca1"}}, State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE},
 		&eventsv1.PolicyUpdated{PolicyId: "p1", DisplayName: "renamed", Rules: []*eventsv1.PolicyRule{{Name: "none", Action: eventsv1.Action_ACTION_DENY, Expression: "true"}}},
 	)
@@ -64,8 +71,15 @@ func TestApply(t *testing.T) {
 	if p := st.Policies["p1"]; p.DisplayName != "renamed" || p.Rules[0].Name != "none" || p.Revision != 7 {
 		t.Errorf("policy = %+v", p)
 	}
-	if r := st.RequestRefs("req-f"); len(r) != 1 || r[0] != (Ref{Kind: KindHostname, ID: "pay.example.com"}) {
+	if r := st.RequestRefs("req-f"); len(r) != 1 || r[0] != (Ref{Kind: KindHostname, ID: "pay.example.com", Digest: string(digestF)}) {
 		t.Errorf("requests[req-f] = %v", r)
+	}
+	if r := st.RequestRefs("req-b"); len(r) != 1 || r[0] != (Ref{Kind: KindToken, ID: "t1", Digest: string(digestB)}) {
+		t.Errorf("requests[req-b] = %v", r)
+	}
+	// Events without a request digest (older versions) leave it empty.
+	if r := st.RequestRefs("req-c"); len(r) != 1 || r[0] != (Ref{Kind: KindCertificateAuthority, ID: "ca1"}) {
+		t.Errorf("requests[req-c] = %v", r)
 	}
 	// Removing a CA removes its revocations.
 	more := history(append(messagesOf(sample()), &eventsv1.HostnameDeleted{Hostname: "pay.example.com"}, &eventsv1.CertificateAuthorityRemoved{CertificateAuthorityId: "ca1"})...)
