@@ -41,11 +41,15 @@ func (cs *CertificateAuthorityServer) CreateCertificateAuthority(ctx context.Con
 	if id == "" {
 		id = newID("ca-")
 	}
+	var digest []byte
+	if req.GetRequestId() != "" {
+		digest = caDigest(req.GetCertificateAuthorityId(), req.GetCertificateAuthority().GetDisplayName(), cert.Raw)
+	}
 	res, err := cs.s.execute(ctx, req.GetTenantId(), metadata(ctx, p, req.GetRequestId()), func(st *fold.Tenant) (decision, error) {
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
-		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindCertificateAuthority, "certificate authority", "", req.GetCertificateAuthorityId()); err != nil || ok {
+		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindCertificateAuthority, "certificate authority", "", req.GetCertificateAuthorityId(), digest); err != nil || ok {
 			return decision{result: caResult(ref.ID)}, err
 		}
 		if _, ok := st.CAs[id]; ok {
@@ -57,6 +61,7 @@ func (cs *CertificateAuthorityServer) CreateCertificateAuthority(ctx context.Con
 				DisplayName:            req.GetCertificateAuthority().GetDisplayName(),
 				CertificateDer:         cert.Raw,
 				FingerprintSha256:      certid.FingerprintSHA256(cert.Raw),
+				RequestDigest:          digest,
 			}},
 			result: caResult(id),
 		}, nil

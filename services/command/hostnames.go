@@ -249,6 +249,13 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 	if len(violations) > 0 {
 		return nil, apistatus.InvalidArgument(violations...)
 	}
+	var digest []byte
+	if requestID != "" {
+		digest = hostnamesDigest(prefix == "", specs)
+		for i := range specs {
+			specs[i].ev.RequestDigest = digest
+		}
+	}
 	md := metadata(ctx, p, requestID)
 	// Cheap check first: a replayed request or a bad reference should not reserve anything. The
 	// command checks all of it again when it is decided.
@@ -257,15 +264,13 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 		if err := requireTenant(st); err != nil {
 			return err
 		}
-		if requestID != "" {
-			for _, r := range st.RequestRefs(requestID) {
-				if r.Kind == fold.KindHostname {
-					replay = append(replay, r.ID)
-				}
-			}
-			if len(replay) > 0 {
-				return nil
-			}
+		refs, err := replayRefs(st, requestID, fold.KindHostname, digest, nil)
+		if err != nil {
+			return err
+		}
+		if len(refs) > 0 {
+			replay = refNames(refs)
+			return nil
 		}
 		var v []apistatus.Violation
 		certs := caCerts{}
@@ -308,8 +313,10 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
-		if requestID != "" && replayed(st, requestID, fold.KindHostname) {
-			return decision{result: hostnamesResult(names)}, nil
+		if refs, err := replayRefs(st, requestID, fold.KindHostname, digest, nil); err != nil {
+			return decision{}, err
+		} else if len(refs) > 0 {
+			return decision{result: hostnamesResult(refNames(refs))}, nil
 		}
 		if waited := s.now().Sub(reservedAt); waited > s.grace/2 {
 			// Another tenant may take over a reservation older than the grace period whose
@@ -339,6 +346,15 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 		return nil, err
 	}
 	return res.([]*guestlistv1.Hostname), nil
+}
+
+// refNames returns the ids of refs.
+func refNames(refs []fold.Ref) []string {
+	out := make([]string, len(refs))
+	for i, r := range refs {
+		out[i] = r.ID
+	}
+	return out
 }
 
 func hostnamesResult(names []string) func(*fold.Tenant) (any, error) {

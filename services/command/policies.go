@@ -73,18 +73,22 @@ func (ps *PolicyServer) CreatePolicy(ctx context.Context, req *guestlistv1.Creat
 	if id == "" {
 		id = newID("policy-")
 	}
+	var digest []byte
+	if req.GetRequestId() != "" {
+		digest = policyDigest(req.GetPolicyId(), req.GetPolicy().GetDisplayName(), rules)
+	}
 	res, err := ps.s.execute(ctx, req.GetTenantId(), metadata(ctx, p, req.GetRequestId()), func(st *fold.Tenant) (decision, error) {
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
-		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindPolicy, "policy", "", req.GetPolicyId()); err != nil || ok {
+		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindPolicy, "policy", "", req.GetPolicyId(), digest); err != nil || ok {
 			return decision{result: policyResult(ref.ID)}, err
 		}
 		if _, ok := st.Policies[id]; ok {
 			return decision{}, apistatus.AlreadyExists("policy", id)
 		}
 		return decision{
-			events: []protoMessage{&eventsv1.PolicyCreated{PolicyId: id, DisplayName: req.GetPolicy().GetDisplayName(), Rules: rules}},
+			events: []protoMessage{&eventsv1.PolicyCreated{PolicyId: id, DisplayName: req.GetPolicy().GetDisplayName(), Rules: rules, RequestDigest: digest}},
 			result: policyResult(id),
 		}, nil
 	})

@@ -45,6 +45,9 @@ func (rs *RevocationServer) CreateRevocation(ctx context.Context, req *guestlist
 	default:
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "revocation.target", Reason: "exactly one of serial_number or fingerprint_sha256 is required"})
 	}
+	if req.GetRequestId() != "" {
+		ev.RequestDigest = revocationDigest(req.GetRevocationId(), ev)
+	}
 	ev.RevocationId = req.GetRevocationId()
 	if ev.RevocationId == "" {
 		ev.RevocationId = newID("rev-")
@@ -54,7 +57,7 @@ func (rs *RevocationServer) CreateRevocation(ctx context.Context, req *guestlist
 		if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
-		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindRevocation, "revocation", ca, req.GetRevocationId()); err != nil || ok {
+		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindRevocation, "revocation", ca, req.GetRevocationId(), ev.GetRequestDigest()); err != nil || ok {
 			return decision{result: revocationResult(ref.Parent, ref.ID)}, err
 		}
 		if _, ok := st.CAs[ca]; !ok {

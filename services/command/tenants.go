@@ -32,16 +32,20 @@ func (ts *TenantServer) CreateTenant(ctx context.Context, req *guestlistv1.Creat
 	if req.GetTenantId() == "" {
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "tenant_id", Reason: "required"})
 	}
+	var digest []byte
+	if req.GetRequestId() != "" {
+		digest = tenantDigest(req.GetTenant().GetDisplayName())
+	}
 	s := ts.s
 	res, err := s.execute(ctx, req.GetTenantId(), metadata(ctx, p, req.GetRequestId()), func(st *fold.Tenant) (decision, error) {
 		if st.Exists {
-			if replayed(st, req.GetRequestId(), fold.KindTenant) {
-				return decision{result: func(st *fold.Tenant) (any, error) { return renderTenant(st), nil }}, nil
+			if _, ok, err := replayOf(st, req.GetRequestId(), fold.KindTenant, "tenant", "", "", digest); err != nil || ok {
+				return decision{result: func(st *fold.Tenant) (any, error) { return renderTenant(st), nil }}, err
 			}
 			return decision{}, apistatus.AlreadyExists("tenant", st.ID)
 		}
 		return decision{
-			events: []protoMessage{&eventsv1.TenantCreated{TenantId: req.GetTenantId(), DisplayName: req.GetTenant().GetDisplayName()}},
+			events: []protoMessage{&eventsv1.TenantCreated{TenantId: req.GetTenantId(), DisplayName: req.GetTenant().GetDisplayName(), RequestDigest: digest}},
 			result: func(st *fold.Tenant) (any, error) { return renderTenant(st), nil },
 		}, nil
 	})
@@ -104,43 +108,71 @@ func (ts *TenantServer) ListTenants(ctx context.Context, req *guestlistv1.ListTe
 	return out, nil
 }
 
-// replayed reports whether requestID already created a resource of kind in st.
-func replayed(st *fold.Tenant, requestID string, kind fold.Kind) bool {
-	if requestID == "" {
-		return false
-	}
-	for _, r := range st.RequestRefs(requestID) {
-		if r.Kind == kind {
-			return true
+// replayOf looks requestID up in st for a create of a resource of kind whose request has the
+// request digest digest (see digest.go). It returns the resource of kind that the request id
+// created, when this create repeats that request: nothing new is then written, and the caller
+// answers with that resource. A request id that was used for a different request is
+// INVALID_ARGUMENT naming request_id, since the caller is not repeating that request and a silent
+// answer with the first resource would tell it that its create happened: a request id that created
+// another resource (wantID, the client-chosen id, differs; "" when the server chooses the id; or
+// parent, the CA of a revocation, differs), or whose creating event recorded another digest, or
+// that created a resource of another kind. An event without a digest (written by a version before
+// request digests) is answered as before: with its resource, when the ids allow it.
+//
+// Request ids are per tenant: st is the history of the tenant the caller may write to, so the
+// answer says nothing about other tenants' request ids.
+func replayOf(st *fold.Tenant, requestID string, kind fold.Kind, what, parent, wantID string, digest []byte) (fold.Ref, bool, error) {
+	refs, err := replayRefs(st, requestID, kind, digest, func(ref fold.Ref) error {
+		if wantID == "" || ref.ID == wantID && ref.Parent == parent {
+			return nil
 		}
+		return apistatus.InvalidArgument(apistatus.Violation{Field: "request_id", Reason: fmt.Sprintf("already used to create %s %q; a request id names one request: use another one for another %s", what, ref.ID, what)})
+	})
+	if err != nil || len(refs) == 0 {
+		return fold.Ref{}, false, err
 	}
-	return false
+	return refs[0], true, nil
 }
 
-// replayedRef returns the resource of kind that requestID created, if any.
-func replayedRef(st *fold.Tenant, requestID string, kind fold.Kind) (fold.Ref, bool) {
+// replayRefs is replayOf for creates of several resources (a batch of hostnames): the resources of
+// kind that requestID created, in order, when this create (of request digest digest) repeats that
+// request; nil when the request id created nothing. checkIDs, when not nil, checks the first of
+// them before the digest is compared (for a more precise error).
+func replayRefs(st *fold.Tenant, requestID string, kind fold.Kind, digest []byte, checkIDs func(fold.Ref) error) ([]fold.Ref, error) {
 	if requestID == "" {
-		return fold.Ref{}, false
+		return nil, nil
 	}
-	for _, r := range st.RequestRefs(requestID) {
+	all := st.RequestRefs(requestID)
+	var refs []fold.Ref
+	for _, r := range all {
 		if r.Kind == kind {
-			return r, true
+			refs = append(refs, r)
 		}
 	}
-	return fold.Ref{}, false
+	if len(refs) == 0 {
+		for _, r := range all {
+			if r.Digest != "" {
+				return nil, errOtherRequest
+			}
+		}
+		return nil, nil
+	}
+	if checkIDs != nil {
+		if err := checkIDs(refs[0]); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range refs {
+		if r.Digest != "" && r.Digest != string(digest) {
+			return nil, errOtherRequest
+		}
+	}
+	return refs, nil
 }
 
-// replayOf is replayedRef for a create whose client chose the resource's id (wantID; "" when the
-// server chooses) under parent (the CA of a revocation; "" otherwise): a request id that created
-// another resource is INVALID_ARGUMENT rather than a silent answer with that resource, since the
-// caller is not repeating that request.
-func replayOf(st *fold.Tenant, requestID string, kind fold.Kind, what, parent, wantID string) (fold.Ref, bool, error) {
-	ref, ok := replayedRef(st, requestID, kind)
-	if !ok || wantID == "" || ref.ID == wantID && ref.Parent == parent {
-		return ref, ok, nil
-	}
-	return fold.Ref{}, false, apistatus.InvalidArgument(apistatus.Violation{Field: "request_id", Reason: fmt.Sprintf("already used to create %s %q; a request id names one request: use another one for another %s", what, ref.ID, what)})
-}
+// errOtherRequest refuses a create whose request id was used for a different request. It says
+// nothing about that request: the caller may only learn that it differs.
+var errOtherRequest = apistatus.InvalidArgument(apistatus.Violation{Field: "request_id", Reason: "already used for a different request (another method, resource id or content); a request id names one request: repeat it only with the same request, or use a new request id for a new one"})
 
 // requireTenant fails with NOT_FOUND when the tenant does not exist. Only callers allowed to act on
 // the tenant reach it, so the answer reveals nothing to others.

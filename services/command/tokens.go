@@ -48,6 +48,11 @@ func (ts *TokenServer) CreateToken(ctx context.Context, req *guestlistv1.CreateT
 	secret := hex.EncodeToString(raw[:])
 	sum := sha256.Sum256([]byte(secret))
 	id := newID("")
+	role := eventsv1.Role(req.GetToken().GetRole())
+	var digest []byte
+	if req.GetRequestId() != "" {
+		digest = tokenDigest(req.GetToken().GetDisplayName(), role)
+	}
 	res, err := ts.s.execute(ctx, tenant, metadata(ctx, p, req.GetRequestId()), func(st *fold.Tenant) (decision, error) {
 		var prelude []protoMessage
 		if tenant == "" {
@@ -55,12 +60,12 @@ func (ts *TokenServer) CreateToken(ctx context.Context, req *guestlistv1.CreateT
 		} else if err := requireTenant(st); err != nil {
 			return decision{}, err
 		}
-		if ref, ok := replayedRef(st, req.GetRequestId(), fold.KindToken); ok {
+		if ref, ok, err := replayOf(st, req.GetRequestId(), fold.KindToken, "token", "", "", digest); err != nil || ok {
 			// A repeat: the first response carried the secret; it is not stored, so not shown again.
-			return decision{result: func(st *fold.Tenant) (any, error) { return tokenResult(st, ref.ID, "") }}, nil
+			return decision{result: func(st *fold.Tenant) (any, error) { return tokenResult(st, ref.ID, "") }}, err
 		}
 		return decision{
-			events: append(prelude, &eventsv1.TokenCreated{TokenId: id, DisplayName: req.GetToken().GetDisplayName(), Role: eventsv1.Role(req.GetToken().GetRole()), SecretSha256: sum[:]}),
+			events: append(prelude, &eventsv1.TokenCreated{TokenId: id, DisplayName: req.GetToken().GetDisplayName(), Role: role, SecretSha256: sum[:], RequestDigest: digest}),
 			result: func(st *fold.Tenant) (any, error) {
 				return tokenResult(st, id, tenantTokenPrefix+req.GetTenantId()+"."+id+"."+secret)
 			},
