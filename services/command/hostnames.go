@@ -258,9 +258,16 @@ func (hs *HostnameServer) create(ctx context.Context, tenantID, requestID string
 	}
 	md := metadata(ctx, p, requestID)
 	// Cheap check first: a replayed request or a bad reference should not reserve anything. The
-	// command checks all of it again when it is decided.
+	// command checks all of it again when it is decided. With a request id, on the stored state
+	// rather than on this process's last view of it: a repeat, or a request id used for another
+	// request, must be recognised before anything is reserved, also when another process made
+	// the first create.
+	look := s.peek
+	if requestID != "" {
+		look = s.read
+	}
 	var replay []string
-	err = s.peek(ctx, tenantID, func(st *fold.Tenant) error {
+	err = look(ctx, tenantID, func(st *fold.Tenant) error {
 		if err := requireTenant(st); err != nil {
 			return err
 		}

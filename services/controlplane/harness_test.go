@@ -41,6 +41,19 @@ func startNode(t testing.TB, dir string) *node {
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
+	return startNodeOn(t, dir, store, true)
+}
+
+// startReplica starts another control plane on n's store, as a second API process on a shared
+// store would be: its own state, caught up from the store. It does not close the store.
+func (n *node) startReplica(t testing.TB) *node {
+	t.Helper()
+	return startNodeOn(t, n.dir, n.store, false)
+}
+
+// startNodeOn starts a control plane on store; stop closes the store when ownStore.
+func startNodeOn(t testing.TB, dir string, store *boltstore.Store, ownStore bool) *node {
+	t.Helper()
 	cp, err := controlplane.New(controlplane.Config{Store: store, AdminToken: adminToken, EdgeToken: edgeToken, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +84,9 @@ func startNode(t testing.TB, dir string) *node {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
+		}
+		if !ownStore {
+			return
 		}
 		if err := store.Close(); err != nil {
 			t.Errorf("close store: %v", err)

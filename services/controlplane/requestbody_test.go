@@ -387,6 +387,54 @@ func TestRequestIDBeforeDigests(t *testing.T) {
 	}
 }
 
+// TestRequestIDAcrossReplicas: two API processes on one store. The second one loaded the tenant
+// before the first one made the create; a repeat sent to the second one is still recognised
+// (identical: the first result, nothing written, not even a hostname reservation; another request:
+// INVALID_ARGUMENT on request_id, nothing written), since the comparison uses the history alone.
+func TestRequestIDAcrossReplicas(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	tests := []struct {
+		name         string
+		first, again create
+	}{
+		{"ok/hostname", create{"/v1/tenants/acme/hostnames?requestId=x1", false, hostnameBody("x1.acme.example", "http://o.example")}, create{"/v1/tenants/acme/hostnames?requestId=x1", false, hostnameBody("X1.acme.example", "http://o.example")}},
+		{"fail/hostname other origin", create{"/v1/tenants/acme/hostnames?requestId=x2", false, hostnameBody("x2.acme.example", "http://o.example")}, create{"/v1/tenants/acme/hostnames?requestId=x2", false, hostnameBody("x2.acme.example", "http://p.example")}},
+		// A tenant's token makes the replica read the tenant's history (to authenticate it); the
+		// admin's does not.
+		{"ok/hostname, the admin repeating", create{"/v1/tenants/acme/hostnames?requestId=x5", true, hostnameBody("x5.acme.example", "http://o.example")}, create{"/v1/tenants/acme/hostnames?requestId=x5", true, hostnameBody("x5.acme.example", "http://o.example")}},
+		{"fail/hostname other origin, the admin repeating", create{"/v1/tenants/acme/hostnames?requestId=x6", true, hostnameBody("x6.acme.example", "http://o.example")}, create{"/v1/tenants/acme/hostnames?requestId=x6", true, hostnameBody("x6.acme.example", "http://p.example")}},
+		{"ok/policy", create{"/v1/tenants/acme/policies?requestId=x3", false, map[string]any{"rules": rulesBody("cert.verified")}}, create{"/v1/tenants/acme/policies?requestId=x3", false, map[string]any{"rules": rulesBody("cert.verified")}}},
+		{"fail/policy other rules", create{"/v1/tenants/acme/policies?requestId=x4", false, map[string]any{"rules": rulesBody("cert.verified")}}, create{"/v1/tenants/acme/policies?requestId=x4", false, map[string]any{"rules": rulesBody("false")}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			replica := n.startReplica(t)
+			if r := replica.do("GET", "/v1/tenants/acme/hostnames", tok, nil); r.status != 200 { // the replica loads acme now
+				t.Fatalf("list on the replica: %s", r.raw)
+			}
+			first := n.post(tc.first, tok)
+			if first.status != 200 {
+				t.Fatalf("first create: %s", first.raw)
+			}
+			before := n.position()
+			again := replica.post(tc.again, tok)
+			if after := n.position(); after != before {
+				t.Errorf("the repeat wrote: position %d -> %d", before, after)
+			}
+			if strings.HasPrefix(tc.name, "ok/") {
+				if again.status != 200 || again.raw != first.raw {
+					t.Errorf("repeat on the replica answered %d %s, want the first result %s", again.status, again.raw, first.raw)
+				}
+				return
+			}
+			if v := violationReasons(again); again.status != 400 || len(v) != 1 || !strings.Contains(v["request_id"], "different request") {
+				t.Errorf("repeat on the replica answered %d %s, want 400 on request_id", again.status, again.raw)
+			}
+		})
+	}
+}
+
 // TestRequestIDConcurrentBodies: creates with one request id and two different bodies, all at
 // once: exactly one policy is created; every answer is either that policy (a create of its body)
 // or INVALID_ARGUMENT on request_id (a create of the other body).
