@@ -151,7 +151,10 @@ type CreateCertificateAuthorityRequest struct {
 	CertificateAuthorityId string `protobuf:"bytes,2,opt,name=certificate_authority_id,json=certificateAuthorityId,proto3" json:"certificate_authority_id,omitempty"`
 	// The CA to upload.
 	CertificateAuthority *CertificateAuthority `protobuf:"bytes,3,opt,name=certificate_authority,json=certificateAuthority,proto3" json:"certificate_authority,omitempty"`
-	// Optional idempotency key.
+	// Optional idempotency key, per tenant: a repeat of this create with the same request_id and the
+	// same request (equal after normalisation, such as a hostname's case) returns the first result
+	// and writes nothing; the same request_id with a different request (other content, another id,
+	// another kind of resource) is INVALID_ARGUMENT naming request_id, and writes nothing.
 	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

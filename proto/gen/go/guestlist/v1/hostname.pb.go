@@ -259,7 +259,11 @@ type CreateHostnameRequest struct {
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// The hostname to create; hostname.hostname is its id.
 	Hostname *Hostname `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	// Optional idempotency key.
+	// Optional idempotency key, per tenant: a repeat of this create with the same request_id and the
+	// same request (equal after normalisation, such as a hostname's case) returns the first result
+	// and writes nothing; the same request_id with a different request (other content, another id,
+	// another kind of resource) is INVALID_ARGUMENT naming request_id, and writes nothing.
+	// Ignored inside BatchCreateHostnamesRequest, whose own request_id covers the batch.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -323,7 +327,10 @@ type BatchCreateHostnamesRequest struct {
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// The hostnames to create: 1 to 1,000.
 	Requests []*CreateHostnameRequest `protobuf:"bytes,2,rep,name=requests,proto3" json:"requests,omitempty"`
-	// Optional idempotency key for the whole batch.
+	// Optional idempotency key for the whole batch, per tenant: a repeat of the batch with the same
+	// request_id and the same requests (in the same order; equal after normalisation) returns the
+	// first result and writes nothing; the same request_id with a different request is
+	// INVALID_ARGUMENT naming request_id, and writes nothing.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -189,7 +189,10 @@ type CreatePolicyRequest struct {
 	PolicyId string `protobuf:"bytes,2,opt,name=policy_id,json=policyId,proto3" json:"policy_id,omitempty"`
 	// The policy to create.
 	Policy *Policy `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
-	// Optional idempotency key.
+	// Optional idempotency key, per tenant: a repeat of this create with the same request_id and the
+	// same request (equal after normalisation, such as a hostname's case) returns the first result
+	// and writes nothing; the same request_id with a different request (other content, another id,
+	// another kind of resource) is INVALID_ARGUMENT naming request_id, and writes nothing.
 	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

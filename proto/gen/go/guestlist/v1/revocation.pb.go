@@ -150,7 +150,10 @@ type CreateRevocationRequest struct {
 	RevocationId string `protobuf:"bytes,3,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
 	// The revocation to create.
 	Revocation *Revocation `protobuf:"bytes,4,opt,name=revocation,proto3" json:"revocation,omitempty"`
-	// Optional idempotency key.
+	// Optional idempotency key, per tenant: a repeat of this create with the same request_id and the
+	// same request (equal after normalisation, such as a hostname's case) returns the first result
+	// and writes nothing; the same request_id with a different request (other content, another id,
+	// another kind of resource) is INVALID_ARGUMENT naming request_id, and writes nothing.
 	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -152,7 +152,10 @@ type CreateTenantRequest struct {
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// The tenant to create.
 	Tenant *Tenant `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	// Optional idempotency key: a repeated create with the same request_id returns the first result.
+	// Optional idempotency key, per tenant: a repeat of this create with the same request_id and the
+	// same request (equal after normalisation, such as a hostname's case) returns the first result
+	// and writes nothing; the same request_id with a different request (other content, another id,
+	// another kind of resource) is INVALID_ARGUMENT naming request_id, and writes nothing.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -114,7 +114,11 @@ type CreateTokenRequest struct {
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// The token to create.
 	Token *Token `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
-	// Optional idempotency key. A repeat returns the token without its secret.
+	// Optional idempotency key, per tenant: a repeat of this create with the same request_id and the
+	// same request (equal after normalisation, such as a hostname's case) returns the first result
+	// and writes nothing; the same request_id with a different request (other content, another id,
+	// another kind of resource) is INVALID_ARGUMENT naming request_id, and writes nothing.
+	// A repeat returns the token without its secret.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
