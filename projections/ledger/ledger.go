@@ -13,8 +13,13 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"guestlist.dev/projections/fold"
+	"guestlist.dev/services/boltcheck"
 	"guestlist.dev/services/eventstore"
 )
+
+// damagedHint is what the error of a damaged ledger file says to do.
+const damagedHint = `restore it from a backup, or move it aside and start again: the ledger is rebuilt from the event store ` +
+	`(see "Damaged files" in docs/storage.md)`
 
 // The ledger file holds these buckets:
 //
@@ -99,12 +104,15 @@ type Ledger struct {
 }
 
 // Open opens (creating if needed) the ledger file at path, following store and signing with signer.
+// It first checks the file (package boltcheck): a damaged file is an error wrapping
+// boltcheck.ErrDamaged that names the file and says what to do (restore it, or move it aside: the
+// ledger is rebuilt from the store), and nothing is opened.
 func Open(path string, store eventstore.Store, signer *Signer, opts ...Option) (*Ledger, error) {
 	o := options{everyEvents: 1000, everyTime: time.Second, quiet: 100 * time.Millisecond, maxBatch: 1000, now: time.Now, retry: 100 * time.Millisecond}
 	for _, f := range opts {
 		f(&o)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := boltcheck.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second}, boltcheck.WithHint(damagedHint))
 	if err != nil {
 		return nil, fmt.Errorf("ledger: open %s: %w", path, err)
 	}

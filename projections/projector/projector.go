@@ -84,8 +84,13 @@ import (
 
 	"guestlist.dev/projections/fold"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+	"guestlist.dev/services/boltcheck"
 	"guestlist.dev/services/eventstore"
 )
+
+// damagedHint is what the error of a damaged read model file says to do.
+const damagedHint = `it is rebuilt from the event store when it is missing: stop guestlist, move the file aside and start again ` +
+	`(see "Damaged files" in docs/storage.md)`
 
 // Defaults of the options.
 const (
@@ -289,7 +294,10 @@ type Projector struct {
 }
 
 // Open opens (creating it, and its directory, if needed) the read model file at path and returns
-// a projector that follows store from the file's checkpoint once Run is called.
+// a projector that follows store from the file's checkpoint once Run is called. It first checks the
+// file (package boltcheck): a damaged file is an error wrapping boltcheck.ErrDamaged that names the
+// file and says what to do (move it aside: the read model is rebuilt from the store), and nothing
+// is opened.
 func Open(path string, store eventstore.Store, opts ...Option) (*Projector, error) {
 	if store == nil {
 		return nil, errors.New("projector: open: nil event store")
@@ -301,11 +309,12 @@ func Open(path string, store eventstore.Store, opts ...Option) (*Projector, erro
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("projector: open %s: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	// boltcheck: a damaged file is an error naming it, not a panic in bbolt's free list walk.
+	db, err := boltcheck.Open(path, 0o600, &bolt.Options{
 		Timeout:        o.lockTimeout,
 		FreelistType:   bolt.FreelistMapType,
 		NoFreelistSync: true,
-	})
+	}, boltcheck.WithHint(damagedHint), boltcheck.WithLogger(o.log))
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("projector: open %s: file is locked by another process: %w", path, err)

@@ -54,6 +54,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"guestlist.dev/services/boltcheck"
 	"guestlist.dev/services/eventstore"
 )
 
@@ -86,6 +87,8 @@ type options struct {
 	noFreelistSync bool
 	indexFlush     int
 	groupWait      time.Duration
+	// unchecked skips boltcheck (set by BenchmarkOpen only, to measure what the check costs).
+	unchecked bool
 }
 
 func defaultOptions() options {
@@ -186,7 +189,9 @@ type commitState struct {
 
 var _ eventstore.Store = (*Store)(nil)
 
-// Open opens (creating it if needed, with its directory) the event store file at path.
+// Open opens (creating it if needed, with its directory) the event store file at path. It first
+// checks the file (package boltcheck): a damaged file is an error wrapping boltcheck.ErrDamaged
+// that names the file and says to restore it from a backup, and the store is not opened.
 func Open(path string, opts ...Option) (*Store, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -195,7 +200,14 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	// boltcheck: a damaged file is an error naming it, not a panic in bbolt's free list walk.
+	open := boltcheck.Open
+	if o.unchecked {
+		open = func(path string, mode os.FileMode, opts *bolt.Options, _ ...boltcheck.Option) (*bolt.DB, error) {
+			return bolt.Open(path, mode, opts)
+		}
+	}
+	db, err := open(path, 0o600, &bolt.Options{
 		Timeout:        o.lockTimeout,
 		FreelistType:   bolt.FreelistMapType,
 		NoFreelistSync: o.noFreelistSync,
