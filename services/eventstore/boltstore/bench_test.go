@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"guestlist.dev/services/boltcheck"
 	"guestlist.dev/services/eventstore"
 	"guestlist.dev/services/eventstore/storetest"
 )
@@ -131,4 +134,114 @@ func benchRaw(b *testing.B, writers int, delay time.Duration) {
 			return bk.Put(binary.BigEndian.AppendUint64(nil, seq), value)
 		})
 	})
+}
+
+// BenchmarkOpen measures what opening a large store costs: the damage check alone
+// (boltcheck.Check), bbolt's own read-write open alone (which walks every page to rebuild the free
+// list) and the store's whole Open (both, then the store's own start-up transaction), on one file
+// of GUESTLIST_BENCH_OPEN_EVENTS events (default 200,000) appended 1,000 at a time to 100 streams.
+// Run with -benchtime Nx: each iteration opens and closes the file, with the file in the page cache
+// (warm/) and, on Linux, with its page cache dropped before each iteration (cold/: read from disk).
+func BenchmarkOpen(b *testing.B) {
+	events := 200_000
+	if v := os.Getenv("GUESTLIST_BENCH_OPEN_EVENTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1000 {
+			b.Fatalf("GUESTLIST_BENCH_OPEN_EVENTS=%q: want a number of at least 1000", v)
+		}
+		events = n
+	}
+	path := filepath.Join(b.TempDir(), "events.db")
+	start := time.Now()
+	s, err := Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	template := benchEvent()
+	batch := make([]eventstore.EventData, 1000)
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; i < events/len(batch); i += 4 {
+				evs := make([]eventstore.EventData, len(batch))
+				for j := range evs {
+					evs[j] = template
+					evs[j].ID = storetest.NewEventID()
+				}
+				if _, err := s.Append(ctx, fmt.Sprintf("tenant-%d", i%100), eventstore.Any(), evs...); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rep, err := boltcheck.Check(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("%d events written in %v: file %d MB, %d pages, %d in use, %d keys in %d buckets",
+		events, time.Since(start).Round(time.Millisecond), fi.Size()>>20, rep.Pages, rep.InUse, rep.Keys, rep.Buckets)
+	unchecked := func(o *options) { o.unchecked = true }
+	ops := []struct {
+		name string
+		op   func() error
+	}{
+		{"check", func() error { _, err := boltcheck.Check(path); return err }},
+		{"bbolt-open", func() error {
+			db, err := bolt.Open(path, 0o600, &bolt.Options{FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
+			if err != nil {
+				return err
+			}
+			return db.Close()
+		}},
+		{"store-open-unchecked", func() error {
+			s, err := Open(path, unchecked)
+			if err != nil {
+				return err
+			}
+			return s.Close()
+		}},
+		{"store-open", func() error {
+			s, err := Open(path)
+			if err != nil {
+				return err
+			}
+			return s.Close()
+		}},
+	}
+	for _, cold := range []bool{false, true} {
+		for _, o := range ops {
+			name := "warm/" + o.name
+			if cold {
+				name = "cold/" + o.name
+			}
+			b.Run(name, func(b *testing.B) {
+				for range b.N {
+					if cold {
+						b.StopTimer()
+						if err := dropCache(path); err != nil {
+							b.Skipf("cannot drop the file's page cache: %v", err)
+						}
+						b.StartTimer()
+					}
+					if err := o.op(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }
