@@ -32,14 +32,21 @@ import (
 // (standard base64 of the event's protobuf bytes exactly as stored) and "hash" (the chain value
 // after the event, lower-case hex).
 //
-// VerifyExport also accepts the other forms an export takes on its way through the API:
+// The REST export (GET /v1/tenants/{tenant}/events:export, and guestlist audit export, which
+// writes what it receives) sends one ExportEventsResponse a line in protojson, bare:
 //
-//	{"tenantId":"..."}, {"tenant_id":"..."}          the tenant, as protojson writes an
-//	                                                 ExportEventsResponse (its event and checkpoint
-//	                                                 items are the lines above)
-//	{"result":{"tenantId":"..."}}                    the grpc-gateway stream of ExportEvents
-//	{"result":{"event":{...}}}                       (GET /v1/tenants/{tenant}/events:export), one
-//	{"result":{"checkpoint":"..."}}                  ExportEventsResponse a line
+//	{"tenantId":"..."}                               the tenant ("tenant_id" accepted)
+//	{"event":{...}}                                  an event, its "data" an Any (below)
+//	{"checkpoint":"..."}                             a signed checkpoint
+//	{"error":{...}}                                  last, when the export failed after lines
+//	                                                 were sent (a google.rpc.Status)
+//
+// VerifyExport also accepts the forms exports of earlier versions have:
+//
+//	{"result":{"tenantId":"..."}}                    the grpc-gateway stream of ExportEvents, one
+//	{"result":{"event":{...}}}                       ExportEventsResponse a line, as the REST export
+//	{"result":{"checkpoint":"..."}}                  sent it and guestlist audit export wrote it
+//	                                                 before they sent bare lines
 //	{...}, {"result":{...}}                          an event object on its own, bare or as the
 //	                                                 result of a stream of AuditEvent (exports made
 //	                                                 before ExportEvents sent checkpoints)
@@ -47,9 +54,12 @@ import (
 // In an event, "data" may also be the protojson form of a google.protobuf.Any holding the bytes,
 // {"@type":"...","value":"<base64>"} (as ExportEvents sends it: a google.protobuf.BytesValue). An
 // Any expanded into the message's JSON fields cannot be verified (its bytes are not exact) and is
-// reported as a problem, as is a line {"error":{...}} (a stream that ended in an error), a line with
-// more than one item, a checkpoint of another tenant, and any other line. The tenant is taken from
-// a tenant line or from a checkpoint on the first line; without either use VerifyExportTenant.
+// reported as a problem, as is a line with more than one item, a checkpoint of another tenant, and
+// any other line. A line with an "error" (as the REST export, now and before, ends a stream that
+// failed part-way) means the lines before it are only a part of the history, which could pass for
+// a shorter history that verifies: it is always reported as a problem, naming the status's code
+// and message. The tenant is taken from a tenant
+// line or from a checkpoint on the first line; without either use VerifyExportTenant.
 //
 // A line must read the same to every JSON reader, or it could show jq or Python one event while
 // the verifier checks another. So it is refused (reported with its line number and why) unless it
@@ -288,8 +298,9 @@ func VerifyExport(r io.Reader, pub ed25519.PublicKey) Result {
 	return verifyExport(r, pub, "")
 }
 
-// VerifyExportTenant is VerifyExport for an export of tenant that may lack a tenant line (such as
-// the REST export stream).
+// VerifyExportTenant is VerifyExport for an export of tenant: an export of another tenant is
+// refused, and one without a tenant line (exports made before ExportEvents sent the tenant) is
+// read as tenant's.
 func VerifyExportTenant(r io.Reader, pub ed25519.PublicKey, tenant string) Result {
 	return verifyExport(r, pub, tenant)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,7 +81,12 @@ func TestExportRESTStream(t *testing.T) {
 	for _, form := range []struct {
 		name            string
 		result, compact bool
-	}{{"REST compact", true, true}, {"REST", true, false}, {"protojson", false, true}} {
+	}{
+		{"REST before bare lines, compact (audit export)", true, true},
+		{"REST before bare lines", true, false},
+		{"bare, compact (audit export)", false, true},
+		{"bare (the REST export)", false, false},
+	} {
 		t.Run(form.name, func(t *testing.T) {
 			rest := restLines(t, lines, form.result, form.compact)
 			if r := verify(rest); !r.Valid || r.Checked != uint64(len(evs)) {
@@ -158,6 +164,57 @@ func TestExportRESTStream(t *testing.T) {
 			compact.leaf != spaced.leaf || compact.hash != spaced.hash || compact.rev != spaced.rev || compact.pos != spaced.pos {
 			t.Fatalf("compact %+v\nspaced %+v\n%s", compact, spaced, sl)
 		}
+	}
+}
+
+// TestExportErrorLineFails: a stream that failed part-way ends with {"error":<google.rpc.Status>}.
+// The lines before it can be a shorter history that verifies on its own (here: up to a checkpoint),
+// so the error line makes the verification fail, wherever it is, naming the status's code and
+// message, in the bare form and in the {"result":...} form of earlier exports.
+func TestExportErrorLineFails(t *testing.T) {
+	lines, pub := smallExport(t, 30, 10, ciActor)
+	for _, form := range []struct {
+		name   string
+		result bool
+	}{{"bare", false}, {"result", true}} {
+		t.Run(form.name, func(t *testing.T) {
+			rest := restLines(t, lines, form.result, true)
+			cut := -1 // the line of the second checkpoint: the export up to it verifies
+			for i, l := range rest {
+				if strings.Contains(l, `"checkpoint"`) && cut < 0 && strings.Contains(l, "\\n20\\n") {
+					cut = i
+				}
+			}
+			if cut < 0 {
+				t.Fatalf("no checkpoint at size 20:\n%s", strings.Join(rest, "\n"))
+			}
+			prefix := append([]string(nil), rest[:cut+1]...)
+			if r := verifyExportLines(prefix, pub); !r.Valid || r.Checked != 20 {
+				t.Fatalf("the part before the error: %+v", r)
+			}
+			const errLine = `{"error":{"code":14,"message":"server shutting down","details":[]}}`
+			for name, ls := range map[string][]string{
+				"last":             append(append([]string(nil), prefix...), errLine),
+				"spaced":           append(append([]string(nil), prefix...), `{ "error" : { "code" : 14, "message" : "server shutting down" } }`),
+				"first":            {errLine},
+				"before the rest":  append(append(append([]string(nil), prefix...), errLine), rest[cut+1:]...),
+				"after the tenant": {rest[0], errLine},
+			} {
+				r := verifyExportLines(ls, pub)
+				want := fmt.Sprintf("line %d: the export stream ended with an error, so the export is incomplete (export it again): Unavailable (code 14): server shutting down", slices.Index(ls, strings.TrimSpace(ls[len(ls)-1]))+1)
+				if name == "before the rest" {
+					want = fmt.Sprintf("line %d: the export stream ended with an error", cut+2)
+				}
+				if r.Valid || !strings.Contains(r.Problem, want) {
+					t.Errorf("error line %s: %+v\nwant %q", name, r, want)
+				}
+			}
+			// What is not a google.rpc.Status is shown as it is.
+			r := verifyExportLines(append(append([]string(nil), prefix...), `{"error":"gone"}`), pub)
+			if r.Valid || !strings.Contains(r.Problem, `export it again): "gone"`) {
+				t.Errorf("error line without a status: %+v", r)
+			}
+		})
 	}
 }
 

@@ -303,6 +303,9 @@ func refEntry(t *testing.T, line []byte, tenant string) entry {
 	if !ok {
 		t.Fatalf("accepted, but not an object: %q", line)
 	}
+	if _, ok := top["error"]; ok {
+		t.Fatalf("accepted, but it holds an error (a stream that failed): %q", line)
+	}
 	str := func(m map[string]any, k string) string {
 		s, ok := m[k].(string)
 		if _, present := m[k]; present && !ok {
@@ -389,10 +392,12 @@ func refEntry(t *testing.T, line []byte, tenant string) entry {
 
 // FuzzParseLine: a line parseLine accepts is one JSON object, with unique keys, that an exact JSON
 // reader (encoding/json's tokens, keys compared as written) reads as the same tenant, checkpoint or
-// event (the same canonical bytes and hash).
+// event (the same canonical bytes and hash), and never one that holds an "error" (the end of a
+// stream that failed). Seeds: the lines of WriteExport, of the REST export (bare, as it sends
+// them and as guestlist audit export writes them) and of earlier REST exports ({"result":...}).
 func FuzzParseLine(f *testing.F) {
 	lines, _ := smallExport(f, 12, 5, func(i int) string { return fmt.Sprintf("a&b<c> é😀 %d", i) })
-	for _, form := range [][]string{lines, restLines(f, lines, true, true)} {
+	for _, form := range [][]string{lines, restLines(f, lines, true, true), restLines(f, lines, false, true), restLines(f, lines, false, false)} {
 		for _, l := range form[:4] {
 			f.Add([]byte(l))
 		}
@@ -409,6 +414,9 @@ func FuzzParseLine(f *testing.F) {
 	f.Add([]byte(`{"position":1,"revision":"0","time":"2026-01-01T00:00:00.123Z","data":{"@type":"x","value":"QQ=="}}`))
 	f.Add([]byte(`{"tenant_id":"\u0061cme"}`))
 	f.Add([]byte(`{"error":{"code":2,"message":"x","details":[{}]}}`))
+	f.Add([]byte(`{"error":{"code":14,"message":"server shutting down","details":[]}}`))
+	f.Add([]byte(`{"tenantId":"acme","error":{"code":14}}`))
+	f.Add([]byte(`{"result":{"checkpoint":"x"},"error":{}}`))
 	f.Fuzz(func(t *testing.T, line []byte) {
 		var e entry
 		parseLine(line, "acme", &e)

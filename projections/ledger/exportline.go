@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
 )
 
 // An export line is read by a strict JSON reader (see "Export format"): the verifier must read
@@ -667,6 +670,29 @@ func (p *lineParser) readEvent(ev *rawEvent) error {
 	}
 }
 
+// streamError is the problem of a line {"error":...}: the REST export ends with one when the
+// export failed after it had sent lines (its value a google.rpc.Status in protojson), so the lines
+// before it are a part of the history only. raw is the line's "error" value.
+func streamError(raw []byte) error {
+	const incomplete = "the export stream ended with an error, so the export is incomplete (export it again)"
+	var st struct {
+		Code    *int32 `json:"code"`
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil || st.Code == nil {
+		return fmt.Errorf("%s: %s", incomplete, shorten(raw, 200))
+	}
+	return fmt.Errorf("%s: %s (code %d): %s", incomplete, codes.Code(*st.Code), *st.Code, shorten([]byte(st.Message), 500))
+}
+
+// shorten returns b as a string of at most n bytes (and "..."), for a message.
+func shorten(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	return strings.ToValidUTF8(string(b[:n]), "") + "..."
+}
+
 // parseLine parses one export line. tenant is needed for the canonical bytes of events.
 func parseLine(b []byte, tenant string, e *entry) {
 	p := lineParser{b: b}
@@ -683,7 +709,7 @@ func parseLine(b []byte, tenant string, e *entry) {
 		return
 	}
 	if l.keys&kError != 0 {
-		e.err = fmt.Errorf("the export stream ended with an error: %s", l.errRaw)
+		e.err = streamError(l.errRaw)
 		return
 	}
 	it := &l
