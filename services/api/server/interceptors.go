@@ -285,11 +285,19 @@ func (s *Server) validateStream(srv any, ss grpc.ServerStream, info *grpc.Stream
 // --- drain ---
 
 // drainStream cancels a streaming call's context when the server begins to shut down, so that
-// long-lived streams end and the graceful stop need not wait for its timeout.
+// long-lived streams end and the graceful stop need not wait for its timeout. A call that ends
+// with its context's error because of that ends with UNAVAILABLE, saying why (the client may
+// retry), rather than CANCELLED, which would say the client gave up.
 func (s *Server) drainStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, cancel := context.WithCancel(ss.Context())
 	defer cancel()
 	stop := context.AfterFunc(s.drainCtx, cancel)
 	defer stop()
-	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	err := handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	if err != nil && s.drainCtx.Err() != nil && ss.Context().Err() == nil {
+		if st := status.Convert(err); st.Code() == codes.Canceled || st.Code() == codes.Unknown {
+			return status.Errorf(codes.Unavailable, "the server is shutting down; retry (%s)", st.Message())
+		}
+	}
+	return err
 }

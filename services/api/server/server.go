@@ -271,6 +271,10 @@ func New(cfg Config) (*Server, error) {
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	// Streams end as soon as the HTTP shutdown begins: a REST request forwarding a stream (a
+	// history export) then ends with its error line at once, instead of holding the shutdown up
+	// until its timeout and being cut off without one.
+	s.http.RegisterOnShutdown(s.drain)
 	return s, nil
 }
 
