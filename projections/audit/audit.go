@@ -460,7 +460,9 @@ func (s *Service) Verify(ctx context.Context, req *guestlistv1.VerifyRequest) (*
 // The export ends at the ledger's latest signed checkpoint, so that every event in it is covered by
 // a signature (ledger.VerifyExport refuses events beyond the last checkpoint); events newer than that
 // come with the next checkpoint, a moment later. Without any checkpoint yet, it fails with
-// FAILED_PRECONDITION.
+// FAILED_PRECONDITION (NOT_FOUND for a tenant that does not exist). Over REST
+// (GET /v1/tenants/{tenant}/events:export) each message is one bare line of NDJSON, and an error
+// after the first line is a last line {"error":...} (see controlplane).
 func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc.ServerStreamingServer[guestlistv1.ExportEventsResponse]) error {
 	ctx := stream.Context()
 	if _, err := auth.AuthorizeRead(ctx, req.GetTenantId()); err != nil {
@@ -489,6 +491,10 @@ func (s *Service) ExportEvents(req *guestlistv1.ExportEventsRequest, stream grpc
 		limit = max(limit, cp.Size)
 	}
 	if limit == 0 {
+		// No checkpoint: a tenant that does not exist is NOT_FOUND, as for every other call.
+		if _, err := s.store.ReadStream(ctx, fold.TenantStream(tenant), eventstore.Forwards, 0, 1); err != nil {
+			return s.storeError(err, tenant)
+		}
 		return status.Errorf(codes.FailedPrecondition, "audit: export: tenant %q has no signed checkpoint yet; retry in a moment", tenant)
 	}
 	send := func(r *guestlistv1.ExportEventsResponse) error {

@@ -21,12 +21,13 @@ import (
 	"guestlist.dev/services/eventstore"
 )
 
-// exportStream collects what ExportEvents sends, as the REST gateway writes it.
+// exportStream collects what ExportEvents sends, as the REST export writes it (buf: one bare
+// message a line) and as it wrote it before (old: {"result":...} lines).
 type exportStream struct {
 	grpc.ServerStream
-	ctx  context.Context
-	buf  bytes.Buffer
-	msgs []*guestlistv1.ExportEventsResponse
+	ctx      context.Context
+	buf, old bytes.Buffer
+	msgs     []*guestlistv1.ExportEventsResponse
 }
 
 func (e *exportStream) Context() context.Context { return e.ctx }
@@ -37,7 +38,8 @@ func (e *exportStream) Send(m *guestlistv1.ExportEventsResponse) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(&e.buf, "{\"result\":%s}\n", b)
+	fmt.Fprintf(&e.buf, "%s\n", b)
+	fmt.Fprintf(&e.old, "{\"result\":%s}\n", b)
 	return nil
 }
 
@@ -138,9 +140,13 @@ func TestLedger(t *testing.T) {
 	if nextRev != uint64(len(evs)) || len(sent) < len(cps) || len(cps) == 0 || sent[len(cps)-1] != cps[len(cps)-1] {
 		t.Fatalf("%d events (want %d), %d checkpoints (want at least the %d signed before)", nextRev, len(evs), len(sent), len(cps))
 	}
-	// As the REST gateway streams it, it verifies offline with the key alone, signatures included.
+	// As the REST export streams it, it verifies offline with the key alone, signatures included;
+	// so does the form of earlier versions.
 	if r := ledger.VerifyExport(bytes.NewReader(st.buf.Bytes()), pub); !r.Valid || r.Checked != uint64(len(evs)) {
 		t.Errorf("VerifyExport: %+v\n%s", r, st.buf.String())
+	}
+	if r := ledger.VerifyExport(bytes.NewReader(st.old.Bytes()), pub); !r.Valid || r.Checked != uint64(len(evs)) {
+		t.Errorf("VerifyExport of {\"result\":...} lines: %+v\n%s", r, st.old.String())
 	}
 	if r := ledger.VerifyExportTenant(bytes.NewReader(st.buf.Bytes()), pub, "acme"); !r.Valid || r.Checked != uint64(len(evs)) {
 		t.Errorf("VerifyExportTenant: %+v\n%s", r, st.buf.String())
@@ -158,4 +164,6 @@ func TestLedger(t *testing.T) {
 	}
 	err = svc.ExportEvents(&guestlistv1.ExportEventsRequest{TenantId: "acme"}, &exportStream{ctx: as(auth.RoleAuditor, "globex")})
 	wantCode(t, "export of another tenant", err, codes.PermissionDenied)
+	err = svc.ExportEvents(&guestlistv1.ExportEventsRequest{TenantId: "nobody"}, &exportStream{ctx: admin})
+	wantCode(t, "export of an unknown tenant", err, codes.NotFound)
 }
