@@ -970,7 +970,7 @@ func (x *ExportEventsRequest) GetTenantId() string {
 }
 
 // ExportEventsResponse is one item of an export: the tenant (the first message, once), an event, or
-// a signed checkpoint.
+// a signed checkpoint. The REST export and guestlist audit export write each as one line of JSON.
 type ExportEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The item.

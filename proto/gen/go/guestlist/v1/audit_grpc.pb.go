@@ -48,6 +48,10 @@ type AuditServiceClient interface {
 	// ExportEvents streams the tenant's history for offline verification: first the tenant's id,
 	// then every event in revision order, each signed checkpoint right after the event that completes
 	// its size. With the checkpoint key alone the stream verifies offline, signatures included.
+	// Over REST (GET /v1/tenants/{tenant_id}/events:export) the stream is NDJSON
+	// (application/x-ndjson): one ExportEventsResponse a line in protojson, bare ({"tenantId":...},
+	// {"event":{...}}, {"checkpoint":"..."}); an error after the first line ends it with a line
+	// {"error":{...}} (a google.rpc.Status), which makes the export incomplete.
 	ExportEvents(ctx context.Context, in *ExportEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportEventsResponse], error)
 	// GetCheckpointKey returns the public key that signs checkpoints.
 	GetCheckpointKey(ctx context.Context, in *GetCheckpointKeyRequest, opts ...grpc.CallOption) (*CheckpointKey, error)
@@ -180,6 +184,10 @@ type AuditServiceServer interface {
 	// ExportEvents streams the tenant's history for offline verification: first the tenant's id,
 	// then every event in revision order, each signed checkpoint right after the event that completes
 	// its size. With the checkpoint key alone the stream verifies offline, signatures included.
+	// Over REST (GET /v1/tenants/{tenant_id}/events:export) the stream is NDJSON
+	// (application/x-ndjson): one ExportEventsResponse a line in protojson, bare ({"tenantId":...},
+	// {"event":{...}}, {"checkpoint":"..."}); an error after the first line ends it with a line
+	// {"error":{...}} (a google.rpc.Status), which makes the export incomplete.
 	ExportEvents(*ExportEventsRequest, grpc.ServerStreamingServer[ExportEventsResponse]) error
 	// GetCheckpointKey returns the public key that signs checkpoints.
 	GetCheckpointKey(context.Context, *GetCheckpointKeyRequest) (*CheckpointKey, error)
