@@ -39,7 +39,7 @@ var auditSubcommands = []struct{ name, summary string }{
 		"             with --checkpoint OLD --public-key, that the latest history extends a kept checkpoint (consistency proof);\n" +
 		"             with --revision N --public-key, that one event is in it (inclusion proof)"},
 	{"checkpoint", "print the latest signed checkpoint (keep it for verify --checkpoint)"},
-	{"export", "export the history for offline verification (NDJSON)"},
+	{"export", "export the history for offline verification (NDJSON: one JSON object a line)"},
 }
 
 func auditUsage(w io.Writer) {
@@ -139,16 +139,22 @@ func (c *apiClient) call(ctx context.Context, method, path string, body []byte) 
 		return nil, fmt.Errorf("%s %s: read the response: %w", method, path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var st struct {
-			Message string `json:"message"`
-		}
-		_ = json.Unmarshal(raw, &st)
-		if st.Message == "" {
-			st.Message = strings.TrimSpace(string(raw))
-		}
-		return nil, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, st.Message)
+		return nil, statusError(method, path, resp.Status, raw)
 	}
 	return raw, nil
+}
+
+// statusError is the error of an answer other than 200: its HTTP status and the message of the
+// google.rpc.Status in its body (or the body itself).
+func statusError(method, path, httpStatus string, body []byte) error {
+	var st struct {
+		Message string `json:"message"`
+	}
+	_ = json.Unmarshal(body, &st)
+	if st.Message == "" {
+		st.Message = strings.TrimSpace(string(body))
+	}
+	return fmt.Errorf("%s %s: %s: %s", method, path, httpStatus, st.Message)
 }
 
 // callProto calls the API and decodes the response into out.
@@ -726,90 +732,6 @@ func runAuditCheckpoint(ctx context.Context, args []string, env func(string) str
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "guestlist audit checkpoint: %v\n", err)
-		return exitError
-	}
-	return exitOK
-}
-
-func runAuditExport(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("audit export", "Write the tenant's history for offline verification, one JSON object a line: the tenant,\n"+
-		"the events and the signed checkpoints (verify it with guestlist audit verify --file EXPORT --public-key KEY.pem).", stderr)
-	var f auditFlags
-	f.register(fs)
-	out := fs.String("out", "", "write to this file instead of standard output")
-	if code, done := parseAuditFlags(fs, args, env, stderr); done {
-		return code
-	}
-	c, err := f.client(true)
-	if err != nil {
-		fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
-		return exitUsage
-	}
-	raw, err := c.call(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(f.tenant)+"/events:export", nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
-		return exitError
-	}
-	// The export is the stream as the API sends it, one compact {"result":{...}} line per message:
-	// the tenant first, then the events, each signed checkpoint after the event that completes its
-	// size (ledger.VerifyExport reads it as it is).
-	var b bytes.Buffer
-	var events, checkpoints int
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	for n := 0; ; n++ {
-		var line struct {
-			Result json.RawMessage `json:"result"`
-			Error  json.RawMessage `json:"error"`
-		}
-		if err := dec.Decode(&line); err == io.EOF {
-			break
-		} else if err != nil {
-			fmt.Fprintf(stderr, "guestlist audit export: line %d of the response: %v\n", n+1, err)
-			return exitError
-		}
-		if line.Error != nil || line.Result == nil {
-			fmt.Fprintf(stderr, "guestlist audit export: the export ended with an error: %s\n", line.Error)
-			return exitError
-		}
-		var item struct {
-			TenantID   *string         `json:"tenantId"`
-			Event      json.RawMessage `json:"event"`
-			Checkpoint *string         `json:"checkpoint"`
-		}
-		if err := json.Unmarshal(line.Result, &item); err != nil {
-			fmt.Fprintf(stderr, "guestlist audit export: line %d of the response: %v\n", n+1, err)
-			return exitError
-		}
-		switch {
-		case n == 0 && (item.TenantID == nil || *item.TenantID != f.tenant):
-			fmt.Fprintf(stderr, "guestlist audit export: the response does not start with tenant %q: %s\n", f.tenant, line.Result)
-			return exitError
-		case item.Event != nil:
-			events++
-		case item.Checkpoint != nil:
-			checkpoints++
-		}
-		var ev bytes.Buffer
-		if err := json.Compact(&ev, line.Result); err != nil {
-			fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
-			return exitError
-		}
-		fmt.Fprintf(&b, "{\"result\":%s}\n", ev.Bytes())
-	}
-	if b.Len() == 0 {
-		fmt.Fprintf(stderr, "guestlist audit export: the response is empty\n")
-		return exitError
-	}
-	if events > 0 && checkpoints == 0 {
-		fmt.Fprintf(stderr, "guestlist audit export: warning: no signed checkpoint yet (the ledger signs one shortly after a change); offline verification can then only check the hash chain\n")
-	}
-	if *out == "" {
-		_, err = stdout.Write(b.Bytes())
-	} else {
-		err = os.WriteFile(*out, b.Bytes(), 0o644)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "guestlist audit export: %v\n", err)
 		return exitError
 	}
 	return exitOK

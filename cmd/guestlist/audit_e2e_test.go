@@ -188,9 +188,9 @@ func TestAuditEndToEnd(t *testing.T) {
 	if onDisk, _ := os.ReadFile(keyFile); key["publicKeyPem"] != string(onDisk) || len(onDisk) == 0 {
 		t.Errorf("checkpoint key: API %v, file %q", key, onDisk)
 	}
-	// The export (the REST stream of ExportEvents) carries the tenant, the 7 events and the signed
-	// checkpoints; wait for the ledger's checkpoint of the whole history (it signs one shortly
-	// after a burst of changes ends).
+	// The export (the REST stream of ExportEvents, one bare ExportEventsResponse a line) carries
+	// the tenant, the 7 events and the signed checkpoints; wait for the ledger's checkpoint of the
+	// whole history (it signs one shortly after a burst of changes ends).
 	exportFile := filepath.Join(t.TempDir(), "acme.ndjson")
 	var exportLines []string
 	var cpLines []int           // indexes of the checkpoint lines
@@ -205,18 +205,16 @@ func TestAuditEndToEnd(t *testing.T) {
 		lastSize := ""
 		for i, l := range exportLines {
 			var x struct {
-				Result struct {
-					TenantID   *string `json:"tenantId"`
-					Checkpoint *string `json:"checkpoint"`
-					Event      *struct {
-						Revision string `json:"revision"`
-					} `json:"event"`
-				} `json:"result"`
+				TenantID   *string `json:"tenantId"`
+				Checkpoint *string `json:"checkpoint"`
+				Event      *struct {
+					Revision string `json:"revision"`
+				} `json:"event"`
 			}
 			if err := json.Unmarshal([]byte(l), &x); err != nil {
 				t.Fatalf("export line %d: %v\n%s", i+1, err, l)
 			}
-			switch r := x.Result; {
+			switch r := x; {
 			case i == 0:
 				if r.TenantID == nil || *r.TenantID != "acme" {
 					t.Fatalf("export line 1 is not the tenant: %s", l)
@@ -240,14 +238,12 @@ func TestAuditEndToEnd(t *testing.T) {
 	// Tampering with the export is detected offline, the checkpoints' signatures included.
 	editCheckpoint := func(i int, edit func(lines []string)) string {
 		var x struct {
-			Result struct {
-				Checkpoint string `json:"checkpoint"`
-			} `json:"result"`
+			Checkpoint string `json:"checkpoint"`
 		}
 		_ = json.Unmarshal([]byte(exportLines[i]), &x)
-		lines := strings.Split(x.Result.Checkpoint, "\n")
+		lines := strings.Split(x.Checkpoint, "\n")
 		edit(lines)
-		x.Result.Checkpoint = strings.Join(lines, "\n")
+		x.Checkpoint = strings.Join(lines, "\n")
 		b, _ := json.Marshal(x)
 		return string(b)
 	}

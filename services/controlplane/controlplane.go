@@ -9,9 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/audit"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
@@ -114,7 +117,30 @@ func (c *ControlPlane) Services() []server.Service {
 		{
 			Name:            guestlistv1.AuditService_ServiceDesc.ServiceName,
 			RegisterGRPC:    func(r grpc.ServiceRegistrar) { guestlistv1.RegisterAuditServiceServer(r, c.audit) },
-			RegisterGateway: guestlistv1.RegisterAuditServiceHandler,
+			RegisterGateway: registerAuditGateway,
 		},
 	}
+}
+
+// exportPath is the REST path of AuditService.ExportEvents (as in guestlist_http.yaml).
+const exportPath = "/v1/tenants/{tenant_id}/events:export"
+
+// registerAuditGateway registers the AuditService's REST bindings, with ExportEvents answered as
+// NDJSON: one ExportEventsResponse a line, bare ({"tenantId":...}, {"event":...},
+// {"checkpoint":...}), as ledger.VerifyExport reads it, instead of grpc-gateway's {"result":...}
+// lines. The export is called over conn, the gateway's loopback connection, like every other
+// binding, so authentication, validation and logging apply to it alike.
+func registerAuditGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
+	if err := guestlistv1.RegisterAuditServiceHandler(ctx, mux, conn); err != nil {
+		return fmt.Errorf("controlplane: register the AuditService gateway: %w", err)
+	}
+	client := guestlistv1.NewAuditServiceClient(conn)
+	return server.HandleServerStreamNDJSON(mux, http.MethodGet, exportPath, guestlistv1.AuditService_ExportEvents_FullMethodName,
+		func(ctx context.Context, _ *http.Request, params map[string]string) (func() (proto.Message, error), error) {
+			stream, err := client.ExportEvents(ctx, &guestlistv1.ExportEventsRequest{TenantId: params["tenant_id"]})
+			if err != nil {
+				return nil, err
+			}
+			return func() (proto.Message, error) { return stream.Recv() }, nil
+		})
 }
