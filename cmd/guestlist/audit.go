@@ -519,7 +519,7 @@ func runAuditVerify(ctx context.Context, args []string, env func(string) string,
 		"the proof; exit 0 when the event is in the history, 1 when not. Neither downloads the history.", stderr)
 	var f auditFlags
 	f.register(fs)
-	file := fs.String("file", "", "an export (guestlist audit export) to verify offline")
+	file := fs.String("file", "", "an export to verify offline: NDJSON as guestlist audit export writes it and GET .../events:export answers it (or as earlier versions wrote it); a line {\"error\":...} (an export that failed part-way) is never intact")
 	keyFile := fs.String("public-key", "", "with --file, --checkpoint or --revision: the checkpoint public key (PEM)")
 	oldFile := fs.String("checkpoint", "", "a signed checkpoint kept earlier (file): check that the latest history extends it")
 	var revision *uint64

@@ -2,7 +2,8 @@
 // OpenTelemetry instrumentation and the interceptors that recover panics, log every call,
 // authenticate bearer tokens and validate requests with protovalidate) and, on a second listener,
 // the REST gateway that calls that same gRPC server over a loopback connection, so that REST and
-// gRPC clients get the very same checks. The HTTP listener also serves /openapi.json, /healthz,
+// gRPC clients get the very same checks (HandleServerStreamNDJSON binds a server stream to REST as
+// NDJSON, one bare message a line). The HTTP listener also serves /openapi.json, /healthz,
 // /readyz, the Prometheus metrics at /metrics (Config.Metrics; unauthenticated, like /healthz)
 // and any extra handlers.
 package server
