@@ -23,9 +23,9 @@ const NDJSONContentType = "application/x-ndjson"
 
 // How an NDJSON answer is written out: lines are collected in a buffer of ndjsonBufferSize bytes,
 // which is flushed to the client after the first line, whenever it holds ndjsonFlushSize bytes or
-// more, when ndjsonFlushInterval has passed since the last flush, and at the end. The answer thus
-// streams in chunks of tens of KiB, holding one message and one buffer in memory whatever its
-// length, without a system call per line.
+// more, after a line that comes ndjsonFlushInterval or more after the last flush, and at the end.
+// The answer thus streams in chunks of tens of KiB, holding one message and one buffer in memory
+// whatever its length, without a system call per line.
 const (
 	ndjsonBufferSize    = 64 << 10
 	ndjsonFlushSize     = 32 << 10
