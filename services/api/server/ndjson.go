@@ -114,8 +114,10 @@ func forwardNDJSON(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshal
 		}
 		msg, err = recv()
 	}
-	if !errors.Is(err, io.EOF) && ctx.Err() == nil {
-		// Lines were sent with status 200: the error is the answer's last line.
+	if !errors.Is(err, io.EOF) {
+		// Lines were sent with status 200: the error is the answer's last line. It is written
+		// whatever ended the call, a deadline the client set (Grpc-Timeout) included: only a client
+		// that is gone does not read it, and then the write fails harmlessly.
 		line, merr := marshalErrorLine(m, status.Convert(err).Proto())
 		if merr != nil {
 			line = fmt.Appendf(nil, `{"error":{"code":%d,"message":"the stream failed; its error could not be encoded"}}`+"\n", codes.Internal)
