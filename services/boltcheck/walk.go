@@ -157,8 +157,14 @@ func (w *walker) run() error {
 		if size < 2*minPageSize {
 			return damagef("the file is %d bytes, too short to be a bbolt file", size)
 		}
+		m, ok := metaAt(w.data, 0)
+		if ok && m.invalid() == "" {
+			// A valid first meta page in a file shorter than the 4 KiB bbolt reads to find the
+			// page size (pageSize trusts it from 4 KiB on).
+			return damagef("the file is %d bytes, shorter than the 4,096 bytes bbolt reads for its first meta page (a truncated copy?)", size)
+		}
 		why := "unreadable"
-		if m, ok := metaAt(w.data, 0); ok {
+		if ok {
 			why = m.invalid()
 		}
 		return damagef("neither meta page is valid (page 0: %s; no valid page 1 at any page size)", why)
@@ -210,7 +216,7 @@ func (w *walker) run() error {
 			return err
 		}
 	}
-	if err := w.tree(m.root, nil, nil, "the meta page"); err != nil {
+	if err := w.tree(m.root, nil, nil, "the meta page", true); err != nil {
 		return err
 	}
 	return nil
@@ -312,10 +318,10 @@ type branchElem struct {
 }
 
 // tree checks the subtree at page id, whose keys must lie in [lo, hi) (nil: unbounded), and the
-// buckets stored in its leaves. These are the checks of bbolt's (*Tx).recursivelyCheckBucket (which
+// buckets stored in its leaves; root says that the page is a bucket's root page. These are the checks of bbolt's (*Tx).recursivelyCheckBucket (which
 // bbolt runs at every open of a file without a stored free list, and whose complaints it turns into
 // a panic of another goroutine), plus the bounds of every element, key and value.
-func (w *walker) tree(id uint64, lo, hi []byte, from string) error {
+func (w *walker) tree(id uint64, lo, hi []byte, from string, root bool) error {
 	if w.depth++; w.depth > maxDepth {
 		return damagef("page %d: more than %d pages and buckets nested (%s points to it)", id, maxDepth, from)
 	}
@@ -336,6 +342,12 @@ func (w *walker) tree(id uint64, lo, hi []byte, from string) error {
 		w.rep.Branches++
 		if count == 0 {
 			return damagef("page %d: a branch page of %s without elements", id, w.where())
+		}
+		if count < 2 && !root {
+			// bbolt splits and rebalances so that only a root branch page has fewer than two
+			// children; it asserts that when it next rebalances below such a page, a panic in the
+			// writer's goroutine.
+			return damagef("page %d: a branch page of %s below its root with one element", id, w.where())
 		}
 		elems := make([]branchElem, count)
 		prev := lo
@@ -361,13 +373,18 @@ func (w *walker) tree(id uint64, lo, hi []byte, from string) error {
 			if i+1 < len(elems) {
 				next = elems[i+1].key
 			}
-			if err := w.tree(e.child, e.key, next, "branch page "+strconv.FormatUint(id, 10)); err != nil {
+			if err := w.tree(e.child, e.key, next, "branch page "+strconv.FormatUint(id, 10), false); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 	w.rep.Leaves++
+	if count == 0 && !root {
+		// bbolt removes a leaf that becomes empty, unless it is the root; one that has no elements
+		// would get a second parent element the next time it is written.
+		return damagef("page %d: a leaf page of %s below its root without elements", id, w.where())
+	}
 	return w.leaf(id, body, count, lo, hi, false)
 }
 
@@ -428,7 +445,7 @@ func (w *walker) bucket(parent uint64, key, value []byte) error {
 	}
 	root := order.Uint64(value)
 	if root != 0 {
-		return w.tree(root, nil, nil, fmt.Sprintf("%s (on page %d)", w.where(), parent))
+		return w.tree(root, nil, nil, fmt.Sprintf("%s (on page %d)", w.where(), parent), true)
 	}
 	p := value[bucketHeaderLen:]
 	if len(p) < pageHeaderSize {
