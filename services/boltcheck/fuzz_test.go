@@ -67,7 +67,8 @@ func smallFile(f *testing.F, noSync bool) []byte {
 // FuzzCheckedFileDoesNotCrashBbolt damages a small bbolt file at fuzzer-chosen places (up to
 // three patches of bytes, and an optional truncation) and checks the property the stores rely on:
 // a file that Check accepts never crashes bbolt, neither at open (its free-list walk, for a file
-// without a stored free list) nor when every bucket, key and value is read. A crash of bbolt in
+// without a stored free list) nor when every bucket, key and value is read, nor when half the keys
+// of every bucket are deleted and others added in one transaction. A crash of bbolt in
 // its own goroutine kills the fuzzing process, which the fuzzer reports as a failure; so does an
 // input that takes over 20 s.
 //
@@ -126,6 +127,47 @@ func FuzzCheckedFileDoesNotCrashBbolt(f *testing.F) {
 		})
 		if err != nil {
 			t.Fatalf("Check accepted the file, but reading it failed: %v", err)
+		}
+		// Writing: delete every other key of every bucket (rebalancing), add some, commit.
+		var panicked any
+		func() {
+			defer func() { panicked = recover() }()
+			_ = db.Update(func(tx *bolt.Tx) error {
+				var change func(b *bolt.Bucket) error
+				change = func(b *bolt.Bucket) error {
+					var keys, buckets [][]byte
+					_ = b.ForEach(func(k, v []byte) error {
+						if v == nil {
+							buckets = append(buckets, bytes.Clone(k))
+						} else {
+							keys = append(keys, bytes.Clone(k))
+						}
+						return nil
+					})
+					for i, k := range keys {
+						if i%2 == 0 {
+							if err := b.Delete(k); err != nil {
+								return err
+							}
+						}
+					}
+					for i := range 20 {
+						if err := b.Put(fmt.Appendf(nil, "new-%03d", i), []byte("v")); err != nil {
+							return err
+						}
+					}
+					for _, k := range buckets {
+						if err := change(b.Bucket(k)); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+				return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return change(b) })
+			})
+		}()
+		if panicked != nil {
+			t.Fatalf("Check accepted the file, but changing it panicked: %v", panicked)
 		}
 	})
 }

@@ -471,14 +471,19 @@ func slice(b []byte, off, n uint64) ([]byte, error) {
 }
 
 // keyOrder checks key against the key before it on its page, or, for the first key, against the
-// lower bound lo of its page (closed), as bbolt's key order check does; keys are never empty. Keys
+// key of the branch element that leads to its page (which it must equal; bbolt's own check only
+// wants it not below); keys are never empty. Keys
 // in order within a page are below the page's upper bound when the last one is (keyBelow).
 func keyOrder(key, prev []byte, first bool) error {
 	switch {
 	case len(key) == 0:
 		return fmt.Errorf("empty key")
-	case first && prev != nil && bytes.Compare(key, prev) < 0:
-		return fmt.Errorf("key %s sorts before the key %s that leads to its page", hexKey(key), hexKey(prev))
+	case first && prev != nil && !bytes.Equal(key, prev):
+		// bbolt keeps a branch element's key equal to its child's first key, and relies on it: a
+		// node it changes finds its element in the parent by that first key, and when it is not
+		// there, it adds a second element for the page, whose old copy is then freed twice (a
+		// panic in the writer's goroutine).
+		return fmt.Errorf("first key %s is not the key %s that leads to its page", hexKey(key), hexKey(prev))
 	case !first && bytes.Compare(key, prev) <= 0:
 		return fmt.Errorf("key %s does not sort after the key before it, %s", hexKey(key), hexKey(prev))
 	}
