@@ -119,3 +119,109 @@ func BenchmarkEvaluateBeyondBounds(b *testing.B) {
 		}
 	}
 }
+
+// regexExpr is a rule whose regular expression makes the engines visit 2m+1 instructions at every
+// position of a path of a's: m repetitions of k*, matched without regard to case (an alternation
+// and a case-folded rune each, the rune tested against the whole of its case orbit, which an 'a'
+// fails), before a rune the path lacks, so that no match ends the search early. Per cost unit it
+// is among the slowest rules under cel-go's pricing (by the pattern's length), and the slowest
+// found under this package's.
+func regexExpr(m int) string {
+	return fmt.Sprintf("request.path.matches(%q)", "(?i)"+strings.Repeat("k*", m)+"!")
+}
+
+// costliestRegexRule returns the regexExpr with the most repetitions whose estimated cost is at
+// most limit, and that cost.
+func costliestRegexRule(tb testing.TB, limit uint64) (string, uint64) {
+	expr, cost := "", uint64(0)
+	for m := 1; m <= maxRegexProgramSize/2; m++ {
+		p, err := Compile([]Rule{rule("r", Allow, regexExpr(m))})
+		if err != nil || p.EstimatedCost(0) > limit {
+			break
+		}
+		expr, cost = regexExpr(m), p.EstimatedCost(0)
+	}
+	if expr == "" {
+		tb.Fatal("no regular expression rule compiles")
+	}
+	return expr, cost
+}
+
+// regexPolicy fills a policy up to MaxPolicyCost with copies of the costliest regexExpr.
+func regexPolicy(tb testing.TB) *Program {
+	expr, cost := costliestRegexRule(tb, MaxRuleCost)
+	p, err := Compile(manyRules(min(int(MaxPolicyCost/cost), MaxRules), expr))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func regexInput(pathLen int) *Input {
+	in := benchInput()
+	in.Request.Path = "/" + strings.Repeat("a", pathLen-1)
+	return in
+}
+
+// BenchmarkEvaluateRegexAtCostLimit is the worst case of regular expressions within the bounds:
+// a policy at MaxPolicyCost of the costliest regexExpr the compiler accepts, on a path at the bound.
+func BenchmarkEvaluateRegexAtCostLimit(b *testing.B) {
+	p := regexPolicy(b)
+	in := regexInput(boundPath)
+	b.ReportAllocs()
+	for b.Loop() {
+		if matched, _, _, err := p.Evaluate(in); matched || err != nil {
+			b.Fatal(matched, err)
+		}
+	}
+	b.ReportMetric(float64(p.Len()), "rules")
+}
+
+// BenchmarkEvaluateRegexBeyondBounds is the same policy on a path eight times the bound: the
+// evaluation is tracked, and stops at the budget with an error.
+func BenchmarkEvaluateRegexBeyondBounds(b *testing.B) {
+	p := regexPolicy(b)
+	in := regexInput(8 * boundPath)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, _, err := p.Evaluate(in); err == nil {
+			b.Fatal("no error")
+		}
+	}
+}
+
+// BenchmarkEvaluateRegexBeyondBoundsAtBudget is the worst case of tracked regular expressions:
+// six rules of the costliest regexExpr estimated at most MaxPolicyCost/6 each (so that a sixth
+// rule runs once five have spent nearly MaxPolicyCost), on the longest path beyond the bound on
+// which one such rule still evaluates within MaxRuleCost. The sixth rule exceeds the budget.
+func BenchmarkEvaluateRegexBeyondBoundsAtBudget(b *testing.B) {
+	expr, _ := costliestRegexRule(b, MaxPolicyCost/6)
+	one, err := Compile([]Rule{rule("r", Allow, expr)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	lo, hi := boundPath+1, 64*boundPath // one evaluates within its limit at lo, not at hi
+	if _, _, _, err := one.Evaluate(regexInput(lo)); err != nil {
+		b.Fatal(err)
+	}
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if _, _, _, err := one.Evaluate(regexInput(mid)); err == nil {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	p, err := Compile(manyRules(6, expr))
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := regexInput(lo)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, _, err := p.Evaluate(in); err == nil {
+			b.Fatal("no error")
+		}
+	}
+	b.ReportMetric(float64(lo), "path-bytes")
+}
