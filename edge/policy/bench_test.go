@@ -191,9 +191,9 @@ func BenchmarkEvaluateRegexBeyondBounds(b *testing.B) {
 }
 
 // BenchmarkEvaluateRegexBeyondBoundsAtBudget is the worst case of tracked regular expressions:
-// six rules of the costliest regexExpr estimated at most MaxPolicyCost/6 each (so that a sixth
-// rule runs once five have spent nearly MaxPolicyCost), on the longest path beyond the bound on
-// which one such rule still evaluates within MaxRuleCost. The sixth rule exceeds the budget.
+// six rules of the costliest regexExpr estimated at most MaxPolicyCost/6 each, on the longest path
+// beyond the bound on which one such rule still evaluates within MaxRuleCost: each rule runs tracked
+// at nearly MaxRuleCost until the policy's budget stops the evaluation with an error.
 func BenchmarkEvaluateRegexBeyondBoundsAtBudget(b *testing.B) {
 	expr, _ := costliestRegexRule(b, MaxPolicyCost/6)
 	one, err := Compile([]Rule{rule("r", Allow, expr)})

@@ -36,7 +36,8 @@ const (
 	MaxExpressionBytes = 4096
 	// MaxRuleCost is the maximum estimated worst-case cost of one rule, in CEL cost units
 	// (roughly one unit per elementary operation or comprehension step; string operations cost
-	// 0.1 per character). The estimate assumes the input bounds listed in the package
+	// 0.1 per character; a regular expression one unit per 40 ns of matching, see the package
+	// documentation). The estimate assumes the input bounds listed in the package
 	// documentation; a rule evaluated on input beyond them has its actual cost tracked against the
 	// same limit.
 	MaxRuleCost = 10_000
@@ -47,7 +48,7 @@ const (
 	maxASTNodes          = 1000
 	maxNesting           = 32
 	maxComprehensionNest = 2
-	maxRegexProgramSize  = 1000
+	maxRegexProgramSize  = 1000 // instructions of a regular expression's compiled program
 )
 
 // Input bounds assumed by the cost estimate (see the package documentation), in bytes unless
@@ -329,15 +330,18 @@ var environment = sync.OnceValues(func() (*cel.Env, error) {
 		cel.CostEstimatorOptions(
 			checker.OverloadCostEstimate(overloads.SizeString, estimateStringSize),
 			checker.OverloadCostEstimate(overloads.SizeStringInst, estimateStringSize),
+			checker.OverloadCostEstimate(overloads.Matches, estimateMatches),
+			checker.OverloadCostEstimate(overloads.MatchesString, estimateMatches),
 		),
 		cel.DefaultUTCTimeZone(true),
 		cel.ExtendedValidations(),
-		cel.ASTValidators(cel.ValidateComprehensionNestingLimit(maxComprehensionNest)),
+		cel.ASTValidators(cel.ValidateComprehensionNestingLimit(maxComprehensionNest), regexSizeValidator{}),
 		cel.ParserExpressionSizeLimit(MaxExpressionBytes),
 		cel.ParserRecursionLimit(maxNesting),
 		cel.ExpressionNodeLimit(maxASTNodes),
 		cel.ExpressionNestingDepthLimit(maxNesting),
-		cel.RegexProgramSizeLimit(maxRegexProgramSize),
+		// Not cel.RegexProgramSizeLimit: regexSizeValidator and regexCall check the size of
+		// regular expressions (see regexSizeValidator).
 	)
 })
 
@@ -345,11 +349,16 @@ var environment = sync.OnceValues(func() (*cel.Env, error) {
 // check or describe expressions (e.g. editors). [Compile] uses it.
 func Environment() (*cel.Env, error) { return environment() }
 
-// costTrackers are the run-time counterparts of the cost estimates this package adds.
-var costTrackers = cel.CostTrackerOptions(
-	interpreter.OverloadCostTracker(overloads.SizeString, trackStringSize),
-	interpreter.OverloadCostTracker(overloads.SizeStringInst, trackStringSize),
-)
+// costTrackers are the run-time counterparts of the cost estimates this package adds, for a rule
+// whose constant regular expressions are regexes.
+func costTrackers(regexes map[string]*regexInfo) cel.ProgramOption {
+	return cel.CostTrackerOptions(
+		interpreter.OverloadCostTracker(overloads.SizeString, trackStringSize),
+		interpreter.OverloadCostTracker(overloads.SizeStringInst, trackStringSize),
+		interpreter.OverloadCostTracker(overloads.Matches, trackMatches(regexes)),
+		interpreter.OverloadCostTracker(overloads.MatchesString, trackMatches(regexes)),
+	)
+}
 
 // estimateStringSize makes size() of a string cost like other string traversals: CEL counts the
 // code points, which takes time linear in the length, while the standard estimate is constant.
@@ -363,16 +372,19 @@ func estimateStringSize(est checker.CostEstimator, target *checker.AstNode, args
 	default:
 		return nil
 	}
-	sz := n.ComputedSize()
-	if sz == nil {
-		sz = est.EstimateSize(n)
-	}
-	if sz == nil {
-		u := checker.UnknownSizeEstimate()
-		sz = &u
-	}
-	c := sz.MultiplyByCostFactor(common.StringTraversalCostFactor).Add(checker.FixedCostEstimate(1))
+	c := sizeEstimate(est, n).MultiplyByCostFactor(common.StringTraversalCostFactor).Add(checker.FixedCostEstimate(1))
 	return &checker.CallEstimate{CostEstimate: c}
+}
+
+// sizeEstimate is the size of a node as the cost estimator sees it (unknown: up to MaxUint64).
+func sizeEstimate(est checker.CostEstimator, n checker.AstNode) checker.SizeEstimate {
+	if sz := n.ComputedSize(); sz != nil {
+		return *sz
+	}
+	if sz := est.EstimateSize(n); sz != nil {
+		return *sz
+	}
+	return checker.UnknownSizeEstimate()
 }
 
 func trackStringSize(args []ref.Val, _ ref.Val) *uint64 {
@@ -385,8 +397,11 @@ func trackStringSize(args []ref.Val, _ ref.Val) *uint64 {
 	return &c
 }
 
-// estimator gives the cost estimator the input bounds.
-type estimator struct{}
+// estimator gives the cost estimator the input bounds, and the cost models of a rule's constant
+// regular expressions (for estimateMatches; those not found there are analyzed again).
+type estimator struct {
+	regexes map[string]*regexInfo
+}
 
 // EstimateSize implements checker.CostEstimator.
 func (estimator) EstimateSize(n checker.AstNode) *checker.SizeEstimate {

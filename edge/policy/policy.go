@@ -27,17 +27,20 @@
 //
 // Besides the CEL standard library the environment offers optional types and the cel-go
 // extension libraries strings (version 5: lowerAscii, split, replace, indexOf, ...) and sets
-// (sets.contains, sets.intersects, sets.equivalent). Time functions use UTC unless given a time
+// (sets.contains, sets.intersects, sets.equivalent); matches() (RE2 syntax, Go's regexp) is the
+// only function that runs a regular expression. Time functions use UTC unless given a time
 // zone. There is no variable for the current time: the verdict depends only on the request and
 // the certificate (whose validity at the time of the request is part of cert.verified).
 //
 // # Limits
 //
 // A policy has 1 to [MaxRules] rules of at most [MaxExpressionBytes] bytes each. Expressions are
-// limited in nesting depth, node count, comprehension nesting (2) and regular expression size.
-// Every rule's estimated worst-case cost must stay within [MaxRuleCost], and the sum over the
-// policy's rules within [MaxPolicyCost]; the estimate uses cel-go's cost model (plus a size-linear
-// cost for size() of strings) and assumes these bounds on the input:
+// limited in nesting depth, node count, comprehension nesting (2) and regular expression size (a
+// compiled program of at most 1000 instructions; counted repetitions such as [0-9]{1,8} count as
+// written out). Every rule's estimated worst-case cost must stay within [MaxRuleCost], and the sum
+// over the policy's rules within [MaxPolicyCost]; the estimate uses cel-go's cost model, plus a
+// size-linear cost for size() of strings and this package's price of matches() (below), and
+// assumes these bounds on the input:
 //
 //	lists of cert (dns_names, email_addresses, uris, organizational_unit, organization)   32 entries
 //	cert.dns_names entries 253 bytes, email_addresses 320, uris 2048
@@ -50,8 +53,36 @@
 // shown to the untracked program: reading it makes [Program.Evaluate] evaluate that rule again, and
 // the remaining rules, with run-time cost tracking: a rule whose actual cost then exceeds
 // [MaxRuleCost], or an evaluation whose cost (estimated for the untracked rules, actual for the
-// tracked ones) exceeds [MaxPolicyCost], fails with an evaluation error. So one evaluation costs
-// at most MaxPolicyCost + MaxRuleCost units, whatever the input.
+// tracked ones) exceeds [MaxPolicyCost], fails with an evaluation error. The tracker sees a call's
+// cost once the call has returned, so a regular expression is not run at all, and the call fails,
+// when its cost on the input at hand would take the rule's regular expressions past MaxRuleCost.
+// So one evaluation costs at most MaxPolicyCost + MaxRuleCost units whatever the input (up to
+// MaxRuleCost more when the rule that exhausts the budget spends MaxRuleCost on other operations
+// before its regular expressions).
+//
+// # Regular expressions
+//
+// cel-go prices matches() by the pattern's length, but Go's regexp (one-pass, backtracking or
+// Pike VM, all RE2-style) visits at each position of the input every instruction of the compiled
+// pattern that an automaton state there holds: (?i)k*k*k*k*! keeps nine instructions busy at
+// every position. This package prices a call of matches() with a constant pattern at
+//
+//	(200 ns + (input length + 1) × work) / 40 ns
+//
+// units, rounded up, where work is the largest set of instructions of the pattern's automaton over
+// all the states any input reaches (zero-width assertions taken as true), each instruction
+// weighted by what a visit costs (8 to 15 ns, more for a class of many ranges or a case-folded
+// rune, measured on the machine of docs/benchmarks.md), plus the backtracker's set-up. A pattern
+// anchored at the start whose automaton has no cycle (^/admin, ^device-[0-9]{1,8}$) only counts
+// the positions it can reach. So a unit of a regular expression is about 40 ns at most, against
+// 20 to 55 ns for a step of a comprehension over the headers: a policy of regular expressions at
+// MaxPolicyCost takes about as long as the slowest other policies. Typical costs at the bounds:
+// request.path.matches('^/v1/(payments|refunds)/[a-z0-9-]+$') 2,261;
+// cert.subject.common_name.matches('^device-[0-9]{1,8}$') 21;
+// cert.dns_names.exists(n, n.matches('^device-[0-9]+\.acme\.example$')) 5,219. A pattern that
+// is not a constant (request.path.matches(request.method)) is compiled at every evaluation and
+// priced as the largest program allowed plus its compilation (25 µs a byte), which refuses it on
+// all but the shortest inputs.
 package policy
 
 import (
@@ -247,9 +278,6 @@ func compileRule(env *cel.Env, r Rule) (*compiledRule, *CompileError) {
 	}
 	ast, iss, perr := envCompile(env, expr)
 	if perr != nil {
-		if strings.Contains(perr.Error(), "regexp") {
-			return nil, fail(expressionStart(expr), "a regular expression with a counted repetition (such as a{2} or a{1,3}) is not supported; write the repetition out (aa, a|aa|aaa) or use ?, + and *")
-		}
 		return nil, fail(expressionStart(expr), "the expression cannot be compiled: %v", perr)
 	}
 	if iss.Err() != nil {
@@ -269,28 +297,33 @@ func compileRule(env *cel.Env, r Rule) (*compiledRule, *CompileError) {
 	if loc, msg, bad := checkAST(native); bad {
 		return nil, fail(loc, "%s", msg)
 	}
-	est, err := env.EstimateCost(ast, estimator{})
+	regexes, regexCalls, badRegex, err := constantRegexes(native)
+	if err != nil {
+		return nil, fail(native.SourceInfo().GetStartLocation(badRegex.ID()), "%v", err)
+	}
+	est, err := env.EstimateCost(ast, estimator{regexes: regexes})
 	if err != nil {
 		return nil, fail(start, "cannot estimate the cost: %v", err)
 	}
 	if est.Max > MaxRuleCost {
 		return nil, fail(start, "the expression is too expensive: its estimated worst-case cost %d exceeds the limit of %d", est.Max, MaxRuleCost)
 	}
-	fast, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize))
+	fast, err := env.Program(ast, append(regexProgramOptions(regexCalls, regexes, false), cel.EvalOptions(cel.OptOptimize))...)
 	if err != nil {
 		return nil, fail(start, "%v", err)
 	}
-	guarded, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(MaxRuleCost), costTrackers)
+	guarded, err := env.Program(ast, append(regexProgramOptions(regexCalls, regexes, true), cel.EvalOptions(cel.OptOptimize), cel.CostLimit(MaxRuleCost), costTrackers(regexes))...)
 	if err != nil {
 		return nil, fail(start, "%v", err)
 	}
 	return &compiledRule{Rule: r, cost: est.Max, fast: fast, guarded: guarded}, nil
 }
 
-// envCompile is env.Compile, with a panic turned into an error: cel-go v0.32's check of a regular
-// expression's program size compiles the pattern without simplifying it, and regexp/syntax panics
-// on a counted repetition there. (A pattern that is not a literal is refused: its cost has no
-// bound.)
+// envCompile is env.Compile, with a panic turned into an error. cel-go's own check of a regular
+// expression's program size (cel.RegexProgramSizeLimit, which this package no longer uses: see
+// regexSizeValidator) compiled the pattern without simplifying it, and regexp/syntax panicked on a
+// counted repetition such as a{2}; a panic of the checker is a compile error, not a crash of the
+// caller.
 func envCompile(env *cel.Env, expr string) (ast *cel.Ast, iss *cel.Issues, perr error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -423,6 +456,7 @@ func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Actio
 			}
 		}
 		if st.guarded {
+			st.regexLeft = MaxRuleCost
 			out, det, err = r.guarded.Eval(st)
 			if c := det.ActualCost(); c != nil {
 				spent += *c

@@ -41,6 +41,8 @@ type evalState struct {
 	// frame is the execution frame of the untracked programs; passing it to Eval spares the
 	// interpreter taking one from its pool for every rule.
 	frame interpreter.ExecutionFrame
+	// regexLeft is what the regular expressions of the current guarded rule may still cost.
+	regexLeft uint64
 }
 
 var statePool = sync.Pool{New: func() any {
