@@ -13,6 +13,7 @@ import (
 
 	"guestlist.dev/edge/certid"
 	"guestlist.dev/edge/pkitest"
+	"guestlist.dev/edge/policy"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -29,6 +30,20 @@ type decideCase struct {
 	chainLen int
 }
 
+// storedRule is a rule priced within the limits before matches() was priced by what Go's regexp
+// costs, and over them since.
+const storedRule = `cert.subject.organizational_unit.exists(u, u.matches('dev(ice|elopment)s?$'))`
+
+// TestStoredPolicyPrepares: storedRule is refused by policy.Compile (the control plane's check of
+// a new policy) and prepared by Prepare (the edge and the audit, from the history).
+func TestStoredPolicyPrepares(t *testing.T) {
+	if _, err := policy.Compile([]policy.Rule{{Name: "devices-ou", Action: policy.Allow, Expression: storedRule}}); err == nil || !strings.Contains(err.Error(), "too expensive") {
+		t.Fatalf("policy.Compile: %v; want it too expensive (else the stored-policy cases test nothing)", err)
+	}
+	p := getPKI(t)
+	preparedWith(t, p, fns(withPolicy(rule("devices-ou", allow, storedRule))))
+}
+
 func decideCases(p *testPKI) []decideCase {
 	healthRules := withPolicy(
 		rule("health", allow, `!cert.presented && request.path == "/healthz"`),
@@ -40,6 +55,7 @@ func decideCases(p *testPKI) []decideCase {
 		rule("blocked", deny, `cert.dns_names.exists(n, n.endsWith(".blocked.acme.example"))`),
 		rule("devices", allow, `"devices" in cert.subject.organizational_unit`),
 	)
+	storedRules := withPolicy(rule("devices-ou", allow, storedRule))
 	return []decideCase{
 		{name: "ok/valid", peer: chain(p.leaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
 		{name: "ok/root sent along", peer: chain(p.leaf, p.root), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
@@ -143,6 +159,11 @@ func decideCases(p *testPKI) []decideCase {
 		{name: "ok/same serial under another CA", cfg: fns(withCA("other", p.other), revokeSerial("root", p.leaf.Cert)), peer: chain(p.otherLeaf), verdict: Allow, reason: ReasonCertificateVerified, verified: true, chainLen: 2},
 
 		// Policies.
+		// A policy written when its rules were priced lower (an unanchored regex over a list of
+		// the certificate, refused by policy.Compile today: TestStoredPolicyPrepares) keeps its
+		// hostname serving, its rules evaluated with run-time cost tracking.
+		{name: "ok/stored policy over today's cost limit allows", cfg: fns(storedRules), peer: chain(p.leaf), verdict: Allow, reason: ReasonRuleAllow, rule: "devices-ou", verified: true, chainLen: 2},
+		{name: "fail/stored policy over today's cost limit, no rule matches", cfg: fns(storedRules), peer: chain(p.opsLeaf), verdict: Deny, reason: ReasonNoRuleMatched, verified: true, chainLen: 2},
 		{name: "ok/policy allows by OU", cfg: fns(ouRules), peer: chain(p.opsLeaf), req: get("/admin/users"), verdict: Allow, reason: ReasonRuleAllow, rule: "ops-admin", verified: true, chainLen: 2},
 		{name: "fail/policy denies by OU", cfg: fns(ouRules), peer: chain(p.leaf), req: get("/admin/users"), verdict: Deny, reason: ReasonRuleDeny, rule: "no-admin", verified: true, chainLen: 2},
 		{name: "fail/policy denies by SAN DNS name", cfg: fns(ouRules), peer: chain(p.interLeaf, p.inter), req: get("/api"), verdict: Deny, reason: ReasonRuleDeny, rule: "blocked", verified: true, chainLen: 3},

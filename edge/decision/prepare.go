@@ -78,7 +78,9 @@ func keyOf(c *x509.Certificate) caKey {
 
 // Prepare checks a hostname configuration and prepares it for [Decide]: it parses the CA
 // certificates into a certificate pool, indexes the revocations and compiles the policy with
-// [policy.Compile]. The error names the problem (a hostname not in normal form, an unknown mode, a
+// [policy.CompileStored] (so that a policy of the history keeps working when a later version
+// prices its rules higher: those rules are then evaluated with run-time cost tracking). The error
+// names the problem (a hostname not in normal form, an unknown mode, a
 // CA certificate that does not parse, a CA key that [CheckCAKey] refuses, more than
 // [MaxCAsPerSubject] CAs with one subject name, a revocation without a valid serial number or
 // fingerprint, a policy that does not compile, CAs that take more than 256 signature checks to
@@ -144,7 +146,7 @@ func (c *Cache) Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 			if err != nil {
 				return nil, err
 			}
-			prog, err := policy.Compile(rules)
+			prog, err := policy.CompileStored(rules)
 			if err != nil {
 				return nil, fmt.Errorf("policy %q: %w", p.GetPolicyId(), err)
 			}
@@ -555,7 +557,7 @@ func (t *trust) findSigner(self int, own caKey, bySubject, byKeyID map[string][]
 	return -1, nil
 }
 
-// policyRules converts a configured policy to the rules policy.Compile takes.
+// policyRules converts a configured policy to the rules policy.CompileStored takes.
 func policyRules(p *configv1.Policy) ([]policy.Rule, error) {
 	rules := make([]policy.Rule, len(p.GetRules()))
 	for i, r := range p.GetRules() {

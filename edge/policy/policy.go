@@ -60,6 +60,11 @@
 // MaxRuleCost more when the rule that exhausts the budget spends MaxRuleCost on other operations
 // before its regular expressions).
 //
+// [Compile] enforces the limits on a policy being written. A policy of the history was checked by
+// the version that accepted it, whose prices may have been lower; [CompileStored], which the edge
+// and the audit use, compiles it all the same and evaluates the rules over the limits (or all of
+// them, when their sum is over) with run-time cost tracking, so the bound above still holds.
+//
 // # Regular expressions
 //
 // cel-go prices matches() by the pattern's length, but Go's regexp (one-pass, backtracking or
@@ -207,6 +212,8 @@ type Program struct {
 type compiledRule struct {
 	Rule
 	cost uint64
+	// tracked: evaluate with guarded always (CompileStored, for a rule or policy over the limits).
+	tracked bool
 	// fast is evaluated when the input is within the bounds the cost estimate assumes;
 	// guarded tracks the cost at run time and is used otherwise.
 	fast, guarded cel.Program
@@ -219,6 +226,27 @@ var ruleName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,63}$`)
 // error, a result other than bool, an expression too large, too deep or too expensive), or one of
 // [ErrNoRules], [ErrTooManyRules] and [ErrPolicyTooExpensive] for the policy as a whole.
 func Compile(rules []Rule) (*Program, error) {
+	return compile(rules, false)
+}
+
+// CompileStored compiles a policy that was accepted when it was written, for evaluation: what the
+// edge and the audit do with the policies of the history. It refuses what [Compile] refuses,
+// except cost: a rule whose estimated cost exceeds [MaxRuleCost] is compiled all the same and
+// always evaluated with run-time cost tracking, and so is every rule of a policy whose summed
+// estimate exceeds [MaxPolicyCost]. Such a rule costs at most what any rule costs on input beyond
+// the bounds (see Limits in the package documentation); one that exceeds a limit on the input at
+// hand fails with an evaluation error, which the caller fails closed on.
+//
+// This keeps the hostnames of a policy written under an earlier, lower pricing serving (a
+// regular expression over a list of SANs priced higher since, say), where Compile would refuse it
+// and the edge would drop its hostnames. The control plane uses Compile, so a policy written now
+// stays within the limits and is evaluated untracked.
+func CompileStored(rules []Rule) (*Program, error) {
+	return compile(rules, true)
+}
+
+// compile is Compile, or CompileStored when stored.
+func compile(rules []Rule, stored bool) (*Program, error) {
 	if len(rules) == 0 {
 		return nil, ErrNoRules
 	}
@@ -246,7 +274,7 @@ func Compile(rules []Rule) (*Program, error) {
 		if r.Action != Allow && r.Action != Deny {
 			return nil, fail("action", 0, 0, "the action must be ALLOW or DENY, not %d", uint8(r.Action))
 		}
-		cr, err := compileRule(env, r)
+		cr, err := compileRule(env, r, stored)
 		if err != nil {
 			err.Rule, err.Index = r.Name, i
 			return nil, err
@@ -255,13 +283,21 @@ func Compile(rules []Rule) (*Program, error) {
 		p.rules[i] = *cr
 	}
 	if total > MaxPolicyCost {
-		return nil, ErrPolicyTooExpensive
+		if !stored {
+			return nil, ErrPolicyTooExpensive
+		}
+		// Untracked rules add their estimates to the evaluation's budget, which they would
+		// exhaust: track them all.
+		for i := range p.rules {
+			p.rules[i].tracked = true
+		}
 	}
 	return p, nil
 }
 
-// compileRule compiles one rule; the returned CompileError lacks Rule and Index.
-func compileRule(env *cel.Env, r Rule) (*compiledRule, *CompileError) {
+// compileRule compiles one rule; the returned CompileError lacks Rule and Index. stored: a rule
+// over MaxRuleCost is compiled to be tracked (CompileStored).
+func compileRule(env *cel.Env, r Rule, stored bool) (*compiledRule, *CompileError) {
 	expr := r.Expression
 	fail := func(loc common.Location, format string, args ...any) *CompileError {
 		line, col := 1, 1
@@ -305,8 +341,17 @@ func compileRule(env *cel.Env, r Rule) (*compiledRule, *CompileError) {
 	if err != nil {
 		return nil, fail(start, "cannot estimate the cost: %v", err)
 	}
-	if est.Max > MaxRuleCost {
-		return nil, fail(start, "the expression is too expensive: its estimated worst-case cost %d exceeds the limit of %d", est.Max, MaxRuleCost)
+	cost, tracked := est.Max, false
+	if cost > MaxRuleCost {
+		if !stored {
+			hint := ""
+			if regexCalls {
+				// The usual cause, and what to do about it.
+				hint = "; matches() costs what Go's regexp takes on the longest input the rule allows (a list of the certificate at its bound, e.g. 32 organizational units of 256 bytes), so prefer startsWith(), endsWith() or contains(), or anchor the pattern with ^ and avoid unbounded repetition (* or +)"
+			}
+			return nil, fail(start, "the expression is too expensive: its estimated worst-case cost %d exceeds the limit of %d%s", est.Max, MaxRuleCost, hint)
+		}
+		cost, tracked = MaxRuleCost, true
 	}
 	fast, err := env.Program(ast, append(regexProgramOptions(regexCalls, regexes, false), cel.EvalOptions(cel.OptOptimize))...)
 	if err != nil {
@@ -316,7 +361,7 @@ func compileRule(env *cel.Env, r Rule) (*compiledRule, *CompileError) {
 	if err != nil {
 		return nil, fail(start, "%v", err)
 	}
-	return &compiledRule{Rule: r, cost: est.Max, fast: fast, guarded: guarded}, nil
+	return &compiledRule{Rule: r, cost: cost, tracked: tracked, fast: fast, guarded: guarded}, nil
 }
 
 // envCompile is env.Compile, with a panic turned into an error. cel-go's own check of a regular
@@ -420,7 +465,8 @@ func (p *Program) Len() int { return len(p.rules) }
 // Rule returns the i-th rule (0 <= i < Len()).
 func (p *Program) Rule(i int) Rule { return p.rules[i].Rule }
 
-// EstimatedCost returns the estimated worst-case cost of the i-th rule, in CEL cost units.
+// EstimatedCost returns the estimated worst-case cost of the i-th rule, in CEL cost units (for a
+// rule over MaxRuleCost compiled by CompileStored, MaxRuleCost).
 func (p *Program) EstimatedCost(i int) uint64 { return p.rules[i].cost }
 
 // Evaluate tries the rules in order and reports the first whose expression is true: matched is
@@ -446,7 +492,7 @@ func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Actio
 		st.headersGot, st.headersTested = false, false
 		var out ref.Val
 		var det *cel.EvalDetails
-		if !st.guarded {
+		if !st.guarded && !r.tracked {
 			out, _, err = r.fast.Eval(&st.frame)
 			spent += r.cost
 			if st.oob {
@@ -455,7 +501,7 @@ func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Actio
 				st.nIters = 0
 			}
 		}
-		if st.guarded {
+		if st.guarded || r.tracked {
 			st.regexLeft = MaxRuleCost
 			out, det, err = r.guarded.Eval(st)
 			if c := det.ActualCost(); c != nil {
