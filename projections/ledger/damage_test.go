@@ -2,9 +2,9 @@ package ledger
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"guestlist.dev/services/boltcheck/boltchecktest"
@@ -49,18 +49,8 @@ func TestDamagedLedgerIsRefused(t *testing.T) {
 
 	boltchecktest.Each(t, src, func(t *testing.T, path string, d boltchecktest.Damage) {
 		if !d.Recoverable {
-			boltchecktest.Refused(t, path, func() error {
-				l, err := Open(path, e.store, e.signer)
-				if err == nil {
-					l.Close()
-					return nil
-				}
-				if !strings.HasPrefix(err.Error(), "ledger: open "+path+": ledger.db: the file is damaged (") ||
-					!strings.Contains(err.Error(), "move it aside") {
-					t.Errorf("Open: %v; want it to name the file and say what to do", err)
-				}
-				return err
-			})
+			boltchecktest.RefusedByOpen(t, path, "ledger: open "+path+": ledger.db: the file is damaged (", "move it aside",
+				func() (io.Closer, error) { return Open(path, e.store, e.signer) })
 			return
 		}
 		l, err := Open(path, e.store, e.signer)

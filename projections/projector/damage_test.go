@@ -3,8 +3,8 @@ package projector
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -52,18 +52,8 @@ func TestDamagedReadModelIsRefused(t *testing.T) {
 
 	boltchecktest.Each(t, filepath.Join(dir, "projection.db"), func(t *testing.T, path string, d boltchecktest.Damage) {
 		if !d.Recoverable {
-			boltchecktest.Refused(t, path, func() error {
-				p, err := Open(path, store, WithLogger(quiet), WithLockTimeout(time.Second))
-				if err == nil {
-					p.Close()
-					return nil
-				}
-				if !strings.HasPrefix(err.Error(), "projector: open "+path+": projection.db: the file is damaged (") ||
-					!strings.Contains(err.Error(), "move the file aside") {
-					t.Errorf("Open: %v; want it to name the file and say what to do", err)
-				}
-				return err
-			})
+			boltchecktest.RefusedByOpen(t, path, "projector: open "+path+": projection.db: the file is damaged (", "move the file aside",
+				func() (io.Closer, error) { return Open(path, store, WithLogger(quiet), WithLockTimeout(time.Second)) })
 			return
 		}
 		p, err := Open(path, store, WithLogger(quiet))

@@ -337,3 +337,21 @@ func Refused(t *testing.T, path string, open func() error) {
 	}
 	t.Logf("%v", openErr)
 }
+
+// RefusedByOpen is Refused for a store's Open: open opens the damaged file at path (and the store
+// is closed if it opens), and its error must also start with wantPrefix and contain wantHint, the
+// store's advice on what to do with the file.
+func RefusedByOpen(t *testing.T, path, wantPrefix, wantHint string, open func() (io.Closer, error)) {
+	t.Helper()
+	Refused(t, path, func() error {
+		c, err := open()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if !strings.HasPrefix(err.Error(), wantPrefix) || !strings.Contains(err.Error(), wantHint) {
+			t.Errorf("Open: %v; want it to start with %q and say %q", err, wantPrefix, wantHint)
+		}
+		return err
+	})
+}

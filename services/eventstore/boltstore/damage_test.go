@@ -3,6 +3,7 @@ package boltstore
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,18 +63,8 @@ func TestDamagedFileIsRefused(t *testing.T) {
 	want := writeDamageSource(t, src)
 	boltchecktest.Each(t, src, func(t *testing.T, path string, d boltchecktest.Damage) {
 		if !d.Recoverable {
-			boltchecktest.Refused(t, path, func() error {
-				s, err := Open(path, WithLockTimeout(time.Second))
-				if err == nil {
-					s.Close()
-					return nil
-				}
-				if !strings.HasPrefix(err.Error(), "boltstore: open "+path+": events.db: the file is damaged (") ||
-					!strings.Contains(err.Error(), "restore it from a backup") {
-					t.Errorf("Open: %v; want it to name the file and say to restore it from a backup", err)
-				}
-				return err
-			})
+			boltchecktest.RefusedByOpen(t, path, "boltstore: open "+path+": events.db: the file is damaged (", "restore it from a backup",
+				func() (io.Closer, error) { return Open(path, WithLockTimeout(time.Second)) })
 			return
 		}
 		s, err := Open(path)
