@@ -2,9 +2,11 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"math/bits"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 
@@ -379,9 +381,15 @@ func (m *headerMap) size() int {
 // estimate records that and yields an empty map (the evaluation is then repeated, guarded).
 func (m *headerMap) lowered() map[string]string {
 	out := make(map[string]string, len(m.h))
-	for k, vs := range m.h {
-		if len(vs) > 0 {
-			out[lowerASCII(k)] = strings.Join(vs, ", ")
+	// In the order of the names, so that of two names differing only in case (a Header built by
+	// hand) the same one wins every time: the canonical one, which sorts first, as in values.
+	for _, k := range slices.Sorted(maps.Keys(m.h)) {
+		lk := lowerASCII(k)
+		if _, dup := out[lk]; dup {
+			continue
+		}
+		if vs := m.h[k]; len(vs) > 0 {
+			out[lk] = strings.Join(vs, ", ")
 		}
 	}
 	if !m.guarded() {
@@ -426,9 +434,11 @@ func (m *headerMap) Get(key ref.Val) ref.Val {
 	return types.ValOrErr(key, "no such key: %v", key)
 }
 
-// Iterator implements traits.Iterable; it yields the lower-case header names. Unless guarded, a
-// name beyond the bounds of the cost estimate records that and yields nothing (the evaluation is
-// then repeated, guarded).
+// Iterator implements traits.Iterable; it yields the lower-case header names, sorted and each
+// once. The order must not be the map's: a tracked evaluation that stops at its cost limit part-way
+// through a comprehension would then allow or fail a request at random, and the audit could not
+// re-derive the edge's verdict. Unless guarded, a name beyond the bounds of the cost estimate
+// records that and yields nothing (the evaluation is then repeated, guarded).
 func (m *headerMap) Iterator() traits.Iterator {
 	if m.keys == nil {
 		keys := make([]string, 0, len(m.h))
@@ -441,7 +451,8 @@ func (m *headerMap) Iterator() traits.Iterator {
 				keys = append(keys, lowerASCII(k))
 			}
 		}
-		m.keys = keys
+		slices.Sort(keys)
+		m.keys = slices.Compact(keys)
 	}
 	return &stringIter{s: m.keys}
 }
