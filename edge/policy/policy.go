@@ -259,6 +259,7 @@ func compile(rules []Rule, stored bool) (*Program, error) {
 	}
 	p := &Program{rules: make([]compiledRule, len(rules))}
 	seen := make(map[string]int, len(rules))
+	analysis := newRegexAnalysis()
 	var total uint64
 	for i, r := range rules {
 		fail := func(field string, line, col int, format string, args ...any) error {
@@ -274,7 +275,7 @@ func compile(rules []Rule, stored bool) (*Program, error) {
 		if r.Action != Allow && r.Action != Deny {
 			return nil, fail("action", 0, 0, "the action must be ALLOW or DENY, not %d", uint8(r.Action))
 		}
-		cr, err := compileRule(env, r, stored)
+		cr, err := compileRule(env, r, stored, analysis)
 		if err != nil {
 			err.Rule, err.Index = r.Name, i
 			return nil, err
@@ -296,8 +297,9 @@ func compile(rules []Rule, stored bool) (*Program, error) {
 }
 
 // compileRule compiles one rule; the returned CompileError lacks Rule and Index. stored: a rule
-// over MaxRuleCost is compiled to be tracked (CompileStored).
-func compileRule(env *cel.Env, r Rule, stored bool) (*compiledRule, *CompileError) {
+// over MaxRuleCost is compiled to be tracked (CompileStored). analysis holds the policy's
+// patterns analysed so far.
+func compileRule(env *cel.Env, r Rule, stored bool, analysis *regexAnalysis) (*compiledRule, *CompileError) {
 	expr := r.Expression
 	fail := func(loc common.Location, format string, args ...any) *CompileError {
 		line, col := 1, 1
@@ -333,7 +335,7 @@ func compileRule(env *cel.Env, r Rule, stored bool) (*compiledRule, *CompileErro
 	if loc, msg, bad := checkAST(native); bad {
 		return nil, fail(loc, "%s", msg)
 	}
-	regexes, regexCalls, badRegex, err := constantRegexes(native)
+	regexes, regexCalls, badRegex, err := constantRegexes(native, analysis)
 	if err != nil {
 		return nil, fail(native.SourceInfo().GetStartLocation(badRegex.ID()), "%v", err)
 	}

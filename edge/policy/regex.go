@@ -85,7 +85,36 @@ const (
 	// taken to be that of the whole program.
 	regexAnalysisBudget = 500_000
 	regexAnalysisStates = 1024
+	// regexPolicyAnalysisBudget bounds that work over all the patterns of one policy (about 20 ms
+	// here): the patterns analysed once it is spent are priced as their whole programs. Without
+	// it, a policy of many distinct cheap calls of matches() took seconds to compile, at the
+	// control plane, on every edge and on every audit explain.
+	regexPolicyAnalysisBudget = 8_000_000
 )
+
+// regexAnalysis is the analysis of the patterns of one policy: those analysed so far, and what is
+// left of regexPolicyAnalysisBudget, shared by all of the policy's rules.
+type regexAnalysis struct {
+	budget int
+	done   map[string]*regexInfo
+}
+
+func newRegexAnalysis() *regexAnalysis {
+	return &regexAnalysis{budget: regexPolicyAnalysisBudget, done: map[string]*regexInfo{}}
+}
+
+// analyze is analyzeRegex within the policy's budget, once per pattern.
+func (a *regexAnalysis) analyze(pattern string) (*regexInfo, error) {
+	if ri, ok := a.done[pattern]; ok {
+		return ri, nil
+	}
+	ri, err := analyzeRegexWithin(pattern, &a.budget)
+	if err != nil {
+		return nil, err
+	}
+	a.done[pattern] = ri
+	return ri, nil
+}
 
 // regexInfo is what the cost of a pattern depends on.
 type regexInfo struct {
@@ -144,6 +173,13 @@ func regexProgram(pattern string) (*syntax.Prog, error) {
 
 // analyzeRegex compiles a constant pattern and computes its cost model.
 func analyzeRegex(pattern string) (*regexInfo, error) {
+	budget := regexAnalysisBudget
+	return analyzeRegexWithin(pattern, &budget)
+}
+
+// analyzeRegexWithin is analyzeRegex exploring the automaton within *budget (at most
+// regexAnalysisBudget of it), which it decreases by the work done.
+func analyzeRegexWithin(pattern string, budget *int) (*regexInfo, error) {
 	prog, err := regexProgram(pattern)
 	if err != nil {
 		return nil, err
@@ -156,7 +192,7 @@ func analyzeRegex(pattern string) (*regexInfo, error) {
 		return nil, err
 	}
 	onePass := isOnePass(re)
-	posNs, positions := positionWork(prog, onePass)
+	posNs, positions := positionWork(prog, onePass, budget)
 	return &regexInfo{re: re, insts: len(prog.Inst), posNs: posNs, positions: positions, onePass: onePass}, nil
 }
 
@@ -220,7 +256,7 @@ func matchesRune(i *syntax.Inst, r rune) bool {
 // constants), or the weight of the whole program if exploring the states takes too long; and, for
 // a pattern anchored at the start whose automaton has no cycle (^/admin, ^(GET|HEAD)$), the
 // number of input positions at which there is any work (0: no such bound).
-func positionWork(prog *syntax.Prog, onePass bool) (posNs, positions uint64) {
+func positionWork(prog *syntax.Prog, onePass bool, shared *int) (posNs, positions uint64) {
 	n := len(prog.Inst)
 	weight := make([]uint64, n)
 	var whole uint64
@@ -232,7 +268,9 @@ func positionWork(prog *syntax.Prog, onePass bool) (posNs, positions uint64) {
 			runeInsts = append(runeInsts, uint32(pc))
 		}
 	}
-	budget := regexAnalysisBudget
+	budget := min(*shared, regexAnalysisBudget)
+	budgetAtStart := budget
+	defer func() { *shared -= budgetAtStart - max(budget, 0) }()
 
 	// Partition the runes into classes that every instruction treats alike: the starts of the
 	// ranges (and the case-folded variants of single runes) cut the code space into segments,
@@ -347,6 +385,8 @@ runes:
 		return set
 	}
 	finish := func(set []uint32) (key string, work uint64) {
+		// Sorting the set and keying the state cost about this much again.
+		budget -= len(set) * bits.Len(uint(len(set)))
 		for _, pc := range set {
 			mark[pc] = false
 			work += weight[pc]
@@ -489,7 +529,7 @@ func stringLiteral(e celast.Expr) (string, bool) {
 
 // constantRegexes analyzes the constant patterns of the calls of matches() in an expression, and
 // reports whether there is any call of matches().
-func constantRegexes(a *celast.AST) (infos map[string]*regexInfo, calls bool, badExpr celast.Expr, bad error) {
+func constantRegexes(a *celast.AST, analysis *regexAnalysis) (infos map[string]*regexInfo, calls bool, badExpr celast.Expr, bad error) {
 	celast.PostOrderVisit(a.Expr(), celast.NewExprVisitor(func(e celast.Expr) {
 		arg, ok := regexPattern(e)
 		if !ok || bad != nil {
@@ -503,7 +543,7 @@ func constantRegexes(a *celast.AST) (infos map[string]*regexInfo, calls bool, ba
 		if _, done := infos[pattern]; done {
 			return
 		}
-		ri, err := analyzeRegex(pattern)
+		ri, err := analysis.analyze(pattern)
 		if err != nil {
 			badExpr, bad = arg, err
 			return
