@@ -31,13 +31,7 @@ func TestDamagedReadModelIsRefused(t *testing.T) {
 		last = write(hostnameCreated(fmt.Sprintf("h%d.example.com", i), eventsv1.MtlsMode_MTLS_MODE_ENFORCE, "ca1"))
 	}
 	p := openProjector(t, dir, store)
-	stop := running(p)
-	if err := p.WaitFor(ctx, last); err != nil {
-		t.Fatal(err)
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	catchUp(t, ctx, p, last)
 	_, want, err := p.Snapshot()
 	if err != nil || len(want) != hosts {
 		t.Fatalf("Snapshot: %d configurations, %v", len(want), err)

@@ -81,13 +81,7 @@ func TestDamagedConfigurationStopsBeforeTheEvent(t *testing.T) {
 		last = write(hostnameCreated(fmt.Sprintf("h%d.example.com", i), eventsv1.MtlsMode_MTLS_MODE_ENFORCE, "ca1"))
 	}
 	p := openProjector(t, dir, store)
-	stop := running(p)
-	if err := p.WaitFor(ctx, last); err != nil {
-		t.Fatal(err)
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	catchUp(t, ctx, p, last)
 	_ = p.Close()
 
 	const damaged = "h7.example.com"
@@ -132,7 +126,7 @@ func TestDamagedConfigurationStopsBeforeTheEvent(t *testing.T) {
 	}
 	p = openProjector(t, dir, store)
 	defer p.Close()
-	stop = running(p)
+	stop := running(p)
 	check(t, p, store)
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -236,13 +230,7 @@ func TestStoreBehindTheReadModel(t *testing.T) {
 				last = write(hostnameCreated(fmt.Sprintf("h%d.example.com", i), eventsv1.MtlsMode_MTLS_MODE_OFF))
 			}
 			p := openProjector(t, dir, store)
-			stop := running(p)
-			if err := p.WaitFor(ctx, last); err != nil {
-				t.Fatal(err)
-			}
-			if err := stop(); err != nil {
-				t.Fatal(err)
-			}
+			catchUp(t, ctx, p, last)
 			_ = p.Close()
 			_ = store.Close()
 
@@ -317,13 +305,7 @@ func TestEventAtOrBeforeTheCheckpointStopsRun(t *testing.T) {
 	write(&eventsv1.TenantCreated{TenantId: "acme"})
 	last := write(hostnameCreated("a.example.com", eventsv1.MtlsMode_MTLS_MODE_OFF))
 	p := openProjector(t, dir, store)
-	stop := running(p)
-	if err := p.WaitFor(ctx, last); err != nil {
-		t.Fatal(err)
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	catchUp(t, ctx, p, last)
 	_ = p.Close()
 	write(hostnameCreated("b.example.com", eventsv1.MtlsMode_MTLS_MODE_OFF))
 

@@ -58,6 +58,19 @@ func running(p *Projector) (stop func() error) {
 	}
 }
 
+// catchUp runs p until it has applied the event at pos, then stops it; an error of either fails
+// the test.
+func catchUp(t testing.TB, ctx context.Context, p *Projector, pos uint64) {
+	t.Helper()
+	stop := running(p)
+	if err := p.WaitFor(ctx, pos); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // check compares p's read model with a fold from scratch of store, once p has caught up.
 func check(t *testing.T, p *Projector, store eventstore.Store) {
 	t.Helper()
@@ -689,13 +702,7 @@ func TestChangesFromAnotherProjectorsPosition(t *testing.T) {
 
 	// Projector a, one event a transaction: the edge holds a's read model as of held.
 	a := openProjector(t, filepath.Join(dir, "a"), store, WithBatch(1, 0))
-	stopA := running(a)
-	if err := a.WaitFor(ctx, held); err != nil {
-		t.Fatal(err)
-	}
-	if err := stopA(); err != nil {
-		t.Fatal(err)
-	}
+	catchUp(t, ctx, a, held)
 	pos, configs, err := a.Snapshot()
 	_ = a.Close()
 	if err != nil || pos != held {
@@ -825,13 +832,7 @@ func TestFormat1IsRebuilt(t *testing.T) {
 	last := evil(&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://evil.example", State: active})
 
 	p := openProjector(t, dir, store)
-	stop := running(p)
-	if err := p.WaitFor(ctx, last); err != nil {
-		t.Fatal(err)
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	catchUp(t, ctx, p, last)
 	_ = p.Close()
 	// What format 1 left: the last writer's configuration, and the checkpoint at the end.
 	db, err := bolt.Open(filepath.Join(dir, "projection.db"), 0o600, nil)
@@ -857,7 +858,7 @@ func TestFormat1IsRebuilt(t *testing.T) {
 	if pos := p.Position(); pos != 0 {
 		t.Fatalf("a format-1 file opens at position %d, want 0 (rebuilt)", pos)
 	}
-	stop = running(p)
+	stop := running(p)
 	defer stop()
 	if err := p.WaitFor(ctx, last); err != nil {
 		t.Fatal(err)
