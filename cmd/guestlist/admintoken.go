@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -48,9 +49,8 @@ func adminToken(dataDir, flagValue string) (string, tokenSource, error) {
 		if err := checkToken(flagValue); err != nil {
 			return "", 0, fmt.Errorf("--admin-token: %w", err)
 		}
-		if isPlaceholderToken(flagValue) {
-			return "", 0, errors.New("--admin-token: the token is a placeholder from an example (it says CHANGE-ME), which anyone may know: " +
-				"set a long random value of your own, e.g. GUESTLIST_ADMIN_TOKEN=$(openssl rand -hex 32)")
+		if err := refusePlaceholder("admin-token", flagValue); err != nil {
+			return "", 0, err
 		}
 		return flagValue, tokenFromFlag, nil
 	}
@@ -104,6 +104,31 @@ var placeholderToken = regexp.MustCompile(`(?i)(^|[^a-z0-9])change[-_]?me([^a-z0
 // (local-only-admin-token-CHANGE-ME), which a .env file or a script may still hold.
 func isPlaceholderToken(tok string) bool {
 	return placeholderToken.MatchString(tok)
+}
+
+// refusePlaceholder refuses tok, the value of the token flag --name, when it is an example's
+// placeholder (isPlaceholderToken), with an error that names the flag and its variable and says
+// how to choose a token.
+func refusePlaceholder(name, tok string) error {
+	if !isPlaceholderToken(tok) {
+		return nil
+	}
+	return fmt.Errorf("--%s: the token is a placeholder from an example (it says CHANGE-ME), which anyone may know: "+
+		"set a long random value of your own, e.g. %s=$(openssl rand -hex 32)", name, envName(name))
+}
+
+// minTokenLength is the length below which a token given by a flag (--admin-token,
+// --edge-token) is accepted with a warning that it could be guessed; generated tokens are
+// longer.
+const minTokenLength = 16
+
+// warnShortToken logs a warning when tok, the value of the token flag --name, is shorter than
+// minTokenLength; who names those who can try tokens ("the API").
+func warnShortToken(logger *slog.Logger, name, tok, who string) {
+	if len(tok) < minTokenLength {
+		logger.Warn(fmt.Sprintf("the %s is short; anyone who can reach %s could guess it", strings.ReplaceAll(name, "-", " "), who),
+			"flag", "--"+name, "length", len(tok), "want_at_least", minTokenLength)
+	}
 }
 
 // readAdminToken reads the token file at path, refusing a symbolic link, a file that another user

@@ -63,6 +63,18 @@ type deployCheck struct {
 type flagInfo struct {
 	Name    string // without the dashes
 	Default string // "" when none is shown
+	// Secret: the flag is a credential (see secretFlag).
+	Secret bool
+}
+
+// secretName matches the names of flags that hold a credential whatever their -h text says.
+var secretName = regexp.MustCompile(`(^|-)(token|password|secret)$`)
+
+// secretFlag reports whether the flag name, whose -h text is usage, holds a secret: a bearer token
+// (the -h text of every token flag says "bearer token": --admin-token, --edge-token) or a flag
+// named like a credential.
+func secretFlag(name, usage string) bool {
+	return strings.Contains(usage, "bearer token") || secretName.MatchString(name)
 }
 
 // listenPort returns the port of a listen address flag ("host:port" default), or false.
@@ -650,30 +662,85 @@ func (c *deployCheck) run() []string {
 	c.checkKurrentDB(names, services)
 	c.checkCollector(names, services, listen)
 	c.checkOriginEgress(names, services)
-	c.checkAdminToken(names, services)
+	c.checkSecrets(names, services)
 	c.checkReadmeSetsRequired()
 	return c.problems
 }
 
-// checkAdminToken: the API publishes its REST port on the host's loopback, where any web page in
-// the user's browser could reach it by DNS rebinding (the API does not check Host), so an admin
-// token that works without the user choosing one (a default, a fixed value) lets that page in.
-// A service that sets GUESTLIST_ADMIN_TOKEN takes it from a variable the user must set. (Without
-// it, the API generates one into its data directory, which is fine too.)
-func (c *deployCheck) checkAdminToken(names []string, services map[string]*service) {
-	env := envName("admin-token")
+// checkSecrets: no guestlist secret (a flag that secretFlag reports, such as the admin and the
+// edge token) may work without the user choosing it, since anyone who reads this file knows a
+// default or a fixed value. The admin token's API publishes its REST port on the host's loopback,
+// where any web page in the user's browser could reach it by DNS rebinding; the edge token opens
+// the projector's ConfigService, which streams every tenant's configuration. A service that sets
+// such a variable takes it, whole, from a variable the user must set (${VAR:?message}), and every
+// service that sets it takes it from the same one: the edges present the edge token the projector
+// expects. (A service may leave one unset where the role does without: the API then generates its
+// admin token into its data directory.)
+func (c *deployCheck) checkSecrets(names []string, services map[string]*service) {
+	from := map[string]map[string][]string{} // GUESTLIST_* variable -> the user's variable -> services
+	secrets := 0
 	for _, n := range names {
-		v, ok := services[n].env[env]
-		if !ok || strings.HasPrefix(v, requiredPrefix) {
+		s := services[n]
+		if !c.guestlistImage(s) || len(s.command) == 0 {
 			continue
 		}
-		c.problemf("service %s: %s=%q works without the user setting a token, so anyone who reads this file knows it, and a web page can reach the published API by DNS rebinding; write ${%s:?message}",
-			n, env, v, env)
+		flags, err := c.flags(s.command[0])
+		if err != nil {
+			continue // checkGuestlistServices says so
+		}
+		envs := make([]string, 0, len(flags))
+		for env, f := range flags {
+			if f.Secret {
+				envs = append(envs, env)
+			}
+		}
+		sort.Strings(envs)
+		secrets += len(envs)
+		for _, env := range envs {
+			v, ok := s.env[env]
+			if !ok {
+				continue
+			}
+			variable, fromUser := strings.CutPrefix(v, requiredPrefix)
+			if !fromUser || !slices.Contains(c.required, variable) {
+				c.problemf("service %s: %s=%q does not come, whole, from a variable the user must set; a default or a fixed value is known to anyone who reads this file (a web page can reach the published API by DNS rebinding; the edge token opens every tenant's configuration); write ${%s:?message}",
+					n, env, v, env)
+				continue
+			}
+			if from[env] == nil {
+				from[env] = map[string][]string{}
+			}
+			from[env][variable] = append(from[env][variable], n)
+		}
+	}
+	if secrets == 0 {
+		c.problemf("no guestlist service's subcommand has a secret flag (a bearer token): the -h output no longer says \"bearer token\", so this check checks nothing")
+	}
+	envs := make([]string, 0, len(from))
+	for env := range from {
+		envs = append(envs, env)
+	}
+	sort.Strings(envs)
+	for _, env := range envs {
+		if len(from[env]) < 2 {
+			continue
+		}
+		var parts []string
+		for variable, svcs := range from[env] {
+			parts = append(parts, fmt.Sprintf("%s from $%s", strings.Join(svcs, ", "), variable))
+		}
+		sort.Strings(parts)
+		c.problemf("services take %s from different variables (%s), so they may be given different secrets; take it from one", env, strings.Join(parts, "; "))
 	}
 }
 
+// composeSectionHeading starts the README section about docker compose: a level-2 heading
+// that mentions it.
+var composeSectionHeading = regexp.MustCompile(`(?m)^## .*docker compose.*$`)
+
 // checkReadmeSetsRequired: docker compose refuses to run without the required variables, so the
-// README's compose section must say how to set each (export VAR=...).
+// README's compose section must say how to set each (export VAR=...). Elsewhere would not do: the
+// section of the separate roles exports GUESTLIST_EDGE_TOKEN too, for other processes.
 func (c *deployCheck) checkReadmeSetsRequired() {
 	if len(c.required) == 0 {
 		return
@@ -683,9 +750,18 @@ func (c *deployCheck) checkReadmeSetsRequired() {
 		c.problemf("read README.md: %v", err)
 		return
 	}
+	loc := composeSectionHeading.FindIndex(b)
+	if loc == nil {
+		c.problemf("README.md has no section about docker compose (a \"## ... docker compose\" heading) to say how to set %s", strings.Join(c.required, ", "))
+		return
+	}
+	section := string(b[loc[0]:])
+	if end := strings.Index(section[loc[1]-loc[0]:], "\n## "); end >= 0 {
+		section = section[:loc[1]-loc[0]+end]
+	}
 	for _, name := range c.required {
-		if !strings.Contains(string(b), "export "+name+"=") {
-			c.problemf("README.md never sets $%s (export %s=...), without which %s stops every docker compose command", name, name, composeFileName)
+		if !strings.Contains(section, "export "+name+"=") {
+			c.problemf("README.md's docker compose section never sets $%s (export %s=...), without which %s stops every docker compose command", name, name, composeFileName)
 		}
 	}
 }
@@ -1495,7 +1571,7 @@ func subcommandFlags(command string) (map[string]flagInfo, error) {
 		}
 		flags := map[string]flagInfo{}
 		for _, m := range helpFlag.FindAllStringSubmatch(out, -1) {
-			f := flagInfo{Name: m[1]}
+			f := flagInfo{Name: m[1], Secret: secretFlag(m[1], m[2])}
 			if d := helpDefault.FindStringSubmatch(m[2]); d != nil {
 				f.Default, _ = strconv.Unquote(d[1])
 			}
@@ -1655,7 +1731,21 @@ func TestComposeStructureCatches(t *testing.T) {
 		{name: "fail/required variable's message names nothing", file: composeFileName,
 			old: "${GUESTLIST_ADMIN_TOKEN:?set GUESTLIST_ADMIN_TOKEN to", new: "${GUESTLIST_ADMIN_TOKEN:?set it to", want: "the message does not name GUESTLIST_ADMIN_TOKEN"},
 		{name: "fail/README does not set a required variable", file: "README.md",
-			old: "export GUESTLIST_ADMIN_TOKEN=", new: "GUESTLIST_ADMIN_TOKEN=", want: "README.md never sets $GUESTLIST_ADMIN_TOKEN"},
+			old: "export GUESTLIST_ADMIN_TOKEN=", new: "GUESTLIST_ADMIN_TOKEN=", want: "README.md's docker compose section never sets $GUESTLIST_ADMIN_TOKEN"},
+		{name: "fail/README sets the edge token outside its compose section only", file: "README.md",
+			old: "export GUESTLIST_EDGE_TOKEN=$(openssl rand -hex 32)    #", new: "GUESTLIST_EDGE_TOKEN=$(openssl rand -hex 32)    #", want: "README.md's docker compose section never sets $GUESTLIST_EDGE_TOKEN"},
+		{name: "fail/README without a compose section", file: "README.md",
+			old: "## Production topology (docker compose)", new: "## Production topology", want: "README.md has no section about docker compose"},
+		{name: "fail/edge token with a default", file: composeFileName,
+			old: "${GUESTLIST_EDGE_TOKEN:?", new: "${GUESTLIST_EDGE_TOKEN:-local-only-edge-token-CHANGE-ME", want: "service projector: GUESTLIST_EDGE_TOKEN="},
+		{name: "fail/edge token fixed on one edge", file: composeFileName,
+			old: "GUESTLIST_EDGE_ID: edge-2\n      GUESTLIST_CONFIG_ADDR: projector:50052\n      GUESTLIST_EDGE_TOKEN: \"${GUESTLIST_EDGE_TOKEN:?",
+			new: "GUESTLIST_EDGE_ID: edge-2\n      GUESTLIST_CONFIG_ADDR: projector:50052\n      GUESTLIST_EDGE_TOKEN: \"fixed-token-0123456789\" #", want: `service edge-2: GUESTLIST_EDGE_TOKEN="fixed-token-0123456789"`},
+		{name: "fail/edge token from another variable on one edge", file: composeFileName,
+			old: "GUESTLIST_EDGE_ID: edge-1\n      GUESTLIST_CONFIG_ADDR: projector:50052\n      GUESTLIST_EDGE_TOKEN: \"${GUESTLIST_EDGE_TOKEN:?set GUESTLIST_EDGE_TOKEN",
+			new: "GUESTLIST_EDGE_ID: edge-1\n      GUESTLIST_CONFIG_ADDR: projector:50052\n      GUESTLIST_EDGE_TOKEN: \"${GUESTLIST_EDGE1_TOKEN:?set GUESTLIST_EDGE1_TOKEN", want: "services take GUESTLIST_EDGE_TOKEN from different variables (edge-1 from $GUESTLIST_EDGE1_TOKEN; edge-2, projector from $GUESTLIST_EDGE_TOKEN)"},
+		{name: "fail/secret partly fixed", file: composeFileName,
+			old: `GUESTLIST_ADMIN_TOKEN: "${GUESTLIST_ADMIN_TOKEN:?`, new: `GUESTLIST_ADMIN_TOKEN: "known-prefix-${GUESTLIST_ADMIN_TOKEN:?`, want: "service api: GUESTLIST_ADMIN_TOKEN=\"known-prefix-"},
 		{name: "fail/undeclared volume", file: composeFileName,
 			old: "      - api-data:/data", new: "      - api-state:/data", want: `volume "api-state" is not declared`},
 		{name: "fail/data dir not on a volume", file: composeFileName,

@@ -259,8 +259,8 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 		logger.Error("admin token", "error", err)
 		return exitError
 	}
-	if src == tokenFromFlag && len(tok) < 16 {
-		logger.Warn("the admin token is short; anyone who can reach the API could guess it", "length", len(tok))
+	if src == tokenFromFlag {
+		warnShortToken(logger, "admin-token", tok, "the API")
 	}
 
 	ver := currentVersion()

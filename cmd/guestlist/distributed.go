@@ -180,6 +180,11 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 	if *withProjector && edgeToken.token == "" {
 		return flagError(fs, errors.New("--edge-token is required with --projector: it is the bearer token edges present to the ConfigService"), stderr)
 	}
+	if *withProjector {
+		if err := refusePlaceholder("edge-token", edgeToken.token); err != nil {
+			return flagError(fs, err, stderr)
+		}
+	}
 
 	renv, ok := rf.setUp(ctx, "guestlist-api", stderr)
 	if !ok {
@@ -197,13 +202,16 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 		logger.Warn("--edge-token is ignored without --projector: this process serves no ConfigService")
 		edgeToken.token = ""
 	}
+	if *withProjector {
+		warnShortToken(logger, "edge-token", edgeToken.token, "the ConfigService")
+	}
 	tok, src, err := adminToken(*rf.dataDir, token.token)
 	if err != nil {
 		logger.Error("admin token", "error", err)
 		return exitError
 	}
-	if src == tokenFromFlag && len(tok) < 16 {
-		logger.Warn("the admin token is short; anyone who can reach the API could guess it", "length", len(tok))
+	if src == tokenFromFlag {
+		warnShortToken(logger, "admin-token", tok, "the API")
 	}
 	cfg := apiConfig{
 		devConfig: devConfig{
@@ -312,11 +320,15 @@ func runProjector(ctx context.Context, args []string, env func(string) string, s
 	if edgeToken.token == "" {
 		return flagError(fs, errors.New("--edge-token is required: the bearer token edges present to the ConfigService"), stderr)
 	}
+	if err := refusePlaceholder("edge-token", edgeToken.token); err != nil {
+		return flagError(fs, err, stderr)
+	}
 	renv, ok := rf.setUp(ctx, "guestlist-projector", stderr)
 	if !ok {
 		return exitError
 	}
 	defer renv.done()
+	warnShortToken(renv.logger, "edge-token", edgeToken.token, "the ConfigService")
 	cfg := projectorConfig{
 		devConfig: devConfig{
 			DataDir: *rf.dataDir, GRPCAddr: grpcAddr.addr, HTTPAddr: rf.httpAddr.addr, Version: renv.ver,

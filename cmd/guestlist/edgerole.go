@@ -98,6 +98,9 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	if edgeToken.token == "" {
 		return flagError(fs, errors.New("--edge-token is required: the bearer token presented to the ConfigService"), stderr)
 	}
+	if err := refusePlaceholder("edge-token", edgeToken.token); err != nil {
+		return flagError(fs, err, stderr)
+	}
 	if len(*edgeID) > 256 || strings.IndexFunc(*edgeID, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
 		return flagError(fs, errors.New("--edge-id: at most 256 printable ASCII characters (the ConfigService refuses others)"), stderr)
 	}
@@ -116,6 +119,7 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 		return exitError
 	}
 	defer renv.done()
+	warnShortToken(renv.logger, "edge-token", edgeToken.token, "the ConfigService")
 	// In the data directory as setUp resolved it (see ensurePrivateDir).
 	if *caDir == "" {
 		*caDir = filepath.Join(*rf.dataDir, edgeCADir)
