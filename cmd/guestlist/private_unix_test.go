@@ -440,3 +440,180 @@ func TestAPIRoleUsesTheResolvedDataDir(t *testing.T) {
 		t.Errorf("data dir %s, store %s, checkpoint key dir %s; want all in %s", got.DataDir, got.Store, got.CheckpointKeyDir, resolved)
 	}
 }
+
+// TestEnsurePrivateDirChecksAncestors: a private directory below a directory that its group or
+// others may write to (without the sticky bit), or that a user other than root and the process's
+// owns, is refused, naming that directory, its mode or owner and the fix, however many levels
+// above it is and whether the path is relative or leads there through a symbolic link; sticky
+// directories (as /tmp) and ordinary ones are accepted.
+func TestEnsurePrivateDirChecksAncestors(t *testing.T) {
+	for _, perm := range []os.FileMode{0o777, 0o770, 0o775, 0o757, 0o722} {
+		t.Run("refused/parent "+permOctal(perm), func(t *testing.T) {
+			parent := looseDir(t, perm)
+			dir := filepath.Join(parent, "data")
+			_, err := ensurePrivateDir(dir, "data directory")
+			wantErr(t, err, "the directory "+parent+", above the data directory "+dir, "mode "+permOctal(perm), "no sticky bit", "chmod go-w "+parent)
+		})
+	}
+	t.Run("refused/three levels up", func(t *testing.T) {
+		top := looseDir(t, 0o777)
+		dir := filepath.Join(top, "a", "b", "data")
+		_, err := ensurePrivateDir(dir, "data directory")
+		wantErr(t, err, "the directory "+top+",", "mode 0777", "chmod go-w "+top)
+	})
+	for _, perm := range []os.FileMode{0o700, 0o755, 0o711, 0o777 | os.ModeSticky, 0o770 | os.ModeSticky} {
+		t.Run("accepted/parent "+perm.String(), func(t *testing.T) {
+			dir := filepath.Join(looseDir(t, perm), "data")
+			if _, err := ensurePrivateDir(dir, "data directory"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("accepted/t.TempDir", func(t *testing.T) {
+		if _, err := ensurePrivateDir(filepath.Join(t.TempDir(), "a", "b"), "data directory"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("refused/relative path", func(t *testing.T) {
+		parent := looseDir(t, 0o777)
+		t.Chdir(parent)
+		_, err := ensurePrivateDir(".guestlist", "data directory")
+		real, _ := filepath.EvalSymlinks(parent)
+		wantErr(t, err, "the directory "+real+",", "chmod go-w "+real)
+	})
+	t.Run("refused/link to a directory below an unsafe one", func(t *testing.T) {
+		parent := looseDir(t, 0o777)
+		target := filepath.Join(parent, "data")
+		if err := os.Mkdir(target, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(t.TempDir(), "data")
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+		_, err := ensurePrivateDir(link, "data directory")
+		wantErr(t, err, "the directory "+parent+",", "chmod go-w "+parent)
+	})
+	t.Run("refused/working directory through a link", func(t *testing.T) {
+		parent := looseDir(t, 0o777)
+		work := filepath.Join(parent, "work")
+		if err := os.Mkdir(work, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(t.TempDir(), "work")
+		if err := os.Symlink(work, link); err != nil {
+			t.Fatal(err)
+		}
+		t.Chdir(link)
+		_, err := ensurePrivateDir(".guestlist", "data directory")
+		wantErr(t, err, "the directory "+parent+",", "chmod go-w "+parent)
+	})
+	// The link's own directory is not on the way the process goes once it has resolved the path
+	// (see ensurePrivateDir), so a link kept where others may write leads to a safe directory.
+	t.Run("accepted/link in an unsafe directory to a safe one", func(t *testing.T) {
+		target := filepath.Join(t.TempDir(), "data")
+		if err := os.Mkdir(target, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(looseDir(t, 0o777), "data")
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+		resolved, err := ensurePrivateDir(link, "data directory")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, _ := filepath.EvalSymlinks(target); resolved != want {
+			t.Errorf("resolved %s, want %s", resolved, want)
+		}
+	})
+	t.Run("refused/parent owned by another user", func(t *testing.T) {
+		needRoot(t)
+		for _, perm := range []os.FileMode{0o755, 0o777 | os.ModeSticky} {
+			parent := looseDir(t, perm)
+			if err := os.Chown(parent, nobody, nobody); err != nil {
+				t.Fatal(err)
+			}
+			dir := filepath.Join(parent, "data")
+			_, err := ensurePrivateDir(dir, "data directory")
+			wantErr(t, err, "the directory "+parent+",", "belongs to uid 65534", "neither root nor this process's user", "chown 0 "+parent)
+		}
+	})
+	t.Run("refused/the parent first", func(t *testing.T) {
+		// Both the directory and its parent are loose: the parent is named, since whoever may
+		// write there may own the directory too.
+		parent := looseDir(t, 0o777)
+		dir := filepath.Join(parent, "data")
+		if err := os.Mkdir(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		_, err := ensurePrivateDir(dir, "data directory")
+		wantErr(t, err, "the directory "+parent+",", "chmod go-w "+parent)
+	})
+}
+
+// TestRolesRefuseADataDirBelowAnUnsafeOne: every role refuses a data directory below one that
+// others may write to, naming that one and the fix, without running; below a sticky one (as
+// /tmp) they start. The edge CA and checkpoint key directories, which may be elsewhere
+// (--edge-ca-dir, --checkpoint-key-dir), are checked the same way.
+func TestRolesRefuseADataDirBelowAnUnsafeOne(t *testing.T) {
+	const edgeTok = "edge-token-0123456789"
+	roles := []struct {
+		name string
+		args []string
+		ran  func(t *testing.T) *int
+	}{
+		{"dev", nil, func(t *testing.T) *int {
+			n := new(int)
+			prev := runControlPlane
+			runControlPlane = func(context.Context, devConfig) error { *n++; return nil }
+			t.Cleanup(func() { runControlPlane = prev })
+			return n
+		}},
+		{"api", []string{"--projector", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runAPIRole); return n }},
+		{"projector", []string{"--store", "esdb://localhost:2113?tls=false", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runProjectorRole); return n }},
+		{"edge", []string{"--config-addr", "127.0.0.1:50052", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runEdgeRole); return n }},
+	}
+	for _, r := range roles {
+		t.Run(r.name+"/refused", func(t *testing.T) {
+			ran := r.ran(t)
+			parent := looseDir(t, 0o777)
+			code, _, stderr := runCmd(t, nil, append([]string{r.name, "--data-dir", filepath.Join(parent, "data")}, r.args...)...)
+			if code != exitError || *ran != 0 {
+				t.Fatalf("exit %d, ran %d times:\n%s", code, *ran, stderr)
+			}
+			for _, w := range []string{parent, "mode 0777", "chmod go-w " + parent} {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr does not say %q:\n%s", w, stderr)
+				}
+			}
+		})
+		t.Run(r.name+"/sticky", func(t *testing.T) {
+			ran := r.ran(t)
+			parent := looseDir(t, 0o777|os.ModeSticky)
+			code, _, stderr := runCmd(t, nil, append([]string{r.name, "--data-dir", filepath.Join(parent, "data")}, r.args...)...)
+			if code != exitOK || *ran != 1 {
+				t.Fatalf("exit %d, ran %d times:\n%s", code, *ran, stderr)
+			}
+		})
+	}
+	t.Run("edge CA directory", func(t *testing.T) {
+		parent := looseDir(t, 0o770)
+		_, err := loadEdgeCA(filepath.Join(parent, "edge-ca"))
+		wantErr(t, err, "the directory "+parent+", above the edge CA directory", "mode 0770", "chmod go-w "+parent)
+		if _, err := os.Stat(filepath.Join(parent, "edge-ca", servercert.KeyFile)); err == nil {
+			t.Error("the edge CA key was written")
+		}
+	})
+	t.Run("checkpoint key directory", func(t *testing.T) {
+		parent := looseDir(t, 0o777)
+		_, err := loadCheckpointKey(filepath.Join(parent, "checkpoint-key"))
+		wantErr(t, err, "the directory "+parent+", above the checkpoint key directory", "chmod go-w "+parent)
+		if _, err := os.Stat(filepath.Join(parent, "checkpoint-key", ledger.PrivateKeyFile)); err == nil {
+			t.Error("the checkpoint key was written")
+		}
+	})
+}

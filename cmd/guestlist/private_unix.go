@@ -1,0 +1,74 @@
+//go:build unix
+
+package main
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// checkAncestors refuses the directory dir, which holds secrets (what names it: "data
+// directory"), when a directory above it could be changed by someone other than root and the
+// process's user, as OpenSSH's StrictModes refuses an authorized_keys file below such a directory.
+// Whoever may write to a directory on the way can rename the secret directory away, after the
+// checks, and put one of their own (or a symbolic link) in its place: the process would then
+// write its keys and tokens where they can read them, and read the configuration they planted. So
+// every directory above dir, up to the root, must be owned by root or the process's (effective)
+// user and not writable by its group or others, unless it has the sticky bit (as /tmp has: there
+// only an entry's owner may rename or remove it).
+//
+// dir is made absolute and its symbolic links resolved first (as ensurePrivateDir resolves the
+// directory it uses), so the directories checked are those the process goes through; the
+// directories that hold a link on the way are not, as the process does not go through them again.
+// Access control lists are not looked at.
+func checkAncestors(dir, what string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("the %s %s: %w", what, dir, err)
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return fmt.Errorf("the %s: %w", what, err)
+	}
+	uid := os.Geteuid()
+	for d := filepath.Dir(real); ; d = filepath.Dir(d) {
+		if err := checkAncestor(d, real, what, uid); err != nil {
+			return err
+		}
+		if parent := filepath.Dir(d); parent == d {
+			return nil
+		}
+	}
+}
+
+// checkAncestor checks d, a directory above the directory dir (see checkAncestors), for the
+// process's user uid.
+func checkAncestor(d, dir, what string, uid int) error {
+	fi, err := os.Lstat(d)
+	if err != nil {
+		return fmt.Errorf("the %s %s: the directory %s above it: %w", what, dir, d, err)
+	}
+	if !fi.IsDir() {
+		// A symbolic link here appeared after the path was resolved.
+		return fmt.Errorf("the %s %s: %s, above it, is no longer a directory (%s): it changed while it was checked", what, dir, d, fi.Mode().Type())
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	owner := int(st.Uid)
+	if owner != 0 && owner != uid {
+		return fmt.Errorf("the directory %s, above the %s %s, belongs to uid %d, neither root nor this process's user (uid %d), who could replace the %s with one of their own: "+
+			"if %s is yours, run chown %d %s; otherwise put the %s where only root and uid %d may change the directories above it",
+			d, what, dir, owner, uid, what, d, uid, d, what, uid)
+	}
+	if mode := fi.Mode(); mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 {
+		return fmt.Errorf("the directory %s, above the %s %s, may be written by its group or others (mode %#o, owner uid %d, no sticky bit), who could rename the %s and put one of their own in its place: "+
+			"run chmod go-w %s (or chmod +t %s, the sticky bit of /tmp), or put the %s where only root and uid %d may change the directories above it",
+			d, what, dir, mode.Perm(), owner, what, d, d, what, uid)
+	}
+	return nil
+}
