@@ -430,19 +430,20 @@ func (v *exportVerifier) verify(r io.Reader, tenant string) Result {
 
 // exportVerifier checks the entries of an export in order.
 type exportVerifier struct {
-	pub       ed25519.PublicKey
-	tenant    string
-	n         uint64
-	chain     [32]byte
-	rng       *compact.Range
-	lastPos   uint64
-	positions []uint64
-	chains    [][32]byte
-	leaves    [][32]byte
-	pending   []Checkpoint // checkpoints beyond the events seen so far, by increasing size
-	goodSize  uint64       // the largest size of a matching checkpoint
-	cpSize    uint64       // the size of the last checkpoint line
-	cpLine    int          // its line (0: none yet)
+	pub        ed25519.PublicKey
+	tenant     string
+	tenantSeen bool // a line of the export named the tenant (else tenant is the one required, if any)
+	n          uint64
+	chain      [32]byte
+	rng        *compact.Range
+	lastPos    uint64
+	positions  []uint64
+	chains     [][32]byte
+	leaves     [][32]byte
+	pending    []Checkpoint // checkpoints beyond the events seen so far, by increasing size
+	goodSize   uint64       // the largest size of a matching checkpoint
+	cpSize     uint64       // the size of the last checkpoint line
+	cpLine     int          // its line (0: none yet)
 	// lag is the Merkle range over the first events, up to the size of the last checkpoint that
 	// came after more events than its size. Checkpoint sizes increase from line to line, so it
 	// only grows: each event is added to it at most once, whatever the order of the lines.
@@ -458,9 +459,13 @@ func (v *exportVerifier) apply(e *entry) (Result, bool) {
 	switch e.kind {
 	case 't':
 		if v.tenant != "" && e.tenant != v.tenant {
+			if !v.tenantSeen {
+				// The tenant was required by the caller (VerifyExportTenant), not named by an earlier line.
+				return bad(v.n, 0, "line %d: this is an export of tenant %q, not of %q", e.line, e.tenant, v.tenant), true
+			}
 			return bad(v.n, 0, "line %d: export of tenant %q inside the export of %q", e.line, e.tenant, v.tenant), true
 		}
-		v.tenant = e.tenant
+		v.tenant, v.tenantSeen = e.tenant, true
 	case 'c':
 		cp, err := VerifyCheckpoint(v.pub, e.cp)
 		if err != nil {

@@ -446,7 +446,12 @@ func TestExportResultNamesTheTenant(t *testing.T) {
 	if r := VerifyExportTenant(strings.NewReader(in), pub, "acme"); !r.Valid || r.Tenant != "acme" {
 		t.Fatalf("as acme: %+v", r)
 	}
-	if r := VerifyExportTenant(strings.NewReader(in), pub, "globex"); r.Valid || !strings.Contains(r.Problem, `line 1: export of tenant "acme" inside the export of "globex"`) {
+	if r := VerifyExportTenant(strings.NewReader(in), pub, "globex"); r.Valid || !strings.Contains(r.Problem, `line 1: this is an export of tenant "acme", not of "globex"`) {
 		t.Fatalf("as globex: %+v", r)
+	}
+	// A second tenant line inside one export is another matter, and says so.
+	mixed := lines[0] + "\n" + strings.Replace(lines[0], `"acme"`, `"globex"`, 1) + "\n" + strings.Join(lines[1:], "\n")
+	if r := VerifyExport(strings.NewReader(mixed), pub); r.Valid || !strings.Contains(r.Problem, `line 2: export of tenant "globex" inside the export of "acme"`) {
+		t.Fatalf("two tenant lines: %+v", r)
 	}
 }
