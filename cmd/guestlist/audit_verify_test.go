@@ -96,3 +96,36 @@ func TestAuditVerifyFileNamesTheTenant(t *testing.T) {
 		t.Fatalf("--tenant globex: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// TestAuditVerifyFileRefusesWrappedTime (from the review): the canonical encoding holds an event's
+// time as Unix nanoseconds in an int64, and time.Time.UnixNano wraps around, so a time 2^64 ns
+// (about 584.5 years) before or after the genuine one had the same canonical bytes: an export
+// showing an event in 2610 or 1441 verified (exit 0) against checkpoints signed over 2026. Such a
+// line is refused now, naming the line and the time.
+func TestAuditVerifyFileRefusesWrappedTime(t *testing.T) {
+	dir := t.TempDir()
+	lines, exportFile, keyFile := writeExport(t, dir, "acme", 3)
+	if code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", exportFile, "--public-key", keyFile, "--tenant", "acme"); code != exitOK {
+		t.Fatalf("genuine export: exit %d\n%s%s", code, out, errOut)
+	}
+	genuine := time.Date(2026, 1, 1, 0, 0, 1, 0, time.UTC) // the event at revision 1, line 3
+	const wrapSec, wrapNsec = 18446744073, 709551616       // 2^64 ns
+	for name, shifted := range map[string]time.Time{
+		"2^64 ns later":   time.Unix(genuine.Unix()+wrapSec, int64(genuine.Nanosecond())+wrapNsec).UTC(),
+		"2^64 ns earlier": time.Unix(genuine.Unix()-wrapSec, int64(genuine.Nanosecond())-wrapNsec).UTC(),
+	} {
+		if shifted.UnixNano() != genuine.UnixNano() {
+			t.Fatalf("%s: %s does not wrap to the genuine time: the case shows nothing", name, shifted)
+		}
+		forged := append([]string(nil), lines...)
+		forged[2] = strings.Replace(lines[2], `"time":"`+genuine.Format(time.RFC3339Nano)+`"`, `"time":"`+shifted.Format(time.RFC3339Nano)+`"`, 1)
+		if forged[2] == lines[2] {
+			t.Fatalf("%s: the time of line 3 not found: %s", name, lines[2])
+		}
+		f := writeLines(t, dir, "shifted.ndjson", forged)
+		code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", f, "--public-key", keyFile, "--tenant", "acme")
+		if code != exitError || !strings.Contains(out, "NOT intact") || !strings.Contains(out, "line 3:") || !strings.Contains(out, shifted.Format(time.RFC3339Nano)) {
+			t.Errorf("%s (%s): exit %d\n%s%s", name, shifted.Format(time.RFC3339Nano), code, out, errOut)
+		}
+	}
+}

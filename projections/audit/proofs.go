@@ -55,6 +55,10 @@ func RecordedEvent(ae *guestlistv1.AuditEvent) (eventstore.RecordedEvent, error)
 	if err := ae.GetTime().CheckValid(); err != nil {
 		return eventstore.RecordedEvent{}, fmt.Errorf("event at revision %d: time: %w", ae.GetRevision(), err)
 	}
+	if err := ledger.CheckTime(ae.GetTime().AsTime()); err != nil {
+		// Its canonical bytes would hold another time (2^64 ns away) than the one shown.
+		return eventstore.RecordedEvent{}, fmt.Errorf("event at revision %d: time: %w", ae.GetRevision(), err)
+	}
 	return eventstore.RecordedEvent{
 		Position: eventstore.Position(ae.GetPosition()), Revision: ae.GetRevision(), Type: ae.GetType(),
 		Time: ae.GetTime().AsTime(), Data: b.GetValue(),

@@ -225,6 +225,17 @@ func TestProofs(t *testing.T) {
 		"the event's time": itamper(func(p *guestlistv1.InclusionProof) {
 			p.Event.Time = timestamppb.New(p.Event.Time.AsTime().Add(time.Second))
 		}),
+		// 2^64 ns (about 584.5 years) later: time.Time.UnixNano wraps around to the genuine
+		// time's, so the leaf was the genuine one while verify --revision printed the year 2610.
+		"the time by 2^64 ns": itamper(func(p *guestlistv1.InclusionProof) {
+			p.Event.Time = &timestamppb.Timestamp{Seconds: p.Event.Time.Seconds + 18446744073, Nanos: p.Event.Time.Nanos + 709551616}
+			if p.Event.Time.Nanos >= 1e9 {
+				p.Event.Time.Seconds, p.Event.Time.Nanos = p.Event.Time.Seconds+1, p.Event.Time.Nanos-1e9
+			}
+			if p.Event.Time.AsTime().UnixNano() != ip.Event.Time.AsTime().UnixNano() {
+				t.Fatal("the shifted time does not wrap to the genuine one: the case shows nothing")
+			}
+		}),
 	} {
 		if _, err := VerifyInclusionProof(pub, "acme", p); err == nil {
 			t.Errorf("an inclusion proof with %s altered verifies", name)

@@ -15,6 +15,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
+	"time"
 
 	"guestlist.dev/services/eventstore"
 )
@@ -44,6 +46,18 @@ const canonicalMagic = "guestlist-event"
 func Canonical(tenantID string, ev eventstore.RecordedEvent) []byte {
 	return appendCanonical(nil, tenantID, uint64(ev.Revision), uint64(ev.Position), ev.Type,
 		ev.Time.UnixNano(), ev.Metadata.Actor, ev.Metadata.RequestID, ev.Data)
+}
+
+// CheckTime reports whether t is a time the canonical encoding holds exactly: Unix nanoseconds in
+// an int64, from 1677-09-21T00:12:43.145224192Z to 2262-04-11T23:47:16.854775807Z. Any other time
+// wraps around (time.Time.UnixNano) to one in that range, 2^64 ns (about 584.5 years) away: an
+// export or a proof showing such a time would show a time other than the one the hash chain and
+// the checkpoints commit to. Event times are the store's, so every genuine event's time is in range.
+func CheckTime(t time.Time) error {
+	if !time.Unix(0, t.UnixNano()).Equal(t) {
+		return fmt.Errorf("%s is outside the times the canonical encoding holds (Unix nanoseconds in an int64, years 1677 to 2262)", t.UTC().Format(time.RFC3339Nano))
+	}
+	return nil
 }
 
 // canonicalSize is the size of the encoding of the given variable fields' total length.

@@ -73,8 +73,9 @@ import (
 //     digits, or a JSON number up to 2^53-1 which every reader reads exactly; never null);
 //   - the values are in their one canonical form: decimal without leading zeros, "data" in padded
 //     standard base64 without line breaks or stray bits, "time" in UTC as WriteExport
-//     (time.RFC3339Nano) or protojson (0, 3, 6 or 9 digits of fraction) writes it, "hash" 64
-//     lower-case hex digits.
+//     (time.RFC3339Nano) or protojson (0, 3, 6 or 9 digits of fraction) writes it, and within
+//     the years 1677 to 2262 that the canonical encoding holds (CheckTime: outside them a time
+//     would show another time than the one hashed), "hash" 64 lower-case hex digits.
 //
 // Only the content of an "error" line is read as any JSON (it is reported, never verified).
 // Whitespace between tokens is allowed (protojson adds some), so lines are not compared byte for

@@ -359,6 +359,9 @@ func refEntry(t *testing.T, line []byte, tenant string) entry {
 	if err != nil {
 		t.Fatalf("accepted, but time: %v: %q", err, line)
 	}
+	if !time.Unix(0, tm.UnixNano()).Equal(tm) {
+		t.Fatalf("accepted, but the time %s is not the one the canonical bytes hold (%s): %q", tm, time.Unix(0, tm.UnixNano()).UTC(), line)
+	}
 	var b64 string
 	switch d := ev["data"].(type) {
 	case nil:
@@ -412,6 +415,7 @@ func FuzzParseLine(f *testing.F) {
 	f.Add([]byte(`{"event":{"time":"2026-01-01T00:00:00Z","actor":"x"},"Event":{"time":"2026-01-01T00:00:00Z"}}`))
 	f.Add([]byte(`{"event":{"time":"2026-01-01T00:00:00Z","actor":"x","actor":"y","data":"AAAA","Data":"AAAB"}}`))
 	f.Add([]byte(`{"position":1,"revision":"0","time":"2026-01-01T00:00:00.123Z","data":{"@type":"x","value":"QQ=="}}`))
+	f.Add([]byte(`{"position":1,"revision":"0","time":"2610-07-22T23:34:34.709551616Z","data":"AAAA"}`))
 	f.Add([]byte(`{"tenant_id":"\u0061cme"}`))
 	f.Add([]byte(`{"error":{"code":2,"message":"x","details":[{}]}}`))
 	f.Add([]byte(`{"error":{"code":14,"message":"server shutting down","details":[]}}`))

@@ -528,7 +528,7 @@ func decodeBase64(s []byte) ([]byte, error) {
 
 // parseExportTime parses an event's time: RFC 3339 in UTC ("Z"), as WriteExport writes it
 // (time.RFC3339Nano: no trailing zeros in the fraction) or as protojson writes a Timestamp (0, 3,
-// 6 or 9 digits of fraction).
+// 6 or 9 digits of fraction), within the range of the canonical encoding (CheckTime).
 func parseExportTime(s []byte) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339Nano, string(s))
 	if err != nil {
@@ -538,6 +538,9 @@ func parseExportTime(s []byte) (time.Time, error) {
 	if string(t.UTC().AppendFormat(buf[:0], time.RFC3339Nano)) != string(s) &&
 		string(appendProtoTime(buf[:0], t.UTC())) != string(s) {
 		return time.Time{}, fmt.Errorf("%q is not in the form an export gives times (UTC, \"Z\", no extra digits)", s)
+	}
+	if err := CheckTime(t); err != nil {
+		return time.Time{}, err
 	}
 	return t, nil
 }
