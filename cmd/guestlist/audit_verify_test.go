@@ -9,7 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"guestlist.dev/projections/audit"
 	"guestlist.dev/projections/ledger"
+	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 	"guestlist.dev/services/eventstore"
 )
 
@@ -126,6 +131,57 @@ func TestAuditVerifyFileRefusesWrappedTime(t *testing.T) {
 		code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", f, "--public-key", keyFile, "--tenant", "acme")
 		if code != exitError || !strings.Contains(out, "NOT intact") || !strings.Contains(out, "line 3:") || !strings.Contains(out, shifted.Format(time.RFC3339Nano)) {
 			t.Errorf("%s (%s): exit %d\n%s%s", name, shifted.Format(time.RFC3339Nano), code, out, errOut)
+		}
+	}
+}
+
+// TestAuditVerifyFileRefusesDataOfAnotherType (from the review): an event's data as an Any must be
+// what ExportEvents sends, a google.protobuf.BytesValue. Its "@type" was not read, so a line whose
+// data claimed to be a google.protobuf.StringValue (protojson, and the audit's own RecordedEvent,
+// read the base64 as text, not as the event's bytes) or a message of another event type verified
+// (exit 0). Such a line is refused now, naming the line and the type.
+func TestAuditVerifyFileRefusesDataOfAnotherType(t *testing.T) {
+	dir := t.TempDir()
+	lines, _, keyFile := writeExport(t, dir, "acme", 3)
+	const data = `"data":"AQECAw=="` // the event at revision 1, line 3
+	if !strings.Contains(lines[2], data) {
+		t.Fatalf("line 3 has no %s: %s", data, lines[2])
+	}
+	asAny := func(typeURL string) []string {
+		out := append([]string(nil), lines...)
+		out[2] = strings.Replace(lines[2], data, `"data":{"@type":"`+typeURL+`","value":"AQECAw=="}`, 1)
+		return out
+	}
+	// The form ExportEvents sends verifies.
+	genuine := writeLines(t, dir, "bytes.ndjson", asAny("type.googleapis.com/google.protobuf.BytesValue"))
+	if code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", genuine, "--public-key", keyFile, "--tenant", "acme"); code != exitOK {
+		t.Fatalf("data as a BytesValue: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, typeURL := range []string{
+		"type.googleapis.com/google.protobuf.StringValue",
+		"type.googleapis.com/guestlist.events.v1.PolicyDeleted",
+		"example.com/google.protobuf.BytesValue",
+		"",
+	} {
+		forged := asAny(typeURL)
+		if typeURL == "type.googleapis.com/google.protobuf.StringValue" {
+			// What the line says to a protojson reader: a string, not the event's bytes.
+			var resp guestlistv1.ExportEventsResponse
+			if err := protojson.Unmarshal([]byte(forged[2]), &resp); err != nil {
+				t.Fatal(err)
+			}
+			var sv wrapperspb.StringValue
+			if err := resp.GetEvent().GetData().UnmarshalTo(&sv); err != nil || sv.GetValue() != "AQECAw==" {
+				t.Fatalf("protojson reads %v (%v): the case shows nothing", resp.GetEvent().GetData(), err)
+			}
+			if _, err := audit.RecordedEvent(resp.GetEvent()); err == nil {
+				t.Fatal("audit.RecordedEvent takes a StringValue as the event's bytes")
+			}
+		}
+		f := writeLines(t, dir, "other.ndjson", forged)
+		code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", f, "--public-key", keyFile, "--tenant", "acme")
+		if code != exitError || !strings.Contains(out, "NOT intact") || !strings.Contains(out, "line 3:") || !strings.Contains(out, "google.protobuf.BytesValue") {
+			t.Errorf("data with @type %q: exit %d\n%s%s", typeURL, code, out, errOut)
 		}
 	}
 }

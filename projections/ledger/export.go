@@ -51,8 +51,10 @@ import (
 //	                                                 result of a stream of AuditEvent (exports made
 //	                                                 before ExportEvents sent checkpoints)
 //
-// In an event, "data" may also be the protojson form of a google.protobuf.Any holding the bytes,
-// {"@type":"...","value":"<base64>"} (as ExportEvents sends it: a google.protobuf.BytesValue). An
+// In an event, "data" may also be the protojson form of a google.protobuf.Any holding the bytes
+// as ExportEvents sends it, a google.protobuf.BytesValue:
+// {"@type":"type.googleapis.com/google.protobuf.BytesValue","value":"<base64>"} (an Any of any
+// other type, whose "value" protojson would read as another message, is reported as a problem). An
 // Any expanded into the message's JSON fields cannot be verified (its bytes are not exact) and is
 // reported as a problem, as is a line with more than one item, a checkpoint of another tenant, and
 // any other line. A line with an "error" (as the REST export, now and before, ends a stream that

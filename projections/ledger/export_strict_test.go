@@ -368,6 +368,9 @@ func refEntry(t *testing.T, line []byte, tenant string) entry {
 	case string:
 		b64 = d
 	case map[string]any:
+		if typ := str(d, "@type"); typ != "type.googleapis.com/google.protobuf.BytesValue" {
+			t.Fatalf("accepted, but data is an Any of %q: protojson does not read its value as the event's bytes: %q", typ, line)
+		}
 		b64 = str(d, "value")
 	default:
 		t.Fatalf("accepted, but data is %T: %q", d, line)

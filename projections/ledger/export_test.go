@@ -280,7 +280,7 @@ func TestExportForms(t *testing.T) {
 		}
 		var s string
 		_ = json.Unmarshal(x.Event.Data, &s)
-		x.Event.Data, _ = json.Marshal(map[string]string{"@type": "type.googleapis.com/" + x.Event.Type, "value": s})
+		x.Event.Data, _ = json.Marshal(map[string]string{"@type": "type.googleapis.com/google.protobuf.BytesValue", "value": s})
 		b, _ := json.Marshal(map[string]any{"result": x.Event})
 		rest = append(rest, string(b))
 	}

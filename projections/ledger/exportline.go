@@ -450,8 +450,12 @@ func (p *lineParser) eventField(bit uint32, ev *rawEvent) error {
 	return err
 }
 
+// bytesValueURL is the type URL of the Any of an event's data as ExportEvents sends it.
+const bytesValueURL = "type.googleapis.com/google.protobuf.BytesValue"
+
 // data reads an event's data: standard base64, or the protojson form of an Any holding the bytes
-// ({"@type":"...","value":"<base64>"}).
+// as a google.protobuf.BytesValue ({"@type":"type.googleapis.com/google.protobuf.BytesValue",
+// "value":"<base64>"}).
 func (p *lineParser) data(ev *rawEvent) ([]byte, error) {
 	if p.peek() == '"' {
 		s, err := p.str()
@@ -464,7 +468,7 @@ func (p *lineParser) data(ev *rawEvent) ([]byte, error) {
 		return nil, errors.New("want a base64 string or an Any")
 	}
 	var haveType, haveValue bool
-	var value []byte
+	var value, typeURL []byte
 	for n := 0; ; n++ {
 		k, done, err := p.member(n)
 		if err != nil {
@@ -479,7 +483,7 @@ func (p *lineParser) data(ev *rawEvent) ([]byte, error) {
 				return nil, fmt.Errorf("duplicate key %q", k)
 			}
 			haveType = true
-			if _, err := p.str(); err != nil {
+			if typeURL, err = p.str(); err != nil {
 				return nil, err
 			}
 		case "value":
@@ -511,6 +515,11 @@ func (p *lineParser) data(ev *rawEvent) ([]byte, error) {
 	}
 	if !haveType || !haveValue {
 		return nil, errors.New(`an Any without "@type" and "value"`)
+	}
+	if string(typeURL) != bytesValueURL {
+		// Its "value" is then another message's JSON (a StringValue's text, say), which protojson
+		// and audit.RecordedEvent do not read as the event's bytes.
+		return nil, fmt.Errorf("an Any of %s, not %s (the event's exact bytes)", quoteKey(typeURL), bytesValueURL)
 	}
 	return decodeBase64(value)
 }
