@@ -316,7 +316,13 @@ type lineBatch struct {
 	done    chan struct{}
 }
 
-const batchLines = 1024
+// A batch of lines holds at most batchLines lines, and takes no more lines once it holds
+// batchBytes (so one line may take it beyond that): the lines read ahead of the one being applied
+// are bounded by a few batches, whatever the size of the lines and of the file.
+const (
+	batchLines = 1024
+	batchBytes = 4 << 20
+)
 
 func verifyExport(r io.Reader, pub ed25519.PublicKey, tenant string) Result {
 	v := &exportVerifier{pub: pub, tenant: tenant, rng: rangeFactory.NewEmptyRange(0)}
@@ -404,7 +410,8 @@ func (v *exportVerifier) verify(r io.Reader, tenant string) Result {
 			}
 			b.data = append(b.data, sc.Bytes()...)
 			b.ends = append(b.ends, len(b.data))
-			if len(b.ends) == batchLines && !flush() {
+			v.maxBatch = max(v.maxBatch, len(b.data))
+			if (len(b.ends) == batchLines || len(b.data) >= batchBytes) && !flush() {
 				return
 			}
 		}
@@ -452,6 +459,7 @@ type exportVerifier struct {
 	// only grows: each event is added to it at most once, whatever the order of the lines.
 	lag       *compact.Range
 	lagLeaves uint64 // events added to lag (tests)
+	maxBatch  int    // the most bytes of lines a batch held (tests; written by the reading goroutine)
 }
 
 // apply checks the next entry; stop is set with the result when the export is bad.

@@ -1,9 +1,17 @@
 package ledger
 
 import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"guestlist.dev/services/eventstore"
 )
 
 // checkpointLines returns the indexes of the checkpoint lines.
@@ -89,5 +97,52 @@ func TestLateCheckpointsCostOnePass(t *testing.T) {
 	late[len(events)+49] = other[otherCPs[49]] // the checkpoint at size 500
 	if r := verifyExportLines(late, pub); r.Valid || !strings.Contains(r.Problem, "do not match the signed checkpoint at size 500") {
 		t.Fatalf("another history's checkpoint at size 500: %+v", r)
+	}
+}
+
+// TestExportReadAheadIsBounded (from the review): the verifier parses lines ahead of the one it
+// applies in batches of 1,024 lines, which had no bound in bytes, so an export of large lines
+// (events carry up to 4 MiB; a line may be 256 MiB) was held in memory nearly whole: a 630 MB
+// file of 512 KB lines took 1.7 GB, and a larger one exhausted the auditor's memory. A batch
+// now takes no more lines once it holds 4 MiB.
+func TestExportReadAheadIsBounded(t *testing.T) {
+	signer := NewSigner(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32)))
+	const n, size = 48, 512 << 10
+	evs := make([]eventstore.RecordedEvent, n)
+	var leaves [][32]byte
+	var chain [32]byte
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range evs {
+		evs[i] = eventstore.RecordedEvent{Type: "guestlist.events.v1.PolicyUpdated", Stream: "tenant-acme",
+			Data: bytes.Repeat([]byte{byte(i)}, size), Time: t0.Add(time.Duration(i) * time.Second),
+			Revision: uint64(i), Position: eventstore.Position(i + 1)}
+		c := Canonical("acme", evs[i])
+		chain = Chain(chain, c)
+		leaves = append(leaves, LeafHash(c))
+	}
+	cp := signer.Sign(Checkpoint{Tenant: "acme", Size: n, Root: RootFromLeafHashes(leaves), Chain: chain, Time: t0})
+	file := filepath.Join(t.TempDir(), "acme.ndjson")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteExport(f, "acme", evs, []SignedCheckpoint{cp}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	in, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	v := &exportVerifier{pub: signer.PublicKey(), rng: rangeFactory.NewEmptyRange(0)}
+	if r := v.verify(in, ""); !r.Valid || r.Checked != n {
+		t.Fatalf("genuine export: %+v", r)
+	}
+	line := base64.StdEncoding.EncodedLen(size) + 512
+	if v.maxBatch > batchBytes+line {
+		t.Errorf("a batch held %d bytes of lines (%d lines of about %d bytes): more than %d + one line", v.maxBatch, v.maxBatch/line, line, batchBytes)
 	}
 }
