@@ -600,6 +600,9 @@ func runAuditVerify(ctx context.Context, args []string, env func(string) string,
 			fmt.Fprintf(stdout, ", positions %d to %d", r.FirstPosition, r.LastPosition)
 		}
 		fmt.Fprintln(stdout)
+		// An export cut short at an earlier checkpoint (or an old one) verifies too: say as of
+		// when the history is signed, so that the auditor sees how recent it is.
+		fmt.Fprintf(stdout, "the history as of the signed checkpoint of %s (size %d)\n", r.CheckpointTime.UTC().Format(time.RFC3339Nano), r.Checked)
 		if f.tenant == "" {
 			fmt.Fprintf(stdout, "the tenant is the one the file names; pass --tenant to require it\n")
 		}

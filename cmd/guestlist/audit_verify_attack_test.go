@@ -221,3 +221,31 @@ func TestAuditVerifyFileAttacks(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditVerifyFileSaysAsOfWhen (from the review): an export cut short right after an earlier
+// checkpoint (or an old export served again) is a genuine, shorter history and verifies: nothing
+// in the file tells it from the full one. verify --file said only how many events it checked; it
+// now also says when the checkpoint that covers the last of them was signed, so that the auditor
+// sees the history is not recent.
+func TestAuditVerifyFileSaysAsOfWhen(t *testing.T) {
+	dir := t.TempDir()
+	signer := ledger.NewSigner(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{5}, 32)))
+	keyFile := filepath.Join(dir, "checkpoint.pub")
+	if err := os.WriteFile(keyFile, []byte(signer.PublicKeyPEM()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lines := checkpointedExport(t, signer, "acme", 6, 2) // checkpoints at sizes 2, 4, 6 (lines 4, 7, 10)
+	for _, c := range []struct {
+		lines []string
+		want  string
+	}{
+		{lines, `intact: 6 events of tenant "acme" checked, positions 10 to 60` + "\n" + "the history as of the signed checkpoint of 2026-01-01T00:00:05Z (size 6)\n"},
+		{lines[:7], `intact: 4 events of tenant "acme" checked, positions 10 to 40` + "\n" + "the history as of the signed checkpoint of 2026-01-01T00:00:03Z (size 4)\n"},
+	} {
+		f := writeLines(t, dir, "export.ndjson", c.lines)
+		code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", f, "--public-key", keyFile, "--tenant", "acme")
+		if code != exitOK || !strings.Contains(out, c.want) {
+			t.Errorf("%d lines: exit %d, want 0 and %q\n%s%s", len(c.lines), code, c.want, out, errOut)
+		}
+	}
+}

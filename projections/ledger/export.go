@@ -452,6 +452,7 @@ type exportVerifier struct {
 	leaves     [][32]byte
 	pending    []Checkpoint // checkpoints beyond the events seen so far, by increasing size
 	goodSize   uint64       // the largest size of a matching checkpoint
+	goodTime   time.Time    // the time of that checkpoint
 	cpSize     uint64       // the size of the last checkpoint line
 	cpLine     int          // its line (0: none yet)
 	// lag is the Merkle range over the first events, up to the size of the last checkpoint that
@@ -573,7 +574,9 @@ func (v *exportVerifier) checkAt(cp Checkpoint, line int) (Result, bool) {
 		}
 		return bad(v.n, pos, "line %d: the events up to revision %d do not match the signed checkpoint at size %d", line, cp.Size-1, cp.Size), true
 	}
-	v.goodSize = max(v.goodSize, cp.Size)
+	if cp.Size >= v.goodSize {
+		v.goodSize, v.goodTime = cp.Size, cp.Time
+	}
 	return Result{}, false
 }
 
@@ -592,5 +595,5 @@ func (v *exportVerifier) finish() Result {
 		// anyone who rewrote the file: only a signed checkpoint makes them evidence.
 		return bad(v.goodSize, v.positions[v.goodSize], "events from revision %d (position %d) on are not covered by a signed checkpoint (the last covers %d events); an export must end at a signed checkpoint", v.goodSize, v.positions[v.goodSize], v.goodSize)
 	}
-	return Result{Valid: true, Checked: v.n}
+	return Result{Valid: true, Checked: v.n, CheckpointTime: v.goodTime}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"time"
 
 	"guestlist.dev/projections/fold"
 	"guestlist.dev/services/eventstore"
@@ -30,6 +31,11 @@ type Result struct {
 	// verifies too: the auditor checks that it is the one they meant, or uses VerifyExportTenant.
 	Tenant                      string
 	FirstPosition, LastPosition uint64
+	// CheckpointTime is, for a valid export, when the signed checkpoint that covers its last event
+	// was made (VerifyExport only). A file cut short at an earlier checkpoint, or an old export
+	// served again, is a genuine history of that time and verifies: the time is what tells the
+	// auditor how recent the history they verified is.
+	CheckpointTime time.Time
 }
 
 func bad(checked, pos uint64, format string, args ...any) Result {
