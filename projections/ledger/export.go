@@ -287,9 +287,10 @@ func fromHex(c byte) (byte, bool) {
 // key: it recomputes every event's canonical bytes and chain hash and compares the hash with the
 // event's, checks that revisions run 0, 1, 2, ... with increasing positions, and checks every
 // checkpoint's signature, that checkpoints come once each in increasing size, and that each one's
-// root and chain hash match the events at its size. Events
-// after the last checkpoint are fine; a checkpoint larger than the history means events were
-// removed.
+// root and chain hash match the events at its size. The export must end at a signed checkpoint:
+// events after the last one are reported (nothing signed vouches for them), as is an export
+// without events; a checkpoint larger than the history means events were removed. A valid
+// result names the tenant, the positions checked and the time of the last checkpoint.
 //
 // FirstBadPosition is the position of the first event line that does not fit: a changed event (its
 // hash no longer matches), the event after a dropped line (a revision gap), an inserted line, or
