@@ -584,6 +584,11 @@ func runAuditVerify(ctx context.Context, args []string, env func(string) string,
 			return fail(exitUsage, "--file: %v", err)
 		}
 		defer in.Close()
+		// A directory opens, and fails only when read: that is a usage error, not a history
+		// found broken (pipes and other files are read as they come).
+		if fi, err := in.Stat(); err == nil && fi.IsDir() {
+			return fail(exitUsage, "--file %s is a directory, not an export", *file)
+		}
 		var r ledger.Result
 		if f.tenant != "" {
 			r = ledger.VerifyExportTenant(in, pub, f.tenant)

@@ -211,10 +211,11 @@ func TestAuditVerifyFileAttacks(t *testing.T) {
 	// Usage errors are exit 2, not 1: no key, no file, a key that is not one.
 	f := writeLines(t, dir, "export.ndjson", lines)
 	for name, args := range map[string][]string{
-		"no --public-key":       {"--file", f},
-		"a missing file":        {"--file", filepath.Join(dir, "missing.ndjson"), "--public-key", keyFile},
-		"a missing key":         {"--file", f, "--public-key", filepath.Join(dir, "missing.pub")},
-		"the export as the key": {"--file", f, "--public-key", f},
+		"no --public-key":         {"--file", f},
+		"a missing file":          {"--file", filepath.Join(dir, "missing.ndjson"), "--public-key", keyFile},
+		"a missing key":           {"--file", f, "--public-key", filepath.Join(dir, "missing.pub")},
+		"the export as the key":   {"--file", f, "--public-key", f},
+		"a directory as the file": {"--file", dir, "--public-key", keyFile},
 	} {
 		if code, out, errOut := runCmd(t, nil, append([]string{"audit", "verify"}, args...)...); code != exitUsage {
 			t.Errorf("%s: exit %d, want %d\n%s%s", name, code, exitUsage, out, errOut)
