@@ -250,3 +250,24 @@ func TestAuditVerifyFileSaysAsOfWhen(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditVerifyFileRefusesHugeLines (from the review): a line of an export holds one event, at
+// most what one API request carries (4 MiB of data, 5.6 MiB in base64), but lines of up to 256
+// MiB were read, several at a time (a file of 200 MB lines took 3.5 GB to verify). A line longer
+// than ledger.MaxExportLine (64 MiB) is refused now, naming it; here a genuine export whose line 3
+// is padded with spaces (JSON whitespace) to that length, which verified before.
+func TestAuditVerifyFileRefusesHugeLines(t *testing.T) {
+	dir := t.TempDir()
+	lines, _, keyFile := writeExport(t, dir, "acme", 3)
+	lines[2] += strings.Repeat(" ", ledger.MaxExportLine+1-len(lines[2]))
+	f := writeLines(t, dir, "padded.ndjson", lines)
+	code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", f, "--public-key", keyFile, "--tenant", "acme")
+	if code != exitError || !strings.Contains(out, "line 3 is longer than 64 MiB") {
+		t.Errorf("a line of 64 MiB + 1: exit %d\n%s%s", code, out, errOut)
+	}
+	lines[2] = lines[2][:ledger.MaxExportLine] // the longest line read: the export verifies
+	f = writeLines(t, dir, "padded.ndjson", lines)
+	if code, out, errOut := runCmd(t, nil, "audit", "verify", "--file", f, "--public-key", keyFile, "--tenant", "acme"); code != exitOK {
+		t.Errorf("a line of 64 MiB: exit %d\n%s%s", code, out, errOut)
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"guestlist.dev/projections/ledger"
 )
 
 const (
@@ -25,7 +27,7 @@ const (
 	// each next piece of the export (the API flushes at least every second while it sends).
 	exportIdleTimeout = time.Minute
 	// maxExportLine bounds one line of an export (as ledger.VerifyExport does).
-	maxExportLine = 256 << 20
+	maxExportLine = ledger.MaxExportLine
 )
 
 func runAuditExport(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {

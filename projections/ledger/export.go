@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -20,7 +21,8 @@ import (
 
 // Export format
 //
-// An export is NDJSON: one JSON object per line, empty lines ignored. WriteExport writes
+// An export is NDJSON: one JSON object per line, empty lines ignored, each line at most
+// MaxExportLine bytes. WriteExport writes
 //
 //	{"tenant":"<tenant id>"}                        first, once
 //	{"event":{...}}                                 one per event, in revision order
@@ -317,6 +319,21 @@ type lineBatch struct {
 	done    chan struct{}
 }
 
+// MaxExportLine bounds the length of one line of an export, its line feed excluded. An event's
+// data is at most what one API request carries (4 MiB), which is 5.6 MiB in base64: a longer line
+// is not one of an export, and reading it would only hold memory (the verifier reads several
+// lines ahead of the one it checks).
+const MaxExportLine = 64 << 20
+
+// scanExportLines is bufio.ScanLines for lines of at most MaxExportLine bytes.
+func scanExportLines(data []byte, atEOF bool) (int, []byte, error) {
+	advance, line, err := bufio.ScanLines(data, atEOF)
+	if len(line) > MaxExportLine {
+		return 0, nil, bufio.ErrTooLong
+	}
+	return advance, line, err
+}
+
 // A batch of lines holds at most batchLines lines, and takes no more lines once it holds
 // batchBytes (so one line may take it beyond that): the lines read ahead of the one being applied
 // are bounded by a few batches, whatever the size of the lines and of the file.
@@ -338,7 +355,8 @@ func verifyExport(r io.Reader, pub ed25519.PublicKey, tenant string) Result {
 // verify reads the export from r and checks its lines in order.
 func (v *exportVerifier) verify(r io.Reader, tenant string) Result {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 1<<20), 256<<20)
+	sc.Buffer(make([]byte, 0, 1<<20), MaxExportLine+2) // the line, "\r\n"
+	sc.Split(scanExportLines)
 	line := 0
 	// The first non-empty line may name the tenant, which parsing events needs.
 	for sc.Scan() {
@@ -432,6 +450,9 @@ func (v *exportVerifier) verify(r io.Reader, tenant string) Result {
 				return res
 			}
 		}
+	}
+	if errors.Is(scanErr, bufio.ErrTooLong) {
+		return bad(v.n, 0, "line %d is longer than %d MiB: not a line of an export (an event holds at most a few MiB)", line+1, MaxExportLine>>20)
 	}
 	if scanErr != nil {
 		return bad(v.n, 0, "read export: %v", scanErr)

@@ -102,7 +102,7 @@ func TestLateCheckpointsCostOnePass(t *testing.T) {
 
 // TestExportReadAheadIsBounded (from the review): the verifier parses lines ahead of the one it
 // applies in batches of 1,024 lines, which had no bound in bytes, so an export of large lines
-// (events carry up to 4 MiB; a line may be 256 MiB) was held in memory nearly whole: a 630 MB
+// (events carry up to 4 MiB; lines of up to 256 MiB were read) was held in memory nearly whole: a 630 MB
 // file of 512 KB lines took 1.7 GB, and a larger one exhausted the auditor's memory. A batch
 // now takes no more lines once it holds 4 MiB.
 func TestExportReadAheadIsBounded(t *testing.T) {
