@@ -249,18 +249,31 @@ func VerifyCheckpoint(pub ed25519.PublicKey, signed SignedCheckpoint) (Checkpoin
 		return Checkpoint{}, err
 	}
 	id := keyID(pub)
+	var others []string // the key ids of signature lines by other keys
+	ours := false       // a signature line carries pub's key id
 	for _, line := range strings.Split(strings.TrimSuffix(sigs, "\n"), "\n") {
 		rest, ok := strings.CutPrefix(line, "— "+keyName+" ")
 		if !ok {
 			continue
 		}
 		raw, err := base64.StdEncoding.DecodeString(rest)
-		if err != nil || len(raw) != 4+ed25519.SignatureSize || !bytes.Equal(raw[:4], id) {
+		if err != nil || len(raw) != 4+ed25519.SignatureSize {
 			continue
 		}
+		if !bytes.Equal(raw[:4], id) {
+			others = append(others, hex.EncodeToString(raw[:4]))
+			continue
+		}
+		ours = true
 		if ed25519.Verify(pub, []byte(body), raw[4:]) {
 			return cp, nil
 		}
+	}
+	if !ours && len(others) > 0 {
+		// Most likely the wrong public key rather than a forgery: say so, with both key ids.
+		return Checkpoint{}, fmt.Errorf("%w: %s at size %d: it is signed by key id %s, not by the public key given (key id %s): "+
+			"is that the key of the installation that made it (GET /v1/checkpointKey)?",
+			ErrBadSignature, cp.Tenant, cp.Size, strings.Join(others, ", "), hex.EncodeToString(id))
 	}
 	return Checkpoint{}, fmt.Errorf("%w: %s at size %d", ErrBadSignature, cp.Tenant, cp.Size)
 }

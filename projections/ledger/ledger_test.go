@@ -2,9 +2,11 @@ package ledger
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -225,8 +227,20 @@ func TestLoadOrCreateKeyReuses(t *testing.T) {
 		t.Fatalf("VerifyCheckpoint: %+v %v", got, err)
 	}
 	other, _ := LoadOrCreateKey(t.TempDir())
-	if _, err := VerifyCheckpoint(other.PublicKey(), s); !errors.Is(err, ErrBadSignature) {
+	_, err = VerifyCheckpoint(other.PublicKey(), s)
+	if !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("other key: %v", err)
+	}
+	// The wrong key is named as the likely cause, with both key ids.
+	if msg := err.Error(); !strings.Contains(msg, hex.EncodeToString(keyID(pub))) || !strings.Contains(msg, hex.EncodeToString(keyID(other.PublicKey()))) ||
+		!strings.Contains(msg, "/v1/checkpointKey") {
+		t.Errorf("other key: %q does not name both key ids and where the right key is", msg)
+	}
+	// A body changed under our own signature is not blamed on the key.
+	forged := SignedCheckpoint(strings.Replace(string(s), "acme", "acmf", 1))
+	_, err = VerifyCheckpoint(pub, forged)
+	if !errors.Is(err, ErrBadSignature) || strings.Contains(err.Error(), "key id") {
+		t.Errorf("changed body: %v, want a bad signature not blamed on the key", err)
 	}
 }
 
