@@ -330,7 +330,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		errc <- nil
 	}()
-	s.log.InfoContext(ctx, "API serving", "grpc_addr", s.GRPCAddr().String(), "http_addr", s.HTTPAddr().String())
+	s.log.InfoContext(ctx, "serving gRPC and HTTP", "grpc_addr", s.GRPCAddr().String(), "http_addr", s.HTTPAddr().String(), "services", s.services)
 
 	var errs []error
 	pending := 2
