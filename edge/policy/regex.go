@@ -121,6 +121,9 @@ type regexInfo struct {
 	re *regexp.Regexp // nil when the pattern is not a constant
 	// insts is the number of instructions of the compiled program.
 	insts int
+	// runes is the number of runes of the instructions' classes (Inst.Rune), for
+	// Program.SizeEstimate.
+	runes int
 	// posNs is the work at one input position, in ns.
 	posNs uint64
 	// positions, if not 0, bounds the input positions at which there is work.
@@ -193,7 +196,11 @@ func analyzeRegexWithin(pattern string, budget *int) (*regexInfo, error) {
 	}
 	onePass := isOnePass(re)
 	posNs, positions := positionWork(prog, onePass, budget)
-	return &regexInfo{re: re, insts: len(prog.Inst), posNs: posNs, positions: positions, onePass: onePass}, nil
+	runes := 0
+	for i := range prog.Inst {
+		runes += len(prog.Inst[i].Rune)
+	}
+	return &regexInfo{re: re, insts: len(prog.Inst), runes: runes, posNs: posNs, positions: positions, onePass: onePass}, nil
 }
 
 // isOnePass reports whether regexp runs re with its one-pass engine. regexp does not export this;

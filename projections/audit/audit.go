@@ -3,7 +3,9 @@
 // made for a request then. It replays history with the same two pure functions the rest of
 // guestlist uses (projections/fold for the configuration, edge/decision for the verdict), so an
 // explanation at a decision log line's config_revision re-derives that line's verdict, reason and
-// rule. It writes nothing.
+// rule. It writes nothing. It keeps folded states to replay from and, for Explain, prepared
+// configurations (policies compiled), each tenant's its own ([WithPreparedConfigs]); what it keeps
+// changes no answer.
 //
 // The hash chain, Verify, ExportEvents, GetCheckpointKey and the Merkle proofs (GetConsistencyProof,
 // GetInclusionProof) come from package projections/ledger, given with [WithLedger]; without it they
@@ -38,6 +40,7 @@ import (
 	"guestlist.dev/projections/fold"
 	"guestlist.dev/projections/foldview"
 	"guestlist.dev/projections/ledger"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 	"guestlist.dev/services/api/apistatus"
 	"guestlist.dev/services/auth"
@@ -60,6 +63,13 @@ type Service struct {
 	ledger *ledger.Ledger
 	signer *ledger.Signer
 	cache  *stateCache
+
+	// prepare is decision.Prepare (tests count its calls); prepared caches its results for
+	// Explain (nil: none), within preparedCount entries and preparedBytes.
+	prepare       func(*configv1.HostnameConfig) (*decision.Hostname, error)
+	prepared      *preparedCache
+	preparedCount int
+	preparedBytes int64
 }
 
 // Option configures a Service.
@@ -79,6 +89,22 @@ func WithCachedStates(n int) Option {
 	}
 }
 
+// WithPreparedConfigs bounds the hostname configurations that Explain keeps prepared (their CAs
+// parsed and their policy compiled by decision.Prepare), so that explaining many decisions made
+// on one configuration compiles its policy once: at most entries of them, of at most maxBytes
+// estimated size in all (decision.Hostname.SizeEstimate), the least recently used dropped first
+// (default 64 entries and 128 MiB). A configuration larger than maxBytes is prepared on every
+// call. Either bound 0 prepares on every call. Entries are per tenant and per configuration: a
+// tenant's explanation never uses another tenant's, and what is kept changes no verdict.
+func WithPreparedConfigs(entries int, maxBytes int64) Option {
+	return func(s *Service) { s.preparedCount, s.preparedBytes = entries, maxBytes }
+}
+
+// withPrepare replaces decision.Prepare (tests count the calls).
+func withPrepare(prepare func(*configv1.HostnameConfig) (*decision.Hostname, error)) Option {
+	return func(s *Service) { s.prepare = prepare }
+}
+
 // WithLedger gives the service the tenants' hash chains and signed checkpoints: l follows the same
 // store (its Run is the caller's to start), and signer is the key that signs l's checkpoints.
 // Without it, hashes are empty and Verify, ExportEvents and GetCheckpointKey are UNIMPLEMENTED.
@@ -88,10 +114,12 @@ func WithLedger(l *ledger.Ledger, signer *ledger.Signer) Option {
 
 // New returns the AuditService on store.
 func New(store eventstore.Store, opts ...Option) *Service {
-	s := &Service{store: store, now: time.Now, cache: &stateCache{cap: defaultCacheStates}}
+	s := &Service{store: store, now: time.Now, cache: &stateCache{cap: defaultCacheStates},
+		prepare: decision.Prepare, preparedCount: defaultPreparedEntries, preparedBytes: defaultPreparedBytes}
 	for _, o := range opts {
 		o(s)
 	}
+	s.prepared = newPreparedCache(s.preparedCount, s.preparedBytes, s.prepare)
 	return s
 }
 
@@ -372,7 +400,10 @@ func (s *Service) Explain(ctx context.Context, req *guestlistv1.ExplainRequest) 
 	}
 	var h *decision.Hostname
 	if cfg := fold.HostnameConfig(st, name, rev); cfg != nil {
-		if h, err = decision.Prepare(cfg); err != nil {
+		if h, err = s.prepareConfig(ctx, req.GetTenantId(), cfg); err != nil {
+			if _, ok := status.FromError(err); ok {
+				return nil, err // the context's, while waiting for another call to prepare cfg
+			}
 			return nil, status.Errorf(codes.FailedPrecondition, "audit: the configuration of %s at position %d does not prepare (an edge refuses it): %v", name, rev, err)
 		}
 	}
@@ -386,6 +417,15 @@ func (s *Service) Explain(ctx context.Context, req *guestlistv1.ExplainRequest) 
 		return nil, status.Errorf(codes.FailedPrecondition, "audit: cannot re-derive this decision: rule %q of the policy of %s at position %d reads request.headers, which the decision log does not record; give the request's headers (headers) to explain it", d.Rule, name, rev)
 	}
 	return &guestlistv1.ExplainResponse{Verdict: string(d.Verdict), Reason: d.Reason, Rule: d.Rule, ConfigRevision: rev}, nil
+}
+
+// prepareConfig is decision.Prepare(cfg), from the cache of prepared configurations when there is
+// one. A status error is not Prepare's (the context's, or the cache's own).
+func (s *Service) prepareConfig(ctx context.Context, tenant string, cfg *configv1.HostnameConfig) (*decision.Hostname, error) {
+	if s.prepared == nil {
+		return s.prepare(cfg)
+	}
+	return s.prepared.get(ctx, tenant, cfg)
 }
 
 // requestHeader turns Explain's headers into the http.Header the edge would have had (nil for

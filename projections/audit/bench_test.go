@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -55,6 +56,61 @@ func BenchmarkExplain10kEvents(b *testing.B) {
 	for b.Loop() {
 		resp, err := svc.Explain(admin, req)
 		if err != nil || resp.GetVerdict() != "allow" {
+			b.Fatal(resp, err)
+		}
+	}
+}
+
+// BenchmarkExplainExpensivePolicy explains, over and over, one request on a hostname whose policy
+// is at the compile-time worst case (edge/policy's BenchmarkCompileManyPatterns: 45 rules of about
+// 110 distinct calls of matches() each, after a first rule that decides): what an auditor
+// explaining many decision log lines of that hostname pays per line. Without the cache of prepared
+// configurations, every call compiled the policy. The first explanation (which prepares the
+// configuration, with or without the cache) is not timed.
+//
+//	go test -run XXX -bench ExplainExpensivePolicy -benchtime 5x guestlist.dev/projections/audit
+func BenchmarkExplainExpensivePolicy(b *testing.B) {
+	store, err := boltstore.Open(b.TempDir() + "/events.db")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	ca := pkitest.NewCA(b, "devices")
+	leaf := ca.Client(b, "leaf")
+	rules := []*eventsv1.PolicyRule{{Name: "devices", Action: eventsv1.Action_ACTION_ALLOW, Expression: "cert.verified"}}
+	for r := range 45 {
+		var parts []string
+		for i := 0; ; i++ {
+			part := fmt.Sprintf("''.matches('(?:a|b)*a(?:a|b){8}%c%c%c')", 'A'+i%26, 'A'+i/26, 'a'+r%26)
+			if len(strings.Join(append(parts, part), "||")) > 4096 {
+				break
+			}
+			parts = append(parts, part)
+		}
+		rules = append(rules, &eventsv1.PolicyRule{Name: fmt.Sprintf("r%d", r), Action: eventsv1.Action_ACTION_ALLOW, Expression: strings.Join(parts, "||")})
+	}
+	var evs []eventstore.EventData
+	for _, m := range []proto.Message{
+		&eventsv1.TenantCreated{TenantId: "acme"},
+		&eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "devices", CertificateDer: ca.Cert.Raw, FingerprintSha256: "00"},
+		&eventsv1.PolicyCreated{PolicyId: "p", Rules: rules},
+		&eventsv1.HostnameCreated{Hostname: "pay.acme.example", OriginUrl: "http://o", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, PolicyId: "p",
+			Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"devices"}}},
+	} {
+		data, _ := proto.Marshal(m)
+		evs = append(evs, eventstore.EventData{ID: storetest.NewEventID(), Type: fold.TypeOf(m), Data: data})
+	}
+	if _, err := store.Append(context.Background(), fold.TenantStream("acme"), eventstore.Any(), evs...); err != nil {
+		b.Fatal(err)
+	}
+	svc := New(store)
+	req := &guestlistv1.ExplainRequest{TenantId: "acme", Hostname: "pay.acme.example", ClientCertificateChainPem: pkitest.PEM(leaf.Cert), Method: "GET", Path: "/"}
+	if _, err := svc.Explain(admin, req); err != nil { // the first explanation, not timed
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		resp, err := svc.Explain(admin, req)
+		if err != nil || resp.GetVerdict() != "allow" || resp.GetRule() != "devices" {
 			b.Fatal(resp, err)
 		}
 	}

@@ -198,12 +198,14 @@ func mapValues[K comparable, V any](m map[K]V) []V {
 // the configuration the projector distributed at position P (prepared by the edge's configset, as
 // the edge holds it) equals Explain at config_revision P, for random requests and certificates at
 // random times. Explanations are asked after the whole history is written, so replay has to stop
-// at the right event.
+// at the right event. They are the same with the cache of prepared configurations (as by
+// default), with a cache of two entries (dropping them all the time) and without one.
 func TestExplainMatchesTheEdge(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	store := openStore(t)
 	svc := New(store)
+	others := map[string]*Service{"a cache of 2": New(store, WithPreparedConfigs(2, 1<<30)), "no cache": New(store, WithPreparedConfigs(0, 0))}
 	proj, err := projector.Open(filepath.Join(t.TempDir(), "projections.db"), store, projector.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		t.Fatal(err)
@@ -305,6 +307,15 @@ func TestExplainMatchesTheEdge(t *testing.T) {
 			}
 			if got.GetVerdict() != string(want.Verdict) || got.GetReason() != want.Reason || got.GetRule() != want.Rule || got.GetConfigRevision() != set.Position() {
 				t.Errorf("%s (tenant %s) at %d, chain %d, %s %s at %v: edge %s %s %q, explain %v", name, tenant, set.Position(), ci, req.Method, req.Path, when, want.Verdict, want.Reason, want.Rule, got)
+			}
+			for what, other := range others {
+				o, err := other.Explain(admin, &guestlistv1.ExplainRequest{
+					TenantId: tenant, Hostname: name, ClientCertificateChainPem: chainPEM, Method: req.Method, Path: req.Path,
+					At: &guestlistv1.ExplainRequest_AtPosition{AtPosition: set.Position()}, RequestTime: timestamppb.New(when),
+				})
+				if err != nil || !proto.Equal(o, got) {
+					t.Errorf("%s (tenant %s) at %d: explain %v, with %s %v (%v)", name, tenant, set.Position(), got, what, o, err)
+				}
 			}
 			checked++
 			reasons[want.Reason]++
