@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/checker"
@@ -327,12 +328,12 @@ var environment = sync.OnceValues(func() (*cel.Env, error) {
 		cel.OptionalTypes(),
 		ext.Strings(ext.StringsVersion(5)),
 		ext.Sets(ext.SetsVersion(0)),
-		cel.CostEstimatorOptions(
+		cel.CostEstimatorOptions(append([]checker.CostOption{
 			checker.OverloadCostEstimate(overloads.SizeString, estimateStringSize),
 			checker.OverloadCostEstimate(overloads.SizeStringInst, estimateStringSize),
 			checker.OverloadCostEstimate(overloads.Matches, estimateMatches),
 			checker.OverloadCostEstimate(overloads.MatchesString, estimateMatches),
-		),
+		}, joinEstimators()...)...), // after ext.Strings: they replace its estimators of join()
 		cel.DefaultUTCTimeZone(true),
 		cel.ExtendedValidations(),
 		cel.ASTValidators(cel.ValidateComprehensionNestingLimit(maxComprehensionNest), regexSizeValidator{}),
@@ -387,11 +388,13 @@ func sizeEstimate(est checker.CostEstimator, n checker.AstNode) checker.SizeEsti
 	return checker.UnknownSizeEstimate()
 }
 
+// trackStringSize is the run-time cost of size() of a string, the counterpart of
+// estimateStringSize: by its code points, as the estimate counts them (see sizes.go).
 func trackStringSize(args []ref.Val, _ ref.Val) *uint64 {
 	c := uint64(1)
 	if len(args) > 0 {
 		if s, ok := args[0].(types.String); ok {
-			c += uint64(math.Ceil(float64(len(s)) * common.StringTraversalCostFactor))
+			c += uint64(math.Ceil(float64(utf8.RuneCountInString(string(s))) * common.StringTraversalCostFactor))
 		}
 	}
 	return &c

@@ -38,9 +38,10 @@
 // limited in nesting depth, node count, comprehension nesting (2) and regular expression size (a
 // compiled program of at most 1000 instructions; counted repetitions such as [0-9]{1,8} count as
 // written out). Every rule's estimated worst-case cost must stay within [MaxRuleCost], and the sum
-// over the policy's rules within [MaxPolicyCost]; the estimate uses cel-go's cost model, plus a
-// size-linear cost for size() of strings and this package's price of matches() (below), and
-// assumes these bounds on the input:
+// over the policy's rules within [MaxPolicyCost]; the estimate uses cel-go's cost model (which
+// sizes strings in code points; join() is sized by the length of its entries, which cel-go does
+// not do), plus a size-linear cost for size() of strings and this package's price of matches()
+// (below), and assumes these bounds on the input (a bound in bytes bounds the code points too):
 //
 //	lists of cert (dns_names, email_addresses, uris, organizational_unit, organization)   32 entries
 //	cert.dns_names entries 253 bytes, email_addresses 320, uris 2048
@@ -74,7 +75,8 @@
 //
 //	(200 ns + (input length + 1) × work) / 40 ns
 //
-// units, rounded up, where work is the largest set of instructions of the pattern's automaton over
+// units, rounded up, where the input length is in code points (the steps Go's regexp takes; an
+// invalid byte is one, as U+FFFD), work is the largest set of instructions of the pattern's automaton over
 // all the states any input reaches (zero-width assertions taken as true), each instruction
 // weighted by what a visit costs (8 to 15 ns, more for a class of many ranges or a case-folded
 // rune, measured on the machine of docs/benchmarks.md), plus the backtracker's set-up. A pattern
@@ -86,8 +88,8 @@
 // cert.subject.common_name.matches('^device-[0-9]{1,8}$') 21;
 // cert.dns_names.exists(n, n.matches('^device-[0-9]+\.acme\.example$')) 5,219. A pattern that
 // is not a constant (request.path.matches(request.method)) is compiled at every evaluation and
-// priced as the largest program allowed plus its compilation (25 µs a byte), which refuses it on
-// all but the shortest inputs.
+// priced as the largest program allowed plus its compilation (25 µs a code point), which refuses it
+// on all but the shortest inputs.
 package policy
 
 import (

@@ -50,7 +50,7 @@ func TestRegexPositions(t *testing.T) {
 			t.Errorf("%q: positions = %d, want %d", tt.pattern, ri.positions, tt.positions)
 		}
 		// (The backtracker's set-up still grows with the input, up to a bound.)
-		short, long := ri.cost(boundPath), ri.cost(100*boundPath)
+		short, long := ri.cost(boundPath, boundPath), ri.cost(100*boundPath, 100*boundPath)
 		clearUnits := uint64(backtrackMaxBits/backtrackClearBitsPerNs/regexNsPerUnit + 1)
 		if tt.positions != 0 && long > short+clearUnits || tt.positions == 0 && long < 10*short {
 			t.Errorf("%q: cost %d on %d bytes, %d on %d", tt.pattern, short, boundPath, long, 100*boundPath)
