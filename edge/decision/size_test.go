@@ -1,11 +1,12 @@
 package decision
 
 import (
+	"bytes"
+	"crypto/x509"
+	"encoding/asn1"
 	"fmt"
 	"runtime"
 	"testing"
-
-	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -13,7 +14,13 @@ import (
 
 // TestSizeEstimate: Hostname.SizeEstimate is at least the heap a prepared hostname keeps (with its
 // configuration), for hostnames of 1 to 16 CAs, P-256 and RSA, with many revocations and with a
-// policy, so that the audit's cache of prepared configurations stays within its bound.
+// policy, so that the audit's cache of prepared configurations stays within its bound. The
+// configurations are built afresh for each hostname (their strings and bytes included), as the
+// fold builds them for Explain. Besides ordinary hostnames, those a tenant could build to hold
+// more than their encoded size: CA certificates of the largest size the API accepts (64 KiB of
+// PEM) made of the smallest items that parsing turns into slices of their own (extended key
+// usages of 3 bytes, certificate policies of 6), and a hostname in mode OFF (whose CAs are not
+// parsed) with many short revocations, each a message of its own in memory.
 func TestSizeEstimate(t *testing.T) {
 	rules := []*configv1.Rule{{Name: "no-admin", Action: configv1.Action_ACTION_DENY, Expression: "request.path.startsWith('/admin')"}, {Name: "devices", Action: configv1.Action_ACTION_ALLOW, Expression: "cert.verified && cert.subject.organizational_unit.exists(u, u.matches('^dev(ice|elopment)s?$'))"}}
 	// What is built once for all hostnames (the policy environment, cel-go's tables, the tables of
@@ -22,33 +29,76 @@ func TestSizeEstimate(t *testing.T) {
 		CertificateAuthorities: []*configv1.TrustedCertificateAuthority{{CertificateAuthorityId: "warm", CertificateDer: pkitest.NewCA(t, "warm").Cert.Raw}}}); err != nil {
 		t.Fatal(err)
 	}
+	// maxDER is about the largest CA certificate the API accepts: 64 KiB of PEM.
+	const maxDER = 46_000
+	ekus := func(c *x509.Certificate) {
+		for range maxDER / 3 {
+			c.UnknownExtKeyUsage = append(c.UnknownExtKeyUsage, asn1.ObjectIdentifier{1, 2})
+		}
+	}
+	policies := func(c *x509.Certificate) {
+		for i := range maxDER / 7 {
+			oid, err := x509.OIDFromInts([]uint64{1, 2, uint64(i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Policies = append(c.Policies, oid)
+		}
+	}
 	for _, tc := range []struct {
 		cas, revocations int
 		rsa, policy      bool
-	}{{1, 0, false, false}, {1, 0, false, true}, {16, 0, false, false}, {16, 1000, false, true}, {4, 0, true, false}} {
-		cfg := &configv1.HostnameConfig{Hostname: "pay.example", TenantId: "acme", Mode: configv1.MtlsMode_MTLS_MODE_ENFORCE, Active: true}
+		mode             configv1.MtlsMode
+		ca               pkitest.Options
+		name             string
+	}{
+		{cas: 1}, {cas: 1, policy: true}, {cas: 16}, {cas: 16, revocations: 1000, policy: true}, {cas: 4, rsa: true},
+		{cas: 16, ca: ekus, name: "16 CAs of 15,333 extended key usages"},
+		{cas: 16, ca: policies, name: "16 CAs of 6,571 policies"},
+		{cas: 1, revocations: 20_000, mode: configv1.MtlsMode_MTLS_MODE_OFF, name: "mode OFF, 20,000 revocations"},
+		{cas: 1, revocations: 20_000, name: "20,000 revocations"},
+	} {
+		mode := tc.mode
+		if mode == configv1.MtlsMode_MTLS_MODE_UNSPECIFIED {
+			mode = configv1.MtlsMode_MTLS_MODE_ENFORCE
+		}
+		var ders [][]byte
 		for i := range tc.cas {
-			var der []byte
-			if tc.rsa {
-				der = pkitest.CAForKey(t, fmt.Sprint("ca ", i), pkitest.RandomRSA(t, 4096, 65537)).Raw
-			} else {
-				der = pkitest.NewCA(t, fmt.Sprint("ca ", i)).Cert.Raw
+			var opts []pkitest.Options
+			if tc.ca != nil {
+				opts = append(opts, tc.ca)
 			}
-			cfg.CertificateAuthorities = append(cfg.CertificateAuthorities, &configv1.TrustedCertificateAuthority{CertificateAuthorityId: fmt.Sprint("ca", i), CertificateDer: der})
+			if tc.rsa {
+				ders = append(ders, pkitest.CAForKey(t, fmt.Sprint("ca ", i), pkitest.RandomRSA(t, 4096, 65537)).Raw)
+			} else {
+				ders = append(ders, pkitest.NewCA(t, fmt.Sprint("ca ", i), opts...).Cert.Raw)
+			}
 		}
-		for i := range tc.revocations {
-			cfg.Revocations = append(cfg.Revocations, &configv1.Revocation{CertificateAuthorityId: "ca0", RevocationId: fmt.Sprint("r", i), SerialNumber: fmt.Sprintf("%x", 1_000_000+i)})
+		// build makes the configuration afresh: every string and byte of it its own, as the
+		// fold's are once the state it was built from is gone.
+		build := func() *configv1.HostnameConfig {
+			cfg := &configv1.HostnameConfig{Hostname: fmt.Sprint("pay.example"), TenantId: fmt.Sprint("acme"), Mode: mode, Active: true}
+			for i, der := range ders {
+				cfg.CertificateAuthorities = append(cfg.CertificateAuthorities, &configv1.TrustedCertificateAuthority{CertificateAuthorityId: fmt.Sprint("ca", i), CertificateDer: bytes.Clone(der)})
+			}
+			for i := range tc.revocations {
+				cfg.Revocations = append(cfg.Revocations, &configv1.Revocation{CertificateAuthorityId: fmt.Sprint("ca0"), RevocationId: fmt.Sprint("r", i), SerialNumber: fmt.Sprintf("%x", 1_000_000+i)})
+			}
+			if tc.policy {
+				cfg.Policy = &configv1.Policy{PolicyId: fmt.Sprint("p"), Rules: rules}
+			}
+			return cfg
 		}
-		if tc.policy {
-			cfg.Policy = &configv1.Policy{PolicyId: "p", Rules: rules}
+		n := 20
+		if tc.ca != nil || tc.revocations > 1000 {
+			n = 4
 		}
-		const n = 20
 		hs := make([]*Hostname, 0, n)
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		for range n {
-			h, err := Prepare(proto.CloneOf(cfg))
+			h, err := Prepare(build())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -56,8 +106,11 @@ func TestSizeEstimate(t *testing.T) {
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		held := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
-		name := fmt.Sprintf("%d CAs (RSA %v), %d revocations, policy %v", tc.cas, tc.rsa, tc.revocations, tc.policy)
+		held := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / int64(n)
+		name := tc.name
+		if name == "" {
+			name = fmt.Sprintf("%d CAs (RSA %v), %d revocations, policy %v", tc.cas, tc.rsa, tc.revocations, tc.policy)
+		}
 		t.Logf("%s: holds %d bytes, estimated %d", name, held, hs[0].SizeEstimate())
 		if hs[0].SizeEstimate() < held {
 			t.Errorf("%s: SizeEstimate %d bytes, but a prepared hostname holds %d", name, hs[0].SizeEstimate(), held)
