@@ -20,28 +20,45 @@ import (
 // user and not writable by its group or others, unless it has the sticky bit (as /tmp has: there
 // only an entry's owner may rename or remove it).
 //
-// dir is made absolute and its symbolic links resolved first (as ensurePrivateDir resolves the
-// directory it uses), so the directories checked are those the process goes through; the
-// directories that hold a link on the way are not, as the process does not go through them again.
-// Access control lists are not looked at.
+// dir is the path the process uses from then on, its symbolic links resolved by the caller
+// (ensurePrivateDir), so the directories checked are those the process goes through; the
+// directories that held a link on the way are not, as the process does not go through them again.
+// The path is not resolved again: a symbolic link found on it appeared since it was resolved (who
+// may write to the directory that holds it swapped a directory of the path for it), and is refused
+// rather than followed, since the process would go on through the swapped directory whatever the
+// link's target is when checked. A relative dir is taken from the working directory with its links
+// resolved (the process holds the working directory, not its path). Access control lists are not
+// looked at.
 func checkAncestors(dir, what string) error {
-	abs, err := filepath.Abs(dir)
+	abs, err := absolute(dir)
 	if err != nil {
 		return fmt.Errorf("the %s %s: %w", what, dir, err)
 	}
-	real, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		return fmt.Errorf("the %s: %w", what, err)
-	}
 	uid := os.Geteuid()
-	for d := filepath.Dir(real); ; d = filepath.Dir(d) {
-		if err := checkAncestor(d, real, what, uid); err != nil {
+	for d := filepath.Dir(abs); ; d = filepath.Dir(d) {
+		if err := checkAncestor(d, abs, what, uid); err != nil {
 			return err
 		}
 		if parent := filepath.Dir(d); parent == d {
 			return nil
 		}
 	}
+}
+
+// absolute returns dir as an absolute path, without resolving its symbolic links: a relative dir
+// is joined to the working directory, whose own links are resolved.
+func absolute(dir string) (string, error) {
+	if filepath.IsAbs(dir) {
+		return filepath.Clean(dir), nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	if wd, err = filepath.EvalSymlinks(wd); err != nil {
+		return "", err
+	}
+	return filepath.Join(wd, dir), nil
 }
 
 // checkAncestor checks d, a directory above the directory dir (see checkAncestors), for the

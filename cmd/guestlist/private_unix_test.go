@@ -617,3 +617,52 @@ func TestRolesRefuseADataDirBelowAnUnsafeOne(t *testing.T) {
 		}
 	})
 }
+
+// TestCheckAncestorsDoesNotFollowLinks: checkAncestors checks the directories of the path it is
+// given, the one the process uses from then on (ensurePrivateDir resolved it). A symbolic link
+// found on that path appeared since it was resolved: someone who may write to the directory that
+// holds it swapped a directory of the path for it. It is refused, not followed to check the
+// directories above its target instead: the process would then go on through the swapped
+// directory, where the link could be swapped again for one of theirs once the checks are done.
+// (Found by review: checkAncestors resolved the path again and checked the directories above the
+// link's target, so a swap in the window between ensurePrivateDir's resolution and the check,
+// to a link leading to a safe directory, passed, and the process used the path through the unsafe
+// directory.)
+func TestCheckAncestorsDoesNotFollowLinks(t *testing.T) {
+	safe := filepath.Join(t.TempDir(), "safe")
+	if err := os.MkdirAll(filepath.Join(safe, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	loose := looseDir(t, 0o777)
+	// As ensurePrivateDir saw it: loose/me/data, a directory of the user's.
+	used := filepath.Join(loose, "me", "data")
+	if err := os.MkdirAll(used, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// Then, before the check, loose/me became a link to a safe directory.
+	if err := os.Rename(filepath.Join(loose, "me"), filepath.Join(loose, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(safe, filepath.Join(loose, "me")); err != nil {
+		t.Fatal(err)
+	}
+	err := checkAncestors(used, "data directory")
+	wantErr(t, err, filepath.Join(loose, "me"), "is no longer a directory", "changed while it was checked")
+
+	t.Run("relative path in a working directory reached through a link", func(t *testing.T) {
+		// The working directory's own links are resolved: they are not on the way the process
+		// goes (it holds the working directory, not its path).
+		work := filepath.Join(t.TempDir(), "work")
+		if err := os.MkdirAll(filepath.Join(work, ".guestlist"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(t.TempDir(), "work")
+		if err := os.Symlink(work, link); err != nil {
+			t.Fatal(err)
+		}
+		t.Chdir(link)
+		if err := checkAncestors(".guestlist", "data directory"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
