@@ -333,7 +333,7 @@ var environment = sync.OnceValues(func() (*cel.Env, error) {
 			checker.OverloadCostEstimate(overloads.SizeStringInst, estimateStringSize),
 			checker.OverloadCostEstimate(overloads.Matches, estimateMatches),
 			checker.OverloadCostEstimate(overloads.MatchesString, estimateMatches),
-		}, joinEstimators()...)...), // after ext.Strings: they replace its estimators of join()
+		}, append(joinEstimators(), priceEstimators()...)...)...), // after ext.Strings: they replace its estimators of join(), indexOf() and lastIndexOf()
 		cel.DefaultUTCTimeZone(true),
 		cel.ExtendedValidations(),
 		cel.ASTValidators(cel.ValidateComprehensionNestingLimit(maxComprehensionNest), regexSizeValidator{}),
@@ -350,15 +350,16 @@ var environment = sync.OnceValues(func() (*cel.Env, error) {
 // check or describe expressions (e.g. editors). [Compile] uses it.
 func Environment() (*cel.Env, error) { return environment() }
 
-// costTrackers are the run-time counterparts of the cost estimates this package adds, for a rule
-// whose constant regular expressions are regexes.
+// costTrackers are the run-time counterparts of the cost estimates this package adds (and the
+// tracker of format(): see prices.go), for a rule whose constant regular expressions are regexes.
+// They are given to env.Program, after the environment's own, which they replace.
 func costTrackers(regexes map[string]*regexInfo) cel.ProgramOption {
-	return cel.CostTrackerOptions(
+	return cel.CostTrackerOptions(append([]interpreter.CostTrackerOption{
 		interpreter.OverloadCostTracker(overloads.SizeString, trackStringSize),
 		interpreter.OverloadCostTracker(overloads.SizeStringInst, trackStringSize),
 		interpreter.OverloadCostTracker(overloads.Matches, trackMatches(regexes)),
 		interpreter.OverloadCostTracker(overloads.MatchesString, trackMatches(regexes)),
-	)
+	}, priceTrackers()...)...)
 }
 
 // estimateStringSize makes size() of a string cost like other string traversals: CEL counts the

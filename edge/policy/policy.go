@@ -40,8 +40,12 @@
 // written out). Every rule's estimated worst-case cost must stay within [MaxRuleCost], and the sum
 // over the policy's rules within [MaxPolicyCost]; the estimate uses cel-go's cost model (which
 // sizes strings in code points; join() is sized by the length of its entries, which cel-go does
-// not do), plus a size-linear cost for size() of strings and this package's price of matches()
-// (below), and assumes these bounds on the input (a bound in bytes bounds the code points too):
+// not do), plus a size-linear cost for size() of strings, this package's price of matches()
+// (below), and its prices of the calls whose work cel-go does not see (prices.go: conversions from
+// a string by its length, indexOf() and lastIndexOf() by the string's conversion to runes,
+// strings.quote() by its copies, a time zone given by name by its loading, about 40 µs, and the
+// equality of lists and maps by their entries and strings), and assumes these bounds on the input
+// (a bound in bytes bounds the code points too):
 //
 //	lists of cert (dns_names, email_addresses, uris, organizational_unit, organization)   32 entries
 //	cert.dns_names entries 253 bytes, email_addresses 320, uris 2048
@@ -50,7 +54,10 @@
 //	request.host 253, request.method 32, request.path 2048
 //	request.headers: 64 names of up to 64 bytes, values (joined) up to 4096 bytes
 //
-// Evaluation within these bounds needs no run-time cost tracking. A value beyond them is never
+// Evaluation within these bounds needs no run-time cost tracking, except for a rule that calls
+// format(): the length of its result, by which it costs, is not known before it runs (an argument
+// may be request.headers), so such a rule is always tracked, and counts MaxRuleCost toward the
+// policy's limit, as a rule over the limits does. A value beyond them is never
 // shown to the untracked program: reading it makes [Program.Evaluate] evaluate that rule again, and
 // the remaining rules, with run-time cost tracking: a rule whose actual cost then exceeds
 // [MaxRuleCost], or an evaluation whose cost (estimated for the untracked rules, actual for the
@@ -362,6 +369,12 @@ func compileRule(env *cel.Env, r Rule, stored bool, analysis *regexAnalysis) (*c
 		}
 		cost, tracked = MaxRuleCost, true
 	}
+	if !tracked && callsFormat(ast) {
+		// The length of format()'s result is not known before it runs (an argument may be
+		// request.headers), and its work goes by it: the rule is tracked, and counts MaxRuleCost
+		// toward the policy's limit as a rule over the limit does (see prices.go).
+		cost, tracked = MaxRuleCost, true
+	}
 	fast, err := env.Program(ast, append(regexProgramOptions(regexCalls, regexes, false), cel.EvalOptions(cel.OptOptimize))...)
 	if err != nil {
 		return nil, fail(start, "%v", err)
@@ -496,7 +509,8 @@ func (p *Program) SizeEstimate() int64 { return p.size }
 func (p *Program) Rule(i int) Rule { return p.rules[i].Rule }
 
 // EstimatedCost returns the estimated worst-case cost of the i-th rule, in CEL cost units (for a
-// rule over MaxRuleCost compiled by CompileStored, MaxRuleCost).
+// rule over MaxRuleCost compiled by CompileStored, and for a rule that calls format(), which are
+// tracked at run time, MaxRuleCost).
 func (p *Program) EstimatedCost(i int) uint64 { return p.rules[i].cost }
 
 // Evaluate tries the rules in order and reports the first whose expression is true: matched is

@@ -78,7 +78,7 @@ func (st *evalState) release() {
 	for i := range st.lists {
 		st.lists[i].s = nil
 	}
-	st.headers.h, st.headers.keys = nil, nil
+	st.headers.h, st.headers.keys, st.headers.longest, st.headers.low = nil, nil, 0, nil
 	// Clear only what was used: clearing pointers costs write barriers while the GC runs.
 	for m := st.cached; m != 0; m &= m - 1 {
 		st.cache[bits.TrailingZeros16(m)] = nil
@@ -308,6 +308,13 @@ type headerMap struct {
 	st   *evalState
 	h    http.Header
 	keys []string // the lower-case names, once iterated
+	// longest is 1 + the length of the longest name, once a key was looked up (0: not yet).
+	longest int
+	// low is lowered's result, built once per evaluation and guard (lowGuarded: m.guarded() when
+	// it was built): comparing the map (request.headers == {}) builds it, which takes up to
+	// 100 µs for 64 headers of 4 KiB, and a rule may compare it hundreds of times.
+	low        map[string]string
+	lowGuarded bool
 }
 
 var _ traits.Mapper = (*headerMap)(nil)
@@ -316,6 +323,16 @@ var _ traits.Mapper = (*headerMap)(nil)
 // letters never match: the CEL map has lower-case keys only.
 func (m *headerMap) values(key string) []string {
 	if len(m.h) == 0 || key == "" {
+		return nil
+	}
+	if m.longest == 0 {
+		for k := range m.h {
+			m.longest = max(m.longest, len(k)+1)
+		}
+	}
+	if len(key) >= m.longest {
+		// No name is that long: do not copy and hash a key that may be a header's value (up to
+		// 4 KiB within the bounds, 64 KiB beyond), which `in` and indexing charge one unit.
 		return nil
 	}
 	var buf [256]byte
@@ -380,6 +397,15 @@ func (m *headerMap) size() int {
 // lowered returns the map as CEL sees it. Unless guarded, a map beyond the bounds of the cost
 // estimate records that and yields an empty map (the evaluation is then repeated, guarded).
 func (m *headerMap) lowered() map[string]string {
+	if m.low != nil && m.lowGuarded == m.guarded() {
+		return m.low
+	}
+	m.low, m.lowGuarded = m.lower(), m.guarded()
+	return m.low
+}
+
+// lower builds the map lowered returns.
+func (m *headerMap) lower() map[string]string {
 	out := make(map[string]string, len(m.h))
 	// In the order of the names, so that of two names differing only in case (a Header built by
 	// hand) the same one wins every time: the canonical one, which sorts first, as in values.
