@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -18,7 +20,10 @@ import (
 // write its keys and tokens where they can read them, and read the configuration they planted. So
 // every directory above dir, up to the root, must be owned by root or the process's (effective)
 // user and not writable by its group or others, unless it has the sticky bit (as /tmp has: there
-// only an entry's owner may rename or remove it).
+// only an entry's owner may rename or remove it). A directory writable by its group is accepted
+// when that group is its owner's alone (ownersGroup), as OpenSSH accepts it on Debian: Debian,
+// Ubuntu, Fedora and RHEL give each user such a group and a umask of 002, so that the directories
+// users make (a clone of the repository) are of mode 0775.
 //
 // dir is the path the process uses from then on, its symbolic links resolved by the caller
 // (ensurePrivateDir), so the directories checked are those the process goes through; the
@@ -61,6 +66,10 @@ func absolute(dir string) (string, error) {
 	return filepath.Join(wd, dir), nil
 }
 
+// etcPasswd and etcGroup are the user and group databases that ownersGroup reads (tests replace
+// them).
+var etcPasswd, etcGroup = "/etc/passwd", "/etc/group"
+
 // checkAncestor checks d, a directory above the directory dir (see checkAncestors), for the
 // process's user uid.
 func checkAncestor(d, dir, what string, uid int) error {
@@ -82,10 +91,83 @@ func checkAncestor(d, dir, what string, uid int) error {
 			"if %s is yours, run chown %d %s; otherwise put the %s where only root and uid %d may change the directories above it",
 			d, what, dir, owner, uid, what, d, uid, d, what, uid)
 	}
-	if mode := fi.Mode(); mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 {
+	if mode := fi.Mode(); mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 &&
+		(mode.Perm()&0o002 != 0 || !ownersGroup(int(st.Gid), owner)) {
 		return fmt.Errorf("the directory %s, above the %s %s, may be written by its group or others (mode %#o, owner uid %d, no sticky bit), who could rename the %s and put one of their own in its place: "+
 			"run chmod go-w %s (or chmod +t %s, the sticky bit of /tmp), or put the %s where only root and uid %d may change the directories above it",
 			d, what, dir, mode.Perm(), owner, what, d, d, what, uid)
 	}
 	return nil
+}
+
+// ownersGroup reports whether the group gid is the user owner's alone, as a user private group is:
+// the group database lists no member of it but owner, no user but owner has it as primary group,
+// and owner is in it (by either). Only the files are read (no other name service): a group not
+// found there, or files that cannot be read, count as not owner's alone.
+func ownersGroup(gid, owner int) bool {
+	users, err := readDB(etcPasswd)
+	if err != nil {
+		return false
+	}
+	name, in := "", false
+	for _, u := range users { // name:password:uid:gid:...
+		if len(u) < 4 {
+			continue
+		}
+		uid, err1 := strconv.Atoi(u[2])
+		g, err2 := strconv.Atoi(u[3])
+		if err1 != nil || err2 != nil {
+			return false
+		}
+		if uid == owner && name == "" {
+			name = u[0]
+		}
+		if g == gid {
+			if uid != owner {
+				return false
+			}
+			in = true
+		}
+	}
+	groups, err := readDB(etcGroup)
+	if err != nil || name == "" {
+		return false
+	}
+	found := false
+	for _, g := range groups { // name:password:gid:member,member
+		if len(g) < 4 {
+			continue
+		}
+		if id, err := strconv.Atoi(g[2]); err != nil || id != gid {
+			continue
+		}
+		found = true
+		for _, m := range strings.Split(g[3], ",") {
+			switch m {
+			case "":
+			case name:
+				in = true
+			default:
+				return false
+			}
+		}
+	}
+	return found && in
+}
+
+// readDB reads a colon-separated database such as /etc/passwd: its lines' fields, without the
+// comments and empty lines (and the NIS "+" and "-" lines, which it does not follow).
+func readDB(path string) ([][]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]string
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == "" || line[0] == '#' || line[0] == '+' || line[0] == '-' {
+			continue
+		}
+		out = append(out, strings.Split(line, ":"))
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -449,6 +450,7 @@ func TestAPIRoleUsesTheResolvedDataDir(t *testing.T) {
 func TestEnsurePrivateDirChecksAncestors(t *testing.T) {
 	for _, perm := range []os.FileMode{0o777, 0o770, 0o775, 0o757, 0o722} {
 		t.Run("refused/parent "+permOctal(perm), func(t *testing.T) {
+			sharedGroup(t)
 			parent := looseDir(t, perm)
 			dir := filepath.Join(parent, "data")
 			_, err := ensurePrivateDir(dir, "data directory")
@@ -601,6 +603,7 @@ func TestRolesRefuseADataDirBelowAnUnsafeOne(t *testing.T) {
 		})
 	}
 	t.Run("edge CA directory", func(t *testing.T) {
+		sharedGroup(t)
 		parent := looseDir(t, 0o770)
 		_, err := loadEdgeCA(filepath.Join(parent, "edge-ca"))
 		wantErr(t, err, "the directory "+parent+", above the edge CA directory", "mode 0770", "chmod go-w "+parent)
@@ -665,4 +668,73 @@ func TestCheckAncestorsDoesNotFollowLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// fakeUserDB points checkAncestors at user and group databases of the test's own (the
+// /etc/passwd and /etc/group lines given), for the duration of t.
+func fakeUserDB(t *testing.T, passwd, group string) {
+	t.Helper()
+	dir := t.TempDir()
+	p, g := filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
+	if err := os.WriteFile(p, []byte(passwd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(g, []byte(group), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	prevP, prevG := etcPasswd, etcGroup
+	etcPasswd, etcGroup = p, g
+	t.Cleanup(func() { etcPasswd, etcGroup = prevP, prevG })
+}
+
+// sharedGroup makes the process's group one that another user is in (as a member), for the
+// duration of t, so that a directory its group may write to is one that user may change.
+func sharedGroup(t *testing.T) {
+	t.Helper()
+	uid, gid := os.Geteuid(), os.Getegid()
+	fakeUserDB(t, fmt.Sprintf("me:x:%d:%d::/:/bin/sh\nother:x:%d:%d::/:/bin/sh\n", uid, gid, uid+1, gid+1),
+		fmt.Sprintf("staff:x:%d:me,other\n", gid))
+}
+
+// TestEnsurePrivateDirAcceptsAUserPrivateGroup: a directory above the data directory that only its
+// group may write to besides its owner, when that group is the owner's alone (a user private
+// group: Debian, Ubuntu, Fedora and RHEL give every user one, with a umask of 002, so that a clone
+// made by the user is of mode 0775), is accepted, as OpenSSH's StrictModes accepts it on Debian:
+// no one else may write there. The same directory is refused when another user is in the group,
+// as a member or by their primary group, or when the group is not found; and a directory others
+// may write to is refused whatever its group. (Found by review: `go run ./cmd/guestlist dev` in a
+// fresh clone failed on those systems, naming the clone.)
+func TestEnsurePrivateDirAcceptsAUserPrivateGroup(t *testing.T) {
+	uid, gid := os.Geteuid(), os.Getegid()
+	me := fmt.Sprintf("me:x:%d:%d::/home/me:/bin/sh\n", uid, gid)
+	other := fmt.Sprintf("other:x:%d:%d::/home/other:/bin/sh\n", uid+1, gid+1)
+	for _, tc := range []struct {
+		name          string
+		passwd, group string
+		perm          os.FileMode
+		ok            bool
+	}{
+		{"the user's own group", me + other, fmt.Sprintf("me:x:%d:\nother:x:%d:\n", gid, gid+1), 0o775, true},
+		{"the user's own group, naming them", me + other, fmt.Sprintf("me:x:%d:me\n", gid), 0o770, true},
+		{"a member besides", me + other, fmt.Sprintf("me:x:%d:other\n", gid), 0o775, false},
+		{"another user's primary group too", me + fmt.Sprintf("other:x:%d:%d::/:/bin/sh\n", uid+1, gid), fmt.Sprintf("me:x:%d:\n", gid), 0o775, false},
+		{"a group not found", me, "", 0o775, false},
+		{"a group no one is in", fmt.Sprintf("me:x:%d:%d::/:/bin/sh\n", uid, gid+1), fmt.Sprintf("g:x:%d:\n", gid), 0o775, false},
+		{"writable by others", me, fmt.Sprintf("me:x:%d:\n", gid), 0o777, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fakeUserDB(t, tc.passwd, tc.group)
+			clone := looseDir(t, tc.perm)
+			if err := os.Chown(clone, uid, gid); err != nil {
+				t.Fatal(err)
+			}
+			_, err := ensurePrivateDir(filepath.Join(clone, ".guestlist"), "data directory")
+			if tc.ok && err != nil {
+				t.Errorf("refused: %v", err)
+			}
+			if !tc.ok {
+				wantErr(t, err, "the directory "+clone+",", "chmod go-w "+clone)
+			}
+		})
+	}
 }
