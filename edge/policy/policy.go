@@ -59,7 +59,8 @@
 // may be request.headers), so such a rule is always tracked, and counts MaxRuleCost toward the
 // policy's limit, as a rule over the limits does. A value beyond them is never
 // shown to the untracked program: reading it makes [Program.Evaluate] evaluate that rule again, and
-// the remaining rules, with run-time cost tracking: a rule whose actual cost then exceeds
+// the remaining rules, with run-time cost tracking (a tracked rule that reads it is evaluated
+// again too, seeing it): a rule whose actual cost then exceeds
 // [MaxRuleCost], or an evaluation whose cost (estimated for the untracked rules, actual for the
 // tracked ones) exceeds [MaxPolicyCost], fails with an evaluation error. The tracker sees a call's
 // cost once the call has returned, so a regular expression is not run at all, and the call fails,
@@ -550,6 +551,18 @@ func (p *Program) Evaluate(in *Input) (matched bool, ruleIndex int, action Actio
 			out, det, err = r.guarded.Eval(st)
 			if c := det.ActualCost(); c != nil {
 				spent += *c
+			}
+			if !st.guarded && st.oob {
+				// A tracked rule read a value beyond the bounds, which the untracked programs'
+				// view of the input (the one it had so far) hides behind an error: evaluate it
+				// again seeing the input, as an untracked rule is, and the remaining rules too.
+				st.guarded = true
+				st.nIters = 0
+				st.regexLeft = MaxRuleCost
+				out, det, err = r.guarded.Eval(st)
+				if c := det.ActualCost(); c != nil {
+					spent += *c
+				}
 			}
 		}
 		if st.headersTested || (err != nil && st.headersGot) {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -23,6 +24,9 @@ func TestCompileStored(t *testing.T) {
 	overSum = append(overSum, rule("ok", Allow, anchoredEmail))
 
 	manyEmails := testInput()
+	// No address of acme's, which exists() would stop at: the rule goes through them all, beyond
+	// its limit. (With it first, as testInput has it, the rule matches within its limit.)
+	manyEmails.Cert.EmailAddresses = nil
 	for range 2000 {
 		manyEmails.Cert.EmailAddresses = append(manyEmails.Cert.EmailAddresses, strings.Repeat("x", 300)+"@elsewhere.example")
 	}
@@ -55,7 +59,7 @@ func TestCompileStored(t *testing.T) {
 			matched, index, action, err := p.Evaluate(tc.in)
 			if tc.wantErr != "" {
 				var ee *EvalError
-				if !errors.As(err, &ee) || ee.Rule != tc.wantErr || matched {
+				if !errors.As(err, &ee) || ee.Rule != tc.wantErr || matched || !strings.Contains(err.Error(), "cost limit") {
 					t.Fatalf("Evaluate: %v, %v, %d; want an evaluation error of rule %q", matched, err, index, tc.wantErr)
 				}
 				return
@@ -93,5 +97,46 @@ func TestTooExpensiveRegexSaysWhatToDo(t *testing.T) {
 	}
 	if _, err := Compile([]Rule{rule("ou", Allow, `cert.subject.organizational_unit.exists(u, u.matches('^dev(ice|elopment)s?$'))`)}); err != nil {
 		t.Fatalf("the anchored rewrite: %v", err)
+	}
+}
+
+// TestTrackedRuleSeesInputBeyondTheBounds: a rule evaluated with run-time cost tracking (over the
+// limits, compiled by CompileStored, or calling format()) is evaluated on input beyond the bounds
+// of the estimate as the other rules are, seeing the values, within its limit; it does not fail
+// because a value is beyond the bounds that only the untracked programs assume. (Found by review:
+// the tracked program ran with the untracked programs' view of the input, in which such a value is
+// an error, so the request was denied with policy_error however cheap the rule was on it.)
+func TestTrackedRuleSeesInputBeyondTheBounds(t *testing.T) {
+	stored, err := CompileStored([]Rule{
+		rule("first", Deny, `request.method == "DELETE"`),
+		rule("email", Allow, `cert.email_addresses.exists(e, e.matches('@acme\\.example$'))`),
+	})
+	if err != nil || !stored.rules[1].tracked {
+		t.Fatalf("CompileStored: %v (tracked %v)", err, err == nil && stored.rules[1].tracked)
+	}
+	format, err := Compile([]Rule{rule("api", Allow, `'%s %s'.format([request.method, request.path]).startsWith('GET /api/')`)})
+	if err != nil || !format.rules[0].tracked {
+		t.Fatalf("Compile: %v", err)
+	}
+	manyEmails := testInput() // 40 addresses: more than the bounds' 32
+	for i := range 40 {
+		manyEmails.Cert.EmailAddresses = append(manyEmails.Cert.EmailAddresses, fmt.Sprintf("d%d@elsewhere.example", i))
+	}
+	manyEmails.Cert.EmailAddresses = append(manyEmails.Cert.EmailAddresses, "device-42@acme.example")
+	longPath := testInput()
+	longPath.Request.Path = "/api/" + strings.Repeat("x", boundPath)
+	for _, tc := range []struct {
+		name string
+		p    *Program
+		in   *Input
+		rule int
+	}{
+		{"stored rule over the limit, 41 addresses", stored, manyEmails, 1},
+		{"format(), a path of 2 KiB", format, longPath, 0},
+	} {
+		matched, i, _, err := tc.p.Evaluate(tc.in)
+		if err != nil || !matched || i != tc.rule {
+			t.Errorf("%s: Evaluate = %v, rule %d, %v; want rule %d to match", tc.name, matched, i, err, tc.rule)
+		}
 	}
 }
