@@ -380,7 +380,7 @@ func compileRule(env *cel.Env, r Rule, stored bool, analysis *regexAnalysis) (*c
 	if err != nil {
 		return nil, fail(start, "%v", err)
 	}
-	guarded, err := env.Program(ast, append(regexProgramOptions(regexCalls, regexes, true), cel.EvalOptions(cel.OptOptimize), cel.CostLimit(MaxRuleCost), costTrackers(regexes))...)
+	guarded, err := env.Program(ast, append(regexProgramOptions(regexCalls, regexes, true), cel.EvalOptions(cel.OptOptimize), cel.CostLimit(MaxRuleCost), costTrackers(regexes), cel.CostTracking(dynamicCalls{}))...)
 	if err != nil {
 		return nil, fail(start, "%v", err)
 	}

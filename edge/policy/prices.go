@@ -405,3 +405,52 @@ func trackEquality(args []ref.Val, _ ref.Val) *uint64 {
 	c := equalityCost(ml, mr)
 	return &c
 }
+
+// Calls whose overload is chosen at run time: when the checker leaves more than one candidate (an
+// argument of type dyn: int(dyn(x)), dyn(x) + dyn(y), size(dyn(x)), x in dyn(l)), cel-go's cost
+// tracker sees no overload id, so neither the trackers above nor cel-go's own apply, and it
+// charges one unit whatever the call does (the estimate takes the largest of the candidates'
+// prices). dynamicCalls charges such a call by its arguments and result instead:
+// dynamicUnitsPerByte a byte of its strings (the dearest parse of a string above), 0.1 a unit of
+// the measure of its lists and maps (as their equality), the code points of a string it makes,
+// and timeZoneUnits for a time zone it loads, besides the call.
+const dynamicUnitsPerByte = 0.5
+
+// dynamicCalls is the run-time price of calls whose overload is chosen at run time (see above),
+// for the tracked programs (cel.CostTracking). It prices no other call.
+type dynamicCalls struct{}
+
+// timestampAccessors are the timestamp functions that take a time zone.
+var timestampAccessors = map[string]bool{
+	"getFullYear": true, "getMonth": true, "getDayOfYear": true, "getDayOfMonth": true, "getDate": true,
+	"getDayOfWeek": true, "getHours": true, "getMinutes": true, "getSeconds": true, "getMilliseconds": true,
+}
+
+// CallCost implements interpreter.ActualCostEstimator.
+func (dynamicCalls) CallCost(function, overloadID string, args []ref.Val, result ref.Val) *uint64 {
+	if overloadID != "" {
+		return nil // a tracker above, or cel-go's own price
+	}
+	c := uint64(1)
+	for _, a := range args {
+		switch a := a.(type) {
+		case types.String:
+			c = cost.SafeAdd(c, units(uint64(len(a)), dynamicUnitsPerByte))
+		case types.Bytes:
+			c = cost.SafeAdd(c, units(uint64(len(a)), dynamicUnitsPerByte))
+		default:
+			if m, container := valueMeasure(a, 0); container {
+				c = cost.SafeAdd(c, units(m, 0.1))
+			}
+		}
+	}
+	if s, ok := result.(types.String); ok {
+		c = cost.SafeAdd(c, uint64(utf8.RuneCountInString(string(s))))
+	}
+	if timestampAccessors[function] && len(args) == 2 {
+		if tz, ok := args[1].(types.String); ok && loadsTimeZone(string(tz)) {
+			c = cost.SafeAdd(c, timeZoneUnits)
+		}
+	}
+	return &c
+}

@@ -224,3 +224,33 @@ func TestHeaderMapBuiltOncePerEvaluation(t *testing.T) {
 		t.Errorf("each comparison after the first allocates %.0f times (1: %.0f, 100: %.0f)", per, one, hundred)
 	}
 }
+
+// TestDynamicDispatchIsPriced: a call whose overload is chosen at run time (an argument of type
+// dyn) is charged by its arguments and result when tracked, as the calls above are (found by
+// review: cel-go's tracker saw no overload id and charged one unit, so that on a header of 60 KB,
+// beyond the bounds, duration(dyn(request.headers['x-a'])) parsed 60 KB for one unit).
+func TestDynamicDispatchIsPriced(t *testing.T) {
+	const n = 60_000
+	for _, c := range []struct {
+		expr, header string
+		least        uint64
+	}{
+		{`duration(dyn(request.headers['x-a'])) == duration('1s')`, strings.Repeat("0s", n/2), n / 2},
+		{`int(dyn(request.headers['x-a'])) == 5`, strings.Repeat("0", n-1) + "1", n / 10},
+		{`dyn(request.headers['x-a']) + dyn(request.headers['x-a']) != ''`, strings.Repeat("a", n), 2 * n},
+		{`size(dyn(request.headers['x-a'])) == 1`, strings.Repeat("a", n), n / 10},
+		{`cert.not_before.getHours(dyn('America/New_York')) == 1 || dyn(cert.not_before).getHours('America/New_York') == 1`, "", 2 * timeZoneUnits},
+	} {
+		p, err := CompileStored([]Rule{rule("r", Allow, c.expr)})
+		if err != nil {
+			t.Fatalf("%s: %v", c.expr, err)
+		}
+		st := acquireState(pricedInput(c.header, false))
+		st.guarded, st.regexLeft = true, MaxRuleCost
+		_, det, _ := p.rules[0].guarded.Eval(st)
+		st.release()
+		if got := *det.ActualCost(); got < c.least && got < MaxRuleCost {
+			t.Errorf("%s on %d bytes: tracked at %d units, want at least %d (or the rule's limit)", c.expr, len(c.header), got, c.least)
+		}
+	}
+}
