@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -251,6 +252,36 @@ func TestDynamicDispatchIsPriced(t *testing.T) {
 		st.release()
 		if got := *det.ActualCost(); got < c.least && got < MaxRuleCost {
 			t.Errorf("%s on %d bytes: tracked at %d units, want at least %d (or the rule's limit)", c.expr, len(c.header), got, c.least)
+		}
+	}
+}
+
+// TestRepeatedHeaderJoinedOnce: the value of a header sent more than once is joined once per
+// evaluation, however often a rule looks it up (each lookup charged one unit), and testing its
+// presence joins nothing (found by review: each lookup of a header sent twice with 2 KiB values
+// copied 4 KiB, 11 to 17 ms a request over a policy of lookups).
+func TestRepeatedHeaderJoinedOnce(t *testing.T) {
+	in := pricedInput("", false)
+	in.Request.Headers = http.Header{"X-A": {strings.Repeat("a", boundHeaderValue/2-1), strings.Repeat("b", boundHeaderValue/2-1)}}
+	for _, part := range []string{`request.headers['x-a'] == ''`, `'x-a' in request.headers && false`} {
+		bytesOf := func(n int) uint64 {
+			p, err := Compile([]Rule{rule("r", Allow, strings.TrimSuffix(strings.Repeat(part+" || ", n), " || "))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for range 10 {
+				if matched, _, _, err := p.Evaluate(in); matched || err != nil {
+					t.Fatalf("%s: Evaluate = %v, %v", part, matched, err)
+				}
+			}
+			runtime.ReadMemStats(&after)
+			return (after.TotalAlloc - before.TotalAlloc) / 10
+		}
+		one, hundred := bytesOf(1), bytesOf(100)
+		if per := (hundred - min(one, hundred)) / 99; per > 256 {
+			t.Errorf("%s: each lookup after the first allocates %d bytes (1: %d, 100: %d)", part, per, one, hundred)
 		}
 	}
 }
