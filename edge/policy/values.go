@@ -78,7 +78,7 @@ func (st *evalState) release() {
 	for i := range st.lists {
 		st.lists[i].s = nil
 	}
-	st.headers.h, st.headers.keys, st.headers.longest, st.headers.low, st.headers.joined = nil, nil, 0, nil, nil
+	st.headers.h, st.headers.keys, st.headers.longest, st.headers.low, st.headers.joined, st.headers.count = nil, nil, 0, nil, nil, 0
 	// Clear only what was used: clearing pointers costs write barriers while the GC runs.
 	for m := st.cached; m != 0; m &= m - 1 {
 		st.cache[bits.TrailingZeros16(m)] = nil
@@ -317,6 +317,8 @@ type headerMap struct {
 	lowGuarded bool
 	// joined holds the values of the headers sent more than once that were looked up, joined.
 	joined map[string]string
+	// count is 1 + the number of headers with a value, once counted (0: not yet).
+	count int
 }
 
 var _ traits.Mapper = (*headerMap)(nil)
@@ -403,13 +405,17 @@ func (m *headerMap) lookup(key string, checkSize bool) (ref.Val, bool) {
 func (m *headerMap) guarded() bool { return m.st == nil || m.st.guarded }
 
 func (m *headerMap) size() int {
-	n := 0
-	for _, vs := range m.h {
-		if len(vs) > 0 {
-			n++
+	if m.count == 0 {
+		// Counted once per evaluation: size() and has() are charged one unit, and a request
+		// beyond the bounds may have thousands of headers.
+		m.count = 1
+		for _, vs := range m.h {
+			if len(vs) > 0 {
+				m.count++
+			}
 		}
 	}
-	return n
+	return m.count - 1
 }
 
 // lowered returns the map as CEL sees it. Unless guarded, a map beyond the bounds of the cost
