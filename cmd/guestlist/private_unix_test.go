@@ -53,15 +53,18 @@ func looseDir(t *testing.T, perm os.FileMode) string {
 	return dir
 }
 
-// TestRolesRefuseAnUnsafeDataDir: every role refuses a data directory that others may write to
-// (and one that another user owns), naming it, its mode or owner and the fix, without running.
-func TestRolesRefuseAnUnsafeDataDir(t *testing.T) {
+// roleWithDataDir is a role that keeps a data directory: its command, the flags it needs besides
+// --data-dir, and ran, which replaces what the role runs for the test and returns how often it ran.
+type roleWithDataDir struct {
+	name string
+	args []string
+	ran  func(t *testing.T) *int
+}
+
+// rolesWithDataDirs returns every role that keeps a data directory.
+func rolesWithDataDirs() []roleWithDataDir {
 	const edgeTok = "edge-token-0123456789"
-	roles := []struct {
-		name string
-		args []string
-		ran  func(t *testing.T) *int
-	}{
+	return []roleWithDataDir{
 		{"dev", nil, func(t *testing.T) *int {
 			n := new(int)
 			prev := runControlPlane
@@ -73,6 +76,12 @@ func TestRolesRefuseAnUnsafeDataDir(t *testing.T) {
 		{"projector", []string{"--store", "esdb://localhost:2113?tls=false", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runProjectorRole); return n }},
 		{"edge", []string{"--config-addr", "127.0.0.1:50052", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runEdgeRole); return n }},
 	}
+}
+
+// TestRolesRefuseAnUnsafeDataDir: every role refuses a data directory that others may write to
+// (and one that another user owns), naming it, its mode or owner and the fix, without running.
+func TestRolesRefuseAnUnsafeDataDir(t *testing.T) {
+	roles := rolesWithDataDirs()
 	for _, r := range roles {
 		for _, perm := range []os.FileMode{0o777, 0o770, 0o777 | os.ModeSticky} {
 			t.Run(r.name+"/"+permOctal(perm)+map[bool]string{true: "+sticky"}[perm&os.ModeSticky != 0], func(t *testing.T) {
@@ -562,23 +571,7 @@ func TestEnsurePrivateDirChecksAncestors(t *testing.T) {
 // /tmp) they start. The edge CA and checkpoint key directories, which may be elsewhere
 // (--edge-ca-dir, --checkpoint-key-dir), are checked the same way.
 func TestRolesRefuseADataDirBelowAnUnsafeOne(t *testing.T) {
-	const edgeTok = "edge-token-0123456789"
-	roles := []struct {
-		name string
-		args []string
-		ran  func(t *testing.T) *int
-	}{
-		{"dev", nil, func(t *testing.T) *int {
-			n := new(int)
-			prev := runControlPlane
-			runControlPlane = func(context.Context, devConfig) error { *n++; return nil }
-			t.Cleanup(func() { runControlPlane = prev })
-			return n
-		}},
-		{"api", []string{"--projector", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runAPIRole); return n }},
-		{"projector", []string{"--store", "esdb://localhost:2113?tls=false", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runProjectorRole); return n }},
-		{"edge", []string{"--config-addr", "127.0.0.1:50052", "--edge-token", edgeTok}, func(t *testing.T) *int { _, n := captureRole(t, &runEdgeRole); return n }},
-	}
+	roles := rolesWithDataDirs()
 	for _, r := range roles {
 		t.Run(r.name+"/refused", func(t *testing.T) {
 			ran := r.ran(t)
