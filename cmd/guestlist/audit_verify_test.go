@@ -15,7 +15,6 @@ import (
 	"guestlist.dev/projections/audit"
 	"guestlist.dev/projections/ledger"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
-	"guestlist.dev/services/eventstore"
 )
 
 // writeExport writes an export of tenant's n events (positions 10, 20, ...) with one signed
@@ -24,41 +23,16 @@ import (
 func writeExport(t *testing.T, dir, tenant string, n int) (lines []string, exportFile, keyFile string) {
 	t.Helper()
 	signer := ledger.NewSigner(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, 32)))
-	var b bytes.Buffer
-	ew, err := ledger.NewExportWriter(&b, tenant)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var chain [32]byte
-	var leaves [][32]byte
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for i := range n {
-		ev := eventstore.RecordedEvent{Type: "guestlist.events.v1.HostnameUpdated", Stream: "tenant-" + tenant,
-			Data: []byte{byte(i), 1, 2, 3}, Metadata: eventstore.Metadata{Actor: "token:" + tenant + "/ci"},
-			Time: t0.Add(time.Duration(i) * time.Second), Revision: uint64(i), Position: eventstore.Position(10 * (i + 1))}
-		if err := ew.WriteEvent(ev); err != nil {
-			t.Fatal(err)
-		}
-		c := ledger.Canonical(tenant, ev)
-		chain = ledger.Chain(chain, c)
-		leaves = append(leaves, ledger.LeafHash(c))
-	}
-	cp := ledger.Checkpoint{Tenant: tenant, Size: uint64(n), Root: ledger.RootFromLeafHashes(leaves), Chain: chain, Time: t0}
-	if err := ew.WriteCheckpoint(signer.Sign(cp)); err != nil {
-		t.Fatal(err)
-	}
-	if err := ew.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	lines = checkpointedExport(t, signer, tenant, n, n)
 	exportFile = filepath.Join(dir, tenant+".ndjson")
 	keyFile = filepath.Join(dir, "checkpoint.pub")
-	if err := os.WriteFile(exportFile, b.Bytes(), 0o600); err != nil {
+	if err := os.WriteFile(exportFile, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(keyFile, []byte(signer.PublicKeyPEM()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n"), exportFile, keyFile
+	return lines, exportFile, keyFile
 }
 
 // TestAuditVerifyFileRefusesAmbiguousLine: an export line with a forged event under "event" and
