@@ -20,7 +20,7 @@ import (
 // turns the messages it recognises into the API's usual answer: a google.rpc.BadRequest naming the
 // field and the reason (for an enum, its values).
 var (
-	reProtoJSON  = regexp.MustCompile(`^proto:[\s\x{00a0}]*\(line (\d+):(\d+)\):[\s\x{00a0}]*(.*)$`)
+	reProtoJSON  = regexp.MustCompile(`^proto:[\s\x{00a0}]*(syntax error[\s\x{00a0}]*)?\(line (\d+):(\d+)\):[\s\x{00a0}]*(.*)$`)
 	reEnumValue  = regexp.MustCompile(`^invalid value for enum field (\w+): (.*)$`)
 	reValue      = regexp.MustCompile(`^invalid value for (\w+) field (\w+): (.*)$`)
 	reUnknown    = regexp.MustCompile(`^unknown field "?([^"]*)"?$`)
@@ -38,10 +38,12 @@ func decodeError(err error) error {
 		return err
 	}
 	msg := st.Message()
-	where := ""
+	where, syntax := "", false
 	if m := reProtoJSON.FindStringSubmatch(msg); m != nil {
-		where = fmt.Sprintf(" (body line %s, column %s)", m[1], m[2])
-		msg = m[3]
+		// A syntax error of protojson's (text that encoding/json let through, such as a string
+		// that is not UTF-8) says where in the body, not which field.
+		where, syntax = fmt.Sprintf(" (body line %s, column %s)", m[2], m[3]), m[1] != ""
+		msg = m[4]
 	}
 	var v apistatus.Violation
 	switch m := (struct{ enum, value, unknown, dup, oneof, query []string }{
@@ -64,7 +66,7 @@ func decodeError(err error) error {
 			reason = "want an RFC 3339 time, e.g. 2026-11-30T12:00:00Z"
 		}
 		v = apistatus.Violation{Field: m.query[1], Reason: reason}
-	case reJSONSyntax.MatchString(msg):
+	case syntax || reJSONSyntax.MatchString(msg):
 		v = apistatus.Violation{Field: "body", Reason: "not valid JSON: " + msg + where}
 	default:
 		return err

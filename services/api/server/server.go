@@ -246,6 +246,8 @@ func New(cfg Config) (*Server, error) {
 	s.conn, err = grpc.NewClient(loopbackTarget(s.grpcLis.Addr()),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
+		grpc.WithUnaryInterceptor(utf8Unary),
+		grpc.WithStreamInterceptor(utf8Stream),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(maxGatewayRecvMsgSize),
 			grpc.MaxCallSendMsgSize(MaxRecvMsgSize),
