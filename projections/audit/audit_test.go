@@ -329,3 +329,34 @@ func TestExplain(t *testing.T) {
 		}
 	}
 }
+
+// TestDiffQuotesWhatIsNotPlainText: Diff writes one change a line, so a value that is not plain
+// text (a newline, an escape sequence, a bidirectional override: stored before the API refused
+// them, or written by any other path) is quoted, and cannot forge or hide a line. Before, a
+// policy's display name "x\nhostname pay.acme.example: mtls.mode OFF -> ENFORCE\x1b[8m" showed
+// mTLS switched on, and hid the next line on a terminal (switched off).
+func TestDiffQuotesWhatIsNotPlainText(t *testing.T) {
+	snap := func(policyName, mode string) *guestlistv1.Snapshot {
+		return &guestlistv1.Snapshot{
+			Policies: []*guestlistv1.Policy{{PolicyId: "pol", DisplayName: policyName}},
+			Hostnames: []*guestlistv1.Hostname{{Hostname: "pay.acme.example", Mtls: &guestlistv1.MtlsSettings{
+				Mode: guestlistv1.MtlsMode(guestlistv1.MtlsMode_value["MTLS_MODE_"+mode]),
+			}}},
+		}
+	}
+	forged := "x\nhostname pay.acme.example: mtls.mode OFF -> ENFORCE\x1b[8m"
+	got := Diff(snap("payments", "ENFORCE"), snap(forged, "OFF"))
+	want := []string{
+		`policy pol: display_name payments -> "x\nhostname pay.acme.example: mtls.mode OFF -> ENFORCE\x1b[8m"`,
+		"hostname pay.acme.example: mtls.mode ENFORCE -> OFF",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Diff:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if got := Diff(snap("payments", "OFF"), snap("devices \u202edevices", "OFF")); !slices.Equal(got, []string{`policy pol: display_name payments -> "devices \u202edevices"`}) {
+		t.Errorf("bidirectional override: %q", got)
+	}
+	if got := Diff(snap("Zahlungsgeräte 決済", "OFF"), snap("Acme Payments", "OFF")); !slices.Equal(got, []string{"policy pol: display_name Zahlungsgeräte 決済 -> Acme Payments"}) {
+		t.Errorf("plain text is shown as it is: %q", got)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"guestlist.dev/projections/foldview"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 )
 
@@ -111,10 +112,12 @@ func diffKind(out []string, kind string, a, b map[string]fields) []string {
 	return out
 }
 
-// show quotes empty values so a change to or from nothing stays visible.
+// show quotes empty values so a change to or from nothing stays visible, and values that are not
+// plain text (foldview.NotPlainText), so that a value can neither forge nor hide a line of the
+// diff.
 func show(v string) string {
-	if v == "" {
-		return `""`
+	if v == "" || strings.ContainsFunc(v, foldview.NotPlainText) {
+		return strconv.Quote(v)
 	}
 	return v
 }

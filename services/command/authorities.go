@@ -33,6 +33,9 @@ func (cs *CertificateAuthorityServer) CreateCertificateAuthority(ctx context.Con
 	if err != nil {
 		return nil, err
 	}
+	if err := checkText("certificate_authority.display_name", req.GetCertificateAuthority().GetDisplayName()); err != nil {
+		return nil, err
+	}
 	cert, err := trust.ParseCA(req.GetCertificateAuthority().GetCertificatePem(), cs.s.now())
 	if err != nil {
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "certificate_authority.certificate_pem", Reason: err.Error()})

@@ -65,6 +65,9 @@ func (ps *PolicyServer) CreatePolicy(ctx context.Context, req *guestlistv1.Creat
 	if err != nil {
 		return nil, err
 	}
+	if err := checkText("policy.display_name", req.GetPolicy().GetDisplayName()); err != nil {
+		return nil, err
+	}
 	rules, err := checkRules("policy.rules", req.GetPolicy().GetRules())
 	if err != nil {
 		return nil, err
@@ -171,6 +174,11 @@ func (ps *PolicyServer) UpdatePolicy(ctx context.Context, req *guestlistv1.Updat
 			default:
 				return nil, apistatus.InvalidArgument(apistatus.Violation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Reason: fmt.Sprintf("%q cannot be updated; use display_name or rules", path)})
 			}
+		}
+	}
+	if setName {
+		if err := checkText("policy.display_name", req.GetPolicy().GetDisplayName()); err != nil {
+			return nil, err
 		}
 	}
 	var rules []*eventsv1.PolicyRule

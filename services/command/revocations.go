@@ -45,6 +45,9 @@ func (rs *RevocationServer) CreateRevocation(ctx context.Context, req *guestlist
 	default:
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "revocation.target", Reason: "exactly one of serial_number or fingerprint_sha256 is required"})
 	}
+	if err := checkText("revocation.reason", ev.GetReason()); err != nil {
+		return nil, err
+	}
 	if req.GetRequestId() != "" {
 		ev.RequestDigest = revocationDigest(req.GetRevocationId(), ev)
 	}

@@ -32,6 +32,9 @@ func (ts *TenantServer) CreateTenant(ctx context.Context, req *guestlistv1.Creat
 	if req.GetTenantId() == "" {
 		return nil, apistatus.InvalidArgument(apistatus.Violation{Field: "tenant_id", Reason: "required"})
 	}
+	if err := checkText("tenant.display_name", req.GetTenant().GetDisplayName()); err != nil {
+		return nil, err
+	}
 	var digest []byte
 	if req.GetRequestId() != "" {
 		digest = tenantDigest(req.GetTenant().GetDisplayName())

@@ -41,6 +41,9 @@ func (ts *TokenServer) CreateToken(ctx context.Context, req *guestlistv1.CreateT
 	if err := checkPlatformRole(tenant, req.GetToken().GetRole()); err != nil {
 		return nil, err
 	}
+	if err := checkText("token.display_name", req.GetToken().GetDisplayName()); err != nil {
+		return nil, err
+	}
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return nil, status.Error(codes.Internal, "no randomness for a token secret")

@@ -3,6 +3,8 @@ package controlplane_test
 import (
 	"strings"
 	"testing"
+
+	"guestlist.dev/edge/pkitest"
 )
 
 // TestInvalidUTF8NamesTheField: a REST request whose path, query or body holds bytes that are not
@@ -50,6 +52,84 @@ func TestInvalidUTF8NamesTheField(t *testing.T) {
 			if after := n.position(); after != before {
 				t.Errorf("bad input wrote events: position %d -> %d", before, after)
 			}
+		})
+	}
+}
+
+// TestControlCharactersRefused: display names and revocation reasons are text for people to read,
+// and auditors read them in `guestlist audit diff`, one change a line: a control character
+// (newline, escape, NUL) or a bidirectional override in one is a 400 naming the field, and
+// writes nothing. Before, they were stored, and a tenant admin could forge the diff an auditor
+// reads: a policy's display name "x\nhostname pay.acme.example: mtls.mode OFF -> ENFORCE\x1b[8m"
+// showed mTLS switched on, and hid the next line (switched off).
+func TestControlCharactersRefused(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	ca := pkitest.NewCA(t, "acme root")
+	n.must(200, "POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", tok, map[string]any{"certificatePem": pkitest.PEM(ca.Cert)})
+	n.must(200, "POST", "/v1/tenants/acme/policies?policyId=pol", tok, map[string]any{"displayName": "p", "rules": rulesBody("true")})
+	forged := "x\nhostname pay.acme.example: mtls.mode OFF -> ENFORCE\x1b[8m"
+	type call struct {
+		method, path string
+		admin        bool
+		body         func(text string) map[string]any
+		field        string
+	}
+	calls := []call{
+		{"POST", "/v1/tenants?tenantId=other", true, func(s string) map[string]any { return map[string]any{"displayName": s} }, "tenant.display_name"},
+		{"POST", "/v1/tenants/acme/tokens", false, func(s string) map[string]any { return map[string]any{"displayName": s, "role": "ROLE_AUDITOR"} }, "token.display_name"},
+		{"POST", "/v1/tenants/-/tokens", true, func(s string) map[string]any { return map[string]any{"displayName": s, "role": "ROLE_AUDITOR"} }, "token.display_name"},
+		{"POST", "/v1/tenants/acme/certificateAuthorities", false, func(s string) map[string]any {
+			return map[string]any{"displayName": s, "certificatePem": pkitest.PEM(ca.Cert)}
+		}, "certificate_authority.display_name"},
+		{"POST", "/v1/tenants/acme/policies", false, func(s string) map[string]any { return map[string]any{"displayName": s, "rules": rulesBody("true")} }, "policy.display_name"},
+		{"PATCH", "/v1/tenants/acme/policies/pol?updateMask=displayName", false, func(s string) map[string]any { return map[string]any{"displayName": s} }, "policy.display_name"},
+		{"PATCH", "/v1/tenants/acme/policies/pol", false, func(s string) map[string]any { return map[string]any{"displayName": s, "rules": rulesBody("true")} }, "policy.display_name"},
+		{"POST", "/v1/tenants/acme/certificateAuthorities/devices/revocations", false, func(s string) map[string]any { return map[string]any{"serialNumber": "1f", "reason": s} }, "revocation.reason"},
+	}
+	texts := map[string]string{
+		"forged diff lines": forged,
+		"NUL":               "a\x00b",
+		"tab":               "a\tb",
+		"carriage return":   "ok\rforged",
+		"DEL":               "a\x7f",
+		"C1 control":        "a\u0085b",
+		"bidi override":     "devices \u202eved",
+		"bidi isolate":      "a\u2066b\u2069",
+	}
+	for _, c := range calls {
+		for name, text := range texts {
+			t.Run("fail/"+c.field+"/"+name+"/"+c.method, func(t *testing.T) {
+				tk := tok
+				if c.admin {
+					tk = adminToken
+				}
+				before := n.position()
+				r := n.do(c.method, c.path, tk, c.body(text))
+				if r.status != 400 {
+					t.Fatalf("status %d, want 400: %s", r.status, r.raw)
+				}
+				if reason, ok := violationReasons(r)[c.field]; !ok || !strings.Contains(reason, "character") {
+					t.Errorf("field violations %v do not name %q with the character: %s", violationReasons(r), c.field, r.raw)
+				}
+				if after := n.position(); after != before {
+					t.Errorf("bad input wrote events: position %d -> %d", before, after)
+				}
+			})
+		}
+	}
+	// Text of any script, with spaces, joiners and emoji, is fine.
+	for i, c := range calls {
+		t.Run("ok/"+c.field+"/"+c.method, func(t *testing.T) {
+			tk := tok
+			if c.admin {
+				tk = adminToken
+			}
+			path := c.path
+			if c.method == "POST" && c.path == "/v1/tenants?tenantId=other" {
+				path = "/v1/tenants?tenantId=other" + string(rune('a'+i))
+			}
+			n.must(200, c.method, path, tk, c.body("Acme Zahlungsgeräte — 決済 👩‍💻 (شركة)"))
 		})
 	}
 }
