@@ -26,6 +26,7 @@ import (
 type devNode struct {
 	t               *testing.T
 	api, edge, orig string
+	grpc            string // the gRPC API's address
 	edgeCA          *x509.CertPool
 	token           string
 	stop            func()
@@ -54,8 +55,9 @@ func startDev(t *testing.T, dir string) *devNode {
 		n.api = find(`REST API\s+(http://127\.0\.0\.1:\d+)`)
 		n.edge = find(`edge \(HTTPS\)\s+https://(127\.0\.0\.1:\d+)`)
 		n.orig = find(`echo origin\s+(http://127\.0\.0\.1:\d+)`)
+		n.grpc = find(`gRPC API\s+(127\.0\.0\.1:\d+)`)
 	}
-	if n.api == "" || n.edge == "" || n.orig == "" {
+	if n.api == "" || n.edge == "" || n.orig == "" || n.grpc == "" {
 		cancel()
 		t.Fatalf("addresses missing from the banner:\n%s", out.String())
 	}

@@ -184,37 +184,54 @@ func bearerToken(v string) (string, bool) {
 // authenticate returns ctx carrying the caller's principal, or an UNAUTHENTICATED status. Calls
 // to the health and reflection services need no token.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
+	ctx, _, err := s.authenticateToken(ctx, method)
+	return ctx, err
+}
+
+// authenticateToken is authenticate that also returns the bearer token it accepted ("" for the
+// infrastructure services).
+func (s *Server) authenticateToken(ctx context.Context, method string) (context.Context, string, error) {
 	if isInfra(method) {
-		return ctx, nil
+		return ctx, "", nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	switch len(vals) {
 	case 0:
-		return nil, status.Error(codes.Unauthenticated, `missing bearer token: send the header "authorization: Bearer <token>"`)
+		return nil, "", status.Error(codes.Unauthenticated, `missing bearer token: send the header "authorization: Bearer <token>"`)
 	case 1:
 	default:
-		return nil, status.Error(codes.Unauthenticated, "more than one authorization header")
+		return nil, "", status.Error(codes.Unauthenticated, "more than one authorization header")
 	}
 	token, ok := bearerToken(vals[0])
 	if !ok {
-		return nil, status.Error(codes.Unauthenticated, `malformed authorization header: want "Bearer <token>"`)
+		return nil, "", status.Error(codes.Unauthenticated, `malformed authorization header: want "Bearer <token>"`)
 	}
-	p, err := s.authn.Authenticate(ctx, token)
+	p, err := s.principal(ctx, method, token)
 	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, status.FromContextError(ctxErr).Err()
-		}
-		if st, ok := status.FromError(err); ok && st.Code() != codes.OK && st.Code() != codes.Unknown {
-			return nil, st.Err()
-		}
-		s.log.ErrorContext(ctx, "authenticator failed", "method", method, "error", err)
-		return nil, errInternal
+		return nil, "", err
 	}
 	if ci := callInfoFrom(ctx); ci != nil {
 		ci.actor = p.Actor()
 	}
-	return auth.NewContext(ctx, p), nil
+	return auth.NewContext(ctx, p), token, nil
+}
+
+// principal asks the authenticator who token is, and maps its failure to the status the caller
+// gets: its own when it has one, the context's when that ended, INTERNAL (logged) otherwise.
+func (s *Server) principal(ctx context.Context, method, token string) (auth.Principal, error) {
+	p, err := s.authn.Authenticate(ctx, token)
+	if err == nil {
+		return p, nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return p, status.FromContextError(ctxErr).Err()
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.OK && st.Code() != codes.Unknown {
+		return p, st.Err()
+	}
+	s.log.ErrorContext(ctx, "authenticator failed", "method", method, "error", err)
+	return p, errInternal
 }
 
 func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -225,12 +242,45 @@ func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	return handler(ctx, req)
 }
 
+// authStream authenticates a streaming call when it starts and, for a token that can be deleted
+// (a tenant's or the platform's, not the admin's or the edges'), again while the stream sends
+// (reauthStream): a token deleted during a long stream (a history export) stops working at once
+// there too, as DeleteToken promises.
 func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx, err := s.authenticate(ss.Context(), info.FullMethod)
+	ctx, token, err := s.authenticateToken(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err
 	}
-	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	var stream grpc.ServerStream = &wrappedStream{ServerStream: ss, ctx: ctx}
+	if p, ok := auth.FromContext(ctx); ok && p.TokenID != "" {
+		stream = &reauthStream{ServerStream: stream, s: s, method: info.FullMethod, token: token, next: time.Now().Add(reauthInterval)}
+	}
+	return handler(srv, stream)
+}
+
+// reauthInterval is how long a streaming call may send without its token being checked again.
+var reauthInterval = time.Second
+
+// reauthStream checks its call's token again before sending a message, at most once every
+// reauthInterval; a token no longer valid ends the call with the authenticator's answer
+// (UNAUTHENTICATED) instead of the message.
+type reauthStream struct {
+	grpc.ServerStream
+	s      *Server
+	method string
+	token  string
+	next   time.Time // when the token is next checked
+}
+
+// SendMsg sends m once the token, if due for a check, is still valid.
+func (r *reauthStream) SendMsg(m any) error {
+	if now := time.Now(); !now.Before(r.next) {
+		if _, err := r.s.principal(r.Context(), r.method, r.token); err != nil {
+			return err
+		}
+		r.next = now.Add(reauthInterval)
+	}
+	return r.ServerStream.SendMsg(m)
 }
 
 // --- validation ---
