@@ -1,10 +1,16 @@
 package controlplane_test
 
 import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
 	"guestlist.dev/edge/pkitest"
+	"guestlist.dev/services/api/server"
 )
 
 // TestInvalidUTF8NamesTheField: a REST request whose path, query or body holds bytes that are not
@@ -130,6 +136,48 @@ func TestControlCharactersRefused(t *testing.T) {
 				path = "/v1/tenants?tenantId=other" + string(rune('a'+i))
 			}
 			n.must(200, c.method, path, tk, c.body("Acme Zahlungsgeräte — 決済 👩‍💻 (شركة)"))
+		})
+	}
+}
+
+// TestOversizeBodyNamesTheBody: a REST body over server.MaxHTTPBodySize is a 413 whose
+// google.rpc.Status names the body in a BadRequest, whether its length was declared (refused
+// before it is read) or not (chunked: refused once the limit is passed), and writes nothing.
+// Before, the first had no details and the second was a 400 "http: request body too large"
+// without details.
+func TestOversizeBodyNamesTheBody(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	body := `{"displayName":"` + strings.Repeat("a", server.MaxHTTPBodySize) + `","rules":[]}`
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fail/chunked=%v", chunked), func(t *testing.T) {
+			before := n.position()
+			var r io.Reader = strings.NewReader(body)
+			if chunked {
+				r = io.MultiReader(r) // no length known: sent chunked
+			}
+			req, err := http.NewRequest("POST", n.base+"/v1/tenants/acme/policies", r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			raw, _ := io.ReadAll(resp.Body)
+			out := reply{status: resp.StatusCode, raw: string(raw)}
+			_ = json.Unmarshal(raw, &out.body)
+			if out.status != http.StatusRequestEntityTooLarge {
+				t.Errorf("status %d, want 413: %.300s", out.status, out.raw)
+			}
+			if reason := violationReasons(out)["body"]; !strings.Contains(reason, strconv.Itoa(server.MaxHTTPBodySize)) {
+				t.Errorf("field violations %v do not name the body and the limit: %.300s", violationReasons(out), out.raw)
+			}
+			if after := n.position(); after != before {
+				t.Errorf("wrote events: position %d -> %d", before, after)
+			}
 		})
 	}
 }

@@ -2,11 +2,13 @@ package server
 
 import (
 	"fmt"
+	"net/http"
 	"regexp"
 	"sort"
 	"strings"
 	"sync"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -38,6 +40,10 @@ func decodeError(err error) error {
 		return err
 	}
 	msg := st.Message()
+	if msg == (&http.MaxBytesError{}).Error() {
+		// The body went past MaxHTTPBodySize (limitBody's cap) while the gateway read it.
+		return &runtime.HTTPStatusError{HTTPStatus: http.StatusRequestEntityTooLarge, Err: errBodyTooLarge}
+	}
 	where, syntax := "", false
 	if m := reProtoJSON.FindStringSubmatch(msg); m != nil {
 		// A syntax error of protojson's (text that encoding/json let through, such as a string

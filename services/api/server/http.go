@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"guestlist.dev/proto/gen/openapi"
+	"guestlist.dev/services/api/apistatus"
 )
 
 // builtinPaths are the patterns the HTTP listener serves itself.
@@ -133,20 +134,29 @@ func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.M
 }
 
 // limitBody refuses a request whose declared length exceeds MaxHTTPBodySize with 413 and caps
-// the body of every other request at that size.
+// the body of every other request at that size (the gateway answers a body found larger with 413
+// too: decodeError).
 func limitBody(next http.Handler) http.Handler {
 	limited := http.MaxBytesHandler(next, MaxHTTPBodySize)
+	answer, err := protojson.Marshal(status.Convert(errBodyTooLarge).Proto())
+	if err != nil {
+		panic("server: encoding a status: " + err.Error()) // a google.rpc.Status always encodes
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > MaxHTTPBodySize {
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Connection", "close")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
-			_, _ = fmt.Fprintf(w, `{"code":%d,"message":"request body larger than %d bytes"}`, codes.InvalidArgument, MaxHTTPBodySize)
+			_, _ = w.Write(answer)
 			return
 		}
 		limited.ServeHTTP(w, r)
 	})
 }
+
+// errBodyTooLarge is the answer to a REST body larger than MaxHTTPBodySize, with HTTP status 413.
+var errBodyTooLarge = apistatus.InvalidArgument(apistatus.Violation{Field: "body", Reason: fmt.Sprintf(
+	"larger than %d bytes (4 MiB); send less in one request (for example fewer hostnames in a batch)", MaxHTTPBodySize)})
 
 // requireToken answers a request that carries a body with the gateway's 401 before anything reads
 // that body, unless the request's bearer token is valid. The gateway decodes the whole body into
