@@ -258,24 +258,11 @@ func TestAuditExportCutByShutdown(t *testing.T) {
 	}
 	dir := t.TempDir()
 	n := startDev(t, dir)
-	if code, _ := n.rest("POST", "/v1/tenants?tenantId=acme", n.token, map[string]any{"displayName": "acme"}); code != 200 {
-		t.Fatal("create tenant")
-	}
 	// A history long enough that the export is still being sent when the shutdown begins: the
 	// client below reads one line and waits, so the API blocks once the connection's buffers
 	// are full.
 	const batches = 20
-	for b := range batches {
-		var reqs []any
-		for i := range 1000 {
-			reqs = append(reqs, map[string]any{"hostname": map[string]any{
-				"hostname": fmt.Sprintf("h%d-%d.acme.example", b, i), "originUrl": n.orig, "mtls": map[string]any{"mode": "MTLS_MODE_OFF"},
-			}})
-		}
-		if code, _ := n.rest("POST", "/v1/tenants/acme/hostnames:batchCreate", n.token, map[string]any{"requests": reqs}); code != 200 {
-			t.Fatal("batch create")
-		}
-	}
+	n.acmeWithHostnames(batches)
 	keyFile := filepath.Join(dir, "checkpoint-key", "checkpoint.pub")
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		_, _, b := n.restGet("/v1/tenants/acme/events:export", n.token)
@@ -364,6 +351,25 @@ func TestAuditExportCutByShutdown(t *testing.T) {
 	wl := strings.Split(strings.TrimSuffix(stalled.String(), "\n"), "\n")
 	if cliCode != exitError || !isShutdownError(wl[len(wl)-1]) {
 		t.Errorf("audit export to standard output, cut: exit %d, last line %.300q", cliCode, wl[len(wl)-1])
+	}
+}
+
+// acmeWithHostnames creates tenant acme with batches of 1,000 hostnames: a long history, to export.
+func (n *devNode) acmeWithHostnames(batches int) {
+	n.t.Helper()
+	if code, _ := n.rest("POST", "/v1/tenants?tenantId=acme", n.token, map[string]any{"displayName": "acme"}); code != 200 {
+		n.t.Fatal("create tenant")
+	}
+	for b := range batches {
+		var reqs []any
+		for i := range 1000 {
+			reqs = append(reqs, map[string]any{"hostname": map[string]any{
+				"hostname": fmt.Sprintf("h%d-%d.acme.example", b, i), "originUrl": n.orig, "mtls": map[string]any{"mode": "MTLS_MODE_OFF"},
+			}})
+		}
+		if code, _ := n.rest("POST", "/v1/tenants/acme/hostnames:batchCreate", n.token, map[string]any{"requests": reqs}); code != 200 {
+			n.t.Fatal("batch create")
+		}
 	}
 }
 

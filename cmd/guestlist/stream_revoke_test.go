@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -27,21 +26,8 @@ func TestDeletedTokenEndsItsOpenExport(t *testing.T) {
 		t.Skip("creates 3,000 hostnames")
 	}
 	n := startDev(t, t.TempDir())
-	if code, _ := n.rest("POST", "/v1/tenants?tenantId=acme", n.token, map[string]any{"displayName": "acme"}); code != 200 {
-		t.Fatal("create tenant")
-	}
 	const batches = 3
-	for b := range batches {
-		var reqs []any
-		for i := range 1000 {
-			reqs = append(reqs, map[string]any{"hostname": map[string]any{
-				"hostname": fmt.Sprintf("h%d-%d.acme.example", b, i), "originUrl": n.orig, "mtls": map[string]any{"mode": "MTLS_MODE_OFF"},
-			}})
-		}
-		if code, _ := n.rest("POST", "/v1/tenants/acme/hostnames:batchCreate", n.token, map[string]any{"requests": reqs}); code != 200 {
-			t.Fatal("batch create")
-		}
-	}
+	n.acmeWithHostnames(batches)
 	code, tok := n.rest("POST", "/v1/tenants/acme/tokens", n.token, map[string]any{"displayName": "auditor", "role": "ROLE_AUDITOR"})
 	secret, _ := tok["secret"].(string)
 	tokenID, _ := tok["tokenId"].(string)

@@ -120,7 +120,9 @@ type reply struct {
 	raw    string
 }
 
-// do sends a REST call with token (none when empty) and a JSON body (none when nil).
+// do sends a REST call with token (none when empty) and a JSON body (none when nil): a string or an
+// io.Reader as it is (a reader that is not a *strings.Reader or the like is sent chunked), any other
+// value encoded.
 func (n *node) do(method, path, token string, body any) reply {
 	n.t.Helper()
 	var r io.Reader
@@ -128,6 +130,8 @@ func (n *node) do(method, path, token string, body any) reply {
 		switch b := body.(type) {
 		case string:
 			r = strings.NewReader(b)
+		case io.Reader:
+			r = b
 		default:
 			buf, err := json.Marshal(b)
 			if err != nil {

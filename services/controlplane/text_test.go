@@ -1,7 +1,6 @@
 package controlplane_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -156,19 +155,7 @@ func TestOversizeBodyNamesTheBody(t *testing.T) {
 			if chunked {
 				r = io.MultiReader(r) // no length known: sent chunked
 			}
-			req, err := http.NewRequest("POST", n.base+"/v1/tenants/acme/policies", r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header.Set("Authorization", "Bearer "+tok)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			raw, _ := io.ReadAll(resp.Body)
-			out := reply{status: resp.StatusCode, raw: string(raw)}
-			_ = json.Unmarshal(raw, &out.body)
+			out := n.do("POST", "/v1/tenants/acme/policies", tok, r)
 			if out.status != http.StatusRequestEntityTooLarge {
 				t.Errorf("status %d, want 413: %.300s", out.status, out.raw)
 			}
