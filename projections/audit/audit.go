@@ -96,6 +96,11 @@ func WithCachedStates(n int) Option {
 // (default 64 entries and 128 MiB). A configuration larger than maxBytes is prepared on every
 // call. Either bound 0 prepares on every call. Entries are per tenant and per configuration: a
 // tenant's explanation never uses another tenant's, and what is kept changes no verdict.
+//
+// The bounds are for all tenants together, shared fairly: a tenant alone may fill them, and
+// beyond a bound the entry dropped is the least recently used one of the tenant holding the most
+// (entries, or estimated bytes). A tenant explaining many configurations thus evicts its own
+// entries, not those of a tenant holding fewer (or fewer bytes) than it does.
 func WithPreparedConfigs(entries int, maxBytes int64) Option {
 	return func(s *Service) { s.preparedCount, s.preparedBytes = entries, maxBytes }
 }

@@ -34,19 +34,40 @@ const (
 // that fails to compile may take as long as one that compiles.
 //
 // Its memory is bounded by a count of entries and by the sum of their estimated sizes
-// (decision.Hostname.SizeEstimate); the least recently used entries go first, and a configuration
-// larger than the whole budget is prepared for each call and not kept. Callers asking for a
-// configuration being prepared wait for it (or for their context) instead of preparing it again.
-// It is safe for concurrent use.
+// (decision.Hostname.SizeEstimate), over all tenants; a configuration larger than the whole
+// budget is prepared for each call and not kept. The bounds are shared fairly between tenants:
+// each tenant's entries are in a least-recently-used list of its own, and when an entry takes the
+// cache over a bound, the entry dropped is the least recently used one of the tenant that then
+// holds the most under that bound (entries for the count, estimated bytes for the size; between
+// tenants holding as much, the one whose least recently used entry is the oldest). So a tenant
+// alone has the whole cache, and a tenant explaining many configurations (to push the others'
+// out) only evicts its own entries once it holds the most: another tenant's entries go only while
+// that tenant holds at least as many entries (or bytes) as it does, down to an equal share. The
+// entry being admitted can be the one dropped (its tenant holding the most, and nothing older):
+// it is then prepared for that call only.
+//
+// Callers asking for a configuration being prepared wait for it (or for their context) instead
+// of preparing it again. Entries being prepared count towards the bound of entries, and towards
+// their tenant's holding, but are not evicted: while the tenant holding the most has only such
+// entries, the cache stays beyond its bound of entries (by as many as are being prepared at
+// once) rather than evict another tenant's. It is safe for concurrent use.
 type preparedCache struct {
 	prepare func(*configv1.HostnameConfig) (*decision.Hostname, error)
 
 	mu       sync.Mutex
-	entries  map[preparedKey]*list.Element // of *preparedEntry
-	lru      list.List                     // most recently used first
+	entries  map[preparedKey]*list.Element // of *preparedEntry, in its tenant's list
+	tenants  map[string]*tenantEntries     // the tenants with entries (prepared or being prepared)
 	maxCount int
 	maxBytes int64
-	bytes    int64 // sum of the sizes of the counted entries
+	bytes    int64  // sum of the sizes of the counted entries
+	tick     uint64 // the last preparedEntry.used given
+}
+
+// tenantEntries are one tenant's entries in a preparedCache.
+type tenantEntries struct {
+	lru     list.List // of *preparedEntry, most recently used first
+	counted int       // entries whose size is counted (prepared)
+	bytes   int64     // sum of their sizes
 }
 
 type preparedKey struct {
@@ -60,8 +81,10 @@ type preparedEntry struct {
 	h     *decision.Hostname
 	err   error
 	size  int64
-	// counted: size is in preparedCache.bytes (under preparedCache.mu).
+	// counted: size is in preparedCache.bytes and its tenant's (under preparedCache.mu).
 	counted bool
+	// used orders the last uses of entries across tenants (under preparedCache.mu).
+	used uint64
 }
 
 // errPreparedSize is the estimated size of a kept failure.
@@ -73,7 +96,7 @@ func newPreparedCache(maxCount int, maxBytes int64, prepare func(*configv1.Hostn
 	if maxCount <= 0 || maxBytes <= 0 {
 		return nil
 	}
-	return &preparedCache{prepare: prepare, entries: make(map[preparedKey]*list.Element), maxCount: maxCount, maxBytes: maxBytes}
+	return &preparedCache{prepare: prepare, entries: make(map[preparedKey]*list.Element), tenants: make(map[string]*tenantEntries), maxCount: maxCount, maxBytes: maxBytes}
 }
 
 // configKey returns the key of cfg, a configuration of tenant. It clears cfg's version for the
@@ -102,13 +125,20 @@ func (c *preparedCache) get(ctx context.Context, tenant string, cfg *configv1.Ho
 	}
 	c.mu.Lock()
 	el, found := c.entries[key]
+	t := c.tenants[tenant]
 	if found {
-		c.lru.MoveToFront(el)
+		t.lru.MoveToFront(el)
 	} else {
-		el = c.lru.PushFront(&preparedEntry{key: key, ready: make(chan struct{})})
+		if t == nil {
+			t = &tenantEntries{}
+			c.tenants[tenant] = t
+		}
+		el = t.lru.PushFront(&preparedEntry{key: key, ready: make(chan struct{})})
 		c.entries[key] = el
 	}
 	e := el.Value.(*preparedEntry)
+	c.tick++
+	e.used = c.tick
 	c.mu.Unlock()
 
 	if found {
@@ -154,9 +184,9 @@ func (c *preparedCache) fill(el *list.Element, e *preparedEntry, cfg *configv1.H
 	c.admit(el, e)
 }
 
-// admit counts the size of e, ready now, and evicts the least recently used counted entries
-// until the cache is within its bounds; e itself, when it is larger than the whole budget.
-// Entries being prepared are not counted yet, and stay.
+// admit counts the size of e, ready now, and, while the cache is beyond a bound, evicts the least
+// recently used prepared entry of the tenant holding the most under that bound (see victim), e
+// included; e alone when it is larger than the whole budget.
 func (c *preparedCache) admit(el *list.Element, e *preparedEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -167,24 +197,72 @@ func (c *preparedCache) admit(el *list.Element, e *preparedEntry) {
 		c.remove(el)
 		return
 	}
+	t := c.tenants[e.key.tenant]
 	e.counted = true
 	c.bytes += e.size
-	for back := c.lru.Back(); back != nil && (c.lru.Len() > c.maxCount || c.bytes > c.maxBytes); {
-		prev := back.Prev()
-		if old := back.Value.(*preparedEntry); old != e && old.counted {
-			c.remove(back)
+	t.counted++
+	t.bytes += e.size
+	for {
+		overCount := len(c.entries) > c.maxCount
+		if !overCount && c.bytes <= c.maxBytes {
+			return
 		}
-		back = prev
+		victim := c.victim(!overCount)
+		if victim == nil {
+			return // the tenant holding the most has only entries being prepared
+		}
+		c.remove(victim)
 	}
+}
+
+// victim returns the least recently used prepared entry of the tenant holding the most: entries
+// (prepared or being prepared: both count towards the bound of entries), or estimated bytes with
+// byBytes; between tenants holding as much, the one whose least recently used entry is the
+// oldest. It returns nil when that tenant has only entries being prepared, which stay: another
+// tenant's are not evicted for them. c.mu is held.
+func (c *preparedCache) victim(byBytes bool) *list.Element {
+	var best *tenantEntries
+	var bestHeld int64
+	var bestUsed uint64
+	for _, t := range c.tenants {
+		held := int64(t.lru.Len())
+		if byBytes {
+			held = t.bytes
+		}
+		used := t.lru.Back().Value.(*preparedEntry).used
+		if best != nil && (held < bestHeld || held == bestHeld && used >= bestUsed) {
+			continue
+		}
+		best, bestHeld, bestUsed = t, held, used
+	}
+	if best == nil || best.counted == 0 {
+		return nil
+	}
+	return best.oldestCounted()
+}
+
+// oldestCounted returns t's least recently used counted entry; t.counted must not be 0.
+func (t *tenantEntries) oldestCounted() *list.Element {
+	el := t.lru.Back()
+	for !el.Value.(*preparedEntry).counted {
+		el = el.Prev()
+	}
+	return el
 }
 
 // remove drops el from the cache; c.mu is held. Callers waiting for it still get its result.
 func (c *preparedCache) remove(el *list.Element) {
 	e := el.Value.(*preparedEntry)
-	c.lru.Remove(el)
+	t := c.tenants[e.key.tenant]
+	t.lru.Remove(el)
 	delete(c.entries, e.key)
 	if e.counted {
 		c.bytes -= e.size
+		t.counted--
+		t.bytes -= e.size
 		e.counted = false
+	}
+	if t.lru.Len() == 0 {
+		delete(c.tenants, e.key.tenant)
 	}
 }

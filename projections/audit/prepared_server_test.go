@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -266,5 +267,36 @@ func TestPreparedConfigsAreTenantsOwn(t *testing.T) {
 	n.call(403, "POST", "/v1/tenants/acme:explain", globex, map[string]any{"hostname": "moving.example", "method": "GET", "path": "/", "atPosition": strconv.FormatUint(atAcme, 10)})
 	if a, g := n.prepares("acme"), n.prepares("globex"); a != 1 || g != 1 {
 		t.Errorf("after a refused explanation: %d and %d calls of decision.Prepare", a, g)
+	}
+}
+
+// TestPreparedConfigsAreSharedFairly: a tenant's auditor explaining more configurations than
+// the cache holds (to push the others' out, or merely many hostnames) evicts only its own
+// entries: another tenant's prepared configuration stays, and its explanations stay cheap. With
+// one LRU for all tenants, globex's configuration was prepared again after acme's explanations.
+func TestPreparedConfigsAreSharedFairly(t *testing.T) {
+	n := startPreparedNode(t, audit.WithPreparedConfigs(3, 128<<20))
+	ca := pkitest.NewCA(t, "devices")
+	good := ca.Client(t, "terminal-1")
+	acme, globex := n.tenant("acme", ca), n.tenant("globex", ca)
+	n.hostname("globex", "shop.globex.example")
+	for i := range 6 {
+		n.hostname("acme", fmt.Sprintf("h%d.acme.example", i))
+	}
+	at := n.position()
+	explain := func(token, id, name string) {
+		t.Helper()
+		if got := n.explain(token, id, name, at, good, "/"); got != "allow rule_allow devices" {
+			t.Fatalf("%s, %s: %q", id, name, got)
+		}
+	}
+	explain(globex, "globex", "shop.globex.example")
+	for i := range 6 {
+		explain(acme, "acme", fmt.Sprintf("h%d.acme.example", i))
+	}
+	explain(globex, "globex", "shop.globex.example")
+	explain(acme, "acme", "h5.acme.example")
+	if a, g := n.prepares("acme"), n.prepares("globex"); a != 6 || g != 1 {
+		t.Errorf("decision.Prepare ran %d times for acme's 6 hostnames and %d for globex's one; want 6 and 1 (acme's explanations evict only acme's configurations)", a, g)
 	}
 }

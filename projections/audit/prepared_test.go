@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -87,8 +88,8 @@ func TestPreparedCacheBounds(t *testing.T) {
 	if n := cp.calls.Load(); n != 4 {
 		t.Errorf("count bound 2: %d calls of Prepare; want 4", n)
 	}
-	if c.lru.Len() != 2 || len(c.entries) != 2 {
-		t.Errorf("count bound 2: %d entries (%d in the index)", c.lru.Len(), len(c.entries))
+	if len(c.entries) != 2 || c.tenants["acme"].lru.Len() != 2 {
+		t.Errorf("count bound 2: %d entries (%d in acme's list)", len(c.entries), c.tenants["acme"].lru.Len())
 	}
 
 	h, err := decision.Prepare(offConfig("acme", "pay.acme.example", "a"))
@@ -101,19 +102,112 @@ func TestPreparedCacheBounds(t *testing.T) {
 	for _, rule := range []string{"a", "b", "a", "c", "a", "b"} {
 		get(c, rule)
 	}
-	if n := cp.calls.Load(); n != 4 || c.lru.Len() != 2 || c.bytes > c.maxBytes {
-		t.Errorf("bytes for 2 entries: %d calls of Prepare (want 4), %d entries, %d bytes of %d", n, c.lru.Len(), c.bytes, c.maxBytes)
+	if n := cp.calls.Load(); n != 4 || len(c.entries) != 2 || c.bytes > c.maxBytes {
+		t.Errorf("bytes for 2 entries: %d calls of Prepare (want 4), %d entries, %d bytes of %d", n, len(c.entries), c.bytes, c.maxBytes)
 	}
 
 	cp = countingPrepare{}
 	c = newPreparedCache(100, one-1, cp.prepare)
 	get(c, "a")
 	get(c, "a")
-	if n := cp.calls.Load(); n != 2 || c.lru.Len() != 0 || c.bytes != 0 {
-		t.Errorf("an entry larger than the cache: %d calls of Prepare (want 2), %d entries, %d bytes", n, c.lru.Len(), c.bytes)
+	if n := cp.calls.Load(); n != 2 || len(c.entries) != 0 || c.bytes != 0 {
+		t.Errorf("an entry larger than the cache: %d calls of Prepare (want 2), %d entries, %d bytes", n, len(c.entries), c.bytes)
 	}
 	if newPreparedCache(0, 1, cp.prepare) != nil || newPreparedCache(1, 0, cp.prepare) != nil {
 		t.Error("a bound of 0 made a cache")
+	}
+}
+
+// TestPreparedCacheFair: a tenant alone has the whole cache; another tenant's entry then takes
+// the place of its least recently used one, and stays however many configurations the first
+// tenant goes on explaining (each of them evicts one of that tenant's own), within the bounds.
+// With one LRU for all tenants, the flood pushed the second tenant's entry out.
+func TestPreparedCacheFair(t *testing.T) {
+	ctx := context.Background()
+	h, err := decision.Prepare(offConfig("globex", "shop.globex.example", "g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := h.SizeEstimate()
+	for _, tc := range []struct {
+		name     string
+		maxCount int
+		maxBytes int64
+	}{
+		{"ok/count bound", 4, 1 << 30},
+		{"ok/byte bound", 100, 4*one + one/2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cp countingPrepare
+			c := newPreparedCache(tc.maxCount, tc.maxBytes, cp.prepare)
+			get := func(tenant, rule string) int64 {
+				t.Helper()
+				before := cp.calls.Load()
+				if _, err := c.get(ctx, tenant, offConfig(tenant, "pay."+tenant+".example", rule)); err != nil {
+					t.Fatal(err)
+				}
+				return cp.calls.Load() - before
+			}
+			for i := range 4 {
+				get("acme", fmt.Sprint("a", i))
+			}
+			for i := range 4 {
+				if get("acme", fmt.Sprint("a", i)) != 0 {
+					t.Errorf("acme alone: a%d was not kept (the cache holds 4)", i)
+				}
+			}
+			get("globex", "g")
+			for i := 4; i < 40; i++ { // acme explains many configurations
+				get("acme", fmt.Sprint("a", i))
+			}
+			if get("globex", "g") != 0 {
+				t.Error("acme's configurations pushed globex's out of the cache")
+			}
+			if get("acme", "a39") != 0 {
+				t.Error("acme's most recent configuration was not kept")
+			}
+			if n, a, g := len(c.entries), c.tenants["acme"].counted, c.tenants["globex"].counted; n > tc.maxCount || c.bytes > tc.maxBytes || a != 3 || g != 1 {
+				t.Errorf("%d entries (acme %d, globex %d; want 3 and 1), %d bytes of %d", n, a, g, c.bytes, tc.maxBytes)
+			}
+		})
+	}
+}
+
+// TestPreparedCacheFairWhilePreparing: a tenant preparing many configurations at once (more
+// than the cache holds) does not push another tenant's entry out either: its entries being
+// prepared are its own holding, and its admissions evict its own entries.
+func TestPreparedCacheFairWhilePreparing(t *testing.T) {
+	ctx := context.Background()
+	release := make(chan struct{})
+	var calls atomic.Int64
+	c := newPreparedCache(4, 1<<30, func(cfg *configv1.HostnameConfig) (*decision.Hostname, error) {
+		calls.Add(1)
+		if cfg.GetTenantId() == "acme" {
+			<-release
+		}
+		return decision.Prepare(cfg)
+	})
+	if _, err := c.get(ctx, "globex", offConfig("globex", "shop.globex.example", "g")); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			if _, err := c.get(ctx, "acme", offConfig("acme", "pay.acme.example", fmt.Sprint("a", i))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	for calls.Load() < 9 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	if _, err := c.get(ctx, "globex", offConfig("globex", "shop.globex.example", "g")); err != nil || calls.Load() != 9 {
+		t.Errorf("8 configurations of acme's prepared at once pushed globex's out (%d calls of Prepare, want 9; %v)", calls.Load(), err)
+	}
+	if n := len(c.entries); n > 4 {
+		t.Errorf("%d entries kept, the bound is 4", n)
 	}
 }
 
