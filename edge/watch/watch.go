@@ -377,7 +377,8 @@ func (w *watcher) nack(ctx context.Context, stream grpc.BidiStreamingClient[conf
 		w.log.Debug("could not send the refusal", "error", err)
 	}
 	_ = stream.CloseSend()
-	// Give the server a moment to read the refusal before the stream is canceled.
+	// Give the server a moment to read the refusal before the stream is canceled: it then sends
+	// nothing more and ends the stream (projections/distribute), which ends the wait.
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)

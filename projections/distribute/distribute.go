@@ -15,13 +15,21 @@
 // and then with every later change, in order, one response per change (a change too large for
 // one part is split like a snapshot, with more = true on all parts but the last).
 //
-// The edge acknowledges the last part of each response with ack_position, or refuses it with
-// error set (a NACK: the server logs it and streams on; the edge keeps its last good
-// configuration). An ack may list hostnames the edge could not prepare and left out (refused);
-// the server logs them. An edge that holds such hostnames sets want_snapshot in its hello and gets
-// a snapshot (after waiting for the projector to reach its position, as below) instead of the
-// changes it missed, so that a newer edge gets the configurations an older one could not prepare.
-// An ack of position p answers every response up to p. The server keeps at most Window responses
+// The edge acknowledges the last part of each response with ack_position, or refuses a response
+// with error set (a NACK), at its last part or at any earlier one (edge/watch refuses a response
+// behind its configuration at its first part, without reading the rest). The edge keeps its last
+// good configuration and applies nothing more from the stream: every later response is a change
+// on top of the refused one. So a NACK ends the stream: the server sends no further part of the
+// refused response (a large snapshot is not sent whole to an edge that refused its first part)
+// nor any later response, logs the refusal and ends Watch with ABORTED. The edge opens a new
+// stream from the position it holds, and is answered as any edge resuming from there: the changes
+// after it (the refused one again, once the cause is gone, and then the next) or a snapshot.
+//
+// An ack may list hostnames the edge could not prepare and left out (refused); the server logs
+// them. An edge that holds such hostnames sets want_snapshot in its hello and gets a snapshot
+// (after waiting for the projector to reach its position, as below) instead of the changes it
+// missed, so that a newer edge gets the configurations an older one could not prepare. An ack of
+// position p answers every response up to p. The server keeps at most Window responses
 // unanswered and waits for acks before sending more; an edge that stops reading falls behind the
 // projector's ring of changes and gets a fresh snapshot when it resumes.
 //
@@ -68,6 +76,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -221,7 +230,7 @@ type WatcherStatus struct {
 	// Unanswered is how many responses await an ack or a nack.
 	Unanswered int
 	// Snapshots, Responses and Nacks count snapshots and responses sent (a response in parts
-	// counts once), and responses refused.
+	// counts once), and responses refused (a refusal ends the stream, so Nacks is 0 or 1).
 	Snapshots, Responses, Nacks uint64
 }
 
@@ -249,6 +258,19 @@ type watcher struct {
 	snapshots  uint64
 	responses  uint64
 	nacks      uint64
+	// refused is the edge's NACK, once it refused a response: nothing more is sent. It is set
+	// under mu (before nacks counts it) and read without.
+	refused atomic.Pointer[refusal]
+}
+
+// refusal is an edge's NACK of the response at position, which ends the Watch stream.
+type refusal struct {
+	position uint64
+	reason   string
+}
+
+func (r *refusal) Error() string {
+	return fmt.Sprintf("distribute: the edge refused the response at position %d: %s", r.position, r.reason)
 }
 
 func (w *watcher) status() WatcherStatus {
@@ -310,6 +332,11 @@ func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, co
 		}
 	default:
 	}
+	if r := w.refused.Load(); r != nil {
+		// The edge resumes from its last good position on a new stream (see the package doc).
+		log.Info("distribute: watch ended: the edge refused a response; it resumes on a new stream", "position", r.position)
+		return status.Error(codes.Aborted, r.Error()+"; nothing more is sent on this stream: resume from the last position applied")
+	}
 	if err != nil {
 		log.Info("distribute: watch ended", "err", err)
 	}
@@ -339,7 +366,8 @@ func checkEdgeID(id string) error {
 	return nil
 }
 
-// receive reads the edge's acks and nacks until the stream ends.
+// receive reads the edge's acks until the stream ends or a NACK, which it records in w and
+// returns (a *refusal): the stream ends with it.
 func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, log *slog.Logger) error {
 	for {
 		req, err := stream.Recv()
@@ -370,7 +398,10 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 			n++
 		}
 		w.unanswered = w.unanswered[n:]
+		var refused *refusal
 		if nack {
+			refused = &refusal{position: pos, reason: req.GetError()}
+			w.refused.Store(refused)
 			w.nacks++
 			if s.tel.nacks != nil {
 				s.tel.nacks.Add(stream.Context(), 1)
@@ -381,6 +412,9 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 		close(w.answered)
 		w.answered = make(chan struct{})
 		w.mu.Unlock()
+		if refused != nil {
+			return refused
+		}
 	}
 }
 
@@ -518,8 +552,12 @@ func (s *Server) waitWindow(ctx context.Context, w *watcher) error {
 }
 
 // sendParts sends one response, in parts if it is large, with span's trace context (none when
-// span is nil).
+// span is nil). Once the edge has refused a response (this one or an earlier one), it sends no
+// further part and returns the refusal.
 func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, pos uint64, snapshot bool, upserts []*configv1.HostnameConfig, removals []string, span trace.Span) error {
+	if r := w.refused.Load(); r != nil {
+		return r
+	}
 	parts := Split(pos, snapshot, upserts, removals, s.opts.maxPartBytes, s.opts.maxPartConfigs)
 	if tp, ts := traceFields(span); tp != "" {
 		for _, part := range parts {
@@ -542,7 +580,10 @@ func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest
 		w.snapshots++
 	}
 	w.mu.Unlock()
-	for _, part := range parts {
+	for i, part := range parts {
+		if r := w.refused.Load(); r != nil && i > 0 {
+			return r
+		}
 		if err := stream.Send(part); err != nil {
 			return fmt.Errorf("distribute: send position %d: %w", pos, err)
 		}

@@ -38,6 +38,7 @@ type env struct {
 	store  *boltstore.Store
 	p      *projector.Projector
 	srv    *Server
+	conn   *grpc.ClientConn
 	client configv1.ConfigServiceClient
 	gen    *pt.Gen
 	run    func() // starts the projector
@@ -47,6 +48,8 @@ type envOpts struct {
 	projector []projector.Option
 	server    []Option
 	noRun     bool
+	// grpc returns options of the gRPC server that serves srv (interceptors).
+	grpc func(srv *Server) []grpc.ServerOption
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -61,7 +64,11 @@ func newEnv(t *testing.T, o envOpts) *env {
 		t.Fatal(err)
 	}
 	srv := New(p, append([]Option{WithLogger(quiet)}, o.server...)...)
-	gs := grpc.NewServer()
+	var gopts []grpc.ServerOption
+	if o.grpc != nil {
+		gopts = o.grpc(srv)
+	}
+	gs := grpc.NewServer(gopts...)
 	configv1.RegisterConfigServiceServer(gs, srv)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -72,7 +79,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, store: store, p: p, srv: srv, client: configv1.NewConfigServiceClient(conn), gen: pt.NewGen(1, 3, 30)}
+	e := &env{t: t, store: store, p: p, srv: srv, conn: conn, client: configv1.NewConfigServiceClient(conn), gen: pt.NewGen(1, 3, 30)}
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan struct{})
 	close(runDone)
@@ -110,6 +117,23 @@ func (e *env) write(n int) (map[string]*configv1.HostnameConfig, uint64) {
 		}
 	}
 	return e.expected()
+}
+
+// appendAcme appends ms to tenant acme's stream and returns their position once the projector
+// has it.
+func (e *env) appendAcme(ms ...proto.Message) uint64 {
+	e.t.Helper()
+	res, err := pt.Write(context.Background(), e.store, pt.Append{Stream: fold.TenantStream("acme"), Events: ms})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.waitProjector(uint64(res.Position))
+	return uint64(res.Position)
+}
+
+// hostnameCreated creates name, active, in mode OFF.
+func hostnameCreated(name string) *eventsv1.HostnameCreated {
+	return &eventsv1.HostnameCreated{Hostname: name, State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_OFF}}
 }
 
 func (e *env) expected() (map[string]*configv1.HostnameConfig, uint64) {
@@ -404,20 +428,9 @@ func TestWatchWantSnapshot(t *testing.T) {
 
 func TestWatchResumeTooOldGetsSnapshot(t *testing.T) {
 	e := newEnv(t, envOpts{projector: []projector.Option{projector.WithRetention(5, 0)}})
-	stream := fold.TenantStream("acme")
-	var positions []uint64
-	for i := range 20 {
-		var ms []proto.Message
-		if i == 0 {
-			ms = append(ms, &eventsv1.TenantCreated{TenantId: "acme"})
-		}
-		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.example.com", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE})
-		res, err := pt.Write(context.Background(), e.store, pt.Append{Stream: stream, Events: ms})
-		if err != nil {
-			t.Fatal(err)
-		}
-		positions = append(positions, uint64(res.Position))
-		e.waitProjector(uint64(res.Position))
+	positions := []uint64{e.appendAcme(&eventsv1.TenantCreated{TenantId: "acme"}, hostnameCreated("h0.example.com"))}
+	for i := 1; i < 20; i++ {
+		positions = append(positions, e.appendAcme(hostnameCreated(fmt.Sprintf("h%d.example.com", i))))
 	}
 	want, _ := e.expected()
 	ed := e.watch("edge-old", positions[3], false)
@@ -635,31 +648,17 @@ func TestWatchEdgeID(t *testing.T) {
 }
 
 // TestWatchWindowAndNack: an edge that does not answer gets at most Window responses; a NACK is
-// logged and answers the response like an ack would, and streaming goes on.
+// logged and ends the stream (ABORTED): nothing more is sent on it, not even the responses the
+// window now allows, since each builds on the refused one.
 func TestWatchWindowAndNack(t *testing.T) {
 	var logs syncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	e := newEnv(t, envOpts{server: []Option{WithWindow(2), WithLogger(logger)}})
-	stream := fold.TenantStream("acme")
-	write := func(i int) uint64 {
-		var ms []proto.Message
-		if i == 0 {
-			ms = append(ms, &eventsv1.TenantCreated{TenantId: "acme"})
-		}
-		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.example.com", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE})
-		res, err := pt.Write(context.Background(), e.store, pt.Append{Stream: stream, Events: ms})
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.waitProjector(uint64(res.Position))
-		return uint64(res.Position)
-	}
-	write(0)
+	e.appendAcme(&eventsv1.TenantCreated{TenantId: "acme"}, hostnameCreated("h0.example.com"))
 	ed := e.watch("slow", 0, true)
 	ed.waitResponses(1) // the snapshot
-	var last uint64
 	for i := 1; i <= 5; i++ {
-		last = write(i)
+		e.appendAcme(hostnameCreated(fmt.Sprintf("h%d.example.com", i)))
 	}
 	ed.waitResponses(2)
 	time.Sleep(100 * time.Millisecond)
@@ -667,30 +666,24 @@ func TestWatchWindowAndNack(t *testing.T) {
 	if len(rs) != 2 {
 		t.Fatalf("an edge that does not answer got %d responses with a window of 2", len(rs))
 	}
-	// Refuse the snapshot: one more response may come.
+	if ws := e.srv.Watchers(); len(ws) != 1 || ws[0].Unanswered != 2 {
+		t.Fatalf("watchers = %+v", ws)
+	}
+	// Refuse the snapshot: the stream ends, and no more responses come.
 	if err := ed.stream.Send(&configv1.WatchRequest{AckPosition: rs[0].GetPosition(), Error: "cannot apply: disk full"}); err != nil {
 		t.Fatal(err)
 	}
-	ed.waitResponses(3)
+	select {
+	case <-ed.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream goes on after a NACK")
+	}
+	_, rs, _, err := ed.snapshot()
+	if status.Code(err) != codes.Aborted || len(rs) != 2 {
+		t.Errorf("after the NACK: %d responses, the stream ended with %v; want 2 and ABORTED", len(rs), err)
+	}
 	if !strings.Contains(logs.String(), "edge refused configuration") || !strings.Contains(logs.String(), "disk full") {
 		t.Errorf("NACK not logged: %s", logs.String())
-	}
-	// Ack everything received: the rest follows.
-	_, rs, _, _ = ed.snapshot()
-	if err := ed.stream.Send(&configv1.WatchRequest{AckPosition: rs[len(rs)-1].GetPosition()}); err != nil {
-		t.Fatal(err)
-	}
-	rs = ed.waitResponses(5)
-	if rs[len(rs)-1].GetPosition() == last {
-		return
-	}
-	_ = ed.stream.Send(&configv1.WatchRequest{AckPosition: rs[len(rs)-1].GetPosition()})
-	rs = ed.waitResponses(6)
-	if rs[len(rs)-1].GetPosition() != last {
-		t.Errorf("last response at %d, want %d", rs[len(rs)-1].GetPosition(), last)
-	}
-	if ws := e.srv.Watchers(); len(ws) != 1 || ws[0].Nacks != 1 {
-		t.Errorf("watchers = %+v", ws)
 	}
 }
 
