@@ -532,7 +532,16 @@ type WatchRequest struct {
 	// In the first message: send a snapshot at resume_position or later, not the changes after it.
 	// The edge sets it while it leaves out hostnames it could not prepare (refused), to be sent them
 	// again: it may be able to prepare them now (a newer version of the edge).
-	WantSnapshot  bool `protobuf:"varint,7,opt,name=want_snapshot,json=wantSnapshot,proto3" json:"want_snapshot,omitempty"`
+	WantSnapshot bool `protobuf:"varint,7,opt,name=want_snapshot,json=wantSnapshot,proto3" json:"want_snapshot,omitempty"`
+	// In the first message: the history_token of the response that brought the edge to
+	// resume_position (empty when it has none: an older edge, or a configuration saved before tokens
+	// existed). Opaque to the edge, which keeps it with its configuration and sends it back as
+	// received. The server checks it against the event store: when the store has passed
+	// resume_position but holds another event there (it was restored from an older backup and
+	// written to since), the edge's configuration belongs to a history the store no longer has, and
+	// the server answers with a snapshot with replaces_history set. At most 1024 bytes; a token the
+	// server cannot read is treated as none.
+	HistoryToken  []byte `protobuf:"bytes,8,opt,name=history_token,json=historyToken,proto3" json:"history_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -616,6 +625,13 @@ func (x *WatchRequest) GetWantSnapshot() bool {
 	return false
 }
 
+func (x *WatchRequest) GetHistoryToken() []byte {
+	if x != nil {
+		return x.HistoryToken
+	}
+	return nil
+}
+
 // RefusedHostname is a hostname an edge left out of a response it acknowledged, and why.
 type RefusedHostname struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -694,9 +710,21 @@ type WatchResponse struct {
 	// Informational only: the edge applies a response the same way with or without it.
 	Traceparent string `protobuf:"bytes,6,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	// The W3C tracestate header value that goes with traceparent; usually empty.
-	Tracestate    string `protobuf:"bytes,7,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tracestate string `protobuf:"bytes,7,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	// Identifies the event-store history of position: the server's own encoding of the event at
+	// that position (versioned; it may change). Every part of a response carries the same value;
+	// empty when the server does not know it (a read model written before tokens existed). The edge
+	// keeps it with its configuration, treats it as opaque, and sends it back in its hello
+	// (WatchRequest.history_token).
+	HistoryToken []byte `protobuf:"bytes,8,opt,name=history_token,json=historyToken,proto3" json:"history_token,omitempty"`
+	// Set only on a snapshot answering the hello (every part of it): the event store no longer holds
+	// the history of the edge's resume_position (history_token names an event the store does not
+	// have at that position, and the store has passed it: it was restored from an older backup and
+	// written to since). The snapshot replaces the edge's configuration even when its position is
+	// lower than the edge's. Without it, an edge refuses a snapshot behind the position it holds.
+	ReplacesHistory bool `protobuf:"varint,9,opt,name=replaces_history,json=replacesHistory,proto3" json:"replaces_history,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *WatchResponse) Reset() {
@@ -778,6 +806,20 @@ func (x *WatchResponse) GetTracestate() string {
 	return ""
 }
 
+func (x *WatchResponse) GetHistoryToken() []byte {
+	if x != nil {
+		return x.HistoryToken
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetReplacesHistory() bool {
+	if x != nil {
+		return x.ReplacesHistory
+	}
+	return false
+}
+
 var File_guestlist_config_v1_config_proto protoreflect.FileDescriptor
 
 const file_guestlist_config_v1_config_proto_rawDesc = "" +
@@ -813,7 +855,7 @@ const file_guestlist_config_v1_config_proto_rawDesc = "" +
 	"\x06action\x18\x02 \x01(\x0e2\x1b.guestlist.config.v1.ActionR\x06action\x12\x1e\n" +
 	"\n" +
 	"expression\x18\x03 \x01(\tR\n" +
-	"expression\"\x93\x02\n" +
+	"expression\"\xb8\x02\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\aedge_id\x18\x01 \x01(\tR\x06edgeId\x12'\n" +
 	"\x0fresume_position\x18\x02 \x01(\x04R\x0eresumePosition\x12!\n" +
@@ -821,10 +863,11 @@ const file_guestlist_config_v1_config_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12>\n" +
 	"\arefused\x18\x05 \x03(\v2$.guestlist.config.v1.RefusedHostnameR\arefused\x12#\n" +
 	"\rrefused_total\x18\x06 \x01(\x04R\frefusedTotal\x12#\n" +
-	"\rwant_snapshot\x18\a \x01(\bR\fwantSnapshot\"C\n" +
+	"\rwant_snapshot\x18\a \x01(\bR\fwantSnapshot\x12#\n" +
+	"\rhistory_token\x18\b \x01(\fR\fhistoryToken\"C\n" +
 	"\x0fRefusedHostname\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\xf8\x01\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\xc8\x02\n" +
 	"\rWatchResponse\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x04R\bposition\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12=\n" +
@@ -834,7 +877,9 @@ const file_guestlist_config_v1_config_proto_rawDesc = "" +
 	"\vtraceparent\x18\x06 \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\a \x01(\tR\n" +
-	"tracestate*e\n" +
+	"tracestate\x12#\n" +
+	"\rhistory_token\x18\b \x01(\fR\fhistoryToken\x12)\n" +
+	"\x10replaces_history\x18\t \x01(\bR\x0freplacesHistory*e\n" +
 	"\bMtlsMode\x12\x19\n" +
 	"\x15MTLS_MODE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rMTLS_MODE_OFF\x10\x01\x12\x15\n" +
