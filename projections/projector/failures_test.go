@@ -190,7 +190,9 @@ func TestErrorAfterApplyDropsTheBatch(t *testing.T) {
 // event (the store emptied, or replaced by an older copy, new events written since or not) makes
 // Run stop at once with ErrStoreBehind, naming both positions and what to do, without becoming
 // Ready and without touching the read model. Before, the projector reported Ready and skipped every
-// new event up to its old checkpoint.
+// new event up to its old checkpoint. An older copy written to past the checkpoint (positions alone
+// look fine) makes it stop likewise with ErrHistoryDiverged, naming the checkpoint's event and what
+// the store holds; before, the projector applied the other history's events after its checkpoint.
 func TestStoreBehindTheReadModel(t *testing.T) {
 	emptied := func(t *testing.T, dir string, _ []byte) { writeFile(t, filepath.Join(dir, "events.db"), nil) }
 	olderCopy := func(t *testing.T, dir string, old []byte) { writeFile(t, filepath.Join(dir, "events.db"), old) }
@@ -202,15 +204,24 @@ func TestStoreBehindTheReadModel(t *testing.T) {
 		replace func(t *testing.T, dir string, old []byte)
 		// then writes to the replaced store.
 		then func(write func(...proto.Message) uint64)
+		// want is the error Run wraps: ErrStoreBehind when the replaced store ends before the
+		// checkpoint, ErrHistoryDiverged when it has passed it.
+		want error
 	}{
-		{"emptied", emptied, nothing},
+		{"emptied", emptied, nothing, ErrStoreBehind},
 		{"emptied then written to", emptied, func(write func(...proto.Message) uint64) {
 			write(&eventsv1.TenantCreated{TenantId: "acme"}, hostnameCreated("new.example.com", eventsv1.MtlsMode_MTLS_MODE_OFF))
-		}},
-		{"older copy", olderCopy, nothing},
+		}, ErrStoreBehind},
+		{"older copy", olderCopy, nothing, ErrStoreBehind},
 		{"older copy then written to", olderCopy, func(write func(...proto.Message) uint64) {
 			write(hostnameCreated("new.example.com", eventsv1.MtlsMode_MTLS_MODE_OFF))
-		}},
+		}, ErrStoreBehind},
+		{"older copy then written past the checkpoint", olderCopy, func(write func(...proto.Message) uint64) {
+			write(hostnameCreated("new.example.com", eventsv1.MtlsMode_MTLS_MODE_OFF))
+			for i := range 25 {
+				write(hostnameCreated(fmt.Sprintf("n%d.example.com", i), eventsv1.MtlsMode_MTLS_MODE_OFF))
+			}
+		}, ErrHistoryDiverged},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -242,8 +253,8 @@ func TestStoreBehindTheReadModel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if uint64(end) >= last {
-				t.Fatalf("test setup: the replaced store ends at %d, not before the checkpoint %d", end, last)
+			if past := uint64(end) >= last; past != (tc.want == ErrHistoryDiverged) {
+				t.Fatalf("test setup: the replaced store ends at %d, the checkpoint is at %d", end, last)
 			}
 
 			p = openProjector(t, dir, store)
@@ -253,8 +264,8 @@ func TestStoreBehindTheReadModel(t *testing.T) {
 				t.Fatal(err)
 			}
 			err = runFor(t, p, 10*time.Second)
-			if !errors.Is(err, ErrStoreBehind) {
-				t.Fatalf("Run = %v, want ErrStoreBehind", err)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Run = %v, want %v", err, tc.want)
 			}
 			for _, want := range []string{
 				fmt.Sprintf("at position %d", last),

@@ -18,6 +18,21 @@
 // ErrStoreBehind rather than skip the store's events up to the checkpoint, and does not rebuild
 // the read model by itself either.
 //
+// Positions alone do not tell two histories apart: a store restored from an older backup and
+// written to since reaches the checkpoint's position again, with other events. So the read model
+// keeps, with its checkpoint and in the same transaction, the identity of the event at the
+// checkpoint (its stream, revision and id: a history.Ref). When Run subscribes and the store has
+// passed the checkpoint's position without holding that event there, Run stops with
+// ErrHistoryDiverged (naming both events and what to do) rather than fold the other history's
+// events onto this one. A read model written before the identity was kept has none until its next
+// commit, and is checked by positions only until then.
+//
+// # History tokens
+//
+// Every Change, and every Snapshot (SnapshotWithHistory), carries the history token of its
+// position (history.Ref.Encode of the event there), which the distribution hands to the edges.
+// CheckHistory tells whether the store still holds the history of a token an edge sends back.
+//
 // # Batches
 //
 // While catching up, up to MaxBatchEvents events (default 1,000) or MaxBatchDelay of work (default
@@ -83,6 +98,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/fold"
+	"guestlist.dev/projections/history"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 	"guestlist.dev/services/boltcheck"
 	"guestlist.dev/services/eventstore"
@@ -121,6 +137,12 @@ var (
 	// the edges (and the audit ledger) hold positions of the store as it was. The error names both
 	// positions and what to do.
 	ErrStoreBehind = errors.New("projector: the read model is ahead of the event store")
+	// ErrHistoryDiverged is wrapped by the error Run returns when the event store has passed the
+	// read model's checkpoint but does not hold the checkpoint's event at its position: the store
+	// is not the one the read model was built from (an older backup restored and written to since,
+	// or another store). Run stops without becoming Ready, as for ErrStoreBehind; the error names
+	// both events and what to do (move the read model aside: it is rebuilt from the store).
+	ErrHistoryDiverged = errors.New("projector: the event store's history is not the read model's")
 )
 
 // formatVersion is the read model's format. Version 2: the configuration of a hostname two
@@ -133,6 +155,9 @@ var (
 	bucketMeta      = []byte("meta")
 	keyFormat       = []byte("format")
 	keyCheckpoint   = []byte("checkpoint")
+	// keyCheckpointEvent holds the history.Ref of the event at the checkpoint, encoded
+	// (history.Ref.Encode); written with the checkpoint. Absent in files written before it existed.
+	keyCheckpointEvent = []byte("checkpoint-event")
 )
 
 // filter selects the events the projector folds.
@@ -155,6 +180,9 @@ type Change struct {
 	// context, in order (see ApplySpanName); empty when none did. The distribution continues the
 	// last one's trace and links the others.
 	Traces []trace.SpanContext
+	// HistoryToken identifies the history at Position: the encoded history.Ref of the batch's last
+	// event. Nil when it is not known (see the package documentation).
+	HistoryToken []byte
 }
 
 // Option configures Open.
@@ -282,6 +310,7 @@ type Projector struct {
 
 	mu        sync.Mutex
 	position  uint64
+	ref       history.Ref // the event at position, when known (see keyCheckpointEvent)
 	ring      ring
 	notify    chan struct{} // closed, and replaced, when position advances
 	ready     chan struct{} // closed when stats.Ready turns true
@@ -321,7 +350,10 @@ func Open(path string, store eventstore.Store, opts ...Option) (*Projector, erro
 		}
 		return nil, fmt.Errorf("projector: open %s: %w", path, err)
 	}
-	var checkpoint uint64
+	var (
+		checkpoint uint64
+		ref        history.Ref
+	)
 	err = db.Update(func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketHostnames); err != nil {
 			return fmt.Errorf("create bucket %s: %w", bucketHostnames, err)
@@ -344,6 +376,9 @@ func Open(path string, store eventstore.Store, opts ...Option) (*Projector, erro
 			if err := meta.Delete(keyCheckpoint); err != nil {
 				return fmt.Errorf("drop the format-1 checkpoint: %w", err)
 			}
+			if err := meta.Delete(keyCheckpointEvent); err != nil {
+				return fmt.Errorf("drop the format-1 checkpoint: %w", err)
+			}
 			fallthrough
 		case v == nil:
 			if err := meta.Put(keyFormat, []byte{formatVersion}); err != nil {
@@ -352,7 +387,10 @@ func Open(path string, store eventstore.Store, opts ...Option) (*Projector, erro
 		case len(v) != 1 || v[0] != formatVersion:
 			return fmt.Errorf("unsupported file format %x (want %d)", v, formatVersion)
 		}
-		checkpoint, err = readCheckpoint(meta)
+		if checkpoint, err = readCheckpoint(meta); err != nil {
+			return err
+		}
+		ref, err = readCheckpointEvent(meta, checkpoint)
 		return err
 	})
 	if err != nil {
@@ -367,6 +405,7 @@ func Open(path string, store eventstore.Store, opts ...Option) (*Projector, erro
 		log:      o.log.With("component", "projector"),
 		tenants:  map[string]*fold.Tenant{},
 		position: checkpoint,
+		ref:      ref,
 		ring:     ring{start: checkpoint, maxChanges: o.retainChanges, maxBytes: o.retainBytes},
 		notify:   make(chan struct{}),
 		ready:    make(chan struct{}),
@@ -389,6 +428,23 @@ func readCheckpoint(meta *bolt.Bucket) (uint64, error) {
 		return binary.BigEndian.Uint64(v), nil
 	}
 	return 0, fmt.Errorf("corrupt checkpoint of %d bytes", len(v))
+}
+
+// readCheckpointEvent returns the identity of the event at the checkpoint, the zero Ref when the
+// file has none.
+func readCheckpointEvent(meta *bolt.Bucket, checkpoint uint64) (history.Ref, error) {
+	v := meta.Get(keyCheckpointEvent)
+	if v == nil {
+		return history.Ref{}, nil
+	}
+	ref, err := history.Decode(v)
+	if err != nil {
+		return history.Ref{}, fmt.Errorf("corrupt checkpoint event: %w", err)
+	}
+	if ref.Position != checkpoint {
+		return history.Ref{}, fmt.Errorf("corrupt checkpoint event: it is at position %d, the checkpoint at %d", ref.Position, checkpoint)
+	}
+	return ref, nil
 }
 
 // Close stops Run, if it is running, waits for it to return, and closes the file. Waiting
@@ -510,12 +566,24 @@ func (p *Projector) Changes(ctx context.Context, after uint64, max int) ([]Chang
 // Snapshot returns the whole read model, sorted by hostname, and the position it reflects, read
 // in one transaction.
 func (p *Projector) Snapshot() (position uint64, configs []*configv1.HostnameConfig, err error) {
+	position, _, configs, err = p.SnapshotWithHistory()
+	return position, configs, err
+}
+
+// SnapshotWithHistory is Snapshot, with the history token of the position (nil when the read
+// model does not know it), read in the same transaction.
+func (p *Projector) SnapshotWithHistory() (position uint64, token []byte, configs []*configv1.HostnameConfig, err error) {
 	err = p.db.View(func(tx *bolt.Tx) error {
 		meta, b := tx.Bucket(bucketMeta), tx.Bucket(bucketHostnames)
 		var err error
 		if position, err = readCheckpoint(meta); err != nil {
 			return err
 		}
+		ref, err := readCheckpointEvent(meta, position)
+		if err != nil {
+			return err
+		}
+		token = ref.Encode()
 		return b.ForEach(func(k, v []byte) error {
 			c := new(configv1.HostnameConfig)
 			if err := proto.Unmarshal(v, c); err != nil {
@@ -526,9 +594,31 @@ func (p *Projector) Snapshot() (position uint64, configs []*configv1.HostnameCon
 		})
 	})
 	if err != nil {
-		return 0, nil, fmt.Errorf("projector: snapshot: %w", err)
+		return 0, nil, nil, fmt.Errorf("projector: snapshot: %w", err)
 	}
-	return position, configs, nil
+	return position, token, configs, nil
+}
+
+// CheckHistory tells whether the event store still holds the history of token, a history token
+// of position (one this package made: Change.HistoryToken, SnapshotWithHistory) that a reader
+// sends back: its Verdict is history.Same when the store holds the token's event at position, history.Diverged
+// when the store has passed position without holding it there, history.NotReached when the store
+// has not reached position. A token that does not decode, or is not of position, is an error
+// wrapping history.ErrBadToken; a failed read of the store is an error too. It reads one event
+// and the store's last position, and trusts the token for nothing else.
+func (p *Projector) CheckHistory(ctx context.Context, position uint64, token []byte) (history.Result, error) {
+	ref, err := history.Decode(token)
+	if err != nil {
+		return history.Result{}, fmt.Errorf("projector: check history at position %d: %w", position, err)
+	}
+	if ref.Position != position {
+		return history.Result{}, fmt.Errorf("projector: check history at position %d: %w: the token is of position %d", position, history.ErrBadToken, ref.Position)
+	}
+	res, err := history.Check(ctx, p.store, ref)
+	if err != nil {
+		return history.Result{}, fmt.Errorf("projector: check history at position %d: %w", position, err)
+	}
+	return res, nil
 }
 
 // Lookup returns the stored configuration of hostname (nil if there is none) and the position of

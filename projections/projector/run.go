@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/fold"
+	"guestlist.dev/projections/history"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 	"guestlist.dev/services/eventstore"
 )
@@ -103,8 +104,12 @@ type item struct {
 func (p *Projector) follow(ctx context.Context) error {
 	from := p.Position()
 	// Before anything else (a read after a position the store does not have may fail): a store
-	// that ends before the checkpoint would deliver nothing up to it.
+	// that ends before the checkpoint would deliver nothing up to it, and one that holds another
+	// event there would deliver another history's events after it.
 	if err := p.checkStoreReaches(ctx, from); err != nil {
+		return err
+	}
+	if err := p.checkHistory(ctx); err != nil {
 		return err
 	}
 	caughtUp, err := p.caughtUp(ctx, from)
@@ -287,12 +292,36 @@ func (p *Projector) checkStoreReaches(ctx context.Context, pos uint64) error {
 	return &fatalError{err}
 }
 
+// checkHistory returns a fatal error wrapping ErrHistoryDiverged when the store has passed the
+// checkpoint's position but does not hold the checkpoint's event there. A read model that does not
+// know the checkpoint's event (written before it was kept) is not checked.
+func (p *Projector) checkHistory(ctx context.Context) error {
+	p.mu.Lock()
+	ref := p.ref
+	p.mu.Unlock()
+	if ref == (history.Ref{}) {
+		return nil
+	}
+	res, err := history.Check(ctx, p.store, ref)
+	switch {
+	case err != nil:
+		return fmt.Errorf("projector: check the event store's history at the checkpoint: %w", err)
+	case res.Verdict != history.Diverged:
+		return nil
+	}
+	return &fatalError{fmt.Errorf("%w: the read model %s was built up to the %s, but %s: "+
+		"was the store restored from an older backup and written to since, or replaced by another one? "+
+		"The projector stops rather than apply another history's events after position %d. %s",
+		ErrHistoryDiverged, p.path, ref, res.Describe(), ref.Position, p.storeBehindHint())}
+}
+
 // storeBehindHint says what to do about ErrStoreBehind.
 func (p *Projector) storeBehindHint() string {
 	return fmt.Sprintf("Run guestlist on the event store this read model was built from (or a newer copy of it). "+
-		"To go on with this store instead, stop guestlist and delete %s and everything else that holds positions "+
-		"of the other store (every edge's saved configuration, the audit ledger); the read model is then rebuilt "+
-		"from this store", p.path)
+		"To go on with this store instead, stop guestlist and move %s aside (and the audit ledger, ledger.db, "+
+		"should it stop likewise); the read model is then rebuilt from this store, and edges that hold a "+
+		"configuration of the other history are moved to this one once the store has passed their position "+
+		"(see \"Restoring a backup\" in docs/storage.md)", p.path)
 }
 
 // setCaughtUp records whether the projector is caught up; the first time it is, it is ready.
@@ -316,7 +345,10 @@ type batch struct {
 	start time.Time
 	n     int
 	last  uint64 // position of the last event
-	time  time.Time
+	// lastRef identifies the last event (the zero Ref if its id is not a UUID, which no store
+	// accepts).
+	lastRef history.Ref
+	time    time.Time
 	// dirty maps each hostname the batch's events affect to the state of the tenant that last
 	// affected it and that event's position (the configuration's version).
 	dirty map[string]dirty
@@ -411,6 +443,11 @@ func (p *Projector) add(ctx context.Context, b *batch, ev eventstore.RecordedEve
 	}
 	b.n++
 	b.last, b.time = uint64(ev.Position), ev.Time
+	ref, refErr := history.Of(ev)
+	if refErr != nil {
+		p.log.WarnContext(ctx, "projector: the event's history token is unknown", "err", refErr)
+	}
+	b.lastRef = ref
 	if span != nil {
 		span.SetAttributes(attribute.Int("guestlist.hostnames_affected", len(names)))
 		b.spans = append(b.spans, span)
@@ -582,8 +619,16 @@ func (p *Projector) commit(b *batch, caughtUp bool) error {
 		}
 		var cp [8]byte
 		binary.BigEndian.PutUint64(cp[:], b.last)
-		if err := tx.Bucket(bucketMeta).Put(keyCheckpoint, cp[:]); err != nil {
+		meta := tx.Bucket(bucketMeta)
+		if err := meta.Put(keyCheckpoint, cp[:]); err != nil {
 			return fmt.Errorf("write checkpoint: %w", err)
+		}
+		put := func() error { return meta.Delete(keyCheckpointEvent) }
+		if token := b.lastRef.Encode(); token != nil {
+			put = func() error { return meta.Put(keyCheckpointEvent, token) }
+		}
+		if err := put(); err != nil {
+			return fmt.Errorf("write checkpoint event: %w", err)
 		}
 		return nil
 	})
@@ -607,9 +652,9 @@ func (p *Projector) commit(b *batch, caughtUp bool) error {
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.position = b.last
+	p.position, p.ref = b.last, b.lastRef
 	if len(upserts)+len(removals) > 0 {
-		p.ring.push(Change{Position: b.last, Upserts: upserts, Removals: removals, Traces: traces}, size)
+		p.ring.push(Change{Position: b.last, Upserts: upserts, Removals: removals, Traces: traces, HistoryToken: b.lastRef.Encode()}, size)
 	}
 	close(p.notify)
 	p.notify = make(chan struct{})
