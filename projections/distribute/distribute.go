@@ -39,7 +39,32 @@
 //
 // When resume_position is ahead of the projector (the projector restarted and is catching up),
 // the server waits up to AheadWait for the projector to get there rather than move the edge back
-// in time; past that, it sends a snapshot.
+// in time; past that, it sends a snapshot (which the edge refuses while it is behind what it holds).
+//
+// # Histories
+//
+// Positions alone do not identify a history: an event store restored from an older backup (at Q)
+// and written to since passes the positions after Q again, with other events. Every response
+// carries the history token of its position (history_token: the projector's encoding of the event
+// there, see package history), which the edge keeps with its configuration and sends back in its
+// hello. The server checks a hello's token against the event store (projector.CheckHistory: one
+// stream read and the store's last position, on every backend):
+//
+//   - the store holds the token's event at resume_position: the same history; served as above;
+//   - the store has passed resume_position without holding that event there: the edge holds a
+//     history the store no longer has (every change of the store's history between Q and
+//     resume_position would be missed by resuming). The server logs a warning, counts it
+//     (guestlist_distribute_history_diverged_total) and answers with a snapshot marked
+//     replaces_history, which the edge takes even when it is behind what it holds;
+//   - the store has not reached resume_position (restored and not written to since, a store still
+//     catching up, an empty or another store): nothing is known; served as above (the edge keeps
+//     its configuration).
+//
+// A hello without a token (an older edge, a configuration saved before tokens, a read model that
+// did not know the token) is served as above. A token the server cannot read (not its encoding,
+// over history.MaxTokenBytes, of another position than resume_position) is logged and treated as
+// none; it is used for nothing but that lookup. The replacing snapshot is the one any edge would
+// get.
 //
 // # Authorization
 //
@@ -63,6 +88,8 @@
 //	guestlist_distribute_edge_acked_position{edge_id}  per open stream, the last position the edge acknowledged
 //	guestlist_distribute_responses_total{kind}         responses sent (kind snapshot or change; parts count once)
 //	guestlist_distribute_nacks_total                   responses the edges refused
+//	guestlist_distribute_history_diverged_total        hellos whose history the event store no longer has
+//	                                                   (answered with a snapshot that replaces it)
 //
 // edge_id is what each edge calls itself (printable ASCII, at most 256 bytes; a hello with another
 // is refused with InvalidArgument); edges authenticate with the edge token, and only open streams
@@ -88,6 +115,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"guestlist.dev/projections/history"
 	"guestlist.dev/projections/projector"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
@@ -185,6 +213,7 @@ type Server struct {
 	// every configuration, so it is dropped snapKeep after it was last used.
 	snapMu      sync.Mutex
 	snapPos     uint64
+	snapToken   []byte
 	snapConfigs []*configv1.HostnameConfig
 	snapKeep    time.Duration
 	snapUses    uint64 // the last use's timer drops the snapshot
@@ -310,7 +339,7 @@ func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, co
 		delete(s.watchers, w)
 		s.mu.Unlock()
 	}()
-	log.Info("distribute: edge watching", "resume_position", hello.GetResumePosition())
+	log.Info("distribute: edge watching", "resume_position", hello.GetResumePosition(), "history_token", len(hello.GetHistoryToken()) > 0)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -319,7 +348,7 @@ func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, co
 		recvErr <- s.receive(stream, w, log)
 		cancel()
 	}()
-	err = s.send(ctx, stream, w, log, hello.GetResumePosition(), hello.GetWantSnapshot())
+	err = s.send(ctx, stream, w, log, hello)
 	cancel()
 	select {
 	case rerr := <-recvErr:
@@ -419,10 +448,17 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 }
 
 // send streams the snapshot or the missed changes, then live changes, until ctx is done or an
-// error. wantSnapshot asks for a snapshot (at resume or later) instead of the missed changes.
-func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, log *slog.Logger, resume uint64, wantSnapshot bool) error {
+// error. The hello's want_snapshot asks for a snapshot (at resume_position or later) instead of
+// the missed changes; its history_token, when the store no longer has that history, for a snapshot
+// that replaces the edge's configuration (see "Histories" in the package documentation).
+func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, log *slog.Logger, hello *configv1.WatchRequest) error {
+	resume := hello.GetResumePosition()
 	cursor := resume
 	needSnapshot := resume == 0
+	replace := !needSnapshot && s.diverged(ctx, log, resume, hello.GetHistoryToken())
+	if replace {
+		needSnapshot = true
+	}
 	if !needSnapshot && resume > s.p.Position() {
 		wctx, wcancel := context.WithTimeout(ctx, s.opts.aheadWait)
 		err := s.p.WaitFor(wctx, resume)
@@ -437,7 +473,7 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 			needSnapshot = true
 		}
 	}
-	if !needSnapshot && wantSnapshot {
+	if !needSnapshot && hello.GetWantSnapshot() {
 		log.Info("distribute: the edge asks for a snapshot (it left out hostnames it could not prepare)", "resume_position", resume)
 		needSnapshot = true
 	}
@@ -462,15 +498,20 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 					return ctx.Err()
 				}
 			}
-			pos, configs, err := s.snapshot()
+			pos, token, configs, err := s.snapshot()
 			if err != nil {
 				log.Error("distribute: reading the snapshot failed", "err", err)
 				return status.Error(codes.Unavailable, "configuration snapshot unavailable")
 			}
-			if err := s.sendParts(stream, w, pos, true, configs, nil, nil); err != nil {
+			head := &configv1.WatchResponse{Position: pos, Snapshot: true, HistoryToken: token, ReplacesHistory: replace}
+			if err := s.sendParts(stream, w, head, configs, nil, nil); err != nil {
 				return err
 			}
-			cursor, needSnapshot = pos, false
+			if replace {
+				log.Warn("distribute: sent a snapshot that replaces the edge's configuration of another history",
+					"resume_position", resume, "position", pos, "hostnames", len(configs))
+			}
+			cursor, needSnapshot, replace = pos, false, false
 			log.Debug("distribute: snapshot sent", "position", pos, "hostnames", len(configs))
 		}
 		changes, err := s.p.Changes(ctx, cursor, changesPerRead)
@@ -489,7 +530,7 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 				return err
 			}
 			span := s.tel.startSend(ctx, c, w.edgeID)
-			err := s.sendParts(stream, w, c.Position, false, c.Upserts, c.Removals, span)
+			err := s.sendParts(stream, w, &configv1.WatchResponse{Position: c.Position, HistoryToken: c.HistoryToken}, c.Upserts, c.Removals, span)
 			if span != nil {
 				if err != nil {
 					span.RecordError(err)
@@ -507,20 +548,49 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 	}
 }
 
-// snapshot returns the projector's snapshot, reusing the last one while it is current.
-func (s *Server) snapshot() (uint64, []*configv1.HostnameConfig, error) {
+// diverged reports whether the event store has passed resume without holding the event of token
+// there: the edge holds a history the store no longer has. A missing, unreadable or unverifiable
+// token is not (logged when it is not missing).
+func (s *Server) diverged(ctx context.Context, log *slog.Logger, resume uint64, token []byte) bool {
+	if len(token) == 0 {
+		return false
+	}
+	res, err := s.p.CheckHistory(ctx, resume, token)
+	switch {
+	case errors.Is(err, history.ErrBadToken):
+		log.Warn("distribute: the edge sent a history token that is not the server's; treated as none", "resume_position", resume, "token_bytes", len(token), "err", err)
+		return false
+	case err != nil:
+		log.Warn("distribute: could not check the edge's history against the event store; resuming by position", "resume_position", resume, "err", err)
+		return false
+	case res.Verdict != history.Diverged:
+		log.Debug("distribute: the edge's history", "resume_position", resume, "verdict", res.Verdict)
+		return false
+	}
+	ref, _ := history.Decode(token)
+	log.Warn("distribute: the edge holds a configuration of another history than the event store's (restored from an older backup and written to since?); "+
+		"sending a snapshot that replaces it", "resume_position", resume, "edge_event", ref.String(), "store", res.Describe())
+	if s.tel.diverged != nil {
+		s.tel.diverged.Add(ctx, 1)
+	}
+	return true
+}
+
+// snapshot returns the projector's snapshot and its history token, reusing the last one while it
+// is current.
+func (s *Server) snapshot() (uint64, []byte, []*configv1.HostnameConfig, error) {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
 	if s.snapConfigs == nil || s.snapPos != s.p.Position() {
 		s.snapConfigs = nil // let the old one go before reading the next
-		pos, configs, err := s.p.Snapshot()
+		pos, token, configs, err := s.p.SnapshotWithHistory()
 		if err != nil {
-			return 0, nil, err
+			return 0, nil, nil, err
 		}
 		if configs == nil {
 			configs = []*configv1.HostnameConfig{}
 		}
-		s.snapPos, s.snapConfigs = pos, configs
+		s.snapPos, s.snapToken, s.snapConfigs = pos, token, configs
 	}
 	s.snapUses++
 	use := s.snapUses
@@ -531,7 +601,7 @@ func (s *Server) snapshot() (uint64, []*configv1.HostnameConfig, error) {
 			s.snapConfigs = nil
 		}
 	})
-	return s.snapPos, s.snapConfigs, nil
+	return s.snapPos, s.snapToken, s.snapConfigs, nil
 }
 
 // waitWindow waits until fewer than Window responses are unanswered.
@@ -551,18 +621,20 @@ func (s *Server) waitWindow(ctx context.Context, w *watcher) error {
 	}
 }
 
-// sendParts sends one response, in parts if it is large, with span's trace context (none when
-// span is nil). Once the edge has refused a response (this one or an earlier one), it sends no
-// further part and returns the refusal.
-func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, pos uint64, snapshot bool, upserts []*configv1.HostnameConfig, removals []string, span trace.Span) error {
+// sendParts sends one response, in parts if it is large: head's position, snapshot flag, history
+// token and replaces_history on every part, and span's trace context (none when span is nil). Once
+// the edge has refused a response (this one or an earlier one), it sends no further part and
+// returns the refusal.
+func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], w *watcher, head *configv1.WatchResponse, upserts []*configv1.HostnameConfig, removals []string, span trace.Span) error {
 	if r := w.refused.Load(); r != nil {
 		return r
 	}
+	pos, snapshot := head.GetPosition(), head.GetSnapshot()
 	parts := Split(pos, snapshot, upserts, removals, s.opts.maxPartBytes, s.opts.maxPartConfigs)
-	if tp, ts := traceFields(span); tp != "" {
-		for _, part := range parts {
-			part.Traceparent, part.Tracestate = tp, ts
-		}
+	tp, ts := traceFields(span)
+	for _, part := range parts {
+		part.HistoryToken, part.ReplacesHistory = head.GetHistoryToken(), head.GetReplacesHistory()
+		part.Traceparent, part.Tracestate = tp, ts
 	}
 	if s.tel.responses != nil {
 		kind := s.tel.change

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/fold"
+	"guestlist.dev/projections/history"
 	"guestlist.dev/projections/projector"
 	pt "guestlist.dev/projections/projector/projectortest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -42,6 +43,7 @@ type env struct {
 	client configv1.ConfigServiceClient
 	gen    *pt.Gen
 	run    func() // starts the projector
+	close  func() // stops and closes everything (also done when the test ends)
 }
 
 type envOpts struct {
@@ -50,11 +52,22 @@ type envOpts struct {
 	noRun     bool
 	// grpc returns options of the gRPC server that serves srv (interceptors).
 	grpc func(srv *Server) []grpc.ServerOption
+	// dir holds events.db and projection.db (default: a new temporary directory); gen writes
+	// the commands (default: a new generator). An env opened again on the files of a closed one
+	// takes both over.
+	dir string
+	gen *pt.Gen
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	dir := t.TempDir()
+	dir, gen := o.dir, o.gen
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if gen == nil {
+		gen = pt.NewGen(1, 3, 30)
+	}
 	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +92,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, store: store, p: p, srv: srv, conn: conn, client: configv1.NewConfigServiceClient(conn), gen: pt.NewGen(1, 3, 30)}
+	e := &env{t: t, store: store, p: p, srv: srv, conn: conn, client: configv1.NewConfigServiceClient(conn), gen: gen}
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan struct{})
 	close(runDone)
@@ -95,7 +108,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if !o.noRun {
 		e.run()
 	}
-	t.Cleanup(func() {
+	e.close = sync.OnceFunc(func() {
 		cancel()
 		<-runDone
 		_ = conn.Close()
@@ -103,6 +116,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		_ = p.Close()
 		_ = store.Close()
 	})
+	t.Cleanup(e.close)
 	return e
 }
 
@@ -189,7 +203,7 @@ func (e *env) watchFrom(id string, model pt.Model, noAck bool) *edge {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := stream.Send(&configv1.WatchRequest{EdgeId: id, ResumePosition: model.Position}); err != nil {
+	if err := stream.Send(&configv1.WatchRequest{EdgeId: id, ResumePosition: model.Position, HistoryToken: model.HistoryToken}); err != nil {
 		e.t.Fatal(err)
 	}
 	ed := &edge{t: e.t, cancel: cancel, stream: stream, noAck: noAck, model: model, done: make(chan struct{})}
@@ -223,6 +237,7 @@ func (ed *edge) loop() {
 		ed.pending.Apply(r.GetPosition(), r.GetUpserts(), r.GetRemovals())
 		last := !r.GetMore()
 		if last {
+			ed.pending.HistoryToken = r.GetHistoryToken()
 			ed.model, ed.pending = *ed.pending, nil
 			ed.applied = append(ed.applied, r)
 		}
@@ -251,7 +266,7 @@ func (ed *edge) close() {
 func (ed *edge) snapshot() (pt.Model, []*configv1.WatchResponse, []*configv1.WatchResponse, error) {
 	ed.mu.Lock()
 	defer ed.mu.Unlock()
-	return pt.Model{Position: ed.model.Position, Configs: clone(ed.model.Configs)}, append([]*configv1.WatchResponse(nil), ed.responses...), append([]*configv1.WatchResponse(nil), ed.applied...), ed.err
+	return pt.Model{Position: ed.model.Position, Configs: clone(ed.model.Configs), HistoryToken: ed.model.HistoryToken}, append([]*configv1.WatchResponse(nil), ed.responses...), append([]*configv1.WatchResponse(nil), ed.applied...), ed.err
 }
 
 // converge waits until the edge's model equals want.
@@ -332,6 +347,11 @@ func TestWatchSnapshotThenLiveChanges(t *testing.T) {
 	for i, r := range rs[1:] {
 		if r.GetSnapshot() || r.GetPosition() <= rs[i].GetPosition() {
 			t.Fatalf("response %d: snapshot %v position %d after %d", i+1, r.GetSnapshot(), r.GetPosition(), rs[i].GetPosition())
+		}
+	}
+	for i, r := range rs {
+		if ref, err := history.Decode(r.GetHistoryToken()); err != nil || ref.Position != r.GetPosition() {
+			t.Fatalf("response %d at %d: history token %x decodes to %v, %v", i, r.GetPosition(), r.GetHistoryToken(), ref, err)
 		}
 	}
 	// The server saw every ack.
@@ -878,21 +898,21 @@ func TestSnapshotReadIsDropped(t *testing.T) {
 	}
 
 	keep(time.Hour)
-	_, a, err := e.srv.snapshot()
+	_, _, a, err := e.srv.snapshot()
 	if err != nil || len(a) == 0 {
 		t.Fatalf("snapshot: %d configurations, %v", len(a), err)
 	}
-	if _, b, _ := e.srv.snapshot(); &a[0] != &b[0] {
+	if _, _, b, _ := e.srv.snapshot(); &a[0] != &b[0] {
 		t.Fatal("a second edge's snapshot was read again instead of shared")
 	}
 	keep(time.Millisecond)
-	_, _, _ = e.srv.snapshot() // the last use: dropped a millisecond after it
+	_, _, _, _ = e.srv.snapshot() // the last use: dropped a millisecond after it
 	waitDropped()
 
 	// An earlier use's expiry does not drop what a later use keeps.
-	_, _, _ = e.srv.snapshot()
+	_, _, _, _ = e.srv.snapshot()
 	keep(time.Hour)
-	_, _, _ = e.srv.snapshot()
+	_, _, _, _ = e.srv.snapshot()
 	time.Sleep(20 * time.Millisecond)
 	if held() == nil {
 		t.Fatal("dropped at an earlier use's expiry")

@@ -41,6 +41,7 @@ type telemetry struct {
 	tracer    trace.Tracer
 	responses metric.Int64Counter
 	nacks     metric.Int64Counter
+	diverged  metric.Int64Counter
 	snapshot  []metric.AddOption
 	change    []metric.AddOption
 }
@@ -67,6 +68,10 @@ func newTelemetry(s *Server) (*telemetry, error) {
 	}
 	if t.nacks, err = meter.Int64Counter("guestlist.distribute.nacks", metric.WithUnit("{response}"),
 		metric.WithDescription("Configuration responses the edges refused.")); err != nil {
+		return nil, fmt.Errorf("distribute: create metric: %w", err)
+	}
+	if t.diverged, err = meter.Int64Counter("guestlist.distribute.history.diverged", metric.WithUnit("{hello}"),
+		metric.WithDescription("Edges that resumed from a history the event store no longer has (restored from an older backup and written to since), and got a snapshot replacing it.")); err != nil {
 		return nil, fmt.Errorf("distribute: create metric: %w", err)
 	}
 	watchers, err := meter.Int64ObservableGauge("guestlist.distribute.watchers", metric.WithUnit("{stream}"),

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -398,6 +399,9 @@ func Index(configs []*configv1.HostnameConfig) map[string]*configv1.HostnameConf
 type Model struct {
 	Position uint64
 	Configs  map[string]*configv1.HostnameConfig
+	// HistoryToken is the history token of Position, as the response that brought the model there
+	// carried it (configv1.WatchResponse.history_token).
+	HistoryToken []byte
 }
 
 // Apply applies a change: upserts and removals, bringing the model to position.
@@ -412,6 +416,56 @@ func (m *Model) Apply(position uint64, upserts []*configv1.HostnameConfig, remov
 		delete(m.Configs, r)
 	}
 	m.Position = position
+}
+
+// CopyFile copies the file src to dst (created or truncated, mode 0600): a backup of a closed
+// store file, or its restore.
+func CopyFile(dst, src string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("projectortest: copy %s: %w", src, err)
+	}
+	if err := os.WriteFile(dst, data, 0o600); err != nil {
+		return fmt.Errorf("projectortest: copy %s to %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+// Diverge writes to store, restored from an older copy, a history that the one it was copied from
+// did not have, until the store's last position is past (0: one revocation only): a revocation under a CA that a hostname
+// trusts (the first such hostname by name), then new tokens of that hostname's tenant, which
+// change no hostname. An edge that resumes after past from the other history gets no change, and
+// so keeps serving a certificate the store revokes unless it is moved to the store's history. It
+// returns the hostname whose configuration the revocation changes and the store's last position.
+func Diverge(ctx context.Context, store eventstore.Store, past uint64) (hostname string, last uint64, err error) {
+	configs, _, err := Expected(ctx, store)
+	if err != nil {
+		return "", 0, err
+	}
+	names := keys(configs)
+	slices.Sort(names)
+	var target *configv1.HostnameConfig
+	for _, n := range names {
+		if c := configs[n]; len(c.GetCertificateAuthorities()) > 0 {
+			target = c
+			break
+		}
+	}
+	if target == nil {
+		return "", 0, fmt.Errorf("projectortest: diverge: no hostname trusts a CA among %d", len(configs))
+	}
+	stream := fold.TenantStreamPrefix + target.GetTenantId()
+	revoke := &eventsv1.RevocationAdded{RevocationId: "rev-" + NewID(), CertificateAuthorityId: target.GetCertificateAuthorities()[0].GetCertificateAuthorityId(),
+		Reason: "keyCompromise", Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: "d1e5e"}}
+	res, err := Write(ctx, store, Append{Stream: stream, Events: one(revoke)})
+	for err == nil && uint64(res.Position) <= past {
+		tok := &eventsv1.TokenCreated{TokenId: "tok-" + NewID(), DisplayName: "diverged", Role: eventsv1.Role_ROLE_TENANT_ADMIN, SecretSha256: make([]byte, 32)}
+		res, err = Write(ctx, store, Append{Stream: stream, Events: one(tok)})
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	return target.GetHostname(), uint64(res.Position), nil
 }
 
 // Flaky wraps a store and makes subscriptions and stream reads fail now and then with

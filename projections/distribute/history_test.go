@@ -1,0 +1,216 @@
+package distribute
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"guestlist.dev/projections/history"
+	pt "guestlist.dev/projections/projector/projectortest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// restoreFixture is an installation whose event store has a backup taken at position q, and an
+// edge's configuration at p > q, with p's history token, from before the store was restored. Its
+// env is closed.
+type restoreFixture struct {
+	dir, backup string
+	gen         *pt.Gen
+	q           uint64
+	held        pt.Model
+}
+
+// newRestoreFixture writes commands to a store, copies the closed store file (the backup), writes
+// more, and syncs an edge with the projector.
+func newRestoreFixture(t *testing.T) *restoreFixture {
+	t.Helper()
+	f := &restoreFixture{dir: t.TempDir(), gen: pt.NewGen(7, 3, 30)}
+	f.backup = filepath.Join(f.dir, "events.db.backup")
+	e := newEnv(t, envOpts{dir: f.dir, gen: f.gen, noRun: true})
+	_, f.q = e.write(40)
+	e.close()
+	if err := pt.CopyFile(f.backup, filepath.Join(f.dir, "events.db")); err != nil {
+		t.Fatal(err)
+	}
+	e = newEnv(t, envOpts{dir: f.dir, gen: f.gen})
+	want, p := e.write(40)
+	e.waitProjector(p)
+	ed := e.watch("edge-1", 0, false)
+	f.held = ed.converge(want)
+	ed.close()
+	e.close()
+	if f.held.Position != p || f.q >= p {
+		t.Fatalf("test setup: the edge holds position %d, the store ended at %d, the backup at %d", f.held.Position, p, f.q)
+	}
+	ref, err := history.Decode(f.held.HistoryToken)
+	if err != nil || ref.Position != p {
+		t.Fatalf("the edge's history token %x decodes to %v, %v; want the event at %d", f.held.HistoryToken, ref, err, p)
+	}
+	return f
+}
+
+// restore puts the backup in place of the store and moves the read model aside (it is rebuilt
+// from the store, as docs/storage.md says to do).
+func (f *restoreFixture) restore(t *testing.T) {
+	t.Helper()
+	if err := pt.CopyFile(filepath.Join(f.dir, "events.db"), f.backup); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(f.dir, "projection.db"), filepath.Join(f.dir, "projection.db.old")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// diverge writes a new history to the restored store, past the edge's position, and returns the
+// env serving it (with every event applied) and the configuration it has.
+func (f *restoreFixture) diverge(t *testing.T, opts envOpts) (*env, map[string]*configv1.HostnameConfig) {
+	t.Helper()
+	opts.dir, opts.gen = f.dir, nil // the generator's state is the old history's: write with revoke
+	e := newEnv(t, opts)
+	return e, revoke(t, e, f.held.Position)
+}
+
+// revoke writes a revocation to e's store, and new tokens until the store is past past (see
+// pt.Diverge), and returns the configuration once the projector has it.
+func revoke(t *testing.T, e *env, past uint64) map[string]*configv1.HostnameConfig {
+	t.Helper()
+	if _, _, err := pt.Diverge(context.Background(), e.store, past); err != nil {
+		t.Fatal(err)
+	}
+	want, last := e.expected()
+	e.waitProjector(last)
+	return want
+}
+
+// noneReplaces fails the test when a response replaces the edge's history.
+func noneReplaces(t *testing.T, ed *edge) {
+	t.Helper()
+	_, rs, _, _ := ed.snapshot()
+	for i, r := range rs {
+		if r.GetReplacesHistory() {
+			t.Fatalf("response %d (position %d, snapshot %v) replaces the edge's history", i, r.GetPosition(), r.GetSnapshot())
+		}
+	}
+}
+
+// TestWatchRestoredStoreReplacesTheEdgesHistory: the event store restored from a backup older
+// than the edge's configuration and written to past the edge's position (a revocation among
+// the new events): the edge resuming with its history token gets a snapshot that replaces its
+// history (every part marked), and ends up with the store's configuration, the revocation
+// included. Without the token check it got only the changes after its position (none here) and
+// kept the configuration of a history the store no longer has.
+func TestWatchRestoredStoreReplacesTheEdgesHistory(t *testing.T) {
+	f := newRestoreFixture(t)
+	f.restore(t)
+	reader := sdkmetric.NewManualReader()
+	e, want := f.diverge(t, envOpts{server: []Option{WithPartLimits(1<<20, 5), WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))}})
+	ed := e.watchFrom("edge-1", f.held, false)
+	m := ed.converge(want)
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	if n := flatten(rm)["guestlist.distribute.history.diverged|"]; n != 1 {
+		t.Errorf("guestlist.distribute.history.diverged = %v, want 1", n)
+	}
+	_, rs, applied, _ := ed.snapshot()
+	if !rs[0].GetSnapshot() || !rs[0].GetReplacesHistory() {
+		t.Fatalf("first response: snapshot %v, replaces_history %v; want a snapshot replacing the edge's history", rs[0].GetSnapshot(), rs[0].GetReplacesHistory())
+	}
+	for i, r := range rs {
+		if r.GetPosition() != rs[0].GetPosition() {
+			break
+		}
+		if !r.GetReplacesHistory() || string(r.GetHistoryToken()) != string(applied[0].GetHistoryToken()) {
+			t.Errorf("part %d of the snapshot: replaces_history %v, token %x; want every part marked, with one token", i, r.GetReplacesHistory(), r.GetHistoryToken())
+		}
+	}
+	res, err := e.p.CheckHistory(context.Background(), m.Position, m.HistoryToken)
+	if err != nil || res.Verdict != history.Same {
+		t.Errorf("the edge's new token: %v, %v; want the store's history", res.Verdict, err)
+	}
+
+	// The edge, now in the store's history, resumes as usual.
+	ed.close()
+	ed = e.watchFrom("edge-1", m, false)
+	ed.converge(revoke(t, e, 0))
+	noneReplaces(t, ed)
+}
+
+// TestWatchHistoryNotReplaced: the cases where the edge keeps its history.
+func TestWatchHistoryNotReplaced(t *testing.T) {
+	short := envOpts{server: []Option{WithAheadWait(50 * time.Millisecond)}}
+
+	// Restored and not written to since: the store has not reached the edge's position, so
+	// nothing is known (as for an empty or another store); the edge keeps its configuration and
+	// refuses the snapshot behind it.
+	t.Run("store not at the edge's position", func(t *testing.T) {
+		f := newRestoreFixture(t)
+		f.restore(t)
+		short.dir = f.dir
+		e := newEnv(t, short)
+		e.waitProjector(f.q)
+		ed := e.watchFrom("edge-1", f.held, false)
+		rs := ed.waitResponses(1)
+		if !rs[0].GetSnapshot() || rs[0].GetPosition() != f.q {
+			t.Fatalf("first response at %d (snapshot %v), want the snapshot at %d", rs[0].GetPosition(), rs[0].GetSnapshot(), f.q)
+		}
+		noneReplaces(t, ed)
+	})
+
+	// The same store, its read model rebuilt and still catching up: the token is of the store's
+	// history; the edge waits for the projector and gets the changes after its position.
+	t.Run("projector catching up", func(t *testing.T) {
+		f := newRestoreFixture(t)
+		if err := os.Rename(filepath.Join(f.dir, "projection.db"), filepath.Join(f.dir, "projection.db.old")); err != nil {
+			t.Fatal(err)
+		}
+		e := newEnv(t, envOpts{dir: f.dir, gen: f.gen, noRun: true, server: []Option{WithAheadWait(5 * time.Second)}})
+		ed := e.watchFrom("edge-1", f.held, false)
+		time.Sleep(50 * time.Millisecond)
+		e.run()
+		want, last := e.write(5)
+		e.waitProjector(last)
+		ed.converge(want)
+		noneReplaces(t, ed)
+		_, rs, _, _ := ed.snapshot()
+		for _, r := range rs {
+			if r.GetSnapshot() || r.GetPosition() <= f.held.Position {
+				t.Fatalf("response at %d (snapshot %v) for an edge holding %d", r.GetPosition(), r.GetSnapshot(), f.held.Position)
+			}
+		}
+	})
+
+	// Restored and written to past the edge's position, but the edge sends no token (an older
+	// edge, a file saved before tokens) or one the server cannot use: resumed by position, as
+	// before tokens (the limitation docs/storage.md states).
+	f := newRestoreFixture(t)
+	f.restore(t)
+	e, _ := f.diverge(t, envOpts{})
+	otherPosition := history.Ref{Position: f.held.Position + 1, Stream: "tenant-t0", Revision: 1}.Encode()
+	hostnameStream, _ := history.Decode(f.held.HistoryToken)
+	hostnameStream.Stream = "hostname-h1.example.com" // a real stream; no tenant's
+	for name, token := range map[string][]byte{
+		"no token":                 nil,
+		"garbage":                  []byte("not a token"),
+		"oversized":                append(append([]byte{}, f.held.HistoryToken...), make([]byte, 2*history.MaxTokenBytes)...),
+		"another position's token": otherPosition,
+		"a hostname stream":        hostnameStream.Encode(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			held := f.held
+			held.HistoryToken = token
+			ed := e.watchFrom("edge-"+name, held, false)
+			revoke(t, e, 0)
+			if rs := ed.waitResponses(1); rs[0].GetSnapshot() {
+				t.Fatalf("first response: a snapshot at %d; want the changes after %d", rs[0].GetPosition(), held.Position)
+			}
+			noneReplaces(t, ed)
+		})
+	}
+}
