@@ -17,6 +17,7 @@
 package configset
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -45,6 +46,8 @@ type Set struct {
 	// refused are the hostnames of the configuration at this position that the set leaves out
 	// because their configuration could not be prepared (see Store.Apply), sorted.
 	refused []string
+	// historyToken is the history token of position (see HistoryToken).
+	historyToken []byte
 }
 
 // Lookup returns the prepared configuration of a hostname, given in normal form (see
@@ -64,6 +67,17 @@ func (s *Set) Position() uint64 {
 		return 0
 	}
 	return s.position
+}
+
+// HistoryToken returns the history token of the set's position, as the response that brought the
+// set there carried it (configv1.WatchResponse.history_token), or nil when it carried none. It is
+// opaque to the edge, which sends it back when it resumes (WatchRequest.history_token). The slice
+// must not be modified.
+func (s *Set) HistoryToken() []byte {
+	if s == nil {
+		return nil
+	}
+	return s.historyToken
 }
 
 // Len returns the number of hostnames.
@@ -132,7 +146,9 @@ func (st *Store) Load() *Set { return st.cur.Load() }
 // A snapshot replaces the whole set; a change (snapshot = false) upserts and removes hostnames
 // in the current set. A response sent in parts (more = true on all but the last) must be joined
 // with [Merge] first. Refused: a position lower than the current set's (equal is accepted: the
-// same configuration again), a change before any snapshot, removals in a snapshot, a hostname
+// same configuration again), unless the response is a snapshot marked replaces_history (the event
+// store no longer has the set's history: the watch lets it through only in answer to its hello),
+// replaces_history on a change, a change before any snapshot, removals in a snapshot, a hostname
 // upserted twice or both upserted and removed, an upsert whose version is beyond the response's
 // position.
 func (st *Store) Apply(resp *configv1.WatchResponse) error {
@@ -189,7 +205,9 @@ func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string) err
 	switch {
 	case resp.GetMore():
 		return fail("it is a part of a larger response (more = true); join the parts with Merge and apply the result")
-	case pos < cur.position:
+	case resp.GetReplacesHistory() && !resp.GetSnapshot():
+		return fail("a change marked replaces_history; only a snapshot can replace the history")
+	case pos < cur.position && !resp.GetReplacesHistory():
 		return fail("the position goes backwards: the configuration is at position %d", cur.position)
 	case !resp.GetSnapshot() && !cur.complete:
 		return fail("a change, but no snapshot was applied before")
@@ -237,7 +255,7 @@ func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string) err
 
 	st.edits++
 	t := &txn{edit: st.edits, seed: st.seed}
-	next := &Set{position: pos, seed: st.seed, complete: true}
+	next := &Set{position: pos, seed: st.seed, complete: true, historyToken: resp.GetHistoryToken()}
 	if !resp.GetSnapshot() {
 		next.root, next.n = cur.root, cur.n
 	}
@@ -359,8 +377,8 @@ func (st *Store) prepare(upserts []*configv1.HostnameConfig) (out []*decision.Ho
 }
 
 // Merge joins the parts of one Watch response sent in parts (a large snapshot): all have the same
-// position and snapshot flag, more = true on every part but the last. A single complete response
-// is returned as is.
+// position, snapshot flag, history token and replaces_history flag, more = true on every part but
+// the last. A single complete response is returned as is.
 func Merge(parts ...*configv1.WatchResponse) (*configv1.WatchResponse, error) {
 	if len(parts) == 0 {
 		return nil, errors.New("configset: no parts to merge")
@@ -372,7 +390,7 @@ func Merge(parts ...*configv1.WatchResponse) (*configv1.WatchResponse, error) {
 	if first == nil {
 		return nil, errors.New("configset: part 0 is empty")
 	}
-	out := &configv1.WatchResponse{Position: first.GetPosition(), Snapshot: first.GetSnapshot()}
+	out := &configv1.WatchResponse{Position: first.GetPosition(), Snapshot: first.GetSnapshot(), HistoryToken: first.GetHistoryToken(), ReplacesHistory: first.GetReplacesHistory()}
 	for i, p := range parts {
 		last := i == len(parts)-1
 		switch {
@@ -382,6 +400,10 @@ func Merge(parts ...*configv1.WatchResponse) (*configv1.WatchResponse, error) {
 			return nil, fmt.Errorf("configset: part %d is at position %d, part 0 at %d", i, p.GetPosition(), out.Position)
 		case p.GetSnapshot() != out.Snapshot:
 			return nil, fmt.Errorf("configset: part %d has snapshot = %v, part 0 %v", i, p.GetSnapshot(), out.Snapshot)
+		case p.GetReplacesHistory() != out.ReplacesHistory:
+			return nil, fmt.Errorf("configset: part %d has replaces_history = %v, part 0 %v", i, p.GetReplacesHistory(), out.ReplacesHistory)
+		case !bytes.Equal(p.GetHistoryToken(), out.HistoryToken):
+			return nil, fmt.Errorf("configset: part %d has another history token than part 0", i)
 		case p.GetMore() && last:
 			return nil, fmt.Errorf("configset: the last part (%d) has more = true: parts are missing", i)
 		case !p.GetMore() && !last:

@@ -194,6 +194,48 @@ func TestRefused(t *testing.T) {
 	})
 }
 
+// TestReplacesHistory: a snapshot behind the set's position is taken only when it replaces the
+// history (the event store no longer has the set's); the set then holds the snapshot's history
+// token. A change never moves the set back, nor replaces the history; parts must agree.
+func TestReplacesHistory(t *testing.T) {
+	st := NewStore()
+	first := snapshot(10, cfg(t, "a.example.com", 3), cfg(t, "b.example.com", 9))
+	first.HistoryToken = []byte("old history at 10")
+	if err := st.Apply(first); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(st.Load().HistoryToken()); got != "old history at 10" {
+		t.Fatalf("history token %q", got)
+	}
+	back := snapshot(5, cfg(t, "a.example.com", 4))
+	back.HistoryToken = []byte("new history at 5")
+	if err := st.Apply(back); err == nil || !strings.Contains(err.Error(), "backwards") {
+		t.Fatalf("Apply(a snapshot behind, not replacing the history) = %v", err)
+	}
+	change := delta(11, nil, cfg(t, "c.example.com", 11))
+	change.ReplacesHistory = true
+	if err := st.Apply(change); err == nil || !strings.Contains(err.Error(), "replaces_history") {
+		t.Fatalf("Apply(a change replacing the history) = %v", err)
+	}
+	check(t, st.Load(), 10, map[string]uint64{"a.example.com": 3, "b.example.com": 9})
+	back.ReplacesHistory = true
+	if err := st.Apply(back); err != nil {
+		t.Fatal(err)
+	}
+	check(t, st.Load(), 5, map[string]uint64{"a.example.com": 4})
+	if got := string(st.Load().HistoryToken()); got != "new history at 5" {
+		t.Errorf("history token %q, want the replacing snapshot's", got)
+	}
+	for name, parts := range map[string][]*configv1.WatchResponse{
+		"replaces_history": {{Position: 5, Snapshot: true, ReplacesHistory: true, More: true}, {Position: 5, Snapshot: true}},
+		"history token":    {{Position: 5, Snapshot: true, HistoryToken: []byte("a"), More: true}, {Position: 5, Snapshot: true, HistoryToken: []byte("b")}},
+	} {
+		if _, err := Merge(parts...); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("Merge(parts disagreeing on %s) = %v", name, err)
+		}
+	}
+}
+
 // TestBadUpsertsLeftOut: an upsert that cannot be prepared does not hold up the rest of its
 // response (other tenants' revocations, say); its hostname is left out of the set, also when the
 // set had it, so that the edge refuses it rather than serve a configuration since replaced.
@@ -335,7 +377,9 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	if err := st.Apply(snapshot(4000, ups...)); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Apply(delta(4001, []string{"h0000.example.com"})); err != nil {
+	change := delta(4001, []string{"h0000.example.com"})
+	change.HistoryToken = []byte("token of 4001")
+	if err := st.Apply(change); err != nil {
 		t.Fatal(err)
 	}
 	delete(want, "h0000.example.com")
@@ -355,6 +399,9 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	check(t, st2.Load(), 4001, want)
 	if !st2.Load().Complete() {
 		t.Error("loaded set not complete")
+	}
+	if got := string(st2.Load().HistoryToken()); got != "token of 4001" {
+		t.Errorf("loaded history token %q, want the saved one", got)
 	}
 	for name := range want {
 		a, _ := st.Load().Lookup(name)

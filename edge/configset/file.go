@@ -29,6 +29,10 @@ import (
 // The last part's removals, meaningless in a snapshot, list the hostnames the set left out
 // (Set.Refused), so that an edge restarted from the file still knows it lacks them.
 //
+// Every part carries the set's history token (Set.HistoryToken) in history_token; a file written
+// before tokens has none, and is read as a set without one. replaces_history is never written,
+// and ignored when read.
+//
 // After the last part comes a trailer: trailerMagic and the CRC-32C (Castagnoli, big-endian) of
 // every byte before the trailer. A file damaged on disk is refused even where its bytes still
 // parse (one flipped bit turns the mode ENFORCE into REPORT, which forwards every request). A file
@@ -110,7 +114,7 @@ func writeSet(w io.Writer, set *Set) error {
 	sum := crc32.New(castagnoli)
 	bw := bufio.NewWriterSize(io.MultiWriter(w, sum), 1<<20)
 	opts := protodelim.MarshalOptions{MarshalOptions: proto.MarshalOptions{Deterministic: true}}
-	part := &configv1.WatchResponse{Position: set.Position(), Snapshot: true}
+	part := &configv1.WatchResponse{Position: set.Position(), Snapshot: true, HistoryToken: set.historyToken}
 	size := 0
 	flush := func(more bool) error {
 		part.More = more
@@ -163,6 +167,7 @@ func (st *Store) LoadFile(path string) error {
 	defer st.mu.Unlock()
 	refused := resp.Removals
 	resp.Removals = nil
+	resp.ReplacesHistory = false // a file never moves the set back
 	if err := st.apply(resp, refused); err != nil {
 		var partly *RefusedError
 		if errors.As(err, &partly) {

@@ -29,6 +29,16 @@
 // applied response. While disconnected, the store keeps serving the last configuration it applied.
 // With Options.Alternates, each reconnection goes to the next ConfigService in turn (failover
 // between projectors).
+//
+// # Histories
+//
+// Every response carries the history token of its position, which the store keeps with the
+// configuration (configset.Set.HistoryToken, also in the saved file) and the hello sends back
+// (history_token). The edge treats it as opaque. When the control plane's event store no longer
+// has the edge's history (restored from an older backup and written to since), the answer to the
+// hello is a snapshot marked replaces_history, which the edge applies even though it is behind
+// the position it holds, logging the move; it then saves it as usual. A snapshot behind the edge
+// without the mark, or the mark on anything but the first response of a stream, is refused.
 package watch
 
 import (
@@ -276,7 +286,8 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		w.log.Info("asking for a snapshot: the configuration leaves out hostnames this edge could not prepare",
 			"refused", len(held.Refused()), "position", resume)
 	}
-	if err := stream.Send(&configv1.WatchRequest{EdgeId: w.opts.EdgeID, ResumePosition: resume, WantSnapshot: wantSnapshot}); err != nil {
+	hello := &configv1.WatchRequest{EdgeId: w.opts.EdgeID, ResumePosition: resume, WantSnapshot: wantSnapshot, HistoryToken: held.HistoryToken()}
+	if err := stream.Send(hello); err != nil {
 		return false, fmt.Errorf("watch: send hello: %w", recvErr(stream, err))
 	}
 	w.log.Debug("configuration stream open", "target", w.targets[w.cur], "resume_position", resume)
@@ -284,6 +295,7 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 	defer w.tel.connected.Store(0)
 
 	var parts []*configv1.WatchResponse // the parts of a response sent in parts, so far
+	answered := false                   // a response was applied: later ones do not answer the hello
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -296,7 +308,11 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			err := fmt.Errorf("part %d of the response at position %d has position %d", len(parts)+1, parts[0].GetPosition(), resp.GetPosition())
 			return applied, w.nack(ctx, stream, resp.GetPosition(), err)
 		}
-		if cur := w.store.Load().Position(); len(parts) == 0 && resp.GetPosition() < cur {
+		if resp.GetReplacesHistory() && (answered || !resp.GetSnapshot()) {
+			err := errors.New("replaces_history is set on a response that is not the snapshot answering the hello")
+			return applied, w.nack(ctx, stream, resp.GetPosition(), err)
+		}
+		if cur := w.store.Load().Position(); len(parts) == 0 && resp.GetPosition() < cur && !resp.GetReplacesHistory() {
 			// The store would refuse it (configset.Store.Apply): refuse it at its first part
 			// rather than receive every part of it (a snapshot of a projector that is behind).
 			err := fmt.Errorf("the response at position %d is behind the configuration, at position %d", resp.GetPosition(), cur)
@@ -316,6 +332,11 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			w.tel.endUpdate(span, err)
 			return applied, w.nack(spanCtx, stream, resp.GetPosition(), err)
 		}
+		if prev := w.store.Load(); full.GetReplacesHistory() {
+			w.log.WarnContext(spanCtx, "the control plane's event store no longer has this edge's configuration (restored from an older backup and written to since?); replacing it with the store's",
+				"from_position", prev.Position(), "to_position", full.GetPosition(), "hostnames", len(full.GetUpserts()))
+		}
+		answered = true
 		ack := &configv1.WatchRequest{AckPosition: full.GetPosition()}
 		if err := w.store.Apply(full); err != nil {
 			var refused *configset.RefusedError

@@ -672,3 +672,59 @@ func TestRefusedListBounded(t *testing.T) {
 		t.Errorf("the store has %d refused hostnames, want %d", got, n)
 	}
 }
+
+// TestReplacingSnapshotTaken: the hello carries the history token of the configuration held (and
+// saved); a snapshot behind it marked replaces_history, answering the hello, replaces the
+// configuration and the saved file, token included. The mark on any later response is refused.
+func TestReplacingSnapshotTaken(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	answers := make(chan *configv1.WatchRequest, 10)
+	var sessions atomic.Int32
+	srv, addr := startServer(t, func(s *session) error {
+		switch sessions.Add(1) {
+		case 1:
+			s.send(&configv1.WatchResponse{Position: 9, Snapshot: true, HistoryToken: []byte("old 9"), Upserts: []*configv1.HostnameConfig{
+				hostCfg("a.example.com", 2, ca, "http://127.0.0.1:1"), hostCfg("b.example.com", 9, ca, "http://127.0.0.1:1")}})
+			push(answers, s.recv())
+			return errors.New("the store is restored")
+		case 2:
+			s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, ReplacesHistory: true, HistoryToken: []byte("new 5"), More: true,
+				Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 4, ca, "http://127.0.0.1:1")}})
+			s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, ReplacesHistory: true, HistoryToken: []byte("new 5")})
+			push(answers, s.recv())
+			// Not an answer to the hello any more.
+			s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, ReplacesHistory: true, HistoryToken: []byte("new 5")})
+			push(answers, s.recv())
+		}
+		<-s.stream.Context().Done()
+		return nil
+	})
+	store := configset.NewStore()
+	path := filepath.Join(t.TempDir(), "edge-config.pb")
+	stop := runWatch(t, dial(t, addr), store, Options{StatePath: path, Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond}})
+	if a := <-answers; a.GetAckPosition() != 9 || a.GetError() != "" {
+		t.Fatalf("first ack %v", a)
+	}
+	<-srv.hellos
+	if h := <-srv.hellos; h.GetResumePosition() != 9 || string(h.GetHistoryToken()) != "old 9" {
+		t.Fatalf("second hello: resume_position %d, history_token %q; want 9 and the snapshot's token", h.GetResumePosition(), h.GetHistoryToken())
+	}
+	if a := <-answers; a.GetAckPosition() != 5 || a.GetError() != "" {
+		t.Fatalf("answer to the replacing snapshot %v, want position 5 acknowledged", a)
+	}
+	if a := <-answers; a.GetAckPosition() != 5 || !strings.Contains(a.GetError(), "replaces_history") {
+		t.Errorf("answer to a later response marked replaces_history %v, want a refusal", a)
+	}
+	set := store.Load()
+	if set.Position() != 5 || set.Len() != 1 || string(set.HistoryToken()) != "new 5" {
+		t.Fatalf("set at %d with %d hostnames and token %q, want 5 with a.example.com and the new token", set.Position(), set.Len(), set.HistoryToken())
+	}
+	stop()
+	saved := configset.NewStore()
+	if err := saved.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if got := saved.Load(); got.Position() != 5 || string(got.HistoryToken()) != "new 5" {
+		t.Errorf("saved configuration at %d with token %q, want the replacing snapshot's", got.Position(), got.HistoryToken())
+	}
+}
