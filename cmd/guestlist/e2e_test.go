@@ -112,6 +112,18 @@ func (n *devNode) rest(method, path, token string, body any) (int, map[string]an
 	return resp.StatusCode, out
 }
 
+// hostname creates name for tenant, forwarding to origin and enforcing client certificates of
+// the tenant's CA "devices".
+func (n *devNode) hostname(tenant, name, origin string) {
+	n.t.Helper()
+	code, _ := n.rest("POST", "/v1/tenants/"+tenant+"/hostnames", n.token, map[string]any{
+		"hostname": name, "originUrl": origin, "mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}},
+	})
+	if code != 200 {
+		n.t.Fatalf("create hostname %s", name)
+	}
+}
+
 // get calls the edge for host with an optional client certificate. It returns the HTTP status, or
 // -1 when the TLS handshake fails.
 func (n *devNode) get(host, path string, client *pkitest.Leaf) (int, string) {
@@ -177,16 +189,8 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	n.rest("POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", n.token, map[string]any{"certificatePem": pkitest.PEM(acmeCA.Cert)})
 	n.rest("POST", "/v1/tenants/globex/certificateAuthorities?certificateAuthorityId=devices", n.token, map[string]any{"certificatePem": pkitest.PEM(globexCA.Cert)})
-	hostname := func(tenant, name string) {
-		code, _ := n.rest("POST", "/v1/tenants/"+tenant+"/hostnames", n.token, map[string]any{
-			"hostname": name, "originUrl": origin.URL, "mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}},
-		})
-		if code != 200 {
-			t.Fatalf("create hostname %s", name)
-		}
-	}
-	hostname("acme", "pay.acme.example")
-	hostname("globex", "pay.globex.example")
+	n.hostname("acme", "pay.acme.example", origin.URL)
+	n.hostname("globex", "pay.globex.example", origin.URL)
 
 	eventually(t, "the edge serves pay.acme.example", func() bool { code, _ := n.get("pay.acme.example", "/", good); return code == 200 })
 	// globex's hostname was created last: until the edge has it, its handshake fails (-1), which

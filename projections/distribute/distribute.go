@@ -58,7 +58,8 @@
 //     replaces_history, which the edge takes even when it is behind what it holds;
 //   - the store has not reached resume_position (restored and not written to since, a store still
 //     catching up, an empty or another store): nothing is known; served as above (the edge keeps
-//     its configuration).
+//     its configuration). Should the projector reach resume_position while the server waits for
+//     it, the store has too, and the token is checked again before any change is sent.
 //
 // A hello without a token (an older edge, a configuration saved before tokens, a read model that
 // did not know the token) is served as above. A token the server cannot read (not its encoding,
@@ -455,10 +456,12 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 	resume := hello.GetResumePosition()
 	cursor := resume
 	needSnapshot := resume == 0
-	replace := !needSnapshot && s.diverged(ctx, log, resume, hello.GetHistoryToken())
-	if replace {
-		needSnapshot = true
+	var verdict history.Verdict // 0: no usable token
+	if !needSnapshot {
+		verdict = s.checkHistory(ctx, log, resume, hello.GetHistoryToken())
 	}
+	replace := verdict == history.Diverged
+	needSnapshot = needSnapshot || replace
 	if !needSnapshot && resume > s.p.Position() {
 		wctx, wcancel := context.WithTimeout(ctx, s.opts.aheadWait)
 		err := s.p.WaitFor(wctx, resume)
@@ -472,6 +475,13 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 			log.Warn("distribute: edge is ahead of the projector; sending a snapshot", "resume_position", resume, "position", s.p.Position())
 			needSnapshot = true
 		}
+	}
+	if !needSnapshot && verdict == history.NotReached {
+		// The projector has reached resume since the hello, so the store has too: check again,
+		// or the changes after resume of another history would be taken for this one's.
+		verdict = s.checkHistory(ctx, log, resume, hello.GetHistoryToken())
+		replace = verdict == history.Diverged
+		needSnapshot = replace
 	}
 	if !needSnapshot && hello.GetWantSnapshot() {
 		log.Info("distribute: the edge asks for a snapshot (it left out hostnames it could not prepare)", "resume_position", resume)
@@ -548,24 +558,25 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 	}
 }
 
-// diverged reports whether the event store has passed resume without holding the event of token
-// there: the edge holds a history the store no longer has. A missing, unreadable or unverifiable
-// token is not (logged when it is not missing).
-func (s *Server) diverged(ctx context.Context, log *slog.Logger, resume uint64, token []byte) bool {
+// checkHistory checks the edge's history token of resume against the event store: history.Diverged
+// when the store has passed resume without holding the token's event there (the edge holds a
+// history the store no longer has; logged and counted), history.Same or history.NotReached, or 0
+// for a missing token, one the server cannot read (logged) and a failed check (logged).
+func (s *Server) checkHistory(ctx context.Context, log *slog.Logger, resume uint64, token []byte) history.Verdict {
 	if len(token) == 0 {
-		return false
+		return 0
 	}
 	res, err := s.p.CheckHistory(ctx, resume, token)
 	switch {
 	case errors.Is(err, history.ErrBadToken):
 		log.Warn("distribute: the edge sent a history token that is not the server's; treated as none", "resume_position", resume, "token_bytes", len(token), "err", err)
-		return false
+		return 0
 	case err != nil:
 		log.Warn("distribute: could not check the edge's history against the event store; resuming by position", "resume_position", resume, "err", err)
-		return false
+		return 0
 	case res.Verdict != history.Diverged:
 		log.Debug("distribute: the edge's history", "resume_position", resume, "verdict", res.Verdict)
-		return false
+		return res.Verdict
 	}
 	ref, _ := history.Decode(token)
 	log.Warn("distribute: the edge holds a configuration of another history than the event store's (restored from an older backup and written to since?); "+
@@ -573,7 +584,7 @@ func (s *Server) diverged(ctx context.Context, log *slog.Logger, resume uint64, 
 	if s.tel.diverged != nil {
 		s.tel.diverged.Add(ctx, 1)
 	}
-	return true
+	return history.Diverged
 }
 
 // snapshot returns the projector's snapshot and its history token, reusing the last one while it

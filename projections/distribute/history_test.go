@@ -110,7 +110,13 @@ func TestWatchRestoredStoreReplacesTheEdgesHistory(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	e, want := f.diverge(t, envOpts{server: []Option{WithPartLimits(1<<20, 5), WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))}})
 	ed := e.watchFrom("edge-1", f.held, false)
-	m := ed.converge(want)
+	m := replaced(t, e, ed, want)
+	// The edge, now in the store's history, resumes as usual.
+	ed.close()
+	ed = e.watchFrom("edge-1", m, false)
+	ed.converge(revoke(t, e, 0))
+	noneReplaces(t, ed)
+
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
@@ -118,6 +124,28 @@ func TestWatchRestoredStoreReplacesTheEdgesHistory(t *testing.T) {
 	if n := flatten(rm)["guestlist.distribute.history.diverged|"]; n != 1 {
 		t.Errorf("guestlist.distribute.history.diverged = %v, want 1", n)
 	}
+}
+
+// TestWatchRestoredStoreWrittenAfterTheHello: the edge says hello while the restored store has
+// not reached its position (nothing known: the server waits for the projector), and the new
+// history passes it meanwhile: the token is checked again, and the edge's history replaced,
+// rather than the changes after its position of the other history sent.
+func TestWatchRestoredStoreWrittenAfterTheHello(t *testing.T) {
+	f := newRestoreFixture(t)
+	f.restore(t)
+	e := newEnv(t, envOpts{dir: f.dir, server: []Option{WithAheadWait(10 * time.Second)}})
+	e.waitProjector(f.q)
+	ed := e.watchFrom("edge-1", f.held, false)
+	time.Sleep(50 * time.Millisecond) // the hello is checked before the store passes the edge
+	replaced(t, e, ed, revoke(t, e, f.held.Position))
+}
+
+// replaced waits until ed holds want, and checks that the first response was a snapshot replacing
+// the edge's history, with every part marked, and that the edge now holds a token of e's store's
+// history.
+func replaced(t *testing.T, e *env, ed *edge, want map[string]*configv1.HostnameConfig) pt.Model {
+	t.Helper()
+	m := ed.converge(want)
 	_, rs, applied, _ := ed.snapshot()
 	if !rs[0].GetSnapshot() || !rs[0].GetReplacesHistory() {
 		t.Fatalf("first response: snapshot %v, replaces_history %v; want a snapshot replacing the edge's history", rs[0].GetSnapshot(), rs[0].GetReplacesHistory())
@@ -134,12 +162,7 @@ func TestWatchRestoredStoreReplacesTheEdgesHistory(t *testing.T) {
 	if err != nil || res.Verdict != history.Same {
 		t.Errorf("the edge's new token: %v, %v; want the store's history", res.Verdict, err)
 	}
-
-	// The edge, now in the store's history, resumes as usual.
-	ed.close()
-	ed = e.watchFrom("edge-1", m, false)
-	ed.converge(revoke(t, e, 0))
-	noneReplaces(t, ed)
+	return m
 }
 
 // TestWatchHistoryNotReplaced: the cases where the edge keeps its history.
