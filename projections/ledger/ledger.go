@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"guestlist.dev/projections/fold"
+	hist "guestlist.dev/projections/history"
 	"guestlist.dev/services/boltcheck"
 	"guestlist.dev/services/eventstore"
 )
@@ -25,6 +26,8 @@ const damagedHint = `restore it from a backup, or move it aside and start again:
 //
 //	meta                  "position" -> 8 bytes big-endian: the global position of the last event
 //	                      applied (committed with the effects of that event)
+//	                      "position-event" -> that event's history.Ref, encoded (committed with
+//	                      "position"; absent in files written before it was kept)
 //	tenants/<tenant id>   a bucket per tenant, holding
 //	    chain             revision (8 bytes big-endian) -> the 32-byte chain hash after it
 //	    checkpoints       tree size (8 bytes big-endian) -> the SignedCheckpoint text
@@ -35,6 +38,7 @@ var (
 	bucketChain       = []byte("chain")
 	bucketCheckpoints = []byte("checkpoints")
 	keyPosition       = []byte("position")
+	keyPositionEvent  = []byte("position-event")
 	keyState          = []byte("state")
 )
 
@@ -49,6 +53,12 @@ var (
 	// recorded (restored from an older backup, emptied) or is another one. Run stops rather than
 	// skip the store's events up to its position. The error names both positions.
 	ErrStoreBehind = errors.New("ledger: the ledger is ahead of the event store")
+	// ErrHistoryDiverged is wrapped by the error Run returns when the event store has passed the
+	// ledger's position without holding, there, the event the ledger recorded last: the store's
+	// history is not the ledger's (an older backup restored and written to since, or another
+	// store), and its events after the position would be chained onto the ledger's history. Run
+	// stops; the error names both and what to do.
+	ErrHistoryDiverged = errors.New("ledger: the event store's history is not the ledger's")
 )
 
 // Option configures Open.
@@ -298,6 +308,9 @@ func (l *Ledger) follow(ctx context.Context) error {
 				"rather than skip the store's events up to position %d; run guestlist on the store it was built from",
 				ErrStoreBehind, l.db.Path(), from, last, from)
 		}
+		if err := l.checkHistory(ctx); err != nil {
+			return err
+		}
 	}
 	sub, err := l.store.Subscribe(ctx, from, eventstore.Filter{StreamPrefixes: []string{fold.TenantStreamPrefix}})
 	if err != nil {
@@ -377,6 +390,39 @@ func (l *Ledger) follow(ctx context.Context) error {
 	}
 }
 
+// checkHistory returns an error wrapping ErrHistoryDiverged when the store has passed the ledger's
+// position without holding the ledger's last event there. A ledger written before it kept that
+// event is not checked.
+func (l *Ledger) checkHistory(ctx context.Context) error {
+	var ref hist.Ref
+	err := l.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(keyPositionEvent)
+		if v == nil {
+			return nil
+		}
+		var err error
+		ref, err = hist.Decode(v)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("ledger: read the last event recorded: %w", err)
+	}
+	if ref == (hist.Ref{}) {
+		return nil
+	}
+	res, err := hist.Check(ctx, l.store, ref)
+	switch {
+	case err != nil:
+		return subError{fmt.Errorf("ledger: check the event store's history at the ledger's position: %w", err)}
+	case res.Verdict != hist.Diverged:
+		return nil
+	}
+	return fmt.Errorf("%w: the ledger %s recorded up to the %s, but %s: was the store restored from an older backup and written to since, "+
+		"or replaced by another one? The ledger stops rather than chain another history's events onto its own; run guestlist on the store "+
+		"it was built from, or, to go on with this store, stop guestlist and move %s aside: it is rebuilt from the store",
+		ErrHistoryDiverged, l.db.Path(), ref, res.Describe(), l.db.Path())
+}
+
 // commit applies batch and signs the checkpoints that are due (all pending ones when idle), in one
 // transaction with the new position.
 func (l *Ledger) commit(batch []eventstore.RecordedEvent, idle bool) error {
@@ -447,8 +493,17 @@ func (l *Ledger) commit(batch []eventstore.RecordedEvent, idle bool) error {
 			}
 		}
 		if len(batch) > 0 {
-			if err := tx.Bucket(bucketMeta).Put(keyPosition, binary.BigEndian.AppendUint64(nil, uint64(batch[len(batch)-1].Position))); err != nil {
+			last := batch[len(batch)-1]
+			meta := tx.Bucket(bucketMeta)
+			if err := meta.Put(keyPosition, binary.BigEndian.AppendUint64(nil, uint64(last.Position))); err != nil {
 				return fmt.Errorf("ledger: put position: %w", err)
+			}
+			put := func() error { return meta.Delete(keyPositionEvent) }
+			if ref, err := hist.Of(last); err == nil {
+				put = func() error { return meta.Put(keyPositionEvent, ref.Encode()) }
+			}
+			if err := put(); err != nil {
+				return fmt.Errorf("ledger: put the last event: %w", err)
 			}
 		}
 		return nil
