@@ -165,9 +165,16 @@ func (s *Service) Authenticate(ctx context.Context, bearer string) (auth.Princip
 		if !ok || subtle.ConstantTimeCompare(t.SecretSHA256, secretSum[:]) != 1 {
 			return unauthenticated
 		}
-		p = auth.Principal{TenantID: tenantID, TokenID: tokenID, Role: auth.RoleTenantAdmin}
-		if t.Role == eventsv1.Role_ROLE_AUDITOR {
+		p = auth.Principal{TenantID: tenantID, TokenID: tokenID}
+		switch t.Role {
+		case eventsv1.Role_ROLE_TENANT_ADMIN:
+			p.Role = auth.RoleTenantAdmin
+		case eventsv1.Role_ROLE_AUDITOR:
 			p.Role = auth.RoleAuditor
+		default:
+			// A role this version does not know (written by a newer one) or none: fail closed
+			// rather than grant the widest tenant role.
+			return unauthenticated
 		}
 		if tenantID == "" && p.Role != auth.RoleAuditor {
 			return unauthenticated // never written; refused all the same
