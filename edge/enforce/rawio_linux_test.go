@@ -157,8 +157,12 @@ func testRawTCPConn(t *testing.T) {
 	})
 	t.Run("fail/write deadline: a Write blocked on a full socket ends", func(t *testing.T) {
 		_, c := rawPair(t) // the peer never reads
-		_ = c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
-		n, err := c.Write(make([]byte, 64<<20))
+		// The buffer is made before the deadline is set, and the deadline leaves time for the
+		// first write to start even on a loaded machine (under -race, making 64 MiB alone took
+		// more than 50 ms): a Write that starts past its deadline rightly writes nothing.
+		buf := make([]byte, 64<<20)
+		_ = c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+		n, err := c.Write(buf)
 		if !errors.Is(err, os.ErrDeadlineExceeded) || !isOp(err, "write") {
 			t.Fatalf("Write into a full socket = %d, %v; want a write *net.OpError with os.ErrDeadlineExceeded", n, err)
 		}
