@@ -64,8 +64,11 @@
 // A hello without a token (an older edge, a configuration saved before tokens, a read model that
 // did not know the token) is served as above. A token the server cannot read (not its encoding,
 // over history.MaxTokenBytes, of another position than resume_position) is logged and treated as
-// none; it is used for nothing but that lookup. The replacing snapshot is the one any edge would
-// get.
+// none; it is used for nothing but that lookup. A check that fails (the event store's read failed)
+// ends the stream with UNAVAILABLE, sending nothing: the edge keeps its configuration and resumes
+// on a new stream (resumed by position, an edge of another history would take the store's changes
+// after its position, and their token, for its own, and no later check could tell). The replacing
+// snapshot is the one any edge would get.
 //
 // # Authorization
 //
@@ -458,7 +461,10 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 	needSnapshot := resume == 0
 	var verdict history.Verdict // 0: no usable token
 	if !needSnapshot {
-		verdict = s.checkHistory(ctx, log, resume, hello.GetHistoryToken())
+		var err error
+		if verdict, err = s.checkHistory(ctx, log, resume, hello.GetHistoryToken()); err != nil {
+			return err
+		}
 	}
 	replace := verdict == history.Diverged
 	needSnapshot = needSnapshot || replace
@@ -479,7 +485,10 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 	if !needSnapshot && verdict == history.NotReached {
 		// The projector has reached resume since the hello, so the store has too: check again,
 		// or the changes after resume of another history would be taken for this one's.
-		verdict = s.checkHistory(ctx, log, resume, hello.GetHistoryToken())
+		var err error
+		if verdict, err = s.checkHistory(ctx, log, resume, hello.GetHistoryToken()); err != nil {
+			return err
+		}
 		replace = verdict == history.Diverged
 		needSnapshot = replace
 	}
@@ -561,22 +570,28 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 // checkHistory checks the edge's history token of resume against the event store: history.Diverged
 // when the store has passed resume without holding the token's event there (the edge holds a
 // history the store no longer has; logged and counted), history.Same or history.NotReached, or 0
-// for a missing token, one the server cannot read (logged) and a failed check (logged).
-func (s *Server) checkHistory(ctx context.Context, log *slog.Logger, resume uint64, token []byte) history.Verdict {
+// for a missing token and one the server cannot read (logged). A check that fails (the store's
+// read failed) is logged and returned as an UNAVAILABLE status error that ends the stream: resuming
+// by position instead would send an edge of another history the store's changes after its
+// position, whose token it would keep, and no later hello would tell the histories apart. The edge
+// keeps its configuration and resumes on a new stream.
+func (s *Server) checkHistory(ctx context.Context, log *slog.Logger, resume uint64, token []byte) (history.Verdict, error) {
 	if len(token) == 0 {
-		return 0
+		return 0, nil
 	}
 	res, err := s.p.CheckHistory(ctx, resume, token)
 	switch {
 	case errors.Is(err, history.ErrBadToken):
 		log.Warn("distribute: the edge sent a history token that is not the server's; treated as none", "resume_position", resume, "token_bytes", len(token), "err", err)
-		return 0
+		return 0, nil
+	case err != nil && ctx.Err() != nil:
+		return 0, ctx.Err()
 	case err != nil:
-		log.Warn("distribute: could not check the edge's history against the event store; resuming by position", "resume_position", resume, "err", err)
-		return 0
+		log.Warn("distribute: could not check the edge's history against the event store; ending the stream (the edge resumes on a new one)", "resume_position", resume, "err", err)
+		return 0, status.Error(codes.Unavailable, "the edge's history token could not be checked against the event store; resume on a new stream")
 	case res.Verdict != history.Diverged:
 		log.Debug("distribute: the edge's history", "resume_position", resume, "verdict", res.Verdict)
-		return res.Verdict
+		return res.Verdict, nil
 	}
 	ref, _ := history.Decode(token)
 	log.Warn("distribute: the edge holds a configuration of another history than the event store's (restored from an older backup and written to since?); "+
@@ -584,7 +599,7 @@ func (s *Server) checkHistory(ctx context.Context, log *slog.Logger, resume uint
 	if s.tel.diverged != nil {
 		s.tel.diverged.Add(ctx, 1)
 	}
-	return history.Diverged
+	return history.Diverged, nil
 }
 
 // snapshot returns the projector's snapshot and its history token, reusing the last one while it

@@ -28,6 +28,7 @@ import (
 	pt "guestlist.dev/projections/projector/projectortest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
+	"guestlist.dev/services/eventstore"
 	"guestlist.dev/services/eventstore/boltstore"
 )
 
@@ -57,6 +58,9 @@ type envOpts struct {
 	// takes both over.
 	dir string
 	gen *pt.Gen
+	// wrapStore, when set, wraps the event store that the projector (and so the server's history
+	// checks) reads; writes go to the store itself.
+	wrapStore func(eventstore.Store) eventstore.Store
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -72,7 +76,11 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := projector.Open(filepath.Join(dir, "projection.db"), store, append([]projector.Option{projector.WithLogger(quiet)}, o.projector...)...)
+	var read eventstore.Store = store
+	if o.wrapStore != nil {
+		read = o.wrapStore(store)
+	}
+	p, err := projector.Open(filepath.Join(dir, "projection.db"), read, append([]projector.Option{projector.WithLogger(quiet)}, o.projector...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

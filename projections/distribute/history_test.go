@@ -2,17 +2,25 @@ package distribute
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"guestlist.dev/projections/fold"
 	"guestlist.dev/projections/history"
 	pt "guestlist.dev/projections/projector/projectortest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
+	"guestlist.dev/services/eventstore"
 )
 
 // restoreFixture is an installation whose event store has a backup taken at position q, and an
@@ -236,4 +244,78 @@ func TestWatchHistoryNotReplaced(t *testing.T) {
 			noneReplaces(t, ed)
 		})
 	}
+}
+
+// unavailableOnce is an event store whose next stream read, once armed, fails with
+// eventstore.ErrUnavailable (as a remote store's read does when its connection drops), and
+// closes failed.
+type unavailableOnce struct {
+	eventstore.Store
+	armed  *atomic.Bool
+	failed chan struct{}
+}
+
+// ReadStream implements eventstore.Store.
+func (s unavailableOnce) ReadStream(ctx context.Context, stream string, dir eventstore.Direction, from uint64, max int) ([]eventstore.RecordedEvent, error) {
+	if s.armed.CompareAndSwap(true, false) {
+		close(s.failed)
+		return nil, fmt.Errorf("test: read stream %q: %w", stream, eventstore.ErrUnavailable)
+	}
+	return s.Store.ReadStream(ctx, stream, dir, from, max)
+}
+
+// TestWatchHistoryCheckFailedIsNotResumed: the event store restored and written past the edge's
+// position, and the read that checks the edge's history token fails (a remote store's connection
+// dropping): the server ends the stream with UNAVAILABLE, sending nothing, and the edge, resuming
+// again, gets the snapshot that replaces its history. Before, the server logged the failure and
+// resumed the edge by position: it sent the new history's changes after the edge's position, whose
+// history token the edge then kept, so that no later hello told the histories apart and the edge
+// kept, for good, a certificate the store had revoked.
+func TestWatchHistoryCheckFailedIsNotResumed(t *testing.T) {
+	f := newRestoreFixture(t)
+	f.restore(t)
+	var armed atomic.Bool
+	failed := make(chan struct{})
+	e, _ := f.diverge(t, envOpts{wrapStore: func(s eventstore.Store) eventstore.Store {
+		return unavailableOnce{Store: s, armed: &armed, failed: failed}
+	}})
+	armed.Store(true) // the projector is idle: the next stream read is the hello's check
+	ed := e.watchFrom("edge-1", f.held, false)
+	select {
+	case <-failed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the history token was not checked")
+	}
+	// A change of the store's history after the edge's position.
+	res, err := pt.Write(context.Background(), e.store, pt.Append{Stream: fold.TenantStream("late"),
+		Events: []proto.Message{&eventsv1.TenantCreated{TenantId: "late"}, hostnameCreated("late.example.com")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitProjector(uint64(res.Position))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, rs, _, err := ed.snapshot()
+		if len(rs) > 0 {
+			m, _, _, _ := ed.snapshot()
+			now, _ := e.expected()
+			verdict, _ := e.p.CheckHistory(context.Background(), m.Position, m.HistoryToken)
+			t.Fatalf("after a failed history check the edge was resumed by position: first response at %d (snapshot %v, replaces_history %v); "+
+				"the edge now holds the old history's configuration with a token of the store's history (a later hello: %v), "+
+				"and differs from the store's configuration (a revocation among it):\n%s",
+				rs[0].GetPosition(), rs[0].GetSnapshot(), rs[0].GetReplacesHistory(), verdict.Verdict, pt.Diff(m.Configs, now))
+		}
+		if err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("the stream ended with %v, want UNAVAILABLE", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stream neither ended nor sent anything after the failed check")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	want, _ := e.expected()
+	replaced(t, e, e.watchFrom("edge-1", f.held, false), want)
 }
