@@ -431,7 +431,10 @@ func readCheckpoint(meta *bolt.Bucket) (uint64, error) {
 }
 
 // readCheckpointEvent returns the identity of the event at the checkpoint, the zero Ref when the
-// file has none.
+// file has none. An identity of another position than the checkpoint's is the zero Ref too: a
+// version before keyCheckpointEvent (run on the file after a newer one, as in a rollback) moved
+// the checkpoint without it, so the file knows its checkpoint's event no more than one written
+// before it existed; the next commit writes it again.
 func readCheckpointEvent(meta *bolt.Bucket, checkpoint uint64) (history.Ref, error) {
 	v := meta.Get(keyCheckpointEvent)
 	if v == nil {
@@ -442,7 +445,7 @@ func readCheckpointEvent(meta *bolt.Bucket, checkpoint uint64) (history.Ref, err
 		return history.Ref{}, fmt.Errorf("corrupt checkpoint event: %w", err)
 	}
 	if ref.Position != checkpoint {
-		return history.Ref{}, fmt.Errorf("corrupt checkpoint event: it is at position %d, the checkpoint at %d", ref.Position, checkpoint)
+		return history.Ref{}, nil
 	}
 	return ref, nil
 }

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/projections/fold"
+	"guestlist.dev/projections/history"
 	pt "guestlist.dev/projections/projector/projectortest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
@@ -865,5 +867,65 @@ func TestFormat1IsRebuilt(t *testing.T) {
 	}
 	if _, cfg, err := p.Lookup("pay.example.com"); err != nil || cfg.GetTenantId() != "acme" || cfg.GetOriginUrl() != "http://acme.example" {
 		t.Fatalf("after the rebuild the edges get %v (%v), want acme's configuration", cfg, err)
+	}
+}
+
+// TestCheckpointMovedByAnOlderVersion: a version before keyCheckpointEvent, run on the file after
+// a newer one (a rollback), moves the checkpoint and leaves the checkpoint's event as it was. The
+// file then opens as one that does not know its checkpoint's event (no history token, rather than
+// a token of another position, or refusing to open as corrupt), and the next commit records the
+// event again. Before, Open failed: "corrupt checkpoint event: it is at position 2, the checkpoint
+// at 3".
+func TestCheckpointMovedByAnOlderVersion(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := openStore(t, dir)
+	defer store.Close()
+	acme := tenantWriter(t, store, "acme")
+	acme(&eventsv1.TenantCreated{TenantId: "acme"})
+	first := acme(hostnameCreated("a.example.com", eventsv1.MtlsMode_MTLS_MODE_OFF))
+	p := openProjector(t, dir, store)
+	catchUp(t, ctx, p, first)
+	_ = p.Close()
+
+	// The older version folds one more event: the configuration and the checkpoint, nothing else.
+	second := acme(hostnameCreated("b.example.com", eventsv1.MtlsMode_MTLS_MODE_OFF))
+	db, err := bolt.Open(filepath.Join(dir, "projection.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := proto.Marshal(&configv1.HostnameConfig{Hostname: "b.example.com", TenantId: "acme", Active: true, Version: second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketHostnames).Put([]byte("b.example.com"), data); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keyCheckpoint, binary.BigEndian.AppendUint64(nil, second))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+
+	p = openProjector(t, dir, store)
+	defer p.Close()
+	pos, token, _, err := p.SnapshotWithHistory()
+	if err != nil || pos != second || token != nil {
+		t.Fatalf("SnapshotWithHistory = position %d, token %x, %v; want %d, no token", pos, token, err, second)
+	}
+	stop := running(p)
+	defer stop()
+	third := acme(hostnameCreated("c.example.com", eventsv1.MtlsMode_MTLS_MODE_OFF))
+	if err := p.WaitFor(ctx, third); err != nil {
+		t.Fatal(err)
+	}
+	pos, token, _, err = p.SnapshotWithHistory()
+	if err != nil || pos != third {
+		t.Fatalf("SnapshotWithHistory = position %d, %v; want %d", pos, err, third)
+	}
+	ref, err := history.Decode(token)
+	if err != nil || ref.Position != third {
+		t.Fatalf("after the next commit the token is %+v (%v); want the event at %d", ref, err, third)
 	}
 }
