@@ -41,13 +41,16 @@ import (
 const (
 	// partBytes is the size at which Save starts a new part.
 	partBytes = 1 << 20
-	// maxPartBytes bounds one part when reading (one hostname's configuration may be large: many
-	// revocations).
-	maxPartBytes = 1 << 28
 	// trailerMagic starts the trailer. Its first byte is no valid protobuf tag (wire type 7), so
 	// the trailer cannot be read as part of a message.
 	trailerMagic = "\x07glcrc32c"
 )
+
+// MaxPartBytes bounds one encoded part of a response: one part of the file when LoadFile reads it,
+// and one message of the Watch stream when the edge receives it (edge/watch). One hostname's
+// configuration may be large (a CA with many revocations: about 21,000 take 4 MiB), and the
+// ConfigService sends a configuration larger than its part size alone, in one message.
+const MaxPartBytes = 1 << 28
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -180,7 +183,7 @@ func (st *Store) LoadFile(path string) error {
 
 // readSet reads a file written by writeSet, checks its trailer and joins its parts.
 func readSet(r protodelim.Reader) (*configv1.WatchResponse, error) {
-	opts := protodelim.UnmarshalOptions{MaxSize: maxPartBytes}
+	opts := protodelim.UnmarshalOptions{MaxSize: MaxPartBytes}
 	sr := &sumReader{r: r}
 	var parts []*configv1.WatchResponse
 	for {

@@ -272,7 +272,10 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 	if w.opts.Token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+w.opts.Token)
 	}
-	stream, err := w.clients[w.cur].Watch(ctx)
+	// gRPC refuses a received message over 4 MiB by default; the ConfigService sends one
+	// hostname's configuration larger than its parts in one message, which would end every stream
+	// at that change, and the edge would never get past it.
+	stream, err := w.clients[w.cur].Watch(ctx, grpc.MaxCallRecvMsgSize(configset.MaxPartBytes))
 	if err != nil {
 		return false, fmt.Errorf("watch: open stream to %s: %w", w.targets[w.cur], err)
 	}
