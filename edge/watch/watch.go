@@ -149,9 +149,12 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.St
 	w.loadState()
 	if w.opts.StatePath != "" {
 		w.dirty = make(chan struct{}, 1)
-		saverDone := make(chan struct{})
-		go w.saver(ctx, saverDone)
-		defer func() { <-saverDone }()
+		// The saver's last save follows the last session's return, not the end of ctx: a
+		// response whose Apply is in progress when ctx ends is applied all the same, and that
+		// save must hold it.
+		stopSaver, saverDone := make(chan struct{}), make(chan struct{})
+		go w.saver(stopSaver, saverDone)
+		defer func() { close(stopSaver); <-saverDone }()
 	}
 
 	failures := 0
@@ -195,9 +198,9 @@ type watcher struct {
 	snapshotted bool
 }
 
-// saver saves the store whenever it is signalled, and once more when ctx ends if the store moved
-// since the last save.
-func (w *watcher) saver(ctx context.Context, done chan<- struct{}) {
+// saver saves the store whenever it is signalled, and once more when stop is closed (Run
+// returns: no session applies anything any more) if the store moved since the last save.
+func (w *watcher) saver(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	// The set last saved (at first, the one loaded from the file, or none). Sets are compared,
 	// not positions: a snapshot at the position the edge holds may bring hostnames it had left
@@ -219,7 +222,7 @@ func (w *watcher) saver(ctx context.Context, done chan<- struct{}) {
 	}
 	for {
 		select {
-		case <-ctx.Done():
+		case <-stop:
 			save()
 			return
 		case <-w.dirty:

@@ -1,0 +1,63 @@
+package watch
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"guestlist.dev/edge/configset"
+	"guestlist.dev/edge/pkitest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// TestShutdownSavesTheLastAppliedResponse: Run saves once more before it returns, and that save
+// must hold every response it applied. A response whose Apply was in progress
+// when the context ended (a large change: here, many hostnames with policies of their own to
+// compile) was applied after the saver's last save, so the edge restarted from the position
+// before it: without the control plane, it served a configuration older than the one it had
+// applied.
+func TestShutdownSavesTheLastAppliedResponse(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	var change []*configv1.HostnameConfig
+	for i := range 1500 {
+		c := hostCfg(fmt.Sprintf("h%d.example.com", i), 2, ca, "http://127.0.0.1:1")
+		c.Policy = &configv1.Policy{PolicyId: "p", Rules: []*configv1.Rule{{
+			Name: "path", Action: configv1.Action_ACTION_ALLOW,
+			Expression: fmt.Sprintf(`cert.verified && request.path.startsWith("/%d/") && request.method in ["GET", "HEAD"]`, i),
+		}}}
+		change = append(change, c)
+	}
+	sent := make(chan struct{})
+	_, addr := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 1, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 1, ca, "http://127.0.0.1:1")}})
+		s.recv()
+		s.send(&configv1.WatchResponse{Position: 2, Upserts: change})
+		close(sent)
+		<-s.stream.Context().Done()
+		return nil
+	})
+	store := configset.NewStore()
+	state := filepath.Join(t.TempDir(), "edge-config.bin")
+	stop := runWatch(t, dial(t, addr), store, Options{StatePath: state, Logger: quietLogger(t)})
+	waitFor(t, "the snapshot saved", func() bool {
+		saved := configset.NewStore()
+		return saved.LoadFile(state) == nil && saved.Load().Position() == 1
+	})
+	<-sent
+	time.Sleep(100 * time.Millisecond) // the change is received; its Apply compiles the policies
+	if store.Load().Position() != 1 {
+		t.Log("the change was applied within 100 ms: the test does not end Run during its Apply")
+	}
+	stop()
+	if pos := store.Load().Position(); pos != 2 {
+		t.Fatalf("the store is at position %d after Run returned, want 2", pos)
+	}
+	saved := configset.NewStore()
+	if err := saved.LoadFile(state); err != nil {
+		t.Fatal(err)
+	}
+	if pos := saved.Load().Position(); pos != 2 {
+		t.Errorf("the saved configuration is at position %d, the store at 2: the last applied response was not saved", pos)
+	}
+}
