@@ -433,7 +433,9 @@ func parseResponse(b []byte, resp *h1Response, full bool) parseResult {
 			f.drop = true
 		case asciiEqualFold(name, "Transfer-Encoding"):
 			te++
-			if te > 1 || !asciiEqualFold(value, "chunked") {
+			// HTTP/1.0 has no Transfer-Encoding: its framing is faulty (RFC 9112, 6.1), and
+			// net/http's client (the other path) ignores it and reads the body to the close.
+			if te > 1 || resp.http10 || !asciiEqualFold(value, "chunked") {
 				return parseHandoff
 			}
 			resp.chunked = true
