@@ -1,0 +1,105 @@
+package configset
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// FuzzLoadFile: LoadFile of arbitrary bytes does not panic, and a file it loads is one that Save
+// writes back in a form that loads to the same set (position, history token, the hostnames'
+// configurations, the refused hostnames) and saves to the same bytes again. A loaded file that
+// carries the checksum trailer is refused once any one of its bytes is changed.
+func FuzzLoadFile(f *testing.F) {
+	st := NewStore()
+	if err := st.Apply(&configv1.WatchResponse{Position: 7, Snapshot: true, HistoryToken: []byte("tok"),
+		Upserts: []*configv1.HostnameConfig{cfg(f, "a.example.com", 7), cfg(f, "b.example.com", 6)}}); err != nil {
+		f.Fatal(err)
+	}
+	var good bytes.Buffer
+	if err := writeSet(&good, st.Load()); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good.Bytes(), uint16(0), byte(0))
+	f.Add(good.Bytes(), uint16(40), byte(1))
+	f.Add(good.Bytes()[:good.Len()-len(trailerMagic)-4], uint16(3), byte(0x80))
+	st2 := NewStore()
+	_ = st2.Apply(&configv1.WatchResponse{Position: 3, Snapshot: true, Upserts: []*configv1.HostnameConfig{unpreparable(f, "c.example.com", 2)}})
+	var refused bytes.Buffer
+	if err := writeSet(&refused, st2.Load()); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(refused.Bytes(), uint16(9), byte(4))
+	f.Add([]byte{}, uint16(0), byte(0))
+	dir := f.TempDir()
+	load := func(data []byte) (*Store, error) {
+		p := filepath.Join(dir, "in")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			f.Fatal(err)
+		}
+		st := NewStore()
+		err := st.LoadFile(p)
+		var partly *RefusedError
+		if errors.As(err, &partly) {
+			err = nil
+		}
+		return st, err
+	}
+	save := func(st *Store) []byte {
+		var b bytes.Buffer
+		if err := writeSet(&b, st.Load()); err != nil {
+			f.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	f.Fuzz(func(t *testing.T, data []byte, at uint16, xor byte) {
+		st, err := load(data)
+		if err != nil {
+			if st.Load().Complete() || st.Load().Len() != 0 {
+				t.Fatalf("a refused file (%v) changed the set", err)
+			}
+			return
+		}
+		if !st.Load().Complete() {
+			t.Fatal("a loaded set is not complete")
+		}
+		saved := save(st)
+		again, err := load(saved)
+		if err != nil {
+			t.Fatalf("the file saved from a loaded one does not load: %v", err)
+		}
+		a, b := st.Load(), again.Load()
+		if a.Position() != b.Position() || !bytes.Equal(a.HistoryToken(), b.HistoryToken()) || a.Len() != b.Len() {
+			t.Fatalf("round trip: position %d/%d, token %q/%q, %d/%d hostnames", a.Position(), b.Position(), a.HistoryToken(), b.HistoryToken(), a.Len(), b.Len())
+		}
+		for name, h := range a.All() {
+			h2, ok := b.Lookup(name)
+			if !ok || !proto.Equal(h.Config, h2.Config) {
+				t.Fatalf("round trip: %s differs", name)
+			}
+		}
+		ra, rb := slices.Sorted(slices.Values(a.Refused())), slices.Sorted(slices.Values(b.Refused()))
+		if !slices.Equal(ra, rb) {
+			t.Fatalf("round trip: refused %q, then %q", ra, rb)
+		}
+		if !bytes.Equal(save(again), saved) {
+			t.Fatal("saving the loaded set again gives other bytes")
+		}
+		// A checksummed file damaged in one byte is refused.
+		n := len(trailerMagic) + 4
+		if xor == 0 || len(data) < n || !bytes.Equal(data[len(data)-n:len(data)-4], []byte(trailerMagic)) {
+			return
+		}
+		damaged := bytes.Clone(data)
+		damaged[int(at)%len(damaged)] ^= xor
+		if _, err := load(damaged); err == nil {
+			t.Fatalf("byte %d changed (^%#x), the file still loads", int(at)%len(damaged), xor)
+		}
+	})
+}
