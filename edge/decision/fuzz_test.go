@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"guestlist.dev/edge/certid"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -15,7 +16,8 @@ import (
 // chains (chosen by pick; the PKI is made anew in each fuzzing process), with random DER (parsed
 // when it parses, used unparsed otherwise) as the leaf, as an intermediate or alone, at a moment
 // offset from now. Decide must not panic, must be deterministic, must agree with DecideVerified,
-// and must never let an unverified certificate's identity reach the policy or the Cert.
+// and must never let an unverified certificate's identity reach the policy or the Cert (but a
+// revoked one's, whose chain verified: the decision log names it, since 9b33532).
 func FuzzDecide(f *testing.F) {
 	p := getPKI(f)
 	chains := [][]*x509.Certificate{
@@ -90,7 +92,17 @@ func FuzzDecide(f *testing.F) {
 				t.Fatal("no reason")
 			}
 			if !d.Cert.Verified {
-				if d.Cert.Subject != "" || d.Cert.Issuer != "" || d.Cert.SerialNumber != "" || !d.Cert.NotAfter.IsZero() || d.Chain != nil {
+				switch {
+				case d.Chain != nil:
+					t.Fatalf("chain of an unverified certificate: %+v", d.Cert)
+				case d.Cert.Error == ReasonCertificateRevoked:
+					// Its chain verified: the decision log names the revoked leaf, exactly.
+					leaf := peer[0]
+					if d.Cert.SerialNumber != certid.SerialNumber(leaf.SerialNumber) || d.Cert.Subject != leaf.Subject.String() ||
+						d.Cert.Issuer != leaf.Issuer.String() || !d.Cert.NotAfter.Equal(leaf.NotAfter) {
+						t.Fatalf("identity of a revoked certificate: %+v, not its leaf's", d.Cert)
+					}
+				case d.Cert.Subject != "" || d.Cert.Issuer != "" || d.Cert.SerialNumber != "" || !d.Cert.NotAfter.IsZero():
 					t.Fatalf("identity of an unverified certificate: %+v", d.Cert)
 				}
 				if d.Rule == "ops" || d.Rule == "named" || d.Rule == "hdr" {
