@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -137,7 +138,7 @@ func ParseConnectionString(s string) (*esdb.Configuration, error) {
 	default:
 		return nil, fmt.Errorf("%w: scheme %q; want esdb:// or esdb+discover://", ErrBadConnectionString, scheme)
 	}
-	if err := checkUserinfo(rest); err != nil {
+	if err := checkUserinfo(scheme, rest); err != nil {
 		return nil, err
 	}
 	cfg, err := esdb.ParseConnectionString(scheme + "://" + rest)
@@ -156,10 +157,29 @@ func ParseConnectionString(s string) (*esdb.Configuration, error) {
 // scheme), other than in a file setting's value: it means the user name or password holds one of
 // those characters unescaped, which ends the host part early, and the rest of the password would
 // be read as the path, a setting or the fragment, and repeated in the client's errors and log.
-func checkUserinfo(rest string) error {
+//
+// A ',' does the same where net/url refuses the string: the client then parses it again with
+// every ',' made a '/' (its reading of a list of gossip seeds), the user name's and password's
+// too, and reads what follows a ',' in them as hosts, named in its errors.
+func checkUserinfo(scheme, rest string) error {
+	bad := atAfterHost(rest)
+	if !bad && strings.Contains(rest, ",") {
+		if _, err := url.Parse(scheme + "://" + rest); err != nil {
+			bad = atAfterHost(strings.ReplaceAll(rest, ",", "/"))
+		}
+	}
+	if bad {
+		return fmt.Errorf("%w: an '@' after the host part: percent-encode '/', '?', '#' and ',' in the user name and password (%%2F, %%3F, %%23, %%2C)", ErrBadConnectionString)
+	}
+	return nil
+}
+
+// atAfterHost reports whether rest (a connection string after its scheme) has an '@' after its
+// first '/', '?' or '#', other than in a file setting's value.
+func atAfterHost(rest string) bool {
 	end := strings.IndexAny(rest, "/?#")
 	if end < 0 || !strings.Contains(rest[end:], "@") {
-		return nil
+		return false
 	}
 	tail, fragment, _ := strings.Cut(rest[end:], "#")
 	path, query, _ := strings.Cut(tail, "?")
@@ -172,10 +192,7 @@ func checkUserinfo(rest string) error {
 			bad = bad || strings.Contains(kv, "@")
 		}
 	}
-	if bad {
-		return fmt.Errorf("%w: an '@' after the host part: percent-encode '/', '?' and '#' in the user name and password (%%2F, %%3F, %%23)", ErrBadConnectionString)
-	}
-	return nil
+	return bad
 }
 
 // Open connects to the EventStoreDB server or cluster that connectionString names and checks
