@@ -24,9 +24,9 @@ import (
 )
 
 // startEdge serves store on a real TLS listener on loopback and returns a function that makes one
-// HTTPS request to hostname with the client certificate leaf (nil: none) on a new connection,
-// returning the status.
-func startEdge(t *testing.T, store *configset.Store) func(hostname string, leaf *pkitest.Leaf) (int, error) {
+// HTTPS GET of path on hostname with the client certificate leaf (nil: none) on a new connection,
+// returning the status and the body.
+func startEdge(t *testing.T, store *configset.Store) func(hostname, path string, leaf *pkitest.Leaf) (int, []byte, error) {
 	t.Helper()
 	edgeCA, err := servercert.LoadOrCreateCA(t.TempDir())
 	if err != nil {
@@ -40,7 +40,7 @@ func startEdge(t *testing.T, store *configset.Store) func(hostname string, leaf 
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return func(hostname string, leaf *pkitest.Leaf) (int, error) {
+	return func(hostname, path string, leaf *pkitest.Leaf) (int, []byte, error) {
 		cfg := &tls.Config{RootCAs: edgeCA.Pool()}
 		if leaf != nil {
 			cfg.Certificates = []tls.Certificate{{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key}}
@@ -52,13 +52,13 @@ func startEdge(t *testing.T, store *configset.Store) func(hostname string, leaf 
 			TLSClientConfig: cfg,
 		}
 		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + hostname + "/")
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + hostname + path)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode, nil
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, body, err
 	}
 }
 
@@ -126,7 +126,7 @@ func TestLargeHostnameConfigurationIsReceived(t *testing.T) {
 	get := startEdge(t, store)
 
 	waitFor(t, "the snapshot", func() bool { return store.Load().Position() >= 1 })
-	if code, err := get("beta.example.com", device); err != nil || code != http.StatusOK {
+	if code, _, err := get("beta.example.com", "/", device); err != nil || code != http.StatusOK {
 		t.Fatalf("before the revocation: status %d, error %v; want 200", code, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -136,7 +136,7 @@ func TestLargeHostnameConfigurationIsReceived(t *testing.T) {
 	if pos := store.Load().Position(); pos != 3 {
 		t.Errorf("the edge is at position %d, want 3: it never received the large configuration", pos)
 	}
-	if code, err := get("beta.example.com", device); err == nil && code != http.StatusForbidden {
+	if code, _, err := get("beta.example.com", "/", device); err == nil && code != http.StatusForbidden {
 		t.Errorf("beta's revoked certificate: status %d, want 403", code)
 	}
 }

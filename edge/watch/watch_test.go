@@ -2,13 +2,11 @@ package watch
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,10 +22,7 @@ import (
 
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/echo"
-	"guestlist.dev/edge/egress"
-	"guestlist.dev/edge/enforce"
 	"guestlist.dev/edge/pkitest"
-	"guestlist.dev/edge/servercert"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -419,34 +414,12 @@ func TestRestartWithoutControlPlane(t *testing.T) {
 	runWatch(t, dial(t, nowhere), store, Options{StatePath: state, Logger: quietLogger(t), Backoff: Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}})
 	waitFor(t, "the saved configuration", func() bool { return store.Load().Position() == 9 })
 
-	edgeCA, err := servercert.LoadOrCreateCA(t.TempDir())
+	code, body, err := startEdge(t, store)("pay.example.com", "/hello", ca.Client(t, "device"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := enforce.New(enforce.Config{Addr: "127.0.0.1:0", Configs: store, Certificates: edgeCA.GetCertificate, Logger: quietLogger(t), Egress: egress.Loopback()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
-	leaf := ca.Client(t, "device")
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, srv.Addr().String())
-		},
-		TLSClientConfig: &tls.Config{RootCAs: edgeCA.Pool(), Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key}}},
-	}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://pay.example.com/hello")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), `"X-Guestlist-Config-Revision": [`) || !strings.Contains(string(body), `"9"`) {
-		t.Errorf("status %d: %s", resp.StatusCode, body)
+	if code != 200 || !strings.Contains(string(body), `"X-Guestlist-Config-Revision": [`) || !strings.Contains(string(body), `"9"`) {
+		t.Errorf("status %d: %s", code, body)
 	}
 }
 
