@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -164,8 +165,11 @@ func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
 }
 
 // printBanner writes the short startup block: where everything listens and the admin token (none
-// when cfg.AdminToken is empty, as in the projector role).
-func printBanner(w io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extra ...bannerLine) {
+// when cfg.AdminToken is empty, as in the projector role). It is written in one Write, so that
+// whoever reads out while it is written (a script waiting for an address) sees all of it or none.
+func printBanner(out io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extra ...bannerLine) {
+	w := new(bytes.Buffer)
+	defer func() { _, _ = out.Write(w.Bytes()) }()
 	api := "http://" + httpAddr.String()
 	tokenFile := filepath.Join(cfg.DataDir, adminTokenFile)
 	role := cfg.Role

@@ -51,7 +51,8 @@ func startDev(t *testing.T, dir string) *devNode {
 		}
 		return m[1]
 	}
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && (n.api == "" || n.edge == ""); time.Sleep(10 * time.Millisecond) {
+	// Until every address is there: the banner may be read while it is still being written.
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && (n.api == "" || n.edge == "" || n.orig == "" || n.grpc == ""); time.Sleep(10 * time.Millisecond) {
 		n.api = find(`REST API\s+(http://127\.0\.0\.1:\d+)`)
 		n.edge = find(`edge \(HTTPS\)\s+https://(127\.0\.0\.1:\d+)`)
 		n.orig = find(`echo origin\s+(http://127\.0\.0\.1:\d+)`)

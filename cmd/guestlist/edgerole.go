@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -230,8 +231,10 @@ func edgeHTTPHandler(ready func(context.Context) error, draining *atomic.Bool, m
 	return mux
 }
 
-// printEdgeBanner writes the edge role's startup block.
-func printEdgeBanner(w io.Writer, cfg edgeConfig, edgeAddr, httpAddr net.Addr, lines []bannerLine) {
+// printEdgeBanner writes the edge role's startup block, in one Write (see printBanner).
+func printEdgeBanner(out io.Writer, cfg edgeConfig, edgeAddr, httpAddr net.Addr, lines []bannerLine) {
+	w := new(bytes.Buffer)
+	defer func() { _, _ = out.Write(w.Bytes()) }()
 	fmt.Fprintf(w, "\nguestlist edge %s is running (edge id %s)\n", cfg.Version, cfg.EdgeID)
 	for _, l := range lines {
 		fmt.Fprintf(w, "  %-12s %s\n", l.name, l.value)
