@@ -62,6 +62,19 @@ func startEdge(t *testing.T, store *configset.Store) func(hostname, path string,
 	}
 }
 
+// startOrigin serves the echo origin on loopback until the test ends and returns its URL.
+func startOrigin(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go echo.ServeListener(ctx, ln)
+	return "http://" + ln.Addr().String()
+}
+
 // TestLargeHostnameConfigurationIsReceived: a tenant with many revocations (about 21,000 at the
 // longest ids the API accepts) has a hostname configuration larger than gRPC's default limit of
 // 4 MiB on a received message. The ConfigService sends such a configuration alone, in one message
@@ -69,14 +82,7 @@ func startEdge(t *testing.T, store *configset.Store) func(hostname, path string,
 // reconnecting forever, and no later change of any tenant reaches it: here another tenant's
 // revocation of a client certificate, which kept working.
 func TestLargeHostnameConfigurationIsReceived(t *testing.T) {
-	originLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	octx, ocancel := context.WithCancel(context.Background())
-	defer ocancel()
-	go echo.ServeListener(octx, originLn)
-	origin := "http://" + originLn.Addr().String()
+	origin := startOrigin(t)
 
 	acmeCA, betaCA := pkitest.NewCA(t, "Acme Root"), pkitest.NewCA(t, "Beta Root")
 	device := betaCA.Client(t, "beta device")

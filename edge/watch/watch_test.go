@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"guestlist.dev/edge/configset"
-	"guestlist.dev/edge/echo"
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
@@ -383,14 +382,7 @@ func TestBackoff(t *testing.T) {
 // control plane serves the saved configuration.
 func TestRestartWithoutControlPlane(t *testing.T) {
 	ca := pkitest.NewCA(t, "Acme Root")
-	originLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	octx, ocancel := context.WithCancel(context.Background())
-	defer ocancel()
-	go echo.ServeListener(octx, originLn)
-	origin := "http://" + originLn.Addr().String()
+	origin := startOrigin(t)
 
 	state := filepath.Join(t.TempDir(), "edge-config.bin")
 	acked := make(chan struct{})
