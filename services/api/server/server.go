@@ -10,6 +10,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,7 @@ import (
 	noopmetric "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -82,6 +84,11 @@ type Config struct {
 	// /openapi.json, /healthz, /readyz and ExtraHTTP). A port of 0 picks a free port; see
 	// Server.GRPCAddr and Server.HTTPAddr.
 	GRPCAddr, HTTPAddr string
+	// TLS, when set, makes the gRPC listener serve TLS only, with this configuration (its
+	// Certificates or GetCertificate; gRPC requires TLS 1.2 or later and h2, which the server
+	// sets). Nil serves plaintext gRPC. The REST gateway reaches the gRPC server in memory either
+	// way, so it needs no certificate that names this process.
+	TLS *tls.Config
 	// Authenticator turns the bearer token of every call (except grpc.health.v1 and server
 	// reflection) into the auth.Principal that handlers find with auth.FromContext. Required.
 	Authenticator auth.Authenticator
@@ -125,6 +132,7 @@ type Server struct {
 	shutdownT time.Duration
 
 	grpcLis, httpLis net.Listener
+	gatewayLis       *gatewayListener
 	grpc             *grpc.Server
 	health           *health.Server
 	conn             *grpc.ClientConn
@@ -168,12 +176,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: create protovalidate validator: %w", err)
 	}
 	s := &Server{
-		log:       cfg.Logger,
-		authn:     cfg.Authenticator,
-		validator: validator,
-		ready:     cfg.Ready,
-		services:  names,
-		shutdownT: cfg.ShutdownTimeout,
+		log:        cfg.Logger,
+		authn:      cfg.Authenticator,
+		validator:  validator,
+		ready:      cfg.Ready,
+		services:   names,
+		shutdownT:  cfg.ShutdownTimeout,
+		gatewayLis: newGatewayListener(),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -199,7 +208,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	otelOpts = append(otelOpts, otelgrpc.WithMeterProvider(noopmetric.NewMeterProvider()))
 
-	s.grpc = grpc.NewServer(
+	grpcOpts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(serverOpts...)),
 		grpc.ChainUnaryInterceptor(s.recoverUnary, s.logUnary, s.authUnary, s.validateUnary),
 		grpc.ChainStreamInterceptor(s.recoverStream, s.logStream, s.authStream, s.validateStream, s.drainStream),
@@ -212,7 +221,18 @@ func New(cfg Config) (*Server, error) {
 			Time:    time.Minute,
 			Timeout: 20 * time.Second,
 		}),
-	)
+	}
+	if cfg.TLS != nil {
+		tc := cfg.TLS.Clone()
+		if tc.MinVersion < tls.VersionTLS12 {
+			tc.MinVersion = tls.VersionTLS12
+		}
+		if len(tc.Certificates) == 0 && tc.GetCertificate == nil && tc.GetConfigForClient == nil {
+			return nil, errors.New("server: Config.TLS has no certificate (Certificates or GetCertificate)")
+		}
+		grpcOpts = append(grpcOpts, grpc.Creds(gatewayCreds{tls: credentials.NewTLS(tc)}))
+	}
+	s.grpc = grpc.NewServer(grpcOpts...)
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	for _, name := range names {
@@ -243,7 +263,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: listen for HTTP on %s: %w", cfg.HTTPAddr, err)
 	}
 
-	s.conn, err = grpc.NewClient(loopbackTarget(s.grpcLis.Addr()),
+	s.conn, err = grpc.NewClient("passthrough:///rest-gateway",
+		grpc.WithContextDialer(s.gatewayLis.dial),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
 		grpc.WithUnaryInterceptor(utf8Unary),
@@ -281,20 +302,6 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// loopbackTarget is the address at which this process reaches the gRPC listener at addr: the
-// same port on 127.0.0.1 when addr is a wildcard address.
-func loopbackTarget(addr net.Addr) string {
-	tcp, ok := addr.(*net.TCPAddr)
-	if !ok {
-		return addr.String()
-	}
-	ip := tcp.IP
-	if ip == nil || ip.IsUnspecified() {
-		ip = net.IPv4(127, 0, 0, 1)
-	}
-	return net.JoinHostPort(ip.String(), fmt.Sprint(tcp.Port))
-}
-
 // GRPCAddr is the address the gRPC listener is bound to (with the real port when GRPCAddr was ":0").
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
 
@@ -317,14 +324,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.serving.Store(true)
 
-	errc := make(chan error, 2)
-	go func() {
-		if err := s.grpc.Serve(s.grpcLis); err != nil {
-			errc <- fmt.Errorf("server: serve gRPC on %s: %w", s.grpcLis.Addr(), err)
-			return
-		}
-		errc <- nil
-	}()
+	errc := make(chan error, 3)
+	for _, lis := range []net.Listener{s.grpcLis, s.gatewayLis} {
+		go func() {
+			if err := s.grpc.Serve(lis); err != nil {
+				errc <- fmt.Errorf("server: serve gRPC on %s: %w", lis.Addr(), err)
+				return
+			}
+			errc <- nil
+		}()
+	}
 	go func() {
 		if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("server: serve HTTP on %s: %w", s.httpLis.Addr(), err)
@@ -335,7 +344,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.InfoContext(ctx, "serving gRPC and HTTP", "grpc_addr", s.GRPCAddr().String(), "http_addr", s.HTTPAddr().String(), "services", s.services)
 
 	var errs []error
-	pending := 2
+	pending := 3
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
@@ -395,5 +404,6 @@ func (s *Server) closeListeners() {
 	s.closeOnce.Do(func() {
 		_ = s.grpcLis.Close()
 		_ = s.httpLis.Close()
+		_ = s.gatewayLis.Close()
 	})
 }

@@ -3,11 +3,14 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -21,12 +24,14 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	"guestlist.dev/edge/pkitest"
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 	"guestlist.dev/services/auth"
 )
@@ -195,7 +200,13 @@ func startServer(t *testing.T, mutate func(*Config)) *testEnv {
 		}
 	})
 
-	env.conn, err = grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		// The tests that set TLS check the server's certificate themselves; env.conn only
+		// waits for the server and calls it.
+		creds = credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
+	}
+	env.conn, err = grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatalf("grpc.NewClient: %v", err)
 	}
@@ -708,15 +719,107 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 }
 
-func TestLoopbackTarget(t *testing.T) {
-	s, err := New(Config{GRPCAddr: ":0", HTTPAddr: "127.0.0.1:0", Authenticator: &oneToken{}})
-	if err != nil {
-		t.Fatalf("New: %v", err)
+// TestGatewayOnAWildcardGRPCAddress: the REST gateway reaches the gRPC server in memory, so it
+// works whatever interface the gRPC listener is bound to.
+func TestGatewayOnAWildcardGRPCAddress(t *testing.T) {
+	env := startServer(t, func(c *Config) { c.GRPCAddr = ":0" })
+	if r := env.do(t, "GET", "/v1/tenants/acme", testToken, ""); r.status != http.StatusOK {
+		t.Fatalf("GET /v1/tenants/acme = %d %s", r.status, r.body)
 	}
-	defer s.Close()
-	got := loopbackTarget(s.GRPCAddr())
-	if !strings.HasPrefix(got, "127.0.0.1:") || strings.HasSuffix(got, ":0") {
-		t.Errorf("loopbackTarget(%v) = %q", s.GRPCAddr(), got)
+}
+
+// TestGRPCListenerTLS: with Config.TLS the gRPC listener speaks TLS only, clients that trust its
+// certificate's CA reach it, plaintext clients and clients trusting another CA do not, and the
+// REST gateway still reaches the gRPC server (in memory, without a certificate naming this
+// process).
+func TestGRPCListenerTLS(t *testing.T) {
+	ca := pkitest.NewCA(t, "config service CA")
+	leaf := ca.Server(t, []string{"projector.internal"})
+	cert := tls.Certificate{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert}
+	env := startServer(t, func(c *Config) {
+		c.GRPCAddr = ":0"
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	})
+	addr := env.srv.GRPCAddr().String()
+	if _, port, _ := net.SplitHostPort(addr); port != "" {
+		addr = "127.0.0.1:" + port
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	check := func(t *testing.T, creds credentials.TransportCredentials) error {
+		t.Helper()
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err = guestlistv1.NewTenantServiceClient(conn).GetTenant(withToken(ctx, testToken), &guestlistv1.GetTenantRequest{TenantId: "acme"})
+		return err
+	}
+	t.Run("ok/a client trusting the CA", func(t *testing.T) {
+		if err := check(t, credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "projector.internal"})); err != nil {
+			t.Fatalf("GetTenant over TLS: %v", err)
+		}
+	})
+	t.Run("ok/REST through the gateway", func(t *testing.T) {
+		if r := env.do(t, "GET", "/v1/tenants/acme", testToken, ""); r.status != http.StatusOK {
+			t.Fatalf("GET /v1/tenants/acme = %d %s", r.status, r.body)
+		}
+	})
+	t.Run("fail/plaintext client", func(t *testing.T) {
+		if err := check(t, insecure.NewCredentials()); status.Code(err) != codes.Unavailable {
+			t.Fatalf("GetTenant in plaintext = %v, want UNAVAILABLE", err)
+		}
+	})
+	t.Run("fail/a client trusting another CA", func(t *testing.T) {
+		other := x509.NewCertPool()
+		other.AddCert(pkitest.NewCA(t, "another CA").Cert)
+		err := check(t, credentials.NewTLS(&tls.Config{RootCAs: other, ServerName: "projector.internal"}))
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("GetTenant trusting another CA = %v, want UNAVAILABLE about the certificate", err)
+		}
+	})
+	t.Run("fail/a client expecting another name", func(t *testing.T) {
+		err := check(t, credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "api.internal"}))
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("GetTenant expecting another name = %v, want UNAVAILABLE about the certificate", err)
+		}
+	})
+	t.Run("fail/no certificate configured", func(t *testing.T) {
+		_, err := New(Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Authenticator: &oneToken{}, TLS: &tls.Config{}})
+		if err == nil || !strings.Contains(err.Error(), "Config.TLS") {
+			t.Fatalf("New with a TLS config without a certificate = %v", err)
+		}
+	})
+}
+
+// TestGatewayConnectionIsNotForgeable: the gateway's plaintext exception goes by the connection's
+// type, which only the in-memory listener makes; a network client that sends what the gateway
+// sends (plaintext HTTP/2 prior knowledge) still gets TLS.
+func TestGatewayConnectionIsNotForgeable(t *testing.T) {
+	ca := pkitest.NewCA(t, "config service CA")
+	leaf := ca.Server(t, []string{"projector.internal"})
+	cert := tls.Certificate{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert}
+	env := startServer(t, func(c *Config) { c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}} })
+	c, err := net.DialTimeout("tcp", env.srv.GRPCAddr().String(), 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(c)
+	// A TLS server answers a ClientHello-less stream with an alert record (or nothing) and closes;
+	// an HTTP/2 server would answer with a SETTINGS frame (type 4 at byte 3).
+	if len(b) >= 4 && b[3] == 0x04 {
+		t.Fatalf("the TLS listener answered plaintext HTTP/2: % x", b)
+	}
+	if len(b) > 0 && b[0] != 0x15 {
+		t.Fatalf("the TLS listener answered something other than a TLS alert: % x", b)
 	}
 }
 
