@@ -55,7 +55,7 @@ func TestEdgeTokenRefusesPlaceholders(t *testing.T) {
 	roles := []role{
 		{"api", []string{"--projector"}, func(t *testing.T) *int { _, n := captureRole(t, &runAPIRole); return n }},
 		{"projector", []string{"--store", "esdb://kurrentdb:2113?tls=false"}, func(t *testing.T) *int { _, n := captureRole(t, &runProjectorRole); return n }},
-		{"edge", []string{"--config-addr", "projector:50052"}, func(t *testing.T) *int { _, n := captureRole(t, &runEdgeRole); return n }},
+		{"edge", []string{"--config-addr", "projector:50052", "--config-plaintext"}, func(t *testing.T) *int { _, n := captureRole(t, &runEdgeRole); return n }},
 	}
 	for _, r := range roles {
 		for _, tok := range []string{placeholder, "changeme_0123456789abcdef"} {

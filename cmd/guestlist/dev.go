@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +55,9 @@ type devConfig struct {
 	Stdout io.Writer
 	// Metrics serves /metrics on the HTTP listener; nil serves nothing there.
 	Metrics http.Handler
+	// GRPCTLS, when set, makes the gRPC listener serve TLS only (--grpc-tls-cert of the api and
+	// projector roles); nil serves plaintext.
+	GRPCTLS *tls.Config
 	// Role names the process in the banner: "dev" when empty; "api" and "projector" for the
 	// distributed roles, which serve through serveAPI with the fields they use.
 	Role string
@@ -135,6 +139,7 @@ func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
 		Logger:         cfg.Logger,
 		TracerProvider: cfg.TracerProvider,
 		ExtraHTTP:      extraHTTP,
+		TLS:            cfg.GRPCTLS,
 	})
 	if err != nil {
 		return fmt.Errorf("start the API: %w", err)
@@ -177,11 +182,15 @@ func printBanner(out io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extr
 		role = "dev"
 	}
 	fmt.Fprintf(w, "\nguestlist %s %s is running\n", role, cfg.Version)
+	grpcTLS := ""
+	if cfg.GRPCTLS != nil {
+		grpcTLS = "TLS, "
+	}
 	if role == "projector" {
-		fmt.Fprintf(w, "  %-12s %s  (gRPC config.v1.ConfigService for edges, grpc.health.v1)\n", configServiceHint, grpcAddr)
+		fmt.Fprintf(w, "  %-12s %s  (%sgRPC config.v1.ConfigService for edges, grpc.health.v1)\n", configServiceHint, grpcAddr, grpcTLS)
 		fmt.Fprintf(w, "  %-12s %s  (/healthz, /readyz, /metrics)\n", httpHint, api)
 	} else {
-		fmt.Fprintf(w, "  gRPC API     %s  (server reflection, grpc.health.v1)\n", grpcAddr)
+		fmt.Fprintf(w, "  gRPC API     %s  (%sserver reflection, grpc.health.v1)\n", grpcAddr, grpcTLS)
 		fmt.Fprintf(w, "  REST API     %s  (%s/openapi.json, /healthz, /readyz, /metrics)\n", api, api)
 	}
 	for _, l := range extra {

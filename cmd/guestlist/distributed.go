@@ -158,7 +158,12 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 	withProjector := fs.Bool("projector", false, "also run the projector and serve the edges' ConfigService on --grpc-addr (required with a bolt:// store)")
 	edgeToken := &tokenFlag{}
 	fs.Var(edgeToken, "edge-token", "bearer token that edges present to the ConfigService (required with --projector)")
+	tlsFlags := addGRPCTLSFlags(fs, "the gRPC API (and the ConfigService with --projector)")
 	if err := parseFlags(fs, args, env); err != nil {
+		return flagError(fs, err, stderr)
+	}
+	grpcTLS, err := tlsFlags.load()
+	if err != nil {
 		return flagError(fs, err, stderr)
 	}
 	if err := rf.checkDataDir(); err != nil {
@@ -217,7 +222,7 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 		devConfig: devConfig{
 			DataDir: *rf.dataDir, GRPCAddr: grpcAddr.addr, HTTPAddr: rf.httpAddr.addr,
 			AdminToken: tok, TokenSource: src, Version: renv.ver, Logger: logger, TracerProvider: renv.tp,
-			Metrics: renv.metrics, Stdout: stdout, Role: "api",
+			Metrics: renv.metrics, Stdout: stdout, Role: "api", GRPCTLS: grpcTLS.serverTLS(logger),
 		},
 		Store: *store, CheckpointKeyDir: *keyDir, Projector: *withProjector, EdgeToken: edgeToken.token,
 	}
@@ -305,7 +310,12 @@ func runProjector(ctx context.Context, args []string, env func(string) string, s
 	fs.Var(grpcAddr, "grpc-addr", "ConfigService gRPC address (with grpc.health.v1)")
 	edgeToken := &tokenFlag{}
 	fs.Var(edgeToken, "edge-token", "bearer token that edges present to the ConfigService; required")
+	tlsFlags := addGRPCTLSFlags(fs, "the ConfigService")
 	if err := parseFlags(fs, args, env); err != nil {
+		return flagError(fs, err, stderr)
+	}
+	grpcTLS, err := tlsFlags.load()
+	if err != nil {
 		return flagError(fs, err, stderr)
 	}
 	if err := rf.checkDataDir(); err != nil {
@@ -333,6 +343,7 @@ func runProjector(ctx context.Context, args []string, env func(string) string, s
 		devConfig: devConfig{
 			DataDir: *rf.dataDir, GRPCAddr: grpcAddr.addr, HTTPAddr: rf.httpAddr.addr, Version: renv.ver,
 			Logger: renv.logger, TracerProvider: renv.tp, Metrics: renv.metrics, Stdout: stdout, Role: "projector",
+			GRPCTLS: grpcTLS.serverTLS(renv.logger),
 		},
 		Store: *store, EdgeToken: edgeToken.token,
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +38,9 @@ type edgeConfig struct {
 	// ConfigAddrs are the ConfigService addresses; EdgeToken the bearer token presented to them.
 	ConfigAddrs []string
 	EdgeToken   string
+	// ConfigTLS is the TLS client configuration of the ConfigService connections (--config-ca,
+	// --config-server-name); nil connects in plaintext (--config-plaintext, or loopback addresses).
+	ConfigTLS *tls.Config
 	// OriginAllow is what origins may be at besides public addresses (--origin-allow), and what
 	// they must not be at (--origin-deny); nil allows public addresses only.
 	OriginAllow *egress.Policy
@@ -84,6 +88,9 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	originDeny := &denyFlag{}
 	fs.Var(originDeny, "origin-deny", originDenyUsage)
 	bodyIdleTimeout := fs.Duration("body-idle-timeout", enforce.DefaultBodyIdleTimeout, bodyIdleUsage)
+	configCA := fs.String("config-ca", "", "connect to the ConfigService over TLS, trusting the CA certificates of this PEM file (a system bundle such as /etc/ssl/certs/ca-certificates.crt for a public certificate)")
+	configServerName := fs.String("config-server-name", "", "with --config-ca: the name the ConfigService's certificate must carry (default: the host of each --config-addr)")
+	configPlaintext := fs.Bool("config-plaintext", false, "connect to a ConfigService that is not on a loopback address without TLS: the edge token and every tenant's configuration then cross the network unprotected")
 	if err := parseFlags(fs, args, env); err != nil {
 		return flagError(fs, err, stderr)
 	}
@@ -100,6 +107,10 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 		return flagError(fs, errors.New("--edge-token is required: the bearer token presented to the ConfigService"), stderr)
 	}
 	if err := refusePlaceholder("edge-token", edgeToken.token); err != nil {
+		return flagError(fs, err, stderr)
+	}
+	configTLS, err := configTLSFromFlags(configAddrs.addrs, *configCA, *configServerName, *configPlaintext)
+	if err != nil {
 		return flagError(fs, err, stderr)
 	}
 	if len(*edgeID) > 256 || strings.IndexFunc(*edgeID, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
@@ -130,7 +141,7 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	}
 	cfg := edgeConfig{
 		DataDir: *rf.dataDir, EdgeID: *edgeID, EdgeAddr: edgeAddr.addr, HTTPAddr: rf.httpAddr.addr,
-		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token, OriginAllow: originAllow.policy.WithDeny(originDeny.entries...),
+		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token, ConfigTLS: configTLS, OriginAllow: originAllow.policy.WithDeny(originDeny.entries...),
 		Metrics: renv.metrics, TracerProvider: renv.tp, Version: renv.ver, Logger: renv.logger, Stdout: stdout,
 		BodyIdleTimeout: *bodyIdleTimeout,
 	}
@@ -155,7 +166,7 @@ func serveEdgeRole(ctx context.Context, cfg edgeConfig) (err error) {
 	}()
 	edge, err := p.addEdge(edgeOptions{
 		EdgeID: cfg.EdgeID, Addr: cfg.EdgeAddr, CADir: cfg.CADir, DecisionLog: cfg.DecisionLog,
-		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: cfg.EdgeToken, ConfigAddrs: cfg.ConfigAddrs,
+		StatePath: filepath.Join(cfg.DataDir, edgeStateFile), Token: cfg.EdgeToken, ConfigAddrs: cfg.ConfigAddrs, ConfigTLS: cfg.ConfigTLS,
 		ShutdownTimeout: cfg.ShutdownTimeout, Logger: cfg.Logger, TracerProvider: cfg.TracerProvider, Egress: cfg.OriginAllow,
 		BodyIdleTimeout: cfg.BodyIdleTimeout,
 	})

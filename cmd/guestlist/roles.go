@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -274,6 +276,9 @@ type edgeOptions struct {
 	// ConfigAddrs are the ConfigService addresses (host:port), tried in turn when a stream breaks.
 	// Empty: the process's own API gRPC address (guestlist dev).
 	ConfigAddrs []string
+	// ConfigTLS, when set, is the TLS client configuration of the ConfigAddrs connections (their
+	// roots; the server name is each address's host unless it sets one); nil connects in plaintext.
+	ConfigTLS *tls.Config
 	// ShutdownTimeout bounds the draining of open requests; 0 means enforce's default.
 	ShutdownTimeout time.Duration
 	// BodyIdleTimeout is how long a request body may go without bytes (enforce.Config's); 0
@@ -341,9 +346,13 @@ func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 	}
 	p.onClose(dlog.Close)
 	var conns []grpc.ClientConnInterface
+	creds := insecure.NewCredentials()
+	if o.ConfigTLS != nil {
+		creds = credentials.NewTLS(o.ConfigTLS)
+	}
 	for _, addr := range o.ConfigAddrs {
 		conn, err := grpc.NewClient(addr,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			grpc.WithConnectParams(grpc.ConnectParams{Backoff: configDialBackoff, MinConnectTimeout: 5 * time.Second}))
 		if err != nil {
 			return nil, fmt.Errorf("edge: ConfigService %s: %w", addr, err)

@@ -174,7 +174,7 @@ func TestEdgeMetricsNameTheEdge(t *testing.T) {
 		return nil
 	}
 	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "")
-	code, _, stderr := runCmd(t, nil, "edge", "--data-dir", t.TempDir(), "--config-addr", "p1:50052",
+	code, _, stderr := runCmd(t, nil, "edge", "--data-dir", t.TempDir(), "--config-addr", "p1:50052", "--config-plaintext",
 		"--edge-token", "edge-token-0123456789", "--edge-id", "edge-2")
 	if code != exitOK {
 		t.Fatalf("exit %d:\n%s", code, stderr)
@@ -199,7 +199,7 @@ func TestEdgeFlags(t *testing.T) {
 	}{
 		{
 			name: "ok/defaults",
-			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok},
+			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext", "--edge-token", edgeTok},
 			check: func(c edgeConfig) string {
 				switch {
 				case c.EdgeAddr != "127.0.0.1:8443" || c.HTTPAddr != "127.0.0.1:8444":
@@ -221,7 +221,7 @@ func TestEdgeFlags(t *testing.T) {
 		{
 			name: "ok/origin networks allowed",
 			env:  map[string]string{"GUESTLIST_ORIGIN_ALLOW": "10.1.0.0/16, fd00::/8", "GUESTLIST_ORIGIN_DENY": "203.0.113.7:443,10.1.2.0/24"},
-			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok},
+			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext", "--edge-token", edgeTok},
 			check: func(c edgeConfig) string {
 				if got := c.OriginAllow.String(); got != "10.1.0.0/16,fd00::/8" {
 					return "GUESTLIST_ORIGIN_ALLOW not applied: " + got
@@ -234,7 +234,7 @@ func TestEdgeFlags(t *testing.T) {
 		},
 		{
 			name: "ok/body idle timeout",
-			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--body-idle-timeout", "15s"},
+			args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext", "--edge-token", edgeTok, "--body-idle-timeout", "15s"},
 			check: func(c edgeConfig) string {
 				if c.BodyIdleTimeout != 15*time.Second {
 					return fmt.Sprintf("--body-idle-timeout not applied: %v", c.BodyIdleTimeout)
@@ -242,14 +242,14 @@ func TestEdgeFlags(t *testing.T) {
 				return ""
 			},
 		},
-		{name: "fail/negative body idle timeout", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--body-idle-timeout", "-1s"}, mention: "--body-idle-timeout"},
-		{name: "fail/edge id with a newline", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--edge-id", "edge-1\nforged"}, mention: "--edge-id"},
-		{name: "fail/origin deny not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--origin-deny", "lb.internal"}, mention: "origin-deny"},
-		{name: "fail/origin allow not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok, "--origin-allow", "10.0.0.0/8,origin.internal"}, mention: `origin-allow: egress: entry 2, "origin.internal"`},
+		{name: "fail/negative body idle timeout", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext", "--edge-token", edgeTok, "--body-idle-timeout", "-1s"}, mention: "--body-idle-timeout"},
+		{name: "fail/edge id with a newline", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext", "--edge-token", edgeTok, "--edge-id", "edge-1\nforged"}, mention: "--edge-id"},
+		{name: "fail/origin deny not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext", "--edge-token", edgeTok, "--origin-deny", "lb.internal"}, mention: "origin-deny"},
+		{name: "fail/origin allow not a prefix", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext", "--edge-token", edgeTok, "--origin-allow", "10.0.0.0/8,origin.internal"}, mention: `origin-allow: egress: entry 2, "origin.internal"`},
 		{
 			name: "ok/several config addresses from the environment",
 			env: map[string]string{
-				"GUESTLIST_CONFIG_ADDR": "p1:50052, p2:50052,", "GUESTLIST_EDGE_TOKEN": edgeTok, "GUESTLIST_EDGE_ID": "edge-7",
+				"GUESTLIST_CONFIG_ADDR": "p1:50052, p2:50052,", "GUESTLIST_CONFIG_PLAINTEXT": "true", "GUESTLIST_EDGE_TOKEN": edgeTok, "GUESTLIST_EDGE_ID": "edge-7",
 				"GUESTLIST_EDGE_CA_DIR": "/shared/ca", "GUESTLIST_DECISION_LOG": "-", "GUESTLIST_DATA_DIR": dir,
 			},
 			check: func(c edgeConfig) string {
@@ -267,8 +267,8 @@ func TestEdgeFlags(t *testing.T) {
 		{name: "fail/config addr without port", args: []string{"--data-dir", dir, "--edge-token", edgeTok, "--config-addr", "p1"}, mention: "config-addr"},
 		{name: "fail/config addr port 0", args: []string{"--data-dir", dir, "--edge-token", edgeTok, "--config-addr", "p1:0"}, mention: "config-addr"},
 		{name: "fail/config addr without host", args: []string{"--data-dir", dir, "--edge-token", edgeTok, "--config-addr", ":50052"}, mention: "config-addr"},
-		{name: "fail/no edge token", args: []string{"--data-dir", dir, "--config-addr", "p1:50052"}, mention: "--edge-token"},
-		{name: "fail/bad edge addr", env: map[string]string{"GUESTLIST_EDGE_ADDR": "nope"}, args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--edge-token", edgeTok}, mention: "GUESTLIST_EDGE_ADDR"},
+		{name: "fail/no edge token", args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext"}, mention: "--edge-token"},
+		{name: "fail/bad edge addr", env: map[string]string{"GUESTLIST_EDGE_ADDR": "nope"}, args: []string{"--data-dir", dir, "--config-addr", "p1:50052", "--config-plaintext", "--edge-token", edgeTok}, mention: "GUESTLIST_EDGE_ADDR"},
 	}
 	for _, tc := range cases {
 		runFlagCase(t, "edge", &runEdgeRole, tc.name, tc.env, tc.args, tc.mention, tc.check)
@@ -414,7 +414,10 @@ func serveInBackground(t *testing.T, serve func(ctx context.Context) error) (sto
 	return stop
 }
 
-func startCluster(t *testing.T) *cluster {
+// startCluster starts an API, two projectors and an edge watching both, on one bolt store, and
+// waits until the edge is ready. Each option may change a projector's configuration (called
+// once for each) and the edge's before they start.
+func startCluster(t *testing.T, opts ...func(*projectorConfig, *edgeConfig)) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	logger := slog.New(slog.DiscardHandler)
@@ -448,6 +451,9 @@ func startCluster(t *testing.T) *cluster {
 			DataDir: filepath.Join(dir, "projector", string(rune('1'+i))), GRPCAddr: freeAddr(t), HTTPAddr: freeAddr(t),
 			Logger: logger, Stdout: io.Discard, Role: "projector",
 		}, Store: "bolt://(shared)", EdgeToken: clusterEdgeToken}}
+		for _, o := range opts {
+			o(&c.projectors[i].cfg, nil)
+		}
 		c.startProjector(i)
 	}
 
@@ -457,6 +463,9 @@ func startCluster(t *testing.T) *cluster {
 		CADir: filepath.Join(edgeDir, "ca"), DecisionLog: filepath.Join(edgeDir, "decisions.jsonl"),
 		ConfigAddrs: []string{c.projectors[0].cfg.GRPCAddr, c.projectors[1].cfg.GRPCAddr}, EdgeToken: clusterEdgeToken,
 		OriginAllow: egress.Loopback(), Logger: logger,
+	}
+	for _, o := range opts {
+		o(nil, &c.edgeCfg)
 	}
 	if err := os.MkdirAll(edgeDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -730,16 +739,33 @@ func TestOpenStoreErrorHidesPassword(t *testing.T) {
 // its /readyz says why (the refusal), rather than only that no configuration arrived.
 func TestEdgeReadyzSaysWhyNotReady(t *testing.T) {
 	c := startCluster(t)
-	dir := t.TempDir()
-	cfg := c.edgeCfg
-	cfg.DataDir, cfg.EdgeID, cfg.EdgeAddr, cfg.HTTPAddr = dir, "edge-wrong-token", freeAddr(t), freeAddr(t)
-	cfg.CADir, cfg.DecisionLog = filepath.Join(dir, "ca"), filepath.Join(dir, "decisions.jsonl")
-	cfg.EdgeToken = "gle_" + strings.Repeat("00", 32)
-	cfg.Stdout = io.Discard
-	_ = serveInBackground(t, func(ctx context.Context) error { return serveEdgeRole(ctx, cfg) })
+	cfg := c.startAnotherEdge("edge-wrong-token", func(cfg *edgeConfig) { cfg.EdgeToken = "gle_" + strings.Repeat("00", 32) })
+	body := waitNotReady(t, cfg, "Unauthenticated")
+	if !strings.Contains(body, "no configuration received yet") {
+		t.Errorf("/readyz body %q does not say that no configuration arrived", body)
+	}
+}
 
+// startAnotherEdge starts one more edge, named id, like the cluster's but with its own data
+// directory and addresses and what mutate changes, and returns its configuration.
+func (c *cluster) startAnotherEdge(id string, mutate func(*edgeConfig)) edgeConfig {
+	c.t.Helper()
+	dir := c.t.TempDir()
+	cfg := c.edgeCfg
+	cfg.DataDir, cfg.EdgeID, cfg.EdgeAddr, cfg.HTTPAddr = dir, id, freeAddr(c.t), freeAddr(c.t)
+	cfg.CADir, cfg.DecisionLog = filepath.Join(dir, "ca"), filepath.Join(dir, "decisions.jsonl")
+	cfg.Stdout = io.Discard
+	mutate(&cfg)
+	_ = serveInBackground(c.t, func(ctx context.Context) error { return serveEdgeRole(ctx, cfg) })
+	return cfg
+}
+
+// waitNotReady waits until the edge's /readyz answers 503 with a reason containing why, and
+// returns the body.
+func waitNotReady(t *testing.T, cfg edgeConfig, why string) string {
+	t.Helper()
 	var body string
-	eventually(t, "/readyz names the refused token", func() bool {
+	eventually(t, "/readyz of "+cfg.EdgeID+" says "+why, func() bool {
 		resp, err := http.Get("http://" + cfg.HTTPAddr + "/readyz")
 		if err != nil {
 			return false
@@ -747,11 +773,9 @@ func TestEdgeReadyzSaysWhyNotReady(t *testing.T) {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		body = string(b)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, "Unauthenticated")
+		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, why)
 	})
-	if !strings.Contains(body, "no configuration received yet") {
-		t.Errorf("/readyz body %q does not say that no configuration arrived", body)
-	}
+	return body
 }
 
 // TestEdgeStartsFromADamagedStateFile: an edge whose saved configuration cannot be used (damaged,
