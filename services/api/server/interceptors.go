@@ -292,6 +292,9 @@ func (s *Server) validate(ctx context.Context, method string, req any) error {
 	if !ok {
 		return nil
 	}
+	if err := invalidUTF8Error(msg); err != nil {
+		return err
+	}
 	err := s.validator.Validate(msg)
 	if err == nil {
 		return nil

@@ -15,10 +15,10 @@ import (
 
 // The REST gateway copies path and query parameters into the request message as they come, bytes
 // that are not UTF-8 included, and protobuf cannot encode such a string: the gateway's call over
-// the loopback connection failed with INTERNAL ("grpc: error while marshaling"), a 500 naming no
-// field. The loopback connection's interceptors check the message first and refuse it with the
-// API's usual INVALID_ARGUMENT naming the field (gRPC clients cannot send such strings: the server
-// refuses to decode them).
+// the in-memory connection failed with INTERNAL ("grpc: error while marshaling"), a 500 naming no
+// field. The connection's interceptors check the message first and refuse it with the API's usual
+// INVALID_ARGUMENT naming the field (gRPC clients that send such strings get the same answer from
+// the server's requestCodec).
 
 // utf8Unary refuses a gateway call whose request holds a string that is not UTF-8.
 func utf8Unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
