@@ -178,4 +178,3 @@ func FuzzRequestCodec(f *testing.F) {
 		}
 	})
 }
-
