@@ -30,6 +30,11 @@ func newGatewayListener() *gatewayListener {
 // what gatewayCreds goes by: no connection from the network can be one.
 type gatewayConn struct{ net.Conn }
 
+// LocalAddr and RemoteAddr are gatewayAddr (net.Pipe's own are "pipe"), so that the peer of a
+// gateway call (in the access log and the spans) says that it came through the REST gateway.
+func (gatewayConn) LocalAddr() net.Addr  { return gatewayAddr{} }
+func (gatewayConn) RemoteAddr() net.Addr { return gatewayAddr{} }
+
 // gatewayAddr is the address of both ends of a gateway connection.
 type gatewayAddr struct{}
 

@@ -44,7 +44,7 @@ type OpenStream func(ctx context.Context, r *http.Request, pathParams map[string
 // grpc-gateway's own binding wraps every message in {"result":...}. Register it after the
 // generated bindings (Service.RegisterGateway): the mux tries the binding registered last first,
 // so for the same method and path this one answers. open calls the gRPC method through the
-// gateway's loopback connection, so every interceptor (recovery, logging, authentication,
+// gateway's in-memory connection, so every interceptor (recovery, logging, authentication,
 // validation, drain) applies as to any other REST call.
 //
 // An error before the first message (a missing or invalid token, a refusal, a bad argument, a

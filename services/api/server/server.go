@@ -1,7 +1,7 @@
 // Package server runs guestlist's API: one gRPC server (with server reflection, grpc.health.v1,
 // OpenTelemetry instrumentation and the interceptors that recover panics, log every call,
 // authenticate bearer tokens and validate requests with protovalidate) and, on a second listener,
-// the REST gateway that calls that same gRPC server over a loopback connection, so that REST and
+// the REST gateway that calls that same gRPC server over an in-memory connection, so that REST and
 // gRPC clients get the very same checks (HandleServerStreamNDJSON binds a server stream to REST as
 // NDJSON, one bare message a line). The HTTP listener also serves /openapi.json, /healthz,
 // /readyz, the Prometheus metrics at /metrics (Config.Metrics; unauthenticated, like /healthz)
@@ -197,7 +197,7 @@ func New(cfg Config) (*Server, error) {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(cfg.TracerProvider))
 	}
 	// The server measures its registered methods only (known is filled in once they are
-	// registered, before anything is served). The gateway's loopback client records no metrics:
+	// registered, before anything is served). The gateway's in-memory client records no metrics:
 	// the server's cover its calls.
 	known := map[string]bool{}
 	serverOpts := append(slices.Clip(otelOpts), otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool {
@@ -277,7 +277,7 @@ func New(cfg Config) (*Server, error) {
 	)
 	if err != nil {
 		s.closeListeners()
-		return nil, fmt.Errorf("server: create the gateway's loopback gRPC client: %w", err)
+		return nil, fmt.Errorf("server: create the gateway's in-memory gRPC client: %w", err)
 	}
 
 	handler, err := s.httpHandler(cfg)
@@ -328,7 +328,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 3)
 	for _, lis := range []net.Listener{s.grpcLis, s.gatewayLis} {
 		go func() {
-			if err := s.grpc.Serve(lis); err != nil {
+			// ErrServerStopped: the shutdown below stopped the server before this goroutine
+			// started serving (ctx was done at once); nothing failed.
+			if err := s.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				errc <- fmt.Errorf("server: serve gRPC on %s: %w", lis.Addr(), err)
 				return
 			}
@@ -364,7 +366,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("server: shut down HTTP: %w", err))
 	}
 	if err := s.conn.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("server: close the gateway's loopback connection: %w", err))
+		errs = append(errs, fmt.Errorf("server: close the gateway's in-memory connection: %w", err))
 	}
 	s.drain()
 	stopped := make(chan struct{})
@@ -386,7 +388,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Close releases the listeners and the loopback connection of a Server whose Serve was never
+// Close releases the listeners and the in-memory gateway connection of a Server whose Serve was never
 // called. After Serve has been called it does nothing: cancel Serve's context instead.
 func (s *Server) Close() error {
 	if !s.started.CompareAndSwap(false, true) {
@@ -396,7 +398,7 @@ func (s *Server) Close() error {
 	s.drain()
 	s.grpc.Stop()
 	if err := s.conn.Close(); err != nil {
-		return fmt.Errorf("server: close the gateway's loopback connection: %w", err)
+		return fmt.Errorf("server: close the gateway's in-memory connection: %w", err)
 	}
 	return nil
 }

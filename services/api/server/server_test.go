@@ -841,3 +841,58 @@ func TestNoRESTWithoutBindings(t *testing.T) {
 		t.Errorf("/readyz: %d", r.status)
 	}
 }
+
+// TestServeCancelledAtOnce: a Serve whose context is done before its listeners are served (a
+// SIGTERM during startup) shuts down cleanly and returns nil, whichever of its gRPC listeners
+// (the network one, the gateway's in-memory one) had not started serving yet.
+func TestServeCancelledAtOnce(t *testing.T) {
+	for i := range 30 {
+		s, err := New(Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Authenticator: &oneToken{},
+			Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := s.Serve(ctx); err != nil {
+			t.Fatalf("run %d: Serve with a context done at once = %v, want nil", i, err)
+		}
+	}
+}
+
+// TestGatewayCallsNameTheirPeer: the access log's peer of a REST call says that it came through
+// the gateway; a gRPC call's is the client's address, over TLS as in plaintext.
+func TestGatewayCallsNameTheirPeer(t *testing.T) {
+	ca := pkitest.NewCA(t, "config service CA")
+	leaf := ca.Server(t, []string{"projector.internal"})
+	cert := tls.Certificate{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert}
+	for _, tc := range []struct {
+		name string
+		tls  *tls.Config
+	}{
+		{"ok/plaintext", nil},
+		{"ok/TLS", &tls.Config{Certificates: []tls.Certificate{cert}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := startServer(t, func(c *Config) { c.TLS = tc.tls })
+			if r := env.do(t, "GET", "/v1/tenants/acme", testToken, ""); r.status != http.StatusOK {
+				t.Fatalf("GET /v1/tenants/acme = %d %s", r.status, r.body)
+			}
+			if _, err := guestlistv1.NewTenantServiceClient(env.conn).GetTenant(withToken(ctxT(t), testToken), &guestlistv1.GetTenantRequest{TenantId: "acme"}); err != nil {
+				t.Fatalf("GetTenant: %v", err)
+			}
+			var peers []string
+			for _, line := range strings.Split(env.logs.String(), "\n") {
+				var rec map[string]any
+				if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != "rpc" || rec["method"] != "/guestlist.v1.TenantService/GetTenant" {
+					continue
+				}
+				p, _ := rec["peer"].(string)
+				peers = append(peers, p)
+			}
+			if len(peers) != 2 || peers[0] != "rest-gateway" || !strings.HasPrefix(peers[1], "127.0.0.1:") {
+				t.Fatalf("peers of a REST and a gRPC GetTenant = %q, want rest-gateway and 127.0.0.1:port", peers)
+			}
+		})
+	}
+}

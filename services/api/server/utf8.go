@@ -14,9 +14,9 @@ import (
 )
 
 // The REST gateway copies path and query parameters into the request message as they come, bytes
-// that are not UTF-8 included, and protobuf cannot encode such a string: the gateway's call over
-// the in-memory connection failed with INTERNAL ("grpc: error while marshaling"), a 500 naming no
-// field. The connection's interceptors check the message first and refuse it with the API's usual
+// that are not UTF-8 included, and protobuf cannot encode such a string: the gateway's call to the
+// gRPC server failed with INTERNAL ("grpc: error while marshaling"), a 500 naming no field. The
+// gateway connection's interceptors check the message first and refuse it with the API's usual
 // INVALID_ARGUMENT naming the field (gRPC clients that send such strings get the same answer from
 // the server's requestCodec).
 
