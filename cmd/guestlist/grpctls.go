@@ -31,8 +31,7 @@ type keyPairFiles struct {
 	cert      *tls.Certificate
 	stamp     [2]fileStamp // of certPath and keyPath when cert was read
 	lastCheck time.Time
-	failed    [2]fileStamp // the stamps of the last pair that failed to load
-	warned    string       // the last failure logged
+	warned    string // the last failure logged ("" while the files are the pair serving)
 }
 
 // fileStamp is what tells a changed file: its modification time and size.
@@ -111,7 +110,7 @@ func (k *keyPairFiles) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	}
 	k.lastCheck = time.Now()
 	stamp, err := k.stamps()
-	if err == nil && (stamp == k.stamp || stamp == k.failed) {
+	if err == nil && stamp == k.stamp {
 		return k.cert, nil
 	}
 	var cert *tls.Certificate
@@ -120,15 +119,16 @@ func (k *keyPairFiles) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	}
 	if err != nil {
 		// A renewal may write the two files one after the other: the pair may match at the next
-		// look. Until then the last good pair serves; each new failure is logged once.
-		k.failed = stamp
+		// look. Until then the last good pair serves; each new failure is logged once. A pair
+		// that failed is read again at every look, not only once its files' stamps change: what
+		// made it fail (the files' owner or mode, say) may be fixed without writing them.
 		if msg := err.Error(); msg != k.warned {
 			k.warned = msg
 			k.logger.Warn("gRPC TLS: the changed certificate or key does not load; serving the pair loaded before", "error", err)
 		}
 		return k.cert, nil
 	}
-	k.cert, k.stamp, k.failed, k.warned = cert, stamp, [2]fileStamp{}, ""
+	k.cert, k.stamp, k.warned = cert, stamp, ""
 	k.logger.Info("gRPC TLS: loaded a renewed certificate", "subject", cert.Leaf.Subject.String(), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
 	return k.cert, nil
 }

@@ -257,3 +257,91 @@ func TestEdgeWatchesTheConfigServiceOverTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyPairFilesRetriesAFailedPair: a pair that failed to load is read again at the next look
+// even when its files' modification times and sizes did not change (an owner or mode fixed with
+// chown or chmod changes neither), and the last good pair serves until it loads. Checked over real
+// TLS handshakes.
+func TestKeyPairFilesRetriesAFailedPair(t *testing.T) {
+	cases := []struct {
+		name string
+		// fix is what the operator does after the renewal (cert written, key not loadable with
+		// it); second is the renewed pair.
+		fix  func(t *testing.T, keyPath string, second *pkitest.Leaf)
+		want string // "first" or "second": the pair served after fix
+	}{
+		{name: "ok/the key completed in place, its modification time and size unchanged", want: "second",
+			fix: func(t *testing.T, keyPath string, second *pkitest.Leaf) {
+				fi, err := os.Stat(keyPath)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pem := pkitest.KeyPEM(t, second.Key)
+				if int64(len(pem)) != fi.Size() {
+					t.Fatalf("the renewed key's PEM is %d bytes, the first's %d: this case needs the same size", len(pem), fi.Size())
+				}
+				if err := os.WriteFile(keyPath, []byte(pem), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chtimes(keyPath, fi.ModTime(), fi.ModTime()); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "fail/the pair still does not match", want: "first",
+			fix: func(*testing.T, string, *pkitest.Leaf) {}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ca := pkitest.NewCA(t, "ConfigService CA")
+			roots := x509.NewCertPool()
+			roots.AddCert(ca.Cert)
+			first := ca.Server(t, []string{"projector.internal"})
+			certPath, keyPath := writePair(t, dir, "server", first)
+			k, err := loadKeyPairFiles(certPath, keyPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", k.serverTLS(slog.New(slog.DiscardHandler)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					_ = c.(*tls.Conn).Handshake()
+					_ = c.Close()
+				}
+			}()
+			serving := func() *x509.Certificate {
+				t.Helper()
+				k.mu.Lock()
+				k.lastCheck = time.Time{} // look at the files at this handshake
+				k.mu.Unlock()
+				c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "projector.internal"})
+				if err != nil {
+					t.Fatalf("TLS handshake: %v", err)
+				}
+				defer c.Close()
+				return c.ConnectionState().PeerCertificates[0]
+			}
+
+			second := ca.Server(t, []string{"projector.internal"})
+			if err := os.WriteFile(certPath, []byte(pkitest.PEM(second.Cert)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if !serving().Equal(first.Cert) {
+				t.Fatal("serving a certificate without its key")
+			}
+			tc.fix(t, keyPath, second)
+			want := map[string]*x509.Certificate{"first": first.Cert, "second": second.Cert}[tc.want]
+			if got := serving(); !got.Equal(want) {
+				t.Fatalf("serving serial %x, want the %s pair's (%x)", got.SerialNumber, tc.want, want.SerialNumber)
+			}
+		})
+	}
+}
