@@ -1108,6 +1108,9 @@ func (c *deployCheck) checkGuestlistServices(names []string, services map[string
 		if v, ok := s.env[envName("store")]; ok {
 			c.checkStore(n, s, v, services)
 		}
+		if _, ok := flags[envName("config-plaintext")]; ok {
+			c.checkConfigTransport(n, s, services)
+		}
 		for env, f := range flags {
 			v, ok := s.env[env]
 			if !ok || !strings.HasSuffix(f.Name, "-addr") {
@@ -1264,6 +1267,55 @@ func (c *deployCheck) checkDial(n, env, target string, services map[string]*serv
 	}
 	if _, ok := services[n].dependsOn[host]; !ok {
 		c.problemf("service %s: %s names %s, but %s does not depend on it", n, env, host, n)
+	}
+}
+
+// checkConfigTransport: an edge's ConfigService flags are ones it starts with (the code's own
+// configTLSFromFlags: plaintext to a service of the network needs GUESTLIST_CONFIG_PLAINTEXT), and
+// it speaks to each service it dials what that service serves: TLS (GUESTLIST_CONFIG_CA) to one
+// with GUESTLIST_GRPC_TLS_CERT, plaintext to one without.
+func (c *deployCheck) checkConfigTransport(n string, s *service, services map[string]*service) {
+	var addrs []string
+	for _, a := range strings.Split(s.env[envName("config-addr")], ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	ca := s.env[envName("config-ca")]
+	plaintext := false
+	if v := s.env[envName("config-plaintext")]; v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			c.problemf("service %s: %s=%q is not a boolean", n, envName("config-plaintext"), v)
+			return
+		}
+		plaintext = b
+	}
+	// The CA file is inside the container: configTLSFromFlags is given none, and a CA is only
+	// checked against the plaintext flag here.
+	switch {
+	case ca != "" && plaintext:
+		c.problemf("service %s: the edge would refuse to start: %s and %s exclude each other", n, envName("config-ca"), envName("config-plaintext"))
+		return
+	case ca == "":
+		if _, err := configTLSFromFlags(addrs, "", s.env[envName("config-server-name")], plaintext); err != nil {
+			c.problemf("service %s: the edge would refuse to start: %v", n, err)
+			return
+		}
+	}
+	for _, a := range addrs {
+		host, _, err := net.SplitHostPort(a)
+		target, ok := services[host]
+		if err != nil || !ok {
+			continue // checkDial says so
+		}
+		tlsServed := target.env[envName("grpc-tls-cert")] != ""
+		switch {
+		case tlsServed && ca == "":
+			c.problemf("service %s: dials %s in plaintext, but %s serves gRPC over TLS only (%s); give %s %s", n, a, host, envName("grpc-tls-cert"), n, envName("config-ca"))
+		case !tlsServed && ca != "":
+			c.problemf("service %s: dials %s over TLS (%s), but %s serves plaintext gRPC (no %s)", n, a, envName("config-ca"), host, envName("grpc-tls-cert"))
+		}
 	}
 }
 
@@ -1718,6 +1770,15 @@ func TestComposeStructureCatches(t *testing.T) {
 			old: `["CMD", "/guestlist", "healthcheck", "--url", "http://127.0.0.1:8082/readyz"]`, new: `["CMD", "curl", "-f", "http://127.0.0.1:8082/readyz"]`, want: "service projector: healthcheck"},
 		{name: "fail/config address not a listener", file: composeFileName,
 			old: "GUESTLIST_CONFIG_ADDR: projector:50052", new: "GUESTLIST_CONFIG_ADDR: projector:50051", want: "GUESTLIST_CONFIG_ADDR=projector:50051, but projector listens on"},
+		{name: "fail/edge in plaintext across the network", file: composeFileName,
+			old: "      GUESTLIST_CONFIG_PLAINTEXT: \"true\"\n", new: "", want: "service edge-1: the edge would refuse to start: --config-addr projector:50052 is not a loopback address"},
+		{name: "fail/edge TLS and plaintext", file: composeFileName,
+			old: "      GUESTLIST_CONFIG_PLAINTEXT: \"true\"\n", new: "      GUESTLIST_CONFIG_PLAINTEXT: \"true\"\n      GUESTLIST_CONFIG_CA: /tls/ca.pem\n", want: "service edge-1: the edge would refuse to start: GUESTLIST_CONFIG_CA and GUESTLIST_CONFIG_PLAINTEXT exclude each other"},
+		{name: "fail/edge in plaintext to a TLS projector", file: composeFileName,
+			old: "      GUESTLIST_GRPC_ADDR: 0.0.0.0:50052\n", new: "      GUESTLIST_GRPC_ADDR: 0.0.0.0:50052\n      GUESTLIST_GRPC_TLS_CERT: /tls/projector.pem\n      GUESTLIST_GRPC_TLS_KEY: /tls/projector.key\n",
+			want: "service edge-1: dials projector:50052 in plaintext, but projector serves gRPC over TLS only"},
+		{name: "fail/edge over TLS to a plaintext projector", file: composeFileName,
+			old: "      GUESTLIST_CONFIG_PLAINTEXT: \"true\"\n", new: "      GUESTLIST_CONFIG_CA: /tls/ca.pem\n", want: "service edge-1: dials projector:50052 over TLS (GUESTLIST_CONFIG_CA), but projector serves plaintext gRPC"},
 		{name: "fail/store names no service", file: composeFileName,
 			old: "${GUESTLIST_STORE:-esdb://kurrentdb:2113?tls=false}", new: "${GUESTLIST_STORE:-esdb://eventstore:2113?tls=false}", want: `names "eventstore", which is not a service`},
 		{name: "fail/variable without default", file: composeFileName,
