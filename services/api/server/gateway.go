@@ -3,35 +3,37 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
-	"sync"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
 )
 
 // gatewayListener is the in-memory listener on which the gRPC server serves the REST gateway's
 // client. The gateway never reaches the gRPC server over the network: its calls need no TLS even
 // when the gRPC listener requires it, and they do not depend on which interface that listener is
-// bound to.
-type gatewayListener struct {
-	conns     chan net.Conn
-	closed    chan struct{}
-	closeOnce sync.Once
-}
+// bound to. Its connections are buffered (gatewayBufferSize each way), as a TCP connection's
+// socket buffers are, so that neither end of the HTTP/2 connection waits for the other to read
+// before it can write a frame.
+type gatewayListener struct{ lis *bufconn.Listener }
 
 var _ net.Listener = (*gatewayListener)(nil)
 
+// gatewayBufferSize is the buffer of a gateway connection in each direction.
+const gatewayBufferSize = 1 << 20
+
 func newGatewayListener() *gatewayListener {
-	return &gatewayListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+	return &gatewayListener{lis: bufconn.Listen(gatewayBufferSize)}
 }
 
-// gatewayConn is the server's end of a gateway connection. Its type, which only dial makes, is
+// gatewayConn is the server's end of a gateway connection. Its type, which only Accept makes, is
 // what gatewayCreds goes by: no connection from the network can be one.
 type gatewayConn struct{ net.Conn }
 
-// LocalAddr and RemoteAddr are gatewayAddr (net.Pipe's own are "pipe"), so that the peer of a
-// gateway call (in the access log and the spans) says that it came through the REST gateway.
+// LocalAddr and RemoteAddr are gatewayAddr, so that the peer of a gateway call (in the access log
+// and the spans) says that it came through the REST gateway.
 func (gatewayConn) LocalAddr() net.Addr  { return gatewayAddr{} }
 func (gatewayConn) RemoteAddr() net.Addr { return gatewayAddr{} }
 
@@ -41,40 +43,28 @@ type gatewayAddr struct{}
 func (gatewayAddr) Network() string { return "memory" }
 func (gatewayAddr) String() string  { return "rest-gateway" }
 
-// Accept returns the next gateway connection, or net.ErrClosed once the listener is closed.
+// Accept returns the next gateway connection, or an error once the listener is closed.
 func (l *gatewayListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
+	c, err := l.lis.Accept()
+	if err != nil {
+		return nil, err
 	}
+	return gatewayConn{c}, nil
 }
 
-// Close stops Accept; connections already accepted stay open.
-func (l *gatewayListener) Close() error {
-	l.closeOnce.Do(func() { close(l.closed) })
-	return nil
-}
+// Close stops Accept and dial; connections already made stay open.
+func (l *gatewayListener) Close() error { return l.lis.Close() }
 
 // Addr is the listener's (in-memory) address.
 func (l *gatewayListener) Addr() net.Addr { return gatewayAddr{} }
 
 // dial connects to the listener; it fails once the listener is closed or ctx is done.
 func (l *gatewayListener) dial(ctx context.Context, _ string) (net.Conn, error) {
-	client, server := net.Pipe()
-	select {
-	case l.conns <- gatewayConn{server}:
-		return client, nil
-	case <-l.closed:
-	case <-ctx.Done():
+	c, err := l.lis.DialContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("server: connect the REST gateway to the gRPC server: %w", err)
 	}
-	_ = client.Close()
-	_ = server.Close()
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	return nil, errors.New("server: the gRPC server no longer accepts gateway connections")
+	return c, nil
 }
 
 // gatewayCreds are the gRPC server's transport credentials when its listener serves TLS: TLS for
