@@ -76,6 +76,7 @@ type h1Conn struct {
 	dreq     decision.Request
 	bodyLeft int64 // bytes of the request body not read yet
 	status   int   // the status answered to the request in hand (0: none yet), for the metrics
+	sent     int64 // bytes written to the client connection (clientWriter)
 	lastPost bool  // the previous request was a POST (net/http then skips up to 4 CR/LF bytes)
 	// head: the request in hand is a HEAD (kept apart from req.method, whose bytes in the read
 	// buffer are overwritten by the body once the head is consumed).
@@ -104,6 +105,16 @@ type h1Conn struct {
 	hasPending bool
 	clientGone atomic.Bool
 	inflight   atomic.Pointer[leanConn] // the origin connection of the exchange in flight
+}
+
+// clientWriter is the client's TLS connection under c.bw. It counts the bytes sent (c.sent), so
+// that an exchange can tell whether any of a response reached the client.
+type clientWriter struct{ c *h1Conn }
+
+func (w clientWriter) Write(p []byte) (int, error) {
+	n, err := w.c.tc.Write(p)
+	w.c.sent += int64(n)
+	return n, err
 }
 
 // Read reads from the client: the byte the watcher read, if any, then the TLS connection.
@@ -188,7 +199,7 @@ func (s *Server) serveH1(tc *tls.Conn, st *tls.ConnectionState) {
 func newH1Conn(s *Server, tc *tls.Conn, peer []*x509.Certificate) *h1Conn {
 	c := &h1Conn{s: s, tc: tc, cs: new(connState), peer: peer, watchDone: make(chan struct{}, 1)}
 	c.br = bufio.NewReaderSize(c, h1ReadBuf)
-	c.bw = bufio.NewWriterSize(tc, h1WriteBuf)
+	c.bw = bufio.NewWriterSize(clientWriter{c}, h1WriteBuf)
 	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
 	c.watchTimer.Stop()
 	return c

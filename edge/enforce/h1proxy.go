@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -190,8 +191,10 @@ func appendDecisionHeaders(b []byte, cs *connState, d *decision.Decision, id str
 // exchange sends the request on oc and streams the response to the client. It gives oc back to
 // the pool or closes it. A non-nil error means nothing was written to the client; retry says
 // that the origin closed the connection before sending any of a response (a stale pooled
-// connection). After the response head went out, a failure closes the client connection
-// (h1Close, nil), so that a truncated body is never taken for a complete one.
+// connection). A body the edge refuses (see copyChunked) before any byte of the response went
+// out is such an error too, answered with a 502 by forward; after the response head went out, a
+// failure closes the client connection (h1Close, nil), so that a truncated body is never taken
+// for a complete one.
 func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id string, rev uint64, method string) (next h1Next, retry bool, err error) {
 	keep := false
 	defer func() { c.release(p, oc, keep) }()
@@ -279,6 +282,7 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 	}
 	b = append(b, "\r\n"...)
 	c.scratch = b
+	sent := c.sent
 	_, _ = c.bw.Write(b)
 	_, _ = oc.br.Discard(resp.headLen)
 
@@ -293,6 +297,12 @@ func (c *h1Conn) exchange(p *leanPool, oc *leanConn, d *decision.Decision, id st
 		copyErr = c.copyToClose(oc.br)
 	}
 	if copyErr != nil {
+		if c.sent == sent && !errors.Is(copyErr, errClientGone) {
+			// The body was refused before any of the response reached the client (it was all
+			// in the origin's buffer): the client gets a 502 instead of a closed connection.
+			c.bw.Reset(clientWriter{c})
+			return h1Close, false, copyErr
+		}
 		c.s.logger.Debug("forwarding the response body failed", "origin", p.addr, "error", copyErr)
 		return h1Close, false, nil
 	}
@@ -481,7 +491,7 @@ func parseResponse(b []byte, resp *h1Response, full bool) parseResult {
 func (c *h1Conn) copyLength(br *bufio.Reader, n int64) error {
 	for n > 0 {
 		if br.Buffered() == 0 {
-			if err := c.bw.Flush(); err != nil {
+			if err := c.waitOrigin(); err != nil {
 				return err
 			}
 			if _, err := br.Peek(1); err != nil {
@@ -491,7 +501,7 @@ func (c *h1Conn) copyLength(br *bufio.Reader, n int64) error {
 		k := min(int64(br.Buffered()), n)
 		b, _ := br.Peek(int(k))
 		if _, err := c.bw.Write(b); err != nil {
-			return err
+			return fmt.Errorf("%w: %v", errClientGone, err)
 		}
 		_, _ = br.Discard(int(k))
 		n -= k
@@ -503,7 +513,7 @@ func (c *h1Conn) copyLength(br *bufio.Reader, n int64) error {
 func (c *h1Conn) copyToClose(br *bufio.Reader) error {
 	for {
 		if br.Buffered() == 0 {
-			if err := c.bw.Flush(); err != nil {
+			if err := c.waitOrigin(); err != nil {
 				return err
 			}
 			if _, err := br.Peek(1); err != nil {
@@ -529,39 +539,71 @@ func (c *h1Conn) writeChunk(b []byte) {
 	_, _ = c.bw.WriteString("\r\n")
 }
 
+// The chunked framing of an origin's response body is read exactly as net/http's client reads
+// it (net/http/internal's chunkedReader, which the other path's ReverseProxy uses), so that the
+// two paths accept the same bodies and end them at the same byte of the origin connection:
+//
+//   - a chunk-size line ends in CRLF, with no other CR in it, and is shorter than
+//     maxChunkLineLength bytes;
+//   - trailing SP and HTAB are trimmed from it, then everything from the first ';' (the
+//     extensions, whatever their bytes) is cut off, and what is left must be 1 to 16 hex digits:
+//     so "5 \r\n" and "5;ext \r\n" are accepted, "5 ;ext\r\n" and " 5\r\n" are refused;
+//   - the chunk data is followed by exactly CRLF;
+//   - chunk-size lines may carry at most chunkExcessLimit bytes of overhead beyond 16 bytes a
+//     chunk plus twice the chunk's data (net/http's guard against a sender that sends mostly
+//     extensions); the last chunk is not held to it, as in net/http.
+//
+// A body outside this is refused: the client gets a 502 when nothing of the response had been
+// sent to it yet (see exchange), else its connection is closed mid-body; the origin connection
+// is closed either way.
+
+// maxChunkLineLength: a chunk-size line of this many bytes or more (CRLF aside) is refused, as
+// net/http's readChunkLine refuses it.
+const maxChunkLineLength = 4096
+
+// chunkExcessLimit is net/http's bound on the excess overhead of chunk-size lines.
+const chunkExcessLimit = 16 << 10
+
 // copyChunked decodes the origin's chunked body and writes it chunked to the client, with the
 // trailers.
 func (c *h1Conn) copyChunked(br *bufio.Reader) error {
+	var excess int64
 	for {
 		line, err := c.readChunkLine(br)
 		if err != nil {
 			return err
 		}
-		size, ok := parseChunkSize(line)
-		if !ok {
-			return errors.New("read response body: malformed chunk size")
+		excess += int64(len(line)) + 2 // the line and the CRLF after the chunk data
+		size, err := parseChunkSize(line)
+		if err != nil {
+			return fmt.Errorf("read response body: %w", err)
 		}
+		excess -= 16 + 2*int64(size) // as net/http computes it, overflow included
+		excess = max(excess, 0)
 		if size == 0 {
 			break
 		}
+		if excess > chunkExcessLimit {
+			return errors.New("read response body: chunked encoding contains too much non-data")
+		}
+		if size > math.MaxInt64 {
+			// net/http would read on until the origin's data ran out: the body cannot end.
+			return fmt.Errorf("read response body: chunk size %#x beyond any body", size)
+		}
 		var hex [16]byte
-		_, _ = c.bw.Write(strconv.AppendInt(hex[:0], size, 16))
+		_, _ = c.bw.Write(strconv.AppendUint(hex[:0], size, 16))
 		_, _ = c.bw.WriteString("\r\n")
-		if err := c.copyLength(br, size); err != nil {
+		if err := c.copyLength(br, int64(size)); err != nil {
 			return err
 		}
 		_, _ = c.bw.WriteString("\r\n")
-		crlf, err := c.readChunkLine(br)
-		if err != nil {
+		if err := c.readChunkEnd(br); err != nil {
 			return err
-		}
-		if len(crlf) != 0 {
-			return errors.New("read response body: chunk data longer than its size")
 		}
 	}
 	_, _ = c.bw.WriteString("0\r\n")
 	for n := 0; ; n++ {
-		line, err := c.readChunkLine(br)
+		line, err := c.readTrailerLine(br)
 		if err != nil {
 			return err
 		}
@@ -597,11 +639,66 @@ func (c *h1Conn) copyChunked(br *bufio.Reader) error {
 	return err
 }
 
-// readChunkLine reads a CRLF-terminated line of a chunked body (without the CRLF), flushing what
-// the client is owed first when it has to wait for the origin.
+// waitOrigin flushes what the client is owed before the edge waits for the origin, so that
+// bodies stream. A failure is the client's (errClientGone).
+func (c *h1Conn) waitOrigin() error {
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("%w: %v", errClientGone, err)
+	}
+	return nil
+}
+
+// readChunkLine reads a chunk-size line as net/http's readChunkLine does: it ends in CRLF, has
+// no other CR, and is shorter than maxChunkLineLength. It returns the line without its CRLF.
 func (c *h1Conn) readChunkLine(br *bufio.Reader) ([]byte, error) {
 	if b, _ := br.Peek(br.Buffered()); bytes.IndexByte(b, '\n') < 0 {
-		if err := c.bw.Flush(); err != nil {
+		if err := c.waitOrigin(); err != nil {
+			return nil, err
+		}
+	}
+	line, err := br.ReadSlice('\n')
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull):
+		return nil, errors.New("read response body: chunk-size line too long")
+	case err != nil:
+		return nil, fmt.Errorf("read response body: %w", noEOF(err))
+	}
+	switch i := bytes.IndexByte(line, '\r'); {
+	case i < 0:
+		return nil, errors.New("read response body: chunk-size line ends with a bare LF")
+	case i != len(line)-2:
+		return nil, errors.New("read response body: CR inside a chunk-size line")
+	}
+	line = line[:len(line)-2]
+	if len(line) >= maxChunkLineLength {
+		return nil, errors.New("read response body: chunk-size line too long")
+	}
+	return line, nil
+}
+
+// readChunkEnd reads the CRLF after a chunk's data: exactly those two bytes, as net/http does.
+func (c *h1Conn) readChunkEnd(br *bufio.Reader) error {
+	if br.Buffered() < 2 {
+		if err := c.waitOrigin(); err != nil {
+			return err
+		}
+	}
+	b, err := br.Peek(2)
+	if err != nil {
+		return fmt.Errorf("read response body: %w", noEOF(err))
+	}
+	if b[0] != '\r' || b[1] != '\n' {
+		return errors.New("read response body: chunk data not followed by CRLF")
+	}
+	_, _ = br.Discard(2)
+	return nil
+}
+
+// readTrailerLine reads a CRLF-terminated trailer line (without the CRLF), flushing what the
+// client is owed first when it has to wait for the origin.
+func (c *h1Conn) readTrailerLine(br *bufio.Reader) ([]byte, error) {
+	if b, _ := br.Peek(br.Buffered()); bytes.IndexByte(b, '\n') < 0 {
+		if err := c.waitOrigin(); err != nil {
 			return nil, err
 		}
 	}
@@ -610,25 +707,28 @@ func (c *h1Conn) readChunkLine(br *bufio.Reader) ([]byte, error) {
 		return nil, fmt.Errorf("read response body: %w", noEOF(err))
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return nil, errors.New("read response body: chunk line without CRLF")
+		return nil, errors.New("read response body: trailer line without CRLF")
 	}
 	return line[:len(line)-2], nil
 }
 
-// parseChunkSize parses "hex[;extensions]".
-func parseChunkSize(line []byte) (int64, bool) {
+// parseChunkSize parses a chunk-size line (without its CRLF) as net/http does: trailing SP and
+// HTAB trimmed, then the extensions cut off at the first ';' (their bytes are not looked at), and
+// 1 to 16 hex digits left.
+func parseChunkSize(line []byte) (uint64, error) {
+	for len(line) > 0 && (line[len(line)-1] == ' ' || line[len(line)-1] == '\t') {
+		line = line[:len(line)-1]
+	}
 	if i := bytes.IndexByte(line, ';'); i >= 0 {
-		for _, ch := range line[i:] {
-			if !valueTable[ch] {
-				return 0, false
-			}
-		}
-		line = trimOWS(line[:i])
+		line = line[:i]
 	}
-	if len(line) == 0 || len(line) > 15 {
-		return 0, false
+	if len(line) == 0 {
+		return 0, errors.New("empty chunk size")
 	}
-	var n int64
+	if len(line) > 16 {
+		return 0, errors.New("chunk size of more than 16 hex digits")
+	}
+	var n uint64
 	for _, ch := range line {
 		var v byte
 		switch {
@@ -639,11 +739,11 @@ func parseChunkSize(line []byte) (int64, bool) {
 		case 'A' <= ch && ch <= 'F':
 			v = ch - 'A' + 10
 		default:
-			return 0, false
+			return 0, fmt.Errorf("invalid byte %q in chunk size", ch)
 		}
-		n = n<<4 | int64(v)
+		n = n<<4 | uint64(v)
 	}
-	return n, true
+	return n, nil
 }
 
 func noEOF(err error) error {

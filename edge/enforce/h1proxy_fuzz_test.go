@@ -30,6 +30,11 @@ func FuzzParseResponseAgreesWithNetHTTP(f *testing.F) {
 		"HTTP/1.1 200\nContent-Length: 2\nKeep-Alive: 1\n\nok",
 		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabcdef",
 		"HTTP/1.1 500 \xff\r\nX: \xfe\t\r\n\r\n",
+		// Chunk-size lines: net/http trims trailing whitespace, then cuts the extension.
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 ;ext\r\nhello\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\t\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000005;\x00\x7f\r\nhello\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n\r\n0\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -38,7 +43,8 @@ func FuzzParseResponseAgreesWithNetHTTP(f *testing.F) {
 		if parseResponse(b, &resp, true) != parseOK {
 			return
 		}
-		nbr := bufio.NewReader(bytes.NewReader(b))
+		// Both read through a buffer of the pool's size (it bounds lines and trailers).
+		nbr := bufio.NewReaderSize(bytes.NewReader(b), leanBufSize)
 		r, err := http.ReadResponse(nbr, &http.Request{Method: http.MethodGet})
 		if err != nil {
 			t.Fatalf("fast path accepted a response head net/http refuses (%v): %q", err, b)
@@ -92,7 +98,7 @@ func FuzzParseResponseAgreesWithNetHTTP(f *testing.F) {
 		want, werr := io.ReadAll(r.Body)
 
 		// The body as exchange copies it to the client.
-		br := bufio.NewReader(bytes.NewReader(b[resp.headLen:]))
+		br := bufio.NewReaderSize(bytes.NewReader(b[resp.headLen:]), leanBufSize)
 		var out bytes.Buffer
 		c := &h1Conn{bw: bufio.NewWriter(&out)}
 		var cerr error
@@ -104,11 +110,15 @@ func FuzzParseResponseAgreesWithNetHTTP(f *testing.F) {
 		default:
 			cerr = c.copyToClose(br)
 		}
-		if cerr != nil {
-			return // the client's connection is closed mid-body: never taken for a whole body
-		}
-		if werr != nil {
+		// The body is refused (the client gets a 502, or its connection is closed mid-body: never
+		// a whole body) exactly when net/http fails to read it.
+		switch {
+		case cerr != nil && werr == nil:
+			t.Fatalf("the fast path refused a body net/http reads (%v): %q", cerr, b)
+		case cerr == nil && werr != nil:
 			t.Fatalf("the fast path forwarded a whole body where net/http fails (%v): %q", werr, b)
+		case cerr != nil:
+			return
 		}
 		if err := c.bw.Flush(); err != nil {
 			t.Fatal(err)
