@@ -462,11 +462,20 @@ func parseResponse(b []byte, resp *h1Response, full bool) parseResult {
 		return parseHandoff // both framings: a smuggling attempt or a broken origin
 	}
 	if resp.chunked {
-		// Trailer announces the trailers of a chunked body, which are forwarded.
+		// Trailer announces the trailers of a chunked body, which are forwarded. net/http's client
+		// refuses a chunked response whose Trailer names a framing header (fixTrailer), also on
+		// a response without a body (HEAD, 1xx, 204, 304); without chunking it ignores Trailer.
 		for i := range resp.fields {
-			if asciiEqualFold(resp.fields[i].name, "Trailer") {
-				resp.fields[i].drop = false
+			f := &resp.fields[i]
+			if !asciiEqualFold(f.name, "Trailer") {
+				continue
 			}
+			for tok := range tokens(f.value) {
+				if asciiEqualFold(tok, "Content-Length") || asciiEqualFold(tok, "Transfer-Encoding") || asciiEqualFold(tok, "Trailer") {
+					return parseHandoff
+				}
+			}
+			f.drop = false
 		}
 	}
 	for i := range resp.fields {

@@ -35,6 +35,9 @@ func FuzzParseResponseAgreesWithNetHTTP(f *testing.F) {
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\t\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000005;\x00\x7f\r\nhello\r\n0\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n\r\n0\r\n\r\n",
+		// Trailer may not name a framing header of a chunked response.
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T, content-length\r\n\r\n0\r\nContent-Length: 41\r\n\r\n",
+		"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nTrailer: Trailer\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
