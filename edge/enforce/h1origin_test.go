@@ -56,6 +56,16 @@ func TestFastPathOriginResponseFraming(t *testing.T) {
 		{name: "fail/trailer naming transfer-encoding", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nTrailer: Transfer-Encoding \r\n\r\n5\r\nhello\r\n0\r\n\r\n", status: 502},
 		{name: "fail/trailer naming trailer", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: ,TRAILER,\r\n\r\n5\r\nhello\r\n0\r\n\r\n", status: 502},
 		{name: "fail/no content with a trailer naming content-length", resp: "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nTrailer: Content-Length\r\n\r\n", status: 502},
+		// Trailers: a MIME header, as net/http reads it, within the read buffer.
+		{name: "ok/folded trailer", resp: chunked + "5\r\nhello\r\n0\r\nX-A: 1\r\n folded\r\n\r\n", status: 200, body: "hello", trailer: http.Header{"X-A": {"1 folded"}}},
+		{name: "ok/trailer lines ending in LF", resp: chunked + "5\r\nhello\r\n0\r\nX-A: 1\nx-b:  2 \r\n\r\n", status: 200, body: "hello", trailer: http.Header{"X-A": {"1"}, "X-B": {"2"}}},
+		{name: "ok/many trailer lines", resp: chunked + "5\r\nhello\r\n0\r\n" + strings.Repeat("X-N: 1\r\n", 300) + "\r\n", status: 200, body: "hello",
+			trailer: http.Header{"X-N": slices.Repeat([]string{"1"}, 300)}},
+		{name: "ok/framing trailers left out", resp: chunked + "5\r\nhello\r\n0\r\nContent-Length: 41\r\nHost: x\r\nConnection: close\r\nX-A: 1\r\n\r\n", status: 200, body: "hello", trailer: http.Header{"X-A": {"1"}}},
+		{name: "fail/trailer section beyond the read buffer", resp: chunked + "5\r\nhello\r\n0\r\n" + strings.Repeat("X-Big: "+strings.Repeat("b", 1000)+"\r\n", leanBufSize/1000+1) + "\r\n",
+			status: 200, truncated: true},
+		{name: "fail/trailer without a colon", resp: chunked + "5\r\nhello\r\n0\r\nX-A 1\r\n\r\n", status: 502},
+		{name: "fail/trailer section starting with a space", resp: chunked + "5\r\nhello\r\n0\r\n X-A: 1\r\n\r\n", status: 502},
 		{name: "fail/bad chunk-size line after the head went out", resp: chunked + "5\r\nhello\r\n", then: "5 ;ext\r\nworld\r\n0\r\n\r\n", status: 200, truncated: true},
 	}
 

@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
+	"net/textproto"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -561,6 +564,7 @@ func (c *h1Conn) writeChunk(b []byte) {
 //   - chunk-size lines may carry at most chunkExcessLimit bytes of overhead beyond 16 bytes a
 //     chunk plus twice the chunk's data (net/http's guard against a sender that sends mostly
 //     extensions); the last chunk is not held to it, as in net/http.
+//   - the trailer section is read as net/http reads it (see copyTrailers).
 //
 // A body outside this is refused: the client gets a 502 when nothing of the response had been
 // sent to it yet (see exchange), else its connection is closed mid-body; the origin connection
@@ -611,41 +615,70 @@ func (c *h1Conn) copyChunked(br *bufio.Reader) error {
 		}
 	}
 	_, _ = c.bw.WriteString("0\r\n")
-	for n := 0; ; n++ {
-		line, err := c.readTrailerLine(br)
-		if err != nil {
-			return err
-		}
-		if len(line) == 0 {
-			break
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || n >= h1MaxResponseFields {
-			return errors.New("read response body: malformed trailer")
-		}
-		name, value := line[:colon], line[colon+1:]
-		for _, ch := range name {
-			if !tcharTable[ch] {
-				return errors.New("read response body: malformed trailer")
-			}
-		}
-		for _, ch := range value {
-			if !valueTable[ch] {
-				return errors.New("read response body: malformed trailer")
-			}
-		}
-		if isHopByHop(name) || asciiEqualFold(name, "Content-Length") || asciiEqualFold(name, "Host") {
-			continue
-		}
-		b := appendCanonicalKey(c.scratch[:0], name)
-		b = append(b, ": "...)
-		b = append(b, trimOWS(value)...)
-		b = append(b, "\r\n"...)
-		c.scratch = b
-		_, _ = c.bw.Write(b)
+	if err := c.copyTrailers(br); err != nil {
+		return err
 	}
 	_, err := c.bw.WriteString("\r\n")
 	return err
+}
+
+// copyTrailers reads the trailer section of a chunked body as net/http's client reads it
+// (body.readTrailer), and writes the trailers to the client but for the hop-by-hop ones,
+// Content-Length and Host. The section is a lone CRLF, or lines that a CRLF CRLF ends within the
+// read buffer's size from their start, read as a MIME header (textproto: lines may end in a bare
+// LF, obs-fold is joined with a space).
+func (c *h1Conn) copyTrailers(br *bufio.Reader) error {
+	if br.Buffered() < 2 {
+		if err := c.waitOrigin(); err != nil {
+			return err
+		}
+	}
+	b, err := br.Peek(2)
+	switch {
+	case len(b) == 2 && b[0] == '\r' && b[1] == '\n':
+		_, _ = br.Discard(2)
+		return nil
+	case len(b) < 2:
+		return errors.New("read response body: unexpected EOF reading trailer")
+	case err != nil:
+		return fmt.Errorf("read response body: %w", err)
+	}
+	// Where net/http's seeUpcomingDoubleCRLF looks for the end of the section; each byte is looked
+	// at once, whatever the origin's pace.
+	for scanned := 0; ; {
+		b, _ := br.Peek(br.Buffered())
+		if bytes.Contains(b[max(scanned-3, 0):], []byte("\r\n\r\n")) {
+			break
+		}
+		scanned = len(b)
+		if len(b) >= br.Size() {
+			return errors.New("read response body: trailer section longer than the read buffer")
+		}
+		if err := c.waitOrigin(); err != nil {
+			return err
+		}
+		if _, err := br.Peek(len(b) + 1); err != nil {
+			return fmt.Errorf("read response body: reading trailer: %w", noEOF(err))
+		}
+	}
+	hdr, err := textproto.NewReader(br).ReadMIMEHeader()
+	if err != nil {
+		return fmt.Errorf("read response body: reading trailer: %w", noEOF(err))
+	}
+	for _, k := range slices.Sorted(maps.Keys(hdr)) {
+		if hopHeaders[k] || k == "Content-Length" || k == "Host" {
+			continue
+		}
+		for _, v := range hdr[k] {
+			b := append(c.scratch[:0], k...)
+			b = append(b, ": "...)
+			b = append(b, v...)
+			b = append(b, "\r\n"...)
+			c.scratch = b
+			_, _ = c.bw.Write(b)
+		}
+	}
+	return nil
 }
 
 // waitOrigin flushes what the client is owed before the edge waits for the origin, so that
@@ -701,24 +734,6 @@ func (c *h1Conn) readChunkEnd(br *bufio.Reader) error {
 	}
 	_, _ = br.Discard(2)
 	return nil
-}
-
-// readTrailerLine reads a CRLF-terminated trailer line (without the CRLF), flushing what the
-// client is owed first when it has to wait for the origin.
-func (c *h1Conn) readTrailerLine(br *bufio.Reader) ([]byte, error) {
-	if b, _ := br.Peek(br.Buffered()); bytes.IndexByte(b, '\n') < 0 {
-		if err := c.waitOrigin(); err != nil {
-			return nil, err
-		}
-	}
-	line, err := br.ReadSlice('\n')
-	if err != nil {
-		return nil, fmt.Errorf("read response body: %w", noEOF(err))
-	}
-	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return nil, errors.New("read response body: trailer line without CRLF")
-	}
-	return line[:len(line)-2], nil
 }
 
 // parseChunkSize parses a chunk-size line (without its CRLF) as net/http does: trailing SP and

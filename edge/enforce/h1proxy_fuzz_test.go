@@ -38,6 +38,9 @@ func FuzzParseResponseAgreesWithNetHTTP(f *testing.F) {
 		// Trailer may not name a framing header of a chunked response.
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T, content-length\r\n\r\n0\r\nContent-Length: 41\r\n\r\n",
 		"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nTrailer: Trailer\r\n\r\n",
+		// Trailers are a MIME header, as net/http reads it.
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\r\n folded\r\nX-B: 2\nX-C: 3 \r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\n\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
