@@ -34,6 +34,9 @@ func TestFastPathOriginResponseFraming(t *testing.T) {
 		// truncated: the client gets the head, then its connection is closed mid-body.
 		truncated bool
 	}{
+		// Repeated Content-Lengths: net/http accepts them only when they are the same string.
+		{name: "ok/repeated content-length", resp: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length:  5\t\r\n\r\nhello", status: 200, body: "hello"},
+		{name: "fail/repeated content-length written differently", resp: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 05\r\n\r\nhello", status: 502},
 		// Chunk-size lines: net/http trims trailing SP and HTAB, then cuts off the extensions.
 		{name: "ok/whitespace after the chunk size", resp: chunked + "5 \r\nhello\r\n0\t\r\n\r\n", status: 200, body: "hello"},
 		{name: "ok/whitespace after an extension", resp: chunked + "5;ext=1 \t\r\nhello\r\n0\r\n\r\n", status: 200, body: "hello"},

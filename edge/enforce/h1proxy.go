@@ -406,6 +406,7 @@ func parseResponse(b []byte, resp *h1Response, full bool) parseResult {
 	}
 	off := len(b) - len(rest)
 	te := 0
+	var length []byte // the first Content-Length value
 	for {
 		line, rest, res = responseLine(b[off:], full)
 		if res != parseOK {
@@ -438,11 +439,20 @@ func parseResponse(b []byte, resp *h1Response, full bool) parseResult {
 		f := hdrField{name: name, value: value, drop: isHopByHop(name)}
 		switch {
 		case asciiEqualFold(name, "Content-Length"):
+			// net/http's client accepts repeated Content-Lengths only when they are the same
+			// string ("5" and "05" are not).
+			if resp.hasLength {
+				if !bytes.Equal(value, length) {
+					return parseHandoff
+				}
+				f.drop = true
+				break
+			}
 			n, ok := parseLength(value)
-			if !ok || (resp.hasLength && n != resp.contentLength) {
+			if !ok {
 				return parseHandoff
 			}
-			resp.contentLength, resp.hasLength = n, true
+			resp.contentLength, resp.hasLength, length = n, true, value
 			f.drop = true
 		case asciiEqualFold(name, "Transfer-Encoding"):
 			te++

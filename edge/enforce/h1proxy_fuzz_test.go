@@ -41,6 +41,8 @@ func FuzzParseResponseAgreesWithNetHTTP(f *testing.F) {
 		// Trailers are a MIME header, as net/http reads it.
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\r\n folded\r\nX-B: 2\nX-C: 3 \r\n\r\n",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\n\r\n\r\n",
+		// Repeated Content-Lengths: net/http compares them as strings.
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 03\r\n\r\nabc",
 	} {
 		f.Add([]byte(s))
 	}
