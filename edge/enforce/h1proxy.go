@@ -628,8 +628,10 @@ func (c *h1Conn) copyChunked(br *bufio.Reader) error {
 	if err := c.copyTrailers(br); err != nil {
 		return err
 	}
-	_, err := c.bw.WriteString("\r\n")
-	return err
+	if _, err := c.bw.WriteString("\r\n"); err != nil {
+		return fmt.Errorf("%w: %v", errClientGone, err)
+	}
+	return nil
 }
 
 // copyTrailers reads the trailer section of a chunked body as net/http's client reads it

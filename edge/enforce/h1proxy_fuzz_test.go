@@ -151,6 +151,12 @@ func FuzzParseResponseAgreesWithNetHTTP(f *testing.F) {
 			// Announced but not sent (nil), or one the edge leaves out (copyChunked).
 			if v == nil || isHopByHop([]byte(k)) || k == "Content-Length" || k == "Host" {
 				delete(wantTrailer, k)
+				continue
+			}
+			// As a client reads them once written: an empty obs-fold line leaves a trailing
+			// space in net/http's value, which the client's parser trims.
+			for i := range v {
+				v[i] = textproto.TrimString(v[i])
 			}
 		}
 		if len(gotTrailer)+len(wantTrailer) > 0 && !equalHeader(gotTrailer, wantTrailer) {
