@@ -518,9 +518,10 @@ func TestExchangeReleaseAfterClientGone(t *testing.T) {
 	}
 }
 
-// TestOriginInformationalResponses: the fast path skips an origin's 1xx responses (they are not
-// forwarded), but no more than maxInformational of them: an origin that keeps sending them gets
-// the client a 502 instead of an answer that never comes.
+// TestOriginInformationalResponses: both proxy paths (the HTTP/1.1 fast path, and the other one,
+// here for an HTTP/2 client) skip an origin's 1xx responses (they are not forwarded), but no more
+// than maxInformational of them: an origin that keeps sending them gets the client a 502 instead
+// of an answer that never comes.
 func TestOriginInformationalResponses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -560,7 +561,11 @@ func TestOriginInformationalResponses(t *testing.T) {
 			}
 			resp.Body.Close()
 			if resp.StatusCode != tc.want {
-				t.Fatalf("status %d, want %d (the client must not see 1xx responses either)", resp.StatusCode, tc.want)
+				t.Fatalf("HTTP/1.1: status %d, want %d (the client must not see 1xx responses either)", resp.StatusCode, tc.want)
+			}
+			r := e.get(e.client(withCert(leaf), withH2()), "https://"+hostA+"/")
+			if r.proto != "HTTP/2.0" || r.status != tc.want {
+				t.Fatalf("%s: status %d, want %d", r.proto, r.status, tc.want)
 			}
 		})
 	}

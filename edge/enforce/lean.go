@@ -339,7 +339,7 @@ func (s *Server) exchange(p *leanPool, c *leanConn, w http.ResponseWriter, r *ht
 		return isClosedConn(err) || errors.Is(err, io.EOF), errOriginClosedOr(err)
 	}
 	var resp *http.Response
-	for {
+	for informational := 0; ; informational++ {
 		resp, err = http.ReadResponse(c.br, r)
 		if err != nil {
 			return false, fmt.Errorf("read response: %w", err)
@@ -347,7 +347,11 @@ func (s *Server) exchange(p *leanPool, c *leanConn, w http.ResponseWriter, r *ht
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
-		// 1xx informational responses (103 Early Hints, ...) are not forwarded.
+		// 1xx informational responses (103 Early Hints, ...) are not forwarded, and no more
+		// than the fast path skips are waited through.
+		if informational == maxInformational {
+			return false, fmt.Errorf("the origin sent more than %d informational (1xx) responses", maxInformational)
+		}
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return false, errors.New("the origin switched protocols without being asked to")
