@@ -61,10 +61,13 @@
 //     its configuration). Should the projector reach resume_position while the server waits for
 //     it, the store has too, and the token is checked again before any change is sent.
 //
-// A hello without a token (an older edge, a configuration saved before tokens, a read model that
-// did not know the token) is served as above. A token the server cannot read (not its encoding,
-// over history.MaxTokenBytes, of another position than resume_position) is logged and treated as
-// none; it is used for nothing but that lookup. A check that fails (the event store's read failed)
+// A hello with a resume_position but without a token (an older edge, a configuration saved before
+// tokens, a read model that did not know the token) cannot be told from one of another history,
+// so it gets a snapshot at resume_position or later (as above when the projector is behind),
+// never the changes after a position that may be another history's: a snapshot is right whatever
+// history the edge holds, and carries a token, so this happens once per edge. A token the server
+// cannot read (not its encoding, over history.MaxTokenBytes, of another position than
+// resume_position) is logged and treated as none; it is used for nothing but that lookup. A check that fails (the event store's read failed)
 // ends the stream with UNAVAILABLE, sending nothing: the edge keeps its configuration and resumes
 // on a new stream (resumed by position, an edge of another history would take the store's changes
 // after its position, and their token, for its own, and no later check could tell). The replacing
@@ -451,6 +454,9 @@ func (s *Server) receive(stream grpc.BidiStreamingServer[configv1.WatchRequest, 
 	}
 }
 
+// noVerdict is checkHistory's verdict for a hello without a usable history token.
+const noVerdict history.Verdict = 0
+
 // send streams the snapshot or the missed changes, then live changes, until ctx is done or an
 // error. The hello's want_snapshot asks for a snapshot (at resume_position or later) instead of
 // the missed changes; its history_token, when the store no longer has that history, for a snapshot
@@ -459,7 +465,7 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 	resume := hello.GetResumePosition()
 	cursor := resume
 	needSnapshot := resume == 0
-	var verdict history.Verdict // 0: no usable token
+	var verdict history.Verdict // noVerdict: no usable token
 	if !needSnapshot {
 		var err error
 		if verdict, err = s.checkHistory(ctx, log, resume, hello.GetHistoryToken()); err != nil {
@@ -491,6 +497,11 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 		}
 		replace = verdict == history.Diverged
 		needSnapshot = replace
+	}
+	if !needSnapshot && verdict == noVerdict {
+		log.Info("distribute: the edge's position comes without a usable history token; sending a snapshot rather than the changes after a position that may be another history's",
+			"resume_position", resume)
+		needSnapshot = true
 	}
 	if !needSnapshot && hello.GetWantSnapshot() {
 		log.Info("distribute: the edge asks for a snapshot (it left out hostnames it could not prepare)", "resume_position", resume)

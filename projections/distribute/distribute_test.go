@@ -198,9 +198,31 @@ func (e *env) hello(t *testing.T, hello *configv1.WatchRequest) configv1.ConfigS
 	return stream
 }
 
+// watch starts an edge that holds resume and its history token (none when no event is there).
 func (e *env) watch(id string, resume uint64, noAck bool) *edge {
 	e.t.Helper()
-	return e.watchFrom(id, pt.Model{Position: resume}, noAck)
+	return e.watchFrom(id, pt.Model{Position: resume, HistoryToken: e.tokenAt(resume)}, noAck)
+}
+
+// tokenAt is the history token of the event at position pos of e's store, as the projector
+// encodes it in its responses; nil when no event is there.
+func (e *env) tokenAt(pos uint64) []byte {
+	e.t.Helper()
+	if pos == 0 {
+		return nil
+	}
+	evs, err := e.store.ReadAll(context.Background(), eventstore.Position(pos-1), 1, eventstore.Filter{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if len(evs) == 0 || uint64(evs[0].Position) != pos {
+		return nil
+	}
+	ref, err := history.Of(evs[0])
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return ref.Encode()
 }
 
 // watchFrom starts an edge that holds model.
@@ -430,7 +452,7 @@ func TestWatchWantSnapshot(t *testing.T) {
 		{"ok/changes", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			stream := e.hello(t, &configv1.WatchRequest{EdgeId: "edge-1", ResumePosition: mid, WantSnapshot: tc.want})
+			stream := e.hello(t, &configv1.WatchRequest{EdgeId: "edge-1", ResumePosition: mid, HistoryToken: e.tokenAt(mid), WantSnapshot: tc.want})
 			r, err := stream.Recv()
 			if err != nil {
 				t.Fatal(err)
@@ -722,7 +744,7 @@ func TestWatchResumeAheadOfProjector(t *testing.T) {
 	e := newEnv(t, envOpts{noRun: true, server: []Option{WithAheadWait(time.Second)}})
 	heldConfigs, held := e.write(30)
 	want, last := e.write(30)
-	ed := e.watchFrom("edge-ahead", pt.Model{Position: held, Configs: heldConfigs}, false)
+	ed := e.watchFrom("edge-ahead", pt.Model{Position: held, Configs: heldConfigs, HistoryToken: e.tokenAt(held)}, false)
 	time.Sleep(20 * time.Millisecond)
 	e.run()
 	e.waitProjector(last)

@@ -217,12 +217,19 @@ func TestWatchHistoryNotReplaced(t *testing.T) {
 		}
 	})
 
-	// Restored and written to past the edge's position, but the edge sends no token (an older
-	// edge, a file saved before tokens) or one the server cannot use: resumed by position, as
-	// before tokens (the limitation docs/storage.md states).
+}
+
+// TestWatchWithoutUsableTokenGetsASnapshot: the event store restored and written to past the
+// edge's position (a revocation among the new events), and an edge that sends no history token (an
+// older edge, a file saved before tokens) or one the server cannot use: its position cannot be
+// told from the other history's, so it gets a snapshot (not the changes after its position, which
+// would have left it the old history's configuration, the revoked certificate allowed), and ends
+// up with the store's configuration and a token of its history. Before, such an edge was resumed
+// by position.
+func TestWatchWithoutUsableTokenGetsASnapshot(t *testing.T) {
 	f := newRestoreFixture(t)
 	f.restore(t)
-	e, _ := f.diverge(t, envOpts{})
+	e, want := f.diverge(t, envOpts{})
 	otherPosition := history.Ref{Position: f.held.Position + 1, Stream: "tenant-t0", Revision: 1}.Encode()
 	hostnameStream, _ := history.Decode(f.held.HistoryToken)
 	hostnameStream.Stream = "hostname-h1.example.com" // a real stream; no tenant's
@@ -237,13 +244,31 @@ func TestWatchHistoryNotReplaced(t *testing.T) {
 			held := f.held
 			held.HistoryToken = token
 			ed := e.watchFrom("edge-"+name, held, false)
-			revoke(t, e, 0)
-			if rs := ed.waitResponses(1); rs[0].GetSnapshot() {
-				t.Fatalf("first response: a snapshot at %d; want the changes after %d", rs[0].GetPosition(), held.Position)
+			m := ed.converge(want)
+			rs := ed.waitResponses(1)
+			if !rs[0].GetSnapshot() || rs[0].GetPosition() < held.Position {
+				t.Fatalf("first response: snapshot %v at %d; want a snapshot at %d or later", rs[0].GetSnapshot(), rs[0].GetPosition(), held.Position)
 			}
-			noneReplaces(t, ed)
+			noneReplaces(t, ed) // at or after the edge's position: an ordinary snapshot
+			if res, err := e.p.CheckHistory(context.Background(), m.Position, m.HistoryToken); err != nil || res.Verdict != history.Same {
+				t.Errorf("the edge's new token: %v, %v; want the store's history", res.Verdict, err)
+			}
 		})
 	}
+
+	// The same history, without a token: a snapshot too, at the edge's position or later, which
+	// holds what the changes would have given.
+	t.Run("same history", func(t *testing.T) {
+		e := newEnv(t, envOpts{})
+		_, mid := e.write(20)
+		want, last := e.write(20)
+		e.waitProjector(last)
+		ed := e.watchFrom("edge-same", pt.Model{Position: mid}, false)
+		ed.converge(want)
+		if rs := ed.waitResponses(1); !rs[0].GetSnapshot() || rs[0].GetPosition() != last {
+			t.Fatalf("first response: snapshot %v at %d; want the snapshot at %d", rs[0].GetSnapshot(), rs[0].GetPosition(), last)
+		}
+	})
 }
 
 // unavailableOnce is an event store whose next stream read, once armed, fails with

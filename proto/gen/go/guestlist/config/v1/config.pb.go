@@ -540,7 +540,8 @@ type WatchRequest struct {
 	// resume_position but holds another event there (it was restored from an older backup and
 	// written to since), the edge's configuration belongs to a history the store no longer has, and
 	// the server answers with a snapshot with replaces_history set. At most 1024 bytes; a token the
-	// server cannot read is treated as none.
+	// server cannot read is treated as none. A resume_position without a token proves no history,
+	// so it is answered with a snapshot at resume_position or later, never the changes after it.
 	HistoryToken  []byte `protobuf:"bytes,8,opt,name=history_token,json=historyToken,proto3" json:"history_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
