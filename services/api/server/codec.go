@@ -61,7 +61,7 @@ func (c requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return err
 	}
-	field := invalidUTF8Field(data.Materialize(), msg.ProtoReflect().Descriptor(), "", 0)
+	field := invalidUTF8Field(data.Materialize(), msg.ProtoReflect().Descriptor())
 	if field == "" {
 		return err
 	}
@@ -72,30 +72,40 @@ func (c requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// invalidUTF8Field returns the path (after prefix, in proto names with list indexes, as
-// protovalidate gives them) of the first string field in b, a message of type md, whose value is
-// not UTF-8; "" when there is none or b is malformed before one is found.
-func invalidUTF8Field(b []byte, md protoreflect.MessageDescriptor, prefix string, depth int) string {
+// invalidUTF8Field returns the path (in proto names with list indexes, as protovalidate gives
+// them) of the first string field in b, a message of type md, whose value is not UTF-8: the error
+// protobuf's decoding stops at. It returns "" when there is none, or when b is malformed before it
+// (protobuf then stops at that, which is not a bad string). It reads the wire format in order, as
+// protobuf does, checking what protobuf checks on the way: tags, lengths, groups, nested
+// messages, packed lists.
+func invalidUTF8Field(b []byte, md protoreflect.MessageDescriptor) string {
+	path, _ := walkUTF8(b, md, "", 0)
+	return path
+}
+
+// walkUTF8 is invalidUTF8Field below prefix at depth; ok is false when b is malformed before any
+// bad string.
+func walkUTF8(b []byte, md protoreflect.MessageDescriptor, prefix string, depth int) (path string, ok bool) {
 	if depth > maxUTF8SearchDepth {
-		return ""
+		return "", false
 	}
 	var seen map[protowire.Number]int // occurrences of list fields so far
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return ""
+			return "", false
 		}
 		b = b[n:]
 		if typ != protowire.BytesType {
 			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-				return ""
+				return "", false
 			}
 			b = b[n:]
 			continue
 		}
 		v, n := protowire.ConsumeBytes(b)
 		if n < 0 {
-			return ""
+			return "", false
 		}
 		b = b[n:]
 		fd := md.Fields().ByNumber(num)
@@ -110,22 +120,47 @@ func invalidUTF8Field(b []byte, md protoreflect.MessageDescriptor, prefix string
 			path = fmt.Sprintf("%s[%d]", path, seen[num])
 			seen[num]++
 		}
-		switch {
-		case fd.IsMap():
-			if bad := invalidUTF8Field(v, fd.Message(), path+".", depth+1); bad != "" {
-				return bad
-			}
-		case fd.Kind() == protoreflect.StringKind:
+		switch fd.Kind() {
+		case protoreflect.StringKind:
 			if !utf8.Valid(v) {
-				return path
+				return path, true
 			}
-		case fd.Kind() == protoreflect.MessageKind:
-			if bad := invalidUTF8Field(v, fd.Message(), path+".", depth+1); bad != "" {
-				return bad
+		case protoreflect.MessageKind:
+			if bad, ok := walkUTF8(v, fd.Message(), path+".", depth+1); bad != "" || !ok {
+				return bad, ok
+			}
+		case protoreflect.BytesKind:
+		case protoreflect.GroupKind:
+			// A group sent length-delimited is an unknown field to protobuf.
+		default:
+			// A packed list of scalars: protobuf decodes every value.
+			if fd.IsList() && !validPacked(v, fd.Kind()) {
+				return "", false
 			}
 		}
 	}
-	return ""
+	return "", true
+}
+
+// validPacked reports whether b is a whole number of packed values of kind k.
+func validPacked(b []byte, k protoreflect.Kind) bool {
+	var typ protowire.Type
+	switch k {
+	case protoreflect.Fixed32Kind, protoreflect.Sfixed32Kind, protoreflect.FloatKind:
+		typ = protowire.Fixed32Type
+	case protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind, protoreflect.DoubleKind:
+		typ = protowire.Fixed64Type
+	default:
+		typ = protowire.VarintType
+	}
+	for len(b) > 0 {
+		n := protowire.ConsumeFieldValue(1, typ, b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
 
 // invalidUTF8Error returns INVALID_ARGUMENT naming the field when m carries requestCodec's mark;

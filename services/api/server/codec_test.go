@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 )
@@ -130,11 +131,37 @@ func TestInvalidUTF8Field(t *testing.T) {
 		{"fail/second of a list", wire(fieldNumber(h, "hostname"), "pay.example.com", fieldNumber(h, "mtls"), wire(ids, "a", ids, bad)), "mtls.certificate_authority_ids[1]"},
 		{"ok/unknown field", wire(999, bad), ""},
 		{"ok/truncated", append(wire(fieldNumber(h, "hostname"), "x"), 0x0a, 0x09, 'a'), ""},
+		// protobuf stops at the malformed message first: not a bad string (found by FuzzRequestCodec).
+		{"ok/malformed nested message before a bad string", wire(fieldNumber(h, "mtls"), "000", fieldNumber(h, "hostname"), bad), ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := invalidUTF8Field(tc.b, h.ProtoReflect().Descriptor(), "", 0); got != tc.want {
+			if got := invalidUTF8Field(tc.b, h.ProtoReflect().Descriptor()); got != tc.want {
 				t.Errorf("invalidUTF8Field = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestInvalidUTF8FieldPackedLists: protobuf decodes every value of a packed list, so a malformed
+// one before a bad string is what it stops at. Our API has no packed list; descriptorpb's
+// SourceCodeInfo.Location has one (path, repeated int32) and a string (leading_comments).
+func TestInvalidUTF8FieldPackedLists(t *testing.T) {
+	loc := &descriptorpb.SourceCodeInfo_Location{}
+	path, comments := fieldNumber(loc, "path"), fieldNumber(loc, "leading_comments")
+	packed := protowire.AppendVarint(protowire.AppendVarint(nil, 1), 300)
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"fail/a whole packed list, then a bad string", wire(path, packed, comments, "\xff"), "leading_comments"},
+		{"ok/a cut packed list, then a bad string", wire(path, packed[:len(packed)-1], comments, "\xff"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := proto.Unmarshal(tc.b, &descriptorpb.SourceCodeInfo_Location{})
+			if got := invalidUTF8Field(tc.b, loc.ProtoReflect().Descriptor()); got != tc.want {
+				t.Errorf("invalidUTF8Field = %q, want %q (protobuf: %v)", got, tc.want, err)
 			}
 		})
 	}
