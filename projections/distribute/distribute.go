@@ -59,7 +59,9 @@
 //   - the store has not reached resume_position (restored and not written to since, a store still
 //     catching up, an empty or another store): nothing is known; served as above (the edge keeps
 //     its configuration). Should the projector reach resume_position while the server waits for
-//     it, the store has too, and the token is checked again before any change is sent.
+//     it, the store has too, and the token is checked again before any change is sent; a store
+//     that still has not reached it (restored under the running projector) proves nothing of
+//     the edge's history, which gets a snapshot (at resume_position or later) as below.
 //
 // A hello with a resume_position but without a token (an older edge, a configuration saved before
 // tokens, a read model that did not know the token) cannot be told from one of another history,
@@ -497,6 +499,14 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 		}
 		replace = verdict == history.Diverged
 		needSnapshot = replace
+		if verdict == history.NotReached {
+			// The store says it has not reached a position the projector has applied (restored
+			// while the server waited?): nothing is proven of the edge's history, so it is not
+			// resumed by position either; the projector's snapshot is at resume or later.
+			log.Warn("distribute: the event store still has not reached the edge's position, which the projector has; sending a snapshot rather than the changes after it",
+				"resume_position", resume, "position", s.p.Position())
+			needSnapshot = true
+		}
 	}
 	if !needSnapshot && verdict == noVerdict {
 		log.Info("distribute: the edge's position comes without a usable history token; sending a snapshot rather than the changes after a position that may be another history's",

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -343,4 +345,113 @@ func TestWatchHistoryCheckFailedIsNotResumed(t *testing.T) {
 	}
 	want, _ := e.expected()
 	replaced(t, e, e.watchFrom("edge-1", f.held, false), want)
+}
+
+// serverCheck marks the contexts of the Watch streams (envOpts.grpc: markStreams), so that a
+// wrapped store can tell the server's history checks from the projector's reads.
+type serverCheck struct{}
+
+func markStreams(*Server) []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.StreamInterceptor(func(x any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return handler(x, markedStream{ss})
+	})}
+}
+
+type markedStream struct{ grpc.ServerStream }
+
+func (s markedStream) Context() context.Context {
+	return context.WithValue(s.ServerStream.Context(), serverCheck{}, true)
+}
+
+// rewound is an event store that, to the server's history checks while armed, looks as if it had
+// been restored to before position below under the running projector: its last position is at
+// most below-1, and it holds no event of a stream after it. It counts those checks.
+type rewound struct {
+	eventstore.Store
+	below *atomic.Uint64
+	armed *atomic.Bool
+	calls *atomic.Int64
+}
+
+func (s rewound) lying(ctx context.Context) bool {
+	return ctx.Value(serverCheck{}) != nil && s.armed.Load()
+}
+
+// LastPosition implements eventstore.Store.
+func (s rewound) LastPosition(ctx context.Context) (eventstore.Position, error) {
+	last, err := s.Store.LastPosition(ctx)
+	if ctx.Value(serverCheck{}) != nil {
+		s.calls.Add(1)
+	}
+	if below := s.below.Load(); err == nil && s.lying(ctx) && uint64(last) >= below {
+		last = eventstore.Position(below - 1)
+	}
+	return last, err
+}
+
+// ReadStream implements eventstore.Store.
+func (s rewound) ReadStream(ctx context.Context, stream string, dir eventstore.Direction, from uint64, max int) ([]eventstore.RecordedEvent, error) {
+	evs, err := s.Store.ReadStream(ctx, stream, dir, from, max)
+	if s.lying(ctx) {
+		below := s.below.Load()
+		evs = slices.DeleteFunc(evs, func(ev eventstore.RecordedEvent) bool { return uint64(ev.Position) >= below })
+	}
+	return evs, err
+}
+
+// TestWatchNotReachedOnTheRecheck: an edge whose token's position the store had not reached at
+// the hello (the server waits for the projector), and the projector reaches it: the token is
+// checked again. The same history is resumed by position (ok); but a store that still has not
+// reached the position (restored under the running projector, say) proves nothing of the edge's
+// history, and the edge gets a snapshot at its position or later (fail) rather than changes that
+// may be another history's. Before, that case was resumed by position.
+func TestWatchNotReachedOnTheRecheck(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lie  bool // the store still looks rewound on the recheck
+	}{
+		{"ok/the store has reached the edge's position", false},
+		{"fail/the store still has not", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var below atomic.Uint64
+			var armed atomic.Bool
+			var calls atomic.Int64
+			e := newEnv(t, envOpts{noRun: true, grpc: markStreams, server: []Option{WithAheadWait(10 * time.Second)},
+				wrapStore: func(s eventstore.Store) eventstore.Store {
+					return rewound{Store: s, below: &below, armed: &armed, calls: &calls}
+				}})
+			heldConfigs, held := e.write(20)
+			want, last := e.write(20)
+			below.Store(held)
+			armed.Store(true)
+			ed := e.watchFrom("edge-1", pt.Model{Position: held, Configs: heldConfigs, HistoryToken: e.tokenAt(held)}, false)
+			ed.t = t
+			for deadline := time.Now().Add(10 * time.Second); calls.Load() == 0; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the hello's token was not checked")
+				}
+			}
+			armed.Store(tc.lie)
+			e.run()
+			e.waitProjector(last)
+			ed.converge(want)
+			noneReplaces(t, ed)
+			if n := calls.Load(); n != 2 {
+				t.Errorf("%d history checks; want the hello's and the one once the projector reached the edge", n)
+			}
+			_, rs, _, _ := ed.snapshot()
+			if tc.lie {
+				if !rs[0].GetSnapshot() || rs[0].GetPosition() < held {
+					t.Fatalf("first response: snapshot %v at %d; want a snapshot at %d or later", rs[0].GetSnapshot(), rs[0].GetPosition(), held)
+				}
+				return
+			}
+			for _, r := range rs {
+				if r.GetSnapshot() || r.GetPosition() <= held {
+					t.Fatalf("response at %d (snapshot %v) for an edge holding %d; want the changes after it", r.GetPosition(), r.GetSnapshot(), held)
+				}
+			}
+		})
+	}
 }
