@@ -246,6 +246,7 @@ func TestWatchWithoutUsableTokenGetsASnapshot(t *testing.T) {
 			held := f.held
 			held.HistoryToken = token
 			ed := e.watchFrom("edge-"+name, held, false)
+			ed.t = t // a failing case fails itself, not the others
 			m := ed.converge(want)
 			rs := ed.waitResponses(1)
 			if !rs[0].GetSnapshot() || rs[0].GetPosition() < held.Position {
@@ -262,10 +263,10 @@ func TestWatchWithoutUsableTokenGetsASnapshot(t *testing.T) {
 	// holds what the changes would have given.
 	t.Run("same history", func(t *testing.T) {
 		e := newEnv(t, envOpts{})
-		_, mid := e.write(20)
+		midConfigs, mid := e.write(20)
 		want, last := e.write(20)
 		e.waitProjector(last)
-		ed := e.watchFrom("edge-same", pt.Model{Position: mid}, false)
+		ed := e.watchFrom("edge-same", pt.Model{Position: mid, Configs: midConfigs}, false)
 		ed.converge(want)
 		if rs := ed.waitResponses(1); !rs[0].GetSnapshot() || rs[0].GetPosition() != last {
 			t.Fatalf("first response: snapshot %v at %d; want the snapshot at %d", rs[0].GetSnapshot(), rs[0].GetPosition(), last)
