@@ -7,7 +7,8 @@
 // resume_position}. The server answers with
 //
 //   - only the changes after resume_position, when the edge holds a position (resume_position > 0)
-//     and the projector still retains every change after it (see projector.Retains); or
+//     with a history token of the event store's history at it (see "Histories") and the projector
+//     still retains every change after it (see projector.Retains); or
 //   - a snapshot: WatchResponse{snapshot: true, position, upserts: every configuration}, split into
 //     parts of at most MaxPartBytes bytes and MaxPartConfigs configurations, every part but the
 //     last with more = true, all at the same position;
@@ -67,13 +68,14 @@
 // tokens, a read model that did not know the token) cannot be told from one of another history,
 // so it gets a snapshot at resume_position or later (as above when the projector is behind),
 // never the changes after a position that may be another history's: a snapshot is right whatever
-// history the edge holds, and carries a token, so this happens once per edge. A token the server
-// cannot read (not its encoding, over history.MaxTokenBytes, of another position than
-// resume_position) is logged and treated as none; it is used for nothing but that lookup. A check that fails (the event store's read failed)
-// ends the stream with UNAVAILABLE, sending nothing: the edge keeps its configuration and resumes
-// on a new stream (resumed by position, an edge of another history would take the store's changes
-// after its position, and their token, for its own, and no later check could tell). The replacing
-// snapshot is the one any edge would get.
+// history the edge holds, and carries a token (unless the read model does not know its
+// checkpoint's event, see projector), so this happens once per edge. A token the server cannot
+// read (not its encoding, over history.MaxTokenBytes, of another position than resume_position)
+// is logged and treated as none; it is used for nothing but that lookup. A check that fails (the
+// event store's read failed) ends the stream with UNAVAILABLE, sending nothing: the edge keeps its
+// configuration and resumes on a new stream (resumed by position, an edge of another history would
+// take the store's changes after its position, and their token, for its own, and no later check
+// could tell). The replacing snapshot is the one any edge would get.
 //
 // # Authorization
 //

@@ -534,14 +534,16 @@ type WatchRequest struct {
 	// again: it may be able to prepare them now (a newer version of the edge).
 	WantSnapshot bool `protobuf:"varint,7,opt,name=want_snapshot,json=wantSnapshot,proto3" json:"want_snapshot,omitempty"`
 	// In the first message: the history_token of the response that brought the edge to
-	// resume_position (empty when it has none: an older edge, or a configuration saved before tokens
-	// existed). Opaque to the edge, which keeps it with its configuration and sends it back as
-	// received. The server checks it against the event store: when the store has passed
-	// resume_position but holds another event there (it was restored from an older backup and
-	// written to since), the edge's configuration belongs to a history the store no longer has, and
-	// the server answers with a snapshot with replaces_history set. At most 1024 bytes; a token the
-	// server cannot read is treated as none. A resume_position without a token proves no history,
-	// so it is answered with a snapshot at resume_position or later, never the changes after it.
+	// resume_position (empty when it has none: an older edge, a configuration saved before tokens
+	// existed, or a snapshot of a read model that did not know its token). Opaque to the edge, which
+	// keeps it with its configuration and sends it back as received. The server checks it against
+	// the event store: when the store has passed resume_position but holds another event there (it
+	// was restored from an older backup and written to since), the edge's configuration belongs to a
+	// history the store no longer has, and the server answers with a snapshot with replaces_history
+	// set. At most 1024 bytes; a token the server cannot read is treated as none. A resume_position
+	// without a token proves no history, so it is answered with a snapshot (at resume_position or
+	// later once the server has reached it; behind it, to be refused, when it does not in time),
+	// never the changes after it.
 	HistoryToken  []byte `protobuf:"bytes,8,opt,name=history_token,json=historyToken,proto3" json:"history_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
