@@ -153,7 +153,7 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, store *configset.St
 		// response whose Apply is in progress when ctx ends is applied all the same, and that
 		// save must hold it.
 		stopSaver, saverDone := make(chan struct{}), make(chan struct{})
-		go w.saver(stopSaver, saverDone)
+		go w.saver(w.store.Load(), stopSaver, saverDone)
 		defer func() { close(stopSaver); <-saverDone }()
 	}
 
@@ -199,13 +199,17 @@ type watcher struct {
 }
 
 // saver saves the store whenever it is signalled, and once more when stop is closed (Run
-// returns: no session applies anything any more) if the store moved since the last save.
-func (w *watcher) saver(stop <-chan struct{}, done chan<- struct{}) {
+// returns: no session applies anything any more) if the store moved since the last save. saved
+// is the set the file holds (the one loaded from it, or none), taken before the first session
+// starts: taken here, it could be a set a session applied (and signalled) before this goroutine
+// ran, which would then never be saved until the next one.
+func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
-	// The set last saved (at first, the one loaded from the file, or none). Sets are compared,
-	// not positions: a snapshot at the position the edge holds may bring hostnames it had left
-	// out (want_snapshot).
-	saved := w.store.Load()
+	if testHookSaverStart != nil {
+		testHookSaverStart()
+	}
+	// Sets are compared, not positions: a snapshot at the position the edge holds may bring
+	// hostnames it had left out (want_snapshot).
 	save := func() {
 		set := w.store.Load()
 		if set == saved || !set.Complete() {
@@ -230,6 +234,9 @@ func (w *watcher) saver(stop <-chan struct{}, done chan<- struct{}) {
 		}
 	}
 }
+
+// testHookSaverStart, when set by a test, runs as the saver goroutine starts.
+var testHookSaverStart func()
 
 // loadState loads the persisted configuration, if any and if the store holds none yet.
 func (w *watcher) loadState() {

@@ -609,6 +609,34 @@ func TestRefusedHostnamesAskedForAgain(t *testing.T) {
 	}
 }
 
+// TestFirstResponseSavedWhenTheSaverStartsLate: the first response a session applies is saved
+// even when the saver goroutine starts only after it was applied (a loaded machine). Before, the
+// saver took the store's set as "already saved" when it started, and so skipped that response
+// until the next one: a restart without the control plane then served nothing.
+func TestFirstResponseSavedWhenTheSaverStartsLate(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	state := filepath.Join(t.TempDir(), "edge-config.bin")
+	acked := make(chan *configv1.WatchRequest, 1)
+	release := make(chan struct{})
+	testHookSaverStart = func() { <-release }
+	t.Cleanup(func() { testHookSaverStart = nil })
+	_, addr := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 3, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 3, ca, "http://127.0.0.1:1")}})
+		push(acked, s.recv())
+		<-s.stream.Context().Done()
+		return nil
+	})
+	store := configset.NewStore()
+	stop := runWatch(t, dial(t, addr), store, Options{StatePath: state, Logger: quietLogger(t)})
+	defer stop()
+	<-acked // applied, and the saver signalled, before the saver runs
+	close(release)
+	waitFor(t, "the first response saved", func() bool {
+		st := configset.NewStore()
+		return st.LoadFile(state) == nil && st.Load().Position() == 3
+	})
+}
+
 // TestRefusedListBounded: an ack names at most maxRefusedListed refused hostnames (one shared
 // policy an edge cannot compile may leave out thousands) and counts them all.
 func TestRefusedListBounded(t *testing.T) {
