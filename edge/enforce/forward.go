@@ -230,7 +230,7 @@ func (s *Server) newOrigin(raw string) *origin {
 			if errors.Is(err, context.Canceled) {
 				logger.Debug("request canceled while forwarding", "origin_url", raw, "error", err)
 			} else {
-				logger.Warn("origin unreachable", "origin_url", raw, "hostname", r.Host, "error", err)
+				logger.Warn("forwarding to the origin failed", "origin_url", raw, "hostname", r.Host, "error", err)
 			}
 			badGateway(w)
 		},

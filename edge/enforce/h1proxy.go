@@ -65,7 +65,7 @@ func (c *h1Conn) forward(p *leanPool, d *decision.Decision, id string, rev uint6
 			oc, err = p.dial(context.Background())
 		}
 		if err != nil {
-			c.s.logger.Warn("origin unreachable", "origin", p.addr, "hostname", c.name, "error", fmt.Errorf("connect: %w", err))
+			c.s.logger.Warn("forwarding to the origin failed", "origin", p.addr, "hostname", c.name, "error", fmt.Errorf("connect: %w", err))
 			return c.answer(http.StatusBadGateway, badGatewayBody, "", c.req.close)
 		}
 		next, retry, err := c.exchange(p, oc, d, id, rev, method)
@@ -85,7 +85,9 @@ func (c *h1Conn) forward(p *leanPool, d *decision.Decision, id string, rev uint6
 		if retry && reused && attempt == 0 && idempotent(method) && c.req.contentLength == 0 {
 			continue
 		}
-		c.s.logger.Warn("origin unreachable", "origin", p.addr, "hostname", c.name, "error", err)
+		// Connected, but the exchange failed: the origin closed or reset the connection, or its
+		// response was refused (malformed, or framed in a way net/http would not read).
+		c.s.logger.Warn("forwarding to the origin failed", "origin", p.addr, "hostname", c.name, "error", err)
 		return c.answer(http.StatusBadGateway, badGatewayBody, "", c.req.close || c.bodyLeft > 0)
 	}
 }

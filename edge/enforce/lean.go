@@ -410,7 +410,7 @@ func (s *Server) originError(w http.ResponseWriter, r *http.Request, origin stri
 	if r.Context().Err() != nil {
 		s.logger.Debug("request canceled while forwarding", "origin", origin, "error", err)
 	} else {
-		s.logger.Warn("origin unreachable", "origin", origin, "hostname", r.Host, "error", err)
+		s.logger.Warn("forwarding to the origin failed", "origin", origin, "hostname", r.Host, "error", err)
 	}
 	badGateway(w)
 }
