@@ -58,18 +58,7 @@ func BenchmarkRESTGetTenant(b *testing.B) {
 			b.Fatalf("GET %s: %d", url, resp.StatusCode)
 		}
 	}
-	b.Run("serial", func(b *testing.B) {
-		for b.Loop() {
-			get()
-		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				get()
-			}
-		})
-	})
+	serialAndParallel(b, get)
 }
 
 // BenchmarkGRPCGetTenant is BenchmarkRESTGetTenant's call straight over gRPC (loopback TCP).
@@ -87,15 +76,21 @@ func BenchmarkGRPCGetTenant(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	serialAndParallel(b, get)
+}
+
+// serialAndParallel runs call as the sub-benchmarks "serial" (one at a time) and "parallel"
+// (b.RunParallel).
+func serialAndParallel(b *testing.B, call func()) {
 	b.Run("serial", func(b *testing.B) {
 		for b.Loop() {
-			get()
+			call()
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				get()
+				call()
 			}
 		})
 	})
