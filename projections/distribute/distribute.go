@@ -36,7 +36,11 @@
 //
 // Snapshots are sent only once the projector has caught up with the event store since it was
 // opened (projector.Ready): before that, its read model may be far behind the store, and an edge
-// holding nothing would get grants revoked since.
+// holding nothing would get grants revoked since. A snapshot need not be at the projector's
+// position: one read of the read model is shared by the edges that need a snapshot while the
+// projector still retains every change after it (they get those changes next) and it is not
+// behind the position an edge holds, so that edges reconnecting together while tenants write hold
+// one copy of every configuration between them rather than one each.
 //
 // When resume_position is ahead of the projector (the projector restarted and is catching up),
 // the server waits up to AheadWait for the projector to get there rather than move the edge back
@@ -219,9 +223,10 @@ type Server struct {
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
 
-	// snapMu serialises snapshot reads; the last one is reused while the projector has not moved,
-	// so edges connecting together (after a restart) share one read of the read model. It holds
-	// every configuration, so it is dropped snapKeep after it was last used.
+	// snapMu serialises snapshot reads; the last one is reused while the projector retains the
+	// changes after it (the edge gets them next), so edges connecting together (after a restart,
+	// while tenants keep writing) share one read of the read model instead of holding one copy
+	// each. It holds every configuration, so it is dropped snapKeep after it was last used.
 	snapMu      sync.Mutex
 	snapPos     uint64
 	snapToken   []byte
@@ -540,7 +545,7 @@ func (s *Server) send(ctx context.Context, stream grpc.BidiStreamingServer[confi
 					return ctx.Err()
 				}
 			}
-			pos, token, configs, err := s.snapshot()
+			pos, token, configs, err := s.snapshot(cursor)
 			if err != nil {
 				log.Error("distribute: reading the snapshot failed", "err", err)
 				return status.Error(codes.Unavailable, "configuration snapshot unavailable")
@@ -625,12 +630,14 @@ func (s *Server) checkHistory(ctx context.Context, log *slog.Logger, resume uint
 	return history.Diverged, nil
 }
 
-// snapshot returns the projector's snapshot and its history token, reusing the last one while it
-// is current.
-func (s *Server) snapshot() (uint64, []byte, []*configv1.HostnameConfig, error) {
+// snapshot returns a snapshot of the projector's read model and its history token. It reuses the
+// last one read when that is at position min or later (an edge refuses a snapshot behind what it
+// holds) and the projector still retains every change after it, which the caller sends next;
+// otherwise it reads the read model again.
+func (s *Server) snapshot(min uint64) (uint64, []byte, []*configv1.HostnameConfig, error) {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
-	if s.snapConfigs == nil || s.snapPos != s.p.Position() {
+	if s.snapConfigs == nil || s.snapPos < min || !s.p.Retains(s.snapPos) {
 		s.snapConfigs = nil // let the old one go before reading the next
 		pos, token, configs, err := s.p.SnapshotWithHistory()
 		if err != nil {

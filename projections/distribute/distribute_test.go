@@ -928,25 +928,84 @@ func TestSnapshotReadIsDropped(t *testing.T) {
 	}
 
 	keep(time.Hour)
-	_, _, a, err := e.srv.snapshot()
+	_, _, a, err := e.srv.snapshot(0)
 	if err != nil || len(a) == 0 {
 		t.Fatalf("snapshot: %d configurations, %v", len(a), err)
 	}
-	if _, _, b, _ := e.srv.snapshot(); &a[0] != &b[0] {
+	if _, _, b, _ := e.srv.snapshot(0); &a[0] != &b[0] {
 		t.Fatal("a second edge's snapshot was read again instead of shared")
 	}
 	keep(time.Millisecond)
-	_, _, _, _ = e.srv.snapshot() // the last use: dropped a millisecond after it
+	_, _, _, _ = e.srv.snapshot(0) // the last use: dropped a millisecond after it
 	waitDropped()
 
 	// An earlier use's expiry does not drop what a later use keeps.
-	_, _, _, _ = e.srv.snapshot()
+	_, _, _, _ = e.srv.snapshot(0)
 	keep(time.Hour)
-	_, _, _, _ = e.srv.snapshot()
+	_, _, _, _ = e.srv.snapshot(0)
 	time.Sleep(20 * time.Millisecond)
 	if held() == nil {
 		t.Fatal("dropped at an earlier use's expiry")
 	}
+}
+
+// TestSnapshotReusedWhileRetained: edges that connect while tenants keep writing share one read of
+// the read model (each read holds every configuration) as long as the projector retains the changes
+// after it, which they get next; an edge holding a later position, or one after the ring has moved
+// past the read, gets a new read.
+func TestSnapshotReusedWhileRetained(t *testing.T) {
+	e := newEnv(t, envOpts{projector: []projector.Option{projector.WithRetention(8, 0)}})
+	e.srv.snapMu.Lock()
+	e.srv.snapKeep = time.Hour
+	e.srv.snapMu.Unlock()
+	_, first := e.write(20)
+	e.waitProjector(first)
+	a := e.watch("edge-a", 0, false)
+	if rs := a.waitResponses(1); !rs[0].GetSnapshot() || rs[0].GetPosition() != first {
+		t.Fatalf("edge-a: first response at %d (snapshot %v), want the snapshot at %d", rs[0].GetPosition(), rs[0].GetSnapshot(), first)
+	}
+	want, second := e.write(3)
+	e.waitProjector(second)
+	if second == first {
+		t.Fatal("the writes did not move the projector")
+	}
+
+	// ok/shared: a new edge gets the same read, then the changes after it.
+	b := e.watch("edge-b", 0, false)
+	if rs := b.waitResponses(1); !rs[0].GetSnapshot() || rs[0].GetPosition() != first {
+		t.Fatalf("edge-b: first response at %d (snapshot %v), want the snapshot read for edge-a, at %d", rs[0].GetPosition(), rs[0].GetSnapshot(), first)
+	}
+	b.converge(want)
+	a.converge(want)
+
+	// ok/not behind the edge: an edge at a later position that asks for a snapshot gets a new read.
+	stream := e.hello(t, &configv1.WatchRequest{EdgeId: "edge-c", ResumePosition: second, HistoryToken: e.tokenAt(second), WantSnapshot: true})
+	r, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.GetSnapshot() || r.GetPosition() != second {
+		t.Fatalf("edge-c at %d: first response at %d (snapshot %v), want a new snapshot at %d", second, r.GetPosition(), r.GetSnapshot(), second)
+	}
+
+	// ok/ring moved on: once the changes after the read are no longer retained, a new edge gets a
+	// new read (at the projector's position), not one it cannot catch up from.
+	e.srv.snapMu.Lock()
+	e.srv.snapPos, e.srv.snapToken, e.srv.snapConfigs = first, e.tokenAt(first), []*configv1.HostnameConfig{} // the old read, still held
+	e.srv.snapMu.Unlock()
+	var third uint64
+	for i := 0; e.p.Retains(first); i++ { // changes are batches: write until the ring moves on
+		if i == 50 {
+			t.Fatalf("the projector still retains the changes after %d", first)
+		}
+		want, third = e.write(1)
+		e.waitProjector(third)
+	}
+	d := e.watch("edge-d", 0, false)
+	if rs := d.waitResponses(1); !rs[0].GetSnapshot() || rs[0].GetPosition() != third {
+		t.Fatalf("edge-d: first response at %d (snapshot %v), want a new snapshot at %d", rs[0].GetPosition(), rs[0].GetSnapshot(), third)
+	}
+	d.converge(want)
 }
 
 // TestWatchSnapshotWaitsForProjector: a projector still catching up with the store (its read model
