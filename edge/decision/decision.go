@@ -219,7 +219,7 @@ const (
 	// (the hostname does not reject in the handshake, or the certificate verified); its requests
 	// are then decided one by one. Allow.
 	ReasonHandshakeCompleted = "handshake_completed"
-	// ReasonRequestHeadersUnknown: the request's headers are not known (Request.HeadersUnknown)
+	// ReasonRequestHeadersUnknown: the request's headers are not known (Request.HeaderUnknown)
 	// and the outcome of the policy's rule Decision.Rule depends on them, so the verdict cannot be
 	// re-derived. Deny (report_deny in mode REPORT).
 	ReasonRequestHeadersUnknown = "request_headers_unknown"
