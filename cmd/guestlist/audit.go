@@ -249,7 +249,7 @@ func (p *pointFlags) register(fs *flag.FlagSet, prefix, what string) {
 		p.position = &v
 		return nil
 	})
-	fs.Func(prefix+"time", "the time "+what+" (RFC 3339)", func(s string) error {
+	fs.Func(prefix+"time", "the time (RFC 3339) "+what, func(s string) error {
 		v, err := time.Parse(time.RFC3339Nano, s)
 		if err != nil {
 			return errors.New("want an RFC 3339 time such as 2026-11-30T12:00:00Z")

@@ -31,6 +31,12 @@ func newFlagSet(name, synopsis string, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("guestlist "+name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n == 0 {
+			fmt.Fprintf(out, "Usage: guestlist %s\n\n%s\n", name, synopsis)
+			return
+		}
 		fmt.Fprintf(out, "Usage: guestlist %s [flags]\n\n%s\n\nFlags (each also read from GUESTLIST_<FLAG>; the command line wins):\n", name, synopsis)
 		fs.VisitAll(func(f *flag.Flag) {
 			def := ""

@@ -534,3 +534,31 @@ func TestEnvName(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpTexts: every command's and audit subcommand's -h reads cleanly: no "(RFC 3339)" appended
+// to a flag's text that already ends in a parenthesis ("(default: now) (RFC 3339)"), and no
+// "Flags" heading over an empty list.
+func TestHelpTexts(t *testing.T) {
+	var cmds [][]string
+	for _, c := range commands() {
+		if c.run != nil && c.name != "audit" {
+			cmds = append(cmds, []string{c.name, "-h"})
+		}
+	}
+	for _, s := range auditSubcommands {
+		cmds = append(cmds, []string{"audit", s.name, "-h"})
+	}
+	for _, args := range cmds {
+		code, _, help := runCmd(t, nil, args...)
+		if code != exitOK {
+			t.Errorf("%s: exit %d\n%s", strings.Join(args, " "), code, help)
+			continue
+		}
+		if strings.Contains(help, ") (RFC 3339)") {
+			t.Errorf("%s: two parentheses in a row:\n%s", strings.Join(args, " "), help)
+		}
+		if strings.HasSuffix(strings.TrimSpace(help), "the command line wins):") {
+			t.Errorf("%s: a Flags heading without flags:\n%s", strings.Join(args, " "), help)
+		}
+	}
+}
