@@ -1557,6 +1557,15 @@ func (c *deployCheck) checkCollector(names []string, services map[string]*servic
 		if !c.guestlistImage(s) {
 			continue
 		}
+		if len(s.command) > 0 && s.command[0] == "origin" {
+			// The demo origin exports no telemetry: OTEL_* there would promise traces that never come.
+			for k := range s.env {
+				if strings.HasPrefix(k, "OTEL_") {
+					c.problemf("service %s: sets %s, but guestlist origin exports no telemetry", sn, k)
+				}
+			}
+			continue
+		}
 		ep, ok := s.env["OTEL_EXPORTER_OTLP_ENDPOINT"]
 		if !ok {
 			c.problemf("service %s: OTEL_EXPORTER_OTLP_ENDPOINT is not set; its traces go nowhere", sn)
@@ -1829,6 +1838,8 @@ func TestComposeStructureCatches(t *testing.T) {
 			old: "endpoint: 0.0.0.0:4318", new: "endpoint: localhost:4318", want: "receivers.otlp.protocols.http listens on \"localhost:4318\""},
 		{name: "fail/origin allow reaches the control plane's network", file: composeFileName,
 			old: "${GUESTLIST_ORIGIN_ALLOW:-172.31.240.10:8081}", new: "${GUESTLIST_ORIGIN_ALLOW:-172.16.0.0/12}", want: "allows 172.16.0.0/12, which is not inside the subnet of a network the edge is on"},
+		{name: "fail/OTEL_* on the demo origin", file: composeFileName,
+			old: "      GUESTLIST_ORIGIN_ADDR: 0.0.0.0:8081\n", new: "      GUESTLIST_ORIGIN_ADDR: 0.0.0.0:8081\n      OTEL_SERVICE_NAME: guestlist-origin\n", want: "service origin: sets OTEL_SERVICE_NAME, but guestlist origin exports no telemetry"},
 		{name: "fail/the API on the origins network", file: composeFileName,
 			old: "    command: [\"api\"]\n", new: "    command: [\"api\"]\n    networks:\n      default:\n      origins:\n        ipv4_address: 172.31.240.10\n", want: "includes api's address 172.31.240.10"},
 		{name: "fail/origin not allowed", file: composeFileName,
