@@ -58,6 +58,10 @@ func runAudit(ctx context.Context, args []string, env func(string) string, stdou
 	}
 	switch args[0] {
 	case "-h", "-help", "--help", "help":
+		if len(args) > 1 && args[0] == "help" && !strings.HasPrefix(args[1], "-") {
+			// "audit help history" shows history's flags, as "audit history -h" does.
+			return runAudit(ctx, []string{args[1], "-h"}, env, stdout, stderr)
+		}
 		auditUsage(stderr)
 		return exitOK
 	case "history":

@@ -100,7 +100,8 @@ func runHelp(ctx context.Context, args []string, env func(string) string, stdout
 	}
 	for _, c := range commands() {
 		if c.name == args[0] && c.run != nil {
-			return c.run(ctx, []string{"-h"}, env, stdout, stderr)
+			// "help audit history" is "audit history -h", as "audit help history" is.
+			return c.run(ctx, append(args[1:len(args):len(args)], "-h"), env, stdout, stderr)
 		}
 	}
 	fmt.Fprintf(stderr, "guestlist help: unknown command %q\n\n", args[0])

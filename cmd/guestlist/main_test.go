@@ -562,3 +562,27 @@ func TestHelpTexts(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpOfAnAuditSubcommand: "audit help history" and "help audit history" show history's flags,
+// as "audit history -h" does, not the audit overview; an unknown subcommand is a usage error.
+func TestHelpOfAnAuditSubcommand(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"ok/audit help history", []string{"audit", "help", "history"}, exitOK, "Usage: guestlist audit history [flags]"},
+		{"ok/help audit history", []string{"help", "audit", "history"}, exitOK, "Usage: guestlist audit history [flags]"},
+		{"ok/help audit", []string{"help", "audit"}, exitOK, "Usage: guestlist audit SUBCOMMAND"},
+		{"ok/audit help", []string{"audit", "help"}, exitOK, "Usage: guestlist audit SUBCOMMAND"},
+		{"fail/audit help of an unknown subcommand", []string{"audit", "help", "nope"}, exitUsage, `unknown subcommand "nope"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runCmd(t, nil, tc.args...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Errorf("%s: exit %d, want %d and %q in:\n%s", strings.Join(tc.args, " "), code, tc.code, tc.want, stderr)
+			}
+		})
+	}
+}
