@@ -40,7 +40,11 @@ func newFlagSet(name, synopsis string, out io.Writer) *flag.FlagSet {
 		fmt.Fprintf(out, "Usage: guestlist %s [flags]\n\n%s\n\nFlags (each also read from GUESTLIST_<FLAG>; the command line wins):\n", name, synopsis)
 		fs.VisitAll(func(f *flag.Flag) {
 			def := ""
-			if f.DefValue != "" {
+			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+				if f.DefValue != "false" { // a switch: off unless given, as Go's flag package prints it
+					def = fmt.Sprintf(" (default %s)", f.DefValue)
+				}
+			} else if f.DefValue != "" {
 				def = fmt.Sprintf(" (default %q)", f.DefValue)
 			}
 			fmt.Fprintf(out, "  --%s\n        %s%s [$%s]\n", f.Name, f.Usage, def, envName(f.Name))

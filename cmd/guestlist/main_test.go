@@ -557,6 +557,9 @@ func TestHelpTexts(t *testing.T) {
 		if strings.Contains(help, ") (RFC 3339)") {
 			t.Errorf("%s: two parentheses in a row:\n%s", strings.Join(args, " "), help)
 		}
+		if strings.Contains(help, `(default "false")`) {
+			t.Errorf("%s: a switch shows its default as a quoted string:\n%s", strings.Join(args, " "), help)
+		}
 		if strings.HasSuffix(strings.TrimSpace(help), "the command line wins):") {
 			t.Errorf("%s: a Flags heading without flags:\n%s", strings.Join(args, " "), help)
 		}
