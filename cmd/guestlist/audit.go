@@ -94,17 +94,20 @@ type apiClient struct {
 // auditFlags are the flags every audit subcommand has.
 type auditFlags struct {
 	api    string
+	apiCA  string
 	token  tokenFlag
 	tenant string
 }
 
 func (f *auditFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.api, "api", defaultAPI, "the REST API's base URL")
+	fs.StringVar(&f.apiCA, "api-ca", "", "with an https:// --api: trust the CA certificates of this PEM file (default: the system's), e.g. the private CA of the API's --http-tls-cert")
 	fs.Var(&f.token, "token", "bearer token (an auditor's, a tenant admin's or the admin's)")
 	fs.StringVar(&f.tenant, "tenant", "", "the tenant's id")
 }
 
-// client checks the common flags and returns the API client.
+// client checks the common flags and returns the API client: every subcommand that calls the API
+// goes through it, so that --api-ca applies to all of them.
 func (f *auditFlags) client(needTenant bool) (*apiClient, error) {
 	if f.token.token == "" {
 		return nil, errors.New("--token (or GUESTLIST_TOKEN) is required")
@@ -116,7 +119,17 @@ func (f *auditFlags) client(needTenant bool) (*apiClient, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("--api %q: want an http(s) URL such as %s", f.api, defaultAPI)
 	}
-	return &apiClient{base: strings.TrimRight(f.api, "/"), token: f.token.token, http: &http.Client{Timeout: time.Minute}}, nil
+	hc := &http.Client{Timeout: time.Minute}
+	tlsCfg, err := clientTLS("api-ca", f.apiCA, "api", u)
+	if err != nil {
+		return nil, err
+	}
+	if tlsCfg != nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tlsCfg
+		hc.Transport = tr
+	}
+	return &apiClient{base: strings.TrimRight(f.api, "/"), token: f.token.token, http: hc}, nil
 }
 
 // call sends a request (body nil for none) and returns the response body of a 200.

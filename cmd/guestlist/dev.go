@@ -58,6 +58,9 @@ type devConfig struct {
 	// GRPCTLS, when set, makes the gRPC listener serve TLS only (--grpc-tls-cert of the api and
 	// projector roles); nil serves plaintext.
 	GRPCTLS *tls.Config
+	// HTTPTLS, when set, makes the HTTP listener (REST gateway, /openapi.json, /healthz, /readyz,
+	// /metrics) serve HTTPS only (--http-tls-cert); nil serves plaintext HTTP.
+	HTTPTLS *tls.Config
 	// Role names the process in the banner: "dev" when empty; "api" and "projector" for the
 	// distributed roles, which serve through serveAPI with the fields they use.
 	Role string
@@ -140,6 +143,7 @@ func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
 		TracerProvider: cfg.TracerProvider,
 		ExtraHTTP:      extraHTTP,
 		TLS:            cfg.GRPCTLS,
+		HTTPTLS:        cfg.HTTPTLS,
 	})
 	if err != nil {
 		return fmt.Errorf("start the API: %w", err)
@@ -175,7 +179,7 @@ func serveAPI(ctx context.Context, cfg devConfig, cp *controlPlane) error {
 func printBanner(out io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extra ...bannerLine) {
 	w := new(bytes.Buffer)
 	defer func() { _, _ = out.Write(w.Bytes()) }()
-	api := "http://" + httpAddr.String()
+	api := httpScheme(cfg.HTTPTLS) + "://" + httpAddr.String()
 	tokenFile := filepath.Join(cfg.DataDir, adminTokenFile)
 	role := cfg.Role
 	if role == "" {
@@ -218,6 +222,15 @@ func printBanner(out io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extr
 	fmt.Fprintf(w, "Stop: Ctrl-C\n\n")
 }
 
+// httpScheme is the scheme of an HTTP listener served with the TLS configuration c: "https", or
+// "http" when c is nil.
+func httpScheme(c *tls.Config) string {
+	if c != nil {
+		return "https"
+	}
+	return "http"
+}
+
 const devSynopsis = `Runs everything in one process on the embedded event store: the API (gRPC and REST), the
 projector, one edge node and a demo echo origin. Data lives in --data-dir; starting again with the
 same directory keeps everything. Ctrl-C (SIGINT or SIGTERM) shuts down gracefully.`
@@ -246,7 +259,12 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 	originDeny := &denyFlag{}
 	fs.Var(originDeny, "origin-deny", originDenyUsage)
 	bodyIdleTimeout := fs.Duration("body-idle-timeout", enforce.DefaultBodyIdleTimeout, bodyIdleUsage)
+	httpTLSFlags := addHTTPTLSFlags(fs)
 	if err := parseFlags(fs, args, env); err != nil {
+		return flagError(fs, err, stderr)
+	}
+	httpTLS, err := httpTLSFlags.load()
+	if err != nil {
 		return flagError(fs, err, stderr)
 	}
 	if *bodyIdleTimeout < 0 {
@@ -320,6 +338,7 @@ func runDev(ctx context.Context, args []string, env func(string) string, stdout,
 		Logger:          logger,
 		TracerProvider:  tp,
 		Stdout:          stdout,
+		HTTPTLS:         httpTLS.serverTLS(logger),
 	}
 	if cfg.DecisionLog == "" {
 		cfg.DecisionLog = filepath.Join(cfg.DataDir, "decisions.jsonl")

@@ -30,11 +30,12 @@ const (
 	configFromHint    = "config from"   // the ConfigService addresses an edge watches
 )
 
-// roleFlags are the flags every distributed role has: --data-dir, --http-addr, --log-level and
-// --log-format.
+// roleFlags are the flags every distributed role has: --data-dir, --http-addr (with
+// --http-tls-cert and --http-tls-key), --log-level and --log-format.
 type roleFlags struct {
 	dataDir  *string
 	httpAddr *addrFlag
+	httpTLS  keyPairFlags
 	level    *levelFlag
 	format   *choiceFlag
 	// instance, when set before setUp, is the process's service.instance.id in its metrics and
@@ -52,6 +53,7 @@ func addRoleFlags(fs *flag.FlagSet, httpDefault, httpUsage string) *roleFlags {
 	}
 	f.dataDir = fs.String("data-dir", "./.guestlist", "data directory")
 	fs.Var(f.httpAddr, "http-addr", httpUsage+"; :0 picks a free port")
+	f.httpTLS = addHTTPTLSFlags(fs)
 	fs.Var(f.level, "log-level", "log level: debug, info, warn or error")
 	fs.Var(f.format, "log-format", "log format: text or json")
 	return f
@@ -113,6 +115,10 @@ func (f *roleFlags) setUp(ctx context.Context, service string, stderr io.Writer)
 	return env, true
 }
 
+// loadHTTPTLS returns the key pair of --http-tls-cert and --http-tls-key, nil when neither is
+// set (plaintext HTTP).
+func (f *roleFlags) loadHTTPTLS() (*keyPairFiles, error) { return f.httpTLS.load() }
+
 // checkDataDir refuses an empty --data-dir.
 func (f *roleFlags) checkDataDir() error {
 	if *f.dataDir == "" {
@@ -163,6 +169,10 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 		return flagError(fs, err, stderr)
 	}
 	grpcTLS, err := tlsFlags.load()
+	if err != nil {
+		return flagError(fs, err, stderr)
+	}
+	httpTLS, err := rf.loadHTTPTLS()
 	if err != nil {
 		return flagError(fs, err, stderr)
 	}
@@ -223,6 +233,7 @@ func runAPI(ctx context.Context, args []string, env func(string) string, stdout,
 			DataDir: *rf.dataDir, GRPCAddr: grpcAddr.addr, HTTPAddr: rf.httpAddr.addr,
 			AdminToken: tok, TokenSource: src, Version: renv.ver, Logger: logger, TracerProvider: renv.tp,
 			Metrics: renv.metrics, Stdout: stdout, Role: "api", GRPCTLS: grpcTLS.serverTLS(logger),
+			HTTPTLS: httpTLS.serverTLS(logger),
 		},
 		Store: *store, CheckpointKeyDir: *keyDir, Projector: *withProjector, EdgeToken: edgeToken.token,
 	}
@@ -318,6 +329,10 @@ func runProjector(ctx context.Context, args []string, env func(string) string, s
 	if err != nil {
 		return flagError(fs, err, stderr)
 	}
+	httpTLS, err := rf.loadHTTPTLS()
+	if err != nil {
+		return flagError(fs, err, stderr)
+	}
 	if err := rf.checkDataDir(); err != nil {
 		return flagError(fs, err, stderr)
 	}
@@ -343,7 +358,7 @@ func runProjector(ctx context.Context, args []string, env func(string) string, s
 		devConfig: devConfig{
 			DataDir: *rf.dataDir, GRPCAddr: grpcAddr.addr, HTTPAddr: rf.httpAddr.addr, Version: renv.ver,
 			Logger: renv.logger, TracerProvider: renv.tp, Metrics: renv.metrics, Stdout: stdout, Role: "projector",
-			GRPCTLS: grpcTLS.serverTLS(renv.logger),
+			GRPCTLS: grpcTLS.serverTLS(renv.logger), HTTPTLS: httpTLS.serverTLS(renv.logger),
 		},
 		Store: *store, EdgeToken: edgeToken.token,
 	}

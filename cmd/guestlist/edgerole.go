@@ -33,6 +33,9 @@ type edgeConfig struct {
 	EdgeID string
 	// EdgeAddr is the HTTPS address, HTTPAddr the address of /healthz, /readyz and /metrics.
 	EdgeAddr, HTTPAddr string
+	// HTTPTLS, when set, makes the HTTPAddr listener serve HTTPS only (--http-tls-cert); nil
+	// serves plaintext HTTP.
+	HTTPTLS *tls.Config
 	// CADir is the edge CA directory; DecisionLog the decision log ("-" for standard output).
 	CADir, DecisionLog string
 	// ConfigAddrs are the ConfigService addresses; EdgeToken the bearer token presented to them.
@@ -113,6 +116,10 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 	if err != nil {
 		return flagError(fs, err, stderr)
 	}
+	httpTLS, err := rf.loadHTTPTLS()
+	if err != nil {
+		return flagError(fs, err, stderr)
+	}
 	if len(*edgeID) > 256 || strings.IndexFunc(*edgeID, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
 		return flagError(fs, errors.New("--edge-id: at most 256 printable ASCII characters (the ConfigService refuses others)"), stderr)
 	}
@@ -143,7 +150,7 @@ func runEdge(ctx context.Context, args []string, env func(string) string, stdout
 		DataDir: *rf.dataDir, EdgeID: *edgeID, EdgeAddr: edgeAddr.addr, HTTPAddr: rf.httpAddr.addr,
 		CADir: *caDir, DecisionLog: *decisionLog, ConfigAddrs: configAddrs.addrs, EdgeToken: edgeToken.token, ConfigTLS: configTLS, OriginAllow: originAllow.policy.WithDeny(originDeny.entries...),
 		Metrics: renv.metrics, TracerProvider: renv.tp, Version: renv.ver, Logger: renv.logger, Stdout: stdout,
-		BodyIdleTimeout: *bodyIdleTimeout,
+		BodyIdleTimeout: *bodyIdleTimeout, HTTPTLS: httpTLS.serverTLS(renv.logger),
 	}
 	if err := runEdgeRole(ctx, cfg); err != nil {
 		renv.logger.Error("guestlist edge stopped", "error", err)
@@ -184,9 +191,20 @@ func serveEdgeRole(ctx context.Context, cfg edgeConfig) (err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
+	if cfg.HTTPTLS != nil {
+		hs.TLSConfig = cfg.HTTPTLS.Clone()
+		hs.TLSConfig.MinVersion = max(hs.TLSConfig.MinVersion, tls.VersionTLS12)
+	}
 	p.runs = append(p.runs, func(ctx context.Context, _ net.Addr) error {
 		errc := make(chan error, 1)
-		go func() { errc <- hs.Serve(httpLn) }()
+		go func() {
+			if hs.TLSConfig != nil {
+				// The certificate comes from TLSConfig (GetCertificate), not from files named here.
+				errc <- hs.ServeTLS(httpLn, "", "")
+				return
+			}
+			errc <- hs.Serve(httpLn)
+		}()
 		select {
 		case err := <-errc:
 			return fmt.Errorf("serve HTTP on %s: %w", httpLn.Addr(), err)
@@ -250,7 +268,7 @@ func printEdgeBanner(out io.Writer, cfg edgeConfig, edgeAddr, httpAddr net.Addr,
 	for _, l := range lines {
 		fmt.Fprintf(w, "  %-12s %s\n", l.name, l.value)
 	}
-	fmt.Fprintf(w, "  %-12s http://%s  (/healthz, /readyz, /metrics)\n", httpHint, httpAddr)
+	fmt.Fprintf(w, "  %-12s %s://%s  (/healthz, /readyz, /metrics)\n", httpHint, httpScheme(cfg.HTTPTLS), httpAddr)
 	fmt.Fprintf(w, "  %-12s %s\n", configFromHint, strings.Join(cfg.ConfigAddrs, ", "))
 	fmt.Fprintf(w, "  %-12s %s\n", decisionLogHint, cfg.DecisionLog)
 	fmt.Fprintf(w, "  %-12s %s\n", "data dir", cfg.DataDir)

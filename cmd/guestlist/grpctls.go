@@ -15,7 +15,8 @@ import (
 )
 
 // The TLS of the gRPC channel between edges and the ConfigService (and of the API's gRPC
-// listener): the server side loads a certificate and key from files and picks up renewed ones; the
+// listener), and of every role's HTTP listener (--http-tls-cert: the REST gateway, /readyz,
+// /metrics): the server side loads a certificate and key from files and picks up renewed ones; the
 // edge trusts the CA certificates of a file. An edge refuses to send its token and take every
 // tenant's configuration in plaintext over the network unless the operator says so
 // (--config-plaintext).
@@ -26,6 +27,8 @@ import (
 type keyPairFiles struct {
 	certPath, keyPath string
 	logger            *slog.Logger
+	// listener names what serves the pair in the logs ("gRPC", "HTTP"); "" for none.
+	listener string
 
 	mu        sync.Mutex
 	cert      *tls.Certificate
@@ -124,17 +127,26 @@ func (k *keyPairFiles) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 		// made it fail (the files' owner or mode, say) may be fixed without writing them.
 		if msg := err.Error(); msg != k.warned {
 			k.warned = msg
-			k.logger.Warn("gRPC TLS: the changed certificate or key does not load; serving the pair loaded before", "error", err)
+			k.logger.Warn(k.logPrefix()+"the changed certificate or key does not load; serving the pair loaded before", "error", err)
 		}
 		return k.cert, nil
 	}
 	k.cert, k.stamp, k.warned = cert, stamp, ""
-	k.logger.Info("gRPC TLS: loaded a renewed certificate", "subject", cert.Leaf.Subject.String(), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	k.logger.Info(k.logPrefix()+"loaded a renewed certificate", "subject", cert.Leaf.Subject.String(), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
 	return k.cert, nil
 }
 
-// serverTLS is the gRPC listener's TLS configuration: TLS 1.2 or later, the certificate from k,
-// whose reloads are logged to logger. A nil k (no TLS flags) gives nil: plaintext.
+// logPrefix starts k's log messages: "gRPC TLS: ", "HTTP TLS: ", or "TLS: ".
+func (k *keyPairFiles) logPrefix() string {
+	if k.listener == "" {
+		return "TLS: "
+	}
+	return k.listener + " TLS: "
+}
+
+// serverTLS is a listener's TLS configuration (the gRPC listener's, or the HTTP listener's): TLS
+// 1.2 or later, the certificate from k, whose reloads are logged to logger. A nil k (no TLS flags)
+// gives nil: plaintext.
 func (k *keyPairFiles) serverTLS(logger *slog.Logger) *tls.Config {
 	if k == nil {
 		return nil
@@ -145,34 +157,60 @@ func (k *keyPairFiles) serverTLS(logger *slog.Logger) *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: k.GetCertificate}
 }
 
-// grpcTLSFlags are --grpc-tls-cert and --grpc-tls-key of the roles that serve gRPC.
-type grpcTLSFlags struct{ cert, key *string }
+// keyPairFlags are a listener's --PREFIX-tls-cert and --PREFIX-tls-key: --grpc-tls-cert and
+// --grpc-tls-key of the roles that serve gRPC, --http-tls-cert and --http-tls-key of every role's
+// HTTP listener.
+type keyPairFlags struct {
+	prefix   string // "grpc" or "http": the flags' names start with it
+	listener string // what serves the pair, in its logs: "gRPC" or "HTTP"
+	cert     *string
+	key      *string
+}
 
-func addGRPCTLSFlags(fs *flag.FlagSet, what string) grpcTLSFlags {
-	return grpcTLSFlags{
-		cert: fs.String("grpc-tls-cert", "", "serve "+what+" over TLS only, with this certificate chain (PEM, leaf first; read again when it changes); with --grpc-tls-key (default: plaintext)"),
-		key:  fs.String("grpc-tls-key", "", "the private key (PEM) of --grpc-tls-cert"),
+// addGRPCTLSFlags defines --grpc-tls-cert and --grpc-tls-key on fs; what names what the gRPC
+// listener serves.
+func addGRPCTLSFlags(fs *flag.FlagSet, what string) keyPairFlags {
+	return addKeyPairFlags(fs, "grpc", "gRPC", "serve "+what+" over TLS only")
+}
+
+// addHTTPTLSFlags defines --http-tls-cert and --http-tls-key on fs, for the HTTP listener
+// (--http-addr).
+func addHTTPTLSFlags(fs *flag.FlagSet) keyPairFlags {
+	return addKeyPairFlags(fs, "http", "HTTP", "serve everything on --http-addr over HTTPS only (TLS 1.2 or later), so that the bearer tokens sent there never cross the network in plaintext")
+}
+
+func addKeyPairFlags(fs *flag.FlagSet, prefix, listener, serve string) keyPairFlags {
+	return keyPairFlags{
+		prefix:   prefix,
+		listener: listener,
+		cert:     fs.String(prefix+"-tls-cert", "", serve+", with this certificate chain (PEM, leaf first; read again when it changes); with --"+prefix+"-tls-key (default: plaintext)"),
+		key:      fs.String(prefix+"-tls-key", "", "the private key (PEM) of --"+prefix+"-tls-cert"),
 	}
 }
 
-// load returns the key pair the flags name, nil when neither is set.
-func (f grpcTLSFlags) load() (*keyPairFiles, error) {
+// load returns the key pair the flags name, nil when neither is set. The error names the flags
+// and, when a file does not load, the file and what is wrong with it.
+func (f keyPairFlags) load() (*keyPairFiles, error) {
+	certFlag, keyFlag := "--"+f.prefix+"-tls-cert", "--"+f.prefix+"-tls-key"
 	switch {
 	case *f.cert == "" && *f.key == "":
 		return nil, nil
 	case *f.cert == "":
-		return nil, errors.New("--grpc-tls-key needs --grpc-tls-cert")
+		return nil, fmt.Errorf("%s needs %s", keyFlag, certFlag)
 	case *f.key == "":
-		return nil, errors.New("--grpc-tls-cert needs --grpc-tls-key")
+		return nil, fmt.Errorf("%s needs %s", certFlag, keyFlag)
 	}
 	k, err := loadKeyPairFiles(*f.cert, *f.key)
 	if err != nil {
-		return nil, fmt.Errorf("--grpc-tls-cert, --grpc-tls-key: %w", err)
+		return nil, fmt.Errorf("%s, %s: %w", certFlag, keyFlag, err)
 	}
+	k.listener = f.listener
 	return k, nil
 }
 
-// loadRoots reads the CA certificates (PEM) an edge trusts for the ConfigService.
+// loadRoots reads the CA certificates (PEM) of a file that a client trusts: an edge's for the
+// ConfigService (--config-ca), "guestlist healthcheck --ca", "guestlist audit --api-ca". The
+// error names the file and says what is wrong.
 func loadRoots(path string) (*x509.CertPool, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

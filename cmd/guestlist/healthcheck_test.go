@@ -98,7 +98,7 @@ func TestHealthcheckTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = checkHealth(context.Background(), u, 50*time.Millisecond)
+	_, _, err = checkHealth(context.Background(), u, nil, 50*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
 		t.Fatalf("checkHealth against a server that never answers: %v, want a deadline error", err)
 	}

@@ -89,6 +89,11 @@ type Config struct {
 	// sets). Nil serves plaintext gRPC. The REST gateway reaches the gRPC server in memory either
 	// way, so it needs no certificate that names this process.
 	TLS *tls.Config
+	// HTTPTLS, when set, makes the HTTP listener serve HTTPS only, with this configuration (its
+	// Certificates, GetCertificate or GetConfigForClient; TLS 1.2 or later is enforced, and h2 is
+	// offered besides HTTP/1.1). A plaintext request there gets net/http's 400 answer ("client
+	// sent an HTTP request to an HTTPS server"). Nil serves plaintext HTTP.
+	HTTPTLS *tls.Config
 	// Authenticator turns the bearer token of every call (except grpc.health.v1 and server
 	// reflection) into the auth.Principal that handlers find with auth.FromContext. Required.
 	Authenticator auth.Authenticator
@@ -224,14 +229,17 @@ func New(cfg Config) (*Server, error) {
 		}),
 	}
 	if cfg.TLS != nil {
-		tc := cfg.TLS.Clone()
-		if tc.MinVersion < tls.VersionTLS12 {
-			tc.MinVersion = tls.VersionTLS12
-		}
-		if len(tc.Certificates) == 0 && tc.GetCertificate == nil && tc.GetConfigForClient == nil {
-			return nil, errors.New("server: Config.TLS has no certificate (Certificates or GetCertificate)")
+		tc, err := serverTLS(cfg.TLS, "Config.TLS")
+		if err != nil {
+			return nil, err
 		}
 		grpcOpts = append(grpcOpts, grpc.Creds(gatewayCreds{tls: credentials.NewTLS(tc)}))
+	}
+	var httpTLS *tls.Config
+	if cfg.HTTPTLS != nil {
+		if httpTLS, err = serverTLS(cfg.HTTPTLS, "Config.HTTPTLS"); err != nil {
+			return nil, err
+		}
 	}
 	s.grpc = grpc.NewServer(grpcOpts...)
 	s.health = health.NewServer()
@@ -295,12 +303,26 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		TLSConfig:      httpTLS,
 	}
 	// Streams end as soon as the HTTP shutdown begins: a REST request forwarding a stream (a
 	// history export) then ends with its error line at once, instead of holding the shutdown up
 	// until its timeout and being cut off without one.
 	s.http.RegisterOnShutdown(s.drain)
 	return s, nil
+}
+
+// serverTLS checks a listener's TLS configuration (field names it in the error) and returns a
+// copy requiring TLS 1.2 or later.
+func serverTLS(c *tls.Config, field string) (*tls.Config, error) {
+	tc := c.Clone()
+	if tc.MinVersion < tls.VersionTLS12 {
+		tc.MinVersion = tls.VersionTLS12
+	}
+	if len(tc.Certificates) == 0 && tc.GetCertificate == nil && tc.GetConfigForClient == nil {
+		return nil, fmt.Errorf("server: %s has no certificate (Certificates or GetCertificate)", field)
+	}
+	return tc, nil
 }
 
 // GRPCAddr is the address the gRPC listener is bound to (with the real port when GRPCAddr was ":0").
@@ -338,13 +360,18 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 	}
 	go func() {
-		if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := s.http.Serve
+		if s.http.TLSConfig != nil {
+			// The certificate comes from TLSConfig, not from files named here.
+			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") }
+		}
+		if err := serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("server: serve HTTP on %s: %w", s.httpLis.Addr(), err)
 			return
 		}
 		errc <- nil
 	}()
-	s.log.InfoContext(ctx, "serving gRPC and HTTP", "grpc_addr", s.GRPCAddr().String(), "http_addr", s.HTTPAddr().String(), "services", s.services)
+	s.log.InfoContext(ctx, "serving gRPC and HTTP", "grpc_addr", s.GRPCAddr().String(), "http_addr", s.HTTPAddr().String(), "http_tls", s.http.TLSConfig != nil, "services", s.services)
 
 	var errs []error
 	pending := 3
