@@ -191,14 +191,17 @@ func serveEdgeRole(ctx context.Context, cfg edgeConfig) (err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
-	if cfg.HTTPTLS != nil {
+	// hs.Serve sets hs.TLSConfig even in plaintext (its HTTP/2 defaults): whether to serve TLS is
+	// decided here, once.
+	serveTLS := cfg.HTTPTLS != nil
+	if serveTLS {
 		hs.TLSConfig = cfg.HTTPTLS.Clone()
 		hs.TLSConfig.MinVersion = max(hs.TLSConfig.MinVersion, tls.VersionTLS12)
 	}
 	p.runs = append(p.runs, func(ctx context.Context, _ net.Addr) error {
 		errc := make(chan error, 1)
 		go func() {
-			if hs.TLSConfig != nil {
+			if serveTLS {
 				// The certificate comes from TLSConfig (GetCertificate), not from files named here.
 				errc <- hs.ServeTLS(httpLn, "", "")
 				return

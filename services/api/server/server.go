@@ -142,6 +142,7 @@ type Server struct {
 	health           *health.Server
 	conn             *grpc.ClientConn
 	http             *http.Server
+	httpTLS          bool // http serves HTTPS only (Config.HTTPTLS)
 
 	// drainCtx is done once shutdown begins (drain cancels it): streaming calls end.
 	drainCtx  context.Context
@@ -294,6 +295,7 @@ func New(cfg Config) (*Server, error) {
 		_ = s.conn.Close()
 		return nil, err
 	}
+	s.httpTLS = httpTLS != nil
 	s.http = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -361,7 +363,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	go func() {
 		serve := s.http.Serve
-		if s.http.TLSConfig != nil {
+		if s.httpTLS {
 			// The certificate comes from TLSConfig, not from files named here.
 			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") }
 		}
@@ -371,7 +373,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		errc <- nil
 	}()
-	s.log.InfoContext(ctx, "serving gRPC and HTTP", "grpc_addr", s.GRPCAddr().String(), "http_addr", s.HTTPAddr().String(), "http_tls", s.http.TLSConfig != nil, "services", s.services)
+	s.log.InfoContext(ctx, "serving gRPC and HTTP", "grpc_addr", s.GRPCAddr().String(), "http_addr", s.HTTPAddr().String(), "http_tls", s.httpTLS, "services", s.services)
 
 	var errs []error
 	pending := 3

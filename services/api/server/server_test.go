@@ -795,6 +795,73 @@ func TestGRPCListenerTLS(t *testing.T) {
 	})
 }
 
+// TestHTTPListenerTLS: with Config.HTTPTLS the HTTP listener serves HTTPS only, at TLS 1.2 or
+// later even when the configuration allows less, and offers h2: REST calls over it work, a
+// plaintext request gets net/http's 400, clients that do not trust the CA or offer TLS 1.1 at most
+// fail the handshake; the gRPC listener is not affected.
+func TestHTTPListenerTLS(t *testing.T) {
+	ca := pkitest.NewCA(t, "HTTP listener CA")
+	leaf := ca.Server(t, []string{"api.internal"})
+	cert := tls.Certificate{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert}
+	env := startServer(t, func(c *Config) {
+		c.HTTPTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS10}
+	})
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	addr := env.srv.HTTPAddr().String()
+	get := func(t *testing.T, tc *tls.Config) (*http.Response, []byte, error) {
+		t.Helper()
+		tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}
+		defer tr.CloseIdleConnections()
+		req, err := http.NewRequestWithContext(ctxT(t), "GET", "https://"+addr+"/v1/tenants/acme", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b, nil
+	}
+	t.Run("ok/REST over HTTPS, h2 offered", func(t *testing.T) {
+		resp, body, err := get(t, &tls.Config{RootCAs: roots, ServerName: "api.internal"})
+		if err != nil || resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+			t.Fatalf("GET over HTTPS: %v %v %s", resp, err, body)
+		}
+	})
+	t.Run("ok/gRPC stays plaintext", func(t *testing.T) {
+		if _, err := env.client.GetTenant(withToken(ctxT(t), testToken), &guestlistv1.GetTenantRequest{TenantId: "acme"}); err != nil {
+			t.Fatalf("GetTenant in plaintext: %v", err)
+		}
+	})
+	t.Run("fail/plaintext request", func(t *testing.T) {
+		if r := env.do(t, "GET", "/v1/tenants/acme", testToken, ""); r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "HTTP request to an HTTPS server") {
+			t.Fatalf("GET in plaintext = %d %s, want 400", r.status, r.body)
+		}
+	})
+	t.Run("fail/a client trusting another CA", func(t *testing.T) {
+		other := x509.NewCertPool()
+		other.AddCert(pkitest.NewCA(t, "another CA").Cert)
+		if _, _, err := get(t, &tls.Config{RootCAs: other, ServerName: "api.internal"}); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+			t.Fatalf("GET trusting another CA = %v", err)
+		}
+	})
+	t.Run("fail/TLS 1.1", func(t *testing.T) {
+		if _, _, err := get(t, &tls.Config{RootCAs: roots, ServerName: "api.internal", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
+			t.Fatal("a client offering TLS 1.1 at most got an answer")
+		}
+	})
+	t.Run("fail/no certificate configured", func(t *testing.T) {
+		_, err := New(Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Authenticator: &oneToken{}, HTTPTLS: &tls.Config{}})
+		if err == nil || !strings.Contains(err.Error(), "Config.HTTPTLS has no certificate") {
+			t.Fatalf("New with an HTTP TLS config without a certificate = %v", err)
+		}
+	})
+}
+
 // TestGatewayConnectionIsNotForgeable: the gateway's plaintext exception goes by the connection's
 // type, which only the in-memory listener makes; a network client that sends what the gateway
 // sends (plaintext HTTP/2 prior knowledge) still gets TLS.
