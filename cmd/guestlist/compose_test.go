@@ -1167,7 +1167,9 @@ func (c *deployCheck) portPublished(s *service, port int) bool {
 }
 
 // checkGuestlistHealth: the health check runs "guestlist healthcheck" (the image has no shell and no
-// curl) against the port that the service's --http-addr binds (or its only listen address).
+// curl) against the port that the service's --http-addr binds (or its only listen address), in
+// what that listener serves: https:// when the service has GUESTLIST_HTTP_TLS_CERT, http://
+// otherwise (where a --ca would make the check exit 2).
 func (c *deployCheck) checkGuestlistHealth(n string, s *service, flags map[string]flagInfo, listen []listenAddr, df dockerfileInfo) {
 	if s.healthTest == nil {
 		c.problemf("service %s: no healthcheck", n)
@@ -1186,6 +1188,7 @@ func (c *deployCheck) checkGuestlistHealth(n string, s *service, flags map[strin
 		c.problemf("service %s: healthcheck: %v", n, err)
 	}
 	var raw string
+	var ca bool
 	for i := 3; i < len(t); i++ {
 		switch {
 		case (t[i] == "--url" || t[i] == "-url") && i+1 < len(t):
@@ -1193,6 +1196,11 @@ func (c *deployCheck) checkGuestlistHealth(n string, s *service, flags map[strin
 			i++
 		case strings.HasPrefix(t[i], "--url="):
 			raw = strings.TrimPrefix(t[i], "--url=")
+		case (t[i] == "--ca" || t[i] == "-ca") && i+1 < len(t):
+			ca = true
+			i++
+		case strings.HasPrefix(t[i], "--ca="):
+			ca = true
 		default:
 			c.problemf("service %s: healthcheck: unexpected argument %q", n, t[i])
 		}
@@ -1212,6 +1220,18 @@ func (c *deployCheck) checkGuestlistHealth(n string, s *service, flags map[strin
 	}
 	if _, ok := flags[envName("http-addr")]; ok && u.Path != "/readyz" {
 		c.problemf("service %s: healthcheck URL %s: want /readyz (ready to serve, not only alive)", n, raw)
+	}
+	if _, ok := flags[envName("http-addr")]; ok {
+		tlsServed := s.env[envName("http-tls-cert")] != ""
+		switch {
+		case tlsServed && u.Scheme != "https":
+			c.problemf("service %s: healthcheck URL %s is plaintext, but the service serves HTTPS only (%s); use https:// (and --ca for a private CA)", n, raw, envName("http-tls-cert"))
+		case !tlsServed && u.Scheme == "https":
+			c.problemf("service %s: healthcheck URL %s, but the service serves plaintext HTTP (no %s)", n, raw, envName("http-tls-cert"))
+		}
+	}
+	if ca && u.Scheme != "https" {
+		c.problemf("service %s: healthcheck --ca with the http:// URL %s: the check would exit 2", n, raw)
 	}
 }
 
@@ -1777,6 +1797,15 @@ func TestComposeStructureCatches(t *testing.T) {
 			old: "http://127.0.0.1:8082/readyz", new: "http://127.0.0.1:8080/readyz", want: "service projector: healthcheck URL http://127.0.0.1:8080/readyz uses port 8080"},
 		{name: "fail/healthcheck with curl", file: composeFileName,
 			old: `["CMD", "/guestlist", "healthcheck", "--url", "http://127.0.0.1:8082/readyz"]`, new: `["CMD", "curl", "-f", "http://127.0.0.1:8082/readyz"]`, want: "service projector: healthcheck"},
+		{name: "fail/plaintext healthcheck of an HTTPS listener", file: composeFileName,
+			old: "      GUESTLIST_HTTP_ADDR: 0.0.0.0:8082\n", new: "      GUESTLIST_HTTP_ADDR: 0.0.0.0:8082\n      GUESTLIST_HTTP_TLS_CERT: /tls/projector-http.pem\n      GUESTLIST_HTTP_TLS_KEY: /tls/projector-http.key\n",
+			want: "service projector: healthcheck URL http://127.0.0.1:8082/readyz is plaintext, but the service serves HTTPS only (GUESTLIST_HTTP_TLS_CERT)"},
+		{name: "fail/HTTPS healthcheck of a plaintext listener", file: composeFileName,
+			old: `"--url", "http://127.0.0.1:8082/readyz"]`, new: `"--url", "https://127.0.0.1:8082/readyz", "--ca", "/tls/ca.pem"]`,
+			want: "service projector: healthcheck URL https://127.0.0.1:8082/readyz, but the service serves plaintext HTTP (no GUESTLIST_HTTP_TLS_CERT)"},
+		{name: "fail/healthcheck CA for a plaintext URL", file: composeFileName,
+			old: `"--url", "http://127.0.0.1:8082/readyz"]`, new: `"--url", "http://127.0.0.1:8082/readyz", "--ca", "/tls/ca.pem"]`,
+			want: "service projector: healthcheck --ca with the http:// URL"},
 		{name: "fail/config address not a listener", file: composeFileName,
 			old: "GUESTLIST_CONFIG_ADDR: projector:50052", new: "GUESTLIST_CONFIG_ADDR: projector:50051", want: "GUESTLIST_CONFIG_ADDR=projector:50051, but projector listens on"},
 		{name: "fail/edge in plaintext across the network", file: composeFileName,
