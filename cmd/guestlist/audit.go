@@ -119,7 +119,7 @@ func (f *auditFlags) client(needTenant bool) (*apiClient, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("--api %q: want an http(s) URL such as %s", f.api, defaultAPI)
 	}
-	hc := &http.Client{Timeout: time.Minute}
+	hc := &http.Client{Timeout: time.Minute, CheckRedirect: refuseRedirect}
 	tlsCfg, err := clientTLS("api-ca", f.apiCA, "api", u)
 	if err != nil {
 		return nil, err
@@ -130,6 +130,14 @@ func (f *auditFlags) client(needTenant bool) (*apiClient, error) {
 		hc.Transport = tr
 	}
 	return &apiClient{base: strings.TrimRight(f.api, "/"), token: f.token.token, http: hc}, nil
+}
+
+// refuseRedirect is the audit client's redirect policy: none is followed. The API never
+// redirects, and Go's client would send the Authorization header again to the redirect's target
+// when it is the same host (over plaintext http:// or to another port) or a subdomain of it: the
+// bearer token goes to --api and nowhere else.
+func refuseRedirect(req *http.Request, via []*http.Request) error {
+	return fmt.Errorf("the answer redirects to %s: not followed (the API does not redirect; the bearer token goes to --api only)", req.URL.Redacted())
 }
 
 // call sends a request (body nil for none) and returns the response body of a 200.

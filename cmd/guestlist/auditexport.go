@@ -251,7 +251,8 @@ func (c *apiClient) stream(ctx context.Context, path string, idle time.Duration)
 		return fail(fmt.Errorf("GET %s: %w", path, err))
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
-	client := &http.Client{Transport: c.http.Transport} // no overall timeout: an export may take long
+	client := *c.http  // its transport (--api-ca) and redirect policy
+	client.Timeout = 0 // no overall timeout: an export may take long
 	resp, err := client.Do(req)
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
