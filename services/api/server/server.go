@@ -315,7 +315,8 @@ func New(cfg Config) (*Server, error) {
 }
 
 // serverTLS checks a listener's TLS configuration (field names it in the error) and returns a
-// copy requiring TLS 1.2 or later.
+// copy requiring TLS 1.2 or later, also of the configurations its GetConfigForClient returns
+// (which replace it for their handshakes, MinVersion included).
 func serverTLS(c *tls.Config, field string) (*tls.Config, error) {
 	tc := c.Clone()
 	if tc.MinVersion < tls.VersionTLS12 {
@@ -323,6 +324,17 @@ func serverTLS(c *tls.Config, field string) (*tls.Config, error) {
 	}
 	if len(tc.Certificates) == 0 && tc.GetCertificate == nil && tc.GetConfigForClient == nil {
 		return nil, fmt.Errorf("server: %s has no certificate (Certificates or GetCertificate)", field)
+	}
+	if perClient := tc.GetConfigForClient; perClient != nil {
+		tc.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			cc, err := perClient(hello)
+			if err != nil || cc == nil || cc.MinVersion >= tls.VersionTLS12 {
+				return cc, err
+			}
+			cc = cc.Clone()
+			cc.MinVersion = tls.VersionTLS12
+			return cc, nil
+		}
 	}
 	return tc, nil
 }

@@ -966,3 +966,66 @@ func TestGatewayCallsNameTheirPeer(t *testing.T) {
 		})
 	}
 }
+
+// TestListenerTLSPerClientConfig: TLS 1.2 or later holds on both listeners also when the TLS
+// configuration comes from Config.TLS's or Config.HTTPTLS's GetConfigForClient, whose per-client
+// configuration may allow older versions: a client offering TLS 1.1 at most fails the handshake,
+// one offering TLS 1.2 gets the certificate of the per-client configuration.
+func TestListenerTLSPerClientConfig(t *testing.T) {
+	ca := pkitest.NewCA(t, "per-client CA")
+	leaf := ca.Server(t, []string{"api.internal"})
+	cert := tls.Certificate{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert}
+	perClient := func() *tls.Config {
+		return &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS10, CipherSuites: []uint16{
+				tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, // the second for TLS 1.1
+			}}, nil
+		}}
+	}
+	env := startServer(t, func(c *Config) {
+		c.TLS = perClient()
+		c.HTTPTLS = perClient()
+	})
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	port := func(a net.Addr) string {
+		_, p, _ := net.SplitHostPort(a.String())
+		return "127.0.0.1:" + p
+	}
+	for _, tc := range []struct {
+		name    string
+		addr    string
+		alpn    string
+		maxVers uint16
+		wantErr string
+	}{
+		{name: "ok/HTTP listener, TLS 1.2", addr: port(env.srv.HTTPAddr()), alpn: "http/1.1", maxVers: tls.VersionTLS12},
+		{name: "ok/gRPC listener, TLS 1.2", addr: port(env.srv.GRPCAddr()), alpn: "h2", maxVers: tls.VersionTLS12},
+		{name: "fail/HTTP listener, TLS 1.1", addr: port(env.srv.HTTPAddr()), alpn: "http/1.1", maxVers: tls.VersionTLS11, wantErr: "protocol version"},
+		{name: "fail/gRPC listener, TLS 1.1", addr: port(env.srv.GRPCAddr()), alpn: "h2", maxVers: tls.VersionTLS11, wantErr: "protocol version"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &net.Dialer{Timeout: 3 * time.Second}
+			c, err := tls.DialWithDialer(d, "tcp", tc.addr, &tls.Config{RootCAs: roots, ServerName: "api.internal",
+				NextProtos: []string{tc.alpn}, MinVersion: tls.VersionTLS10, MaxVersion: tc.maxVers})
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("handshake at TLS 1.2: %v", err)
+				}
+				defer c.Close()
+				if st := c.ConnectionState(); st.Version != tls.VersionTLS12 || !st.PeerCertificates[0].Equal(leaf.Cert) {
+					t.Fatalf("handshake: version %x, certificate %s", st.Version, st.PeerCertificates[0].Subject)
+				}
+				return
+			}
+			if err == nil {
+				v := c.ConnectionState().Version
+				c.Close()
+				t.Fatalf("a client offering TLS 1.1 at most completed the handshake (version %x)", v)
+			}
+			if !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("handshake at TLS 1.1: %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
