@@ -39,7 +39,8 @@
 // holding nothing would get grants revoked since. A snapshot need not be at the projector's
 // position: one read of the read model is shared by the edges that need a snapshot while the
 // projector still retains every change after it (they get those changes next) and it is not
-// behind the position an edge holds, so that edges reconnecting together while tenants write hold
+// behind the position an edge holds (or, for an edge ahead of the projector, is at the projector's
+// position, as a new read would be), so that edges reconnecting together while tenants write hold
 // one copy of every configuration between them rather than one each.
 //
 // When resume_position is ahead of the projector (the projector restarted and is catching up),
@@ -631,13 +632,14 @@ func (s *Server) checkHistory(ctx context.Context, log *slog.Logger, resume uint
 }
 
 // snapshot returns a snapshot of the projector's read model and its history token. It reuses the
-// last one read when that is at position min or later (an edge refuses a snapshot behind what it
-// holds) and the projector still retains every change after it, which the caller sends next;
-// otherwise it reads the read model again.
+// last one read when the projector still retains every change after it, which the caller sends
+// next, and it is at position min or later (an edge refuses a snapshot behind what it holds) or,
+// for a min the projector has not reached (an edge ahead of it), at the projector's position,
+// where a new read would be too; otherwise it reads the read model again.
 func (s *Server) snapshot(min uint64) (uint64, []byte, []*configv1.HostnameConfig, error) {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
-	if s.snapConfigs == nil || s.snapPos < min || !s.p.Retains(s.snapPos) {
+	if s.snapConfigs == nil || !s.p.Retains(s.snapPos) || (s.snapPos < min && s.snapPos != s.p.Position()) {
 		s.snapConfigs = nil // let the old one go before reading the next
 		pos, token, configs, err := s.p.SnapshotWithHistory()
 		if err != nil {

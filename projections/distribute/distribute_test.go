@@ -1,6 +1,7 @@
 package distribute
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -1028,4 +1029,55 @@ func TestWatchSnapshotWaitsForProjector(t *testing.T) {
 		t.Fatalf("first response at %d (snapshot %v), want the snapshot at the store's end, %d", rs[0].GetPosition(), rs[0].GetSnapshot(), last)
 	}
 	ed.converge(want)
+}
+
+// TestSnapshotSharedWithEdgesAhead: edges ahead of the projector (the event store restored from a
+// backup and not written to since: every edge is ahead) get, once AheadWait has passed, the
+// snapshot at the projector's position, which they refuse until the store gets there. A read
+// there is shared like any other: an edge ahead, which no read can reach, takes the read held
+// when it is at the projector's position, rather than read every configuration again for each
+// of them at every reconnection.
+func TestSnapshotSharedWithEdgesAhead(t *testing.T) {
+	e := newEnv(t, envOpts{server: []Option{WithAheadWait(10 * time.Millisecond)}})
+	e.srv.snapMu.Lock()
+	e.srv.snapKeep = time.Hour
+	e.srv.snapMu.Unlock()
+	_, pos := e.write(20)
+	e.waitProjector(pos)
+	held := func() *configv1.HostnameConfig {
+		e.srv.snapMu.Lock()
+		defer e.srv.snapMu.Unlock()
+		if len(e.srv.snapConfigs) == 0 {
+			return nil
+		}
+		return e.srv.snapConfigs[0]
+	}
+	var first *configv1.HostnameConfig
+	for i, tc := range []struct {
+		name   string
+		resume uint64
+	}{
+		{name: "ok/an edge ahead gets the projector's snapshot", resume: pos + 1000},
+		{name: "ok/another edge ahead shares its read", resume: pos + 1000},
+		{name: "ok/an edge further ahead shares it too", resume: pos + 5000},
+		{name: "ok/a new edge shares it", resume: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stream := e.hello(t, &configv1.WatchRequest{EdgeId: fmt.Sprintf("edge-%d", i), ResumePosition: tc.resume})
+			r, err := stream.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !r.GetSnapshot() || r.GetPosition() != pos || !bytes.Equal(r.GetHistoryToken(), e.tokenAt(pos)) {
+				t.Fatalf("first response at %d (snapshot %v), want the snapshot at the projector's position %d with its token", r.GetPosition(), r.GetSnapshot(), pos)
+			}
+			if i == 0 {
+				first = held()
+				return
+			}
+			if h := held(); h == nil || h != first {
+				t.Fatal("the snapshot was read again instead of shared")
+			}
+		})
+	}
 }
