@@ -76,6 +76,10 @@ func loadKeyPair(certPath, keyPath string) (*tls.Certificate, error) {
 	switch {
 	case now.After(leaf.NotAfter):
 		return nil, fmt.Errorf("certificate %s expired at %s", certPath, leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		// Clients would refuse it. A renewal written ahead of time is taken once it is valid
+		// (keyPairFiles reads a pair that failed again at each check).
+		return nil, fmt.Errorf("certificate %s is not valid until %s", certPath, leaf.NotBefore.UTC().Format(time.RFC3339))
 	case len(leaf.ExtKeyUsage) > 0 && !hasExtKeyUsage(leaf, x509.ExtKeyUsageServerAuth):
 		return nil, fmt.Errorf("certificate %s is not for server authentication (its extended key usage lacks serverAuth)", certPath)
 	}

@@ -46,6 +46,8 @@ func TestGRPCTLSFlags(t *testing.T) {
 	otherCert, _ := writePair(t, dir, "other", ca.Server(t, []string{"other.internal"}))
 	expiredCert, expiredKey := writePair(t, dir, "expired", ca.Server(t, []string{"projector.internal"},
 		pkitest.Validity(time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))))
+	futureCert, futureKey := writePair(t, dir, "future", ca.Server(t, []string{"projector.internal"},
+		pkitest.Validity(time.Now().Add(time.Hour), time.Now().Add(48*time.Hour))))
 	clientCert, clientKey := writePair(t, dir, "client", ca.Client(t, "not a server"))
 	notPEM := filepath.Join(dir, "not.pem")
 	if err := os.WriteFile(notPEM, []byte("hello\n"), 0o600); err != nil {
@@ -66,6 +68,7 @@ func TestGRPCTLSFlags(t *testing.T) {
 		{name: "fail/missing file", args: []string{"--grpc-tls-cert", filepath.Join(dir, "nope.pem"), "--grpc-tls-key", keyPath}, mention: "nope.pem"},
 		{name: "fail/not PEM", args: []string{"--grpc-tls-cert", notPEM, "--grpc-tls-key", keyPath}, mention: "not.pem"},
 		{name: "fail/expired", args: []string{"--grpc-tls-cert", expiredCert, "--grpc-tls-key", expiredKey}, mention: "expired"},
+		{name: "fail/not yet valid", args: []string{"--grpc-tls-cert", futureCert, "--grpc-tls-key", futureKey}, mention: "is not valid until"},
 		{name: "fail/a client certificate", args: []string{"--grpc-tls-cert", clientCert, "--grpc-tls-key", clientKey}, mention: "not for server authentication"},
 	}
 	for _, tc := range serverCases {
