@@ -178,6 +178,8 @@ type RefusedHostname struct {
 	Err error
 }
 
+// Error names the response's position and the first hostnames left out, each with its index
+// among the upserts and why.
 func (e *RefusedError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "configset: response at position %d applied without %d hostname(s) whose configuration could not be prepared:", e.Position, len(e.Refused))
