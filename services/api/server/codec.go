@@ -92,7 +92,7 @@ func walkUTF8(b []byte, md protoreflect.MessageDescriptor, prefix string, depth 
 	var seen map[protowire.Number]int // occurrences of list fields so far
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		if n < 0 || !num.IsValid() { // protobuf refuses numbers above MaxValidNumber; ConsumeTag does not
 			return "", false
 		}
 		b = b[n:]
