@@ -214,11 +214,19 @@ func printBanner(out io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extr
 	case tokenFromFlag:
 		fmt.Fprintf(w, "  admin token  from --admin-token\n")
 	}
-	if cfg.TokenSource == tokenFromFlag {
-		fmt.Fprintf(w, "\nTry:  curl -H \"Authorization: Bearer $GUESTLIST_ADMIN_TOKEN\" %s/v1/tenants\n", api)
-	} else {
-		fmt.Fprintf(w, "\nTry:  curl -H \"Authorization: Bearer $(cat %s)\" %s/v1/tenants\n", tokenFile, api)
+	// Over HTTPS, curl needs the CA of --http-tls-cert unless it is a public one: the hint says so
+	// rather than print a command that fails with "unable to get local issuer certificate".
+	cacert, cacertNote := "", ""
+	if cfg.HTTPTLS != nil {
+		cacert = "--cacert CA.pem "
+		cacertNote = "      (CA.pem: the CA that issued --http-tls-cert; leave --cacert out if it is a public CA)\n"
 	}
+	if cfg.TokenSource == tokenFromFlag {
+		fmt.Fprintf(w, "\nTry:  curl %s-H \"Authorization: Bearer $GUESTLIST_ADMIN_TOKEN\" %s/v1/tenants\n", cacert, api)
+	} else {
+		fmt.Fprintf(w, "\nTry:  curl %s-H \"Authorization: Bearer $(cat %s)\" %s/v1/tenants\n", cacert, tokenFile, api)
+	}
+	fmt.Fprint(w, cacertNote)
 	fmt.Fprintf(w, "Stop: Ctrl-C\n\n")
 }
 

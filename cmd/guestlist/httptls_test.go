@@ -400,3 +400,42 @@ func firstLine(s string) string {
 	l, _, _ := strings.Cut(s, "\n")
 	return l
 }
+
+// TestBannerCurlHint: the banner's "Try: curl" line works as printed. Over plaintext it needs no
+// CA; over HTTPS it names --cacert and says which CA, since curl refuses a private CA's
+// certificate without it.
+func TestBannerCurlHint(t *testing.T) {
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+	tests := []struct {
+		name    string
+		tls     *tls.Config
+		source  tokenSource
+		want    []string
+		notWant []string
+	}{
+		{name: "ok/plaintext, generated token", source: tokenGenerated,
+			want:    []string{`Try:  curl -H "Authorization: Bearer $(cat `, ` http://127.0.0.1:8080/v1/tenants`},
+			notWant: []string{"--cacert"}},
+		{name: "ok/https, generated token", tls: &tls.Config{}, source: tokenGenerated,
+			want: []string{`Try:  curl --cacert CA.pem -H "Authorization: Bearer $(cat `, ` https://127.0.0.1:8080/v1/tenants`,
+				"(CA.pem: the CA that issued --http-tls-cert; leave --cacert out if it is a public CA)"}},
+		{name: "ok/https, token from the flag", tls: &tls.Config{}, source: tokenFromFlag,
+			want: []string{`Try:  curl --cacert CA.pem -H "Authorization: Bearer $GUESTLIST_ADMIN_TOKEN" https://127.0.0.1:8080/v1/tenants`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			printBanner(&out, devConfig{DataDir: t.TempDir(), AdminToken: "gla_x", TokenSource: tt.source, HTTPTLS: tt.tls}, addr, addr)
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("banner lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("banner has %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
