@@ -10,8 +10,9 @@
 // delta of k changes copies O(k log32 n) small nodes and shares the rest with the previous Set,
 // instead of copying a map of n entries; readers of the previous Set are unaffected. Preparing the
 // hostnames ([decision.Prepare]) goes through one [decision.Cache] per Store, so that hostnames
-// with the same CAs, revocations or policy share one parsed and compiled copy; large responses are
-// prepared on all CPUs.
+// with the same CAs, revocations or policy share one parsed and compiled copy, and hostnames with
+// the same CAs one copy of their certificates ([decision.Cache.PrepareOwned]: Apply and LoadFile
+// own the configurations they are given); large responses are prepared on all CPUs.
 //
 // The package does no network I/O; Save and LoadFile read and write the one file they are given.
 package configset
@@ -151,6 +152,10 @@ func (st *Store) Load() *Set { return st.cur.Load() }
 // replaces_history on a change, a change before any snapshot, removals in a snapshot, a hostname
 // upserted twice or both upserted and removed, an upsert whose version is beyond the response's
 // position.
+//
+// Apply takes resp over: the caller must not modify it afterwards, nor read it while Apply runs.
+// Apply may replace an upsert's certificate_authorities with an equal list it already holds, so
+// that hostnames of the same CAs share one copy of the certificates.
 func (st *Store) Apply(resp *configv1.WatchResponse) error {
 	if resp == nil {
 		return errors.New("configset: no response to apply")
@@ -339,7 +344,7 @@ func (st *Store) prepare(upserts []*configv1.HostnameConfig) (out []*decision.Ho
 	var failed atomic.Bool
 	all := make([]error, len(upserts))
 	one := func(i int) {
-		h, err := st.cache.Prepare(upserts[i])
+		h, err := st.cache.PrepareOwned(upserts[i])
 		if err != nil {
 			all[i] = err
 			failed.Store(true)

@@ -162,9 +162,17 @@ func heapGrowth(before uint64) uint64 {
 }
 
 // snapshotOf returns a snapshot of n hostnames at pos, hostname i trusting CA caIndex(i), in mode
-// ENFORCE, without a policy, forwarding to origin. The configurations of one CA share its DER.
-func snapshotOf(n int, cas [][]byte, origin string, pos uint64) *configv1.WatchResponse {
+// ENFORCE, forwarding to origin, with a policy of the given number of rules, the same for the
+// hostnames of one CA (none for 0). The configurations of one CA share its DER and the text of
+// its rules, not their messages.
+func snapshotOf(n int, cas [][]byte, rules int, origin string, pos uint64) *configv1.WatchResponse {
 	ncas := min(len(cas), n)
+	exprs := make([][]string, ncas)
+	for k := range exprs {
+		for r := range rules {
+			exprs[k] = append(exprs[k], fmt.Sprintf(`cert.verified && cert.subject.organizational_unit.exists(u, u == "tenant-%04d-unit-%d") && request.path.startsWith("/v%d/")`, k, r, r))
+		}
+	}
 	ups := make([]*configv1.HostnameConfig, n)
 	for i := range ups {
 		k := caIndex(i, ncas)
@@ -179,16 +187,23 @@ func snapshotOf(n int, cas [][]byte, origin string, pos uint64) *configv1.WatchR
 			},
 			Version: 1,
 		}
+		if rules > 0 {
+			p := &configv1.Policy{PolicyId: fmt.Sprintf("policy-%04d", k)}
+			for r, e := range exprs[k] {
+				p.Rules = append(p.Rules, &configv1.Rule{Name: fmt.Sprintf("rule-%d", r), Action: configv1.Action_ACTION_ALLOW, Expression: e})
+			}
+			ups[i].Policy = p
+		}
 	}
 	return &configv1.WatchResponse{Position: pos, Snapshot: true, Upserts: ups}
 }
 
 // loadEdgeConfig builds the edge's configuration and measures it (see edgeReady): Apply of a
 // snapshot, cold and warm, Save, and LoadFile into the store it returns.
-func loadEdgeConfig(n int, cas [][]byte, origin, statePath string, r *edgeReady) (*configset.Store, error) {
+func loadEdgeConfig(n int, cas [][]byte, rules int, origin, statePath string, r *edgeReady) (*configset.Store, error) {
 	before := heapAfterGC()
 	st := configset.NewStore()
-	resp := snapshotOf(n, cas, origin, 1)
+	resp := snapshotOf(n, cas, rules, origin, 1)
 	t0 := time.Now()
 	if err := st.Apply(resp); err != nil {
 		return nil, fmt.Errorf("apply the snapshot of %d hostnames: %w", n, err)
@@ -198,7 +213,7 @@ func loadEdgeConfig(n int, cas [][]byte, origin, statePath string, r *edgeReady)
 	r.HeapApply = heapGrowth(before)
 
 	for pos := uint64(2); pos <= 4; pos++ {
-		resp := snapshotOf(n, cas, origin, pos)
+		resp := snapshotOf(n, cas, rules, origin, pos)
 		t0 := time.Now()
 		if err := st.Apply(resp); err != nil {
 			return nil, fmt.Errorf("apply the snapshot of %d hostnames again: %w", n, err)
@@ -248,6 +263,7 @@ func runEdge(args []string) error {
 		warmCerts = fs.Bool("warm-certs", false, "issue every hostname's server leaf before serving")
 		dlogMode  = fs.String("decisionlog", "discard", "decision log: discard (encoded, written to io.Discard), off, or a file path")
 		profile   = fs.String("cpuprofile", "", "write a CPU profile of the serving time to this file")
+		rules     = fs.Int("rules", 0, "rules in the policy of each CA's hostnames (0: no policy)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -263,7 +279,7 @@ func runEdge(args []string) error {
 		return fmt.Errorf("edge: %w", err)
 	}
 	r := edgeReady{Hostnames: *hosts, CAs: min(len(cas), *hosts), GOMAXPROCS: runtime.GOMAXPROCS(0), CertCache: *certCache}
-	store, err := loadEdgeConfig(*hosts, cas, *origin, *state, &r)
+	store, err := loadEdgeConfig(*hosts, cas, *rules, *origin, *state, &r)
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
 	}

@@ -1,0 +1,73 @@
+package configset
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/edge/pkitest"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// TestCertificatesShared: hostnames of the same CAs hold one copy of the certificates, whether
+// their configurations came decoded from the wire (Apply) or from the state file (LoadFile), and
+// the configurations still say what they said.
+func TestCertificatesShared(t *testing.T) {
+	other := pkitest.NewCA(t, "Other Device CA").Cert.Raw
+	var ups []*configv1.HostnameConfig
+	for i := range 600 { // more than prepareChunk: prepared on several goroutines
+		c := cfg(t, fmt.Sprintf("h%04d.example.com", i), uint64(i+1))
+		if i%3 == 0 {
+			c.CertificateAuthorities[0] = &configv1.TrustedCertificateAuthority{CertificateAuthorityId: "other", CertificateDer: other}
+		}
+		ups = append(ups, c)
+	}
+	// As an edge gets it: decoded, every configuration with its own copy of every byte.
+	b, err := proto.Marshal(snapshot(900, ups...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := &configv1.WatchResponse{}
+	if err := proto.Unmarshal(b, resp); err != nil {
+		t.Fatal(err)
+	}
+	want := proto.Clone(resp).(*configv1.WatchResponse)
+
+	// lists returns the distinct CA lists (by their first element's address) of the set's
+	// configurations, checking each against want.
+	lists := func(s *Set) int {
+		seen := map[*configv1.TrustedCertificateAuthority]bool{}
+		for i, u := range want.GetUpserts() {
+			h, ok := s.Lookup(u.GetHostname())
+			if !ok {
+				t.Fatalf("upserts[%d] %s missing", i, u.GetHostname())
+			}
+			if !proto.Equal(h.Config, u) {
+				t.Fatalf("%s: configuration changed:\n got %v\nwant %v", u.GetHostname(), h.Config, u)
+			}
+			seen[h.Config.GetCertificateAuthorities()[0]] = true
+		}
+		return len(seen)
+	}
+
+	st := NewStore()
+	if err := st.Apply(resp); err != nil {
+		t.Fatal(err)
+	}
+	if n := lists(st.Load()); n != 2 {
+		t.Errorf("after Apply: %d copies of the CA lists, want 2", n)
+	}
+	path := filepath.Join(t.TempDir(), "edge-config.binpb")
+	if err := st.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	loaded := NewStore()
+	if err := loaded.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if n := lists(loaded.Load()); n != 2 {
+		t.Errorf("after LoadFile: %d copies of the CA lists, want 2", n)
+	}
+}
