@@ -11,7 +11,7 @@
 // instead of copying a map of n entries; readers of the previous Set are unaffected. Preparing the
 // hostnames ([decision.Prepare]) goes through one [decision.Cache] per Store, so that hostnames
 // with the same CAs, revocations or policy share one parsed and compiled copy, and hostnames with
-// the same CAs one copy of their certificates ([decision.Cache.PrepareOwned]: Apply and LoadFile
+// the same CAs one copy of their certificates ([decision.Hostname.ShareLists]: Apply and LoadFile
 // own the configurations they are given); large responses are prepared on all CPUs.
 //
 // The package does no network I/O; Save and LoadFile read and write the one file they are given.
@@ -344,7 +344,7 @@ func (st *Store) prepare(upserts []*configv1.HostnameConfig) (out []*decision.Ho
 	var failed atomic.Bool
 	all := make([]error, len(upserts))
 	one := func(i int) {
-		h, err := st.cache.PrepareOwned(upserts[i])
+		h, err := st.cache.Prepare(upserts[i])
 		if err != nil {
 			all[i] = err
 			failed.Store(true)
@@ -376,6 +376,13 @@ func (st *Store) prepare(upserts []*configv1.HostnameConfig) (out []*decision.Ho
 			})
 		}
 		wg.Wait()
+	}
+	// On this goroutine alone: configurations of one response may share messages (a caller's
+	// Policy given to several, say), which ShareLists writes.
+	for _, h := range out {
+		if h != nil {
+			h.ShareLists()
+		}
 	}
 	if failed.Load() {
 		return out, all

@@ -11,10 +11,10 @@ import (
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
-// TestPrepareOwnedSharesCertificates: PrepareOwned gives configurations of equal CAs one list of
-// CA messages (one copy of the certificates), only where the content is equal, and never changes
-// what a configuration says or what is decided.
-func TestPrepareOwnedSharesCertificates(t *testing.T) {
+// TestShareLists: ShareLists gives configurations of equal CAs one list of CA messages (one copy of
+// the certificates) and of equal rules one list of rules, only where the content is equal, and
+// never changes what a configuration says or what is decided.
+func TestShareLists(t *testing.T) {
 	p := getPKI(t)
 	// decoded returns cfg as an edge gets it: decoded from the wire, with its own copy of every
 	// byte.
@@ -103,14 +103,16 @@ func TestPrepareOwnedSharesCertificates(t *testing.T) {
 			c := NewCache()
 			first, next := decoded("a.example.com", tt.first...), decoded("b.example.com", tt.next...)
 			firstWas, nextWas := proto.Clone(first), proto.Clone(next)
-			h1, err := c.PrepareOwned(first)
+			h1, err := c.Prepare(first)
 			if err != nil {
 				t.Fatal(err)
 			}
-			h2, err := c.PrepareOwned(next)
+			h1.ShareLists()
+			h2, err := c.Prepare(next)
 			if err != nil {
 				t.Fatal(err)
 			}
+			h2.ShareLists()
 			if got := shares(first, next); got != tt.share {
 				t.Errorf("the CA lists shared: %v, want %v", got, tt.share)
 			}
@@ -149,6 +151,19 @@ func TestPrepareOwnedSharesCertificates(t *testing.T) {
 		}
 		if shares(first, next) || sharesRules(first, next) {
 			t.Error("Prepare replaced a list of a configuration it does not own")
+		}
+	})
+	t.Run("ok/without a Cache nothing is shared", func(t *testing.T) {
+		first, next := decoded("a.example.com", rules), decoded("b.example.com", rules)
+		for _, cfg := range []*configv1.HostnameConfig{first, next} {
+			h, err := Prepare(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.ShareLists()
+		}
+		if shares(first, next) || sharesRules(first, next) {
+			t.Error("hostnames prepared without a Cache share a list")
 		}
 	})
 }

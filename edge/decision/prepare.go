@@ -41,7 +41,7 @@ type Hostname struct {
 type program struct {
 	*policy.Program
 	// rules is the list of rules it was compiled from, nil if a rule there has unknown fields.
-	// PrepareOwned gives it to the configurations of the same rules, so that they hold one copy
+	// ShareLists gives it to the configurations of the same rules, so that they hold one copy
 	// of the rules (see trust.cas).
 	rules []*configv1.Rule
 }
@@ -76,7 +76,7 @@ type trust struct {
 	size int64
 	// cas is the list of CAs it was built from, shared through the Cache by the trusts of the
 	// same CAs (whatever their revocations), or nil (built without a Cache, or a CA there has
-	// unknown fields). PrepareOwned gives it to the configurations of these CAs, so that they
+	// unknown fields). ShareLists gives it to the configurations of these CAs, so that they
 	// hold one copy of the certificates. Holding it here keeps it in the Cache while a hostname
 	// uses it.
 	cas *caList
@@ -123,7 +123,7 @@ func keyOf(c *x509.Certificate) caKey {
 // reports it), and applies the rest of the update.
 //
 // Prepare shares nothing between calls; an edge holding many hostnames uses [Cache.Prepare], or
-// [Cache.PrepareOwned] for configurations it decoded itself.
+// then [Hostname.ShareLists] for configurations it decoded itself.
 func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	return (*Cache)(nil).Prepare(cfg)
 }
@@ -131,8 +131,8 @@ func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 // Cache shares the expensive parts of prepared hostnames (parsed CA certificates and their pool,
 // indexed revocations, compiled policies) between hostnames whose configurations have the same
 // content, as the hostnames of one tenant usually do: preparing a million hostnames that use one
-// policy compiles it once and keeps one copy ([Cache.PrepareOwned] shares the CA certificates of
-// the configurations too). Entries are keyed by a SHA-256 of their content and
+// policy compiles it once and keeps one copy ([Hostname.ShareLists] shares the CA certificates and
+// rules of the configurations too). Entries are keyed by a SHA-256 of their content and
 // held by weak pointers, so an entry lives exactly as long as a prepared Hostname uses it. A Cache
 // is safe for concurrent use; the zero value is not usable, create one with [NewCache]. Sharing
 // changes nothing of what [Decide] decides.
@@ -155,24 +155,11 @@ func NewCache() *Cache {
 // Prepare is [Prepare], sharing what it can with the other hostnames prepared with c. A nil c
 // shares nothing.
 func (c *Cache) Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
-	return c.prepare(cfg, false)
+	return c.prepare(cfg)
 }
 
-// PrepareOwned is [Cache.Prepare] for a configuration that the caller owns and that nothing else
-// reads until PrepareOwned returns (one just decoded from the wire or a file). It also shares the
-// certificates and the rules: when a configuration with the same CAs (the same ids and
-// certificates, in the same order) was prepared with c and is still in use, cfg's
-// certificate_authorities is replaced with that configuration's list, whose content is equal;
-// likewise the rules of its policy. Hostnames that trust the same CAs then hold one copy of their
-// certificates instead of one each (about 0.45 KB a hostname for one ECDSA CA), and hostnames of
-// the same policy one copy of its rules. Lists with fields this version does not know are not
-// shared. The shared messages must not be modified, as the Hostname's Config must not be.
-func (c *Cache) PrepareOwned(cfg *configv1.HostnameConfig) (*Hostname, error) {
-	return c.prepare(cfg, true)
-}
-
-// prepare is Prepare, and PrepareOwned with own.
-func (c *Cache) prepare(cfg *configv1.HostnameConfig, own bool) (*Hostname, error) {
+// prepare is Prepare.
+func (c *Cache) prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	if cfg == nil {
 		return nil, errors.New("decision: no hostname configuration")
 	}
@@ -193,11 +180,6 @@ func (c *Cache) prepare(cfg *configv1.HostnameConfig, own bool) (*Hostname, erro
 	if cfg.GetMode() != configv1.MtlsMode_MTLS_MODE_OFF {
 		if tr, err = lookup(c, c.trustMap(), trustKey(cfg), func() (*trust, error) { return c.newTrust(cfg) }); err != nil {
 			return fail(err)
-		}
-		if own && tr.cas != nil && !unknownFields(cfg.GetCertificateAuthorities()) {
-			// trustKey covers every known field of every CA, in order, and neither list has
-			// unknown fields (from a newer projector): tr.cas equals cfg's list.
-			cfg.CertificateAuthorities = tr.cas.cas
 		}
 	}
 	h := &Hostname{Config: cfg, name: name, active: cfg.GetActive(), mode: cfg.GetMode(), trust: tr}
@@ -220,13 +202,38 @@ func (c *Cache) prepare(cfg *configv1.HostnameConfig, own bool) (*Hostname, erro
 		if err != nil {
 			return fail(err)
 		}
-		if own && c != nil && h.program.rules != nil && !unknownFields(p.GetRules()) {
-			// programKey covers every known field of every rule, in order, and neither list has
-			// unknown fields: h.program.rules equals p's rules.
-			p.Rules = h.program.rules
-		}
 	}
 	return h, nil
+}
+
+// ShareLists gives h's configuration the lists of CA messages and of rule messages that the
+// hostnames prepared with the same [Cache] share, where they are equal to its own (the same ids
+// and certificates, or the same rules, in the same order; lists with fields this version does not
+// know are not shared). Hostnames that trust the same CAs then hold one copy of their certificates
+// instead of one each (about 0.45 KB a hostname for one ECDSA CA), and hostnames of the same rules
+// one copy of the rules. What the configuration says does not change.
+//
+// It writes h.Config (its certificate_authorities and its policy's rules), so it is for a
+// configuration its caller owns, such as one just decoded from the wire or a file: call it
+// before h is used, not concurrently with anything that reads h.Config or a message it shares
+// with another configuration. It writes nothing where the lists are shared already. A hostname
+// prepared without a Cache shares nothing.
+func (h *Hostname) ShareLists() {
+	cfg := h.Config
+	if cas := h.trust.cas; cas != nil && !sameList(cfg.GetCertificateAuthorities(), cas.cas) && !unknownFields(cfg.GetCertificateAuthorities()) {
+		// trustKey covers every known field of every CA, in order, and neither list has
+		// unknown fields (from a newer projector): cas equals cfg's list.
+		cfg.CertificateAuthorities = cas.cas
+	}
+	if p := cfg.GetPolicy(); h.program != nil && h.program.rules != nil && !sameList(p.GetRules(), h.program.rules) && !unknownFields(p.GetRules()) {
+		// programKey covers every known field of every rule, in order: likewise.
+		p.Rules = h.program.rules
+	}
+}
+
+// sameList reports whether a and b are the same slice (not only equal).
+func sameList[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 func (c *Cache) trustMap() map[[32]byte]weak.Pointer[trust] {
