@@ -71,3 +71,37 @@ func TestCertificatesShared(t *testing.T) {
 		t.Errorf("after LoadFile: %d copies of the CA lists, want 2", n)
 	}
 }
+
+// TestApplySharedMessages: Apply may be given upserts that share messages (a policy, a list of
+// CAs), as a caller building a response in memory does; making their configurations share the
+// lists the store already holds must not race with the preparation of the others (go test -race),
+// nor change what they say.
+func TestApplySharedMessages(t *testing.T) {
+	st := NewStore()
+	// The store's lists of these CAs and rules come from this configuration's messages.
+	if err := st.Apply(snapshot(1, cfg(t, "first.example.com", 1))); err != nil {
+		t.Fatal(err)
+	}
+	base := cfg(t, "x.example.com", 2) // equal content, other messages, shared by every upsert
+	var ups []*configv1.HostnameConfig
+	for i := range 600 { // more than prepareChunk: prepared on several goroutines
+		ups = append(ups, &configv1.HostnameConfig{
+			Hostname: fmt.Sprintf("h%04d.example.com", i), TenantId: base.TenantId, Active: true,
+			OriginUrl: base.OriginUrl, Mode: base.Mode, CertificateAuthorities: base.CertificateAuthorities,
+			Policy: base.Policy, Version: 2,
+		})
+	}
+	want := proto.Clone(base.Policy)
+	if err := st.Apply(delta(2, nil, ups...)); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(base.Policy, want) {
+		t.Errorf("the shared policy changed:\n got %v\nwant %v", base.Policy, want)
+	}
+	for _, u := range ups {
+		h, ok := st.Load().Lookup(u.GetHostname())
+		if !ok || !proto.Equal(h.Config.GetPolicy(), want) {
+			t.Fatalf("%s: %v", u.GetHostname(), h)
+		}
+	}
+}

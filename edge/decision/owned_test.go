@@ -88,6 +88,18 @@ func TestShareLists(t *testing.T) {
 				withCA("other", p.other)(c)
 				withCA("root", p.root)(c)
 			}}},
+		{name: "fail/one CA more", next: []func(*configv1.HostnameConfig){withCA("other", p.other)}},
+		{name: "fail/the same CA twice", next: []func(*configv1.HostnameConfig){func(c *configv1.HostnameConfig) {
+			c.CertificateAuthorities = append(c.CertificateAuthorities, proto.CloneOf(c.CertificateAuthorities[0]))
+		}}},
+		{name: "fail/a rule more", share: true,
+			first: []func(*configv1.HostnameConfig){rules},
+			next: []func(*configv1.HostnameConfig){rules, func(c *configv1.HostnameConfig) {
+				c.Policy.Rules = append(c.Policy.Rules, &configv1.Rule{Name: "more", Action: allow, Expression: "true"})
+			}}},
+		{name: "fail/the first's rule has unknown fields", share: true,
+			first: []func(*configv1.HostnameConfig){rules, unknownRule},
+			next:  []func(*configv1.HostnameConfig){rules}},
 		{name: "fail/the same certificate under another id",
 			next: []func(*configv1.HostnameConfig){func(c *configv1.HostnameConfig) { c.CertificateAuthorities[0].CertificateAuthorityId = "root2" }}},
 		{name: "fail/another certificate",
@@ -151,6 +163,25 @@ func TestShareLists(t *testing.T) {
 		}
 		if shares(first, next) || sharesRules(first, next) {
 			t.Error("Prepare replaced a list of a configuration it does not own")
+		}
+	})
+	t.Run("ok/trusts of the same CAs hold one copy of the certificates", func(t *testing.T) {
+		// Other revocations make another trust, parsed from the cache's list of these CAs.
+		c := NewCache()
+		first, next := decoded("a.example.com"), decoded("b.example.com", revokeSerial("root", p.leaf.Cert))
+		h1, err := c.Prepare(first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h2, err := c.Prepare(next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h1.trust == h2.trust {
+			t.Fatal("one trust for other revocations")
+		}
+		if r1, r2 := h1.trust.roots[0].Raw, h2.trust.roots[0].Raw; &r1[0] != &r2[0] {
+			t.Error("each trust holds its own copy of the CA certificate")
 		}
 	})
 	t.Run("ok/without a Cache nothing is shared", func(t *testing.T) {

@@ -211,7 +211,8 @@ func (c *Cache) prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 // and certificates, or the same rules, in the same order; lists with fields this version does not
 // know are not shared). Hostnames that trust the same CAs then hold one copy of their certificates
 // instead of one each (about 0.45 KB a hostname for one ECDSA CA), and hostnames of the same rules
-// one copy of the rules. What the configuration says does not change.
+// one copy of the rules. What the configuration says does not change. The shared lists are those
+// of configurations prepared with the same Cache, which must not be modified either.
 //
 // It writes h.Config (its certificate_authorities and its policy's rules), so it is for a
 // configuration its caller owns, such as one just decoded from the wire or a file: call it
@@ -347,6 +348,14 @@ func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		roots: make([]*x509.Certificate, 0, len(cas)),
 		byID:  make(map[string]*x509.Certificate, len(cas)),
 	}
+	if c != nil && !unknownFields(cas) {
+		// Cannot fail: the build returns no error.
+		t.cas, _ = lookup(c, c.caLists, casKey(cas), func() (*caList, error) { return &caList{cas: slices.Clip(cas)}, nil })
+		// Parse the shared list's certificates, equal to cfg's: x509.ParseCertificate keeps the
+		// bytes it is given, and trusts of these CAs with other revocations then hold no copy of
+		// their own.
+		cas = t.cas.cas
+	}
 	ids := make([]string, 0, len(cas)) // ids[i] is the id of t.roots[i]
 	for i, ca := range cas {
 		id := ca.GetCertificateAuthorityId()
@@ -374,10 +383,6 @@ func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 	}
 	if err := checkSubjects(t.roots, ids); err != nil {
 		return nil, err
-	}
-	if c != nil && !unknownFields(cas) {
-		// Cannot fail: the build returns no error.
-		t.cas, _ = lookup(c, c.caLists, casKey(cas), func() (*caList, error) { return &caList{cas: slices.Clip(cas)}, nil })
 	}
 	for i, r := range cfg.GetRevocations() {
 		where := func() string { return fmt.Sprintf("revocations[%d] (%q)", i, r.GetRevocationId()) }
