@@ -89,7 +89,24 @@ type CA struct {
 	cache sync.Map // hostname -> *leafEntry
 	count atomic.Int64
 	clock atomic.Int64 // logical clock for least-recently-used eviction
-	issue sync.Mutex   // serialises issuance and eviction
+
+	// mu guards inflight and serialises changes to the cache (a new entry, eviction). Leaves
+	// are issued outside it, so that issuing for one hostname does not wait for another's.
+	mu       sync.Mutex
+	inflight map[string]*issuance // hostname -> the issuance under way
+
+	// issueHook, when set (tests), runs before a leaf is issued, outside mu; an error it
+	// returns is the issuance's.
+	issueHook func(hostname string) error
+}
+
+// issuance is a leaf being issued; the callers asking for the same hostname meanwhile wait for
+// it (done is closed when cert and err are set).
+type issuance struct {
+	done    chan struct{}
+	cert    *tls.Certificate
+	err     error
+	waiters int // callers waiting for it, guarded by CA.mu
 }
 
 type leafEntry struct {
@@ -109,7 +126,7 @@ type leafEntry struct {
 // else who could put a key there would have the edge present certificates of their own CA.
 // Elsewhere only a symbolic link KeyFile is refused.
 func LoadOrCreateCA(dir string, opts ...Option) (*CA, error) {
-	ca := &CA{dir: dir, leafLifetime: DefaultLeafLifetime, cacheSize: DefaultCacheSize, now: time.Now}
+	ca := &CA{dir: dir, leafLifetime: DefaultLeafLifetime, cacheSize: DefaultCacheSize, now: time.Now, inflight: make(map[string]*issuance)}
 	for _, o := range opts {
 		o(ca)
 	}
@@ -245,7 +262,9 @@ func (ca *CA) Pool() *x509.CertPool {
 
 // GetCertificate returns a leaf certificate for hostname, which must be a normalised hostname
 // (see dnsname.Normalize). Leaves are cached; a leaf is issued when none is cached or the cached
-// one is within the last third of its lifetime. The result must not be modified.
+// one is within the last third of its lifetime. Leaves for different hostnames are issued in
+// parallel; callers asking for a hostname whose leaf is being issued wait for that one. The
+// result must not be modified.
 func (ca *CA) GetCertificate(hostname string) (*tls.Certificate, error) {
 	now := ca.now()
 	if v, ok := ca.cache.Load(hostname); ok {
@@ -262,11 +281,44 @@ func (ca *CA) issueLeaf(hostname string, now time.Time) (*tls.Certificate, error
 	if !dnsname.IsNormalized(hostname) {
 		return nil, fmt.Errorf("servercert: %q is not a normalised hostname", hostname)
 	}
-	ca.issue.Lock()
-	defer ca.issue.Unlock()
-	old, hadOld := ca.cache.Load(hostname)
-	if hadOld && now.Before(old.(*leafEntry).renewAt) { // issued by a concurrent caller meanwhile
-		return old.(*leafEntry).cert, nil
+	ca.mu.Lock()
+	if v, ok := ca.cache.Load(hostname); ok && now.Before(v.(*leafEntry).renewAt) {
+		ca.mu.Unlock() // issued by a concurrent caller meanwhile
+		return v.(*leafEntry).cert, nil
+	}
+	if in := ca.inflight[hostname]; in != nil {
+		in.waiters++
+		ca.mu.Unlock()
+		<-in.done
+		return in.cert, in.err
+	}
+	in := &issuance{done: make(chan struct{})}
+	ca.inflight[hostname] = in
+	ca.mu.Unlock()
+
+	e, err := ca.newLeaf(hostname, now)
+
+	ca.mu.Lock()
+	delete(ca.inflight, hostname)
+	if err == nil {
+		in.cert = e.cert
+		e.used.Store(ca.clock.Add(1))
+		if _, renewed := ca.cache.Swap(hostname, e); !renewed && ca.count.Add(1) > int64(ca.cacheSize) {
+			ca.evictLocked(hostname)
+		}
+	}
+	in.err = err
+	ca.mu.Unlock()
+	close(in.done)
+	return in.cert, in.err
+}
+
+// newLeaf issues a leaf for hostname, valid from now.
+func (ca *CA) newLeaf(hostname string, now time.Time) (*leafEntry, error) {
+	if ca.issueHook != nil {
+		if err := ca.issueHook(hostname); err != nil {
+			return nil, err
+		}
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -294,20 +346,14 @@ func (ca *CA) issueLeaf(hostname string, now time.Time) (*tls.Certificate, error
 	if err != nil {
 		return nil, fmt.Errorf("servercert: parse certificate for %s: %w", hostname, err)
 	}
-	e := &leafEntry{
+	return &leafEntry{
 		cert:    &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf},
 		renewAt: now.Add(notAfter.Sub(now) * 2 / 3),
-	}
-	e.used.Store(ca.clock.Add(1))
-	ca.cache.Store(hostname, e)
-	if !hadOld && ca.count.Add(1) > int64(ca.cacheSize) {
-		ca.evictLocked(hostname)
-	}
-	return e.cert, nil
+	}, nil
 }
 
 // evictLocked drops the least recently used quarter of the cache (at least one entry), never
-// keep. The caller holds ca.issue.
+// keep. The caller holds ca.mu.
 func (ca *CA) evictLocked(keep string) {
 	type aged struct {
 		name string
