@@ -475,3 +475,32 @@ func BenchmarkServerCPUHandshake(b *testing.B) { serverCPU(b, "handshake", "hand
 // BenchmarkServerCPUKeepAlive: keep-alive requests from a separate process; CPU per request on
 // the server side.
 func BenchmarkServerCPUKeepAlive(b *testing.B) { serverCPU(b, "keepalive", "req/s", 16) }
+
+// BenchmarkHostTLSConfigMiss: what a handshake pays when its hostname's TLS configuration is not
+// in the edge's cache (at most maxHostTLS entries, cleared when full): building it.
+func BenchmarkHostTLSConfigMiss(b *testing.B) {
+	store := configset.NewStore()
+	ca := pkitest.NewCA(b, "Bench Root")
+	h := &configv1.HostnameConfig{
+		Hostname: benchHost, TenantId: "bench", Active: true, OriginUrl: "http://127.0.0.1:1", Version: 1,
+		Mode: configv1.MtlsMode_MTLS_MODE_ENFORCE,
+		CertificateAuthorities: []*configv1.TrustedCertificateAuthority{
+			{CertificateAuthorityId: "ca", CertificateDer: ca.Cert.Raw},
+		},
+	}
+	if err := store.Apply(&configv1.WatchResponse{Position: 1, Snapshot: true, Upserts: []*configv1.HostnameConfig{h}}); err != nil {
+		b.Fatal(err)
+	}
+	s, err := New(Config{Addr: "127.0.0.1:0", Configs: store, Certificates: func(string) (*tls.Certificate, error) { return nil, nil },
+		Log: decisionlog.New(io.Discard), EdgeID: "bench", Logger: testLogger(b), Egress: egress.Loopback()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	prepared, _ := store.Load().Lookup(benchHost)
+	b.ReportAllocs()
+	for b.Loop() {
+		if cfg := s.newHostTLSConfig(benchHost, prepared); cfg == nil {
+			b.Fatal("no configuration")
+		}
+	}
+}
