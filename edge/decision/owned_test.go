@@ -46,6 +46,14 @@ func TestShareLists(t *testing.T) {
 		x, y := a.GetPolicy().GetRules(), b.GetPolicy().GetRules()
 		return len(x) > 0 && len(x) == len(y) && &x[0] == &y[0]
 	}
+	sharesRevs := func(a, b *configv1.HostnameConfig) bool {
+		x, y := a.GetRevocations(), b.GetRevocations()
+		return len(x) > 0 && len(x) == len(y) && &x[0] == &y[0]
+	}
+	revoked := func(c *configv1.HostnameConfig) { // new messages every time
+		revokeSerial("root", p.leaf.Cert)(c)
+		revokeFingerprint("root", p.opsLeaf.Cert)(c)
+	}
 	rules := func(c *configv1.HostnameConfig) { // new messages every time: cases modify them
 		withPolicy(rule("ops", allow, `"ops" in cert.subject.organizational_unit`), rule("devices", deny, "cert.verified"))(c)
 	}
@@ -59,7 +67,26 @@ func TestShareLists(t *testing.T) {
 		first, next []func(*configv1.HostnameConfig)
 		share       bool
 		shareRules  bool
+		shareRevs   bool
 	}{
+		{name: "ok/the same revocations", share: true, shareRevs: true,
+			first: []func(*configv1.HostnameConfig){revoked}, next: []func(*configv1.HostnameConfig){revoked}},
+		{name: "fail/a revocation of another id", share: true,
+			first: []func(*configv1.HostnameConfig){revoked},
+			next:  []func(*configv1.HostnameConfig){revoked, func(c *configv1.HostnameConfig) { c.Revocations[1].RevocationId = "other" }}},
+		{name: "fail/a revocation more", share: true,
+			first: []func(*configv1.HostnameConfig){revoked},
+			next:  []func(*configv1.HostnameConfig){revoked, revokeSerial("root", p.interLeaf.Cert)}},
+		{name: "fail/a revocation with unknown fields", share: true,
+			first: []func(*configv1.HostnameConfig){revoked},
+			next: []func(*configv1.HostnameConfig){revoked, func(c *configv1.HostnameConfig) {
+				c.Revocations[0].ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+			}}},
+		{name: "fail/the first's revocation has unknown fields", share: true,
+			first: []func(*configv1.HostnameConfig){revoked, func(c *configv1.HostnameConfig) {
+				c.Revocations[0].ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+			}},
+			next: []func(*configv1.HostnameConfig){revoked}},
 		{name: "ok/the same CA", share: true},
 		{name: "ok/the same rules", share: true, shareRules: true,
 			first: []func(*configv1.HostnameConfig){rules},
@@ -131,6 +158,9 @@ func TestShareLists(t *testing.T) {
 			if got := sharesRules(first, next); got != tt.shareRules {
 				t.Errorf("the rules shared: %v, want %v", got, tt.shareRules)
 			}
+			if got := sharesRevs(first, next); got != tt.shareRevs {
+				t.Errorf("the revocations shared: %v, want %v", got, tt.shareRevs)
+			}
 			for _, x := range []struct{ got, was proto.Message }{{first, firstWas}, {next, nextWas}, {h1.Config, firstWas}, {h2.Config, nextWas}} {
 				if !proto.Equal(x.got, x.was) {
 					t.Errorf("a configuration changed:\n got %v\nwant %v", x.got, x.was)
@@ -143,7 +173,7 @@ func TestShareLists(t *testing.T) {
 					t.Fatal(err)
 				}
 				h := []*Hostname{h2, h1}[i]
-				for _, peer := range [][]*x509.Certificate{{p.leaf.Cert}, {p.opsLeaf.Cert}, {p.otherLeaf.Cert}} {
+				for _, peer := range [][]*x509.Certificate{{p.leaf.Cert}, {p.opsLeaf.Cert}, {p.interLeaf.Cert, p.inter.Cert}, {p.otherLeaf.Cert}} {
 					now := time.Now()
 					if got, want := Decide(h, peer, get("/"), now), Decide(alone, peer, get("/"), now); got.Verdict != want.Verdict || got.Reason != want.Reason || got.Rule != want.Rule {
 						t.Errorf("%s: %+v, prepared alone %+v", cfg.GetHostname(), got, want)
@@ -155,13 +185,13 @@ func TestShareLists(t *testing.T) {
 
 	t.Run("ok/Prepare changes nothing", func(t *testing.T) {
 		c := NewCache()
-		first, next := decoded("a.example.com", rules), decoded("b.example.com", rules)
+		first, next := decoded("a.example.com", rules, revoked), decoded("b.example.com", rules, revoked)
 		for _, cfg := range []*configv1.HostnameConfig{first, next} {
 			if _, err := c.Prepare(cfg); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if shares(first, next) || sharesRules(first, next) {
+		if shares(first, next) || sharesRules(first, next) || sharesRevs(first, next) {
 			t.Error("Prepare replaced a list of a configuration it does not own")
 		}
 	})

@@ -80,6 +80,10 @@ type trust struct {
 	// hold one copy of the certificates. Holding it here keeps it in the Cache while a hostname
 	// uses it.
 	cas *caList
+	// revs is the list of revocations it was built from, nil without a Cache or if a revocation
+	// there has unknown fields. ShareLists gives it to the configurations of this trust (trustKey
+	// covers every field of every revocation).
+	revs []*configv1.Revocation
 }
 
 // caList is a list of CAs shared by configurations (see trust.cas). It must not be modified.
@@ -206,15 +210,16 @@ func (c *Cache) prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	return h, nil
 }
 
-// ShareLists gives h's configuration the lists of CA messages and of rule messages that the
-// hostnames prepared with the same [Cache] share, where they are equal to its own (the same ids
-// and certificates, or the same rules, in the same order; lists with fields this version does not
-// know are not shared). Hostnames that trust the same CAs then hold one copy of their certificates
-// instead of one each (about 0.45 KB a hostname for one ECDSA CA), and hostnames of the same rules
-// one copy of the rules. What the configuration says does not change. The shared lists are those
+// ShareLists gives h's configuration the lists of CA messages, of revocations and of rule messages
+// that the hostnames prepared with the same [Cache] share, where they are equal to its own (the
+// same ids and certificates, the same revocations, or the same rules, in the same order; lists
+// with fields this version does not know are not shared). Hostnames that trust the same CAs then
+// hold one copy of their certificates instead of one each (about 0.45 KB a hostname for one ECDSA
+// CA) and of the revocations filed under them (which every configuration carries), and hostnames
+// of the same rules one copy of the rules. What the configuration says does not change. The shared lists are those
 // of configurations prepared with the same Cache, which must not be modified either.
 //
-// It writes h.Config (its certificate_authorities and its policy's rules), so it is for a
+// It writes h.Config (its certificate_authorities, revocations and its policy's rules), so it is for a
 // configuration its caller owns, such as one just decoded from the wire or a file: call it
 // before h is used, not concurrently with anything that reads h.Config or a message it shares
 // with another configuration. It writes nothing where the lists are shared already. A hostname
@@ -225,6 +230,10 @@ func (h *Hostname) ShareLists() {
 		// trustKey covers every known field of every CA, in order, and neither list has
 		// unknown fields (from a newer projector): cas equals cfg's list.
 		cfg.CertificateAuthorities = cas.cas
+	}
+	if revs := h.trust.revs; revs != nil && !sameList(cfg.GetRevocations(), revs) && !unknownFields(cfg.GetRevocations()) {
+		// trustKey covers every known field of every revocation, in order: likewise.
+		cfg.Revocations = revs
 	}
 	if p := cfg.GetPolicy(); h.program != nil && h.program.rules != nil && !sameList(p.GetRules(), h.program.rules) && !unknownFields(p.GetRules()) {
 		// programKey covers every known field of every rule, in order: likewise.
@@ -309,6 +318,7 @@ func trustKey(cfg *configv1.HostnameConfig) [32]byte {
 	}
 	for _, r := range cfg.GetRevocations() {
 		b = appendField(b, r.GetCertificateAuthorityId())
+		b = appendField(b, r.GetRevocationId()) // not used, but ShareLists shares the list
 		b = appendField(b, r.GetSerialNumber())
 		b = appendField(b, r.GetFingerprintSha256())
 	}
@@ -383,6 +393,9 @@ func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 	}
 	if err := checkSubjects(t.roots, ids); err != nil {
 		return nil, err
+	}
+	if c != nil && !unknownFields(cfg.GetRevocations()) {
+		t.revs = slices.Clip(cfg.GetRevocations())
 	}
 	for i, r := range cfg.GetRevocations() {
 		where := func() string { return fmt.Sprintf("revocations[%d] (%q)", i, r.GetRevocationId()) }

@@ -71,6 +71,7 @@ type options struct {
 	scaleBase    int
 	scaleCAs     int
 	scaleRules   int
+	scaleRevs    int
 	hsConns      int
 	hsDuration   time.Duration
 	hsWarmup     time.Duration
@@ -121,6 +122,7 @@ func main() {
 	flag.IntVar(&o.scaleBase, "scale-base", 10, "hostnames of the small edge")
 	flag.IntVar(&o.scaleCAs, "scale-cas", 1000, "distinct client CAs over the hostnames (hostname i trusts CA i mod this)")
 	flag.IntVar(&o.scaleRules, "scale-rules", 0, "rules in the policy of each CA's hostnames in the scale comparison, one policy per CA (0: no policy)")
+	flag.IntVar(&o.scaleRevs, "scale-revocations", 0, "revocations filed under each CA in the scale comparison (every hostname of the CA carries them)")
 	flag.IntVar(&o.hsConns, "hs-conns", 8, "concurrent handshake workers")
 	flag.DurationVar(&o.hsDuration, "hs-duration", 10*time.Second, "measured time of a handshake round")
 	flag.DurationVar(&o.hsWarmup, "hs-warmup", time.Second, "warm-up before each handshake round")

@@ -118,6 +118,9 @@ func printScale(w io.Writer, res *results) {
 	if n := fmt.Sprint(res.Options["scale-rules"]); n != "" && n != "0" && n != "<nil>" {
 		policy = "a policy of " + n + " rules per CA"
 	}
+	if n := fmt.Sprint(res.Options["scale-revocations"]); n != "" && n != "0" && n != "<nil>" {
+		policy += ", " + n + " revocations per CA"
+	}
 	fmt.Fprintf(w, "\nEdge at scale: loading (%v distinct client CAs over the hostnames, mode ENFORCE, %s)\n", res.Options["scale-cas"], policy)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "edge\thostnames\tCAs\tApply (cold)\tApply (warm)\theap B/hostname, Apply\theap B/hostname, LoadFile\tSave\tstate file\tLoadFile\tserver leaves\tleaf heap B each\t")

@@ -163,15 +163,19 @@ func heapGrowth(before uint64) uint64 {
 
 // snapshotOf returns a snapshot of n hostnames at pos, hostname i trusting CA caIndex(i), in mode
 // ENFORCE, forwarding to origin, with a policy of the given number of rules, the same for the
-// hostnames of one CA (none for 0). The configurations of one CA share its DER and the text of
-// its rules, not their messages.
-func snapshotOf(n int, cas [][]byte, rules int, origin string, pos uint64) *configv1.WatchResponse {
+// hostnames of one CA (none for 0), and revs revocations filed under each CA. The configurations
+// of one CA share its DER and the text of its rules and revocations, not their messages.
+func snapshotOf(n int, cas [][]byte, rules, revs int, origin string, pos uint64) *configv1.WatchResponse {
 	ncas := min(len(cas), n)
 	exprs := make([][]string, ncas)
 	for k := range exprs {
 		for r := range rules {
 			exprs[k] = append(exprs[k], fmt.Sprintf(`cert.verified && cert.subject.organizational_unit.exists(u, u == "tenant-%04d-unit-%d") && request.path.startsWith("/v%d/")`, k, r, r))
 		}
+	}
+	revIDs, revSerials := make([]string, revs), make([]string, revs)
+	for r := range revs {
+		revIDs[r], revSerials[r] = fmt.Sprintf("rev-%06d", r), fmt.Sprintf("%x", 0x10000+r)
 	}
 	ups := make([]*configv1.HostnameConfig, n)
 	for i := range ups {
@@ -187,6 +191,10 @@ func snapshotOf(n int, cas [][]byte, rules int, origin string, pos uint64) *conf
 			},
 			Version: 1,
 		}
+		for r := range revs {
+			ups[i].Revocations = append(ups[i].Revocations, &configv1.Revocation{CertificateAuthorityId: ups[i].CertificateAuthorities[0].CertificateAuthorityId,
+				RevocationId: revIDs[r], SerialNumber: revSerials[r]})
+		}
 		if rules > 0 {
 			p := &configv1.Policy{PolicyId: fmt.Sprintf("policy-%04d", k)}
 			for r, e := range exprs[k] {
@@ -200,10 +208,10 @@ func snapshotOf(n int, cas [][]byte, rules int, origin string, pos uint64) *conf
 
 // loadEdgeConfig builds the edge's configuration and measures it (see edgeReady): Apply of a
 // snapshot, cold and warm, Save, and LoadFile into the store it returns.
-func loadEdgeConfig(n int, cas [][]byte, rules int, origin, statePath string, r *edgeReady) (*configset.Store, error) {
+func loadEdgeConfig(n int, cas [][]byte, rules, revs int, origin, statePath string, r *edgeReady) (*configset.Store, error) {
 	before := heapAfterGC()
 	st := configset.NewStore()
-	resp := snapshotOf(n, cas, rules, origin, 1)
+	resp := snapshotOf(n, cas, rules, revs, origin, 1)
 	t0 := time.Now()
 	if err := st.Apply(resp); err != nil {
 		return nil, fmt.Errorf("apply the snapshot of %d hostnames: %w", n, err)
@@ -213,7 +221,7 @@ func loadEdgeConfig(n int, cas [][]byte, rules int, origin, statePath string, r 
 	r.HeapApply = heapGrowth(before)
 
 	for pos := uint64(2); pos <= 4; pos++ {
-		resp := snapshotOf(n, cas, rules, origin, pos)
+		resp := snapshotOf(n, cas, rules, revs, origin, pos)
 		t0 := time.Now()
 		if err := st.Apply(resp); err != nil {
 			return nil, fmt.Errorf("apply the snapshot of %d hostnames again: %w", n, err)
@@ -264,6 +272,7 @@ func runEdge(args []string) error {
 		dlogMode  = fs.String("decisionlog", "discard", "decision log: discard (encoded, written to io.Discard), off, or a file path")
 		profile   = fs.String("cpuprofile", "", "write a CPU profile of the serving time to this file")
 		rules     = fs.Int("rules", 0, "rules in the policy of each CA's hostnames (0: no policy)")
+		revs      = fs.Int("revocations", 0, "revocations filed under each CA")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -279,7 +288,7 @@ func runEdge(args []string) error {
 		return fmt.Errorf("edge: %w", err)
 	}
 	r := edgeReady{Hostnames: *hosts, CAs: min(len(cas), *hosts), GOMAXPROCS: runtime.GOMAXPROCS(0), CertCache: *certCache}
-	store, err := loadEdgeConfig(*hosts, cas, *rules, *origin, *state, &r)
+	store, err := loadEdgeConfig(*hosts, cas, *rules, *revs, *origin, *state, &r)
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
 	}

@@ -75,10 +75,8 @@ func runScale(ctx context.Context, e *env) (*scaleResults, error) {
 	if o.lazyCerts && o.run != "memory" {
 		specs = append(specs, spec{"large-lazy", fmt.Sprintf("%d hostnames, servercert's default leaf cache, leaves issued on demand", o.scaleHosts), o.scaleHosts, nil})
 	}
-	if o.scaleRules > 0 {
-		for i := range specs {
-			specs[i].extra = append(slices.Clip(specs[i].extra), "-rules", fmt.Sprint(o.scaleRules))
-		}
+	for i := range specs {
+		specs[i].extra = append(slices.Clip(specs[i].extra), "-rules", fmt.Sprint(o.scaleRules), "-revocations", fmt.Sprint(o.scaleRevs))
 	}
 	res := &scaleResults{}
 	var targets []*handshakeTarget
