@@ -574,7 +574,9 @@ func (p *Projector) Snapshot() (position uint64, configs []*configv1.HostnameCon
 }
 
 // SnapshotWithHistory is Snapshot, with the history token of the position (nil when the read
-// model does not know it), read in the same transaction.
+// model does not know it), read in the same transaction. Configurations of the snapshot may share
+// messages (lists of CAs and revocations, policies stored with the same bytes): they must not be
+// modified.
 func (p *Projector) SnapshotWithHistory() (position uint64, token []byte, configs []*configv1.HostnameConfig, err error) {
 	err = p.db.View(func(tx *bolt.Tx) error {
 		meta, b := tx.Bucket(bucketMeta), tx.Bucket(bucketHostnames)
@@ -587,11 +589,13 @@ func (p *Projector) SnapshotWithHistory() (position uint64, token []byte, config
 			return err
 		}
 		token = ref.Encode()
+		sharer := newListSharer()
 		return b.ForEach(func(k, v []byte) error {
 			c := new(configv1.HostnameConfig)
 			if err := proto.Unmarshal(v, c); err != nil {
 				return fmt.Errorf("decode configuration of %q: %w", k, err)
 			}
+			sharer.share(v, c)
 			configs = append(configs, c)
 			return nil
 		})

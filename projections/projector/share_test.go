@@ -1,0 +1,129 @@
+package projector
+
+import (
+	"context"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
+)
+
+// TestSnapshotSharesLists: the configurations of a snapshot read share the lists of CAs and
+// revocations and the policies stored with the same bytes, only those, and each still says what
+// the read model holds for it.
+func TestSnapshotSharesLists(t *testing.T) {
+	dir := t.TempDir()
+	store := openStore(t, dir)
+	defer store.Close()
+	p := openProjector(t, dir, store)
+	defer p.Close()
+	write := tenantWriter(t, store, "acme")
+	ca := func(id string, b byte) *eventsv1.CertificateAuthorityAdded {
+		return &eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: id, CertificateDer: []byte{0x30, b, b, b}}
+	}
+	host := func(name, policy string, cas ...string) *eventsv1.HostnameCreated {
+		return &eventsv1.HostnameCreated{Hostname: name, OriginUrl: "http://origin:8080", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, PolicyId: policy,
+			Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: cas}}
+	}
+	rule := []*eventsv1.PolicyRule{{Name: "ou", Action: eventsv1.Action_ACTION_ALLOW, Expression: "cert.verified"}}
+	last := write(&eventsv1.TenantCreated{TenantId: "acme"}, ca("a", 1), ca("b", 2),
+		&eventsv1.PolicyCreated{PolicyId: "p", Rules: rule}, &eventsv1.PolicyCreated{PolicyId: "q", Rules: rule},
+		host("one.example.com", "p", "a"), host("two.example.com", "p", "a"), host("three.example.com", "q", "a", "b"), host("four.example.com", "", "b"),
+		&eventsv1.RevocationAdded{RevocationId: "r1", CertificateAuthorityId: "a", Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: "1"}},
+		&eventsv1.RevocationAdded{RevocationId: "r2", CertificateAuthorityId: "b", Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: "2"}})
+	catchUp(t, context.Background(), p, last)
+
+	_, configs, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	by := map[string]*configv1.HostnameConfig{}
+	for _, c := range configs {
+		by[c.GetHostname()] = c
+		// Each says what the read model holds, read on its own.
+		if _, want, err := p.Lookup(c.GetHostname()); err != nil || !proto.Equal(c, want) {
+			t.Errorf("%s: %v\n got %v\nwant %v", c.GetHostname(), err, c, want)
+		}
+	}
+	same := func(a, b any) bool { return a == b }
+	one, two, three, four := by["one.example.com"], by["two.example.com"], by["three.example.com"], by["four.example.com"]
+	for _, tc := range []struct {
+		name string
+		got  bool
+		want bool
+	}{
+		{"ok/the same CAs", same(&one.CertificateAuthorities[0], &two.CertificateAuthorities[0]), true},
+		{"ok/the same revocations", same(&one.Revocations[0], &two.Revocations[0]), true},
+		{"ok/the same policy", same(one.Policy, two.Policy), true},
+		{"fail/one CA more", same(&one.CertificateAuthorities[0], &three.CertificateAuthorities[0]), false},
+		{"fail/another CA", same(&four.CertificateAuthorities[0], &three.CertificateAuthorities[1]), false},
+		{"fail/revocations of one CA more", same(&one.Revocations[0], &three.Revocations[0]), false},
+		{"fail/the same rules under another policy id", same(one.Policy, three.Policy), false},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s: shared %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+}
+
+// TestListSharerEncodings: listSharer shares lists whose entries are encoded with the same bytes,
+// unknown fields included, wherever other fields stand between them, and nothing else: the same
+// list with an unknown field is not shared.
+func TestListSharerEncodings(t *testing.T) {
+	enc := func(c *configv1.HostnameConfig) []byte {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	base := func() *configv1.HostnameConfig {
+		return &configv1.HostnameConfig{Hostname: "h.example.com", Revocations: []*configv1.Revocation{
+			{CertificateAuthorityId: "a", RevocationId: "r1", SerialNumber: "1"},
+			{CertificateAuthorityId: "a", RevocationId: "r2", SerialNumber: "2"},
+		}}
+	}
+	withUnknown := base()
+	withUnknown.Revocations[1].ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+	// The revocations' entries apart, with another field between them: the same list.
+	apart := protowire.AppendTag(nil, fieldRevocation, protowire.BytesType)
+	r1, _ := proto.Marshal(base().Revocations[0])
+	apart = protowire.AppendBytes(apart, r1)
+	apart = protowire.AppendTag(apart, hostnameFields.ByName("hostname").Number(), protowire.BytesType)
+	apart = protowire.AppendString(apart, "h.example.com")
+	apart = protowire.AppendTag(apart, fieldRevocation, protowire.BytesType)
+	r2, _ := proto.Marshal(base().Revocations[1])
+	apart = protowire.AppendBytes(apart, r2)
+
+	s := newListSharer()
+	decode := func(raw []byte) *configv1.HostnameConfig {
+		c := &configv1.HostnameConfig{}
+		if err := proto.Unmarshal(raw, c); err != nil {
+			t.Fatal(err)
+		}
+		want := proto.Clone(c)
+		s.share(raw, c)
+		if !proto.Equal(c, want) {
+			t.Fatalf("share changed the configuration:\n got %v\nwant %v", c, want)
+		}
+		return c
+	}
+	first, second := decode(enc(base())), decode(enc(base()))
+	unknown, other := decode(enc(withUnknown)), decode(apart)
+	if &first.Revocations[0] != &second.Revocations[0] {
+		t.Error("ok/the same bytes: not shared")
+	}
+	if &unknown.Revocations[0] == &first.Revocations[0] {
+		t.Error("fail/an unknown field: shared")
+	}
+	if len(unknown.Revocations[1].ProtoReflect().GetUnknown()) == 0 {
+		t.Error("fail/an unknown field: lost")
+	}
+	// The same entries, with another field between them: the list's bytes are the same.
+	if &other.Revocations[0] != &first.Revocations[0] {
+		t.Error("ok/the same entries apart: not shared")
+	}
+}
