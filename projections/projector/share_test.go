@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"hash/maphash"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -125,5 +126,125 @@ func TestListSharerEncodings(t *testing.T) {
 	// The same entries, with another field between them: the list's bytes are the same.
 	if &other.Revocations[0] != &first.Revocations[0] {
 		t.Error("ok/the same entries apart: not shared")
+	}
+}
+
+// TestListSharerRecords: a configuration decoded from records that are not one plain run of its
+// lists (a policy given twice, which decoding merges; entries of a list given in another order or
+// with records of another wire type among them) shares only with a configuration of the same
+// records, and each still says what it alone decodes to.
+func TestListSharerRecords(t *testing.T) {
+	field := func(b []byte, num protowire.Number, m proto.Message) []byte {
+		v, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return protowire.AppendBytes(protowire.AppendTag(b, num, protowire.BytesType), v)
+	}
+	p := func(id string, rules ...string) *configv1.Policy {
+		out := &configv1.Policy{PolicyId: id}
+		for _, r := range rules {
+			out.Rules = append(out.Rules, &configv1.Rule{Name: r, Action: configv1.Action_ACTION_ALLOW, Expression: "true"})
+		}
+		return out
+	}
+	r := func(id string) *configv1.Revocation {
+		return &configv1.Revocation{CertificateAuthorityId: "a", RevocationId: id, SerialNumber: "1"}
+	}
+	policies := func(ps ...*configv1.Policy) []byte {
+		b := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "h.example.com")
+		for _, x := range ps {
+			b = field(b, fieldPolicy, x)
+		}
+		return b
+	}
+	revocations := func(rs ...*configv1.Revocation) []byte {
+		b := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "h.example.com")
+		for _, x := range rs {
+			b = field(b, fieldRevocation, x)
+		}
+		return b
+	}
+	// A record of field revocations with another wire type: unknown to the decoder.
+	varint := protowire.AppendVarint(protowire.AppendTag(nil, fieldRevocation, protowire.VarintType), 7)
+
+	s := newListSharer()
+	decode := func(raw []byte) *configv1.HostnameConfig {
+		c, alone := &configv1.HostnameConfig{}, &configv1.HostnameConfig{}
+		if err := proto.Unmarshal(raw, c); err != nil {
+			t.Fatal(err)
+		}
+		if err := proto.Unmarshal(raw, alone); err != nil {
+			t.Fatal(err)
+		}
+		s.share(raw, c)
+		if !proto.Equal(c, alone) {
+			t.Errorf("the configuration says what another does:\n got %v\nwant %v", c, alone)
+		}
+		return c
+	}
+	// The policy twice: merged into one (the second's id, the rules of both).
+	merged := decode(policies(p("p", "x"), p("q", "y")))
+	if got := merged.GetPolicy(); got.GetPolicyId() != "q" || len(got.GetRules()) != 2 {
+		t.Fatalf("the policy given twice decodes to %v", got)
+	}
+	firstOnly, lastOnly := decode(policies(p("p", "x"))), decode(policies(p("q", "y")))
+	again := decode(policies(p("p", "x"), p("q", "y")))
+	if firstOnly.Policy == merged.Policy || lastOnly.Policy == merged.Policy {
+		t.Error("fail/a policy given twice: shared with one given once")
+	}
+	if again.Policy != merged.Policy {
+		t.Error("ok/the same policy records: not shared")
+	}
+	// Revocations: the same entries in another order, one entry other, a record of another type.
+	base := decode(revocations(r("r1"), r("r2")))
+	swapped := decode(revocations(r("r2"), r("r1")))
+	firstOther := decode(revocations(r("rx"), r("r2")))
+	// One record holding both entries' bytes: one revocation (decoding merges them), not two.
+	r1, _ := proto.Marshal(r("r1"))
+	r2, _ := proto.Marshal(r("r2"))
+	glued := protowire.AppendBytes(protowire.AppendTag(protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "h.example.com"), fieldRevocation, protowire.BytesType), append(r1, r2...))
+	one := decode(glued)
+	for name, c := range map[string]*configv1.HostnameConfig{"another order": swapped, "another first entry": firstOther, "one record of both entries' bytes": one} {
+		if &c.Revocations[0] == &base.Revocations[0] {
+			t.Errorf("fail/%s: shared", name)
+		}
+	}
+	// A record of another wire type among the entries: each says what it says (decode checks),
+	// the record kept as an unknown field.
+	typed := decode(append(revocations(r("r1")), append(varint, revocations(r("r2"))...)...))
+	if len(typed.ProtoReflect().GetUnknown()) == 0 {
+		t.Error("fail/a record of another wire type: lost")
+	}
+}
+
+// TestListSharerCollision: a list whose encoding has the hash of another's (a maphash collision)
+// is not given the other's messages: find confirms the bytes.
+func TestListSharerCollision(t *testing.T) {
+	c := &configv1.HostnameConfig{Hostname: "h.example.com", Revocations: []*configv1.Revocation{{CertificateAuthorityId: "a", RevocationId: "r1", SerialNumber: "1"}}}
+	raw, err := proto.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newListSharer()
+	var enc []byte // the revocations' records: all of raw after the hostname's
+	for b := raw; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if num == fieldRevocation {
+			enc = append(enc, b[:n+m]...)
+		}
+		b = b[n+m:]
+	}
+	other := &configv1.Revocation{CertificateAuthorityId: "b", RevocationId: "other", SerialNumber: "2"}
+	k := listKey{fieldRevocation, maphash.Bytes(s.seed, enc)}
+	s.lists[k] = []*sharedList{{raw: []byte("not the same bytes"), revs: []*configv1.Revocation{other}}}
+	got := &configv1.HostnameConfig{}
+	if err := proto.Unmarshal(raw, got); err != nil {
+		t.Fatal(err)
+	}
+	s.share(raw, got)
+	if !proto.Equal(got, c) {
+		t.Errorf("fail/a hash collision: the configuration says\n%v\nwant %v", got, c)
 	}
 }
