@@ -567,7 +567,8 @@ func (p *Projector) Changes(ctx context.Context, after uint64, max int) ([]Chang
 }
 
 // Snapshot returns the whole read model, sorted by hostname, and the position it reflects, read
-// in one transaction.
+// in one transaction. Its configurations may share messages (see SnapshotWithHistory): they must
+// not be modified.
 func (p *Projector) Snapshot() (position uint64, configs []*configv1.HostnameConfig, err error) {
 	position, _, configs, err = p.SnapshotWithHistory()
 	return position, configs, err
