@@ -248,3 +248,44 @@ func TestListSharerCollision(t *testing.T) {
 		t.Errorf("fail/a hash collision: the configuration says\n%v\nwant %v", got, c)
 	}
 }
+
+// FuzzListSharer: whatever two stored configurations hold, each says after listSharer what it
+// decodes to on its own, unknown fields included.
+func FuzzListSharer(f *testing.F) {
+	seed := func(c *configv1.HostnameConfig) []byte {
+		b, err := proto.Marshal(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	a := seed(&configv1.HostnameConfig{Hostname: "a.example.com",
+		CertificateAuthorities: []*configv1.TrustedCertificateAuthority{{CertificateAuthorityId: "ca", CertificateDer: []byte{0x30, 1}}},
+		Revocations:            []*configv1.Revocation{{CertificateAuthorityId: "ca", RevocationId: "r", SerialNumber: "1"}},
+		Policy:                 &configv1.Policy{PolicyId: "p", Rules: []*configv1.Rule{{Name: "r", Expression: "true"}}}})
+	f.Add(a, a)
+	f.Add(a, append(append([]byte{}, a...), a...))
+	f.Add(a, []byte{})
+	f.Fuzz(func(t *testing.T, x, y []byte) {
+		s := newListSharer()
+		var got []*configv1.HostnameConfig
+		var want []proto.Message
+		for _, raw := range [][]byte{x, y, x} {
+			c := &configv1.HostnameConfig{}
+			if proto.Unmarshal(raw, c) != nil {
+				return
+			}
+			want = append(want, proto.Clone(c))
+			s.share(raw, c)
+			got = append(got, c)
+		}
+		for i := range got {
+			if !proto.Equal(got[i], want[i]) {
+				t.Fatalf("configuration %d changed:\n got %v\nwant %v", i, got[i], want[i])
+			}
+			if u, w := got[i].ProtoReflect().GetUnknown(), want[i].ProtoReflect().GetUnknown(); string(u) != string(w) {
+				t.Fatalf("configuration %d: unknown fields %x, want %x", i, u, w)
+			}
+		}
+	})
+}
