@@ -33,12 +33,14 @@ type Hostname struct {
 	name    string
 	active  bool
 	mode    configv1.MtlsMode
-	trust   *trust   // shared between hostnames with the same CAs and revocations
-	program *program // nil without a policy; shared between hostnames with the same rules
+	trust   *trust          // shared between hostnames with the same CAs and revocations
+	program *policy.Program // nil without a policy; compiled.Program, kept apart for Decide
+	// compiled holds program and keeps it in the Cache; nil without a policy.
+	compiled *compiled
 }
 
-// program is a compiled policy.
-type program struct {
+// compiled is a compiled policy, shared between hostnames with the same rules.
+type compiled struct {
 	*policy.Program
 	// rules is the list of rules it was compiled from, nil if a rule there has unknown fields.
 	// ShareLists gives it to the configurations of the same rules, so that they hold one copy
@@ -143,7 +145,7 @@ func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 type Cache struct {
 	mu       sync.Mutex
 	trusts   map[[32]byte]weak.Pointer[trust]
-	programs map[[32]byte]weak.Pointer[program]
+	programs map[[32]byte]weak.Pointer[compiled]
 	caLists  map[[32]byte]weak.Pointer[caList]
 }
 
@@ -151,7 +153,7 @@ type Cache struct {
 func NewCache() *Cache {
 	return &Cache{
 		trusts:   make(map[[32]byte]weak.Pointer[trust]),
-		programs: make(map[[32]byte]weak.Pointer[program]),
+		programs: make(map[[32]byte]weak.Pointer[compiled]),
 		caLists:  make(map[[32]byte]weak.Pointer[caList]),
 	}
 }
@@ -188,7 +190,7 @@ func (c *Cache) prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	}
 	h := &Hostname{Config: cfg, name: name, active: cfg.GetActive(), mode: cfg.GetMode(), trust: tr}
 	if p := cfg.GetPolicy(); p != nil {
-		h.program, err = lookup(c, c.programMap(), programKey(p), func() (*program, error) {
+		h.compiled, err = lookup(c, c.programMap(), programKey(p), func() (*compiled, error) {
 			rules, err := policyRules(p)
 			if err != nil {
 				return nil, err
@@ -197,7 +199,7 @@ func (c *Cache) prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 			if err != nil {
 				return nil, fmt.Errorf("policy %q: %w", p.GetPolicyId(), err)
 			}
-			out := &program{Program: prog}
+			out := &compiled{Program: prog}
 			if !unknownFields(p.GetRules()) {
 				out.rules = slices.Clip(p.GetRules())
 			}
@@ -206,6 +208,7 @@ func (c *Cache) prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 		if err != nil {
 			return fail(err)
 		}
+		h.program = h.compiled.Program
 	}
 	return h, nil
 }
@@ -235,9 +238,9 @@ func (h *Hostname) ShareLists() {
 		// trustKey covers every known field of every revocation, in order: likewise.
 		cfg.Revocations = revs
 	}
-	if p := cfg.GetPolicy(); h.program != nil && h.program.rules != nil && !sameList(p.GetRules(), h.program.rules) && !unknownFields(p.GetRules()) {
+	if p := cfg.GetPolicy(); h.compiled != nil && h.compiled.rules != nil && !sameList(p.GetRules(), h.compiled.rules) && !unknownFields(p.GetRules()) {
 		// programKey covers every known field of every rule, in order: likewise.
-		p.Rules = h.program.rules
+		p.Rules = h.compiled.rules
 	}
 }
 
@@ -253,7 +256,7 @@ func (c *Cache) trustMap() map[[32]byte]weak.Pointer[trust] {
 	return c.trusts
 }
 
-func (c *Cache) programMap() map[[32]byte]weak.Pointer[program] {
+func (c *Cache) programMap() map[[32]byte]weak.Pointer[compiled] {
 	if c == nil {
 		return nil
 	}
