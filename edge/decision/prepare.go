@@ -137,11 +137,11 @@ func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 // Cache shares the expensive parts of prepared hostnames (parsed CA certificates and their pool,
 // indexed revocations, compiled policies) between hostnames whose configurations have the same
 // content, as the hostnames of one tenant usually do: preparing a million hostnames that use one
-// policy compiles it once and keeps one copy ([Hostname.ShareLists] shares the CA certificates and
-// rules of the configurations too). Entries are keyed by a SHA-256 of their content and
-// held by weak pointers, so an entry lives exactly as long as a prepared Hostname uses it. A Cache
-// is safe for concurrent use; the zero value is not usable, create one with [NewCache]. Sharing
-// changes nothing of what [Decide] decides.
+// policy compiles it once and keeps one copy ([Hostname.ShareLists] shares the lists of CAs,
+// revocations and rules of the configurations too). Entries are keyed by a SHA-256 of their
+// content and held by weak pointers, so an entry lives exactly as long as a prepared Hostname uses
+// it. A Cache is safe for concurrent use; the zero value is not usable, create one with
+// [NewCache]. Sharing changes nothing of what [Decide] decides.
 type Cache struct {
 	mu       sync.Mutex
 	trusts   map[[32]byte]weak.Pointer[trust]
@@ -161,11 +161,6 @@ func NewCache() *Cache {
 // Prepare is [Prepare], sharing what it can with the other hostnames prepared with c. A nil c
 // shares nothing.
 func (c *Cache) Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
-	return c.prepare(cfg)
-}
-
-// prepare is Prepare.
-func (c *Cache) prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	if cfg == nil {
 		return nil, errors.New("decision: no hostname configuration")
 	}
@@ -213,18 +208,19 @@ func (c *Cache) prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	return h, nil
 }
 
-// ShareLists gives h's configuration the lists of CA messages, of revocations and of rule messages
-// that the hostnames prepared with the same [Cache] share, where they are equal to its own (the
-// same ids and certificates, the same revocations, or the same rules, in the same order; lists
-// with fields this version does not know are not shared). Hostnames that trust the same CAs then
-// hold one copy of their certificates instead of one each (about 0.45 KB a hostname for one ECDSA
-// CA) and of the revocations filed under them (which every configuration carries), and hostnames
-// of the same rules one copy of the rules. What the configuration says does not change. The shared lists are those
-// of configurations prepared with the same Cache, which must not be modified either.
+// ShareLists gives h's configuration the lists of CA messages, of revocations and of rule
+// messages that the hostnames prepared with the same [Cache] share, where they are equal to its
+// own (the same ids and certificates, the same revocations, or the same rules, in the same order;
+// lists with fields this version does not know are not shared). Hostnames that trust the same CAs
+// then hold one copy of their certificates instead of one each (about 0.45 KB a hostname for one
+// ECDSA CA) and of the revocations filed under them (which every configuration carries), and
+// hostnames of the same rules one copy of the rules. What the configuration says does not change.
+// The shared lists are those of configurations prepared with the same Cache, which must not be
+// modified either.
 //
-// It writes h.Config (its certificate_authorities, revocations and its policy's rules), so it is for a
-// configuration its caller owns, such as one just decoded from the wire or a file: call it
-// before h is used, not concurrently with anything that reads h.Config or a message it shares
+// It writes h.Config (its certificate_authorities, its revocations and its policy's rules), so it
+// is for a configuration its caller owns, such as one just decoded from the wire or a file: call
+// it before h is used, not concurrently with anything that reads h.Config or a message it shares
 // with another configuration. It writes nothing where the lists are shared already. A hostname
 // prepared without a Cache shares nothing.
 func (h *Hostname) ShareLists() {
