@@ -154,8 +154,9 @@ func (st *Store) Load() *Set { return st.cur.Load() }
 // position.
 //
 // Apply takes resp over: the caller must not modify it afterwards, nor read it while Apply runs.
-// Apply may replace an upsert's certificate_authorities with an equal list it already holds, so
-// that hostnames of the same CAs share one copy of the certificates.
+// Apply may replace an upsert's certificate_authorities, revocations and policy rules with equal
+// lists it already holds ([decision.Hostname.ShareLists]), so that hostnames of the same CAs and
+// policies share one copy of them.
 func (st *Store) Apply(resp *configv1.WatchResponse) error {
 	if resp == nil {
 		return errors.New("configset: no response to apply")
