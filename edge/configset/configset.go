@@ -163,7 +163,32 @@ func (st *Store) Apply(resp *configv1.WatchResponse) error {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.apply(resp, nil)
+	return st.apply(resp, nil, nil)
+}
+
+// Prepare prepares the upserts of one part of a response sent in parts, as the parts arrive,
+// and returns them prepared, for [Store.ApplyPrepared] of the whole response. Preparing shares the
+// lists of CAs, revocations and rules between hostnames that have the same ones
+// ([decision.Hostname.ShareLists]), so that the copies each part brings are garbage at once,
+// instead of when the whole response has arrived: a snapshot of many hostnames is then never held
+// whole and unshared. Prepare takes the upserts over, as Apply does; it changes nothing of the set.
+// The result holds nil for an upsert that could not be prepared (ApplyPrepared says why).
+func (st *Store) Prepare(upserts []*configv1.HostnameConfig) []*decision.Hostname {
+	out, _ := st.prepare(upserts, nil)
+	return out
+}
+
+// ApplyPrepared is Apply, for a response whose upserts were prepared by [Store.Prepare]:
+// prepared[i] is resp's upserts[i] prepared (for a response joined with [Merge], the results of
+// Prepare for its parts, in order). An entry that is nil, or is not that upsert's (a prepared
+// hostname is used only for the configuration it was prepared from), is prepared again.
+func (st *Store) ApplyPrepared(resp *configv1.WatchResponse, prepared []*decision.Hostname) error {
+	if resp == nil {
+		return errors.New("configset: no response to apply")
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.apply(resp, nil, prepared)
 }
 
 // RefusedError is Apply's report of the hostnames it left out of a response it applied.
@@ -203,8 +228,9 @@ func (e *RefusedError) Error() string {
 }
 
 // apply is Apply, with st.mu held; refusedBefore are the hostnames a saved set had left out
-// (LoadFile), which a snapshot keeps refused.
-func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string) error {
+// (LoadFile), which a snapshot keeps refused; ready are upserts prepared before (see
+// ApplyPrepared).
+func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string, ready []*decision.Hostname) error {
 	cur := st.cur.Load()
 	pos := resp.GetPosition()
 	fail := func(format string, args ...any) error {
@@ -247,7 +273,7 @@ func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string) err
 			}
 		}
 	}
-	prepared, errs := st.prepare(upserts)
+	prepared, errs := st.prepare(upserts, ready)
 	var refused []RefusedHostname
 	refusedNames := map[string]bool{}
 	for i, err := range errs {
@@ -339,12 +365,17 @@ func nextRefused(cur *Set, resp *configv1.WatchResponse, before []string, refuse
 const prepareChunk = 256
 
 // prepare prepares the upserts, on all CPUs when there are many: out[i] is upserts[i] prepared,
-// or nil and errs[i] why it could not be (errs is nil when every upsert was prepared).
-func (st *Store) prepare(upserts []*configv1.HostnameConfig) (out []*decision.Hostname, errs []error) {
+// or nil and errs[i] why it could not be (errs is nil when every upsert was prepared). ready[i],
+// when it is upserts[i] prepared before, is used as it is.
+func (st *Store) prepare(upserts []*configv1.HostnameConfig, ready []*decision.Hostname) (out []*decision.Hostname, errs []error) {
 	out = make([]*decision.Hostname, len(upserts))
 	var failed atomic.Bool
 	all := make([]error, len(upserts))
 	one := func(i int) {
+		if i < len(ready) && ready[i] != nil && ready[i].Config == upserts[i] {
+			out[i] = ready[i]
+			return
+		}
 		h, err := st.cache.Prepare(upserts[i])
 		if err != nil {
 			all[i] = err

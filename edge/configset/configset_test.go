@@ -416,7 +416,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	}
 	// The file is several parts, ordered by hostname; saving again gives the same bytes.
 	raw, _ := os.ReadFile(path)
-	resp, err := readSet(bufioReader(raw))
+	resp, err := readSet(bufioReader(raw), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

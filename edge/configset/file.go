@@ -15,6 +15,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/edge/decision"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -162,7 +164,12 @@ func (st *Store) LoadFile(path string) error {
 		return fmt.Errorf("configset: load: %w", err)
 	}
 	defer f.Close()
-	resp, err := readSet(bufio.NewReaderSize(f, 1<<20))
+	// Each part is prepared as it is read, so that its copies of shared lists are garbage at once
+	// (see Store.Prepare).
+	var prepared []*decision.Hostname
+	resp, err := readSet(bufio.NewReaderSize(f, 1<<20), func(part *configv1.WatchResponse) {
+		prepared = append(prepared, st.Prepare(part.GetUpserts())...)
+	})
 	if err != nil {
 		return fmt.Errorf("configset: load %s: %w", path, err)
 	}
@@ -171,7 +178,7 @@ func (st *Store) LoadFile(path string) error {
 	refused := resp.Removals
 	resp.Removals = nil
 	resp.ReplacesHistory = false // a file never moves the set back
-	if err := st.apply(resp, refused); err != nil {
+	if err := st.apply(resp, refused, prepared); err != nil {
 		var partly *RefusedError
 		if errors.As(err, &partly) {
 			return err
@@ -181,8 +188,9 @@ func (st *Store) LoadFile(path string) error {
 	return nil
 }
 
-// readSet reads a file written by writeSet, checks its trailer and joins its parts.
-func readSet(r protodelim.Reader) (*configv1.WatchResponse, error) {
+// readSet reads a file written by writeSet, checks its trailer and joins its parts. each, when not
+// nil, is called with every part once it is read.
+func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1.WatchResponse, error) {
 	opts := protodelim.UnmarshalOptions{MaxSize: MaxPartBytes}
 	sr := &sumReader{r: r}
 	var parts []*configv1.WatchResponse
@@ -199,6 +207,9 @@ func readSet(r protodelim.Reader) (*configv1.WatchResponse, error) {
 			return nil, fmt.Errorf("part %d is not a snapshot", len(parts))
 		}
 		parts = append(parts, part)
+		if each != nil {
+			each(part)
+		}
 		if !part.GetMore() {
 			break
 		}

@@ -1,12 +1,14 @@
 package configset
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
+	"guestlist.dev/edge/decision"
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
@@ -104,4 +106,115 @@ func TestApplySharedMessages(t *testing.T) {
 			t.Fatalf("%s: %v", u.GetHostname(), h)
 		}
 	}
+}
+
+// TestPrepareParts: the parts of a response prepared as they arrive share their lists with the
+// parts before them at once (so a large snapshot is never held whole and unshared), and
+// ApplyPrepared of the joined response uses what was prepared, only for the configurations it
+// was prepared from.
+func TestPrepareParts(t *testing.T) {
+	other := pkitest.NewCA(t, "Other Device CA").Cert.Raw
+	// parts returns a snapshot of 600 hostnames in 3 parts, each decoded on its own as the Watch
+	// stream delivers them; every third hostname trusts the other CA, one cannot be prepared.
+	parts := func() []*configv1.WatchResponse {
+		var out []*configv1.WatchResponse
+		for p := range 3 {
+			part := &configv1.WatchResponse{Position: 900, Snapshot: true, More: p < 2}
+			for i := p * 200; i < (p+1)*200; i++ {
+				c := cfg(t, fmt.Sprintf("h%04d.example.com", i), uint64(i+1))
+				if i%3 == 0 {
+					c.CertificateAuthorities[0] = &configv1.TrustedCertificateAuthority{CertificateAuthorityId: "other", CertificateDer: other}
+				}
+				if i == 301 {
+					c = unpreparable(t, c.Hostname, c.Version)
+				}
+				part.Upserts = append(part.Upserts, c)
+			}
+			b, err := proto.Marshal(part)
+			if err != nil {
+				t.Fatal(err)
+			}
+			decoded := &configv1.WatchResponse{}
+			if err := proto.Unmarshal(b, decoded); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, decoded)
+		}
+		return out
+	}
+
+	t.Run("ok/shared at once, used by ApplyPrepared", func(t *testing.T) {
+		st := NewStore()
+		ps := parts()
+		want, err := Merge(proto.Clone(ps[0]).(*configv1.WatchResponse), proto.Clone(ps[1]).(*configv1.WatchResponse), proto.Clone(ps[2]).(*configv1.WatchResponse))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := ps[0].Upserts[1].CertificateAuthorities // h0001: the test CA
+		var prepared []*decision.Hostname
+		for p, part := range ps {
+			prepared = append(prepared, st.Prepare(part.Upserts)...)
+			// Before the next part arrives, this one's lists are the first part's.
+			for _, u := range part.Upserts {
+				if u.CertificateAuthorities[0].CertificateAuthorityId == "root" && u.GetHostname() != "h0301.example.com" && &u.CertificateAuthorities[0] != &first[0] {
+					t.Fatalf("part %d: %s does not share the first part's CA list", p, u.GetHostname())
+				}
+			}
+		}
+		if prepared[301] != nil {
+			t.Fatal("the unpreparable upsert was prepared")
+		}
+		full, err := Merge(ps...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = st.ApplyPrepared(full, prepared)
+		var refused *RefusedError
+		if !errors.As(err, &refused) || len(refused.Refused) != 1 || refused.Refused[0].Index != 301 {
+			t.Fatalf("ApplyPrepared: %v, want h0301 refused", err)
+		}
+		s := st.Load()
+		for i, u := range want.Upserts {
+			h, ok := s.Lookup(u.GetHostname())
+			if i == 301 {
+				if ok {
+					t.Error("h0301 is in the set")
+				}
+				continue
+			}
+			if !ok || !proto.Equal(h.Config, u) {
+				t.Fatalf("%s: %v", u.GetHostname(), ok)
+			}
+			if h != prepared[i] {
+				t.Fatalf("%s: prepared again", u.GetHostname())
+			}
+		}
+	})
+
+	t.Run("fail/prepared for other configurations", func(t *testing.T) {
+		st := NewStore()
+		var elsewhere []*decision.Hostname
+		for _, part := range parts() {
+			elsewhere = append(elsewhere, st.Prepare(part.Upserts)...)
+		}
+		ps := parts()
+		full, err := Merge(ps...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := proto.Clone(full).(*configv1.WatchResponse)
+		var refused *RefusedError
+		if err := st.ApplyPrepared(full, elsewhere[:400]); !errors.As(err, &refused) {
+			t.Fatal(err)
+		}
+		for i, u := range want.Upserts {
+			h, ok := st.Load().Lookup(u.GetHostname())
+			if i == 301 {
+				continue
+			}
+			if !ok || !proto.Equal(h.Config, u) || h.Config != full.Upserts[i] || h == elsewhere[i] {
+				t.Fatalf("%s: not prepared from its own configuration", u.GetHostname())
+			}
+		}
+	})
 }

@@ -58,6 +58,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"guestlist.dev/edge/configset"
+	"guestlist.dev/edge/decision"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -308,6 +309,7 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 	defer w.tel.connected.Store(0)
 
 	var parts []*configv1.WatchResponse // the parts of a response sent in parts, so far
+	var prepared []*decision.Hostname   // their upserts, prepared as they arrived (Store.Prepare)
 	answered := false                   // a response was applied: later ones do not answer the hello
 	for {
 		resp, err := stream.Recv()
@@ -332,6 +334,9 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			return applied, w.nack(ctx, stream, resp.GetPosition(), err)
 		}
 		parts = append(parts, resp)
+		// Prepared as it arrives, so that a large snapshot is never held whole with a copy of
+		// every shared list per hostname (configset.Store.Prepare).
+		prepared = append(prepared, w.store.Prepare(resp.GetUpserts())...)
 		if resp.GetMore() {
 			if len(parts) >= maxParts {
 				return applied, w.nack(ctx, stream, resp.GetPosition(), fmt.Errorf("more than %d parts", maxParts))
@@ -340,7 +345,8 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		}
 		spanCtx, span := w.tel.startUpdate(ctx, resp, w.opts.EdgeID)
 		full, err := configset.Merge(parts...)
-		parts = nil
+		ready := prepared
+		parts, prepared = nil, nil
 		if err != nil {
 			w.tel.endUpdate(span, err)
 			return applied, w.nack(spanCtx, stream, resp.GetPosition(), err)
@@ -351,7 +357,7 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		}
 		answered = true
 		ack := &configv1.WatchRequest{AckPosition: full.GetPosition()}
-		if err := w.store.Apply(full); err != nil {
+		if err := w.store.ApplyPrepared(full, ready); err != nil {
 			var refused *configset.RefusedError
 			if !errors.As(err, &refused) {
 				w.tel.endUpdate(span, err)

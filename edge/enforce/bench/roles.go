@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -125,6 +126,9 @@ type edgeReady struct {
 	// HeapLoad is the heap the set takes after LoadFile into a new store: every configuration
 	// with its own copy of its CA's DER, as the Watch stream delivers them (bytes).
 	HeapLoad uint64 `json:"heap_load"`
+	// PeakLoad is the most heap LoadFile held above what there was before it, sampled every
+	// millisecond (bytes).
+	PeakLoad uint64 `json:"peak_load"`
 	// ApplyCold is the first Apply of the snapshot (every CA parsed once, the trie built).
 	ApplyCold time.Duration `json:"apply_cold"`
 	// ApplyWarm is the fastest of three further Applys of the same snapshot (CAs cached).
@@ -151,6 +155,32 @@ func heapAfterGC() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapAlloc
+}
+
+// samplePeakHeap samples the heap's live and not yet swept objects every millisecond until the
+// function it returns is called, which returns the most it saw.
+func samplePeakHeap() func() uint64 {
+	stop, done := make(chan struct{}), make(chan uint64)
+	go func() {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		var most uint64
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			metrics.Read(s)
+			most = max(most, s[0].Value.Uint64())
+			select {
+			case <-stop:
+				done <- most
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		return <-done
+	}
 }
 
 // heapGrowth returns the heap grown since before (see heapAfterGC), 0 if it shrank.
@@ -245,11 +275,15 @@ func loadEdgeConfig(n int, cas [][]byte, rules, revs int, origin, statePath stri
 	st = nil
 	before = heapAfterGC()
 	loaded := configset.NewStore()
+	peak := samplePeakHeap()
 	t0 = time.Now()
 	if err := loaded.LoadFile(statePath); err != nil {
 		return nil, fmt.Errorf("load the state file: %w", err)
 	}
 	r.LoadFile = time.Since(t0)
+	if p := peak(); p > before {
+		r.PeakLoad = p - before
+	}
 	if got := loaded.Load().Len(); got != n {
 		return nil, fmt.Errorf("the state file held %d hostnames, want %d", got, n)
 	}

@@ -91,9 +91,9 @@ func runScale(ctx context.Context, e *env) (*scaleResults, error) {
 		if err != nil {
 			return nil, err
 		}
-		fmt.Printf("scale: edge %-10s %8d hostnames: apply %v (warm %v), heap %.0f B/hostname (apply) %.0f B/hostname (loaded), save %v (%d bytes), load file %v, %d leaves in %v (%.0f B each)\n",
+		fmt.Printf("scale: edge %-10s %8d hostnames: apply %v (warm %v), heap %.0f B/hostname (apply) %.0f B/hostname (loaded, peak %.0f), save %v (%d bytes), load file %v, %d leaves in %v (%.0f B each)\n",
 			s.name, r.Hostnames, r.ApplyCold.Round(time.Millisecond), r.ApplyWarm.Round(time.Millisecond),
-			float64(r.HeapApply)/float64(r.Hostnames), float64(r.HeapLoad)/float64(r.Hostnames),
+			float64(r.HeapApply)/float64(r.Hostnames), float64(r.HeapLoad)/float64(r.Hostnames), float64(r.PeakLoad)/float64(r.Hostnames),
 			r.Save.Round(time.Millisecond), r.StateBytes, r.LoadFile.Round(time.Millisecond),
 			r.CertsIssued, r.CertsTime.Round(time.Millisecond), perItem(r.HeapCerts, r.CertsIssued))
 		res.Edges = append(res.Edges, scaleEdge{Name: s.name, Desc: s.desc, Ready: *r})
