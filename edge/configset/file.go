@@ -164,12 +164,19 @@ func (st *Store) LoadFile(path string) error {
 		return fmt.Errorf("configset: load: %w", err)
 	}
 	defer f.Close()
-	// Each part is prepared as it is read, so that its copies of shared lists are garbage at once
-	// (see Store.Prepare).
+	// Each part is prepared as soon as it is read, so that its copies of shared lists are garbage
+	// at once (see Store.Prepare), on another goroutine, in order, while the next part is read.
 	var prepared []*decision.Hostname
-	resp, err := readSet(bufio.NewReaderSize(f, 1<<20), func(part *configv1.WatchResponse) {
-		prepared = append(prepared, st.Prepare(part.GetUpserts())...)
-	})
+	toPrepare, done := make(chan *configv1.WatchResponse, 2), make(chan struct{})
+	go func() {
+		defer close(done)
+		for part := range toPrepare {
+			prepared = append(prepared, st.Prepare(part.GetUpserts())...)
+		}
+	}()
+	resp, err := readSet(bufio.NewReaderSize(f, 1<<20), func(part *configv1.WatchResponse) { toPrepare <- part })
+	close(toPrepare)
+	<-done
 	if err != nil {
 		return fmt.Errorf("configset: load %s: %w", path, err)
 	}
