@@ -10,9 +10,12 @@
 // delta of k changes copies O(k log32 n) small nodes and shares the rest with the previous Set,
 // instead of copying a map of n entries; readers of the previous Set are unaffected. Preparing the
 // hostnames ([decision.Prepare]) goes through one [decision.Cache] per Store, so that hostnames
-// with the same CAs, revocations or policy share one parsed and compiled copy, and hostnames with
-// the same CAs one copy of their certificates ([decision.Hostname.ShareLists]: Apply and LoadFile
-// own the configurations they are given); large responses are prepared on all CPUs.
+// with the same CAs, revocations or policy share one parsed and compiled copy, and one copy of the
+// lists of CAs, revocations and rules their configurations carry ([decision.Hostname.ShareLists]:
+// Apply and LoadFile own the configurations they are given); large responses are prepared on all
+// CPUs. A response sent in parts is prepared part by part as it arrives ([Store.Prepare], then
+// [Store.ApplyPrepared]; LoadFile does so too), so that a large snapshot is never held whole
+// with a copy of every shared list per hostname.
 //
 // The package does no network I/O; Save and LoadFile read and write the one file they are given.
 package configset
