@@ -161,12 +161,7 @@ func (st *Store) Load() *Set { return st.cur.Load() }
 // lists it already holds ([decision.Hostname.ShareLists]), so that hostnames of the same CAs and
 // policies share one copy of them.
 func (st *Store) Apply(resp *configv1.WatchResponse) error {
-	if resp == nil {
-		return errors.New("configset: no response to apply")
-	}
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.apply(resp, nil, nil)
+	return st.ApplyPrepared(resp, nil)
 }
 
 // Prepare prepares the upserts of one part of a response sent in parts, as the parts arrive,

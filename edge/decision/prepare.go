@@ -308,13 +308,7 @@ var offTrust = &trust{pool: x509.NewCertPool(), byID: map[string]*x509.Certifica
 // trustKey identifies the content newTrust builds from: the CAs in order and the revocations.
 func trustKey(cfg *configv1.HostnameConfig) [32]byte {
 	var arr [2048]byte
-	b := appendField(arr[:0], "trust")
-	cas := cfg.GetCertificateAuthorities()
-	b = binary.AppendUvarint(b, uint64(len(cas)))
-	for _, ca := range cas {
-		b = appendField(b, ca.GetCertificateAuthorityId())
-		b = appendField(b, ca.GetCertificateDer())
-	}
+	b := appendCAs(appendField(arr[:0], "trust"), cfg.GetCertificateAuthorities())
 	for _, r := range cfg.GetRevocations() {
 		b = appendField(b, r.GetCertificateAuthorityId())
 		b = appendField(b, r.GetRevocationId()) // not used, but ShareLists shares the list
@@ -327,13 +321,17 @@ func trustKey(cfg *configv1.HostnameConfig) [32]byte {
 // casKey identifies a list of CAs: their ids and certificates, in order.
 func casKey(cas []*configv1.TrustedCertificateAuthority) [32]byte {
 	var arr [2048]byte
-	b := appendField(arr[:0], "cas")
+	return sha256.Sum256(appendCAs(appendField(arr[:0], "cas"), cas))
+}
+
+// appendCAs appends the number of CAs, then each one's id and certificate, length-prefixed.
+func appendCAs(b []byte, cas []*configv1.TrustedCertificateAuthority) []byte {
 	b = binary.AppendUvarint(b, uint64(len(cas)))
 	for _, ca := range cas {
 		b = appendField(b, ca.GetCertificateAuthorityId())
 		b = appendField(b, ca.GetCertificateDer())
 	}
-	return sha256.Sum256(b)
+	return b
 }
 
 // programKey identifies a policy's rules.
