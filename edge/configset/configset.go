@@ -15,7 +15,8 @@
 // Apply and LoadFile own the configurations they are given); large responses are prepared on all
 // CPUs. A response sent in parts is prepared part by part as it arrives ([Store.Prepare], then
 // [Store.ApplyPrepared]; LoadFile does so too), so that a large snapshot is never held whole
-// with a copy of every shared list per hostname.
+// with a copy of every shared list per hostname; a [PartPreparer] does so on a goroutine of its
+// own while the next part is received or read.
 //
 // The package does no network I/O; Save and LoadFile read and write the one file they are given.
 package configset
@@ -174,6 +175,45 @@ func (st *Store) Apply(resp *configv1.WatchResponse) error {
 func (st *Store) Prepare(upserts []*configv1.HostnameConfig) []*decision.Hostname {
 	out, _ := st.prepare(upserts, nil)
 	return out
+}
+
+// PartPreparer prepares the parts of one response sent in parts with [Store.Prepare], in the
+// order they are given, on a goroutine of its own, so that a part is prepared while the caller
+// receives or reads the next one. Add returns once the part is queued; at most two parts wait, so
+// that a caller faster than the preparing holds no more than that. Wait returns what was
+// prepared, for [Store.ApplyPrepared] of the joined response. Wait must be called once, after the
+// last Add, also for a response given up half way: it ends the goroutine. A PartPreparer is used
+// by one goroutine.
+type PartPreparer struct {
+	parts    chan []*configv1.HostnameConfig
+	done     chan struct{}
+	prepared []*decision.Hostname // written by the preparing goroutine until done is closed
+}
+
+// NewPartPreparer starts preparing the parts of one response for st.
+func (st *Store) NewPartPreparer() *PartPreparer {
+	p := &PartPreparer{parts: make(chan []*configv1.HostnameConfig, 2), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for upserts := range p.parts {
+			p.prepared = append(p.prepared, st.Prepare(upserts)...)
+		}
+	}()
+	return p
+}
+
+// Add queues one part's upserts, which it takes over as [Store.Prepare] does; it blocks while two
+// parts wait.
+func (p *PartPreparer) Add(upserts []*configv1.HostnameConfig) {
+	p.parts <- upserts
+}
+
+// Wait waits until every part added is prepared, ends the preparing goroutine, and returns the
+// prepared hostnames of all parts in order.
+func (p *PartPreparer) Wait() []*decision.Hostname {
+	close(p.parts)
+	<-p.done
+	return p.prepared
 }
 
 // ApplyPrepared is Apply, for a response whose upserts were prepared by [Store.Prepare]:

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
 
-	"guestlist.dev/edge/decision"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -165,18 +164,10 @@ func (st *Store) LoadFile(path string) error {
 	}
 	defer f.Close()
 	// Each part is prepared as soon as it is read, so that its copies of shared lists are garbage
-	// at once (see Store.Prepare), on another goroutine, in order, while the next part is read.
-	var prepared []*decision.Hostname
-	toPrepare, done := make(chan *configv1.WatchResponse, 2), make(chan struct{})
-	go func() {
-		defer close(done)
-		for part := range toPrepare {
-			prepared = append(prepared, st.Prepare(part.GetUpserts())...)
-		}
-	}()
-	resp, err := readSet(bufio.NewReaderSize(f, 1<<20), func(part *configv1.WatchResponse) { toPrepare <- part })
-	close(toPrepare)
-	<-done
+	// at once (see Store.Prepare), on another goroutine while the next part is read.
+	prep := st.NewPartPreparer()
+	resp, err := readSet(bufio.NewReaderSize(f, 1<<20), func(part *configv1.WatchResponse) { prep.Add(part.GetUpserts()) })
+	prepared := prep.Wait()
 	if err != nil {
 		return fmt.Errorf("configset: load %s: %w", path, err)
 	}

@@ -191,6 +191,56 @@ func TestPrepareParts(t *testing.T) {
 		}
 	})
 
+	t.Run("ok/PartPreparer keeps the order of parts and upserts", func(t *testing.T) {
+		st := NewStore()
+		ps := parts()
+		prep := st.NewPartPreparer()
+		for _, part := range ps {
+			prep.Add(part.Upserts)
+		}
+		prepared := prep.Wait()
+		full, err := Merge(ps...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(prepared) != len(full.Upserts) {
+			t.Fatalf("%d prepared for %d upserts", len(prepared), len(full.Upserts))
+		}
+		for i, h := range prepared {
+			if i == 301 {
+				if h != nil {
+					t.Fatal("the unpreparable upsert was prepared")
+				}
+				continue
+			}
+			if h == nil || h.Config != full.Upserts[i] {
+				t.Fatalf("prepared[%d] is not upsert %d (%s) prepared", i, i, full.Upserts[i].GetHostname())
+			}
+		}
+		var refused *RefusedError
+		if err := st.ApplyPrepared(full, prepared); !errors.As(err, &refused) || len(refused.Refused) != 1 {
+			t.Fatalf("ApplyPrepared: %v, want h0301 refused", err)
+		}
+		if h, ok := st.Load().Lookup("h0599.example.com"); !ok || h != prepared[599] {
+			t.Fatal("h0599: prepared again")
+		}
+	})
+
+	t.Run("ok/PartPreparer given up", func(t *testing.T) {
+		st := NewStore()
+		if got := st.NewPartPreparer().Wait(); len(got) != 0 {
+			t.Fatalf("nothing added, %d prepared", len(got))
+		}
+		prep := st.NewPartPreparer()
+		prep.Add(parts()[0].Upserts)
+		if got := prep.Wait(); len(got) != 200 {
+			t.Fatalf("one part of 200 added, %d prepared", len(got))
+		}
+		if st.Load().Len() != 0 {
+			t.Fatal("preparing changed the set")
+		}
+	})
+
 	t.Run("fail/prepared for other configurations", func(t *testing.T) {
 		st := NewStore()
 		var elsewhere []*decision.Hostname

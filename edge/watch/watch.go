@@ -58,7 +58,6 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"guestlist.dev/edge/configset"
-	"guestlist.dev/edge/decision"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -309,8 +308,13 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 	defer w.tel.connected.Store(0)
 
 	var parts []*configv1.WatchResponse // the parts of a response sent in parts, so far
-	var prepared []*decision.Hostname   // their upserts, prepared as they arrived (Store.Prepare)
-	answered := false                   // a response was applied: later ones do not answer the hello
+	var prep *configset.PartPreparer    // preparing their upserts while the next part arrives
+	defer func() {
+		if prep != nil { // a response given up half way
+			prep.Wait()
+		}
+	}()
+	answered := false // a response was applied: later ones do not answer the hello
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -335,8 +339,12 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 		}
 		parts = append(parts, resp)
 		// Prepared as it arrives, so that a large snapshot is never held whole with a copy of
-		// every shared list per hostname (configset.Store.Prepare).
-		prepared = append(prepared, w.store.Prepare(resp.GetUpserts())...)
+		// every shared list per hostname (configset.Store.Prepare), while the next part is
+		// received and decoded.
+		if prep == nil {
+			prep = w.store.NewPartPreparer()
+		}
+		prep.Add(resp.GetUpserts())
 		if resp.GetMore() {
 			if len(parts) >= maxParts {
 				return applied, w.nack(ctx, stream, resp.GetPosition(), fmt.Errorf("more than %d parts", maxParts))
@@ -344,9 +352,9 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			continue
 		}
 		spanCtx, span := w.tel.startUpdate(ctx, resp, w.opts.EdgeID)
+		ready := prep.Wait()
 		full, err := configset.Merge(parts...)
-		ready := prepared
-		parts, prepared = nil, nil
+		parts, prep = nil, nil
 		if err != nil {
 			w.tel.endUpdate(span, err)
 			return applied, w.nack(spanCtx, stream, resp.GetPosition(), err)
