@@ -106,13 +106,15 @@ func TestGRPCTLSFlags(t *testing.T) {
 		server  string // with tls: the server name it expects ("" for each address's host)
 		mention string
 	}{
-		{name: "ok/loopback in plaintext", args: edge("127.0.0.1:50052,localhost:50053,[::1]:50054")},
+		{name: "ok/loopback in plaintext", args: edge("127.0.0.1:50052,localhost:50053,[::1]:50054,[::1%lo]:50055,[::ffff:127.0.0.1]:50056")},
 		{name: "ok/plaintext when asked", args: edge("projector:50052", "--config-plaintext")},
 		{name: "ok/TLS", args: edge("projector.internal:50052", "--config-ca", caPath), tls: true},
 		{name: "ok/TLS on loopback too", args: edge("127.0.0.1:50052", "--config-ca", caPath, "--config-server-name", "projector.internal"), tls: true, server: "projector.internal"},
 		{name: "ok/TLS from the environment", args: edge("10.0.0.7:50052"), env: map[string]string{"GUESTLIST_CONFIG_CA": caPath, "GUESTLIST_CONFIG_SERVER_NAME": "projector.internal"}, tls: true, server: "projector.internal"},
 		{name: "fail/another host in plaintext", args: edge("projector:50052"), mention: "--config-addr projector:50052 is not a loopback address"},
 		{name: "fail/one of the hosts in plaintext", args: edge("127.0.0.1:50052,10.0.0.7:50052"), mention: "--config-addr 10.0.0.7:50052 is not a loopback address"},
+		{name: "fail/the unspecified address in plaintext", args: edge("0.0.0.0:50052"), mention: "--config-addr 0.0.0.0:50052 is not a loopback address"},
+		{name: "fail/a zone on another address", args: edge("[fe80::1%eth0]:50052"), mention: "not a loopback address"},
 		{name: "fail/a name that resolves to loopback is not trusted to", args: edge("localhost.attacker.example:50052"), mention: "not a loopback address"},
 		{name: "fail/TLS and plaintext", args: edge("projector:50052", "--config-ca", caPath, "--config-plaintext"), mention: "exclude each other"},
 		{name: "fail/server name without CA", args: edge("projector:50052", "--config-plaintext", "--config-server-name", "p"), mention: "--config-server-name needs --config-ca"},
