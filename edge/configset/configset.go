@@ -460,6 +460,25 @@ func (st *Store) prepare(upserts []*configv1.HostnameConfig, ready []*decision.H
 	return out, nil
 }
 
+// CheckPart checks that p, part i of a response sent in parts whose part 0 is first, belongs to
+// the same response: the same position, snapshot flag, replaces_history flag and history token.
+// [Merge] checks every part so; a receiver checks each as it arrives, before it works on it.
+func CheckPart(first, p *configv1.WatchResponse, i int) error {
+	switch {
+	case p == nil:
+		return fmt.Errorf("configset: part %d is empty", i)
+	case p.GetPosition() != first.GetPosition():
+		return fmt.Errorf("configset: part %d is at position %d, part 0 at %d", i, p.GetPosition(), first.GetPosition())
+	case p.GetSnapshot() != first.GetSnapshot():
+		return fmt.Errorf("configset: part %d has snapshot = %v, part 0 %v", i, p.GetSnapshot(), first.GetSnapshot())
+	case p.GetReplacesHistory() != first.GetReplacesHistory():
+		return fmt.Errorf("configset: part %d has replaces_history = %v, part 0 %v", i, p.GetReplacesHistory(), first.GetReplacesHistory())
+	case !bytes.Equal(p.GetHistoryToken(), first.GetHistoryToken()):
+		return fmt.Errorf("configset: part %d has another history token than part 0", i)
+	}
+	return nil
+}
+
 // Merge joins the parts of one Watch response sent in parts (a large snapshot): all have the same
 // position, snapshot flag, history token and replaces_history flag, more = true on every part but
 // the last. A single complete response is returned as is.
@@ -477,17 +496,10 @@ func Merge(parts ...*configv1.WatchResponse) (*configv1.WatchResponse, error) {
 	out := &configv1.WatchResponse{Position: first.GetPosition(), Snapshot: first.GetSnapshot(), HistoryToken: first.GetHistoryToken(), ReplacesHistory: first.GetReplacesHistory()}
 	for i, p := range parts {
 		last := i == len(parts)-1
+		if err := CheckPart(first, p, i); err != nil {
+			return nil, err
+		}
 		switch {
-		case p == nil:
-			return nil, fmt.Errorf("configset: part %d is empty", i)
-		case p.GetPosition() != out.Position:
-			return nil, fmt.Errorf("configset: part %d is at position %d, part 0 at %d", i, p.GetPosition(), out.Position)
-		case p.GetSnapshot() != out.Snapshot:
-			return nil, fmt.Errorf("configset: part %d has snapshot = %v, part 0 %v", i, p.GetSnapshot(), out.Snapshot)
-		case p.GetReplacesHistory() != out.ReplacesHistory:
-			return nil, fmt.Errorf("configset: part %d has replaces_history = %v, part 0 %v", i, p.GetReplacesHistory(), out.ReplacesHistory)
-		case !bytes.Equal(p.GetHistoryToken(), out.HistoryToken):
-			return nil, fmt.Errorf("configset: part %d has another history token than part 0", i)
 		case p.GetMore() && last:
 			return nil, fmt.Errorf("configset: the last part (%d) has more = true: parts are missing", i)
 		case !p.GetMore() && !last:

@@ -204,6 +204,11 @@ func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1
 		if !part.GetSnapshot() {
 			return nil, fmt.Errorf("part %d is not a snapshot", len(parts))
 		}
+		if len(parts) > 0 {
+			if err := CheckPart(parts[0], part, len(parts)); err != nil {
+				return nil, err
+			}
+		}
 		parts = append(parts, part)
 		if each != nil {
 			each(part)

@@ -323,9 +323,11 @@ func (w *watcher) session(ctx context.Context) (applied bool, err error) {
 			}
 			return applied, fmt.Errorf("watch: receive: %w", err)
 		}
-		if len(parts) > 0 && resp.GetPosition() != parts[0].GetPosition() {
-			err := fmt.Errorf("part %d of the response at position %d has position %d", len(parts)+1, parts[0].GetPosition(), resp.GetPosition())
-			return applied, w.nack(ctx, stream, resp.GetPosition(), err)
+		if len(parts) > 0 {
+			// Refused as it arrives, before it is prepared; Merge checks the parts again.
+			if err := configset.CheckPart(parts[0], resp, len(parts)); err != nil {
+				return applied, w.nack(ctx, stream, resp.GetPosition(), err)
+			}
 		}
 		if resp.GetReplacesHistory() && (answered || !resp.GetSnapshot()) {
 			err := errors.New("replaces_history is set on a response that is not the snapshot answering the hello")

@@ -301,24 +301,49 @@ func TestUnpreparableHostnameLeftOut(t *testing.T) {
 	}
 }
 
+// TestMismatchedPartsAreRefused: a part that does not belong to the response its first part began
+// is refused as it arrives (not only once a last part comes, which may never), and nothing of the
+// response is applied.
 func TestMismatchedPartsAreRefused(t *testing.T) {
 	ca := pkitest.NewCA(t, "Acme Root")
-	acks := make(chan *configv1.WatchRequest, 10)
-	script := func(s *session) error {
-		s.send(&configv1.WatchResponse{Position: 5, Snapshot: true, More: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 5, ca, "http://x")}})
-		s.send(&configv1.WatchResponse{Position: 6, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("b.example.com", 6, ca, "http://x")}})
-		push(acks, s.recv())
-		<-s.stream.Context().Done()
-		return nil
+	first := func() *configv1.WatchResponse {
+		return &configv1.WatchResponse{Position: 5, Snapshot: true, More: true, HistoryToken: []byte("t5"), Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 5, ca, "http://x")}}
 	}
-	_, addr := startServer(t, script)
-	store := configset.NewStore()
-	runWatch(t, dial(t, addr), store, Options{Logger: quietLogger(t), Backoff: Backoff{Min: time.Second}})
-	if n := <-acks; n.GetError() == "" || n.GetAckPosition() != 6 {
-		t.Errorf("nack %v", n)
-	}
-	if store.Load().Position() != 0 {
-		t.Error("partial response applied")
+	for _, tc := range []struct {
+		name   string
+		second *configv1.WatchResponse
+		want   string
+	}{
+		{name: "fail/another position", second: &configv1.WatchResponse{Position: 6, Snapshot: true, HistoryToken: []byte("t5")}, want: "part 1 is at position 6, part 0 at 5"},
+		{name: "fail/not a snapshot, more to come", second: &configv1.WatchResponse{Position: 5, More: true, HistoryToken: []byte("t5")}, want: "part 1 has snapshot = false"},
+		{name: "fail/another history token, more to come", second: &configv1.WatchResponse{Position: 5, Snapshot: true, More: true, HistoryToken: []byte("t4")}, want: "part 1 has another history token"},
+		{name: "fail/replaces_history, more to come", second: &configv1.WatchResponse{Position: 5, Snapshot: true, More: true, HistoryToken: []byte("t5"), ReplacesHistory: true}, want: "part 1 has replaces_history = true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			acks := make(chan *configv1.WatchRequest, 10)
+			script := func(s *session) error {
+				s.send(first())
+				tc.second.Upserts = []*configv1.HostnameConfig{hostCfg("b.example.com", 5, ca, "http://x")}
+				s.send(tc.second)
+				push(acks, s.recv())
+				<-s.stream.Context().Done()
+				return nil
+			}
+			_, addr := startServer(t, script)
+			store := configset.NewStore()
+			runWatch(t, dial(t, addr), store, Options{Logger: quietLogger(t), Backoff: Backoff{Min: time.Minute}})
+			select {
+			case n := <-acks:
+				if !strings.Contains(n.GetError(), tc.want) || n.GetAckPosition() != tc.second.GetPosition() {
+					t.Errorf("nack %v, want one at position %d saying %q", n, tc.second.GetPosition(), tc.want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the mismatched part was not refused")
+			}
+			if store.Load().Position() != 0 {
+				t.Error("partial response applied")
+			}
+		})
 	}
 }
 
