@@ -272,7 +272,7 @@ func (s *Service) stateAt(ctx context.Context, tenantID string, p point) (*fold.
 	stream := fold.TenantStream(tenantID)
 	st, from := fold.NewTenant(tenantID), uint64(0)
 	if base := s.cache.best(tenantID, p); base != nil {
-		st, from = cloneTenant(base), base.Revision+1
+		st, from = base.Clone(), base.Revision+1
 	}
 	folded := 0
 	for {

@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"maps"
 	"sync"
 
 	"guestlist.dev/projections/fold"
@@ -88,18 +87,4 @@ func (p point) includesState(st *fold.Tenant) bool {
 		return !st.Time.After(p.time)
 	}
 	return st.Position <= p.position
-}
-
-// cloneTenant returns a copy of st that can be folded further without changing st. The entities
-// are shared: the fold replaces them rather than changing them.
-func cloneTenant(st *fold.Tenant) *fold.Tenant {
-	out := *st
-	out.Tokens = maps.Clone(st.Tokens)
-	out.CAs = maps.Clone(st.CAs)
-	out.Revocations = maps.Clone(st.Revocations)
-	out.Policies = maps.Clone(st.Policies)
-	out.Hostnames = maps.Clone(st.Hostnames)
-	out.Requests = maps.Clone(st.Requests)
-	out.MoreRequests = maps.Clone(st.MoreRequests)
-	return &out
 }

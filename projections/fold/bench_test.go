@@ -62,3 +62,65 @@ func BenchmarkReplay1M(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(evs))/time.Since(start).Seconds(), "events/s")
 }
+
+// endpointsHistory returns one tenant's history of n customer endpoints, each a hostname with a
+// root CA of its own (the product's usual shape), with a revocation filed after each endpoint under
+// an earlier endpoint's CA and, every tenth endpoint, a policy update that its hostnames use.
+func endpointsHistory(b *testing.B, n int) []Event {
+	b.Helper()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var evs []Event
+	add := func(m proto.Message) {
+		data, err := proto.Marshal(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		i := len(evs)
+		evs = append(evs, Event{Type: TypeOf(m), Data: data, Revision: uint64(i), Position: uint64(i + 1), Time: t0.Add(time.Duration(i) * time.Millisecond), Actor: "token:acme/t1", RequestID: fmt.Sprint("r", i)})
+	}
+	add(&eventsv1.TenantCreated{TenantId: "acme", DisplayName: "Acme"})
+	for p := range 10 {
+		add(&eventsv1.PolicyCreated{PolicyId: fmt.Sprint("p", p), Rules: []*eventsv1.PolicyRule{{Name: "ops", Action: eventsv1.Action_ACTION_ALLOW, Expression: `"ops" in cert.subject.organizational_unit`}}})
+	}
+	for i := range n {
+		ca := fmt.Sprint("ca-", i)
+		add(&eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: ca, CertificateDer: make([]byte, 600), FingerprintSha256: fmt.Sprintf("%064x", i)})
+		add(&eventsv1.HostnameCreated{Hostname: fmt.Sprintf("pay.customer%d.example", i), OriginUrl: "https://origin.example", PolicyId: fmt.Sprint("p", i%10), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE,
+			Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{ca}}})
+		add(&eventsv1.RevocationAdded{RevocationId: fmt.Sprint("rev-", i), CertificateAuthorityId: fmt.Sprint("ca-", i*7919%(i+1)), Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: fmt.Sprintf("%x", i+1)}, Reason: "lost"})
+		if i%10 == 9 {
+			add(&eventsv1.PolicyUpdated{PolicyId: fmt.Sprint("p", i%10), Rules: []*eventsv1.PolicyRule{{Name: "ops", Action: eventsv1.Action_ACTION_ALLOW, Expression: fmt.Sprintf(`request.path != "/%d"`, i)}}})
+		}
+	}
+	return evs
+}
+
+// BenchmarkProjectEndpoints folds a tenant of 20,000 customer endpoints (endpointsHistory) the way
+// the projector does: with the hostname index (IndexHostnames), for each event the hostnames it
+// affects (AffectedHostnames, before the event), then the event, then the edge configuration of
+// each affected hostname (HostnameConfig).
+// It reports the time per event.
+//
+//	go test -run XXX -bench ProjectEndpoints -benchtime 3x guestlist.dev/projections/fold
+func BenchmarkProjectEndpoints(b *testing.B) {
+	evs := endpointsHistory(b, 20_000)
+	configs := 0
+	b.ResetTimer()
+	for range b.N {
+		st := NewTenant("acme")
+		st.IndexHostnames() // as the projector does
+		for _, ev := range evs {
+			names := AffectedHostnames(st, ev)
+			if err := Apply(st, ev); err != nil {
+				b.Fatal(err)
+			}
+			for _, n := range names {
+				if HostnameConfig(st, n, ev.Position) != nil {
+					configs++
+				}
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(evs)), "ns/event")
+	b.ReportMetric(float64(configs)/float64(b.N), "configs/op")
+}

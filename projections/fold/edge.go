@@ -1,6 +1,7 @@
 package fold
 
 import (
+	"maps"
 	"slices"
 	"strings"
 
@@ -33,9 +34,12 @@ func HostnameConfig(t *Tenant, name string, version uint64) *configv1.HostnameCo
 		}
 		out.CertificateAuthorities = append(out.CertificateAuthorities, &configv1.TrustedCertificateAuthority{CertificateAuthorityId: id, CertificateDer: ca.DER})
 	}
-	for k, r := range t.Revocations {
-		if slices.Contains(h.CertificateAuthorityIDs, k.CA) {
-			out.Revocations = append(out.Revocations, &configv1.Revocation{CertificateAuthorityId: k.CA, RevocationId: k.ID, SerialNumber: r.SerialNumber, FingerprintSha256: r.FingerprintSHA256})
+	for i, ca := range h.CertificateAuthorityIDs {
+		if slices.Contains(h.CertificateAuthorityIDs[:i], ca) {
+			continue // named twice: its revocations are in once
+		}
+		for id, r := range t.revsByCA[ca] {
+			out.Revocations = append(out.Revocations, &configv1.Revocation{CertificateAuthorityId: ca, RevocationId: id, SerialNumber: r.SerialNumber, FingerprintSha256: r.FingerprintSHA256})
 		}
 	}
 	slices.SortFunc(out.Revocations, func(a, b *configv1.Revocation) int {
@@ -55,9 +59,13 @@ func HostnameConfig(t *Tenant, name string, version uint64) *configv1.HostnameCo
 
 // AffectedHostnames returns the hostnames of t whose edge configuration ev may change, evaluated on
 // the state before ev is applied (so removals are still visible). Hostnames that ev adds are
-// included too.
+// included too. The hostnames of a CA or a policy are read from t's index when it keeps one
+// (Tenant.IndexHostnames), from every hostname otherwise.
 func AffectedHostnames(t *Tenant, ev Event) []string {
 	byCA := func(ca string) []string {
+		if t.hostsByCA != nil {
+			return slices.Collect(maps.Keys(t.hostsByCA[ca]))
+		}
 		var out []string
 		for _, h := range t.Hostnames {
 			if slices.Contains(h.CertificateAuthorityIDs, ca) {
@@ -116,6 +124,9 @@ func AffectedHostnames(t *Tenant, ev Event) []string {
 				return nil
 			}
 			id = m.GetPolicyId()
+		}
+		if t.hostsByPolicy != nil {
+			return slices.Collect(maps.Keys(t.hostsByPolicy[id]))
 		}
 		var out []string
 		for _, h := range t.Hostnames {

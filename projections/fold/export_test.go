@@ -1,0 +1,34 @@
+package fold
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+)
+
+// CheckIndexes returns an error when t's indexes are not what its maps give.
+func CheckIndexes(t *Tenant) error {
+	revs := map[string]map[string]*Revocation{}
+	for k, r := range t.Revocations {
+		putIndex(revs, k.CA, k.ID, r, true)
+	}
+	byCA, byPolicy := map[string]map[string]struct{}{}, map[string]map[string]struct{}{}
+	for name, h := range t.Hostnames {
+		for _, ca := range h.CertificateAuthorityIDs {
+			putIndex(byCA, ca, name, struct{}{}, true)
+		}
+		putIndex(byPolicy, h.PolicyID, name, struct{}{}, true)
+	}
+	if t.hostsByCA == nil && t.hostsByPolicy == nil {
+		byCA, byPolicy = nil, nil
+	}
+	switch {
+	case !maps.EqualFunc(revs, t.revsByCA, maps.Equal):
+		return fmt.Errorf("revocations by CA: %v, the map gives %v", t.revsByCA, revs)
+	case !maps.EqualFunc(byCA, t.hostsByCA, maps.Equal):
+		return fmt.Errorf("hostnames by CA: %v, the map gives %v", slices.Sorted(maps.Keys(t.hostsByCA)), slices.Sorted(maps.Keys(byCA)))
+	case !maps.EqualFunc(byPolicy, t.hostsByPolicy, maps.Equal):
+		return fmt.Errorf("hostnames by policy: %v, the map gives %v", slices.Sorted(maps.Keys(t.hostsByPolicy)), slices.Sorted(maps.Keys(byPolicy)))
+	}
+	return nil
+}
