@@ -38,7 +38,7 @@ func HostnameConfig(t *Tenant, name string, version uint64) *configv1.HostnameCo
 		if slices.Contains(h.CertificateAuthorityIDs[:i], ca) {
 			continue // named twice: its revocations are in once
 		}
-		for id, r := range t.revsByCA[ca] {
+		for id, r := range t.RevocationsUnder(ca) {
 			out.Revocations = append(out.Revocations, &configv1.Revocation{CertificateAuthorityId: ca, RevocationId: id, SerialNumber: r.SerialNumber, FingerprintSha256: r.FingerprintSHA256})
 		}
 	}

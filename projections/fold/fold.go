@@ -11,6 +11,7 @@ package fold
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"slices"
 	"time"
@@ -477,6 +478,12 @@ func (t *Tenant) RequestRefs(id string) []Ref {
 		return nil
 	}
 	return append([]Ref{first}, t.MoreRequests[id]...)
+}
+
+// RevocationsUnder returns the revocations filed under the CA ca, by revocation id, in no order;
+// they are t.Revocations' entries of that CA, found without reading the others.
+func (t *Tenant) RevocationsUnder(ca string) iter.Seq2[string, *Revocation] {
+	return maps.All(t.revsByCA[ca])
 }
 
 // setRevocation sets t.Revocations[k] to r (deleting it when r is nil) and keeps t.revsByCA.

@@ -2,6 +2,7 @@ package command
 
 import (
 	"context"
+	"maps"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -101,12 +102,7 @@ func (rs *RevocationServer) ListRevocations(ctx context.Context, req *guestlistv
 		if _, ok := st.CAs[ca]; !ok {
 			return apistatus.NotFound("certificate authority", ca)
 		}
-		byID := map[string]*fold.Revocation{}
-		for k, r := range st.Revocations {
-			if k.CA == ca {
-				byID[k.ID] = r
-			}
-		}
+		byID := maps.Collect(st.RevocationsUnder(ca))
 		keys, next, err := page(byID, req.GetPageToken(), req.GetPageSize())
 		for _, k := range keys {
 			out.Revocations = append(out.Revocations, renderRevocation(byID[k]))
