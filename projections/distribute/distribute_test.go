@@ -900,6 +900,84 @@ func BenchmarkWatchPropagation(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
 
+// BenchmarkWatchSnapshotParts measures the sending of a snapshot in many small parts (1,000
+// hostnames with a CA of 1 KiB each, parts of at most 4 KiB: about 330 parts): one Watch stream a
+// loop, from the hello to the edge holding the whole snapshot (the read of the read model is shared
+// between the streams, see Server.snapshot). It measures the cost of each part's Send on the
+// server, which a per-part mechanism (such as the send stall limit) adds to.
+func BenchmarkWatchSnapshotParts(b *testing.B) {
+	dir := b.TempDir()
+	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	p, err := projector.Open(filepath.Join(dir, "projection.db"), store, projector.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = p.Run(ctx) }()
+	gs := grpc.NewServer()
+	configv1.RegisterConfigServiceServer(gs, New(p, WithLogger(quiet), WithPartLimits(4096, 1000)))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+
+	ms := []proto.Message{&eventsv1.TenantCreated{TenantId: "acme"}, &eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "ca1", CertificateDer: make([]byte, 1024)}}
+	for i := range 1000 {
+		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.example.com", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}})
+	}
+	res, err := pt.Write(ctx, store, pt.Append{Stream: fold.TenantStream("acme"), Events: ms})
+	if err != nil {
+		b.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	err = p.WaitFor(wctx, uint64(res.Position))
+	wcancel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	client := configv1.NewConfigServiceClient(conn)
+	parts := 0
+	for b.Loop() {
+		sctx, scancel := context.WithCancel(ctx)
+		w, err := client.Watch(sctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := w.Send(&configv1.WatchRequest{EdgeId: "bench"}); err != nil {
+			b.Fatal(err)
+		}
+		for n := 0; ; {
+			r, err := w.Recv()
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += len(r.GetUpserts())
+			parts++
+			if !r.GetMore() {
+				if n != 1000 {
+					b.Fatalf("the snapshot has %d hostnames, want 1000", n)
+				}
+				break
+			}
+		}
+		scancel()
+	}
+	b.ReportMetric(float64(parts)/float64(b.N), "parts/op")
+}
+
 // TestSnapshotReadIsDropped: the snapshot kept for edges connecting together holds every
 // configuration; it is shared while the projector has not moved, and let go snapKeep after its
 // last use (not after an earlier one's).
