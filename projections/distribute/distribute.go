@@ -32,7 +32,8 @@
 // missed, so that a newer edge gets the configurations an older one could not prepare. An ack of
 // position p answers every response up to p. The server keeps at most Window responses
 // unanswered and waits for acks before sending more; an edge that stops reading falls behind the
-// projector's ring of changes and gets a fresh snapshot when it resumes.
+// projector's ring of changes and gets a fresh snapshot when it resumes (and one that stops while
+// a part is being sent has its stream ended, see "Edges that stop reading").
 //
 // Snapshots are sent only once the projector has caught up with the event store since it was
 // opened (projector.Ready): before that, its read model may be far behind the store, and an edge
@@ -46,6 +47,30 @@
 // When resume_position is ahead of the projector (the projector restarted and is catching up),
 // the server waits up to AheadWait for the projector to get there rather than move the edge back
 // in time; past that, it sends a snapshot (which the edge refuses while it is behind what it holds).
+//
+// # Edges that stop reading
+//
+// Parts are sent under HTTP/2 flow control: an edge that stops reading (hung, or keeping its
+// connection open and reading nothing) makes the server's Send block once the stream's windows are
+// full, and keepalive pings do not end such a stream (the edge answers them). The stream would
+// hold what it is sending (for a snapshot, every configuration: the server's shared snapshot read
+// is let go of 30 s after its last use, but not the stream's reference to it) for as long as the
+// edge keeps its connection. So each part's Send is timed: one that has not completed within the
+// send stall limit (WithSendStallLimit, default DefaultSendStallLimit) ends the stream with
+// DEADLINE_EXCEEDED, naming the edge, the part, the position and the limit; the server logs it at
+// WARN and counts it (guestlist_distribute_send_stalls_total). The limit bounds one part, not a
+// response: an edge reading a large snapshot slowly but steadily is not cut off.
+//
+// The sends run on a goroutine of their own, so Watch can return while one is blocked. As gRPC
+// writes Watch's status it cancels the stream's context, and a Send waiting for flow-control
+// quota returns once that context is done (grpc-go's own HTTP/2 server transport, which
+// grpc.Server.Serve uses; checked against grpc-go 1.84): the goroutine returns, letting go of the
+// response, and only then does Watchers stop listing the stream. What gRPC had already queued for
+// the stream (at most its write quota, 64 KiB, and one part, encoded) stays in its transport with
+// the status behind it, until the edge reads again (it gets them, then the status) or its
+// connection closes. An edge that reads again (edge/watch) drops the parts it had of the
+// unfinished response and resumes on a new stream from the position it holds, as after any
+// other end of a stream.
 //
 // # Histories
 //
@@ -106,6 +131,8 @@
 //	guestlist_distribute_nacks_total                   responses the edges refused
 //	guestlist_distribute_history_diverged_total        hellos whose history the event store no longer has
 //	                                                   (answered with a snapshot that replaces it)
+//	guestlist_distribute_send_stalls_total             streams ended because the edge did not take a part
+//	                                                   within the send stall limit
 //
 // edge_id is what each edge calls itself (printable ASCII, at most 256 bytes; a hello with another
 // is refused with InvalidArgument); edges authenticate with the edge token, and only open streams
@@ -118,6 +145,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,6 +175,9 @@ const (
 	// DefaultAheadWait is how long Watch waits for the projector to reach an edge's resume
 	// position.
 	DefaultAheadWait = 10 * time.Second
+	// DefaultSendStallLimit is how long the sending of one part may take before the stream is
+	// ended (see "Edges that stop reading" in the package documentation).
+	DefaultSendStallLimit = 2 * time.Minute
 )
 
 // changesPerRead is how many changes the server takes from the projector at a time.
@@ -162,6 +193,7 @@ type options struct {
 	maxPartBytes   int
 	maxPartConfigs int
 	aheadWait      time.Duration
+	sendStallLimit time.Duration
 	tp             trace.TracerProvider
 	mp             metric.MeterProvider
 }
@@ -212,6 +244,19 @@ func WithAheadWait(d time.Duration) Option {
 	return func(o *options) { o.aheadWait = d }
 }
 
+// WithSendStallLimit sets how long the sending of one part of a response may take (the edge
+// taking it in, under HTTP/2 flow control) before the server ends the stream with
+// DEADLINE_EXCEEDED (default DefaultSendStallLimit; see "Edges that stop reading" in the package
+// documentation). It bounds each part, not a whole response: an edge reading a large snapshot
+// slowly but steadily is not cut off. Values below 1 keep the default.
+func WithSendStallLimit(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.sendStallLimit = d
+		}
+	}
+}
+
 // Server implements configv1.ConfigServiceServer on a projector. Create it with New.
 type Server struct {
 	configv1.UnimplementedConfigServiceServer
@@ -250,6 +295,7 @@ func New(p *projector.Projector, opts ...Option) *Server {
 		maxPartBytes:   DefaultMaxPartBytes,
 		maxPartConfigs: DefaultMaxPartConfigs,
 		aheadWait:      DefaultAheadWait,
+		sendStallLimit: DefaultSendStallLimit,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -307,6 +353,66 @@ type watcher struct {
 	// refused is the edge's NACK, once it refused a response: nothing more is sent. It is set
 	// under mu (before nacks counts it) and read without.
 	refused atomic.Pointer[refusal]
+	// stall times each part's Send.
+	stall *sendStall
+}
+
+// sendStall times the Sends of one stream (its sender's, one at a time): a Send still in progress
+// after limit closes stalled, on which Watch ends the stream (see "Edges that stop reading" in the
+// package documentation). One timer serves every Send: reset before it, stopped after it.
+type sendStall struct {
+	limit   time.Duration
+	timer   *time.Timer   // runs fire; stopped unless a Send is in progress
+	stalled chan struct{} // closed by fire
+	once    sync.Once
+	// What the Send in progress is sending, for the status that ends the stream: stored before
+	// the timer is reset, read once stalled is closed.
+	pos         atomic.Uint64
+	part, parts atomic.Int64
+}
+
+func newSendStall(limit time.Duration) *sendStall {
+	st := &sendStall{limit: limit, stalled: make(chan struct{})}
+	st.timer = time.AfterFunc(time.Hour, st.fire)
+	st.timer.Stop()
+	return st
+}
+
+func (st *sendStall) fire() { st.once.Do(func() { close(st.stalled) }) }
+
+// send sends part (number i of n, from 0, of the response at pos) on stream, timed.
+func (st *sendStall) send(stream grpc.BidiStreamingServer[configv1.WatchRequest, configv1.WatchResponse], part *configv1.WatchResponse, pos uint64, i, n int) error {
+	st.pos.Store(pos)
+	st.part.Store(int64(i))
+	st.parts.Store(int64(n))
+	st.timer.Reset(st.limit)
+	err := stream.Send(part)
+	st.timer.Stop()
+	return err
+}
+
+// err returns the status that ends the stalled stream of edgeID.
+func (st *sendStall) err(edgeID string) error {
+	return status.Errorf(codes.DeadlineExceeded,
+		"distribute: edge %q has not taken part %d of %d of the response at position %d within the send stall limit (%s); the stream ends: resume on a new one",
+		edgeID, st.part.Load()+1, st.parts.Load(), st.pos.Load(), st.limit)
+}
+
+// sendPanic is a panic of a stream's sender goroutine, which Watch panics with again on its own
+// goroutine (where the server's interceptors recover it).
+type sendPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *sendPanic) String() string {
+	return fmt.Sprintf("%v (in the Watch sender goroutine)\n%s", p.value, p.stack)
+}
+
+// sendResult is what a stream's sender goroutine hands Watch as it returns.
+type sendResult struct {
+	err      error
+	panicked *sendPanic
 }
 
 // refusal is an edge's NACK of the response at position, which ends the Watch stream.
@@ -346,16 +452,11 @@ func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, co
 	if err := checkEdgeID(hello.GetEdgeId()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	w := &watcher{edgeID: hello.GetEdgeId(), since: time.Now(), answered: make(chan struct{})}
+	w := &watcher{edgeID: hello.GetEdgeId(), since: time.Now(), answered: make(chan struct{}), stall: newSendStall(s.opts.sendStallLimit)}
 	log := s.log.With("edge_id", w.edgeID)
 	s.mu.Lock()
 	s.watchers[w] = struct{}{}
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.watchers, w)
-		s.mu.Unlock()
-	}()
 	log.Info("distribute: edge watching", "resume_position", hello.GetResumePosition(), "history_token", len(hello.GetHistoryToken()) > 0)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -365,7 +466,47 @@ func (s *Server) Watch(stream grpc.BidiStreamingServer[configv1.WatchRequest, co
 		recvErr <- s.receive(stream, w, log)
 		cancel()
 	}()
-	err = s.send(ctx, stream, w, log, hello)
+	// The sends run on a goroutine of their own, so that a Send the edge blocks (it stopped
+	// reading) cannot hold this one: past the stall limit, Watch returns, and gRPC, ending the
+	// stream, ends the Send (see "Edges that stop reading" in the package documentation). The
+	// sender forgets w as it returns (so Watchers lists a stream until everything it held is let
+	// go), before handing its result over.
+	done, abandoned := make(chan sendResult), make(chan struct{})
+	go func() {
+		var res sendResult
+		defer func() {
+			if r := recover(); r != nil {
+				res = sendResult{panicked: &sendPanic{value: r, stack: debug.Stack()}}
+			}
+			s.mu.Lock()
+			delete(s.watchers, w)
+			s.mu.Unlock()
+			select {
+			case done <- res:
+			case <-abandoned:
+				if res.panicked != nil {
+					log.Error("distribute: panic in the sender of a stream ended for a stalled send", "panic", res.panicked.String())
+				}
+			}
+		}()
+		res.err = s.send(ctx, stream, w, log, hello)
+	}()
+	select {
+	case res := <-done:
+		if res.panicked != nil {
+			panic(res.panicked)
+		}
+		err = res.err
+	case <-w.stall.stalled:
+		close(abandoned)
+		cancel()
+		if s.tel.stalls != nil {
+			s.tel.stalls.Add(stream.Context(), 1)
+		}
+		log.Warn("distribute: the edge has not taken a part within the send stall limit (it stopped reading?); ending the stream, which lets go of the response",
+			"position", w.stall.pos.Load(), "part", w.stall.part.Load()+1, "parts", w.stall.parts.Load(), "limit", w.stall.limit)
+		return w.stall.err(w.edgeID)
+	}
 	cancel()
 	select {
 	case rerr := <-recvErr:
@@ -714,7 +855,7 @@ func (s *Server) sendParts(stream grpc.BidiStreamingServer[configv1.WatchRequest
 		if r := w.refused.Load(); r != nil && i > 0 {
 			return r
 		}
-		if err := stream.Send(part); err != nil {
+		if err := w.stall.send(stream, part, pos, i, len(parts)); err != nil {
 			return fmt.Errorf("distribute: send position %d: %w", pos, err)
 		}
 	}

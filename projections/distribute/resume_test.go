@@ -27,7 +27,8 @@ type recorded struct {
 	hello *configv1.WatchRequest
 	first *configv1.WatchResponse
 	end   context.CancelFunc
-	ended bool // the handler returned
+	ended bool  // the handler returned
+	err   error // what it returned
 }
 
 func (r *recorder) options(*Server) []grpc.ServerOption {
@@ -39,7 +40,7 @@ func (r *recorder) options(*Server) []grpc.ServerOption {
 		r.mu.Unlock()
 		err := handler(x, &recordedStream{ServerStream: ss, ctx: ctx, r: r, st: st})
 		r.mu.Lock()
-		st.ended = true
+		st.ended, st.err = true, err
 		r.mu.Unlock()
 		return err
 	})}

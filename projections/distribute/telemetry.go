@@ -42,6 +42,7 @@ type telemetry struct {
 	responses metric.Int64Counter
 	nacks     metric.Int64Counter
 	diverged  metric.Int64Counter
+	stalls    metric.Int64Counter
 	snapshot  []metric.AddOption
 	change    []metric.AddOption
 }
@@ -72,6 +73,10 @@ func newTelemetry(s *Server) (*telemetry, error) {
 	}
 	if t.diverged, err = meter.Int64Counter("guestlist.distribute.history.diverged", metric.WithUnit("{hello}"),
 		metric.WithDescription("Edges that resumed from a history the event store no longer has (restored from an older backup and written to since), and got a snapshot replacing it.")); err != nil {
+		return nil, fmt.Errorf("distribute: create metric: %w", err)
+	}
+	if t.stalls, err = meter.Int64Counter("guestlist.distribute.send.stalls", metric.WithUnit("{stream}"),
+		metric.WithDescription("Watch streams ended because the edge did not take a part within the send stall limit (it stopped reading).")); err != nil {
 		return nil, fmt.Errorf("distribute: create metric: %w", err)
 	}
 	watchers, err := meter.Int64ObservableGauge("guestlist.distribute.watchers", metric.WithUnit("{stream}"),
