@@ -155,3 +155,70 @@ func BenchmarkSnapshotRead(b *testing.B) {
 	b.ReportMetric(held/n, "B-held/hostname")
 	b.ReportMetric(revs/n, "revocations/hostname")
 }
+
+// endpointsHistory writes one tenant of n customer endpoints, each a root CA of its own (1 KiB
+// DER) and a hostname trusting it, with a revocation after each endpoint under an earlier one's
+// CA: the product's usual shape, at the scale of one large tenant. It returns the number of
+// events and the last position.
+func endpointsHistory(b *testing.B, store *boltstore.Store, n int) (int, uint64) {
+	b.Helper()
+	ms := []proto.Message{&eventsv1.TenantCreated{TenantId: "big"}}
+	for i := range n {
+		ca := fmt.Sprintf("ca%d", i)
+		ms = append(ms,
+			&eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: ca, CertificateDer: make([]byte, 1024)},
+			&eventsv1.HostnameCreated{Hostname: fmt.Sprintf("pay.customer%d.example.com", i), OriginUrl: "http://origin:8080", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE,
+				Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{ca}}},
+			&eventsv1.RevocationAdded{RevocationId: fmt.Sprintf("r%d", i), CertificateAuthorityId: fmt.Sprintf("ca%d", i*7919%(i+1)), Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: strconv.Itoa(i + 1)}})
+	}
+	var last uint64
+	events := len(ms)
+	for len(ms) > 0 {
+		k := min(len(ms), 500)
+		res, err := pt.Write(context.Background(), store, pt.Append{Stream: fold.TenantStream("big"), Events: ms[:k]})
+		if err != nil {
+			b.Fatal(err)
+		}
+		last = uint64(res.Position)
+		ms = ms[k:]
+	}
+	return events, last
+}
+
+// BenchmarkProjectorEndpoints measures catch-up of a fresh read model from one tenant of 20,000
+// customer endpoints (endpointsHistory: 60,001 events), to compare with BenchmarkProjector's many
+// small tenants: the events per second should not fall with the size of a tenant.
+func BenchmarkProjectorEndpoints(b *testing.B) {
+	dir := b.TempDir()
+	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	events, last := endpointsHistory(b, store, 20_000)
+	i := 0
+	var elapsed time.Duration
+	for b.Loop() {
+		path := filepath.Join(dir, fmt.Sprintf("projection-%d.db", i))
+		i++
+		start := time.Now()
+		p, err := Open(path, store, WithLogger(quiet))
+		if err != nil {
+			b.Fatal(err)
+		}
+		stop := running(p)
+		if err := p.WaitFor(context.Background(), last); err != nil {
+			b.Fatal(err)
+		}
+		elapsed += time.Since(start)
+		if err := stop(); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Close(); err != nil {
+			b.Fatal(err)
+		}
+		_ = os.Remove(path)
+	}
+	b.ReportMetric(float64(events)*float64(i)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(events), "events/op")
+}
