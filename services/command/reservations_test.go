@@ -23,7 +23,7 @@ import (
 	"guestlist.dev/services/eventstore/boltstore"
 )
 
-func newService(t *testing.T, grace time.Duration) (*Service, eventstore.Store) {
+func newService(t testing.TB, grace time.Duration) (*Service, eventstore.Store) {
 	t.Helper()
 	store, err := boltstore.Open(filepath.Join(t.TempDir(), "events.db"))
 	if err != nil {
@@ -40,7 +40,7 @@ func newService(t *testing.T, grace time.Duration) (*Service, eventstore.Store) 
 var admin = auth.NewContext(context.Background(), auth.Principal{Role: auth.RoleAdmin})
 
 // createTenants creates the tenants ids.
-func createTenants(t *testing.T, s *Service, ids ...string) {
+func createTenants(t testing.TB, s *Service, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
 		if _, err := s.Tenants().CreateTenant(admin, &guestlistv1.CreateTenantRequest{TenantId: id, Tenant: &guestlistv1.Tenant{DisplayName: id}}); err != nil {
