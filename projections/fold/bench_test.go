@@ -96,7 +96,7 @@ func endpointsHistory(b *testing.B, n int) []Event {
 }
 
 // BenchmarkProjectEndpoints folds a tenant of 20,000 customer endpoints (endpointsHistory) the way
-// the projector does: with the hostname index (IndexHostnames), for each event the hostnames it
+// the projector does: with the indexes (Index), for each event the hostnames it
 // affects (AffectedHostnames, before the event), then the event, then the edge configuration of
 // each affected hostname (HostnameConfig).
 // It reports the time per event.
@@ -108,7 +108,7 @@ func BenchmarkProjectEndpoints(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		st := NewTenant("acme")
-		st.IndexHostnames() // as the projector does
+		st.Index() // as the projector does
 		for _, ev := range evs {
 			names := AffectedHostnames(st, ev)
 			if err := Apply(st, ev); err != nil {
@@ -123,4 +123,19 @@ func BenchmarkProjectEndpoints(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(evs)), "ns/event")
 	b.ReportMetric(float64(configs)/float64(b.N), "configs/op")
+}
+
+// BenchmarkCloneEndpoints copies a tenant of 20,000 customer endpoints (endpointsHistory), as the
+// audit does to fold a cached state further.
+func BenchmarkCloneEndpoints(b *testing.B) {
+	st := NewTenant("acme")
+	for _, ev := range endpointsHistory(b, 20_000) {
+		if err := Apply(st, ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = st.Clone()
+	}
 }

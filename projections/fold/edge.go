@@ -60,7 +60,7 @@ func HostnameConfig(t *Tenant, name string, version uint64) *configv1.HostnameCo
 // AffectedHostnames returns the hostnames of t whose edge configuration ev may change, evaluated on
 // the state before ev is applied (so removals are still visible). Hostnames that ev adds are
 // included too. The hostnames of a CA or a policy are read from t's index when it keeps one
-// (Tenant.IndexHostnames), from every hostname otherwise.
+// (Tenant.Index), from every hostname otherwise.
 func AffectedHostnames(t *Tenant, ev Event) []string {
 	byCA := func(ca string) []string {
 		if t.hostsByCA != nil {

@@ -66,17 +66,23 @@ func TestHostnameConfigCANamedTwice(t *testing.T) {
 		&eventsv1.HostnameCreated{Hostname: "pay.example.com", OriginUrl: "http://o", Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca2", "ca1", "ca2"}}, State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE},
 	)
 	st := foldAll(t, evs)
-	var got []string
-	for _, r := range HostnameConfig(st, "pay.example.com", 1).GetRevocations() {
-		got = append(got, r.GetCertificateAuthorityId()+"/"+r.GetRevocationId())
-	}
-	if want := []string{"ca1/r1", "ca2/r0"}; !slices.Equal(got, want) {
-		t.Fatalf("revocations %v, want %v", got, want)
+	for _, index := range []bool{false, true} {
+		indexed := st.Clone()
+		if index {
+			indexed.Index()
+		}
+		var got []string
+		for _, r := range HostnameConfig(indexed, "pay.example.com", 1).GetRevocations() {
+			got = append(got, r.GetCertificateAuthorityId()+"/"+r.GetRevocationId())
+		}
+		if want := []string{"ca1/r1", "ca2/r0"}; !slices.Equal(got, want) {
+			t.Fatalf("index %v: revocations %v, want %v", index, got, want)
+		}
 	}
 	more := history(append(messagesOf(evs), &eventsv1.RevocationAdded{RevocationId: "r2", CertificateAuthorityId: "ca2", Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: "c"}}, &eventsv1.HostnameDeleted{Hostname: "pay.example.com"})...)
 	for _, index := range []bool{false, true} {
 		if index {
-			st.IndexHostnames()
+			st.Index()
 		}
 		if got := AffectedHostnames(st, more[len(evs)]); !slices.Equal(got, []string{"pay.example.com"}) {
 			t.Fatalf("index %v: AffectedHostnames %v", index, got)

@@ -19,8 +19,8 @@ func CheckIndexes(t *Tenant) error {
 		}
 		putIndex(byPolicy, h.PolicyID, name, struct{}{}, true)
 	}
-	if t.hostsByCA == nil && t.hostsByPolicy == nil {
-		byCA, byPolicy = nil, nil
+	if t.revsByCA == nil && t.hostsByCA == nil && t.hostsByPolicy == nil {
+		return nil // not kept
 	}
 	switch {
 	case !maps.EqualFunc(revs, t.revsByCA, maps.Equal):

@@ -106,10 +106,9 @@ type Tenant struct {
 	Requests     map[string]Ref
 	MoreRequests map[string][]Ref
 
-	// Indexes kept by Apply (and undone by Rollback), so that what an event changes is found
-	// without reading every revocation or hostname of the tenant: revsByCA the revocations under
-	// each CA (by revocation id), always; hostsByCA and hostsByPolicy the hostnames that name each
-	// CA and each policy, nil until IndexHostnames.
+	// Indexes kept by Apply (and undone by Rollback) once Index made them, nil before: revsByCA
+	// the revocations under each CA (by revocation id); hostsByCA and hostsByPolicy the hostnames
+	// that name each CA and each policy.
 	revsByCA      map[string]map[string]*Revocation
 	hostsByCA     map[string]map[string]struct{}
 	hostsByPolicy map[string]map[string]struct{}
@@ -222,19 +221,23 @@ func NewTenant(id string) *Tenant {
 		Hostnames:    map[string]*Hostname{},
 		Requests:     map[string]Ref{},
 		MoreRequests: map[string][]Ref{},
-
-		revsByCA: map[string]map[string]*Revocation{},
 	}
 }
 
-// IndexHostnames makes t keep an index of its hostnames by CA and by policy from now on, so that
-// AffectedHostnames of a CA's, a revocation's or a policy's event finds their hostnames without
-// reading all of them: what the projector needs for a tenant of many hostnames. Keeping it costs
-// Apply about a microsecond a hostname event, which a replay that never asks AffectedHostnames
-// (an audit's) does not pay. Clone copies the index; a Rollback past IndexHostnames drops it.
-func (t *Tenant) IndexHostnames() {
-	if t.hostsByCA != nil {
+// Index makes t keep indexes of its revocations by CA and of its hostnames by CA and by policy
+// from now on, so that the questions a large tenant is asked about one CA or policy are answered
+// without reading every revocation or hostname: AffectedHostnames, HostnameConfig's revocations,
+// RevocationsUnder. The projector, which asks them for every event, and the control plane keep
+// them. Keeping them costs Apply about a microsecond a hostname event and Clone about as much as
+// copying the maps again, which a replay that asks each once (an audit's) is better off without.
+// A Rollback past Index drops them.
+func (t *Tenant) Index() {
+	if t.revsByCA != nil {
 		return
+	}
+	revs := map[string]map[string]*Revocation{}
+	for k, r := range t.Revocations {
+		putIndex(revs, k.CA, k.ID, r, true)
 	}
 	byCA, byPolicy := map[string]map[string]struct{}{}, map[string]map[string]struct{}{}
 	for name, h := range t.Hostnames {
@@ -243,9 +246,9 @@ func (t *Tenant) IndexHostnames() {
 		}
 		putIndex(byPolicy, h.PolicyID, name, struct{}{}, true)
 	}
-	t.hostsByCA, t.hostsByPolicy = byCA, byPolicy
+	t.revsByCA, t.hostsByCA, t.hostsByPolicy = revs, byCA, byPolicy
 	if t.journal != nil {
-		t.journal.undo = append(t.journal.undo, func() { t.hostsByCA, t.hostsByPolicy = nil, nil })
+		t.journal.undo = append(t.journal.undo, func() { t.revsByCA, t.hostsByCA, t.hostsByPolicy = nil, nil, nil })
 	}
 }
 
@@ -322,7 +325,11 @@ func apply(t *Tenant, ev Event) error {
 			return fmt.Errorf("%w: certificate authority %q does not exist", ErrInconsistent, id)
 		}
 		setEntry(t, t.CAs, id, nil)
-		for _, rid := range slices.Collect(maps.Keys(t.revsByCA[id])) {
+		var revoked []string
+		for rid := range t.RevocationsUnder(id) {
+			revoked = append(revoked, rid)
+		}
+		for _, rid := range revoked {
 			setRevocation(t, RevocationKey{CA: id, ID: rid}, nil)
 		}
 	case TypeRevocationAdded:
@@ -480,13 +487,24 @@ func (t *Tenant) RequestRefs(id string) []Ref {
 	return append([]Ref{first}, t.MoreRequests[id]...)
 }
 
-// RevocationsUnder returns the revocations filed under the CA ca, by revocation id, in no order;
-// they are t.Revocations' entries of that CA, found without reading the others.
+// RevocationsUnder returns the revocations filed under the CA ca, by revocation id, in no order:
+// t.Revocations' entries of that CA, read from the index when t keeps one (Index), from every
+// revocation otherwise.
 func (t *Tenant) RevocationsUnder(ca string) iter.Seq2[string, *Revocation] {
-	return maps.All(t.revsByCA[ca])
+	if t.revsByCA != nil {
+		return maps.All(t.revsByCA[ca])
+	}
+	return func(yield func(string, *Revocation) bool) {
+		for k, r := range t.Revocations {
+			if k.CA == ca && !yield(k.ID, r) {
+				return
+			}
+		}
+	}
 }
 
-// setRevocation sets t.Revocations[k] to r (deleting it when r is nil) and keeps t.revsByCA.
+// setRevocation sets t.Revocations[k] to r (deleting it when r is nil) and keeps t.revsByCA, if t
+// has it.
 func setRevocation(t *Tenant, k RevocationKey, r *Revocation) {
 	setEntry(t, t.Revocations, k, r)
 	setIndex(t, &t.revsByCA, k.CA, k.ID, r, r != nil)
@@ -520,12 +538,12 @@ func setHostname(t *Tenant, name string, h *Hostname) {
 }
 
 // setIndex sets (add) or deletes (!add) (*idx)[outer][key], and records how to undo it in t's
-// journal.
+// journal. A nil index is not kept: it is left nil.
 func setIndex[V any](t *Tenant, idx *map[string]map[string]V, outer, key string, v V, add bool) {
-	if *idx == nil {
-		*idx = map[string]map[string]V{}
-	}
 	m := *idx
+	if m == nil {
+		return
+	}
 	old, had := m[outer][key]
 	if !add && !had {
 		return

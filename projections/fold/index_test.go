@@ -19,7 +19,7 @@ import (
 // and hostnames added, changed and removed) and checks after every event that the fold's indexes
 // are what its maps give, also after a Rollback, and that AffectedHostnames and HostnameConfig,
 // which read the indexes, give what reading every hostname and revocation gives. Tenants keep the
-// hostname index from the start, from a point in their history (IndexHostnames), or never.
+// indexes from the start, from a point in their history (Index), or never.
 func TestIndexesFollowTheMaps(t *testing.T) {
 	for seed := range uint64(12) {
 		g := projectortest.NewGen(seed, 3, 40)
@@ -37,11 +37,11 @@ func TestIndexesFollowTheMaps(t *testing.T) {
 					st = fold.NewTenant(tid)
 					states[tid] = st
 					if seed%3 == 0 {
-						st.IndexHostnames()
+						st.Index()
 					}
 				}
 				if seed%3 == 1 && rnd.IntN(40) == 0 {
-					st.IndexHostnames() // from here on, maybe inside a recording undone below
+					st.Index() // from here on, maybe inside a recording undone below
 				}
 				var evs []fold.Event
 				for i, m := range a.Events {
@@ -60,7 +60,7 @@ func TestIndexesFollowTheMaps(t *testing.T) {
 					before := st.Clone()
 					st.Begin()
 					if rnd.IntN(4) == 0 {
-						st.IndexHostnames()
+						st.Index()
 					}
 					for _, ev := range evs {
 						if err := fold.Apply(st, ev); err != nil {

@@ -537,7 +537,7 @@ func (p *Projector) tenant(ctx context.Context, tenantID string, ev eventstore.R
 		return st, nil
 	}
 	st := fold.NewTenant(tenantID)
-	st.IndexHostnames() // each event asks AffectedHostnames
+	st.Index() // each event asks AffectedHostnames and HostnameConfig
 	for next := uint64(0); next < ev.Revision; {
 		evs, err := p.store.ReadStream(ctx, ev.Stream, eventstore.Forwards, next, int(min(ev.Revision-next, rebuildPage)))
 		if err != nil {

@@ -363,6 +363,7 @@ func batchContext(ops []*op) context.Context {
 func (s *Service) catchUp(ctx context.Context, e *tenantEntry) error {
 	if e.state == nil {
 		e.state = fold.NewTenant(e.id)
+		e.state.Index() // a large tenant's revocations of one CA are listed page by page
 	}
 	const page = 4096
 	for {
