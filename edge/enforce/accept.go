@@ -43,7 +43,14 @@ func (s *Server) serveConn(conn net.Conn) {
 	conn = newClientConn(conn)
 	tc := tls.Server(conn, s.baseTLS)
 	_ = conn.SetDeadline(time.Now().Add(s.http.ReadHeaderTimeout))
-	if err := tc.HandshakeContext(s.baseCtx); err != nil {
+	note := new(handshakeNote)
+	if err := tc.HandshakeContext(context.WithValue(s.baseCtx, handshakeNoteKey{}, note)); err != nil {
+		if note.refused != nil {
+			// Counted where it was refused; err is crypto/tls's report of the missing certificate.
+			s.logger.Debug("TLS handshake refused", "remote_addr", conn.RemoteAddr().String(), "error", note.refused)
+			conn.Close()
+			return
+		}
 		s.metrics.handshakeError(err)
 		var re tls.RecordHeaderError
 		if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader) {
@@ -53,6 +60,11 @@ func (s *Server) serveConn(conn net.Conn) {
 		}
 		s.logger.Debug("TLS handshake failed", "remote_addr", conn.RemoteAddr().String(), "error", err)
 		conn.Close()
+		return
+	}
+	if note.refused != nil { // cannot happen (refuseTLS has no certificate, no tickets): fail closed
+		s.logger.Error("TLS handshake completed for a refused server name", "remote_addr", conn.RemoteAddr().String(), "error", note.refused)
+		tc.Close()
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})

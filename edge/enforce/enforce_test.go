@@ -305,15 +305,26 @@ func TestHandshakeFailsClosed(t *testing.T) {
 	if err := dialTLS(t, e.addr, &tls.Config{ServerName: hostA, RootCAs: e.edgeCA.Pool(), Certificates: []tls.Certificate{cert}}); err != nil {
 		t.Fatalf("known hostname: %v", err)
 	}
-	if err := dialTLS(t, e.addr, &tls.Config{ServerName: "unknown.example.com", InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}}); err == nil {
-		t.Error("unknown SNI: handshake succeeded")
-	}
-	// Dialing an IP address without ServerName sends no SNI.
-	if err := dialTLS(t, e.addr, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}}); err == nil {
-		t.Error("no SNI: handshake succeeded")
-	}
-	if err := dialTLS(t, e.addr, &tls.Config{ServerName: "localhost", InsecureSkipVerify: true}); err == nil {
-		t.Error("single-label SNI: handshake succeeded")
+	// Refused with the unrecognized_name alert (RFC 6066), TLS 1.2 and 1.3 alike: the client is
+	// told the name is the problem, not that the server failed.
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		for _, tc := range []struct {
+			what string
+			cfg  *tls.Config
+		}{
+			{"unknown SNI", &tls.Config{ServerName: "unknown.example.com", InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}}},
+			// Dialing an IP address without ServerName sends no SNI.
+			{"no SNI", &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}}},
+			{"single-label SNI", &tls.Config{ServerName: "localhost", InsecureSkipVerify: true}},
+		} {
+			tc.cfg.MaxVersion = v
+			err := dialTLS(t, e.addr, tc.cfg)
+			if err == nil {
+				t.Errorf("%s, %s: handshake succeeded", tls.VersionName(v), tc.what)
+			} else if !strings.Contains(err.Error(), "unrecognized name") {
+				t.Errorf("%s, %s: %v, want the unrecognized_name alert", tls.VersionName(v), tc.what, err)
+			}
+		}
 	}
 	// Mode OFF: no certificate asked for, forwarded.
 	c := e.client()
@@ -553,6 +564,52 @@ func TestSessionResumptionDoesNotCrossHostnames(t *testing.T) {
 				t.Errorf("B: status %d, want 403", status)
 			}
 		})
+	}
+}
+
+// TestSessionNotResumedOnRefusedName: a client offering a valid session of a hostname the edge
+// serves (with a client certificate, or of a hostname in mode OFF, without one), with the name of
+// one it does not serve (unknown, or removed since the session began), is refused with
+// unrecognized_name: the session is not resumed.
+func TestSessionNotResumedOnRefusedName(t *testing.T) {
+	ca := pkitest.NewCA(t, "A Root")
+	const open = "open.example.com"
+	off := func() *configv1.HostnameConfig {
+		h := host(open, "acme", ca)
+		h.Mode = configv1.MtlsMode_MTLS_MODE_OFF
+		return h
+	}
+	e := newEnv(t, host(hostA, "acme", ca), off())
+	leaf := ca.Client(t, "device")
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		for _, from := range []string{hostA, open} {
+			t.Run(tls.VersionName(v)+"/"+from, func(t *testing.T) {
+				e.change([]*configv1.HostnameConfig{host(hostA, "acme", ca), off()}) // again, for the next case
+				cache := &ticketCache{}
+				cfg := func(name string) *tls.Config {
+					c := &tls.Config{ServerName: name, MaxVersion: v, ClientSessionCache: cache, InsecureSkipVerify: true}
+					if from == hostA {
+						c.Certificates = []tls.Certificate{{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key}}
+					}
+					return c
+				}
+				if err := dialTLS(t, e.addr, cfg(from)); err != nil {
+					t.Fatal(err)
+				}
+				if cache.ss == nil {
+					t.Fatal("no session ticket")
+				}
+				for _, name := range []string{"unknown.example.com", from} {
+					if name == from { // removed: its session does not outlive it
+						e.change(nil, from)
+					}
+					err := dialTLS(t, e.addr, cfg(name))
+					if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+						t.Errorf("%s with a session of %s: %v, want the unrecognized_name alert", name, from, err)
+					}
+				}
+			})
+		}
 	}
 }
 

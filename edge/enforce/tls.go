@@ -51,26 +51,48 @@ func ticketExtra(name, tenant string, withCert bool) []byte {
 	return append(b, 0, 'n')
 }
 
+// handshakeNote is what getConfigForClient tells serveConn about a handshake it refused, through
+// the handshake's context.
+type handshakeNote struct {
+	refused error
+}
+
+// handshakeNoteKey is the context key of a handshake's *handshakeNote.
+type handshakeNoteKey struct{}
+
+// refuseTLS is the configuration getConfigForClient gives a handshake it refuses for its server
+// name (none, unknown, inactive): without a certificate, crypto/tls fails the handshake with the
+// unrecognized_name alert (RFC 6066, section 3), which says to the client what is wrong, where an
+// error returned from GetConfigForClient gives internal_error. Session tickets are off, so that
+// no session (of another hostname, or of this one before it was removed) can be resumed on it
+// without a certificate.
+var refuseTLS = &tls.Config{MinVersion: tls.VersionTLS12, SessionTicketsDisabled: true}
+
 // getConfigForClient picks the hostname's TLS configuration by SNI, failing the handshake for a
-// missing, unknown or inactive hostname.
+// missing, unknown or inactive hostname (with unrecognized_name when the handshake carries a
+// handshakeNote, see refuseTLS).
 func (s *Server) getConfigForClient(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+	refuse := func(cause int, err error) (*tls.Config, error) {
+		s.metrics.handshakeFailed(cause)
+		if n, ok := chi.Context().Value(handshakeNoteKey{}).(*handshakeNote); ok {
+			n.refused = err
+			return refuseTLS, nil
+		}
+		return nil, err
+	}
 	if chi.ServerName == "" {
-		s.metrics.handshakeFailed(causeNoSNI)
-		return nil, errNoSNI
+		return refuse(causeNoSNI, errNoSNI)
 	}
 	name, ok := dnsname.NormalizeSNI(chi.ServerName)
 	if !ok {
-		s.metrics.handshakeFailed(causeUnknownHostname)
-		return nil, fmt.Errorf("%w: %q", errUnknownHostname, shorten(chi.ServerName))
+		return refuse(causeUnknownHostname, fmt.Errorf("%w: %q", errUnknownHostname, shorten(chi.ServerName)))
 	}
 	h, ok := s.configs.Load().Lookup(name)
 	if !ok {
-		s.metrics.handshakeFailed(causeUnknownHostname)
-		return nil, fmt.Errorf("%w: %s", errUnknownHostname, name)
+		return refuse(causeUnknownHostname, fmt.Errorf("%w: %s", errUnknownHostname, name))
 	}
 	if !h.Active() {
-		s.metrics.handshakeFailed(causeInactiveHostname)
-		return nil, fmt.Errorf("%w: %s", errInactive, name)
+		return refuse(causeInactiveHostname, fmt.Errorf("%w: %s", errInactive, name))
 	}
 	if v, ok := s.hostTLS.Load(name); ok {
 		if e := v.(*hostTLS); e.h == h {
