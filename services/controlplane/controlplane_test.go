@@ -234,6 +234,17 @@ func TestBadInputNamesTheFieldAndWritesNothing(t *testing.T) {
 		})
 	}
 
+	// A missing enum says so, not "must not be in list [0]".
+	for _, c := range []struct{ path, field string }{{"/v1/tenants/acme/policies", "policy.rules[0].action"}, {"/v1/tenants/acme/tokens", "token.role"}} {
+		body := map[string]any{"displayName": "x"}
+		if strings.HasSuffix(c.path, "policies") {
+			body = map[string]any{"rules": []any{map[string]any{"name": "x", "expression": "true"}}}
+		}
+		if r := n.do("POST", c.path, tok, body); !strings.Contains(r.raw, "value is required") || strings.Contains(r.raw, "in list") {
+			t.Errorf("%s missing: %s", c.field, r.raw)
+		}
+	}
+
 	// CEL errors name the rule and the position.
 	r := n.do("POST", "/v1/tenants/acme/policies", tok, map[string]any{"rules": []any{
 		map[string]any{"name": "fine", "action": "ACTION_ALLOW", "expression": "cert.verified"},

@@ -571,11 +571,10 @@ const file_guestlist_v1_policy_proto_rawDesc = "" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x9e\x01\n" +
+	"updateTime\"\x9f\x01\n" +
 	"\x04Rule\x120\n" +
-	"\x04name\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,63}$R\x04name\x128\n" +
-	"\x06action\x18\x02 \x01(\x0e2\x14.guestlist.v1.ActionB\n" +
-	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x06action\x12*\n" +
+	"\x04name\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,63}$R\x04name\x129\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x14.guestlist.v1.ActionB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x06action\x12*\n" +
 	"\n" +
 	"expression\x18\x03 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01(\x80 R\n" +

@@ -355,12 +355,11 @@ var File_guestlist_v1_token_proto protoreflect.FileDescriptor
 
 const file_guestlist_v1_token_proto_rawDesc = "" +
 	"\n" +
-	"\x18guestlist/v1/token.proto\x12\fguestlist.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19guestlist/v1/common.proto\"\xd8\x01\n" +
+	"\x18guestlist/v1/token.proto\x12\fguestlist.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19guestlist/v1/common.proto\"\xd9\x01\n" +
 	"\x05Token\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12+\n" +
-	"\fdisplay_name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\vdisplayName\x122\n" +
-	"\x04role\x18\x03 \x01(\x0e2\x12.guestlist.v1.RoleB\n" +
-	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04role\x12;\n" +
+	"\fdisplay_name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\vdisplayName\x123\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x12.guestlist.v1.RoleB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x04role\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x16\n" +
 	"\x06secret\x18\x05 \x01(\tR\x06secret\"\xb0\x01\n" +
