@@ -30,7 +30,7 @@ type devConfig struct {
 	// DataDir holds the event store, read models, keys, the admin token and the decision log. It
 	// exists (mode 0700) by the time runControlPlane is called.
 	DataDir string
-	// Listen addresses; ":0" picks a free port.
+	// Listen addresses; "127.0.0.1:0" picks a free port on loopback (":0" listens on every interface).
 	GRPCAddr, HTTPAddr, EdgeAddr, OriginAddr string
 	// AdminToken is the platform operator's bearer token, and TokenSource where it came from.
 	AdminToken  string

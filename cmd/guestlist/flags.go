@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"guestlist.dev/edge/egress"
 )
@@ -70,7 +72,7 @@ func parseFlags(fs *flag.FlagSet, args []string, env func(string) string) error 
 		return errHelp
 	}
 	if err != nil {
-		return err
+		return withValueHint(fs, err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -87,10 +89,51 @@ func parseFlags(fs *flag.FlagSet, args []string, env func(string) string) error 
 			return
 		}
 		if err := fs.Set(f.Name, v); err != nil {
+			if h := valueHint(f); h != "" && err.Error() == "parse error" {
+				err = fmt.Errorf("%w (%s)", err, h)
+			}
 			errs = append(errs, fmt.Errorf("invalid value %q for %s (--%s): %w", v, envName(f.Name), f.Name, err))
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// parseErrorRE matches the flag package's error for a value its own flag types cannot read.
+var parseErrorRE = regexp.MustCompile(`^invalid (?:boolean )?value ".*" for (?:flag )?-([^:]+): parse error$`)
+
+// withValueHint adds to the flag package's "parse error" for a command-line value what the flag
+// takes (valueHint), which that error does not say.
+func withValueHint(fs *flag.FlagSet, err error) error {
+	m := parseErrorRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	if f := fs.Lookup(m[1]); f != nil {
+		if h := valueHint(f); h != "" {
+			return fmt.Errorf("%w (%s)", err, h)
+		}
+	}
+	return err
+}
+
+// valueHint says what a flag of the flag package's own types takes: "" for other flags, whose
+// errors say it themselves.
+func valueHint(f *flag.Flag) string {
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return ""
+	}
+	switch g.Get().(type) {
+	case bool:
+		return "want true or false"
+	case time.Duration:
+		return "want a duration such as 30s, 5m or 1h30m"
+	case int, int64, uint, uint64:
+		return "want a whole number"
+	case float64:
+		return "want a number"
+	}
+	return ""
 }
 
 // levelFlag is a log level flag: debug, info, warn, error (or slog's forms such as "info+2").
@@ -133,7 +176,7 @@ func (a *addrFlag) String() string { return a.addr }
 func (a *addrFlag) Set(s string) error {
 	_, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return fmt.Errorf("want host:port (e.g. 127.0.0.1:8080, or :0 for any free port)")
+		return fmt.Errorf("want host:port (e.g. 127.0.0.1:8080, or 127.0.0.1:0 for any free port on loopback)")
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return fmt.Errorf("port %q is not a number from 0 to 65535", port)

@@ -135,6 +135,9 @@ func TestDevBadValues(t *testing.T) {
 		{env: map[string]string{"GUESTLIST_LOG_LEVEL": "loud"}, mention: "GUESTLIST_LOG_LEVEL"},
 		{env: map[string]string{"GUESTLIST_EDGE_ADDR": "nope"}, mention: "GUESTLIST_EDGE_ADDR"},
 		{args: []string{"--origin-allow", "10.0.0.0/33"}, mention: "origin-allow"},
+		// The flag package says only "parse error" for its own types: what they take is added.
+		{args: []string{"--body-idle-timeout", "abc"}, mention: "-body-idle-timeout: parse error (want a duration such as 30s, 5m or 1h30m)"},
+		{env: map[string]string{"GUESTLIST_BODY_IDLE_TIMEOUT": "abc"}, mention: "GUESTLIST_BODY_IDLE_TIMEOUT (--body-idle-timeout): parse error (want a duration"},
 	}
 	for _, tc := range cases {
 		called := false
