@@ -305,8 +305,10 @@ func (l *Ledger) follow(ctx context.Context) error {
 		if last < from {
 			return fmt.Errorf("%w: the ledger %s is at position %d, but the event store's last position is %d: "+
 				"was the store restored from an older backup, emptied, or replaced by another one? The ledger stops "+
-				"rather than skip the store's events up to position %d; run guestlist on the store it was built from",
-				ErrStoreBehind, l.db.Path(), from, last, from)
+				"rather than skip the store's events up to position %d; run guestlist on the store it was built from, "+
+				"or, to go on with this store, stop guestlist and move %s aside: it is rebuilt from the store "+
+				"(see \"Restoring a backup\" in docs/storage.md)",
+				ErrStoreBehind, l.db.Path(), from, last, from, l.db.Path())
 		}
 		if err := l.checkHistory(ctx); err != nil {
 			return err

@@ -50,6 +50,9 @@ func TestStoreBehindTheLedger(t *testing.T) {
 			if !errors.Is(err, ErrStoreBehind) {
 				t.Fatalf("Run = %v; want ErrStoreBehind", err)
 			}
+			if !strings.Contains(err.Error(), "move "+e.ledger.db.Path()+" aside") {
+				t.Errorf("Run = %v; want it to say what to do to go on with this store", err)
+			}
 			t.Logf("ledger at %d: %v", pos, err)
 			if after, _ := e.ledger.Position(); after != pos {
 				t.Fatalf("the ledger's position moved from %d to %d", pos, after)
