@@ -819,44 +819,57 @@ func (s *syncBuffer) String() string {
 	return string(s.b)
 }
 
-// BenchmarkWatchPropagation measures, for one hostname update at a time, the time from the event
-// store acknowledging the append to an edge holding the changed configuration (projector commit,
-// change, gRPC response over loopback). It reports the median and the 99th percentile.
-func BenchmarkWatchPropagation(b *testing.B) {
+// benchWatchServer runs a projector on a bolt store in b's temporary directory and a
+// ConfigService over it (with opts) on loopback until b ends, and returns the store, the
+// projector, a client connection to the service and b's context.
+func benchWatchServer(b *testing.B, opts ...Option) (*boltstore.Store, *projector.Projector, *grpc.ClientConn, context.Context) {
+	b.Helper()
 	dir := b.TempDir()
 	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer store.Close()
+	b.Cleanup(func() { store.Close() })
 	p, err := projector.Open(filepath.Join(dir, "projection.db"), store, projector.WithLogger(quiet))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Close()
+	b.Cleanup(func() { p.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	b.Cleanup(cancel)
 	go func() { _ = p.Run(ctx) }()
 	gs := grpc.NewServer()
-	configv1.RegisterConfigServiceServer(gs, New(p, WithLogger(quiet)))
+	configv1.RegisterConfigServiceServer(gs, New(p, append([]Option{WithLogger(quiet)}, opts...)...))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
+	b.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer conn.Close()
+	b.Cleanup(func() { conn.Close() })
+	return store, p, conn, ctx
+}
 
-	stream := fold.TenantStream("acme")
+// benchHostnames is a tenant "acme" with a CA of 1 KiB and 1,000 hostnames trusting it.
+func benchHostnames() []proto.Message {
 	ms := []proto.Message{&eventsv1.TenantCreated{TenantId: "acme"}, &eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "ca1", CertificateDer: make([]byte, 1024)}}
 	for i := range 1000 {
 		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.example.com", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}})
 	}
-	if _, err := pt.Write(ctx, store, pt.Append{Stream: stream, Events: ms}); err != nil {
+	return ms
+}
+
+// BenchmarkWatchPropagation measures, for one hostname update at a time, the time from the event
+// store acknowledging the append to an edge holding the changed configuration (projector commit,
+// change, gRPC response over loopback). It reports the median and the 99th percentile.
+func BenchmarkWatchPropagation(b *testing.B) {
+	store, _, conn, ctx := benchWatchServer(b)
+	stream := fold.TenantStream("acme")
+	if _, err := pt.Write(ctx, store, pt.Append{Stream: stream, Events: benchHostnames()}); err != nil {
 		b.Fatal(err)
 	}
 	w, err := configv1.NewConfigServiceClient(conn).Watch(ctx)
@@ -906,39 +919,8 @@ func BenchmarkWatchPropagation(b *testing.B) {
 // between the streams, see Server.snapshot). It measures the cost of each part's Send on the
 // server, which a per-part mechanism (such as the send stall limit) adds to.
 func BenchmarkWatchSnapshotParts(b *testing.B) {
-	dir := b.TempDir()
-	store, err := boltstore.Open(filepath.Join(dir, "events.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
-	p, err := projector.Open(filepath.Join(dir, "projection.db"), store, projector.WithLogger(quiet))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = p.Run(ctx) }()
-	gs := grpc.NewServer()
-	configv1.RegisterConfigServiceServer(gs, New(p, WithLogger(quiet), WithPartLimits(4096, 1000)))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-
-	ms := []proto.Message{&eventsv1.TenantCreated{TenantId: "acme"}, &eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "ca1", CertificateDer: make([]byte, 1024)}}
-	for i := range 1000 {
-		ms = append(ms, &eventsv1.HostnameCreated{Hostname: fmt.Sprintf("h%d.example.com", i), State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{"ca1"}}})
-	}
-	res, err := pt.Write(ctx, store, pt.Append{Stream: fold.TenantStream("acme"), Events: ms})
+	store, p, conn, ctx := benchWatchServer(b, WithPartLimits(4096, 1000))
+	res, err := pt.Write(ctx, store, pt.Append{Stream: fold.TenantStream("acme"), Events: benchHostnames()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -10,20 +10,26 @@ import (
 	eventsv1 "guestlist.dev/proto/gen/go/guestlist/events/v1"
 )
 
-// replayHistory returns n events of one tenant: a tenant, a CA and a policy, then hostnames created,
-// updated and deleted, revocations added and removed, and policy updates, in a realistic mix.
-func replayHistory(b *testing.B, n int) []Event {
-	b.Helper()
+// appender returns a function that appends m to *evs as the next event of tenant acme's stream,
+// a millisecond after the one before.
+func appender(b *testing.B, evs *[]Event) func(m proto.Message) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	evs := make([]Event, 0, n)
-	add := func(m proto.Message) {
+	return func(m proto.Message) {
 		data, err := proto.Marshal(m)
 		if err != nil {
 			b.Fatal(err)
 		}
-		i := len(evs)
-		evs = append(evs, Event{Type: TypeOf(m), Data: data, Revision: uint64(i), Position: uint64(i + 1), Time: t0.Add(time.Duration(i) * time.Millisecond), Actor: "token:acme/t1", RequestID: fmt.Sprint("r", i)})
+		i := len(*evs)
+		*evs = append(*evs, Event{Type: TypeOf(m), Data: data, Revision: uint64(i), Position: uint64(i + 1), Time: t0.Add(time.Duration(i) * time.Millisecond), Actor: "token:acme/t1", RequestID: fmt.Sprint("r", i)})
 	}
+}
+
+// replayHistory returns n events of one tenant: a tenant, a CA and a policy, then hostnames created,
+// updated and deleted, revocations added and removed, and policy updates, in a realistic mix.
+func replayHistory(b *testing.B, n int) []Event {
+	b.Helper()
+	evs := make([]Event, 0, n)
+	add := appender(b, &evs)
 	add(&eventsv1.TenantCreated{TenantId: "acme", DisplayName: "Acme"})
 	add(&eventsv1.CertificateAuthorityAdded{CertificateAuthorityId: "devices", CertificateDer: make([]byte, 600), FingerprintSha256: "ab"})
 	add(&eventsv1.PolicyCreated{PolicyId: "p", Rules: []*eventsv1.PolicyRule{{Name: "ops", Action: eventsv1.Action_ACTION_ALLOW, Expression: `"ops" in cert.subject.organizational_unit`}}})
@@ -68,16 +74,8 @@ func BenchmarkReplay1M(b *testing.B) {
 // an earlier endpoint's CA and, every tenth endpoint, a policy update that its hostnames use.
 func endpointsHistory(b *testing.B, n int) []Event {
 	b.Helper()
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var evs []Event
-	add := func(m proto.Message) {
-		data, err := proto.Marshal(m)
-		if err != nil {
-			b.Fatal(err)
-		}
-		i := len(evs)
-		evs = append(evs, Event{Type: TypeOf(m), Data: data, Revision: uint64(i), Position: uint64(i + 1), Time: t0.Add(time.Duration(i) * time.Millisecond), Actor: "token:acme/t1", RequestID: fmt.Sprint("r", i)})
-	}
+	add := appender(b, &evs)
 	add(&eventsv1.TenantCreated{TenantId: "acme", DisplayName: "Acme"})
 	for p := range 10 {
 		add(&eventsv1.PolicyCreated{PolicyId: fmt.Sprint("p", p), Rules: []*eventsv1.PolicyRule{{Name: "ops", Action: eventsv1.Action_ACTION_ALLOW, Expression: `"ops" in cert.subject.organizational_unit`}}})

@@ -6,22 +6,13 @@ import (
 	"slices"
 )
 
-// CheckIndexes returns an error when t's indexes are not what its maps give.
+// CheckIndexes returns an error when t's indexes are not what its maps give (nil when t keeps
+// none).
 func CheckIndexes(t *Tenant) error {
-	revs := map[string]map[string]*Revocation{}
-	for k, r := range t.Revocations {
-		putIndex(revs, k.CA, k.ID, r, true)
-	}
-	byCA, byPolicy := map[string]map[string]struct{}{}, map[string]map[string]struct{}{}
-	for name, h := range t.Hostnames {
-		for _, ca := range h.CertificateAuthorityIDs {
-			putIndex(byCA, ca, name, struct{}{}, true)
-		}
-		putIndex(byPolicy, h.PolicyID, name, struct{}{}, true)
-	}
 	if t.revsByCA == nil && t.hostsByCA == nil && t.hostsByPolicy == nil {
 		return nil // not kept
 	}
+	revs, byCA, byPolicy := indexesOf(t)
 	switch {
 	case !maps.EqualFunc(revs, t.revsByCA, maps.Equal):
 		return fmt.Errorf("revocations by CA: %v, the map gives %v", t.revsByCA, revs)

@@ -235,18 +235,7 @@ func (t *Tenant) Index() {
 	if t.revsByCA != nil {
 		return
 	}
-	revs := map[string]map[string]*Revocation{}
-	for k, r := range t.Revocations {
-		putIndex(revs, k.CA, k.ID, r, true)
-	}
-	byCA, byPolicy := map[string]map[string]struct{}{}, map[string]map[string]struct{}{}
-	for name, h := range t.Hostnames {
-		for _, ca := range h.CertificateAuthorityIDs {
-			putIndex(byCA, ca, name, struct{}{}, true)
-		}
-		putIndex(byPolicy, h.PolicyID, name, struct{}{}, true)
-	}
-	t.revsByCA, t.hostsByCA, t.hostsByPolicy = revs, byCA, byPolicy
+	t.revsByCA, t.hostsByCA, t.hostsByPolicy = indexesOf(t)
 	if t.journal != nil {
 		t.journal.undo = append(t.journal.undo, func() { t.revsByCA, t.hostsByCA, t.hostsByPolicy = nil, nil, nil })
 	}
@@ -485,6 +474,22 @@ func (t *Tenant) RequestRefs(id string) []Ref {
 		return nil
 	}
 	return append([]Ref{first}, t.MoreRequests[id]...)
+}
+
+// indexesOf derives the indexes of t's revocations and hostnames from its maps.
+func indexesOf(t *Tenant) (revsByCA map[string]map[string]*Revocation, hostsByCA, hostsByPolicy map[string]map[string]struct{}) {
+	revsByCA = map[string]map[string]*Revocation{}
+	for k, r := range t.Revocations {
+		putIndex(revsByCA, k.CA, k.ID, r, true)
+	}
+	hostsByCA, hostsByPolicy = map[string]map[string]struct{}{}, map[string]map[string]struct{}{}
+	for name, h := range t.Hostnames {
+		for _, ca := range h.CertificateAuthorityIDs {
+			putIndex(hostsByCA, ca, name, struct{}{}, true)
+		}
+		putIndex(hostsByPolicy, h.PolicyID, name, struct{}{}, true)
+	}
+	return revsByCA, hostsByCA, hostsByPolicy
 }
 
 // RevocationsUnder returns the revocations filed under the CA ca, by revocation id, in no order:

@@ -78,7 +78,13 @@ func BenchmarkProjector(b *testing.B) {
 	}
 	defer store.Close()
 	events, last := benchHistory(b, store, 20, 500)
-	ctx := context.Background()
+	benchCatchUp(b, dir, store, events, last)
+}
+
+// benchCatchUp builds a fresh read model in dir from store, up to last, once a loop, and reports
+// the events (events of them) per second.
+func benchCatchUp(b *testing.B, dir string, store *boltstore.Store, events int, last uint64) {
+	b.Helper()
 	i := 0
 	var elapsed time.Duration
 	for b.Loop() {
@@ -90,7 +96,7 @@ func BenchmarkProjector(b *testing.B) {
 			b.Fatal(err)
 		}
 		stop := running(p)
-		if err := p.WaitFor(ctx, last); err != nil {
+		if err := p.WaitFor(context.Background(), last); err != nil {
 			b.Fatal(err)
 		}
 		elapsed += time.Since(start)
@@ -196,29 +202,5 @@ func BenchmarkProjectorEndpoints(b *testing.B) {
 	}
 	defer store.Close()
 	events, last := endpointsHistory(b, store, 20_000)
-	i := 0
-	var elapsed time.Duration
-	for b.Loop() {
-		path := filepath.Join(dir, fmt.Sprintf("projection-%d.db", i))
-		i++
-		start := time.Now()
-		p, err := Open(path, store, WithLogger(quiet))
-		if err != nil {
-			b.Fatal(err)
-		}
-		stop := running(p)
-		if err := p.WaitFor(context.Background(), last); err != nil {
-			b.Fatal(err)
-		}
-		elapsed += time.Since(start)
-		if err := stop(); err != nil {
-			b.Fatal(err)
-		}
-		if err := p.Close(); err != nil {
-			b.Fatal(err)
-		}
-		_ = os.Remove(path)
-	}
-	b.ReportMetric(float64(events)*float64(i)/elapsed.Seconds(), "events/s")
-	b.ReportMetric(float64(events), "events/op")
+	benchCatchUp(b, dir, store, events, last)
 }
