@@ -319,6 +319,9 @@ func runAuditSnapshot(ctx context.Context, args []string, env func(string) strin
 		return code
 	}
 	c, err := f.client(true)
+	if err == nil {
+		_, err = at.query()
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "guestlist audit snapshot: %v\n", err)
 		return exitUsage
@@ -327,6 +330,9 @@ func runAuditSnapshot(ctx context.Context, args []string, env func(string) strin
 	if err != nil {
 		fmt.Fprintf(stderr, "guestlist audit snapshot: %v\n", err)
 		return exitError
+	}
+	if s.GetTenant() == nil {
+		fmt.Fprintf(stderr, "guestlist audit snapshot: tenant %q did not exist yet at that point (its first event is later)\n", f.tenant)
 	}
 	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(s)
 	if err != nil {
@@ -350,6 +356,12 @@ func runAuditDiff(ctx context.Context, args []string, env func(string) string, s
 	c, err := f.client(true)
 	if err == nil && from.position == nil && from.time == nil {
 		err = errors.New("--from-position or --from-time is required")
+	}
+	if err == nil {
+		_, err = from.query()
+	}
+	if err == nil {
+		_, err = to.query()
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "guestlist audit diff: %v\n", err)

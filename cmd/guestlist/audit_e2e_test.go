@@ -362,6 +362,22 @@ func TestAuditEndToEnd(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "pay.acme.example") || strings.Contains(out, `"policies"`) {
 		t.Errorf("audit snapshot: exit %d\n%s%s", code, out, errOut)
 	}
+	// A position and a time is a usage error (2), for snapshot and diff alike; a point before the
+	// tenant existed says so.
+	for _, args := range [][]string{{"snapshot", "--at-position", pos}, {"diff", "--from-position", pos, "--from-time", "2020-01-01T00:00:00Z"}, {"diff", "--from-position", "1", "--to-position", pos}} {
+		args = append(args, "--tenant", "acme")
+		if args[0] == "snapshot" {
+			args = append(args, "--at-time", "2020-01-01T00:00:00Z")
+		} else if args[3] == "--to-position" {
+			args = append(args, "--to-time", "2020-01-01T00:00:00Z")
+		}
+		if code, _, errOut := runCmd(t, env, append([]string{"audit"}, args...)...); code != exitUsage || !strings.Contains(errOut, "not both") {
+			t.Errorf("audit %v: exit %d, want 2 saying not both:\n%s", args, code, errOut)
+		}
+	}
+	if code, out, errOut := runCmd(t, env, "audit", "snapshot", "--tenant", "acme", "--at-time", "2020-01-01T00:00:00Z"); code != exitOK || !strings.Contains(errOut, `tenant "acme" did not exist yet`) {
+		t.Errorf("audit snapshot before the tenant: exit %d\n%s%s", code, out, errOut)
+	}
 	code, out, errOut = runCmd(t, env, "audit", "diff", "--tenant", "acme", "--from-position", pos)
 	for _, want := range []string{"policy p added", "hostname pay.acme.example: mtls.mode ENFORCE -> REPORT", "hostname pay.acme.example: policy_id \"\" -> p"} {
 		if code != exitOK || !strings.Contains(out, want) {
