@@ -223,6 +223,7 @@ func printBanner(out io.Writer, cfg devConfig, grpcAddr, httpAddr net.Addr, extr
 	}
 	if cfg.TokenSource == tokenFromFlag {
 		fmt.Fprintf(w, "\nTry:  curl %s-H \"Authorization: Bearer $GUESTLIST_ADMIN_TOKEN\" %s/v1/tenants\n", cacert, api)
+		fmt.Fprintf(w, "      ($GUESTLIST_ADMIN_TOKEN: the token given with --admin-token or in that variable)\n")
 	} else {
 		fmt.Fprintf(w, "\nTry:  curl %s-H \"Authorization: Bearer $(cat %s)\" %s/v1/tenants\n", cacert, tokenFile, api)
 	}

@@ -420,7 +420,8 @@ func TestBannerCurlHint(t *testing.T) {
 			want: []string{`Try:  curl --cacert CA.pem -H "Authorization: Bearer $(cat `, ` https://127.0.0.1:8080/v1/tenants`,
 				"(CA.pem: the CA that issued --http-tls-cert; leave --cacert out if it is a public CA)"}},
 		{name: "ok/https, token from the flag", tls: &tls.Config{}, source: tokenFromFlag,
-			want: []string{`Try:  curl --cacert CA.pem -H "Authorization: Bearer $GUESTLIST_ADMIN_TOKEN" https://127.0.0.1:8080/v1/tenants`}},
+			want: []string{`Try:  curl --cacert CA.pem -H "Authorization: Bearer $GUESTLIST_ADMIN_TOKEN" https://127.0.0.1:8080/v1/tenants`,
+				"($GUESTLIST_ADMIN_TOKEN: the token given with --admin-token or in that variable)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
