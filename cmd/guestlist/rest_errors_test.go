@@ -26,7 +26,7 @@ func TestRESTDecodeErrorsNameTheField(t *testing.T) {
 		{"unknown field", "POST", "/v1/tenants/acme/hostnames", `{"hostname":"pay.example.com","originURL":"http://127.0.0.1:8081"}`,
 			"originURL", "unknown field"},
 		{"both revocation targets", "POST", "/v1/tenants/acme/certificateAuthorities/x/revocations", `{"serialNumber":"01","fingerprintSha256":"` + strings.Repeat("a", 64) + `"}`,
-			"fingerprintSha256", "only one"},
+			"fingerprintSha256", "only one of serialNumber and fingerprintSha256 may be given"},
 		{"not JSON", "POST", "/v1/tenants/acme/policies?policyId=p", `display name`,
 			"body", "not valid JSON"},
 		{"time not RFC 3339", "GET", "/v1/tenants/acme/snapshot?atTime=yesterday", ``,

@@ -65,7 +65,7 @@ func decodeError(err error) error {
 	case m.dup != nil:
 		v = apistatus.Violation{Field: m.dup[1], Reason: "given twice" + where}
 	case m.oneof != nil:
-		v = apistatus.Violation{Field: m.oneof[1], Reason: fmt.Sprintf("only one of the fields of %s may be given%s", m.oneof[2], where)}
+		v = apistatus.Violation{Field: m.oneof[1], Reason: fmt.Sprintf("only one of %s may be given%s", oneofFields(m.oneof[2]), where)}
 	case m.query != nil:
 		reason := m.query[2]
 		if strings.Contains(reason, "parsing time") {
@@ -78,6 +78,32 @@ func decodeError(err error) error {
 		return err
 	}
 	return apistatus.InvalidArgument(v)
+}
+
+// oneofFields names the fields of the oneof whose full name is name as the API's JSON spells them
+// ("serialNumber and fingerprintSha256"), or the oneof's own name when it is not known.
+func oneofFields(name string) string {
+	i := strings.LastIndexByte(name, '.')
+	if i < 0 {
+		return name
+	}
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name[:i]))
+	md, ok := d.(protoreflect.MessageDescriptor)
+	if err != nil || !ok {
+		return name
+	}
+	o := md.Oneofs().ByName(protoreflect.Name(name[i+1:]))
+	if o == nil || o.Fields().Len() == 0 {
+		return name
+	}
+	var names []string
+	for j := range o.Fields().Len() {
+		names = append(names, o.Fields().Get(j).JSONName())
+	}
+	if len(names) == 1 {
+		return names[0]
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }
 
 // enumValues lists, as ": one of A, B, C", the values of the guestlist.v1 enum of the fields whose
