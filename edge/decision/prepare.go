@@ -51,8 +51,11 @@ type compiled struct {
 // trust is what certificate verification needs of a hostname: its CAs and revocations, prepared.
 // It is immutable once built.
 type trust struct {
-	// pool holds the hostname's CA certificates, the only roots verification accepts.
-	pool *x509.CertPool
+	// poolOnce builds pool, the hostname's CA certificates (roots), the only roots verification
+	// accepts, on first use (see trust.roots): a pool costs about 0.9 KB a CA, which the many
+	// hostnames an edge holds but nobody connects to need not pay.
+	poolOnce sync.Once
+	pool     *x509.CertPool
 	// roots are the parsed CA certificates, in configuration order.
 	roots []*x509.Certificate
 	// byID maps a CA id to its certificate.
@@ -303,7 +306,7 @@ func appendField[T string | []byte](b []byte, field T) []byte {
 // offTrust is the trust of every hostname in mode OFF, which looks at no certificate: its CAs (the
 // projector sends them in every mode) are neither parsed nor held to the rules for CAs, so a CA
 // uploaded before a rule, still referenced by a hostname in mode OFF, does not take it down.
-var offTrust = &trust{pool: x509.NewCertPool(), byID: map[string]*x509.Certificate{}}
+var offTrust = &trust{byID: map[string]*x509.Certificate{}}
 
 // trustKey identifies the content newTrust builds from: the CAs in order and the revocations.
 func trustKey(cfg *configv1.HostnameConfig) [32]byte {
@@ -351,7 +354,6 @@ func programKey(p *configv1.Policy) [32]byte {
 func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 	cas := cfg.GetCertificateAuthorities()
 	t := &trust{
-		pool:  x509.NewCertPool(), // never nil: a nil pool would mean the system's roots
 		roots: make([]*x509.Certificate, 0, len(cas)),
 		byID:  make(map[string]*x509.Certificate, len(cas)),
 	}
@@ -386,7 +388,6 @@ func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		t.size += sizePerCA + sizePerCAByte*int64(len(cert.Raw))
 		t.roots = append(t.roots, cert)
 		ids = append(ids, id)
-		t.pool.AddCert(cert)
 	}
 	if err := checkSubjects(t.roots, ids); err != nil {
 		return nil, err
@@ -751,7 +752,20 @@ func (h *Hostname) Mode() configv1.MtlsMode { return h.mode }
 // and must not be modified. The edge should request the certificate (tls.RequestClientCert) and
 // verify it with [Hostname.Verify] or [Hostname.VerifyClient], not let crypto/tls verify it: only
 // this package applies revocations and classifies failures as the decision log reports them.
-func (h *Hostname) ClientCAs() *x509.CertPool { return h.trust.pool }
+func (h *Hostname) ClientCAs() *x509.CertPool { return h.trust.rootPool() }
+
+// rootPool returns the pool of t's roots, built on first use. It is never nil (a nil pool would
+// mean the system's roots) and never empty but for a trust of no CAs (mode OFF).
+func (t *trust) rootPool() *x509.CertPool {
+	t.poolOnce.Do(func() {
+		p := x509.NewCertPool()
+		for _, c := range t.roots {
+			p.AddCert(c)
+		}
+		t.pool = p
+	})
+	return t.pool
+}
 
 // CertificateAuthority returns the certificate of the hostname's CA with the given id, or nil.
 func (h *Hostname) CertificateAuthority(id string) *x509.Certificate { return h.trust.byID[id] }

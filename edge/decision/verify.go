@@ -580,7 +580,7 @@ func (t *trust) verify(leaf *x509.Certificate, intermediates []*x509.Certificate
 		pool.AddCert(c)
 	}
 	opts := x509.VerifyOptions{
-		Roots:         t.pool,
+		Roots:         t.rootPool(),
 		Intermediates: pool,
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
