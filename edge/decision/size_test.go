@@ -6,6 +6,7 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"runtime"
+	"sync"
 	"testing"
 
 	"guestlist.dev/edge/pkitest"
@@ -116,5 +117,49 @@ func TestSizeEstimate(t *testing.T) {
 			t.Errorf("%s: SizeEstimate %d bytes, but a prepared hostname holds %d", name, hs[0].SizeEstimate(), held)
 		}
 		runtime.KeepAlive(hs)
+	}
+}
+
+// TestRootPoolBuiltOnFirstUse: preparing a hostname builds no pool of its roots; ClientCAs builds
+// it once, equal to a pool of the hostname's CAs, and gives every caller (concurrent ones too)
+// the same one; a verification uses it.
+func TestRootPoolBuiltOnFirstUse(t *testing.T) {
+	p := getPKI(t)
+	cfg := hostnameConfig(p)
+	withCA("other", p.other)(cfg)
+	h, err := Prepare(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.trust.pool != nil {
+		t.Fatal("Prepare built the pool of roots")
+	}
+	want := x509.NewCertPool()
+	want.AddCert(p.root.Cert)
+	want.AddCert(p.other.Cert)
+	pools := make(chan *x509.CertPool, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { pools <- h.ClientCAs() })
+	}
+	wg.Wait()
+	close(pools)
+	first := <-pools
+	for got := range pools {
+		if got != first {
+			t.Fatal("ClientCAs built more than one pool")
+		}
+	}
+	if first == nil || !first.Equal(want) {
+		t.Fatal("the pool is not the hostname's CAs")
+	}
+	offCfg := hostnameConfig(p)
+	withMode(configv1.MtlsMode_MTLS_MODE_OFF)(offCfg)
+	off, err := Prepare(offCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pool := off.ClientCAs(); pool == nil || !pool.Equal(x509.NewCertPool()) {
+		t.Fatal("mode OFF: want an empty pool, never nil (nil means the system's roots)")
 	}
 }
