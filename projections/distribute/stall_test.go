@@ -63,6 +63,20 @@ func (e *env) smallWindows(opts ...grpc.DialOption) *grpc.ClientConn {
 	return conn
 }
 
+// watchSmallWindows opens a Watch stream over a smallWindows connection and sends the hello of
+// edgeID.
+func (e *env) watchSmallWindows(ctx context.Context, edgeID string) grpc.BidiStreamingClient[configv1.WatchRequest, configv1.WatchResponse] {
+	e.t.Helper()
+	stream, err := configv1.NewConfigServiceClient(e.smallWindows()).Watch(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := stream.Send(&configv1.WatchRequest{EdgeId: edgeID}); err != nil {
+		e.t.Fatal(err)
+	}
+	return stream
+}
+
 // counter returns the value of the counter name (no attributes) that reader has, 0 when it has none.
 func counter(t *testing.T, reader *sdkmetric.ManualReader, name string) float64 {
 	t.Helper()
@@ -97,13 +111,7 @@ func TestWatchSendStallEndsTheStream(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stream, err := configv1.NewConfigServiceClient(e.smallWindows()).Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&configv1.WatchRequest{EdgeId: "stalled-edge"}); err != nil {
-		t.Fatal(err)
-	}
+	stream := e.watchSmallWindows(ctx, "stalled-edge")
 	// Never read. A configuration of the snapshot being sent, to tell when nothing holds it.
 	var first *configv1.WatchResponse
 	waitUntil(t, "the first part to be sent", func() bool {
@@ -207,13 +215,7 @@ func TestWatchSlowReaderIsNotCutOff(t *testing.T) {
 	last := e.acmeLarge(make([]byte, 1024))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stream, err := configv1.NewConfigServiceClient(e.smallWindows()).Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&configv1.WatchRequest{EdgeId: "slow-edge"}); err != nil {
-		t.Fatal(err)
-	}
+	stream := e.watchSmallWindows(ctx, "slow-edge")
 	start := time.Now()
 	parts, hostnames := 0, 0
 	for {

@@ -23,7 +23,6 @@ import (
 // interleaved with hostname updates. It returns the number of events and the last position.
 func benchHistory(b *testing.B, store *boltstore.Store, tenants, hostnames int) (int, uint64) {
 	b.Helper()
-	ctx := context.Background()
 	var events int
 	var last uint64
 	for t := range tenants {
@@ -54,18 +53,27 @@ func benchHistory(b *testing.B, store *boltstore.Store, tenants, hostnames int) 
 				ms = append(ms, &eventsv1.HostnameUpdated{Hostname: fmt.Sprintf("h%d.%s.example.com", i, tid), OriginUrl: "http://origin2:8080", State: eventsv1.HostnameState_HOSTNAME_STATE_ACTIVE, Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_REPORT}})
 			}
 		}
-		for len(ms) > 0 {
-			n := min(len(ms), 200)
-			res, err := pt.Write(ctx, store, pt.Append{Stream: fold.TenantStream(tid), Events: ms[:n]})
-			if err != nil {
-				b.Fatal(err)
-			}
-			events += n
-			last = uint64(res.Position)
-			ms = ms[n:]
-		}
+		events += len(ms)
+		last = writeInChunks(b, store, tid, ms, 200)
 	}
 	return events, last
+}
+
+// writeInChunks appends ms to tenant's stream, chunk events an append, and returns the last
+// position.
+func writeInChunks(b *testing.B, store *boltstore.Store, tenant string, ms []proto.Message, chunk int) uint64 {
+	b.Helper()
+	var last uint64
+	for len(ms) > 0 {
+		n := min(len(ms), chunk)
+		res, err := pt.Write(context.Background(), store, pt.Append{Stream: fold.TenantStream(tenant), Events: ms[:n]})
+		if err != nil {
+			b.Fatal(err)
+		}
+		last = uint64(res.Position)
+		ms = ms[n:]
+	}
+	return last
 }
 
 // BenchmarkProjector measures catch-up: a fresh read model built from a store of 20 tenants with
@@ -177,18 +185,7 @@ func endpointsHistory(b *testing.B, store *boltstore.Store, n int) (int, uint64)
 				Mtls: &eventsv1.MtlsSettings{Mode: eventsv1.MtlsMode_MTLS_MODE_ENFORCE, CertificateAuthorityIds: []string{ca}}},
 			&eventsv1.RevocationAdded{RevocationId: fmt.Sprintf("r%d", i), CertificateAuthorityId: fmt.Sprintf("ca%d", i*7919%(i+1)), Target: &eventsv1.RevocationAdded_SerialNumber{SerialNumber: strconv.Itoa(i + 1)}})
 	}
-	var last uint64
-	events := len(ms)
-	for len(ms) > 0 {
-		k := min(len(ms), 500)
-		res, err := pt.Write(context.Background(), store, pt.Append{Stream: fold.TenantStream("big"), Events: ms[:k]})
-		if err != nil {
-			b.Fatal(err)
-		}
-		last = uint64(res.Position)
-		ms = ms[k:]
-	}
-	return events, last
+	return len(ms), writeInChunks(b, store, "big", ms, 500)
 }
 
 // BenchmarkProjectorEndpoints measures catch-up of a fresh read model from one tenant of 20,000
