@@ -60,7 +60,7 @@ func TestBridgeCrossCertification(t *testing.T) {
 			h := hostWithRoots(t, tc.roots...)
 			x := x509Alone(tc.roots, tc.peer, now)
 			kept, _ := h.trust.certifiedIntermediates(tc.peer[0], tc.peer[1:])
-			work, chains := pathWork(tc.peer[0], kept, h.trust.roots, now)
+			work, chains := pathWork(tc.peer[0], kept, h.trust.roots(), now)
 			d := Decide(h, tc.peer, get("/"), now)
 			if x != nil || d.Reason != ReasonCertificateVerified {
 				t.Errorf("%s, %s: crypto/x509 alone: %v; Decide gives %s (kept %d of %d, path work %d, %d chains)", name, tc.name, x, d.Reason, len(kept), len(tc.peer)-1, work, chains)

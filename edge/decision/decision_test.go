@@ -242,7 +242,7 @@ func TestDecide(t *testing.T) {
 			if len(d.Chain) != tc.chainLen {
 				t.Errorf("len(Chain) = %d, want %d", len(d.Chain), tc.chainLen)
 			}
-			if d.Chain != nil && (d.Chain[0] != tc.peer[0] || !slices.ContainsFunc(h.trust.roots, d.Chain[len(d.Chain)-1].Equal)) {
+			if d.Chain != nil && (d.Chain[0] != tc.peer[0] || !slices.ContainsFunc(h.trust.roots(), d.Chain[len(d.Chain)-1].Equal)) {
 				t.Errorf("Chain does not run from the leaf to one of the hostname's CAs")
 			}
 			// The per-connection path gives the same decision.
@@ -425,10 +425,11 @@ func TestPrepareLinksCAsWithBoundedWork(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := &trust{}
+			var roots []*x509.Certificate
 			for _, ca := range tc.cas {
-				tr.roots = append(tr.roots, ca.Cert)
+				roots = append(roots, ca.Cert)
 			}
-			err := tr.linkCAs()
+			err := tr.linkCAs(roots)
 			switch {
 			case tc.wantChecks != 0 && tr.linkChecks != tc.wantChecks:
 				t.Errorf("linkCAs made %d signature checks, want %d", tr.linkChecks, tc.wantChecks)

@@ -210,7 +210,7 @@ func TestShareLists(t *testing.T) {
 		if h1.trust == h2.trust {
 			t.Fatal("one trust for other revocations")
 		}
-		if r1, r2 := h1.trust.roots[0].Raw, h2.trust.roots[0].Raw; &r1[0] != &r2[0] {
+		if r1, r2 := h1.trust.roots()[0].Raw, h2.trust.roots()[0].Raw; &r1[0] != &r2[0] {
 			t.Error("each trust holds its own copy of the CA certificate")
 		}
 	})

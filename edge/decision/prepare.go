@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"weak"
 
 	"google.golang.org/protobuf/proto"
@@ -49,17 +50,19 @@ type compiled struct {
 }
 
 // trust is what certificate verification needs of a hostname: its CAs and revocations, prepared.
-// It is immutable once built.
+// It is immutable once built, but for the parsed form of its CAs, which it keeps only while it is
+// in use (see trust.parsed).
 type trust struct {
-	// poolOnce builds pool, the hostname's CA certificates (roots), the only roots verification
-	// accepts, on first use (see trust.roots): a pool costs about 0.9 KB a CA, which the many
-	// hostnames an edge holds but nobody connects to need not pay.
-	poolOnce sync.Once
-	pool     *x509.CertPool
-	// roots are the parsed CA certificates, in configuration order.
-	roots []*x509.Certificate
-	// byID maps a CA id to its certificate.
-	byID map[string]*x509.Certificate
+	// ders are the CA certificates (DER), in configuration order, one for each id; the bytes are
+	// those of the configuration (or of the Cache's list of these CAs), not a copy. ids[i] is the
+	// id of ders[i].
+	ders [][]byte
+	ids  []string
+	// live points to the parsed CAs while something uses them (see trust.parsed): a parsed CA
+	// certificate costs about 2.4 KB and its pool about 0.9 KB, which the many hostnames an edge
+	// holds but nobody connects to need not pay. mu serialises parsing them again.
+	mu   sync.Mutex
+	live atomic.Pointer[weak.Pointer[rootSet]]
 	// serials maps a CA (its subject and key, not one certificate of it) to the serial numbers
 	// (certid form) revoked under it, each with the id of the first CA it was filed under. A
 	// revocation filed under any certificate of the CA applies through all of them.
@@ -90,6 +93,115 @@ type trust struct {
 	// covers every field of every revocation).
 	revs []*configv1.Revocation
 }
+
+// rootSet is a trust's CA certificates, parsed, and their pool. It is immutable but for its pool,
+// built on first use.
+type rootSet struct {
+	// certs are the parsed CA certificates, in configuration order (the roots of verification).
+	certs []*x509.Certificate
+	// poolOnce builds pool, certs as the only roots verification accepts, on first use (the
+	// handshake's TLS configuration names the acceptable CAs from it).
+	poolOnce sync.Once
+	pool     *x509.CertPool
+	// kept is the number of the use (rootKeeper.uses) at which rootKeeper last kept it, or 0.
+	kept atomic.Uint64
+}
+
+// noRoots is the rootSet of a trust of no CAs (mode OFF).
+var noRoots = &rootSet{}
+
+// parseRoots parses ders, which Prepare parsed and checked before, so it cannot fail; if it did,
+// the set would be empty, failing closed (no client certificate verifies).
+func parseRoots(ders [][]byte) *rootSet {
+	rs := &rootSet{certs: make([]*x509.Certificate, 0, len(ders))}
+	for _, der := range ders {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return &rootSet{}
+		}
+		rs.certs = append(rs.certs, c)
+	}
+	return rs
+}
+
+// rootPool returns rs's pool, built on first use. It is never nil (a nil pool would mean the system's
+// roots) and never empty but for a trust of no CAs (mode OFF).
+func (rs *rootSet) rootPool() *x509.CertPool {
+	rs.poolOnce.Do(func() {
+		p := x509.NewCertPool()
+		for _, c := range rs.certs {
+			p.AddCert(c)
+		}
+		rs.pool = p
+	})
+	return rs.pool
+}
+
+// keptRootSets is how many rootSets (those used last) rootKeeper keeps alive at least: a trust
+// used again within that many uses of others keeps its parsed CAs; one idle longer keeps them
+// until the next garbage collection, then parses them again on its next use (about 25 µs for a
+// P-256 CA, against about 1 ms of CPU for the full handshake that needs them).
+const keptRootSets = 1 << 16
+
+// rootKeeper keeps alive the rootSets used last: a ring of keptRootSets strong references, which
+// a use refills only when the set's last entry is in the older half of the ring, so that a
+// hostname in constant use does not push the others out. It is safe for concurrent use.
+var rootKeeper struct {
+	uses  atomic.Uint64
+	slots [keptRootSets]atomic.Pointer[rootSet]
+}
+
+// keepRoots records a use of rs.
+func keepRoots(rs *rootSet) {
+	if k := rs.kept.Load(); k != 0 && rootKeeper.uses.Load()-k < keptRootSets/2 {
+		return
+	}
+	n := rootKeeper.uses.Add(1)
+	rs.kept.Store(n)
+	rootKeeper.slots[n%keptRootSets].Store(rs)
+}
+
+// parsed returns t's CAs parsed: those of its last use while they are alive (kept by rootKeeper,
+// or by a caller that holds them), or else parsed again. Callers use one rootSet for a whole
+// verification.
+func (t *trust) parsed() *rootSet {
+	if len(t.ders) == 0 {
+		return noRoots
+	}
+	if rs := t.alive(); rs != nil {
+		keepRoots(rs)
+		return rs
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rs := t.alive()
+	if rs == nil {
+		rs = parseRoots(t.ders)
+		t.adopt(rs)
+	}
+	keepRoots(rs)
+	return rs
+}
+
+// alive returns t's parsed CAs if they are still in memory, or nil.
+func (t *trust) alive() *rootSet {
+	if wp := t.live.Load(); wp != nil {
+		return wp.Value()
+	}
+	return nil
+}
+
+// adopt makes rs the parsed form of t's CAs, held weakly.
+func (t *trust) adopt(rs *rootSet) {
+	wp := weak.Make(rs)
+	t.live.Store(&wp)
+}
+
+// roots returns t's CA certificates, parsed, in configuration order.
+func (t *trust) roots() []*x509.Certificate { return t.parsed().certs }
+
+// rootPool returns the pool of t's roots (see rootSet.rootPool).
+func (t *trust) rootPool() *x509.CertPool { return t.parsed().rootPool() }
 
 // caList is a list of CAs shared by configurations (see trust.cas). It must not be modified.
 type caList struct {
@@ -306,7 +418,7 @@ func appendField[T string | []byte](b []byte, field T) []byte {
 // offTrust is the trust of every hostname in mode OFF, which looks at no certificate: its CAs (the
 // projector sends them in every mode) are neither parsed nor held to the rules for CAs, so a CA
 // uploaded before a rule, still referenced by a hostname in mode OFF, does not take it down.
-var offTrust = &trust{byID: map[string]*x509.Certificate{}}
+var offTrust = &trust{}
 
 // trustKey identifies the content newTrust builds from: the CAs in order and the revocations.
 func trustKey(cfg *configv1.HostnameConfig) [32]byte {
@@ -354,8 +466,8 @@ func programKey(p *configv1.Policy) [32]byte {
 func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 	cas := cfg.GetCertificateAuthorities()
 	t := &trust{
-		roots: make([]*x509.Certificate, 0, len(cas)),
-		byID:  make(map[string]*x509.Certificate, len(cas)),
+		ders: make([][]byte, 0, len(cas)),
+		ids:  make([]string, 0, len(cas)),
 	}
 	if c != nil && !unknownFields(cas) {
 		// Cannot fail: the build returns no error.
@@ -365,7 +477,9 @@ func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		// their own.
 		cas = t.cas.cas
 	}
-	ids := make([]string, 0, len(cas)) // ids[i] is the id of t.roots[i]
+	// roots[i] is ders[i] parsed; byID maps an id to its certificate.
+	roots := make([]*x509.Certificate, 0, len(cas))
+	byID := make(map[string]*x509.Certificate, len(cas))
 	for i, ca := range cas {
 		id := ca.GetCertificateAuthorityId()
 		if id == "" {
@@ -378,18 +492,19 @@ func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		if err := CheckCAKey(cert); err != nil {
 			return nil, fmt.Errorf("certificate_authorities[%d] (%q): %w", i, id, err)
 		}
-		if prev, dup := t.byID[id]; dup {
+		if prev, dup := byID[id]; dup {
 			if !prev.Equal(cert) {
 				return nil, fmt.Errorf("certificate_authorities[%d]: id %q is given twice, with different certificates", i, id)
 			}
 			continue
 		}
-		t.byID[id] = cert
+		byID[id] = cert
 		t.size += sizePerCA + sizePerCAByte*int64(len(cert.Raw))
-		t.roots = append(t.roots, cert)
-		ids = append(ids, id)
+		roots = append(roots, cert)
+		t.ders = append(t.ders, cert.Raw)
+		t.ids = append(t.ids, id)
 	}
-	if err := checkSubjects(t.roots, ids); err != nil {
+	if err := checkSubjects(roots, t.ids); err != nil {
 		return nil, err
 	}
 	if c != nil && !unknownFields(cfg.GetRevocations()) {
@@ -402,7 +517,7 @@ func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 			return nil, fmt.Errorf("%s: neither serial_number nor fingerprint_sha256 is set", where())
 		}
 		caID := r.GetCertificateAuthorityId()
-		ca, ok := t.byID[caID]
+		ca, ok := byID[caID]
 		if !ok {
 			continue // under a CA this hostname does not trust: it can never apply
 		}
@@ -441,10 +556,13 @@ func (c *Cache) newTrust(cfg *configv1.HostnameConfig) (*trust, error) {
 		}
 	}
 	if len(t.serials) > 0 {
-		if err := t.linkCAs(); err != nil {
+		if err := t.linkCAs(roots); err != nil {
 			return nil, err
 		}
 	}
+	// roots are dropped: the first use parses the CAs again (see trust.parsed), so that a
+	// hostname nobody connects to holds neither them nor a weak pointer to them, which every
+	// garbage collection would look at.
 	return t, nil
 }
 
@@ -518,19 +636,19 @@ func quoteIDs(ids []string) string {
 const maxLinkSignatureChecks = 256
 
 // linkCAs sets t.above and t.issuers from the signatures between the hostname's CA
-// certificates, whatever their validity. Its lists are in configuration order, so that
+// certificates (roots, parsed from t.ders), whatever their validity. Its lists are in configuration order, so that
 // verification, which reports the first revocation it finds, is deterministic. It makes at most
 // maxLinkSignatureChecks signature checks (counted in t.linkChecks) and returns an error when it
 // would need more; the rest of its work is linear in the CAs and the checks made.
-func (t *trust) linkCAs() error {
-	keys := make([]caKey, len(t.roots))
+func (t *trust) linkCAs(roots []*x509.Certificate) error {
+	keys := make([]caKey, len(roots))
 	// The hostname's CAs as groups of the certificates of one CA (one caKey), in configuration
 	// order, by subject name and by subject name and subject key id.
-	groups := make(map[caKey]*caGroup, len(t.roots))
-	bySubject := make(map[string][]*caGroup, len(t.roots))
+	groups := make(map[caKey]*caGroup, len(roots))
+	bySubject := make(map[string][]*caGroup, len(roots))
 	byKeyID := make(map[string][]*caGroup)
 	seen := make(map[string]bool)
-	for i, c := range t.roots {
+	for i, c := range roots {
 		k := keyOf(c)
 		keys[i] = k
 		g := groups[k]
@@ -548,17 +666,17 @@ func (t *trust) linkCAs() error {
 			}
 		}
 	}
-	// signer[i]: the index of a certificate of another CA that signed t.roots[i]; or -1.
-	signer := make([]int, len(t.roots))
-	for i := range t.roots {
-		j, err := t.findSigner(i, keys[i], bySubject, byKeyID)
+	// signer[i]: the index of a certificate of another CA that signed roots[i]; or -1.
+	signer := make([]int, len(roots))
+	for i := range roots {
+		j, err := t.findSigner(roots, i, keys[i], bySubject, byKeyID)
 		if err != nil {
 			return err
 		}
 		signer[i] = j
 	}
 	// byKey: the direct issuers of all the certificates of a CA.
-	byKey := make(map[caKey][]caKey, len(t.roots))
+	byKey := make(map[caKey][]caKey, len(roots))
 	for i, k := range keys {
 		if j := signer[i]; j >= 0 && !slices.Contains(byKey[k], keys[j]) {
 			byKey[k] = append(byKey[k], keys[j])
@@ -588,7 +706,7 @@ func (t *trust) linkCAs() error {
 	}
 	for i, k := range keys {
 		if j := signer[i]; j >= 0 {
-			t.issuers[string(t.roots[i].Raw)] = closure(k, []caKey{keys[j]})
+			t.issuers[string(roots[i].Raw)] = closure(k, []caKey{keys[j]})
 		}
 	}
 	return nil
@@ -597,7 +715,7 @@ func (t *trust) linkCAs() error {
 // caGroup is the certificates of one CA (one caKey) among a hostname's, in configuration order.
 type caGroup struct {
 	key     caKey
-	members []int // indexes in trust.roots
+	members []int // indexes in trusroots
 	tried   int   // 1 + the index of the certificate findSigner last tried the group for
 }
 
@@ -606,22 +724,22 @@ func keyIDIndex(subject, keyID []byte) string {
 	return string(appendField(appendField(nil, subject), keyID))
 }
 
-// findSigner returns the index among t.roots of a certificate of another CA than that of
-// t.roots[self] (its caKey is own) that signed it, or -1. A certificate has one signature, made by
+// findSigner returns the index among roots of a certificate of another CA than that of
+// roots[self] (its caKey is own) that signed it, or -1. A certificate has one signature, made by
 // one key, so findSigner tries each candidate CA once (its certificates in order until one may
 // sign certificates), stops at the first that signed it, and looks no further when it names
 // itself as its issuer and its own key signed it. It tries first the CAs whose subject key id is
 // the certificate's authority key id, then the others whose subject is its issuer name (key ids
 // order the candidates, they leave none out). Each signature check counts in t.linkChecks.
-func (t *trust) findSigner(self int, own caKey, bySubject, byKeyID map[string][]*caGroup) (int, error) {
-	c := t.roots[self]
+func (t *trust) findSigner(roots []*x509.Certificate, self int, own caKey, bySubject, byKeyID map[string][]*caGroup) (int, error) {
+	c := roots[self]
 	candidates := bySubject[string(c.RawIssuer)]
 	if len(candidates) == 0 || len(candidates) == 1 && candidates[0].key == own {
 		return -1, nil // no other CA has the name c gives as its issuer's
 	}
 	spend := func() error {
 		if t.linkChecks >= maxLinkSignatureChecks {
-			return fmt.Errorf("certificate_authorities: linking the %d CA certificates by their signatures (for the serial revocations) takes more than %d signature checks; too many of them share a subject name", len(t.roots), maxLinkSignatureChecks)
+			return fmt.Errorf("certificate_authorities: linking the %d CA certificates by their signatures (for the serial revocations) takes more than %d signature checks; too many of them share a subject name", len(roots), maxLinkSignatureChecks)
 		}
 		t.linkChecks++
 		return nil
@@ -643,14 +761,14 @@ func (t *trust) findSigner(self int, own caKey, bySubject, byKeyID map[string][]
 			if err := spend(); err != nil {
 				return -1, err
 			}
-			err := c.CheckSignatureFrom(t.roots[j])
+			err := c.CheckSignatureFrom(roots[j])
 			if err == nil {
 				return j, nil
 			}
 			if !errors.As(err, new(x509.ConstraintViolationError)) {
 				break // the CA's key did not sign c (or the signature's algorithm is refused)
 			}
-			// t.roots[j] may not sign certificates: another certificate of the CA may.
+			// roots[j] may not sign certificates: another certificate of the CA may.
 		}
 		return -1, nil
 	}
@@ -754,18 +872,14 @@ func (h *Hostname) Mode() configv1.MtlsMode { return h.mode }
 // this package applies revocations and classifies failures as the decision log reports them.
 func (h *Hostname) ClientCAs() *x509.CertPool { return h.trust.rootPool() }
 
-// rootPool returns the pool of t's roots, built on first use. It is never nil (a nil pool would
-// mean the system's roots) and never empty but for a trust of no CAs (mode OFF).
-func (t *trust) rootPool() *x509.CertPool {
-	t.poolOnce.Do(func() {
-		p := x509.NewCertPool()
-		for _, c := range t.roots {
-			p.AddCert(c)
-		}
-		t.pool = p
-	})
-	return t.pool
-}
-
 // CertificateAuthority returns the certificate of the hostname's CA with the given id, or nil.
-func (h *Hostname) CertificateAuthority(id string) *x509.Certificate { return h.trust.byID[id] }
+func (h *Hostname) CertificateAuthority(id string) *x509.Certificate {
+	i := slices.Index(h.trust.ids, id)
+	if i < 0 {
+		return nil
+	}
+	if roots := h.trust.roots(); i < len(roots) {
+		return roots[i]
+	}
+	return nil
+}

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -122,7 +123,7 @@ func TestSizeEstimate(t *testing.T) {
 
 // TestRootPoolBuiltOnFirstUse: preparing a hostname builds no pool of its roots; ClientCAs builds
 // it once, equal to a pool of the hostname's CAs, and gives every caller (concurrent ones too)
-// the same one; a verification uses it.
+// the same one.
 func TestRootPoolBuiltOnFirstUse(t *testing.T) {
 	p := getPKI(t)
 	cfg := hostnameConfig(p)
@@ -131,7 +132,7 @@ func TestRootPoolBuiltOnFirstUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.trust.pool != nil {
+	if rs := h.trust.alive(); rs != nil && rs.pool != nil {
 		t.Fatal("Prepare built the pool of roots")
 	}
 	want := x509.NewCertPool()
@@ -161,5 +162,110 @@ func TestRootPoolBuiltOnFirstUse(t *testing.T) {
 	}
 	if pool := off.ClientCAs(); pool == nil || !pool.Equal(x509.NewCertPool()) {
 		t.Fatal("mode OFF: want an empty pool, never nil (nil means the system's roots)")
+	}
+}
+
+// forgetKeptRoots makes rootKeeper forget every rootSet, as keptRootSets uses of other trusts
+// would, so that the next garbage collection frees the parsed CAs of every trust not in use.
+func forgetKeptRoots() {
+	rootKeeper.uses.Add(keptRootSets)
+	for i := range rootKeeper.slots {
+		rootKeeper.slots[i].Store(nil)
+	}
+}
+
+// parsedAfterGC reports whether h's parsed CAs are still in memory after a garbage collection.
+func parsedAfterGC(h *Hostname) bool {
+	runtime.GC()
+	return h.trust.alive() != nil
+}
+
+// TestParsedCAsDroppedWhenIdle: a prepared hostname does not keep its CAs parsed: once rootKeeper
+// has forgotten them (idle while others were used), a garbage collection frees them, and the next
+// use parses them again, once for concurrent callers, with the same verdicts as a hostname whose
+// parsed CAs were never dropped. A use keeps them in memory across collections.
+func TestParsedCAsDroppedWhenIdle(t *testing.T) {
+	p := getPKI(t)
+	build := func() *configv1.HostnameConfig {
+		cfg := hostnameConfig(p)
+		withCA("other", p.other)(cfg)
+		revokeSerial("root", p.opsLeaf.Cert)(cfg)
+		return cfg
+	}
+	idle, err := NewCache().Prepare(build())
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgetKeptRoots()
+	if parsedAfterGC(idle) {
+		t.Fatal("a hostname nobody used keeps its CAs parsed after a garbage collection")
+	}
+	// Concurrent first uses parse them once: one pool for all.
+	pools := make(chan *x509.CertPool, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { pools <- idle.ClientCAs() })
+	}
+	wg.Wait()
+	close(pools)
+	first := <-pools
+	for got := range pools {
+		if got != first {
+			t.Fatal("parsing the CAs again gave concurrent callers different pools")
+		}
+	}
+	want := x509.NewCertPool()
+	want.AddCert(p.root.Cert)
+	want.AddCert(p.other.Cert)
+	if !first.Equal(want) {
+		t.Fatal("the pool parsed again is not the hostname's CAs")
+	}
+	if !parsedAfterGC(idle) {
+		t.Fatal("a hostname just used lost its parsed CAs at the next garbage collection")
+	}
+
+	fresh, err := Prepare(build())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, tc := range []struct {
+		name string
+		peer []*x509.Certificate
+		want string
+	}{
+		{"ok/a leaf of root", chain(p.leaf), ReasonCertificateVerified},
+		{"ok/a leaf of other", chain(p.otherLeaf), ReasonCertificateVerified},
+		{"ok/through an intermediate", chain(p.interLeaf, p.inter), ReasonCertificateVerified},
+		{"fail/revoked under root", chain(p.opsLeaf), ReasonCertificateRevoked},
+		{"fail/expired", chain(p.expired), ReasonCertificateExpired},
+		{"fail/not yet valid", chain(p.notYet), ReasonCertificateNotYetValid},
+		{"fail/expired intermediate", chain(p.expiredInterLeaf, p.expiredInter), ReasonCertificateExpired},
+		{"fail/self-signed", chain(p.forged), ReasonCertificateUntrusted},
+		{"fail/key usage", chain(p.badKeyUsage), ReasonCertificateWrongKeyUsage},
+		{"fail/a server certificate", chain(p.serverLeaf), ReasonCertificateWrongKeyUsage},
+	} {
+		forgetKeptRoots()
+		if parsedAfterGC(idle) {
+			t.Fatalf("%s: the parsed CAs outlived rootKeeper's forgetting them", tc.name)
+		}
+		gotChain, got, gotErr := idle.Verify(tc.peer, now)
+		wantChain, want, wantErr := fresh.Verify(tc.peer, now)
+		if got != tc.want || want != tc.want || (gotErr == nil) != (wantErr == nil) || len(gotChain) != len(wantChain) {
+			t.Errorf("%s: after its CAs were dropped: %s (%v), chain of %d; never dropped: %s (%v), chain of %d; want %s", tc.name, got, gotErr, len(gotChain), want, wantErr, len(wantChain), tc.want)
+			continue
+		}
+		for i := range gotChain {
+			if !gotChain[i].Equal(wantChain[i]) {
+				t.Errorf("%s: chain[%d] is %q, want %q", tc.name, i, gotChain[i].Subject, wantChain[i].Subject)
+			}
+		}
+	}
+	forgetKeptRoots()
+	if parsedAfterGC(idle) {
+		t.Fatal("the parsed CAs outlived rootKeeper's forgetting them")
+	}
+	if ca := idle.CertificateAuthority("other"); ca == nil || !ca.Equal(p.other.Cert) || idle.CertificateAuthority("nope") != nil {
+		t.Error("CertificateAuthority after the CAs were dropped: not the configured certificate")
 	}
 }

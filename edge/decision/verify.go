@@ -157,17 +157,18 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	// Only the intermediates the hostname's CAs certify go further: neither crypto/x509 nor
 	// classify ever checks a signature with a key the client chose. Which are kept does not depend
 	// on the moment, so the window below holds for them.
-	intermediates, _ := h.trust.certifiedIntermediates(leaf, sent)
+	rs := h.trust.parsed() // one set of parsed CAs for the whole verification
+	intermediates, _ := h.trust.certifiedIntermediatesOf(rs.certs, leaf, sent)
 	// The estimate below depends on the moment (validity), as crypto/x509 does.
 	v.always = false
-	v.window(leaf, intermediates, h.trust.roots, now)
-	switch work, chains := pathWork(leaf, intermediates, h.trust.roots, now); {
+	v.window(leaf, intermediates, rs.certs, now)
+	switch work, chains := pathWork(leaf, intermediates, rs.certs, now); {
 	case work > maxPathWork:
 		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent would make verifying the chain check signatures costing about %d P-256 checks; at most %d are accepted", work, maxPathWork))
 	case chains > maxChains:
 		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent make more than %d chains to the hostname's CAs; at most %d are accepted", maxChains, maxChains))
 	}
-	chains, reason, err := h.trust.verify(leaf, intermediates, now)
+	chains, reason, err := h.trust.verifyWith(rs, leaf, intermediates, now)
 	if err != nil {
 		v := fail(reason, err)
 		if reason == ReasonCertificateRevoked {
@@ -313,6 +314,11 @@ func keyCost(pub any) int {
 // budget. What a tenant holding its CA's key can make it check is not bounded by this filter: the
 // intermediates it certifies are kept; pathWork bounds what crypto/x509 would then explore.
 func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
+	return t.certifiedIntermediatesOf(t.roots(), leaf, sent)
+}
+
+// certifiedIntermediatesOf is certifiedIntermediates with roots, t's CAs parsed.
+func (t *trust) certifiedIntermediatesOf(roots []*x509.Certificate, leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
 	if len(sent) == 0 {
 		return nil, 0
 	}
@@ -320,7 +326,7 @@ func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Cert
 	for _, c := range sent {
 		selfIssued := bytes.Equal(c.RawSubject, c.RawIssuer)
 		again := func(o *x509.Certificate) bool { return o.Equal(c) || selfIssued && sameCA(o, c) }
-		if slices.ContainsFunc(candidates, again) || slices.ContainsFunc(t.roots, again) {
+		if slices.ContainsFunc(candidates, again) || slices.ContainsFunc(roots, again) {
 			continue
 		}
 		if keyCost(c.PublicKey) > intermediateBudget {
@@ -355,7 +361,7 @@ func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Cert
 		// once against its issuer among the hostname's CAs (at most MaxCAsPerSubject of one name)
 		// and builds no path among the client's certificates, so there is nothing to amplify;
 		// checking it here as well would double what the most common chain costs.
-		for _, r := range t.roots {
+		for _, r := range roots {
 			if maySign(r) && issuedBy(candidates[0], r) {
 				return candidates, 0
 			}
@@ -364,8 +370,8 @@ func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Cert
 	}
 	// parents: the certificates whose keys are certified, roots first, then the intermediates
 	// in the order kept; tried[i]: candidates[i] was checked against parents[:tried[i]].
-	parents := make([]*x509.Certificate, 0, len(t.roots)+len(candidates))
-	for _, r := range t.roots {
+	parents := make([]*x509.Certificate, 0, len(roots)+len(candidates))
+	for _, r := range roots {
 		if maySign(r) {
 			parents = append(parents, r)
 		}
@@ -575,19 +581,24 @@ func maySign(c *x509.Certificate) bool {
 // intermediates (those certifiedIntermediates kept), then against t's revocations. On failure it
 // returns the reason and the error.
 func (t *trust) verify(leaf *x509.Certificate, intermediates []*x509.Certificate, now time.Time) ([][]*x509.Certificate, string, error) {
+	return t.verifyWith(t.parsed(), leaf, intermediates, now)
+}
+
+// verifyWith is verify with rs, t's CAs parsed.
+func (t *trust) verifyWith(rs *rootSet, leaf *x509.Certificate, intermediates []*x509.Certificate, now time.Time) ([][]*x509.Certificate, string, error) {
 	pool := x509.NewCertPool()
 	for _, c := range intermediates {
 		pool.AddCert(c)
 	}
 	opts := x509.VerifyOptions{
-		Roots:         t.rootPool(),
+		Roots:         rs.rootPool(),
 		Intermediates: pool,
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	chains, err := leaf.Verify(opts)
 	if err != nil {
-		return nil, t.classify(leaf, intermediates, opts, err), err
+		return nil, classify(rs.certs, leaf, intermediates, opts, err), err
 	}
 	if err := checkKeyUsage(leaf); err != nil {
 		return nil, ReasonCertificateWrongKeyUsage, err
@@ -628,14 +639,15 @@ func keyUsageNames(ku x509.KeyUsage) string {
 // cause with certificates of its making.
 const maxSignatureChecks = 16
 
-// classify turns a verification failure at opts.CurrentTime into a reason. crypto/x509 does not
-// tell a chain that fails because a certificate of it is out of its validity from no chain at all
-// (it reports an unknown authority), and it checks the leaf's validity before anything else. So
+// classify turns a verification failure at opts.CurrentTime against roots (the hostname's CAs,
+// parsed) into a reason. crypto/x509 does not tell a chain that fails because a certificate of it
+// is out of its validity from no chain at all (it reports an unknown authority), and it checks the
+// leaf's validity before anything else. So
 // when a certificate involved is out of its validity now, classify looks for a chain from the leaf
 // to one of the roots by names and signatures alone, ignoring validity (and key usage): when one
 // exists and a certificate of it has expired, the reason is certificate_expired; when one is not
 // valid yet, certificate_not_yet_valid. Otherwise the certificate is untrusted.
-func (t *trust) classify(leaf *x509.Certificate, intermediates []*x509.Certificate, opts x509.VerifyOptions, err error) string {
+func classify(roots []*x509.Certificate, leaf *x509.Certificate, intermediates []*x509.Certificate, opts x509.VerifyOptions, err error) string {
 	var invalid x509.CertificateInvalidError
 	if errors.As(err, &invalid) && invalid.Reason == x509.IncompatibleUsage {
 		// Chains exist at now; none allows client authentication.
@@ -643,10 +655,10 @@ func (t *trust) classify(leaf *x509.Certificate, intermediates []*x509.Certifica
 	}
 	now := opts.CurrentTime
 	outside := func(c *x509.Certificate) bool { return now.Before(c.NotBefore) || now.After(c.NotAfter) }
-	if !outside(leaf) && !slices.ContainsFunc(intermediates, outside) && !slices.ContainsFunc(t.roots, outside) {
+	if !outside(leaf) && !slices.ContainsFunc(intermediates, outside) && !slices.ContainsFunc(roots, outside) {
 		return ReasonCertificateUntrusted
 	}
-	path := t.pathIgnoringTime(leaf, intermediates)
+	path := pathIgnoringTime(roots, leaf, intermediates)
 	switch {
 	case path == nil:
 		return ReasonCertificateUntrusted
@@ -658,11 +670,11 @@ func (t *trust) classify(leaf *x509.Certificate, intermediates []*x509.Certifica
 	return ReasonCertificateUntrusted // a chain valid now failed for another reason
 }
 
-// pathIgnoringTime returns a chain from leaf through intermediates to one of t's roots in which
+// pathIgnoringTime returns a chain from leaf through intermediates to one of roots in which
 // each certificate names the next as its issuer and is signed by it, whatever their validity; or
 // nil. The search is depth first, in the order the certificates were given, and makes at most
 // maxSignatureChecks signature checks.
-func (t *trust) pathIgnoringTime(leaf *x509.Certificate, intermediates []*x509.Certificate) []*x509.Certificate {
+func pathIgnoringTime(roots []*x509.Certificate, leaf *x509.Certificate, intermediates []*x509.Certificate) []*x509.Certificate {
 	budget := maxSignatureChecks
 	signs := func(child, parent *x509.Certificate) bool {
 		if budget == 0 || !bytes.Equal(child.RawIssuer, parent.RawSubject) {
@@ -674,10 +686,10 @@ func (t *trust) pathIgnoringTime(leaf *x509.Certificate, intermediates []*x509.C
 	var search func(path []*x509.Certificate) []*x509.Certificate
 	search = func(path []*x509.Certificate) []*x509.Certificate {
 		c := path[len(path)-1]
-		if slices.ContainsFunc(t.roots, c.Equal) {
+		if slices.ContainsFunc(roots, c.Equal) {
 			return path
 		}
-		for _, root := range t.roots {
+		for _, root := range roots {
 			if signs(c, root) {
 				return append(path, root)
 			}
