@@ -1,12 +1,15 @@
 package server
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
@@ -33,8 +36,11 @@ var (
 )
 
 // decodeError returns err with a BadRequest when err is an INVALID_ARGUMENT without details whose
-// message is one the gateway's decoding gives; err itself otherwise.
-func decodeError(err error) error {
+// message is one the gateway's decoding gives; err itself otherwise. body is the request's body
+// (nil if unknown): where the message gives a position, the violation names the field at that
+// position by its path in the body ("mtls.mode", "rules[2].action"), and the position is counted
+// from the body's start; otherwise, by the field's name alone.
+func decodeError(err error, body []byte) error {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != codes.InvalidArgument || len(st.Proto().GetDetails()) > 0 {
 		return err
@@ -44,12 +50,20 @@ func decodeError(err error) error {
 		// The body went past MaxHTTPBodySize (limitBody's cap) while the gateway read it.
 		return &runtime.HTTPStatusError{HTTPStatus: http.StatusRequestEntityTooLarge, Err: errBodyTooLarge}
 	}
-	where, syntax := "", false
+	where, path, syntax := "", "", false
 	if m := reProtoJSON.FindStringSubmatch(msg); m != nil {
 		// A syntax error of protojson's (text that encoding/json let through, such as a string
 		// that is not UTF-8) says where in the body, not which field.
-		where, syntax = fmt.Sprintf(" (body line %s, column %s)", m[2], m[3]), m[1] != ""
+		where, path = position(body, m[2], m[3])
+		syntax = m[1] != ""
 		msg = m[4]
+	}
+	// field names the field of a violation: by its path in the body when known, else by name.
+	field := func(name string) string {
+		if path != "" {
+			return path
+		}
+		return name
 	}
 	var v apistatus.Violation
 	switch m := (struct{ enum, value, unknown, dup, oneof, query []string }{
@@ -57,15 +71,15 @@ func decodeError(err error) error {
 		reDuplicate.FindStringSubmatch(msg), reOneofSet.FindStringSubmatch(msg), reQueryField.FindStringSubmatch(msg),
 	}); {
 	case m.enum != nil:
-		v = apistatus.Violation{Field: m.enum[1], Reason: fmt.Sprintf("%s is not a value of this field%s%s", m.enum[2], enumValues(m.enum[1]), where)}
+		v = apistatus.Violation{Field: field(m.enum[1]), Reason: fmt.Sprintf("%s is not a value of this field%s%s", m.enum[2], enumValues(m.enum[1]), where)}
 	case m.value != nil:
-		v = apistatus.Violation{Field: m.value[2], Reason: fmt.Sprintf("%s is not a valid %s%s", m.value[3], m.value[1], where)}
+		v = apistatus.Violation{Field: field(m.value[2]), Reason: fmt.Sprintf("%s is not a valid %s%s", m.value[3], m.value[1], where)}
 	case m.unknown != nil:
-		v = apistatus.Violation{Field: m.unknown[1], Reason: "unknown field; field names are lowerCamelCase as in the API's JSON (e.g. originUrl)" + where}
+		v = apistatus.Violation{Field: field(m.unknown[1]), Reason: "unknown field; field names are lowerCamelCase as in the API's JSON (e.g. originUrl)" + where}
 	case m.dup != nil:
-		v = apistatus.Violation{Field: m.dup[1], Reason: "given twice" + where}
+		v = apistatus.Violation{Field: field(m.dup[1]), Reason: "given twice" + where}
 	case m.oneof != nil:
-		v = apistatus.Violation{Field: m.oneof[1], Reason: fmt.Sprintf("only one of %s may be given%s", oneofFields(m.oneof[2]), where)}
+		v = apistatus.Violation{Field: field(m.oneof[1]), Reason: fmt.Sprintf("only one of %s may be given%s", oneofFields(m.oneof[2]), where)}
 	case m.query != nil:
 		reason := m.query[2]
 		if strings.Contains(reason, "parsing time") {
@@ -78,6 +92,28 @@ func decodeError(err error) error {
 		return err
 	}
 	return apistatus.InvalidArgument(v)
+}
+
+// position turns protojson's line and column, counted in the value it decoded (the body without
+// its leading white space), into " (body line L, column C)" counted in body, and the path in body
+// of the member or element there (jsonPathAt). Without body, the position is protojson's and the
+// path "".
+func position(body []byte, line, column string) (where, path string) {
+	where = fmt.Sprintf(" (body line %s, column %s)", line, column)
+	l, err1 := strconv.Atoi(line)
+	c, err2 := strconv.Atoi(column)
+	if body == nil || err1 != nil || err2 != nil {
+		return where, ""
+	}
+	value := bytes.TrimLeft(body, " \t\r\n")
+	off := offsetAt(value, l, c)
+	if off < 0 {
+		return where, ""
+	}
+	off += len(body) - len(value)
+	l = bytes.Count(body[:off], []byte("\n")) + 1
+	c = utf8.RuneCount(body[bytes.LastIndexByte(body[:off], '\n')+1:off]) + 1
+	return fmt.Sprintf(" (body line %d, column %d)", l, c), jsonPathAt(body, off)
 }
 
 // oneofFields names the fields of the oneof whose full name is name as the API's JSON spells them

@@ -114,7 +114,11 @@ func handle(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
 // usual code to HTTP status mapping) with a proper WWW-Authenticate challenge on 401, and the
 // gateway's decoding errors given a BadRequest naming the field (decodeError).
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	runtime.DefaultHTTPErrorHandler(ctx, mux, m, challengeWriter{w}, r, decodeError(err))
+	var body []byte
+	if b, ok := r.Body.(*bufferedBody); ok {
+		body = b.raw
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, challengeWriter{w}, r, decodeError(err, body))
 }
 
 // routingErrorHandler answers requests that match no REST binding with the HTTP status the router
@@ -198,26 +202,32 @@ func (s *Server) requireToken(gw *runtime.ServeMux, next http.Handler) http.Hand
 // can take tens of times its body in memory until its call ends, so this bounds what even
 // authenticated callers can make the process hold. GET, HEAD, DELETE and OPTIONS take no slot: no
 // binding decodes their body (net/http discards it).
+//
+// Every body the gateway decodes is read first (the gateway would read it at once anyway) and
+// given to it as a bufferedBody, so that errorHandler can name the field at the position of a
+// decoding error (decodeError).
 func limitDecoding(gw *runtime.ServeMux, slots chan struct{}) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength >= 0 && r.ContentLength <= largeBodySize {
-			gw.ServeHTTP(w, r)
-			return
-		}
 		switch r.Method {
 		case http.MethodGet, http.MethodHead, http.MethodDelete, http.MethodOptions:
 			gw.ServeHTTP(w, r)
 			return
 		}
-		body, readErr := readBody(r)
-		if readErr == nil && len(body) <= largeBodySize {
-			r.Body = io.NopCloser(bytes.NewReader(body))
+		if r.ContentLength == 0 {
 			gw.ServeHTTP(w, r)
 			return
 		}
-		// The gateway meets a read error (a body beyond MaxHTTPBodySize, a broken connection) where
-		// it would have met it, after the bytes that came before.
-		r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), errReader{readErr}))
+		if r.ContentLength > 0 && r.ContentLength <= largeBodySize {
+			r.Body = newBufferedBody(readBody(r))
+			gw.ServeHTTP(w, r)
+			return
+		}
+		body, readErr := readBody(r)
+		r.Body = newBufferedBody(body, readErr)
+		if readErr == nil && len(body) <= largeBodySize {
+			gw.ServeHTTP(w, r)
+			return
+		}
 		wait := time.NewTimer(slotWait)
 		defer wait.Stop()
 		select {
@@ -284,6 +294,21 @@ func readBody(r *http.Request) ([]byte, error) {
 	}
 	return io.ReadAll(r.Body)
 }
+
+// bufferedBody is a request body read before the gateway decodes it: its bytes, then the error
+// that ended the reading, if any (a body beyond MaxHTTPBodySize, a broken connection), which the
+// gateway thus meets where it would have met it.
+type bufferedBody struct {
+	io.Reader
+	raw []byte // the bytes read
+}
+
+func newBufferedBody(raw []byte, readErr error) *bufferedBody {
+	return &bufferedBody{Reader: io.MultiReader(bytes.NewReader(raw), errReader{readErr}), raw: raw}
+}
+
+// Close does nothing: the server closes the request's own body.
+func (*bufferedBody) Close() error { return nil }
 
 // errReader returns err, or io.EOF when err is nil.
 type errReader struct{ err error }

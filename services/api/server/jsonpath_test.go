@@ -1,0 +1,195 @@
+package server
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestJSONPathAt(t *testing.T) {
+	const doc = `{"a": {"b": [1, {"c": "x"}, [true, null]]}, "d\u00e9": "v", "e\"q": {}}`
+	at := func(s string) int { return strings.Index(doc, s) }
+	for _, tc := range []struct {
+		name string
+		b    string
+		off  int
+		want string
+	}{
+		{"ok/a member's name", doc, at(`"a"`), "a"},
+		{"ok/a member's value", doc, at(`{"b"`), "a"},
+		{"ok/an element", doc, at(`1,`), "a.b[0]"},
+		{"ok/a member of an element", doc, at(`"c"`), "a.b[1].c"},
+		{"ok/its value", doc, at(`"x"`), "a.b[1].c"},
+		{"ok/an element of an element", doc, at(`null`), "a.b[2][1]"},
+		{"ok/an escaped name, decoded", doc, at(`"d\u00e9"`), "dé"},
+		{"ok/a quote in a name", doc, at(`"e\"q"`), `e"q`},
+		{"ok/an empty object", doc, at(`{}`), `e"q`},
+		{"ok/a long name is cut", `{"` + strings.Repeat("n", 100) + `": 1}`, 1, strings.Repeat("n", 64) + "..."},
+		{"fail/the whole value", doc, 0, ""},
+		{"fail/inside a token", doc, at(`"x"`) + 1, ""},
+		{"fail/a comma", doc, at(`, {"c"`), ""},
+		{"fail/past the end", doc, len(doc), ""},
+		{"fail/negative", doc, -1, ""},
+		{"fail/not JSON before the offset", `{"a" 1, "b": 2}`, 11, ""},
+		{"fail/an unterminated string", `{"a`, 1, ""},
+		{"fail/too deep", strings.Repeat("[", maxPathDepth+2) + "1", maxPathDepth + 2, ""},
+		{"ok/as deep as allowed", strings.Repeat("[", maxPathDepth) + "1", maxPathDepth, strings.Repeat("[0]", maxPathDepth)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := jsonPathAt([]byte(tc.b), tc.off); got != tc.want {
+				t.Errorf("jsonPathAt(%.40q, %d) = %.80q, want %.80q", tc.b, tc.off, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestOffsetAt(t *testing.T) {
+	b := []byte("ab\nçd\n\nx")
+	for _, tc := range []struct {
+		name         string
+		line, column int
+		want         int
+	}{
+		{"ok/first byte", 1, 1, 0},
+		{"ok/end of a line", 1, 3, 2},
+		{"ok/after a two-byte rune", 2, 2, 5},
+		{"ok/an empty line", 3, 1, 7},
+		{"ok/last line", 4, 1, 8},
+		{"ok/end of the text", 4, 2, 9},
+		{"fail/past a line's end", 1, 4, -1},
+		{"fail/no such line", 5, 1, -1},
+		{"fail/line 0", 0, 1, -1},
+		{"fail/column 0", 1, 0, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := offsetAt(b, tc.line, tc.column); got != tc.want {
+				t.Errorf("offsetAt(%d, %d) = %d, want %d", tc.line, tc.column, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestJSONPathAtRandomDocuments: for random JSON documents, written with random white space, the
+// path jsonPathAt gives at the start of every member name, member value and element is the one
+// the writer went through to write it.
+func TestJSONPathAtRandomDocuments(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 500 {
+		w := &docWriter{rng: rng, want: map[int]string{}}
+		w.value(0, nil)
+		b := []byte(w.b.String())
+		if !json.Valid(b) {
+			t.Fatalf("the writer made invalid JSON: %s", b)
+		}
+		for off := range len(b) + 1 {
+			want, marked := w.want[off]
+			got := jsonPathAt(b, off)
+			if marked && got != want || !marked && got != "" {
+				t.Fatalf("jsonPathAt(%s, %d) = %q, want %q", b, off, got, want)
+			}
+		}
+	}
+}
+
+// docWriter writes a random JSON document and records the path at each offset where a member
+// name, a member value or an element starts.
+type docWriter struct {
+	rng  *rand.Rand
+	b    strings.Builder
+	want map[int]string
+}
+
+func (w *docWriter) space() {
+	w.b.WriteString([]string{"", "", " ", "\n", "\t ", "\r\n  "}[w.rng.IntN(6)])
+}
+
+func (w *docWriter) mark(path []string) {
+	if len(path) > 0 {
+		w.want[w.b.Len()] = strings.TrimPrefix(strings.Join(path, ""), ".")
+	}
+}
+
+func (w *docWriter) value(depth int, path []string) {
+	w.space()
+	w.mark(path)
+	kind := w.rng.IntN(6)
+	if depth == 0 {
+		kind = 4 + w.rng.IntN(2)
+	} else if depth > 4 {
+		kind = w.rng.IntN(4)
+	}
+	switch kind {
+	case 0:
+		w.b.WriteString(strconv.Itoa(w.rng.IntN(2000) - 1000))
+	case 1:
+		w.b.WriteString([]string{"true", "false", "null", "1.5e3"}[w.rng.IntN(4)])
+	case 2, 3:
+		w.b.WriteString([]string{`"x"`, `"a,b]}"`, `"\"{["`, `""`}[w.rng.IntN(4)])
+	case 4:
+		w.b.WriteByte('{')
+		n := w.rng.IntN(4)
+		for i := range n {
+			if i > 0 {
+				w.b.WriteByte(',')
+			}
+			w.space()
+			name := []string{"mode", "originUrl", "a b", `q"x`, "é", "rules"}[w.rng.IntN(6)]
+			member := append(path[:len(path):len(path)], "."+name)
+			w.mark(member)
+			enc, _ := json.Marshal(name)
+			w.b.Write(enc)
+			w.space()
+			w.b.WriteByte(':')
+			w.value(depth+1, member)
+			w.space()
+		}
+		if n == 0 {
+			w.space()
+		}
+		w.b.WriteByte('}')
+	case 5:
+		w.b.WriteByte('[')
+		n := w.rng.IntN(4)
+		for i := range n {
+			if i > 0 {
+				w.b.WriteByte(',')
+			}
+			w.value(depth+1, append(path[:len(path):len(path)], "["+strconv.Itoa(i)+"]"))
+			w.space()
+		}
+		if n == 0 {
+			w.space()
+		}
+		w.b.WriteByte(']')
+	}
+}
+
+// FuzzJSONPathAt: any text and offset: no panic, and a path only at an offset inside the text;
+// offsetAt gives -1 or an offset of the text whose line and column (in runes) are those asked.
+func FuzzJSONPathAt(f *testing.F) {
+	f.Add([]byte(`{"a": {"b": [1, {"c": "x"}]}}`), 18, 1, 19)
+	f.Add([]byte(`[[[[`), 3, 1, 4)
+	f.Add([]byte(`{"a\`), 1, 2, 1)
+	f.Add([]byte("{\"rules\":\n[{\"action\":\"allow\"}]}"), 20, 2, 12)
+	f.Fuzz(func(t *testing.T, b []byte, off, line, column int) {
+		if p := jsonPathAt(b, off); p != "" && (off < 0 || off >= len(b)) {
+			t.Fatalf("path %q at offset %d of a text of %d bytes", p, off, len(b))
+		}
+		o := offsetAt(b, line, column)
+		if o == -1 {
+			return
+		}
+		if o < 0 || o > len(b) {
+			t.Fatalf("offsetAt(%d, %d) = %d, outside a text of %d bytes", line, column, o, len(b))
+		}
+		before := string(b[:o])
+		gotLine := 1 + strings.Count(before, "\n")
+		gotColumn := 1 + utf8.RuneCountInString(before[strings.LastIndexByte(before, '\n')+1:])
+		if gotLine != line || gotColumn != column {
+			t.Fatalf("offsetAt(%d, %d) = %d, which is line %d, column %d", line, column, o, gotLine, gotColumn)
+		}
+	})
+}
