@@ -63,6 +63,9 @@ type trust struct {
 	// holds but nobody connects to need not pay. mu serialises parsing them again.
 	mu   sync.Mutex
 	live atomic.Pointer[weak.Pointer[rootSet]]
+	// unkeep, set with live (under mu), takes the parsed CAs out of rootKeeper once the trust is
+	// unreachable, so that they go with the last hostname that uses them.
+	unkeep runtime.Cleanup
 	// serials maps a CA (its subject and key, not one certificate of it) to the serial numbers
 	// (certid form) revoked under it, each with the id of the first CA it was filed under. A
 	// revocation filed under any certificate of the CA applies through all of them.
@@ -151,14 +154,26 @@ var rootKeeper struct {
 	slots [keptRootSets]atomic.Pointer[rootSet]
 }
 
-// keepRoots records a use of rs.
+// keepRoots records a use of rs. Of concurrent uses that would keep rs again, one does, so that
+// rs is in the slot of rs.kept alone (see unkeepRoots).
 func keepRoots(rs *rootSet) {
-	if k := rs.kept.Load(); k != 0 && rootKeeper.uses.Load()-k < keptRootSets/2 {
+	k := rs.kept.Load()
+	if k != 0 && rootKeeper.uses.Load()-k < keptRootSets/2 {
 		return
 	}
 	n := rootKeeper.uses.Add(1)
-	rs.kept.Store(n)
+	if !rs.kept.CompareAndSwap(k, n) {
+		return // another use kept it meanwhile
+	}
 	rootKeeper.slots[n%keptRootSets].Store(rs)
+}
+
+// unkeepRoots takes the set wp points to, if still in memory, out of rootKeeper: its trust is
+// unreachable, so no hostname will use it again.
+func unkeepRoots(wp weak.Pointer[rootSet]) {
+	if rs := wp.Value(); rs != nil {
+		rootKeeper.slots[rs.kept.Load()%keptRootSets].CompareAndSwap(rs, nil)
+	}
 }
 
 // parsed returns t's CAs parsed: those of its last use while they are alive (kept by rootKeeper,
@@ -170,6 +185,7 @@ func (t *trust) parsed() *rootSet {
 	}
 	if rs := t.alive(); rs != nil {
 		keepRoots(rs)
+		runtime.KeepAlive(t) // t's cleanup (unkeep) does not run before rs is kept
 		return rs
 	}
 	t.mu.Lock()
@@ -180,6 +196,7 @@ func (t *trust) parsed() *rootSet {
 		t.adopt(rs)
 	}
 	keepRoots(rs)
+	runtime.KeepAlive(t) // t's cleanup (unkeep) does not run before rs is kept
 	return rs
 }
 
@@ -191,10 +208,15 @@ func (t *trust) alive() *rootSet {
 	return nil
 }
 
-// adopt makes rs the parsed form of t's CAs, held weakly.
+// adopt makes rs the parsed form of t's CAs, held weakly, and taken out of rootKeeper once t is
+// unreachable. t.mu is held.
 func (t *trust) adopt(rs *rootSet) {
 	wp := weak.Make(rs)
 	t.live.Store(&wp)
+	// The set adopted before is no longer in memory (or t would not parse its CAs again), so
+	// neither in rootKeeper.
+	t.unkeep.Stop()
+	t.unkeep = runtime.AddCleanup(t, unkeepRoots, wp)
 }
 
 // roots returns t's CA certificates, parsed, in configuration order.
