@@ -106,7 +106,7 @@ type rootSet struct {
 	// handshake's TLS configuration names the acceptable CAs from it).
 	poolOnce sync.Once
 	pool     *x509.CertPool
-	// kept is the number of the use (rootKeeper.uses) at which rootKeeper last kept it, or 0.
+	// kept is the number of the keep (rootKeeper.uses) at which rootKeeper last kept it, or 0.
 	kept atomic.Uint64
 }
 
@@ -140,17 +140,19 @@ func (rs *rootSet) rootPool() *x509.CertPool {
 	return rs.pool
 }
 
-// keptRootSets is how many rootSets (those used last) rootKeeper keeps alive at least: a trust
-// used again within that many uses of others keeps its parsed CAs; one idle longer keeps them
-// until the next garbage collection, then parses them again on its next use (about 25 µs for a
-// P-256 CA, against about 1 ms of CPU for the full handshake that needs them).
+// keptRootSets is how many rootSets (those kept last) rootKeeper keeps alive at least: a trust
+// used again before keptRootSets/2 others have been kept since its last use keeps its parsed CAs
+// (a use keeps a set again only when it was kept keptRootSets/2 or more sets before); one idle
+// longer may keep them only until the next garbage collection, then parses them again on its
+// next use (about 25 µs for a P-256 CA, against about 1 ms of CPU for the full handshake that
+// needs them).
 const keptRootSets = 1 << 16
 
 // rootKeeper keeps alive the rootSets used last: a ring of keptRootSets strong references, which
 // a use refills only when the set's last entry is in the older half of the ring, so that a
 // hostname in constant use does not push the others out. It is safe for concurrent use.
 var rootKeeper struct {
-	uses  atomic.Uint64
+	uses  atomic.Uint64 // the sets kept (each in slot uses%keptRootSets), not every use
 	slots [keptRootSets]atomic.Pointer[rootSet]
 }
 
@@ -253,8 +255,8 @@ func keyOf(c *x509.Certificate) caKey {
 	return sha256.Sum256(b)
 }
 
-// Prepare checks a hostname configuration and prepares it for [Decide]: it parses the CA
-// certificates into a certificate pool, indexes the revocations and compiles the policy with
+// Prepare checks a hostname configuration and prepares it for [Decide]: it parses and checks the
+// CA certificates (keeping their DER, parsed again on use), indexes the revocations and compiles the policy with
 // [policy.CompileStored] (so that a policy of the history keeps working when a later version
 // prices its rules higher: those rules are then evaluated with run-time cost tracking). The error
 // names the problem (a hostname not in normal form, an unknown mode, a
@@ -271,8 +273,8 @@ func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 	return (*Cache)(nil).Prepare(cfg)
 }
 
-// Cache shares the expensive parts of prepared hostnames (parsed CA certificates and their pool,
-// indexed revocations, compiled policies) between hostnames whose configurations have the same
+// Cache shares the expensive parts of prepared hostnames (their CAs, parsed with their pool while
+// in use, indexed revocations, compiled policies) between hostnames whose configurations have the same
 // content, as the hostnames of one tenant usually do: preparing a million hostnames that use one
 // policy compiles it once and keeps one copy ([Hostname.ShareLists] shares the lists of CAs,
 // revocations and rules of the configurations too). Entries are keyed by a SHA-256 of their
@@ -737,7 +739,7 @@ func (t *trust) linkCAs(roots []*x509.Certificate) error {
 // caGroup is the certificates of one CA (one caKey) among a hostname's, in configuration order.
 type caGroup struct {
 	key     caKey
-	members []int // indexes in trusroots
+	members []int // indexes in roots
 	tried   int   // 1 + the index of the certificate findSigner last tried the group for
 }
 
