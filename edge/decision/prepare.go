@@ -168,6 +168,10 @@ func keepRoots(rs *rootSet) {
 		return // another use kept it meanwhile
 	}
 	rootKeeper.slots[n%keptRootSets].Store(rs)
+	if k != 0 && (n-k)%keptRootSets != 0 {
+		// Its previous slot, unless reused meanwhile: rs is then in one slot only.
+		rootKeeper.slots[k%keptRootSets].CompareAndSwap(rs, nil)
+	}
 }
 
 // unkeepRoots takes the set wp points to, if still in memory, out of rootKeeper: its trust is

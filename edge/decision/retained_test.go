@@ -96,3 +96,37 @@ func TestParsedCAsFreedWithTheirHostname(t *testing.T) {
 		t.Errorf("a dropped hostname of one CA of %d bytes still holds %d bytes", len(ders[0]), held)
 	}
 }
+
+// TestKeptInOneSlot: a set kept again (its last slot in the ring's older half) leaves its previous
+// slot, so that what unkeepRoots clears is the only reference rootKeeper holds; a set in use is
+// kept again at most once for every keptRootSets/2 sets kept.
+func TestKeptInOneSlot(t *testing.T) {
+	p := getPKI(t)
+	h, err := Prepare(hostnameConfig(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slotsOf := func(rs *rootSet) (n int) {
+		for i := range rootKeeper.slots {
+			if rootKeeper.slots[i].Load() == rs {
+				n++
+			}
+		}
+		return n
+	}
+	for _, skip := range []uint64{0, 1, keptRootSets/2 - 2, keptRootSets/2 - 1, keptRootSets - 1, keptRootSets, 3 * keptRootSets / 2} {
+		h.ClientCAs()
+		rs := h.trust.alive()
+		kept := rs.kept.Load()
+		rootKeeper.uses.Add(skip) // as if skip other sets were kept meanwhile
+		h.ClientCAs()
+		again := rs.kept.Load() != kept
+		if want := skip+1 >= keptRootSets/2; again != want {
+			t.Errorf("after %d other sets were kept: kept again %v, want %v", skip, again, want)
+		}
+		if n := slotsOf(rs); n != 1 {
+			t.Errorf("after %d other sets were kept: the set is in %d slots, want 1", skip, n)
+		}
+		runtime.KeepAlive(rs)
+	}
+}
