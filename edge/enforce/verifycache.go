@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,9 +22,10 @@ const (
 	maxVerified = 4096
 	// maxVerifiedBytes bounds what the cached verifications keep reachable: retainedSize counts
 	// at least the heap an entry keeps (besides the prepared configuration it was made for). A
-	// usual entry (a P-256 leaf and an intermediate) counts about 9 KiB and keeps about 6.5 KiB,
-	// so about 3,500 of them fit.
-	maxVerifiedBytes = 32 << 20
+	// usual entry (a P-256 leaf and an intermediate) counts about 13 KiB (4 KiB of them the
+	// hostname's CA, which the entry usually shares with the hostname) and keeps about 6.5 KiB,
+	// so about 3,700 of them fit.
+	maxVerifiedBytes = 48 << 20
 	// maxVerifiedEntryBytes: a chain counted larger is verified on each connection, not cached.
 	// Real client chains are far smaller; a chain padded toward crypto/tls's 256 KiB certificate
 	// message would take the room of dozens of real clients.
@@ -179,7 +181,10 @@ const certKeyOverhead = 512
 //     2253 form (Cert), which can be twice the names' length (escapes, and "#" and hex for an
 //     attribute of a type without a name), its serial number and fingerprint, the policy input's
 //     URIs formatted again, and the verified chain. The policy input's other strings are the
-//     parsed certificate's. The hostname's CAs that end the chain belong to the hostname.
+//     parsed certificate's. The hostname's CA that ends the chain is parsed from the DER of the
+//     hostname's configuration, which the entry does not count; its parsed form is counted
+//     (certSize), as the entry may be all that keeps it: decision parses a hostname's CAs again
+//     once they have been idle and collected, and entries made before hold the earlier copy.
 //
 // A long name thus takes about three times its length (DER, parsed string, Subject in Cert), a
 // long URI up to five. Every allocation is counted with its size class's rounding bounded above
@@ -195,6 +200,11 @@ func retainedSize(peer []*x509.Certificate, v *decision.Verification) int64 {
 		size += heapBytes(16 * len(peer[0].URIs))
 		for _, u := range peer[0].URIs {
 			size += heapBytes(len(u.String()))
+		}
+	}
+	for _, c := range v.Chain() {
+		if c != nil && !slices.Contains(peer, c) {
+			size += certSize(c) // a CA of the hostname (its DER is the configuration's)
 		}
 	}
 	var ends [decision.MaxPeerCertificates]*byte
