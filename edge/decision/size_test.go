@@ -158,19 +158,7 @@ func TestRootPoolBuiltOnFirstUse(t *testing.T) {
 	want := x509.NewCertPool()
 	want.AddCert(p.root.Cert)
 	want.AddCert(p.other.Cert)
-	pools := make(chan *x509.CertPool, 8)
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() { pools <- h.ClientCAs() })
-	}
-	wg.Wait()
-	close(pools)
-	first := <-pools
-	for got := range pools {
-		if got != first {
-			t.Fatal("ClientCAs built more than one pool")
-		}
-	}
+	first := oneConcurrentPool(t, h)
 	if first == nil || !first.Equal(want) {
 		t.Fatal("the pool is not the hostname's CAs")
 	}
@@ -221,19 +209,7 @@ func TestParsedCAsDroppedWhenIdle(t *testing.T) {
 		t.Fatal("a hostname nobody used keeps its CAs parsed after a garbage collection")
 	}
 	// Concurrent first uses parse them once: one pool for all.
-	pools := make(chan *x509.CertPool, 8)
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() { pools <- idle.ClientCAs() })
-	}
-	wg.Wait()
-	close(pools)
-	first := <-pools
-	for got := range pools {
-		if got != first {
-			t.Fatal("parsing the CAs again gave concurrent callers different pools")
-		}
-	}
+	first := oneConcurrentPool(t, idle)
 	want := x509.NewCertPool()
 	want.AddCert(p.root.Cert)
 	want.AddCert(p.other.Cert)
@@ -288,4 +264,24 @@ func TestParsedCAsDroppedWhenIdle(t *testing.T) {
 	if ca := idle.CertificateAuthority("other"); ca == nil || !ca.Equal(p.other.Cert) || idle.CertificateAuthority("nope") != nil {
 		t.Error("CertificateAuthority after the CAs were dropped: not the configured certificate")
 	}
+}
+
+// oneConcurrentPool calls h.ClientCAs from 8 goroutines at once and returns the pool they all got;
+// it fails the test when they got different pools.
+func oneConcurrentPool(t *testing.T, h *Hostname) *x509.CertPool {
+	t.Helper()
+	pools := make(chan *x509.CertPool, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { pools <- h.ClientCAs() })
+	}
+	wg.Wait()
+	close(pools)
+	first := <-pools
+	for got := range pools {
+		if got != first {
+			t.Fatal("concurrent callers of ClientCAs got different pools (the CAs were parsed more than once)")
+		}
+	}
+	return first
 }
