@@ -52,7 +52,8 @@ func jsonPathAt(b []byte, off int) string {
 // refuses more than 10,000 levels).
 const maxPathDepth = 10_001
 
-// maxPathName bounds what the path repeats of one member name.
+// maxPathName bounds what the path repeats of one member name, in bytes (a name is cut between
+// runes).
 const maxPathName = 64
 
 // pathWalker walks a JSON text to the member or element at target, keeping the path to it.
@@ -94,7 +95,12 @@ func (w *pathWalker) value(depth int) {
 				return
 			}
 			if len(name) > maxPathName {
-				name = name[:maxPathName] + "..."
+				// Cut between runes: the answer must be UTF-8 (protobuf cannot encode it otherwise).
+				cut := maxPathName
+				for !utf8.RuneStart(name[cut]) {
+					cut--
+				}
+				name = name[:cut] + "..."
 			}
 			w.path = append(w.path, "."+name)
 			if start == w.target {

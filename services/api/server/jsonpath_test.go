@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,6 +37,7 @@ func TestJSONPathAt(t *testing.T) {
 		{"ok/a quote in a name", doc, at(`"e\"q"`), `e"q`},
 		{"ok/an empty object", doc, at(`{}`), `e"q`},
 		{"ok/a long name is cut", `{"` + strings.Repeat("n", 100) + `": 1}`, 1, strings.Repeat("n", 64) + "..."},
+		{"ok/a long name is cut between runes", `{"n` + strings.Repeat("é", 40) + `": 1}`, 1, "n" + strings.Repeat("é", 31) + "..."},
 		{"fail/the whole value", doc, 0, ""},
 		{"fail/inside a token", doc, at(`"x"`) + 1, ""},
 		{"fail/a comma", doc, at(`, {"c"`), ""},
@@ -175,7 +177,7 @@ func (w *docWriter) value(depth int, path []string) {
 	}
 }
 
-// FuzzJSONPathAt: any text and offset: no panic, and a path only at an offset inside the text;
+// FuzzJSONPathAt: any text and offset: no panic, and a path (UTF-8) only at an offset inside the text;
 // offsetAt gives -1 or an offset of the text whose line and column (in runes) are those asked.
 func FuzzJSONPathAt(f *testing.F) {
 	f.Add([]byte(`{"a": {"b": [1, {"c": "x"}]}}`), 18, 1, 19)
@@ -183,8 +185,12 @@ func FuzzJSONPathAt(f *testing.F) {
 	f.Add([]byte(`{"a\`), 1, 2, 1)
 	f.Add([]byte("{\"rules\":\n[{\"action\":\"allow\"}]}"), 20, 2, 12)
 	f.Fuzz(func(t *testing.T, b []byte, off, line, column int) {
-		if p := jsonPathAt(b, off); p != "" && (off < 0 || off >= len(b)) {
+		p := jsonPathAt(b, off)
+		if p != "" && (off < 0 || off >= len(b)) {
 			t.Fatalf("path %q at offset %d of a text of %d bytes", p, off, len(b))
+		}
+		if !utf8.ValidString(p) {
+			t.Fatalf("path %q is not UTF-8", p)
 		}
 		o := offsetAt(b, line, column)
 		if o == -1 {
@@ -224,5 +230,29 @@ func TestDecodeErrorTimeLinearInTheBody(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("decodeError of a %d-byte body of newlines took more than 10s", len(body))
+	}
+}
+
+// TestRESTDecodeErrorLongNameIsUTF8: an unknown field whose name is cut in the answer (maxPathName)
+// gets the usual 400 with a BadRequest. The name used to be cut inside a rune; the answer was then
+// not UTF-8, which protobuf cannot encode, and the client got a 500 ("failed to marshal error
+// message") instead.
+func TestRESTDecodeErrorLongNameIsUTF8(t *testing.T) {
+	env := startServer(t, nil)
+	name := "n" + strings.Repeat("é", 40)
+	r := env.do(t, "POST", "/v1/tenants?tenantId=acme", testToken, `{"displayName":"Acme","`+name+`":1}`)
+	var st struct {
+		Details []struct {
+			FieldViolations []struct {
+				Field string `json:"field"`
+			} `json:"fieldViolations"`
+		} `json:"details"`
+	}
+	if err := json.Unmarshal(r.body, &st); err != nil {
+		t.Fatalf("status %d, body %s: %v", r.status, r.body, err)
+	}
+	want := "n" + strings.Repeat("é", 31) + "..."
+	if r.status != http.StatusBadRequest || len(st.Details) != 1 || len(st.Details[0].FieldViolations) != 1 || st.Details[0].FieldViolations[0].Field != want {
+		t.Errorf("status %d, body %s; want 400 naming the field %q", r.status, r.body, want)
 	}
 }
