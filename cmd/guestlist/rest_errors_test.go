@@ -14,8 +14,9 @@ import (
 // misspelt field; both revocation targets; not JSON; a time that is not RFC 3339) gets a 400 with
 // a google.rpc.BadRequest naming the field and the reason, like every other bad input; for an
 // enum, its values. Before, only the decoder's message came back (a new user's review). A field
-// of the body is named by its path there ("rules[2].action"), and the position is counted from
-// the body's start, white space included.
+// of the body is named by its path in the request, in proto names, as every violation names it
+// ("policy.rules[2].action"; from a name that is no field on, as the client wrote it), and the
+// position is counted from the body's start, white space included.
 func TestRESTDecodeErrorsNameTheField(t *testing.T) {
 	n := startDev(t, t.TempDir())
 	n.rest("POST", "/v1/tenants?tenantId=acme", n.token, map[string]any{"displayName": "acme"})
@@ -24,15 +25,15 @@ func TestRESTDecodeErrorsNameTheField(t *testing.T) {
 		field, reason            string
 	}{
 		{"enum without its prefix", "POST", "/v1/tenants/acme/hostnames", `{"hostname":"pay.example.com","originUrl":"http://127.0.0.1:8081","mtls":{"mode":"ENFORCE"}}`,
-			"mtls.mode", "MTLS_MODE_ENFORCE"},
+			"hostname.mtls.mode", "MTLS_MODE_ENFORCE"},
 		{"the third rule's action", "POST", "/v1/tenants/acme/policies?policyId=p", `{"rules":[{"name":"a","action":"ACTION_ALLOW","expression":"true"},{"name":"b","action":"ACTION_DENY","expression":"true"},{"name":"c","action":"allow","expression":"true"}]}`,
-			"rules[2].action", `"allow" is not a value of this field: one of ACTION_ALLOW, ACTION_DENY (body line 1, column 145)`},
+			"policy.rules[2].action", `"allow" is not a value of this field: one of ACTION_ALLOW, ACTION_DENY (body line 1, column 145)`},
 		{"a batch's second hostname, after white space", "POST", "/v1/tenants/acme/hostnames:batchCreate", "\n\n  {\"requests\": [\n    {\"hostname\": {\"hostname\": \"a.example.com\"}},\n    {\"hostname\": {\"hostname\": \"b.example.com\", \"mtls\": {\"mode\": 3, \"certificateAuthorityID\": []}}}\n  ]}",
 			"requests[1].hostname.mtls.certificateAuthorityID", "unknown field; field names are lowerCamelCase as in the API's JSON (e.g. originUrl) (body line 5, column 68)"},
 		{"unknown field", "POST", "/v1/tenants/acme/hostnames", `{"hostname":"pay.example.com","originURL":"http://127.0.0.1:8081"}`,
-			"originURL", "unknown field"},
+			"hostname.originURL", "unknown field"},
 		{"both revocation targets", "POST", "/v1/tenants/acme/certificateAuthorities/x/revocations", `{"serialNumber":"01","fingerprintSha256":"` + strings.Repeat("a", 64) + `"}`,
-			"fingerprintSha256", "only one of serialNumber and fingerprintSha256 may be given"},
+			"revocation.fingerprint_sha256", "only one of serialNumber and fingerprintSha256 may be given"},
 		{"not JSON", "POST", "/v1/tenants/acme/policies?policyId=p", `display name`,
 			"body", "not valid JSON"},
 		{"time not RFC 3339", "GET", "/v1/tenants/acme/snapshot?atTime=yesterday", ``,

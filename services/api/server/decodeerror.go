@@ -37,10 +37,11 @@ var (
 
 // decodeError returns err with a BadRequest when err is an INVALID_ARGUMENT without details whose
 // message is one the gateway's decoding gives; err itself otherwise. body is the request's body
-// (nil if unknown): where the message gives a position, the violation names the field at that
-// position by its path in the body ("mtls.mode", "rules[2].action"), and the position is counted
-// from the body's start; otherwise, by the field's name alone.
-func decodeError(err error, body []byte) error {
+// (nil if unknown): where the message gives a position, the position is counted from the body's
+// start, and the violation names the field there by its path in the request, as every violation
+// does (apistatus.Violation: proto names, "hostname.mtls.mode", "policy.rules[2].action"), or in
+// the body when the request's message is not known; otherwise, by the field's name alone.
+func decodeError(err error, body *bufferedBody) error {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != codes.InvalidArgument || len(st.Proto().GetDetails()) > 0 {
 		return err
@@ -54,7 +55,13 @@ func decodeError(err error, body []byte) error {
 	if m := reProtoJSON.FindStringSubmatch(msg); m != nil {
 		// A syntax error of protojson's (text that encoding/json let through, such as a string
 		// that is not UTF-8) says where in the body, not which field.
-		where, path = position(body, m[2], m[3])
+		var raw []byte
+		if body != nil {
+			raw = body.raw
+		}
+		var segments []string
+		where, segments = position(raw, m[2], m[3])
+		path = fieldPath(segments, body)
 		syntax = m[1] != ""
 		msg = m[4]
 	}
@@ -98,22 +105,42 @@ func decodeError(err error, body []byte) error {
 // its leading white space), into " (body line L, column C)" counted in body, and the path in body
 // of the member or element there (jsonPathAt). Without body, the position is protojson's and the
 // path "".
-func position(body []byte, line, column string) (where, path string) {
+func position(body []byte, line, column string) (where string, path []string) {
 	where = fmt.Sprintf(" (body line %s, column %s)", line, column)
 	l, err1 := strconv.Atoi(line)
 	c, err2 := strconv.Atoi(column)
 	if body == nil || err1 != nil || err2 != nil {
-		return where, ""
+		return where, nil
 	}
 	value := bytes.TrimLeft(body, " \t\r\n")
 	off := offsetAt(value, l, c)
 	if off < 0 {
-		return where, ""
+		return where, nil
 	}
 	off += len(body) - len(value)
 	l = bytes.Count(body[:off], []byte("\n")) + 1
 	c = utf8.RuneCount(body[bytes.LastIndexByte(body[:off], '\n')+1:off]) + 1
-	return fmt.Sprintf(" (body line %d, column %d)", l, c), jsonPathAt(body, off)
+	return fmt.Sprintf(" (body line %d, column %d)", l, c), jsonPathSegments(body, off)
+}
+
+// fieldPath returns the path in the request of the field at segments, a path in body
+// (requestPath), or the path in the body when the request's message or the message the body was
+// decoded into is not known; "" without segments.
+func fieldPath(segments []string, body *bufferedBody) string {
+	if len(segments) == 0 {
+		return ""
+	}
+	if body != nil && body.into != "" {
+		name := protoreflect.FullName(strings.ReplaceAll(strings.TrimPrefix(body.method, "/"), "/", "."))
+		if d, err := protoregistry.GlobalFiles.FindDescriptorByName(name); err == nil {
+			if md, ok := d.(protoreflect.MethodDescriptor); ok {
+				if p := requestPath(segments, md.Input(), body.into); p != "" {
+					return p
+				}
+			}
+		}
+	}
+	return joinPath(segments)
 }
 
 // oneofFields names the fields of the oneof whose full name is name as the API's JSON spells them

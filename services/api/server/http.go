@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"sync"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"guestlist.dev/proto/gen/openapi"
 	"guestlist.dev/services/api/apistatus"
@@ -26,10 +29,46 @@ var builtinPaths = map[string]bool{"/": true, "/openapi.json": true, "/healthz":
 // jsonMarshaler is the REST encoding: protojson with lowerCamelCase names, unpopulated fields
 // omitted, enum names, and unknown fields in requests rejected (400).
 func jsonMarshaler() runtime.Marshaler {
-	return &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
+	return bodyMarshaler{&runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
 		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: false},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-	}}
+	}}}
+}
+
+// bodyMarshaler is the REST encoding, whose decoders record in a bufferedBody the message they
+// decode it into, so that errorHandler can name a field that does not decode by its path in the
+// request (decodeError).
+type bodyMarshaler struct{ *runtime.HTTPBodyMarshaler }
+
+var _ runtime.Marshaler = bodyMarshaler{}
+
+// NewDecoder returns the encoding's decoder of r, which records in r, when r is a bufferedBody,
+// the message each Decode decodes into.
+func (m bodyMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
+	d := m.HTTPBodyMarshaler.NewDecoder(r)
+	b, ok := r.(*bufferedBody)
+	if !ok {
+		return d
+	}
+	return runtime.DecoderFunc(func(v any) error {
+		b.into = messageName(v)
+		return d.Decode(v)
+	})
+}
+
+// messageName returns the full name of the message v is (a proto.Message) or points to (the
+// gateway decodes a body that is one field of the request into a pointer to that field); "" for
+// anything else.
+func messageName(v any) protoreflect.FullName {
+	if m, ok := v.(proto.Message); ok {
+		return m.ProtoReflect().Descriptor().FullName()
+	}
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.Type().Elem().Kind() == reflect.Pointer {
+		if m, ok := reflect.Zero(rv.Type().Elem()).Interface().(proto.Message); ok {
+			return m.ProtoReflect().Descriptor().FullName()
+		}
+	}
+	return ""
 }
 
 // httpHandler builds the HTTP listener's handler: the REST gateway under "/" and /openapi.json
@@ -114,9 +153,12 @@ func handle(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
 // usual code to HTTP status mapping) with a proper WWW-Authenticate challenge on 401, and the
 // gateway's decoding errors given a BadRequest naming the field (decodeError).
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	var body []byte
+	var body *bufferedBody
 	if b, ok := r.Body.(*bufferedBody); ok {
-		body = b.raw
+		body = b
+		if method, ok := runtime.RPCMethod(ctx); ok {
+			body.method = method
+		}
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, challengeWriter{w}, r, decodeError(err, body))
 }
@@ -301,6 +343,11 @@ func readBody(r *http.Request) ([]byte, error) {
 type bufferedBody struct {
 	io.Reader
 	raw []byte // the bytes read
+	// into is the full name of the message the gateway decoded the body into (bodyMarshaler), ""
+	// before; method is the gRPC method's full name ("/guestlist.v1.HostnameService/CreateHostname"),
+	// set by errorHandler when known.
+	into   protoreflect.FullName
+	method string
 }
 
 func newBufferedBody(raw []byte, readErr error) *bufferedBody {

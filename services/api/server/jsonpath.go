@@ -3,15 +3,20 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // The gateway's JSON decoder (protojson) names only the last field of a value it refuses, and says
 // where it is as a line and column of the body. jsonPathAt turns that position back into the path
 // of the field in the body, as the client wrote it: "mtls.mode", "rules[2].action",
-// "requests[3].hostname.originUrl".
+// "requests[3].hostname.originUrl"; requestPath, into the path in the request that every
+// violation gives: "hostname.mtls.mode", "policy.rules[2].action",
+// "requests[3].hostname.origin_url".
 
 // offsetAt returns the byte offset in b of line and column as protojson counts them (both from 1;
 // the column in runes), or -1 when b has no such position. It takes time linear in b.
@@ -43,9 +48,20 @@ func offsetAt(b []byte, line, column int) int {
 // value starts at off, or when b is not valid JSON before off. It never reads past the value
 // that starts at off, and goes no deeper than maxPathDepth.
 func jsonPathAt(b []byte, off int) string {
+	return joinPath(jsonPathSegments(b, off))
+}
+
+// jsonPathSegments is jsonPathAt's path as segments: ".name" for a member, "[index]" for an
+// element; nil when jsonPathAt gives "".
+func jsonPathSegments(b []byte, off int) []string {
 	w := pathWalker{b: b, target: off}
 	w.value(0)
 	return w.found
+}
+
+// joinPath joins segments into a path: "mtls.mode", "rules[2].action".
+func joinPath(segments []string) string {
+	return strings.TrimPrefix(strings.Join(segments, ""), ".")
 }
 
 // maxPathDepth bounds the nesting jsonPathAt follows (encoding/json, which reads the body first,
@@ -62,7 +78,7 @@ type pathWalker struct {
 	i      int // the next byte to read
 	target int
 	path   []string // ".name" or "[index]" for each level entered
-	found  string
+	found  []string
 	done   bool // found, or stopped (not JSON, or past target)
 }
 
@@ -165,7 +181,7 @@ func (w *pathWalker) next(end byte) bool {
 
 // hit records the current path as the one found.
 func (w *pathWalker) hit() {
-	w.found = strings.TrimPrefix(strings.Join(w.path, ""), ".")
+	w.found = slices.Clone(w.path)
 	w.done = true
 }
 
@@ -202,4 +218,62 @@ func (w *pathWalker) str(decode bool) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// requestPath turns segments, a path in the body as jsonPathSegments gives it (the names the
+// client wrote, JSON or proto), into the path in the request message that
+// apistatus.Violation.Field gives: proto names, after the body's field when the body is one field
+// of the request ("hostname.mtls.mode"). input is the request message; into is the message the
+// body was decoded into, input itself (body "*") or the message of one of its fields. From the
+// first name that is not a field (an unknown one), a map key, or a field of no message, the path
+// goes on as the client wrote it. It returns "" when into is neither input nor the message of
+// exactly one of its fields.
+func requestPath(segments []string, input protoreflect.MessageDescriptor, into protoreflect.FullName) string {
+	var b strings.Builder
+	md := input
+	if input.FullName() != into {
+		var body protoreflect.FieldDescriptor
+		fields := input.Fields()
+		for i := range fields.Len() {
+			if f := fields.Get(i); f.Message() != nil && f.Message().FullName() == into && !f.IsList() && !f.IsMap() {
+				if body != nil {
+					return "" // two fields of that message: which one is the body is not known
+				}
+				body = f
+			}
+		}
+		if body == nil {
+			return ""
+		}
+		b.WriteString(string(body.Name()))
+		md = body.Message()
+	}
+	for _, seg := range segments {
+		if md == nil || !strings.HasPrefix(seg, ".") {
+			if b.Len() == 0 {
+				seg = strings.TrimPrefix(seg, ".")
+			}
+			b.WriteString(seg)
+			continue
+		}
+		name := seg[1:]
+		f := md.Fields().ByJSONName(name)
+		if f == nil {
+			f = md.Fields().ByTextName(name) // protojson takes the proto name too
+		}
+		if b.Len() > 0 {
+			b.WriteByte('.')
+		}
+		if f == nil {
+			b.WriteString(name)
+			md = nil
+			continue
+		}
+		b.WriteString(string(f.Name()))
+		md = nil
+		if !f.IsMap() {
+			md = f.Message() // a list's elements: its "[index]" segments pass as they are
+		}
+	}
+	return b.String()
 }

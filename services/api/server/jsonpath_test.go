@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	guestlistv1 "guestlist.dev/proto/gen/go/guestlist/v1"
 )
@@ -218,7 +219,7 @@ func TestDecodeErrorOnManyLines(t *testing.T) {
 		t.Fatalf("offsetAt over 10,000 lines made %.0f allocations, want none", allocs)
 	}
 	body, decErr := manyLinesBody(t)
-	err := decodeError(status.Errorf(codes.InvalidArgument, "%v", decErr), body)
+	err := decodeError(status.Errorf(codes.InvalidArgument, "%v", decErr), &bufferedBody{raw: body})
 	v := badRequestOf(t, err).GetFieldViolations()
 	if want := fmt.Sprintf("(body line %d, column 1)", len(body)-6); len(v) != 1 || v[0].GetField() != "x" || !strings.HasSuffix(v[0].GetDescription(), want) {
 		t.Errorf("decodeError: %v, want the field x at %s", err, want)
@@ -228,9 +229,10 @@ func TestDecodeErrorOnManyLines(t *testing.T) {
 func BenchmarkDecodeErrorOnManyLines(b *testing.B) {
 	body, decErr := manyLinesBody(b)
 	st := status.Errorf(codes.InvalidArgument, "%v", decErr)
+	bb := &bufferedBody{raw: body}
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
-		decodeError(st, body)
+		decodeError(st, bb)
 	}
 }
 
@@ -265,8 +267,37 @@ func TestRESTDecodeErrorLongNameIsUTF8(t *testing.T) {
 	if err := json.Unmarshal(r.body, &st); err != nil {
 		t.Fatalf("status %d, body %s: %v", r.status, r.body, err)
 	}
-	want := "n" + strings.Repeat("é", 31) + "..."
+	want := "tenant.n" + strings.Repeat("é", 31) + "..."
 	if r.status != http.StatusBadRequest || len(st.Details) != 1 || len(st.Details[0].FieldViolations) != 1 || st.Details[0].FieldViolations[0].Field != want {
 		t.Errorf("status %d, body %s; want 400 naming the field %q", r.status, r.body, want)
+	}
+}
+
+func TestRequestPath(t *testing.T) {
+	create := (&guestlistv1.CreateHostnameRequest{}).ProtoReflect().Descriptor()
+	batch := (&guestlistv1.BatchCreateHostnamesRequest{}).ProtoReflect().Descriptor()
+	explain := (&guestlistv1.ExplainRequest{}).ProtoReflect().Descriptor()
+	hostname := (&guestlistv1.Hostname{}).ProtoReflect().Descriptor().FullName()
+	for _, tc := range []struct {
+		name     string
+		segments []string
+		input    protoreflect.MessageDescriptor
+		into     protoreflect.FullName
+		want     string
+	}{
+		{"ok/a field of the body's field", []string{".mtls", ".mode"}, create, hostname, "hostname.mtls.mode"},
+		{"ok/a proto name as the client wrote it", []string{".origin_url"}, create, hostname, "hostname.origin_url"},
+		{"ok/the body is the request", []string{".requests", "[1]", ".hostname", ".originUrl"}, batch, batch.FullName(), "requests[1].hostname.origin_url"},
+		{"ok/an unknown name, and what is below it, as written", []string{".mtls", ".modes", ".x"}, create, hostname, "hostname.mtls.modes.x"},
+		{"ok/a list's elements", []string{".mtls", ".certificateAuthorityIds", "[0]"}, create, hostname, "hostname.mtls.certificate_authority_ids[0]"},
+		{"ok/a map's key, as written", []string{".headers", ".values", ".x-Y.z"}, explain, explain.FullName(), "headers.values.x-Y.z"},
+		{"ok/the body's field itself", nil, create, hostname, "hostname"},
+		{"fail/decoded into a message that is no field of the request", []string{".mtls"}, create, (&guestlistv1.Tenant{}).ProtoReflect().Descriptor().FullName(), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := requestPath(tc.segments, tc.input, tc.into); got != tc.want {
+				t.Errorf("requestPath(%q) = %q, want %q", tc.segments, got, tc.want)
+			}
+		})
 	}
 }
