@@ -675,6 +675,8 @@ func TestCacheShares(t *testing.T) {
 	}
 }
 
+// TestCacheForgetsUnusedEntries: a sweep forgets the entries of a hostname nobody holds any more;
+// a hostname of the same content is then prepared again.
 func TestCacheForgetsUnusedEntries(t *testing.T) {
 	p := getPKI(t)
 	c := NewCache()
@@ -697,6 +699,9 @@ func TestCacheForgetsUnusedEntries(t *testing.T) {
 			t.Fatalf("cache still holds %d entries after the hostname became unreachable", size())
 		}
 		runtime.GC()
+		c.mu.Lock()
+		c.sweep()
+		c.mu.Unlock()
 		time.Sleep(10 * time.Millisecond)
 	}
 	// A new hostname with the same content is prepared again.
@@ -736,5 +741,41 @@ func TestCertificateErrorSaysWhat(t *testing.T) {
 				t.Fatalf("Verify error:\n got %v\nwant %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestCacheSweepsAsItGrows: a Cache preparing ever new content, whose hostnames are dropped as it
+// goes, holds at most about twice its live entries plus minSweep, without anything calling sweep;
+// the entries of the hostnames still held are kept and still shared.
+func TestCacheSweepsAsItGrows(t *testing.T) {
+	p := getPKI(t)
+	c := NewCache()
+	var held []*Hostname
+	for i := range 6 * minSweep {
+		cfg := hostnameConfig(p)
+		cfg.Revocations = []*configv1.Revocation{{CertificateAuthorityId: "root", RevocationId: "r", SerialNumber: fmt.Sprintf("%x", i+1)}}
+		h, err := c.Prepare(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 0 {
+			held = append(held, h) // these stay; the others are dropped
+		}
+		if i%minSweep == 0 {
+			runtime.GC()
+		}
+	}
+	c.mu.Lock()
+	trusts, caLists := len(c.trusts), len(c.caLists)
+	c.mu.Unlock()
+	// One list of CAs for all, one trust for each revocation; len(held) trusts live.
+	if limit := 2*(len(held)+1) + minSweep; trusts > limit || caLists != 1 {
+		t.Errorf("after %d hostnames, %d of them held: %d trusts (want at most %d) and %d lists of CAs (want 1)", 6*minSweep, len(held), trusts, limit, caLists)
+	}
+	for i, h := range held {
+		again, err := c.Prepare(h.Config)
+		if err != nil || again.trust != h.trust {
+			t.Fatalf("held hostname %d: its trust is no longer the cache's (%v)", i, err)
+		}
 	}
 }

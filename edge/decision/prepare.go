@@ -282,14 +282,17 @@ func Prepare(cfg *configv1.HostnameConfig) (*Hostname, error) {
 // content, as the hostnames of one tenant usually do: preparing a million hostnames that use one
 // policy compiles it once and keeps one copy ([Hostname.ShareLists] shares the lists of CAs,
 // revocations and rules of the configurations too). Entries are keyed by a SHA-256 of their
-// content and held by weak pointers, so an entry lives exactly as long as a prepared Hostname uses
-// it. A Cache is safe for concurrent use; the zero value is not usable, create one with
+// content and held by weak pointers, so what an entry shares lives exactly as long as a prepared
+// Hostname uses it; the entry itself (a key and a weak pointer) is forgotten at a later sweep,
+// amortised over the entries recorded (Cache.recorded). A Cache is safe for concurrent use; the zero value is not usable, create one with
 // [NewCache]. Sharing changes nothing of what [Decide] decides.
 type Cache struct {
 	mu       sync.Mutex
 	trusts   map[[32]byte]weak.Pointer[trust]
 	programs map[[32]byte]weak.Pointer[compiled]
 	caLists  map[[32]byte]weak.Pointer[caList]
+	// added is the entries recorded since the last sweep; live, the entries left after it.
+	added, live int
 }
 
 // NewCache returns an empty cache.
@@ -425,15 +428,41 @@ func lookup[V any](c *Cache, m map[[32]byte]weak.Pointer[V], key [32]byte, build
 		return old, nil
 	}
 	m[key] = weak.Make(v)
-	// Once v is unreachable, forget its entry (unless a new value replaced it meanwhile).
-	runtime.AddCleanup(v, func(key [32]byte) {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if wp, ok := m[key]; ok && wp.Value() == nil {
-			delete(m, key)
-		}
-	}, key)
+	c.recorded()
 	return v, nil
+}
+
+// minSweep is the fewest entries recorded between two sweeps of a Cache.
+const minSweep = 1024
+
+// recorded counts an entry recorded in c, and sweeps c once as many have been recorded since the
+// last sweep as there were entries left after it (at least minSweep). c.mu is held.
+//
+// Sweeping is amortised over the entries recorded rather than done by a cleanup on each entry's
+// value (runtime.AddCleanup): a cleanup is a record that every garbage collection visits, and
+// with two of them a hostname of its own CA (its trust and its list of CAs), they took about a
+// third of the CPU of loading 100,000 such hostnames. So an entry whose value is gone stays until
+// the next sweep; c holds at most about twice its live entries, plus minSweep.
+func (c *Cache) recorded() {
+	if c.added++; c.added >= max(minSweep, c.live) {
+		c.sweep()
+	}
+}
+
+// sweep forgets the entries whose value is gone. c.mu is held.
+func (c *Cache) sweep() {
+	c.live = sweepMap(c.trusts) + sweepMap(c.programs) + sweepMap(c.caLists)
+	c.added = 0
+}
+
+// sweepMap deletes m's entries whose value is gone and returns how many are left.
+func sweepMap[V any](m map[[32]byte]weak.Pointer[V]) int {
+	for k, wp := range m {
+		if wp.Value() == nil {
+			delete(m, k)
+		}
+	}
+	return len(m)
 }
 
 // appendField appends a length-prefixed field, so that different field sequences never give the
