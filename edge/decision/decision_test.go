@@ -1,7 +1,9 @@
 package decision
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"reflect"
@@ -777,5 +779,51 @@ func TestCacheSweepsAsItGrows(t *testing.T) {
 		if err != nil || again.trust != h.trust {
 			t.Fatalf("held hostname %d: its trust is no longer the cache's (%v)", i, err)
 		}
+	}
+}
+
+// TestCacheSweepsInProportion: with many entries live, a Cache sweeps once per about as many
+// entries recorded as it found live (so sweeping costs O(1) a record, not O(live) every minSweep
+// records), and between sweeps holds at most about twice its live entries plus minSweep while
+// the entries it records die. TestCacheSweepsAsItGrows never has more than minSweep entries live
+// at a sweep, so it checks neither.
+func TestCacheSweepsInProportion(t *testing.T) {
+	c := NewCache()
+	record := func(i int) *caList {
+		key := sha256.Sum256(binary.AppendUvarint([]byte("sweep"), uint64(i)))
+		v, err := lookup(c, c.caLists, key, func() (*caList, error) { return &caList{}, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	const held, collectEvery = 4 * minSweep, 256
+	keep := make([]*caList, 0, held)
+	for i := range held {
+		keep = append(keep, record(i))
+	}
+	runtime.GC()
+	const dropped = 16 * held
+	sweeps, most := 0, 0
+	for i := range dropped {
+		record(held + i)
+		c.mu.Lock()
+		if c.added == 0 {
+			sweeps++
+		}
+		most = max(most, len(c.caLists))
+		c.mu.Unlock()
+		if i%collectEvery == collectEvery-1 {
+			runtime.GC()
+		}
+	}
+	runtime.KeepAlive(keep)
+	// Every sweep found the held entries live, so came at least held records after the last.
+	if limit := dropped/held + 1; sweeps > limit {
+		t.Errorf("%d sweeps in %d records with %d entries live: want at most %d", sweeps, dropped, held, limit)
+	}
+	// Live at a sweep: the held entries and those recorded since the last collection.
+	if limit := 2*(held+collectEvery) + minSweep; most > limit {
+		t.Errorf("up to %d entries with %d live: want at most %d", most, held+collectEvery, limit)
 	}
 }
