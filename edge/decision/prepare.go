@@ -442,7 +442,10 @@ const minSweep = 1024
 // value (runtime.AddCleanup): a cleanup is a record that every garbage collection visits, and
 // with two of them a hostname of its own CA (its trust and its list of CAs), they took about a
 // third of the CPU of loading 100,000 such hostnames. So an entry whose value is gone stays until
-// the next sweep; c holds at most about twice its live entries, plus minSweep.
+// the next sweep: c holds at most twice the entries live at its last sweep, plus minSweep. That
+// is not a bound on the entries live now: the entries of hostnames dropped since (a configuration
+// that shrinks) stay until as many new entries as were live then have been recorded, a key and a
+// weak pointer each (the slots of a Go map are not freed by a delete either).
 func (c *Cache) recorded() {
 	if c.added++; c.added >= max(minSweep, c.live) {
 		c.sweep()
