@@ -223,7 +223,7 @@ func BenchmarkVerifyHostileChain(b *testing.B) {
 			for b.Loop() {
 				reason := ""
 				if bc.unfiltered {
-					_, reason, _ = h.trust.verify(bc.peer[0], bc.peer[1:], now)
+					_, reason, _ = h.trust.verify(h.trust.parsed(), bc.peer[0], bc.peer[1:], now)
 				} else {
 					reason = h.VerifyClient(bc.peer, now).Reason()
 				}

@@ -158,7 +158,7 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	// classify ever checks a signature with a key the client chose. Which are kept does not depend
 	// on the moment, so the window below holds for them.
 	rs := h.trust.parsed() // one set of parsed CAs for the whole verification
-	intermediates, _ := h.trust.certifiedIntermediatesOf(rs.certs, leaf, sent)
+	intermediates, _ := h.trust.certifiedIntermediates(rs.certs, leaf, sent)
 	// The estimate below depends on the moment (validity), as crypto/x509 does.
 	v.always = false
 	v.window(leaf, intermediates, rs.certs, now)
@@ -168,7 +168,7 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	case chains > maxChains:
 		return fail(ReasonCertificateUntrusted, fmt.Errorf("the certificates sent make more than %d chains to the hostname's CAs; at most %d are accepted", maxChains, maxChains))
 	}
-	chains, reason, err := h.trust.verifyWith(rs, leaf, intermediates, now)
+	chains, reason, err := h.trust.verify(rs, leaf, intermediates, now)
 	if err != nil {
 		v := fail(reason, err)
 		if reason == ReasonCertificateRevoked {
@@ -313,12 +313,9 @@ func keyCost(pub any) int {
 // connection), and what the client's certificates can make the edge check is bounded by the
 // budget. What a tenant holding its CA's key can make it check is not bounded by this filter: the
 // intermediates it certifies are kept; pathWork bounds what crypto/x509 would then explore.
-func (t *trust) certifiedIntermediates(leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
-	return t.certifiedIntermediatesOf(t.roots(), leaf, sent)
-}
-
-// certifiedIntermediatesOf is certifiedIntermediates with roots, t's CAs parsed.
-func (t *trust) certifiedIntermediatesOf(roots []*x509.Certificate, leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
+//
+// roots are t's CAs, parsed (trust.parsed), which the caller uses for the whole verification.
+func (t *trust) certifiedIntermediates(roots []*x509.Certificate, leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
 	if len(sent) == 0 {
 		return nil, 0
 	}
@@ -577,15 +574,10 @@ func maySign(c *x509.Certificate) bool {
 	return c.PublicKeyAlgorithm != x509.UnknownPublicKeyAlgorithm
 }
 
-// verify verifies leaf for client authentication at now against t's roots, with the given
-// intermediates (those certifiedIntermediates kept), then against t's revocations. On failure it
-// returns the reason and the error.
-func (t *trust) verify(leaf *x509.Certificate, intermediates []*x509.Certificate, now time.Time) ([][]*x509.Certificate, string, error) {
-	return t.verifyWith(t.parsed(), leaf, intermediates, now)
-}
-
-// verifyWith is verify with rs, t's CAs parsed.
-func (t *trust) verifyWith(rs *rootSet, leaf *x509.Certificate, intermediates []*x509.Certificate, now time.Time) ([][]*x509.Certificate, string, error) {
+// verify verifies leaf for client authentication at now against rs (t's CAs, parsed), with the
+// given intermediates (those certifiedIntermediates kept), then against t's revocations. On
+// failure it returns the reason and the error.
+func (t *trust) verify(rs *rootSet, leaf *x509.Certificate, intermediates []*x509.Certificate, now time.Time) ([][]*x509.Certificate, string, error) {
 	pool := x509.NewCertPool()
 	for _, c := range intermediates {
 		pool.AddCert(c)
