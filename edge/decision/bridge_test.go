@@ -59,7 +59,7 @@ func TestBridgeCrossCertification(t *testing.T) {
 		} {
 			h := hostWithRoots(t, tc.roots...)
 			x := x509Alone(tc.roots, tc.peer, now)
-			kept, _ := h.trust.certifiedIntermediates(h.trust.roots(), tc.peer[0], tc.peer[1:])
+			kept, _ := certifiedIntermediates(h.trust.roots(), tc.peer[0], tc.peer[1:])
 			work, chains := pathWork(tc.peer[0], kept, h.trust.roots(), now)
 			d := Decide(h, tc.peer, get("/"), now)
 			if x != nil || d.Reason != ReasonCertificateVerified {

@@ -200,7 +200,7 @@ func TestDeepChainsWithinTheBudget(t *testing.T) {
 		peer := append([]*x509.Certificate{leaf}, inters...)
 		x := x509Alone([]*x509.Certificate{root}, peer, now)
 		d := Decide(h, peer, get("/"), now)
-		kept, checks := h.trust.certifiedIntermediates(h.trust.roots(), leaf, inters)
+		kept, checks := certifiedIntermediates(h.trust.roots(), leaf, inters)
 		t.Logf("%s: crypto/x509 alone: err=%v; Decide: %s %s (filter kept %d of %d, %d checks)", tc.name, x, d.Verdict, d.Reason, len(kept), len(inters), checks)
 		if x == nil && d.Reason != ReasonCertificateVerified {
 			t.Errorf("%s: crypto/x509 alone verifies, Decide gives %s", tc.name, d.Reason)

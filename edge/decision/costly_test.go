@@ -87,7 +87,7 @@ func TestSingleCostlyIntermediate(t *testing.T) {
 			}
 			peer := []*x509.Certificate{leaf, inter}
 			d := Decide(h, peer, get("/"), now)
-			kept, checks := h.trust.certifiedIntermediates(h.trust.roots(), leaf, peer[1:])
+			kept, checks := certifiedIntermediates(h.trust.roots(), leaf, peer[1:])
 			t.Logf("%s, %s intermediate: %s (kept %d, %d checks)", tc.name, ik.name, d.Reason, len(kept), checks)
 			if d.Reason != tc.want {
 				t.Errorf("%s, %s: got %s, want %s", tc.name, ik.name, d.Reason, tc.want)
@@ -130,7 +130,7 @@ func TestCostlyParentChecked(t *testing.T) {
 		peer := []*x509.Certificate{leaf, i2, i1}
 		x := x509Alone(roots, peer, now)
 		d := Decide(h, peer, get("/"), now)
-		kept, checks := h.trust.certifiedIntermediates(h.trust.roots(), leaf, peer[1:])
+		kept, checks := certifiedIntermediates(h.trust.roots(), leaf, peer[1:])
 		t.Logf("%s: crypto/x509 alone err=%v; Decide %s %s; kept %d of 2 (%d checks)", tc.name, x, d.Verdict, d.Reason, len(kept), checks)
 		if x == nil && d.Reason != ReasonCertificateVerified {
 			t.Errorf("%s: crypto/x509 alone verifies, Decide gives %s", tc.name, d.Reason)
@@ -169,7 +169,7 @@ func TestTenantTreeOfCopiesRefused(t *testing.T) {
 		t.Fatalf("one copy a level: %s", d.Reason)
 	}
 	peer := build(3)
-	kept, _ := h.trust.certifiedIntermediates(h.trust.roots(), peer[0], peer[1:])
+	kept, _ := certifiedIntermediates(h.trust.roots(), peer[0], peer[1:])
 	v := h.VerifyClient(peer, now)
 	if v.Reason() != ReasonCertificateUntrusted || !strings.Contains(v.Err().Error(), "P-256 checks") {
 		t.Fatalf("3 copies a level (%d kept, work %d): %s, %v", len(kept), func() int { w, _ := pathWork(peer[0], kept, []*x509.Certificate{root}, now); return w }(), v.Reason(), v.Err())

@@ -228,7 +228,7 @@ func TestCertifiedIntermediates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			kept, checks := h.trust.certifiedIntermediates(h.trust.roots(), tc.leaf, tc.sent)
+			kept, checks := certifiedIntermediates(h.trust.roots(), tc.leaf, tc.sent)
 			if !slices.EqualFunc(kept, tc.kept, (*x509.Certificate).Equal) {
 				t.Errorf("kept %s, want %s", names(kept), names(tc.kept))
 			}
@@ -256,7 +256,7 @@ func TestCertifiedIntermediatesBudgetWeighsKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	junk := claimingSameName(t, 9, root, "Fake Issuing CA")
-	if _, checks := h.trust.certifiedIntermediates(h.trust.roots(), namedLeaf(t, junk[0]), junk); checks != (intermediateBudget+8)/9 {
+	if _, checks := certifiedIntermediates(h.trust.roots(), namedLeaf(t, junk[0]), junk); checks != (intermediateBudget+8)/9 {
 		t.Fatalf("made %d checks against a P-384 CA, want %d", checks, (intermediateBudget+8)/9)
 	}
 }

@@ -288,7 +288,7 @@ func TestHugeRSAKeysNeverChecked(t *testing.T) {
 		decoys = append(decoys, create(t, caTmpl("CA D", nb, na), &x509.Certificate{RawSubject: huge.RawSubject}, &sk.PublicKey, sk))
 	}
 	leaf := create(t, leafTmpl("mallory", nb, na), &x509.Certificate{RawSubject: decoys[0].RawSubject}, &sk.PublicKey, sk)
-	kept, checks := h.trust.certifiedIntermediates(h.trust.roots(), leaf, append([]*x509.Certificate{huge}, decoys...))
+	kept, checks := certifiedIntermediates(h.trust.roots(), leaf, append([]*x509.Certificate{huge}, decoys...))
 	if len(kept) != 0 || checks != 0 {
 		// The huge one is dropped unchecked (kept, crypto/x509 and the classification of a
 		// failure would check with it; review of a83f9c8), and the decoys have no parent.

@@ -158,7 +158,7 @@ func (h *Hostname) verify(peer []*x509.Certificate, now time.Time) *Verification
 	// classify ever checks a signature with a key the client chose. Which are kept does not depend
 	// on the moment, so the window below holds for them.
 	rs := h.trust.parsed() // one set of parsed CAs for the whole verification
-	intermediates, _ := h.trust.certifiedIntermediates(rs.certs, leaf, sent)
+	intermediates, _ := certifiedIntermediates(rs.certs, leaf, sent)
 	// The estimate below depends on the moment (validity), as crypto/x509 does.
 	v.always = false
 	v.window(leaf, intermediates, rs.certs, now)
@@ -285,19 +285,19 @@ func keyCost(pub any) int {
 }
 
 // certifiedIntermediates returns those of sent (the intermediates a client sent with leaf, in its
-// order) that the hostname's CAs certify, in the order sent, and the number of signature checks
-// made. Only intermediates on a path of names from leaf's issuer are candidates (crypto/x509 looks
+// order) that the hostname's CAs (roots) certify, in the order sent, and the number of signature
+// checks made. Only intermediates on a path of names from leaf's issuer are candidates (crypto/x509 looks
 // at no others); copies of a certificate (the same bytes), and self-issued certificates with the
 // subject and key of a hostname's CA or of an earlier candidate (the same CA again, with another
 // SAN, say), are dropped without a check: they add no chain, only paths for crypto/x509 to
 // explore. Two certificates of one CA from different issuers, or renewed by one issuer, both
 // stay: each may be the one that verifies.
 //
-// A single candidate, the usual chain, is kept when one of t's roots may have issued it by their
+// A single candidate, the usual chain, is kept when one of the roots may have issued it by their
 // names, and its signature is left to crypto/x509, which checks it once; unless its key costs more
 // than a P-256 one to check with (crypto/x509 would check the leaf with it, and classify again):
 // then it is kept only when one of the roots signed it. Of two or more, one is kept when one of
-// t's roots, or an intermediate already kept, signed it (child.CheckSignatureFrom(parent)),
+// the roots, or an intermediate already kept, signed it (child.CheckSignatureFrom(parent)),
 // trying as parents only certificates whose subject is the child's issuer name and, when both
 // have one, whose subject key id is the child's authority key id; rounds over the rest repeat
 // until one keeps nothing new. Each (child, parent) pair is checked once; a failed check costs
@@ -314,8 +314,9 @@ func keyCost(pub any) int {
 // budget. What a tenant holding its CA's key can make it check is not bounded by this filter: the
 // intermediates it certifies are kept; pathWork bounds what crypto/x509 would then explore.
 //
-// roots are t's CAs, parsed (trust.parsed), which the caller uses for the whole verification.
-func (t *trust) certifiedIntermediates(roots []*x509.Certificate, leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
+// roots are the hostname's CAs, parsed (trust.parsed), which the caller uses for the whole
+// verification.
+func certifiedIntermediates(roots []*x509.Certificate, leaf *x509.Certificate, sent []*x509.Certificate) (kept []*x509.Certificate, checks int) {
 	if len(sent) == 0 {
 		return nil, 0
 	}
