@@ -320,16 +320,9 @@ var configDialBackoff = backoff.Config{BaseDelay: 250 * time.Millisecond, Multip
 // from the ConfigService.
 func (p *parts) addEdge(o edgeOptions) (*edgeParts, error) {
 	configs := configset.NewStore()
-	var refused *configset.RefusedError
-	switch err := configs.LoadFile(o.StatePath); {
-	case errors.As(err, &refused):
-		o.Logger.Warn("the saved configuration leaves out hostnames this version cannot prepare; they are refused until the control plane sends them again",
-			"path", o.StatePath, "refused", len(configs.Load().Refused()), "error", err)
-	case err != nil:
-		// A damaged file: fail closed (every hostname refused) until the control plane answers,
-		// rather than not start.
-		o.Logger.Error("the saved configuration cannot be used; starting without it", "path", o.StatePath, "error", err)
-	}
+	// A damaged file leaves the set empty: fail closed (every hostname refused) until the
+	// control plane answers, rather than not start.
+	watch.LoadState(o.Logger, configs, o.StatePath)
 	ca, err := loadEdgeCA(o.CADir)
 	if err != nil {
 		return nil, fmt.Errorf("edge CA: %w", err)

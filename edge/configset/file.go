@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -38,7 +39,18 @@ import (
 // every byte before the trailer. A file damaged on disk is refused even where its bytes still
 // parse (one flipped bit turns the mode ENFORCE into REPORT, which forwards every request). A file
 // that ends right after its last part was written before the trailer existed and is read without
-// the check; anything else after the last part is refused.
+// the check; anything else after the last part but a trailer is refused.
+//
+// After the trailer, a file may hold changes ([StateFile] appends them, so that keeping the file
+// current costs what changed, not the whole set): each is one guestlist.config.v1.WatchResponse
+// as the Watch stream sends a change (snapshot = false, more = false, its position and history
+// token, the hostnames upserted and removed since the content before it), framed as the parts
+// are, followed by trailerMagic and the CRC-32C of the change's bytes (its length and message).
+// LoadFile applies them in order. A change cut short or whose checksum does not match is where a
+// crash interrupted an append (or where the file was damaged since): LoadFile loads the set as
+// it stood before it and reports the rest as a *TailError. A change whose checksum matches but
+// that is not a change of the set, or cannot be applied to it, was written wrong: the file is
+// refused. Versions before changes were appended refuse a file that has any.
 const (
 	// partBytes is the size at which Save starts a new part.
 	partBytes = 1 << 20
@@ -66,20 +78,25 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // afresh (never through a symbolic link, whatever its mode or owner was), so that a crash loop
 // cannot fill the disk. Saves of one path must not run concurrently (the watch's saver makes them
 // one at a time; two edges do not share a data directory).
-func (st *Store) Save(path string) (err error) {
-	set := st.Load()
+func (st *Store) Save(path string) error {
+	_, err := saveSet(path, st.Load())
+	return err
+}
+
+// saveSet is Save of set, which it returns the file of (as written: its size is the file's).
+func saveSet(path string, set *Set) (_ os.FileInfo, err error) {
 	if !set.Complete() {
-		return errors.New("configset: nothing to save: no snapshot was applied yet")
+		return nil, errors.New("configset: nothing to save: no snapshot was applied yet")
 	}
 	dir := filepath.Dir(path)
 	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp")
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("configset: save: remove the leftover temporary file: %w", err)
+		return nil, fmt.Errorf("configset: save: remove the leftover temporary file: %w", err)
 	}
 	// O_EXCL: a file (or symbolic link) put there since is not written through.
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return fmt.Errorf("configset: save: %w", err)
+		return nil, fmt.Errorf("configset: save: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -89,23 +106,27 @@ func (st *Store) Save(path string) (err error) {
 		}
 	}()
 	if err := writeSet(f, set); err != nil {
-		return err
+		return nil, err
 	}
 	if err := f.Sync(); err != nil {
-		return err
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return err
+		return nil, err
 	}
 	d, err := os.Open(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer d.Close()
-	return d.Sync()
+	return fi, d.Sync()
 }
 
 // writeSet writes set in the file format.
@@ -148,12 +169,15 @@ func writeSet(w io.Writer, set *Set) error {
 	return err
 }
 
-// LoadFile replaces the current set with the one saved in path by Save, as Apply applies a
-// snapshot: the saved position must not be behind the current one, and a hostname whose
-// configuration this version cannot prepare (a file written by a newer edge) is left out, kept in
-// Set.Refused with those the saved set had left out, and named by a returned *RefusedError, the
-// set being loaded. Any other problem (a damaged file) leaves the current set as it is and is
-// returned. A missing file is not an error: the set stays as it is (empty, on a new Store).
+// LoadFile replaces the current set with the one saved in path by Save (and the changes a
+// StateFile appended to it), as Apply applies a snapshot then changes: the saved position must
+// not be behind the current one, and a hostname whose configuration this version cannot prepare
+// (a file written by a newer edge) is left out, kept in Set.Refused with those the saved set had
+// left out, and named by a returned *RefusedError, the set being loaded. Changes at the end of the
+// file that cannot be read (a crash while one was appended) are left out, the set being loaded as
+// it stood before them, and reported by a returned *TailError; when both happen, the error
+// returned joins the two. Any other problem (a damaged file) leaves the current set as it is and
+// is returned. A missing file is not an error: the set stays as it is (empty, on a new Store).
 func (st *Store) LoadFile(path string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -166,28 +190,91 @@ func (st *Store) LoadFile(path string) error {
 	// Each part is prepared as soon as it is read, so that its copies of shared lists are garbage
 	// at once (see Store.Prepare), on another goroutine while the next part is read.
 	prep := st.NewPartPreparer()
-	resp, err := readSet(bufio.NewReaderSize(f, 1<<20), func(part *configv1.WatchResponse) { prep.Add(part.GetUpserts()) })
+	r := &countReader{r: bufio.NewReaderSize(f, 1<<20)}
+	resp, err := readSet(r, func(part *configv1.WatchResponse) { prep.Add(part.GetUpserts()) })
 	prepared := prep.Wait()
 	if err != nil {
 		return fmt.Errorf("configset: load %s: %w", path, err)
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	before := st.cur.Load()
 	refused := resp.Removals
 	resp.Removals = nil
 	resp.ReplacesHistory = false // a file never moves the set back
+	var partly []RefusedHostname
 	if err := st.apply(resp, refused, prepared); err != nil {
-		var partly *RefusedError
-		if errors.As(err, &partly) {
-			return err
+		var e *RefusedError
+		if !errors.As(err, &e) {
+			return fmt.Errorf("configset: load %s: %w", path, err)
 		}
-		return fmt.Errorf("configset: load %s: %w", path, err)
+		partly = e.Refused
 	}
-	return nil
+	var tail *TailError
+	for n := 0; ; n++ {
+		at := r.n
+		change, err := readChange(r)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			tail = &TailError{Path: path, Offset: at, Changes: n, Position: st.cur.Load().Position(), Err: err}
+			break
+		}
+		if change.GetSnapshot() || change.GetMore() || change.GetReplacesHistory() {
+			st.cur.Store(before)
+			return fmt.Errorf("configset: load %s: the change at byte %d is not a change (snapshot %v, more %v, replaces_history %v)",
+				path, at, change.GetSnapshot(), change.GetMore(), change.GetReplacesHistory())
+		}
+		if err := st.apply(change, nil, nil); err != nil {
+			var e *RefusedError
+			if !errors.As(err, &e) {
+				st.cur.Store(before)
+				return fmt.Errorf("configset: load %s: the change at byte %d: %w", path, at, err)
+			}
+			partly = append(partly, e.Refused...)
+		}
+	}
+	var errs []error
+	if len(partly) > 0 {
+		errs = append(errs, &RefusedError{Position: st.cur.Load().Position(), Refused: partly})
+	}
+	if tail != nil {
+		errs = append(errs, tail)
+	}
+	return errors.Join(errs...)
 }
 
-// readSet reads a file written by writeSet, checks its trailer and joins its parts. each, when not
-// nil, is called with every part once it is read.
+// TailError is LoadFile's report of changes at the end of a file that it could not read: one cut
+// short, or whose checksum does not match, and everything after it. They were appended last (by
+// a StateFile), so this is where a crash interrupted an append, or where the file was damaged
+// since; the set is loaded as it stood before them, at Position, which the control plane then
+// brings up to date as it would an edge that had been stopped there.
+type TailError struct {
+	// Path is the file's.
+	Path string
+	// Offset is where the first change left out starts, in bytes from the file's start.
+	Offset int64
+	// Changes is how many changes before it were applied.
+	Changes int
+	// Position is the loaded set's.
+	Position uint64
+	// Err is what is wrong with the change at Offset.
+	Err error
+}
+
+// Error says where the changes left out start and at which position the set was loaded.
+func (e *TailError) Error() string {
+	return fmt.Sprintf("configset: load %s: the changes from byte %d on were left out (%v); loaded the set at position %d, after %d change(s)",
+		e.Path, e.Offset, e.Err, e.Position, e.Changes)
+}
+
+// Unwrap returns Err.
+func (e *TailError) Unwrap() error { return e.Err }
+
+// readSet reads a file written by writeSet, checks its trailer and joins its parts, leaving r
+// after the trailer (at the changes a StateFile appended, if any). each, when not nil, is called
+// with every part once it is read.
 func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1.WatchResponse, error) {
 	opts := protodelim.UnmarshalOptions{MaxSize: MaxPartBytes}
 	sr := &sumReader{r: r}
@@ -220,12 +307,12 @@ func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1
 	if len(parts) == 0 {
 		return nil, errors.New("the file is empty")
 	}
-	trailer := make([]byte, len(trailerMagic)+4+1) // one byte more, to see that the file ends
+	trailer := make([]byte, len(trailerMagic)+4)
 	switch n, err := io.ReadFull(r, trailer); {
 	case n == 0 && errors.Is(err, io.EOF):
 		// No trailer: written before there was one.
-	case n == len(trailer)-1 && string(trailer[:len(trailerMagic)]) == trailerMagic:
-		if want := binary.BigEndian.Uint32(trailer[len(trailerMagic):n]); want != sr.crc {
+	case n == len(trailer) && string(trailer[:len(trailerMagic)]) == trailerMagic:
+		if want := binary.BigEndian.Uint32(trailer[len(trailerMagic):]); want != sr.crc {
 			return nil, fmt.Errorf("the file is damaged: its checksum is %08x, its content's %08x", want, sr.crc)
 		}
 	case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF):
@@ -238,6 +325,64 @@ func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1
 		return nil, err
 	}
 	return resp, nil
+}
+
+// appendChange appends to b a change in the file format: framed, then its trailer.
+func appendChange(b []byte, change *configv1.WatchResponse) ([]byte, error) {
+	start := len(b)
+	b = protowire.AppendVarint(b, uint64(proto.Size(change)))
+	b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, change)
+	if err != nil {
+		return nil, err
+	}
+	sum := crc32.Checksum(b[start:], castagnoli)
+	return binary.BigEndian.AppendUint32(append(b, trailerMagic...), sum), nil
+}
+
+// readChange reads one change appended after a file's set, and checks its trailer. It returns
+// io.EOF at the end of the file (before any byte of a change).
+func readChange(r protodelim.Reader) (*configv1.WatchResponse, error) {
+	sr := &sumReader{r: r}
+	change := &configv1.WatchResponse{}
+	if err := (protodelim.UnmarshalOptions{MaxSize: MaxPartBytes}).UnmarshalFrom(sr, change); err != nil {
+		if err == io.EOF {
+			return nil, io.EOF
+		}
+		return nil, fmt.Errorf("the change does not read: %w", err)
+	}
+	trailer := make([]byte, len(trailerMagic)+4)
+	if _, err := io.ReadFull(r, trailer); err != nil {
+		return nil, fmt.Errorf("the change's trailer does not read: %w", err)
+	}
+	if string(trailer[:len(trailerMagic)]) != trailerMagic {
+		return nil, errors.New("the change is not followed by its trailer")
+	}
+	if want := binary.BigEndian.Uint32(trailer[len(trailerMagic):]); want != sr.crc {
+		return nil, fmt.Errorf("the change is damaged: its checksum is %08x, its content's %08x", want, sr.crc)
+	}
+	return change, nil
+}
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	r protodelim.Reader
+	n int64
+}
+
+// Read implements io.Reader.
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ReadByte implements io.ByteReader.
+func (c *countReader) ReadByte() (byte, error) {
+	b, err := c.r.ReadByte()
+	if err == nil {
+		c.n++
+	}
+	return b, err
 }
 
 // sumReader computes the CRC-32C of what is read through it.

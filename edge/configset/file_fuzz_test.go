@@ -15,7 +15,8 @@ import (
 // FuzzLoadFile: LoadFile of arbitrary bytes does not panic, and a file it loads is one that Save
 // writes back in a form that loads to the same set (position, history token, the hostnames'
 // configurations, the refused hostnames) and saves to the same bytes again. A loaded file that
-// carries the checksum trailer is refused once any one of its bytes is changed.
+// carries the checksum trailer, once any one of its bytes is changed, is refused, or loads only
+// what comes before the change it damaged (a TailError at or before the byte).
 func FuzzLoadFile(f *testing.F) {
 	st := NewStore()
 	if err := st.Apply(&configv1.WatchResponse{Position: 7, Snapshot: true, HistoryToken: []byte("tok"),
@@ -37,8 +38,24 @@ func FuzzLoadFile(f *testing.F) {
 	}
 	f.Add(refused.Bytes(), uint16(9), byte(4))
 	f.Add([]byte{}, uint16(0), byte(0))
+	// A file with changes appended, as a StateFile writes it.
+	withChanges := bytes.Clone(good.Bytes())
+	for _, c := range []*configv1.WatchResponse{
+		{Position: 8, HistoryToken: []byte("tok8"), Upserts: []*configv1.HostnameConfig{cfg(f, "c.example.com", 8)}},
+		{Position: 9, Removals: []string{"a.example.com"}},
+	} {
+		var err error
+		if withChanges, err = appendChange(withChanges, c); err != nil {
+			f.Fatal(err)
+		}
+	}
+	f.Add(withChanges, uint16(0), byte(0))
+	f.Add(withChanges, uint16(good.Len()+20), byte(2))
+	f.Add(withChanges[:len(withChanges)-3], uint16(0), byte(0))
 	dir := f.TempDir()
-	load := func(data []byte) (*Store, error) {
+	// load loads data; a file loaded in part (hostnames refused, a tail left out) is loaded, and
+	// the TailError returned.
+	load := func(data []byte) (*Store, *TailError, error) {
 		p := filepath.Join(dir, "in")
 		if err := os.WriteFile(p, data, 0o600); err != nil {
 			f.Fatal(err)
@@ -46,10 +63,11 @@ func FuzzLoadFile(f *testing.F) {
 		st := NewStore()
 		err := st.LoadFile(p)
 		var partly *RefusedError
-		if errors.As(err, &partly) {
+		var tail *TailError
+		if errors.As(err, &tail) || errors.As(err, &partly) {
 			err = nil
 		}
-		return st, err
+		return st, tail, err
 	}
 	save := func(st *Store) []byte {
 		var b bytes.Buffer
@@ -59,7 +77,7 @@ func FuzzLoadFile(f *testing.F) {
 		return b.Bytes()
 	}
 	f.Fuzz(func(t *testing.T, data []byte, at uint16, xor byte) {
-		st, err := load(data)
+		st, _, err := load(data)
 		if err != nil {
 			if st.Load().Complete() || st.Load().Len() != 0 {
 				t.Fatalf("a refused file (%v) changed the set", err)
@@ -70,9 +88,9 @@ func FuzzLoadFile(f *testing.F) {
 			t.Fatal("a loaded set is not complete")
 		}
 		saved := save(st)
-		again, err := load(saved)
-		if err != nil {
-			t.Fatalf("the file saved from a loaded one does not load: %v", err)
+		again, tail, err := load(saved)
+		if err != nil || tail != nil {
+			t.Fatalf("the file saved from a loaded one does not load whole: %v, %v", err, tail)
 		}
 		a, b := st.Load(), again.Load()
 		if a.Position() != b.Position() || !bytes.Equal(a.HistoryToken(), b.HistoryToken()) || a.Len() != b.Len() {
@@ -97,9 +115,10 @@ func FuzzLoadFile(f *testing.F) {
 			return
 		}
 		damaged := bytes.Clone(data)
-		damaged[int(at)%len(damaged)] ^= xor
-		if _, err := load(damaged); err == nil {
-			t.Fatalf("byte %d changed (^%#x), the file still loads", int(at)%len(damaged), xor)
+		i := int(at) % len(damaged)
+		damaged[i] ^= xor
+		if _, tail, err := load(damaged); err == nil && (tail == nil || tail.Offset > int64(i)) {
+			t.Fatalf("byte %d changed (^%#x), the file still loads (left out: %v)", i, xor, tail)
 		}
 	})
 }

@@ -2,6 +2,7 @@ package configset
 
 import (
 	"hash/maphash"
+	"maps"
 	"math/bits"
 	"slices"
 
@@ -232,4 +233,72 @@ func (t *txn) remove(n *node, shift uint, hash uint64, name string) (*node, bool
 		return nil, true
 	}
 	return n, true
+}
+
+// diff calls changed for every entry of trie b that trie a lacks or holds as another entry (a
+// different *decision.Hostname), and gone for every name of a that b lacks, until one of them
+// returns false; it reports whether it went to the end. Both tries must hash names with the same
+// seed (those of one Store do). Parts that the two tries share (the same node) are skipped, so
+// the cost is that of the parts that differ: for b made from a by Applys of k changes in all,
+// O(k log32 n), not O(n).
+func diff(a, b *node, shift uint, changed func(*decision.Hostname) bool, gone func(string) bool) bool {
+	if a == b {
+		return true
+	}
+	if a == nil || b == nil || a.coll || b.coll {
+		return diffEntries(slot{sub: a}, slot{sub: b}, changed, gone)
+	}
+	for both := a.bitmap | b.bitmap; both != 0; both &= both - 1 {
+		i := uint32(bits.TrailingZeros32(both))
+		var sa, sb slot
+		if pos, ok := a.position(i); ok {
+			sa = a.slots[pos]
+		}
+		if pos, ok := b.position(i); ok {
+			sb = b.slots[pos]
+		}
+		var ok bool
+		switch {
+		case sa.sub != nil && sb.sub != nil:
+			ok = diff(sa.sub, sb.sub, shift+levelBits, changed, gone)
+		case sa.sub == nil && sb.sub == nil && sa.h == sb.h:
+			ok = true // the same entry (or none on either side: not reached)
+		default:
+			// An entry on one side or both, a subtree or nothing on the other: few entries
+			// differ here, or the subtree's entries are changes.
+			ok = diffEntries(sa, sb, changed, gone)
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// diffEntries is diff for the entries of two slots (a zero slot has none), compared by name.
+func diffEntries(a, b slot, changed func(*decision.Hostname) bool, gone func(string) bool) bool {
+	before := map[string]*decision.Hostname{}
+	each := func(s slot, f func(string, *decision.Hostname) bool) bool {
+		if s.sub != nil {
+			return walk(s.sub, f)
+		}
+		if s.h != nil {
+			return f(s.h.Name(), s.h)
+		}
+		return true
+	}
+	each(a, func(name string, h *decision.Hostname) bool { before[name] = h; return true })
+	if !each(b, func(name string, h *decision.Hostname) bool {
+		old, had := before[name]
+		delete(before, name)
+		return (had && old == h) || changed(h)
+	}) {
+		return false
+	}
+	for _, name := range slices.Sorted(maps.Keys(before)) {
+		if !gone(name) {
+			return false
+		}
+	}
+	return true
 }

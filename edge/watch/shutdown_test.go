@@ -1,7 +1,9 @@
 package watch
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -59,5 +61,74 @@ func TestShutdownSavesTheLastAppliedResponse(t *testing.T) {
 	}
 	if pos := saved.Load().Position(); pos != 2 {
 		t.Errorf("the saved configuration is at position %d, the store at 2: the last applied response was not saved", pos)
+	}
+}
+
+// TestSavesAppendChanges: after the first save, a change to one hostname appends to the file
+// instead of writing the whole configuration again, so the file keeps its first bytes; a restart
+// at any moment (the file read while Run goes on) loads the last change saved; and the save as
+// Run returns writes the whole set, as Store.Save does.
+func TestSavesAppendChanges(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	var hosts []*configv1.HostnameConfig
+	for i := range 300 {
+		hosts = append(hosts, hostCfg(fmt.Sprintf("h%d.example.com", i), 1, ca, "http://127.0.0.1:1"))
+	}
+	const last = 21
+	next := make(chan struct{})
+	_, addr := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 1, Snapshot: true, Upserts: hosts})
+		s.recv()
+		for pos := uint64(2); pos <= last; pos++ {
+			<-next
+			s.send(&configv1.WatchResponse{Position: pos, Upserts: []*configv1.HostnameConfig{hostCfg(fmt.Sprintf("h%d.example.com", pos), pos, ca, "http://127.0.0.1:2")}})
+			s.recv()
+		}
+		<-s.stream.Context().Done()
+		return nil
+	})
+	store := configset.NewStore()
+	state := filepath.Join(t.TempDir(), "edge-config.bin")
+	stop := runWatch(t, dial(t, addr), store, Options{StatePath: state, Logger: quietLogger(t)})
+	savedAt := func(pos uint64) func() bool {
+		return func() bool {
+			saved := configset.NewStore()
+			return saved.LoadFile(state) == nil && saved.Load().Position() == pos
+		}
+	}
+	waitFor(t, "the snapshot saved", savedAt(1))
+	first, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pos := uint64(2); pos <= last; pos++ {
+		next <- struct{}{}
+		waitFor(t, fmt.Sprintf("change %d saved", pos), savedAt(pos))
+	}
+	now, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(now, first) || len(now) == len(first) {
+		t.Fatalf("the file (%d bytes) does not start with the whole set first saved (%d bytes): the changes were not appended", len(now), len(first))
+	}
+	if grew := len(now) - len(first); grew > (last-1)*1024 {
+		t.Fatalf("%d changes of one hostname grew the file by %d bytes", last-1, grew)
+	}
+	restarted := configset.NewStore()
+	if err := restarted.LoadFile(state); err != nil {
+		t.Fatal(err)
+	}
+	if h, ok := restarted.Load().Lookup("h21.example.com"); !ok || h.Config.GetOriginUrl() != "http://127.0.0.1:2" || restarted.Load().Len() != 300 {
+		t.Fatalf("the file loads to %d hostnames, h21: %v", restarted.Load().Len(), ok)
+	}
+	stop()
+	whole := filepath.Join(t.TempDir(), "whole")
+	if err := store.Save(whole); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(whole)
+	if got, _ := os.ReadFile(state); !bytes.Equal(got, want) {
+		t.Fatalf("after Run returned, the file (%d bytes) is not the whole set (%d bytes)", len(got), len(want))
 	}
 }

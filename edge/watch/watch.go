@@ -21,10 +21,12 @@
 // hello (want_snapshot), so that an edge upgraded to a version that can prepare them gets them
 // again rather than only the changes after its position.
 //
-// Saving runs on its own goroutine and coalesces: while one Save is in progress, further applied
-// responses only mark the set dirty, and the next Save writes the then current set. A large
-// configuration followed by a burst of changes is thus written a few times, not once per change;
-// the file is never more than one Save behind. Run saves once more before it returns. A failed or
+// Saving runs on its own goroutine and coalesces: while one save is in progress, further applied
+// responses only mark the set dirty, and the next save writes the then current set; the file is
+// never more than one save behind. A save appends to the file what changed since the last one
+// (configset.StateFile), so that a change to one hostname of a million writes a few hundred
+// bytes, not the whole configuration; the whole set is written again when the changes appended
+// reach half its size. Run saves once more before it returns, writing the whole set. A failed or
 // ended stream is reopened after a jittered exponential back-off (Options.Backoff), reset by every
 // applied response. While disconnected, the store keeps serving the last configuration it applied.
 // With Options.Alternates, each reconnection goes to the next ConfigService in turn (failover
@@ -46,7 +48,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -203,34 +204,48 @@ type watcher struct {
 // is the set the file holds (the one loaded from it, or none), taken before the first session
 // starts: taken here, it could be a set a session applied (and signalled) before this goroutine
 // ran, which would then never be saved until the next one.
+//
+// It saves through a configset.StateFile: the first save writes the whole set, and later ones
+// append what changed, so that a change to one hostname of many writes little. The last save
+// writes the whole set (Compact), so that the file an edge leaves when it stops is one that
+// versions before changes were appended read too.
 func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	if testHookSaverStart != nil {
 		testHookSaverStart()
 	}
+	file := w.store.StateFile(w.opts.StatePath)
 	// Sets are compared, not positions: a snapshot at the position the edge holds may bring
 	// hostnames it had left out (want_snapshot).
-	save := func() {
+	wrote := false // file has written: its changes may need compacting at the end
+	save := func(last bool) {
 		set := w.store.Load()
-		if set == saved || !set.Complete() {
+		if !set.Complete() || (set == saved && (!last || !wrote)) {
 			return
 		}
 		start := time.Now()
-		if err := w.store.Save(w.opts.StatePath); err != nil {
+		var appended bool
+		var err error
+		if last {
+			err = file.Compact()
+		} else {
+			appended, err = file.Save()
+		}
+		if err != nil {
 			w.log.Error("could not save the configuration; a restart without the control plane would serve an older one",
 				"path", w.opts.StatePath, "position", set.Position(), "error", err)
 			return
 		}
-		saved = set // Save may have written a newer one; saving that again is harmless
-		w.log.Debug("configuration saved", "path", w.opts.StatePath, "position", set.Position(), "took", time.Since(start))
+		saved, wrote = set, true // Save may have written a newer one; saving that again is harmless
+		w.log.Debug("configuration saved", "path", w.opts.StatePath, "position", set.Position(), "appended", appended, "took", time.Since(start))
 	}
 	for {
 		select {
 		case <-stop:
-			save()
+			save(true)
 			return
 		case <-w.dirty:
-			save()
+			save(false)
 		}
 	}
 }
@@ -244,15 +259,7 @@ func (w *watcher) loadState() {
 		return
 	}
 	if !w.store.Load().Complete() {
-		var refused *configset.RefusedError
-		switch err := w.store.LoadFile(w.opts.StatePath); {
-		case errors.As(err, &refused):
-			w.log.Warn("the saved configuration leaves out hostnames this version cannot prepare; they are refused until the control plane sends them again",
-				"path", w.opts.StatePath, "refused", len(w.store.Load().Refused()), "error", err)
-		case err != nil && !errors.Is(err, fs.ErrNotExist):
-			w.log.Error("the saved configuration cannot be used; starting without it", "path", w.opts.StatePath, "error", err)
-			return
-		}
+		LoadState(w.log, w.store, w.opts.StatePath)
 	}
 	if !w.store.Load().Complete() {
 		w.log.Info("no saved configuration", "path", w.opts.StatePath)
@@ -263,6 +270,30 @@ func (w *watcher) loadState() {
 	}
 	w.log.Info("serving the saved configuration until the control plane answers",
 		"path", w.opts.StatePath, "position", w.store.Load().Position())
+}
+
+// LoadState loads the configuration saved at path (by Run, through a configset.StateFile) into
+// store with configset.Store.LoadFile, and logs what it could not load: hostnames this version
+// cannot prepare (refused until the control plane sends them again), changes at the file's end
+// that a crash cut short (left out: the control plane sends them again, the set's position being
+// before them), or a file that cannot be used at all, which leaves the store as it was, so that
+// the edge fails closed (every hostname unknown) until the control plane answers, rather than
+// not start. A missing file is not logged.
+func LoadState(log *slog.Logger, store *configset.Store, path string) {
+	err := store.LoadFile(path)
+	var refused *configset.RefusedError
+	var tail *configset.TailError
+	if errors.As(err, &tail) {
+		log.Warn("the saved configuration ends with changes that cannot be read (a crash while saving?); it is used as it stood before them",
+			"path", path, "position", tail.Position, "error", tail)
+	}
+	if errors.As(err, &refused) {
+		log.Warn("the saved configuration leaves out hostnames this version cannot prepare; they are refused until the control plane sends them again",
+			"path", path, "refused", len(store.Load().Refused()), "error", refused)
+	}
+	if err != nil && tail == nil && refused == nil {
+		log.Error("the saved configuration cannot be used; starting without it", "path", path, "error", err)
+	}
 }
 
 // delay returns the jittered back-off before reconnection attempt n (0-based).

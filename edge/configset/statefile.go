@@ -1,0 +1,168 @@
+package configset
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/edge/decision"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// minAppendBytes is how many bytes of changes a StateFile appends, at least, before it writes
+// the whole set again (see StateFile); tests lower it.
+var minAppendBytes int64 = 1 << 20
+
+// StateFile keeps the file at one path holding its Store's current set, for LoadFile, as Save
+// does, at the cost of what changed rather than of the whole set. Its first Save writes the whole
+// set (Store.Save). Each later Save appends the change from the set the file holds to the current
+// one (the hostnames upserted and removed, and the new position and history token; see the file
+// format, above Save), and syncs the file, so that a change to one hostname of a million writes a
+// few hundred bytes, not the whole configuration. It writes the whole set again instead:
+//
+//   - when the changes appended would pass half the size of the whole set's part of the file, or
+//     1 MiB if that is more: what is appended is then at most about half the file, and
+//     rewriting costs at most about twice what the changes do, so that a file kept current
+//     through many changes neither grows without bound nor takes LoadFile much longer to read
+//     than the set alone;
+//   - when the change cannot be told as one (the set's position went back, for a history that
+//     replaced the one the file holds, or its refused hostnames changed, since a change carries
+//     no refusals);
+//   - when the file is not the one it last wrote (replaced, or of another size), or the append
+//     fails; an append that fails half way leaves a tail that LoadFile leaves out (TailError),
+//     and the whole set written next replaces the file.
+//
+// A StateFile is used by one goroutine at a time, and no other writer (another StateFile or
+// Store.Save) writes its path meanwhile.
+type StateFile struct {
+	st   *Store
+	path string
+	// saved is the set the file holds, as this StateFile wrote it; nil until its first Save.
+	saved *Set
+	// file is the file as this StateFile last wrote it, size its size then, and base the size of
+	// the whole set's part (the changes appended since are size - base bytes).
+	file       os.FileInfo
+	size, base int64
+}
+
+// StateFile returns a StateFile keeping path current with st's set.
+func (st *Store) StateFile(path string) *StateFile {
+	return &StateFile{st: st, path: path}
+}
+
+// Path returns the file's path.
+func (f *StateFile) Path() string { return f.path }
+
+// Save brings the file up to the store's current set: nothing when the file holds it already,
+// else the change since the set the file holds, appended, or the whole set, written (see
+// StateFile). It reports whether it appended. A Save that fails leaves the file holding the set
+// it held before or, after an append that failed half way, that set followed by a tail LoadFile
+// leaves out; the next Save writes the whole set.
+func (f *StateFile) Save() (appended bool, err error) {
+	set := f.st.Load()
+	if !set.Complete() {
+		return false, errors.New("configset: nothing to save: no snapshot was applied yet")
+	}
+	if set == f.saved {
+		return false, nil
+	}
+	if f.saved != nil && set.position >= f.saved.position && slices.Equal(set.refused, f.saved.refused) {
+		budget := max(f.base/2, minAppendBytes) - (f.size - f.base)
+		if rec, ok := changeRecord(f.saved, set, budget); ok {
+			if err := f.append(rec); err == nil {
+				f.saved = set
+				return true, nil
+			}
+			// The whole set, written below, replaces the file whatever the append left.
+		}
+	}
+	return false, f.saveWhole(set)
+}
+
+// Compact writes the whole set unless the file holds it already with no change appended, so
+// that the file is one an edge of a version before changes were appended can read (Run of
+// edge/watch does so as it returns).
+func (f *StateFile) Compact() error {
+	set := f.st.Load()
+	if set == f.saved && f.size == f.base {
+		return nil
+	}
+	if !set.Complete() {
+		return errors.New("configset: nothing to save: no snapshot was applied yet")
+	}
+	return f.saveWhole(set)
+}
+
+// saveWhole writes the whole set.
+func (f *StateFile) saveWhole(set *Set) error {
+	f.saved = nil
+	fi, err := saveSet(f.path, set)
+	if err != nil {
+		return err
+	}
+	f.saved, f.file, f.size, f.base = set, fi, fi.Size(), fi.Size()
+	return nil
+}
+
+// append appends rec, the change from f.saved, to the file, and syncs it. It refuses a file that
+// is not the one f last wrote, as it left it.
+func (f *StateFile) append(rec []byte) (err error) {
+	file, err := os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("configset: append to %s: %w", f.path, err)
+	}
+	defer func() {
+		if cerr := file.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("configset: append to %s: %w", f.path, cerr)
+		}
+	}()
+	fi, err := file.Stat()
+	switch {
+	case err != nil:
+		return fmt.Errorf("configset: append to %s: %w", f.path, err)
+	case !os.SameFile(fi, f.file) || fi.Size() != f.size:
+		return fmt.Errorf("configset: append to %s: the file is not the one last written (%d bytes, %d written)", f.path, fi.Size(), f.size)
+	}
+	if _, err := file.Write(rec); err != nil {
+		return fmt.Errorf("configset: append to %s: %w", f.path, err)
+	}
+	if err := file.Sync(); err != nil {
+		return fmt.Errorf("configset: append to %s: %w", f.path, err)
+	}
+	f.size += int64(len(rec))
+	return nil
+}
+
+// changeRecord returns the change from set old to set cur (of one Store) in the file format, and
+// true, unless it is longer than budget bytes.
+func changeRecord(old, cur *Set, budget int64) ([]byte, bool) {
+	if budget <= 0 {
+		return nil, false
+	}
+	change := &configv1.WatchResponse{Position: cur.position, HistoryToken: cur.historyToken}
+	size := int64(0)
+	if !diff(old.root, cur.root, 0, func(h *decision.Hostname) bool {
+		change.Upserts = append(change.Upserts, h.Config)
+		size += int64(proto.Size(h.Config))
+		return size <= budget
+	}, func(name string) bool {
+		change.Removals = append(change.Removals, name)
+		size += int64(len(name))
+		return size <= budget
+	}) {
+		return nil, false
+	}
+	// The order of the tries' hashes is the Store's seed's: sorted, the file is the same for
+	// the same change.
+	slices.SortFunc(change.Upserts, func(a, b *configv1.HostnameConfig) int { return strings.Compare(a.GetHostname(), b.GetHostname()) })
+	slices.Sort(change.Removals)
+	rec, err := appendChange(nil, change)
+	if err != nil || int64(len(rec)) > budget {
+		return nil, false
+	}
+	return rec, true
+}

@@ -1,0 +1,658 @@
+package configset
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"guestlist.dev/edge/decision"
+	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
+)
+
+// sameSet fails the test unless b is the set a: the same position, history token, hostnames
+// with equal configurations, and refused hostnames.
+func sameSet(t *testing.T, a, b *Set) {
+	t.Helper()
+	if a.Position() != b.Position() || !bytes.Equal(a.HistoryToken(), b.HistoryToken()) || a.Len() != b.Len() || a.Complete() != b.Complete() {
+		t.Fatalf("position %d/%d, token %q/%q, %d/%d hostnames, complete %v/%v",
+			a.Position(), b.Position(), a.HistoryToken(), b.HistoryToken(), a.Len(), b.Len(), a.Complete(), b.Complete())
+	}
+	for name, h := range a.All() {
+		h2, ok := b.Lookup(name)
+		if !ok || !proto.Equal(h.Config, h2.Config) {
+			t.Fatalf("%s differs", name)
+		}
+	}
+	if !slices.Equal(a.Refused(), b.Refused()) {
+		t.Fatalf("refused %q, then %q", a.Refused(), b.Refused())
+	}
+}
+
+// loaded returns a new store with path loaded, and the TailError LoadFile reported, if any; any
+// other error but refused hostnames fails the test.
+func loaded(t *testing.T, path string) (*Store, *TailError) {
+	t.Helper()
+	st := NewStore()
+	err := st.LoadFile(path)
+	var tail *TailError
+	errors.As(err, &tail)
+	var refused *RefusedError
+	errors.As(err, &refused)
+	if err != nil && tail == nil && refused == nil {
+		t.Fatalf("LoadFile: %v", err)
+	}
+	return st, tail
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// tokened returns resp with a history token naming its position.
+func tokened(resp *configv1.WatchResponse) *configv1.WatchResponse {
+	resp.HistoryToken = fmt.Appendf(nil, "token of %d", resp.Position)
+	return resp
+}
+
+func TestStateFileAppendsChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "edge-config.binpb")
+	st := NewStore()
+	f := st.StateFile(path)
+	if _, err := f.Save(); err == nil {
+		t.Fatal("Save of an incomplete set succeeded")
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("a failed Save wrote the file")
+	}
+	var ups []*configv1.HostnameConfig
+	for i := range 500 {
+		ups = append(ups, cfg(t, fmt.Sprintf("h%03d.example.com", i), 10))
+	}
+	if err := st.Apply(tokened(snapshot(10, ups...))); err != nil {
+		t.Fatal(err)
+	}
+	if appended, err := f.Save(); err != nil || appended {
+		t.Fatalf("first Save: appended %v, %v; want the whole set written", appended, err)
+	}
+	whole := fileSize(t, path)
+	if appended, err := f.Save(); err != nil || appended || fileSize(t, path) != whole {
+		t.Fatalf("Save of the set the file holds: appended %v, %v, %d bytes (%d before)", appended, err, fileSize(t, path), whole)
+	}
+	changes := []*configv1.WatchResponse{
+		delta(11, nil, cfg(t, "h001.example.com", 11)),                             // one changed
+		delta(12, []string{"h002.example.com"}, cfg(t, "new.example.com", 12)),     // one gone, one new
+		delta(13, []string{"h003.example.com", "h004.example.com", "absent.test"}), // removals only
+		delta(14, nil), // the position moves on, nothing else
+		delta(15, nil, cfg(t, "h002.example.com", 15), cfg(t, "h001.example.com", 15)),
+	}
+	for _, c := range changes {
+		before := fileSize(t, path)
+		if err := st.Apply(tokened(c)); err != nil {
+			t.Fatal(err)
+		}
+		appended, err := f.Save()
+		if err != nil || !appended {
+			t.Fatalf("position %d: appended %v, %v", c.Position, appended, err)
+		}
+		grew := fileSize(t, path) - before
+		if grew <= 0 || grew > int64(len(c.Upserts)+1)*1024 {
+			t.Fatalf("position %d: the file grew by %d bytes for %d upserts (the whole set is %d)", c.Position, grew, len(c.Upserts), whole)
+		}
+		got, tail := loaded(t, path)
+		if tail != nil {
+			t.Fatal(tail)
+		}
+		sameSet(t, st.Load(), got.Load())
+	}
+	// Compact writes the file Save writes, and then appends again.
+	if err := f.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "saved")
+	if err := st.Save(other); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(path)
+	b, _ := os.ReadFile(other)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("after Compact the file (%d bytes) is not what Save writes (%d bytes)", len(a), len(b))
+	}
+	if err := f.Compact(); err != nil || fileSize(t, path) != int64(len(a)) {
+		t.Fatal("a second Compact changed the file", err)
+	}
+	if err := st.Apply(delta(16, nil, cfg(t, "h100.example.com", 16))); err != nil {
+		t.Fatal(err)
+	}
+	if appended, err := f.Save(); err != nil || !appended {
+		t.Fatalf("Save after Compact: appended %v, %v", appended, err)
+	}
+	got, _ := loaded(t, path)
+	sameSet(t, st.Load(), got.Load())
+}
+
+// TestStateFileWritesWholeSet: the cases where Save writes the whole set instead of appending,
+// each checked by loading the file.
+func TestStateFileWritesWholeSet(t *testing.T) {
+	setup := func(t *testing.T) (*Store, *StateFile, string) {
+		path := filepath.Join(t.TempDir(), "c")
+		st := NewStore()
+		if err := st.Apply(snapshot(10, cfg(t, "a.example.com", 10), cfg(t, "b.example.com", 10))); err != nil {
+			t.Fatal(err)
+		}
+		f := st.StateFile(path)
+		if _, err := f.Save(); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Apply(delta(11, nil, cfg(t, "c.example.com", 11))); err != nil {
+			t.Fatal(err)
+		}
+		if appended, err := f.Save(); err != nil || !appended {
+			t.Fatalf("appended %v, %v", appended, err)
+		}
+		return st, f, path
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, st *Store, path string)
+	}{
+		{"refused hostname", func(t *testing.T, st *Store, _ string) {
+			if err := st.Apply(delta(12, nil, unpreparable(t, "d.example.com", 12))); err == nil {
+				t.Fatal("not refused")
+			}
+		}},
+		{"refused hostname upserted again", func(t *testing.T, st *Store, path string) {
+			_ = st.Apply(delta(12, nil, unpreparable(t, "d.example.com", 12)))
+			f := st.StateFile(path)
+			if _, err := f.Save(); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Apply(delta(13, nil, cfg(t, "d.example.com", 13))); err != nil {
+				t.Fatal(err)
+			}
+			if appended, err := f.Save(); err != nil || appended {
+				t.Fatalf("refused list emptied: appended %v, %v", appended, err)
+			}
+			if err := st.Apply(delta(14, nil, cfg(t, "e.example.com", 14))); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"history replaced", func(t *testing.T, st *Store, _ string) {
+			r := snapshot(5, cfg(t, "x.example.com", 5))
+			r.ReplacesHistory = true
+			if err := st.Apply(r); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"snapshot", func(t *testing.T, st *Store, _ string) {
+			var ups []*configv1.HostnameConfig
+			for i := range 3000 {
+				ups = append(ups, cfg(t, fmt.Sprintf("s%d.example.com", i), 12))
+			}
+			if err := st.Apply(snapshot(12, ups...)); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"file replaced", func(t *testing.T, st *Store, path string) {
+			other := path + ".other" // the same bytes, another file
+			b, _ := os.ReadFile(path)
+			if err := os.WriteFile(other, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(other, path); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Apply(delta(12, nil, cfg(t, "d.example.com", 12))); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"file grown by another writer", func(t *testing.T, st *Store, path string) {
+			fh, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fh.Write([]byte("planted"))
+			fh.Close()
+			if err := st.Apply(delta(12, nil, cfg(t, "d.example.com", 12))); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"file removed", func(t *testing.T, st *Store, path string) {
+			os.Remove(path)
+			if err := st.Apply(delta(12, nil, cfg(t, "d.example.com", 12))); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run("ok/"+tc.name, func(t *testing.T) {
+			st, f, path := setup(t)
+			tc.change(t, st, path)
+			if appended, err := f.Save(); err != nil || appended {
+				t.Fatalf("appended %v, %v; want the whole set written", appended, err)
+			}
+			got, tail := loaded(t, path)
+			if tail != nil {
+				t.Fatal(tail)
+			}
+			sameSet(t, st.Load(), got.Load())
+			// The file holds the whole set and nothing after it: what Save writes.
+			other := path + ".saved"
+			if err := st.Save(other); err != nil {
+				t.Fatal(err)
+			}
+			a, _ := os.ReadFile(path)
+			b, _ := os.ReadFile(other)
+			if !bytes.Equal(a, b) {
+				t.Fatal("the file is not what Save writes")
+			}
+		})
+	}
+}
+
+// TestStateFileBound: changes are appended until they would pass half the whole set's size (or
+// the floor), then the whole set is written; the file never holds more changes than that.
+func TestStateFileBound(t *testing.T) {
+	defer func(old int64) { minAppendBytes = old }(minAppendBytes)
+	minAppendBytes = 4 << 10
+	path := filepath.Join(t.TempDir(), "c")
+	st := NewStore()
+	var ups []*configv1.HostnameConfig
+	for i := range 100 {
+		ups = append(ups, cfg(t, fmt.Sprintf("h%03d.example.com", i), 1))
+	}
+	if err := st.Apply(snapshot(1, ups...)); err != nil {
+		t.Fatal(err)
+	}
+	f := st.StateFile(path)
+	if _, err := f.Save(); err != nil {
+		t.Fatal(err)
+	}
+	whole := fileSize(t, path)
+	if whole/2 <= minAppendBytes {
+		t.Fatalf("the whole set is %d bytes; the test wants it above twice the floor", whole)
+	}
+	wholes := 0
+	for pos := uint64(2); pos < 400; pos++ {
+		if err := st.Apply(delta(pos, nil, cfg(t, fmt.Sprintf("h%03d.example.com", pos%100), pos))); err != nil {
+			t.Fatal(err)
+		}
+		appended, err := f.Save()
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := fileSize(t, path)
+		if !appended {
+			wholes++
+			other := path + ".saved"
+			if err := st.Save(other); err != nil {
+				t.Fatal(err)
+			}
+			if want := fileSize(t, other); size != want {
+				t.Fatalf("position %d: the whole set written is %d bytes, want %d", pos, size, want)
+			}
+			whole = size
+		}
+		if size > whole+whole/2 {
+			t.Fatalf("position %d: the file is %d bytes, more than the whole set (%d) and half of it", pos, size, whole)
+		}
+	}
+	if wholes < 2 {
+		t.Fatalf("the whole set was written %d times in 398 changes of about 1/%d of it each", wholes, 100)
+	}
+	got, _ := loaded(t, path)
+	sameSet(t, st.Load(), got.Load())
+}
+
+// TestStateFileTornTail: a crash during an append leaves the file cut anywhere in the change
+// being appended, and damage may change any of its bytes: LoadFile then loads the set as it was
+// before that change and reports a TailError; damage in an earlier change leaves out the changes
+// from there on. The next Save writes the whole set.
+func TestStateFileTornTail(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c")
+	st := NewStore()
+	if err := st.Apply(tokened(snapshot(10, cfg(t, "a.example.com", 10), cfg(t, "b.example.com", 10)))); err != nil {
+		t.Fatal(err)
+	}
+	f := st.StateFile(path)
+	if _, err := f.Save(); err != nil {
+		t.Fatal(err)
+	}
+	sets := []*Set{st.Load()}
+	offsets := []int64{fileSize(t, path)} // where each change starts, then the end
+	for i, c := range []*configv1.WatchResponse{
+		delta(11, nil, cfg(t, "c.example.com", 11)),
+		delta(12, []string{"a.example.com"}),
+		delta(13, nil, cfg(t, "b.example.com", 13)),
+	} {
+		if err := st.Apply(tokened(c)); err != nil {
+			t.Fatal(err)
+		}
+		if appended, err := f.Save(); err != nil || !appended {
+			t.Fatalf("change %d: appended %v, %v", i, appended, err)
+		}
+		sets = append(sets, st.Load())
+		offsets = append(offsets, fileSize(t, path))
+	}
+	full, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// expect loads data, and checks it loads the set as it was after the first changes; with
+	// resave, it also checks that a StateFile of the loaded store replaces the damaged file.
+	expect := func(t *testing.T, data []byte, changes int, resave bool) {
+		t.Helper()
+		p := filepath.Join(dir, "damaged")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, tail := loaded(t, p)
+		if tail == nil || tail.Changes != changes || tail.Offset != offsets[changes] || tail.Position != sets[changes].Position() {
+			t.Fatalf("TailError %+v, want one after %d changes, at byte %d, position %d", tail, changes, offsets[changes], sets[changes].Position())
+		}
+		sameSet(t, sets[changes], got.Load())
+		if !resave {
+			return
+		}
+		// A StateFile of the loaded store writes the whole set first, which loads whole.
+		if err := got.Apply(delta(20, nil, cfg(t, "z.example.com", 20))); err != nil {
+			t.Fatal(err)
+		}
+		if appended, err := got.StateFile(p).Save(); err != nil || appended {
+			t.Fatalf("first Save after loading: appended %v, %v", appended, err)
+		}
+		again, tail := loaded(t, p)
+		if tail != nil {
+			t.Fatal(tail)
+		}
+		sameSet(t, got.Load(), again.Load())
+	}
+	last := offsets[2]
+	for cut := last; cut < int64(len(full)); cut++ {
+		t.Run(fmt.Sprintf("cut at %d", cut), func(t *testing.T) {
+			if cut == last {
+				got, tail := loaded(t, writeTemp(t, dir, full[:cut]))
+				if tail != nil {
+					t.Fatal(tail)
+				}
+				sameSet(t, sets[2], got.Load())
+				return
+			}
+			expect(t, full[:cut], 2, cut%17 == 1)
+		})
+	}
+	for i := range 3 {
+		for at := offsets[i]; at < offsets[i+1]; at++ {
+			t.Run(fmt.Sprintf("change %d, byte %d flipped", i, at), func(t *testing.T) {
+				damaged := bytes.Clone(full)
+				damaged[at] ^= 0x10
+				expect(t, damaged, i, at%17 == 1)
+			})
+		}
+	}
+}
+
+func writeTemp(t *testing.T, dir string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, "temp")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestLoadFileRefusesBadChange: a change whose checksum matches but that is not a change of the
+// set (written wrong, not cut short) makes the whole file refused, the set unchanged.
+func TestLoadFileRefusesBadChange(t *testing.T) {
+	_, dir, _, good := savedFile(t) // position 7: a and b
+	for _, tc := range []struct {
+		name   string
+		change *configv1.WatchResponse
+		want   string
+	}{
+		{"snapshot", snapshot(8, cfg(t, "c.example.com", 8)), "not a change"},
+		{"part", &configv1.WatchResponse{Position: 8, More: true}, "not a change"},
+		{"replaces history", &configv1.WatchResponse{Position: 8, ReplacesHistory: true}, "not a change"},
+		{"position back", delta(6, []string{"a.example.com"}), "backwards"},
+		{"upserted twice", delta(8, nil, cfg(t, "c.example.com", 8), cfg(t, "c.example.com", 8)), "both"},
+		{"version beyond position", delta(8, nil, cfg(t, "c.example.com", 9)), "beyond"},
+	} {
+		t.Run("fail/"+tc.name, func(t *testing.T) {
+			ok, err := appendChange(nil, delta(8, nil, cfg(t, "d.example.com", 8)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bad, err := appendChange(nil, tc.change)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := writeTemp(t, dir, slices.Concat(good, ok, bad))
+			st := NewStore()
+			if err := st.Apply(snapshot(1, cfg(t, "keep.example.com", 1))); err != nil {
+				t.Fatal(err)
+			}
+			before := st.Load()
+			err = st.LoadFile(p)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), p) {
+				t.Fatalf("LoadFile = %v, want an error naming the file and saying %q", err, tc.want)
+			}
+			var tail *TailError
+			if errors.As(err, &tail) {
+				t.Fatalf("reported as a cut tail: %v", err)
+			}
+			if st.Load() != before {
+				t.Fatal("the set changed")
+			}
+		})
+	}
+}
+
+// TestStateFileModel: random histories of snapshots (some replacing the history), changes (some
+// with hostnames that cannot be prepared) and Saves, with a low floor so that whole sets are
+// written too; after every Save the file loads to the store's set, and the file cut at any
+// change's end loads to the set saved there.
+func TestStateFileModel(t *testing.T) {
+	defer func(old int64) { minAppendBytes = old }(minAppendBytes)
+	minAppendBytes = 8 << 10
+	for seed := range uint64(8) {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 7))
+			dir := t.TempDir()
+			path := filepath.Join(dir, "c")
+			st := NewStore()
+			f := st.StateFile(path)
+			pos := uint64(1)
+			name := func() string { return fmt.Sprintf("n%d.example.com", rng.IntN(60)) }
+			upsert := func() *configv1.HostnameConfig {
+				if rng.IntN(25) == 0 {
+					return unpreparable(t, name(), pos)
+				}
+				c := cfg(t, name(), pos)
+				c.OriginUrl += strings.Repeat("/x", rng.IntN(200))
+				return c
+			}
+			if err := st.Apply(tokened(snapshot(pos))); err != nil {
+				t.Fatal(err)
+			}
+			ends := map[int64]*Set{} // file size after an append -> the set saved
+			appends, wholes := 0, 0
+			for step := range 400 {
+				switch r := rng.IntN(20); {
+				case r == 0: // a snapshot, sometimes of an older history
+					var ups []*configv1.HostnameConfig
+					seen := map[string]bool{}
+					for range rng.IntN(30) {
+						if u := upsert(); !seen[u.Hostname] {
+							seen[u.Hostname] = true
+							ups = append(ups, u)
+						}
+					}
+					resp := snapshot(pos, ups...)
+					if rng.IntN(3) == 0 && pos > 3 {
+						resp.ReplacesHistory = true
+						resp.Position = pos - 2
+						for _, u := range ups {
+							u.Version = resp.Position
+						}
+					}
+					applyIgnoringRefused(t, st, tokened(resp))
+				default:
+					pos++
+					var ups []*configv1.HostnameConfig
+					var rem []string
+					seen := map[string]bool{}
+					for range rng.IntN(4) {
+						if rng.IntN(3) == 0 {
+							if n := name(); !seen[n] {
+								seen[n] = true
+								rem = append(rem, n)
+							}
+						} else if u := upsert(); !seen[u.Hostname] {
+							seen[u.Hostname] = true
+							ups = append(ups, u)
+						}
+					}
+					applyIgnoringRefused(t, st, tokened(delta(pos, rem, ups...)))
+				}
+				if rng.IntN(3) == 0 {
+					continue // not saved: the next Save covers this step too
+				}
+				appended, err := f.Save()
+				if err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
+				if appended {
+					appends++
+					ends[fileSize(t, path)] = st.Load()
+				} else {
+					wholes++
+					clear(ends)
+					ends[fileSize(t, path)] = st.Load()
+				}
+				got, tail := loaded(t, path)
+				if tail != nil {
+					t.Fatalf("step %d: %v", step, tail)
+				}
+				sameSet(t, st.Load(), got.Load())
+			}
+			if appends < 50 || wholes < 5 {
+				t.Fatalf("%d appends and %d whole sets: the history does not exercise both", appends, wholes)
+			}
+			full, _ := os.ReadFile(path)
+			for _, end := range slices.Sorted(maps.Keys(ends)) {
+				got, tail := loaded(t, writeTemp(t, dir, full[:end]))
+				if tail != nil {
+					t.Fatalf("cut at %d: %v", end, tail)
+				}
+				sameSet(t, ends[end], got.Load())
+			}
+		})
+	}
+}
+
+func applyIgnoringRefused(t *testing.T, st *Store, resp *configv1.WatchResponse) {
+	t.Helper()
+	var refused *RefusedError
+	if err := st.Apply(resp); err != nil && !errors.As(err, &refused) {
+		t.Fatal(err)
+	}
+}
+
+// TestDiff: diff of two versions of a trie reports exactly the entries changed, added and
+// removed between them, whatever the history between the versions, also with hashes that
+// collide in part (deep tries) or whole (collision nodes).
+func TestDiff(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		bits uint64 // the hash's bits kept: fewer, more collisions
+	}{{"full hashes", ^uint64(0)}, {"4-bit hashes", 0xf}, {"high bits only", 0xf << 60}} {
+		t.Run(tc.name, func(t *testing.T) {
+			hashOf := func(name string) uint64 {
+				h := fnv.New64a()
+				h.Write([]byte(name))
+				return h.Sum64() & tc.bits
+			}
+			rng := rand.New(rand.NewPCG(3, 4))
+			prepared := map[string]*decision.Hostname{}
+			entry := func(name string, v uint64) *decision.Hostname {
+				h, err := decision.Prepare(&configv1.HostnameConfig{Hostname: name, Mode: configv1.MtlsMode_MTLS_MODE_OFF, Version: v})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return h
+			}
+			var roots []*node
+			var models []map[string]*decision.Hostname
+			var root *node
+			model := map[string]*decision.Hostname{}
+			for edit := uint64(1); edit <= 150; edit++ {
+				tx := &txn{edit: edit, hashOf: hashOf}
+				for range rng.IntN(30) {
+					n := fmt.Sprintf("n%d.example.com", rng.IntN(120))
+					if rng.IntN(3) == 0 {
+						root, _ = tx.remove(root, 0, hashOf(n), n)
+						delete(model, n)
+						continue
+					}
+					h := entry(n, edit)
+					if rng.IntN(5) == 0 && prepared[n] != nil {
+						h = prepared[n] // the same entry again: not a change
+					}
+					prepared[n] = h
+					root, _ = tx.insert(root, 0, hashOf(n), h)
+					model[n] = h
+				}
+				roots = append(roots, root)
+				models = append(models, maps.Clone(model))
+			}
+			for range 400 {
+				i, j := rng.IntN(len(roots)), rng.IntN(len(roots))
+				wantChanged := map[string]bool{}
+				for n, h := range models[j] {
+					if models[i][n] != h {
+						wantChanged[n] = true
+					}
+				}
+				wantGone := map[string]bool{}
+				for n := range models[i] {
+					if _, ok := models[j][n]; !ok {
+						wantGone[n] = true
+					}
+				}
+				changed, gone := map[string]bool{}, map[string]bool{}
+				if !diff(roots[i], roots[j], 0, func(h *decision.Hostname) bool {
+					if changed[h.Name()] {
+						t.Fatalf("%s reported twice", h.Name())
+					}
+					changed[h.Name()] = true
+					return true
+				}, func(n string) bool {
+					if gone[n] {
+						t.Fatalf("%s reported gone twice", n)
+					}
+					gone[n] = true
+					return true
+				}) {
+					t.Fatal("diff stopped")
+				}
+				if !maps.Equal(changed, wantChanged) || !maps.Equal(gone, wantGone) {
+					t.Fatalf("versions %d -> %d: changed %v, gone %v; want %v, %v", i, j, changed, gone, wantChanged, wantGone)
+				}
+			}
+		})
+	}
+}
