@@ -269,30 +269,41 @@ func (e *RefusedError) Error() string {
 // (LoadFile), which a snapshot keeps refused; ready are upserts prepared before (see
 // ApplyPrepared).
 func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string, ready []*decision.Hostname) error {
-	cur := st.cur.Load()
+	next, err := st.applyTo(st.cur.Load(), resp, refusedBefore, ready)
+	if next != nil {
+		st.cur.Store(next)
+	}
+	return err
+}
+
+// applyTo returns the set that applying resp to cur makes, without publishing it, with st.mu
+// held (it numbers the edit): the set and nil, or the set and a *RefusedError naming the
+// hostnames it leaves out, or nil and why resp cannot be applied. LoadFile applies a file's
+// changes so, publishing only the last set.
+func (st *Store) applyTo(cur *Set, resp *configv1.WatchResponse, refusedBefore []string, ready []*decision.Hostname) (*Set, error) {
 	pos := resp.GetPosition()
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("configset: response at position %d: %s", pos, fmt.Sprintf(format, args...))
 	}
 	switch {
 	case resp.GetMore():
-		return fail("it is a part of a larger response (more = true); join the parts with Merge and apply the result")
+		return nil, fail("it is a part of a larger response (more = true); join the parts with Merge and apply the result")
 	case resp.GetReplacesHistory() && !resp.GetSnapshot():
-		return fail("a change marked replaces_history; only a snapshot can replace the history")
+		return nil, fail("a change marked replaces_history; only a snapshot can replace the history")
 	case pos < cur.position && !resp.GetReplacesHistory():
-		return fail("the position goes backwards: the configuration is at position %d", cur.position)
+		return nil, fail("the position goes backwards: the configuration is at position %d", cur.position)
 	case !resp.GetSnapshot() && !cur.complete:
-		return fail("a change, but no snapshot was applied before")
+		return nil, fail("a change, but no snapshot was applied before")
 	case resp.GetSnapshot() && len(resp.GetRemovals()) > 0:
-		return fail("a snapshot with %d removals", len(resp.GetRemovals()))
+		return nil, fail("a snapshot with %d removals", len(resp.GetRemovals()))
 	}
 	upserts := resp.GetUpserts()
 	for i, u := range upserts {
 		if u == nil {
-			return fail("upserts[%d] is empty", i)
+			return nil, fail("upserts[%d] is empty", i)
 		}
 		if u.GetVersion() > pos {
-			return fail("upserts[%d] (%q) has version %d, beyond the response's position", i, u.GetHostname(), u.GetVersion())
+			return nil, fail("upserts[%d] (%q) has version %d, beyond the response's position", i, u.GetHostname(), u.GetVersion())
 		}
 	}
 	if !resp.GetSnapshot() {
@@ -301,13 +312,13 @@ func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string, rea
 		seen := make(map[string]int, len(upserts))
 		for i, u := range upserts {
 			if j, dup := seen[u.GetHostname()]; dup {
-				return fail("upserts[%d] and upserts[%d] are both %q", j, i, u.GetHostname())
+				return nil, fail("upserts[%d] and upserts[%d] are both %q", j, i, u.GetHostname())
 			}
 			seen[u.GetHostname()] = i
 		}
 		for i, name := range resp.GetRemovals() {
 			if j, dup := seen[name]; dup {
-				return fail("%q is both upserted (upserts[%d]) and removed (removals[%d])", name, j, i)
+				return nil, fail("%q is both upserted (upserts[%d]) and removed (removals[%d])", name, j, i)
 			}
 		}
 	}
@@ -318,7 +329,7 @@ func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string, rea
 		if err != nil {
 			if refusedNames[upserts[i].GetHostname()] {
 				// Both copies of a hostname left out: a duplicate all the same.
-				return fail("hostname %q is upserted twice (again at upserts[%d])", upserts[i].GetHostname(), i)
+				return nil, fail("hostname %q is upserted twice (again at upserts[%d])", upserts[i].GetHostname(), i)
 			}
 			refused = append(refused, RefusedHostname{Hostname: upserts[i].GetHostname(), Index: i, Err: err})
 			refusedNames[upserts[i].GetHostname()] = true
@@ -356,15 +367,14 @@ func (st *Store) apply(resp *configv1.WatchResponse, refusedBefore []string, rea
 		}
 		if resp.GetSnapshot() && (!added || refusedNames[name]) {
 			// (A change's duplicates were refused above, before anything was prepared.)
-			return fail("hostname %q is upserted twice (again at upserts[%d])", name, i)
+			return nil, fail("hostname %q is upserted twice (again at upserts[%d])", name, i)
 		}
 	}
 	next.refused = nextRefused(cur, resp, refusedBefore, refusedNames)
-	st.cur.Store(next)
 	if len(refused) > 0 {
-		return &RefusedError{Position: pos, Refused: refused}
+		return next, &RefusedError{Position: pos, Refused: refused}
 	}
-	return nil
+	return next, nil
 }
 
 // nextRefused returns the refused hostnames of the set that applying resp to cur makes: for a

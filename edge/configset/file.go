@@ -198,12 +198,14 @@ func (st *Store) LoadFile(path string) error {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	before := st.cur.Load()
 	refused := resp.Removals
 	resp.Removals = nil
 	resp.ReplacesHistory = false // a file never moves the set back
+	// The set is published once, with the changes applied: readers never see the file's set
+	// without its later changes (an older configuration), nor any set of a file refused.
 	var partly []RefusedHostname
-	if err := st.apply(resp, refused, prepared); err != nil {
+	set, err := st.applyTo(st.cur.Load(), resp, refused, prepared)
+	if err != nil {
 		var e *RefusedError
 		if !errors.As(err, &e) {
 			return fmt.Errorf("configset: load %s: %w", path, err)
@@ -218,26 +220,27 @@ func (st *Store) LoadFile(path string) error {
 			break
 		}
 		if err != nil {
-			tail = &TailError{Path: path, Offset: at, Changes: n, Position: st.cur.Load().Position(), Err: err}
+			tail = &TailError{Path: path, Offset: at, Changes: n, Position: set.Position(), Err: err}
 			break
 		}
 		if change.GetSnapshot() || change.GetMore() || change.GetReplacesHistory() {
-			st.cur.Store(before)
 			return fmt.Errorf("configset: load %s: the change at byte %d is not a change (snapshot %v, more %v, replaces_history %v)",
 				path, at, change.GetSnapshot(), change.GetMore(), change.GetReplacesHistory())
 		}
-		if err := st.apply(change, nil, nil); err != nil {
+		next, err := st.applyTo(set, change, nil, nil)
+		if err != nil {
 			var e *RefusedError
 			if !errors.As(err, &e) {
-				st.cur.Store(before)
 				return fmt.Errorf("configset: load %s: the change at byte %d: %w", path, at, err)
 			}
 			partly = append(partly, e.Refused...)
 		}
+		set = next
 	}
+	st.cur.Store(set)
 	var errs []error
 	if len(partly) > 0 {
-		errs = append(errs, &RefusedError{Position: st.cur.Load().Position(), Refused: partly})
+		errs = append(errs, &RefusedError{Position: set.Position(), Refused: partly})
 	}
 	if tail != nil {
 		errs = append(errs, tail)
