@@ -65,6 +65,10 @@ const (
 // ConfigService sends a configuration larger than its part size alone, in one message.
 const MaxPartBytes = 1 << 28
 
+// maxChangeBytes bounds the message of one change appended after the set: MaxPartBytes, as for
+// a part; tests lower it.
+var maxChangeBytes int64 = MaxPartBytes
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Save writes the current set to path, atomically: to a temporary file in the same directory,
@@ -347,7 +351,7 @@ func appendChange(b []byte, change *configv1.WatchResponse) ([]byte, error) {
 func readChange(r protodelim.Reader) (*configv1.WatchResponse, error) {
 	sr := &sumReader{r: r}
 	change := &configv1.WatchResponse{}
-	if err := (protodelim.UnmarshalOptions{MaxSize: MaxPartBytes}).UnmarshalFrom(sr, change); err != nil {
+	if err := (protodelim.UnmarshalOptions{MaxSize: maxChangeBytes}).UnmarshalFrom(sr, change); err != nil {
 		if err == io.EOF {
 			return nil, io.EOF
 		}

@@ -29,6 +29,7 @@ var minAppendBytes int64 = 1 << 20
 //     rewriting costs at most about twice what the changes do, so that a file kept current
 //     through many changes neither grows without bound nor takes LoadFile much longer to read
 //     than the set alone;
+//   - when the change alone is longer than LoadFile reads as one (MaxPartBytes, as a part);
 //   - when the change cannot be told as one (the set's position went back, for a history that
 //     replaced the one the file holds, or its refused hostnames changed, since a change carries
 //     no refusals);
@@ -71,7 +72,9 @@ func (f *StateFile) Save() (appended bool, err error) {
 		return false, nil
 	}
 	if f.saved != nil && set.position >= f.saved.position && slices.Equal(set.refused, f.saved.refused) {
-		budget := max(f.base/2, minAppendBytes) - (f.size - f.base)
+		// A change is at most maxChangeBytes, the most LoadFile reads as one: a longer one
+		// would be read as a cut tail, and left out with everything after it.
+		budget := min(max(f.base/2, minAppendBytes)-(f.size-f.base), maxChangeBytes)
 		if rec, ok := changeRecord(f.saved, set, budget); ok {
 			if err := f.append(rec); err == nil {
 				f.saved = set
