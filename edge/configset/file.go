@@ -182,6 +182,8 @@ func writeSet(w io.Writer, set *Set) error {
 // it stood before them, and reported by a returned *TailError; when both happen, the error
 // returned joins the two. Any other problem (a damaged file) leaves the current set as it is and
 // is returned. A missing file is not an error: the set stays as it is (empty, on a new Store).
+// The set loaded is published once, its changes applied: readers never see a set of the file
+// before its last change, nor any of a file refused.
 func (st *Store) LoadFile(path string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {

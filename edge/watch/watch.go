@@ -87,8 +87,9 @@ type Options struct {
 	// Token is the edge's bearer token, sent as `authorization: Bearer <Token>` metadata; empty
 	// sends none.
 	Token string
-	// StatePath is where the configuration is persisted (configset.Store.Save after applied
-	// responses, coalesced) and loaded from at start, unless the store already holds a complete
+	// StatePath is where the configuration is persisted (through a configset.StateFile after
+	// applied responses, coalesced: the changes appended, the whole set written as Run returns)
+	// and loaded from at start (LoadState), unless the store already holds a complete
 	// configuration (the caller loaded it); empty disables persistence.
 	StatePath string
 	// Logger receives the client's logs; nil means slog.Default().
