@@ -149,7 +149,7 @@ func benchSaveChange(b *testing.B, n int, whole bool) {
 		}
 		before := file.size
 		if whole {
-			fi, err := saveSet(path, st.Load())
+			fi, _, err := saveSet(path, st.Load())
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -126,6 +126,9 @@ type Store struct {
 	cache *decision.Cache
 	seed  maphash.Seed
 	edits uint64 // the last Apply's edit number (trie.go); guarded by mu
+	// loaded is the file LoadFile loaded last, when it holds exactly the set loaded (for
+	// StateFile); guarded by mu.
+	loaded *loadedFile
 }
 
 // NewStore returns a store holding an empty, incomplete set at position 0.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"weak"
 
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -45,7 +46,10 @@ import (
 // current costs what changed, not the whole set): each is one guestlist.config.v1.WatchResponse
 // as the Watch stream sends a change (snapshot = false, more = false, its position and history
 // token, the hostnames upserted and removed since the content before it), framed as the parts
-// are, followed by trailerMagic and the CRC-32C of the change's bytes (its length and message).
+// are, followed by trailerMagic and a CRC-32C of the change's bytes (its length and message),
+// chained: computed from the checksum before it (the set's trailer's, or the previous change's)
+// as crc32.Update does, so that a change is valid only where it was appended, not after another
+// file's set or change (a block of an older file that a crash might leave in view).
 // LoadFile applies them in order. A change cut short or whose checksum does not match is where a
 // crash interrupted an append (or where the file was damaged since): LoadFile loads the set as
 // it stood before it and reports the rest as a *TailError. A change whose checksum matches but
@@ -83,24 +87,25 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // cannot fill the disk. Saves of one path must not run concurrently (the watch's saver makes them
 // one at a time; two edges do not share a data directory).
 func (st *Store) Save(path string) error {
-	_, err := saveSet(path, st.Load())
+	_, _, err := saveSet(path, st.Load())
 	return err
 }
 
-// saveSet is Save of set, which it returns the file of (as written: its size is the file's).
-func saveSet(path string, set *Set) (_ os.FileInfo, err error) {
+// saveSet is Save of set, which it returns the file of (as written: its size is the file's), and
+// the checksum of its trailer.
+func saveSet(path string, set *Set) (_ os.FileInfo, sum uint32, err error) {
 	if !set.Complete() {
-		return nil, errors.New("configset: nothing to save: no snapshot was applied yet")
+		return nil, 0, errors.New("configset: nothing to save: no snapshot was applied yet")
 	}
 	dir := filepath.Dir(path)
 	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp")
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("configset: save: remove the leftover temporary file: %w", err)
+		return nil, 0, fmt.Errorf("configset: save: remove the leftover temporary file: %w", err)
 	}
 	// O_EXCL: a file (or symbolic link) put there since is not written through.
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("configset: save: %w", err)
+		return nil, 0, fmt.Errorf("configset: save: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -109,32 +114,32 @@ func saveSet(path string, set *Set) (_ os.FileInfo, err error) {
 			err = fmt.Errorf("configset: save %s: %w", path, err)
 		}
 	}()
-	if err := writeSet(f, set); err != nil {
-		return nil, err
+	if sum, err = writeSet(f, set); err != nil {
+		return nil, 0, err
 	}
 	if err := f.Sync(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := f.Close(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	d, err := os.Open(dir)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer d.Close()
-	return fi, d.Sync()
+	return fi, sum, d.Sync()
 }
 
-// writeSet writes set in the file format.
-func writeSet(w io.Writer, set *Set) error {
+// writeSet writes set in the file format, and returns the checksum of its trailer.
+func writeSet(w io.Writer, set *Set) (uint32, error) {
 	configs := make([]*configv1.HostnameConfig, 0, set.Len())
 	for _, h := range set.All() {
 		configs = append(configs, h.Config)
@@ -156,7 +161,7 @@ func writeSet(w io.Writer, set *Set) error {
 	for _, c := range configs {
 		if len(part.Upserts) > 0 && size >= partBytes {
 			if err := flush(true); err != nil {
-				return err
+				return 0, err
 			}
 		}
 		part.Upserts = append(part.Upserts, c)
@@ -164,13 +169,13 @@ func writeSet(w io.Writer, set *Set) error {
 	}
 	part.Removals = set.refused
 	if err := flush(false); err != nil {
-		return err
+		return 0, err
 	}
 	if err := bw.Flush(); err != nil {
-		return err
+		return 0, err
 	}
 	_, err := w.Write(binary.BigEndian.AppendUint32([]byte(trailerMagic), sum.Sum32()))
-	return err
+	return sum.Sum32(), err
 }
 
 // LoadFile replaces the current set with the one saved in path by Save (and the changes a
@@ -193,15 +198,20 @@ func (st *Store) LoadFile(path string) error {
 		return fmt.Errorf("configset: load: %w", err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("configset: load: %w", err)
+	}
 	// Each part is prepared as soon as it is read, so that its copies of shared lists are garbage
 	// at once (see Store.Prepare), on another goroutine while the next part is read.
 	prep := st.NewPartPreparer()
 	r := &countReader{r: bufio.NewReaderSize(f, 1<<20)}
-	resp, err := readSet(r, func(part *configv1.WatchResponse) { prep.Add(part.GetUpserts()) })
+	resp, sum, trailer, err := readSet(r, func(part *configv1.WatchResponse) { prep.Add(part.GetUpserts()) })
 	prepared := prep.Wait()
 	if err != nil {
 		return fmt.Errorf("configset: load %s: %w", path, err)
 	}
+	base := r.n
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	refused := resp.Removals
@@ -221,7 +231,8 @@ func (st *Store) LoadFile(path string) error {
 	var tail *TailError
 	for n := 0; ; n++ {
 		at := r.n
-		change, err := readChange(r)
+		// A damaged length is not believed beyond the file's end.
+		change, next, err := readChange(r, sum, min(maxChangeBytes, fi.Size()-at))
 		if err == io.EOF {
 			break
 		}
@@ -233,7 +244,7 @@ func (st *Store) LoadFile(path string) error {
 			return fmt.Errorf("configset: load %s: the change at byte %d is not a change (snapshot %v, more %v, replaces_history %v)",
 				path, at, change.GetSnapshot(), change.GetMore(), change.GetReplacesHistory())
 		}
-		next, err := st.applyTo(set, change, nil, nil)
+		applied, err := st.applyTo(set, change, nil, nil)
 		if err != nil {
 			var e *RefusedError
 			if !errors.As(err, &e) {
@@ -241,9 +252,14 @@ func (st *Store) LoadFile(path string) error {
 			}
 			partly = append(partly, e.Refused...)
 		}
-		set = next
+		set, sum = applied, next
 	}
 	st.cur.Store(set)
+	st.loaded = nil
+	if trailer && tail == nil && len(partly) == 0 {
+		// The file holds exactly this set: a StateFile of path may append to it.
+		st.loaded = &loadedFile{path: path, set: weak.Make(set), file: fi, size: r.n, base: base, sum: sum}
+	}
 	var errs []error
 	if len(partly) > 0 {
 		errs = append(errs, &RefusedError{Position: set.Position(), Refused: partly})
@@ -282,9 +298,10 @@ func (e *TailError) Error() string {
 func (e *TailError) Unwrap() error { return e.Err }
 
 // readSet reads a file written by writeSet, checks its trailer and joins its parts, leaving r
-// after the trailer (at the changes a StateFile appended, if any). each, when not nil, is called
-// with every part once it is read.
-func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1.WatchResponse, error) {
+// after the trailer (at the changes a StateFile appended, if any); it returns the trailer's
+// checksum and whether there was one (a file written before trailers has none, nor changes).
+// each, when not nil, is called with every part once it is read.
+func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (_ *configv1.WatchResponse, sum uint32, trailed bool, err error) {
 	opts := protodelim.UnmarshalOptions{MaxSize: MaxPartBytes}
 	sr := &sumReader{r: r}
 	var parts []*configv1.WatchResponse
@@ -295,14 +312,14 @@ func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("part %d: %w", len(parts), err)
+			return nil, 0, false, fmt.Errorf("part %d: %w", len(parts), err)
 		}
 		if !part.GetSnapshot() {
-			return nil, fmt.Errorf("part %d is not a snapshot", len(parts))
+			return nil, 0, false, fmt.Errorf("part %d is not a snapshot", len(parts))
 		}
 		if len(parts) > 0 {
 			if err := CheckPart(parts[0], part, len(parts)); err != nil {
-				return nil, err
+				return nil, 0, false, err
 			}
 		}
 		parts = append(parts, part)
@@ -314,7 +331,7 @@ func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1
 		}
 	}
 	if len(parts) == 0 {
-		return nil, errors.New("the file is empty")
+		return nil, 0, false, errors.New("the file is empty")
 	}
 	trailer := make([]byte, len(trailerMagic)+4)
 	switch n, err := io.ReadFull(r, trailer); {
@@ -322,54 +339,58 @@ func readSet(r protodelim.Reader, each func(*configv1.WatchResponse)) (*configv1
 		// No trailer: written before there was one.
 	case n == len(trailer) && string(trailer[:len(trailerMagic)]) == trailerMagic:
 		if want := binary.BigEndian.Uint32(trailer[len(trailerMagic):]); want != sr.crc {
-			return nil, fmt.Errorf("the file is damaged: its checksum is %08x, its content's %08x", want, sr.crc)
+			return nil, 0, false, fmt.Errorf("the file is damaged: its checksum is %08x, its content's %08x", want, sr.crc)
 		}
+		trailed = true
 	case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF):
-		return nil, fmt.Errorf("read the trailer: %w", err)
+		return nil, 0, false, fmt.Errorf("read the trailer: %w", err)
 	default:
-		return nil, errors.New("data after the last part (more = false) that is not a whole trailer: the file is truncated or damaged")
+		return nil, 0, false, errors.New("data after the last part (more = false) that is not a whole trailer: the file is truncated or damaged")
 	}
 	resp, err := Merge(parts...)
 	if err != nil {
-		return nil, err
+		return nil, 0, false, err
 	}
-	return resp, nil
+	return resp, sr.crc, trailed, nil
 }
 
-// appendChange appends to b a change in the file format: framed, then its trailer.
-func appendChange(b []byte, change *configv1.WatchResponse) ([]byte, error) {
+// appendChange appends to b a change in the file format, framed, then its trailer, whose
+// checksum is chained from prev (the checksum of the trailer before it in the file), and returns
+// the checksum.
+func appendChange(b []byte, prev uint32, change *configv1.WatchResponse) ([]byte, uint32, error) {
 	start := len(b)
 	b = protowire.AppendVarint(b, uint64(proto.Size(change)))
 	b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, change)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	sum := crc32.Checksum(b[start:], castagnoli)
-	return binary.BigEndian.AppendUint32(append(b, trailerMagic...), sum), nil
+	sum := crc32.Update(prev, castagnoli, b[start:])
+	return binary.BigEndian.AppendUint32(append(b, trailerMagic...), sum), sum, nil
 }
 
-// readChange reads one change appended after a file's set, and checks its trailer. It returns
+// readChange reads one change appended after a file's set, of at most maxSize bytes, and checks
+// its trailer, whose checksum is chained from prev; it returns the change and that checksum, or
 // io.EOF at the end of the file (before any byte of a change).
-func readChange(r protodelim.Reader) (*configv1.WatchResponse, error) {
-	sr := &sumReader{r: r}
+func readChange(r protodelim.Reader, prev uint32, maxSize int64) (*configv1.WatchResponse, uint32, error) {
+	sr := &sumReader{r: r, crc: prev}
 	change := &configv1.WatchResponse{}
-	if err := (protodelim.UnmarshalOptions{MaxSize: maxChangeBytes}).UnmarshalFrom(sr, change); err != nil {
+	if err := (protodelim.UnmarshalOptions{MaxSize: max(maxSize, 1)}).UnmarshalFrom(sr, change); err != nil {
 		if err == io.EOF {
-			return nil, io.EOF
+			return nil, 0, io.EOF
 		}
-		return nil, fmt.Errorf("the change does not read: %w", err)
+		return nil, 0, fmt.Errorf("the change does not read: %w", err)
 	}
 	trailer := make([]byte, len(trailerMagic)+4)
 	if _, err := io.ReadFull(r, trailer); err != nil {
-		return nil, fmt.Errorf("the change's trailer does not read: %w", err)
+		return nil, 0, fmt.Errorf("the change's trailer does not read: %w", err)
 	}
 	if string(trailer[:len(trailerMagic)]) != trailerMagic {
-		return nil, errors.New("the change is not followed by its trailer")
+		return nil, 0, errors.New("the change is not followed by its trailer")
 	}
 	if want := binary.BigEndian.Uint32(trailer[len(trailerMagic):]); want != sr.crc {
-		return nil, fmt.Errorf("the change is damaged: its checksum is %08x, its content's %08x", want, sr.crc)
+		return nil, 0, fmt.Errorf("the change is damaged, or not of this file: its checksum is %08x, its content's %08x", want, sr.crc)
 	}
-	return change, nil
+	return change, sr.crc, nil
 }
 
 // countReader counts the bytes read through it.

@@ -24,7 +24,7 @@ func FuzzLoadFile(f *testing.F) {
 		f.Fatal(err)
 	}
 	var good bytes.Buffer
-	if err := writeSet(&good, st.Load()); err != nil {
+	if _, err := writeSet(&good, st.Load()); err != nil {
 		f.Fatal(err)
 	}
 	f.Add(good.Bytes(), uint16(0), byte(0))
@@ -33,7 +33,7 @@ func FuzzLoadFile(f *testing.F) {
 	st2 := NewStore()
 	_ = st2.Apply(&configv1.WatchResponse{Position: 3, Snapshot: true, Upserts: []*configv1.HostnameConfig{unpreparable(f, "c.example.com", 2)}})
 	var refused bytes.Buffer
-	if err := writeSet(&refused, st2.Load()); err != nil {
+	if _, err := writeSet(&refused, st2.Load()); err != nil {
 		f.Fatal(err)
 	}
 	f.Add(refused.Bytes(), uint16(9), byte(4))
@@ -44,10 +44,7 @@ func FuzzLoadFile(f *testing.F) {
 		{Position: 8, HistoryToken: []byte("tok8"), Upserts: []*configv1.HostnameConfig{cfg(f, "c.example.com", 8)}},
 		{Position: 9, Removals: []string{"a.example.com"}},
 	} {
-		var err error
-		if withChanges, err = appendChange(withChanges, c); err != nil {
-			f.Fatal(err)
-		}
+		withChanges = appendTo(f, withChanges, c)
 	}
 	f.Add(withChanges, uint16(0), byte(0))
 	f.Add(withChanges, uint16(good.Len()+20), byte(2))
@@ -71,7 +68,7 @@ func FuzzLoadFile(f *testing.F) {
 	}
 	save := func(st *Store) []byte {
 		var b bytes.Buffer
-		if err := writeSet(&b, st.Load()); err != nil {
+		if _, err := writeSet(&b, st.Load()); err != nil {
 			f.Fatal(err)
 		}
 		return b.Bytes()

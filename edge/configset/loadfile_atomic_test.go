@@ -20,16 +20,10 @@ func TestLoadFilePublishesOnce(t *testing.T) {
 	file := slices.Clone(good)
 	const changes = 3000
 	for pos := uint64(8); pos < 8+changes; pos++ {
-		var err error
-		if file, err = appendChange(file, delta(pos, nil, cfg(t, "a.example.com", pos))); err != nil {
-			t.Fatal(err)
-		}
+		file = appendTo(t, file, delta(pos, nil, cfg(t, "a.example.com", pos)))
 	}
 	okFile := writeTemp(t, dir, file)
-	bad, err := appendChange(slices.Clone(file), delta(3, []string{"a.example.com"})) // position back
-	if err != nil {
-		t.Fatal(err)
-	}
+	bad := appendTo(t, slices.Clone(file), delta(3, []string{"a.example.com"})) // position back
 	badFile := filepath.Join(dir, "bad")
 	if err := os.WriteFile(badFile, bad, 0o600); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"weak"
 
 	"google.golang.org/protobuf/proto"
 
@@ -19,7 +20,9 @@ var minAppendBytes int64 = 1 << 20
 
 // StateFile keeps the file at one path holding its Store's current set, for LoadFile, as Save
 // does, at the cost of what changed rather than of the whole set. Its first Save writes the whole
-// set (Store.Save). Each later Save appends the change from the set the file holds to the current
+// set (Store.Save), unless the Store's last LoadFile was of the same path and loaded all of it
+// (no tail left out, no hostname refused): the file then holds the set loaded, and the first
+// Save appends to it. Each later Save appends the change from the set the file holds to the current
 // one (the hostnames upserted and removed, and the new position and history token; see the file
 // format, above Save), and syncs the file, so that a change to one hostname of a million writes a
 // few hundred bytes, not the whole configuration. It writes the whole set again instead:
@@ -42,18 +45,51 @@ var minAppendBytes int64 = 1 << 20
 type StateFile struct {
 	st   *Store
 	path string
-	// saved is the set the file holds, as this StateFile wrote it; nil until its first Save.
+	// saved is the set the file holds, as this StateFile wrote it (or LoadFile read it); nil
+	// until its first Save.
 	saved *Set
 	// file is the file as this StateFile last wrote it, size its size then, and base the size of
-	// the whole set's part (the changes appended since are size - base bytes).
+	// the whole set's part (the changes appended since are size - base bytes); sum is the
+	// checksum of its last trailer, from which the next change's is chained.
 	file       os.FileInfo
 	size, base int64
+	sum        uint32
+	// appendErr is why the last Save's append failed (the whole set was written instead).
+	appendErr error
+}
+
+// loadedFile is a file LoadFile loaded whole: it holds set (weakly: a Store that moved on does
+// not keep it), and the rest is as in StateFile.
+type loadedFile struct {
+	path       string
+	set        weak.Pointer[Set]
+	file       os.FileInfo
+	size, base int64
+	sum        uint32
 }
 
 // StateFile returns a StateFile keeping path current with st's set.
 func (st *Store) StateFile(path string) *StateFile {
-	return &StateFile{st: st, path: path}
+	f := &StateFile{st: st, path: path}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if l := st.loaded; l != nil && l.path == path {
+		if set := l.set.Value(); set != nil {
+			f.saved, f.file, f.size, f.base, f.sum = set, l.file, l.size, l.base, l.sum
+		}
+	}
+	return f
 }
+
+// Appended reports whether the file holds changes appended after its whole set, as far as f
+// knows (which Compact would write away).
+func (f *StateFile) Appended() bool { return f.saved != nil && f.size > f.base }
+
+// AppendErr returns why the last Save's append failed, nil if it did not (or none was tried).
+// Save then wrote the whole set, and reported only whether that failed: the file is current, but
+// an append that keeps failing (a disk that refuses writes at the file's end) costs a whole set
+// each time.
+func (f *StateFile) AppendErr() error { return f.appendErr }
 
 // Path returns the file's path.
 func (f *StateFile) Path() string { return f.path }
@@ -68,6 +104,7 @@ func (f *StateFile) Save() (appended bool, err error) {
 	if !set.Complete() {
 		return false, errors.New("configset: nothing to save: no snapshot was applied yet")
 	}
+	f.appendErr = nil
 	if set == f.saved {
 		return false, nil
 	}
@@ -75,12 +112,14 @@ func (f *StateFile) Save() (appended bool, err error) {
 		// A change is at most maxChangeBytes, the most LoadFile reads as one: a longer one
 		// would be read as a cut tail, and left out with everything after it.
 		budget := min(max(f.base/2, minAppendBytes)-(f.size-f.base), maxChangeBytes)
-		if rec, ok := changeRecord(f.saved, set, budget); ok {
-			if err := f.append(rec); err == nil {
-				f.saved = set
+		if rec, sum, ok := changeRecord(f.saved, set, f.sum, budget); ok {
+			err := f.append(rec)
+			if err == nil {
+				f.saved, f.sum = set, sum
 				return true, nil
 			}
 			// The whole set, written below, replaces the file whatever the append left.
+			f.appendErr = err
 		}
 	}
 	return false, f.saveWhole(set)
@@ -103,17 +142,21 @@ func (f *StateFile) Compact() error {
 // saveWhole writes the whole set.
 func (f *StateFile) saveWhole(set *Set) error {
 	f.saved = nil
-	fi, err := saveSet(f.path, set)
+	fi, sum, err := saveSet(f.path, set)
 	if err != nil {
 		return err
 	}
-	f.saved, f.file, f.size, f.base = set, fi, fi.Size(), fi.Size()
+	f.saved, f.file, f.size, f.base, f.sum = set, fi, fi.Size(), fi.Size(), sum
 	return nil
 }
 
 // append appends rec, the change from f.saved, to the file, and syncs it. It refuses a file that
 // is not the one f last wrote, as it left it.
 func (f *StateFile) append(rec []byte) (err error) {
+	// Checked before opening too: opening something else planted there (a FIFO) could block.
+	if fi, err := os.Lstat(f.path); err != nil || !fi.Mode().IsRegular() || !os.SameFile(fi, f.file) {
+		return fmt.Errorf("configset: append to %s: the file is not the one last written (%v)", f.path, err)
+	}
 	file, err := os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		return fmt.Errorf("configset: append to %s: %w", f.path, err)
@@ -140,11 +183,11 @@ func (f *StateFile) append(rec []byte) (err error) {
 	return nil
 }
 
-// changeRecord returns the change from set old to set cur (of one Store) in the file format, and
-// true, unless it is longer than budget bytes.
-func changeRecord(old, cur *Set, budget int64) ([]byte, bool) {
+// changeRecord returns the change from set old to set cur (of one Store) in the file format, its
+// checksum chained from prev, and true, unless it is longer than budget bytes.
+func changeRecord(old, cur *Set, prev uint32, budget int64) ([]byte, uint32, bool) {
 	if budget <= 0 {
-		return nil, false
+		return nil, 0, false
 	}
 	change := &configv1.WatchResponse{Position: cur.position, HistoryToken: cur.historyToken}
 	size := int64(0)
@@ -157,15 +200,15 @@ func changeRecord(old, cur *Set, budget int64) ([]byte, bool) {
 		size += int64(len(name))
 		return size <= budget
 	}) {
-		return nil, false
+		return nil, 0, false
 	}
 	// The order of the tries' hashes is the Store's seed's: sorted, the file is the same for
 	// the same change.
 	slices.SortFunc(change.Upserts, func(a, b *configv1.HostnameConfig) int { return strings.Compare(a.GetHostname(), b.GetHostname()) })
 	slices.Sort(change.Removals)
-	rec, err := appendChange(nil, change)
+	rec, sum, err := appendChange(nil, prev, change)
 	if err != nil || int64(len(rec)) > budget {
-		return nil, false
+		return nil, 0, false
 	}
-	return rec, true
+	return rec, sum, true
 }

@@ -2,6 +2,7 @@ package configset
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -9,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -167,14 +169,15 @@ func TestStateFileWritesWholeSet(t *testing.T) {
 		return st, f, path
 	}
 	for _, tc := range []struct {
-		name   string
-		change func(t *testing.T, st *Store, path string)
+		name      string
+		change    func(t *testing.T, st *Store, path string)
+		appendErr bool // an append was tried, and failed
 	}{
 		{"refused hostname", func(t *testing.T, st *Store, _ string) {
 			if err := st.Apply(delta(12, nil, unpreparable(t, "d.example.com", 12))); err == nil {
 				t.Fatal("not refused")
 			}
-		}},
+		}, false},
 		{"refused hostname upserted again", func(t *testing.T, st *Store, path string) {
 			_ = st.Apply(delta(12, nil, unpreparable(t, "d.example.com", 12)))
 			f := st.StateFile(path)
@@ -190,14 +193,14 @@ func TestStateFileWritesWholeSet(t *testing.T) {
 			if err := st.Apply(delta(14, nil, cfg(t, "e.example.com", 14))); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, true}, // the file was written by another StateFile since
 		{"history replaced", func(t *testing.T, st *Store, _ string) {
 			r := snapshot(5, cfg(t, "x.example.com", 5))
 			r.ReplacesHistory = true
 			if err := st.Apply(r); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, false},
 		{"snapshot", func(t *testing.T, st *Store, _ string) {
 			var ups []*configv1.HostnameConfig
 			for i := range 3000 {
@@ -206,7 +209,7 @@ func TestStateFileWritesWholeSet(t *testing.T) {
 			if err := st.Apply(snapshot(12, ups...)); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, false},
 		{"file replaced", func(t *testing.T, st *Store, path string) {
 			other := path + ".other" // the same bytes, another file
 			b, _ := os.ReadFile(path)
@@ -219,7 +222,7 @@ func TestStateFileWritesWholeSet(t *testing.T) {
 			if err := st.Apply(delta(12, nil, cfg(t, "d.example.com", 12))); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, true},
 		{"file grown by another writer", func(t *testing.T, st *Store, path string) {
 			fh, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 			if err != nil {
@@ -230,19 +233,22 @@ func TestStateFileWritesWholeSet(t *testing.T) {
 			if err := st.Apply(delta(12, nil, cfg(t, "d.example.com", 12))); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, true},
 		{"file removed", func(t *testing.T, st *Store, path string) {
 			os.Remove(path)
 			if err := st.Apply(delta(12, nil, cfg(t, "d.example.com", 12))); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, true},
 	} {
 		t.Run("ok/"+tc.name, func(t *testing.T) {
 			st, f, path := setup(t)
 			tc.change(t, st, path)
 			if appended, err := f.Save(); err != nil || appended {
 				t.Fatalf("appended %v, %v; want the whole set written", appended, err)
+			}
+			if tc.appendErr != (f.AppendErr() != nil) {
+				t.Errorf("AppendErr() = %v", f.AppendErr())
 			}
 			got, tail := loaded(t, path)
 			if tail != nil {
@@ -406,6 +412,17 @@ func TestStateFileTornTail(t *testing.T) {
 	}
 }
 
+// appendTo appends a change to the file's bytes, its checksum chained from the file's last one
+// (the last 4 bytes of a set's trailer or a change's), as a StateFile appends it.
+func appendTo(t testing.TB, file []byte, change *configv1.WatchResponse) []byte {
+	t.Helper()
+	out, _, err := appendChange(file, binary.BigEndian.Uint32(file[len(file)-4:]), change)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 func writeTemp(t *testing.T, dir string, data []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, "temp")
@@ -432,21 +449,14 @@ func TestLoadFileRefusesBadChange(t *testing.T) {
 		{"version beyond position", delta(8, nil, cfg(t, "c.example.com", 9)), "beyond"},
 	} {
 		t.Run("fail/"+tc.name, func(t *testing.T) {
-			ok, err := appendChange(nil, delta(8, nil, cfg(t, "d.example.com", 8)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			bad, err := appendChange(nil, tc.change)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := writeTemp(t, dir, slices.Concat(good, ok, bad))
+			file := appendTo(t, appendTo(t, slices.Clone(good), delta(8, nil, cfg(t, "d.example.com", 8))), tc.change)
+			p := writeTemp(t, dir, file)
 			st := NewStore()
 			if err := st.Apply(snapshot(1, cfg(t, "keep.example.com", 1))); err != nil {
 				t.Fatal(err)
 			}
 			before := st.Load()
-			err = st.LoadFile(p)
+			err := st.LoadFile(p)
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), p) {
 				t.Fatalf("LoadFile = %v, want an error naming the file and saying %q", err, tc.want)
 			}
@@ -654,5 +664,150 @@ func TestDiff(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStateFileAfterLoadFile: a StateFile of the path a Store loaded whole appends to that file
+// from its first Save, also when the set moved on since; after a load that left a tail out or
+// refused a hostname, or of another path, its first Save writes the whole set.
+func TestStateFileAfterLoadFile(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	st := NewStore()
+	if err := st.Apply(snapshot(10, cfg(t, "a.example.com", 10), cfg(t, "b.example.com", 10))); err != nil {
+		t.Fatal(err)
+	}
+	f := st.StateFile(src)
+	if _, err := f.Save(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Apply(delta(11, nil, cfg(t, "c.example.com", 11))); err != nil {
+		t.Fatal(err)
+	}
+	if appended, err := f.Save(); err != nil || !appended {
+		t.Fatalf("appended %v, %v", appended, err)
+	}
+	withChange, _ := os.ReadFile(src)
+	for _, tc := range []struct {
+		name   string
+		file   []byte
+		other  bool // the StateFile is of another path
+		append bool // its first Save appends
+	}{
+		{"ok/loaded whole", withChange, false, true},
+		{"ok/loaded whole, no change appended", withChange[:fileSizeOfSet(t, withChange)], false, true},
+		{"ok/another path", withChange, true, false},
+		{"ok/tail left out", withChange[:len(withChange)-1], false, false},
+		{"ok/hostname refused", appendTo(t, slices.Clone(withChange), delta(12, nil, unpreparable(t, "d.example.com", 12))), false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeTemp(t, t.TempDir(), tc.file)
+			st2 := NewStore()
+			if err := st2.LoadFile(path); err != nil {
+				var refused *RefusedError
+				var tail *TailError
+				if !errors.As(err, &refused) && !errors.As(err, &tail) {
+					t.Fatal(err)
+				}
+			}
+			if err := st2.Apply(delta(20, []string{"a.example.com"}, cfg(t, "e.example.com", 20))); err != nil {
+				t.Fatal(err)
+			}
+			target := path
+			if tc.other {
+				target = filepath.Join(t.TempDir(), "other")
+				if err := os.WriteFile(target, tc.file, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, _ := os.ReadFile(target)
+			f := st2.StateFile(target)
+			if got := f.Appended(); got != (tc.append && len(tc.file) > fileSizeOfSet(t, tc.file)) {
+				t.Errorf("Appended() = %v before the first Save", got)
+			}
+			appended, err := f.Save()
+			if err != nil || appended != tc.append {
+				t.Fatalf("first Save: appended %v, %v; want appended %v", appended, err, tc.append)
+			}
+			after, _ := os.ReadFile(target)
+			if tc.append && !bytes.HasPrefix(after, before) {
+				t.Fatal("the first Save appended, but the file does not start with the one loaded")
+			}
+			got, tail := loaded(t, target)
+			if tail != nil {
+				t.Fatal(tail)
+			}
+			sameSet(t, st2.Load(), got.Load())
+			if err := f.Compact(); err != nil {
+				t.Fatal(err)
+			}
+			if f.Appended() || fileSize(t, target) != int64(fileSizeOfSet(t, mustRead(t, target))) {
+				t.Fatal("Compact left changes appended")
+			}
+		})
+	}
+}
+
+// fileSizeOfSet returns the size of a file's set: its parts and trailer, before any change.
+func fileSizeOfSet(t *testing.T, file []byte) int {
+	t.Helper()
+	r := &countReader{r: bufioReader(file)}
+	if _, _, _, err := readSet(r, nil); err != nil {
+		t.Fatal(err)
+	}
+	return int(r.n)
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestChangeFromAnotherFile: a change is valid only after what it was appended to; appended
+// to another file's set (or after another change), it is a tail left out.
+func TestChangeFromAnotherFile(t *testing.T) {
+	_, dir, _, good := savedFile(t) // position 7: a and b
+	change := delta(8, nil, cfg(t, "c.example.com", 8))
+	mine := appendTo(t, slices.Clone(good), change)
+	st := NewStore()
+	if err := st.Apply(snapshot(7, cfg(t, "a.example.com", 7), cfg(t, "x.example.com", 7))); err != nil {
+		t.Fatal(err)
+	}
+	var other bytes.Buffer
+	if _, err := writeSet(&other, st.Load()); err != nil {
+		t.Fatal(err)
+	}
+	spliced := slices.Concat(other.Bytes(), mine[len(good):])
+	got, tail := loaded(t, writeTemp(t, dir, spliced))
+	if tail == nil || tail.Offset != int64(other.Len()) || !strings.Contains(tail.Error(), "not of this file") {
+		t.Fatalf("a change of another file: tail %v", tail)
+	}
+	sameSet(t, st.Load(), got.Load())
+	// The same change twice: the second does not chain from the first.
+	twice := slices.Concat(mine, mine[len(good):])
+	if _, tail := loaded(t, writeTemp(t, dir, twice)); tail == nil || tail.Changes != 1 {
+		t.Fatalf("a change repeated: tail %v", tail)
+	}
+}
+
+// TestLoadFileBoundsAChangesLength: a damaged length (here 128 MiB, with a few bytes after it) is
+// not believed beyond the file's end: LoadFile leaves the tail out without allocating that much.
+func TestLoadFileBoundsAChangesLength(t *testing.T) {
+	_, dir, _, good := savedFile(t)
+	file := append(binary.AppendUvarint(slices.Clone(good), 128<<20), "a few bytes"...)
+	path := writeTemp(t, dir, file)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, tail := loaded(t, path)
+	runtime.ReadMemStats(&after)
+	if tail == nil || tail.Offset != int64(len(good)) {
+		t.Fatalf("tail %v, want one from byte %d", tail, len(good))
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 16<<20 {
+		t.Fatalf("LoadFile allocated %d bytes for a change whose length says 128 MiB in a file of %d", n, len(file))
 	}
 }

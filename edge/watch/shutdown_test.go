@@ -132,3 +132,101 @@ func TestSavesAppendChanges(t *testing.T) {
 		t.Fatalf("after Run returned, the file (%d bytes) is not the whole set (%d bytes)", len(got), len(want))
 	}
 }
+
+// TestRestartFromAppendedFile: an edge restarted from a file with changes appended (as a crash
+// leaves it) appends its next change to that file rather than writing the whole set first, and
+// the save as Run returns writes the whole set, also when no change came at all.
+func TestRestartFromAppendedFile(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	var hosts []*configv1.HostnameConfig
+	for i := range 300 {
+		hosts = append(hosts, hostCfg(fmt.Sprintf("h%d.example.com", i), 1, ca, "http://127.0.0.1:1"))
+	}
+	change := func(pos uint64) *configv1.WatchResponse {
+		return &configv1.WatchResponse{Position: pos, Upserts: []*configv1.HostnameConfig{hostCfg(fmt.Sprintf("h%d.example.com", pos), pos, ca, "http://127.0.0.1:2")}}
+	}
+	_, addr := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 1, Snapshot: true, Upserts: hosts})
+		s.recv()
+		for pos := uint64(2); pos <= 4; pos++ {
+			s.send(change(pos))
+			s.recv()
+		}
+		<-s.stream.Context().Done()
+		return nil
+	})
+	dir := t.TempDir()
+	state := filepath.Join(dir, "edge-config.bin")
+	first := configset.NewStore()
+	stop := runWatch(t, dial(t, addr), first, Options{StatePath: state, Logger: quietLogger(t)})
+	savedAt := func(path string, pos uint64) func() bool {
+		return func() bool {
+			saved := configset.NewStore()
+			return saved.LoadFile(path) == nil && saved.Load().Position() == pos
+		}
+	}
+	waitFor(t, "the changes saved", savedAt(state, 4))
+	crashed, err := os.ReadFile(state) // the file as a crash now would leave it: changes appended
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+
+	whole := func(store *configset.Store) []byte {
+		p := filepath.Join(t.TempDir(), "whole")
+		if err := store.Save(p); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(p)
+		return b
+	}
+	if bytes.Equal(crashed, whole(first)) {
+		t.Fatal("the file had no changes appended")
+	}
+	for _, tc := range []struct {
+		name   string
+		change bool // the control plane sends a change after the restart
+	}{{"no change", false}, {"a change", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "edge-config.bin")
+			if err := os.WriteFile(path, crashed, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			hello := make(chan *configv1.WatchRequest, 1)
+			_, addr := startServer(t, func(s *session) error {
+				hello <- s.hello
+				if tc.change {
+					s.send(change(5))
+					s.recv()
+				}
+				<-s.stream.Context().Done()
+				return nil
+			})
+			store := configset.NewStore()
+			stop := runWatch(t, dial(t, addr), store, Options{StatePath: path, Logger: quietLogger(t)})
+			if h := <-hello; h.GetResumePosition() != 4 {
+				t.Fatalf("resumed at %d, want 4", h.GetResumePosition())
+			}
+			if tc.change {
+				waitFor(t, "the change saved", savedAt(path, 5))
+				now, _ := os.ReadFile(path)
+				if !bytes.HasPrefix(now, crashed) || len(now) == len(crashed) {
+					t.Fatalf("the file (%d bytes) does not start with the one loaded (%d bytes): the change was not appended to it", len(now), len(crashed))
+				}
+			}
+			stop()
+			if got := mustReadFile(t, path); !bytes.Equal(got, whole(store)) {
+				t.Fatalf("after Run returned, the file (%d bytes) is not the whole set", len(got))
+			}
+		})
+	}
+}
+
+func mustReadFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -206,10 +206,11 @@ type watcher struct {
 // starts: taken here, it could be a set a session applied (and signalled) before this goroutine
 // ran, which would then never be saved until the next one.
 //
-// It saves through a configset.StateFile: the first save writes the whole set, and later ones
-// append what changed, so that a change to one hostname of many writes little. The last save
-// writes the whole set (Compact), so that the file an edge leaves when it stops is one that
-// versions before changes were appended read too.
+// It saves through a configset.StateFile: the first save writes the whole set (unless the file
+// was loaded whole, see configset.Store.StateFile), and later ones append what changed, so that a
+// change to one hostname of many writes little. The last save writes the whole set (Compact),
+// also when nothing changed since a file with changes appended was loaded, so that the file an
+// edge leaves when it stops is one that versions before changes were appended read too.
 func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	if testHookSaverStart != nil {
@@ -221,7 +222,8 @@ func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- 
 	wrote := false // file has written: its changes may need compacting at the end
 	save := func(last bool) {
 		set := w.store.Load()
-		if !set.Complete() || (set == saved && (!last || !wrote)) {
+		// At the end, a file loaded with changes appended (after a crash) is compacted too.
+		if !set.Complete() || (set == saved && (!last || (!wrote && !file.Appended()))) {
 			return
 		}
 		start := time.Now()
@@ -231,6 +233,9 @@ func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- 
 			err = file.Compact()
 		} else {
 			appended, err = file.Save()
+		}
+		if aerr := file.AppendErr(); aerr != nil {
+			w.log.Warn("could not append the change to the saved configuration; writing it whole", "path", w.opts.StatePath, "error", aerr)
 		}
 		if err != nil {
 			w.log.Error("could not save the configuration; a restart without the control plane would serve an older one",
