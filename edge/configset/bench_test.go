@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	"guestlist.dev/edge/decision"
+	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -178,4 +179,57 @@ func BenchmarkSaveChange100k(b *testing.B) {
 func BenchmarkSaveChange1M(b *testing.B) {
 	b.Run("whole", func(b *testing.B) { benchSaveChange(b, 1_000_000, true) })
 	b.Run("append", func(b *testing.B) { benchSaveChange(b, 1_000_000, false) })
+}
+
+// BenchmarkResnapshot applies again a snapshot of the configuration the store holds, as the
+// control plane sends one to an edge it cannot resume with changes: n hostnames, each with a root
+// CA of its own (the product's usual shape), in messages decoded afresh (clones, made with the
+// timer stopped). It reports the heap the new set holds beyond the old one's while the old one
+// is still referenced (a reader in the middle of a request, the state file's saver), measured
+// with the timer stopped too.
+func BenchmarkResnapshot20kOwnCAs(b *testing.B) {
+	const n = 20_000
+	ups := make([]*configv1.HostnameConfig, n)
+	for i := range ups {
+		c := cfg(b, fmt.Sprintf("h%07d.customers.example.com", i), 1)
+		c.CertificateAuthorities = []*configv1.TrustedCertificateAuthority{{
+			CertificateAuthorityId: "root", CertificateDer: pkitest.NewCA(b, fmt.Sprintf("Customer %d Devices", i)).Cert.Raw,
+		}}
+		ups[i] = c
+	}
+	st := NewStore()
+	if err := st.Apply(snapshot(1, ups...)); err != nil {
+		b.Fatal(err)
+	}
+	pos := uint64(1)
+	var extra float64
+	var ms runtime.MemStats
+	heap := func() float64 {
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return float64(ms.HeapAlloc)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		old := st.Load()
+		before := heap() // the old set
+		fresh := make([]*configv1.HostnameConfig, n)
+		for i, c := range ups {
+			fresh[i] = proto.CloneOf(c)
+		}
+		pos++
+		b.StartTimer()
+		if err := st.Apply(snapshot(pos, fresh...)); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		fresh = nil
+		extra += heap() - before
+		runtime.KeepAlive(old)
+		b.StartTimer()
+	}
+	b.ReportMetric(extra/float64(b.N)/n, "B-extra-a-hostname/op")
 }

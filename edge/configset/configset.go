@@ -33,6 +33,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"google.golang.org/protobuf/proto"
+
 	"guestlist.dev/edge/decision"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
@@ -422,9 +424,21 @@ func (st *Store) prepare(upserts []*configv1.HostnameConfig, ready []*decision.H
 	out = make([]*decision.Hostname, len(upserts))
 	var failed atomic.Bool
 	all := make([]error, len(upserts))
+	// A hostname whose configuration the current set holds already, equal, keeps its prepared
+	// entry: a snapshot that repeats most of the set (after a reconnection the control plane
+	// could not serve with changes) costs a lookup and a comparison a hostname, not a
+	// preparation, and the new set shares the old one's entries instead of holding a second copy
+	// of everything while it is built. What Prepare makes of a configuration depends on its
+	// content alone, so the entry is the one it would make.
+	cur := st.cur.Load()
+	reused := make([]bool, len(upserts))
 	one := func(i int) {
 		if i < len(ready) && ready[i] != nil && ready[i].Config == upserts[i] {
 			out[i] = ready[i]
+			return
+		}
+		if old, ok := cur.Lookup(upserts[i].GetHostname()); ok && proto.Equal(old.Config, upserts[i]) {
+			out[i], reused[i] = old, true
 			return
 		}
 		h, err := st.cache.Prepare(upserts[i])
@@ -462,8 +476,8 @@ func (st *Store) prepare(upserts []*configv1.HostnameConfig, ready []*decision.H
 	}
 	// On this goroutine alone: configurations of one response may share messages (a caller's
 	// Policy given to several, say), which ShareLists writes.
-	for _, h := range out {
-		if h != nil {
+	for i, h := range out {
+		if h != nil && !reused[i] { // a reused entry is in use, its lists shared already
 			h.ShareLists()
 		}
 	}

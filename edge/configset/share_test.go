@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"guestlist.dev/edge/decision"
@@ -267,4 +268,86 @@ func TestPrepareParts(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestSnapshotReusesEqualEntries: a snapshot keeps the prepared entry of every hostname whose
+// configuration it repeats, equal (also through parts prepared as they arrive, and for a
+// snapshot that replaces the history), and prepares the others; an entry whose configuration
+// differs in anything, unknown fields included, is not reused.
+func TestSnapshotReusesEqualEntries(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		parts   bool
+		replace bool
+	}{{"ok/apply", false, false}, {"ok/parts", true, false}, {"ok/history replaced", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := NewStore()
+			var first []*configv1.HostnameConfig
+			for i := range 600 {
+				first = append(first, cfg(t, fmt.Sprintf("h%03d.example.com", i), 10))
+			}
+			if err := st.Apply(snapshot(10, first...)); err != nil {
+				t.Fatal(err)
+			}
+			old := st.Load()
+			var again []*configv1.HostnameConfig
+			for i := range 600 {
+				c := cfg(t, fmt.Sprintf("h%03d.example.com", i), 10) // equal, another message
+				switch i {
+				case 1:
+					c.Mode = configv1.MtlsMode_MTLS_MODE_REPORT
+				case 2:
+					c.Version = 11
+				case 3:
+					c.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 999, protowire.VarintType), 1))
+				case 4:
+					continue // gone
+				}
+				again = append(again, c)
+			}
+			again = append(again, cfg(t, "new.example.com", 11))
+			resp := snapshot(12, again...)
+			if tc.replace {
+				resp.Position, resp.ReplacesHistory = 11, true
+			}
+			var err error
+			if tc.parts {
+				p := st.NewPartPreparer()
+				p.Add(again[:300])
+				p.Add(again[300:])
+				err = st.ApplyPrepared(resp, p.Wait())
+			} else {
+				err = st.Apply(resp)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := st.Load()
+			for i := range 600 {
+				name := fmt.Sprintf("h%03d.example.com", i)
+				was, _ := old.Lookup(name)
+				is, ok := now.Lookup(name)
+				switch {
+				case i == 4:
+					if ok {
+						t.Fatalf("%s is still there", name)
+					}
+				case i >= 1 && i <= 3:
+					if !ok || is == was {
+						t.Fatalf("%s, changed, kept its old entry", name)
+					}
+				default:
+					if is != was {
+						t.Fatalf("%s, unchanged, was prepared again", name)
+					}
+				}
+			}
+			if h, _ := now.Lookup("h001.example.com"); h.Config.GetMode() != configv1.MtlsMode_MTLS_MODE_REPORT {
+				t.Fatal("the changed mode is not the one the set holds")
+			}
+			if _, ok := now.Lookup("new.example.com"); !ok || now.Len() != 600 {
+				t.Fatalf("%d hostnames", now.Len())
+			}
+		})
+	}
 }

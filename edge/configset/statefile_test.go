@@ -121,6 +121,26 @@ func TestStateFileAppendsChanges(t *testing.T) {
 		}
 		sameSet(t, st.Load(), got.Load())
 	}
+	// A snapshot that repeats the set (a reconnection the control plane could not serve with
+	// changes) with one hostname changed keeps the other entries, so it is appended as that one
+	// change.
+	var again []*configv1.HostnameConfig
+	for _, h := range st.Load().All() {
+		again = append(again, proto.CloneOf(h.Config))
+	}
+	again[0].OriginUrl, again[0].Version = "http://elsewhere.example.com", 16
+	before := fileSize(t, path)
+	if err := st.Apply(tokened(snapshot(16, again...))); err != nil {
+		t.Fatal(err)
+	}
+	if appended, err := f.Save(); err != nil || !appended || fileSize(t, path)-before > 1024 {
+		t.Fatalf("a snapshot repeating the set but one hostname: appended %v, %v, %d bytes", appended, err, fileSize(t, path)-before)
+	}
+	if got, tail := loaded(t, path); tail != nil {
+		t.Fatal(tail)
+	} else {
+		sameSet(t, st.Load(), got.Load())
+	}
 	// Compact writes the file Save writes, and then appends again.
 	if err := f.Compact(); err != nil {
 		t.Fatal(err)
@@ -137,7 +157,7 @@ func TestStateFileAppendsChanges(t *testing.T) {
 	if err := f.Compact(); err != nil || fileSize(t, path) != int64(len(a)) {
 		t.Fatal("a second Compact changed the file", err)
 	}
-	if err := st.Apply(delta(16, nil, cfg(t, "h100.example.com", 16))); err != nil {
+	if err := st.Apply(delta(17, nil, cfg(t, "h100.example.com", 17))); err != nil {
 		t.Fatal(err)
 	}
 	if appended, err := f.Save(); err != nil || !appended {
