@@ -128,8 +128,9 @@ type Store struct {
 	cache *decision.Cache
 	seed  maphash.Seed
 	edits uint64 // the last Apply's edit number (trie.go); guarded by mu
-	// loaded is the file LoadFile loaded last, when it holds exactly the set loaded (for
-	// StateFile); guarded by mu.
+	// loaded is the file the last LoadFile loaded whole, holding exactly the set loaded (for
+	// StateFile); nil when that LoadFile did not (it failed, found no file, left a tail out or
+	// refused a hostname); guarded by mu.
 	loaded *loadedFile
 }
 

@@ -190,6 +190,12 @@ func writeSet(w io.Writer, set *Set) (uint32, error) {
 // The set loaded is published once, its changes applied: readers never see a set of the file
 // before its last change, nor any of a file refused.
 func (st *Store) LoadFile(path string) error {
+	// Whatever this load finds, the file an earlier one loaded is no longer known to hold its set
+	// (this one may fail because the file was damaged since, or find it gone): only a load that
+	// succeeds whole, below, lets a StateFile append to its file.
+	st.mu.Lock()
+	st.loaded = nil
+	st.mu.Unlock()
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

@@ -768,6 +768,61 @@ func TestStateFileAfterLoadFile(t *testing.T) {
 	}
 }
 
+// TestStateFileAfterAFailedLoadFile: after a LoadFile of the path that did not load the file
+// whole (here one that failed, the file damaged in place since the first LoadFile loaded it, or
+// that found no file), a StateFile of that path does not append to the file the first LoadFile
+// loaded: its first Save writes the whole set, which loads.
+func TestStateFileAfterAFailedLoadFile(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, path string) // the file after the first LoadFile
+	}{
+		{"damaged in place", func(t *testing.T, path string) {
+			b := mustRead(t, path)
+			before, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[len(b)/2] ^= 0x40
+			if err := os.WriteFile(path, b, 0o600); err != nil { // the same file, rewritten
+				t.Fatal(err)
+			}
+			if after, err := os.Stat(path); err != nil || !os.SameFile(before, after) || after.Size() != before.Size() {
+				t.Skipf("the file was not rewritten in place (%v)", err)
+			}
+		}},
+		{"removed", func(t *testing.T, path string) {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run("ok/"+tc.name, func(t *testing.T) {
+			_, _, path, _ := savedFile(t) // position 7: a and b
+			st := NewStore()
+			if err := st.LoadFile(path); err != nil {
+				t.Fatal(err)
+			}
+			tc.change(t, path)
+			if err := st.LoadFile(path); err != nil && tc.name == "removed" {
+				t.Fatalf("LoadFile of a missing file: %v", err)
+			}
+			if err := st.Apply(delta(8, nil, cfg(t, "c.example.com", 8))); err != nil {
+				t.Fatal(err)
+			}
+			f := st.StateFile(path)
+			if appended, err := f.Save(); err != nil || appended || f.AppendErr() != nil {
+				t.Fatalf("first Save: appended %v, %v, append error %v; want the whole set written, no append tried", appended, err, f.AppendErr())
+			}
+			got, tail := loaded(t, path)
+			if tail != nil {
+				t.Fatal(tail)
+			}
+			sameSet(t, st.Load(), got.Load())
+		})
+	}
+}
+
 // fileSizeOfSet returns the size of a file's set: its parts and trailer, before any change.
 func fileSizeOfSet(t *testing.T, file []byte) int {
 	t.Helper()
