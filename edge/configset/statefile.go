@@ -154,8 +154,10 @@ func (f *StateFile) saveWhole(set *Set) error {
 // is not the one f last wrote, as it left it.
 func (f *StateFile) append(rec []byte) (err error) {
 	// Checked before opening too: opening something else planted there (a FIFO) could block.
-	if fi, err := os.Lstat(f.path); err != nil || !fi.Mode().IsRegular() || !os.SameFile(fi, f.file) {
-		return fmt.Errorf("configset: append to %s: the file is not the one last written (%v)", f.path, err)
+	if fi, err := os.Lstat(f.path); err != nil {
+		return fmt.Errorf("configset: append to %s: %w", f.path, err)
+	} else if !fi.Mode().IsRegular() || !os.SameFile(fi, f.file) {
+		return fmt.Errorf("configset: append to %s: the file is not the one last written (%v, replaced since)", f.path, fi.Mode())
 	}
 	file, err := os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {

@@ -3,8 +3,11 @@ package watch
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,4 +232,63 @@ func mustReadFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestSaverLogsAFailedAppendOnce: an append that fails (the file replaced since the saver wrote
+// it) is logged once, by the save that tried it, not again by the save as Run returns, which
+// tries none (Compact writes the whole set).
+func TestSaverLogsAFailedAppendOnce(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	next := make(chan struct{})
+	_, addr := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 1, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 1, ca, "http://127.0.0.1:1")}})
+		s.recv()
+		<-next
+		s.send(&configv1.WatchResponse{Position: 2, Upserts: []*configv1.HostnameConfig{hostCfg("b.example.com", 2, ca, "http://127.0.0.1:1")}})
+		s.recv()
+		<-s.stream.Context().Done()
+		return nil
+	})
+	var logs lockedBuffer
+	store := configset.NewStore()
+	state := filepath.Join(t.TempDir(), "edge-config.bin")
+	stop := runWatch(t, dial(t, addr), store, Options{StatePath: state, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	savedAt := func(pos uint64) func() bool {
+		return func() bool {
+			saved := configset.NewStore()
+			return saved.LoadFile(state) == nil && saved.Load().Position() == pos
+		}
+	}
+	waitFor(t, "the snapshot saved", savedAt(1))
+	// The same bytes, another file: the saver's next append is refused.
+	if err := os.WriteFile(state+".copy", mustReadFile(t, state), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(state+".copy", state); err != nil {
+		t.Fatal(err)
+	}
+	next <- struct{}{}
+	waitFor(t, "the change saved", savedAt(2))
+	stop()
+	if n := strings.Count(logs.String(), "could not append"); n != 1 {
+		t.Fatalf("the failed append was logged %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that a logger may write from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

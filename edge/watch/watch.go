@@ -230,12 +230,12 @@ func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- 
 		var appended bool
 		var err error
 		if last {
-			err = file.Compact()
+			err = file.Compact() // tries no append: AppendErr is still the last Save's
 		} else {
 			appended, err = file.Save()
-		}
-		if aerr := file.AppendErr(); aerr != nil {
-			w.log.Warn("could not append the change to the saved configuration; writing it whole", "path", w.opts.StatePath, "error", aerr)
+			if aerr := file.AppendErr(); aerr != nil {
+				w.log.Warn("could not append the change to the saved configuration; writing it whole", "path", w.opts.StatePath, "error", aerr)
+			}
 		}
 		if err != nil {
 			w.log.Error("could not save the configuration; a restart without the control plane would serve an older one",
