@@ -262,9 +262,13 @@ func (st *Store) LoadFile(path string) error {
 	}
 	st.cur.Store(set)
 	st.loaded = nil
-	if trailer && tail == nil && len(partly) == 0 {
+	switch {
+	case trailer && tail == nil && len(partly) == 0:
 		// The file holds exactly this set: a StateFile of path may append to it.
 		st.loaded = &loadedFile{path: path, set: weak.Make(set), file: fi, size: r.n, base: base, sum: sum}
+	case tail != nil && len(partly) == 0:
+		// The file ends with a tail left out: a StateFile of path compacts it (see Appended).
+		st.loaded = &loadedFile{path: path, torn: true}
 	}
 	var errs []error
 	if len(partly) > 0 {

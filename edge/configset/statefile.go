@@ -56,16 +56,21 @@ type StateFile struct {
 	sum        uint32
 	// appendErr is why the last Save's append failed (the whole set was written instead).
 	appendErr error
+	// torn: the file ends with a tail the Store's LoadFile left out, and f has not written it
+	// since.
+	torn bool
 }
 
 // loadedFile is a file LoadFile loaded whole: it holds set (weakly: a Store that moved on does
-// not keep it), and the rest is as in StateFile.
+// not keep it), and the rest is as in StateFile. Or, if torn, one it loaded leaving a tail out
+// (and refusing no hostname), which holds no set known to a StateFile.
 type loadedFile struct {
 	path       string
 	set        weak.Pointer[Set]
 	file       os.FileInfo
 	size, base int64
 	sum        uint32
+	torn       bool
 }
 
 // StateFile returns a StateFile keeping path current with st's set.
@@ -74,16 +79,19 @@ func (st *Store) StateFile(path string) *StateFile {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if l := st.loaded; l != nil && l.path == path {
-		if set := l.set.Value(); set != nil {
+		if l.torn {
+			f.torn = true
+		} else if set := l.set.Value(); set != nil {
 			f.saved, f.file, f.size, f.base, f.sum = set, l.file, l.size, l.base, l.sum
 		}
 	}
 	return f
 }
 
-// Appended reports whether the file holds changes appended after its whole set, as far as f
-// knows (which Compact would write away).
-func (f *StateFile) Appended() bool { return f.saved != nil && f.size > f.base }
+// Appended reports whether the file holds changes appended after its whole set, or a tail the
+// Store's last LoadFile (of the same path, refusing no hostname) left out, as far as f knows:
+// what Compact would write away.
+func (f *StateFile) Appended() bool { return f.torn || (f.saved != nil && f.size > f.base) }
 
 // AppendErr returns why the last Save's append failed, nil if it did not (or none was tried).
 // Save then wrote the whole set, and reported only whether that failed: the file is current, but
@@ -146,7 +154,7 @@ func (f *StateFile) saveWhole(set *Set) error {
 	if err != nil {
 		return err
 	}
-	f.saved, f.file, f.size, f.base, f.sum = set, fi, fi.Size(), fi.Size(), sum
+	f.saved, f.file, f.size, f.base, f.sum, f.torn = set, fi, fi.Size(), fi.Size(), sum, false
 	return nil
 }
 

@@ -742,7 +742,8 @@ func TestStateFileAfterLoadFile(t *testing.T) {
 			}
 			before, _ := os.ReadFile(target)
 			f := st2.StateFile(target)
-			if got := f.Appended(); got != (tc.append && len(tc.file) > fileSizeOfSet(t, tc.file)) {
+			// A tail left out is more than the set too, which Compact writes away.
+			if got := f.Appended(); got != (tc.append && len(tc.file) > fileSizeOfSet(t, tc.file) || tc.name == "ok/tail left out") {
 				t.Errorf("Appended() = %v before the first Save", got)
 			}
 			appended, err := f.Save()
@@ -819,6 +820,59 @@ func TestStateFileAfterAFailedLoadFile(t *testing.T) {
 				t.Fatal(tail)
 			}
 			sameSet(t, st.Load(), got.Load())
+		})
+	}
+}
+
+// TestStateFileAfterATornLoad: after a LoadFile that left a tail out (a crash during an append),
+// a StateFile of that path reports the file as having more than its set (Appended), and Compact
+// writes the whole set although the set did not change; after one that also refused a hostname
+// (a file of a newer version), Appended is false, so that the saver leaves the file as it is.
+func TestStateFileAfterATornLoad(t *testing.T) {
+	_, _, _, good := savedFile(t) // position 7: a and b
+	withChange := appendTo(t, slices.Clone(good), delta(8, nil, cfg(t, "c.example.com", 8)))
+	refused := appendTo(t, slices.Clone(good), delta(8, nil, unpreparable(t, "d.example.com", 8)))
+	for _, tc := range []struct {
+		name    string
+		file    []byte
+		compact bool // Appended
+	}{
+		{"torn", withChange[:len(withChange)-1], true},
+		{"torn and refused", appendTo(t, slices.Clone(refused), delta(9, nil, cfg(t, "e.example.com", 9)))[:len(refused)+5], false},
+	} {
+		t.Run("ok/"+tc.name, func(t *testing.T) {
+			path := writeTemp(t, t.TempDir(), tc.file)
+			st := NewStore()
+			var tail *TailError
+			if err := st.LoadFile(path); !errors.As(err, &tail) {
+				t.Fatalf("LoadFile = %v, want a tail left out", err)
+			}
+			f := st.StateFile(path)
+			if f.Appended() != tc.compact {
+				t.Fatalf("Appended() = %v", f.Appended())
+			}
+			if !tc.compact {
+				return
+			}
+			if err := f.Compact(); err != nil {
+				t.Fatal(err)
+			}
+			after := mustRead(t, path)
+			if f.Appended() || len(after) != fileSizeOfSet(t, after) {
+				t.Fatalf("Compact left the tail (%d bytes, the set's %d)", len(after), fileSizeOfSet(t, after))
+			}
+			got, tail := loaded(t, path)
+			if tail != nil {
+				t.Fatal(tail)
+			}
+			sameSet(t, st.Load(), got.Load())
+			// The file written whole is then appended to.
+			if err := st.Apply(delta(9, nil, cfg(t, "f.example.com", 9))); err != nil {
+				t.Fatal(err)
+			}
+			if appended, err := f.Save(); err != nil || !appended {
+				t.Fatalf("appended %v, %v", appended, err)
+			}
 		})
 	}
 }

@@ -2,6 +2,7 @@ package watch
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -189,11 +190,26 @@ func TestRestartFromAppendedFile(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		change bool // the control plane sends a change after the restart
-	}{{"no change", false}, {"a change", true}} {
+		file   []byte
+		resume uint64
+	}{
+		{"no change", false, crashed, 4},
+		{"a change", true, crashed, 4},
+		// The last change cut short: the file ends with a tail LoadFile leaves out.
+		{"no change, torn tail", false, crashed[:len(crashed)-1], 0},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "edge-config.bin")
-			if err := os.WriteFile(path, crashed, 0o600); err != nil {
+			if err := os.WriteFile(path, tc.file, 0o600); err != nil {
 				t.Fatal(err)
+			}
+			if tc.resume == 0 { // where the file stands without its last change
+				torn := configset.NewStore()
+				var tail *configset.TailError
+				if err := torn.LoadFile(path); !errors.As(err, &tail) {
+					t.Fatalf("LoadFile = %v, want a tail left out", err)
+				}
+				tc.resume = torn.Load().Position()
 			}
 			hello := make(chan *configv1.WatchRequest, 1)
 			_, addr := startServer(t, func(s *session) error {
@@ -207,8 +223,8 @@ func TestRestartFromAppendedFile(t *testing.T) {
 			})
 			store := configset.NewStore()
 			stop := runWatch(t, dial(t, addr), store, Options{StatePath: path, Logger: quietLogger(t)})
-			if h := <-hello; h.GetResumePosition() != 4 {
-				t.Fatalf("resumed at %d, want 4", h.GetResumePosition())
+			if h := <-hello; h.GetResumePosition() != tc.resume {
+				t.Fatalf("resumed at %d, want %d", h.GetResumePosition(), tc.resume)
 			}
 			if tc.change {
 				waitFor(t, "the change saved", savedAt(path, 5))

@@ -209,8 +209,9 @@ type watcher struct {
 // It saves through a configset.StateFile: the first save writes the whole set (unless the file
 // was loaded whole, see configset.Store.StateFile), and later ones append what changed, so that a
 // change to one hostname of many writes little. The last save writes the whole set (Compact),
-// also when nothing changed since a file with changes appended was loaded, so that the file an
-// edge leaves when it stops is one that versions before changes were appended read too.
+// also when nothing changed since a file with changes appended (or a tail a crash cut short) was
+// loaded, so that the file an edge leaves when it stops is one that versions before changes were
+// appended read too.
 func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	if testHookSaverStart != nil {
@@ -222,7 +223,8 @@ func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- 
 	wrote := false // file has written: its changes may need compacting at the end
 	save := func(last bool) {
 		set := w.store.Load()
-		// At the end, a file loaded with changes appended (after a crash) is compacted too.
+		// At the end, a file loaded with changes appended or a tail left out (after a crash)
+		// is compacted too.
 		if !set.Complete() || (set == saved && (!last || (!wrote && !file.Appended()))) {
 			return
 		}
