@@ -285,6 +285,14 @@ func TestStateFileWritesWholeSet(t *testing.T) {
 			if !bytes.Equal(a, b) {
 				t.Fatal("the file is not what Save writes")
 			}
+			// The next change appends to the file written whole, and AppendErr forgets the
+			// append that failed before.
+			if err := st.Apply(delta(30, nil, cfg(t, "z.example.com", 30))); err != nil {
+				t.Fatal(err)
+			}
+			if appended, err := f.Save(); err != nil || !appended || f.AppendErr() != nil {
+				t.Fatalf("the next Save: appended %v, %v, append error %v; want it appended", appended, err, f.AppendErr())
+			}
 		})
 	}
 }
@@ -719,6 +727,8 @@ func TestStateFileAfterLoadFile(t *testing.T) {
 		{"ok/another path", withChange, true, false},
 		{"ok/tail left out", withChange[:len(withChange)-1], false, false},
 		{"ok/hostname refused", appendTo(t, slices.Clone(withChange), delta(12, nil, unpreparable(t, "d.example.com", 12))), false, false},
+		// A file written before trailers: a change appended to it would not read (nor the file).
+		{"ok/no trailer", withChange[:fileSizeOfSet(t, withChange)-len(trailerMagic)-4], false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeTemp(t, t.TempDir(), tc.file)
