@@ -16,7 +16,9 @@ import (
 // writes back in a form that loads to the same set (position, history token, the hostnames'
 // configurations, the refused hostnames) and saves to the same bytes again. A loaded file that
 // carries the checksum trailer, once any one of its bytes is changed, is refused, or loads only
-// what comes before the change it damaged (a TailError at or before the byte).
+// what comes before the change it damaged (a TailError at or before the byte). A StateFile of a
+// file loaded with no tail left out (appending to it if it was loaded whole) keeps it loading to
+// the set after a change.
 func FuzzLoadFile(f *testing.F) {
 	st := NewStore()
 	if err := st.Apply(&configv1.WatchResponse{Position: 7, Snapshot: true, HistoryToken: []byte("tok"),
@@ -74,7 +76,7 @@ func FuzzLoadFile(f *testing.F) {
 		return b.Bytes()
 	}
 	f.Fuzz(func(t *testing.T, data []byte, at uint16, xor byte) {
-		st, _, err := load(data)
+		st, tail, err := load(data)
 		if err != nil {
 			if st.Load().Complete() || st.Load().Len() != 0 {
 				t.Fatalf("a refused file (%v) changed the set", err)
@@ -83,6 +85,30 @@ func FuzzLoadFile(f *testing.F) {
 		}
 		if !st.Load().Complete() {
 			t.Fatal("a loaded set is not complete")
+		}
+		if set := st.Load(); tail == nil && set.Position() < 1<<62 {
+			// A StateFile of a file loaded with no tail left out (appending to it, if no
+			// hostname was refused either) keeps it loading to the store's set after a change.
+			st2 := NewStore()
+			p := filepath.Join(dir, "in")
+			_ = st2.LoadFile(p)
+			if err := st2.Apply(&configv1.WatchResponse{Position: set.Position() + 1, HistoryToken: []byte("next")}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st2.StateFile(p).Save(); err != nil {
+				t.Fatal(err)
+			}
+			again := NewStore()
+			if err := again.LoadFile(p); err != nil {
+				var partly *RefusedError
+				if !errors.As(err, &partly) {
+					t.Fatalf("the file a StateFile kept after LoadFile: %v", err)
+				}
+			}
+			if a, b := st2.Load(), again.Load(); a.Position() != b.Position() || a.Len() != b.Len() || !slices.Equal(a.Refused(), b.Refused()) {
+				t.Fatalf("the file a StateFile kept after LoadFile: position %d/%d, %d/%d hostnames, refused %q/%q",
+					a.Position(), b.Position(), a.Len(), b.Len(), a.Refused(), b.Refused())
+			}
 		}
 		saved := save(st)
 		again, tail, err := load(saved)

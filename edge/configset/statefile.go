@@ -21,8 +21,8 @@ var minAppendBytes int64 = 1 << 20
 // StateFile keeps the file at one path holding its Store's current set, for LoadFile, as Save
 // does, at the cost of what changed rather than of the whole set. Its first Save writes the whole
 // set (Store.Save), unless the Store's last LoadFile was of the same path and loaded all of it
-// (no tail left out, no hostname refused): the file then holds the set loaded, and the first
-// Save appends to it. Each later Save appends the change from the set the file holds to the current
+// (no tail left out, no hostname refused, a file with its checksum trailer, which files written
+// before trailers lack): the file then holds the set loaded, and the first Save appends to it. Each later Save appends the change from the set the file holds to the current
 // one (the hostnames upserted and removed, and the new position and history token; see the file
 // format, above Save), and syncs the file, so that a change to one hostname of a million writes a
 // few hundred bytes, not the whole configuration. It writes the whole set again instead:
