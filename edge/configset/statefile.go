@@ -36,9 +36,9 @@ var minAppendBytes int64 = 1 << 20
 //   - when the change cannot be told as one (the set's position went back, for a history that
 //     replaced the one the file holds, or its refused hostnames changed, since a change carries
 //     no refusals);
-//   - when the file is not the one it last wrote (replaced, or of another size), or the append
-//     fails; an append that fails half way leaves a tail that LoadFile leaves out (TailError),
-//     and the whole set written next replaces the file.
+//   - when the file is not the one it last wrote (replaced, of another size, or modified
+//     since), or the append fails; an append that fails half way leaves a tail that LoadFile
+//     leaves out (TailError), and the whole set written next replaces the file.
 //
 // A StateFile is used by one goroutine at a time, and no other writer (another StateFile or
 // Store.Save) writes its path meanwhile.
@@ -180,8 +180,10 @@ func (f *StateFile) append(rec []byte) (err error) {
 	switch {
 	case err != nil:
 		return fmt.Errorf("configset: append to %s: %w", f.path, err)
-	case !os.SameFile(fi, f.file) || fi.Size() != f.size:
-		return fmt.Errorf("configset: append to %s: the file is not the one last written (%d bytes, %d written)", f.path, fi.Size(), f.size)
+	case !os.SameFile(fi, f.file) || fi.Size() != f.size || !fi.ModTime().Equal(f.file.ModTime()):
+		// The modification time catches a file rewritten in place to the same size since.
+		return fmt.Errorf("configset: append to %s: the file is not the one last written (%d bytes modified %v; %d written, modified %v)",
+			f.path, fi.Size(), fi.ModTime(), f.size, f.file.ModTime())
 	}
 	if _, err := file.Write(rec); err != nil {
 		return fmt.Errorf("configset: append to %s: %w", f.path, err)
@@ -190,6 +192,9 @@ func (f *StateFile) append(rec []byte) (err error) {
 		return fmt.Errorf("configset: append to %s: %w", f.path, err)
 	}
 	f.size += int64(len(rec))
+	if fi, err = file.Stat(); err == nil {
+		f.file = fi
+	} // else the next append finds the time changed, and the whole set is written
 	return nil
 }
 

@@ -254,6 +254,15 @@ func TestStateFileWritesWholeSet(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, true},
+		{"file rewritten in place, same size", func(t *testing.T, st *Store, path string) {
+			b, _ := os.ReadFile(path)
+			if err := os.WriteFile(path, b, 0o600); err != nil { // the same inode, a new time
+				t.Fatal(err)
+			}
+			if err := st.Apply(delta(12, nil, cfg(t, "d.example.com", 12))); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
 		{"file removed", func(t *testing.T, st *Store, path string) {
 			os.Remove(path)
 			if err := st.Apply(delta(12, nil, cfg(t, "d.example.com", 12))); err != nil {
