@@ -166,7 +166,11 @@ func (st *Store) Load() *Set { return st.cur.Load() }
 // Apply takes resp over: the caller must not modify it afterwards, nor read it while Apply runs.
 // Apply may replace an upsert's certificate_authorities, revocations and policy rules with equal
 // lists it already holds ([decision.Hostname.ShareLists]), so that hostnames of the same CAs and
-// policies share one copy of them.
+// policies share one copy of them. A hostname whose configuration the set holds already, equal
+// ([proto.Equal]), keeps its prepared entry, and the upsert is replaced in resp by the equal
+// configuration the entry holds: what preparing makes of a configuration depends on its content
+// alone, and a snapshot that repeats the set then costs a comparison a hostname rather than a
+// preparation, with the new set sharing the old one's entries.
 func (st *Store) Apply(resp *configv1.WatchResponse) error {
 	return st.ApplyPrepared(resp, nil)
 }
@@ -177,7 +181,11 @@ func (st *Store) Apply(resp *configv1.WatchResponse) error {
 // ([decision.Hostname.ShareLists]), so that the copies each part brings are garbage at once,
 // instead of when the whole response has arrived: a snapshot of many hostnames is then never held
 // whole and unshared. Prepare takes the upserts over, as Apply does; it changes nothing of the set.
-// The result holds nil for an upsert that could not be prepared (ApplyPrepared says why).
+// Like Apply, it keeps the entry of a hostname whose configuration the current set holds, equal,
+// and replaces that upsert in the slice with the entry's equal configuration, so that
+// ApplyPrepared of the joined response (joined after Prepare returned) takes the entry as that
+// upsert's without comparing again. The result holds nil for an upsert that could not be
+// prepared (ApplyPrepared says why).
 func (st *Store) Prepare(upserts []*configv1.HostnameConfig) []*decision.Hostname {
 	out, _ := st.prepare(upserts, nil)
 	return out
@@ -208,8 +216,8 @@ func (st *Store) NewPartPreparer() *PartPreparer {
 	return p
 }
 
-// Add queues one part's upserts, which it takes over as [Store.Prepare] does; it blocks while two
-// parts wait.
+// Add queues one part's upserts, which it takes over as [Store.Prepare] does (it may replace
+// some in the slice: join the parts only after Wait); it blocks while two parts wait.
 func (p *PartPreparer) Add(upserts []*configv1.HostnameConfig) {
 	p.parts <- upserts
 }
@@ -225,7 +233,8 @@ func (p *PartPreparer) Wait() []*decision.Hostname {
 // ApplyPrepared is Apply, for a response whose upserts were prepared by [Store.Prepare]:
 // prepared[i] is resp's upserts[i] prepared (for a response joined with [Merge], the results of
 // Prepare for its parts, in order). An entry that is nil, or is not that upsert's (a prepared
-// hostname is used only for the configuration it was prepared from), is prepared again.
+// hostname is used only for the configuration it was prepared from: its Config is the upsert),
+// is prepared again, or kept from the set as Apply keeps one.
 func (st *Store) ApplyPrepared(resp *configv1.WatchResponse, prepared []*decision.Hostname) error {
 	if resp == nil {
 		return errors.New("configset: no response to apply")
@@ -439,7 +448,9 @@ func (st *Store) prepare(upserts []*configv1.HostnameConfig, ready []*decision.H
 			return
 		}
 		if old, ok := cur.Lookup(upserts[i].GetHostname()); ok && proto.Equal(old.Config, upserts[i]) {
-			out[i], reused[i] = old, true
+			// The upsert becomes the entry's equal configuration, so that a later ApplyPrepared
+			// with this result recognises the entry as the upsert's.
+			out[i], reused[i], upserts[i] = old, true, old.Config
 			return
 		}
 		h, err := st.cache.Prepare(upserts[i])

@@ -212,7 +212,9 @@ func (st *Store) LoadFile(path string) error {
 	// at once (see Store.Prepare), on another goroutine while the next part is read.
 	prep := st.NewPartPreparer()
 	r := &countReader{r: bufio.NewReaderSize(f, 1<<20)}
-	resp, sum, trailer, err := readSet(r, func(part *configv1.WatchResponse) { prep.Add(part.GetUpserts()) })
+	// The preparer gets copies of the parts' lists of upserts: it may replace upserts in the
+	// lists it is given (Store.Prepare) while readSet joins the parts it read.
+	resp, sum, trailer, err := readSet(r, func(part *configv1.WatchResponse) { prep.Add(slices.Clone(part.GetUpserts())) })
 	prepared := prep.Wait()
 	if err != nil {
 		return fmt.Errorf("configset: load %s: %w", path, err)
