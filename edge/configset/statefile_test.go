@@ -167,25 +167,33 @@ func TestStateFileAppendsChanges(t *testing.T) {
 	sameSet(t, st.Load(), got.Load())
 }
 
+// appendedFile writes path with a StateFile of a new store: the whole set at position 10 (a and
+// b), then the change at 11 (c added), appended. It returns the store and the StateFile.
+func appendedFile(t *testing.T, path string) (*Store, *StateFile) {
+	t.Helper()
+	st := NewStore()
+	if err := st.Apply(snapshot(10, cfg(t, "a.example.com", 10), cfg(t, "b.example.com", 10))); err != nil {
+		t.Fatal(err)
+	}
+	f := st.StateFile(path)
+	if _, err := f.Save(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Apply(delta(11, nil, cfg(t, "c.example.com", 11))); err != nil {
+		t.Fatal(err)
+	}
+	if appended, err := f.Save(); err != nil || !appended {
+		t.Fatalf("appended %v, %v", appended, err)
+	}
+	return st, f
+}
+
 // TestStateFileWritesWholeSet: the cases where Save writes the whole set instead of appending,
 // each checked by loading the file.
 func TestStateFileWritesWholeSet(t *testing.T) {
 	setup := func(t *testing.T) (*Store, *StateFile, string) {
 		path := filepath.Join(t.TempDir(), "c")
-		st := NewStore()
-		if err := st.Apply(snapshot(10, cfg(t, "a.example.com", 10), cfg(t, "b.example.com", 10))); err != nil {
-			t.Fatal(err)
-		}
-		f := st.StateFile(path)
-		if _, err := f.Save(); err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Apply(delta(11, nil, cfg(t, "c.example.com", 11))); err != nil {
-			t.Fatal(err)
-		}
-		if appended, err := f.Save(); err != nil || !appended {
-			t.Fatalf("appended %v, %v", appended, err)
-		}
+		st, f := appendedFile(t, path)
 		return st, f, path
 	}
 	for _, tc := range []struct {
@@ -710,20 +718,7 @@ func TestDiff(t *testing.T) {
 func TestStateFileAfterLoadFile(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
-	st := NewStore()
-	if err := st.Apply(snapshot(10, cfg(t, "a.example.com", 10), cfg(t, "b.example.com", 10))); err != nil {
-		t.Fatal(err)
-	}
-	f := st.StateFile(src)
-	if _, err := f.Save(); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Apply(delta(11, nil, cfg(t, "c.example.com", 11))); err != nil {
-		t.Fatal(err)
-	}
-	if appended, err := f.Save(); err != nil || !appended {
-		t.Fatalf("appended %v, %v", appended, err)
-	}
+	appendedFile(t, src)
 	withChange, _ := os.ReadFile(src)
 	for _, tc := range []struct {
 		name   string
