@@ -26,7 +26,7 @@
 // never more than one save behind. A save appends to the file what changed since the last one
 // (configset.StateFile), so that a change to one hostname of a million writes a few hundred
 // bytes, not the whole configuration; the whole set is written again when the changes appended
-// reach half its size. Run saves once more before it returns, writing the whole set. A failed or
+// reach half its size (at least 1 MiB). Run saves once more before it returns, writing the whole set. A failed or
 // ended stream is reopened after a jittered exponential back-off (Options.Backoff), reset by every
 // applied response. While disconnected, the store keeps serving the last configuration it applied.
 // With Options.Alternates, each reconnection goes to the next ConfigService in turn (failover
