@@ -210,8 +210,9 @@ type watcher struct {
 // was loaded whole, see configset.Store.StateFile), and later ones append what changed, so that a
 // change to one hostname of many writes little. The last save writes the whole set (Compact),
 // also when nothing changed since a file with changes appended (or a tail a crash cut short) was
-// loaded, so that the file an edge leaves when it stops is one that versions before changes were
-// appended read too.
+// loaded refusing no hostname (configset.StateFile.Appended; after a load that refused some, the
+// file is left as it is), so that the file an edge leaves when it stops is one that versions
+// before changes were appended read too.
 func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	if testHookSaverStart != nil {
