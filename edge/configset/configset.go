@@ -129,8 +129,8 @@ type Store struct {
 	seed  maphash.Seed
 	edits uint64 // the last Apply's edit number (trie.go); guarded by mu
 	// loaded is the file the last LoadFile loaded whole, holding exactly the set loaded (for
-	// StateFile); nil when that LoadFile did not (it failed, found no file, left a tail out or
-	// refused a hostname); guarded by mu.
+	// StateFile), or one it loaded leaving a tail out (torn); nil when that LoadFile did neither
+	// (it failed, found no file, or refused a hostname); guarded by mu.
 	loaded *loadedFile
 }
 

@@ -28,7 +28,7 @@ var minAppendBytes int64 = 1 << 20
 // few hundred bytes, not the whole configuration. It writes the whole set again instead:
 //
 //   - when the changes appended would pass half the size of the whole set's part of the file, or
-//     1 MiB if that is more: what is appended is then at most about half the file, and
+//     1 MiB if that is more: what is appended is then at most half the set (or 1 MiB), and
 //     rewriting costs at most about twice what the changes do, so that a file kept current
 //     through many changes neither grows without bound nor takes LoadFile much longer to read
 //     than the set alone;
