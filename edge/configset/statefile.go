@@ -18,14 +18,15 @@ import (
 // the whole set again (see StateFile); tests lower it.
 var minAppendBytes int64 = 1 << 20
 
-// StateFile keeps the file at one path holding its Store's current set, for LoadFile, as Save
-// does, at the cost of what changed rather than of the whole set. Its first Save writes the whole
-// set (Store.Save), unless the Store's last LoadFile was of the same path and loaded all of it
-// (no tail left out, no hostname refused, a file with its checksum trailer, which files written
-// before trailers lack): the file then holds the set loaded, and the first Save appends to it. Each later Save appends the change from the set the file holds to the current
-// one (the hostnames upserted and removed, and the new position and history token; see the file
-// format, above Save), and syncs the file, so that a change to one hostname of a million writes a
-// few hundred bytes, not the whole configuration. It writes the whole set again instead:
+// StateFile keeps the file at one path holding its Store's current set, for LoadFile, as Save does,
+// at the cost of what changed rather than of the whole set. Its first Save writes the whole set
+// (Store.Save), unless the Store's last LoadFile was of the same path and loaded all of it (no tail
+// left out, no hostname refused, a file with its checksum trailer, which files written before
+// trailers lack): the file then holds the set loaded, and the first Save appends to it. Each later
+// Save appends the change from the set the file holds to the current one (the hostnames upserted
+// and removed, and the new position and history token; see the file format, above Save), and syncs
+// the file, so that a change to one hostname of a million writes a few hundred bytes, not the whole
+// configuration. It writes the whole set again instead:
 //
 //   - when the changes appended would pass half the size of the whole set's part of the file, or
 //     1 MiB if that is more: what is appended is then at most half the set (or 1 MiB), and
@@ -98,9 +99,6 @@ func (f *StateFile) Appended() bool { return f.torn || (f.saved != nil && f.size
 // an append that keeps failing (a disk that refuses writes at the file's end) costs a whole set
 // each time.
 func (f *StateFile) AppendErr() error { return f.appendErr }
-
-// Path returns the file's path.
-func (f *StateFile) Path() string { return f.path }
 
 // Save brings the file up to the store's current set: nothing when the file holds it already,
 // else the change since the set the file holds, appended, or the whole set, written (see
