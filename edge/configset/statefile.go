@@ -14,6 +14,18 @@ import (
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
+// SaveKind says what a StateFile's last Save or Compact wrote.
+type SaveKind int
+
+const (
+	// SavedNothing: the file held the set already (or the call failed).
+	SavedNothing SaveKind = iota
+	// SavedChange: the change since the set the file held was appended.
+	SavedChange
+	// SavedWhole: the whole set was written.
+	SavedWhole
+)
+
 // minAppendBytes is how many bytes of changes a StateFile appends, at least, before it writes
 // the whole set again (see StateFile); tests lower it.
 var minAppendBytes int64 = 1 << 20
@@ -60,6 +72,8 @@ type StateFile struct {
 	// torn: the file ends with a tail the Store's LoadFile left out, and f has not written it
 	// since.
 	torn bool
+	// last is what the last Save or Compact wrote.
+	last SaveKind
 }
 
 // loadedFile is a file LoadFile loaded whole: it holds set (weakly: a Store that moved on does
@@ -100,6 +114,10 @@ func (f *StateFile) Appended() bool { return f.torn || (f.saved != nil && f.size
 // each time.
 func (f *StateFile) AppendErr() error { return f.appendErr }
 
+// LastSave returns what the last Save or Compact wrote: SavedNothing before the first, and after
+// one that failed or found the file current.
+func (f *StateFile) LastSave() SaveKind { return f.last }
+
 // Save brings the file up to the store's current set: nothing when the file holds it already,
 // else the change since the set the file holds, appended, or the whole set, written (see
 // StateFile). It reports whether it appended. A Save that fails leaves the file holding the set
@@ -110,7 +128,7 @@ func (f *StateFile) Save() (appended bool, err error) {
 	if !set.Complete() {
 		return false, errors.New("configset: nothing to save: no snapshot was applied yet")
 	}
-	f.appendErr = nil
+	f.appendErr, f.last = nil, SavedNothing
 	if set == f.saved {
 		return false, nil
 	}
@@ -121,7 +139,7 @@ func (f *StateFile) Save() (appended bool, err error) {
 		if rec, sum, ok := changeRecord(f.saved, set, f.sum, budget); ok {
 			err := f.append(rec)
 			if err == nil {
-				f.saved, f.sum = set, sum
+				f.saved, f.sum, f.last = set, sum, SavedChange
 				return true, nil
 			}
 			// The whole set, written below, replaces the file whatever the append left.
@@ -135,6 +153,7 @@ func (f *StateFile) Save() (appended bool, err error) {
 // that the file is one an edge of a version before changes were appended can read (Run of
 // edge/watch does so as it returns).
 func (f *StateFile) Compact() error {
+	f.last = SavedNothing
 	set := f.st.Load()
 	if set == f.saved && f.size == f.base {
 		return nil
@@ -153,6 +172,7 @@ func (f *StateFile) saveWhole(set *Set) error {
 		return err
 	}
 	f.saved, f.file, f.size, f.base, f.sum, f.torn = set, fi, fi.Size(), fi.Size(), sum, false
+	f.last = SavedWhole
 	return nil
 }
 

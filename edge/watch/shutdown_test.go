@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
 	"guestlist.dev/edge/configset"
 	"guestlist.dev/edge/pkitest"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
@@ -93,7 +95,9 @@ func TestSavesAppendChanges(t *testing.T) {
 	})
 	store := configset.NewStore()
 	state := filepath.Join(t.TempDir(), "edge-config.bin")
-	stop := runWatch(t, dial(t, addr), store, Options{StatePath: state, Logger: quietLogger(t)})
+	reader := sdkmetric.NewManualReader()
+	stop := runWatch(t, dial(t, addr), store, Options{StatePath: state, Logger: quietLogger(t),
+		MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
 	savedAt := func(pos uint64) func() bool {
 		return func() bool {
 			saved := configset.NewStore()
@@ -126,7 +130,14 @@ func TestSavesAppendChanges(t *testing.T) {
 	if h, ok := restarted.Load().Lookup("h21.example.com"); !ok || h.Config.GetOriginUrl() != "http://127.0.0.1:2" || restarted.Load().Len() != 300 {
 		t.Fatalf("the file loads to %d hostnames, h21: %v", restarted.Load().Len(), ok)
 	}
+	// Each change was saved before the next was sent: one append each.
+	if m := collect(t, reader); m["guestlist.edge.config.saves|result=appended"] != last-1 || m["guestlist.edge.config.saves|result=whole"] != 1 || m["guestlist.edge.config.saves|result=failed"] != 0 {
+		t.Errorf("saves counted before the stop: %v", m)
+	}
 	stop()
+	if m := collect(t, reader); m["guestlist.edge.config.saves|result=whole"] != 2 {
+		t.Errorf("saves counted after the stop (the whole set written once more): %v", m)
+	}
 	whole := filepath.Join(t.TempDir(), "whole")
 	if err := store.Save(whole); err != nil {
 		t.Fatal(err)
@@ -307,4 +318,25 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestFailedSavesCounted: a save that fails (here, into a directory that does not exist) is
+// counted as failed, so that an edge that would restart with an older configuration can be
+// noticed by its metrics, not only its logs.
+func TestFailedSavesCounted(t *testing.T) {
+	ca := pkitest.NewCA(t, "Acme Root")
+	_, addr := startServer(t, func(s *session) error {
+		s.send(&configv1.WatchResponse{Position: 1, Snapshot: true, Upserts: []*configv1.HostnameConfig{hostCfg("a.example.com", 1, ca, "http://127.0.0.1:1")}})
+		s.recv()
+		<-s.stream.Context().Done()
+		return nil
+	})
+	reader := sdkmetric.NewManualReader()
+	store := configset.NewStore()
+	runWatch(t, dial(t, addr), store, Options{StatePath: filepath.Join(t.TempDir(), "missing", "edge-config.bin"), Logger: quietLogger(t),
+		MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
+	waitFor(t, "the failed save counted", func() bool {
+		m := collect(t, reader)
+		return m["guestlist.edge.config.saves|result=failed"] == 1 && m["guestlist.edge.config.saves|result=whole"] == 0
+	})
 }

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"guestlist.dev/edge/configset"
 	configv1 "guestlist.dev/proto/gen/go/guestlist/config/v1"
 )
 
@@ -28,7 +29,11 @@ type telemetry struct {
 	updates metric.Int64Counter
 	applied []metric.AddOption
 	nacked  []metric.AddOption
-	reg     metric.Registration
+	// saves counts the saver's writes of the state file, by result (savedAppended, savedWhole,
+	// saveFailed).
+	saves                                 metric.Int64Counter
+	savedAppended, savedWhole, saveFailed []metric.AddOption
+	reg                                   metric.Registration
 
 	// lastUpdate is when the configuration last changed (UnixNano; 0: unknown).
 	lastUpdate atomic.Int64
@@ -47,13 +52,20 @@ func newTelemetry(w *watcher) (*telemetry, error) {
 	}
 	meter := mp.Meter(scope)
 	t := &telemetry{
-		tracer:  tp.Tracer(scope),
-		applied: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "applied")))},
-		nacked:  []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "nacked")))},
+		tracer:        tp.Tracer(scope),
+		applied:       []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "applied")))},
+		nacked:        []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "nacked")))},
+		savedAppended: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "appended")))},
+		savedWhole:    []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "whole")))},
+		saveFailed:    []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "failed")))},
 	}
 	var err error
 	if t.updates, err = meter.Int64Counter("guestlist.edge.config.updates", metric.WithUnit("{response}"),
 		metric.WithDescription("Configuration responses received, by result (applied or nacked).")); err != nil {
+		return nil, fmt.Errorf("watch: create metric: %w", err)
+	}
+	if t.saves, err = meter.Int64Counter("guestlist.edge.config.saves", metric.WithUnit("{save}"),
+		metric.WithDescription("Writes of the saved configuration (the state file), by result: appended (the change), whole (the whole set), or failed (a restart without the control plane would serve an older configuration).")); err != nil {
 		return nil, fmt.Errorf("watch: create metric: %w", err)
 	}
 	revision, err1 := meter.Int64ObservableGauge("guestlist.edge.config.revision",
@@ -104,6 +116,19 @@ func (t *telemetry) startUpdate(ctx context.Context, resp *configv1.WatchRespons
 		attribute.Int64("guestlist.position", int64(resp.GetPosition())),
 		attribute.Bool("guestlist.snapshot", resp.GetSnapshot()),
 	))
+}
+
+// saved counts a save of the state file: what it wrote (configset.StateFile.LastSave), or that
+// it failed.
+func (t *telemetry) saved(kind configset.SaveKind, err error) {
+	switch {
+	case err != nil:
+		t.saves.Add(context.Background(), 1, t.saveFailed...)
+	case kind == configset.SavedChange:
+		t.saves.Add(context.Background(), 1, t.savedAppended...)
+	case kind == configset.SavedWhole:
+		t.saves.Add(context.Background(), 1, t.savedWhole...)
+	}
 }
 
 // endUpdate ends an update span, counting the update as applied (err nil) or refused.

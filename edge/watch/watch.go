@@ -240,6 +240,7 @@ func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- 
 				w.log.Warn("could not append the change to the saved configuration; writing it whole", "path", w.opts.StatePath, "error", aerr)
 			}
 		}
+		w.tel.saved(file.LastSave(), err)
 		if err != nil {
 			w.log.Error("could not save the configuration; a restart without the control plane would serve an older one",
 				"path", w.opts.StatePath, "position", set.Position(), "error", err)

@@ -149,13 +149,14 @@ func startStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 
+	stateDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	runs := []func(context.Context) error{
 		srv.Serve, proj.Run, edgeSrv.Serve,
 		func(ctx context.Context) error { return echo.ServeListener(ctx, originLn) },
 		func(ctx context.Context) error {
 			return watch.Run(ctx, conn, configs, watch.Options{EdgeID: "edge-1", Token: edgeToken, Logger: debug,
-				TracerProvider: tp, MeterProvider: mp, Backoff: watch.Backoff{Min: 10 * time.Millisecond, Max: 100 * time.Millisecond}})
+				StatePath: filepath.Join(stateDir, "edge-config.pb"), TracerProvider: tp, MeterProvider: mp, Backoff: watch.Backoff{Min: 10 * time.Millisecond, Max: 100 * time.Millisecond}})
 		},
 	}
 	done := make(chan error, len(runs))
@@ -345,6 +346,7 @@ func TestMetricsScrape(t *testing.T) {
 		{"ok/edge config age", "guestlist_edge_config_age_seconds", nil, func(v float64) bool { return v >= 0 && v < 60 }, "0 to 60"},
 		{"ok/edge updates applied", "guestlist_edge_config_updates_total", map[string]string{"result": "applied"}, func(v float64) bool { return v >= 1 }, ">= 1"},
 		{"ok/edge connected", "guestlist_edge_config_connected", nil, eq(1), "1"},
+		{"ok/edge configuration saved", "guestlist_edge_config_saves_total", map[string]string{"result": "whole"}, func(v float64) bool { return v >= 1 }, ">= 1"},
 		{"ok/projector caught up: no lag in events", "guestlist_projector_lag_events", nil, eq(0), "0"},
 		{"ok/projector caught up: no lag in seconds", "guestlist_projector_lag_seconds", nil, eq(0), "0"},
 		{"ok/projector position", "guestlist_projector_position", nil, eq(pos), fmt.Sprint(pos)},
