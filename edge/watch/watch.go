@@ -230,12 +230,11 @@ func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- 
 			return
 		}
 		start := time.Now()
-		var appended bool
 		var err error
 		if last {
 			err = file.Compact() // tries no append: AppendErr is still the last Save's
 		} else {
-			appended, err = file.Save()
+			_, err = file.Save() // what it wrote: file.LastSave()
 			if aerr := file.AppendErr(); aerr != nil {
 				w.log.Warn("could not append the change to the saved configuration; writing it whole", "path", w.opts.StatePath, "error", aerr)
 			}
@@ -247,7 +246,7 @@ func (w *watcher) saver(saved *configset.Set, stop <-chan struct{}, done chan<- 
 			return
 		}
 		saved, wrote = set, true // Save may have written a newer one; saving that again is harmless
-		w.log.Debug("configuration saved", "path", w.opts.StatePath, "position", set.Position(), "appended", appended, "took", time.Since(start))
+		w.log.Debug("configuration saved", "path", w.opts.StatePath, "position", set.Position(), "appended", file.LastSave() == configset.SavedChange, "took", time.Since(start))
 	}
 	for {
 		select {
