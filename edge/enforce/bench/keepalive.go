@@ -36,7 +36,7 @@ type kaServer struct {
 func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 	o := e.o
 	dir := filepath.Join(e.dir, "keepalive")
-	if err := mkdirs(dir, "nginx", "nginx-headers", "nginx-reuseport"); err != nil {
+	if err := mkdirs(dir, "nginx", "nginx-headers", "nginx-reuseport", "nginx-same-headers"); err != nil {
 		return nil, err
 	}
 
@@ -85,6 +85,12 @@ func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 	if o.profile != "" {
 		extra = append(extra, "-cpuprofile", o.profile)
 	}
+	var static []staticHeader
+	if o.nginxSame {
+		if static, err = nginxSameHeaders(ctx, e, e.edgeArgs(1, files.ClientCA, filepath.Join(dir, "edge-capture.state")), cfg); err != nil {
+			return nil, fmt.Errorf("nginx-same-headers: %w", err)
+		}
+	}
 	edge, er, err := e.startEdge(ctx, "edge", e.edgeArgs(1, files.ClientCA, filepath.Join(dir, "edge.state"), extra...), 30*time.Second)
 	if err != nil {
 		return nil, err
@@ -106,6 +112,7 @@ func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 	type variant struct {
 		name               string
 		headers, reuseport bool
+		static             []staticHeader
 	}
 	variants := []variant{{name: "nginx"}}
 	if o.nginxHeaders {
@@ -114,8 +121,11 @@ func runKeepAlive(ctx context.Context, e *env) ([]keepAliveRound, error) {
 	if o.nginxReuse {
 		variants = append(variants, variant{name: "nginx-reuseport", reuseport: true})
 	}
+	if o.nginxSame {
+		variants = append(variants, variant{name: "nginx-same-headers", static: static})
+	}
 	for _, v := range variants {
-		n, err := startNginx(ctx, o.nginx, v.name, filepath.Join(dir, v.name), files, e.originIP, o.procs, max(64, o.conns), v.headers, v.reuseport, cfg)
+		n, err := startNginx(ctx, o.nginx, v.name, filepath.Join(dir, v.name), files, e.originIP, o.procs, max(64, o.conns), v.headers, v.reuseport, v.static, cfg)
 		if err != nil {
 			return nil, err
 		}

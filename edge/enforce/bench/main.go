@@ -7,7 +7,10 @@
 //     nginx (ssl_verify_client on, proxy_pass with upstream keep-alive, TLS 1.3, access_log off,
 //     worker_processes = the edge's GOMAXPROCS), both forwarding to the same trivial origin, in
 //     alternating rounds; with the server-side CPU time per request, read from
-//     /proc/<pid>/stat of the edge process and of nginx's master and workers.
+//     /proc/<pid>/stat of the edge process and of nginx's master and workers. With
+//     -nginx-same-headers, also an nginx that sends the origin the header lines the edge
+//     forwards (captured from the edge before the rounds, set as fixed values), so that the
+//     origin does the same work behind both.
 //   - scale: an edge holding 100,000 hostnames against one holding 10: heap per hostname, time to
 //     apply the snapshot and to load the saved state file, and full mTLS handshakes per second
 //     (new connection and one request each) to hostnames picked at random, in alternating
@@ -65,6 +68,7 @@ type options struct {
 	rounds       int
 	nginxHeaders bool
 	nginxReuse   bool
+	nginxSame    bool
 
 	// scale
 	scaleHosts   int
@@ -118,6 +122,7 @@ func main() {
 	flag.BoolVar(&o.nginxHeaders, "nginx-headers", false, "also measure nginx setting the headers the edge adds (certificate details, X-Forwarded-*)")
 	flag.StringVar(&o.edgeBEnv, "edge-b-env", "", "also measure a second edge, edge-b, with these environment variables added (KEY=VALUE, comma-separated; e.g. GODEBUG settings): an A/B comparison in the same rounds")
 	flag.BoolVar(&o.nginxReuse, "nginx-reuseport", false, "also measure nginx with reuseport on its listen line (each worker its own listening socket, connections spread evenly over the workers)")
+	flag.BoolVar(&o.nginxSame, "nginx-same-headers", false, "also measure nginx sending the origin the same header lines as the edge, as fixed values captured from the edge before the rounds (nginx computes none of them): the same origin work behind both servers")
 	flag.IntVar(&o.scaleHosts, "scale-hosts", 100_000, "hostnames of the large edge")
 	flag.IntVar(&o.scaleBase, "scale-base", 10, "hostnames of the small edge")
 	flag.IntVar(&o.scaleCAs, "scale-cas", 1000, "distinct client CAs over the hostnames (hostname i trusts CA i mod this)")

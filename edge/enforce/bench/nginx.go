@@ -81,6 +81,13 @@ http {
             proxy_set_header X-Client-Cert-Not-After $ssl_client_v_end;
             proxy_set_header Client-Cert $ssl_client_escaped_cert;
 {{- end}}
+{{- if .Static}}
+            # The header lines the edge forwarded to the origin for the bench's client, as fixed
+            # values (-nginx-same-headers): the origin is sent the same lines, nginx computes none.
+{{- range .Static}}
+            proxy_set_header {{.Name}} "{{.Value}}";
+{{- end}}
+{{- end}}
         }
     }
 }
@@ -170,11 +177,11 @@ http {
 // reconnect to the origin under the benchmark's load). With reuseport, every worker has a
 // listening socket of its own (listen ... reuseport), so that the kernel spreads new connections
 // evenly over the workers instead of waking whichever worker it wakes.
-func startNginx(ctx context.Context, bin, name, dir string, files nginxFiles, origin string, workers, upstreamIdle int, headers, reuseport bool, cfg *tls.Config) (*nginxServer, error) {
+func startNginx(ctx context.Context, bin, name, dir string, files nginxFiles, origin string, workers, upstreamIdle int, headers, reuseport bool, static []staticHeader, cfg *tls.Config) (*nginxServer, error) {
 	return execNginx(ctx, bin, name, dir, nginxConf, func(listen string) map[string]any {
 		return map[string]any{
 			"Workers": workers, "Dir": dir, "Origin": origin, "Listen": listen,
-			"ServerName": hostname(0), "Headers": headers, "Reuseport": reuseport, "UpstreamIdle": upstreamIdle,
+			"ServerName": hostname(0), "Headers": headers, "Static": static, "Reuseport": reuseport, "UpstreamIdle": upstreamIdle,
 			"Cert": files.Cert, "Key": files.Key, "ClientCA": files.ClientCA,
 		}
 	}, func(listen string) error { return probe(listen, cfg) })
