@@ -80,16 +80,22 @@ func captureForwardedHead(ctx context.Context, e *env, args []string, cfg *tls.C
 // sameHeaders returns the header lines of head (a request head the edge forwarded) that nginx
 // must set itself to send the origin the same header lines as the edge: every line except
 // Connection (nginx's proxy_set_header Connection "" and the edge's keep-alive default both
-// leave it out) and those the client sent (client), which nginx passes on by itself; Host is
-// kept, since nginx would otherwise send the upstream's name. A value nginx's configuration
-// cannot hold as a quoted string ('$', '"', '\\' or a control character) is an error.
+// leave it out) and those the client (client) sent with the same value, which nginx passes on by
+// itself; Host is kept, since nginx would otherwise send the upstream's name. A line of a name
+// the client sent with another value is kept too: nginx then sends its value instead of the
+// client's. It is an error when nginx would send the origin something else: a line the client
+// sent that the edge did not forward (nginx would pass it on), or an empty value (nginx does not
+// send a header set to ""). So is a line nginx's configuration cannot hold: a name of other than
+// letters, digits, '-' and '_', or a value with '$', '"', '\\' or a control character.
 func sameHeaders(head, client []byte) ([]staticHeader, error) {
-	sent := map[string]bool{}
+	type clientLine struct{ name, value string }
+	var sent []clientLine
 	for _, line := range strings.Split(string(client), "\r\n")[1:] {
-		if name, _, ok := strings.Cut(line, ":"); ok && !strings.EqualFold(name, "Host") {
-			sent[strings.ToLower(name)] = true
+		if name, value, ok := strings.Cut(line, ":"); ok && !strings.EqualFold(name, "Host") {
+			sent = append(sent, clientLine{name, strings.TrimSpace(value)})
 		}
 	}
+	forwarded := map[string]bool{}
 	lines := strings.Split(strings.TrimSuffix(string(head), "\r\n\r\n"), "\r\n")
 	var out []staticHeader
 	for _, line := range lines[1:] {
@@ -97,14 +103,35 @@ func sameHeaders(head, client []byte) ([]staticHeader, error) {
 		if !ok {
 			return nil, fmt.Errorf("forwarded head: line %q is not a header", line)
 		}
+		if name == "" || strings.ContainsFunc(name, func(r rune) bool {
+			return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_')
+		}) {
+			return nil, fmt.Errorf("forwarded head: header name %q cannot be written in nginx's configuration", name)
+		}
 		value = strings.TrimSpace(value)
-		if strings.EqualFold(name, "Connection") || sent[strings.ToLower(name)] {
+		forwarded[strings.ToLower(name)] = true
+		if strings.EqualFold(name, "Connection") || slices.ContainsFunc(sent, func(c clientLine) bool {
+			return strings.EqualFold(c.name, name) && c.value == value
+		}) {
 			continue
+		}
+		if value == "" {
+			return nil, fmt.Errorf("forwarded head: header %s is empty, and nginx does not send a header set to \"\"", name)
 		}
 		if i := strings.IndexFunc(value, func(r rune) bool { return r == '$' || r == '"' || r == '\\' || r < 0x20 || r == 0x7f }); i >= 0 {
 			return nil, fmt.Errorf("forwarded head: header %s: %q cannot be written in nginx's configuration", name, value[i])
 		}
 		out = append(out, staticHeader{Name: name, Value: value})
+	}
+	for _, c := range sent {
+		// nginx does not pass on the hop-by-hop lines either.
+		switch strings.ToLower(c.name) {
+		case "connection", "keep-alive", "te", "upgrade", "expect":
+			continue
+		}
+		if !forwarded[strings.ToLower(c.name)] {
+			return nil, fmt.Errorf("forwarded head: the edge did not forward the client's header %s, which nginx would pass on", c.name)
+		}
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("forwarded head: no header to set in %q", head)

@@ -13,6 +13,7 @@ func TestSameHeaders(t *testing.T) {
 	tests := []struct {
 		name    string
 		head    string
+		client  string // request(...) when empty
 		want    []staticHeader
 		wantErr string
 	}{
@@ -35,6 +36,35 @@ func TestSameHeaders(t *testing.T) {
 			want: []staticHeader{{"host", "a.example"}, {"X-Guestlist-Decision", "allow"}},
 		},
 		{
+			// PRODUCT.md: the edge replaces a client's line of these names; nginx must set the
+			// edge's value, not pass the client's on.
+			name:   "ok/a line the client sent with another value is set",
+			client: "GET /ping HTTP/1.1\r\nHost: a.example\r\nUser-Agent: guestlist-bench\r\nX-Client-Cert-Subject: CN=forged\r\n\r\n",
+			head:   "GET /ping HTTP/1.1\r\nHost: a.example\r\nUser-Agent: guestlist-bench\r\nX-Client-Cert-Subject: CN=bench-device\r\n\r\n",
+			want:   []staticHeader{{"Host", "a.example"}, {"X-Client-Cert-Subject", "CN=bench-device"}},
+		},
+		{
+			name:    "fail/a line of the client the edge did not forward",
+			client:  "GET /ping HTTP/1.1\r\nHost: a.example\r\nUser-Agent: guestlist-bench\r\nX-Client-Cert-Subject: CN=forged\r\n\r\n",
+			head:    "GET /ping HTTP/1.1\r\nHost: a.example\r\nUser-Agent: guestlist-bench\r\n\r\n",
+			wantErr: "did not forward the client's header X-Client-Cert-Subject",
+		},
+		{
+			name:    "fail/an empty value, which nginx would not send",
+			head:    "GET / HTTP/1.1\r\nHost: a.example\r\nUser-Agent: guestlist-bench\r\nX-Client-Cert-Issuer:\r\n\r\n",
+			wantErr: "X-Client-Cert-Issuer is empty",
+		},
+		{
+			name:    "fail/a name that would end the directive",
+			head:    "GET / HTTP/1.1\r\nHost: a.example\r\nUser-Agent: guestlist-bench\r\nX-A;return 200 x;#: v\r\n\r\n",
+			wantErr: "header name",
+		},
+		{
+			name:    "fail/a name with a space",
+			head:    "GET / HTTP/1.1\r\nHost: a.example\r\nUser-Agent: guestlist-bench\r\nX A: v\r\n\r\n",
+			wantErr: "header name",
+		},
+		{
 			name:    "fail/a value nginx would read as a variable",
 			head:    "GET / HTTP/1.1\r\nHost: a.example\r\nX-Client-Cert-Subject: CN=$host\r\n\r\n",
 			wantErr: "X-Client-Cert-Subject",
@@ -42,6 +72,16 @@ func TestSameHeaders(t *testing.T) {
 		{
 			name:    "fail/a quote",
 			head:    "GET / HTTP/1.1\r\nHost: a.example\r\nX-Client-Cert-Subject: CN=\"x\"\r\n\r\n",
+			wantErr: "cannot be written",
+		},
+		{
+			name:    "fail/a backslash",
+			head:    "GET / HTTP/1.1\r\nHost: a.example\r\nX-Client-Cert-Subject: CN=a\\\\,b\r\n\r\n",
+			wantErr: "cannot be written",
+		},
+		{
+			name:    "fail/a control character",
+			head:    "GET / HTTP/1.1\r\nHost: a.example\r\nX-Client-Cert-Subject: CN=a\tb\r\n\r\n",
 			wantErr: "cannot be written",
 		},
 		{
@@ -57,7 +97,11 @@ func TestSameHeaders(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := sameHeaders([]byte(tt.head), client)
+			c := client
+			if tt.client != "" {
+				c = []byte(tt.client)
+			}
+			got, err := sameHeaders([]byte(tt.head), c)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("sameHeaders = %v, %v; want an error containing %q", got, err, tt.wantErr)
