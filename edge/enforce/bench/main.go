@@ -19,7 +19,9 @@
 // The origin and every edge run in child processes (this program run again with -role), so that
 // their CPU time is theirs alone; nginx runs in the foreground (daemon off) as a child too. With
 // -origin nginx the trivial origin is an nginx of its own instead (worker_processes 1, return
-// 200 "ok"), its master's and worker's CPU time counted as the origin's. The
+// 200 "ok"), its master's and worker's CPU time counted as the origin's. With -origin-cpu N the
+// origin runs alone on CPU N and everything else on the other CPUs, as an origin on a machine of
+// its own would (its work then takes no CPU from the servers compared). The
 // load generator is this process. Every certificate is made for the run: ECDSA P-256 client roots
 // and leaves, the edge's and nginx's server certificates from the edge's servercert CA. Everything
 // started is stopped before the program returns; children get a signal if it dies.
@@ -59,6 +61,8 @@ type options struct {
 	dlogMode string
 	profile  string
 	origin   string
+	// originCPU is the CPU the origin runs on alone (-origin-cpu), or -1.
+	originCPU int
 
 	// keepalive
 	nginx        string
@@ -114,6 +118,7 @@ func main() {
 	flag.StringVar(&o.dlogMode, "decisionlog", "discard", "the edge's decision log: discard (entries encoded, written to io.Discard), off, or a file path")
 	flag.StringVar(&o.profile, "edge-cpuprofile", "", "write CPU profiles of the edges (for go tool pprof) to this file, for the keep-alive edge, and to <file>.<edge> for the scale edges")
 	flag.StringVar(&o.origin, "origin", "go", "the trivial origin behind every server: go (a net/http server, this program run with -role origin), nginx (an nginx of its own, worker_processes 1, return 200 \"ok\"), or raw (this program run with -role raw-origin: no HTTP library, a fixed answer to each request head, whatever its headers)")
+	flag.IntVar(&o.originCPU, "origin-cpu", -1, "run the origin alone on this CPU, and the load generator, the edges and nginx on the other CPUs, as with an origin on a machine of its own (-procs then defaults to the number of the other CPUs); -1: every process on every CPU")
 	flag.StringVar(&o.nginx, "nginx", "nginx", "the nginx binary")
 	flag.IntVar(&o.conns, "conns", 64, "keep-alive connections")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time of a keep-alive round")
@@ -210,6 +215,22 @@ func run(ctx context.Context, o *options) (err error) {
 	default:
 		return fmt.Errorf("-origin %q: want go, nginx or raw", o.origin)
 	}
+	if o.originCPU >= 0 {
+		n := runtime.NumCPU()
+		if n < 2 || o.originCPU >= n {
+			return fmt.Errorf("-origin-cpu %d: want a CPU from 0 to %d, with at least one more for the others", o.originCPU, n-1)
+		}
+		explicit := false
+		flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "procs" })
+		if !explicit {
+			o.procs = n - 1
+		}
+		// This process first: the edges and nginx it starts inherit its affinity.
+		if err := pinTasks(os.Getpid(), cpuSet(otherCPUs(n, o.originCPU))); err != nil {
+			return fmt.Errorf("-origin-cpu: %w", err)
+		}
+		runtime.GOMAXPROCS(n - 1)
+	}
 	res := &results{
 		Machine: machine{
 			NProc: runtime.NumCPU(), CPU: cpuModel(), MemTotal: memTotal(),
@@ -290,7 +311,7 @@ func (e *env) startOrigin(ctx context.Context) error {
 		}
 		e.atEnd(n.stop)
 		e.originIP, e.originPids = n.addr, n.pids
-		return nil
+		return e.pinOrigin()
 	}
 	role := "origin"
 	if e.o.origin == "raw" {
@@ -303,6 +324,23 @@ func (e *env) startOrigin(ctx context.Context) error {
 	}
 	e.atEnd(c.stop)
 	e.originIP, e.originPids = or.Addr, func() ([]int, error) { return []int{c.pid()}, nil }
+	return e.pinOrigin()
+}
+
+// pinOrigin moves every thread of the origin's processes to -origin-cpu, when given.
+func (e *env) pinOrigin() error {
+	if e.o.originCPU < 0 {
+		return nil
+	}
+	pids, err := e.originPids()
+	if err != nil {
+		return fmt.Errorf("-origin-cpu: %w", err)
+	}
+	for _, pid := range pids {
+		if err := pinTasks(pid, cpuSet([]int{e.o.originCPU})); err != nil {
+			return fmt.Errorf("-origin-cpu: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -71,6 +71,9 @@ func printKeepAlive(w io.Writer, res *results) {
 	case "raw":
 		origin = "raw (a fixed answer to each request head, no header parsing)"
 	}
+	if c := fmt.Sprint(o["origin-cpu"]); c != "" && c != "-1" && c != "<nil>" {
+		origin += ", alone on CPU " + c + ", everything else on the other CPUs (idle CPUs include the origin's spare time)"
+	}
 	fmt.Fprintf(w, "\nKeep-alive requests through the edge and nginx (%v connections, %v rounds of %v after %v of warm-up, TLS 1.3, ECDSA P-256, GOMAXPROCS = worker_processes = %v; origin: %s)\n",
 		o["conns"], o["rounds"], o["duration"], o["warmup"], o["procs"], origin)
 	byServer := map[string][]loadStats{}

@@ -1,0 +1,82 @@
+//go:build linux
+
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestOtherCPUs(t *testing.T) {
+	if got, want := otherCPUs(4, 1), []int{0, 2, 3}; !reflect.DeepEqual(got, want) {
+		t.Errorf("otherCPUs(4, 1) = %v, want %v", got, want)
+	}
+	if got := otherCPUs(1, 0); len(got) != 0 {
+		t.Errorf("otherCPUs(1, 0) = %v, want none", got)
+	}
+}
+
+// TestPinTasks pins every thread of a child process (this test binary, which runs several
+// threads) to one CPU this process may use, and reads each thread's affinity back.
+func TestPinTasks(t *testing.T) {
+	var mine unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &mine); err != nil {
+		t.Fatal(err)
+	}
+	cpu := -1
+	for c := range 1024 {
+		if mine.IsSet(c) {
+			cpu = c
+			break
+		}
+	}
+	if cpu < 0 {
+		t.Fatal("no CPU in this process's affinity")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestHelperSleeps$")
+	cmd.Env = append(os.Environ(), "GUESTLIST_BENCH_HELPER_SLEEP=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
+	pid := cmd.Process.Pid
+	if err := pinTasks(pid, cpuSet([]int{cpu})); err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		var got unix.CPUSet
+		if err := unix.SchedGetaffinity(tid, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Count() != 1 || !got.IsSet(cpu) {
+			t.Errorf("thread %d of %d: affinity of %d CPUs, CPU %d set: %v; want CPU %d alone", tid, pid, got.Count(), cpu, got.IsSet(cpu), cpu)
+		}
+	}
+	if err := pinTasks(1<<30, cpuSet([]int{cpu})); err == nil {
+		t.Error("pinTasks of a process that does not exist: no error")
+	}
+}
+
+// TestHelperSleeps is the child of TestPinTasks: it waits until its standard input closes.
+func TestHelperSleeps(t *testing.T) {
+	if os.Getenv("GUESTLIST_BENCH_HELPER_SLEEP") != "1" {
+		t.Skip("the child process of TestPinTasks")
+	}
+	var b [1]byte
+	_, _ = os.Stdin.Read(b[:])
+}
