@@ -48,6 +48,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"guestlist.dev/edge/servercert"
 )
 
@@ -215,21 +217,25 @@ func run(ctx context.Context, o *options) (err error) {
 	default:
 		return fmt.Errorf("-origin %q: want go, nginx or raw", o.origin)
 	}
-	if o.originCPU >= 0 {
-		n := runtime.NumCPU()
-		if n < 2 || o.originCPU >= n {
-			return fmt.Errorf("-origin-cpu %d: want a CPU from 0 to %d, with at least one more for the others", o.originCPU, n-1)
+	if o.originCPU != -1 {
+		var allowed unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &allowed); err != nil {
+			return fmt.Errorf("-origin-cpu: %w", err)
+		}
+		others, err := splitCPUs(&allowed, o.originCPU)
+		if err != nil {
+			return fmt.Errorf("-origin-cpu %d: %w", o.originCPU, err)
 		}
 		explicit := false
 		flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "procs" })
 		if !explicit {
-			o.procs = n - 1
+			o.procs = len(others)
 		}
 		// This process first: the edges and nginx it starts inherit its affinity.
-		if err := pinTasks(os.Getpid(), cpuSet(otherCPUs(n, o.originCPU))); err != nil {
+		if err := pinTasks(os.Getpid(), cpuSet(others)); err != nil {
 			return fmt.Errorf("-origin-cpu: %w", err)
 		}
-		runtime.GOMAXPROCS(n - 1)
+		runtime.GOMAXPROCS(len(others))
 	}
 	res := &results{
 		Machine: machine{

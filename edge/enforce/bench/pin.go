@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,11 +50,29 @@ func pinTasks(pid int, set *unix.CPUSet) error {
 	}
 }
 
-// otherCPUs returns the CPUs 0..n-1 except cpu.
-func otherCPUs(n, cpu int) []int {
+// splitCPUs checks that cpu is one of the CPUs allowed (this process's affinity, which may be
+// any CPUs, e.g. 2-3 in a container) and that at least one more is, and returns the others.
+func splitCPUs(allowed *unix.CPUSet, cpu int) ([]int, error) {
+	if cpu < 0 || cpu >= 8*int(unsafe.Sizeof(*allowed)) || !allowed.IsSet(cpu) {
+		return nil, fmt.Errorf("CPU %d is not one this process may run on (%v)", cpu, cpuList(allowed))
+	}
 	var out []int
-	for c := range n {
+	for _, c := range cpuList(allowed) {
 		if c != cpu {
+			out = append(out, c)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("CPU %d is the only one this process may run on: none left for the others", cpu)
+	}
+	return out, nil
+}
+
+// cpuList returns the CPUs in set, in order.
+func cpuList(set *unix.CPUSet) []int {
+	var out []int
+	for c := range 8 * int(unsafe.Sizeof(*set)) {
+		if set.IsSet(c) {
 			out = append(out, c)
 		}
 	}

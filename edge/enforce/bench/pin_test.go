@@ -13,12 +13,33 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestOtherCPUs(t *testing.T) {
-	if got, want := otherCPUs(4, 1), []int{0, 2, 3}; !reflect.DeepEqual(got, want) {
-		t.Errorf("otherCPUs(4, 1) = %v, want %v", got, want)
-	}
-	if got := otherCPUs(1, 0); len(got) != 0 {
-		t.Errorf("otherCPUs(1, 0) = %v, want none", got)
+// TestSplitCPUs: the origin's CPU must be one this process may run on, which need not be
+// 0..NumCPU-1 (a container on CPUs 2-3), with at least one more left for the others.
+func TestSplitCPUs(t *testing.T) {
+	for _, tc := range []struct {
+		allowed []int
+		cpu     int
+		want    []int // nil: an error
+	}{
+		{[]int{0, 1, 2, 3}, 1, []int{0, 2, 3}},
+		{[]int{0, 1}, 1, []int{0}},
+		{[]int{2, 3}, 3, []int{2}},
+		{[]int{2, 3}, 1, nil}, // NumCPU is 2, but CPU 1 is not allowed
+		{[]int{2, 3}, 0, nil},
+		{[]int{0}, 0, nil}, // no CPU left for the others
+		{[]int{0, 1}, -2, nil},
+		{[]int{0, 1}, 1 << 20, nil},
+	} {
+		got, err := splitCPUs(cpuSet(tc.allowed), tc.cpu)
+		if tc.want == nil {
+			if err == nil {
+				t.Errorf("splitCPUs(%v, %d) = %v, want an error", tc.allowed, tc.cpu, got)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("splitCPUs(%v, %d) = %v, %v; want %v", tc.allowed, tc.cpu, got, err, tc.want)
+		}
 	}
 }
 
@@ -66,6 +87,10 @@ func TestPinTasks(t *testing.T) {
 		if got.Count() != 1 || !got.IsSet(cpu) {
 			t.Errorf("thread %d of %d: affinity of %d CPUs, CPU %d set: %v; want CPU %d alone", tid, pid, got.Count(), cpu, got.IsSet(cpu), cpu)
 		}
+	}
+	// A set of no CPU the machine has: sched_setaffinity fails (EINVAL), and so must pinTasks.
+	if err := pinTasks(pid, cpuSet([]int{1023})); err == nil {
+		t.Error("pinTasks to CPU 1023: no error")
 	}
 	if err := pinTasks(1<<30, cpuSet([]int{cpu})); err == nil {
 		t.Error("pinTasks of a process that does not exist: no error")
