@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -104,4 +105,24 @@ func TestHelperSleeps(t *testing.T) {
 	}
 	var b [1]byte
 	_, _ = os.Stdin.Read(b[:])
+}
+
+// TestScriptLeavesProcs: scripts/bench-edge must not pass -procs, or -origin-cpu could not make
+// it default to the number of the other CPUs (the bench would run GOMAXPROCS=2 and
+// worker_processes 2 on the one CPU left to the servers).
+func TestScriptLeavesProcs(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "scripts", "bench-edge"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cmd, ok := strings.Cut(string(b), "\ngo run ./edge/enforce/bench ")
+	if !ok {
+		t.Fatal("scripts/bench-edge: no line starting `go run ./edge/enforce/bench`")
+	}
+	cmd, _, _ = strings.Cut(cmd, `"$@"`)
+	for _, f := range strings.Fields(cmd) {
+		if f == "-procs" || strings.HasPrefix(f, "-procs=") {
+			t.Errorf("scripts/bench-edge passes %s to the bench", f)
+		}
+	}
 }
