@@ -130,17 +130,51 @@ func fieldPath(segments []string, body *bufferedBody) string {
 	if len(segments) == 0 {
 		return ""
 	}
-	if body != nil && body.into != "" {
+	if body != nil {
 		name := protoreflect.FullName(strings.ReplaceAll(strings.TrimPrefix(body.method, "/"), "/", "."))
 		if d, err := protoregistry.GlobalFiles.FindDescriptorByName(name); err == nil {
 			if md, ok := d.(protoreflect.MethodDescriptor); ok {
-				if p := requestPath(segments, md.Input(), body.into); p != "" {
+				into := body.into
+				if into == "" {
+					into = patchBody(md.Input())
+				}
+				if p := requestPath(segments, md.Input(), into); into != "" && p != "" {
 					return p
 				}
 			}
 		}
 	}
 	return joinPath(segments)
+}
+
+// patchBody returns the full name of the message the gateway decodes a PATCH body into when the
+// request has an update_mask (grpc-gateway's field mask feature: the body is the request's one
+// other message field, "hostname" of UpdateHostnameRequest), "" otherwise. The gateway reads such
+// a body through a copy (utilities.IOReaderFactory, to derive the mask from it), so the decoder
+// never sees the bufferedBody and cannot record the message itself.
+func patchBody(input protoreflect.MessageDescriptor) protoreflect.FullName {
+	const fieldMask = "google.protobuf.FieldMask"
+	var into protoreflect.FullName
+	hasMask := false
+	fields := input.Fields()
+	for i := range fields.Len() {
+		f := fields.Get(i)
+		if f.Message() == nil || f.IsList() || f.IsMap() {
+			continue
+		}
+		if f.Message().FullName() == fieldMask {
+			hasMask = true
+			continue
+		}
+		if into != "" {
+			return "" // two candidates: which one is the body is not known
+		}
+		into = f.Message().FullName()
+	}
+	if !hasMask {
+		return ""
+	}
+	return into
 }
 
 // oneofFields names the fields of the oneof whose full name is name as the API's JSON spells them

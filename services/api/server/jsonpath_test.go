@@ -11,6 +11,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -309,6 +310,57 @@ func TestRequestPath(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := requestPath(tc.segments, tc.input, tc.into); got != tc.want {
 				t.Errorf("requestPath(%q) = %q, want %q", tc.segments, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestRESTPatchDecodeErrorNamesTheRequestPath: a PATCH body that does not decode names the field
+// by its path in the request, after the body's field ("hostname.mtls.mode",
+// "policy.rules[0].action"), as a create's does. The gateway decodes a PATCH body with an
+// update_mask through a copy of it, so the decoder cannot record the message it decodes into;
+// before, the violation named "mtls.mode" and "rules[0].action" (a new user's review).
+func TestRESTPatchDecodeErrorNamesTheRequestPath(t *testing.T) {
+	env := startServer(t, func(c *Config) {
+		c.Services = append(c.Services,
+			Service{
+				Name: guestlistv1.HostnameService_ServiceDesc.ServiceName,
+				RegisterGRPC: func(r grpc.ServiceRegistrar) {
+					guestlistv1.RegisterHostnameServiceServer(r, guestlistv1.UnimplementedHostnameServiceServer{})
+				},
+				RegisterGateway: guestlistv1.RegisterHostnameServiceHandler,
+			},
+			Service{
+				Name: guestlistv1.PolicyService_ServiceDesc.ServiceName,
+				RegisterGRPC: func(r grpc.ServiceRegistrar) {
+					guestlistv1.RegisterPolicyServiceServer(r, guestlistv1.UnimplementedPolicyServiceServer{})
+				},
+				RegisterGateway: guestlistv1.RegisterPolicyServiceHandler,
+			})
+	})
+	for _, tc := range []struct {
+		name, method, path, body, field string
+	}{
+		{"hostname enum, with a mask", "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=mtls.mode", `{"mtls": {"mode": "ENFORCE"}}`, "hostname.mtls.mode"},
+		{"hostname enum, mask from the body", "PATCH", "/v1/tenants/acme/hostnames/pay.example.com", `{"state": "STATE_DELETED"}`, "hostname.state"},
+		{"hostname unknown field", "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=mtls", `{"mtls": {"mode": "MTLS_MODE_OFF", "bogus": 1}}`, "hostname.mtls.bogus"},
+		{"policy rule action", "PATCH", "/v1/tenants/acme/policies/p?updateMask=rules", `{"rules": [{"name": "a", "action": "DENY", "expression": "true"}]}`, "policy.rules[0].action"},
+		{"create, as before", "POST", "/v1/tenants/acme/hostnames", `{"hostname": "pay.example.com", "mtls": {"mode": "ENFORCE"}}`, "hostname.mtls.mode"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := env.do(t, tc.method, tc.path, testToken, tc.body)
+			var st struct {
+				Details []struct {
+					FieldViolations []struct {
+						Field string `json:"field"`
+					} `json:"fieldViolations"`
+				} `json:"details"`
+			}
+			if err := json.Unmarshal(r.body, &st); err != nil {
+				t.Fatalf("status %d, body %s: %v", r.status, r.body, err)
+			}
+			if r.status != http.StatusBadRequest || len(st.Details) != 1 || len(st.Details[0].FieldViolations) != 1 || st.Details[0].FieldViolations[0].Field != tc.field {
+				t.Errorf("status %d, body %s; want 400 naming the field %q", r.status, r.body, tc.field)
 			}
 		})
 	}
