@@ -475,7 +475,8 @@ func (hs *HostnameServer) ListHostnames(ctx context.Context, req *guestlistv1.Li
 	return out, err
 }
 
-// UpdateHostname implements guestlistv1.HostnameServiceServer.
+// UpdateHostname implements guestlistv1.HostnameServiceServer. An update that would leave the
+// hostname as it is writes nothing and answers the hostname as it stands, etag unchanged.
 func (hs *HostnameServer) UpdateHostname(ctx context.Context, req *guestlistv1.UpdateHostnameRequest) (*guestlistv1.Hostname, error) {
 	p, err := auth.AuthorizeWrite(ctx, req.GetTenantId())
 	if err != nil {
@@ -579,18 +580,32 @@ func (hs *HostnameServer) UpdateHostname(ctx context.Context, req *guestlistv1.U
 		if len(v) > 0 {
 			return decision{}, apistatus.InvalidArgument(v...)
 		}
-		return decision{events: []protoMessage{ev}, result: func(st *fold.Tenant) (any, error) {
+		result := func(st *fold.Tenant) (any, error) {
 			r, err := hostnamesResult([]string{name})(st)
 			if err != nil {
 				return nil, err
 			}
 			return r.([]*guestlistv1.Hostname)[0], nil
-		}}, nil
+		}
+		if hostnameUnchanged(old, ev) {
+			return decision{result: result}, nil
+		}
+		return decision{events: []protoMessage{ev}, result: result}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return res.(*guestlistv1.Hostname), nil
+}
+
+// hostnameUnchanged reports whether ev would leave hostname h as it is. Such an update writes no
+// event: the answer is the hostname as it stands, its etag unchanged, so that the history holds
+// changes only and a client holding the etag is not made stale by a write that changed nothing.
+func hostnameUnchanged(h *fold.Hostname, ev *eventsv1.HostnameUpdated) bool {
+	m := ev.GetMtls()
+	return ev.GetOriginUrl() == h.OriginURL && ev.GetPolicyId() == h.PolicyID && ev.GetState() == h.State &&
+		m.GetMode() == h.Mode && m.GetRejectInHandshake() == h.RejectInHandshake &&
+		slices.Equal(m.GetCertificateAuthorityIds(), h.CertificateAuthorityIDs)
 }
 
 // DeleteHostname implements guestlistv1.HostnameServiceServer. Once the deletion is stored, the

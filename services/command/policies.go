@@ -150,7 +150,8 @@ func (ps *PolicyServer) ListPolicies(ctx context.Context, req *guestlistv1.ListP
 	return out, err
 }
 
-// UpdatePolicy implements guestlistv1.PolicyServiceServer.
+// UpdatePolicy implements guestlistv1.PolicyServiceServer. An update that would leave the policy
+// as it is writes nothing and answers the policy as it stands, etag unchanged.
 func (ps *PolicyServer) UpdatePolicy(ctx context.Context, req *guestlistv1.UpdatePolicyRequest) (*guestlistv1.Policy, error) {
 	p, err := auth.AuthorizeWrite(ctx, req.GetTenantId())
 	if err != nil {
@@ -207,12 +208,29 @@ func (ps *PolicyServer) UpdatePolicy(ctx context.Context, req *guestlistv1.Updat
 				ev.Rules = append(ev.Rules, &eventsv1.PolicyRule{Name: r.Name, Action: r.Action, Expression: r.Expression})
 			}
 		}
+		if policyUnchanged(old, ev) {
+			return decision{result: policyResult(id)}, nil
+		}
 		return decision{events: []protoMessage{ev}, result: policyResult(id)}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return res.(*guestlistv1.Policy), nil
+}
+
+// policyUnchanged reports whether ev would leave policy p as it is; such an update writes no
+// event (see hostnameUnchanged).
+func policyUnchanged(p *fold.Policy, ev *eventsv1.PolicyUpdated) bool {
+	if ev.GetDisplayName() != p.DisplayName || len(ev.GetRules()) != len(p.Rules) {
+		return false
+	}
+	for i, r := range ev.GetRules() {
+		if o := p.Rules[i]; r.GetName() != o.Name || r.GetAction() != o.Action || r.GetExpression() != o.Expression {
+			return false
+		}
+	}
+	return true
 }
 
 // DeletePolicy implements guestlistv1.PolicyServiceServer.

@@ -54,3 +54,68 @@ func TestPatchMasksAsRESTUsersWriteThem(t *testing.T) {
 		t.Fatalf("policy displayName mask: %s", pol.raw)
 	}
 }
+
+// TestPatchThatChangesNothingWritesNothing: a PATCH that would leave a hostname or a policy as it
+// is answers it as it stands, writes no event and keeps its etag, so that the history holds
+// changes only and a client holding the etag is not made stale (a new user's review: the README's
+// own PATCH of an unchanged origin wrote an event). A PATCH that changes something still writes,
+// and a stale etag is still refused.
+func TestPatchThatChangesNothingWritesNothing(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	ca := pkitest.NewCA(t, "Acme Devices")
+	n.must(200, "POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId=devices", tok, map[string]any{"certificatePem": pkitest.PEM(ca.Cert)})
+	n.must(200, "POST", "/v1/tenants/acme/policies?policyId=ops", tok, map[string]any{"displayName": "ops", "rules": []any{
+		map[string]any{"name": "ops", "action": "ACTION_ALLOW", "expression": `cert.verified`},
+		map[string]any{"name": "admin", "action": "ACTION_DENY", "expression": `request.path.startsWith("/admin")`},
+	}})
+	h := n.must(200, "POST", "/v1/tenants/acme/hostnames", tok, map[string]any{
+		"hostname": "pay.example.com", "originUrl": "http://127.0.0.1:8081", "policyId": "ops",
+		"mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}},
+	})
+	etag := h.body["etag"]
+	before := n.streamRevision("acme")
+
+	for _, tc := range []struct {
+		name, path string
+		body       map[string]any
+	}{
+		{"ok/the same origin", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=originUrl", map[string]any{"originUrl": "http://127.0.0.1:8081", "etag": etag}},
+		{"ok/the same mtls", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=mtls", map[string]any{"mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}}, "etag": etag}},
+		{"ok/the name alone", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=hostname", map[string]any{"hostname": "other.example.com"}},
+		{"ok/the whole hostname again", "/v1/tenants/acme/hostnames/pay.example.com", map[string]any{
+			"originUrl": "http://127.0.0.1:8081", "policyId": "ops",
+			"mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}}}},
+	} {
+		r := n.must(200, "PATCH", tc.path, tok, tc.body)
+		if r.body["etag"] != etag || r.body["originUrl"] != "http://127.0.0.1:8081" || r.body["hostname"] != "pay.example.com" {
+			t.Errorf("%s: %s; want the hostname as it stands, etag %v", tc.name, r.raw, etag)
+		}
+	}
+	pol := n.must(200, "GET", "/v1/tenants/acme/policies/ops", tok, nil)
+	r := n.must(200, "PATCH", "/v1/tenants/acme/policies/ops", tok, map[string]any{"displayName": "ops", "rules": pol.body["rules"], "etag": pol.body["etag"]})
+	if r.body["etag"] != pol.body["etag"] {
+		t.Errorf("ok/the same policy: %s; want etag %v", r.raw, pol.body["etag"])
+	}
+	if after := n.streamRevision("acme"); after != before {
+		t.Fatalf("PATCHes that changed nothing wrote: revision %d -> %d", before, after)
+	}
+
+	// fail/a stale etag is refused even when nothing would change.
+	n.must(409, "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=originUrl", tok, map[string]any{"originUrl": "http://127.0.0.1:8081", "etag": "1"})
+	// ok/a change writes, once; the same PATCH again is then stale.
+	c := n.must(200, "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=originUrl", tok, map[string]any{"originUrl": "http://localhost:8081", "etag": etag})
+	if c.body["etag"] == etag || c.body["originUrl"] != "http://localhost:8081" {
+		t.Errorf("a change: %s", c.raw)
+	}
+	if after := n.streamRevision("acme"); after != before+1 {
+		t.Errorf("a change wrote %d events, want 1", after-before)
+	}
+	n.must(409, "PATCH", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=originUrl", tok, map[string]any{"originUrl": "http://localhost:8081", "etag": etag})
+	// ok/reordered rules are a change.
+	rules, _ := pol.body["rules"].([]any)
+	r = n.must(200, "PATCH", "/v1/tenants/acme/policies/ops?updateMask=rules", tok, map[string]any{"rules": []any{rules[1], rules[0]}, "etag": pol.body["etag"]})
+	if r.body["etag"] == pol.body["etag"] {
+		t.Errorf("reordered rules wrote nothing: %s", r.raw)
+	}
+}

@@ -43,7 +43,8 @@ type HostnameServiceClient interface {
 	ListHostnames(ctx context.Context, in *ListHostnamesRequest, opts ...grpc.CallOption) (*ListHostnamesResponse, error)
 	// GetHostname returns one hostname.
 	GetHostname(ctx context.Context, in *GetHostnameRequest, opts ...grpc.CallOption) (*Hostname, error)
-	// UpdateHostname changes a hostname (update_mask: origin_url, mtls, policy_id).
+	// UpdateHostname changes a hostname (update_mask: origin_url, mtls, policy_id). An update that
+	// would change nothing writes nothing and returns the hostname with its etag unchanged.
 	UpdateHostname(ctx context.Context, in *UpdateHostnameRequest, opts ...grpc.CallOption) (*Hostname, error)
 	// DeleteHostname deletes a hostname and releases its name.
 	DeleteHostname(ctx context.Context, in *DeleteHostnameRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -132,7 +133,8 @@ type HostnameServiceServer interface {
 	ListHostnames(context.Context, *ListHostnamesRequest) (*ListHostnamesResponse, error)
 	// GetHostname returns one hostname.
 	GetHostname(context.Context, *GetHostnameRequest) (*Hostname, error)
-	// UpdateHostname changes a hostname (update_mask: origin_url, mtls, policy_id).
+	// UpdateHostname changes a hostname (update_mask: origin_url, mtls, policy_id). An update that
+	// would change nothing writes nothing and returns the hostname with its etag unchanged.
 	UpdateHostname(context.Context, *UpdateHostnameRequest) (*Hostname, error)
 	// DeleteHostname deletes a hostname and releases its name.
 	DeleteHostname(context.Context, *DeleteHostnameRequest) (*emptypb.Empty, error)

@@ -39,7 +39,8 @@ type PolicyServiceClient interface {
 	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
 	// GetPolicy returns one policy.
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*Policy, error)
-	// UpdatePolicy changes a policy's display_name and/or rules (update_mask).
+	// UpdatePolicy changes a policy's display_name and/or rules (update_mask). An update that
+	// would change nothing writes nothing and returns the policy with its etag unchanged.
 	UpdatePolicy(ctx context.Context, in *UpdatePolicyRequest, opts ...grpc.CallOption) (*Policy, error)
 	// DeletePolicy deletes a policy. It fails with FAILED_PRECONDITION while a hostname uses it.
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -115,7 +116,8 @@ type PolicyServiceServer interface {
 	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
 	// GetPolicy returns one policy.
 	GetPolicy(context.Context, *GetPolicyRequest) (*Policy, error)
-	// UpdatePolicy changes a policy's display_name and/or rules (update_mask).
+	// UpdatePolicy changes a policy's display_name and/or rules (update_mask). An update that
+	// would change nothing writes nothing and returns the policy with its etag unchanged.
 	UpdatePolicy(context.Context, *UpdatePolicyRequest) (*Policy, error)
 	// DeletePolicy deletes a policy. It fails with FAILED_PRECONDITION while a hostname uses it.
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*emptypb.Empty, error)
