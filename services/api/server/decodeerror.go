@@ -193,14 +193,20 @@ func oneofFields(name string) string {
 	if o == nil || o.Fields().Len() == 0 {
 		return name
 	}
+	return oneofFieldList(o, " and ")
+}
+
+// oneofFieldList lists the fields of o as the API's JSON spells them, the last two joined by conj
+// ("serialNumber and fingerprintSha256", "serialNumber or fingerprintSha256").
+func oneofFieldList(o protoreflect.OneofDescriptor, conj string) string {
 	var names []string
 	for j := range o.Fields().Len() {
 		names = append(names, o.Fields().Get(j).JSONName())
 	}
-	if len(names) == 1 {
-		return names[0]
+	if len(names) <= 1 {
+		return strings.Join(names, "")
 	}
-	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
+	return strings.Join(names[:len(names)-1], ", ") + conj + names[len(names)-1]
 }
 
 // enumValues lists, as ": one of A, B, C", the values of the guestlist.v1 enum of the fields whose

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"guestlist.dev/services/api/apistatus"
 	"guestlist.dev/services/auth"
@@ -301,24 +303,47 @@ func (s *Server) validate(ctx context.Context, method string, req any) error {
 	}
 	var verr *protovalidate.ValidationError
 	if errors.As(err, &verr) {
-		return violationsError(verr)
+		return violationsError(msg.ProtoReflect().Descriptor(), verr)
 	}
 	s.log.ErrorContext(ctx, "request validation failed", "method", method, "error", err)
 	return errInternal
 }
 
-// violationsError converts protovalidate's violations to an apistatus INVALID_ARGUMENT: the field
-// path in proto names (e.g. "hostname.mtls.certificate_authority_ids[0]"), and the rule's message.
-func violationsError(verr *protovalidate.ValidationError) error {
+// violationsError converts protovalidate's violations of a request message of type md to an
+// apistatus INVALID_ARGUMENT: the field path in proto names (e.g.
+// "hostname.mtls.certificate_authority_ids[0]"), and the rule's message. A required oneof left
+// empty is named by the fields a user can set ("revocation.target: one of serialNumber or
+// fingerprintSha256 is required"), not by protovalidate's "exactly one field is required in oneof".
+func violationsError(md protoreflect.MessageDescriptor, verr *protovalidate.ValidationError) error {
 	vs := make([]apistatus.Violation, 0, len(verr.Violations))
 	for _, v := range verr.Violations {
 		reason := v.Proto.GetMessage()
 		if reason == "" {
 			reason = "violates rule " + v.Proto.GetRuleId()
 		}
+		if o := oneofAt(md, v.Proto.GetField().GetElements()); o != nil && v.Proto.GetRuleId() == "required" {
+			reason = "one of " + oneofFieldList(o, " or ") + " is required"
+		}
 		vs = append(vs, apistatus.Violation{Field: protovalidate.FieldPathString(v.Proto.GetField()), Reason: reason})
 	}
 	return apistatus.InvalidArgument(vs...)
+}
+
+// oneofAt returns the oneof that the field path path names in a message of type md: a path whose
+// elements before the last are message fields, and whose last is the name of a oneof of the
+// message they lead to. Anything else is nil.
+func oneofAt(md protoreflect.MessageDescriptor, path []*validate.FieldPathElement) protoreflect.OneofDescriptor {
+	if len(path) == 0 {
+		return nil
+	}
+	for _, e := range path[:len(path)-1] {
+		f := md.Fields().ByName(protoreflect.Name(e.GetFieldName()))
+		if f == nil || f.Message() == nil || f.IsList() || f.IsMap() {
+			return nil
+		}
+		md = f.Message()
+	}
+	return md.Oneofs().ByName(protoreflect.Name(path[len(path)-1].GetFieldName()))
 }
 
 func (s *Server) validateUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
