@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"guestlist.dev/edge/pkitest"
@@ -118,4 +119,35 @@ func TestPatchThatChangesNothingWritesNothing(t *testing.T) {
 	if r.body["etag"] == pol.body["etag"] {
 		t.Errorf("reordered rules wrote nothing: %s", r.raw)
 	}
+}
+
+// TestEtagThatIsNotOneIsRefused: an etag that is not one the API returns ("abc", an HTTP-style
+// quoted etag) is INVALID_ARGUMENT naming the field, not ABORTED saying it is stale, and nothing
+// is written (a new user's review).
+func TestEtagThatIsNotOneIsRefused(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	n.must(200, "POST", "/v1/tenants/acme/policies?policyId=ops", tok, map[string]any{"displayName": "ops", "rules": []any{
+		map[string]any{"name": "ops", "action": "ACTION_ALLOW", "expression": `cert.verified`},
+	}})
+	before := n.streamRevision("acme")
+	for _, tc := range []struct {
+		name, method, path, field string
+		body                      map[string]any
+	}{
+		{"fail/letters in a PATCH", "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", "policy.etag", map[string]any{"displayName": "x", "etag": "abc"}},
+		{"fail/an HTTP-style quoted etag", "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", "policy.etag", map[string]any{"displayName": "x", "etag": `"2"`}},
+		{"fail/letters in a DELETE", "DELETE", "/v1/tenants/acme/policies/ops?etag=abc", "etag", nil},
+	} {
+		r := n.must(400, tc.method, tc.path, tok, tc.body)
+		if f := fieldViolations(r); len(f) != 1 || f[0] != tc.field || !strings.Contains(r.raw, "not an etag of this API") {
+			t.Errorf("%s: %s; want a violation of %s", tc.name, r.raw, tc.field)
+		}
+	}
+	if after := n.streamRevision("acme"); after != before {
+		t.Errorf("refused requests wrote: revision %d -> %d", before, after)
+	}
+	// ok/a numeric etag still works.
+	pol := n.must(200, "GET", "/v1/tenants/acme/policies/ops", tok, nil)
+	n.must(200, "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", tok, map[string]any{"displayName": "operators", "etag": pol.body["etag"]})
 }
