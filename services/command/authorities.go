@@ -114,7 +114,7 @@ func (cs *CertificateAuthorityServer) ListCertificateAuthorities(ctx context.Con
 		if err := requireTenant(st); err != nil {
 			return err
 		}
-		keys, next, err := page(st.CAs, req.GetPageToken(), req.GetPageSize())
+		keys, next, err := page(st.CAs, "certificateAuthorities/"+req.GetTenantId(), req.GetPageToken(), req.GetPageSize())
 		for _, k := range keys {
 			out.CertificateAuthorities = append(out.CertificateAuthorities, renderCA(st.CAs[k]))
 		}

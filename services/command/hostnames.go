@@ -465,7 +465,7 @@ func (hs *HostnameServer) ListHostnames(ctx context.Context, req *guestlistv1.Li
 		if err := requireTenant(st); err != nil {
 			return err
 		}
-		keys, next, err := page(st.Hostnames, req.GetPageToken(), req.GetPageSize())
+		keys, next, err := page(st.Hostnames, "hostnames/"+req.GetTenantId(), req.GetPageToken(), req.GetPageSize())
 		for _, k := range keys {
 			out.Hostnames = append(out.Hostnames, renderHostname(st.Hostnames[k]))
 		}

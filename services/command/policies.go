@@ -140,7 +140,7 @@ func (ps *PolicyServer) ListPolicies(ctx context.Context, req *guestlistv1.ListP
 		if err := requireTenant(st); err != nil {
 			return err
 		}
-		keys, next, err := page(st.Policies, req.GetPageToken(), req.GetPageSize())
+		keys, next, err := page(st.Policies, "policies/"+req.GetTenantId(), req.GetPageToken(), req.GetPageSize())
 		for _, k := range keys {
 			out.Policies = append(out.Policies, renderPolicy(st.Policies[k]))
 		}

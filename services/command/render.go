@@ -42,30 +42,56 @@ func pageSize(n int32) int {
 	return int(n)
 }
 
-const pageTokenPrefix = "p1:"
+// A page token names the list it continues (the kind of resource, the tenant, the CA of
+// revocations) and the last key of the page before: "p2:" + list + "\n" + key, base64url. A token
+// of another list is refused, so that a token is never read against a list it did not come from.
+// "p1:" + key, the tokens of earlier versions, which named no list, are still accepted, so that a
+// listing under way across an upgrade goes on.
+const (
+	pageTokenPrefix       = "p2:"
+	legacyPageTokenPrefix = "p1:"
+)
 
-func encodePageToken(lastKey string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + lastKey))
+// encodePageToken returns the token of the page after lastKey in list.
+func encodePageToken(list, lastKey string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + list + "\n" + lastKey))
 }
 
-func decodePageToken(tok string) (string, error) {
+// decodePageToken returns the last key of the page before tok, a token encodePageToken made for
+// list ("" for the first page). A token that is not one, or that continues another list, is
+// INVALID_ARGUMENT naming page_token.
+func decodePageToken(list, tok string) (string, error) {
 	if tok == "" {
 		return "", nil
 	}
 	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || !strings.HasPrefix(string(b), pageTokenPrefix) {
+	if err != nil {
 		return "", apistatus.InvalidArgument(apistatus.Violation{Field: "page_token", Reason: "not a page token returned by this API"})
 	}
-	return strings.TrimPrefix(string(b), pageTokenPrefix), nil
+	if key, ok := strings.CutPrefix(string(b), legacyPageTokenPrefix); ok {
+		return key, nil
+	}
+	rest, ok := strings.CutPrefix(string(b), pageTokenPrefix)
+	if !ok {
+		return "", apistatus.InvalidArgument(apistatus.Violation{Field: "page_token", Reason: "not a page token returned by this API"})
+	}
+	from, key, ok := strings.Cut(rest, "\n")
+	if !ok {
+		return "", apistatus.InvalidArgument(apistatus.Violation{Field: "page_token", Reason: "not a page token returned by this API"})
+	}
+	if from != list {
+		return "", apistatus.InvalidArgument(apistatus.Violation{Field: "page_token", Reason: "a page token of another list; list again without it"})
+	}
+	return key, nil
 }
 
-// page returns the keys of m after the page token, sorted, at most size of them, and the next
-// page token. It keeps the smallest keys it has seen in a heap of one more than a page (the one
+// page returns the keys of m after the page token of list, sorted, at most size of them, and the
+// next page token. It keeps the smallest keys it has seen in a heap of one more than a page (the one
 // more tells whether another page follows), so that a page costs O(len(m)·log size), not a sort
 // of every key after the token: listing a large tenant page by page holds its read lock that
 // much less.
-func page[V any](m map[string]V, token string, size int32) ([]string, string, error) {
-	after, err := decodePageToken(token)
+func page[V any](m map[string]V, list, token string, size int32) ([]string, string, error) {
+	after, err := decodePageToken(list, token)
 	if err != nil {
 		return nil, "", err
 	}
@@ -84,7 +110,7 @@ func page[V any](m map[string]V, token string, size int32) ([]string, string, er
 	keys := []string(h)
 	slices.Sort(keys)
 	if len(keys) > n {
-		return keys[:n], encodePageToken(keys[n-1]), nil
+		return keys[:n], encodePageToken(list, keys[n-1]), nil
 	}
 	return keys, "", nil
 }

@@ -1,9 +1,11 @@
 package command
 
 import (
+	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -27,7 +29,7 @@ func TestPageWalksEveryKeyOnce(t *testing.T) {
 			var got []string
 			token := ""
 			for pages := 0; ; pages++ {
-				keys, next, err := page(m, token, size)
+				keys, next, err := page(m, "hostnames/acme", token, size)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -61,7 +63,7 @@ func BenchmarkPageHostnames100k(b *testing.B) {
 	for b.Loop() {
 		token, pages := "", 0
 		for {
-			_, next, err := page(m, token, 0)
+			_, next, err := page(m, "hostnames/acme", token, 0)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -73,5 +75,43 @@ func BenchmarkPageHostnames100k(b *testing.B) {
 		if pages != 1000 {
 			b.Fatalf("%d pages", pages)
 		}
+	}
+}
+
+// TestPageTokenNamesItsList: a page token continues only the list it came from: another kind of
+// resource, another tenant's list or another CA's revocations refuse it as INVALID_ARGUMENT naming
+// page_token (a new user's review found a hostnames token accepted by the policies list). Tokens of
+// earlier versions ("p1:" + key) still continue a listing.
+func TestPageTokenNamesItsList(t *testing.T) {
+	m := map[string]int{"a": 1, "b": 2, "c": 3}
+	_, tok, err := page(m, "hostnames/globex", "", 1)
+	if err != nil || tok == "" {
+		t.Fatalf("first page: token %q, %v", tok, err)
+	}
+	for _, tc := range []struct {
+		name, list, token string
+		want              []string
+		wantErr           string
+	}{
+		{name: "ok/the same list", list: "hostnames/globex", token: tok, want: []string{"b"}},
+		{name: "ok/a token of an earlier version", list: "policies/acme", token: base64.RawURLEncoding.EncodeToString([]byte("p1:a")), want: []string{"b"}},
+		{name: "fail/another kind of resource", list: "policies/globex", token: tok, wantErr: "another list"},
+		{name: "fail/another tenant", list: "hostnames/acme", token: tok, wantErr: "another list"},
+		{name: "fail/not base64", list: "hostnames/globex", token: "!!", wantErr: "not a page token"},
+		{name: "fail/no list", list: "hostnames/globex", token: base64.RawURLEncoding.EncodeToString([]byte("p2:a")), wantErr: "not a page token"},
+		{name: "fail/another prefix", list: "hostnames/globex", token: base64.RawURLEncoding.EncodeToString([]byte("x:a")), wantErr: "not a page token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			keys, _, err := page(m, tc.list, tc.token, 1)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "page_token") {
+					t.Fatalf("page = %v, %v; want an error on page_token containing %q", keys, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(keys, tc.want) {
+				t.Fatalf("page = %v, %v; want %v", keys, err, tc.want)
+			}
+		})
 	}
 }

@@ -103,7 +103,7 @@ func (rs *RevocationServer) ListRevocations(ctx context.Context, req *guestlistv
 			return apistatus.NotFound("certificate authority", ca)
 		}
 		byID := maps.Collect(st.RevocationsUnder(ca))
-		keys, next, err := page(byID, req.GetPageToken(), req.GetPageSize())
+		keys, next, err := page(byID, "revocations/"+req.GetTenantId()+"/"+ca, req.GetPageToken(), req.GetPageSize())
 		for _, k := range keys {
 			out.Revocations = append(out.Revocations, renderRevocation(byID[k]))
 		}

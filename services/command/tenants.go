@@ -85,7 +85,7 @@ func (ts *TenantServer) ListTenants(ctx context.Context, req *guestlistv1.ListTe
 	if p.Role != auth.RoleAdmin && (p.Role != auth.RoleAuditor || p.TenantID != "") {
 		return nil, status.Error(codes.PermissionDenied, "permission denied")
 	}
-	after, err := decodePageToken(req.GetPageToken())
+	after, err := decodePageToken("tenants", req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,7 @@ func (ts *TenantServer) ListTenants(ctx context.Context, req *guestlistv1.ListTe
 	ids, next := ts.s.directory.page(after, pageSize(req.GetPageSize()))
 	out := &guestlistv1.ListTenantsResponse{}
 	if next {
-		out.NextPageToken = encodePageToken(ids[len(ids)-1])
+		out.NextPageToken = encodePageToken("tenants", ids[len(ids)-1])
 	}
 	for _, id := range ids {
 		err := ts.s.read(ctx, id, func(st *fold.Tenant) error {

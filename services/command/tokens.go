@@ -103,7 +103,7 @@ func (ts *TokenServer) ListTokens(ctx context.Context, req *guestlistv1.ListToke
 				return err
 			}
 		}
-		keys, next, err := page(st.Tokens, req.GetPageToken(), req.GetPageSize())
+		keys, next, err := page(st.Tokens, "tokens/"+req.GetTenantId(), req.GetPageToken(), req.GetPageSize())
 		for _, k := range keys {
 			out.Tokens = append(out.Tokens, renderToken(st.Tokens[k]))
 		}
