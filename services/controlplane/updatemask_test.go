@@ -151,3 +151,62 @@ func TestEtagThatIsNotOneIsRefused(t *testing.T) {
 	pol := n.must(200, "GET", "/v1/tenants/acme/policies/ops", tok, nil)
 	n.must(200, "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", tok, map[string]any{"displayName": "operators", "etag": pol.body["etag"]})
 }
+
+// TestPatchThatChangesOneFieldWrites: a PATCH that changes any one field the update event carries
+// (the policy, the CAs, a rule's action or expression, the number of rules) writes one event and
+// the hostname or policy has the change: the comparison that lets an unchanged PATCH write nothing
+// must not take a real change for none (which would lose it while answering 200).
+func TestPatchThatChangesOneFieldWrites(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	tok := n.tenantWithToken("acme")
+	for _, id := range []string{"devices", "laptops"} {
+		ca := pkitest.NewCA(t, "Acme "+id)
+		n.must(200, "POST", "/v1/tenants/acme/certificateAuthorities?certificateAuthorityId="+id, tok, map[string]any{"certificatePem": pkitest.PEM(ca.Cert)})
+	}
+	rule := func(name, action, expr string) map[string]any {
+		return map[string]any{"name": name, "action": action, "expression": expr}
+	}
+	for _, id := range []string{"ops", "dev"} {
+		n.must(200, "POST", "/v1/tenants/acme/policies?policyId="+id, tok, map[string]any{"displayName": id, "rules": []any{
+			rule("ops", "ACTION_ALLOW", `cert.verified`), rule("admin", "ACTION_DENY", `request.path.startsWith("/admin")`),
+		}})
+	}
+	n.must(200, "POST", "/v1/tenants/acme/hostnames", tok, map[string]any{
+		"hostname": "pay.example.com", "originUrl": "http://127.0.0.1:8081", "policyId": "ops",
+		"mtls": map[string]any{"mode": "MTLS_MODE_ENFORCE", "certificateAuthorityIds": []string{"devices"}},
+	})
+	for _, tc := range []struct {
+		name, path string
+		body       map[string]any
+		field      string
+		want       string
+	}{
+		{"ok/another policy", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=policyId", map[string]any{"policyId": "dev"}, "policyId", "dev"},
+		{"ok/no policy", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=policyId", map[string]any{}, "policyId", "<nil>"},
+		{"ok/another CA", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=mtls.certificateAuthorityIds", map[string]any{"mtls": map[string]any{"certificateAuthorityIds": []string{"laptops"}}}, "mtls", "map[certificateAuthorityIds:[laptops] mode:MTLS_MODE_ENFORCE]"},
+		{"ok/one more CA", "/v1/tenants/acme/hostnames/pay.example.com?updateMask=mtls.certificateAuthorityIds", map[string]any{"mtls": map[string]any{"certificateAuthorityIds": []string{"laptops", "devices"}}}, "mtls", "map[certificateAuthorityIds:[laptops devices] mode:MTLS_MODE_ENFORCE]"},
+		{"ok/a rule's action", "/v1/tenants/acme/policies/ops?updateMask=rules", map[string]any{"rules": []any{
+			rule("ops", "ACTION_DENY", `cert.verified`), rule("admin", "ACTION_DENY", `request.path.startsWith("/admin")`),
+		}}, "rules", `[map[action:ACTION_DENY expression:cert.verified name:ops] map[action:ACTION_DENY expression:request.path.startsWith("/admin") name:admin]]`},
+		{"ok/a rule's expression", "/v1/tenants/acme/policies/ops?updateMask=rules", map[string]any{"rules": []any{
+			rule("ops", "ACTION_DENY", `!cert.verified`), rule("admin", "ACTION_DENY", `request.path.startsWith("/admin")`),
+		}}, "rules", `[map[action:ACTION_DENY expression:!cert.verified name:ops] map[action:ACTION_DENY expression:request.path.startsWith("/admin") name:admin]]`},
+		{"ok/a rule fewer", "/v1/tenants/acme/policies/ops?updateMask=rules", map[string]any{"rules": []any{
+			rule("ops", "ACTION_DENY", `!cert.verified`),
+		}}, "rules", `[map[action:ACTION_DENY expression:!cert.verified name:ops]]`},
+		{"ok/a rule more", "/v1/tenants/acme/policies/ops?updateMask=rules", map[string]any{"rules": []any{
+			rule("ops", "ACTION_DENY", `!cert.verified`), rule("all", "ACTION_ALLOW", `true`),
+		}}, "rules", `[map[action:ACTION_DENY expression:!cert.verified name:ops] map[action:ACTION_ALLOW expression:true name:all]]`},
+		{"ok/another name", "/v1/tenants/acme/policies/ops?updateMask=displayName", map[string]any{"displayName": "operators"}, "displayName", "operators"},
+	} {
+		before := n.streamRevision("acme")
+		r := n.must(200, "PATCH", tc.path, tok, tc.body)
+		get := n.must(200, "GET", strings.SplitN(tc.path, "?", 2)[0], tok, nil)
+		if got := fmt.Sprint(get.body[tc.field]); got != tc.want || fmt.Sprint(r.body[tc.field]) != tc.want {
+			t.Errorf("%s: %s is %s (answered %v), want %s", tc.name, tc.field, got, r.body[tc.field], tc.want)
+		}
+		if after := n.streamRevision("acme"); after != before+1 {
+			t.Errorf("%s: wrote %d events, want 1", tc.name, after-before)
+		}
+	}
+}
