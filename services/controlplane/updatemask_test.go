@@ -130,6 +130,7 @@ func TestEtagThatIsNotOneIsRefused(t *testing.T) {
 	n.must(200, "POST", "/v1/tenants/acme/policies?policyId=ops", tok, map[string]any{"displayName": "ops", "rules": []any{
 		map[string]any{"name": "ops", "action": "ACTION_ALLOW", "expression": `cert.verified`},
 	}})
+	cur := n.must(200, "GET", "/v1/tenants/acme/policies/ops", tok, nil).body["etag"]
 	before := n.streamRevision("acme")
 	for _, tc := range []struct {
 		name, method, path, field string
@@ -138,6 +139,11 @@ func TestEtagThatIsNotOneIsRefused(t *testing.T) {
 		{"fail/letters in a PATCH", "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", "policy.etag", map[string]any{"displayName": "x", "etag": "abc"}},
 		{"fail/an HTTP-style quoted etag", "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", "policy.etag", map[string]any{"displayName": "x", "etag": `"2"`}},
 		{"fail/letters in a DELETE", "DELETE", "/v1/tenants/acme/policies/ops?etag=abc", "etag", nil},
+		// The current etag with a leading zero, and a number beyond any revision, are no etags
+		// the API returns either: not "stale; the current etag is 2".
+		{"fail/a leading zero", "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", "policy.etag", map[string]any{"displayName": "x", "etag": "0" + fmt.Sprint(cur)}},
+		{"fail/a leading zero in a DELETE", "DELETE", "/v1/tenants/acme/policies/ops?etag=0" + fmt.Sprint(cur), "etag", nil},
+		{"fail/beyond a uint64", "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", "policy.etag", map[string]any{"displayName": "x", "etag": "18446744073709551616"}},
 	} {
 		r := n.must(400, tc.method, tc.path, tok, tc.body)
 		if f := fieldViolations(r); len(f) != 1 || f[0] != tc.field || !strings.Contains(r.raw, "not an etag of this API") {
@@ -149,7 +155,10 @@ func TestEtagThatIsNotOneIsRefused(t *testing.T) {
 	}
 	// ok/a numeric etag still works.
 	pol := n.must(200, "GET", "/v1/tenants/acme/policies/ops", tok, nil)
-	n.must(200, "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", tok, map[string]any{"displayName": "operators", "etag": pol.body["etag"]})
+	pol = n.must(200, "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", tok, map[string]any{"displayName": "operators", "etag": pol.body["etag"]})
+	// ok/the largest uint64 is an etag (stale here), not refused as malformed.
+	n.must(409, "PATCH", "/v1/tenants/acme/policies/ops?updateMask=displayName", tok, map[string]any{"displayName": "ops", "etag": "18446744073709551615"})
+	n.must(409, "DELETE", "/v1/tenants/acme/policies/ops?etag=0", tok, nil)
 }
 
 // TestPatchThatChangesOneFieldWrites: a PATCH that changes any one field the update event carries

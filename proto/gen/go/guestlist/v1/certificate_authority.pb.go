@@ -490,12 +490,12 @@ const file_guestlist_v1_certificate_authority_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb5\x01\n" +
 	"\x1eGetCertificateAuthorityRequest\x12:\n" +
 	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12W\n" +
-	"\x18certificate_authority_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{0,62}$R\x16certificateAuthorityId\"\xe3\x02\n" +
+	"\x18certificate_authority_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{0,62}$R\x16certificateAuthorityId\"\xa4\x03\n" +
 	"!DeleteCertificateAuthorityRequest\x12:\n" +
 	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12W\n" +
-	"\x18certificate_authority_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{0,62}$R\x16certificateAuthorityId\x12\xa8\x01\n" +
-	"\x04etag\x18\x03 \x01(\tB\x93\x01\xbaH\x8f\x01\xba\x01\x8b\x01\n" +
-	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a\x1dthis.matches('^[0-9]{0,20}$')R\x04etag2\xe5\x03\n" +
+	"\x18certificate_authority_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{0,62}$R\x16certificateAuthorityId\x12\xe9\x01\n" +
+	"\x04etag\x18\x03 \x01(\tB\xd4\x01\xbaH\xd0\x01\xba\x01\xcc\x01\n" +
+	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a^this.matches('^(0|[1-9][0-9]{0,19})?$') && (size(this) < 20 || this <= '18446744073709551615')R\x04etag2\xe5\x03\n" +
 	"\x1bCertificateAuthorityService\x12q\n" +
 	"\x1aCreateCertificateAuthority\x12/.guestlist.v1.CreateCertificateAuthorityRequest\x1a\".guestlist.v1.CertificateAuthority\x12\x7f\n" +
 	"\x1aListCertificateAuthorities\x12/.guestlist.v1.ListCertificateAuthoritiesRequest\x1a0.guestlist.v1.ListCertificateAuthoritiesResponse\x12k\n" +

@@ -739,7 +739,7 @@ var File_guestlist_v1_hostname_proto protoreflect.FileDescriptor
 
 const file_guestlist_v1_hostname_proto_rawDesc = "" +
 	"\n" +
-	"\x1bguestlist/v1/hostname.proto\x12\fguestlist.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19guestlist/v1/common.proto\"\xee\x04\n" +
+	"\x1bguestlist/v1/hostname.proto\x12\fguestlist.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19guestlist/v1/common.proto\"\xaf\x05\n" +
 	"\bHostname\x12&\n" +
 	"\bhostname\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\xfd\x01R\bhostname\x12-\n" +
@@ -747,9 +747,9 @@ const file_guestlist_v1_hostname_proto_rawDesc = "" +
 	"origin_url\x18\x02 \x01(\tB\x0e\xbaH\v\xd8\x01\x01r\x06\x18\x80\x10\x88\x01\x01R\toriginUrl\x12.\n" +
 	"\x04mtls\x18\x03 \x01(\v2\x1a.guestlist.v1.MtlsSettingsR\x04mtls\x12=\n" +
 	"\tpolicy_id\x18\x04 \x01(\tB \xbaH\x1dr\x1b2\x19^([a-z][a-z0-9-]{0,62})?$R\bpolicyId\x122\n" +
-	"\x05state\x18\x05 \x01(\x0e2\x1c.guestlist.v1.Hostname.StateR\x05state\x12\xa8\x01\n" +
-	"\x04etag\x18\x06 \x01(\tB\x93\x01\xbaH\x8f\x01\xba\x01\x8b\x01\n" +
-	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a\x1dthis.matches('^[0-9]{0,20}$')R\x04etag\x12;\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x1c.guestlist.v1.Hostname.StateR\x05state\x12\xe9\x01\n" +
+	"\x04etag\x18\x06 \x01(\tB\xd4\x01\xbaH\xd0\x01\xba\x01\xcc\x01\n" +
+	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a^this.matches('^(0|[1-9][0-9]{0,19})?$') && (size(this) < 20 || this <= '18446744073709551615')R\x04etag\x12;\n" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -791,13 +791,13 @@ const file_guestlist_v1_hostname_proto_rawDesc = "" +
 	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12:\n" +
 	"\bhostname\x18\x02 \x01(\v2\x16.guestlist.v1.HostnameB\x06\xbaH\x03\xc8\x01\x01R\bhostname\x12;\n" +
 	"\vupdate_mask\x18\x03 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\"\xa6\x02\n" +
+	"updateMask\"\xe7\x02\n" +
 	"\x15DeleteHostnameRequest\x12:\n" +
 	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12&\n" +
 	"\bhostname\x18\x02 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\xfd\x01R\bhostname\x12\xa8\x01\n" +
-	"\x04etag\x18\x03 \x01(\tB\x93\x01\xbaH\x8f\x01\xba\x01\x8b\x01\n" +
-	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a\x1dthis.matches('^[0-9]{0,20}$')R\x04etag2\x90\x04\n" +
+	"\xbaH\ar\x05\x10\x01\x18\xfd\x01R\bhostname\x12\xe9\x01\n" +
+	"\x04etag\x18\x03 \x01(\tB\xd4\x01\xbaH\xd0\x01\xba\x01\xcc\x01\n" +
+	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a^this.matches('^(0|[1-9][0-9]{0,19})?$') && (size(this) < 20 || this <= '18446744073709551615')R\x04etag2\x90\x04\n" +
 	"\x0fHostnameService\x12M\n" +
 	"\x0eCreateHostname\x12#.guestlist.v1.CreateHostnameRequest\x1a\x16.guestlist.v1.Hostname\x12m\n" +
 	"\x14BatchCreateHostnames\x12).guestlist.v1.BatchCreateHostnamesRequest\x1a*.guestlist.v1.BatchCreateHostnamesResponse\x12X\n" +

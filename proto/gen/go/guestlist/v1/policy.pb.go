@@ -562,13 +562,13 @@ var File_guestlist_v1_policy_proto protoreflect.FileDescriptor
 
 const file_guestlist_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x19guestlist/v1/policy.proto\x12\fguestlist.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19guestlist/v1/common.proto\"\xab\x03\n" +
+	"\x19guestlist/v1/policy.proto\x12\fguestlist.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19guestlist/v1/common.proto\"\xec\x03\n" +
 	"\x06Policy\x12\x1b\n" +
 	"\tpolicy_id\x18\x01 \x01(\tR\bpolicyId\x12+\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\vdisplayName\x122\n" +
-	"\x05rules\x18\x03 \x03(\v2\x12.guestlist.v1.RuleB\b\xbaH\x05\x92\x01\x02\x10@R\x05rules\x12\xa8\x01\n" +
-	"\x04etag\x18\x04 \x01(\tB\x93\x01\xbaH\x8f\x01\xba\x01\x8b\x01\n" +
-	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a\x1dthis.matches('^[0-9]{0,20}$')R\x04etag\x12;\n" +
+	"\x05rules\x18\x03 \x03(\v2\x12.guestlist.v1.RuleB\b\xbaH\x05\x92\x01\x02\x10@R\x05rules\x12\xe9\x01\n" +
+	"\x04etag\x18\x04 \x01(\tB\xd4\x01\xbaH\xd0\x01\xba\x01\xcc\x01\n" +
+	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a^this.matches('^(0|[1-9][0-9]{0,19})?$') && (size(this) < 20 || this <= '18446744073709551615')R\x04etag\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -602,12 +602,12 @@ const file_guestlist_v1_policy_proto_rawDesc = "" +
 	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x124\n" +
 	"\x06policy\x18\x02 \x01(\v2\x14.guestlist.v1.PolicyB\x06\xbaH\x03\xc8\x01\x01R\x06policy\x12;\n" +
 	"\vupdate_mask\x18\x03 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\"\xb8\x02\n" +
+	"updateMask\"\xf9\x02\n" +
 	"\x13DeletePolicyRequest\x12:\n" +
 	"\ttenant_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{2,62}$R\btenantId\x12:\n" +
-	"\tpolicy_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{0,62}$R\bpolicyId\x12\xa8\x01\n" +
-	"\x04etag\x18\x03 \x01(\tB\x93\x01\xbaH\x8f\x01\xba\x01\x8b\x01\n" +
-	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a\x1dthis.matches('^[0-9]{0,20}$')R\x04etag2\x86\x03\n" +
+	"\tpolicy_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9-]{0,62}$R\bpolicyId\x12\xe9\x01\n" +
+	"\x04etag\x18\x03 \x01(\tB\xd4\x01\xbaH\xd0\x01\xba\x01\xcc\x01\n" +
+	"\x04etag\x12dnot an etag of this API: an etag is the decimal number the API returned in the resource's etag field\x1a^this.matches('^(0|[1-9][0-9]{0,19})?$') && (size(this) < 20 || this <= '18446744073709551615')R\x04etag2\x86\x03\n" +
 	"\rPolicyService\x12G\n" +
 	"\fCreatePolicy\x12!.guestlist.v1.CreatePolicyRequest\x1a\x14.guestlist.v1.Policy\x12U\n" +
 	"\fListPolicies\x12!.guestlist.v1.ListPoliciesRequest\x1a\".guestlist.v1.ListPoliciesResponse\x12A\n" +
