@@ -51,7 +51,13 @@ const (
 	defaultPageSize = 100
 	maxPageSize     = 1000
 	readBatch       = 1000 // events per ReadStream call when folding
-	pageTokenPrefix = "e1:"
+	// A page token names the tenant whose history it continues and the revision of the last event
+	// of the page before: "e2:" + tenant + "\n" + revision, base64url. A token of another
+	// tenant's history is refused, as the command lists refuse a token of another list, so that it
+	// does not continue this history from that tenant's revision. "e1:" + revision, the tokens of
+	// earlier versions, which named no tenant, are still accepted.
+	pageTokenPrefix       = "e2:"
+	legacyPageTokenPrefix = "e1:"
 )
 
 // Service is the AuditService. It is safe for concurrent use.
@@ -143,7 +149,7 @@ func (s *Service) ListEvents(ctx context.Context, req *guestlistv1.ListEventsReq
 	size = min(size, maxPageSize)
 	var from uint64 // the first revision to return
 	if tok := req.GetPageToken(); tok != "" {
-		rev, err := decodePageToken(tok)
+		rev, err := decodePageToken(req.GetTenantId(), tok)
 		if err != nil {
 			return nil, err
 		}
@@ -162,7 +168,7 @@ func (s *Service) ListEvents(ctx context.Context, req *guestlistv1.ListEventsReq
 	out := &guestlistv1.ListEventsResponse{}
 	for i, ev := range evs {
 		if i == size {
-			out.NextPageToken = encodePageToken(evs[i-1].Revision)
+			out.NextPageToken = encodePageToken(req.GetTenantId(), evs[i-1].Revision)
 			break
 		}
 		ae, err := auditEvent(ev)
@@ -231,17 +237,35 @@ func auditEvent(ev eventstore.RecordedEvent) (*guestlistv1.AuditEvent, error) {
 	}, nil
 }
 
-func encodePageToken(rev uint64) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + strconv.FormatUint(rev, 10)))
+func encodePageToken(tenant string, rev uint64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + tenant + "\n" + strconv.FormatUint(rev, 10)))
 }
 
-func decodePageToken(tok string) (uint64, error) {
+// decodePageToken returns the revision of the last event of the page before tok, a token
+// encodePageToken made for tenant's history. A token that is not one, or that continues another
+// tenant's history, is INVALID_ARGUMENT naming page_token.
+func decodePageToken(tenant, tok string) (uint64, error) {
 	bad := apistatus.InvalidArgument(apistatus.Violation{Field: "page_token", Reason: "not a page token returned by this API"})
 	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || !strings.HasPrefix(string(b), pageTokenPrefix) {
+	if err != nil {
 		return 0, bad
 	}
-	rev, err := strconv.ParseUint(strings.TrimPrefix(string(b), pageTokenPrefix), 10, 64)
+	rest, legacy := strings.CutPrefix(string(b), legacyPageTokenPrefix)
+	if !legacy {
+		var ok bool
+		if rest, ok = strings.CutPrefix(string(b), pageTokenPrefix); !ok {
+			return 0, bad
+		}
+		from, r, ok := strings.Cut(rest, "\n")
+		if !ok {
+			return 0, bad
+		}
+		if from != tenant {
+			return 0, apistatus.InvalidArgument(apistatus.Violation{Field: "page_token", Reason: "a page token of another tenant's history; list again without it"})
+		}
+		rest = r
+	}
+	rev, err := strconv.ParseUint(rest, 10, 64)
 	if err != nil {
 		return 0, bad
 	}

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"encoding/base64"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -148,6 +149,29 @@ func TestListEventsPaging(t *testing.T) {
 	}
 	_, err := f.svc.ListEvents(admin, &guestlistv1.ListEventsRequest{TenantId: "acme", PageToken: "garbage"})
 	wantCode(t, "bad page token", err, codes.InvalidArgument)
+
+	// A page token continues only the history of the tenant it came from: on another tenant's it
+	// would go on from this tenant's revision, skipping that history's events before it. Tokens
+	// of earlier versions ("e1:" + revision), which named no tenant, still continue.
+	first, err := f.svc.ListEvents(admin, &guestlistv1.ListEventsRequest{TenantId: "acme", PageSize: 1})
+	if err != nil || first.GetNextPageToken() == "" {
+		t.Fatalf("first page: %v, %v", first, err)
+	}
+	_, err = f.svc.ListEvents(admin, &guestlistv1.ListEventsRequest{TenantId: "globex", PageToken: first.GetNextPageToken()})
+	wantCode(t, "another tenant's page token", err, codes.InvalidArgument)
+	if err != nil && !strings.Contains(err.Error(), "another tenant") {
+		t.Errorf("another tenant's page token: %v", err)
+	}
+	for _, tok := range []string{first.GetNextPageToken(), base64.RawURLEncoding.EncodeToString([]byte("e1:0"))} {
+		resp, err := f.svc.ListEvents(admin, &guestlistv1.ListEventsRequest{TenantId: "acme", PageToken: tok})
+		if err != nil || len(resp.GetEvents()) != 6 || resp.GetEvents()[0].GetRevision() != 1 {
+			t.Errorf("token %q: %d events, %v; want the 6 after revision 0", tok, len(resp.GetEvents()), err)
+		}
+	}
+	for _, tok := range []string{base64.RawURLEncoding.EncodeToString([]byte("e2:0")), base64.RawURLEncoding.EncodeToString([]byte("e2:acme\nx"))} {
+		_, err = f.svc.ListEvents(admin, &guestlistv1.ListEventsRequest{TenantId: "acme", PageToken: tok})
+		wantCode(t, "malformed page token "+tok, err, codes.InvalidArgument)
+	}
 	_, err = f.svc.ListEvents(admin, &guestlistv1.ListEventsRequest{TenantId: "nobody"})
 	wantCode(t, "unknown tenant", err, codes.NotFound)
 }
