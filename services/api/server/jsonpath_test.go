@@ -270,18 +270,8 @@ func TestRESTDecodeErrorLongNameIsUTF8(t *testing.T) {
 	env := startServer(t, nil)
 	name := "n" + strings.Repeat("é", 40)
 	r := env.do(t, "POST", "/v1/tenants?tenantId=acme", testToken, `{"displayName":"Acme","`+name+`":1}`)
-	var st struct {
-		Details []struct {
-			FieldViolations []struct {
-				Field string `json:"field"`
-			} `json:"fieldViolations"`
-		} `json:"details"`
-	}
-	if err := json.Unmarshal(r.body, &st); err != nil {
-		t.Fatalf("status %d, body %s: %v", r.status, r.body, err)
-	}
 	want := "tenant.n" + strings.Repeat("é", 31) + "..."
-	if r.status != http.StatusBadRequest || len(st.Details) != 1 || len(st.Details[0].FieldViolations) != 1 || st.Details[0].FieldViolations[0].Field != want {
+	if f := restFieldViolations(t, r); r.status != http.StatusBadRequest || len(f) != 1 || f[0] != want {
 		t.Errorf("status %d, body %s; want 400 naming the field %q", r.status, r.body, want)
 	}
 }
@@ -349,19 +339,32 @@ func TestRESTPatchDecodeErrorNamesTheRequestPath(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := env.do(t, tc.method, tc.path, testToken, tc.body)
-			var st struct {
-				Details []struct {
-					FieldViolations []struct {
-						Field string `json:"field"`
-					} `json:"fieldViolations"`
-				} `json:"details"`
-			}
-			if err := json.Unmarshal(r.body, &st); err != nil {
-				t.Fatalf("status %d, body %s: %v", r.status, r.body, err)
-			}
-			if r.status != http.StatusBadRequest || len(st.Details) != 1 || len(st.Details[0].FieldViolations) != 1 || st.Details[0].FieldViolations[0].Field != tc.field {
+			if f := restFieldViolations(t, r); r.status != http.StatusBadRequest || len(f) != 1 || f[0] != tc.field {
 				t.Errorf("status %d, body %s; want 400 naming the field %q", r.status, r.body, tc.field)
 			}
 		})
 	}
+}
+
+// restFieldViolations returns the fields of the google.rpc.BadRequest details of a REST error
+// reply, in order, over every detail: none when the body is not a status with such details.
+func restFieldViolations(t *testing.T, r httpResult) []string {
+	t.Helper()
+	var st struct {
+		Details []struct {
+			FieldViolations []struct {
+				Field string `json:"field"`
+			} `json:"fieldViolations"`
+		} `json:"details"`
+	}
+	if err := json.Unmarshal(r.body, &st); err != nil {
+		t.Fatalf("status %d, body %s: %v", r.status, r.body, err)
+	}
+	var out []string
+	for _, d := range st.Details {
+		for _, v := range d.FieldViolations {
+			out = append(out, v.Field)
+		}
+	}
+	return out
 }
